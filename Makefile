@@ -1,0 +1,30 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is a helper.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.floe-installed
+
+.PHONY: demo test lint docs bench bench-small clean
+
+$(STAMP): pyproject.toml scripts/setup-venv.sh
+	scripts/setup-venv.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/floe demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+docs: $(STAMP)
+	$(VENV)/bin/floe docs config -o docs/config.md
+
+bench: $(STAMP)
+	$(PY) benchmarks/matchmaker.py
+
+bench-small: $(STAMP)
+	$(PY) benchmarks/matchmaker.py --small
+
+clean:
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache test-artifacts
