@@ -1,0 +1,242 @@
+"""The resource vocabulary: what a task requires, what a slot offers, whether one fits the other.
+
+Sizes are bytes and durations are seconds everywhere inside floe; `parse_size` and
+`parse_duration` turn the human forms of configs and command lines ("4GB", "2h30m", "1-12:00:00")
+into them and `format_size` / `format_duration` turn them back. The matchmaker, the pilot and the
+factory all decide "does this task fit here" through `fits()`, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
+KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
+
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": KB, "mb": MB, "gb": GB, "tb": TB,
+    "kib": KIB, "mib": MIB, "gib": GIB, "tib": TIB,
+    # Bare letters follow the batch systems (SLURM, PBS, SGE), where "4G" means 4 GiB.
+    "k": KIB, "m": MIB, "g": GIB, "t": TIB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+class ResourceError(ValueError):
+    """A size or duration that cannot be understood; the message says what was expected."""
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from "4GB", "512MiB", "2G" (= 2 GiB) or a whole number of bytes."""
+    if isinstance(value, bool):
+        raise ResourceError(f'expected a size like "4GB", got {value!r}')
+    if isinstance(value, int):
+        if value < 0:
+            raise ResourceError(f'expected a size like "4GB", got {value!r} (negative)')
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            unit = match.group(2).lower() or "b"
+            if unit in _SIZE_UNITS:
+                return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    raise ResourceError(f'expected a size like "4GB", got {value!r}')
+
+
+def parse_duration(value: Any) -> int:
+    """Seconds from 3600, "90s", "45m", "2h30m", "1d", "HH:MM:SS" or "D-HH:MM:SS"."""
+    if isinstance(value, bool):
+        raise ResourceError(f'expected a duration like "2h30m", got {value!r}')
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ResourceError(f'expected a duration like "2h30m", got {value!r} (negative)')
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return int(text)
+        clock = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?", text)
+        if clock:
+            days, first, second, third = clock.groups()
+            if third is None:  # "MM:SS" as the batch systems read it
+                hours, minutes, seconds = 0, int(first), int(second)
+            else:
+                hours, minutes, seconds = int(first), int(second), int(third)
+            return int(days or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
+        parts = _DURATION_PART_RE.findall(text)
+        if parts and _DURATION_PART_RE.sub("", text).strip() == "":
+            return int(sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
+    raise ResourceError(f'expected a duration like "2h30m", got {value!r}')
+
+
+def format_size(nbytes: float) -> str:
+    """A short human size in binary units: 4294967296 -> "4GiB"."""
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            text = f"{value:.1f}".rstrip("0").rstrip(".")
+            return f"{text}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """A short human duration: 9000 -> "2h30m"."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _names(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        return (values,)
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What one task needs. Sizes in bytes, walltime in seconds; empty tuples mean "any"."""
+
+    cpus: int = 1
+    memory: int = 1 * GIB
+    disk: int = 1 * GIB
+    gpus: int = 0
+    walltime: int = 3600
+    os: tuple[str, ...] = ()
+    arch: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    exclude_sites: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "gpus": self.gpus,
+            "walltime": self.walltime, "os": list(self.os), "arch": list(self.arch),
+            "sites": list(self.sites), "exclude_sites": list(self.exclude_sites),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Requirements:
+        return cls(
+            cpus=int(data.get("cpus", 1)), memory=int(data.get("memory", GIB)),
+            disk=int(data.get("disk", GIB)), gpus=int(data.get("gpus", 0)),
+            walltime=int(data.get("walltime", 3600)), os=_names(data.get("os")),
+            arch=_names(data.get("arch")), sites=_names(data.get("sites")),
+            exclude_sites=_names(data.get("exclude_sites")),
+        )
+
+    def grown(self, **peaks: float) -> Requirements:
+        """These requirements after an overuse: each named resource becomes 1.5x its measured peak,
+        and never shrinks below what was asked before."""
+        changes = {}
+        for name, peak in peaks.items():
+            if peak is None:
+                continue
+            current = getattr(self, name)
+            changes[name] = max(current, int(peak * 1.5 + 0.5))
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What a pilot offers right now: its free resources, time left, and where it is."""
+
+    cpus: int
+    memory: int
+    disk: int
+    gpus: int = 0
+    seconds: int = 2**31
+    os: tuple[str, ...] = ()
+    arch: str = ""
+    site: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "gpus": self.gpus,
+            "seconds": self.seconds, "os": list(self.os), "arch": self.arch, "site": self.site,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Slot:
+        return cls(
+            cpus=int(data["cpus"]), memory=int(data["memory"]), disk=int(data["disk"]),
+            gpus=int(data.get("gpus", 0)), seconds=int(data.get("seconds", 2**31)),
+            os=_names(data.get("os")), arch=str(data.get("arch", "")),
+            site=str(data.get("site", "")),
+        )
+
+
+def _matches(patterns: tuple[str, ...], names: Iterable[str]) -> bool:
+    names = [n.lower() for n in names]
+    return any(fnmatch.fnmatchcase(n, p.lower()) for p in patterns for n in names)
+
+
+def why_not(req: Requirements, slot: Slot) -> str | None:
+    """None when the task fits the slot, else the first reason it does not, as a phrase."""
+    if req.cpus > slot.cpus:
+        return f"needs {req.cpus} CPUs, slot has {slot.cpus}"
+    if req.memory > slot.memory:
+        return f"needs {format_size(req.memory)} memory, slot has {format_size(slot.memory)}"
+    if req.disk > slot.disk:
+        return f"needs {format_size(req.disk)} disk, slot has {format_size(slot.disk)}"
+    if req.gpus > slot.gpus:
+        return f"needs {req.gpus} GPUs, slot has {slot.gpus}"
+    if req.walltime > slot.seconds:
+        return (f"needs {format_duration(req.walltime)} walltime, slot has "
+                f"{format_duration(slot.seconds)} left")
+    if req.os and not _matches(req.os, slot.os):
+        return f"needs OS {'/'.join(req.os)}, slot runs {'/'.join(slot.os) or 'unknown'}"
+    if req.arch and not _matches(req.arch, [slot.arch]):
+        return f"needs architecture {'/'.join(req.arch)}, slot is {slot.arch or 'unknown'}"
+    if req.sites and not _matches(req.sites, [slot.site]):
+        return f"runs only at {', '.join(req.sites)}, slot is at {slot.site or 'an unnamed site'}"
+    if req.exclude_sites and _matches(req.exclude_sites, [slot.site]):
+        return f"excludes site {slot.site}"
+    return None
+
+
+def fits(req: Requirements, slot: Slot) -> bool:
+    """Whether a task with these requirements can run in this slot now."""
+    return why_not(req, slot) is None
+
+
+@dataclass
+class Usage:
+    """What an attempt used, as the pilot measured it."""
+
+    cpu_time: float = 0.0
+    wall_time: float = 0.0
+    peak_memory: int = 0
+    peak_disk: int = 0
+    peak_gpu_memory: int = 0
+    gpu_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu_time": self.cpu_time, "wall_time": self.wall_time,
+            "peak_memory": self.peak_memory, "peak_disk": self.peak_disk,
+            "peak_gpu_memory": self.peak_gpu_memory, "gpu_time": self.gpu_time,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        return cls(
+            cpu_time=float(data.get("cpu_time", 0.0)), wall_time=float(data.get("wall_time", 0.0)),
+            peak_memory=int(data.get("peak_memory", 0)), peak_disk=int(data.get("peak_disk", 0)),
+            peak_gpu_memory=int(data.get("peak_gpu_memory", 0)),
+            gpu_time=float(data.get("gpu_time", 0.0)),
+        )

@@ -1,0 +1,122 @@
+"""Settings of the matchmaker server: their schema (which documents them) and their loading.
+
+A site runs `floe server` with no file at all, or with `--settings server.toml` to change any of
+these; command-line options win over the file. `floe docs server` prints them as Markdown from
+the schema below, so the documentation and the checks never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from config.schema import (
+    ConfigError,
+    Duration,
+    Enum,
+    Field,
+    Float,
+    Integer,
+    Object,
+    Size,
+    String,
+)
+
+SERVER_SCHEMA = Object([
+    Field("host", String(), "address to listen on", "127.0.0.1",
+          details="Use 0.0.0.0 to accept pilots from other hosts (then use TLS)."),
+    Field("port", Integer(1, 65535), "TCP port to listen on", 8080),
+    Field("database", String(min_length=1), "path of the SQLite file", "var/floe.sqlite",
+          details="Created with its directory when missing. Keep it on a local disk: SQLite's "
+                  "WAL mode does not work on network file systems."),
+    Field("tls_cert", String(), "TLS certificate file (PEM); empty for plain HTTP", ""),
+    Field("tls_key", String(), "TLS private key file (PEM)", ""),
+    Field("durability", Enum(("full", "normal")), "how hard each commit is synced to disk",
+          "full", details="`full` survives power loss; `normal` survives a crash of the server "
+                          "but may lose the last commits on power loss, for more speed."),
+    Field("heartbeat_interval", Duration(5, 3600), "how often pilots report each running "
+          "attempt", "60s"),
+    Field("heartbeat_timeout", Duration(30, 7 * 86400), "an attempt not heard from for this "
+          "long is voided and its task requeued", "10m"),
+    Field("pilot_lost_after", Duration(60, 30 * 86400), "an idle pilot not heard from for this "
+          "long is marked lost", "30m"),
+    Field("fair_share_half_life", Duration(60, 365 * 86400), "half-life of the usage that fair "
+          "share counts", "1d", details="Usage decays by half over this time: a user's past "
+                                        "consumption weighs less and less."),
+    Field("gpu_weight", Float(0, 10_000), "how many cores one GPU counts as in fair share", 8.0),
+    Field("runtime_guess", Duration(1, 30 * 86400), "expected runtime of a task before any "
+          "attempt of its kind has finished", "10m",
+          details="Fair share charges each dispatch this (at most the task's walltime) until "
+                  "real runtimes are known, then corrects to what was used."),
+    Field("idle_wait", Duration(1, 3600), "how long a pilot is told to wait when nothing "
+          "fits", "30s"),
+    Field("max_request_bytes", Size(1024, 2**30), "largest accepted request body", "4MiB"),
+    Field("max_log_bytes", Size(1024, 2**31), "largest stored log of one attempt stream",
+          "8MiB"),
+    Field("tail_bytes", Size(1024, 2**24), "how much of stdout/stderr is kept with each "
+          "attempt", "64KiB"),
+    Field("materialize_chunk", Integer(1, 1_000_000), "tasks created per transaction when a "
+          "dataset is submitted", 2000),
+    Field("pilot_token_max_lifetime", Duration(60, 366 * 86400), "longest lifetime a factory "
+          "may ask for a pilot token", "14d"),
+    Field("flush_interval", Duration(1, 3600), "how often heartbeats and fair-share usage are "
+          "written to the database", "15s"),
+    Field("sweep_interval", Duration(1, 3600), "how often silent attempts and pilots are "
+          "looked for", "5s"),
+], doc="The matchmaker's settings (server.toml). Every key is optional.")
+
+
+@dataclass
+class ServerSettings:
+    """Validated settings; SERVER_SCHEMA holds what each means and its default. Make them with
+    `server_settings({...})` so that defaults are written in one place only."""
+
+    host: str
+    port: int
+    database: str
+    tls_cert: str
+    tls_key: str
+    durability: str
+    heartbeat_interval: int
+    heartbeat_timeout: int
+    pilot_lost_after: int
+    fair_share_half_life: int
+    gpu_weight: float
+    runtime_guess: int
+    idle_wait: int
+    max_request_bytes: int
+    max_log_bytes: int
+    tail_bytes: int
+    materialize_chunk: int
+    pilot_token_max_lifetime: int
+    flush_interval: int
+    sweep_interval: int
+
+
+def server_settings(document: Mapping[str, Any] | None = None,
+                    where: str = "server settings") -> ServerSettings:
+    """Validate a settings document (all problems at once, as ConfigError)."""
+    try:
+        values = SERVER_SCHEMA.validate(dict(document or {}))
+    except ConfigError as exc:
+        raise ConfigError([f"{where}: {p}" for p in exc.problems]) from None
+    return ServerSettings(**{f.name: values[f.name] for f in fields(ServerSettings)})
+
+
+def load_server_settings(path: str | None, overrides: Mapping[str, Any] | None = None
+                         ) -> ServerSettings:
+    """Settings from a TOML file (or none), with command-line `overrides` on top."""
+    document: dict[str, Any] = {}
+    if path:
+        import tomllib  # the server side runs on 3.11+, the pilot never loads this
+
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except OSError as exc:
+            raise ConfigError([f"cannot read the settings file {path}: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+    document.update(overrides or {})
+    return server_settings(document, path or "server settings")
