@@ -1,0 +1,307 @@
+"""Benchmark of the matchmaker: a real server process (real SQLite file) under many pilots.
+
+It fills the server with 1,000,000 queued tasks across 200 datasets of 50 users (mixed CPU, GPU,
+multi-core, high-memory and two-step DAG jobs), then drives it over loopback HTTP with 500
+concurrent simulated pilots that ask, heartbeat and complete, and prints one JSON object:
+matches per second, ask latency percentiles, the server's peak RSS, the database size, and the
+time to accept and make matchable the whole load. `--small` runs the same shape, smaller, in
+under a minute. Run it with `make bench` (or `make bench-small`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from httpload import Connection
+
+ROOT = Path(__file__).resolve().parent.parent
+GIB = 2**30
+
+KINDS = [  # (tasks per job, task definitions)
+    ("cpu", [{"name": "sim", "requirements": {"cpus": 1, "memory": "2GiB", "walltime": "2h"}}]),
+    ("dag", [{"name": "gen", "requirements": {"cpus": 1, "memory": "2GiB", "walltime": "1h"}},
+             {"name": "reco", "depends": ["gen"],
+              "requirements": {"cpus": 4, "memory": "8GiB", "walltime": "2h"}}]),
+    ("gpu", [{"name": "photons", "requirements": {"cpus": 2, "gpus": 1, "memory": "8GiB",
+                                                  "walltime": "1h"}}]),
+    ("himem", [{"name": "filter", "requirements": {"cpus": 1, "memory": "24GiB",
+                                                   "walltime": "3h"}}]),
+]
+SHAPES = [  # (fraction of pilots, slot)
+    (0.6, {"cpus": 8, "memory": 32 * GIB, "disk": 100 * GIB, "gpus": 0}),
+    (0.2, {"cpus": 4, "memory": 16 * GIB, "disk": 50 * GIB, "gpus": 1}),
+    (0.2, {"cpus": 16, "memory": 64 * GIB, "disk": 200 * GIB, "gpus": 0}),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def dataset_config(index: int, tasks: int) -> dict:
+    kind, definitions = KINDS[index % len(KINDS)]
+    jobs = max(1, tasks // len(definitions))
+    return {"description": f"benchmark {kind} dataset {index}", "jobs": jobs,
+            "priority": 1 + index % 3,
+            "tasks": [dict(d, modules=[{"command": ["true"]}]) for d in definitions]}
+
+
+class Server:
+    """`floe server` in its own process, as production runs it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.db = workdir / "floe.sqlite"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.peak_rss = 0
+
+    def admin_token(self) -> str:
+        out = subprocess.run([sys.executable, "-m", "cli.main", "user", "add", "root", "--admin",
+                              "--db", str(self.db), "--json"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out)["token"]
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
+             str(self.port), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("the server did not start")
+
+    def sample(self) -> None:
+        if self.process is not None:
+            try:
+                rss = psutil.Process(self.process.pid).memory_info().rss
+            except psutil.Error:
+                return
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+    def database_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.workdir.glob("floe.sqlite*"))
+
+
+async def sampler(server: Server, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        server.sample()
+        await asyncio.sleep(0.2)
+
+
+async def fill(server: Server, admin: str, users: int, datasets: int, tasks: int) -> dict:
+    conn = Connection("127.0.0.1", server.port)
+    auth = {"Authorization": f"Bearer {admin}"}
+    tokens = []
+    for i in range(users):
+        status, answer = await conn.request("POST", "/api/v1/users",
+                                            {"name": f"user{i:03d}", "share": 1 + i % 3}, auth)
+        assert status == 201, answer
+        tokens.append(answer["token"])
+    status, site = await conn.request("POST", "/api/v1/sites", {"name": "bench"}, auth)
+    assert status == 201, site
+    submit_seconds = []
+    started = time.perf_counter()
+    per_dataset = tasks // datasets
+    for i in range(datasets):
+        t0 = time.perf_counter()
+        status, answer = await conn.request(
+            "POST", "/api/v1/datasets", dataset_config(i, per_dataset),
+            {"Authorization": f"Bearer {tokens[i % users]}"})
+        assert status == 201, answer
+        submit_seconds.append(time.perf_counter() - t0)
+    accepted = time.perf_counter() - started
+    total = 0
+    while True:
+        status, answer = await conn.request("GET", "/api/v1/datasets", None, auth)
+        created = sum(d["jobs_created"] == d["jobs"] for d in answer["datasets"])
+        total = sum(d["jobs"] * d["tasks_per_job"] for d in answer["datasets"])
+        if created == len(answer["datasets"]):
+            break
+        await asyncio.sleep(0.2)
+    matchable = time.perf_counter() - started
+    await conn.close()
+    return {"site_token": site["token"], "admin": admin, "tasks": total,
+            "accept_seconds": round(accepted, 3),
+            "submit_p99_ms": round(1000 * percentile(submit_seconds, 0.99), 2),
+            "matchable_seconds": round(matchable, 3)}
+
+
+class Pilot:
+    def __init__(self, port: int, token: str, slot: dict) -> None:
+        self.conn = Connection("127.0.0.1", port)
+        self.auth = {"Authorization": f"Bearer {token}"}
+        self.slot = dict(slot, seconds=86400, os=["debian12", "linux"], arch="x86_64")
+
+    async def run(self, stats: dict, measuring: asyncio.Event, stop: asyncio.Event) -> None:
+        status, me = await self.conn.request("POST", "/api/v1/pilots", {"host": "bench"},
+                                             self.auth)
+        assert status == 201, me
+        ask_path = f"/api/v1/pilots/{me['pilot_id']}/ask"
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            status, answer = await self.conn.request("POST", ask_path, self.slot, self.auth)
+            elapsed = time.perf_counter() - t0
+            if status != 200:
+                stats["errors"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            attempt = answer["attempt"]
+            if measuring.is_set():
+                stats["ask"].append(elapsed)
+            if attempt is None:
+                if measuring.is_set():
+                    stats["empty"] += 1
+                await asyncio.sleep(min(answer["wait"], 1.0))
+                continue
+            passkey = {"X-Floe-Passkey": attempt["passkey"]}
+            t1 = time.perf_counter()
+            status, _ = await self.conn.request(
+                "POST", f"/api/v1/attempts/{attempt['id']}/heartbeat",
+                {"usage": {"cpu_time": 0.0}}, passkey)
+            t2 = time.perf_counter()
+            status2, _ = await self.conn.request(
+                "POST", f"/api/v1/attempts/{attempt['id']}/report",
+                {"exit_code": 0, "usage": {"wall_time": 0.01, "cpu_time": 0.01},
+                 "statistics": {"events": 1.0}}, passkey)
+            t3 = time.perf_counter()
+            if status != 200 or status2 != 200:
+                stats["errors"] += 1
+            if measuring.is_set():
+                stats["matches"] += 1
+                stats["heartbeat"].append(t2 - t1)
+                stats["report"].append(t3 - t2)
+        await self.conn.close()
+
+
+async def drive(server: Server, site_token: str, pilots: int, warmup: float,
+                seconds: float) -> dict:
+    conn = Connection("127.0.0.1", server.port)
+    status, answer = await conn.request("POST", "/api/v1/sites/bench/pilot-tokens",
+                                        {"lifetime": 86400},
+                                        {"Authorization": f"Bearer {site_token}"})
+    assert status == 201, answer
+    await conn.close()
+    rng = random.Random(7)
+    slots = [s for fraction, s in SHAPES for _ in range(round(fraction * pilots))]
+    rng.shuffle(slots)
+    stats = {"ask": [], "heartbeat": [], "report": [], "matches": 0, "empty": 0, "errors": 0}
+    measuring, stop = asyncio.Event(), asyncio.Event()
+    runners = [asyncio.create_task(Pilot(server.port, answer["token"], slot).run(
+        stats, measuring, stop)) for slot in slots[:pilots]]
+    await asyncio.sleep(warmup)
+    measuring.set()
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    measured = time.perf_counter() - started
+    measuring.clear()
+    stop.set()
+    await asyncio.gather(*runners, return_exceptions=True)
+    ms = 1000.0
+    return {
+        "pilots": len(runners),
+        "measured_seconds": round(measured, 2),
+        "matches": stats["matches"],
+        "matches_per_second": round(stats["matches"] / measured, 1),
+        "requests_per_second": round((len(stats["ask"]) + 2 * stats["matches"]) / measured, 1),
+        "empty_asks": stats["empty"],
+        "errors": stats["errors"],
+        "ask_latency_ms": {"p50": round(ms * percentile(stats["ask"], 0.5), 2),
+                           "p99": round(ms * percentile(stats["ask"], 0.99), 2)},
+        "heartbeat_latency_ms": {"p50": round(ms * percentile(stats["heartbeat"], 0.5), 2),
+                                 "p99": round(ms * percentile(stats["heartbeat"], 0.99), 2)},
+        "report_latency_ms": {"p50": round(ms * percentile(stats["report"], 0.5), 2),
+                              "p99": round(ms * percentile(stats["report"], 0.99), 2)},
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="floe-bench-") as tmp:
+        server = Server(Path(tmp))
+        admin = server.admin_token()
+        server.start()
+        stop = asyncio.Event()
+        sampling = asyncio.create_task(sampler(server, stop))
+        try:
+            filled = await fill(server, admin, args.users, args.datasets, args.tasks)
+            driven = await drive(server, filled.pop("site_token"), args.pilots, args.warmup,
+                                 args.seconds)
+        finally:
+            stop.set()
+            await sampling
+            server.sample()
+            server.stop()
+        filled.pop("admin")
+        return {
+            "benchmark": "matchmaker",
+            "small": args.small,
+            "users": args.users,
+            "datasets": args.datasets,
+            **filled,
+            **driven,
+            "server_peak_rss_mb": round(server.peak_rss / 2**20, 1),
+            "database_mb": round(server.database_bytes() / 2**20, 1),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "platform": platform.platform()},
+            "targets": {"matches_per_second": ">= 2000", "ask_p99_ms": "<= 50",
+                        "server_peak_rss_mb": "<= 1536"},
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="a smaller run, under a minute")
+    parser.add_argument("--tasks", type=int)
+    parser.add_argument("--datasets", type=int)
+    parser.add_argument("--users", type=int)
+    parser.add_argument("--pilots", type=int)
+    parser.add_argument("--seconds", type=float, help="measured driving time")
+    parser.add_argument("--warmup", type=float)
+    args = parser.parse_args()
+    defaults = ({"tasks": 50_000, "datasets": 20, "users": 10, "pilots": 100, "seconds": 10.0,
+                 "warmup": 2.0} if args.small else
+                {"tasks": 1_000_000, "datasets": 200, "users": 50, "pilots": 500,
+                 "seconds": 60.0, "warmup": 5.0})
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    print(json.dumps(asyncio.run(main_async(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""`floe submit` and `floe status`: the commands production managers and analysts start with."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .http import Client, ClientError, add_options
+
+STATES = ("waiting", "ready", "processing", "complete", "failed", "suspended")
+
+
+def progress_bar(counts: dict[str, int], width: int = 30) -> str:
+    """A one-line bar: '#' complete, 'x' failed, '>' processing, '.' the rest."""
+    total = sum(counts.values()) or 1
+    done = round(width * counts.get("complete", 0) / total)
+    failed = round(width * counts.get("failed", 0) / total)
+    running = round(width * counts.get("processing", 0) / total)
+    bar = "#" * done + "x" * failed + ">" * running
+    return "[" + bar[:width].ljust(width, ".") + "]"
+
+
+def percent_done(counts: dict[str, int]) -> float:
+    total = sum(counts.values()) or 1
+    return 100.0 * (counts.get("complete", 0) + counts.get("failed", 0)) / total
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _configure_submit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="dataset config (JSON); see docs/config.md")
+    parser.add_argument("--json", action="store_true", help="print the new dataset as JSON")
+    add_options(parser)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from config.dataset import ConfigError, load
+
+    try:
+        config = load(args.config)  # the same checks as the server, with file positions
+        client = Client.from_args(args)
+        dataset = client.post("/api/v1/datasets", config.raw)
+    except ConfigError as exc:
+        print(f"floe submit: {args.config} is not a valid dataset config:\n{exc}",
+              file=sys.stderr)
+        return 1
+    except (ClientError, OSError) as exc:
+        print(f"floe submit: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(dataset)
+    else:
+        names = ", ".join(dataset["task_names"])
+        print(f"dataset {dataset['id']} submitted: {dataset['jobs']} jobs of "
+              f"{dataset['tasks_per_job']} tasks ({names}); follow it with "
+              f"`floe status {dataset['id']}`")
+    return 0
+
+
+def _configure_status(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", nargs="?", type=int, help="one dataset in detail")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_options(parser)
+
+
+def _print_overview(datasets: list[dict[str, Any]]) -> None:
+    if not datasets:
+        print("no datasets yet; submit one with `floe submit CONFIG.json`")
+        return
+    print(f"{'ID':>4}  {'OWNER':<12} {'STATUS':<11} {'JOBS':>8}  {'PROGRESS':<32} "
+          f"{'DONE':>6}  {'RUN':>5} {'FAIL':>5}  DESCRIPTION")
+    for d in datasets:
+        counts = d["tasks"]
+        print(f"{d['id']:>4}  {(d['owner'] or '-')[:12]:<12} {d['status']:<11} {d['jobs']:>8}  "
+              f"{progress_bar(counts):<32} {percent_done(counts):5.1f}%  "
+              f"{counts['processing']:>5} {counts['failed']:>5}  {d['description'][:40]}")
+
+
+def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
+    counts = d["tasks"]
+    print(f"dataset {d['id']} of {d['owner']}: {d['status']}, priority {d['priority']}, "
+          f"max_retries {d['max_retries']}{', debug' if d['debug'] else ''}")
+    if d["description"]:
+        print(f"  {d['description']}")
+    print(f"  jobs: {d['jobs']} ({d['jobs_created']} created), {d['tasks_per_job']} tasks each: "
+          f"{', '.join(d['task_names'])}")
+    print(f"  {progress_bar(counts, 40)} {percent_done(counts):.1f}% ended")
+    print("  tasks: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
+    overall = [s for s in statistics if s["task"] is None]
+    if overall:
+        print("  statistics (all tasks):")
+        for s in overall:
+            print(f"    {s['kind']:<8} {s['name']:<20} n={s['count']:<8} sum={s['sum']:<14.6g} "
+                  f"mean={s['mean']:<12.6g} sd={s['stddev']:.6g}")
+    events = d.get("events") or []
+    if events:
+        print("  recent events:")
+        for e in events[:5]:
+            print(f"    {e['action']:<12} by {e['user'] or '-'}: {e['detail']}")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    try:
+        client = Client.from_args(args)
+        if args.dataset is None:
+            datasets = client.get("/api/v1/datasets")["datasets"]
+            if args.json:
+                _print_json(datasets)
+            else:
+                _print_overview(datasets)
+            return 0
+        dataset = client.get(f"/api/v1/datasets/{args.dataset}")
+        statistics = client.get(f"/api/v1/datasets/{args.dataset}/statistics")["statistics"]
+    except ClientError as exc:
+        print(f"floe status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        dataset["statistics"] = statistics
+        _print_json(dataset)
+    else:
+        _print_dataset(dataset, statistics)
+    return 0
+
+
+SUBCOMMANDS = {
+    "submit": ("submit a dataset config to the matchmaker", _configure_submit, _run_submit),
+    "status": ("show datasets and their progress", _configure_status, _run_status),
+}

@@ -1,0 +1,109 @@
+"""A small JSON client for the matchmaker API, used by the `floe` commands that talk to a server.
+
+Where to connect and as whom come from, in order: command-line options, the environment
+(`FLOE_URL`, `FLOE_TOKEN`, `FLOE_CACERT`), then `~/.config/floe/client.toml` (keys `url`, `token`,
+`cacert`; `FLOE_CONFIG` names another file). Failures become `ClientError` with one sentence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import tomllib
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class ClientError(Exception):
+    """A request that did not succeed, as one sentence for the user."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--url", help=f"matchmaker address (FLOE_URL; default {DEFAULT_URL})")
+    group.add_argument("--token", help="your token (FLOE_TOKEN)")
+    group.add_argument("--cacert", help="CA or self-signed certificate to trust (FLOE_CACERT)")
+
+
+def _file_settings() -> dict[str, str]:
+    path = Path(os.environ.get("FLOE_CONFIG") or Path.home() / ".config" / "floe" / "client.toml")
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ClientError(f"cannot read {path}: {exc}") from exc
+    unknown = set(data) - {"url", "token", "cacert"}
+    if unknown:
+        raise ClientError(f"{path}: unknown keys {', '.join(sorted(unknown))} (known: url, "
+                          "token, cacert)")
+    return {k: str(v) for k, v in data.items()}
+
+
+@dataclass
+class Client:
+    url: str
+    token: str | None
+    cacert: str | None = None
+    timeout: float = 30.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Client:
+        file = _file_settings()
+        url = args.url or os.environ.get("FLOE_URL") or file.get("url") or DEFAULT_URL
+        token = args.token or os.environ.get("FLOE_TOKEN") or file.get("token")
+        cacert = args.cacert or os.environ.get("FLOE_CACERT") or file.get("cacert")
+        return cls(url.rstrip("/"), token, cacert)
+
+    def request(self, method: str, path: str, body: Any = None,
+                query: dict[str, Any] | None = None, raw: bool = False) -> Any:
+        url = self.url + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        context = ssl.create_default_context(cafile=self.cacert) if self.cacert else None
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as reply:
+                payload = reply.read()
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")
+            try:
+                message = json.loads(text)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = text.strip() or exc.reason
+            if exc.code == 401 and not self.token:
+                message += " (no token given: use --token, FLOE_TOKEN or client.toml)"
+            raise ClientError(message, exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ClientError(f"cannot reach the matchmaker at {self.url}: {reason} (is `floe "
+                              "server` running? set --url or FLOE_URL)") from None
+        if raw:
+            return payload.decode(errors="replace")
+        return json.loads(payload) if payload else None
+
+    def get(self, path: str, **query: Any) -> Any:
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body if body is not None else {})
+
+    def put(self, path: str, body: Any) -> Any:
+        return self.request("PUT", path, body)

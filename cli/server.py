@@ -1,0 +1,169 @@
+"""`floe server`, `floe user`, `floe site`: run the matchmaker and administer it on its host.
+
+`floe user` and `floe site` work directly on the database file (by default ./var/floe.sqlite),
+so the first admin can be made before anything listens; they are safe to run while the server
+is up (SQLite serializes the writes, and the server finds new tokens on first use).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+
+from config.settings import SERVER_SCHEMA
+
+DEFAULT_DB = SERVER_SCHEMA.fields["database"].default
+
+
+def _configure_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", metavar="FILE", help="a server.toml (see docs/server.md)")
+    parser.add_argument("--db", metavar="PATH", help=f"SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    parser.add_argument("--cert", metavar="FILE", help="TLS certificate (PEM)")
+    parser.add_argument("--key", metavar="FILE", help="TLS private key (PEM)")
+    parser.add_argument("--self-signed", action="store_true",
+                        help="serve TLS with a self-signed certificate made next to the database")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
+
+
+def settings_from(args: argparse.Namespace):
+    from config.settings import load_server_settings
+
+    overrides = {"database": args.db, "host": args.host, "port": args.port,
+                 "tls_cert": args.cert, "tls_key": args.key}
+    return load_server_settings(args.settings, {k: v for k, v in overrides.items()
+                                                if v is not None})
+
+
+def _run_server(args: argparse.Namespace) -> int:
+    from config.schema import ConfigError
+    from matchmaker import server
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args)
+        server.run(settings, self_signed=args.self_signed)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"floe server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _admin(db_path: str) -> AsyncIterator:
+    """An Auth over the database file, without starting a server."""
+    from config.settings import server_settings
+    from matchmaker.auth import Auth
+    from matchmaker.engine import Engine
+    from matchmaker.storage.database import Database
+
+    db = await Database.open(db_path)
+    try:
+        engine = Engine(db, server_settings({"database": db_path}))
+        yield Auth(engine)
+    finally:
+        await db.close()
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
+                        help=f"the matchmaker's SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _configure_user(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="add a user and print its token (shown once)")
+    add.add_argument("name")
+    add.add_argument("--admin", action="store_true", help="may manage users, sites, everything")
+    add.add_argument("--share", type=float, default=1.0, help="fair share (default 1)")
+    _db_option(add)
+    token = sub.add_parser("token", help="replace a user's token and print the new one")
+    token.add_argument("name")
+    _db_option(token)
+    share = sub.add_parser("share", help="set a user's fair share")
+    share.add_argument("name")
+    share.add_argument("share", type=float)
+    _db_option(share)
+
+
+def _run_user(args: argparse.Namespace) -> int:
+    from matchmaker.errors import ApiError
+    from matchmaker.storage.database import StorageError
+
+    async def act() -> dict:
+        async with _admin(args.db) as auth:
+            if args.user_command == "add":
+                user, token = await auth.add_user(args.name, args.admin, args.share)
+                return {"user": user.name, "role": user.role, "share": user.share,
+                        "token": token}
+            user = await auth.user_by_name(args.name)
+            if args.user_command == "token":
+                return {"user": user.name, "token": await auth.new_user_token(user)}
+            await auth.set_share(user, args.share)
+            return {"user": user.name, "share": user.share}
+
+    try:
+        result = asyncio.run(act())
+    except (ApiError, StorageError) as exc:
+        print(f"floe user: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif "token" in result:
+        print(f"{result['user']}'s token (shown only now; keep it secret):\n{result['token']}")
+    else:
+        print(f"{result['user']}: share {result['share']}")
+    return 0
+
+
+def _configure_site(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    add = sub.add_parser("add", help="add a site and print its factory token (shown once)")
+    add.add_argument("name")
+    _db_option(add)
+    token = sub.add_parser("token", help="replace a site's factory token")
+    token.add_argument("name")
+    _db_option(token)
+
+
+def _run_site(args: argparse.Namespace) -> int:
+    from matchmaker.errors import ApiError
+    from matchmaker.storage.database import StorageError
+
+    async def act() -> dict:
+        async with _admin(args.db) as auth:
+            if args.site_command == "add":
+                site, token = await auth.add_site(args.name)
+                return {"site": site.name, "token": token}
+            site = await auth.site_by_name(args.name)
+            return {"site": site.name, "token": await auth.new_site_token(site)}
+
+    try:
+        result = asyncio.run(act())
+    except (ApiError, StorageError) as exc:
+        print(f"floe site: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"factory token of site {result['site']} (shown only now; put it in the site's "
+              f"factory config):\n{result['token']}")
+    return 0
+
+
+SUBCOMMANDS = {
+    "server": ("run the matchmaker", _configure_server, _run_server),
+    "user": ("add users, replace their tokens, set shares (on the server host)",
+             _configure_user, _run_user),
+    "site": ("add sites and replace their factory tokens (on the server host)",
+             _configure_site, _run_site),
+}

@@ -1,0 +1,81 @@
+"""API of running attempts (heartbeat, report, log upload), proved by per-attempt passkeys, and
+the read-only views of attempts and their logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import outcomes
+from ..access import Action
+from ..errors import NotFound, PayloadTooLarge
+from ..storage import queries
+from ..storage.database import Batch
+from ..storage.writes import SAVE_LOG
+from . import schemas
+from .framework import Context, Param, route
+
+ATTEMPT_ID = Param("attempt_id", int, where="path")
+STREAM = Param("stream", str, where="path", choices=("stdout", "stderr"))
+
+
+@route("POST", "/api/v1/attempts/{attempt_id}/heartbeat", summary="Report that an attempt is "
+       "alive, with its current resource use", tag="attempts", passkey=True,
+       body=schemas.HEARTBEAT, params=[ATTEMPT_ID], errors=(400, 401, 403, 404, 409),
+       description="409 means the attempt was voided (reset, suspended, timed out): kill it.")
+async def heartbeat(ctx: Context) -> Any:
+    return await outcomes.heartbeat(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
+                                    ctx.body.get("usage") or {})
+
+
+@route("POST", "/api/v1/attempts/{attempt_id}/report", summary="Report how an attempt ended",
+       tag="attempts", passkey=True, body=schemas.REPORT, params=[ATTEMPT_ID],
+       max_body=4 * 2**20, errors=(400, 401, 403, 404, 409),
+       description="Idempotent: sending the same report again is acknowledged with "
+                   "duplicate=true and records nothing twice.")
+async def report(ctx: Context) -> Any:
+    outcome = outcomes.Outcome.from_dict(ctx.body)
+    return await outcomes.report(ctx.engine, ctx.params["attempt_id"], ctx.passkey, outcome)
+
+
+@route("PUT", "/api/v1/attempts/{attempt_id}/logs/{stream}", summary="Upload an attempt's full "
+       "stdout or stderr (plain text)", tag="attempts", passkey=True, params=[ATTEMPT_ID, STREAM],
+       raw_body=True, max_body=64 * 2**20, errors=(400, 401, 403, 404, 409, 413))
+async def upload_log(ctx: Context) -> Any:
+    engine = ctx.engine
+    attempt_id = ctx.params["attempt_id"]
+    limit = engine.settings.max_log_bytes
+    if len(ctx.body) > limit:
+        raise PayloadTooLarge(f"logs are kept up to {limit} bytes; send the last {limit} bytes")
+    active = engine.active.get(attempt_id)
+    if active is None:
+        answer = await outcomes.stale_answer(engine, attempt_id, ctx.passkey)
+        if not answer.get("recorded"):
+            raise NotFound(f"there is no attempt {attempt_id}")
+    else:
+        outcomes.check_passkey(active, ctx.passkey)
+    text = ctx.body.decode("utf-8", errors="replace")
+    await engine.db.write(Batch().add(SAVE_LOG, (attempt_id, ctx.params["stream"], text)))
+    return {"stored": len(ctx.body)}
+
+
+@route("GET", "/api/v1/attempts/{attempt_id}", summary="One attempt with its log tails",
+       tag="attempts", action=Action.READ, params=[ATTEMPT_ID])
+async def attempt(ctx: Context) -> Any:
+    found = await queries.attempt(ctx.engine.db, ctx.params["attempt_id"])
+    if found is None:
+        raise NotFound(f"there is no attempt {ctx.params['attempt_id']}")
+    return found
+
+
+@route("GET", "/api/v1/attempts/{attempt_id}/logs/{stream}", summary="An attempt's full log as "
+       "text (its tail if the pilot did not upload it)", tag="attempts", action=Action.READ,
+       params=[ATTEMPT_ID, STREAM])
+async def log_text(ctx: Context) -> Any:
+    found = await queries.log_text(ctx.engine.db, ctx.params["attempt_id"], ctx.params["stream"])
+    if found is None:
+        raise NotFound(f"there is no attempt {ctx.params['attempt_id']}")
+    text, complete = found
+    return web.Response(text=text, content_type="text/plain",
+                        headers={"X-Floe-Log-Complete": "1" if complete else "0"})

@@ -1,0 +1,193 @@
+"""API of datasets, their jobs and tasks: submit, list, inspect, and steer them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.states import TaskState
+
+from .. import actions, submission
+from ..access import Action
+from ..engine import Engine
+from ..errors import BadRequest, NotFound
+from ..model import DatasetState, DatasetStatus
+from ..storage import queries
+from . import schemas
+from .framework import Context, Param, Reply, route
+
+DATASET_ID = Param("dataset_id", int, where="path")
+TASK_ID = Param("task_id", int, where="path")
+LIMIT = Param("limit", int, 100, "page size", minimum=1, maximum=1000)
+JOB_STATES = ("waiting", "processing", "complete", "failed", "suspended")
+
+
+def summary(engine: Engine, dataset: DatasetState) -> dict[str, Any]:
+    owner = engine.users.get(dataset.user_id)
+    return {
+        "id": dataset.id,
+        "owner": owner.name if owner else None,
+        "description": dataset.config.description,
+        "status": dataset.status,
+        "priority": dataset.priority,
+        "jobs": dataset.jobs,
+        "jobs_created": dataset.materialized,
+        "tasks_per_job": dataset.ntasks,
+        "task_names": [t.name for t in dataset.config.tasks],
+        "tasks": dataset.summary(),
+        "created": dataset.dataset.created,
+        "max_retries": dataset.config.max_retries,
+        "debug": dataset.config.debug,
+    }
+
+
+def find(ctx: Context) -> DatasetState:
+    dataset = ctx.engine.datasets.get(ctx.params["dataset_id"])
+    if dataset is None:
+        raise NotFound(f"there is no dataset {ctx.params['dataset_id']}")
+    return dataset
+
+
+def changeable(ctx: Context) -> DatasetState:
+    dataset = find(ctx)
+    ctx.authorize(Action.CHANGE_DATASET, owner_id=dataset.user_id)
+    return dataset
+
+
+@route("POST", "/api/v1/datasets", summary="Submit a dataset", tag="datasets",
+       action=Action.SUBMIT, body=schemas.DATASET_CONFIG, status=201,
+       description="The body is a dataset config (docs/config.md). Jobs are created in the "
+                   "background; the answer comes at once with the new dataset's summary.")
+async def submit(ctx: Context) -> Any:
+    dataset = await submission.submit(ctx.engine, ctx.principal.user, ctx.body)
+    return summary(ctx.engine, dataset)
+
+
+@route("GET", "/api/v1/datasets", summary="List datasets", tag="datasets", action=Action.READ,
+       params=[Param("owner", str, doc="only this user's datasets"),
+               Param("status", str, choices=DatasetStatus.ALL)])
+async def list_datasets(ctx: Context) -> Any:
+    engine = ctx.engine
+    owner = ctx.params["owner"]
+    status = ctx.params["status"]
+    result = []
+    for dataset in sorted(engine.datasets.values(), key=lambda d: d.id):
+        if status and dataset.status != status:
+            continue
+        if owner and engine.users.get(dataset.user_id, None) and \
+                engine.users[dataset.user_id].name != owner:
+            continue
+        result.append(summary(engine, dataset))
+    return {"datasets": result}
+
+
+@route("GET", "/api/v1/datasets/{dataset_id}", summary="One dataset with its config",
+       tag="datasets", action=Action.READ, params=[DATASET_ID])
+async def get_dataset(ctx: Context) -> Any:
+    dataset = find(ctx)
+    data = summary(ctx.engine, dataset)
+    data["config"] = dataset.config.raw
+    data["events"] = await queries.events(ctx.engine.db, dataset.id, 50)
+    return data
+
+
+@route("POST", "/api/v1/datasets/{dataset_id}/suspend", summary="Suspend a dataset (voids its "
+       "running attempts)", tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
+       errors=(400, 401, 403, 404, 409))
+async def suspend(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    changed = await actions.suspend(ctx.engine, dataset, ctx.principal.user)
+    return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
+
+
+@route("POST", "/api/v1/datasets/{dataset_id}/resume", summary="Resume a suspended dataset",
+       tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
+       errors=(400, 401, 403, 404, 409))
+async def resume(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    changed = await actions.resume(ctx.engine, dataset, ctx.principal.user)
+    return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
+
+
+@route("POST", "/api/v1/datasets/{dataset_id}/reset", summary="Reset failed tasks, or all tasks",
+       tag="datasets", action=Action.CHANGE_DATASET, body=schemas.RESET, params=[DATASET_ID],
+       errors=(400, 401, 403, 404, 409))
+async def reset(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    changed = await actions.reset(ctx.engine, dataset, ctx.principal.user, ctx.body["scope"])
+    return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
+
+
+@route("PUT", "/api/v1/datasets/{dataset_id}/priority", summary="Change a dataset's priority",
+       tag="datasets", action=Action.CHANGE_DATASET, body=schemas.PRIORITY, params=[DATASET_ID])
+async def priority(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    await actions.set_priority(ctx.engine, dataset, ctx.principal.user,
+                               float(ctx.body["priority"]))
+    return summary(ctx.engine, dataset)
+
+
+@route("GET", "/api/v1/datasets/{dataset_id}/jobs", summary="A page of a dataset's jobs",
+       tag="datasets", action=Action.READ,
+       params=[DATASET_ID, Param("state", str, choices=JOB_STATES),
+               Param("after", int, -1, "show jobs after this index", minimum=-1), LIMIT])
+async def jobs(ctx: Context) -> Any:
+    dataset = find(ctx)
+    rows = await queries.jobs(ctx.engine.db, dataset.id, ctx.params["state"],
+                              ctx.params["after"], ctx.params["limit"])
+    return {"jobs": rows, "next": rows[-1]["job"] if len(rows) == ctx.params["limit"] else None}
+
+
+@route("GET", "/api/v1/datasets/{dataset_id}/tasks", summary="A page of a dataset's tasks",
+       tag="datasets", action=Action.READ,
+       params=[DATASET_ID, Param("state", str, choices=tuple(s.value for s in TaskState)),
+               Param("task", str, doc="task name"), Param("job", int, minimum=0),
+               Param("after", int, 0, "show tasks with ids above this", minimum=0), LIMIT])
+async def tasks(ctx: Context) -> Any:
+    dataset = find(ctx)
+    task_index = None
+    if ctx.params["task"] is not None:
+        names = [t.name for t in dataset.config.tasks]
+        if ctx.params["task"] not in names:
+            raise BadRequest(f"task: dataset {dataset.id} has no task named "
+                             f"{ctx.params['task']!r} (it has {', '.join(names)})")
+        task_index = names.index(ctx.params["task"])
+    rows = await queries.tasks(ctx.engine.db, dataset.id, state=ctx.params["state"],
+                               task_index=task_index, job=ctx.params["job"],
+                               after=ctx.params["after"], limit=ctx.params["limit"])
+    for row in rows:
+        row["task"] = dataset.config.tasks[row["task_index"]].name
+    return {"tasks": rows,
+            "next": rows[-1]["task_id"] if len(rows) == ctx.params["limit"] else None}
+
+
+@route("GET", "/api/v1/datasets/{dataset_id}/statistics", summary="Aggregates of user "
+       "statistics and resource use: count, sum, mean, standard deviation", tag="datasets",
+       action=Action.READ, params=[DATASET_ID])
+async def statistics(ctx: Context) -> Any:
+    dataset = find(ctx)
+    rows = await queries.statistics(ctx.engine.db, dataset.id)
+    for row in rows:
+        index = row.pop("task_index")
+        row["task"] = dataset.config.tasks[index].name if index is not None else None
+    return {"statistics": rows}
+
+
+@route("GET", "/api/v1/datasets/{dataset_id}/events", summary="Who did what to a dataset, "
+       "newest first", tag="datasets", action=Action.READ,
+       params=[DATASET_ID, LIMIT])
+async def events(ctx: Context) -> Any:
+    dataset = find(ctx)
+    return {"events": await queries.events(ctx.engine.db, dataset.id, ctx.params["limit"])}
+
+
+@route("GET", "/api/v1/tasks/{task_id}", summary="One task with every attempt", tag="datasets",
+       action=Action.READ, params=[TASK_ID])
+async def task(ctx: Context) -> Any:
+    found = await queries.task(ctx.engine.db, ctx.params["task_id"])
+    if found is None:
+        raise NotFound(f"there is no task {ctx.params['task_id']}")
+    dataset = ctx.engine.datasets[found["dataset"]]
+    found["task"] = dataset.config.tasks[found["task_index"]].name
+    found["requirements"] = dataset.requirements(found["task_id"]).to_dict()
+    found["attempts"] = await queries.attempts_of_task(ctx.engine.db, found["task_id"])
+    return Reply(found)

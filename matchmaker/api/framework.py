@@ -1,0 +1,249 @@
+"""How API routes are declared and served: one declaration gives the handler, its access rule,
+its parameters and body schema, and its entry in the OpenAPI document.
+
+A handler receives a `Context` whose body has already been size-capped, parsed and checked
+against the declared schema, and whose caller has already been authenticated and authorized for
+the route's action. It returns plain data (sent as JSON) or a `Reply`. Every error leaves the
+server as JSON `{"error": "..."}` with a 4xx status (5xx only for faults of the server itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..access import Action, authorize
+from ..auth import Auth, Principal
+from ..engine import Engine
+from ..errors import ApiError, BadRequest, PayloadTooLarge, Unauthorized
+from .validation import problems
+
+log = logging.getLogger(__name__)
+
+ENGINE = web.AppKey("engine", Engine)
+AUTH = web.AppKey("auth", Auth)
+
+PASSKEY_HEADER = "X-Floe-Passkey"
+
+
+@dataclass
+class Param:
+    """A path or query parameter."""
+
+    name: str
+    kind: type = str
+    default: Any = None
+    doc: str = ""
+    where: str = "query"
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": {int: "integer", float: "number", bool: "boolean"}
+                                  .get(self.kind, "string")}
+        if self.choices:
+            schema["enum"] = list(self.choices)
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.default is not None:
+            schema["default"] = self.default
+        return schema
+
+
+@dataclass
+class Reply:
+    data: Any
+    status: int = 200
+
+
+@dataclass
+class Context:
+    request: web.Request
+    engine: Engine
+    auth: Auth
+    principal: Principal | None
+    body: Any
+    params: dict[str, Any]
+    passkey: str | None = None
+
+    def authorize(self, action: Action, **scope: Any) -> None:
+        if self.principal is None:
+            raise Unauthorized("this needs a token: send 'Authorization: Bearer <token>'")
+        authorize(self.principal, action, **scope)
+
+
+Handler = Callable[[Context], Awaitable[Any]]
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    action: Action | None
+    passkey: bool
+    body: dict[str, Any] | None
+    params: list[Param]
+    response: dict[str, Any] | None
+    status: int
+    tag: str
+    max_body: int | None
+    raw_body: bool = False
+    description: str = ""
+    errors: tuple[int, ...] = field(default=(400, 401, 403))
+
+
+ROUTES: list[Route] = []
+
+
+def route(method: str, path: str, *, summary: str, tag: str, action: Action | None = None,
+          passkey: bool = False, body: dict[str, Any] | None = None,
+          params: list[Param] | None = None, response: dict[str, Any] | None = None,
+          status: int = 200, max_body: int | None = None, raw_body: bool = False,
+          description: str = "", errors: tuple[int, ...] = (400, 401, 403, 404)
+          ) -> Callable[[Handler], Handler]:
+    """Declare an API route (see the module docstring)."""
+    def register(handler: Handler) -> Handler:
+        ROUTES.append(Route(method, path, handler, summary, action, passkey, body,
+                            params or [], response, status, tag, max_body, raw_body,
+                            description, errors))
+        return handler
+    return register
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json")
+
+
+def _parse_param(param: Param, raw: str | None) -> Any:
+    if raw is None:
+        return param.default
+    try:
+        if param.kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            value: Any = raw.lower() in ("1", "true", "yes")
+        else:
+            value = param.kind(raw)
+    except ValueError:
+        raise BadRequest(f"{param.name}: expected {param.schema()['type']}, got {raw!r}") from None
+    if param.choices and value not in param.choices:
+        raise BadRequest(f"{param.name}: expected one of {', '.join(param.choices)}, "
+                         f"got {raw!r}")
+    if param.minimum is not None and value < param.minimum:
+        raise BadRequest(f"{param.name}: must be at least {param.minimum}, got {value}")
+    if param.maximum is not None and value > param.maximum:
+        raise BadRequest(f"{param.name}: must be at most {param.maximum}, got {value}")
+    return value
+
+
+async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is {request.content_length} bytes; this route "
+                              f"accepts at most {limit}")
+    raw = await request.read()
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this route "
+                              "accepts")
+    if spec.raw_body:
+        return raw
+    if not raw:
+        if spec.body is None:
+            return None
+        raise BadRequest("this route needs a JSON body")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if spec.body is not None:
+        found = problems(body, spec.body)
+        if found:
+            raise BadRequest("; ".join(found[:20]))
+    return body
+
+
+def _token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The aiohttp handler for a declared route."""
+    path_params = [p for p in spec.params if p.where == "path"]
+    query_params = [p for p in spec.params if p.where == "query"]
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        engine = request.app[ENGINE]
+        auth = request.app[AUTH]
+        started = time.perf_counter()
+        try:
+            token = _token(request)
+            principal = await auth.authenticate(token) if token else None
+            params = {p.name: _parse_param(p, request.match_info.get(p.name))
+                      for p in path_params}
+            params.update({p.name: _parse_param(p, request.query.get(p.name))
+                           for p in query_params})
+            passkey = None
+            if spec.passkey:
+                passkey = request.headers.get(PASSKEY_HEADER)
+                if not passkey:
+                    raise Unauthorized(f"this needs the attempt's passkey in the {PASSKEY_HEADER}"
+                                       " header")
+            elif spec.action is not None:
+                if principal is None:
+                    raise Unauthorized("this needs a token: send 'Authorization: Bearer <token>'")
+                authorize(principal, spec.action)
+            limit = spec.max_body or engine.settings.max_request_bytes
+            body = await _read_body(request, spec, limit) if request.can_read_body or \
+                spec.body is not None else None
+            context = Context(request, engine, auth, principal, body, params, passkey)
+            result = await spec.handler(context)
+            if isinstance(result, web.StreamResponse):
+                return result
+            if isinstance(result, Reply):
+                return json_response(result.data, result.status)
+            return json_response(result, spec.status)
+        except ApiError as exc:
+            return json_response({"error": exc.message}, exc.status)
+        finally:
+            engine.metrics.observe(spec.path, time.perf_counter() - started)
+
+    return handle
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Answer what the routes do not (unknown paths, wrong methods, faults) in JSON too."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api/"):
+            raise
+        message = {404: f"there is no API route {request.path}; see /api/v1/openapi.json",
+                   405: f"{request.method} is not allowed on {request.path}",
+                   413: "the request body is too large"}.get(exc.status, exc.reason)
+        return json_response({"error": message}, exc.status)
+    except ApiError as exc:
+        return json_response({"error": exc.message}, exc.status)
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        if not request.path.startswith("/api/"):
+            raise
+        return json_response({"error": "internal server error; the server log has the "
+                                       "details"}, 500)

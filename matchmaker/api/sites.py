@@ -1,0 +1,92 @@
+"""API of sites as their factories see them: demand, pilot tokens; and the pilots listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.resources import Slot, fits
+
+from ..access import Action
+from ..model import DatasetStatus
+from ..storage import queries
+from . import schemas
+from .framework import Context, Param, route
+
+SITE = Param("name", str, where="path")
+
+
+@route("GET", "/api/v1/sites", summary="Sites with their running pilots", tag="sites",
+       action=Action.READ)
+async def sites(ctx: Context) -> Any:
+    engine = ctx.engine
+    result = []
+    for site in sorted(engine.sites.values(), key=lambda s: s.name):
+        pilots = [p for p in engine.pilots.values() if p.site is site]
+        result.append({"name": site.name, "pilots": len(pilots),
+                       "attempts": sum(len(p.attempts) for p in pilots)})
+    return {"sites": result}
+
+
+@route("POST", "/api/v1/sites/{name}/pilot-tokens", summary="A short-lived pilot token for "
+       "this site", tag="sites", action=Action.SITE, params=[SITE], body=schemas.PILOT_TOKEN,
+       status=201)
+async def pilot_token(ctx: Context) -> Any:
+    site = await ctx.auth.site_by_name(ctx.params["name"])
+    ctx.authorize(Action.SITE, site=site)
+    token, expires = await ctx.auth.pilot_token(site, float(ctx.body.get("lifetime", 86400)))
+    return {"token": token, "expires": expires, "site": site.name}
+
+
+@route("POST", "/api/v1/sites/{name}/demand", summary="Ready tasks that pilots of each shape "
+       "could run at this site", tag="sites", action=Action.SITE, params=[SITE],
+       body=schemas.DEMAND,
+       description="Each ready task is counted once, for the smallest shape it fits "
+                   "(`tasks`); `fitting` counts every shape a task fits.")
+async def demand(ctx: Context) -> Any:
+    engine = ctx.engine
+    site = await ctx.auth.site_by_name(ctx.params["name"])
+    ctx.authorize(Action.SITE, site=site)
+    shapes = ctx.body["shapes"]
+    slots = [Slot(cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
+                  seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
+                  site=site.name) for s in shapes]
+    order = sorted(range(len(shapes)), key=lambda i: (slots[i].gpus, slots[i].cpus,
+                                                      slots[i].memory, slots[i].seconds))
+    assigned = [0] * len(shapes)
+    fitting = [0] * len(shapes)
+    for dataset in engine.datasets.values():
+        if dataset.status != DatasetStatus.PROCESSING:
+            continue
+        for task_class in dataset.queue.classes.values():
+            if not task_class.ready:
+                continue
+            first = True
+            for i in order:
+                if fits(task_class.requirements, slots[i]):
+                    fitting[i] += task_class.ready
+                    if first:
+                        assigned[i] += task_class.ready
+                        first = False
+    pilots = [p for p in engine.pilots.values() if p.site is site]
+    return {"site": site.name,
+            "shapes": [{"name": s["name"], "tasks": assigned[i], "fitting": fitting[i]}
+                       for i, s in enumerate(shapes)],
+            "pilots": {"running": len(pilots),
+                       "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks)}}
+
+
+@route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",
+       action=Action.READ,
+       params=[Param("site", str), Param("state", str, choices=("running", "exited", "lost")),
+               Param("after", int, 0, minimum=0),
+               Param("limit", int, 100, minimum=1, maximum=1000)])
+async def pilots(ctx: Context) -> Any:
+    site_id = None
+    if ctx.params["site"]:
+        site_id = (await ctx.auth.site_by_name(ctx.params["site"])).site_id
+    rows = await queries.pilots(ctx.engine.db, site_id=site_id, state=ctx.params["state"],
+                                after=ctx.params["after"], limit=ctx.params["limit"])
+    for row in rows:
+        live = ctx.engine.pilots.get(row["pilot_id"])
+        row["attempts"] = sorted(live.attempts) if live else []
+    return {"pilots": rows}

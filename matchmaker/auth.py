@@ -1,0 +1,256 @@
+"""Who is calling: users, sites (their factories) and pilots, proved by bearer tokens.
+
+Tokens are 256 random bits with a prefix that says their kind (`floe_u_`, `floe_s_`, `floe_p_`),
+shown once when made and stored only as SHA-256 hashes. Users and sites hold long-lived tokens;
+pilots hold short-lived, site-scoped tokens that a site's factory obtains for the pilots it
+submits. Known tokens are cached in memory; a token made by another process (`floe user add` on
+the server host) is found in the database on first use.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from .engine import Engine, Site, User, hash_secret
+from .errors import BadRequest, Conflict, NotFound, Unauthorized
+
+PREFIX = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+NAME_HINT = "1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. `role` is admin, user, site or pilot."""
+
+    role: str
+    user: User | None = None
+    site: Site | None = None
+    expires: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.user is not None:
+            return self.user.name
+        if self.site is not None:
+            return f"{self.role} of site {self.site.name}"
+        return self.role
+
+
+def new_token(kind: str) -> str:
+    return PREFIX[kind] + secrets.token_urlsafe(32)
+
+
+def check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise BadRequest(f"{what} name {name!r} is not valid: use {NAME_HINT}")
+    return name
+
+
+class Auth:
+    """Token checks and the creation of users, sites and tokens."""
+
+    NEGATIVE_TTL = 10.0
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._known: dict[str, Principal] = {}
+        self._unknown: dict[str, float] = {}
+
+    async def authenticate(self, token: str) -> Principal:
+        """The caller behind `token`; raises Unauthorized with the reason."""
+        digest = hash_secret(token)
+        principal = self._known.get(digest)
+        now = self.engine.clock()
+        if principal is None:
+            if self._unknown.get(digest, 0.0) > time.monotonic():
+                raise Unauthorized(_unknown_token_message(token))
+            principal = await self._lookup(digest)
+            if principal is None:
+                if len(self._unknown) > 10_000:
+                    self._unknown.clear()
+                self._unknown[digest] = time.monotonic() + self.NEGATIVE_TTL
+                raise Unauthorized(_unknown_token_message(token))
+            self._known[digest] = principal
+        if principal.expires is not None and principal.expires < now:
+            self._known.pop(digest, None)
+            raise Unauthorized("this pilot token has expired: the factory must obtain a new one "
+                               "for the pilots it submits")
+        return principal
+
+    async def _lookup(self, digest: str) -> Principal | None:
+        row = await self.engine.db.fetchone(
+            "SELECT kind, user_id, site_id, expires, revoked FROM tokens WHERE token_hash = ?",
+            (digest,))
+        if row is None or row["revoked"] is not None:
+            return None
+        if row["kind"] == "user":
+            user = await self._user(row["user_id"])
+            return Principal(user.role, user=user)
+        site = await self._site(row["site_id"])
+        return Principal(row["kind"], site=site, expires=row["expires"])
+
+    async def _user(self, user_id: int) -> User:
+        user = self.engine.users.get(user_id)
+        if user is None:  # added by another process since we started
+            row = await self.engine.db.fetchone(
+                "SELECT user_id, name, role, share FROM users WHERE user_id = ?", (user_id,))
+            user = User(row["user_id"], row["name"], row["role"], row["share"])
+            self.engine.add_user(user)
+        return user
+
+    async def _site(self, site_id: int) -> Site:
+        site = self.engine.sites.get(site_id)
+        if site is None:
+            row = await self.engine.db.fetchone(
+                "SELECT site_id, name FROM sites WHERE site_id = ?", (site_id,))
+            site = self.engine.sites[site_id] = Site(row["site_id"], row["name"])
+        return site
+
+    async def site_by_name(self, name: str) -> Site:
+        for site in self.engine.sites.values():
+            if site.name == name:
+                return site
+        row = await self.engine.db.fetchone("SELECT site_id FROM sites WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"there is no site named {name!r}; an admin adds it with "
+                           f"`floe site add {name}`")
+        return await self._site(row["site_id"])
+
+    async def user_by_name(self, name: str) -> User:
+        user = self.engine.users_by_name.get(name)
+        if user is not None:
+            return user
+        row = await self.engine.db.fetchone("SELECT user_id FROM users WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"there is no user named {name!r}")
+        return await self._user(row["user_id"])
+
+    # -- creation -----------------------------------------------------------------------------
+    async def add_user(self, name: str, admin: bool = False,
+                       share: float = 1.0) -> tuple[User, str]:
+        """Create a user and return it with its first token (shown only now)."""
+        check_name(name, "user")
+        if not share > 0:
+            raise BadRequest(f"share: expected a number above 0, got {share}")
+        token = new_token("user")
+        now = self.engine.clock()
+
+        async def insert(conn: aiosqlite.Connection) -> int:
+            exists = await (await conn.execute(
+                "SELECT 1 FROM users WHERE name = ?", (name,))).fetchone()
+            if exists:
+                raise Conflict(f"a user named {name!r} already exists; use "
+                               f"`floe user token {name}` for a new token")
+            cursor = await conn.execute(
+                "INSERT INTO users (name, role, share, created) VALUES (?, ?, ?, ?)",
+                (name, "admin" if admin else "user", share, now))
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, kind, user_id, created) VALUES (?, 'user', ?, ?)",
+                (hash_secret(token), cursor.lastrowid, now))
+            return cursor.lastrowid
+
+        user_id = await self.engine.db.exclusive(insert)
+        user = User(user_id, name, "admin" if admin else "user", share)
+        self.engine.add_user(user)
+        return user, token
+
+    async def new_user_token(self, user: User, revoke_old: bool = True) -> str:
+        """A fresh token for `user`; the old ones stop working unless `revoke_old` is False."""
+        token = new_token("user")
+        now = self.engine.clock()
+
+        async def insert(conn: aiosqlite.Connection) -> None:
+            if revoke_old:
+                await conn.execute("UPDATE tokens SET revoked = ? WHERE user_id = ?"
+                                   " AND revoked IS NULL", (now, user.user_id))
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, kind, user_id, created) VALUES (?, 'user', ?, ?)",
+                (hash_secret(token), user.user_id, now))
+
+        await self.engine.db.exclusive(insert)
+        if revoke_old:
+            self._known = {k: p for k, p in self._known.items() if p.user is not user}
+        return token
+
+    async def set_share(self, user: User, share: float) -> None:
+        if not share > 0:
+            raise BadRequest(f"share: expected a number above 0, got {share}")
+
+        async def update(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE users SET share = ? WHERE user_id = ?",
+                               (share, user.user_id))
+
+        await self.engine.db.exclusive(update)
+        user.share = share
+
+    async def add_site(self, name: str) -> tuple[Site, str]:
+        """Create a site and return it with its factory token (shown only now)."""
+        check_name(name, "site")
+        token = new_token("site")
+        now = self.engine.clock()
+
+        async def insert(conn: aiosqlite.Connection) -> int:
+            exists = await (await conn.execute(
+                "SELECT 1 FROM sites WHERE name = ?", (name,))).fetchone()
+            if exists:
+                raise Conflict(f"a site named {name!r} already exists; use "
+                               f"`floe site token {name}` for a new token")
+            cursor = await conn.execute("INSERT INTO sites (name, created) VALUES (?, ?)",
+                                        (name, now))
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, kind, site_id, created) VALUES (?, 'site', ?, ?)",
+                (hash_secret(token), cursor.lastrowid, now))
+            return cursor.lastrowid
+
+        site_id = await self.engine.db.exclusive(insert)
+        site = self.engine.sites[site_id] = Site(site_id, name)
+        return site, token
+
+    async def new_site_token(self, site: Site) -> str:
+        """A fresh factory token for `site`; the old one stops working."""
+        token = new_token("site")
+        now = self.engine.clock()
+
+        async def insert(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE tokens SET revoked = ? WHERE site_id = ? AND kind = 'site'"
+                               " AND revoked IS NULL", (now, site.site_id))
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, kind, site_id, created) VALUES (?, 'site', ?, ?)",
+                (hash_secret(token), site.site_id, now))
+
+        await self.engine.db.exclusive(insert)
+        self._known = {k: p for k, p in self._known.items()
+                       if not (p.role == "site" and p.site is site)}
+        return token
+
+    async def pilot_token(self, site: Site, lifetime: float) -> tuple[str, float]:
+        """A pilot token for `site` that expires after `lifetime` seconds."""
+        limit = self.engine.settings.pilot_token_max_lifetime
+        if not 60 <= lifetime <= limit:
+            raise BadRequest(f"lifetime: expected 60 to {limit} seconds, got {lifetime}")
+        token = new_token("pilot")
+        now = self.engine.clock()
+        expires = now + lifetime
+
+        async def insert(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "INSERT INTO tokens (token_hash, kind, site_id, created, expires)"
+                " VALUES (?, 'pilot', ?, ?, ?)", (hash_secret(token), site.site_id, now, expires))
+            await conn.execute("DELETE FROM tokens WHERE kind = 'pilot' AND expires < ?", (now,))
+
+        await self.engine.db.exclusive(insert)
+        self._known[hash_secret(token)] = Principal("pilot", site=site, expires=expires)
+        return token, expires
+
+
+def _unknown_token_message(token: str) -> str:
+    if not any(token.startswith(p) for p in PREFIX.values()):
+        return ("this is not a floe token (they start with floe_u_, floe_s_ or floe_p_); check "
+                "the Authorization header or FLOE_TOKEN")
+    return "this token is not known or was revoked; ask an admin for a new one"

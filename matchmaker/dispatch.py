@@ -1,0 +1,183 @@
+"""Matching: which ready task a pilot's slot gets, and handing it out under a fresh passkey.
+
+The order is fair share first (users by decayed usage / share), then, within a user, datasets
+by decayed usage / priority, then continuing jobs before new ones. GPU capacity goes to GPU
+tasks first: a slot with free GPUs is offered every user's GPU tasks before anyone's CPU tasks.
+A task is offered only to a slot that has time left for its walltime (see `config.resources`).
+
+The chosen task is reserved in memory at once (so no concurrent ask can take it), committed
+with its new attempt in a shared group commit, and only then answered.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from config.resources import Slot, format_size
+from config.states import TaskState
+
+from .engine import ActiveAttempt, Engine, Pilot, hash_secret
+from .fairshare import expected_runtime, weight
+from .model import DatasetState, DatasetStatus
+from .storage.database import Batch
+from .storage.writes import INSERT_ATTEMPT, MOVE_TASK, SET_JOB
+
+
+@dataclass
+class Dispatch:
+    """A task handed to a pilot: everything it needs to run and report it."""
+
+    attempt_id: int
+    passkey: str
+    dataset: DatasetState
+    task_id: int
+
+    def to_dict(self, engine: Engine) -> dict[str, Any]:
+        dataset = self.dataset
+        job_index, task_index = dataset.locate(self.task_id)
+        spec = dataset.config.tasks[task_index]
+        return {
+            "id": self.attempt_id,
+            "passkey": self.passkey,
+            "task_id": self.task_id,
+            "task": spec.name,
+            "dataset": dataset.id,
+            "job": job_index,
+            "jobs_submitted": dataset.jobs,
+            "requirements": dataset.requirements(self.task_id).to_dict(),
+            "spec": spec.raw,
+            "steering": dataset.config.steering,
+            "heartbeat_interval": engine.settings.heartbeat_interval,
+            "heartbeat_timeout": engine.settings.heartbeat_timeout,
+        }
+
+
+@dataclass
+class NoWork:
+    """No task fits: why, how long the pilot should wait before asking again, and the shortest
+    walltime among ready tasks (a pilot with less time left than that can leave)."""
+
+    reason: str
+    wait: int
+    shortest_walltime: int | None = None
+
+
+def user_order(engine: Engine) -> list[int]:
+    """Users with ready work, most deserving first (lowest decayed usage per share)."""
+    users = [user_id for user_id, datasets in engine.by_user.items()
+             if any(d.queue.ready and d.status == DatasetStatus.PROCESSING for d in datasets)]
+    usage = engine.user_usage
+
+    def rank(user_id: int) -> tuple[float, int]:
+        user = engine.users.get(user_id)
+        share = user.share if user else 1.0
+        return usage.scaled(user_id) / share, user_id
+
+    return sorted(users, key=rank)
+
+
+def dataset_order(engine: Engine, user_id: int) -> list[DatasetState]:
+    """A user's datasets with ready work, most deserving first (decayed usage per priority)."""
+    usage = engine.dataset_usage
+    datasets = [d for d in engine.by_user.get(user_id, ())
+                if d.queue.ready and d.status == DatasetStatus.PROCESSING]
+    return sorted(datasets, key=lambda d: (usage.scaled(d.id) / d.priority, d.id))
+
+
+def choose(engine: Engine, slot: Slot) -> tuple[DatasetState, int] | None:
+    """Pop the best ready task for `slot`, or None."""
+    phases = (True, False) if slot.gpus > 0 else (None,)
+    users = user_order(engine)
+    for gpu_tasks in phases:
+        for user_id in users:
+            for dataset in dataset_order(engine, user_id):
+                taken = dataset.queue.take(slot, gpu_tasks, dataset.is_ready)
+                if taken is not None:
+                    return dataset, taken[0]
+    return None
+
+
+def explain(engine: Engine, slot: Slot) -> NoWork:
+    """Why nothing fits `slot`, as one sentence, and a suggested wait."""
+    settings = engine.settings
+    ready = sum(d.queue.ready for d in engine.datasets.values()
+                if d.status == DatasetStatus.PROCESSING)
+    if not ready:
+        pending = any(d.materialized < d.jobs for d in engine.datasets.values()
+                      if d.status == DatasetStatus.PROCESSING)
+        if pending:
+            return NoWork("no ready task yet: new jobs are being created",
+                          min(5, settings.idle_wait))
+        return NoWork("no ready task in any dataset", settings.idle_wait)
+    reasons: dict[str, int] = {}
+    shortest = None
+    for dataset in engine.datasets.values():
+        if dataset.status != DatasetStatus.PROCESSING:
+            continue
+        for count, reason in dataset.queue.reasons(slot):
+            reasons[reason] = reasons.get(reason, 0) + count
+        for task_class in dataset.queue.classes.values():
+            if task_class.ready:
+                walltime = task_class.requirements.walltime
+                shortest = walltime if shortest is None else min(shortest, walltime)
+    common = max(reasons.items(), key=lambda item: item[1])[0] if reasons else "none fits"
+    return NoWork(
+        f"{ready} ready tasks, none fits this slot ({slot.cpus} CPUs, "
+        f"{format_size(slot.memory)} memory, {slot.gpus} GPUs); most common: {common}",
+        settings.idle_wait * 2, shortest)
+
+
+async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
+    """Give `pilot` the best task that fits `slot`, committed before this returns."""
+    now = engine.clock()
+    pilot.last_seen = now
+    picked = choose(engine, slot)
+    if picked is None:
+        pilot.empty_asks += 1
+        engine.metrics.empty_asks += 1
+        return explain(engine, slot)
+    dataset, task_id = picked
+    requirements = dataset.requirements(task_id)
+    job_index, task_index = dataset.locate(task_id)
+    job_before = dataset.job_state(job_index)
+    dataset.move(task_id, TaskState.PROCESSING)
+    job_after = dataset.job_state(job_index)
+
+    settings = engine.settings
+    rate = weight(requirements.cpus, requirements.gpus, settings.gpu_weight)
+    charge = rate * expected_runtime(dataset.runtimes[task_index], requirements.walltime,
+                                     settings.runtime_guess)
+    engine.user_usage.charge(dataset.user_id, charge, now)
+    engine.dataset_usage.charge(dataset.id, charge, now)
+
+    attempt_id = engine.next_attempt_id
+    engine.next_attempt_id += 1
+    passkey = secrets.token_urlsafe(24)  # 192 random bits
+    active = ActiveAttempt(attempt_id, dataset.id, task_id, pilot.pilot_id, hash_secret(passkey),
+                           now, now, requirements, charge, pilot.site.name, pilot.host)
+    engine.active[attempt_id] = active
+    pilot.attempts.add(attempt_id)
+    batch = Batch()
+    batch.add(INSERT_ATTEMPT, (
+        attempt_id, task_id, dataset.id, pilot.pilot_id, pilot.site.name, pilot.host,
+        pilot.batch_id, active.passkey_hash, now, now, requirements.cpus, requirements.memory,
+        requirements.disk, requirements.gpus, requirements.walltime, None))
+    batch.add(MOVE_TASK, (TaskState.PROCESSING.value, now, task_id, TaskState.READY.value))
+    if job_after != job_before:
+        batch.add(SET_JOB, (job_after, dataset.id, job_index))
+    try:
+        await engine.db.write(batch)
+    except BaseException:
+        # Undo the reservation so the task is offered again.
+        engine.active.pop(attempt_id, None)
+        pilot.attempts.discard(attempt_id)
+        engine.user_usage.charge(dataset.user_id, -charge, now)
+        engine.dataset_usage.charge(dataset.id, -charge, now)
+        if dataset.state(task_id) == TaskState.PROCESSING:
+            dataset.move(task_id, TaskState.READY)
+        raise
+    pilot.empty_asks = 0
+    engine.metrics.matches += 1
+    return Dispatch(attempt_id, passkey, dataset, task_id)

@@ -1,0 +1,300 @@
+"""The matchmaker's working state and its life: loading it from SQLite, and the background loops.
+
+`Engine` holds everything the scheduler decides from: datasets with their task states and ready
+queues, users with their shares, running pilots, the attempts in flight with their passkey
+hashes, and the fair-share ledgers. It is rebuilt from the database at start, so the database
+stays the one durable record. The decisions themselves live in `dispatch`, `outcomes`,
+`actions` and `materializer`, which take an Engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.dataset import validate
+from config.resources import Requirements
+from config.settings import ServerSettings
+from config.states import TaskState
+
+from .fairshare import Ledger
+from .metrics import Metrics
+from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
+from .storage.database import Batch, Database
+from .storage.writes import HEARTBEAT, PILOT_SEEN, SAVE_USAGE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class User:
+    user_id: int
+    name: str
+    role: str
+    share: float
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass
+class Site:
+    site_id: int
+    name: str
+
+
+@dataclass
+class Pilot:
+    """A registered pilot that has not ended."""
+
+    pilot_id: int
+    site: Site
+    host: str
+    batch_id: str
+    registered: float
+    last_seen: float
+    resources: dict[str, Any]
+    attempts: set[int] = field(default_factory=set)
+    empty_asks: int = 0
+
+
+@dataclass
+class ActiveAttempt:
+    """An attempt in flight: what it holds, who may speak for it, what it was charged."""
+
+    attempt_id: int
+    dataset_id: int
+    task_id: int
+    pilot_id: int
+    passkey_hash: str
+    started: float
+    last_heartbeat: float
+    requirements: Requirements
+    charge: float
+    site: str
+    host: str
+    usage: dict[str, float] = field(default_factory=dict)
+    usage_dirty: bool = False
+
+
+def hash_secret(secret: str) -> str:
+    """How tokens and passkeys are stored: a SHA-256 hex digest (they are 128+ random bits, so a
+    fast hash is enough; nothing is ever stored in the clear)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Engine:
+    """The working state of one matchmaker process."""
+
+    VOIDED_MEMORY = 200_000  # recent voided attempts remembered for clear 409 answers
+
+    def __init__(self, db: Database, settings: ServerSettings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.settings = settings
+        self.clock = clock
+        now = clock()
+        self.datasets: dict[int, DatasetState] = {}
+        self.by_user: dict[int, list[DatasetState]] = {}
+        self.users: dict[int, User] = {}
+        self.users_by_name: dict[str, User] = {}
+        self.sites: dict[int, Site] = {}
+        self.pilots: dict[int, Pilot] = {}
+        self.active: dict[int, ActiveAttempt] = {}
+        self.voided: collections.OrderedDict[int, str] = collections.OrderedDict()
+        self.user_usage = Ledger(settings.fair_share_half_life, now)
+        self.dataset_usage = Ledger(settings.fair_share_half_life, now)
+        self.metrics = Metrics()
+        self.next_attempt_id = 1
+        self.next_pilot_id = 1
+        self.next_task_id = 1
+        self._job_locks: dict[tuple[int, int], asyncio.Lock] = {}
+        self._background: list[asyncio.Task] = []
+        self.materializing: asyncio.Event = asyncio.Event()
+        self.started = now
+        self.stopped = False
+
+    # -- lookups ------------------------------------------------------------------------------
+    def add_dataset(self, dataset: DatasetState) -> None:
+        self.datasets[dataset.id] = dataset
+        self.by_user.setdefault(dataset.user_id, []).append(dataset)
+        self.next_task_id = max(self.next_task_id, dataset.base + dataset.total_tasks)
+
+    def dataset_of(self, task_id: int) -> DatasetState | None:
+        for dataset in self.datasets.values():
+            if dataset.base <= task_id < dataset.base + dataset.total_tasks:
+                return dataset
+        return None
+
+    def add_user(self, user: User) -> None:
+        self.users[user.user_id] = user
+        self.users_by_name[user.name] = user
+
+    def void(self, attempt_id: int, reason: str) -> None:
+        """Remember why an attempt was voided, to answer its pilot with a clear 409."""
+        self.voided[attempt_id] = reason
+        while len(self.voided) > self.VOIDED_MEMORY:
+            self.voided.popitem(last=False)
+
+    @contextlib.asynccontextmanager
+    async def job_lock(self, dataset_id: int, job_index: int):
+        """Serialize outcome decisions within one job, so two parents finishing at once both
+        see each other complete and their common child becomes ready exactly once."""
+        key = (dataset_id, job_index)
+        lock = self._job_locks.get(key)
+        if lock is None:
+            lock = self._job_locks[key] = asyncio.Lock()
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._job_locks.pop(key, None)
+
+    # -- start and stop -----------------------------------------------------------------------
+    async def load(self) -> None:
+        """Rebuild the working state from the database."""
+        db = self.db
+        now = self.clock()
+        for row in await db.fetchall("SELECT user_id, name, role, share FROM users"):
+            self.add_user(User(row["user_id"], row["name"], row["role"], row["share"]))
+        for row in await db.fetchall("SELECT site_id, name FROM sites"):
+            self.sites[row["site_id"]] = Site(row["site_id"], row["name"])
+        for row in await db.fetchall(
+                "SELECT dataset_id, user_id, config, task_id_base, jobs_materialized, priority,"
+                " status, created FROM datasets"):
+            config = validate(json.loads(row["config"]))
+            dataset = Dataset(row["dataset_id"], row["user_id"], config, row["task_id_base"],
+                              row["created"])
+            state = DatasetState(dataset, row["status"], row["priority"],
+                                 row["jobs_materialized"])
+            self.add_dataset(state)
+            await self._load_tasks(state)
+            state.status = self.dataset_status_after(state)
+        for row in await db.fetchall(
+                "SELECT p.pilot_id, p.site_id, p.host, p.batch_id, p.resources, p.registered,"
+                " p.last_seen FROM pilots p WHERE p.state = 'running'"):
+            self.pilots[row["pilot_id"]] = Pilot(
+                row["pilot_id"], self.sites[row["site_id"]], row["host"], row["batch_id"],
+                row["registered"], max(row["last_seen"], now), json.loads(row["resources"]))
+        await self._load_attempts(now)
+        for row in await db.fetchall("SELECT entity, value, updated FROM usage"):
+            kind, _, key = row["entity"].partition(":")
+            ledger = self.user_usage if kind == "user" else self.dataset_usage
+            ledger.restore(int(key), row["value"], row["updated"])
+        for row in await db.fetchall(
+                "SELECT dataset_id, task_index, mean FROM statistics"
+                " WHERE kind = 'resource' AND name = 'wall_time'"):
+            dataset = self.datasets.get(row["dataset_id"])
+            if dataset is not None and row["task_index"] < dataset.ntasks:
+                dataset.runtimes[row["task_index"]] = row["mean"]
+        top = await db.fetchone("SELECT max(attempt_id) AS a FROM attempts")
+        self.next_attempt_id = (top["a"] or 0) + 1
+        top = await db.fetchone("SELECT max(pilot_id) AS p FROM pilots")
+        self.next_pilot_id = (top["p"] or 0) + 1
+        for dataset in self.datasets.values():
+            dataset.rebuild_queue()
+            self.metrics.set_dataset(dataset)
+
+    async def _load_tasks(self, dataset: DatasetState) -> None:
+        expected = dataset.materialized * dataset.ntasks
+        rows = await self.db.reader.execute_fetchall(
+            "SELECT state FROM tasks WHERE dataset_id = ? ORDER BY task_id", (dataset.id,))
+        if len(rows) != expected:
+            raise RuntimeError(f"dataset {dataset.id} has {len(rows)} task rows, expected "
+                               f"{expected}: the database is inconsistent")
+        codes = {state.value: CODE[state] for state in STATES}
+        dataset.states = bytearray(codes[r[0]] for r in rows)
+        for code in range(len(STATES)):
+            dataset.counts[code] = dataset.states.count(code)
+        for row in await self.db.fetchall(
+                "SELECT task_id, failures, lost, requirements FROM tasks WHERE dataset_id = ?"
+                " AND (failures > 0 OR lost > 0 OR requirements IS NOT NULL)", (dataset.id,)):
+            if row["failures"]:
+                dataset.failures[row["task_id"]] = row["failures"]
+            if row["lost"]:
+                dataset.lost[row["task_id"]] = row["lost"]
+            if row["requirements"]:
+                dataset.overrides[row["task_id"]] = Requirements.from_dict(
+                    json.loads(row["requirements"]))
+
+    async def _load_attempts(self, now: float) -> None:
+        for row in await self.db.fetchall(
+                "SELECT attempt_id, dataset_id, task_id, pilot_id, passkey_hash, started,"
+                " last_heartbeat, site, host, req_cpus, req_gpus FROM attempts"
+                " WHERE state = 'processing'"):
+            dataset = self.datasets[row["dataset_id"]]
+            # After a restart every attempt gets a full timeout to check in again.
+            self.active[row["attempt_id"]] = ActiveAttempt(
+                row["attempt_id"], row["dataset_id"], row["task_id"], row["pilot_id"],
+                row["passkey_hash"], row["started"], max(row["last_heartbeat"], now),
+                dataset.requirements(row["task_id"]), 0.0, row["site"], row["host"])
+            pilot = self.pilots.get(row["pilot_id"])
+            if pilot is not None:
+                pilot.attempts.add(row["attempt_id"])
+            if dataset.state(row["task_id"]) != TaskState.PROCESSING:
+                log.warning("attempt %s is processing but its task is %s",
+                            row["attempt_id"], dataset.state(row["task_id"]).value)
+
+    def start_background(self, *loops: tuple[str, Coroutine[Any, Any, None]]) -> None:
+        for name, coroutine in loops:
+            self._background.append(asyncio.create_task(coroutine, name=f"floe-{name}"))
+
+    async def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._background.clear()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Store what is kept in memory between commits: heartbeats, pilots' last contact, and
+        the fair-share ledgers."""
+        now = self.clock()
+        batch = Batch()
+        for attempt in self.active.values():
+            if attempt.usage_dirty:
+                u = attempt.usage
+                batch.add(HEARTBEAT, (attempt.last_heartbeat, u.get("cpu_time"),
+                                      u.get("wall_time"), u.get("peak_memory"),
+                                      u.get("peak_disk"), u.get("peak_gpu_memory"),
+                                      attempt.attempt_id))
+                attempt.usage_dirty = False
+        for pilot in self.pilots.values():
+            batch.add(PILOT_SEEN, (pilot.last_seen, pilot.pilot_id))
+        for key, value in self.user_usage.items(now):
+            batch.add(SAVE_USAGE, (f"user:{key}", value, now))
+        for key, value in self.dataset_usage.items(now):
+            batch.add(SAVE_USAGE, (f"dataset:{key}", value, now))
+        await self.db.write(batch)
+
+    async def flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("flushing heartbeats failed; will retry")
+
+    def dataset_status_after(self, dataset: DatasetState) -> str:
+        """The status a dataset should have now that its tasks changed."""
+        if dataset.status == DatasetStatus.SUSPENDED:
+            return dataset.status
+        if dataset.finished():
+            return DatasetStatus.FAILED if dataset.counts[CODE[TaskState.FAILED]] else \
+                DatasetStatus.COMPLETE
+        return DatasetStatus.PROCESSING

@@ -1,0 +1,75 @@
+"""Fair share: decaying usage per user and per dataset, and the order in which they are served.
+
+Usage is weighted core-seconds (a GPU counts as `gpu_weight` cores) that decays with a half-life,
+so what a user ran last month matters little and what they run now matters most. A user's place
+in line is usage / share (lowest first); within a user, a dataset's place is usage / priority.
+
+An attempt is charged its expected usage the moment it is dispatched (so a burst of asks at one
+instant does not all go to the same user) and trued up to what it really used when it ends.
+
+To keep ordering cheap, usage is stored scaled to a fixed reference time: adding `x` at time `t`
+adds `x * 2**((t - t0) / half_life)`. Decay then multiplies every entry by the same factor, so the
+order of scaled values never changes with time and nothing is recomputed per ask. The reference
+is moved forward before the scale factors grow too large.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+
+
+class Ledger:
+    """Decaying usage of many entities (users, datasets), comparable at any instant."""
+
+    _RESCALE_AT = 512.0  # half-lives before the reference time moves (2**512 stays a float)
+
+    def __init__(self, half_life: float, now: float) -> None:
+        if half_life <= 0:
+            raise ValueError("the fair-share half-life must be positive")
+        self.half_life = half_life
+        self._t0 = now
+        self._scaled: dict[Hashable, float] = {}
+
+    def charge(self, key: Hashable, amount: float, now: float) -> None:
+        """Add `amount` (negative to correct an earlier estimate) of usage at time `now`."""
+        exponent = (now - self._t0) / self.half_life
+        if exponent > self._RESCALE_AT:
+            self._rescale(now)
+            exponent = 0.0
+        value = self._scaled.get(key, 0.0) + amount * 2.0 ** exponent
+        self._scaled[key] = max(value, 0.0)
+
+    def scaled(self, key: Hashable) -> float:
+        """A time-invariant rank of `key`'s usage: compare these, don't read them as seconds."""
+        return self._scaled.get(key, 0.0)
+
+    def value(self, key: Hashable, now: float) -> float:
+        """`key`'s usage as decayed to `now`, in weighted core-seconds."""
+        return self._scaled.get(key, 0.0) * 2.0 ** (-(now - self._t0) / self.half_life)
+
+    def items(self, now: float) -> Iterable[tuple[Hashable, float]]:
+        factor = 2.0 ** (-(now - self._t0) / self.half_life)
+        return ((key, scaled * factor) for key, scaled in self._scaled.items())
+
+    def restore(self, key: Hashable, value: float, at: float) -> None:
+        """Load a value saved at time `at` (as `value(key, at)` returned it)."""
+        self._scaled[key] = value * 2.0 ** ((at - self._t0) / self.half_life)
+
+    def _rescale(self, now: float) -> None:
+        factor = 2.0 ** (-(now - self._t0) / self.half_life)
+        self._scaled = {k: v * factor for k, v in self._scaled.items() if v * factor > 1e-9}
+        self._t0 = now
+
+
+def weight(cpus: int, gpus: int, gpu_weight: float) -> float:
+    """The rate at which a slot of `cpus` and `gpus` accrues usage (weighted cores)."""
+    return cpus + gpus * gpu_weight
+
+
+def expected_runtime(observed: float | None, walltime: int, guess: float) -> float:
+    """How long an attempt is expected to run: what similar attempts took, else a guess bounded by
+    the requested walltime (walltimes are upper bounds and would overcharge)."""
+    if observed is not None and math.isfinite(observed):
+        return max(observed, 1.0)
+    return float(min(walltime, guess))

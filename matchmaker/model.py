@@ -1,0 +1,195 @@
+"""The matchmaker's in-memory picture of each dataset: the state of every task, one byte each.
+
+SQLite is the durable record; this is the working copy the scheduler decides from, rebuilt from
+SQLite at start. Task ids are arithmetic (see storage/schema.py), so a task's job and definition
+follow from its id and a dataset of a million tasks costs about a megabyte here.
+
+Every change of a task's state goes through `DatasetState.move`, which checks the transition
+table, keeps the per-state counts exact, and keeps the ready queue in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.dataset import DatasetConfig
+from config.resources import Requirements
+from config.states import TaskState, check_task
+
+from .queue import DatasetQueue
+
+STATES = tuple(TaskState)
+CODE = {state: code for code, state in enumerate(STATES)}
+WAITING, READY, PROCESSING, COMPLETE, FAILED, SUSPENDED = (CODE[s] for s in STATES)
+
+
+class DatasetStatus:
+    PROCESSING = "processing"
+    SUSPENDED = "suspended"
+    COMPLETE = "complete"
+    FAILED = "failed"      # every task ended, some failed
+
+    ALL = (PROCESSING, SUSPENDED, COMPLETE, FAILED)
+
+
+@dataclass
+class Dataset:
+    """The fixed facts of a dataset, as stored."""
+
+    dataset_id: int
+    user_id: int
+    config: DatasetConfig
+    task_id_base: int
+    created: float
+
+
+class DatasetState:
+    """One dataset's tasks, their states and its ready queue."""
+
+    def __init__(self, dataset: Dataset, status: str, priority: float,
+                 materialized: int = 0) -> None:
+        self.dataset = dataset
+        self.id = dataset.dataset_id
+        self.user_id = dataset.user_id
+        self.config = dataset.config
+        self.base = dataset.task_id_base
+        self.ntasks = len(dataset.config.tasks)
+        self.jobs = dataset.config.jobs
+        self.status = status
+        self.priority = priority
+        self.materialized = materialized
+        self.states = bytearray()
+        self.counts = [0] * len(STATES)
+        self.failures: dict[int, int] = {}
+        self.lost: dict[int, int] = {}
+        self.overrides: dict[int, Requirements] = {}
+        self.queue = DatasetQueue()
+        self.runtimes: list[float | None] = [None] * self.ntasks
+        self._roots = [not t.depends for t in dataset.config.tasks]
+
+    # -- addressing ---------------------------------------------------------------------------
+    def task_id(self, job_index: int, task_index: int) -> int:
+        return self.base + job_index * self.ntasks + task_index
+
+    def locate(self, task_id: int) -> tuple[int, int]:
+        """(job index, task index) of a task id of this dataset."""
+        return divmod(task_id - self.base, self.ntasks)
+
+    def owns(self, task_id: int) -> bool:
+        return 0 <= task_id - self.base < len(self.states)
+
+    def state(self, task_id: int) -> TaskState:
+        return STATES[self.states[task_id - self.base]]
+
+    def is_ready(self, task_id: int) -> bool:
+        return self.states[task_id - self.base] == READY
+
+    def requirements(self, task_id: int) -> Requirements:
+        grown = self.overrides.get(task_id)
+        if grown is not None:
+            return grown
+        return self.config.tasks[(task_id - self.base) % self.ntasks].requirements
+
+    @property
+    def total_tasks(self) -> int:
+        return self.jobs * self.ntasks
+
+    # -- changes ------------------------------------------------------------------------------
+    def add_jobs(self, first_job: int, count: int) -> list[tuple[int, int, str]]:
+        """Append `count` new jobs starting at `first_job`; return their (task id, job, state)
+        rows. Root tasks start ready (or suspended, in a suspended dataset), others waiting."""
+        if first_job != self.materialized:
+            raise ValueError(f"jobs must be added in order: expected {self.materialized}, "
+                             f"got {first_job}")
+        rows = []
+        suspended = self.status == DatasetStatus.SUSPENDED
+        for job in range(first_job, first_job + count):
+            for task_index, root in enumerate(self._roots):
+                code = (SUSPENDED if suspended else READY) if root else WAITING
+                rows.append((self.task_id(job, task_index), job, STATES[code].value))
+        return rows
+
+    def commit_jobs(self, first_job: int, count: int) -> None:
+        """Make jobs added by `add_jobs` part of the working copy once their rows are stored."""
+        suspended = self.status == DatasetStatus.SUSPENDED
+        for task_index, root in enumerate(self._roots):
+            code = (SUSPENDED if suspended else READY) if root else WAITING
+            self.counts[code] += count
+            if root and not suspended:
+                ids = [self.task_id(j, task_index) for j in range(first_job, first_job + count)]
+                self.queue.push_many(ids, task_index, self.config.tasks[task_index].requirements)
+        pattern = bytes(
+            (SUSPENDED if suspended else READY) if root else WAITING for root in self._roots)
+        self.states.extend(pattern * count)
+        self.materialized = first_job + count
+
+    def move(self, task_id: int, new: TaskState, *, continuing: bool = True) -> TaskState:
+        """Change one task's state (checked against the transition table); returns the old one."""
+        offset = task_id - self.base
+        old_code = self.states[offset]
+        new_code = CODE[new]
+        if old_code == new_code:
+            return new
+        old = STATES[old_code]
+        check_task(old, new)
+        self.states[offset] = new_code
+        self.counts[old_code] -= 1
+        self.counts[new_code] += 1
+        task_index = offset % self.ntasks
+        if old_code == READY:
+            self.queue.left_ready(task_index, self.requirements(task_id))
+        if new_code == READY:
+            self.queue.push(task_id, task_index, self.requirements(task_id), continuing)
+        return old
+
+    def rebuild_queue(self) -> None:
+        """Refill the ready queue from the task states (after a bulk change)."""
+        self.queue.clear()
+        states = self.states
+        for offset in range(len(states)):
+            if states[offset] == READY:
+                task_id = self.base + offset
+                task_index = offset % self.ntasks
+                continuing = not self._roots[task_index] or task_id in self.failures \
+                    or task_id in self.lost
+                self.queue.push(task_id, task_index, self.requirements(task_id), continuing)
+
+    # -- derived facts ------------------------------------------------------------------------
+    def dependencies_complete(self, job_index: int, task_index: int) -> bool:
+        base = self.task_id(job_index, 0) - self.base
+        return all(self.states[base + d] == COMPLETE
+                   for d in self.config.tasks[task_index].depends)
+
+    def job_state(self, job_index: int) -> str:
+        start = job_index * self.ntasks
+        codes = self.states[start:start + self.ntasks]
+        return job_state(codes, any(self.base + start + i in self.failures
+                                    or self.base + start + i in self.lost
+                                    for i in range(self.ntasks)))
+
+    def summary(self) -> dict[str, int]:
+        """Tasks per state; tasks of jobs not yet materialized count as waiting."""
+        counts = {state.value: self.counts[CODE[state]] for state in STATES}
+        counts[TaskState.WAITING.value] += (self.jobs - self.materialized) * self.ntasks
+        return counts
+
+    def finished(self) -> bool:
+        """Every task of every job has ended (complete or failed)."""
+        return (self.materialized == self.jobs
+                and self.counts[COMPLETE] + self.counts[FAILED] == self.total_tasks)
+
+
+def job_state(codes: bytes, retried: bool = False) -> str:
+    """A job's state from its tasks' state codes."""
+    present = set(codes)
+    if present == {COMPLETE}:
+        return "complete"
+    if PROCESSING in present:
+        return "processing"
+    if SUSPENDED in present:
+        return "suspended"
+    if FAILED in present and READY not in present:
+        return "failed"
+    if COMPLETE in present or FAILED in present or retried:
+        return "processing"
+    return "waiting"

@@ -1,0 +1,432 @@
+"""What happens when an attempt ends: reports, lost pilots, timeouts, retries, escalation, DAGs.
+
+An outcome is planned from the in-memory state under the job's lock (`plan`), written as one
+batch of guarded updates, and applied to memory by the writer right after that batch commits.
+
+- success: the task completes, and each dependent whose dependencies are now all complete
+  becomes ready (as a continuing task, ahead of new jobs);
+- task error, staging error, resource overuse: one retry is used; past the dataset's
+  `max_retries` the task fails and every task downstream of it in the job fails with a reason
+  naming it; in debug mode the task is suspended instead, for its owner to inspect;
+- resource overuse also grows the task's requirement to 1.5x the measured peak (never shrinks);
+- pilot lost (drain, heartbeat timeout): the task is requeued without using a retry, up to
+  `LOST_LIMIT` times so that a task that kills its node cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.resources import Requirements, Usage, format_duration, format_size
+from config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
+
+from .engine import ActiveAttempt, Engine, hash_secret
+from .errors import BadRequest, Conflict, Forbidden, NotFound
+from .fairshare import weight
+from .model import CODE, STATES, DatasetState, job_state
+from .storage.database import Batch, StaleWrite
+from .storage.writes import (
+    ADD_STATISTIC,
+    END_ATTEMPT,
+    END_PILOT,
+    MOVE_TASK,
+    MOVE_TASK_WITH_RECORD,
+    SET_DATASET,
+    SET_JOB,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_STATISTICS = 1000
+RESOURCE_STATISTICS = ("cpu_time", "wall_time", "peak_memory", "peak_disk", "peak_gpu_memory",
+                       "gpu_time")
+OVERUSE_RESOURCES = ("memory", "disk", "walltime")
+
+
+@dataclass
+class Outcome:
+    """What a pilot (or the server, for a lost pilot) says about an ended attempt."""
+
+    exit_code: int | None = None
+    error_class: ErrorClass | None = None
+    error_message: str = ""
+    usage: Usage = field(default_factory=Usage)
+    statistics: dict[str, float] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    overuse: dict[str, Any] | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.error_class is None and self.exit_code == 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        """Parse a report body (already checked against its schema)."""
+        error = data.get("error_class")
+        statistics = data.get("statistics") or {}
+        if len(statistics) > MAX_STATISTICS:
+            raise BadRequest(f"statistics: at most {MAX_STATISTICS} entries, got "
+                             f"{len(statistics)}")
+        for name, value in statistics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise BadRequest(f"statistics.{name}: expected a finite number, got {value!r}")
+        outcome = cls(
+            exit_code=data.get("exit_code"),
+            error_class=ErrorClass(error) if error else None,
+            error_message=str(data.get("error_message") or ""),
+            usage=Usage.from_dict(data.get("usage") or {}),
+            statistics={str(k): float(v) for k, v in statistics.items()},
+            outputs=list(data.get("outputs") or []),
+            stdout_tail=str(data.get("stdout_tail") or ""),
+            stderr_tail=str(data.get("stderr_tail") or ""),
+            overuse=data.get("overuse"),
+        )
+        if outcome.error_class is None and outcome.exit_code != 0:
+            outcome.error_class = ErrorClass.TASK_ERROR
+            if not outcome.error_message:
+                outcome.error_message = f"exit code {outcome.exit_code}"
+        return outcome
+
+
+@dataclass
+class Plan:
+    """The changes one outcome makes, decided before anything is written."""
+
+    attempt_state: AttemptState
+    moves: list[tuple[int, TaskState, TaskState]] = field(default_factory=list)
+    failures: int = 0
+    lost: int = 0
+    grown: Requirements | None = None
+    reason: str = ""
+    jobs: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def check_passkey(active: ActiveAttempt, passkey: str) -> None:
+    if not hmac.compare_digest(active.passkey_hash, hash_secret(passkey)):
+        raise Forbidden(f"wrong passkey for attempt {active.attempt_id}: only the pilot that "
+                        "was given this attempt may speak for it")
+
+
+async def stale_answer(engine: Engine, attempt_id: int, passkey: str) -> dict[str, Any]:
+    """Answer a report or heartbeat for an attempt that is no longer in flight: a repeated
+    report of a recorded result is acknowledged again (so a pilot that lost the first answer
+    never reports twice); anything else is refused with the reason."""
+    row = await engine.db.fetchone(
+        "SELECT state, passkey_hash, error_class, error_message FROM attempts"
+        " WHERE attempt_id = ?", (attempt_id,))
+    if row is None:
+        raise NotFound(f"there is no attempt {attempt_id}")
+    if not hmac.compare_digest(row["passkey_hash"], hash_secret(passkey)):
+        raise Forbidden(f"wrong passkey for attempt {attempt_id}: only the pilot that was given "
+                        "this attempt may speak for it")
+    if row["state"] in (AttemptState.COMPLETE.value, AttemptState.FAILED.value):
+        return {"recorded": True, "duplicate": True, "state": row["state"]}
+    reason = engine.voided.get(attempt_id) or row["error_message"] or "reset"
+    raise Conflict(f"attempt {attempt_id} is void ({reason}); its passkey is no longer valid "
+                   "and its result will not be recorded")
+
+
+def plan(dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
+         attempt_state: AttemptState) -> Plan:
+    """Decide what an ended attempt changes (no I/O, no mutation)."""
+    task_id = active.task_id
+    job_index, task_index = dataset.locate(task_id)
+    name = dataset.config.tasks[task_index].name
+    result = Plan(attempt_state, failures=dataset.failures.get(task_id, 0),
+                  lost=dataset.lost.get(task_id, 0))
+    codes = bytearray(dataset.states[job_index * dataset.ntasks:
+                                     (job_index + 1) * dataset.ntasks])
+    before = job_state(bytes(codes), bool(result.failures or result.lost))
+
+    def move(index: int, new: TaskState) -> None:
+        old = STATES[codes[index]]
+        result.moves.append((dataset.task_id(job_index, index), old, new))
+        codes[index] = CODE[new]
+
+    if outcome.success:
+        move(task_index, TaskState.COMPLETE)
+        for dependent in dataset.config.tasks[task_index].dependents:
+            depends = dataset.config.tasks[dependent].depends
+            if codes[dependent] == CODE[TaskState.WAITING] and all(
+                    codes[d] == CODE[TaskState.COMPLETE] for d in depends):
+                move(dependent, TaskState.READY)
+    else:
+        error = outcome.error_class or ErrorClass.TASK_ERROR
+        if error == ErrorClass.RESOURCE_OVERUSE:
+            result.grown = grown_requirements(dataset.requirements(task_id), outcome)
+        if error in COUNTS_AS_FAILURE:
+            result.failures += 1
+            retries = dataset.config.max_retries
+            if dataset.config.debug:
+                result.reason = f"suspended for debugging after {error.value}: " \
+                                f"{outcome.error_message}"
+                move(task_index, TaskState.SUSPENDED)
+            elif result.failures > retries:
+                result.reason = (f"failed {result.failures} times (max_retries {retries}); "
+                                 f"last: {error.value}: {outcome.error_message}")
+                move(task_index, TaskState.FAILED)
+                cascade(dataset, task_index, name, codes, move)
+            else:
+                result.reason = f"retry {result.failures} of {retries} after {error.value}: " \
+                                f"{outcome.error_message}"
+                move(task_index, TaskState.READY)
+        else:
+            if error == ErrorClass.PILOT_LOST:
+                result.lost += 1
+            if result.lost > LOST_LIMIT:
+                result.reason = f"its pilot was lost {result.lost} times; last: " \
+                                f"{outcome.error_message}"
+                move(task_index, TaskState.FAILED)
+                cascade(dataset, task_index, name, codes, move)
+            else:
+                result.reason = f"requeued: {outcome.error_message or error.value}"
+                move(task_index, TaskState.READY)
+    after = job_state(bytes(codes), bool(result.failures or result.lost))
+    if after != before:
+        result.jobs[job_index] = (before, after)
+    return result
+
+
+def cascade(dataset: DatasetState, task_index: int, name: str, codes: bytearray, move) -> None:
+    """Fail every task downstream of a failed one in the same job."""
+    pending = list(dataset.config.tasks[task_index].dependents)
+    seen = set()
+    while pending:
+        index = pending.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        if codes[index] in (CODE[TaskState.WAITING], CODE[TaskState.READY],
+                            CODE[TaskState.SUSPENDED]):
+            move(index, TaskState.FAILED)
+        pending.extend(dataset.config.tasks[index].dependents)
+
+
+def grown_requirements(current: Requirements, outcome: Outcome) -> Requirements:
+    """Requirements after an overuse: the overused resource becomes 1.5x its measured peak."""
+    usage = outcome.usage
+    peaks = {"memory": usage.peak_memory, "disk": usage.peak_disk, "walltime": usage.wall_time}
+    resource = (outcome.overuse or {}).get("resource")
+    if resource in OVERUSE_RESOURCES:
+        peak = (outcome.overuse or {}).get("peak") or peaks[resource]
+        return current.grown(**{resource: float(peak)})
+    # The pilot did not say which: grow whatever went beyond its request.
+    over = {name: float(peaks[name]) for name in OVERUSE_RESOURCES
+            if peaks[name] and peaks[name] > getattr(current, name)}
+    return current.grown(**over) if over else current
+
+
+def overuse_sentence(old: Requirements, new: Requirements) -> str:
+    changes = []
+    if new.memory != old.memory:
+        changes.append(f"memory {format_size(old.memory)} -> {format_size(new.memory)}")
+    if new.disk != old.disk:
+        changes.append(f"disk {format_size(old.disk)} -> {format_size(new.disk)}")
+    if new.walltime != old.walltime:
+        changes.append(f"walltime {format_duration(old.walltime)} -> "
+                       f"{format_duration(new.walltime)}")
+    return "; requirement grown: " + ", ".join(changes) if changes else ""
+
+
+async def finish(engine: Engine, active: ActiveAttempt, outcome: Outcome,
+                 attempt_state: AttemptState) -> Plan:
+    """Record how an attempt ended and apply what follows. The caller holds the job lock."""
+    dataset = engine.datasets[active.dataset_id]
+    now = engine.clock()
+    tail = engine.settings.tail_bytes
+    decided = plan(dataset, active, outcome, attempt_state)
+    if decided.grown is not None and decided.grown != dataset.requirements(active.task_id):
+        decided.reason += overuse_sentence(dataset.requirements(active.task_id), decided.grown)
+    usage = outcome.usage
+    wall = usage.wall_time or max(now - active.started, 0.0)
+    batch = Batch()
+    batch.add(END_ATTEMPT, (
+        attempt_state.value, now, now, usage.cpu_time, wall, usage.peak_memory,
+        usage.peak_disk, usage.peak_gpu_memory, usage.gpu_time, outcome.exit_code,
+        outcome.error_class.value if outcome.error_class else None,
+        outcome.error_message[:4000] or None,
+        json.dumps(outcome.statistics) if outcome.statistics else None,
+        json.dumps(outcome.outputs) if outcome.outputs else None,
+        outcome.stdout_tail[-tail:] or None, outcome.stderr_tail[-tail:] or None,
+        active.attempt_id))
+    task_id = active.task_id
+    for moved_id, old, new in decided.moves:
+        if moved_id == task_id and not outcome.success:
+            grown = decided.grown if decided.grown is not None else dataset.overrides.get(task_id)
+            batch.add(MOVE_TASK_WITH_RECORD, (
+                new.value, decided.failures, decided.lost,
+                json.dumps(grown.to_dict()) if grown is not None else None,
+                decided.reason[:4000], now, moved_id, old.value))
+        elif new == TaskState.FAILED:
+            name = dataset.config.tasks[dataset.locate(task_id)[1]].name
+            batch.add(MOVE_TASK_WITH_RECORD, (
+                new.value, dataset.failures.get(moved_id, 0), dataset.lost.get(moved_id, 0),
+                None, f"dependency {name} failed", now, moved_id, old.value))
+        else:
+            batch.add(MOVE_TASK, (new.value, now, moved_id, old.value))
+    for job_index, (_, after) in decided.jobs.items():
+        batch.add(SET_JOB, (after, dataset.id, job_index))
+    task_index = dataset.locate(task_id)[1]
+    if outcome.success:
+        for name, value in outcome.statistics.items():
+            batch.add(ADD_STATISTIC, (dataset.id, task_index, "user", name, value))
+        resources = usage.to_dict()
+        resources["wall_time"] = wall
+        for name in RESOURCE_STATISTICS:
+            batch.add(ADD_STATISTIC, (dataset.id, task_index, "resource", name,
+                                      float(resources[name])))
+    batch.on_commit(lambda: apply(engine, dataset, active, outcome, decided, wall))
+    await engine.db.write(batch)
+    return decided
+
+
+def apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
+          decided: Plan, wall: float) -> None:
+    """Bring memory in step with a committed outcome (runs in the writer, right after commit)."""
+    now = engine.clock()
+    task_id = active.task_id
+    if decided.failures:
+        dataset.failures[task_id] = decided.failures
+    if decided.lost:
+        dataset.lost[task_id] = decided.lost
+    if decided.grown is not None:
+        dataset.overrides[task_id] = decided.grown
+    for moved_id, _old, new in decided.moves:
+        dataset.move(moved_id, new, continuing=True)
+    engine.active.pop(active.attempt_id, None)
+    pilot = engine.pilots.get(active.pilot_id)
+    if pilot is not None:
+        pilot.attempts.discard(active.attempt_id)
+    settings = engine.settings
+    rate = weight(active.requirements.cpus, active.requirements.gpus, settings.gpu_weight)
+    correction = rate * wall - active.charge
+    engine.user_usage.charge(dataset.user_id, correction, now)
+    engine.dataset_usage.charge(dataset.id, correction, now)
+    task_index = dataset.locate(task_id)[1]
+    metrics = engine.metrics
+    if outcome.success:
+        previous = dataset.runtimes[task_index]
+        dataset.runtimes[task_index] = wall if previous is None else 0.8 * previous + 0.2 * wall
+        metrics.completions += 1
+        metrics.delivered[dataset.user_id] = metrics.delivered.get(dataset.user_id, 0.0) + \
+            active.requirements.cpus * wall
+    else:
+        error = (outcome.error_class or ErrorClass.TASK_ERROR).value
+        metrics.failures[error] = metrics.failures.get(error, 0) + 1
+    status = engine.dataset_status_after(dataset)
+    if status != dataset.status:
+        dataset.status = status
+        engine.db.write_later(Batch().add(SET_DATASET, (status, dataset.priority, now,
+                                                        dataset.id)))
+    metrics.set_dataset(dataset)
+
+
+async def report(engine: Engine, attempt_id: int, passkey: str,
+                 outcome: Outcome) -> dict[str, Any]:
+    """A pilot's final report on one of its attempts."""
+    active = engine.active.get(attempt_id)
+    if active is None:
+        return await stale_answer(engine, attempt_id, passkey)
+    check_passkey(active, passkey)
+    dataset = engine.datasets[active.dataset_id]
+    job_index = dataset.locate(active.task_id)[0]
+    async with engine.job_lock(dataset.id, job_index):
+        if engine.active.get(attempt_id) is not active:  # recorded while we waited
+            return await stale_answer(engine, attempt_id, passkey)
+        if outcome.error_class in (ErrorClass.PILOT_LOST, ErrorClass.RESET):
+            state = AttemptState.RESET
+        else:
+            state = AttemptState.COMPLETE if outcome.success else AttemptState.FAILED
+        try:
+            decided = await finish(engine, active, outcome, state)
+        except StaleWrite:
+            return await stale_answer(engine, attempt_id, passkey)
+    if state == AttemptState.RESET:
+        engine.void(attempt_id, outcome.error_message or "reported lost by its pilot")
+    new_state = decided.moves[0][2].value
+    return {"recorded": True, "duplicate": False, "task_state": new_state,
+            "reason": decided.reason or None}
+
+
+async def lose(engine: Engine, active: ActiveAttempt, error: ErrorClass, reason: str) -> None:
+    """End an attempt on the server's side (heartbeat timeout): void it and requeue its task."""
+    dataset = engine.datasets[active.dataset_id]
+    job_index = dataset.locate(active.task_id)[0]
+    async with engine.job_lock(dataset.id, job_index):
+        if engine.active.get(active.attempt_id) is not active:
+            return
+        outcome = Outcome(error_class=error, error_message=reason,
+                          usage=Usage.from_dict(active.usage))
+        engine.void(active.attempt_id, reason)
+        try:
+            await finish(engine, active, outcome, AttemptState.RESET)
+        except StaleWrite:
+            log.info("attempt %s ended meanwhile; not voided", active.attempt_id)
+
+
+async def heartbeat(engine: Engine, attempt_id: int, passkey: str,
+                    usage: dict[str, float]) -> dict[str, Any]:
+    """Note that an attempt is alive and what it uses now; tells the pilot to go on."""
+    active = engine.active.get(attempt_id)
+    if active is None:
+        answer = await stale_answer(engine, attempt_id, passkey)
+        raise Conflict(f"attempt {attempt_id} has already ended ({answer['state']}); "
+                       "stop sending heartbeats for it")
+    check_passkey(active, passkey)
+    now = engine.clock()
+    active.last_heartbeat = now
+    active.usage = {k: float(v) for k, v in usage.items() if k in RESOURCE_STATISTICS}
+    active.usage_dirty = True
+    pilot = engine.pilots.get(active.pilot_id)
+    if pilot is not None:
+        pilot.last_seen = now
+    engine.metrics.heartbeats += 1
+    return {"action": "continue", "heartbeat_interval": engine.settings.heartbeat_interval}
+
+
+async def sweep(engine: Engine) -> int:
+    """Void attempts whose pilot stopped sending heartbeats; returns how many."""
+    now = engine.clock()
+    timeout = engine.settings.heartbeat_timeout
+    overdue = [a for a in list(engine.active.values()) if now - a.last_heartbeat > timeout]
+    for active in overdue:
+        await lose(engine, active, ErrorClass.PILOT_LOST,
+                   f"no heartbeat for {format_duration(now - active.last_heartbeat)} from pilot "
+                   f"{active.pilot_id} on {active.host} at {active.site}")
+    return len(overdue)
+
+
+async def sweep_pilots(engine: Engine) -> int:
+    """Mark pilots silent for longer than `pilot_lost_after` (and running nothing) as lost."""
+    now = engine.clock()
+    limit = engine.settings.pilot_lost_after
+    silent = [p for p in engine.pilots.values()
+              if now - p.last_seen > limit and not p.attempts]
+    if silent:
+        batch = Batch()
+        for pilot in silent:
+            batch.add(END_PILOT, ("lost", now, f"not heard from for {format_duration(limit)}", 0,
+                                  pilot.pilot_id))
+        await engine.db.write(batch)
+        for pilot in silent:
+            engine.pilots.pop(pilot.pilot_id, None)
+    return len(silent)
+
+
+async def sweep_loop(engine: Engine) -> None:
+    while True:
+        await asyncio.sleep(engine.settings.sweep_interval)
+        try:
+            await sweep(engine)
+            await sweep_pilots(engine)
+        except Exception:
+            log.exception("the heartbeat sweep failed; will retry")

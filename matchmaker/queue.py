@@ -1,0 +1,107 @@
+"""The in-memory ready queue of one dataset, indexed by resource class.
+
+Tasks with the same task definition and the same requirements form a *class*; a pilot's slot is
+checked against each class once, never against each task, so an ask stays cheap with a million
+ready tasks. Each class keeps two FIFO queues of task ids: *continuing* (tasks of jobs that have
+already started: downstream DAG tasks and retries) and *fresh* (the first tasks of new jobs), and
+continuing tasks go first so that started jobs finish before new ones begin.
+
+Entries are removed lazily: a task that leaves the ready state by another path (suspended, reset)
+stays in its deque and is skipped when popped, while the per-class `ready` count stays exact.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from config.resources import Requirements, Slot, fits, why_not
+
+ClassKey = tuple[int, Requirements]
+
+
+class TaskClass:
+    """Ready tasks of one task definition that share the same requirements."""
+
+    __slots__ = ("continuing", "fresh", "ready", "requirements", "task_index")
+
+    def __init__(self, task_index: int, requirements: Requirements) -> None:
+        self.task_index = task_index
+        self.requirements = requirements
+        self.continuing: deque[int] = deque()
+        self.fresh: deque[int] = deque()
+        self.ready = 0
+
+
+class DatasetQueue:
+    """Ready tasks of one dataset by class."""
+
+    def __init__(self) -> None:
+        self.classes: dict[ClassKey, TaskClass] = {}
+        self.ready = 0
+
+    def push(self, task_id: int, task_index: int, requirements: Requirements,
+             continuing: bool) -> None:
+        key = (task_index, requirements)
+        task_class = self.classes.get(key)
+        if task_class is None:
+            task_class = self.classes[key] = TaskClass(task_index, requirements)
+        (task_class.continuing if continuing else task_class.fresh).append(task_id)
+        task_class.ready += 1
+        self.ready += 1
+
+    def push_many(self, task_ids: list[int], task_index: int, requirements: Requirements) -> None:
+        """Append fresh tasks in bulk (a newly materialized chunk of jobs)."""
+        key = (task_index, requirements)
+        task_class = self.classes.get(key)
+        if task_class is None:
+            task_class = self.classes[key] = TaskClass(task_index, requirements)
+        task_class.fresh.extend(task_ids)
+        task_class.ready += len(task_ids)
+        self.ready += len(task_ids)
+
+    def left_ready(self, task_index: int, requirements: Requirements) -> None:
+        """Count a task of this class that stopped being ready without being taken."""
+        task_class = self.classes[(task_index, requirements)]
+        task_class.ready -= 1
+        self.ready -= 1
+
+    def take(self, slot: Slot, gpu_tasks: bool | None,
+             is_ready: Callable[[int], bool]) -> tuple[int, TaskClass] | None:
+        """Pop the best ready task that fits `slot`: continuing before fresh. The caller must
+        move the task out of the ready state at once (which updates the counts).
+
+        `gpu_tasks` True/False restricts to classes that do/don't need GPUs; None allows both.
+        """
+        candidates = [c for c in self._live()
+                      if (gpu_tasks is None or (c.requirements.gpus > 0) == gpu_tasks)
+                      and fits(c.requirements, slot)]
+        if not candidates:
+            return None
+        candidates.sort(key=lambda c: -c.task_index)  # later DAG stages finish jobs sooner
+        for attr in ("continuing", "fresh"):
+            for task_class in candidates:
+                queue = getattr(task_class, attr)
+                while queue:
+                    task_id = queue.popleft()
+                    if is_ready(task_id):  # the caller moves it on, which counts it out
+                        return task_id, task_class
+        return None
+
+    def count_fitting(self, slot: Slot) -> int:
+        """How many ready tasks would fit `slot` (for the factories' demand)."""
+        return sum(c.ready for c in self._live() if fits(c.requirements, slot))
+
+    def reasons(self, slot: Slot) -> Iterator[tuple[int, str]]:
+        """(ready count, why it does not fit) for each class that does not fit `slot`."""
+        for task_class in self._live():
+            reason = why_not(task_class.requirements, slot)
+            if reason:
+                yield task_class.ready, reason
+
+    def clear(self) -> None:
+        self.classes.clear()
+        self.ready = 0
+
+    def _live(self) -> Iterator[TaskClass]:
+        return (c for c in self.classes.values() if c.ready > 0)

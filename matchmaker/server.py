@@ -1,0 +1,80 @@
+"""The matchmaker as an aiohttp application: startup (open the database, rebuild the working
+state, start the background loops), shutdown (flush and close), and `run` for `floe server`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from config.settings import ServerSettings
+
+from . import outcomes, submission, tls
+from .api import add_routes, errors_as_json
+from .api.framework import AUTH, ENGINE
+from .auth import Auth
+from .engine import Engine
+from .storage.database import Database
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
+               background: bool = True) -> web.Application:
+    """The application; `background=False` leaves the loops off (tests drive them)."""
+    app = web.Application(middlewares=[errors_as_json],
+                          client_max_size=max(settings.max_request_bytes,
+                                              settings.max_log_bytes) + 2**20)
+    add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        db = await Database.open(settings.database, durability=settings.durability)
+        engine = Engine(db, settings, clock)
+        try:
+            await engine.load()
+        except BaseException:
+            await db.close()
+            raise
+        app[ENGINE] = engine
+        app[AUTH] = Auth(engine)
+        if background:
+            engine.start_background(
+                ("materializer", submission.materialize_loop(engine)),
+                ("sweeper", outcomes.sweep_loop(engine)),
+                ("flusher", engine.flush_loop()))
+        log.info("matchmaker ready: %d datasets, %d running attempts, database %s",
+                 len(engine.datasets), len(engine.active), settings.database)
+        yield
+        await engine.stop()
+        await db.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def ssl_context(settings: ServerSettings, self_signed: bool) -> ssl.SSLContext | None:
+    if self_signed:
+        cert, key = tls.self_signed(Path(settings.database).parent)
+        log.info("serving with the self-signed certificate %s", cert)
+        return tls.context(cert, key)
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise ValueError("TLS needs both a certificate and a key (tls_cert and tls_key)")
+        return tls.context(settings.tls_cert, settings.tls_key)
+    return None
+
+
+def run(settings: ServerSettings, self_signed: bool = False) -> None:
+    """Serve until interrupted (`floe server`)."""
+    context = ssl_context(settings, self_signed)
+    scheme = "https" if context else "http"
+    print(f"floe matchmaker on {scheme}://{settings.host}:{settings.port} "
+          f"(database {settings.database})", flush=True)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                ssl_context=context, print=None, access_log=None,
+                loop=asyncio.new_event_loop())

@@ -1,0 +1,176 @@
+"""Read-only queries behind the API's listings and detail views (run on the reader).
+
+Listings page by keyset ("after" the last id seen), never by offset, so that page 10,000 of a
+million-job dataset costs the same as page 1.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .database import Database
+
+ATTEMPT_COLUMNS = (
+    "attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id, state, started,"
+    " last_heartbeat, ended, req_cpus, req_memory, req_disk, req_gpus, req_walltime, gpus,"
+    " cpu_time, wall_time, peak_memory, peak_disk, peak_gpu_memory, gpu_time, exit_code,"
+    " error_class, error_message, statistics, outputs")
+
+
+def _attempt(row: Any, tails: bool) -> dict[str, Any]:
+    data = dict(row)
+    data.pop("stdout_tail", None)
+    data.pop("stderr_tail", None)
+    for key in ("statistics", "outputs", "gpus"):
+        if data.get(key):
+            data[key] = json.loads(data[key])
+    data["requested"] = {k[4:]: data.pop(k) for k in list(data) if k.startswith("req_")}
+    data["used"] = {k: data.pop(k) for k in ("cpu_time", "wall_time", "peak_memory", "peak_disk",
+                                             "peak_gpu_memory", "gpu_time")}
+    if tails:
+        data["stdout_tail"] = row["stdout_tail"]
+        data["stderr_tail"] = row["stderr_tail"]
+    return data
+
+
+async def jobs(db: Database, dataset_id: int, state: str | None, after: int,
+               limit: int) -> list[dict[str, Any]]:
+    if state:
+        rows = await db.fetchall(
+            "SELECT job_index, state FROM jobs WHERE dataset_id = ? AND state = ?"
+            " AND job_index > ? ORDER BY job_index LIMIT ?", (dataset_id, state, after, limit))
+    else:
+        rows = await db.fetchall(
+            "SELECT job_index, state FROM jobs WHERE dataset_id = ? AND job_index > ?"
+            " ORDER BY job_index LIMIT ?", (dataset_id, after, limit))
+    return [{"job": r["job_index"], "state": r["state"]} for r in rows]
+
+
+async def tasks(db: Database, dataset_id: int, *, state: str | None, task_index: int | None,
+                job: int | None, after: int, limit: int) -> list[dict[str, Any]]:
+    where = ["dataset_id = ?", "task_id > ?"]
+    params: list[Any] = [dataset_id, after]
+    if state:
+        where.append("state = ?")
+        params.append(state)
+    if task_index is not None:
+        where.append("task_index = ?")
+        params.append(task_index)
+    if job is not None:
+        where.append("job_index = ?")
+        params.append(job)
+    rows = await db.fetchall(
+        "SELECT task_id, job_index, task_index, state, failures, lost, requirements, reason,"
+        f" updated FROM tasks WHERE {' AND '.join(where)} ORDER BY task_id LIMIT ?",
+        (*params, limit))
+    return [_task(r) for r in rows]
+
+
+def _task(row: Any) -> dict[str, Any]:
+    return {"task_id": row["task_id"], "job": row["job_index"], "task_index": row["task_index"],
+            "state": row["state"], "failures": row["failures"], "lost": row["lost"],
+            "grown_requirements": json.loads(row["requirements"]) if row["requirements"]
+            else None, "reason": row["reason"], "updated": row["updated"]}
+
+
+async def task(db: Database, task_id: int) -> dict[str, Any] | None:
+    row = await db.fetchone(
+        "SELECT task_id, dataset_id, job_index, task_index, state, failures, lost, requirements,"
+        " reason, updated FROM tasks WHERE task_id = ?", (task_id,))
+    if row is None:
+        return None
+    data = _task(row)
+    data["dataset"] = row["dataset_id"]
+    return data
+
+
+async def attempts_of_task(db: Database, task_id: int) -> list[dict[str, Any]]:
+    rows = await db.fetchall(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ?"
+                             " ORDER BY attempt_id", (task_id,))
+    return [_attempt(r, tails=False) for r in rows]
+
+
+async def attempt(db: Database, attempt_id: int) -> dict[str, Any] | None:
+    row = await db.fetchone(f"SELECT {ATTEMPT_COLUMNS}, stdout_tail, stderr_tail FROM attempts"
+                            " WHERE attempt_id = ?", (attempt_id,))
+    return _attempt(row, tails=True) if row else None
+
+
+async def log_text(db: Database, attempt_id: int, stream: str) -> tuple[str, bool] | None:
+    """The full log of an attempt if the pilot uploaded it, else its tail: (text, complete)."""
+    row = await db.fetchone("SELECT text FROM logs WHERE attempt_id = ? AND stream = ?",
+                            (attempt_id, stream))
+    if row is not None:
+        return row["text"], True
+    row = await db.fetchone(f"SELECT {stream}_tail AS tail FROM attempts WHERE attempt_id = ?",
+                            (attempt_id,))
+    if row is None:
+        return None
+    return row["tail"] or "", False
+
+
+async def statistics(db: Database, dataset_id: int) -> list[dict[str, Any]]:
+    """Per statistic and task: count, sum, mean, standard deviation, min, max; plus each
+    statistic over all tasks of the dataset (task null), combined with Chan's formula."""
+    rows = await db.fetchall(
+        "SELECT task_index, kind, name, count, sum, mean, m2, min, max FROM statistics"
+        " WHERE dataset_id = ? ORDER BY kind, name, task_index", (dataset_id,))
+    result: list[dict[str, Any]] = []
+    totals: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        result.append(_stat(r["kind"], r["name"], r["task_index"], r["count"], r["sum"],
+                            r["mean"], r["m2"], r["min"], r["max"]))
+        total = totals.setdefault((r["kind"], r["name"]), [0, 0.0, 0.0, 0.0, r["min"], r["max"]])
+        n_a, mean_a, m2_a = total[0], total[2], total[3]
+        n_b, mean_b, m2_b = r["count"], r["mean"], r["m2"]
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        total[0] = n
+        total[1] += r["sum"]
+        total[2] = mean_a + delta * n_b / n
+        total[3] = m2_a + m2_b + delta * delta * n_a * n_b / n
+        total[4] = min(total[4], r["min"])
+        total[5] = max(total[5], r["max"])
+    for (kind, name), (n, total_sum, mean, m2, low, high) in totals.items():
+        result.append(_stat(kind, name, None, n, total_sum, mean, m2, low, high))
+    return result
+
+
+def _stat(kind: str, name: str, task_index: int | None, count: int, total: float, mean: float,
+          m2: float, low: float, high: float) -> dict[str, Any]:
+    return {"kind": kind, "name": name, "task_index": task_index, "count": count, "sum": total,
+            "mean": mean, "stddev": (m2 / count) ** 0.5 if count else 0.0, "min": low,
+            "max": high}
+
+
+async def events(db: Database, dataset_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await db.fetchall(
+        "SELECT e.time, e.action, e.detail, u.name AS user FROM events e"
+        " LEFT JOIN users u ON u.user_id = e.user_id WHERE e.dataset_id = ?"
+        " ORDER BY e.event_id DESC LIMIT ?", (dataset_id, limit))
+    return [dict(r) for r in rows]
+
+
+async def pilots(db: Database, *, site_id: int | None, state: str | None, after: int,
+                 limit: int) -> list[dict[str, Any]]:
+    where = ["p.pilot_id > ?"]
+    params: list[Any] = [after]
+    if site_id is not None:
+        where.append("p.site_id = ?")
+        params.append(site_id)
+    if state:
+        where.append("p.state = ?")
+        params.append(state)
+    rows = await db.fetchall(
+        "SELECT p.pilot_id, s.name AS site, p.host, p.batch_system, p.batch_id, p.resources,"
+        " p.state, p.registered, p.last_seen, p.ended, p.exit_reason, p.suspect"
+        f" FROM pilots p JOIN sites s ON s.site_id = p.site_id WHERE {' AND '.join(where)}"
+        " ORDER BY p.pilot_id LIMIT ?", (*params, limit))
+    result = []
+    for r in rows:
+        data = dict(r)
+        data["resources"] = json.loads(data["resources"])
+        data["suspect"] = bool(data["suspect"])
+        result.append(data)
+    return result

@@ -1,0 +1,51 @@
+"""Fixtures: a real engine over a real SQLite file in a temporary directory, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import server_settings
+from matchmaker.engine import Engine
+from matchmaker.storage.database import Database
+
+from .support import Clock
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return server_settings({"database": str(tmp_path / "floe.sqlite")})
+
+
+@pytest.fixture
+async def engine(settings, clock):
+    db = await Database.open(settings.database)
+    engine = Engine(db, settings, clock)
+    await engine.load()
+    yield engine
+    await engine.stop()
+    await db.close()
+
+
+@pytest.fixture
+async def reopen(settings, clock):
+    """Stop an engine and open a new one on the same file, as a restarted server would."""
+    opened = []
+
+    async def restart(old: Engine) -> Engine:
+        await old.stop()
+        await old.db.close()
+        db = await Database.open(settings.database)
+        engine = Engine(db, settings, clock)
+        await engine.load()
+        opened.append(engine)
+        return engine
+
+    yield restart
+    for engine in opened:
+        await engine.stop()
+        await engine.db.close()
