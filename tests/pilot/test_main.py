@@ -1,0 +1,63 @@
+"""The pilot's command line: `--probe` JSON for site admins, through `floe pilot` and directly."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main as floe
+from pilot.main import main
+from pilot.slot import SAFETY_MARGIN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_probe_prints_the_slot_and_where_each_number_came_from(tmp_path, capsys):
+    assert main(["--probe", "--site", "uw-madison", "--lifetime", "2h",
+                 "--scratch", str(tmp_path)]) == 0
+    probe = json.loads(capsys.readouterr().out)
+    assert probe["site"] == "uw-madison"
+    assert probe["scratch"] == str(tmp_path)
+    assert 7200 - SAFETY_MARGIN - 5 <= probe["seconds_left"] <= 7200 - SAFETY_MARGIN
+    assert probe["cpus"] >= 1 and probe["memory"] > 0 and probe["disk"] > 0
+    assert set(probe["sources"]) >= {"cpus", "memory", "disk", "gpus", "seconds"}
+    assert probe["limits"]["cpus"][probe["sources"]["cpus"]] == probe["cpus"]
+    assert "linux" in probe["os"]
+
+
+def test_floe_pilot_takes_the_same_options(tmp_path, capsys):
+    assert floe(["pilot", "--probe", "--site", "here", "--scratch", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["site"] == "here"
+
+
+def test_probe_reads_the_batch_systems_variables_of_its_process(tmp_path):
+    env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_CPUS_ON_NODE": "1",
+           "SLURM_MEM_PER_NODE": "256", "FLOE_SITE": "from-env"}
+    done = subprocess.run([sys.executable, "-m", "pilot.main", "--probe"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    probe = json.loads(done.stdout)
+    assert (probe["batch_system"], probe["batch_job_id"]) == ("slurm", "4242")
+    assert (probe["cpus"], probe["memory"]) == (1, 256 * 2**20)
+    assert probe["site"] == "from-env"
+
+
+def test_a_bad_lifetime_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--probe", "--lifetime", "soon"])
+    assert exit.value.code == 2
+    assert "expected a duration" in capsys.readouterr().err
+
+
+def test_without_a_mode_the_pilot_says_what_it_can_do(capsys):
+    assert main([]) == 2
+    assert "--probe, or --run CONFIG.json --job N" in capsys.readouterr().err
+
+
+def test_run_mode_needs_a_job(tmp_path, capsys):
+    assert main(["--run", str(tmp_path / "x.json")]) == 2
+    assert "--run needs --job N" in capsys.readouterr().err

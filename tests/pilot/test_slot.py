@@ -1,0 +1,242 @@
+"""Slot measurement from each batch system's variables, HTCondor's machine ad, cgroups v1 and v2
+and /proc, all given as a fake filesystem root and environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.resources import GIB, MIB
+from pilot.slot import SAFETY_MARGIN, measure, os_names, read_classad
+
+NOW = 1_800_000_000.0
+
+
+def node(tmp_path: Path, files: dict[str, str] | None = None, cpus: int = 8,
+         memory_kib: int = 16 * 2**20) -> Path:
+    """A fake root: a node with `cpus` CPUs and `memory_kib` of memory, plus extra files."""
+    root = tmp_path / "root"
+    defaults = {
+        "proc/self/status": f"Name:\tpython3\nCpus_allowed_list:\t0-{cpus - 1}\n",
+        "proc/cpuinfo": "".join(f"processor\t: {i}\nmodel name\t: x\n\n" for i in range(cpus)),
+        "proc/meminfo": f"MemTotal:       {memory_kib} kB\nMemFree:        1000 kB\n",
+        "proc/self/cgroup": "0::/\n",
+        "etc/os-release": 'ID=debian\nVERSION_ID="12"\n',
+    }
+    for name, text in {**defaults, **(files or {})}.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def probe(root: Path, env: dict[str, str], tmp_path: Path, **options):
+    options.setdefault("scratch", tmp_path)
+    return measure(env, root, gpu_source=None, now=NOW, **options)
+
+
+def test_a_bare_node_offers_its_cpus_and_physical_memory(tmp_path):
+    slot = probe(node(tmp_path, cpus=6, memory_kib=4 * 2**20), {}, tmp_path)
+    assert slot.cpus == 6
+    assert slot.memory == 4 * GIB
+    assert slot.sources["memory"] == "/proc/meminfo MemTotal"
+    assert slot.batch_system == "none"
+    assert slot.deadline is None
+
+
+def test_slurm_allocation_sets_cpus_memory_and_end_time(tmp_path):
+    env = {"SLURM_JOB_ID": "77", "SLURM_CPUS_ON_NODE": "2", "SLURM_MEM_PER_NODE": "512",
+           "SLURM_JOB_CPUS_PER_NODE": "2", "SLURM_JOB_END_TIME": str(int(NOW + 3600))}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.cpus, slot.sources["cpus"]) == (2, "SLURM_CPUS_ON_NODE")
+    assert (slot.memory, slot.sources["memory"]) == (512 * MIB, "SLURM_MEM_PER_NODE")
+    assert (slot.batch_system, slot.batch_job_id) == ("slurm", "77")
+    assert slot.seconds_left(NOW) == 3600 - SAFETY_MARGIN
+    assert slot.limits["cpus"]["CPU affinity"] == 8
+
+
+def test_slurm_cpus_per_node_in_repeated_form_counts_this_node_only(tmp_path):
+    env = {"SLURM_JOB_ID": "5", "SLURM_JOB_CPUS_PER_NODE": "4(x2),2"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert slot.cpus == 4
+    assert slot.sources["cpus"] == "SLURM_JOB_CPUS_PER_NODE"
+
+
+def test_slurm_memory_per_cpu_is_multiplied_by_the_allocated_cpus(tmp_path):
+    env = {"SLURM_JOB_ID": "5", "SLURM_CPUS_ON_NODE": "3", "SLURM_MEM_PER_CPU": "1000"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert slot.memory == 3000 * MIB
+    assert slot.sources["memory"] == "SLURM_MEM_PER_CPU x CPUs"
+
+
+def test_affinity_smaller_than_the_allocation_wins(tmp_path):
+    env = {"SLURM_JOB_ID": "5", "SLURM_CPUS_ON_NODE": "16"}
+    slot = probe(node(tmp_path, cpus=4), env, tmp_path)
+    assert slot.cpus == 4
+    assert slot.limits["cpus"]["SLURM_CPUS_ON_NODE"] == 16
+
+
+def test_pbs_cpus_per_node_and_walltime(tmp_path):
+    env = {"PBS_JOBID": "12.server", "PBS_NUM_PPN": "3", "PBS_NP": "6", "PBS_WALLTIME": "7200"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.cpus, slot.sources["cpus"]) == (3, "PBS_NUM_PPN")
+    assert (slot.batch_system, slot.batch_job_id) == ("pbs", "12.server")
+    assert slot.seconds_left(NOW) == 7200 - SAFETY_MARGIN
+
+
+def test_pbs_pro_ncpus_counts_only_inside_a_pbs_job(tmp_path):
+    assert probe(node(tmp_path), {"PBS_JOBID": "1.s", "NCPUS": "2"}, tmp_path).cpus == 2
+    assert probe(node(tmp_path), {"NCPUS": "2"}, tmp_path).cpus == 8
+
+
+def test_sge_slots_and_job_id(tmp_path):
+    env = {"JOB_ID": "55", "SGE_ROOT": "/var/lib/gridengine", "NSLOTS": "2",
+           "SGE_TASK_ID": "undefined"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.cpus, slot.sources["cpus"]) == (2, "NSLOTS")
+    assert (slot.batch_system, slot.batch_job_id) == ("sge", "55")
+
+
+def test_sge_array_task_is_part_of_the_job_id(tmp_path):
+    env = {"JOB_ID": "55", "SGE_ROOT": "/x", "SGE_TASK_ID": "4"}
+    assert probe(node(tmp_path), env, tmp_path).batch_job_id == "55.4"
+
+
+def test_htcondor_machine_ad_gives_cpus_memory_disk_and_end(tmp_path):
+    machine_ad = tmp_path / ".machine.ad"
+    machine_ad.write_text(
+        'Cpus = 2\nMemory = 3000\nDisk = 1024\nAssignedGPUs = "GPU-c4a6ff11"\n'
+        f"GLIDEIN_ToDie = {int(NOW + 10000)}\nName = \"slot1@node\"\n")
+    job_ad = tmp_path / ".job.ad"
+    job_ad.write_text("ClusterId = 10\nProcId = 3\nOwner = \"alice\"\n")
+    env = {"_CONDOR_MACHINE_AD": str(machine_ad), "_CONDOR_JOB_AD": str(job_ad)}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.cpus, slot.sources["cpus"]) == (2, "machine ad Cpus")
+    assert slot.memory == 3000 * MIB
+    assert (slot.disk, slot.sources["disk"]) == (1024 * 1024, "machine ad Disk")
+    assert (slot.batch_system, slot.batch_job_id) == ("htcondor", "10.3")
+    assert slot.seconds_left(NOW) == 10000 - SAFETY_MARGIN
+
+
+def test_classad_values_are_typed_and_names_case_insensitive(tmp_path):
+    ad = tmp_path / "ad"
+    ad.write_text('Cpus = 4\nLoadAvg = 0.25\nStart = true\nName = "slot1@n"\n'
+                  "Requirements = (TARGET.Arch == \"X86_64\")\nnot a line\n")
+    assert read_classad(ad) == {
+        "cpus": 4, "loadavg": 0.25, "start": True, "name": "slot1@n",
+        "requirements": '(TARGET.Arch == "X86_64")',
+    }
+    assert read_classad(tmp_path / "missing") == {}
+
+
+def test_cgroup_v2_quota_and_memory_limit_of_a_parent_apply(tmp_path):
+    root = node(tmp_path, {
+        "proc/self/cgroup": "0::/job/task\n",
+        "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+        "sys/fs/cgroup/job/memory.max": f"{GIB}\n",
+        "sys/fs/cgroup/job/cpu.max": "max 100000\n",
+        "sys/fs/cgroup/job/task/memory.max": "max\n",
+        "sys/fs/cgroup/job/task/cpu.max": "250000 100000\n",
+    })
+    slot = probe(root, {}, tmp_path)
+    assert slot.cpus == 2
+    assert slot.sources["cpus"].endswith("job/task/cpu.max")
+    assert slot.memory == GIB
+    assert slot.sources["memory"].endswith("job/memory.max")
+
+
+def test_cgroup_v1_quota_and_limit(tmp_path):
+    cgroup = "sys/fs/cgroup"
+    root = node(tmp_path, {
+        "proc/self/cgroup": "4:memory:/slurm/job_5\n2:cpu,cpuacct:/slurm/job_5\n1:name=x:/\n",
+        f"{cgroup}/memory/memory.limit_in_bytes": "9223372036854771712\n",
+        f"{cgroup}/memory/slurm/job_5/memory.limit_in_bytes": f"{2 * GIB}\n",
+        f"{cgroup}/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",
+        f"{cgroup}/cpu,cpuacct/slurm/job_5/cpu.cfs_quota_us": "300000\n",
+        f"{cgroup}/cpu,cpuacct/slurm/job_5/cpu.cfs_period_us": "100000\n",
+    })
+    slot = probe(root, {}, tmp_path)
+    assert slot.cpus == 3
+    assert slot.memory == 2 * GIB
+    assert "memory.limit_in_bytes" in slot.sources["memory"]
+
+
+def test_cgroup_v1_without_limits_leaves_physical_memory(tmp_path):
+    root = node(tmp_path, {
+        "proc/self/cgroup": "4:memory:/\n",
+        "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712\n",
+    }, memory_kib=2**20)
+    slot = probe(root, {}, tmp_path)
+    assert slot.memory == GIB
+    assert list(slot.limits["memory"]) == ["/proc/meminfo MemTotal"]
+
+
+def test_container_cgroup_path_missing_under_the_mount_uses_the_mount(tmp_path):
+    root = node(tmp_path, {
+        "proc/self/cgroup": "0::/kubepods/burstable/pod1/abc\n",
+        "sys/fs/cgroup/cgroup.controllers": "cpu memory\n",
+        "sys/fs/cgroup/memory.max": "536870912\n",
+    })
+    assert probe(root, {}, tmp_path).memory == 512 * MIB
+
+
+def test_a_quota_below_one_cpu_still_offers_one(tmp_path):
+    root = node(tmp_path, {"sys/fs/cgroup/cgroup.controllers": "cpu\n",
+                           "sys/fs/cgroup/cpu.max": "50000 100000\n"})
+    assert probe(root, {}, tmp_path).cpus == 1
+
+
+def test_disk_is_the_free_space_of_the_batch_scratch_directory(tmp_path):
+    scratch = tmp_path / "condor-scratch"
+    scratch.mkdir()
+    env = {"_CONDOR_SCRATCH_DIR": str(scratch), "TMPDIR": "/tmp"}
+    slot = measure(env, node(tmp_path), gpu_source=None, now=NOW)
+    assert slot.scratch == str(scratch)
+    assert "_CONDOR_SCRATCH_DIR" in slot.sources["disk"]
+    assert slot.disk > 0
+
+
+def test_scratch_variables_naming_missing_directories_are_skipped(tmp_path):
+    env = {"_CONDOR_SCRATCH_DIR": str(tmp_path / "gone"), "SLURM_TMPDIR": str(tmp_path)}
+    slot = measure(env, node(tmp_path), gpu_source=None, now=NOW)
+    assert slot.scratch == str(tmp_path)
+
+
+def test_scratch_option_wins_over_the_batch_scratch(tmp_path):
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    env = {"TMPDIR": str(tmp_path)}
+    slot = measure(env, node(tmp_path), scratch=chosen, gpu_source=None, now=NOW)
+    assert slot.scratch == str(chosen)
+    assert "--scratch" in slot.sources["disk"]
+
+
+def test_lifetime_option_wins_over_the_batch_walltime(tmp_path):
+    env = {"SLURM_JOB_ID": "1", "SLURM_JOB_END_TIME": str(int(NOW + 86400))}
+    slot = probe(node(tmp_path), env, tmp_path, lifetime=600)
+    assert slot.seconds_left(NOW) == 540  # a tenth of a short life is kept as the margin
+    assert slot.sources["seconds"].startswith("--lifetime")
+
+
+def test_os_names_for_debian_and_an_el_alias_for_rhel_likes(tmp_path):
+    assert os_names(node(tmp_path)) == ("debian12", "debian", "linux")
+    rocky = node(tmp_path, {"etc/os-release":
+                            'ID="rocky"\nID_LIKE="rhel centos fedora"\nVERSION_ID="9.3"\n'})
+    assert os_names(rocky) == ("rocky9.3", "rocky9", "rocky", "el9", "linux")
+    ubuntu = node(tmp_path, {"etc/os-release": 'ID=ubuntu\nID_LIKE=debian\nVERSION_ID="22.04"\n'})
+    assert os_names(ubuntu) == ("ubuntu22.04", "ubuntu22", "ubuntu", "linux")
+
+
+def test_offer_turns_free_resources_into_a_matchmaker_slot(tmp_path):
+    env = {"FLOE_SITE": "uw-madison"}
+    slot = probe(node(tmp_path, cpus=4), env, tmp_path, lifetime=3600)
+    offer = slot.offer(cpus=1, memory=GIB, now=NOW)
+    assert (offer.cpus, offer.memory, offer.disk, offer.gpus) == (1, GIB, slot.disk, 0)
+    assert offer.seconds == 3600 - SAFETY_MARGIN
+    assert offer.site == "uw-madison"
+    assert offer.os == ("debian12", "debian", "linux")
+
+
+def test_site_option_wins_over_the_environment(tmp_path):
+    slot = probe(node(tmp_path), {"FLOE_SITE": "a"}, tmp_path, site="b")
+    assert slot.site == "b"
+    assert slot.to_dict(NOW)["site"] == "b"
