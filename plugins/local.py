@@ -1,0 +1,216 @@
+"""The local plugin: pilots are processes on this machine, for the demo and single workstations.
+
+Each pilot runs in its own session and process group under a small /bin/sh wrapper that writes
+the pilot's exit status when it ends. The plugin keeps one record per pilot in a state directory
+(`<workdir>/local` unless the `state_dir` option names another, which factories may share):
+`<batch id>.json` says which factory and shape the pilot belongs to and which process it is (pid
+plus start time, so that a reused pid is never mistaken for it); `<batch id>.exit` appears when
+it ends. `status` reads /proc, `remove` signals the whole process group (SIGTERM, then SIGKILL
+after `kill_grace` seconds). Finished pilots stay listed for `keep_finished` seconds, as a batch
+system keeps them for a while, then their records go.
+
+There is no queue and no enforcement here: a pilot starts at once, and it learns its shape's
+limits from the FLOE_SHAPE_* variables. It gets a small environment (PATH, HOME, the locale) plus
+what the caller gives, not the whole environment of the factory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from plugins.base import (
+    BatchError,
+    BatchPlugin,
+    PilotInfo,
+    PilotShape,
+    PilotState,
+    PluginConfigError,
+    PluginSettings,
+    check_environment_name,
+    parse_options,
+)
+
+# Runs the pilot and records how it ended: "$1" is the exit file, the rest the command.
+_WRAPPER = 'exit_file=$1; shift; "$@"; echo $? > "$exit_file"'
+_KILL_WAIT = 10.0  # seconds for SIGKILLed processes to be gone
+_PASSED_ON = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "SHELL")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """Site options for local pilots."""
+
+    state_dir: str = ""
+    kill_grace: float = 5.0
+    keep_finished: float = 300.0
+
+
+def process_start(pid: int) -> int | None:
+    """When a live process started (clock ticks since boot); None when it is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name in parentheses may itself hold spaces and parentheses.
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is left in process group `pgid`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
+class LocalPlugin(BatchPlugin):
+    system = "local"
+
+    def __init__(self, settings: PluginSettings) -> None:
+        super().__init__(settings)
+        self.options: LocalOptions = parse_options(LocalOptions, settings.options, self.system)
+        if self.options.kill_grace < 0 or self.options.keep_finished < 0:
+            raise PluginConfigError("local options kill_grace and keep_finished must not be "
+                                    "negative")
+        self.state_dir = Path(self.options.state_dir or Path(settings.workdir) / "local")
+        # Our own children, so that they are reaped and do not linger as zombies.
+        self._children: dict[str, subprocess.Popen] = {}
+
+    def submit(self, shape: PilotShape, count: int, command: list[str],
+               env: dict[str, str]) -> list[str]:
+        if count <= 0:
+            return []
+        if not command:
+            raise PluginConfigError("the pilot command is empty: give the program and arguments")
+        for name in env:
+            check_environment_name(name)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.pilot_dir("logs")
+        base = {name: os.environ[name] for name in _PASSED_ON if name in os.environ}
+        batch_ids: list[str] = []
+        for _ in range(count):
+            batch_id = secrets.token_hex(6)
+            pilot_env = {**base, **self.pilot_environment(shape), **env,
+                         "FLOE_BATCH_ID": batch_id}
+            argv = ["/bin/sh", "-c", _WRAPPER, "floe-pilot",
+                    str(self._path(batch_id, "exit")), *command]
+            log = logs / f"{self.tag(shape)}-{batch_id}.out"
+            try:
+                with open(log, "wb") as output:
+                    child = subprocess.Popen(
+                        argv, env=pilot_env, stdin=subprocess.DEVNULL, stdout=output,
+                        stderr=subprocess.STDOUT, cwd=self.settings.workdir,
+                        start_new_session=True)
+            except OSError as exc:
+                raise BatchError(f"the pilot could not be started: {exc}.", argv,
+                                 submitted=batch_ids) from exc
+            self._children[batch_id] = child
+            record = {"factory": self.settings.factory_id, "shape": shape.name,
+                      "pid": child.pid, "start": process_start(child.pid),
+                      "submitted": time.time(), "log": str(log)}
+            self._path(batch_id, "json").write_text(json.dumps(record))
+            batch_ids.append(batch_id)
+        return batch_ids
+
+    def status(self) -> dict[str, PilotInfo]:
+        for child in self._children.values():
+            child.poll()
+        pilots = {}
+        for path in sorted(self.state_dir.glob("*.json")):
+            batch_id = path.stem
+            record = self._record(path)
+            if record is None or record.get("factory") != self.settings.factory_id:
+                continue
+            info = self._info(batch_id, record)
+            if info is not None:
+                pilots[batch_id] = info
+        return pilots
+
+    def _info(self, batch_id: str, record: dict) -> PilotInfo | None:
+        exit_file = self._path(batch_id, "exit")
+        pid = int(record["pid"])
+        alive = record.get("start") is not None and process_start(pid) == record["start"]
+        if not exit_file.exists() and not alive:
+            # Ended without its wrapper seeing it: killed from outside, or the machine restarted.
+            exit_file.write_text("lost\n")
+        if exit_file.exists():
+            ended = exit_file.stat().st_mtime
+            if time.time() - ended > self.options.keep_finished:
+                self._forget(batch_id)
+                return None
+            ending = exit_file.read_text().strip()  # an exit status, "removed" or "lost"
+            detail = f"exit status {ending}" if ending.isdigit() else ending
+            state = PilotState.FINISHED
+        else:
+            state, detail = PilotState.RUNNING, f"pid {pid}"
+        return PilotInfo(batch_id=batch_id, state=state, shape=str(record["shape"]),
+                         submitted=record["submitted"], started=record["submitted"],
+                         detail=detail)
+
+    def _remove(self, batch_ids: list[str]) -> None:
+        groups = {}
+        for batch_id in batch_ids:
+            record = self._record(self._path(batch_id, "json"))
+            if record is not None:
+                groups[batch_id] = int(record["pid"])  # the wrapper leads its own group
+                self._signal(groups[batch_id], signal.SIGTERM)
+        self._wait_for_groups(groups.values(), self.options.kill_grace)
+        for pgid in groups.values():
+            self._signal(pgid, signal.SIGKILL)
+        # SIGKILL takes effect when the processes are next scheduled, not at once.
+        self._wait_for_groups(groups.values(), _KILL_WAIT)
+        for batch_id in groups:
+            exit_file = self._path(batch_id, "exit")
+            if not exit_file.exists():
+                exit_file.write_text("removed\n")
+            child = self._children.get(batch_id)
+            if child is not None:
+                child.poll()
+
+    @staticmethod
+    def _wait_for_groups(groups: Iterable[int], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while any(group_alive(pgid) for pgid in groups) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _signal(self, pgid: int, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            try:
+                os.killpg(pgid, signum)
+            except PermissionError as exc:
+                raise BatchError(f"cannot signal pilot process group {pgid}: {exc}.") from exc
+
+    def _forget(self, batch_id: str) -> None:
+        for suffix in ("json", "exit"):
+            self._path(batch_id, suffix).unlink(missing_ok=True)
+        self._children.pop(batch_id, None)
+
+    def _path(self, batch_id: str, suffix: str) -> Path:
+        return self.state_dir / f"{batch_id}.{suffix}"
+
+    @staticmethod
+    def _record(path: Path) -> dict | None:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None

@@ -1,0 +1,133 @@
+"""The local plugin: pilots as process groups on this machine, tracked through a state dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugins.base import PilotShape, PilotState, PluginSettings
+from plugins.local import LocalPlugin, group_alive
+from tests.plugins.pilots import cleanup, pilot_command, pilot_env, state_of, wait_for
+
+SHAPE = PilotShape("small", cpus=2, walltime=600)
+
+
+def make_plugin(workdir: Path, factory_id: str, **options: object) -> LocalPlugin:
+    return LocalPlugin(PluginSettings(factory_id=factory_id, workdir=workdir, options=options))
+
+
+@pytest.fixture
+def local(factory_id: str, tmp_path: Path, pilot_dir: Path) -> Iterator[LocalPlugin]:
+    plugin = make_plugin(tmp_path / "factory", factory_id, kill_grace=2.0)
+    yield plugin
+    cleanup(plugin, pilot_dir)
+
+
+def test_pilots_start_at_once_with_their_environment(
+        local: LocalPlugin, pilot_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOE_TEST_FACTORY_SECRET", "site-token")
+    ids = local.submit(SHAPE, 2, pilot_command(pilot_dir), {"FLOE_TOKEN_FILE": "/tmp/a b"})
+    assert {batch_id: info.state for batch_id, info in local.status().items()} == {
+        batch_id: PilotState.RUNNING for batch_id in ids}
+    for batch_id in ids:
+        env = pilot_env(pilot_dir, batch_id)
+        assert env["FLOE_BATCH_ID"] == batch_id
+        assert env["FLOE_FACTORY"] == local.settings.factory_id
+        assert env["FLOE_SHAPE_CPUS"] == "2"
+        assert env["FLOE_TOKEN_FILE"] == "/tmp/a b"
+        assert env["PATH"] == os.environ["PATH"]
+        assert "FLOE_TEST_FACTORY_SECRET" not in env
+        # The pilot runs in a process group of its own, not in the factory's.
+        pid = int(env["FLOE_TEST_PID"])
+        assert os.getpgid(pid) != os.getpgid(0)
+
+
+def test_a_pilot_that_ends_is_finished_with_its_exit_status(local: LocalPlugin) -> None:
+    [pilot] = local.submit(SHAPE, 1, ["/bin/sh", "-c", "exit 3"], {})
+    wait_for(lambda: state_of(local, pilot) is PilotState.FINISHED, "the pilot to end")
+    assert local.status()[pilot].detail == "exit status 3"
+    assert local.orphans(set()) == []
+
+
+def test_remove_kills_the_pilots_whole_process_group(local: LocalPlugin, tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    command = ["/bin/sh", "-c", f'sleep 300 & echo $! > {child_pid}; wait']
+    [pilot] = local.submit(SHAPE, 1, command, {})
+    wait_for(child_pid.exists, "the pilot to start its child")
+    pgid = os.getpgid(int(child_pid.read_text()))
+
+    assert local.remove([pilot]) == [pilot]
+
+    assert not group_alive(pgid)
+    assert local.status()[pilot].state is PilotState.FINISHED
+    assert local.status()[pilot].detail == "removed"
+
+
+def test_a_pilot_that_ignores_sigterm_is_killed_after_the_grace(
+        factory_id: str, tmp_path: Path) -> None:
+    plugin = make_plugin(tmp_path, factory_id, kill_grace=0.5)
+    ready = tmp_path / "ready"
+    [pilot] = plugin.submit(SHAPE, 1, ["/bin/sh", "-c", f"trap '' TERM; echo $$ > {ready}.tmp; "
+                                       f"mv {ready}.tmp {ready}; while :; do sleep 0.1; done"],
+                            {})
+    wait_for(ready.exists, "the pilot to ignore SIGTERM")
+    pgid = os.getpgid(int(ready.read_text()))
+
+    assert plugin.remove([pilot]) == [pilot]
+
+    assert not group_alive(pgid)
+
+
+def test_orphans_are_only_this_factorys_untracked_pilots(
+        factory_id: str, tmp_path: Path, pilot_dir: Path) -> None:
+    shared = tmp_path / "shared-state"
+    ours = make_plugin(tmp_path / "ours", factory_id, state_dir=str(shared))
+    neighbour = make_plugin(tmp_path / "neighbour", factory_id + "x", state_dir=str(shared))
+    command = pilot_command(pilot_dir)
+    tracked, untracked = ours.submit(SHAPE, 2, command, {})
+    [theirs] = neighbour.submit(SHAPE, 1, command, {})
+    (shared / "stray.json").write_text("not a pilot record")
+    try:
+        assert ours.orphans({tracked}) == [untracked]
+        assert ours.remove([theirs]) == []
+
+        assert ours.remove_orphans({tracked}) == [untracked]
+
+        assert state_of(ours, untracked) is PilotState.FINISHED
+        assert state_of(ours, tracked) is PilotState.RUNNING
+        assert state_of(neighbour, theirs) is PilotState.RUNNING
+        assert (shared / "stray.json").exists()
+    finally:
+        cleanup(ours, pilot_dir)
+        cleanup(neighbour)
+
+
+def test_a_restarted_factory_finds_and_removes_its_pilots(
+        local: LocalPlugin, pilot_dir: Path) -> None:
+    [pilot] = local.submit(SHAPE, 1, pilot_command(pilot_dir), {})
+    restarted = LocalPlugin(local.settings)
+
+    assert restarted.orphans(set()) == [pilot]
+    assert restarted.remove([pilot]) == [pilot]
+    assert state_of(local, pilot) is PilotState.FINISHED
+
+
+def test_a_pilot_killed_from_outside_is_finished_as_lost(
+        local: LocalPlugin, pilot_dir: Path) -> None:
+    [pilot] = local.submit(SHAPE, 1, pilot_command(pilot_dir), {})
+    pid = int(pilot_env(pilot_dir, pilot)["FLOE_TEST_PID"])
+    os.killpg(os.getpgid(pid), signal.SIGKILL)
+    wait_for(lambda: state_of(local, pilot) is PilotState.FINISHED, "the pilot to be seen gone")
+    assert local.status()[pilot].detail == "lost"
+
+
+def test_finished_pilots_are_forgotten_after_keep_finished(
+        factory_id: str, tmp_path: Path) -> None:
+    plugin = make_plugin(tmp_path, factory_id, keep_finished=0)
+    [pilot] = plugin.submit(SHAPE, 1, ["true"], {})
+    wait_for(lambda: pilot not in plugin.status(), "the finished pilot to be forgotten")
+    assert list(plugin.state_dir.iterdir()) == []
