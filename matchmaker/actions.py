@@ -10,10 +10,9 @@ stop working at once and their pilots are told to kill them at the next heartbea
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import aiosqlite
 
 from config.states import TaskState
 
@@ -53,7 +52,7 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
     now = engine.clock()
     step = _Step()
 
-    async def write(conn: aiosqlite.Connection) -> _Step:
+    def plan():
         running = {a.task_id: a for a in engine.active.values() if a.dataset_id == dataset.id}
         codes = bytearray(dataset.states[first * dataset.ntasks:last * dataset.ntasks])
         for offset in range(len(codes)):
@@ -79,12 +78,18 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
                          0 if clear_record else dataset.lost.get(task_id, 0),
                          json.dumps(grown.to_dict()) if grown else None,
                          reason, now, task_id, old.value))
-        cursor = await conn.executemany(MOVE_TASK_WITH_RECORD.sql, rows)
-        if cursor.rowcount != len(rows):
-            raise StaleWrite("task states changed while the action ran; try again")
-        await conn.executemany(VOID_ATTEMPT, [(now, reason, a.attempt_id) for a in step.voided])
-        await conn.executemany(SET_JOB.sql, [(state, dataset.id, job) for job, state in step.jobs])
-        return step
+        voided = [(now, reason, a.attempt_id) for a in step.voided]
+        jobs = [(state, dataset.id, job) for job, state in step.jobs]
+
+        def write(conn: sqlite3.Connection) -> _Step:
+            cursor = conn.executemany(MOVE_TASK_WITH_RECORD.sql, rows)
+            if cursor.rowcount != len(rows):
+                raise StaleWrite("task states changed while the action ran; try again")
+            conn.executemany(VOID_ATTEMPT, voided)
+            conn.executemany(SET_JOB.sql, jobs)
+            return step
+
+        return write
 
     def apply(done: _Step) -> None:
         if clear_record:
@@ -96,7 +101,7 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
         for task_id, _, new in done.moves:
             dataset.move(task_id, new)
 
-    await engine.db.exclusive(write, after=apply)
+    await engine.db.planned(plan, after=apply)
     return len(step.moves)
 
 
@@ -127,13 +132,12 @@ async def _set_status(engine: Engine, dataset: DatasetState, user: User, status:
                       action: str, detail: str) -> None:
     now = engine.clock()
 
-    async def write(conn: aiosqlite.Connection) -> None:
-        await conn.execute(SET_DATASET.sql, (status, dataset.priority, now, dataset.id))
-        await conn.execute(ADD_EVENT.sql, (now, dataset.id, user.user_id, action, detail))
+    def write(conn: sqlite3.Connection) -> None:
+        conn.execute(SET_DATASET.sql, (status, dataset.priority, now, dataset.id))
+        conn.execute(ADD_EVENT.sql, (now, dataset.id, user.user_id, action, detail))
 
     def apply(_: None) -> None:
         dataset.status = status
-        engine.metrics.set_dataset(dataset)
 
     await engine.db.exclusive(write, after=apply)
 
@@ -201,4 +205,5 @@ async def set_priority(engine: Engine, dataset: DatasetState, user: User,
         raise BadRequest(f"priority: expected a number above 0 and at most 1000, got {priority}")
     old = dataset.priority
     dataset.priority = priority
+    engine.dataset_usage.rerank(dataset.id)
     await _set_status(engine, dataset, user, dataset.status, "priority", f"{old} -> {priority}")

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import re
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
-
-import aiosqlite
 
 from .engine import Engine, Site, User, hash_secret
 from .errors import BadRequest, Conflict, NotFound, Unauthorized
@@ -141,16 +140,16 @@ class Auth:
         token = new_token("user")
         now = self.engine.clock()
 
-        async def insert(conn: aiosqlite.Connection) -> int:
-            exists = await (await conn.execute(
-                "SELECT 1 FROM users WHERE name = ?", (name,))).fetchone()
+        def insert(conn: sqlite3.Connection) -> int:
+            exists = conn.execute(
+                "SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
             if exists:
                 raise Conflict(f"a user named {name!r} already exists; use "
                                f"`floe user token {name}` for a new token")
-            cursor = await conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO users (name, role, share, created) VALUES (?, ?, ?, ?)",
                 (name, "admin" if admin else "user", share, now))
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO tokens (token_hash, kind, user_id, created) VALUES (?, 'user', ?, ?)",
                 (hash_secret(token), cursor.lastrowid, now))
             return cursor.lastrowid
@@ -165,11 +164,11 @@ class Auth:
         token = new_token("user")
         now = self.engine.clock()
 
-        async def insert(conn: aiosqlite.Connection) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
             if revoke_old:
-                await conn.execute("UPDATE tokens SET revoked = ? WHERE user_id = ?"
+                conn.execute("UPDATE tokens SET revoked = ? WHERE user_id = ?"
                                    " AND revoked IS NULL", (now, user.user_id))
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO tokens (token_hash, kind, user_id, created) VALUES (?, 'user', ?, ?)",
                 (hash_secret(token), user.user_id, now))
 
@@ -182,12 +181,13 @@ class Auth:
         if not share > 0:
             raise BadRequest(f"share: expected a number above 0, got {share}")
 
-        async def update(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE users SET share = ? WHERE user_id = ?",
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE users SET share = ? WHERE user_id = ?",
                                (share, user.user_id))
 
         await self.engine.db.exclusive(update)
         user.share = share
+        self.engine.user_usage.rerank(user.user_id)
 
     async def add_site(self, name: str) -> tuple[Site, str]:
         """Create a site and return it with its factory token (shown only now)."""
@@ -195,15 +195,15 @@ class Auth:
         token = new_token("site")
         now = self.engine.clock()
 
-        async def insert(conn: aiosqlite.Connection) -> int:
-            exists = await (await conn.execute(
-                "SELECT 1 FROM sites WHERE name = ?", (name,))).fetchone()
+        def insert(conn: sqlite3.Connection) -> int:
+            exists = conn.execute(
+                "SELECT 1 FROM sites WHERE name = ?", (name,)).fetchone()
             if exists:
                 raise Conflict(f"a site named {name!r} already exists; use "
                                f"`floe site token {name}` for a new token")
-            cursor = await conn.execute("INSERT INTO sites (name, created) VALUES (?, ?)",
+            cursor = conn.execute("INSERT INTO sites (name, created) VALUES (?, ?)",
                                         (name, now))
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO tokens (token_hash, kind, site_id, created) VALUES (?, 'site', ?, ?)",
                 (hash_secret(token), cursor.lastrowid, now))
             return cursor.lastrowid
@@ -217,10 +217,10 @@ class Auth:
         token = new_token("site")
         now = self.engine.clock()
 
-        async def insert(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE tokens SET revoked = ? WHERE site_id = ? AND kind = 'site'"
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE tokens SET revoked = ? WHERE site_id = ? AND kind = 'site'"
                                " AND revoked IS NULL", (now, site.site_id))
-            await conn.execute(
+            conn.execute(
                 "INSERT INTO tokens (token_hash, kind, site_id, created) VALUES (?, 'site', ?, ?)",
                 (hash_secret(token), site.site_id, now))
 
@@ -238,11 +238,11 @@ class Auth:
         now = self.engine.clock()
         expires = now + lifetime
 
-        async def insert(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "INSERT INTO tokens (token_hash, kind, site_id, created, expires)"
                 " VALUES (?, 'pilot', ?, ?, ?)", (hash_secret(token), site.site_id, now, expires))
-            await conn.execute("DELETE FROM tokens WHERE kind = 'pilot' AND expires < ?", (now,))
+            conn.execute("DELETE FROM tokens WHERE kind = 'pilot' AND expires < ?", (now,))
 
         await self.engine.db.exclusive(insert)
         self._known[hash_secret(token)] = Principal("pilot", site=site, expires=expires)

@@ -11,9 +11,9 @@ with its new attempt in a shared group commit, and only then answered.
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from config.resources import Slot, format_size
 from config.states import TaskState
@@ -34,24 +34,32 @@ class Dispatch:
     dataset: DatasetState
     task_id: int
 
-    def to_dict(self, engine: Engine) -> dict[str, Any]:
+    def to_json(self, engine: Engine) -> bytes:
+        """The answer's JSON: {"attempt": {...}} with the task, its scope and its passkey.
+
+        The parts every attempt of a task definition shares (its spec and the steering, often
+        large) are serialized once per dataset and reused; only ids and the passkey vary.
+        """
         dataset = self.dataset
         job_index, task_index = dataset.locate(self.task_id)
-        spec = dataset.config.tasks[task_index]
-        return {
-            "id": self.attempt_id,
-            "passkey": self.passkey,
-            "task_id": self.task_id,
-            "task": spec.name,
-            "dataset": dataset.id,
-            "job": job_index,
-            "jobs_submitted": dataset.jobs,
-            "requirements": dataset.requirements(self.task_id).to_dict(),
-            "spec": spec.raw,
-            "steering": dataset.config.steering,
-            "heartbeat_interval": engine.settings.heartbeat_interval,
-            "heartbeat_timeout": engine.settings.heartbeat_timeout,
-        }
+        requirements = dataset.requirements(self.task_id)
+        fragments = dataset.fragments
+        shared = fragments.get(task_index)
+        if shared is None:
+            spec = dataset.config.tasks[task_index]
+            shared = fragments[task_index] = json.dumps({
+                "task": spec.name, "dataset": dataset.id, "jobs_submitted": dataset.jobs,
+                "spec": spec.raw, "steering": dataset.config.steering,
+                "heartbeat_interval": engine.settings.heartbeat_interval,
+                "heartbeat_timeout": engine.settings.heartbeat_timeout,
+            }, separators=(",", ":"))[1:]
+        needs = fragments.get(requirements)
+        if needs is None:
+            needs = fragments[requirements] = json.dumps(requirements.to_dict(),
+                                                         separators=(",", ":"))
+        return (f'{{"attempt":{{"id":{self.attempt_id},"passkey":"{self.passkey}",'
+                f'"task_id":{self.task_id},"job":{job_index},"requirements":{needs},'
+                f'{shared}}}').encode()
 
 
 @dataclass
@@ -64,35 +72,27 @@ class NoWork:
     shortest_walltime: int | None = None
 
 
-def user_order(engine: Engine) -> list[int]:
-    """Users with ready work, most deserving first (lowest decayed usage per share)."""
-    users = [user_id for user_id, datasets in engine.by_user.items()
-             if any(d.queue.ready and d.status == DatasetStatus.PROCESSING for d in datasets)]
-    usage = engine.user_usage
-
-    def rank(user_id: int) -> tuple[float, int]:
-        user = engine.users.get(user_id)
-        share = user.share if user else 1.0
-        return usage.scaled(user_id) / share, user_id
-
-    return sorted(users, key=rank)
-
-
-def dataset_order(engine: Engine, user_id: int) -> list[DatasetState]:
-    """A user's datasets with ready work, most deserving first (decayed usage per priority)."""
-    usage = engine.dataset_usage
-    datasets = [d for d in engine.by_user.get(user_id, ())
-                if d.queue.ready and d.status == DatasetStatus.PROCESSING]
-    return sorted(datasets, key=lambda d: (usage.scaled(d.id) / d.priority, d.id))
+def candidates(engine: Engine):
+    """Datasets with ready work, a user at a time: users most deserving first (lowest decayed
+    usage per share), and each user's datasets most deserving first (usage per priority).
+    Both orders are kept up to date by the ledgers; this is a generator because the first
+    user's first dataset usually has a task that fits."""
+    processing = DatasetStatus.PROCESSING
+    datasets = engine.datasets
+    dataset_order = engine.dataset_usage.ordered
+    for user_id in engine.user_usage.ordered():
+        live = [d for d in map(datasets.__getitem__, dataset_order(user_id))
+                if d.queue.ready and d.status == processing]
+        if live:
+            yield live
 
 
 def choose(engine: Engine, slot: Slot) -> tuple[DatasetState, int] | None:
     """Pop the best ready task for `slot`, or None."""
     phases = (True, False) if slot.gpus > 0 else (None,)
-    users = user_order(engine)
     for gpu_tasks in phases:
-        for user_id in users:
-            for dataset in dataset_order(engine, user_id):
+        for group in candidates(engine):
+            for dataset in group:
                 taken = dataset.queue.take(slot, gpu_tasks, dataset.is_ready)
                 if taken is not None:
                     return dataset, taken[0]

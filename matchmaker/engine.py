@@ -111,8 +111,10 @@ class Engine:
         self.pilots: dict[int, Pilot] = {}
         self.active: dict[int, ActiveAttempt] = {}
         self.voided: collections.OrderedDict[int, str] = collections.OrderedDict()
-        self.user_usage = Ledger(settings.fair_share_half_life, now)
-        self.dataset_usage = Ledger(settings.fair_share_half_life, now)
+        self.user_usage = Ledger(settings.fair_share_half_life, now, weight=self.share_of)
+        self.dataset_usage = Ledger(settings.fair_share_half_life, now,
+                                    weight=lambda d: self.datasets[d].priority,
+                                    group=lambda d: self.datasets[d].user_id)
         self.metrics = Metrics()
         self.next_attempt_id = 1
         self.next_pilot_id = 1
@@ -127,6 +129,8 @@ class Engine:
     def add_dataset(self, dataset: DatasetState) -> None:
         self.datasets[dataset.id] = dataset
         self.by_user.setdefault(dataset.user_id, []).append(dataset)
+        self.user_usage.rerank(dataset.user_id)
+        self.dataset_usage.rerank(dataset.id)
         self.next_task_id = max(self.next_task_id, dataset.base + dataset.total_tasks)
 
     def dataset_of(self, task_id: int) -> DatasetState | None:
@@ -138,6 +142,11 @@ class Engine:
     def add_user(self, user: User) -> None:
         self.users[user.user_id] = user
         self.users_by_name[user.name] = user
+        self.user_usage.rerank(user.user_id)
+
+    def share_of(self, user_id: int) -> float:
+        user = self.users.get(user_id)
+        return user.share if user is not None else 1.0
 
     def void(self, attempt_id: int, reason: str) -> None:
         """Remember why an attempt was voided, to answer its pilot with a clear 409."""
@@ -189,8 +198,10 @@ class Engine:
         await self._load_attempts(now)
         for row in await db.fetchall("SELECT entity, value, updated FROM usage"):
             kind, _, key = row["entity"].partition(":")
-            ledger = self.user_usage if kind == "user" else self.dataset_usage
-            ledger.restore(int(key), row["value"], row["updated"])
+            if kind == "user":
+                self.user_usage.restore(int(key), row["value"], row["updated"])
+            elif int(key) in self.datasets:
+                self.dataset_usage.restore(int(key), row["value"], row["updated"])
         for row in await db.fetchall(
                 "SELECT dataset_id, task_index, mean FROM statistics"
                 " WHERE kind = 'resource' AND name = 'wall_time'"):
@@ -203,7 +214,6 @@ class Engine:
         self.next_pilot_id = (top["p"] or 0) + 1
         for dataset in self.datasets.values():
             dataset.rebuild_queue()
-            self.metrics.set_dataset(dataset)
 
     async def _load_tasks(self, dataset: DatasetState) -> None:
         expected = dataset.materialized * dataset.ntasks

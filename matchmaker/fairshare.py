@@ -15,21 +15,33 @@ is moved forward before the scale factors grow too large.
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 
 class Ledger:
-    """Decaying usage of many entities (users, datasets), comparable at any instant."""
+    """Decaying usage of many entities (users, datasets), comparable at any instant.
+
+    It also keeps its entities sorted by usage / weight (`ordered`), within groups (a user's
+    datasets), updated as charges come in, so that finding the most deserving user and dataset
+    costs nothing per ask.
+    """
 
     _RESCALE_AT = 512.0  # half-lives before the reference time moves (2**512 stays a float)
 
-    def __init__(self, half_life: float, now: float) -> None:
+    def __init__(self, half_life: float, now: float,
+                 weight: Callable[[Hashable], float] | None = None,
+                 group: Callable[[Hashable], Hashable] | None = None) -> None:
         if half_life <= 0:
             raise ValueError("the fair-share half-life must be positive")
         self.half_life = half_life
         self._t0 = now
         self._scaled: dict[Hashable, float] = {}
+        self._weight = weight or (lambda key: 1.0)
+        self._group = group or (lambda key: None)
+        self._rank: dict[Hashable, float] = {}
+        self._order: dict[Hashable, list[tuple[float, Hashable]]] = {}
 
     def charge(self, key: Hashable, amount: float, now: float) -> None:
         """Add `amount` (negative to correct an earlier estimate) of usage at time `now`."""
@@ -39,6 +51,23 @@ class Ledger:
             exponent = 0.0
         value = self._scaled.get(key, 0.0) + amount * 2.0 ** exponent
         self._scaled[key] = max(value, 0.0)
+        self.rerank(key)
+
+    def rerank(self, key: Hashable) -> None:
+        """Place `key` in the order by its usage / weight (also after its weight changed)."""
+        rank = self._scaled.get(key, 0.0) / self._weight(key)
+        old = self._rank.get(key)
+        order = self._order.setdefault(self._group(key), [])
+        if old is not None:
+            if old == rank:
+                return
+            del order[bisect.bisect_left(order, (old, key))]
+        self._rank[key] = rank
+        bisect.insort(order, (rank, key))
+
+    def ordered(self, group: Hashable = None) -> list[Hashable]:
+        """The entities of `group` ever charged or reranked, least usage per weight first."""
+        return [key for _, key in self._order.get(group, ())]
 
     def scaled(self, key: Hashable) -> float:
         """A time-invariant rank of `key`'s usage: compare these, don't read them as seconds."""
@@ -55,11 +84,18 @@ class Ledger:
     def restore(self, key: Hashable, value: float, at: float) -> None:
         """Load a value saved at time `at` (as `value(key, at)` returned it)."""
         self._scaled[key] = value * 2.0 ** ((at - self._t0) / self.half_life)
+        self.rerank(key)
 
     def _rescale(self, now: float) -> None:
         factor = 2.0 ** (-(now - self._t0) / self.half_life)
-        self._scaled = {k: v * factor for k, v in self._scaled.items() if v * factor > 1e-9}
+        self._scaled = {k: v * factor for k, v in self._scaled.items()}
         self._t0 = now
+        self._rank = {k: self._scaled.get(k, 0.0) / self._weight(k) for k in self._rank}
+        self._order = {}
+        for key, rank in self._rank.items():
+            self._order.setdefault(self._group(key), []).append((rank, key))
+        for order in self._order.values():
+            order.sort()
 
 
 def weight(cpus: int, gpus: int, gpu_weight: float) -> float:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .model import DatasetState
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -41,11 +37,7 @@ class Metrics:
         self.heartbeats = 0
         self.failures: dict[str, int] = {}
         self.delivered: dict[int, float] = {}
-        self.tasks: dict[int, dict[str, int]] = {}
         self.latency: dict[str, Histogram] = {}
-
-    def set_dataset(self, dataset: DatasetState) -> None:
-        self.tasks[dataset.id] = dataset.summary()
 
     def observe(self, route: str, seconds: float) -> None:
         histogram = self.latency.get(route)

@@ -65,6 +65,7 @@ class DatasetState:
         self.overrides: dict[int, Requirements] = {}
         self.queue = DatasetQueue()
         self.runtimes: list[float | None] = [None] * self.ntasks
+        self.fragments: dict[object, str] = {}  # cached JSON of what every ask answer repeats
         self._roots = [not t.depends for t in dataset.config.tasks]
 
     # -- addressing ---------------------------------------------------------------------------

@@ -327,7 +327,6 @@ def apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, outcome:
         dataset.status = status
         engine.db.write_later(Batch().add(SET_DATASET, (status, dataset.priority, now,
                                                         dataset.id)))
-    metrics.set_dataset(dataset)
 
 
 async def report(engine: Engine, attempt_id: int, passkey: str,

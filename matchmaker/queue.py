@@ -39,6 +39,7 @@ class DatasetQueue:
     def __init__(self) -> None:
         self.classes: dict[ClassKey, TaskClass] = {}
         self.ready = 0
+        self.gpu_ready = 0  # of `ready`, tasks that need GPUs: lets a GPU phase skip us fast
 
     def push(self, task_id: int, task_index: int, requirements: Requirements,
              continuing: bool) -> None:
@@ -49,6 +50,8 @@ class DatasetQueue:
         (task_class.continuing if continuing else task_class.fresh).append(task_id)
         task_class.ready += 1
         self.ready += 1
+        if requirements.gpus:
+            self.gpu_ready += 1
 
     def push_many(self, task_ids: list[int], task_index: int, requirements: Requirements) -> None:
         """Append fresh tasks in bulk (a newly materialized chunk of jobs)."""
@@ -59,12 +62,16 @@ class DatasetQueue:
         task_class.fresh.extend(task_ids)
         task_class.ready += len(task_ids)
         self.ready += len(task_ids)
+        if requirements.gpus:
+            self.gpu_ready += len(task_ids)
 
     def left_ready(self, task_index: int, requirements: Requirements) -> None:
         """Count a task of this class that stopped being ready without being taken."""
         task_class = self.classes[(task_index, requirements)]
         task_class.ready -= 1
         self.ready -= 1
+        if requirements.gpus:
+            self.gpu_ready -= 1
 
     def take(self, slot: Slot, gpu_tasks: bool | None,
              is_ready: Callable[[int], bool]) -> tuple[int, TaskClass] | None:
@@ -73,9 +80,23 @@ class DatasetQueue:
 
         `gpu_tasks` True/False restricts to classes that do/don't need GPUs; None allows both.
         """
-        candidates = [c for c in self._live()
-                      if (gpu_tasks is None or (c.requirements.gpus > 0) == gpu_tasks)
-                      and fits(c.requirements, slot)]
+        if (gpu_tasks and not self.gpu_ready) or (gpu_tasks is False
+                                                  and self.ready == self.gpu_ready):
+            return None
+        candidates = []
+        for task_class in self.classes.values():
+            if not task_class.ready:
+                continue
+            req = task_class.requirements
+            if gpu_tasks is not None and (req.gpus > 0) != gpu_tasks:
+                continue
+            # The numeric checks inline (the common case); patterns through fits().
+            if (req.cpus > slot.cpus or req.memory > slot.memory or req.gpus > slot.gpus
+                    or req.walltime > slot.seconds or req.disk > slot.disk):
+                continue
+            if (req.os or req.arch or req.sites or req.exclude_sites) and not fits(req, slot):
+                continue
+            candidates.append(task_class)
         if not candidates:
             return None
         candidates.sort(key=lambda c: -c.task_index)  # later DAG stages finish jobs sooner
@@ -102,6 +123,7 @@ class DatasetQueue:
     def clear(self) -> None:
         self.classes.clear()
         self.ready = 0
+        self.gpu_ready = 0
 
     def _live(self) -> Iterator[TaskClass]:
         return (c for c in self.classes.values() if c.ready > 0)

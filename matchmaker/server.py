@@ -15,7 +15,7 @@ from aiohttp import web
 from config.settings import ServerSettings
 
 from . import outcomes, submission, tls
-from .api import add_routes, errors_as_json
+from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
 from .engine import Engine
@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
                background: bool = True) -> web.Application:
     """The application; `background=False` leaves the loops off (tests drive them)."""
-    app = web.Application(middlewares=[errors_as_json],
-                          client_max_size=max(settings.max_request_bytes,
+    app = web.Application(client_max_size=max(settings.max_request_bytes,
                                               settings.max_log_bytes) + 2**20)
     add_routes(app)
 
@@ -76,5 +75,14 @@ def run(settings: ServerSettings, self_signed: bool = False) -> None:
     print(f"floe matchmaker on {scheme}://{settings.host}:{settings.port} "
           f"(database {settings.database})", flush=True)
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
-                ssl_context=context, print=None, access_log=None,
-                loop=asyncio.new_event_loop())
+                ssl_context=context, print=None, access_log=None, loop=new_event_loop())
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed (it halves the cost of each request's I/O),
+    else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

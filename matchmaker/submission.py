@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from typing import Any
-
-import aiosqlite
 
 from config.dataset import ConfigError, validate
 
@@ -40,15 +39,15 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     base = engine.next_task_id
     engine.next_task_id += config.jobs * len(config.tasks)
 
-    async def insert(conn: aiosqlite.Connection) -> int:
-        cursor = await conn.execute(
+    def insert(conn: sqlite3.Connection) -> int:
+        cursor = conn.execute(
             "INSERT INTO datasets (user_id, description, config, jobs, tasks_per_job,"
             " task_id_base, priority, status, created, updated)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (user.user_id, config.description, json.dumps(config.raw), config.jobs,
              len(config.tasks), base, config.priority, DatasetStatus.PROCESSING, now, now))
         dataset_id = cursor.lastrowid
-        await conn.execute(ADD_EVENT.sql, (now, dataset_id, user.user_id, "submit",
+        conn.execute(ADD_EVENT.sql, (now, dataset_id, user.user_id, "submit",
                                            f"{config.jobs} jobs of {len(config.tasks)} tasks"))
         return dataset_id
 
@@ -56,7 +55,6 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
         state = DatasetState(Dataset(dataset_id, user.user_id, config, base, now),
                              DatasetStatus.PROCESSING, config.priority)
         engine.add_dataset(state)
-        engine.metrics.set_dataset(state)
 
     dataset_id = await engine.db.exclusive(insert, after=register)
     engine.materializing.set()
@@ -66,29 +64,32 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
 async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) -> int:
     """Create the next `jobs` jobs of `dataset` (fewer at its end); returns how many."""
     now = engine.clock()
-    plan: dict[str, int] = {}
+    done = {"first": 0, "count": 0}
 
-    async def insert(conn: aiosqlite.Connection) -> None:
+    def plan():
         first = dataset.materialized
         count = min(jobs, dataset.jobs - first)
-        plan.update(first=first, count=count)
-        if count <= 0:
-            return
-        rows = dataset.add_jobs(first, count)
-        await conn.executemany(INSERT_JOBS, ((dataset.id, j) for j in range(first, first + count)))
-        await conn.executemany(INSERT_TASKS, (
-            (task_id, dataset.id, job, (task_id - dataset.base) % dataset.ntasks, state, now)
-            for task_id, job, state in rows))
-        await conn.execute("UPDATE datasets SET jobs_materialized = ? WHERE dataset_id = ?",
-                           (first + count, dataset.id))
+        done.update(first=first, count=count)
+        rows = dataset.add_jobs(first, count) if count > 0 else []
+
+        def insert(conn: sqlite3.Connection) -> None:
+            if count <= 0:
+                return
+            conn.executemany(INSERT_JOBS, ((dataset.id, j) for j in range(first, first + count)))
+            conn.executemany(INSERT_TASKS, (
+                (task_id, dataset.id, job, (task_id - dataset.base) % dataset.ntasks, state, now)
+                for task_id, job, state in rows))
+            conn.execute("UPDATE datasets SET jobs_materialized = ? WHERE dataset_id = ?",
+                         (first + count, dataset.id))
+
+        return insert
 
     def apply(_: None) -> None:
-        if plan.get("count", 0) > 0:
-            dataset.commit_jobs(plan["first"], plan["count"])
-            engine.metrics.set_dataset(dataset)
+        if done["count"] > 0:
+            dataset.commit_jobs(done["first"], done["count"])
 
-    await engine.db.exclusive(insert, after=apply)
-    return plan.get("count", 0)
+    await engine.db.planned(plan, after=apply)
+    return done["count"]
 
 
 async def materialize_loop(engine: Engine) -> None:

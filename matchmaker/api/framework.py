@@ -4,7 +4,8 @@ its parameters and body schema, and its entry in the OpenAPI document.
 A handler receives a `Context` whose body has already been size-capped, parsed and checked
 against the declared schema, and whose caller has already been authenticated and authorized for
 the route's action. It returns plain data (sent as JSON) or a `Reply`. Every error leaves the
-server as JSON `{"error": "..."}` with a 4xx status (5xx only for faults of the server itself).
+server as JSON `{"error": "..."}` with a 4xx status (5xx only for faults of the server itself);
+`unknown_route` answers paths and methods that no route takes.
 """
 
 from __future__ import annotations
@@ -221,29 +222,31 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             return json_response(result, spec.status)
         except ApiError as exc:
             return json_response({"error": exc.message}, exc.status)
+        except web.HTTPException as exc:  # from aiohttp itself, e.g. a body over client_max_size
+            if exc.status < 400:
+                raise
+            return json_response({"error": exc.text or exc.reason}, exc.status)
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            return json_response({"error": "internal server error; the server log has the "
+                                           "details"}, 500)
         finally:
             engine.metrics.observe(spec.path, time.perf_counter() - started)
 
     return handle
 
 
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Callable) -> web.StreamResponse:
-    """Answer what the routes do not (unknown paths, wrong methods, faults) in JSON too."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400 or not request.path.startswith("/api/"):
-            raise
-        message = {404: f"there is no API route {request.path}; see /api/v1/openapi.json",
-                   405: f"{request.method} is not allowed on {request.path}",
-                   413: "the request body is too large"}.get(exc.status, exc.reason)
-        return json_response({"error": message}, exc.status)
-    except ApiError as exc:
-        return json_response({"error": exc.message}, exc.status)
-    except Exception:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
-        if not request.path.startswith("/api/"):
-            raise
-        return json_response({"error": "internal server error; the server log has the "
-                                       "details"}, 500)
+async def unknown_route(request: web.Request) -> web.StreamResponse:
+    """Answer, in JSON, API requests that no route takes: 405 where the path exists with other
+    methods, else 404. Registered last, for every method, under /api/."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource:
+            continue
+        _, methods = await resource.resolve(request)
+        allowed |= methods
+    if allowed:
+        return json_response({"error": f"{request.method} is not allowed on {request.path}; "
+                                       f"it takes {', '.join(sorted(allowed))}"}, 405)
+    return json_response({"error": f"there is no API route {request.path}; see "
+                                   "/api/v1/openapi.json"}, 404)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 from typing import Any
 
@@ -9,6 +10,7 @@ from . import openapi
 from .framework import Context, route
 
 
+@functools.cache
 def version() -> str:
     try:
         return metadata.version("floe")
@@ -22,7 +24,8 @@ async def health(ctx: Context) -> Any:
     engine = ctx.engine
     return {"status": "ok", "version": version(), "uptime": engine.clock() - engine.started,
             "datasets": len(engine.datasets), "running_attempts": len(engine.active),
-            "pilots": len(engine.pilots)}
+            "pilots": len(engine.pilots),
+            "database": {"commits": engine.db.commits, "writes": engine.db.batches_committed}}
 
 
 @route("GET", "/api/v1/openapi.json", summary="This document", tag="meta")

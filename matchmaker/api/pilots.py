@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from config.resources import Slot
 
 from .. import dispatch, pilots
@@ -57,7 +59,7 @@ async def ask(ctx: Context) -> Any:
     if isinstance(answer, dispatch.NoWork):
         return {"attempt": None, "wait": answer.wait, "reason": answer.reason,
                 "shortest_walltime": answer.shortest_walltime}
-    return {"attempt": answer.to_dict(ctx.engine)}
+    return web.Response(body=answer.to_json(ctx.engine), content_type="application/json")
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/exit", summary="Sign off a pilot", tag="pilots",

@@ -4,14 +4,15 @@ The API declares each body once, as a JSON Schema; the same schema validates req
 appears in /api/v1/openapi.json, so the document always says what the server really accepts.
 Only the subset of JSON Schema the API uses is supported: type, properties, required,
 additionalProperties, items, enum, minimum, maximum, minLength, maxLength, maxItems,
-maxProperties and pattern.
+maxProperties and pattern. Each schema is compiled once into nested checking functions, because
+pilots' reports and asks are checked thousands of times a second.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from functools import lru_cache
+from collections.abc import Callable
 from typing import Any
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -22,80 +23,147 @@ _NAMES = {"object": "an object", "array": "a list", "string": "a string",
           "boolean": "true or false", "integer": "a whole number", "number": "a number",
           "null": "null"}
 
+Check = Callable[[Any, str, list[str]], None]
+_compiled: dict[int, tuple[dict[str, Any], Check]] = {}
+
 
 def problems(value: Any, schema: dict[str, Any], path: str = "body") -> list[str]:
     """Every way `value` breaks `schema`, as sentences naming the path; [] when it conforms."""
+    entry = _compiled.get(id(schema))
+    if entry is None or entry[0] is not schema:
+        entry = _compiled[id(schema)] = (schema, compile_schema(schema))
     found: list[str] = []
-    _check(value, schema, path, found)
+    entry[1](value, path, found)
     return found
 
 
-def _type_ok(value: Any, kind: str) -> bool:
-    if isinstance(value, bool) and kind in ("integer", "number"):
-        return False
-    return isinstance(value, _TYPES[kind])
-
-
-def _check(value: Any, schema: dict[str, Any], path: str, found: list[str]) -> None:
+def compile_schema(schema: dict[str, Any]) -> Check:
+    """A function that appends to `found` every way a value breaks `schema`."""
+    checks: list[Check] = []
     kinds = schema.get("type")
     if kinds is not None:
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if not any(_type_ok(value, k) for k in kinds):
-            expected = " or ".join(_NAMES[k] for k in kinds)
+        checks.append(_type_check([kinds] if isinstance(kinds, str) else list(kinds)))
+    if "enum" in schema:
+        checks.append(_enum_check(schema["enum"]))
+    if "minimum" in schema or "maximum" in schema:
+        checks.append(_range_check(schema.get("minimum"), schema.get("maximum")))
+    if {"minLength", "maxLength", "pattern"} & set(schema):
+        checks.append(_string_check(schema))
+    if "items" in schema or "maxItems" in schema:
+        checks.append(_list_check(schema))
+    if {"properties", "required", "additionalProperties", "maxProperties"} & set(schema):
+        checks.append(_object_check(schema))
+
+    def check(value: Any, path: str, found: list[str]) -> None:
+        before = len(found)
+        for one in checks:
+            one(value, path, found)
+            if len(found) > before:  # a wrong type or value makes the other checks noise
+                return
+
+    return check
+
+
+def _type_check(kinds: list[str]) -> Check:
+    allowed = tuple(t for k in kinds for t in _TYPES[k])
+    numeric = "integer" in kinds or "number" in kinds
+    expected = " or ".join(_NAMES[k] for k in kinds)
+
+    def check(value: Any, path: str, found: list[str]) -> None:
+        if not isinstance(value, allowed) or (
+                numeric and isinstance(value, bool) and "boolean" not in kinds):
             found.append(f"{path}: expected {expected}, got {_show(value)}")
-            return
-    if "enum" in schema and value not in schema["enum"]:
-        options = ", ".join(repr(v) for v in schema["enum"])
-        found.append(f"{path}: expected one of {options}, got {_show(value)}")
-        return
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            found.append(f"{path}: must be at least {schema['minimum']}, got {value}")
-        if "maximum" in schema and value > schema["maximum"]:
-            found.append(f"{path}: must be at most {schema['maximum']}, got {value}")
-    elif isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            found.append(f"{path}: must have at least {schema['minLength']} characters")
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            found.append(f"{path}: must have at most {schema['maxLength']} characters, "
-                         f"got {len(value)}")
-        if "pattern" in schema and not _pattern(schema["pattern"]).search(value):
-            found.append(f"{path}: {_show(value)} does not match {schema['pattern']}")
-    elif isinstance(value, list):
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            found.append(f"{path}: at most {schema['maxItems']} items, got {len(value)}")
-            return
-        if "items" in schema:
-            for index, item in enumerate(value):
-                _check(item, schema["items"], f"{path}[{index}]", found)
-    elif isinstance(value, dict):
-        _check_object(value, schema, path, found)
+
+    return check
 
 
-def _check_object(value: dict, schema: dict[str, Any], path: str, found: list[str]) -> None:
-    if "maxProperties" in schema and len(value) > schema["maxProperties"]:
-        found.append(f"{path}: at most {schema['maxProperties']} entries, got {len(value)}")
-        return
-    properties = schema.get("properties", {})
-    for name in schema.get("required", ()):
-        if name not in value:
-            found.append(f"{path}.{name}: required")
+def _enum_check(options: list[Any]) -> Check:
+    text = ", ".join(repr(v) for v in options)
+
+    def check(value: Any, path: str, found: list[str]) -> None:
+        if value not in options:
+            found.append(f"{path}: expected one of {text}, got {_show(value)}")
+
+    return check
+
+
+def _range_check(minimum: float | None, maximum: float | None) -> Check:
+    def check(value: Any, path: str, found: list[str]) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        if minimum is not None and value < minimum:
+            found.append(f"{path}: must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            found.append(f"{path}: must be at most {maximum}, got {value}")
+
+    return check
+
+
+def _string_check(schema: dict[str, Any]) -> Check:
+    low, high = schema.get("minLength"), schema.get("maxLength")
+    pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
+
+    def check(value: Any, path: str, found: list[str]) -> None:
+        if not isinstance(value, str):
+            return
+        if low is not None and len(value) < low:
+            found.append(f"{path}: must have at least {low} characters")
+        if high is not None and len(value) > high:
+            found.append(f"{path}: must have at most {high} characters, got {len(value)}")
+        if pattern is not None and not pattern.search(value):
+            found.append(f"{path}: {_show(value)} does not match {pattern.pattern}")
+
+    return check
+
+
+def _list_check(schema: dict[str, Any]) -> Check:
+    most = schema.get("maxItems")
+    item = compile_schema(schema["items"]) if "items" in schema else None
+
+    def check(value: Any, path: str, found: list[str]) -> None:
+        if not isinstance(value, list):
+            return
+        if most is not None and len(value) > most:
+            found.append(f"{path}: at most {most} items, got {len(value)}")
+            return
+        if item is not None:
+            for index, element in enumerate(value):
+                item(element, f"{path}[{index}]", found)
+
+    return check
+
+
+def _object_check(schema: dict[str, Any]) -> Check:
+    properties = {name: compile_schema(sub)
+                  for name, sub in schema.get("properties", {}).items()}
+    required = list(schema.get("required", ()))
+    most = schema.get("maxProperties")
     extra = schema.get("additionalProperties", True)
-    for name, item in value.items():
-        if name in properties:
-            _check(item, properties[name], f"{path}.{name}", found)
-        elif extra is False:
-            close = difflib.get_close_matches(name, list(properties), n=1)
-            hint = f'; did you mean "{close[0]}"?' if close else \
-                f" (known: {', '.join(properties)})"
-            found.append(f"{path}.{name}: unknown key{hint}")
-        elif isinstance(extra, dict):
-            _check(item, extra, f"{path}.{name}", found)
+    extra_check = compile_schema(extra) if isinstance(extra, dict) else None
+    names = list(properties)
 
+    def check(value: Any, path: str, found: list[str]) -> None:
+        if not isinstance(value, dict):
+            return
+        if most is not None and len(value) > most:
+            found.append(f"{path}: at most {most} entries, got {len(value)}")
+            return
+        for name in required:
+            if name not in value:
+                found.append(f"{path}.{name}: required")
+        for name, item in value.items():
+            sub = properties.get(name)
+            if sub is not None:
+                sub(item, f"{path}.{name}", found)
+            elif extra is False:
+                close = difflib.get_close_matches(str(name), names, n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else \
+                    f" (known: {', '.join(names)})"
+                found.append(f"{path}.{name}: unknown key{hint}")
+            elif extra_check is not None:
+                extra_check(item, f"{path}.{name}", found)
 
-@lru_cache(maxsize=64)
-def _pattern(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+    return check
 
 
 def _show(value: Any) -> str:

@@ -1,7 +1,12 @@
 """The SQLite file behind the matchmaker: connections, migrations, and group commit.
 
-Two aiosqlite connections share one WAL-mode file: a *writer* through which every change goes,
-and a *reader* for queries, so that web pages and listings never wait behind commits.
+One WAL-mode file, two ways in:
+
+- a *reader*, an aiosqlite connection for queries, so that web pages and listings never wait
+  behind commits;
+- a *writer* through which every change goes: one SQLite connection owned by one thread. Each
+  transaction it runs is handed to that thread in a single call, whatever its size, because every
+  hand-over costs a trip through the event loop, and under load that trip is the bottleneck.
 
 Changes reach the writer as `Batch`es of rows for known `Statement`s. The writer merges every
 batch that arrived while it was busy into one transaction, runs each statement once with
@@ -10,16 +15,22 @@ callers: every match is committed before its answer, yet concurrent requests sha
 A guarded statement is a compare-and-set ("... WHERE state = ?"); when a guard touches fewer rows
 than it was given, the whole group is rolled back and its batches are replayed one at a time, so
 only the stale one fails (with `StaleWrite`) and the others still commit.
+
+Work that is not a batch of rows goes through `exclusive`: a plain function run in the writer
+thread inside its own transaction. Anything it needs from the matchmaker's memory is decided
+by `planned` jobs on the event loop, at their turn in the writer's queue, so that the decision
+sees every earlier commit and nothing else touches memory from the writer thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +41,7 @@ from .schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
 
 
 class StorageError(RuntimeError):
@@ -62,8 +74,8 @@ class Batch:
     after: list[Callable[[], None]] = field(default_factory=list)
 
     def on_commit(self, callback: Callable[[], None]) -> Batch:
-        """Run `callback` in the writer right after this batch commits, before any later write
-        begins: in-memory state follows the database in exactly the order of its commits."""
+        """Run `callback` on the event loop right after this batch commits, before any later
+        write begins: in-memory state follows the database in exactly the order of its commits."""
         self.after.append(callback)
         return self
 
@@ -81,20 +93,23 @@ class Batch:
 
 @dataclass
 class _Pending:
-    batch: Batch | None
-    job: Callable[[aiosqlite.Connection], Awaitable[Any]] | None
     future: asyncio.Future
+    batch: Batch | None = None
+    plan: Callable[[], Job] | None = None
     after: Callable[[Any], None] | None = None
+    stop: bool = False
 
 
 class Database:
     """The matchmaker's SQLite file, opened for group-committed writes and concurrent reads."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, reader: aiosqlite.Connection,
+    def __init__(self, path: Path, writer: sqlite3.Connection,
+                 thread: concurrent.futures.ThreadPoolExecutor, reader: aiosqlite.Connection,
                  max_group: int) -> None:
         self.path = path
         self.reader = reader
         self._writer = writer
+        self._thread = thread
         self._max_group = max_group
         self._pending: collections.deque[_Pending] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -108,43 +123,42 @@ class Database:
                    max_group: int = 1000) -> Database:
         """Open (creating and migrating when needed) the database at `path`."""
         path = Path(path)
+        if durability not in ("full", "normal"):
+            raise StorageError(f'durability must be "full" or "normal", got {durability!r}')
+        thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floe-db-writer")
+        loop = asyncio.get_running_loop()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open the database {path}: {exc}; check that the "
-                               "directory exists and is writable") from exc
+            writer = await loop.run_in_executor(thread, _connect, path, durability)
+        except BaseException:
+            thread.shutdown()
+            raise
         try:
-            await _configure(writer, durability)
-            await _migrate(writer, path)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True,
                                              isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 10000")
             reader.row_factory = aiosqlite.Row
         except BaseException:
-            await writer.close()
+            await loop.run_in_executor(thread, writer.close)
+            thread.shutdown()
             raise
-        return cls(path, writer, reader, max_group)
+        return cls(path, writer, thread, reader, max_group)
 
     async def close(self) -> None:
         if self._task.done() or self._closing:
             return
         self._closing = True
-        self._pending.append(_Pending(None, None, asyncio.get_running_loop().create_future()))
+        self._pending.append(_Pending(asyncio.get_running_loop().create_future(), stop=True))
         self._wakeup.set()
         await self._task
         await self.reader.close()
-        await self._writer.close()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
+        self._thread.shutdown()
 
     async def write(self, batch: Batch) -> None:
         """Commit `batch` (shared with concurrent batches); raises StaleWrite if a guard failed."""
         if not batch:
             return
-        self._check_open()
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(batch, None, future))
-        self._wakeup.set()
-        await future
+        await self._enqueue(_Pending(asyncio.get_running_loop().create_future(), batch=batch))
 
     def write_later(self, batch: Batch) -> None:
         """Queue `batch` for the next group commit without waiting for it (for derived facts,
@@ -154,22 +168,21 @@ class Database:
         self._check_open()
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(_log_failure)
-        self._pending.append(_Pending(batch, None, future))
+        self._pending.append(_Pending(future, batch=batch))
         self._wakeup.set()
 
-    async def exclusive(self, job: Callable[[aiosqlite.Connection], Awaitable[T]],
-                        after: Callable[[T], None] | None = None) -> T:
-        """Run `job(connection)` alone in its own transaction on the writer and commit it; then
-        `after(result)`, still in the writer, before any later write begins."""
-        self._check_open()
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(None, job, future, after))
-        self._wakeup.set()
-        return await future
+    async def exclusive(self, job: Job[T], after: Callable[[T], None] | None = None) -> T:
+        """Run `job(connection)` in the writer thread in a transaction of its own and commit it;
+        then `after(result)` on the event loop, before any later write begins. `job` must use
+        only the connection and what it was given, never the matchmaker's memory."""
+        return await self.planned(lambda: job, after)
 
-    def _check_open(self) -> None:
-        if self._task.done() or self._closing:
-            raise StorageError(f"the database {self.path} is closed")
+    async def planned(self, plan: Callable[[], Job[T]],
+                      after: Callable[[T], None] | None = None) -> T:
+        """Like `exclusive`, but the job is made by `plan()` on the event loop at its turn in
+        the writer's queue, so it can decide from memory that reflects every earlier commit."""
+        return await self._enqueue(_Pending(asyncio.get_running_loop().create_future(),
+                                            plan=plan, after=after))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         """Rows of a read-only query, from the reader connection."""
@@ -179,19 +192,29 @@ class Database:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
 
+    def _check_open(self) -> None:
+        if self._task.done() or self._closing:
+            raise StorageError(f"the database {self.path} is closed")
+
+    async def _enqueue(self, item: _Pending) -> Any:
+        self._check_open()
+        self._pending.append(item)
+        self._wakeup.set()
+        return await item.future
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
                 head = self._pending[0]
-                if head.batch is None and head.job is None:
+                if head.stop:
                     self._pending.popleft()
                     head.future.set_result(None)
                     return
-                if head.job is not None:
+                if head.plan is not None:
                     self._pending.popleft()
-                    await self._run_exclusive(head)
+                    await self._run_planned(head)
                     continue
                 group = []
                 while (self._pending and self._pending[0].batch is not None
@@ -199,13 +222,14 @@ class Database:
                     group.append(self._pending.popleft())
                 await self._commit_group(group)
 
-    async def _run_exclusive(self, item: _Pending) -> None:
+    async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+    async def _run_planned(self, item: _Pending) -> None:
         try:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            result = await item.job(self._writer)
-            await self._writer.execute("COMMIT")
+            job = item.plan()
+            result = await self._in_thread(_transaction, self._writer, job)
         except BaseException as exc:
-            await self._rollback()
             _fail(item.future, exc)
             return
         self.commits += 1
@@ -224,7 +248,7 @@ class Database:
             for statement, rows in item.batch.rows.items():
                 merged.setdefault(statement, []).extend(rows)
         try:
-            await self._apply(merged)
+            await self._in_thread(_apply, self._writer, merged)
         except StaleWrite:
             if len(group) == 1:
                 _fail(group[0].future, StaleWrite(_stale_message(group[0].batch)))
@@ -249,23 +273,82 @@ class Database:
                 continue
             _succeed(item.future, None)
 
-    async def _apply(self, merged: dict[Statement, list[Sequence[Any]]]) -> None:
-        await self._writer.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in sorted(merged, key=lambda s: s.order):
-                rows = merged[statement]
-                cursor = await self._writer.executemany(statement.sql, rows)
-                if statement.guarded and cursor.rowcount != len(rows):
-                    raise StaleWrite(statement.name)
-            await self._writer.execute("COMMIT")
-        except BaseException:
-            await self._rollback()
-            raise
 
-    async def _rollback(self) -> None:
-        with contextlib.suppress(sqlite3.OperationalError):  # no transaction was open
-            await self._writer.execute("ROLLBACK")
+# -- in the writer thread ---------------------------------------------------------------------
 
+def _transaction(conn: sqlite3.Connection, job: Job[T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = job(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return result
+
+
+def _apply(conn: sqlite3.Connection, merged: dict[Statement, list[Sequence[Any]]]) -> None:
+    def run(conn: sqlite3.Connection) -> None:
+        for statement in sorted(merged, key=lambda s: s.order):
+            rows = merged[statement]
+            cursor = conn.executemany(statement.sql, rows)
+            if statement.guarded and cursor.rowcount != len(rows):
+                raise StaleWrite(statement.name)
+
+    _transaction(conn, run)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.OperationalError):  # no transaction was open
+        conn.execute("ROLLBACK")
+
+
+def _connect(path: Path, durability: str) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open the database {path}: {exc}; check that the "
+                           "directory exists and is writable") from exc
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StorageError("the database could not switch to WAL mode (is it on a network "
+                               "file system?); put it on a local disk")
+        conn.execute(f"PRAGMA synchronous = {durability.upper()}")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA cache_size = -65536")
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this floe understands "
+            f"({SCHEMA_VERSION}); upgrade floe or point it at another database")
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        log.info("migrating %s to schema version %d", path, number)
+
+        def migrate(conn: sqlite3.Connection, number: int = number) -> None:
+            for sql in _split(MIGRATIONS[number - 1]):
+                conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {number}")
+
+        _transaction(conn, migrate)
+
+
+def _split(script: str) -> list[str]:
+    """The statements of a migration script (none of ours has ';' inside a literal)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+# -- on the event loop ------------------------------------------------------------------------
 
 def _stale_message(batch: Batch) -> str:
     names = ", ".join(s.name for s in batch.rows if s.guarded)
@@ -285,40 +368,3 @@ def _succeed(future: asyncio.Future, result: Any) -> None:
 def _fail(future: asyncio.Future, exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
-
-
-async def _configure(conn: aiosqlite.Connection, durability: str) -> None:
-    if durability not in ("full", "normal"):
-        raise StorageError(f'durability must be "full" or "normal", got {durability!r}')
-    mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
-    if mode[0].lower() != "wal":
-        raise StorageError("the database could not switch to WAL mode (is it on a network "
-                           "file system?); put it on a local disk")
-    await conn.execute(f"PRAGMA synchronous = {durability.upper()}")
-    await conn.execute("PRAGMA busy_timeout = 10000")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA cache_size = -65536")
-
-
-async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
-    version = (await (await conn.execute("PRAGMA user_version")).fetchone())[0]
-    if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"{path} has schema version {version}, newer than this floe understands "
-            f"({SCHEMA_VERSION}); upgrade floe or point it at another database")
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        log.info("migrating %s to schema version %d", path, number)
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            for sql in _split(MIGRATIONS[number - 1]):
-                await conn.execute(sql)
-            await conn.execute(f"PRAGMA user_version = {number}")
-            await conn.execute("COMMIT")
-        except BaseException:
-            await conn.execute("ROLLBACK")
-            raise
-
-
-def _split(script: str) -> list[str]:
-    """The statements of a migration script (none of ours has ';' inside a literal)."""
-    return [s.strip() for s in script.split(";") if s.strip()]

@@ -284,6 +284,8 @@ async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world
     served = set()
     for resource in world.app.router.resources():
         info = resource.get_info()
+        if info.get("formatter") == "/api/{tail}":  # the JSON 404/405 catch-all
+            continue
         path = info.get("path") or info.get("formatter")
         for route in resource:
             if route.method != "HEAD":
