@@ -120,6 +120,7 @@ class Engine:
         self.next_pilot_id = 1
         self.next_task_id = 1
         self._job_locks: dict[tuple[int, int], asyncio.Lock] = {}
+        self.claims: dict[tuple[str, str], Any] = {}  # factories' queued pilots (demand.py)
         self._background: list[asyncio.Task] = []
         self.materializing: asyncio.Event = asyncio.Event()
         self.started = now

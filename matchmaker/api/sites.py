@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.resources import Slot, fits
+from config.resources import Slot
 
+from .. import demand as pilot_demand
 from ..access import Action
-from ..model import DatasetStatus
 from ..storage import queries
 from . import schemas
 from .framework import Context, Param, route
@@ -40,39 +40,20 @@ async def pilot_token(ctx: Context) -> Any:
 @route("POST", "/api/v1/sites/{name}/demand", summary="Ready tasks that pilots of each shape "
        "could run at this site", tag="sites", action=Action.SITE, params=[SITE],
        body=schemas.DEMAND,
-       description="Each ready task is counted once, for the smallest shape it fits "
-                   "(`tasks`); `fitting` counts every shape a task fits.")
+       description="Each ready task is counted once, for the smallest shape it fits, after "
+                   "the pilots other factories have queued are subtracted: `tasks` (with the "
+                   "cpus, memory and gpus they need, and `pilots_needed` to hold them), and "
+                   "`fitting` (every shape a task fits). The factory's own `queued` counts are "
+                   "remembered for the other factories' answers.")
 async def demand(ctx: Context) -> Any:
-    engine = ctx.engine
     site = await ctx.auth.site_by_name(ctx.params["name"])
     ctx.authorize(Action.SITE, site=site)
-    shapes = ctx.body["shapes"]
-    slots = [Slot(cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
-                  seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
-                  site=site.name) for s in shapes]
-    order = sorted(range(len(shapes)), key=lambda i: (slots[i].gpus, slots[i].cpus,
-                                                      slots[i].memory, slots[i].seconds))
-    assigned = [0] * len(shapes)
-    fitting = [0] * len(shapes)
-    for dataset in engine.datasets.values():
-        if dataset.status != DatasetStatus.PROCESSING:
-            continue
-        for task_class in dataset.queue.classes.values():
-            if not task_class.ready:
-                continue
-            first = True
-            for i in order:
-                if fits(task_class.requirements, slots[i]):
-                    fitting[i] += task_class.ready
-                    if first:
-                        assigned[i] += task_class.ready
-                        first = False
-    pilots = [p for p in engine.pilots.values() if p.site is site]
-    return {"site": site.name,
-            "shapes": [{"name": s["name"], "tasks": assigned[i], "fitting": fitting[i]}
-                       for i, s in enumerate(shapes)],
-            "pilots": {"running": len(pilots),
-                       "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks)}}
+    shapes = [pilot_demand.Shape(s["name"], Slot(
+        cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
+        seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
+        site=site.name), s.get("queued", 0)) for s in ctx.body["shapes"]]
+    return pilot_demand.demand(ctx.engine, site.name, ctx.body.get("factory") or "default",
+                               shapes)
 
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",

@@ -1,0 +1,109 @@
+"""Demand for pilots: how much ready work a site's factory could serve with each pilot shape.
+
+Each ready task is counted once, for the smallest of the factory's shapes it fits, and reported
+with the resources it needs, so the factory can size its submissions (its top-up policy lives in
+`factory/`). Factories also say what they have queued; the queued pilots of *other* factories
+are subtracted first, each as the tasks it can hold, so that two factories serving the same
+matchmaker do not both submit pilots for the same tasks. A factory's claim lapses when it has
+not asked for `CLAIM_TTL` seconds. Pure logic on the working state: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from config.resources import Requirements, Slot, fits
+
+from .engine import Engine
+from .model import DatasetStatus
+
+CLAIM_TTL = 600.0
+
+
+@dataclass
+class Shape:
+    name: str
+    slot: Slot
+    queued: int = 0
+
+
+@dataclass
+class Claim:
+    time: float
+    shapes: list[Shape]
+
+
+def per_pilot(requirements: Requirements, slot: Slot) -> int:
+    """How many tasks of these requirements one pilot of this slot holds at once."""
+    limits = [slot.cpus // max(requirements.cpus, 1)]
+    if requirements.memory:
+        limits.append(slot.memory // requirements.memory)
+    if requirements.gpus:
+        limits.append(slot.gpus // requirements.gpus)
+    return max(1, min(limits))
+
+
+def ready_classes(engine: Engine) -> dict[Requirements, int]:
+    """Ready tasks of all processing datasets, by requirements."""
+    classes: dict[Requirements, int] = {}
+    for dataset in engine.datasets.values():
+        if dataset.status != DatasetStatus.PROCESSING or not dataset.queue.ready:
+            continue
+        for task_class in dataset.queue.classes.values():
+            if task_class.ready:
+                req = task_class.requirements
+                classes[req] = classes.get(req, 0) + task_class.ready
+    return classes
+
+
+def subtract_claims(classes: dict[Requirements, int], claims: list[Claim]) -> None:
+    """Take away the tasks that other factories' queued pilots will hold."""
+    for claim in claims:
+        for shape in claim.shapes:
+            pilots = shape.queued
+            for req in sorted(classes, key=lambda r: (-r.gpus, -r.cpus, -r.memory)):
+                if pilots <= 0:
+                    break
+                if not classes[req] or not fits(req, shape.slot):
+                    continue
+                each = per_pilot(req, shape.slot)
+                taken = min(classes[req], pilots * each)
+                classes[req] -= taken
+                pilots -= -(-taken // each)
+
+
+def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict[str, Any]:
+    """The answer to a factory's demand request; records its claim."""
+    now = engine.clock()
+    claims = engine.claims
+    for key in [k for k, c in claims.items() if now - c.time > CLAIM_TTL]:
+        del claims[key]
+    classes = ready_classes(engine)
+    subtract_claims(classes, [c for k, c in claims.items() if k != (site, factory)])
+    claims[(site, factory)] = Claim(now, shapes)
+    order = sorted(range(len(shapes)), key=lambda i: (shapes[i].slot.gpus, shapes[i].slot.cpus,
+                                                      shapes[i].slot.memory,
+                                                      shapes[i].slot.seconds))
+    result = [{"name": s.name, "tasks": 0, "cpus": 0, "memory": 0, "gpus": 0, "fitting": 0,
+               "pilots_needed": 0} for s in shapes]
+    for req, count in classes.items():
+        if not count:
+            continue
+        first = True
+        for i in order:
+            if not fits(req, shapes[i].slot):
+                continue
+            result[i]["fitting"] += count
+            if first:
+                first = False
+                entry = result[i]
+                entry["tasks"] += count
+                entry["cpus"] += count * req.cpus
+                entry["memory"] += count * req.memory
+                entry["gpus"] += count * req.gpus
+                entry["pilots_needed"] += -(-count // per_pilot(req, shapes[i].slot))
+    pilots = [p for p in engine.pilots.values() if p.site.name == site]
+    return {"site": site, "factory": factory, "shapes": result,
+            "pilots": {"running": len(pilots),
+                       "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks)}}

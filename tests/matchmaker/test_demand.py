@@ -1,0 +1,72 @@
+"""What factories are told about demand: each ready task counted once, for the smallest shape
+it fits, minus what other factories' queued pilots will hold."""
+
+from __future__ import annotations
+
+from config.resources import GIB, Slot
+from matchmaker import demand
+
+from . import support as s
+
+
+def shape(name: str, cpus: int, memory_gib: int, gpus: int = 0, queued: int = 0,
+          walltime: int = 4 * 3600) -> demand.Shape:
+    return demand.Shape(name, Slot(cpus=cpus, memory=memory_gib * GIB, disk=100 * GIB,
+                                   gpus=gpus, seconds=walltime, site="site-a"), queued)
+
+
+async def filled(engine):
+    alice = await s.user(engine, "alice")
+    await s.submit(engine, alice, s.config(jobs=10))                                 # 1 CPU
+    await s.submit(engine, alice, s.config(jobs=4, tasks=[s.task("big", cpus=4,
+                                                                  memory="12GiB")]))
+    await s.submit(engine, alice, s.config(jobs=3, tasks=[s.task("gpu", gpus=1)]))
+    return alice
+
+
+async def test_each_task_counts_once_for_the_smallest_shape_it_fits(engine):
+    await filled(engine)
+    answer = demand.demand(engine, "site-a", "f1", [shape("large", 8, 32),
+                                                    shape("small", 1, 4),
+                                                    shape("gpu", 4, 16, gpus=1)])
+    by_name = {s["name"]: s for s in answer["shapes"]}
+    assert by_name["small"]["tasks"] == 10 and by_name["small"]["pilots_needed"] == 10
+    assert by_name["large"]["tasks"] == 4 and by_name["large"]["cpus"] == 16
+    assert by_name["large"]["pilots_needed"] == 2       # two 4-CPU, 12 GiB tasks per 8/32 pilot
+    assert by_name["large"]["fitting"] == 14
+    assert by_name["gpu"]["tasks"] == 3 and by_name["gpu"]["gpus"] == 3
+
+
+async def test_walltime_beyond_a_shape_leaves_it_without_demand(engine):
+    alice = await s.user(engine, "alice")
+    await s.submit(engine, alice, s.config(jobs=2, tasks=[s.task("long", walltime="10h")]))
+    answer = demand.demand(engine, "site-a", "f1", [shape("short", 1, 4, walltime=3600)])
+    assert answer["shapes"][0]["tasks"] == 0
+
+
+async def test_another_factorys_queued_pilots_are_not_counted_twice(engine):
+    await filled(engine)
+    first = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, queued=6)])
+    assert first["shapes"][0]["tasks"] == 10  # its own queue is not subtracted
+    second = demand.demand(engine, "site-b", "f2", [shape("small", 1, 4)])
+    assert second["shapes"][0]["tasks"] == 4
+    again = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, queued=6)])
+    assert again["shapes"][0]["tasks"] == 10
+
+
+async def test_a_silent_factorys_claim_lapses(engine, clock):
+    await filled(engine)
+    demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, queued=10)])
+    assert demand.demand(engine, "site-b", "f2", [shape("small", 1, 4)])["shapes"][0][
+        "tasks"] == 0
+    clock.advance(demand.CLAIM_TTL + 1)
+    assert demand.demand(engine, "site-b", "f2", [shape("small", 1, 4)])["shapes"][0][
+        "tasks"] == 10
+
+
+async def test_no_demand_when_nothing_can_run_at_the_site(engine):
+    alice = await s.user(engine, "alice")
+    await s.submit(engine, alice, s.config(jobs=5, tasks=[s.task("elsewhere",
+                                                                 sites=["site-z"])]))
+    answer = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])
+    assert answer["shapes"][0]["tasks"] == 0
