@@ -19,6 +19,7 @@ lint: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/floe docs config -o docs/config.md
+	$(VENV)/bin/floe docs server -o docs/server.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/matchmaker.py

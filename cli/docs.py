@@ -11,6 +11,7 @@ from pathlib import Path
 TOPICS = {
     "config": ("the dataset config: every parameter and the expression functions",
                "config.docs", "dataset_reference"),
+    "server": ("the matchmaker's settings (server.toml)", "config.settings", "reference"),
 }
 
 

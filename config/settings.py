@@ -120,3 +120,14 @@ def load_server_settings(path: str | None, overrides: Mapping[str, Any] | None =
             raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
     document.update(overrides or {})
     return server_settings(document, path or "server settings")
+
+
+def reference() -> str:
+    """docs/server.md: every server setting, generated from SERVER_SCHEMA."""
+    from config.docs import GENERATED, markdown
+
+    intro = (GENERATED.format(topic="server", source="config/settings.py") + "\n\n"
+             "`floe server --settings server.toml` reads these from a TOML file; every key is "
+             "optional, and `--db`, `--host`, `--port`, `--cert` and `--key` override the file. "
+             "Durations are written like `\"90s\"`, `\"10m\"` or `\"1d\"`, sizes like `\"4MiB\"`.")
+    return markdown(SERVER_SCHEMA, "Matchmaker server settings", intro)

@@ -1,0 +1,113 @@
+"""`floe server` as a real process: defaults, TLS with a self-signed certificate, admin commands
+on its database while it runs, and a clean shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def floe(*args: str, check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, text=True,
+                          capture_output=True, check=check, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(port: int, process: subprocess.Popen) -> None:
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited: {process.stdout.read()}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the server did not start")
+
+
+@pytest.fixture
+def served(tmp_path):
+    processes = []
+
+    def start(*args: str) -> tuple[int, subprocess.Popen]:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "server", "--port", str(port), *args],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        processes.append(process)
+        wait_for(port, process)
+        return port, process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_default_database_lives_under_var(served, tmp_path):
+    port, process = served()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=10) as reply:
+        assert json.load(reply)["status"] == "ok"
+    assert (tmp_path / "var" / "floe.sqlite").exists()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(30) == 0
+
+
+def test_self_signed_tls_serves_https_that_trusts_its_own_certificate(served, tmp_path):
+    port, _ = served("--self-signed", "--db", str(tmp_path / "db" / "floe.sqlite"))
+    cert = tmp_path / "db" / "floe-selfsigned.crt"
+    assert cert.exists() and (tmp_path / "db" / "floe-selfsigned.key").stat().st_mode & 0o077 == 0
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/api/v1/health", context=context,
+                                timeout=10) as reply:
+        assert json.load(reply)["status"] == "ok"
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/api/v1/health", timeout=10)
+
+
+def test_user_added_while_the_server_runs_can_use_its_token(served, tmp_path):
+    db = tmp_path / "floe.sqlite"
+    port, _ = served("--db", str(db))
+    made = json.loads(floe("user", "add", "alice", "--db", str(db), "--json").stdout)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/whoami",
+                                     headers={"Authorization": f"Bearer {made['token']}"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert json.load(reply)["user"] == "alice"
+
+
+def test_admin_commands_explain_their_errors(tmp_path):
+    db = str(tmp_path / "floe.sqlite")
+    floe("user", "add", "alice", "--db", db)
+    again = floe("user", "add", "alice", "--db", db, check=False)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    bad = floe("user", "add", "no spaces", "--db", db, check=False)
+    assert bad.returncode == 1 and "is not valid" in bad.stderr
+    missing = floe("site", "token", "nowhere", "--db", db, check=False)
+    assert missing.returncode == 1 and "floe site add nowhere" in missing.stderr
+
+
+def test_a_bad_settings_file_stops_the_server_with_the_reason(tmp_path):
+    settings = tmp_path / "server.toml"
+    settings.write_text("heartbeat_timeout = \"soon\"\n")
+    result = floe("server", "--settings", str(settings), check=False)
+    assert result.returncode == 1
+    assert "heartbeat_timeout" in result.stderr and "duration" in result.stderr

@@ -1,0 +1,95 @@
+"""The SQLite layer: migrations, WAL, group commit, guarded writes, and ordered apply."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from matchmaker.storage.database import Batch, Database, Statement, StaleWrite, StorageError
+from matchmaker.storage.schema import SCHEMA_VERSION
+
+INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
+GUARDED = Statement("guarded", "UPDATE users SET share = ? WHERE name = ? AND share = ?", 2,
+                    guarded=True)
+
+
+async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    await db.close()
+    conn = sqlite3.connect(tmp_path / "floe.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"datasets", "jobs", "tasks", "attempts", "pilots", "users", "tokens"} <= tables
+
+
+async def test_a_database_from_a_newer_floe_is_refused(tmp_path):
+    path = tmp_path / "floe.sqlite"
+    sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StorageError, match="newer than this floe understands"):
+        await Database.open(path)
+
+
+async def test_an_unwritable_place_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StorageError, match="cannot open the database"):
+        await Database.open(blocker / "floe.sqlite")
+
+
+async def test_concurrent_writes_share_commits(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    try:
+        await asyncio.gather(*(db.write(Batch().add(INSERT, (i, "test", str(i))))
+                               for i in range(200)))
+        assert db.batches_committed == 200
+        assert db.commits < 20
+        rows = await db.fetchall("SELECT count(*) AS n FROM events")
+        assert rows[0]["n"] == 200
+    finally:
+        await db.close()
+
+
+async def test_a_stale_guard_fails_only_its_own_batch(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    try:
+        await db.exclusive(lambda conn: conn.executemany(
+            "INSERT INTO users (name, role, share, created) VALUES (?, 'user', 1.0, 0)",
+            [("a",), ("b",)]))
+        good = db.write(Batch().add(GUARDED, (2.0, "a", 1.0)).add(INSERT, (1, "ok", "")))
+        stale = db.write(Batch().add(GUARDED, (3.0, "b", 7.0)).add(INSERT, (2, "bad", "")))
+        results = await asyncio.gather(good, stale, return_exceptions=True)
+        assert results[0] is None and isinstance(results[1], StaleWrite)
+        rows = await db.fetchall("SELECT name, share FROM users ORDER BY name")
+        assert [(r["name"], r["share"]) for r in rows] == [("a", 2.0), ("b", 1.0)]
+        actions = [r["action"] for r in await db.fetchall("SELECT action FROM events")]
+        assert actions == ["ok"]
+    finally:
+        await db.close()
+
+
+async def test_callbacks_run_in_commit_order_before_later_writes(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    seen: list[str] = []
+    try:
+        first = Batch().add(INSERT, (1, "first", "")).on_commit(lambda: seen.append("first"))
+
+        def plan():
+            seen.append("planned")
+            return lambda conn: conn.execute("INSERT INTO events (time, action, detail)"
+                                             " VALUES (2, 'second', '')")
+
+        await asyncio.gather(db.write(first), db.planned(plan, after=lambda _: seen.append(
+            "second")))
+        assert seen == ["first", "planned", "second"]
+    finally:
+        await db.close()
+
+
+async def test_writes_after_close_are_refused(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    await db.close()
+    with pytest.raises(StorageError, match="is closed"):
+        await db.write(Batch().add(INSERT, (1, "late", "")))
