@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from matchmaker.storage.database import Batch, Database, Statement, StaleWrite, StorageError
+from matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
 from matchmaker.storage.schema import SCHEMA_VERSION
 
 INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
