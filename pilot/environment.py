@@ -16,7 +16,7 @@ from typing import Any
 
 from pilot.gpus import Gpu, visible_devices
 
-SECRET_PREFIXES = ("FLOE_TOKEN", "FLOE_PASSKEY")
+SECRET_PREFIXES = ("FLOE_TOKEN", "FLOE_PILOT_TOKEN", "FLOE_PASSKEY")
 
 # Libraries that size their thread pools from these instead of from the CPUs they may use.
 THREAD_VARIABLES = (

@@ -174,6 +174,14 @@ class TaskRun:
             peak_memory=self._usage.peak_memory, peak_disk=self._usage.peak_disk,
         )
 
+    def usage(self) -> Usage:
+        """What the task has used so far (a copy), for the heartbeats of the online loop."""
+        usage = self._usage
+        return Usage(cpu_time=usage.cpu_time,
+                     wall_time=time.monotonic() - self._started if self._started else 0.0,
+                     peak_memory=usage.peak_memory, peak_disk=usage.peak_disk,
+                     peak_gpu_memory=usage.peak_gpu_memory, gpu_time=usage.gpu_time)
+
     def stop(self, error_class: ErrorClass, message: str,
              overuse: Overuse | None = None) -> None:
         """End the task as soon as possible: its process tree is killed and the result carries

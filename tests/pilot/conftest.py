@@ -1,5 +1,6 @@
-"""A real HTTP file server for the staging tests: GET serves a directory, PUT writes into it,
-and paths under /flaky/ answer 503 to the first request for each file."""
+"""Fixtures: a real HTTP file server for the staging tests (GET serves a directory, PUT writes
+into it, and paths under /flaky/ answer 503 to the first request for each file), and a real
+matchmaker subprocess for the online pilot's tests."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from .live import LiveMatchmaker
 
 
 @dataclass
@@ -61,3 +64,14 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
     server.shutdown()
     server.server_close()
     thread.join()
+
+
+@pytest.fixture
+def matchmaker(tmp_path: Path) -> Iterator[LiveMatchmaker]:
+    """A running matchmaker with site-a and the user alice; stopped (with its pilots) after."""
+    directory = tmp_path / "matchmaker"
+    directory.mkdir()
+    live = LiveMatchmaker(directory)
+    live.start()
+    yield live
+    live.close()

@@ -61,3 +61,24 @@ def test_without_a_mode_the_pilot_says_what_it_can_do(capsys):
 def test_run_mode_needs_a_job(tmp_path, capsys):
     assert main(["--run", str(tmp_path / "x.json")]) == 2
     assert "--run needs --job N" in capsys.readouterr().err
+
+
+def test_the_online_pilot_needs_a_token(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
+    assert main(["--matchmaker", "http://127.0.0.1:9", "--scratch", str(tmp_path)]) == 2
+    assert "no pilot token: give --token-file FILE or set FLOE_PILOT_TOKEN" in \
+        capsys.readouterr().err
+
+
+def test_the_online_pilot_refuses_an_empty_token_file(tmp_path, capsys):
+    (tmp_path / "token").write_text("\n")
+    assert main(["--matchmaker", "http://127.0.0.1:9", "--token-file",
+                 str(tmp_path / "token")]) == 2
+    assert f"--token-file {tmp_path / 'token'} is empty" in capsys.readouterr().err
+
+
+def test_the_online_pilot_refuses_a_matchmaker_that_is_not_a_url(tmp_path, capsys):
+    (tmp_path / "token").write_text("floe_p_x\n")
+    assert main(["--matchmaker", "floe.example.org", "--token-file",
+                 str(tmp_path / "token")]) == 2
+    assert "expected an http:// or https:// URL" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,8 @@ def gone(pid: int) -> bool:
 
 
 def test_a_cpu_task_sees_its_thread_counts_and_floe_variables_but_no_gpus_or_secrets(tmp_path):
-    pilot_env = {**os.environ, "FLOE_TOKEN": "pilot-secret", "FLOE_PASSKEY_7": "attempt-secret",
+    pilot_env = {**os.environ, "FLOE_TOKEN": "user-secret", "FLOE_PASSKEY_7": "attempt-secret",
+                 "FLOE_PILOT_TOKEN": "floe_p_pilot-secret",
                  "CUDA_VISIBLE_DEVICES": "0,1", "_CONDOR_AssignedGPUs": "GPU-aa,GPU-bb",
                  "FLOE_SITE": "uw"}
     settings = RunnerSettings(sample_interval=0.05, environ=pilot_env)
@@ -64,7 +66,8 @@ def test_a_cpu_task_sees_its_thread_counts_and_floe_variables_but_no_gpus_or_sec
         assert env[name] == "3"
     assert env["CUDA_VISIBLE_DEVICES"] == ""
     assert "_CONDOR_AssignedGPUs" not in env
-    assert not [name for name in env if name.startswith(("FLOE_TOKEN", "FLOE_PASSKEY"))]
+    assert not [name for name in env if name.startswith(("FLOE_TOKEN", "FLOE_PASSKEY",
+                                                         "FLOE_PILOT_TOKEN"))]
     scratch = str(tmp_path / "scratch")
     assert (env["FLOE_SCRATCH"], env["TMPDIR"]) == (scratch, scratch)
     assert env["FLOE_STATS"] == f"{scratch}/floe.stats.json"
@@ -153,6 +156,23 @@ def test_cpu_time_and_wall_time_are_measured(tmp_path):
 
 
 # ---------------------------------------------------------------- statistics
+
+
+def test_usage_so_far_can_be_read_while_the_task_runs(tmp_path):
+    raw = task([{"command": [PY, "-c", HOG.format(mb=64, hold=5)]}])
+    runner = TaskRun(Assignment(task=raw), tmp_path / "scratch", settings=FAST)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while runner.usage().peak_memory < 64 * MIB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        usage = runner.usage()
+        assert usage.peak_memory >= 64 * MIB
+        assert usage.wall_time > 0
+    finally:
+        runner.stop(ErrorClass.PILOT_LOST, "the test is over")
+        thread.join()
 
 
 def test_statistics_from_every_module_are_merged(tmp_path):

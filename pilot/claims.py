@@ -1,0 +1,94 @@
+"""What of the slot is free: the slot less what the running tasks claimed.
+
+The pilot asks the matchmaker with what is free, and claims a task's requested CPUs, memory,
+disk and GPUs when it starts it, so tasks are packed side by side without ever being promised
+more than the slot has. GPUs are claimed as devices, not as a count: a task gets exactly the
+devices it claimed (its CUDA_VISIBLE_DEVICES), and no two tasks share one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.resources import Requirements, Slot, format_size
+from pilot.gpus import Gpu
+from pilot.slot import MeasuredSlot
+
+# The ask schema's limits: a larger node offers as much as a pilot may ask for.
+MAX_CPUS = 4096
+MAX_GPUS = 64
+
+
+class ClaimError(ValueError):
+    """A task that does not fit what is free (the matchmaker gave more than was offered)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one running task holds of the slot."""
+
+    cpus: int
+    memory: int
+    disk: int
+    gpus: tuple[Gpu, ...] = ()
+
+
+class Claims:
+    """The slot's resources and the claims on them (used from one thread)."""
+
+    def __init__(self, slot: MeasuredSlot) -> None:
+        self.slot = slot
+        self._held: list[Claim] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._held)
+
+    def free_gpus(self) -> list[Gpu]:
+        taken = {gpu.uuid for claim in self._held for gpu in claim.gpus}
+        return [gpu for gpu in self.slot.gpus if gpu.uuid not in taken]
+
+    def free(self) -> Claim:
+        """Everything not claimed, as one claim-sized amount."""
+        return Claim(
+            cpus=self.slot.cpus - sum(claim.cpus for claim in self._held),
+            memory=self.slot.memory - sum(claim.memory for claim in self._held),
+            disk=self.slot.disk - sum(claim.disk for claim in self._held),
+            gpus=tuple(self.free_gpus()),
+        )
+
+    def offer(self, now: float | None = None) -> Slot:
+        """What to ask the matchmaker for now."""
+        free = self.free()
+        return self.slot.offer(cpus=min(free.cpus, MAX_CPUS), memory=max(0, free.memory),
+                               disk=max(0, free.disk), gpus=min(len(free.gpus), MAX_GPUS),
+                               now=now)
+
+    def can_offer(self) -> bool:
+        """Whether anything could still fit: a CPU, some memory and some disk are free."""
+        free = self.free()
+        return free.cpus >= 1 and free.memory > 0 and free.disk > 0
+
+    def claim(self, requirements: Requirements) -> Claim:
+        """Hold what a task requested (its GPUs chosen among the free ones)."""
+        free = self.free()
+        short = []
+        if requirements.cpus > free.cpus:
+            short.append(f"{requirements.cpus} CPUs ({free.cpus} free)")
+        if requirements.memory > free.memory:
+            short.append(f"{format_size(requirements.memory)} memory "
+                         f"({format_size(max(0, free.memory))} free)")
+        if requirements.disk > free.disk:
+            short.append(f"{format_size(requirements.disk)} disk "
+                         f"({format_size(max(0, free.disk))} free)")
+        if requirements.gpus > len(free.gpus):
+            short.append(f"{requirements.gpus} GPUs ({len(free.gpus)} free)")
+        if short:
+            raise ClaimError("the task needs more than the pilot has free: " + ", ".join(short))
+        claim = Claim(requirements.cpus, requirements.memory, requirements.disk,
+                      tuple(free.gpus[:requirements.gpus]))
+        self._held.append(claim)
+        return claim
+
+    def release(self, claim: Claim) -> None:
+        self._held.remove(claim)

@@ -1,0 +1,195 @@
+"""The pilot's side of the matchmaker's HTTP API: one kept-alive connection, JSON in and out.
+
+A pilot speaks to one matchmaker from one thread, so one `http.client` connection is enough and
+is reused across requests (a new TCP and TLS handshake per task would cost more than the rest of
+the per-task overhead). Answers come back as a `Reply` with the status and the decoded JSON;
+anything worth trying again later (no connection, a timeout, a 5xx from the server or a proxy
+before it) raises `Unreachable` instead, so callers only decide about 2xx and 4xx answers.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from config.resources import Slot
+
+API = "/api/v1"
+PASSKEY_HEADER = "X-Floe-Passkey"
+MAX_LOG_BYTES = 8 * 2**20
+"""The matchmaker keeps this much of each log by default; the pilot sends the last part."""
+
+# Errors that a kept-alive connection gives when the server closed it while it was idle: the
+# request never reached the server, so it is sent again on a fresh connection.
+_STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                     ConnectionAbortedError)
+
+
+class Unreachable(Exception):
+    """The matchmaker could not be asked, or failed to answer: try again later."""
+
+
+class MatchmakerSettingError(ValueError):
+    """A --matchmaker URL or --cacert the pilot cannot use."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer of the matchmaker: its HTTP status and its JSON body."""
+
+    status: int
+    data: Any
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def error(self) -> str:
+        if isinstance(self.data, Mapping) and self.data.get("error"):
+            return str(self.data["error"])
+        return f"HTTP {self.status}"
+
+
+class Matchmaker:
+    """A client of one matchmaker for one pilot; not to be shared between threads."""
+
+    def __init__(self, url: str, token: str = "", *, cacert: str | None = None,
+                 timeout: float = 10.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise MatchmakerSettingError(f"--matchmaker {url!r}: expected an http:// or https:// "
+                                     "URL, like https://floe.example.org:8080")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/") + API
+        self._tls = None
+        if self._https:
+            try:
+                self._tls = ssl.create_default_context(cafile=cacert)
+            except (OSError, ssl.SSLError) as err:
+                raise MatchmakerSettingError(f"--cacert {cacert}: cannot load it as PEM "
+                                             f"certificates: {err}") from None
+        self._connection: http.client.HTTPConnection | None = None
+
+    # ------------------------------------------------------------ the pilot's calls
+
+    def register(self, *, host: str, batch_system: str, batch_id: str, version: str,
+                 resources: Mapping[str, Any]) -> Reply:
+        return self.call("POST", "/pilots", {
+            "host": host, "batch_system": batch_system, "batch_id": batch_id,
+            "version": version, "resources": dict(resources)})
+
+    def ask(self, pilot_id: int, offer: Slot) -> Reply:
+        body = offer.to_dict()
+        del body["site"]  # the matchmaker takes the site from the pilot token
+        return self.call("POST", f"/pilots/{pilot_id}/ask", body)
+
+    def heartbeat(self, attempt_id: int, passkey: str, usage: Mapping[str, Any]) -> Reply:
+        return self.call("POST", f"/attempts/{attempt_id}/heartbeat", {"usage": dict(usage)},
+                         passkey=passkey)
+
+    def report(self, attempt_id: int, passkey: str, report: Mapping[str, Any],
+               timeout: float | None = None) -> Reply:
+        return self.call("POST", f"/attempts/{attempt_id}/report", report, passkey=passkey,
+                         timeout=timeout)
+
+    def upload_log(self, attempt_id: int, passkey: str, stream: str, text: bytes,
+                   timeout: float | None = None) -> Reply:
+        return self.call("PUT", f"/attempts/{attempt_id}/logs/{stream}",
+                         raw=text[-MAX_LOG_BYTES:], passkey=passkey, timeout=timeout)
+
+    def sign_off(self, pilot_id: int, reason: str, message: str = "", suspect: bool = False,
+                 timeout: float | None = None) -> Reply:
+        return self.call("POST", f"/pilots/{pilot_id}/exit",
+                         {"reason": reason[:64], "message": message[:4000], "suspect": suspect},
+                         timeout=timeout)
+
+    # ------------------------------------------------------------ the transport
+
+    def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+             passkey: str | None = None, timeout: float | None = None) -> Reply:
+        """Send one request; raises Unreachable when it should be tried again later."""
+        headers = {"Accept": "application/json"}
+        if passkey is not None:
+            headers[PASSKEY_HEADER] = passkey
+        elif self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = raw
+        if body is not None:
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        target = self._prefix + path
+        for _ in range(2):
+            reused = self._connection is not None
+            try:
+                connection = self._connect(self.timeout if timeout is None else timeout)
+                connection.request(method, target, body=payload, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+            except _STALE_CONNECTION as err:
+                self.close()
+                if reused:
+                    continue
+                raise Unreachable(self._why(err)) from None
+            except (OSError, http.client.HTTPException) as err:
+                self.close()
+                raise Unreachable(self._why(err)) from None
+            if response.will_close:
+                self.close()
+            reply = Reply(response.status, _decode(data, response.getheader("Content-Type")))
+            if reply.status >= 500:
+                raise Unreachable(f"the matchmaker at {self.url} answered {method} {path} with "
+                                  f"{reply.status}: {reply.error}")
+            return reply
+        raise Unreachable(f"the matchmaker at {self.url} closed the connection twice")
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        connection = self._connection
+        if connection is None:
+            if self._https:
+                connection = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                                         context=self._tls)
+            else:
+                connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            connection.connect()
+            # Small requests and answers go out at once instead of waiting for an ACK.
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._connection = connection
+        elif connection.sock is not None:
+            connection.sock.settimeout(timeout)
+        return connection
+
+    def _why(self, err: BaseException) -> str:
+        text = str(err) or type(err).__name__
+        if isinstance(err, socket.timeout):
+            text = "no answer in time"
+        return f"cannot reach the matchmaker at {self.url}: {text}"
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def _decode(data: bytes, content_type: str | None) -> Any:
+    """The JSON of an answer; anything else (a proxy's HTML page) as {"error": its text}."""
+    if content_type and "json" in content_type:
+        try:
+            return json.loads(data)
+        except ValueError:
+            pass
+    text = data.decode("utf-8", errors="replace").strip()
+    return {"error": text[:500] or "an empty answer"}

@@ -1,0 +1,122 @@
+"""`floe pilot --matchmaker URL`: the pilot as a batch job starts it, pulling work from a
+matchmaker until it runs out of work, of time, or of reasons to trust its node.
+
+This module turns the command line into a `Pilot` (see `pilot.loop`): it reads the pilot token
+(from `--token-file` or FLOE_PILOT_TOKEN, and takes it out of the environment that tasks
+inherit), measures the slot, opens the work area on the scratch directory and runs the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from config.resources import ResourceError, parse_duration
+from pilot.client import Matchmaker
+from pilot.gpus import open_nvml
+from pilot.loop import EXIT_ERROR, Pilot, PilotSettings
+from pilot.offline import OfflineError, system_values
+from pilot.runner import RunnerSettings
+from pilot.slot import measure
+from pilot.supervisor import WALLTIME_GRACE
+from pilot.workarea import WorkArea
+
+TOKEN_VARIABLE = "FLOE_PILOT_TOKEN"
+EXIT_USAGE = 2
+
+
+def duration_argument(text: str) -> int:
+    """An argparse type: a duration like "5m" or "1-12:00:00", in seconds."""
+    try:
+        return parse_duration(text)
+    except ResourceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_arguments(group: argparse._ActionsContainer) -> None:
+    """The options of the online pilot (`--matchmaker` itself is in the mode group)."""
+    group.add_argument("--token-file", type=Path, metavar="FILE",
+                       help=f"file holding the pilot token (default: ${TOKEN_VARIABLE})")
+    group.add_argument("--cacert", metavar="FILE", default=os.environ.get("FLOE_CACERT"),
+                       help="CA certificate(s) to trust for an https matchmaker (PEM; default "
+                            "$FLOE_CACERT, else the system's)")
+    group.add_argument("--idle-timeout", type=duration_argument, default=300, metavar="DURATION",
+                       help="leave after this long with no work (default 5m)")
+    group.add_argument("--max-failures", type=int, default=5, metavar="N",
+                       help="after N different tasks fail in a row, stop taking work and "
+                            "report the node as suspect (default 5; 0: never)")
+    group.add_argument("--walltime-grace", type=duration_argument, default=int(WALLTIME_GRACE),
+                       metavar="DURATION",
+                       help="how long a task may run past its walltime before it is killed "
+                            "(default 1m)")
+    group.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
+                       help="how much the pilot logs on stderr (default info)")
+
+
+def read_token(token_file: Path | None) -> str:
+    """The pilot token; raises ValueError with the fix when there is none."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as err:
+            raise ValueError(f"--token-file {token_file}: {err.strerror or err}") from None
+        if not token:
+            raise ValueError(f"--token-file {token_file} is empty; write the pilot token "
+                             "into it")
+        return token
+    token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise ValueError(f"no pilot token: give --token-file FILE or set {TOKEN_VARIABLE}")
+    return token
+
+
+def version() -> str:
+    try:
+        return metadata.version("floe")
+    except metadata.PackageNotFoundError:
+        return "pilot.pyz"
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the pilot against `args.matchmaker`; returns its exit status."""
+    try:
+        token = read_token(args.token_file)
+        system = system_values(args.system)
+        client = Matchmaker(args.matchmaker, token, cacert=args.cacert)
+        if args.max_failures < 0:
+            raise ValueError(f"--max-failures {args.max_failures}: give 0 (never) or more")
+    except (ValueError, OfflineError, OSError) as err:
+        print(f"pilot: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s floe pilot: %(message)s")
+    # Tasks inherit the pilot's environment: the token must not go with it.
+    os.environ.pop(TOKEN_VARIABLE, None)
+    if args.scratch is not None:
+        try:
+            args.scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            print(f"pilot: --scratch {args.scratch}: {err.strerror or err}", file=sys.stderr)
+            return EXIT_USAGE
+    gpu_source, _ = open_nvml()
+    slot = measure(site=args.site, lifetime=args.lifetime, scratch=args.scratch,
+                   gpu_source=gpu_source)
+    work = WorkArea(slot.scratch)
+    try:
+        work.open()
+    except OSError as err:
+        print(f"pilot: cannot use the scratch directory {slot.scratch}: {err.strerror or err}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    settings = PilotSettings(
+        idle_timeout=args.idle_timeout, max_failures=args.max_failures,
+        walltime_grace=args.walltime_grace, system=system, version=version(),
+        runner=RunnerSettings(kill_grace=3.0))
+    try:
+        return Pilot(client, slot, work, settings, gpu_source=gpu_source).run()
+    finally:
+        work.close()

@@ -1,0 +1,194 @@
+"""Final reports kept on disk until the matchmaker has acknowledged them.
+
+A finished attempt's report is written here before it is sent, and removed only once the
+matchmaker has recorded it (or said for certain that it never will: the attempt was voided, or
+the passkey is not its own). So a result survives the matchmaker being away and the pilot being
+killed: a pilot started again on the same scratch directory finds the reports the dead one left
+and delivers them, even before it registers. Reporting twice does no harm, because the
+matchmaker acknowledges a repeated report as a duplicate and records nothing twice.
+
+Layout: `<attempt>.json` (attempt id, passkey, report body) written atomically (temporary file,
+fsync, rename), with `<attempt>.stdout` / `<attempt>.stderr` beside it when a log is longer than
+the tail the report carries. Reports the matchmaker refuses as malformed go to `rejected/` for a
+person to read instead of being retried forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pilot.client import MAX_LOG_BYTES, Matchmaker, Unreachable
+
+log = logging.getLogger("floe.pilot")
+
+STREAMS = ("stdout", "stderr")
+ORPHAN_AGE = 86400.0
+"""Log files with no report beside them are removed after this long (a pilot killed between
+moving its logs in and writing the report leaves them)."""
+
+
+@dataclass
+class Delivery:
+    """One report to deliver: where it is kept (`path` None: only in memory, the disk failed)."""
+
+    attempt_id: int
+    passkey: str
+    report: dict[str, Any]
+    logs: dict[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"  # recorded now, or before (a duplicate)
+    VOID = "void"  # the matchmaker will never record it: the attempt was voided, or not ours
+    REJECTED = "rejected"  # the matchmaker finds the report itself wrong; retrying cannot help
+    RETRY = "retry"  # the matchmaker could not be reached: keep it and try later
+
+
+class Outbox:
+    """The directory of reports not yet acknowledged."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def put(self, attempt_id: int, passkey: str, report: Mapping[str, Any],
+            logs: Mapping[str, Path] | None = None) -> Delivery:
+        """Keep a report (and move the given full logs in beside it) before it is sent."""
+        kept: dict[str, str] = {}
+        for stream, source in (logs or {}).items():
+            name = f"{attempt_id}.{stream}"
+            os.replace(source, self.directory / name)
+            kept[stream] = name
+        delivery = Delivery(attempt_id, passkey, dict(report), kept)
+        document = {"attempt_id": attempt_id, "passkey": passkey, "report": delivery.report,
+                    "logs": kept, "written": time.time()}
+        path = self.directory / f"{attempt_id}.json"
+        handle, partial = tempfile.mkstemp(dir=self.directory, prefix=f".{attempt_id}.")
+        try:
+            with open(handle, "w") as out:
+                json.dump(document, out, separators=(",", ":"))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+            raise
+        delivery.path = path
+        return delivery
+
+    def pending(self) -> list[Delivery]:
+        """The reports kept here, oldest attempt first. Unreadable ones are set aside."""
+        found = []
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as err:
+            log.warning("cannot read the outbox %s: %s", self.directory, err.strerror or err)
+            return []
+        reports = {name[:-len(".json")] for name in names if name.endswith(".json")}
+        for name in names:
+            path = self.directory / name
+            stem, _, suffix = name.rpartition(".")
+            if name.startswith(".") or (suffix in STREAMS and stem not in reports):
+                self._remove_orphan(path)  # left by a pilot killed while writing here
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                document = json.loads(path.read_text())
+                found.append(Delivery(int(document["attempt_id"]), str(document["passkey"]),
+                                      dict(document["report"]), dict(document.get("logs") or {}),
+                                      path))
+            except FileNotFoundError:
+                continue  # another pilot on this scratch delivered it meanwhile
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                log.error("outbox entry %s is unreadable (%s); moved to %s", path, err,
+                          self.directory / "rejected")
+                self._move_aside(path)
+        return sorted(found, key=lambda delivery: delivery.attempt_id)
+
+    def remove(self, delivery: Delivery) -> None:
+        """Forget a report: it was acknowledged, or will never be recorded."""
+        for path in self._files(delivery):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def set_aside(self, delivery: Delivery, why: str) -> None:
+        """Keep a report the matchmaker refused in `rejected/`, with the reason beside it."""
+        aside = self.directory / "rejected"
+        aside.mkdir(exist_ok=True)
+        if delivery.path is None:
+            document = {"attempt_id": delivery.attempt_id, "report": delivery.report}
+            (aside / f"{delivery.attempt_id}.json").write_text(json.dumps(document))
+        for path in self._files(delivery):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, aside / path.name)
+        (aside / f"{delivery.attempt_id}.why").write_text(why + "\n")
+
+    def log_bytes(self, delivery: Delivery, stream: str) -> bytes | None:
+        """The last part of a full log kept with a report (None when none was kept)."""
+        name = delivery.logs.get(stream)
+        if not name:
+            return None
+        try:
+            with open(self.directory / name, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - MAX_LOG_BYTES))
+                return handle.read()
+        except OSError:
+            return None
+
+    def _files(self, delivery: Delivery) -> list[Path]:
+        files = [self.directory / name for name in delivery.logs.values()]
+        if delivery.path is not None:
+            files.insert(0, delivery.path)
+        return files
+
+    def _move_aside(self, path: Path) -> None:
+        aside = self.directory / "rejected"
+        with contextlib.suppress(OSError):
+            aside.mkdir(exist_ok=True)
+            os.replace(path, aside / path.name)
+
+    def _remove_orphan(self, path: Path) -> None:
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime > ORPHAN_AGE:
+                path.unlink()
+
+
+def deliver(client: Matchmaker, outbox: Outbox, delivery: Delivery,
+            timeout: float | None = None) -> tuple[Verdict, str]:
+    """Send one report (its full logs first, when kept) and say what became of it, with the
+    matchmaker's words. Does not remove it from the outbox: the caller does, by the verdict."""
+    attempt_id, passkey = delivery.attempt_id, delivery.passkey
+    try:
+        for stream in STREAMS:
+            text = outbox.log_bytes(delivery, stream)
+            if text is None:
+                continue
+            reply = client.upload_log(attempt_id, passkey, stream, text, timeout)
+            if reply.status in (403, 404, 409):
+                return Verdict.VOID, reply.error
+            if not reply.ok:
+                # The tail in the report still says what happened; the full log is a bonus.
+                log.warning("attempt %s: the matchmaker refused its full %s (%s)", attempt_id,
+                            stream, reply.error)
+        reply = client.report(attempt_id, passkey, delivery.report, timeout)
+    except Unreachable as err:
+        return Verdict.RETRY, str(err)
+    if reply.ok:
+        return Verdict.DELIVERED, "duplicate" if reply.data.get("duplicate") else \
+            str(reply.data.get("task_state") or "recorded")
+    if reply.status in (403, 404, 409):
+        return Verdict.VOID, reply.error
+    return Verdict.REJECTED, f"HTTP {reply.status}: {reply.error}"

@@ -1,0 +1,79 @@
+"""The pilot's directory inside the slot's scratch: the outbox and the tasks' scratch directories.
+
+`<scratch>/floe-pilot/outbox/` is shared by every pilot that runs on the same scratch directory,
+one after the other or side by side, so that a pilot delivers what a killed one left there.
+Each pilot runs its tasks under `runs/<instance>/` and holds an exclusive lock on
+`runs/<instance>.lock` while it lives; a pilot starting removes the run directories whose lock
+nobody holds any more (what killed pilots left), so they do not eat the disk it offers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import socket
+from pathlib import Path
+
+from pilot.outbox import Outbox
+
+DIRECTORY = "floe-pilot"
+
+
+class WorkArea:
+    """`open()` before use, `close()` when the pilot leaves."""
+
+    def __init__(self, scratch: str | Path) -> None:
+        self.root = Path(scratch).absolute() / DIRECTORY
+        self.runs = self.root / "runs"
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.run_dir = self.runs / self.instance
+        self._lock_path = self.runs / f"{self.instance}.lock"
+        self._lock: int | None = None
+        self.outbox: Outbox | None = None
+
+    def open(self) -> Outbox:
+        """Make the directories, take this pilot's lock, clear what dead pilots left."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(self.root / "outbox")
+        self._lock = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.remove_dead()
+        self.run_dir.mkdir()
+        return self.outbox
+
+    def task_dir(self, attempt_id: int) -> Path:
+        return self.run_dir / str(attempt_id)
+
+    def remove_dead(self) -> list[str]:
+        """Remove the run directories of pilots that are gone; returns their instance names."""
+        removed = []
+        for lock_path in sorted(self.runs.glob("*.lock")):
+            if lock_path == self._lock_path:
+                continue
+            try:
+                handle = os.open(lock_path, os.O_RDWR)
+            except OSError:
+                continue  # another starting pilot removed it first
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its pilot is alive
+            finally:
+                os.close(handle)
+            instance = lock_path.name[:-len(".lock")]
+            shutil.rmtree(self.runs / instance, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+            removed.append(instance)
+        return removed
+
+    def close(self) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                self._lock_path.unlink()
+            os.close(self._lock)
+            self._lock = None

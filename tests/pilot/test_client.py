@@ -1,0 +1,78 @@
+"""The pilot's matchmaker client against a real matchmaker: one kept-alive connection, reopened
+when the server closed it, TLS with the server's own certificate, the matchmaker's sentences
+for refusals, and `Unreachable` for everything worth trying again later."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.resources import GIB, Slot
+from pilot.client import Matchmaker, MatchmakerSettingError, Unreachable
+
+from .live import LiveMatchmaker
+
+
+def test_requests_share_one_kept_alive_connection(matchmaker: LiveMatchmaker):
+    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
+    assert client.call("GET", "/health").status == 200
+    first = client._connection.sock.getsockname()
+    assert client.call("GET", "/health").status == 200
+    assert client._connection.sock.getsockname() == first
+
+
+def test_a_connection_the_restarted_server_closed_is_reopened(matchmaker: LiveMatchmaker):
+    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
+    assert client.call("GET", "/health").status == 200
+    matchmaker.stop()
+    matchmaker.start()
+    assert client.call("GET", "/health").status == 200
+
+
+def test_a_stopped_matchmaker_is_unreachable_not_an_error(matchmaker: LiveMatchmaker):
+    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
+    matchmaker.stop()
+    with pytest.raises(Unreachable, match=r"cannot reach the matchmaker at http://127\.0\.0\.1"):
+        client.call("GET", "/health")
+
+
+def test_a_refusal_comes_back_with_the_matchmakers_sentence(matchmaker: LiveMatchmaker):
+    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
+    reply = client.ask(999, Slot(cpus=1, memory=GIB, disk=GIB))
+    assert reply.status == 404
+    assert reply.error == "pilot 999 is not registered or has ended; register again"
+
+
+def test_an_unknown_token_is_refused_at_registration(matchmaker: LiveMatchmaker):
+    client = Matchmaker(matchmaker.url, "floe_p_nonsense")
+    reply = client.register(host="node1", batch_system="none", batch_id="", version="test",
+                            resources={})
+    assert reply.status == 401
+    assert "token" in reply.error
+
+
+def test_tls_with_the_servers_certificate_as_cacert(tmp_path):
+    (tmp_path / "tls").mkdir()
+    live = LiveMatchmaker(tmp_path / "tls", tls=True)
+    live.start()
+    try:
+        client = Matchmaker(live.url, live.pilot_token(), cacert=str(live.cacert))
+        reply = client.register(host="node1", batch_system="none", batch_id="",
+                                version="test", resources={})
+        assert reply.status == 201
+        with pytest.raises(Unreachable, match="CERTIFICATE_VERIFY_FAILED"):
+            Matchmaker(live.url, "floe_p_x").call("GET", "/health")
+    finally:
+        live.close()
+
+
+@pytest.mark.parametrize("url", ["floe.example.org", "ftp://floe.example.org", "http://"])
+def test_a_url_that_is_not_http_is_refused_with_an_example(url):
+    with pytest.raises(MatchmakerSettingError, match="expected an http:// or https:// URL"):
+        Matchmaker(url)
+
+
+def test_a_cacert_that_is_not_pem_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    with pytest.raises(MatchmakerSettingError, match=f"--cacert {bad}: cannot load it"):
+        Matchmaker("https://floe.example.org", cacert=str(bad))
