@@ -1,0 +1,227 @@
+"""`floe submit` and `floe status` against a real matchmaker process on loopback: human and
+JSON output, and the sentences a user gets for a wrong token, an invalid config and a server
+that is not there."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cli.main import main as floe
+from config.resources import GIB, Slot
+from pilot.client import Matchmaker
+from tests.pilot.live import ROOT, LiveMatchmaker, free_port, wait_for
+
+CONFIG = {
+    "description": "three jobs that count events",
+    "jobs": 3,
+    "tasks": [{"name": "count", "modules": [{"command": "echo counting"}]}],
+}
+
+
+@pytest.fixture(autouse=True)
+def no_client_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Only the options on the command line say where to connect and as whom."""
+    for name in ("FLOE_URL", "FLOE_TOKEN", "FLOE_CACERT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FLOE_CONFIG", str(tmp_path / "no-client.toml"))
+
+
+@pytest.fixture
+def matchmaker(tmp_path: Path) -> Iterator[LiveMatchmaker]:
+    directory = tmp_path / "matchmaker"
+    directory.mkdir()
+    live = LiveMatchmaker(directory)
+    live.start()
+    yield live
+    live.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`floe ARGS...` in this process: (exit status, stdout, stderr)."""
+    status = floe(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def as_alice(matchmaker: LiveMatchmaker) -> list[str]:
+    return ["--url", matchmaker.url, "--token", matchmaker.user_token]
+
+
+def config_file(tmp_path: Path, document: dict[str, Any], name: str = "dataset.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def submitted(capsys: pytest.CaptureFixture[str], matchmaker: LiveMatchmaker,
+              tmp_path: Path) -> int:
+    """Submit CONFIG with `floe submit --json`; the new dataset's id once all its jobs exist."""
+    status, out, err = run(capsys, "submit", str(config_file(tmp_path, CONFIG)), "--json",
+                           *as_alice(matchmaker))
+    assert status == 0, err
+    dataset = json.loads(out)["id"]
+    wait_for(lambda: matchmaker.get(f"/datasets/{dataset}")["jobs_created"] == CONFIG["jobs"],
+             10, "the jobs to be created")
+    return dataset
+
+
+def complete_one_task(matchmaker: LiveMatchmaker, events: float) -> None:
+    """Act as a pilot: take one task and report it done with an `events` statistic."""
+    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
+    pilot_id = client.register(host="node1", batch_system="none", batch_id="", version="test",
+                               resources={}).data["pilot_id"]
+    attempt = client.ask(pilot_id, Slot(cpus=1, memory=4 * GIB, disk=4 * GIB)).data["attempt"]
+    assert attempt is not None
+    reply = client.report(attempt["id"], attempt["passkey"],
+                          {"exit_code": 0, "statistics": {"events": events}})
+    assert reply.status == 200 and reply.data["recorded"], reply.data
+
+
+def test_submit_prints_the_new_dataset_and_the_command_to_follow_it(
+        capsys, matchmaker, tmp_path):
+    status, out, err = run(capsys, "submit", str(config_file(tmp_path, CONFIG)),
+                           *as_alice(matchmaker))
+    assert status == 0, err
+    [listed] = matchmaker.get("/datasets")["datasets"]
+    dataset = listed["id"]
+    assert out.strip() == (f"dataset {dataset} submitted: 3 jobs of 1 tasks (count); follow it "
+                           f"with `floe status {dataset}`")
+    assert listed["owner"] == "alice" and listed["jobs"] == 3
+    assert listed["description"] == CONFIG["description"]
+
+
+def test_submit_json_is_the_servers_summary_of_the_dataset(capsys, matchmaker, tmp_path):
+    status, out, _ = run(capsys, "submit", str(config_file(tmp_path, CONFIG)), "--json",
+                         *as_alice(matchmaker))
+    assert status == 0
+    printed = json.loads(out)
+    assert printed["owner"] == "alice" and printed["task_names"] == ["count"]
+    assert printed["tasks_per_job"] == 1 and printed["jobs"] == 3
+    assert matchmaker.get(f"/datasets/{printed['id']}")["config"]["jobs"] == 3
+
+
+def test_status_on_an_empty_matchmaker_says_how_to_start(capsys, matchmaker):
+    status, out, _ = run(capsys, "status", *as_alice(matchmaker))
+    assert status == 0
+    assert out.strip() == "no datasets yet; submit one with `floe submit CONFIG.json`"
+
+
+def test_status_lists_every_dataset_with_its_progress(capsys, matchmaker, tmp_path):
+    dataset = submitted(capsys, matchmaker, tmp_path)
+    complete_one_task(matchmaker, events=7)
+    status, out, _ = run(capsys, "status", *as_alice(matchmaker))
+    assert status == 0
+    header, row = out.strip().splitlines()
+    assert header.split()[:4] == ["ID", "OWNER", "STATUS", "JOBS"]
+    assert row.split()[:4] == [str(dataset), "alice", "processing", "3"]
+    # One task of three complete: a third of the bar and 33.3% done.
+    assert "[" + "#" * 10 + "." * 20 + "]" in row and "33.3%" in row
+    assert row.rstrip().endswith(CONFIG["description"])
+
+
+def test_status_json_lists_the_datasets_as_the_api_does(capsys, matchmaker, tmp_path):
+    dataset = submitted(capsys, matchmaker, tmp_path)
+    status, out, _ = run(capsys, "status", "--json", *as_alice(matchmaker))
+    assert status == 0
+    [printed] = json.loads(out)
+    assert printed["id"] == dataset and printed["tasks"]["ready"] == 3
+
+
+def test_status_of_one_dataset_shows_its_tasks_and_statistics(capsys, matchmaker, tmp_path):
+    dataset = submitted(capsys, matchmaker, tmp_path)
+    complete_one_task(matchmaker, events=7)
+    status, out, _ = run(capsys, "status", str(dataset), *as_alice(matchmaker))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0] == f"dataset {dataset} of alice: processing, priority 1.0, max_retries 3"
+    assert lines[1].strip() == CONFIG["description"]
+    assert lines[2].strip() == "jobs: 3 (3 created), 1 tasks each: count"
+    assert "tasks: waiting 0, ready 2, processing 0, complete 1, failed 0, suspended 0" in out
+    [events] = [line.split() for line in lines if " events " in line]
+    assert events[:4] == ["user", "events", "n=1", "sum=7"]
+    assert "recent events:" in out and "submit" in out
+
+
+def test_status_json_of_one_dataset_carries_its_config_and_statistics(
+        capsys, matchmaker, tmp_path):
+    dataset = submitted(capsys, matchmaker, tmp_path)
+    complete_one_task(matchmaker, events=4)
+    status, out, _ = run(capsys, "status", str(dataset), "--json", *as_alice(matchmaker))
+    assert status == 0
+    printed = json.loads(out)
+    assert printed["id"] == dataset and printed["config"]["tasks"][0]["name"] == "count"
+    assert printed["tasks"]["complete"] == 1
+    overall = [s for s in printed["statistics"] if s["name"] == "events" and s["task"] is None]
+    assert [(s["count"], s["sum"], s["mean"]) for s in overall] == [(1, 4.0, 4.0)]
+    assert printed["statistics"] == matchmaker.get(f"/datasets/{dataset}/statistics")[
+        "statistics"]
+
+
+def test_status_of_a_dataset_that_does_not_exist_says_so(capsys, matchmaker):
+    status, out, err = run(capsys, "status", "999", *as_alice(matchmaker))
+    assert status == 1 and out == ""
+    assert err.strip() == "floe status: there is no dataset 999"
+
+
+def test_a_wrong_token_gets_one_sentence_and_a_failing_exit_status(matchmaker, tmp_path):
+    # A real process, so that the exit status is the one a shell would see.
+    for args in (["status"], ["submit", str(config_file(tmp_path, CONFIG))]):
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args, "--url", matchmaker.url, "--token",
+             "floe_u_not-a-token-anyone-was-given"], cwd=ROOT, text=True, capture_output=True,
+            timeout=60, env={"FLOE_CONFIG": str(tmp_path / "no-client.toml"),
+                             "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 1, result
+        assert result.stdout == ""
+        assert result.stderr.strip() == (f"floe {args[0]}: this token is not known or was "
+                                         "revoked; ask an admin for a new one")
+    assert matchmaker.get("/datasets")["datasets"] == []
+
+
+def test_no_token_at_all_says_where_a_token_comes_from(capsys, matchmaker):
+    status, _, err = run(capsys, "status", "--url", matchmaker.url)
+    assert status == 1
+    assert err.count("\n") == 1
+    assert "(no token given: use --token, FLOE_TOKEN or client.toml)" in err
+
+
+def test_an_invalid_config_is_refused_locally_with_the_path_of_the_problem(
+        capsys, matchmaker, tmp_path):
+    document = json.loads(json.dumps(CONFIG))
+    document["tasks"][0]["requirements"] = {"memory": "lots"}
+    path = config_file(tmp_path, document, "bad.json")
+    # Against an address where nothing listens, so any answer can only come from the local check.
+    status, out, err = run(capsys, "submit", str(path), "--url",
+                           f"http://127.0.0.1:{free_port()}", "--token", matchmaker.user_token)
+    assert status == 1 and out == ""
+    assert err.startswith(f"floe submit: {path} is not a valid dataset config:")
+    assert 'tasks[0].requirements.memory: expected a size like "4GB", got "lots"' in err
+    assert "cannot reach" not in err
+    status, _, err = run(capsys, "submit", str(path), *as_alice(matchmaker))
+    assert status == 1 and "tasks[0].requirements.memory" in err
+    assert matchmaker.get("/datasets")["datasets"] == []
+
+
+def test_a_config_file_that_is_not_there_is_named(capsys, tmp_path):
+    missing = tmp_path / "nowhere.json"
+    status, _, err = run(capsys, "submit", str(missing), "--url", "http://127.0.0.1:9")
+    assert status == 1
+    assert f"{missing}: cannot read the dataset config" in err
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "1"], ["submit", "CONFIG"]])
+def test_an_unreachable_matchmaker_gets_a_clear_sentence(capsys, tmp_path, args):
+    args = [str(config_file(tmp_path, CONFIG)) if a == "CONFIG" else a for a in args]
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, err = run(capsys, *args, "--url", url, "--token", "floe_u_whatever")
+    assert status == 1 and out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"floe {args[0]}: cannot reach the matchmaker at {url}: ")
+    assert err.rstrip().endswith("(is `floe server` running? set --url or FLOE_URL)")
