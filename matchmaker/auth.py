@@ -3,8 +3,9 @@
 Tokens are 256 random bits with a prefix that says their kind (`floe_u_`, `floe_s_`, `floe_p_`),
 shown once when made and stored only as SHA-256 hashes. Users and sites hold long-lived tokens;
 pilots hold short-lived, site-scoped tokens that a site's factory obtains for the pilots it
-submits. Known tokens are cached in memory; a token made by another process (`floe user add` on
-the server host) is found in the database on first use.
+submits. Known tokens are cached in memory for a few seconds at a time: a token made by another
+process (`floe user add` on the server host) is found in the database on first use, and one that
+another process revoked (`floe user token`) stops working once its cached check runs out.
 """
 
 from __future__ import annotations
@@ -55,31 +56,39 @@ class Auth:
     """Token checks and the creation of users, sites and tokens."""
 
     NEGATIVE_TTL = 10.0
+    POSITIVE_TTL = 10.0
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._known: dict[str, Principal] = {}
+        self._known: dict[str, tuple[Principal, float]] = {}  # digest -> (who, checked until)
         self._unknown: dict[str, float] = {}
 
     async def authenticate(self, token: str) -> Principal:
         """The caller behind `token`; raises Unauthorized with the reason."""
         digest = hash_secret(token)
-        principal = self._known.get(digest)
+        known = self._known.get(digest)
         now = self.engine.clock()
-        if principal is None:
+        if known is not None and known[1] > time.monotonic():
+            principal = known[0]
+        else:  # never seen, or seen long enough ago that another process may have revoked it
             if self._unknown.get(digest, 0.0) > time.monotonic():
                 raise Unauthorized(_unknown_token_message(token))
-            principal = await self._lookup(digest)
-            if principal is None:
+            found = await self._lookup(digest)
+            if found is None:
+                self._known.pop(digest, None)
                 if len(self._unknown) > 10_000:
                     self._unknown.clear()
                 self._unknown[digest] = time.monotonic() + self.NEGATIVE_TTL
                 raise Unauthorized(_unknown_token_message(token))
-            self._known[digest] = principal
+            principal = self._remember(digest, found)
         if principal.expires is not None and principal.expires < now:
             self._known.pop(digest, None)
             raise Unauthorized("this pilot token has expired: the factory must obtain a new one "
                                "for the pilots it submits")
+        return principal
+
+    def _remember(self, digest: str, principal: Principal) -> Principal:
+        self._known[digest] = (principal, time.monotonic() + self.POSITIVE_TTL)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
@@ -174,7 +183,7 @@ class Auth:
 
         await self.engine.db.exclusive(insert)
         if revoke_old:
-            self._known = {k: p for k, p in self._known.items() if p.user is not user}
+            self._known = {k: v for k, v in self._known.items() if v[0].user is not user}
         return token
 
     async def set_share(self, user: User, share: float) -> None:
@@ -225,8 +234,8 @@ class Auth:
                 (hash_secret(token), site.site_id, now))
 
         await self.engine.db.exclusive(insert)
-        self._known = {k: p for k, p in self._known.items()
-                       if not (p.role == "site" and p.site is site)}
+        self._known = {k: v for k, v in self._known.items()
+                       if not (v[0].role == "site" and v[0].site is site)}
         return token
 
     async def pilot_token(self, site: Site, lifetime: float) -> tuple[str, float]:
@@ -245,7 +254,7 @@ class Auth:
             conn.execute("DELETE FROM tokens WHERE kind = 'pilot' AND expires < ?", (now,))
 
         await self.engine.db.exclusive(insert)
-        self._known[hash_secret(token)] = Principal("pilot", site=site, expires=expires)
+        self._remember(hash_secret(token), Principal("pilot", site=site, expires=expires))
         return token, expires
 
 

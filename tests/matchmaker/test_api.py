@@ -4,7 +4,10 @@ passkeys, errors as JSON, size caps, and the OpenAPI document matching the route
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,6 +18,8 @@ from matchmaker.api.framework import AUTH, ENGINE, ROUTES
 from matchmaker.server import create_app
 
 from . import support as s
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Api:
@@ -54,8 +59,10 @@ class World:
         _, self.admin = await auth.add_user("root", admin=True)
         _, self.owner = await auth.add_user("alice")
         _, self.other = await auth.add_user("bob")
+        await auth.add_user("carol")  # whose token the matrix replaces
         self.site_a, self.site_token = await auth.add_site("site-a")
         self.site_b, self.other_site_token = await auth.add_site("site-b")
+        await auth.add_site("site-c")  # whose factory token the matrix replaces
         self.pilot_token, _ = await auth.pilot_token(self.site_a, 3600)
         self.other_pilot_token, _ = await auth.pilot_token(self.site_b, 3600)
         status, dataset = await self.api.call("POST", "/api/v1/datasets", self.owner,
@@ -80,6 +87,24 @@ class World:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError("jobs were not created")
+
+    async def new_dataset(self, suspended: bool = False) -> int:
+        """A fresh dataset of alice's (suspended by her when asked), for actions that change it."""
+        status, dataset = await self.api.call("POST", "/api/v1/datasets", self.owner,
+                                              s.config(jobs=2))
+        assert status == 201, dataset
+        await self.wait_created(dataset["id"])
+        if suspended:
+            status, answer = await self.api.call(
+                "POST", f"/api/v1/datasets/{dataset['id']}/suspend", self.owner)
+            assert status == 200, answer
+        return dataset["id"]
+
+    async def new_pilot(self) -> int:
+        status, pilot = await self.api.call("POST", "/api/v1/pilots", self.pilot_token,
+                                            {"host": "node2"})
+        assert status == 201, pilot
+        return pilot["pilot_id"]
 
     async def ask(self, token=None, pilot=None):
         return await self.api.call("POST", f"/api/v1/pilots/{pilot or self.pilot}/ask",
@@ -110,47 +135,171 @@ def token_of(world: World, role: str) -> str | None:
             "other_pilot": world.other_pilot_token}[role]
 
 
+EVERYONE = set(ROLES)
+USERS = {"admin", "owner", "other_user"}
+OWNER = {"admin", "owner"}
+
 # action: (method, path, body, roles that are allowed). Everyone else is refused with 401
-# (no token) or 403 (a token that may not do this).
+# (no token) or 403 (a token that may not do this). In paths, {fresh} is a new dataset of the
+# owner's for each role, {suspended} the same but suspended, and {new_pilot} a new pilot of
+# site-a for each role, so that one role's success does not change what the next one meets.
 MATRIX = {
-    "list datasets": ("GET", "/api/v1/datasets", None, {"admin", "owner", "other_user"}),
-    "read a dataset": ("GET", "/api/v1/datasets/{dataset}", None,
-                       {"admin", "owner", "other_user"}),
-    "submit a dataset": ("POST", "/api/v1/datasets", s.config(jobs=1),
-                         {"admin", "owner", "other_user"}),
-    "change priority": ("PUT", "/api/v1/datasets/{dataset}/priority", {"priority": 2},
-                        {"admin", "owner"}),
+    "health": ("GET", "/api/v1/health", None, EVERYONE),
+    "read the API document": ("GET", "/api/v1/openapi.json", None, EVERYONE),
+    "who am I": ("GET", "/api/v1/whoami", None, EVERYONE - {"anonymous"}),
+    "list datasets": ("GET", "/api/v1/datasets", None, USERS),
+    "read a dataset": ("GET", "/api/v1/datasets/{dataset}", None, USERS),
+    "read a dataset's jobs": ("GET", "/api/v1/datasets/{dataset}/jobs", None, USERS),
+    "read a dataset's tasks": ("GET", "/api/v1/datasets/{dataset}/tasks", None, USERS),
+    "read a dataset's statistics": ("GET", "/api/v1/datasets/{dataset}/statistics", None,
+                                    USERS),
+    "read a dataset's events": ("GET", "/api/v1/datasets/{dataset}/events", None, USERS),
+    "read a task": ("GET", "/api/v1/tasks/{task}", None, USERS),
+    "read an attempt": ("GET", "/api/v1/attempts/{attempt}", None, USERS),
+    "read an attempt's log": ("GET", "/api/v1/attempts/{attempt}/logs/stdout", None, USERS),
+    "submit a dataset": ("POST", "/api/v1/datasets", s.config(jobs=1), USERS),
+    "suspend a dataset": ("POST", "/api/v1/datasets/{fresh}/suspend", None, OWNER),
+    "resume a dataset": ("POST", "/api/v1/datasets/{suspended}/resume", None, OWNER),
+    "reset failed tasks": ("POST", "/api/v1/datasets/{fresh}/reset", {"scope": "failed"},
+                           OWNER),
+    "reset all tasks": ("POST", "/api/v1/datasets/{fresh}/reset", {"scope": "all"}, OWNER),
+    "change priority": ("PUT", "/api/v1/datasets/{dataset}/priority", {"priority": 2}, OWNER),
+    "read users": ("GET", "/api/v1/users", None, USERS),
+    "read shares": ("GET", "/api/v1/shares", None, USERS),
     "add a user": ("POST", "/api/v1/users", {"name": "new-{role}"}, {"admin"}),
+    "replace a user's token": ("POST", "/api/v1/users/carol/token", None, {"admin"}),
     "set a share": ("PUT", "/api/v1/users/bob/share", {"share": 2}, {"admin"}),
+    "list sites": ("GET", "/api/v1/sites", None, USERS),
     "add a site": ("POST", "/api/v1/sites", {"name": "site-{role}"}, {"admin"}),
+    "replace a site's token": ("POST", "/api/v1/sites/site-c/token", None, {"admin"}),
     "get a pilot token": ("POST", "/api/v1/sites/site-a/pilot-tokens", {"lifetime": 600},
                           {"admin", "site"}),
     "read site demand": ("POST", "/api/v1/sites/site-a/demand",
                          {"shapes": [{"name": "small", "cpus": 1, "memory": 2**31,
                                       "disk": 2**33, "walltime": 7200}]}, {"admin", "site"}),
+    "list pilots": ("GET", "/api/v1/pilots", None, USERS),
     "register a pilot": ("POST", "/api/v1/pilots", {"host": "n"}, {"pilot", "other_pilot"}),
     "ask for a task": ("POST", "/api/v1/pilots/{pilot}/ask",
                        {"cpus": 1, "memory": 2**32, "disk": 2**34}, {"pilot"}),
-    "list pilots": ("GET", "/api/v1/pilots", None, {"admin", "owner", "other_user"}),
-    "read users": ("GET", "/api/v1/users", None, {"admin", "owner", "other_user"}),
+    "sign off a pilot": ("POST", "/api/v1/pilots/{new_pilot}/exit", {"reason": "done"},
+                         {"pilot"}),
 }
+
+# Routes of running attempts: proved by the attempt's passkey, not by any token.
+PASSKEY_ACTIONS = {
+    "heartbeat": ("POST", "/api/v1/attempts/{attempt}/heartbeat", {"usage": {"cpu_time": 1.0}}),
+    "upload a log": ("PUT", "/api/v1/attempts/{attempt}/logs/stdout", b"all of stdout\n"),
+    "report": ("POST", "/api/v1/attempts/{attempt}/report", {"exit_code": 0}),
+}
+
+
+async def path_for(world: World, path: str, handed_out: dict) -> str:
+    """`path` with its placeholders filled; `handed_out` keeps one attempt for the read views."""
+    if ("{task}" in path or "{attempt}" in path) and not handed_out:
+        _, given = await world.ask()
+        handed_out.update(given["attempt"])
+    values = {"dataset": world.dataset, "pilot": world.pilot, "task": handed_out.get("task_id"),
+              "attempt": handed_out.get("id")}
+    if "{fresh}" in path:
+        values["fresh"] = await world.new_dataset()
+    if "{suspended}" in path:
+        values["suspended"] = await world.new_dataset(suspended=True)
+    if "{new_pilot}" in path:
+        values["new_pilot"] = await world.new_pilot()
+    return path.format(**values)
 
 
 @pytest.mark.parametrize("action", sorted(MATRIX))
 async def test_authorization_matrix(world, action):
     method, path, body, allowed = MATRIX[action]
-    path = path.format(dataset=world.dataset, pilot=world.pilot)
+    handed_out: dict = {}
     for role in ROLES:
+        target = await path_for(world, path, handed_out)
         payload = body
         if isinstance(body, dict) and "name" in body:
             payload = {"name": body["name"].format(role=role).replace("_", "-")}
-        status, answer = await world.api.call(method, path, token_of(world, role), payload)
+        status, answer = await world.api.call(method, target, token_of(world, role), payload)
         if role in allowed:
             assert status in (200, 201), (role, status, answer)
         else:
             expected = 401 if role == "anonymous" else 403
             assert status == expected, (role, status, answer)
             assert isinstance(answer["error"], str) and answer["error"]
+            if "{fresh}" in path or "{suspended}" in path:  # a refusal changes nothing
+                dataset = world.engine.datasets[int(target.split("/")[4])]
+                expected_status = "suspended" if "{suspended}" in path else "processing"
+                assert dataset.status == expected_status, (role, dataset.status)
+                assert dataset.summary()["ready"] == (0 if "{suspended}" in path else 2)
+
+
+def test_the_matrices_cover_every_route():
+    assert len(ROUTES) > 30  # declared when create_app's modules were imported
+    declared = {(method, re.sub(r"\{\w+\}", "{}", path)) for method, path, *_ in
+                [*MATRIX.values(), *PASSKEY_ACTIONS.values()]}
+    for served in ROUTES:
+        pattern = re.compile(re.sub(r"\{\w+\}", "[^/]+", served.path.replace(".", r"\.")) + "$")
+        assert any(method == served.method and pattern.match(path.replace("{}", "x"))
+                   for method, path in declared), (served.method, served.path)
+
+
+async def send_as_attempt(world: World, action: str, attempt_id: int, token: str | None,
+                          passkey: str | None):
+    method, path, body = PASSKEY_ACTIONS[action]
+    path = path.format(attempt=attempt_id)
+    if isinstance(body, bytes):
+        return await world.api.call(method, path, token, data=body, passkey=passkey)
+    return await world.api.call(method, path, token, body, passkey=passkey)
+
+
+@pytest.mark.parametrize("action", sorted(PASSKEY_ACTIONS))
+async def test_only_the_attempts_own_passkey_speaks_for_it(world, action):
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    _, elsewhere = await world.ask(world.other_pilot_token, world.other_pilot)
+    others_passkey = elsewhere["attempt"]["passkey"]
+    for role in ROLES:  # a token of any kind is no passkey
+        status, answer = await send_as_attempt(world, action, attempt["id"],
+                                               token_of(world, role), None)
+        assert status == 401 and "passkey" in answer["error"], (role, status, answer)
+    for role in ROLES:  # another pilot's attempt's passkey, whatever token comes with it
+        status, answer = await send_as_attempt(world, action, attempt["id"],
+                                               token_of(world, role), others_passkey)
+        assert status == 403, (role, status, answer)
+        assert answer["error"] == (f"wrong passkey for attempt {attempt['id']}: only the pilot "
+                                   "that was given this attempt may speak for it")
+    assert attempt["id"] in world.engine.active
+    answers = []
+    for role in ROLES:  # the attempt's passkey is the proof; a valid token beside it is ignored
+        status, answer = await send_as_attempt(world, action, attempt["id"],
+                                               token_of(world, role), attempt["passkey"])
+        assert status == 200, (role, status, answer)
+        answers.append(answer)
+    if action == "report":
+        assert answers[0]["recorded"] and not answers[0]["duplicate"]
+        assert all(a["duplicate"] for a in answers[1:])
+        assert world.engine.datasets[world.dataset].summary()["complete"] == 1
+    if action == "upload a log":
+        status, text = await world.api.call(
+            "GET", f"/api/v1/attempts/{attempt['id']}/logs/stdout", world.owner)
+        assert (status, text) == (200, "all of stdout\n")
+
+
+async def test_a_void_passkey_cannot_upload_a_log(world):
+    for action, body in (("reset", {"scope": "all"}), ("suspend", None)):
+        _, given = await world.ask()
+        attempt = given["attempt"]
+        status, _ = await world.api.call("POST", f"/api/v1/datasets/{world.dataset}/{action}",
+                                         world.owner, body)
+        assert status == 200
+        status, answer = await send_as_attempt(world, "upload a log", attempt["id"], None,
+                                               attempt["passkey"])
+        assert status == 409, answer
+        assert re.fullmatch(rf"attempt {attempt['id']} is void \(.*{action}.*\); its passkey is"
+                            r" no longer valid and its result will not be recorded",
+                            answer["error"]), answer
+        status, text = await world.api.call(
+            "GET", f"/api/v1/attempts/{attempt['id']}/logs/stdout", world.owner)
+        assert status == 200 and not text  # the tail (empty): nothing was stored
 
 
 async def test_a_user_cannot_change_another_users_dataset(world):
@@ -163,6 +312,28 @@ async def test_a_user_cannot_change_another_users_dataset(world):
     status, _ = await world.api.call("POST", f"/api/v1/datasets/{world.dataset}/suspend",
                                      world.owner)
     assert status == 200
+
+
+@pytest.mark.parametrize("kind", ["user", "site"])
+async def test_a_token_replaced_on_the_server_host_stops_working_in_the_running_server(
+        world, kind):
+    # Regression: the server cached every token it had seen for good, so a token replaced with
+    # `floe user token` / `floe site token` (another process) kept working until a restart.
+    world.app[AUTH].POSITIVE_TTL = 0.2
+    name, old = ("bob", world.other) if kind == "user" else ("site-b", world.other_site_token)
+    status, _ = await world.api.call("GET", "/api/v1/whoami", old)
+    assert status == 200
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.main", kind, "token", name, "--db",
+        str(world.settings.database), "--json", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    printed, _ = await process.communicate()
+    assert process.returncode == 0
+    await asyncio.sleep(0.3)
+    status, answer = await world.api.call("GET", "/api/v1/whoami", old)
+    assert (status, answer["error"]) == (
+        401, "this token is not known or was revoked; ask an admin for a new one")
+    status, answer = await world.api.call("GET", "/api/v1/whoami", json.loads(printed)["token"])
+    assert status == 200 and name in (answer["user"], answer["site"])
 
 
 async def test_pilot_reports_only_on_its_own_attempts(world):
