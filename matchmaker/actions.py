@@ -20,11 +20,8 @@ from .engine import ActiveAttempt, Engine, User
 from .errors import BadRequest, Conflict
 from .fairshare import weight
 from .model import CODE, STATES, DatasetState, DatasetStatus, job_state
-from .storage.database import StaleWrite
-from .storage.writes import ADD_EVENT, MOVE_TASK_WITH_RECORD, SET_DATASET, SET_JOB
+from .storage import writes
 
-VOID_ATTEMPT = ("UPDATE attempts SET state = 'reset', ended = ?, error_class = 'reset',"
-                " error_message = ? WHERE attempt_id = ? AND state = 'processing'")
 JOBS_PER_STEP = 5000
 
 # decide(dataset, task_id, state) -> the new state, or None to leave the task alone
@@ -82,11 +79,7 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
         jobs = [(state, dataset.id, job) for job, state in step.jobs]
 
         def write(conn: sqlite3.Connection) -> _Step:
-            cursor = conn.executemany(MOVE_TASK_WITH_RECORD.sql, rows)
-            if cursor.rowcount != len(rows):
-                raise StaleWrite("task states changed while the action ran; try again")
-            conn.executemany(VOID_ATTEMPT, voided)
-            conn.executemany(SET_JOB.sql, jobs)
+            writes.change_tasks(conn, rows, voided, jobs)
             return step
 
         return write
@@ -133,8 +126,8 @@ async def _set_status(engine: Engine, dataset: DatasetState, user: User, status:
     now = engine.clock()
 
     def write(conn: sqlite3.Connection) -> None:
-        conn.execute(SET_DATASET.sql, (status, dataset.priority, now, dataset.id))
-        conn.execute(ADD_EVENT.sql, (now, dataset.id, user.user_id, action, detail))
+        writes.set_dataset_status(conn, dataset.id, status, dataset.priority, now,
+                                  (user.user_id, action, detail))
 
     def apply(_: None) -> None:
         dataset.status = status

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from .engine import Engine, Site, User, hash_secret
 from .errors import BadRequest, Conflict, NotFound, Unauthorized
+from .storage import queries, writes
 
 PREFIX = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -92,9 +92,7 @@ class Auth:
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
-        row = await self.engine.db.fetchone(
-            "SELECT kind, user_id, site_id, expires, revoked FROM tokens WHERE token_hash = ?",
-            (digest,))
+        row = await queries.token(self.engine.db, digest)
         if row is None or row["revoked"] is not None:
             return None
         if row["kind"] == "user":
@@ -106,8 +104,7 @@ class Auth:
     async def _user(self, user_id: int) -> User:
         user = self.engine.users.get(user_id)
         if user is None:  # added by another process since we started
-            row = await self.engine.db.fetchone(
-                "SELECT user_id, name, role, share FROM users WHERE user_id = ?", (user_id,))
+            row = await queries.user(self.engine.db, user_id)
             user = User(row["user_id"], row["name"], row["role"], row["share"])
             self.engine.add_user(user)
         return user
@@ -115,8 +112,7 @@ class Auth:
     async def _site(self, site_id: int) -> Site:
         site = self.engine.sites.get(site_id)
         if site is None:
-            row = await self.engine.db.fetchone(
-                "SELECT site_id, name FROM sites WHERE site_id = ?", (site_id,))
+            row = await queries.site(self.engine.db, site_id)
             site = self.engine.sites[site_id] = Site(row["site_id"], row["name"])
         return site
 
@@ -124,20 +120,20 @@ class Auth:
         for site in self.engine.sites.values():
             if site.name == name:
                 return site
-        row = await self.engine.db.fetchone("SELECT site_id FROM sites WHERE name = ?", (name,))
-        if row is None:
+        site_id = await queries.site_id_by_name(self.engine.db, name)
+        if site_id is None:
             raise NotFound(f"there is no site named {name!r}; an admin adds it with "
                            f"`floe site add {name}`")
-        return await self._site(row["site_id"])
+        return await self._site(site_id)
 
     async def user_by_name(self, name: str) -> User:
         user = self.engine.users_by_name.get(name)
         if user is not None:
             return user
-        row = await self.engine.db.fetchone("SELECT user_id FROM users WHERE name = ?", (name,))
-        if row is None:
+        user_id = await queries.user_id_by_name(self.engine.db, name)
+        if user_id is None:
             raise NotFound(f"there is no user named {name!r}")
-        return await self._user(row["user_id"])
+        return await self._user(user_id)
 
     # -- creation -----------------------------------------------------------------------------
     async def add_user(self, name: str, admin: bool = False,
@@ -147,24 +143,14 @@ class Auth:
         if not share > 0:
             raise BadRequest(f"share: expected a number above 0, got {share}")
         token = new_token("user")
+        role = "admin" if admin else "user"
         now = self.engine.clock()
-
-        def insert(conn: sqlite3.Connection) -> int:
-            exists = conn.execute(
-                "SELECT 1 FROM users WHERE name = ?", (name,)).fetchone()
-            if exists:
-                raise Conflict(f"a user named {name!r} already exists; use "
-                               f"`floe user token {name}` for a new token")
-            cursor = conn.execute(
-                "INSERT INTO users (name, role, share, created) VALUES (?, ?, ?, ?)",
-                (name, "admin" if admin else "user", share, now))
-            conn.execute(
-                "INSERT INTO tokens (token_hash, kind, user_id, created) VALUES (?, 'user', ?, ?)",
-                (hash_secret(token), cursor.lastrowid, now))
-            return cursor.lastrowid
-
-        user_id = await self.engine.db.exclusive(insert)
-        user = User(user_id, name, "admin" if admin else "user", share)
+        user_id = await self.engine.db.exclusive(
+            lambda conn: writes.add_user(conn, name, role, share, hash_secret(token), now))
+        if user_id is None:
+            raise Conflict(f"a user named {name!r} already exists; use "
+                           f"`floe user token {name}` for a new token")
+        user = User(user_id, name, role, share)
         self.engine.add_user(user)
         return user, token
 
@@ -172,16 +158,8 @@ class Auth:
         """A fresh token for `user`; the old ones stop working unless `revoke_old` is False."""
         token = new_token("user")
         now = self.engine.clock()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            if revoke_old:
-                conn.execute("UPDATE tokens SET revoked = ? WHERE user_id = ?"
-                                   " AND revoked IS NULL", (now, user.user_id))
-            conn.execute(
-                "INSERT INTO tokens (token_hash, kind, user_id, created) VALUES (?, 'user', ?, ?)",
-                (hash_secret(token), user.user_id, now))
-
-        await self.engine.db.exclusive(insert)
+        await self.engine.db.exclusive(lambda conn: writes.new_user_token(
+            conn, user.user_id, hash_secret(token), now, revoke_old))
         if revoke_old:
             self._known = {k: v for k, v in self._known.items() if v[0].user is not user}
         return token
@@ -189,12 +167,7 @@ class Auth:
     async def set_share(self, user: User, share: float) -> None:
         if not share > 0:
             raise BadRequest(f"share: expected a number above 0, got {share}")
-
-        def update(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE users SET share = ? WHERE user_id = ?",
-                               (share, user.user_id))
-
-        await self.engine.db.exclusive(update)
+        await self.engine.db.exclusive(lambda conn: writes.set_share(conn, user.user_id, share))
         user.share = share
         self.engine.user_usage.rerank(user.user_id)
 
@@ -203,21 +176,11 @@ class Auth:
         check_name(name, "site")
         token = new_token("site")
         now = self.engine.clock()
-
-        def insert(conn: sqlite3.Connection) -> int:
-            exists = conn.execute(
-                "SELECT 1 FROM sites WHERE name = ?", (name,)).fetchone()
-            if exists:
-                raise Conflict(f"a site named {name!r} already exists; use "
-                               f"`floe site token {name}` for a new token")
-            cursor = conn.execute("INSERT INTO sites (name, created) VALUES (?, ?)",
-                                        (name, now))
-            conn.execute(
-                "INSERT INTO tokens (token_hash, kind, site_id, created) VALUES (?, 'site', ?, ?)",
-                (hash_secret(token), cursor.lastrowid, now))
-            return cursor.lastrowid
-
-        site_id = await self.engine.db.exclusive(insert)
+        site_id = await self.engine.db.exclusive(
+            lambda conn: writes.add_site(conn, name, hash_secret(token), now))
+        if site_id is None:
+            raise Conflict(f"a site named {name!r} already exists; use "
+                           f"`floe site token {name}` for a new token")
         site = self.engine.sites[site_id] = Site(site_id, name)
         return site, token
 
@@ -225,15 +188,8 @@ class Auth:
         """A fresh factory token for `site`; the old one stops working."""
         token = new_token("site")
         now = self.engine.clock()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE tokens SET revoked = ? WHERE site_id = ? AND kind = 'site'"
-                               " AND revoked IS NULL", (now, site.site_id))
-            conn.execute(
-                "INSERT INTO tokens (token_hash, kind, site_id, created) VALUES (?, 'site', ?, ?)",
-                (hash_secret(token), site.site_id, now))
-
-        await self.engine.db.exclusive(insert)
+        await self.engine.db.exclusive(
+            lambda conn: writes.new_site_token(conn, site.site_id, hash_secret(token), now))
         self._known = {k: v for k, v in self._known.items()
                        if not (v[0].role == "site" and v[0].site is site)}
         return token
@@ -246,15 +202,10 @@ class Auth:
         token = new_token("pilot")
         now = self.engine.clock()
         expires = now + lifetime
-
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO tokens (token_hash, kind, site_id, created, expires)"
-                " VALUES (?, 'pilot', ?, ?, ?)", (hash_secret(token), site.site_id, now, expires))
-            conn.execute("DELETE FROM tokens WHERE kind = 'pilot' AND expires < ?", (now,))
-
-        await self.engine.db.exclusive(insert)
-        self._remember(hash_secret(token), Principal("pilot", site=site, expires=expires))
+        digest = hash_secret(token)
+        await self.engine.db.exclusive(
+            lambda conn: writes.add_pilot_token(conn, site.site_id, digest, now, expires))
+        self._remember(digest, Principal("pilot", site=site, expires=expires))
         return token, expires
 
 

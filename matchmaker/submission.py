@@ -20,13 +20,9 @@ from config.dataset import ConfigError, validate
 from .engine import Engine, User
 from .errors import BadRequest
 from .model import Dataset, DatasetState, DatasetStatus
-from .storage.writes import ADD_EVENT
+from .storage import writes
 
 log = logging.getLogger(__name__)
-
-INSERT_JOBS = "INSERT INTO jobs (dataset_id, job_index, state) VALUES (?, ?, 'waiting')"
-INSERT_TASKS = ("INSERT INTO tasks (task_id, dataset_id, job_index, task_index, state, updated)"
-                " VALUES (?, ?, ?, ?, ?, ?)")
 
 
 async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
@@ -40,16 +36,11 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     engine.next_task_id += config.jobs * len(config.tasks)
 
     def insert(conn: sqlite3.Connection) -> int:
-        cursor = conn.execute(
-            "INSERT INTO datasets (user_id, description, config, jobs, tasks_per_job,"
-            " task_id_base, priority, status, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (user.user_id, config.description, json.dumps(config.raw), config.jobs,
-             len(config.tasks), base, config.priority, DatasetStatus.PROCESSING, now, now))
-        dataset_id = cursor.lastrowid
-        conn.execute(ADD_EVENT.sql, (now, dataset_id, user.user_id, "submit",
-                                           f"{config.jobs} jobs of {len(config.tasks)} tasks"))
-        return dataset_id
+        return writes.add_dataset(
+            conn, user_id=user.user_id, description=config.description,
+            config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
+            task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
+            now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks")
 
     def register(dataset_id: int) -> None:
         state = DatasetState(Dataset(dataset_id, user.user_id, config, base, now),
@@ -75,12 +66,9 @@ async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) ->
         def insert(conn: sqlite3.Connection) -> None:
             if count <= 0:
                 return
-            conn.executemany(INSERT_JOBS, ((dataset.id, j) for j in range(first, first + count)))
-            conn.executemany(INSERT_TASKS, (
+            writes.add_jobs(conn, dataset.id, first, count, (
                 (task_id, dataset.id, job, (task_id - dataset.base) % dataset.ntasks, state, now)
                 for task_id, job, state in rows))
-            conn.execute("UPDATE datasets SET jobs_materialized = ? WHERE dataset_id = ?",
-                         (first + count, dataset.id))
 
         return insert
 

@@ -174,3 +174,32 @@ async def pilots(db: Database, *, site_id: int | None, state: str | None, after:
         data["suspect"] = bool(data["suspect"])
         result.append(data)
     return result
+
+
+async def token(db: Database, token_hash: str) -> dict[str, Any] | None:
+    """The stored facts of a token: kind, user_id or site_id, expires, revoked."""
+    row = await db.fetchone(
+        "SELECT kind, user_id, site_id, expires, revoked FROM tokens WHERE token_hash = ?",
+        (token_hash,))
+    return dict(row) if row else None
+
+
+async def user(db: Database, user_id: int) -> dict[str, Any] | None:
+    row = await db.fetchone(
+        "SELECT user_id, name, role, share FROM users WHERE user_id = ?", (user_id,))
+    return dict(row) if row else None
+
+
+async def user_id_by_name(db: Database, name: str) -> int | None:
+    row = await db.fetchone("SELECT user_id FROM users WHERE name = ?", (name,))
+    return row["user_id"] if row else None
+
+
+async def site(db: Database, site_id: int) -> dict[str, Any] | None:
+    row = await db.fetchone("SELECT site_id, name FROM sites WHERE site_id = ?", (site_id,))
+    return dict(row) if row else None
+
+
+async def site_id_by_name(db: Database, name: str) -> int | None:
+    row = await db.fetchone("SELECT site_id FROM sites WHERE name = ?", (name,))
+    return row["site_id"] if row else None
