@@ -10,6 +10,7 @@ not asked for `CLAIM_TTL` seconds. Pure logic on the working state: no I/O.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from .engine import Engine
 from .model import DatasetStatus
 
 CLAIM_TTL = 600.0
+EMPTY_WINDOW = 600.0
+"""Pilots that ended without a task in this many seconds are reported as `ended_empty`."""
 
 
 @dataclass
@@ -73,20 +76,36 @@ def subtract_claims(classes: dict[Requirements, int], claims: list[Claim]) -> No
                 pilots -= -(-taken // each)
 
 
-def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict[str, Any]:
-    """The answer to a factory's demand request; records its claim."""
-    now = engine.clock()
-    claims = engine.claims
-    for key in [k for k, c in claims.items() if now - c.time > CLAIM_TTL]:
-        del claims[key]
-    classes = ready_classes(engine)
-    subtract_claims(classes, [c for k, c in claims.items() if k != (site, factory)])
-    claims[(site, factory)] = Claim(now, shapes)
+def free_room(engine: Engine, site: str, now: float) -> list[Slot]:
+    """What this site's pilots offered when they last asked and got nothing, while recent: the
+    room that will take ready tasks at their next ask, without any new pilot."""
+    recent = 3 * engine.settings.idle_wait
+    return [p.free for p in engine.pilots.values()
+            if p.site.name == site and p.free is not None and now - p.free_since <= recent]
+
+
+def absorb(classes: dict[Requirements, int], room: list[Slot]) -> dict[Requirements, int]:
+    """Take from `classes` the tasks that the free `room` of running pilots holds; returns
+    them by requirements."""
+    taken: dict[Requirements, int] = {}
+    for slot in room:
+        cpus, memory, gpus = slot.cpus, slot.memory, slot.gpus
+        for req in sorted(classes, key=lambda r: (-r.gpus, -r.cpus, -r.memory)):
+            while classes[req] and fits(req, dataclasses.replace(
+                    slot, cpus=cpus, memory=memory, gpus=gpus)):
+                classes[req] -= 1
+                taken[req] = taken.get(req, 0) + 1
+                cpus, memory, gpus = cpus - req.cpus, memory - req.memory, gpus - req.gpus
+    return taken
+
+
+def attribute(classes: dict[Requirements, int], shapes: list[Shape]) -> list[dict[str, int]]:
+    """Each shape's share of `classes`: tasks counted for the smallest shape they fit."""
     order = sorted(range(len(shapes)), key=lambda i: (shapes[i].slot.gpus, shapes[i].slot.cpus,
                                                       shapes[i].slot.memory,
                                                       shapes[i].slot.seconds))
-    result = [{"name": s.name, "tasks": 0, "cpus": 0, "memory": 0, "gpus": 0, "fitting": 0,
-               "pilots_needed": 0} for s in shapes]
+    result = [{"tasks": 0, "cpus": 0, "memory": 0, "gpus": 0, "fitting": 0,
+               "pilots_needed": 0} for _ in shapes]
     for req, count in classes.items():
         if not count:
             continue
@@ -103,7 +122,26 @@ def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict
                 entry["memory"] += count * req.memory
                 entry["gpus"] += count * req.gpus
                 entry["pilots_needed"] += -(-count // per_pilot(req, shapes[i].slot))
+    return result
+
+
+def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict[str, Any]:
+    """The answer to a factory's demand request; records its claim."""
+    now = engine.clock()
+    claims = engine.claims
+    for key in [k for k, c in claims.items() if now - c.time > CLAIM_TTL]:
+        del claims[key]
+    classes = ready_classes(engine)
+    subtract_claims(classes, [c for k, c in claims.items() if k != (site, factory)])
+    claims[(site, factory)] = Claim(now, shapes)
+    result = attribute(classes, shapes)
+    room = attribute(absorb(dict(classes), free_room(engine, site, now)), shapes)
+    for shape, entry, held in zip(shapes, result, room, strict=True):
+        entry["name"] = shape.name
+        entry["room"] = held["pilots_needed"]
     pilots = [p for p in engine.pilots.values() if p.site.name == site]
+    endings = engine.empty_endings.get(site, ())
     return {"site": site, "factory": factory, "shapes": result,
             "pilots": {"running": len(pilots),
-                       "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks)}}
+                       "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks),
+                       "ended_empty": sum(1 for t in endings if now - t <= EMPTY_WINDOW)}}

@@ -135,6 +135,7 @@ async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
     pilot.last_seen = now
     picked = choose(engine, slot)
     if picked is None:
+        pilot.free, pilot.free_since = slot, now
         pilot.empty_asks += 1
         engine.metrics.empty_asks += 1
         return explain(engine, slot)
@@ -179,5 +180,7 @@ async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
             dataset.move(task_id, TaskState.READY)
         raise
     pilot.empty_asks = 0
+    pilot.free = None
+    pilot.dispatched += 1
     engine.metrics.matches += 1
     return Dispatch(attempt_id, passkey, dataset, task_id)

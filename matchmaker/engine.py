@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.dataset import validate
-from config.resources import Requirements
+from config.resources import Requirements, Slot
 from config.settings import ServerSettings
 from config.states import TaskState
 
@@ -65,6 +65,10 @@ class Pilot:
     resources: dict[str, Any]
     attempts: set[int] = field(default_factory=set)
     empty_asks: int = 0
+    dispatched: int = 0
+    free: Slot | None = None
+    """What the pilot offered when it last asked and got nothing (None once it got a task)."""
+    free_since: float = 0.0
 
 
 @dataclass
@@ -121,6 +125,8 @@ class Engine:
         self.next_task_id = 1
         self._job_locks: dict[tuple[int, int], asyncio.Lock] = {}
         self.claims: dict[tuple[str, str], Any] = {}  # factories' queued pilots (demand.py)
+        # When pilots that never got a task ended, by site (demand.py tells factories).
+        self.empty_endings: dict[str, collections.deque[float]] = {}
         self._background: list[asyncio.Task] = []
         self.materializing: asyncio.Event = asyncio.Event()
         self.started = now

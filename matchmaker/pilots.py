@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from typing import Any
 
@@ -39,3 +40,6 @@ async def sign_off(engine: Engine, pilot: Pilot, reason: str, message: str = "",
         "exited", engine.clock(), f"{reason}: {message}" if message else reason, int(suspect),
         pilot.pilot_id)))
     engine.pilots.pop(pilot.pilot_id, None)
+    if not pilot.dispatched:
+        endings = engine.empty_endings.setdefault(pilot.site.name, collections.deque(maxlen=1000))
+        endings.append(engine.clock())

@@ -109,11 +109,14 @@ def measure(
     sources: dict[str, str] = {}
 
     batch_cpus = _batch_cpus(env, ad)
-    cpus = _smallest("cpus", {**batch_cpus, **_node_cpus(root)}, limits, sources)
+    cpus = _smallest("cpus", {**batch_cpus, **_node_cpus(root), **_shape(env, "CPUS")},
+                     limits, sources)
     memory = _smallest("memory", {**_batch_memory(env, ad, batch_cpus, cpus),
-                                  **_node_memory(root)}, limits, sources)
+                                  **_node_memory(root), **_shape(env, "MEMORY")},
+                       limits, sources)
     scratch_dir, scratch_source = choose_scratch(env, scratch)
-    disk = _smallest("disk", _disk(scratch_dir, scratch_source, ad), limits, sources)
+    disk = _smallest("disk", {**_disk(scratch_dir, scratch_source, ad), **_shape(env, "DISK")},
+                     limits, sources)
 
     if gpu_source is _OPEN:
         gpu_source, nvml_note = open_nvml()
@@ -127,6 +130,10 @@ def measure(
                                   machine_ad_gpus=_ad_text(ad, "assignedgpus"),
                                   unassigned_means_all=unassigned_gpus_are_ours)
         sources["gpus"] = f"{how}; {nvml_note}"
+        shape_gpus = _shape(env, "GPUS", minimum=0).get("FLOE_SHAPE_GPUS")
+        if shape_gpus is not None and shape_gpus < len(gpus):
+            gpus = gpus[:int(shape_gpus)]
+            sources["gpus"] += f"; the first {int(shape_gpus)} (FLOE_SHAPE_GPUS)"
 
     deadline, sources["seconds"] = _deadline(env, ad, lifetime, now)
     batch_system, batch_job_id = detect_batch(env)
@@ -205,6 +212,17 @@ def _whole(text: str | None) -> int | None:
     if not match or int(match.group(1)) < 1:
         return None
     return int(match.group(1))
+
+
+def _shape(env: Mapping[str, str], name: str, minimum: int = 1) -> dict[str, float]:
+    """The factory's pilot shape (FLOE_SHAPE_CPUS, ...): where the batch system enforces
+    nothing (the local plugin) or gives more than asked (the memory headroom), the pilot offers
+    tasks what its shape serves and no more."""
+    variable = f"FLOE_SHAPE_{name}"
+    text = env.get(variable, "").strip()
+    if not text.isdigit() or int(text) < minimum:
+        return {}
+    return {variable: int(text)}
 
 
 def _batch_cpus(env: Mapping[str, str], ad: Mapping[str, Any]) -> dict[str, float]:

@@ -43,8 +43,11 @@ async def pilot_token(ctx: Context) -> Any:
        description="Each ready task is counted once, for the smallest shape it fits, after "
                    "the pilots other factories have queued are subtracted: `tasks` (with the "
                    "cpus, memory and gpus they need, and `pilots_needed` to hold them), and "
-                   "`fitting` (every shape a task fits). The factory's own `queued` counts are "
-                   "remembered for the other factories' answers.")
+                   "`fitting` (every shape a task fits), and `room`: how many of those pilots the "
+                   "free room of the site's running pilots makes up for. `pilots` counts the "
+                   "site's running and idle pilots and those that ended lately without a task. "
+                   "The factory's own `queued` counts are remembered for the other factories' "
+                   "answers.")
 async def demand(ctx: Context) -> Any:
     site = await ctx.auth.site_by_name(ctx.params["name"])
     ctx.authorize(Action.SITE, site=site)

@@ -70,3 +70,50 @@ async def test_no_demand_when_nothing_can_run_at_the_site(engine):
                                                                  sites=["site-z"])]))
     answer = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])
     assert answer["shapes"][0]["tasks"] == 0
+
+
+async def test_the_free_room_of_idle_running_pilots_is_counted_as_room_not_new_pilots(engine):
+    alice = await s.user(engine, "alice")
+    site_a = await s.site(engine, "site-a")
+    idle = [await s.pilot(engine, site_a, host=f"node{i}") for i in range(2)]
+    for p in idle:
+        assert await s.ask(engine, p, s.slot(cpus=4, site="site-a")) is None
+    await s.submit(engine, alice, s.config(jobs=10))
+    answer = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])
+    small = answer["shapes"][0]
+    assert small["tasks"] == 10 and small["pilots_needed"] == 10
+    assert small["room"] == 8            # two idle 4-CPU pilots take 8 of the 1-CPU tasks
+    assert answer["pilots"]["idle"] == 2
+    elsewhere = demand.demand(engine, "site-b", "f2", [shape("small", 1, 4)])
+    assert elsewhere["shapes"][0]["room"] == 0
+
+
+async def test_a_pilot_that_got_a_task_no_longer_counts_as_free_room(engine, clock):
+    alice = await s.user(engine, "alice")
+    site_a = await s.site(engine, "site-a")
+    p = await s.pilot(engine, site_a)
+    assert await s.ask(engine, p, s.slot(site="site-a")) is None
+    await s.submit(engine, alice, s.config(jobs=3))
+    assert await s.ask(engine, p, s.slot(site="site-a")) is not None
+    assert demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])["shapes"][0][
+        "room"] == 0
+    other = await s.pilot(engine, site_a, host="node2")
+    assert await s.ask(engine, other, s.slot(cpus=0, site="site-a")) is None
+    clock.advance(3 * engine.settings.idle_wait + 1)   # a pilot silent this long has no room
+    assert demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])["shapes"][0][
+        "room"] == 0
+
+
+async def test_pilots_that_ended_without_a_task_are_reported_for_a_while(engine, clock):
+    from matchmaker import pilots
+
+    site_a = await s.site(engine, "site-a")
+    empty = await s.pilot(engine, site_a)
+    await pilots.sign_off(engine, empty, "idle")
+    answer = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])
+    assert answer["pilots"]["ended_empty"] == 1
+    assert demand.demand(engine, "site-b", "f1", [shape("small", 1, 4)])["pilots"][
+        "ended_empty"] == 0
+    clock.advance(demand.EMPTY_WINDOW + 1)
+    assert demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])["pilots"][
+        "ended_empty"] == 0

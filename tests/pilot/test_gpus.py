@@ -196,3 +196,17 @@ def test_real_gpu_memory_of_a_task_is_measured(tmp_path):
     assert result.ok, result.stderr_tail
     assert result.usage.peak_gpu_memory >= 2**30
     assert result.usage.gpu_time > 0
+
+
+class _Node:
+    def devices(self) -> list[Gpu]:
+        return list(NODE)
+
+
+def test_a_shape_of_fewer_gpus_than_assigned_offers_only_its_share(tmp_path):
+    env = {"CUDA_VISIBLE_DEVICES": "0,1", "FLOE_SHAPE_GPUS": "1"}
+    slot = measure(env, scratch=tmp_path, gpu_source=_Node())
+    assert slot.gpus == (A,)
+    assert "FLOE_SHAPE_GPUS" in slot.sources["gpus"]
+    cpu_shape = measure({**env, "FLOE_SHAPE_GPUS": "0"}, scratch=tmp_path, gpu_source=_Node())
+    assert cpu_shape.gpus == ()

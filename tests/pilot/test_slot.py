@@ -240,3 +240,19 @@ def test_site_option_wins_over_the_environment(tmp_path):
     slot = probe(node(tmp_path), {"FLOE_SITE": "a"}, tmp_path, site="b")
     assert slot.site == "b"
     assert slot.to_dict(NOW)["site"] == "b"
+
+
+def test_the_factory_shape_caps_what_a_pilot_offers_where_nothing_enforces_it(tmp_path):
+    env = {"FLOE_SHAPE_CPUS": "2", "FLOE_SHAPE_MEMORY": str(GIB), "FLOE_SHAPE_DISK": "1000000"}
+    slot = probe(node(tmp_path, cpus=8), env, tmp_path)
+    assert (slot.cpus, slot.sources["cpus"]) == (2, "FLOE_SHAPE_CPUS")
+    assert (slot.memory, slot.sources["memory"]) == (GIB, "FLOE_SHAPE_MEMORY")
+    assert (slot.disk, slot.sources["disk"]) == (1_000_000, "FLOE_SHAPE_DISK")
+
+
+def test_a_batch_allocation_smaller_than_the_shape_wins(tmp_path):
+    env = {"SLURM_JOB_ID": "9", "SLURM_CPUS_ON_NODE": "1", "FLOE_SHAPE_CPUS": "4",
+           "FLOE_SHAPE_MEMORY": "junk"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.cpus, slot.sources["cpus"]) == (1, "SLURM_CPUS_ON_NODE")
+    assert "FLOE_SHAPE_MEMORY" not in slot.limits["memory"]
