@@ -20,6 +20,7 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/floe docs config -o docs/config.md
 	$(VENV)/bin/floe docs server -o docs/server.md
+	$(VENV)/bin/floe docs factory -o docs/factory.md
 
 bench: $(STAMP)
 	$(PY) benchmarks/matchmaker.py

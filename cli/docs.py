@@ -12,6 +12,7 @@ TOPICS = {
     "config": ("the dataset config: every parameter and the expression functions",
                "config.docs", "dataset_reference"),
     "server": ("the matchmaker's settings (server.toml)", "config.settings", "reference"),
+    "factory": ("the factory's config (site.toml)", "config.factory", "reference"),
 }
 
 

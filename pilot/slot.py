@@ -276,6 +276,8 @@ def detect_batch(env: Mapping[str, str]) -> tuple[str, str]:
         cluster, proc = _ad_number(job_ad, "clusterid"), _ad_number(job_ad, "procid")
         job_id = f"{int(cluster)}.{int(proc)}" if cluster is not None and proc is not None else ""
         return "htcondor", job_id
+    if env.get("FLOE_BATCH_SYSTEM") == "local" and env.get("FLOE_BATCH_ID"):
+        return "local", env["FLOE_BATCH_ID"]  # a pilot the factory's local plugin started
     return "none", ""
 
 

@@ -50,8 +50,10 @@ class ScriptPlugin(BatchPlugin):
         stem = f"{self.tag(shape)}-{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
         log_stem = self.pilot_dir("logs") / stem
         script = self.pilot_dir("scripts") / f"{stem}.sh"
+        # The script holds the pilot token: readable by this user only.
+        script.touch(mode=0o700)
+        script.chmod(0o700)
         script.write_text(self.render(shape, log_stem, command, env))
-        script.chmod(0o755)
         batch_ids: list[str] = []
         for index in range(count):
             try:

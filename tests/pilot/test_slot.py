@@ -256,3 +256,9 @@ def test_a_batch_allocation_smaller_than_the_shape_wins(tmp_path):
     slot = probe(node(tmp_path), env, tmp_path)
     assert (slot.cpus, slot.sources["cpus"]) == (1, "SLURM_CPUS_ON_NODE")
     assert "FLOE_SHAPE_MEMORY" not in slot.limits["memory"]
+
+
+def test_a_pilot_of_the_local_plugin_knows_its_batch_id(tmp_path):
+    env = {"FLOE_BATCH_SYSTEM": "local", "FLOE_BATCH_ID": "a1b2c3"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.batch_system, slot.batch_job_id) == ("local", "a1b2c3")

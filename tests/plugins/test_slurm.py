@@ -62,6 +62,8 @@ def test_pilots_run_with_the_cpus_memory_and_environment_asked(
     ids = slurm.submit(shape, 2, pilot_command(pilot_dir),
                        {"FLOE_TOKEN_FILE": "/tmp/a file's \"name\""})
     assert len(set(ids)) == 2
+    scripts = list((slurm.settings.workdir / "scripts").glob("*.sh"))
+    assert scripts and all(p.stat().st_mode & 0o077 == 0 for p in scripts)  # holds the token
     for batch_id in ids:
         env = pilot_env(pilot_dir, batch_id)
         assert env["SLURM_JOB_ID"] == env["FLOE_BATCH_ID"] == batch_id

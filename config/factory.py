@@ -1,0 +1,240 @@
+"""The factory's config file (site.toml): its schema, which also documents it, and its loading.
+
+A site admin runs `floe factory --config site.toml`. The file names the matchmaker, this
+factory's id (which tags its batch jobs), and one `[[sites]]` table per site it serves: the batch
+plugin and its options, the pilot shapes, the limits that keep the queue sane, and what pilots
+get. `floe docs factory` prints every key as Markdown from the schema below, so the
+documentation and the checks never disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.schema import (
+    OMIT,
+    AnyValue,
+    ConfigError,
+    Duration,
+    Enum,
+    Field,
+    Float,
+    Integer,
+    ListOf,
+    MapOf,
+    Object,
+    Size,
+    String,
+)
+
+PLUGINS = ("local", "slurm", "sge", "pbs", "htcondor")
+SITE_TOKEN_VARIABLE = "FLOE_SITE_TOKEN"
+_ID = r"[A-Za-z0-9_.]{1,24}"
+_NAME = r"[A-Za-z0-9_.-]{1,40}"
+_ENV_NAME = String(r"[A-Za-z_][A-Za-z0-9_]*", "a shell variable name")
+
+SHAPE_SCHEMA = Object([
+    Field("name", String(_NAME, "up to 40 letters, digits, '_', '.' or '-'"),
+          "the shape's name, part of its pilots' job names", example="small"),
+    Field("cpus", Integer(1, 4096), "CPUs each pilot asks for", 1),
+    Field("memory", Size(1), "memory each pilot offers to tasks", "2GiB",
+          details="The batch system is asked for this plus the site's memory headroom, so that "
+                  "a task slightly over its request is not killed by the batch system first."),
+    Field("disk", Size(0), "scratch disk each pilot asks for", "10GiB"),
+    Field("gpus", Integer(0, 64), "GPUs each pilot asks for", 0),
+    Field("walltime", Duration(60), "how long each pilot offers to run tasks", "4h",
+          details="The batch system is asked for this plus the site's `walltime_overhead`; the "
+                  "pilot takes no task that could not finish within it."),
+    Field("os", ListOf(String(min_length=1), max_length=16), "operating systems the worker "
+          "nodes offer, as tasks name them (empty: any)", [], example=["el9", "linux"]),
+    Field("arch", String(), "CPU architecture of the worker nodes (empty: any)", "",
+          example="x86_64"),
+    Field("directives", ListOf(String(min_length=1)), "extra submit options, exactly as the "
+          "batch system takes them", [],
+          details="Command-line options of sbatch/qsub (`\"--constraint=avx2\"`, "
+                  "`\"-l arch=lx-amd64\"`), or submit-description lines for HTCondor "
+                  "(`\"requirements = HasDocker\"`).", example=["--constraint=avx2"]),
+], doc="One kind of pilot the site runs. Each ready task is counted for the smallest shape it "
+       "fits.")
+
+SITE_SCHEMA = Object([
+    Field("name", String(_NAME, "the site's name as registered with `floe site add`"),
+          "the site, as the matchmaker knows it", example="uw-slurm"),
+    Field("plugin", Enum(PLUGINS), "the batch system", example="slurm"),
+    Field("token_file", String(), "file holding the site's factory token", "",
+          details=f"Empty: the token comes from the environment variable "
+                  f"`{SITE_TOKEN_VARIABLE}`. The file should be readable by its owner only.",
+          example="~/.floe/uw-slurm.token"),
+    Field("shapes", ListOf(SHAPE_SCHEMA, min_length=1, max_length=64), "the pilot shapes"),
+    Field("max_queued", Integer(0, 100_000), "most pilots of this site waiting in the batch "
+          "queue at once", 20),
+    Field("max_total", Integer(0, 1_000_000), "most pilots of this site queued and running "
+          "together", 100),
+    Field("max_per_cycle", Integer(1, 10_000), "most pilots submitted in one cycle", 10),
+    Field("cycle", Duration(1, 3600), "how often the factory looks at the queue and the "
+          "demand", "30s"),
+    Field("removal_grace", Duration(0, 86400), "how long queued pilots may wait after their "
+          "demand has gone before they are removed", "5m"),
+    Field("min_pilot_life", Duration(0, 86400), "a pilot that ends sooner than this after it "
+          "started counts as dying at start", "30s",
+          details="Keep it below the pilots' `idle_timeout`: a pilot that finds no work leaves "
+                  "after that long, which is no failure."),
+    Field("backoff", Duration(1, 86400), "wait after the first failure (a refused submit, a "
+          "held pilot, a pilot dying at start); doubled for each failure in a row", "30s"),
+    Field("max_backoff", Duration(1, 7 * 86400), "longest wait between tries on a failing "
+          "site", "30m"),
+    Field("failing_after", Integer(1, 1000), "failures in a row after which the site is "
+          "reported as failing", 5),
+    Field("on_stop", Enum(("remove-queued", "remove-all", "keep")), "what happens to this "
+          "site's pilots when the factory stops", "remove-queued",
+          details="`remove-queued` takes out the pilots still waiting and lets running ones "
+                  "finish their tasks (the next factory start finds them again); `remove-all` "
+                  "also stops the running ones (their tasks are requeued); `keep` leaves all."),
+    Field("idle_timeout", Duration(1, 86400), "a pilot with no work for this long leaves",
+          "5m"),
+    Field("scratch", String(), "where pilots run their tasks (empty: the batch system's "
+          "scratch directory, else the pilot's working directory)", ""),
+    Field("python", String(min_length=1), "the Python 3.9+ interpreter on the worker nodes",
+          "python3"),
+    Field("environment", MapOf(String(), _ENV_NAME), "extra environment variables for every "
+          "pilot", {}, example={"APPTAINER_CACHEDIR": "/scratch/cache"}),
+    Field("system", MapOf(String(), _ENV_NAME), "the site's `$system(name)` values for tasks",
+          {}, example={"cvmfs": "/cvmfs/icecube.opensciencegrid.org"}),
+    Field("memory_headroom", Float(0, 10), "fraction of a shape's memory asked for on top of "
+          "it", 0.10),
+    Field("memory_headroom_min", Size(0), "least memory asked for on top of a shape's",
+          "256MiB"),
+    Field("walltime_overhead", Duration(0, 86400), "walltime asked for on top of a shape's, "
+          "for the pilot to start and report", "10m",
+          details="The pilot stops taking work 5 minutes (at most a tenth of its life) before "
+                  "the batch system's end, to report and leave in time: keep this above that, "
+                  "or tasks as long as the shape's walltime will not fit its pilots."),
+    Field("command_timeout", Duration(1, 3600), "how long a batch command may take", "60s"),
+    Field("commands_dir", String(), "where the batch commands are when not on PATH", ""),
+    Field("options", MapOf(AnyValue()), "options only this plugin understands", {},
+          details="`slurm`: partition, account, qos, request_disk. `sge`: queue, project, "
+                  "parallel_environment, memory_resource, gpu_resource, disk_resource. `pbs`: "
+                  "flavour (pro or torque), queue, account. `htcondor`: schedd, pool, "
+                  "whole_slots, submit_attributes. `local`: state_dir, kill_grace, "
+                  "keep_finished.", example={"partition": "debug"}),
+], doc="One site the factory serves: one batch system, its pilot shapes and limits.")
+
+FACTORY_SCHEMA = Object([
+    Field("matchmaker", String(r"https?://\S+", "an http:// or https:// address"),
+          "the matchmaker's address", example="https://floe.example.org:8443"),
+    Field("cacert", String(), "CA or self-signed certificate to trust for an https "
+          "matchmaker, for the factory and its pilots (empty: the system's)", ""),
+    Field("factory_id", String(_ID, "up to 24 letters, digits, '_' or '.'"), "tags this "
+          "factory's batch jobs so that no other factory touches them", OMIT,
+          default_text="the host name", details="Give each factory sharing a batch system its "
+          "own id; keep it across restarts, so that a restarted factory finds its pilots."),
+    Field("workdir", String(min_length=1), "where the factory keeps its state, pilot scripts, "
+          "logs and the pilot bundle", "var/factory",
+          details="It must be readable from the worker nodes (a shared file system) for every "
+                  "plugin but `local`: pilots start the bundle from there."),
+    Field("sites", ListOf(SITE_SCHEMA, min_length=1), "the sites this factory serves"),
+], doc="The factory's config (site.toml).")
+
+
+@dataclass(frozen=True)
+class FactoryConfig:
+    """A validated site.toml: `sites` are mappings as SITE_SCHEMA normalizes them."""
+
+    matchmaker: str
+    cacert: str
+    factory_id: str
+    workdir: Path
+    sites: tuple[Mapping[str, Any], ...]
+    path: str = ""
+
+
+def default_factory_id() -> str:
+    """This host's short name, as a factory id."""
+    name = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname().split(".")[0])
+    return name[:24] or "factory"
+
+
+def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> FactoryConfig:
+    """Validate a factory config document (every problem at once, as ConfigError)."""
+    try:
+        values = FACTORY_SCHEMA.validate(dict(document))
+    except ConfigError as exc:
+        raise ConfigError([f"{where}: {p}" for p in exc.problems]) from None
+    problems = []
+    names = [site["name"] for site in values["sites"]]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{where}: sites: the site {name!r} is listed twice; give each site "
+                        "one [[sites]] table")
+    for i, site in enumerate(values["sites"]):
+        shapes = [shape["name"] for shape in site["shapes"]]
+        for name in sorted({n for n in shapes if shapes.count(n) > 1}):
+            problems.append(f"{where}: sites[{i}].shapes: the shape {name!r} is listed twice")
+        if site["max_total"] < site["max_queued"]:
+            problems.append(f"{where}: sites[{i}].max_total: {site['max_total']} is below "
+                            f"max_queued ({site['max_queued']}); raise max_total")
+    if problems:
+        raise ConfigError(problems)
+    base = Path(where).parent if where.endswith(".toml") else Path(".")
+    workdir = Path(os.path.expanduser(values["workdir"]))
+    return FactoryConfig(
+        matchmaker=values["matchmaker"].rstrip("/"), cacert=values["cacert"],
+        factory_id=values.get("factory_id") or default_factory_id(),
+        workdir=workdir if workdir.is_absolute() else base / workdir,
+        sites=tuple(values["sites"]), path=where)
+
+
+def load_factory_config(path: str | Path) -> FactoryConfig:
+    """A factory config from its TOML file; relative `workdir`s are taken from the file's
+    directory."""
+    import tomllib  # the factory runs on 3.11+; the pilot never loads this
+
+    path = str(path)
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([f"cannot read the factory config {path}: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+    return factory_config(document, path)
+
+
+def site_token(site: Mapping[str, Any]) -> str:
+    """The site's factory token, from its `token_file` or FLOE_SITE_TOKEN; ConfigError naming
+    the fix when there is none."""
+    if site["token_file"]:
+        path = Path(os.path.expanduser(site["token_file"]))
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([f"site {site['name']}: token_file {path}: "
+                               f"{exc.strerror or exc}"]) from None
+        if not token:
+            raise ConfigError([f"site {site['name']}: token_file {path} is empty; write the "
+                               "token `floe site add` printed into it"])
+        return token
+    token = os.environ.get(SITE_TOKEN_VARIABLE, "").strip()
+    if not token:
+        raise ConfigError([f"site {site['name']}: no site token: set token_file, or "
+                           f"{SITE_TOKEN_VARIABLE}"])
+    return token
+
+
+def reference() -> str:
+    """docs/factory.md: every factory setting, generated from FACTORY_SCHEMA."""
+    from config.docs import GENERATED, markdown
+
+    intro = (GENERATED.format(topic="factory", source="config/factory.py") + "\n\n"
+             "`floe factory --config site.toml` reads this TOML file. Only `matchmaker` and "
+             "`sites` (each with `name`, `plugin` and `shapes`) are required. Durations are "
+             "written like `\"90s\"`, `\"10m\"` or `\"4h\"`, sizes like `\"2GiB\"`. The factory "
+             "picks up a changed file without a restart (on SIGHUP, and when the file changes); "
+             "a file that does not validate is refused with its problems and the old config "
+             "stays in force. `examples/site.toml` is a complete example.")
+    return markdown(FACTORY_SCHEMA, "Factory configuration (site.toml)", intro)

@@ -1,0 +1,50 @@
+"""Per-site health: back off exponentially while a site keeps failing, report it, never hammer it.
+
+Failures are a refused or broken submit, a batch system that cannot be queried, a pilot that the
+batch system holds, and a pilot that ends sooner than `min_pilot_life` after it started. Each
+failure in a row doubles the wait before the next submission (from `backoff` up to
+`max_backoff`); after `failing_after` in a row the site is marked failing, which the factory
+logs and writes to its status file. A pilot that lives past `min_pilot_life` proves the site
+works again and clears it all. Times are given by the caller: no clock is read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Health:
+    backoff: float = 30.0
+    max_backoff: float = 1800.0
+    failing_after: int = 5
+    failures: int = 0
+    until: float = 0.0
+    last_error: str = ""
+
+    @property
+    def failing(self) -> bool:
+        return self.failures >= self.failing_after
+
+    def failure(self, now: float, why: str) -> bool:
+        """Count one failure; True when it makes the site failing (for a report, once)."""
+        self.failures += 1
+        self.last_error = why
+        self.until = now + min(self.backoff * 2 ** (self.failures - 1), self.max_backoff)
+        return self.failures == self.failing_after
+
+    def success(self) -> bool:
+        """The site works; True when it was failing before."""
+        was = self.failing
+        self.failures = 0
+        self.until = 0.0
+        self.last_error = ""
+        return was
+
+    def backing_off(self, now: float) -> bool:
+        return now < self.until
+
+    def to_dict(self, now: float) -> dict[str, object]:
+        return {"failures": self.failures, "failing": self.failing,
+                "backoff_left": max(0.0, round(self.until - now, 1)),
+                "last_error": self.last_error}

@@ -1,0 +1,90 @@
+"""What the factory asks the matchmaker, over HTTP with the site's token: the demand for each
+pilot shape, and short-lived pilot tokens for the pilots it submits.
+
+A pilot token is asked for with a lifetime that covers the longest pilot the site submits plus
+its time in the queue, and reused for every submission until less than that lifetime is left;
+the site's own token never leaves the factory.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class MatchmakerError(RuntimeError):
+    """The matchmaker could not be asked, or refused; the message says which and why."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SiteClient:
+    """The matchmaker as one site's factory sees it."""
+
+    def __init__(self, url: str, site: str, token: str, *, cacert: str = "",
+                 factory: str = "default", timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.site = site
+        self.factory = factory
+        self.timeout = timeout
+        self._token = token
+        self._context = ssl.create_default_context(cafile=cacert) if cacert else None
+        self._pilot_token: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+
+    def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json",
+                     "Authorization": f"Bearer {self._token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout,
+                                        context=self._context) as reply:
+                return json.loads(reply.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")
+            try:
+                message = json.loads(text)["error"]
+            except (ValueError, KeyError, TypeError):
+                message = text.strip()[:300] or exc.reason
+            hint = (" (check the site's token_file or FLOE_SITE_TOKEN)"
+                    if exc.code in (401, 403) else "")
+            raise MatchmakerError(f"the matchmaker refused {path}: {message}{hint}",
+                                  exc.code) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MatchmakerError(f"cannot reach the matchmaker at {self.url}: {reason}") from None
+
+    def demand(self, shapes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The demand answer for these shapes (each with its `queued` count)."""
+        quoted = urllib.parse.quote(self.site, safe="")
+        return self._post(f"/api/v1/sites/{quoted}/demand",
+                          {"shapes": list(shapes), "factory": self.factory})
+
+    def pilot_token(self, needed: float, now: float | None = None) -> str:
+        """A pilot token valid for at least `needed` more seconds."""
+        now = time.time() if now is None else now
+        with self._lock:
+            if self._pilot_token and self._pilot_token[1] - now >= needed:
+                return self._pilot_token[0]
+            quoted = urllib.parse.quote(self.site, safe="")
+            path = f"/api/v1/sites/{quoted}/pilot-tokens"
+            try:
+                # Twice what is needed, so that one token serves many cycles.
+                answer = self._post(path, {"lifetime": int(2 * needed)})
+            except MatchmakerError as exc:
+                if exc.status != 400:
+                    raise
+                # Longer than the server's pilot_token_max_lifetime: ask for what is needed.
+                answer = self._post(path, {"lifetime": int(needed) + 60})
+            self._pilot_token = (answer["token"], float(answer["expires"]))
+            return answer["token"]

@@ -1,0 +1,399 @@
+"""One site's loop: each cycle, see where this factory's pilots stand, ask the matchmaker for the
+demand, apply the top-up policy, and submit or remove pilots through the site's batch plugin.
+
+The pilots the factory submitted are tracked in `<workdir>/<site>/pilots.json`, so that a
+restarted factory finds its own pilots again; pilots tagged as this factory's that it does not
+track are orphans and are removed. Held pilots are removed and, with refused submissions and
+pilots that die at start, count against the site's health (see `factory.health`): a failing
+site is backed off from, not hammered. What the site looks like after each cycle is written to
+`<workdir>/<site>/status.json` for the site admin.
+
+A cycle never raises for the batch system's or the matchmaker's failures: they are logged with
+the command and its stderr, and the next cycle tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.factory import FactoryConfig
+from factory.health import Health
+from factory.matchmaker import MatchmakerError, SiteClient
+from factory.policy import Decision, Limits, ShapeCounts, top_up
+from plugins import (
+    BatchError,
+    BatchPlugin,
+    PilotShape,
+    PilotState,
+    PluginSettings,
+    create_plugin,
+)
+
+log = logging.getLogger("floe.factory")
+
+QUEUE_ALLOWANCE = 86400
+"""Seconds a pilot's token must outlive its walltime: the longest it is expected to queue."""
+
+
+@dataclass
+class Tracked:
+    """A pilot this factory submitted and has not seen end."""
+
+    batch_id: str
+    shape: str
+    submitted: float
+    started: float | None = None
+    proven: bool = False  # lived past min_pilot_life: the site works
+
+
+@dataclass
+class Counters:
+    submitted: int = 0
+    removed: int = 0
+    ended: int = 0
+    died_at_start: int = 0
+    held: int = 0
+    orphans_removed: int = 0
+    submit_failures: int = 0
+
+
+@dataclass
+class SiteRunner:
+    """The state of one site across cycles; `config` and `site` may be replaced between cycles
+    when the factory's config changes."""
+
+    config: FactoryConfig
+    site: Mapping[str, Any]
+    bundle: Path
+    token: str
+    clock: Callable[[], float] = time.time
+    pilots: dict[str, Tracked] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
+    surplus_since: dict[str, float] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.health = Health()
+        self.lock = threading.RLock()  # a cycle and a reconfiguration never overlap
+        self.reconfigure(self.config, self.site, self.token)
+        self._load()
+        self._orphans_checked = False
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def name(self) -> str:
+        return self.site["name"]
+
+    @property
+    def workdir(self) -> Path:
+        return self.config.workdir / self.name
+
+    def reconfigure(self, config: FactoryConfig, site: Mapping[str, Any], token: str) -> None:
+        """Take a new config for this site; PluginConfigError, with nothing changed, when the
+        plugin refuses its settings."""
+        shapes, plugin = build_plugin(config, site)
+        if getattr(self, "plugin", None) is not None and plugin.settings == self.plugin.settings:
+            plugin = self.plugin  # unchanged: keep what it knows (the local plugin's children)
+        with self.lock:
+            self.config, self.site, self.token = config, site, token
+            self.shapes, self.plugin = shapes, plugin
+            self.shape_info = {s["name"]: s for s in site["shapes"]}
+            self.limits = Limits(max_queued=site["max_queued"], max_total=site["max_total"],
+                                 max_per_cycle=site["max_per_cycle"],
+                                 removal_grace=site["removal_grace"])
+            self.health.backoff = site["backoff"]
+            self.health.max_backoff = site["max_backoff"]
+            self.health.failing_after = site["failing_after"]
+            self.client = SiteClient(config.matchmaker, site["name"], token,
+                                     cacert=config.cacert, factory=config.factory_id)
+
+    # ------------------------------------------------------------------ one cycle
+
+    def cycle(self) -> Decision | None:
+        """One look at the site; returns what the policy decided (None when it could not)."""
+        with self.lock:
+            return self._cycle(self.clock())
+
+    def _cycle(self, now: float) -> Decision | None:
+        try:
+            infos = self.plugin.status()
+        except BatchError as exc:
+            self._failure(now, f"cannot query the batch system: {exc}")
+            self._save(now)
+            return None
+        self._follow(infos, now)
+        if not self._orphans_checked or any(
+                batch_id not in self.pilots and info.state is not PilotState.FINISHED
+                for batch_id, info in infos.items()):
+            self._remove_orphans()
+        counts = self._counts(infos)
+        try:
+            answer = self.client.demand([
+                {"name": shape.name, "cpus": shape.cpus, "memory": shape.memory,
+                 "disk": shape.disk, "gpus": shape.gpus, "walltime": shape.walltime,
+                 "os": self.shape_info[shape.name]["os"],
+                 "arch": self.shape_info[shape.name]["arch"],
+                 "queued": counts[shape.name].queued} for shape in self.shapes])
+        except MatchmakerError as exc:
+            log.warning("site %s: no demand this cycle: %s", self.name, exc)
+            self.last["matchmaker_error"] = str(exc)
+            self._save(now)
+            return None
+        self.last.pop("matchmaker_error", None)
+        demand = {entry["name"]: entry for entry in answer["shapes"]}
+        views = [ShapeCounts(name, needed=demand[name]["pilots_needed"],
+                             room=demand[name].get("room", 0), queued=c.queued,
+                             running=c.running) for name, c in counts.items()]
+        decision = top_up(views, self.limits, now=now, surplus_since=self.surplus_since,
+                          empty_pilots=answer["pilots"]["idle"]
+                          + answer["pilots"].get("ended_empty", 0),
+                          backing_off=self.health.backing_off(now))
+        self.surplus_since = decision.surplus_since
+        for reason in decision.reasons:
+            log.info("site %s: %s", self.name, reason)
+        for shape in self.shapes:
+            if decision.remove[shape.name]:
+                self._remove_queued(shape.name, decision.remove[shape.name])
+        for shape in self.shapes:
+            if decision.submit[shape.name]:
+                self._submit(shape, decision.submit[shape.name], now)
+        self.last.update({"demand": answer["shapes"], "pilots": answer["pilots"],
+                          "decision": {"submit": decision.submit, "remove": decision.remove,
+                                       "reasons": decision.reasons}})
+        self._save(now)
+        return decision
+
+    def _counts(self, infos: Mapping[str, Any]) -> dict[str, ShapeCounts]:
+        queued = {s.name: 0 for s in self.shapes}
+        running = dict(queued)
+        for batch_id, pilot in self.pilots.items():
+            info = infos.get(batch_id)
+            if pilot.shape not in queued:
+                continue  # a shape the new config dropped: it runs out, nothing more
+            if info is not None and info.state is PilotState.RUNNING:
+                running[pilot.shape] += 1
+            else:
+                queued[pilot.shape] += 1  # queued, or too new for the batch system to list
+        return {name: ShapeCounts(name, queued=queued[name], running=running[name])
+                for name in queued}
+
+    def _follow(self, infos: Mapping[str, Any], now: float) -> None:
+        """Update the tracked pilots from the batch system's view."""
+        min_life = self.site["min_pilot_life"]
+        grace = max(2 * self.site["cycle"], 60)
+        for batch_id, pilot in list(self.pilots.items()):
+            info = infos.get(batch_id)
+            if info is not None and info.state is PilotState.RUNNING:
+                pilot.started = pilot.started or info.started or now
+                if not pilot.proven and now - pilot.started >= min_life:
+                    pilot.proven = True
+                    if self.health.success():
+                        log.warning("site %s works again: a pilot has run %.0f s", self.name,
+                                    now - pilot.started)
+                continue
+            if info is not None and info.state is PilotState.HELD:
+                self.counters.held += 1
+                self._failure(now, f"pilot {batch_id} is held by the batch system "
+                                   f"({info.detail or 'held'}); removed")
+                self._remove([batch_id])
+                del self.pilots[batch_id]
+                continue
+            ended = info is not None and info.state is PilotState.FINISHED
+            # A pilot the batch system no longer lists has ended, unless it is too new to list.
+            gone = info is None and now - pilot.submitted > grace
+            if not (ended or gone):
+                continue
+            started = pilot.started or (info.started if info else None)
+            life = now - started if started else 0.0
+            if info is not None and info.started and info.state is PilotState.FINISHED:
+                life = max(life, now - info.started)
+            del self.pilots[batch_id]
+            self.counters.ended += 1
+            if not pilot.proven and life < min_life:
+                self.counters.died_at_start += 1
+                self._failure(now, f"pilot {batch_id} ended {life:.0f} s after it started "
+                                   f"(min_pilot_life {min_life} s); see its log under "
+                                   f"{self.workdir / 'logs'}")
+
+    def _failure(self, now: float, why: str) -> None:
+        log.warning("site %s: %s", self.name, why)
+        if self.health.failure(now, why):
+            log.error("site %s is failing: %d failures in a row; backing off %.0f s at a time "
+                      "(last: %s)", self.name, self.health.failures,
+                      self.health.until - now, why)
+
+    def _submit(self, shape: PilotShape, count: int, now: float) -> None:
+        try:
+            token = self.client.pilot_token(self.plugin.walltime_request(shape)
+                                            + QUEUE_ALLOWANCE, now)
+        except MatchmakerError as exc:
+            log.warning("site %s: no pilot token, nothing submitted: %s", self.name, exc)
+            return
+        command, env = self.pilot_command(shape, token)
+        try:
+            batch_ids = self.plugin.submit(shape, count, command, env)
+        except BatchError as exc:
+            batch_ids = exc.submitted
+            self.counters.submit_failures += 1
+            self._failure(now, f"submitting {count} {shape.name} pilots failed: {exc}")
+        for batch_id in batch_ids:
+            self.pilots[batch_id] = Tracked(batch_id, shape.name, now)
+        self.counters.submitted += len(batch_ids)
+        if batch_ids:
+            log.info("site %s: submitted %d %s pilots", self.name, len(batch_ids), shape.name)
+
+    def pilot_command(self, shape: PilotShape, token: str) -> tuple[list[str], dict[str, str]]:
+        """The command and environment every pilot of `shape` starts with."""
+        site = self.site
+        command = [site["python"], str(self.bundle), "--matchmaker", self.config.matchmaker,
+                   "--site", self.name,
+                   # What the batch system grants; the pilot keeps its own safety margin.
+                   "--lifetime", str(self.plugin.walltime_request(shape)),
+                   "--idle-timeout", str(site["idle_timeout"])]
+        if site["scratch"]:
+            command += ["--scratch", site["scratch"]]
+        if self.config.cacert:
+            command += ["--cacert", str(Path(self.config.cacert).resolve())]
+        for key, value in sorted(site["system"].items()):
+            command += ["--system", f"{key}={value}"]
+        env = {**site["environment"], "FLOE_PILOT_TOKEN": token, "FLOE_SITE": self.name}
+        return command, env
+
+    def _remove_queued(self, shape: str, count: int) -> None:
+        try:
+            infos = self.plugin.status()
+        except BatchError as exc:
+            log.warning("site %s: cannot remove surplus pilots: %s", self.name, exc)
+            return
+        queued = sorted((p for p in self.pilots.values() if p.shape == shape and (
+            p.batch_id in infos and infos[p.batch_id].state is PilotState.QUEUED)),
+            key=lambda p: p.submitted, reverse=True)[:count]
+        removed = self._remove([p.batch_id for p in queued])
+        for batch_id in removed:
+            self.pilots.pop(batch_id, None)
+        self.counters.removed += len(removed)
+        if removed:
+            log.info("site %s: removed %d queued %s pilots that have no work", self.name,
+                     len(removed), shape)
+
+    def _remove(self, batch_ids: list[str]) -> list[str]:
+        try:
+            return self.plugin.remove(batch_ids)
+        except BatchError as exc:
+            log.warning("site %s: removing pilots failed: %s", self.name, exc)
+            return []
+
+    def _remove_orphans(self) -> None:
+        try:
+            orphans = self.plugin.remove_orphans(set(self.pilots))
+        except BatchError as exc:
+            log.warning("site %s: cannot remove orphan pilots: %s", self.name, exc)
+            return
+        self._orphans_checked = True
+        if orphans:
+            self.counters.orphans_removed += len(orphans)
+            log.warning("site %s: removed %d pilots tagged as this factory's that it did not "
+                        "track: %s", self.name, len(orphans), ", ".join(orphans))
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self) -> None:
+        """What `on_stop` says: remove queued pilots, all of them, or none."""
+        policy = self.site["on_stop"]
+        if policy == "keep" or not self.pilots:
+            self._save(self.clock())
+            return
+        try:
+            infos = self.plugin.status()
+        except BatchError as exc:
+            log.warning("site %s: cannot see the pilots to remove on stop: %s", self.name, exc)
+            return
+        doomed = [batch_id for batch_id in self.pilots if batch_id in infos and (
+            policy == "remove-all" or infos[batch_id].state is not PilotState.RUNNING)]
+        removed = self._remove(doomed)
+        for batch_id in removed:
+            self.pilots.pop(batch_id, None)
+        self.counters.removed += len(removed)
+        if removed:
+            log.info("site %s: removed %d pilots on stop", self.name, len(removed))
+        self._save(self.clock())
+
+    # ------------------------------------------------------------------ state on disk
+
+    def _load(self) -> None:
+        path = self.workdir / "pilots.json"
+        try:
+            saved = json.loads(path.read_text())
+            self.pilots = {p["batch_id"]: Tracked(**p) for p in saved["pilots"]}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("site %s: ignoring unreadable %s (%s): its pilots become orphans",
+                        self.name, path, exc)
+
+    def status(self, now: float) -> dict[str, Any]:
+        """The site as the factory sees it, for status.json and the logs."""
+        by_shape: dict[str, int] = {}
+        for pilot in self.pilots.values():
+            by_shape[pilot.shape] = by_shape.get(pilot.shape, 0) + 1
+        return {"site": self.name, "plugin": self.site["plugin"], "time": now,
+                "tracked": len(self.pilots), "tracked_by_shape": by_shape,
+                "health": self.health.to_dict(now), "counters": asdict(self.counters),
+                **self.last}
+
+    def _save(self, now: float) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.workdir / "pilots.json",
+                     {"pilots": [asdict(p) for p in self.pilots.values()]})
+        write_atomic(self.workdir / "status.json", self.status(now))
+
+
+def build_plugin(config: FactoryConfig, site: Mapping[str, Any]
+                 ) -> tuple[list[PilotShape], BatchPlugin]:
+    """The pilot shapes and the batch plugin of one site; PluginConfigError when they cannot
+    work."""
+    shapes = [PilotShape(name=s["name"], cpus=s["cpus"], memory=s["memory"], disk=s["disk"],
+                         gpus=s["gpus"], walltime=s["walltime"],
+                         directives=tuple(s["directives"])) for s in site["shapes"]]
+    plugin = create_plugin(site["plugin"], PluginSettings(
+        factory_id=plugin_factory_id(config.factory_id, site["name"]),
+        workdir=config.workdir / site["name"], memory_headroom=site["memory_headroom"],
+        memory_headroom_min=site["memory_headroom_min"],
+        walltime_overhead=site["walltime_overhead"], command_timeout=site["command_timeout"],
+        commands_dir=Path(site["commands_dir"]) if site["commands_dir"] else None,
+        options=site["options"]))
+    return shapes, plugin
+
+
+def plugin_factory_id(factory_id: str, site: str) -> str:
+    """The id that tags this site's jobs: the factory's and the site's, in job-name letters."""
+    full = f"{factory_id}.{re.sub(r'[^A-Za-z0-9_]', '_', site)}"
+    if len(full) <= 40:
+        return full
+    return f"{full[:33]}.{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+
+
+def write_atomic(path: Path, document: Any) -> None:
+    """Write JSON so that a reader (or a crash) never sees half a file."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=1)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
