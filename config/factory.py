@@ -185,7 +185,7 @@ def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> Fac
     return FactoryConfig(
         matchmaker=values["matchmaker"].rstrip("/"), cacert=values["cacert"],
         factory_id=values.get("factory_id") or default_factory_id(),
-        workdir=workdir if workdir.is_absolute() else base / workdir,
+        workdir=(workdir if workdir.is_absolute() else base / workdir).absolute(),
         sites=tuple(values["sites"]), path=where)
 
 
