@@ -141,12 +141,7 @@ class SiteRunner:
             self._remove_orphans()
         counts = self._counts(infos)
         try:
-            answer = self.client.demand([
-                {"name": shape.name, "cpus": shape.cpus, "memory": shape.memory,
-                 "disk": shape.disk, "gpus": shape.gpus, "walltime": shape.walltime,
-                 "os": self.shape_info[shape.name]["os"],
-                 "arch": self.shape_info[shape.name]["arch"],
-                 "queued": counts[shape.name].queued} for shape in self.shapes])
+            answer = self.client.demand(self._shapes_queued(counts))
         except MatchmakerError as exc:
             log.warning("site %s: no demand this cycle: %s", self.name, exc)
             self.last["matchmaker_error"] = str(exc)
@@ -167,14 +162,31 @@ class SiteRunner:
         for shape in self.shapes:
             if decision.remove[shape.name]:
                 self._remove_queued(shape.name, decision.remove[shape.name])
+        submitted = self.counters.submitted
         for shape in self.shapes:
             if decision.submit[shape.name]:
                 self._submit(shape, decision.submit[shape.name], now)
+        if self.counters.submitted != submitted:
+            # Claim the new pilots at once, so that other factories asking before our next
+            # cycle do not submit pilots for the same tasks.
+            try:
+                self.client.demand(self._shapes_queued(self._counts(infos)))
+            except MatchmakerError as exc:
+                log.warning("site %s: cannot claim the pilots just submitted: %s", self.name,
+                            exc)
         self.last.update({"demand": answer["shapes"], "pilots": answer["pilots"],
                           "decision": {"submit": decision.submit, "remove": decision.remove,
                                        "reasons": decision.reasons}})
         self._save(now)
         return decision
+
+    def _shapes_queued(self, counts: Mapping[str, ShapeCounts]) -> list[dict[str, Any]]:
+        """The shapes as the demand request describes them, with this factory's queued pilots."""
+        return [{"name": shape.name, "cpus": shape.cpus, "memory": shape.memory,
+                 "disk": shape.disk, "gpus": shape.gpus, "walltime": shape.walltime,
+                 "os": self.shape_info[shape.name]["os"],
+                 "arch": self.shape_info[shape.name]["arch"],
+                 "queued": counts[shape.name].queued} for shape in self.shapes]
 
     def _counts(self, infos: Mapping[str, Any]) -> dict[str, ShapeCounts]:
         queued = {s.name: 0 for s in self.shapes}

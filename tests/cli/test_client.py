@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +30,6 @@ def no_client_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("FLOE_URL", "FLOE_TOKEN", "FLOE_CACERT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FLOE_CONFIG", str(tmp_path / "no-client.toml"))
-
-
-@pytest.fixture
-def matchmaker(tmp_path: Path) -> Iterator[LiveMatchmaker]:
-    directory = tmp_path / "matchmaker"
-    directory.mkdir()
-    live = LiveMatchmaker(directory)
-    live.start()
-    yield live
-    live.close()
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

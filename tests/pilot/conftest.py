@@ -1,6 +1,6 @@
-"""Fixtures: a real HTTP file server for the staging tests (GET serves a directory, PUT writes
-into it, and paths under /flaky/ answer 503 to the first request for each file), and a real
-matchmaker subprocess for the online pilot's tests."""
+"""A real HTTP file server for the staging tests: GET serves a directory, PUT writes into it,
+and paths under /flaky/ answer 503 to the first request for each file. (The matchmaker fixture
+is in tests/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from .live import LiveMatchmaker
 
 
 @dataclass
@@ -64,14 +62,3 @@ def file_server(tmp_path: Path) -> Iterator[FileServer]:
     server.shutdown()
     server.server_close()
     thread.join()
-
-
-@pytest.fixture
-def matchmaker(tmp_path: Path) -> Iterator[LiveMatchmaker]:
-    """A running matchmaker with site-a and the user alice; stopped (with its pilots) after."""
-    directory = tmp_path / "matchmaker"
-    directory.mkdir()
-    live = LiveMatchmaker(directory)
-    live.start()
-    yield live
-    live.close()

@@ -1,0 +1,122 @@
+"""What the factory tests share: the pilot bundle (built once), site configs written as a site
+admin would, DAG datasets, and a real `floe factory` process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.factory import factory_config
+from factory.site import SiteRunner
+from pilot.bundle import build
+from tests.pilot.live import ROOT, LiveMatchmaker
+
+SHAPE = {"name": "small", "cpus": 1, "memory": "512MiB", "disk": "1GiB", "walltime": "20m"}
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("bundle") / "pilot.pyz")
+
+
+def dag_dataset(jobs: int, **options: Any) -> dict[str, Any]:
+    """`jobs` jobs of two tasks each, the second depending on the first."""
+    requirements = {"cpus": 1, "memory": "64MB", "disk": "1MB", "walltime": "2m"}
+    return {"description": "factory test", "jobs": jobs, **options, "tasks": [
+        {"name": "gen", "requirements": requirements,
+         "modules": [{"command": "echo gen $args(job)"}]},
+        {"name": "sum", "depends": ["gen"], "requirements": requirements,
+         "modules": [{"command": "echo sum $args(job)"}]}]}
+
+
+def site_document(matchmaker: LiveMatchmaker, workdir: Path, plugin: str = "local",
+                  factory_id: str | None = None, shapes: list[dict[str, Any]] | None = None,
+                  **site: Any) -> dict[str, Any]:
+    """A factory config for site-a with quick cycles and short-lived pilots."""
+    return {
+        "matchmaker": matchmaker.url,
+        "factory_id": factory_id or f"t{secrets.token_hex(4)}",
+        "workdir": str(workdir),
+        "sites": [{"name": "site-a", "plugin": plugin, "shapes": shapes or [dict(SHAPE)],
+                   "cycle": "1s", "idle_timeout": "3s", "min_pilot_life": "1s",
+                   "removal_grace": "2s", "backoff": "1s", "python": sys.executable,
+                   "max_queued": 4, "max_total": 4, "max_per_cycle": 4, **site}],
+    }
+
+
+def write_toml(path: Path, document: dict[str, Any]) -> Path:
+    """`document` as TOML (the small subset a site.toml uses)."""
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, (int, float)):
+            return repr(item)
+        if isinstance(item, str):
+            return '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(item, list):
+            return "[" + ", ".join(value(i) for i in item) + "]"
+        return "{" + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + "}"
+
+    lines = [f"{k} = {value(v)}" for k, v in document.items() if k != "sites"]
+    for site in document["sites"]:
+        lines.append("\n[[sites]]")
+        lines += [f"{k} = {value(v)}" for k, v in site.items() if k != "shapes"]
+        for shape in site["shapes"]:
+            lines.append("\n[[sites.shapes]]")
+            lines += [f"{k} = {value(v)}" for k, v in shape.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def runner(matchmaker: LiveMatchmaker, bundle: Path, document: dict[str, Any]) -> SiteRunner:
+    """The SiteRunner of the document's one site, driven cycle by cycle by the test."""
+    config = factory_config(document)
+    return SiteRunner(config, config.sites[0], bundle, matchmaker.site_token)
+
+
+class FactoryProcess:
+    """`floe factory --config FILE` as a site admin runs it."""
+
+    def __init__(self, config: Path, token: str, env: dict[str, str] | None = None) -> None:
+        self.log = config.with_suffix(".log")
+        environment = {**os.environ, "FLOE_SITE_TOKEN": token, **(env or {})}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "factory", "--config", str(config)],
+                cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_factory() -> Iterator[Any]:
+    started: list[FactoryProcess] = []
+
+    def start(config: Path, token: str, env: dict[str, str] | None = None) -> FactoryProcess:
+        process = FactoryProcess(config, token, env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,144 @@
+"""One site's factory loop with the local plugin, a real matchmaker and real pilots (the bundle),
+cycle by cycle: backlog to done, no matchable work, pilots dying at start, restarts and
+orphans, stopping."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from plugins import PilotState
+from tests.pilot.live import LiveMatchmaker, wait_for
+
+from .conftest import dag_dataset, runner, site_document
+
+
+def live_pilots(site) -> list[str]:
+    return [batch_id for batch_id, info in site.plugin.status().items()
+            if info.state is not PilotState.FINISHED]
+
+
+def cycle_until(site, check, timeout: float = 90.0, what: str = "the condition"):
+    def turn():
+        site.cycle()
+        if check():
+            return True
+        time.sleep(0.3)
+        return False
+    return wait_for(turn, timeout, what)
+
+
+def test_a_backlog_of_dag_jobs_is_run_by_pilots_that_then_leave(
+        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+    dataset = matchmaker.submit(dag_dataset(10))
+    site = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "factory"))
+    first = site.cycle()
+    assert first is not None and first.submit == {"small": 4}   # max_per_cycle, max_total
+    cycle_until(site, lambda: set(matchmaker.states(dataset)) == {"complete"}, 120,
+                "every task to complete")
+    cycle_until(site, lambda: not site.pilots and not live_pilots(site), 60,
+                "the pilots to leave")
+    submitted = site.counters.submitted
+    for _ in range(3):                     # the work is gone: nothing more is submitted
+        site.cycle()
+    assert site.counters.submitted == submitted
+    assert site.counters.died_at_start == 0
+    pilots = matchmaker.get("/pilots?site=site-a")["pilots"]
+    assert len(pilots) == submitted
+    assert all(p["state"] == "exited" for p in pilots)
+    attempts = matchmaker.attempts(dataset)
+    assert len(attempts) == 20
+    assert {a["batch_id"] for a in attempts} <= {p["batch_id"] for p in pilots}
+    status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
+    assert status["tracked"] == 0 and status["health"]["failing"] is False
+
+
+def test_no_pilot_is_submitted_for_a_site_with_no_matchable_work(
+        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+    elsewhere = dag_dataset(5)
+    for task in elsewhere["tasks"]:
+        task["requirements"]["sites"] = ["site-z"]
+    matchmaker.submit(elsewhere)
+    too_big = dag_dataset(5)
+    too_big["tasks"][0]["requirements"]["memory"] = "64GiB"
+    matchmaker.submit(too_big)
+    site = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "factory"))
+    for _ in range(5):
+        decision = site.cycle()
+        assert decision is not None and decision.submit == {"small": 0}
+    assert site.counters.submitted == 0
+    assert live_pilots(site) == []
+
+
+def test_pilots_that_die_at_start_back_the_failing_site_off(
+        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path, caplog):
+    matchmaker.submit(dag_dataset(20))
+    document = site_document(matchmaker, tmp_path / "factory", python="/bin/false",
+                             min_pilot_life="30s", failing_after=3, backoff="60s")
+    site = runner(matchmaker, bundle, document)
+    assert site.cycle().submit == {"small": 4}
+    cycle_until(site, lambda: site.counters.died_at_start == 4, 30, "the pilots to die")
+    assert site.health.failing
+    assert site.health.backing_off(time.time())
+    again = site.cycle()
+    assert again.submit == {"small": 0}
+    assert any("backing off" in reason for reason in again.reasons)
+    assert site.counters.submitted == 4
+    assert "site site-a is failing" in caplog.text
+    status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
+    assert status["health"]["failing"] is True
+    assert "ended 0 s after it started" in status["health"]["last_error"]
+
+
+def test_a_restarted_factory_keeps_its_pilots_and_one_that_lost_its_state_removes_them(
+        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+    slow = dag_dataset(4)
+    slow["tasks"][0]["modules"] = [{"command": "sleep 60"}]
+    dataset = matchmaker.submit(slow)
+    document = site_document(matchmaker, tmp_path / "factory")
+    first = runner(matchmaker, bundle, document)
+    first.cycle()
+    ours = sorted(first.pilots)
+    assert len(ours) == 4
+    wait_for(lambda: matchmaker.states(dataset).count("processing") == 4, 30,
+             "the pilots to take the tasks")
+
+    restarted = runner(matchmaker, bundle, document)
+    assert sorted(restarted.pilots) == ours
+    restarted.cycle()
+    assert restarted.counters.orphans_removed == 0
+    assert sorted(live_pilots(restarted)) == ours
+
+    (tmp_path / "factory" / "site-a" / "pilots.json").unlink()
+    forgetful = runner(matchmaker, bundle, document)
+    forgetful.cycle()
+    assert forgetful.counters.orphans_removed == 4
+    wait_for(lambda: not set(ours) & set(live_pilots(forgetful)), 30, "the orphans to be gone")
+    # Their tasks were requeued, not failed: the pilots drained on SIGTERM.
+    wait_for(lambda: "processing" not in matchmaker.states(dataset), 30, "the requeue")
+    assert "failed" not in matchmaker.states(dataset)
+
+
+def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, bundle: Path,
+                                            tmp_path: Path):
+    slow = dag_dataset(2)
+    slow["tasks"][0]["modules"] = [{"command": "sleep 60"}]
+    matchmaker.submit(slow)
+    kept = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "keep",
+                                                    on_stop="keep", max_total=1,
+                                                    max_queued=1))
+    kept.cycle()
+    removed = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "all",
+                                                       on_stop="remove-all", max_total=1,
+                                                       max_queued=1))
+    removed.cycle()
+    running = live_pilots(kept) + live_pilots(removed)
+    assert len(running) == 2
+    kept.stop()
+    removed.stop()
+    assert len(live_pilots(kept)) == 1
+    wait_for(lambda: not live_pilots(removed), 30, "remove-all to stop the running pilot")
+    kept.site = {**kept.site, "on_stop": "remove-all"}
+    kept.stop()
+    wait_for(lambda: not live_pilots(kept), 30, "the kept pilot to be removed")
