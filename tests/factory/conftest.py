@@ -28,13 +28,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def dag_dataset(jobs: int, **options: Any) -> dict[str, Any]:
-    """`jobs` jobs of two tasks each, the second depending on the first."""
+    """`jobs` jobs of two tasks each, the second depending on the first (and checking that no
+    token reached it)."""
     requirements = {"cpus": 1, "memory": "64MB", "disk": "1MB", "walltime": "2m"}
     return {"description": "factory test", "jobs": jobs, **options, "tasks": [
         {"name": "gen", "requirements": requirements,
          "modules": [{"command": "echo gen $args(job)"}]},
         {"name": "sum", "depends": ["gen"], "requirements": requirements,
-         "modules": [{"command": "echo sum $args(job)"}]}]}
+         # Fails should a secret of the factory or the pilot reach a task.
+         "modules": [{"command": ["sh", "-c",
+                                  'test -z "$FLOE_SITE_TOKEN$FLOE_PILOT_TOKEN"']}]}]}
 
 
 def site_document(matchmaker: LiveMatchmaker, workdir: Path, plugin: str = "local",
