@@ -69,8 +69,16 @@ def read_token(token_file: Path | None) -> str:
                              "into it")
         return token
     token = os.environ.get(TOKEN_VARIABLE, "").strip()
+    if not token and os.environ.get(f"{TOKEN_VARIABLE}_FILE"):
+        # Where the batch system cannot keep the environment private (HTCondor), the token
+        # comes as a file transferred beside the pilot: read, then out of the tasks' reach.
+        path = Path(os.environ[f"{TOKEN_VARIABLE}_FILE"])
+        token = read_token(path)
+        path.unlink(missing_ok=True)
+        return token
     if not token:
-        raise ValueError(f"no pilot token: give --token-file FILE or set {TOKEN_VARIABLE}")
+        raise ValueError(f"no pilot token: give --token-file FILE or set {TOKEN_VARIABLE} "
+                         f"(or {TOKEN_VARIABLE}_FILE)")
     return token
 
 
@@ -96,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s floe pilot: %(message)s")
     # Tasks inherit the pilot's environment: the token must not go with it.
     os.environ.pop(TOKEN_VARIABLE, None)
+    os.environ.pop(f"{TOKEN_VARIABLE}_FILE", None)
     if args.scratch is not None:
         try:
             args.scratch.mkdir(parents=True, exist_ok=True)

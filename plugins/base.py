@@ -33,6 +33,9 @@ _FACTORY_ID_RE = re.compile(r"^[A-Za-z0-9_.]{1,40}$")
 _SHAPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STDERR_LIMIT = 2000
+SECRET_VARIABLES = ("FLOE_PILOT_TOKEN",)
+"""Pilot variables a plugin must not put where other users of the batch system can read them;
+a plugin that cannot keep them private passes `<NAME>_FILE`, naming a file, instead."""
 
 
 class PilotState(enum.StrEnum):

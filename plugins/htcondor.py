@@ -13,23 +13,28 @@ falling back to the shape where a static slot lacks them), and `requirements` ke
 off slots smaller than the shape. The pilot then measures and offers the whole slot.
 
 `submit_attributes` adds site-specific submit commands (accounting group, requirements, ...),
-`schedd` and `pool` name a schedd other than the local one. Whatever the bindings raise (no
+`schedd` and `pool` name a schedd other than the local one. The pilot token never goes into the
+job ad (any user of the schedd can read those): it travels as a file of this user's, transferred
+into the pilot's scratch directory. Whatever the bindings raise (no
 schedd: "Unable to locate local daemon") comes back as a BatchError.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import classad2
 import htcondor2
 
 from plugins.base import (
+    SECRET_VARIABLES,
     BatchError,
     BatchPlugin,
     PilotInfo,
@@ -98,6 +103,7 @@ class HTCondorPlugin(BatchPlugin):
             check_environment_name(name)
         logs = self.pilot_dir("logs")
         stem = logs / self.tag(shape)
+        secrets = self._secret_files(shape, pilot_env)
         memory = megabytes(self.memory_request(shape))
         disk_kib = max(1, math.ceil(shape.disk / 1024))
         commands = {
@@ -115,6 +121,10 @@ class HTCondorPlugin(BatchPlugin):
             "+FloeShape": classad2.quote(shape.name),
             "allowed_job_duration": str(self.walltime_request(shape)),
         }
+        if secrets:
+            commands.update({"should_transfer_files": "YES",
+                             "when_to_transfer_output": "ON_EXIT",
+                             "transfer_input_files": ",".join(str(p) for p in secrets)})
         if self.options.whole_slots:
             commands.update(self._whole_slot_requests(shape, memory, disk_kib))
         else:
@@ -134,6 +144,25 @@ class HTCondorPlugin(BatchPlugin):
         if requirements:
             commands["requirements"] = " && ".join(f"({r})" for r in requirements)
         return htcondor2.Submit(commands)
+
+    def _secret_files(self, shape: PilotShape, pilot_env: dict[str, str]) -> list[Path]:
+        """Move secrets out of the environment, which every user of the schedd can read in the
+        job ad, into files only this user reads, transferred to the pilot's scratch directory;
+        the pilot finds each through `<NAME>_FILE`. Returns the files."""
+        files = []
+        for name in SECRET_VARIABLES:
+            if name not in pilot_env:
+                continue
+            value = pilot_env.pop(name)
+            digest = hashlib.sha256(value.encode()).hexdigest()[:16]
+            path = self.pilot_dir("secrets") / f"{self.tag(shape)}-{name.lower()}-{digest}"
+            if not path.exists():
+                path.touch(mode=0o600)
+                path.chmod(0o600)
+                path.write_text(value)
+            pilot_env[f"{name}_FILE"] = path.name
+            files.append(path)
+        return files
 
     @staticmethod
     def _directive(shape: PilotShape, line: str) -> tuple[str, str]:

@@ -82,3 +82,15 @@ def test_the_online_pilot_refuses_a_matchmaker_that_is_not_a_url(tmp_path, capsy
     assert main(["--matchmaker", "floe.example.org", "--token-file",
                  str(tmp_path / "token")]) == 2
     assert "expected an http:// or https:// URL" in capsys.readouterr().err
+
+
+def test_a_token_transferred_as_a_file_is_read_and_taken_out_of_the_tasks_reach(
+        tmp_path, monkeypatch):
+    from pilot.online import read_token
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
+    (tmp_path / "pilot.token").write_text("floe_p_secret\n")
+    monkeypatch.setenv("FLOE_PILOT_TOKEN_FILE", "pilot.token")
+    assert read_token(None) == "floe_p_secret"
+    assert not (tmp_path / "pilot.token").exists()

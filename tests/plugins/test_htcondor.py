@@ -105,3 +105,14 @@ def test_a_pool_whose_collector_does_not_answer_is_a_batch_error(tmp_path: Path)
     with pytest.raises(BatchError) as caught:
         plugin.status()
     assert "through submit.example.org of pool 127.0.0.1:1." in caught.value.summary
+
+
+def test_the_pilot_token_travels_as_a_private_file_never_in_the_job_ad(tmp_path: Path) -> None:
+    submit = rendered(make_plugin(tmp_path), env={"FLOE_PILOT_TOKEN": "floe_p_secret"})
+    assert "floe_p_secret" not in "".join(submit.values())
+    [secret] = (tmp_path / "secrets").iterdir()
+    assert secret.read_text() == "floe_p_secret"
+    assert secret.stat().st_mode & 0o077 == 0
+    assert submit["transfer_input_files"] == str(secret)
+    assert submit["should_transfer_files"] == "YES"
+    assert f"FLOE_PILOT_TOKEN_FILE='{secret.name}'" in submit["environment"]
