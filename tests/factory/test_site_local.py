@@ -142,3 +142,21 @@ def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, bundle: 
     kept.site = {**kept.site, "on_stop": "remove-all"}
     kept.stop()
     wait_for(lambda: not live_pilots(kept), 30, "the kept pilot to be removed")
+
+
+def test_a_dead_batch_system_is_a_clear_error_and_a_backoff_not_a_crash(
+        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+    matchmaker.submit(dag_dataset(2))
+    empty = tmp_path / "no-commands"
+    empty.mkdir()
+    for plugin, options, message in [
+            ("htcondor", {}, "HTCondor could not list pilots"),
+            ("slurm", {"commands_dir": str(empty)}, "squeue was not found")]:
+        site = runner(matchmaker, bundle, site_document(
+            matchmaker, tmp_path / plugin, plugin=plugin, backoff="60s", **options))
+        assert site.cycle() is None
+        assert message in site.health.last_error
+        assert site.health.failures == 1 and site.health.backing_off(time.time())
+        status = json.loads((tmp_path / plugin / "site-a" / "status.json").read_text())
+        assert message in status["health"]["last_error"]
+        assert site.counters.submitted == 0
