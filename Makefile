@@ -24,9 +24,13 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/matchmaker.py
+	$(PY) benchmarks/pilot.py
+	$(PY) benchmarks/factory.py
 
 bench-small: $(STAMP)
 	$(PY) benchmarks/matchmaker.py --small
+	$(PY) benchmarks/pilot.py --small
+	$(PY) benchmarks/factory.py --small
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache test-artifacts
