@@ -8,8 +8,14 @@ STAMP := $(VENV)/.floe-installed
 $(STAMP): pyproject.toml scripts/setup-venv.sh
 	scripts/setup-venv.sh
 
+# `make demo SITE=slurm` runs it through the project's single-node SLURM, started first (root).
+SITE ?= local
+
 demo: $(STAMP)
-	$(VENV)/bin/floe demo
+ifeq ($(SITE),slurm)
+	scripts/batch/slurm.sh up
+endif
+	$(VENV)/bin/floe demo --site $(SITE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

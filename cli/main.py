@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # Modules in the order their subcommands appear in `floe --help`.
-MODULES = ("cli.server", "cli.client", "cli.pilot", "cli.factory", "cli.docs")
+MODULES = ("cli.server", "cli.client", "cli.pilot", "cli.factory", "cli.demo", "cli.docs")
 
 
 def build_parser() -> argparse.ArgumentParser:

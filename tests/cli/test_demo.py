@@ -1,0 +1,91 @@
+"""`floe demo` as a real subprocess with the local site: a small demo dataset runs to the end
+and its summary says what happened (every task done, the flaky task retried, statistics, pilots
+per site); Ctrl-C in the middle stops everything. Neither leaves a process behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.pilot.live import ROOT, wait_for
+
+pytestmark = pytest.mark.slow
+
+# Seven jobs: the demo's `process` task fails once on purpose in every seventh job (job 6).
+JOBS = 7
+
+
+def demo(workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "demo", "--dataset", str(ROOT / "examples/demo.json"),
+         "--workdir", str(workdir), "--jobs", str(JOBS), "--pilots", "2"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+        # Ctrl-C must work even where the test runner was started with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def processes_in(workdir: Path) -> list[str]:
+    """Processes started from, or running in, `workdir` (the server, factory, pilots, tasks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if str(workdir) in command or cwd.startswith(str(workdir)):
+            found.append(f"{entry.name}: {command}")
+    return found
+
+
+def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
+    workdir = tmp_path / "demo"
+    process = demo(workdir)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    tasks = JOBS * 4
+    assert f"{JOBS} jobs of 4 tasks" in out
+    assert re.search(rf"^  tasks\s+{tasks} done, 0 failed, of {tasks}$", out, re.M), out
+    retries = re.search(r"^  retries\s+(\d+) attempts? w", out, re.M)
+    assert retries and int(retries[1]) >= 1, out
+    assert re.search(r"process of job 6: 2 attempts; the first: task_error", out), out
+    pilots = re.search(r"^  pilots\s+site local: (\d+) \((\d+) exited\)$", out, re.M)
+    assert pilots and int(pilots[1]) >= 1 and pilots[1] == pilots[2], out
+    # The dataset's own statistics, aggregated over its tasks: n, sum, mean, stddev.
+    events = re.search(r"^\s+user\s+events\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)$", out, re.M)
+    assert events and int(events[1]) == 3 * JOBS, out  # generate and process of each job
+    assert float(events[3]) == pytest.approx(float(events[2]) / int(events[1]), rel=1e-3)
+    assert re.search(r"^\s+resource\s+wall_time\s+" + str(tasks) + " ", out, re.M), out
+    assert re.search(r"export FLOE_URL=http://127\.0\.0\.1:\d+ FLOE_TOKEN=floe_u_\S+$", out,
+                     re.M), out
+    assert "floe status 1" in out
+    assert processes_in(workdir) == []
+    # The record stays: a second run starts afresh in the same workdir.
+    assert (workdir / "floe.sqlite").exists()
+
+
+def test_ctrl_c_stops_the_factory_its_pilots_and_the_matchmaker(tmp_path):
+    workdir = tmp_path / "demo"
+    process = demo(workdir)
+    try:
+        wait_for(lambda: list((workdir / "factory" / "local" / "local").glob("*.json")), 60,
+                 "the first pilot")
+        time.sleep(1)  # the pilot is at work
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, out
+    assert "interrupted; stopping the factory, its pilots and the matchmaker" in out
+    assert processes_in(workdir) == []
