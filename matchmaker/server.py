@@ -79,8 +79,8 @@ def run(settings: ServerSettings, self_signed: bool = False) -> None:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's event loop where it is installed (it halves the cost of each request's I/O),
-    else asyncio's own."""
+    """uvloop's event loop where it is installed (a plain aiohttp request costs about 90 us of
+    CPU on it against 120 us on asyncio's), else asyncio's own."""
     try:
         import uvloop
     except ImportError:
