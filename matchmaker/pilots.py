@@ -41,5 +41,7 @@ async def sign_off(engine: Engine, pilot: Pilot, reason: str, message: str = "",
         pilot.pilot_id)))
     engine.pilots.pop(pilot.pilot_id, None)
     if not pilot.dispatched:
+        empty = engine.metrics.empty_pilots
+        empty[pilot.site.name] = empty.get(pilot.site.name, 0) + 1
         endings = engine.empty_endings.setdefault(pilot.site.name, collections.deque(maxlen=1000))
         endings.append(engine.clock())

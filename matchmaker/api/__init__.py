@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, attempts, datasets, meta, pilots, sites
+from . import admin, attempts, datasets, meta, metrics, pilots, sites
 from .framework import ROUTES, unknown_route, wrap
 
 __all__ = ["add_routes"]
-_MODULES = (admin, attempts, datasets, meta, pilots, sites)  # imported for their routes
+_MODULES = (admin, attempts, datasets, meta, metrics, pilots, sites)  # imported for their routes
 
 
 def add_routes(app: web.Application) -> None:

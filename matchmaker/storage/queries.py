@@ -203,3 +203,11 @@ async def site(db: Database, site_id: int) -> dict[str, Any] | None:
 async def site_id_by_name(db: Database, name: str) -> int | None:
     row = await db.fetchone("SELECT site_id FROM sites WHERE name = ?", (name,))
     return row["site_id"] if row else None
+
+
+async def pilot_counts(db: Database) -> list[dict[str, Any]]:
+    """How many pilots each site has in each state (from the (site_id, state) index)."""
+    rows = await db.fetchall(
+        "SELECT s.name AS site, p.state, count(*) AS count FROM pilots p"
+        " JOIN sites s ON s.site_id = p.site_id GROUP BY s.name, p.state ORDER BY s.name, p.state")
+    return [dict(r) for r in rows]

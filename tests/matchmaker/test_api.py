@@ -178,6 +178,7 @@ MATRIX = {
                          {"shapes": [{"name": "small", "cpus": 1, "memory": 2**31,
                                       "disk": 2**33, "walltime": 7200}]}, {"admin", "site"}),
     "list pilots": ("GET", "/api/v1/pilots", None, USERS),
+    "read metrics": ("GET", "/metrics", None, USERS),
     "register a pilot": ("POST", "/api/v1/pilots", {"host": "n"}, {"pilot", "other_pilot"}),
     "ask for a task": ("POST", "/api/v1/pilots/{pilot}/ask",
                        {"cpus": 1, "memory": 2**32, "disk": 2**34}, {"pilot"}),
