@@ -476,8 +476,12 @@ def main() -> None:
         result["ramp"] = {"local": ramp(root, "local", backlog, local_target, task_seconds,
                                         cycle)}
         if slurm_running():
-            result["ramp"]["slurm"] = ramp(root, "slurm", backlog, slurm_target, task_seconds,
-                                          cycle)
+            try:
+                result["ramp"]["slurm"] = ramp(root, "slurm", backlog, slurm_target,
+                                              task_seconds, cycle)
+            except RuntimeError as exc:  # the shared cluster may be taken down under us
+                result["ramp"]["slurm"] = {"failed": str(exc)[-500:],
+                                           "slurm_still_running": slurm_running()}
         else:
             result["ramp"]["slurm"] = {"skipped": "no SLURM runs here (scripts/batch/slurm.sh "
                                                   "up starts one)"}
