@@ -61,6 +61,9 @@ async def demand(ctx: Context) -> Any:
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",
        action=Action.READ,
+       description="Each pilot with what it measured, `attempts` (the ids of those it runs "
+                   "now) and `attempts_run` (how many it was given in all, 0 for an empty "
+                   "pilot).",
        params=[Param("site", str), Param("state", str, choices=("running", "exited", "lost")),
                Param("after", int, 0, minimum=0),
                Param("limit", int, 100, minimum=1, maximum=1000)])

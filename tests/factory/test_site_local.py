@@ -49,6 +49,8 @@ def test_a_backlog_of_dag_jobs_is_run_by_pilots_that_then_leave(
     assert all(p["state"] == "exited" for p in pilots)
     attempts = matchmaker.attempts(dataset)
     assert len(attempts) == 20
+    assert sum(p["attempts_run"] for p in pilots) == 20 and all(
+        p["attempts"] == [] for p in pilots)
     assert {a["batch_id"] for a in attempts} <= {p["batch_id"] for p in pilots}
     status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
     assert status["tracked"] == 0 and status["health"]["failing"] is False
