@@ -31,6 +31,7 @@ from config.schema import (
     Object,
     Size,
     String,
+    read_toml,
 )
 
 PLUGINS = ("local", "slurm", "sge", "pbs", "htcondor")
@@ -192,16 +193,8 @@ def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> Fac
 def load_factory_config(path: str | Path) -> FactoryConfig:
     """A factory config from its TOML file; relative `workdir`s are taken from the file's
     directory."""
-    import tomllib  # the factory runs on 3.11+; the pilot never loads this
-
     path = str(path)
-    try:
-        with open(path, "rb") as handle:
-            document = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError([f"cannot read the factory config {path}: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+    document = read_toml(path, "the factory config")
     return factory_config(document, path)
 
 

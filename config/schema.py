@@ -633,3 +633,17 @@ def parse_json(text: str, source: str) -> Any:
     except json.JSONDecodeError as err:
         raise ConfigError([f"{source}: line {err.lineno}, column {err.colno}: {err.msg}"]
                           ) from None
+
+
+def read_toml(path: str, what: str) -> dict[str, Any]:
+    """The document in the TOML file at `path` (`what` names it in errors: "the settings
+    file"), as ConfigError when it cannot be read or parsed. Server side only (3.11+)."""
+    import tomllib  # imported here: the pilot (Python 3.9) loads this module but never this
+
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([f"cannot read {what} {path}: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None

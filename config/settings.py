@@ -21,6 +21,7 @@ from config.schema import (
     Object,
     Size,
     String,
+    read_toml,
 )
 
 SERVER_SCHEMA = Object([
@@ -109,15 +110,7 @@ def load_server_settings(path: str | None, overrides: Mapping[str, Any] | None =
     """Settings from a TOML file (or none), with command-line `overrides` on top."""
     document: dict[str, Any] = {}
     if path:
-        import tomllib  # the server side runs on 3.11+, the pilot never loads this
-
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except OSError as exc:
-            raise ConfigError([f"cannot read the settings file {path}: {exc.strerror}"]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([f"{path} is not valid TOML: {exc}"]) from None
+        document = read_toml(path, "the settings file")
     document.update(overrides or {})
     return server_settings(document, path or "server settings")
 
