@@ -1,15 +1,18 @@
-"""`floe submit` and `floe status`: the commands production managers and analysts start with."""
+"""`floe submit`, `floe status` and `floe wait`: the commands production managers and analysts
+start with."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 from typing import Any
 
-from .http import Client, ClientError, add_options
+from .command import add_dataset, add_json, fail, print_json
+from .http import Client, ClientError
 
 STATES = ("waiting", "ready", "processing", "complete", "failed", "suspended")
+ENDED = ("complete", "failed")
 
 
 def progress_bar(counts: dict[str, int], width: int = 30) -> str:
@@ -27,14 +30,9 @@ def percent_done(counts: dict[str, int]) -> float:
     return 100.0 * (counts.get("complete", 0) + counts.get("failed", 0)) / total
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True))
-
-
 def _configure_submit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="dataset config (JSON); see docs/config.md")
-    parser.add_argument("--json", action="store_true", help="print the new dataset as JSON")
-    add_options(parser)
+    add_json(parser)
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -45,14 +43,11 @@ def _run_submit(args: argparse.Namespace) -> int:
         client = Client.from_args(args)
         dataset = client.post("/api/v1/datasets", config.raw)
     except ConfigError as exc:
-        print(f"floe submit: {args.config} is not a valid dataset config:\n{exc}",
-              file=sys.stderr)
-        return 1
+        return fail(args, f"{args.config} is not a valid dataset config:\n{exc}")
     except (ClientError, OSError) as exc:
-        print(f"floe submit: {exc}", file=sys.stderr)
-        return 1
+        return fail(args, exc)
     if args.json:
-        _print_json(dataset)
+        print_json(dataset)
     else:
         names = ", ".join(dataset["task_names"])
         print(f"dataset {dataset['id']} submitted: {dataset['jobs']} jobs of "
@@ -63,8 +58,7 @@ def _run_submit(args: argparse.Namespace) -> int:
 
 def _configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", nargs="?", type=int, help="one dataset in detail")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    add_options(parser)
+    add_json(parser)
 
 
 def _print_overview(datasets: list[dict[str, Any]]) -> None:
@@ -109,24 +103,78 @@ def _run_status(args: argparse.Namespace) -> int:
         if args.dataset is None:
             datasets = client.get("/api/v1/datasets")["datasets"]
             if args.json:
-                _print_json(datasets)
+                print_json(datasets)
             else:
                 _print_overview(datasets)
             return 0
         dataset = client.get(f"/api/v1/datasets/{args.dataset}")
         statistics = client.get(f"/api/v1/datasets/{args.dataset}/statistics")["statistics"]
     except ClientError as exc:
-        print(f"floe status: {exc}", file=sys.stderr)
-        return 1
+        return fail(args, exc)
     if args.json:
         dataset["statistics"] = statistics
-        _print_json(dataset)
+        print_json(dataset)
     else:
         _print_dataset(dataset, statistics)
+    return 0
+
+
+def _configure_wait(parser: argparse.ArgumentParser) -> None:
+    add_dataset(parser)
+    parser.add_argument("--interval", type=float, metavar="SECONDS",
+                        help="how often to ask the matchmaker and show the progress (default: "
+                             "every second on a terminal, redrawn in place; else a line every "
+                             "5 seconds)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="give up after this long, with exit status 1")
+    add_json(parser)
+
+
+def _progress_line(dataset: dict[str, Any]) -> str:
+    counts = dataset["tasks"]
+    tally = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
+    return (f"dataset {dataset['id']} {dataset['status']}: {progress_bar(counts)} "
+            f"{percent_done(counts):5.1f}% ended ({tally})")
+
+
+def _run_wait(args: argparse.Namespace) -> int:
+    """Exit status 0 once every task is complete, 1 if the dataset ended with failed tasks (or
+    on a timeout or an error)."""
+    terminal = sys.stdout.isatty() and not args.json
+    interval = args.interval or (1.0 if terminal else 5.0)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    path = f"/api/v1/datasets/{args.dataset}"
+    try:
+        client = Client.from_args(args)
+        while True:
+            dataset = client.get(path)
+            if not args.json:
+                line = _progress_line(dataset)
+                print(f"\r{line}\x1b[K" if terminal else line, end="" if terminal else "\n",
+                      flush=True)
+            if dataset["status"] in ENDED:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClientError(f"dataset {args.dataset} is still {dataset['status']} after "
+                                  f"{args.timeout:g} s; gave up waiting (--timeout)")
+            time.sleep(interval)
+    except ClientError as exc:
+        if terminal:
+            print()
+        return fail(args, exc)
+    if terminal:
+        print()
+    if args.json:
+        print_json(dataset)
+    if dataset["status"] == "failed":
+        return fail(args, f"dataset {args.dataset} ended with {dataset['tasks']['failed']} "
+                          f"failed tasks; see `floe tasks {args.dataset} --state failed`")
     return 0
 
 
 SUBCOMMANDS = {
     "submit": ("submit a dataset config to the matchmaker", _configure_submit, _run_submit),
     "status": ("show datasets and their progress", _configure_status, _run_status),
+    "wait": ("show a dataset's progress until it ends (exit status 0 if every task is "
+             "complete)", _configure_wait, _run_wait),
 }

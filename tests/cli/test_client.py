@@ -5,17 +5,13 @@ that is not there."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from cli.main import main as floe
-from config.resources import GIB, Slot
-from pilot.client import Matchmaker
-from tests.pilot.live import ROOT, LiveMatchmaker, free_port, wait_for
+from tests.cli.support import as_user, config_file, run, run_process
+from tests.pilot.live import LiveMatchmaker, free_port, wait_for
+from tests.pilot.scripted import ScriptedPilot
 
 CONFIG = {
     "description": "three jobs that count events",
@@ -24,36 +20,11 @@ CONFIG = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_client_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Only the options on the command line say where to connect and as whom."""
-    for name in ("FLOE_URL", "FLOE_TOKEN", "FLOE_CACERT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("FLOE_CONFIG", str(tmp_path / "no-client.toml"))
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`floe ARGS...` in this process: (exit status, stdout, stderr)."""
-    status = floe(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def as_alice(matchmaker: LiveMatchmaker) -> list[str]:
-    return ["--url", matchmaker.url, "--token", matchmaker.user_token]
-
-
-def config_file(tmp_path: Path, document: dict[str, Any], name: str = "dataset.json") -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps(document, indent=2))
-    return path
-
-
 def submitted(capsys: pytest.CaptureFixture[str], matchmaker: LiveMatchmaker,
               tmp_path: Path) -> int:
     """Submit CONFIG with `floe submit --json`; the new dataset's id once all its jobs exist."""
     status, out, err = run(capsys, "submit", str(config_file(tmp_path, CONFIG)), "--json",
-                           *as_alice(matchmaker))
+                           *as_user(matchmaker))
     assert status == 0, err
     dataset = json.loads(out)["id"]
     wait_for(lambda: matchmaker.get(f"/datasets/{dataset}")["jobs_created"] == CONFIG["jobs"],
@@ -63,20 +34,13 @@ def submitted(capsys: pytest.CaptureFixture[str], matchmaker: LiveMatchmaker,
 
 def complete_one_task(matchmaker: LiveMatchmaker, events: float) -> None:
     """Act as a pilot: take one task and report it done with an `events` statistic."""
-    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
-    pilot_id = client.register(host="node1", batch_system="none", batch_id="", version="test",
-                               resources={}).data["pilot_id"]
-    attempt = client.ask(pilot_id, Slot(cpus=1, memory=4 * GIB, disk=4 * GIB)).data["attempt"]
-    assert attempt is not None
-    reply = client.report(attempt["id"], attempt["passkey"],
-                          {"exit_code": 0, "statistics": {"events": events}})
-    assert reply.status == 200 and reply.data["recorded"], reply.data
+    ScriptedPilot(matchmaker).run_one(statistics={"events": events})
 
 
 def test_submit_prints_the_new_dataset_and_the_command_to_follow_it(
         capsys, matchmaker, tmp_path):
     status, out, err = run(capsys, "submit", str(config_file(tmp_path, CONFIG)),
-                           *as_alice(matchmaker))
+                           *as_user(matchmaker))
     assert status == 0, err
     [listed] = matchmaker.get("/datasets")["datasets"]
     dataset = listed["id"]
@@ -88,7 +52,7 @@ def test_submit_prints_the_new_dataset_and_the_command_to_follow_it(
 
 def test_submit_json_is_the_servers_summary_of_the_dataset(capsys, matchmaker, tmp_path):
     status, out, _ = run(capsys, "submit", str(config_file(tmp_path, CONFIG)), "--json",
-                         *as_alice(matchmaker))
+                         *as_user(matchmaker))
     assert status == 0
     printed = json.loads(out)
     assert printed["owner"] == "alice" and printed["task_names"] == ["count"]
@@ -97,7 +61,7 @@ def test_submit_json_is_the_servers_summary_of_the_dataset(capsys, matchmaker, t
 
 
 def test_status_on_an_empty_matchmaker_says_how_to_start(capsys, matchmaker):
-    status, out, _ = run(capsys, "status", *as_alice(matchmaker))
+    status, out, _ = run(capsys, "status", *as_user(matchmaker))
     assert status == 0
     assert out.strip() == "no datasets yet; submit one with `floe submit CONFIG.json`"
 
@@ -105,7 +69,7 @@ def test_status_on_an_empty_matchmaker_says_how_to_start(capsys, matchmaker):
 def test_status_lists_every_dataset_with_its_progress(capsys, matchmaker, tmp_path):
     dataset = submitted(capsys, matchmaker, tmp_path)
     complete_one_task(matchmaker, events=7)
-    status, out, _ = run(capsys, "status", *as_alice(matchmaker))
+    status, out, _ = run(capsys, "status", *as_user(matchmaker))
     assert status == 0
     header, row = out.strip().splitlines()
     assert header.split()[:4] == ["ID", "OWNER", "STATUS", "JOBS"]
@@ -117,7 +81,7 @@ def test_status_lists_every_dataset_with_its_progress(capsys, matchmaker, tmp_pa
 
 def test_status_json_lists_the_datasets_as_the_api_does(capsys, matchmaker, tmp_path):
     dataset = submitted(capsys, matchmaker, tmp_path)
-    status, out, _ = run(capsys, "status", "--json", *as_alice(matchmaker))
+    status, out, _ = run(capsys, "status", "--json", *as_user(matchmaker))
     assert status == 0
     [printed] = json.loads(out)
     assert printed["id"] == dataset and printed["tasks"]["ready"] == 3
@@ -126,7 +90,7 @@ def test_status_json_lists_the_datasets_as_the_api_does(capsys, matchmaker, tmp_
 def test_status_of_one_dataset_shows_its_tasks_and_statistics(capsys, matchmaker, tmp_path):
     dataset = submitted(capsys, matchmaker, tmp_path)
     complete_one_task(matchmaker, events=7)
-    status, out, _ = run(capsys, "status", str(dataset), *as_alice(matchmaker))
+    status, out, _ = run(capsys, "status", str(dataset), *as_user(matchmaker))
     assert status == 0
     lines = out.splitlines()
     assert lines[0] == f"dataset {dataset} of alice: processing, priority 1.0, max_retries 3"
@@ -142,7 +106,7 @@ def test_status_json_of_one_dataset_carries_its_config_and_statistics(
         capsys, matchmaker, tmp_path):
     dataset = submitted(capsys, matchmaker, tmp_path)
     complete_one_task(matchmaker, events=4)
-    status, out, _ = run(capsys, "status", str(dataset), "--json", *as_alice(matchmaker))
+    status, out, _ = run(capsys, "status", str(dataset), "--json", *as_user(matchmaker))
     assert status == 0
     printed = json.loads(out)
     assert printed["id"] == dataset and printed["config"]["tasks"][0]["name"] == "count"
@@ -154,19 +118,15 @@ def test_status_json_of_one_dataset_carries_its_config_and_statistics(
 
 
 def test_status_of_a_dataset_that_does_not_exist_says_so(capsys, matchmaker):
-    status, out, err = run(capsys, "status", "999", *as_alice(matchmaker))
+    status, out, err = run(capsys, "status", "999", *as_user(matchmaker))
     assert status == 1 and out == ""
     assert err.strip() == "floe status: there is no dataset 999"
 
 
 def test_a_wrong_token_gets_one_sentence_and_a_failing_exit_status(matchmaker, tmp_path):
-    # A real process, so that the exit status is the one a shell would see.
     for args in (["status"], ["submit", str(config_file(tmp_path, CONFIG))]):
-        result = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args, "--url", matchmaker.url, "--token",
-             "floe_u_not-a-token-anyone-was-given"], cwd=ROOT, text=True, capture_output=True,
-            timeout=60, env={"FLOE_CONFIG": str(tmp_path / "no-client.toml"),
-                             "PATH": "/usr/bin:/bin"})
+        result = run_process(tmp_path, *args, "--url", matchmaker.url, "--token",
+                             "floe_u_not-a-token-anyone-was-given")
         assert result.returncode == 1, result
         assert result.stdout == ""
         assert result.stderr.strip() == (f"floe {args[0]}: this token is not known or was "
@@ -193,7 +153,7 @@ def test_an_invalid_config_is_refused_locally_with_the_path_of_the_problem(
     assert err.startswith(f"floe submit: {path} is not a valid dataset config:")
     assert 'tasks[0].requirements.memory: expected a size like "4GB", got "lots"' in err
     assert "cannot reach" not in err
-    status, _, err = run(capsys, "submit", str(path), *as_alice(matchmaker))
+    status, _, err = run(capsys, "submit", str(path), *as_user(matchmaker))
     assert status == 1 and "tasks[0].requirements.memory" in err
     assert matchmaker.get("/datasets")["datasets"] == []
 

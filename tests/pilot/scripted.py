@@ -16,10 +16,11 @@ SLOT = Slot(cpus=1, memory=4 * GIB, disk=4 * GIB)
 class ScriptedPilot:
     """One registered pilot of site-a."""
 
-    def __init__(self, matchmaker: LiveMatchmaker, host: str = "node1") -> None:
+    def __init__(self, matchmaker: LiveMatchmaker, host: str = "node1",
+                 resources: dict[str, Any] | None = None) -> None:
         self.client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
         reply = self.client.register(host=host, batch_system="none", batch_id="",
-                                     version="test", resources={})
+                                     version="test", resources=resources or {})
         assert reply.status == 201, reply.data
         self.pilot_id: int = reply.data["pilot_id"]
 

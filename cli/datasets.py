@@ -1,0 +1,153 @@
+"""`floe datasets`, `jobs`, `tasks`, `attempts` and `logs`: from every dataset down to one
+attempt's output, as the dataset and task pages show them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from config.resources import format_duration, format_size
+
+from .client import STATES
+from .command import Command, add_dataset, add_paging, age, moment, next_page, subcommands, table
+from .http import Client, ClientError
+
+JOB_STATES = ("waiting", "processing", "complete", "failed", "suspended")
+
+
+def _datasets_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--owner", help="only this user's datasets")
+    parser.add_argument("--status", choices=("processing", "suspended", "complete", "failed"),
+                        help="only datasets in this status")
+
+
+def _datasets_fetch(client: Client, args: argparse.Namespace) -> Any:
+    return client.get("/api/v1/datasets", owner=args.owner, status=args.status)
+
+
+def _datasets_show(data: Any, args: argparse.Namespace) -> None:
+    if not data["datasets"]:
+        print("no datasets match" if args.owner or args.status else
+              "no datasets yet; submit one with `floe submit CONFIG.json`")
+        return
+    print(table(["ID", "OWNER", "STATUS", "PRIORITY", "JOBS", *(s.upper() for s in STATES),
+                 "AGE", "DESCRIPTION"],
+                [[d["id"], d["owner"], d["status"], d["priority"], d["jobs"],
+                  *(d["tasks"][s] for s in STATES), age(d["created"]), d["description"][:40]]
+                 for d in data["datasets"]]))
+
+
+def _jobs_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset(parser)
+    parser.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    add_paging(parser, "jobs")
+
+
+def _jobs_fetch(client: Client, args: argparse.Namespace) -> Any:
+    return client.get(f"/api/v1/datasets/{args.dataset}/jobs", state=args.state,
+                      after=args.after, limit=args.limit)
+
+
+def _jobs_show(data: Any, args: argparse.Namespace) -> None:
+    if not data["jobs"]:
+        print(f"dataset {args.dataset} has no jobs that match")
+        return
+    print(table(["JOB", "STATE"], [[j["job"], j["state"]] for j in data["jobs"]]))
+    next_page(args, data["next"])
+
+
+def _tasks_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset(parser)
+    parser.add_argument("--state", choices=STATES, help="only tasks in this state")
+    parser.add_argument("--task", metavar="NAME", help="only the tasks of this name")
+    parser.add_argument("--job", type=int, metavar="N", help="only the tasks of job N")
+    add_paging(parser, "tasks")
+
+
+def _tasks_fetch(client: Client, args: argparse.Namespace) -> Any:
+    return client.get(f"/api/v1/datasets/{args.dataset}/tasks", state=args.state,
+                      task=args.task, job=args.job, after=args.after, limit=args.limit)
+
+
+def _tasks_show(data: Any, args: argparse.Namespace) -> None:
+    if not data["tasks"]:
+        print(f"dataset {args.dataset} has no tasks that match")
+        return
+    print(table(["ID", "JOB", "TASK", "STATE", "FAILURES", "LOST", "UPDATED", "REASON"],
+                [[t["task_id"], t["job"], t["task"], t["state"], t["failures"], t["lost"],
+                  age(t["updated"]), t["reason"] or ""] for t in data["tasks"]]))
+    next_page(args, data["next"])
+
+
+def _task_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", type=int, help="the task's id (see `floe tasks DATASET`)")
+
+
+def _attempts_fetch(client: Client, args: argparse.Namespace) -> Any:
+    return client.get(f"/api/v1/tasks/{args.task}")
+
+
+def _size(value: int | None) -> str | None:
+    return format_size(value) if value else None
+
+
+def _attempts_show(task: dict[str, Any], args: argparse.Namespace) -> None:
+    needs = task["requirements"]
+    print(f"task {task['task_id']} ({task['task']} of job {task['job']}, dataset "
+          f"{task['dataset']}): {task['state']}, {task['failures']} failures, "
+          f"{task['lost']} lost; needs {needs['cpus']} CPUs, {format_size(needs['memory'])} "
+          f"memory, {needs['gpus']} GPUs, {format_duration(needs['walltime'])}")
+    if not task["attempts"]:
+        print("no attempts yet")
+        return
+    rows = []
+    for a in task["attempts"]:
+        wall = a["used"]["wall_time"]
+        rows.append([a["attempt_id"], a["state"], a["site"], a["host"], a["pilot_id"],
+                     moment(a["started"]), format_duration(wall) if wall else None,
+                     a["requested"]["cpus"], _size(a["requested"]["memory"]),
+                     _size(a["used"]["peak_memory"]), a["exit_code"], a["error_class"],
+                     (a["error_message"] or "")[:60]])
+    print(table(["ATTEMPT", "STATE", "SITE", "HOST", "PILOT", "STARTED", "WALL", "CPUS",
+                 "MEMORY", "PEAK", "EXIT", "ERROR", "MESSAGE"], rows))
+
+
+def _logs_arguments(parser: argparse.ArgumentParser) -> None:
+    _task_argument(parser)
+    parser.add_argument("--stream", choices=("stdout", "stderr"), default="stdout",
+                        help="which output (default: stdout)")
+    parser.add_argument("--attempt", type=int, metavar="ID",
+                        help="this attempt's log (default: the task's latest attempt; "
+                             "see `floe attempts TASK`)")
+
+
+def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
+    attempts = [a["attempt_id"] for a in client.get(f"/api/v1/tasks/{args.task}")["attempts"]]
+    if not attempts:
+        raise ClientError(f"task {args.task} has not run yet, so it has no logs")
+    attempt = attempts[-1] if args.attempt is None else args.attempt
+    if attempt not in attempts:
+        raise ClientError(f"task {args.task} has no attempt {attempt} (its attempts: "
+                          f"{', '.join(map(str, attempts))})")
+    text = client.request("GET", f"/api/v1/attempts/{attempt}/logs/{args.stream}", raw=True)
+    return {"task_id": args.task, "attempt_id": attempt, "stream": args.stream, "text": text}
+
+
+def _logs_show(data: Any, args: argparse.Namespace) -> None:
+    sys.stdout.write(data["text"])
+    if data["text"] and not data["text"].endswith("\n"):
+        sys.stdout.write("\n")
+
+
+SUBCOMMANDS = subcommands({
+    "datasets": Command("list datasets with their tasks in each state", _datasets_arguments,
+                        _datasets_fetch, _datasets_show),
+    "jobs": Command("list a dataset's jobs", _jobs_arguments, _jobs_fetch, _jobs_show),
+    "tasks": Command("list a dataset's tasks, by state and task name", _tasks_arguments,
+                     _tasks_fetch, _tasks_show),
+    "attempts": Command("show a task and every attempt to run it", _task_argument,
+                        _attempts_fetch, _attempts_show),
+    "logs": Command("print the stdout or stderr of a task's attempt", _logs_arguments,
+                    _logs_fetch, _logs_show),
+})
