@@ -72,6 +72,16 @@ class NoWork:
     shortest_walltime: int | None = None
 
 
+def answer_json(engine: Engine, answer: Dispatch | NoWork) -> bytes:
+    """What an ask is answered, as JSON: the dispatch, or why nothing fits and how long to wait
+    (the ask route's answer, and a report's `next`)."""
+    if isinstance(answer, Dispatch):
+        return answer.to_json(engine)
+    return json.dumps({"attempt": None, "wait": answer.wait, "reason": answer.reason,
+                       "shortest_walltime": answer.shortest_walltime},
+                      separators=(",", ":")).encode()
+
+
 def candidates(engine: Engine):
     """Datasets with ready work, a user at a time: users most deserving first (lowest decayed
     usage per share), and each user's datasets most deserving first (usage per priority).

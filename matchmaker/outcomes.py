@@ -11,6 +11,11 @@ batch of guarded updates, and applied to memory by the writer right after that b
 - resource overuse also grows the task's requirement to 1.5x the measured peak (never shrinks);
 - pilot lost (drain, heartbeat timeout): the task is requeued without using a retry, up to
   `LOST_LIMIT` times so that a task that kills its node cannot loop forever.
+
+A report may also ask for the pilot's next task (`report_and_ask`): the outcome is committed and
+applied first, so the match sees the attempt's resources released and its usage accounted, just
+as a separate ask right after the report would. The passkey authorizes the report; the ask needs
+what a separate ask needs, the pilot's token, and the attempt must be that pilot's.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import hmac
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.resources import Requirements, Usage, format_duration, format_size
+from config.resources import Requirements, Slot, Usage, format_duration, format_size
 from config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
 
-from .engine import ActiveAttempt, Engine, hash_secret
-from .errors import BadRequest, Conflict, Forbidden, NotFound
+from . import dispatch
+from .engine import ActiveAttempt, Engine, Site, hash_secret
+from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from .fairshare import weight
 from .model import CODE, STATES, DatasetState, job_state
 from .storage.database import Batch, StaleWrite
@@ -120,8 +127,13 @@ async def stale_answer(engine: Engine, attempt_id: int, passkey: str) -> dict[st
     """Answer a report or heartbeat for an attempt that is no longer in flight: a repeated
     report of a recorded result is acknowledged again (so a pilot that lost the first answer
     never reports twice); anything else is refused with the reason."""
+    return (await _stale(engine, attempt_id, passkey))[0]
+
+
+async def _stale(engine: Engine, attempt_id: int, passkey: str) -> tuple[dict[str, Any], int]:
+    """`stale_answer`, with the id of the pilot the attempt was given to."""
     row = await engine.db.fetchone(
-        "SELECT state, passkey_hash, error_class, error_message FROM attempts"
+        "SELECT state, passkey_hash, error_message, pilot_id FROM attempts"
         " WHERE attempt_id = ?", (attempt_id,))
     if row is None:
         raise NotFound(f"there is no attempt {attempt_id}")
@@ -129,7 +141,7 @@ async def stale_answer(engine: Engine, attempt_id: int, passkey: str) -> dict[st
         raise Forbidden(f"wrong passkey for attempt {attempt_id}: only the pilot that was given "
                         "this attempt may speak for it")
     if row["state"] in (AttemptState.COMPLETE.value, AttemptState.FAILED.value):
-        return {"recorded": True, "duplicate": True, "state": row["state"]}
+        return {"recorded": True, "duplicate": True, "state": row["state"]}, row["pilot_id"]
     reason = engine.voided.get(attempt_id) or row["error_message"] or "reset"
     raise Conflict(f"attempt {attempt_id} is void ({reason}); its passkey is no longer valid "
                    "and its result will not be recorded")
@@ -332,15 +344,39 @@ def apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, outcome:
 async def report(engine: Engine, attempt_id: int, passkey: str,
                  outcome: Outcome) -> dict[str, Any]:
     """A pilot's final report on one of its attempts."""
+    return (await _record(engine, attempt_id, passkey, outcome))[0]
+
+
+async def report_and_ask(engine: Engine, attempt_id: int, passkey: str, outcome: Outcome,
+                         free: Mapping[str, Any], site: Site | None
+                         ) -> tuple[dict[str, Any], dispatch.Dispatch | dispatch.NoWork | ApiError]:
+    """A final report that also asks, with `free` (the ask route's fields), for the next task of
+    the pilot the attempt was given to, which a pilot token of `site` speaks for: the report's
+    answer, and the ask's, decided and committed once the outcome is, or why that pilot may not
+    ask. A report the passkey cannot make is refused (raised) before anything is asked."""
+    answer, pilot_id = await _record(engine, attempt_id, passkey, outcome)
+    pilot = engine.pilots.get(pilot_id)
+    if pilot is None:
+        return answer, NotFound(f"pilot {pilot_id} is not registered or has ended; register "
+                                "again")
+    if site is None or pilot.site.site_id != site.site_id:
+        return answer, Forbidden(f"pilot {pilot_id} belongs to another site")
+    slot = Slot.from_dict(dict(free, site=pilot.site.name))
+    return answer, await dispatch.ask(engine, pilot, slot)
+
+
+async def _record(engine: Engine, attempt_id: int, passkey: str,
+                  outcome: Outcome) -> tuple[dict[str, Any], int]:
+    """`report`, with the id of the pilot the attempt was given to."""
     active = engine.active.get(attempt_id)
     if active is None:
-        return await stale_answer(engine, attempt_id, passkey)
+        return await _stale(engine, attempt_id, passkey)
     check_passkey(active, passkey)
     dataset = engine.datasets[active.dataset_id]
     job_index = dataset.locate(active.task_id)[0]
     async with engine.job_lock(dataset.id, job_index):
         if engine.active.get(attempt_id) is not active:  # recorded while we waited
-            return await stale_answer(engine, attempt_id, passkey)
+            return await _stale(engine, attempt_id, passkey)
         if outcome.error_class in (ErrorClass.PILOT_LOST, ErrorClass.RESET):
             state = AttemptState.RESET
         else:
@@ -348,12 +384,12 @@ async def report(engine: Engine, attempt_id: int, passkey: str,
         try:
             decided = await finish(engine, active, outcome, state)
         except StaleWrite:
-            return await stale_answer(engine, attempt_id, passkey)
+            return await _stale(engine, attempt_id, passkey)
     if state == AttemptState.RESET:
         engine.void(attempt_id, outcome.error_message or "reported lost by its pilot")
     new_state = decided.moves[0][2].value
     return {"recorded": True, "duplicate": False, "task_state": new_state,
-            "reason": decided.reason or None}
+            "reason": decided.reason or None}, active.pilot_id
 
 
 async def lose(engine: Engine, active: ActiveAttempt, error: ErrorClass, reason: str) -> None:

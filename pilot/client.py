@@ -5,6 +5,9 @@ is reused across requests (a new TCP and TLS handshake per task would cost more 
 the per-task overhead). Answers come back as a `Reply` with the status and the decoded JSON;
 anything worth trying again later (no connection, a timeout, a 5xx from the server or a proxy
 before it) raises `Unreachable` instead, so callers only decide about 2xx and 4xx answers.
+
+A final report may carry an ask for the next task (one request per task for a busy pilot);
+`next_reply` gives the ask part of its answer as the `Reply` the ask itself would have had.
 """
 
 from __future__ import annotations
@@ -91,18 +94,22 @@ class Matchmaker:
             "version": version, "resources": dict(resources)})
 
     def ask(self, pilot_id: int, offer: Slot) -> Reply:
-        body = offer.to_dict()
-        del body["site"]  # the matchmaker takes the site from the pilot token
-        return self.call("POST", f"/pilots/{pilot_id}/ask", body)
+        return self.call("POST", f"/pilots/{pilot_id}/ask", _free(offer))
 
     def heartbeat(self, attempt_id: int, passkey: str, usage: Mapping[str, Any]) -> Reply:
         return self.call("POST", f"/attempts/{attempt_id}/heartbeat", {"usage": dict(usage)},
                          passkey=passkey)
 
     def report(self, attempt_id: int, passkey: str, report: Mapping[str, Any],
-               timeout: float | None = None) -> Reply:
-        return self.call("POST", f"/attempts/{attempt_id}/report", report, passkey=passkey,
-                         timeout=timeout)
+               timeout: float | None = None, ask: Slot | None = None) -> Reply:
+        """Deliver a final report; with `ask` (what is free once this attempt's resources are
+        released), ask for the pilot's next task in the same request (see `next_reply`)."""
+        if ask is None:
+            return self.call("POST", f"/attempts/{attempt_id}/report", report, passkey=passkey,
+                             timeout=timeout)
+        # The passkey speaks for the report, the pilot token (as for any ask) for the ask.
+        return self.call("POST", f"/attempts/{attempt_id}/report", dict(report, ask=_free(ask)),
+                         passkey=passkey, timeout=timeout, with_token=True)
 
     def upload_log(self, attempt_id: int, passkey: str, stream: str, text: bytes,
                    timeout: float | None = None) -> Reply:
@@ -118,12 +125,14 @@ class Matchmaker:
     # ------------------------------------------------------------ the transport
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-             passkey: str | None = None, timeout: float | None = None) -> Reply:
-        """Send one request; raises Unreachable when it should be tried again later."""
+             passkey: str | None = None, timeout: float | None = None,
+             with_token: bool = False) -> Reply:
+        """Send one request, proved by `passkey` (and the token too when `with_token`) or by
+        the token; raises Unreachable when it should be tried again later."""
         headers = {"Accept": "application/json"}
         if passkey is not None:
             headers[PASSKEY_HEADER] = passkey
-        elif self.token:
+        if (passkey is None or with_token) and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         payload = raw
         if body is not None:
@@ -182,6 +191,22 @@ class Matchmaker:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def next_reply(reply: Reply) -> Reply | None:
+    """The ask part of the answer to a report that carried one, as the ask's own reply would
+    be (None when the answer has none: the report was refused, so nothing was asked)."""
+    following = reply.data.get("next") if reply.ok and isinstance(reply.data, Mapping) else None
+    if not isinstance(following, Mapping):
+        return None
+    return Reply(int(following.get("status") or 200), following)
+
+
+def _free(offer: Slot) -> dict[str, Any]:
+    """An offer as the ask's body: the matchmaker takes the site from the pilot token."""
+    body = offer.to_dict()
+    del body["site"]
+    return body
 
 
 def _decode(data: bytes, content_type: str | None) -> Any:

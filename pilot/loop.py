@@ -8,10 +8,14 @@ moment the task is over, then wakes the loop, which delivers it. Each turn of th
 1. drain, once, if a signal asked for it: stop asking, stop every task (reported pilot_lost,
    so the matchmaker requeues them without counting a failure);
 2. collect finished tasks: release their claims, update the black-hole streak;
-3. deliver due reports from the outbox (backing off while the matchmaker is away);
+3. deliver due reports from the outbox (backing off while the matchmaker is away); when it is
+   time to ask for work as a finished task's report goes out, the ask rides in that report
+   and the task its answer hands out is started at once: a busy pilot needs one request per
+   task;
 4. send due heartbeats; an answer that the attempt is void (reset, suspended, timed out on
    the server) kills the task and its result is dropped;
-5. register, or ask for a task that fits what is free, when it is time; start it;
+5. register, or ask for a task that fits what is free, when it is time (and no report asked
+   already); start it;
 6. leave when asking has stopped (idle, out of time, drained, suspect node, token refused),
    nothing runs and every report is delivered (or the patience for that is spent);
 7. sleep until the next thing is due or a task thread or a signal wakes it.
@@ -42,9 +46,9 @@ from config.resources import Requirements, format_duration
 from config.states import ErrorClass
 from pilot.backoff import Backoff, jittered
 from pilot.claims import Claim, ClaimError, Claims
-from pilot.client import Matchmaker, Unreachable
+from pilot.client import Matchmaker, Reply, Unreachable
 from pilot.gpus import GpuSource
-from pilot.outbox import Delivery, Outbox, Verdict, deliver
+from pilot.outbox import Delivery, Outbox, Verdict, deliver, deliver_asking
 from pilot.runner import Assignment, RunnerSettings, TaskResult, TaskRun
 from pilot.slot import MeasuredSlot
 from pilot.streak import FailureStreak
@@ -309,25 +313,8 @@ class Pilot:
             if now >= self._next_register:
                 self._register(now)
             return
-        seconds = self.slot.seconds_left()
-        if seconds < self.settings.min_seconds:
-            self._stop_asking("lifetime", f"{seconds}s left in the slot, too little for a task")
-            return
-        if not self._running and self._asked_since_busy and \
-                now - self._last_busy >= self.settings.idle_timeout:
-            self._stop_asking("idle", "no work for "
-                              f"{format_duration(self.settings.idle_timeout)}")
-            return
-        if now < self._next_ask:
-            return
-        if not self.claims.can_offer():
-            if not self._running:
-                free = self.claims.free()
-                self._stop_asking("empty slot", f"the slot offers nothing a task could use "
-                                  f"({free.cpus} CPUs, {free.memory} bytes of memory, "
-                                  f"{free.disk} bytes of disk); see floe pilot --probe",
-                                  EXIT_ERROR)
-            self._next_ask = math.inf  # until a task ends and frees something
+        seconds = self._ask_due(now)
+        if seconds is None:
             return
         asked = self.clock()
         self._asked_since_busy = True
@@ -339,6 +326,37 @@ class Pilot:
             log.warning("%s; asking again in %.1fs", err, delay)
             return
         self._ask_backoff.reset()
+        self._answered(reply, now, asked, seconds)
+
+    def _ask_due(self, now: float) -> int | None:
+        """The seconds left in the slot when it is time to ask for work (registered, still
+        asking, and something is free), else None; stops asking when it is time for that."""
+        if self.stop is not None or self.pilot_id is None:
+            return None
+        seconds = self.slot.seconds_left()
+        if seconds < self.settings.min_seconds:
+            self._stop_asking("lifetime", f"{seconds}s left in the slot, too little for a task")
+            return None
+        if not self._running and self._asked_since_busy and \
+                now - self._last_busy >= self.settings.idle_timeout:
+            self._stop_asking("idle", "no work for "
+                              f"{format_duration(self.settings.idle_timeout)}")
+            return None
+        if now < self._next_ask:
+            return None
+        if not self.claims.can_offer():
+            if not self._running:
+                free = self.claims.free()
+                self._stop_asking("empty slot", f"the slot offers nothing a task could use "
+                                  f"({free.cpus} CPUs, {free.memory} bytes of memory, "
+                                  f"{free.disk} bytes of disk); see floe pilot --probe",
+                                  EXIT_ERROR)
+            self._next_ask = math.inf  # until a task ends and frees something
+            return None
+        return seconds
+
+    def _answered(self, reply: Reply, now: float, asked: float, seconds: int) -> None:
+        """Act on the answer to an ask (its own, or the one inside a report)."""
         if reply.ok:
             attempt = reply.data.get("attempt")
             if attempt is not None:
@@ -518,7 +536,16 @@ class Pilot:
             return
         for attempt_id in sorted(self._pending):
             pending = self._pending[attempt_id]
-            verdict, words = deliver(self.client, self.outbox, pending.delivery)
+            # A report of a task this pilot just ran asks for the next one when asking is due.
+            seconds = self._ask_due(now) if pending.asked_at is not None else None
+            answer = None
+            if seconds is None:
+                verdict, words = deliver(self.client, self.outbox, pending.delivery)
+            else:
+                asked = self.clock()
+                self._asked_since_busy = True
+                verdict, words, answer = deliver_asking(self.client, self.outbox,
+                                                        pending.delivery, self.claims.offer())
             if verdict is Verdict.RETRY:
                 delay = self._deliver_backoff.next()
                 self._deliver_after = now + delay
@@ -541,6 +568,9 @@ class Pilot:
                 self.outbox.set_aside(pending.delivery, words)
                 log.error("attempt %s: the matchmaker refused its report (%s); it is kept in "
                           "%s", attempt_id, words, self.outbox.directory / "rejected")
+            if answer is not None:
+                self._ask_backoff.reset()
+                self._answered(answer, now, asked, seconds)
 
     def _send_heartbeats(self, now: float) -> None:
         for task in list(self._running.values()):

@@ -5,7 +5,9 @@ matchmaker has recorded it (or said for certain that it never will: the attempt 
 the passkey is not its own). So a result survives the matchmaker being away and the pilot being
 killed: a pilot started again on the same scratch directory finds the reports the dead one left
 and delivers them, even before it registers. Reporting twice does no harm, because the
-matchmaker acknowledges a repeated report as a duplicate and records nothing twice.
+matchmaker acknowledges a repeated report as a duplicate and records nothing twice. A report
+may carry the pilot's ask for its next task (`deliver_asking`); the ask never changes what becomes
+of the report.
 
 Layout: `<attempt>.json` (attempt id, passkey, report body) written atomically (temporary file,
 fsync, rename), with `<attempt>.stdout` / `<attempt>.stderr` beside it when a log is longer than
@@ -27,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.client import MAX_LOG_BYTES, Matchmaker, Unreachable
+from config.resources import Slot
+from pilot.client import MAX_LOG_BYTES, Matchmaker, Reply, Unreachable, next_reply
 
 log = logging.getLogger("floe.pilot")
 
@@ -170,6 +173,20 @@ def deliver(client: Matchmaker, outbox: Outbox, delivery: Delivery,
             timeout: float | None = None) -> tuple[Verdict, str]:
     """Send one report (its full logs first, when kept) and say what became of it, with the
     matchmaker's words. Does not remove it from the outbox: the caller does, by the verdict."""
+    verdict, words, _ = _send(client, outbox, delivery, timeout, None)
+    return verdict, words
+
+
+def deliver_asking(client: Matchmaker, outbox: Outbox, delivery: Delivery,
+                   offer: Slot) -> tuple[Verdict, str, Reply | None]:
+    """`deliver`, asking in the same request for a task that fits `offer`; also returns the
+    answer to that ask, as the ask's own reply (None when the report was not accepted: then
+    nothing was asked)."""
+    return _send(client, outbox, delivery, None, offer)
+
+
+def _send(client: Matchmaker, outbox: Outbox, delivery: Delivery, timeout: float | None,
+          offer: Slot | None) -> tuple[Verdict, str, Reply | None]:
     attempt_id, passkey = delivery.attempt_id, delivery.passkey
     try:
         for stream in STREAMS:
@@ -178,17 +195,17 @@ def deliver(client: Matchmaker, outbox: Outbox, delivery: Delivery,
                 continue
             reply = client.upload_log(attempt_id, passkey, stream, text, timeout)
             if reply.status in (403, 404, 409):
-                return Verdict.VOID, reply.error
+                return Verdict.VOID, reply.error, None
             if not reply.ok:
                 # The tail in the report still says what happened; the full log is a bonus.
                 log.warning("attempt %s: the matchmaker refused its full %s (%s)", attempt_id,
                             stream, reply.error)
-        reply = client.report(attempt_id, passkey, delivery.report, timeout)
+        reply = client.report(attempt_id, passkey, delivery.report, timeout, offer)
     except Unreachable as err:
-        return Verdict.RETRY, str(err)
+        return Verdict.RETRY, str(err), None
     if reply.ok:
         return Verdict.DELIVERED, "duplicate" if reply.data.get("duplicate") else \
-            str(reply.data.get("task_state") or "recorded")
+            str(reply.data.get("task_state") or "recorded"), next_reply(reply)
     if reply.status in (403, 404, 409):
-        return Verdict.VOID, reply.error
-    return Verdict.REJECTED, f"HTTP {reply.status}: {reply.error}"
+        return Verdict.VOID, reply.error, None
+    return Verdict.REJECTED, f"HTTP {reply.status}: {reply.error}", None

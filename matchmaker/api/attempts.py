@@ -1,15 +1,16 @@
 """API of running attempts (heartbeat, report, log upload), proved by per-attempt passkeys, and
-the read-only views of attempts and their logs."""
+the read-only views of attempts and their logs. A report may carry its pilot's next ask."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
-from .. import outcomes
+from .. import dispatch, outcomes
 from ..access import Action
-from ..errors import NotFound, PayloadTooLarge
+from ..errors import ApiError, NotFound, PayloadTooLarge
 from ..storage import queries
 from ..storage.database import Batch
 from ..storage.writes import SAVE_LOG
@@ -29,14 +30,38 @@ async def heartbeat(ctx: Context) -> Any:
                                     ctx.body.get("usage") or {})
 
 
-@route("POST", "/api/v1/attempts/{attempt_id}/report", summary="Report how an attempt ended",
-       tag="attempts", passkey=True, body=schemas.REPORT, params=[ATTEMPT_ID],
+@route("POST", "/api/v1/attempts/{attempt_id}/report", summary="Report how an attempt ended "
+       "(and, with `ask`, ask for the pilot's next task)", tag="attempts", passkey=True,
+       body=schemas.REPORT, response=schemas.RECORDED, params=[ATTEMPT_ID],
        max_body=4 * 2**20, errors=(400, 401, 403, 404, 409),
        description="Idempotent: sending the same report again is acknowledged with "
-                   "duplicate=true and records nothing twice.")
+                   "duplicate=true and records nothing twice. With `ask` (the ask route's "
+                   "body) and the pilot's token beside the passkey, the answer's `next` is what "
+                   "the ask route would answer for the attempt's pilot, decided once this "
+                   "outcome is recorded and applied: one request per task for a busy pilot. "
+                   "The passkey alone decides the report: a report it cannot make is refused "
+                   "whole (nothing is asked), and a refused ask (`next` with `error` and "
+                   "`status`) leaves the report recorded.")
 async def report(ctx: Context) -> Any:
+    engine = ctx.engine
+    attempt_id = ctx.params["attempt_id"]
     outcome = outcomes.Outcome.from_dict(ctx.body)
-    return await outcomes.report(ctx.engine, ctx.params["attempt_id"], ctx.passkey, outcome)
+    free = ctx.body.get("ask")
+    if free is None:
+        return await outcomes.report(engine, attempt_id, ctx.passkey, outcome)
+    try:
+        ctx.authorize(Action.PILOT)
+    except ApiError as refusal:
+        answer = await outcomes.report(engine, attempt_id, ctx.passkey, outcome)
+        return dict(answer, next={"error": refusal.message, "status": refusal.status})
+    answer, following = await outcomes.report_and_ask(engine, attempt_id, ctx.passkey, outcome,
+                                                      free, ctx.principal.site)
+    if isinstance(following, ApiError):
+        return dict(answer, next={"error": following.message, "status": following.status})
+    recorded = json.dumps(answer, separators=(",", ":")).encode()
+    return web.Response(body=recorded[:-1] + b',"next":' +
+                        dispatch.answer_json(engine, following) + b"}",
+                        content_type="application/json")
 
 
 @route("PUT", "/api/v1/attempts/{attempt_id}/logs/{stream}", summary="Upload an attempt's full "

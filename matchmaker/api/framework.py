@@ -3,8 +3,10 @@ its parameters and body schema, and its entry in the OpenAPI document.
 
 A handler receives a `Context` whose body has already been size-capped, parsed and checked
 against the declared schema, and whose caller has already been authenticated and authorized for
-the route's action. It returns plain data (sent as JSON) or a `Reply`. Every error leaves the
-server as JSON `{"error": "..."}` with a 4xx status (5xx only for faults of the server itself);
+the route's action. A passkey route is served even when a token that came along is refused (the
+passkey authorizes it): the refusal waits in `Context.refused` for a part that needs the token.
+It returns plain data (sent as JSON) or a `Reply`. Every error leaves the server as JSON
+`{"error": "..."}` with a 4xx status (5xx only for faults of the server itself);
 `unknown_route` answers paths and methods that no route takes.
 """
 
@@ -75,8 +77,12 @@ class Context:
     body: Any
     params: dict[str, Any]
     passkey: str | None = None
+    refused: Unauthorized | None = None
+    """On a passkey route: why the token that came along was refused."""
 
     def authorize(self, action: Action, **scope: Any) -> None:
+        if self.refused is not None:
+            raise self.refused
         if self.principal is None:
             raise Unauthorized("this needs a token: send 'Authorization: Bearer <token>'")
         authorize(self.principal, action, **scope)
@@ -195,7 +201,13 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         started = time.perf_counter()
         try:
             token = _token(request)
-            principal = await auth.authenticate(token) if token else None
+            principal, refused = None, None
+            try:
+                principal = await auth.authenticate(token) if token else None
+            except Unauthorized as exc:
+                if not spec.passkey:
+                    raise
+                refused = exc
             params = {p.name: _parse_param(p, request.match_info.get(p.name))
                       for p in path_params}
             params.update({p.name: _parse_param(p, request.query.get(p.name))
@@ -213,7 +225,7 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             limit = spec.max_body or engine.settings.max_request_bytes
             body = await _read_body(request, spec, limit) if request.can_read_body or \
                 spec.body is not None else None
-            context = Context(request, engine, auth, principal, body, params, passkey)
+            context = Context(request, engine, auth, principal, body, params, passkey, refused)
             result = await spec.handler(context)
             if isinstance(result, web.StreamResponse):
                 return result

@@ -56,10 +56,8 @@ async def ask(ctx: Context) -> Any:
     body["site"] = pilot.site.name
     slot = Slot.from_dict(body)
     answer = await dispatch.ask(ctx.engine, pilot, slot)
-    if isinstance(answer, dispatch.NoWork):
-        return {"attempt": None, "wait": answer.wait, "reason": answer.reason,
-                "shortest_walltime": answer.shortest_walltime}
-    return web.Response(body=answer.to_json(ctx.engine), content_type="application/json")
+    return web.Response(body=dispatch.answer_json(ctx.engine, answer),
+                        content_type="application/json")
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/exit", summary="Sign off a pilot", tag="pilots",

@@ -88,7 +88,24 @@ REPORT = _obj({
     "stderr_tail": _str(1_000_000),
     "overuse": _obj({"resource": {"type": "string", "enum": ["memory", "disk", "walltime"]},
                      "requested": _num(), "peak": _num()}),
+    "ask": dict(SLOT, description="ask for the next task in the same request: what the "
+                                  "pilot has free once this attempt's resources are released, "
+                                  "as the ask route takes it"),
 }, ("exit_code",))
+
+RECORDED = _obj({
+    "recorded": {"type": "boolean"},
+    "duplicate": {"type": "boolean", "description": "this result was recorded before"},
+    "task_state": _str(32, description="the task's state after this report (absent on a "
+                                       "duplicate)"),
+    "state": _str(32, description="the attempt's recorded state (on a duplicate)"),
+    "reason": {"type": ["string", "null"]},
+    "next": {"type": "object", "description": (
+        "only when the report carried `ask`: exactly the ask route's answer, decided after "
+        "this outcome was applied: {\"attempt\": {...}} or {\"attempt\": null, \"wait\": "
+        "...}; or, when the ask was refused (no valid pilot token: 401, another site's "
+        "pilot: 403, the pilot has ended: 404), {\"error\": \"...\", \"status\": ...}")},
+}, ("recorded", "duplicate"))
 
 DATASET_CONFIG = {
     "type": "object",

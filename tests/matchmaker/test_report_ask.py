@@ -1,0 +1,220 @@
+"""A report that also asks for the pilot's next task: over HTTP (the combined answer, stale and
+wrong passkeys refusing both parts, failed reports, no-work answers, the OpenAPI document) and
+on the engine (the fair-share order is the one that a report followed by an ask gives)."""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+import pytest
+
+from config.settings import server_settings
+from matchmaker import dispatch, outcomes
+from matchmaker.api.framework import AUTH
+from matchmaker.engine import Engine
+from matchmaker.storage.database import Database
+
+from . import support as s
+from .support import Clock
+from .test_api import World
+
+FREE = {"cpus": 1, "memory": 4 * 2**30, "disk": 10 * 2**30, "seconds": 86400}
+
+
+@pytest.fixture
+async def world(tmp_path):
+    started = await World().start(tmp_path)
+    yield started
+    await started.stop()
+
+
+async def report(world, attempt, body, token: str | None = ""):
+    """Report on `attempt` with its passkey and (unless told otherwise) the pilot's token."""
+    return await world.api.call("POST", f"/api/v1/attempts/{attempt['id']}/report",
+                                world.pilot_token if token == "" else token, body,
+                                passkey=attempt["passkey"])
+
+
+async def attempt_row(world, attempt_id):
+    return await world.engine.db.fetchone(
+        "SELECT state, pilot_id, task_id FROM attempts WHERE attempt_id = ?", (attempt_id,))
+
+
+async def test_a_report_with_ask_records_the_outcome_and_answers_the_next_dispatch(world):
+    _, given = await world.ask()
+    first = given["attempt"]
+    status, answer = await report(world, first, {"exit_code": 0, "usage": {"wall_time": 2.0},
+                                                 "ask": FREE})
+    assert status == 200, answer
+    following = answer.pop("next")
+    assert answer == {"recorded": True, "duplicate": False, "task_state": "complete",
+                      "reason": None}
+    second = following["attempt"]
+    # Exactly what the ask route hands out: the same keys, a fresh passkey, another task.
+    _, plain = await world.ask()
+    assert set(second) == set(plain["attempt"])
+    assert second["passkey"] not in (first["passkey"], plain["attempt"]["passkey"])
+    assert second["task_id"] != first["task_id"]
+    # Both are committed before the answer: the outcome and the new attempt, of this pilot.
+    assert (await attempt_row(world, first["id"]))["state"] == "complete"
+    row = await attempt_row(world, second["id"])
+    assert (row["state"], row["pilot_id"], row["task_id"]) == \
+        ("processing", world.pilot, second["task_id"])
+    # The new attempt's passkey is live, and its own report may ask again.
+    status, _ = await world.api.call("POST", f"/api/v1/attempts/{second['id']}/heartbeat", None,
+                                     {"usage": {"cpu_time": 1.0}}, passkey=second["passkey"])
+    assert status == 200
+    status, answer = await report(world, second, {"exit_code": 0, "ask": FREE})
+    assert status == 200 and answer["next"]["attempt"]["id"] > plain["attempt"]["id"]
+
+
+async def test_a_stale_or_wrong_passkey_refuses_both_the_report_and_the_ask(world):
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    matches = world.engine.metrics.matches
+    status, answer = await world.api.call(
+        "POST", f"/api/v1/attempts/{attempt['id']}/report", world.pilot_token,
+        {"exit_code": 0, "ask": FREE}, passkey="not-the-passkey")
+    assert status == 403 and "wrong passkey" in answer["error"] and "next" not in answer
+    status, _ = await world.api.call("POST", f"/api/v1/datasets/{world.dataset}/reset",
+                                     world.owner, {"scope": "all"})
+    assert status == 200
+    status, answer = await report(world, attempt, {"exit_code": 0, "ask": FREE})
+    assert status == 409 and "is void" in answer["error"] and "next" not in answer
+    assert world.engine.metrics.matches == matches
+    assert not world.engine.pilots[world.pilot].attempts
+
+
+async def test_a_failed_report_may_ask_too(world):
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    status, answer = await report(world, attempt, {"exit_code": 3, "error_message": "bad input",
+                                                   "ask": FREE})
+    assert status == 200, answer
+    assert answer["task_state"] == "ready" and "retry 1 of" in answer["reason"]
+    assert (await attempt_row(world, attempt["id"]))["state"] == "failed"
+    assert answer["next"]["attempt"]["passkey"]
+
+
+async def test_the_next_part_says_no_work_as_the_ask_route_does(world):
+    # Take every task of the world's dataset, then report the last one asking for more.
+    taken = []
+    while True:
+        _, given = await world.ask()
+        if given["attempt"] is None:
+            break
+        taken.append(given["attempt"])
+    for attempt in taken[:-1]:
+        status, _ = await report(world, attempt, {"exit_code": 0})
+        assert status == 200
+    status, answer = await report(world, taken[-1], {"exit_code": 0, "ask": FREE})
+    assert status == 200 and answer["task_state"] == "complete"
+    _, plain = await world.ask()
+    assert plain["attempt"] is None and answer["next"] == plain
+    assert answer["next"]["wait"] > 0 and answer["next"]["reason"]
+    # With work queued but a slot too small for it, the ask route's sentence about that.
+    status, more = await world.api.call("POST", "/api/v1/datasets", world.owner,
+                                        s.config(jobs=2))
+    assert status == 201
+    await world.wait_created(more["id"])
+    _, given = await world.ask()
+    status, answer = await report(world, given["attempt"],
+                                  {"exit_code": 0, "ask": dict(FREE, memory=2**20)})
+    assert status == 200 and answer["next"]["attempt"] is None
+    assert "none fits this slot" in answer["next"]["reason"]
+
+
+async def test_the_ask_part_needs_the_pilots_own_token_and_the_report_is_recorded_anyway(world):
+    refusals = []
+    for token in (None, "floe_p_nonsense", world.other_pilot_token, world.owner):
+        _, given = await world.ask()
+        status, answer = await report(world, given["attempt"], {"exit_code": 0, "ask": FREE},
+                                      token)
+        assert status == 200 and answer["task_state"] == "complete", answer
+        assert set(answer["next"]) == {"error", "status"}
+        refusals.append(answer["next"]["status"])
+    assert refusals == [401, 401, 403, 403]
+    # An expired token: the report is recorded, the ask refused as the ask route refuses it.
+    with_expiry, _ = await world.app[AUTH].pilot_token(world.site_a, 60)
+    status, pilot = await world.api.call("POST", "/api/v1/pilots", with_expiry, {"host": "n3"})
+    status, given = await world.ask(with_expiry, pilot["pilot_id"])
+    world.engine.clock = lambda: time.time() + 120
+    status, answer = await report(world, given["attempt"], {"exit_code": 0, "ask": FREE},
+                                  with_expiry)
+    assert status == 200 and answer["task_state"] == "complete"
+    assert answer["next"]["status"] == 401 and "expired" in answer["next"]["error"]
+
+
+async def test_a_signed_off_pilots_duplicate_report_says_register_again(world):
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    status, answer = await report(world, attempt, {"exit_code": 0})
+    assert status == 200
+    status, _ = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/exit",
+                                     world.pilot_token, {"reason": "idle"})
+    assert status == 200
+    status, answer = await report(world, attempt, {"exit_code": 0, "ask": FREE})
+    assert status == 200 and answer["duplicate"] is True
+    assert answer["next"]["status"] == 404 and "register again" in answer["next"]["error"]
+
+
+async def test_the_openapi_document_describes_ask_and_next(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    op = document["paths"]["/api/v1/attempts/{attempt_id}/report"]["post"]
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    _, ask_op = next(iter(document["paths"]["/api/v1/pilots/{pilot_id}/ask"].items()))
+    slot = ask_op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["ask"]["properties"] == slot["properties"]
+    answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert "next" in answer["properties"] and "ask" in op["description"]
+
+
+async def run_pilots(engine: Engine, clock: Clock, combined: bool, hours: float) -> list:
+    """Single-CPU pilots on three users' work (shares 1:1:2) for `hours` of simulated time;
+    each reports and then asks, or asks inside its report (`combined`). Returns the sequence
+    of (pilot, dataset, task id) handed out."""
+    site = await s.site(engine)
+    users = [await s.user(engine, name, share=share)
+             for name, share in (("alice", 1), ("bob", 1), ("carol", 2))]
+    datasets = [await s.submit(engine, u, s.config(jobs=500)) for u in users]
+    durations = dict(zip((d.id for d in datasets), (240.0, 420.0, 330.0), strict=True))
+    pilots = [await s.pilot(engine, site, f"node{i}") for i in range(6)]
+    handed = []
+    events = [(clock.now, i, None) for i in range(len(pilots))]
+    end = clock.now + hours * 3600
+    while events:
+        when, index, running = heapq.heappop(events)
+        if when > end:
+            break
+        clock.now = when
+        outcome = None if running is None else s.success(durations[running.dataset.id])
+        if running is not None and combined:
+            _, given = await outcomes.report_and_ask(
+                engine, running.attempt_id, running.passkey, outcome, s.slot().to_dict(), site)
+        else:
+            if running is not None:
+                await outcomes.report(engine, running.attempt_id, running.passkey, outcome)
+            given = await s.ask(engine, pilots[index])
+        if isinstance(given, dispatch.Dispatch):
+            handed.append((index, given.dataset.id, given.task_id))
+            heapq.heappush(events, (when + durations[given.dataset.id], index, given))
+        else:
+            heapq.heappush(events, (when + 60, index, None))
+    return handed
+
+
+async def test_asking_inside_reports_keeps_the_fair_share_order(engine, clock, tmp_path):
+    separate = await run_pilots(engine, clock, combined=False, hours=3)
+    settings = server_settings({"database": str(tmp_path / "second.sqlite")})
+    db = await Database.open(settings.database)
+    second_clock = Clock()
+    other = Engine(db, settings, second_clock)
+    await other.load()
+    try:
+        combined = await run_pilots(other, second_clock, combined=True, hours=3)
+    finally:
+        await other.stop()
+        await db.close()
+    assert len(separate) > 100
+    assert combined == separate
