@@ -30,11 +30,13 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/matchmaker.py
+	$(PY) benchmarks/large_dataset.py
 	$(PY) benchmarks/pilot.py
 	$(PY) benchmarks/factory.py
 
 bench-small: $(STAMP)
 	$(PY) benchmarks/matchmaker.py --small
+	$(PY) benchmarks/large_dataset.py --small
 	$(PY) benchmarks/pilot.py --small
 	$(PY) benchmarks/factory.py --small
 
