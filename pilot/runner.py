@@ -325,6 +325,7 @@ class TaskRun:
             scratch=self.scratch, cpus=self.requirements.cpus, gpus=self.gpus,
             stats_file=self.stats_path, args=self.assignment.args, task_env=task_env,
             module_env={k: _text(v) for k, v in (module.get("env") or {}).items()})
+        started = time.monotonic()
         try:
             process = subprocess.Popen(argv, cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
                                        stdout=out, stderr=err, start_new_session=True)
@@ -332,13 +333,13 @@ class TaskRun:
             code = 127 if isinstance(error, FileNotFoundError) else 126
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: cannot run {argv[0]!r}: "
                                                  f"{error.strerror or error}", code) from None
-        tree = ProcessTree(process.pid, self.process_table)
+        tree = ProcessTree(process.pid, self.process_table, started=started)
         self._last_gpu_sample = 0.0
         status, rusage = self._wait(process.pid, tree)
         process.returncode = code = os.waitstatus_to_exitcode(status)
         self._memory = 0
         # Whatever the module left running in the background goes with it.
-        if tree.alive():
+        if tree.any_alive():
             tree.kill(self.settings.kill_grace)
         module_cpu = max(tree.peak_cpu_time, rusage.ru_utime + rusage.ru_stime)
         self._cpu_done += module_cpu

@@ -1,8 +1,10 @@
-"""A module's process tree found through psutil and through /proc, measured, and killed with no
-survivors: grandchildren, orphans, a child in a session of its own, and one ignoring SIGTERM."""
+"""A module's process tree found through psutil, through /proc and through its window of pids,
+measured, and killed with no survivors: grandchildren, orphans, a child in a session of its own,
+and one ignoring SIGTERM."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pilot.proctree import ProcessTable, ProcessTree, proc_table, psutil_table
+from pilot import proctree
+from pilot.proctree import ProcessTable, ProcessTree, last_pid, proc_table, psutil_table
 
 try:
     import psutil
@@ -20,7 +23,23 @@ except ImportError:
 
 SCANS = [pytest.param(proc_table, id="proc"),
          pytest.param(psutil_table, id="psutil",
-                      marks=pytest.mark.skipif(psutil is None, reason="psutil not installed"))]
+                      marks=pytest.mark.skipif(psutil is None, reason="psutil not installed")),
+         pytest.param("window", id="window",
+                      marks=pytest.mark.skipif(last_pid() is None, reason="no /proc/loadavg"))]
+
+
+@pytest.fixture
+def young(monkeypatch):
+    """Trees count as young for a minute, so that slow machines still test the window."""
+    monkeypatch.setattr(proctree, "WINDOW_SECONDS", 60.0)
+
+
+def tree_of(root: subprocess.Popen, scan, started: float, max_age: float = 0) -> ProcessTree:
+    if scan == "window":
+        tree = ProcessTree(root.pid, ProcessTable(proc_table, max_age=max_age), started=started)
+        assert tree.table.window(root.pid, started) is not None
+        return tree
+    return ProcessTree(root.pid, ProcessTable(scan, max_age=max_age))
 
 # A root that starts: a child, which starts a grandchild that ignores SIGTERM; an orphan (its
 # parent exits at once); and a child that moves to a session of its own. Each writes its pid.
@@ -57,8 +76,9 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def start_family(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+def start_family(tmp_path: Path) -> tuple[subprocess.Popen, Path, float]:
     pid_file = tmp_path / "pids"
+    started = time.monotonic()
     root = subprocess.Popen([sys.executable, "-c", FAMILY, str(pid_file)],
                             start_new_session=True)
     deadline = time.monotonic() + 30
@@ -66,14 +86,14 @@ def start_family(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
         if pid_file.exists() and len(pid_file.read_text().split()) == 5:
             break
         time.sleep(0.05)
-    return root, pid_file
+    return root, pid_file, started
 
 
 @pytest.mark.parametrize("scan", SCANS)
-def test_the_tree_holds_grandchildren_orphans_and_escaped_sessions(tmp_path, scan):
-    root, pid_file = start_family(tmp_path)
+def test_the_tree_holds_grandchildren_orphans_and_escaped_sessions(tmp_path, scan, young):
+    root, pid_file, started = start_family(tmp_path)
     try:
-        tree = ProcessTree(root.pid, ProcessTable(scan, max_age=0))
+        tree = tree_of(root, scan, started)
         pids = {int(p) for p in pid_file.read_text().split()}
         assert len(pids) == 5
         assert pids <= tree.alive()
@@ -85,20 +105,63 @@ def test_the_tree_holds_grandchildren_orphans_and_escaped_sessions(tmp_path, sca
         assert sample.rss >= 50 * 2**20
         assert sample.cpu_time > 0
     finally:
-        ProcessTree(root.pid, ProcessTable(scan)).kill(grace=0.2)
+        tree_of(root, scan, started, max_age=0.2).kill(grace=0.2)
         root.wait()
 
 
 @pytest.mark.parametrize("scan", SCANS)
-def test_killing_the_tree_leaves_no_survivors(tmp_path, scan):
-    root, pid_file = start_family(tmp_path)
+def test_killing_the_tree_leaves_no_survivors(tmp_path, scan, young):
+    root, pid_file, started = start_family(tmp_path)
     pids = {int(p) for p in pid_file.read_text().split()}
-    tree = ProcessTree(root.pid, ProcessTable(scan, max_age=0))
+    tree = tree_of(root, scan, started)
     tree.kill(grace=0.3)
     root.wait(timeout=10)
     assert root.returncode == -15
     assert not any(running(pid) for pid in pids)
     assert tree.alive() == set()
+    assert not tree.any_alive()
+
+
+@pytest.mark.parametrize("scan", SCANS)
+def test_what_a_leader_leaves_behind_in_its_session_is_found_once_it_is_gone(
+        tmp_path, scan, young):
+    # A child in a process group of its own (as a job-control shell puts its background jobs):
+    # the leader's group is empty once it exits, its session is not.
+    started = time.monotonic()
+    leave = ("import os\n"
+             "pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    os.setpgid(0, 0)\n"
+             "    os.execvp('sleep', ['sleep', '300'])\n"
+             "while os.getpgid(pid) != pid:\n"
+             "    pass\n"
+             "open('bg.pid', 'w').write(str(pid))\n")
+    root = subprocess.Popen([sys.executable, "-c", leave], cwd=tmp_path, start_new_session=True)
+    root.wait()
+    background = int((tmp_path / "bg.pid").read_text())
+    tree = tree_of(root, scan, started)
+    try:
+        assert os.getpgid(background) != root.pid
+        assert tree.alive() == {background}
+        assert tree.any_alive()
+    finally:
+        tree.kill(grace=0.2)
+    assert not running(background)
+    assert not tree.any_alive()
+
+
+def test_the_window_is_only_for_young_trees_of_proc():
+    started = time.monotonic()
+    root = subprocess.Popen(["true"], start_new_session=True)
+    root.wait()
+    table = ProcessTable(proc_table)
+    window = table.window(root.pid, started)
+    assert window is not None and all(root.pid not in part for part in window)
+    assert table.window(root.pid, None) is None
+    assert table.window(root.pid, started - proctree.WINDOW_SECONDS) is None
+    if psutil is not None:
+        assert ProcessTable(psutil_table).window(root.pid, started) is None
+    assert not ProcessTree(root.pid, table, started=started).any_alive()
 
 
 def test_cpu_time_of_reaped_children_counts_for_their_parent(tmp_path):

@@ -343,6 +343,21 @@ def test_background_processes_left_by_a_successful_module_are_ended(tmp_path):
     assert gone(int((tmp_path / "scratch" / "bg.pid").read_text()))
 
 
+def test_a_process_left_in_a_group_of_its_own_is_ended_too(tmp_path):
+    # Still in the module's session, though no longer in its process group.
+    leave = ("import os\n"
+             "pid = os.fork()\n"
+             "if pid == 0:\n"
+             "    os.setpgid(0, 0)\n"
+             "    os.execvp('sleep', ['sleep', '300'])\n"
+             "while os.getpgid(pid) != pid:\n"
+             "    pass\n"
+             "open('bg.pid', 'w').write(str(pid))\n")
+    result = run(tmp_path, task([{"command": [PY, "-c", leave]}]))
+    assert result.ok
+    assert gone(int((tmp_path / "scratch" / "bg.pid").read_text()))
+
+
 def test_stopping_a_run_from_another_thread_ends_it_with_that_error(tmp_path):
     started = tmp_path / "scratch" / "started"
     raw = task([{"command": "touch started; sleep 300"}])
