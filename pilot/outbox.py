@@ -10,9 +10,9 @@ may carry the pilot's ask for its next task (`deliver_asking`); the ask never ch
 of the report.
 
 Layout: `<attempt>.json` (attempt id, passkey, report body) written atomically (temporary file,
-fsync, rename), with `<attempt>.stdout` / `<attempt>.stderr` beside it when a log is longer than
-the tail the report carries. Reports the matchmaker refuses as malformed go to `rejected/` for a
-person to read instead of being retried forever.
+fdatasync, rename), with `<attempt>.stdout` / `<attempt>.stderr` beside it when a log is longer
+than the tail the report carries. Reports the matchmaker refuses as malformed go to `rejected/`
+for a person to read instead of being retried forever.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import enum
 import json
 import logging
 import os
-import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +38,9 @@ STREAMS = ("stdout", "stderr")
 ORPHAN_AGE = 86400.0
 """Log files with no report beside them are removed after this long (a pilot killed between
 moving its logs in and writing the report leaves them)."""
+
+
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 @dataclass
@@ -77,12 +80,23 @@ class Outbox:
         document = {"attempt_id": attempt_id, "passkey": passkey, "report": delivery.report,
                     "logs": kept, "written": time.time()}
         path = self.directory / f"{attempt_id}.json"
-        handle, partial = tempfile.mkstemp(dir=self.directory, prefix=f".{attempt_id}.")
+        # One writer per name: no other process or thread writes this temporary file, and
+        # `pending()` removes what a killed writer left (names starting with ".").
+        partial = self.directory / f".{attempt_id}.{os.getpid()}.{threading.get_ident()}"
+        data = json.dumps(document, separators=(",", ":")).encode()
+        handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with open(handle, "w") as out:
-                json.dump(document, out, separators=(",", ":"))
-                out.flush()
-                os.fsync(out.fileno())
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(handle, view):]
+                # The data must be on disk before the rename makes it the report, or a crash
+                # of the node could leave a truncated report under its final name. fdatasync
+                # is enough for that: it writes the data and the metadata needed to read it
+                # back (the size of this new file), skipping only the timestamps.
+                _datasync(handle)
+            finally:
+                os.close(handle)
             os.replace(partial, path)
         except BaseException:
             with contextlib.suppress(OSError):
