@@ -204,49 +204,52 @@ class TaskRun:
         failure: _Failed | None = None
         outputs: list[dict[str, Any]] = []
         statistics: dict[str, float] = {}
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wake_read, self._wake_write = _wake_pipe()
         if self.gpu_source is not None and self.gpus:
             self._gpu_baseline = self.gpu_source.device_memory(self.gpus)
         self.supervisor.add(self)
+        logs: list[int] = []  # the log files, kept open until their tails are read
         try:
-            with contextlib.ExitStack() as logs:
+            try:
                 out, err = self._open_logs(logs)
                 resolved = self._resolve()
                 self._stage_inputs(resolved["inputs"])
                 for position, module in enumerate(resolved["modules"]):
                     self._run_module(position, module, resolved["env"], out, err, statistics)
-            self._measure_disk()
-            outputs = self._store_outputs(resolved["outputs"])
-        except _Failed as failed:
-            failure = failed
-            exit_code = failed.exit_code
+                self._measure_disk()
+                outputs = self._store_outputs(resolved["outputs"])
+            except _Failed as failed:
+                failure = failed
+                exit_code = failed.exit_code
+            finally:
+                self.supervisor.remove(self)
+                with self._lock:
+                    os.close(self._wake_read)
+                    os.close(self._wake_write)
+                    self._wake_read = self._wake_write = -1
+            self._usage.wall_time = time.monotonic() - self._started
+            tails = [_tail(fd, self.settings.tail_bytes) for fd in logs] + ["", ""]
         finally:
-            self.supervisor.remove(self)
-            with self._lock:
-                os.close(self._wake_read)
-                os.close(self._wake_write)
-                self._wake_read = self._wake_write = -1
-        self._usage.wall_time = time.monotonic() - self._started
+            for fd in logs:
+                os.close(fd)
         return TaskResult(
             task=self.assignment.name, exit_code=exit_code,
             error_class=failure.error_class if failure else None,
             error_message=failure.message if failure else "",
             usage=self._usage, overuse=failure.overuse if failure else None,
-            statistics=statistics,
-            stdout_tail=_tail(self.stdout_path, self.settings.tail_bytes),
-            stderr_tail=_tail(self.stderr_path, self.settings.tail_bytes),
+            statistics=statistics, stdout_tail=tails[0], stderr_tail=tails[1],
             outputs=outputs, start_time=start, end_time=time.time(), scratch=str(self.scratch),
             stdout_path=str(self.stdout_path), stderr_path=str(self.stderr_path),
         )
 
-    def _open_logs(self, logs: contextlib.ExitStack) -> tuple[Any, Any]:
-        """The scratch directory made and its stdout and stderr files opened for appending."""
+    def _open_logs(self, logs: list[int]) -> tuple[int, int]:
+        """The scratch directory made and its stdout and stderr files opened for appending (and
+        reading, for their tails), their descriptors added to `logs`."""
         try:
             self.scratch.mkdir(parents=True, exist_ok=True)
-            return (logs.enter_context(open(self.stdout_path, "ab")),
-                    logs.enter_context(open(self.stderr_path, "ab")))
+            for path in (self.stdout_path, self.stderr_path):
+                logs.append(os.open(path, _LOG_FLAGS, 0o666))
+            return logs[0], logs[1]
         except OSError as err:
             raise _Failed(ErrorClass.STAGING_ERROR, f"cannot prepare the scratch directory "
                                                     f"{self.scratch}: {err.strerror or err}"
@@ -314,7 +317,7 @@ class TaskRun:
     # ------------------------------------------------------------ modules
 
     def _run_module(self, position: int, module: Mapping[str, Any], task_env: Mapping[str, str],
-                    out: Any, err: Any, statistics: dict[str, float]) -> None:
+                    out: int, err: int, statistics: dict[str, float]) -> None:
         self._check_stopped()
         name = module.get("name") or f"module{position}"
         command = module.get("command")
@@ -327,7 +330,7 @@ class TaskRun:
             module_env={k: _text(v) for k, v in (module.get("env") or {}).items()})
         started = time.monotonic()
         try:
-            process = subprocess.Popen(argv, cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(argv, cwd=self.scratch, env=env, stdin=_devnull(),
                                        stdout=out, stderr=err, start_new_session=True)
         except OSError as error:
             code = 127 if isinstance(error, FileNotFoundError) else 126
@@ -500,12 +503,33 @@ def _signal_name(number: int) -> str:
         return str(number)
 
 
-def _tail(path: Path, limit: int) -> str:
+def _tail(fd: int, limit: int) -> str:
+    """The last `limit` bytes of an open file."""
     try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read(limit).decode(errors="replace")
+        size = os.fstat(fd).st_size
+        return os.pread(fd, limit, max(0, size - limit)).decode(errors="replace") if size else ""
     except OSError:
         return ""
+
+
+_LOG_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+_DEVNULL: list[int] = []
+_DEVNULL_LOCK = threading.Lock()
+
+
+def _devnull() -> int:
+    """One descriptor of /dev/null for every module's stdin (Popen dups it), opened once."""
+    with _DEVNULL_LOCK:
+        if not _DEVNULL:
+            _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+        return _DEVNULL[0]
+
+
+def _wake_pipe() -> tuple[int, int]:
+    """A pipe with both ends non-blocking (one system call where the platform has pipe2)."""
+    if hasattr(os, "pipe2"):
+        return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    return read, write
