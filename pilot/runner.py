@@ -38,6 +38,9 @@ STDOUT_NAME = "floe.stdout.log"
 STDERR_NAME = "floe.stderr.log"
 STATS_NAME = "floe.stats.json"
 FIRST_SAMPLE = 0.02
+EXTERNAL_SIGNAL_GRACE = 2.0
+"""Seconds a task killed by a signal the pilot did not send waits for the pilot's own stop."""
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,11 @@ class TaskRun:
         module_cpu = max(tree.peak_cpu_time, rusage.ru_utime + rusage.ru_stime)
         self._cpu_done += module_cpu
         self._usage.cpu_time = self._cpu_done
+        if -code in _ENDING_SIGNALS and self._stopped is None:
+            # A batch system ending the job signals all of its processes, the task's perhaps
+            # before the pilot's: give the pilot a moment to say that it is being stopped, so
+            # that the task is requeued rather than failed.
+            self._await_stop(EXTERNAL_SIGNAL_GRACE)
         self._check_stopped_with(code)
         try:
             statistics.update(read_statistics(self.stats_path))
@@ -358,6 +366,17 @@ class TaskRun:
                           f"module {name} was killed by signal {_signal_name(-code)}", code)
         if code > 0:
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name} exited with code {code}", code)
+
+    def _await_stop(self, seconds: float) -> None:
+        """Wait until `stop()` is called or `seconds` pass."""
+        deadline = time.monotonic() + seconds
+        while self._stopped is None and self._wake_read >= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            ready, _, _ = select.select([self._wake_read], [], [], left)
+            if ready:
+                _drain(self._wake_read)
 
     def _check_stopped_with(self, code: int) -> None:
         if self._stopped is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 from .live import LiveMatchmaker, wait_for
@@ -73,8 +74,10 @@ def test_a_task_signalled_with_its_pilot_by_the_batch_system_is_requeued_not_fai
     task_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30,
                             "the task to start"))
 
-    # As SLURM ends a job: every process of it gets SIGTERM, the task first here.
+    # As SLURM ends a job: every process of it gets SIGTERM, the task first here, and the
+    # pilot's a moment later (as on a busy node).
     os.kill(task_pid, signal.SIGTERM)
+    time.sleep(0.5)
     pilot.send_signal(signal.SIGTERM)
     assert pilot.wait(30) == 0, (tmp_path / "pilot.log").read_text()
 

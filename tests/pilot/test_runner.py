@@ -16,7 +16,7 @@ import pytest
 from config.resources import GIB, MIB
 from config.states import ErrorClass
 from pilot.gpus import Gpu
-from pilot.runner import Assignment, RunnerSettings, TaskRun, run_task
+from pilot.runner import EXTERNAL_SIGNAL_GRACE, Assignment, RunnerSettings, TaskRun, run_task
 from pilot.supervisor import Supervisor
 
 PY = sys.executable
@@ -388,3 +388,12 @@ def test_a_scratch_directory_that_cannot_be_made_is_a_staging_error(tmp_path):
     result = run_task({"task": task([{"command": "true"}])}, tmp_path / "file" / "scratch")
     assert result.error_class is ErrorClass.STAGING_ERROR
     assert result.error_message.startswith(f"cannot prepare the scratch directory {tmp_path}")
+
+
+def test_a_module_terminated_from_outside_is_a_task_error_once_no_stop_follows(tmp_path):
+    term = [PY, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"]
+    started = time.monotonic()
+    result = run(tmp_path, task([{"name": "term", "command": term}]))
+    assert result.error_class is ErrorClass.TASK_ERROR
+    assert result.error_message == "module term was killed by signal 15 (SIGTERM)"
+    assert time.monotonic() - started >= EXTERNAL_SIGNAL_GRACE  # waited for a pilot stop
