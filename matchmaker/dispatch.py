@@ -139,8 +139,11 @@ def explain(engine: Engine, slot: Slot) -> NoWork:
         settings.idle_wait * 2, shortest)
 
 
-async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
-    """Give `pilot` the best task that fits `slot`, committed before this returns."""
+def reserve(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch) -> Dispatch | NoWork:
+    """Choose the best task for `pilot`'s `slot` and reserve it in memory at once, adding its
+    rows to `batch`, which must then be written before the dispatch is answered: if the write
+    fails, the reservation is undone (an `on_failure` of the batch); once it commits, the pilot
+    and the metrics count the match. No I/O here."""
     now = engine.clock()
     pilot.last_seen = now
     picked = choose(engine, slot)
@@ -170,7 +173,6 @@ async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
                            now, now, requirements, charge, pilot.site.name, pilot.host)
     engine.active[attempt_id] = active
     pilot.attempts.add(attempt_id)
-    batch = Batch()
     batch.add(INSERT_ATTEMPT, (
         attempt_id, task_id, dataset.id, pilot.pilot_id, pilot.site.name, pilot.host,
         pilot.batch_id, active.passkey_hash, now, now, requirements.cpus, requirements.memory,
@@ -178,19 +180,31 @@ async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
     batch.add(MOVE_TASK, (TaskState.PROCESSING.value, now, task_id, TaskState.READY.value))
     if job_after != job_before:
         batch.add(SET_JOB, (job_after, dataset.id, job_index))
-    try:
-        await engine.db.write(batch)
-    except BaseException:
-        # Undo the reservation so the task is offered again.
-        engine.active.pop(attempt_id, None)
+
+    def undo() -> None:
+        """Offer the task again. Only while the reservation is still this attempt's: an undone
+        outcome that had made the task ready takes it back itself (and drops this attempt)."""
         pilot.attempts.discard(attempt_id)
         engine.user_usage.charge(dataset.user_id, -charge, now)
         engine.dataset_usage.charge(dataset.id, -charge, now)
-        if dataset.state(task_id) == TaskState.PROCESSING:
+        if engine.active.pop(attempt_id, None) is active \
+                and dataset.state(task_id) == TaskState.PROCESSING:
             dataset.move(task_id, TaskState.READY)
-        raise
-    pilot.empty_asks = 0
-    pilot.free = None
-    pilot.dispatched += 1
-    engine.metrics.matches += 1
+
+    def committed() -> None:
+        pilot.empty_asks = 0
+        pilot.free = None
+        pilot.dispatched += 1
+        engine.metrics.matches += 1
+
+    batch.on_failure(undo).on_commit(committed)
     return Dispatch(attempt_id, passkey, dataset, task_id)
+
+
+async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
+    """Give `pilot` the best task that fits `slot`, committed before this returns."""
+    batch = Batch()
+    answer = reserve(engine, pilot, slot, batch)
+    if batch:
+        await engine.db.write(batch)
+    return answer

@@ -143,6 +143,24 @@ class DatasetState:
             self.queue.push(task_id, task_index, self.requirements(task_id), continuing)
         return old
 
+    def restore(self, task_id: int, old: TaskState) -> None:
+        """Put a task back in the state it had before a change whose write failed: an undo,
+        not a transition (the table checked the change being undone), keeping counts and the
+        ready queue exact as `move` does."""
+        offset = task_id - self.base
+        current = self.states[offset]
+        code = CODE[old]
+        if current == code:
+            return
+        self.states[offset] = code
+        self.counts[current] -= 1
+        self.counts[code] += 1
+        task_index = offset % self.ntasks
+        if current == READY:
+            self.queue.left_ready(task_index, self.requirements(task_id))
+        if code == READY:
+            self.queue.push(task_id, task_index, self.requirements(task_id), True)
+
     def rebuild_queue(self) -> None:
         """Refill the ready queue from the task states (after a bulk change)."""
         self.queue.clear()

@@ -1,7 +1,8 @@
 """What happens when an attempt ends: reports, lost pilots, timeouts, retries, escalation, DAGs.
 
 An outcome is planned from the in-memory state under the job's lock (`plan`), written as one
-batch of guarded updates, and applied to memory by the writer right after that batch commits.
+batch of guarded updates, and applied to memory by the writer right after that batch commits
+(or, for a report that asks, ahead of the commit with an undo for a failed write).
 
 - success: the task completes, and each dependent whose dependencies are now all complete
   becomes ready (as a continuing task, ahead of new jobs);
@@ -12,10 +13,12 @@ batch of guarded updates, and applied to memory by the writer right after that b
 - pilot lost (drain, heartbeat timeout): the task is requeued without using a retry, up to
   `LOST_LIMIT` times so that a task that kills its node cannot loop forever.
 
-A report may also ask for the pilot's next task (`report_and_ask`): the outcome is committed and
-applied first, so the match sees the attempt's resources released and its usage accounted, just
-as a separate ask right after the report would. The passkey authorizes the report; the ask needs
-what a separate ask needs, the pilot's token, and the attempt must be that pilot's.
+A report may also ask for the pilot's next task (`report_and_ask`): the outcome is applied to
+memory first, so the match sees the attempt's usage accounted and its job's next tasks ready, just
+as a separate ask right after the report would; then the outcome's rows and the dispatch's go in
+one batch, one group commit, before either is answered. A failed write undoes both in memory.
+The passkey authorizes the report; the ask needs what a separate ask needs, the pilot's token,
+and the attempt must be that pilot's.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,11 +252,11 @@ def overuse_sentence(old: Requirements, new: Requirements) -> str:
     return "; requirement grown: " + ", ".join(changes) if changes else ""
 
 
-async def finish(engine: Engine, active: ActiveAttempt, outcome: Outcome,
-                 attempt_state: AttemptState) -> Plan:
-    """Record how an attempt ended and apply what follows. The caller holds the job lock."""
-    dataset = engine.datasets[active.dataset_id]
-    now = engine.clock()
+def outcome_batch(engine: Engine, dataset: DatasetState, active: ActiveAttempt,
+                  outcome: Outcome, attempt_state: AttemptState, now: float
+                  ) -> tuple[Batch, Plan, float]:
+    """Decide what an ended attempt changes and the guarded rows that record it: the batch, the
+    plan, and the wall time charged. Nothing is changed in memory."""
     tail = engine.settings.tail_bytes
     decided = plan(dataset, active, outcome, attempt_state)
     if decided.grown is not None and decided.grown != dataset.requirements(active.task_id):
@@ -296,6 +299,15 @@ async def finish(engine: Engine, active: ActiveAttempt, outcome: Outcome,
         for name in RESOURCE_STATISTICS:
             batch.add(ADD_STATISTIC, (dataset.id, task_index, "resource", name,
                                       float(resources[name])))
+    return batch, decided, wall
+
+
+async def finish(engine: Engine, active: ActiveAttempt, outcome: Outcome,
+                 attempt_state: AttemptState) -> Plan:
+    """Record how an attempt ended and apply what follows. The caller holds the job lock."""
+    dataset = engine.datasets[active.dataset_id]
+    batch, decided, wall = outcome_batch(engine, dataset, active, outcome, attempt_state,
+                                         engine.clock())
     batch.on_commit(lambda: apply(engine, dataset, active, outcome, decided, wall))
     await engine.db.write(batch)
     return decided
@@ -304,8 +316,44 @@ async def finish(engine: Engine, active: ActiveAttempt, outcome: Outcome,
 def apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
           decided: Plan, wall: float) -> None:
     """Bring memory in step with a committed outcome (runs in the writer, right after commit)."""
+    _, status = apply_outcome(engine, dataset, active, outcome, decided, wall)
+    release(engine, active)
+    if status is not None:
+        engine.db.write_later(Batch().add(SET_DATASET, status))
+
+
+def release(engine: Engine, active: ActiveAttempt) -> None:
+    """Forget an attempt whose end is committed."""
+    engine.active.pop(active.attempt_id, None)
+    pilot = engine.pilots.get(active.pilot_id)
+    if pilot is not None:
+        pilot.attempts.discard(active.attempt_id)
+
+
+_MISSING = object()
+
+
+def _put(records: dict, key: Any, saved: Any) -> None:
+    """Put back a value saved with `records.get(key, _MISSING)`."""
+    if saved is _MISSING:
+        records.pop(key, None)
+    else:
+        records[key] = saved
+
+
+def apply_outcome(engine: Engine, dataset: DatasetState, active: ActiveAttempt,
+                  outcome: Outcome, decided: Plan, wall: float
+                  ) -> tuple[Callable[[], None], tuple | None]:
+    """Apply a planned outcome to what the scheduler decides from: the tasks' states and
+    records, the fair-share ledgers, runtimes, metrics and the dataset's status (the attempt
+    itself stays in flight until `release`). Returns a function that undoes exactly this, for
+    a write that fails, and the SET_DATASET row when the dataset's status changed."""
     now = engine.clock()
     task_id = active.task_id
+    task_index = dataset.locate(task_id)[1]
+    before = (dataset.failures.get(task_id, _MISSING), dataset.lost.get(task_id, _MISSING),
+              dataset.overrides.get(task_id, _MISSING), dataset.runtimes[task_index],
+              dataset.status)
     if decided.failures:
         dataset.failures[task_id] = decided.failures
     if decided.lost:
@@ -314,31 +362,79 @@ def apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, outcome:
         dataset.overrides[task_id] = decided.grown
     for moved_id, _old, new in decided.moves:
         dataset.move(moved_id, new, continuing=True)
-    engine.active.pop(active.attempt_id, None)
-    pilot = engine.pilots.get(active.pilot_id)
-    if pilot is not None:
-        pilot.attempts.discard(active.attempt_id)
     settings = engine.settings
     rate = weight(active.requirements.cpus, active.requirements.gpus, settings.gpu_weight)
     correction = rate * wall - active.charge
     engine.user_usage.charge(dataset.user_id, correction, now)
     engine.dataset_usage.charge(dataset.id, correction, now)
-    task_index = dataset.locate(task_id)[1]
     metrics = engine.metrics
+    error = None
+    delivered = active.requirements.cpus * wall
     if outcome.success:
+        counted = metrics.delivered.get(dataset.user_id, _MISSING)
         previous = dataset.runtimes[task_index]
         dataset.runtimes[task_index] = wall if previous is None else 0.8 * previous + 0.2 * wall
         metrics.completions += 1
         metrics.delivered[dataset.user_id] = metrics.delivered.get(dataset.user_id, 0.0) + \
-            active.requirements.cpus * wall
+            delivered
     else:
         error = (outcome.error_class or ErrorClass.TASK_ERROR).value
+        counted = metrics.failures.get(error, _MISSING)
         metrics.failures[error] = metrics.failures.get(error, 0) + 1
     status = engine.dataset_status_after(dataset)
+    row = None
     if status != dataset.status:
         dataset.status = status
-        engine.db.write_later(Batch().add(SET_DATASET, (status, dataset.priority, now,
-                                                        dataset.id)))
+        row = (status, dataset.priority, now, dataset.id)
+
+    def undo() -> None:
+        failures, lost, grown, runtime, old_status = before
+        _put(dataset.failures, task_id, failures)
+        _put(dataset.lost, task_id, lost)
+        _put(dataset.overrides, task_id, grown)
+        for moved_id, old, new in reversed(decided.moves):
+            _take_back(engine, dataset, active, moved_id, old, new)
+        engine.user_usage.charge(dataset.user_id, -correction, now)
+        engine.dataset_usage.charge(dataset.id, -correction, now)
+        dataset.runtimes[task_index] = runtime
+        if error is None:
+            metrics.completions -= 1
+            _put(metrics.delivered, dataset.user_id, counted)
+        else:
+            _put(metrics.failures, error, counted)
+        dataset.status = old_status
+
+    return undo, row
+
+
+def _take_back(engine: Engine, dataset: DatasetState, active: ActiveAttempt, task_id: int,
+               old: TaskState, new: TaskState) -> None:
+    """Undo one task's move of an outcome whose write failed. A task the outcome made ready
+    may have been reserved meanwhile by a later ask, whose write must fail too (the task was
+    never ready in the database): that attempt is dropped here, so its own undo leaves the
+    task's state alone."""
+    current = dataset.state(task_id)
+    if current != new:
+        if current == TaskState.PROCESSING and new == TaskState.READY:
+            for other in [a for a in engine.active.values()
+                          if a.task_id == task_id and a is not active]:
+                engine.active.pop(other.attempt_id, None)
+        else:
+            log.warning("undoing an unrecorded outcome: task %s is %s, expected %s", task_id,
+                        current.value, new.value)
+    dataset.restore(task_id, old)
+
+
+def attempt_state_of(outcome: Outcome) -> AttemptState:
+    if outcome.error_class in (ErrorClass.PILOT_LOST, ErrorClass.RESET):
+        return AttemptState.RESET
+    return AttemptState.COMPLETE if outcome.success else AttemptState.FAILED
+
+
+def recorded(decided: Plan) -> dict[str, Any]:
+    """A report's answer once its outcome is committed."""
+    return {"recorded": True, "duplicate": False, "task_state": decided.moves[0][2].value,
+            "reason": decided.reason or None}
 
 
 async def report(engine: Engine, attempt_id: int, passkey: str,
@@ -347,22 +443,84 @@ async def report(engine: Engine, attempt_id: int, passkey: str,
     return (await _record(engine, attempt_id, passkey, outcome))[0]
 
 
+Next = dispatch.Dispatch | dispatch.NoWork | ApiError
+
+
 async def report_and_ask(engine: Engine, attempt_id: int, passkey: str, outcome: Outcome,
                          free: Mapping[str, Any], site: Site | None
-                         ) -> tuple[dict[str, Any], dispatch.Dispatch | dispatch.NoWork | ApiError]:
+                         ) -> tuple[dict[str, Any], Next]:
     """A final report that also asks, with `free` (the ask route's fields), for the next task of
     the pilot the attempt was given to, which a pilot token of `site` speaks for: the report's
-    answer, and the ask's, decided and committed once the outcome is, or why that pilot may not
-    ask. A report the passkey cannot make is refused (raised) before anything is asked."""
+    answer, and the ask's, or why that pilot may not ask. A report the passkey cannot make is
+    refused (raised) before anything is asked.
+
+    Both are one commit: the outcome is applied to memory, the next task chosen from what that
+    leaves, and the outcome's rows and the dispatch's committed in the same group commit, before
+    either is answered. If that write fails, both are undone in memory (the batch's
+    `on_failure`); a refused write (the attempt was ended meanwhile) falls back to the report on
+    its own, answered as any repeated report is, and a separate ask."""
+    active = engine.active.get(attempt_id)
+    if active is not None:
+        check_passkey(active, passkey)
+        both = await _record_and_ask(engine, active, outcome, free, site)
+        if both is not None:
+            return both
     answer, pilot_id = await _record(engine, attempt_id, passkey, outcome)
+    return answer, await _ask_for(engine, pilot_id, free, site)
+
+
+def _asker(engine: Engine, pilot_id: int, site: Site | None):
+    """The pilot that an ask inside a report asks for, or why it may not."""
     pilot = engine.pilots.get(pilot_id)
     if pilot is None:
-        return answer, NotFound(f"pilot {pilot_id} is not registered or has ended; register "
-                                "again")
+        return NotFound(f"pilot {pilot_id} is not registered or has ended; register again")
     if site is None or pilot.site.site_id != site.site_id:
-        return answer, Forbidden(f"pilot {pilot_id} belongs to another site")
+        return Forbidden(f"pilot {pilot_id} belongs to another site")
+    return pilot
+
+
+async def _ask_for(engine: Engine, pilot_id: int, free: Mapping[str, Any],
+                   site: Site | None) -> Next:
+    pilot = _asker(engine, pilot_id, site)
+    if isinstance(pilot, ApiError):
+        return pilot
     slot = Slot.from_dict(dict(free, site=pilot.site.name))
-    return answer, await dispatch.ask(engine, pilot, slot)
+    return await dispatch.ask(engine, pilot, slot)
+
+
+async def _record_and_ask(engine: Engine, active: ActiveAttempt, outcome: Outcome,
+                          free: Mapping[str, Any], site: Site | None
+                          ) -> tuple[dict[str, Any], Next] | None:
+    """The report and the ask in one batch; None where it must be done the two-step way (the
+    attempt ended meanwhile, the write was refused, or the ask is refused or malformed)."""
+    pilot = _asker(engine, active.pilot_id, site)
+    if isinstance(pilot, ApiError):
+        return None
+    try:
+        slot = Slot.from_dict(dict(free, site=pilot.site.name))
+    except (KeyError, TypeError, ValueError):  # answered by the two-step way's ask
+        return None
+    dataset = engine.datasets[active.dataset_id]
+    job_index = dataset.locate(active.task_id)[0]
+    state = attempt_state_of(outcome)
+    async with engine.job_lock(dataset.id, job_index):
+        if engine.active.get(active.attempt_id) is not active:  # recorded while we waited
+            return None
+        batch, decided, wall = outcome_batch(engine, dataset, active, outcome, state,
+                                             engine.clock())
+        undo, status = apply_outcome(engine, dataset, active, outcome, decided, wall)
+        batch.on_failure(undo)
+        if status is not None:
+            batch.add(SET_DATASET, status)
+        batch.on_commit(lambda: release(engine, active))
+        following = dispatch.reserve(engine, pilot, slot, batch)
+        try:
+            await engine.db.write(batch)
+        except StaleWrite:
+            return None
+    if state == AttemptState.RESET:
+        engine.void(active.attempt_id, outcome.error_message or "reported lost by its pilot")
+    return recorded(decided), following
 
 
 async def _record(engine: Engine, attempt_id: int, passkey: str,
@@ -377,19 +535,14 @@ async def _record(engine: Engine, attempt_id: int, passkey: str,
     async with engine.job_lock(dataset.id, job_index):
         if engine.active.get(attempt_id) is not active:  # recorded while we waited
             return await _stale(engine, attempt_id, passkey)
-        if outcome.error_class in (ErrorClass.PILOT_LOST, ErrorClass.RESET):
-            state = AttemptState.RESET
-        else:
-            state = AttemptState.COMPLETE if outcome.success else AttemptState.FAILED
+        state = attempt_state_of(outcome)
         try:
             decided = await finish(engine, active, outcome, state)
         except StaleWrite:
             return await _stale(engine, attempt_id, passkey)
     if state == AttemptState.RESET:
         engine.void(attempt_id, outcome.error_message or "reported lost by its pilot")
-    new_state = decided.moves[0][2].value
-    return {"recorded": True, "duplicate": False, "task_state": new_state,
-            "reason": decided.reason or None}, active.pilot_id
+    return recorded(decided), active.pilot_id
 
 
 async def lose(engine: Engine, active: ActiveAttempt, error: ErrorClass, reason: str) -> None:

@@ -16,6 +16,12 @@ A guarded statement is a compare-and-set ("... WHERE state = ?"); when a guard t
 than it was given, the whole group is rolled back and its batches are replayed one at a time, so
 only the stale one fails (with `StaleWrite`) and the others still commit.
 
+A batch may carry `on_commit` callbacks (bring memory in step with what was just committed) and
+`on_failure` callbacks (undo what a request changed in memory ahead of its commit). Both run on
+the event loop in the writer, before the waiting caller resumes and before any later write
+begins; failure callbacks of a failed group run newest batch first, so that a change built on
+another one's uncommitted state is undone before the state it was built on.
+
 Work that is not a batch of rows goes through `exclusive`: a plain function run in the writer
 thread inside its own transaction. Anything it needs from the matchmaker's memory is decided
 by `planned` jobs on the event loop, at their turn in the writer's queue, so that the decision
@@ -72,11 +78,21 @@ class Batch:
 
     rows: dict[Statement, list[Sequence[Any]]] = field(default_factory=dict)
     after: list[Callable[[], None]] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
 
     def on_commit(self, callback: Callable[[], None]) -> Batch:
         """Run `callback` on the event loop right after this batch commits, before any later
         write begins: in-memory state follows the database in exactly the order of its commits."""
         self.after.append(callback)
+        return self
+
+    def on_failure(self, callback: Callable[[], None]) -> Batch:
+        """Run `callback` if this batch is refused (StaleWrite) or its write fails, before its
+        caller hears of it and before any later write begins; a batch's callbacks run newest
+        first. It is for undoing in memory what the request changed ahead of the commit. A
+        caller that is cancelled while waiting does not undo anything: its batch still
+        commits."""
+        self.undo.append(callback)
         return self
 
     def add(self, statement: Statement, params: Sequence[Any]) -> Batch:
@@ -251,6 +267,7 @@ class Database:
             await self._in_thread(_apply, self._writer, merged)
         except StaleWrite:
             if len(group) == 1:
+                _undo(group[0].batch)
                 _fail(group[0].future, StaleWrite(_stale_message(group[0].batch)))
                 return
             for item in group:  # replay one by one so that only the stale batch fails
@@ -258,6 +275,8 @@ class Database:
             return
         except BaseException as exc:
             log.exception("database write failed")
+            for item in reversed(group):
+                _undo(item.batch)
             for item in group:
                 _fail(item.future, StorageError(f"the database write failed: {exc}"))
             return
@@ -353,6 +372,14 @@ def _split(script: str) -> list[str]:
 def _stale_message(batch: Batch) -> str:
     names = ", ".join(s.name for s in batch.rows if s.guarded)
     return f"a guarded update found its row changed meanwhile ({names})"
+
+
+def _undo(batch: Batch) -> None:
+    for callback in reversed(batch.undo):
+        try:
+            callback()
+        except Exception:
+            log.exception("undoing a failed write in memory failed")
 
 
 def _log_failure(future: asyncio.Future) -> None:

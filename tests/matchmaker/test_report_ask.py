@@ -4,6 +4,7 @@ on the engine (the fair-share order is the one that a report followed by an ask 
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 
@@ -218,3 +219,171 @@ async def test_asking_inside_reports_keeps_the_fair_share_order(engine, clock, t
         await db.close()
     assert len(separate) > 100
     assert combined == separate
+
+
+# -- one commit for both, and undoing both when it fails ---------------------------------------
+
+def two_steps(jobs: int = 2):
+    """A job of two tasks, the second bigger than a one-CPU slot."""
+    return s.config(jobs=jobs, tasks=[s.task("first"), s.task("second", ["first"], cpus=2)])
+
+
+def picture(engine: Engine) -> dict:
+    """What the scheduler decides from, and the bookkeeping around it, checked consistent."""
+    for dataset in engine.datasets.values():
+        assert dataset.counts == [dataset.states.count(c) for c in range(len(dataset.counts))]
+        assert dataset.queue.ready == dataset.states.count(1)  # READY
+        assert sum(c.ready for c in dataset.queue.classes.values()) == dataset.queue.ready
+    for active in engine.active.values():
+        assert engine.datasets[active.dataset_id].state(active.task_id).value == "processing"
+    now = engine.clock()
+    return {
+        "datasets": {d.id: (bytes(d.states), dict(d.failures), dict(d.lost), d.status,
+                            list(d.runtimes)) for d in engine.datasets.values()},
+        "active": sorted(engine.active),
+        "pilots": {p.pilot_id: sorted(p.attempts) for p in engine.pilots.values()},
+        "metrics": (engine.metrics.matches, engine.metrics.completions,
+                    dict(engine.metrics.failures)),
+        "usage": [(k, pytest.approx(v)) for k, v in sorted(engine.user_usage.items(now))],
+    }
+
+
+def failing_writes(monkeypatch, count: int = 1, delay: float = 0.0) -> list:
+    """Make the next `count` group commits fail as a full disk would (after `delay` seconds in
+    the writer thread); returns the list of failures made."""
+    import sqlite3
+
+    from matchmaker.storage import database
+
+    real = database._apply
+    made = []
+
+    def apply(conn, merged):
+        if len(made) < count:
+            time.sleep(delay)
+            made.append(sorted(s.name for s in merged))
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(conn, merged)
+
+    monkeypatch.setattr(database, "_apply", apply)
+    return made
+
+
+async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=3))
+    p = await s.pilot(engine, site)
+    given = await s.ask(engine, p)
+    commits = engine.db.commits
+    answer, following = await outcomes.report_and_ask(
+        engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site)
+    assert answer["task_state"] == "complete" and isinstance(following, dispatch.Dispatch)
+    assert engine.db.commits == commits + 1
+    row = await engine.db.fetchone("SELECT state FROM attempts WHERE attempt_id = ?",
+                                   (following.attempt_id,))
+    assert row["state"] == "processing"
+    assert given.attempt_id not in engine.active and following.attempt_id in engine.active
+    assert p.attempts == {following.attempt_id} and engine.metrics.matches == 2
+    assert s.state_of(dataset, 0) == "complete"
+
+
+async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(engine,
+                                                                              monkeypatch):
+    from matchmaker.storage.database import StorageError
+
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=2))
+    p = await s.pilot(engine, site)
+    given = await s.ask(engine, p)
+    before = picture(engine)
+    failing_writes(monkeypatch)
+    with pytest.raises(StorageError):
+        await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+                                      s.success(events=2.0), s.slot().to_dict(), site)
+    assert picture(engine) == before
+    # The pilot sends the same report again: recorded once, and the ask answered.
+    answer, following = await outcomes.report_and_ask(
+        engine, given.attempt_id, given.passkey, s.success(events=2.0), s.slot().to_dict(),
+        site)
+    assert answer["duplicate"] is False and isinstance(following, dispatch.Dispatch)
+    answer, _ = await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+                                              s.success(events=2.0), s.slot().to_dict(), site)
+    assert answer["duplicate"] is True
+    from matchmaker.storage import queries
+    rows = await queries.statistics(engine.db, dataset.id)
+    assert next(r for r in rows if r["name"] == "events")["count"] == 1
+    picture(engine)
+
+
+async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(engine,
+                                                                               monkeypatch):
+    """The outcome made the job's second task ready; another pilot's ask reserved it in the
+    next group commit. The outcome's write fails: the task is waiting again, and the other
+    ask's write is refused (the task was never ready in the database)."""
+    from matchmaker.storage.database import StaleWrite, StorageError
+
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"), two_steps())
+    small, big = await s.pilot(engine, site, "small"), await s.pilot(engine, site, "big")
+    given = await s.ask(engine, small)
+    before = picture(engine)
+    failing_writes(monkeypatch, delay=0.2)
+    report = asyncio.create_task(outcomes.report_and_ask(
+        engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site))
+    await asyncio.sleep(0.05)  # the report's group is being written
+    assert s.state_of(dataset, 0, 1) == "ready"
+    other = asyncio.create_task(dispatch.ask(engine, big, s.slot(cpus=2)))
+    results = await asyncio.gather(report, other, return_exceptions=True)
+    assert isinstance(results[0], StorageError) and isinstance(results[1], StaleWrite)
+    assert picture(engine) == before
+    assert s.state_of(dataset, 0, 1) == "waiting"
+    # Everything goes on: the report again, then the big pilot gets the second task.
+    answer, _ = await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+                                              s.success(), s.slot().to_dict(), site)
+    assert answer["task_state"] == "complete"
+    taken = await s.ask(engine, big, s.slot(cpus=2))
+    assert taken.task_id == dataset.task_id(0, 1)
+    picture(engine)
+
+
+async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engine, monkeypatch):
+    from matchmaker.storage.database import StorageError
+
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"), two_steps())
+    small, big = await s.pilot(engine, site, "small"), await s.pilot(engine, site, "big")
+    given = await s.ask(engine, small)
+    before = picture(engine)
+    made = failing_writes(monkeypatch)
+    results = await asyncio.gather(
+        outcomes.report_and_ask(engine, given.attempt_id, given.passkey, s.success(),
+                                s.slot().to_dict(), site),
+        dispatch.ask(engine, big, s.slot(cpus=2)), return_exceptions=True)
+    assert len(made) == 1, "both should have been in one group commit"
+    assert all(isinstance(r, StorageError) for r in results)
+    assert picture(engine) == before and s.state_of(dataset, 0, 1) == "waiting"
+
+
+async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine, monkeypatch):
+    """A failure report (a retry: the task ready again) whose write fails, while another
+    pilot's ask reserved that very task: the task stays processing, with the reported attempt."""
+    from matchmaker.storage.database import StaleWrite, StorageError
+
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=1))
+    first, second = await s.pilot(engine, site, "first"), await s.pilot(engine, site, "second")
+    given = await s.ask(engine, first)
+    before = picture(engine)
+    failing_writes(monkeypatch, delay=0.2)
+    report = asyncio.create_task(outcomes.report_and_ask(
+        engine, given.attempt_id, given.passkey, s.failure(), dict(FREE, memory=2**20), site))
+    await asyncio.sleep(0.05)
+    assert s.state_of(dataset, 0) == "ready"
+    other = asyncio.create_task(dispatch.ask(engine, second, s.slot()))
+    results = await asyncio.gather(report, other, return_exceptions=True)
+    assert isinstance(results[0], StorageError) and isinstance(results[1], StaleWrite)
+    assert picture(engine) == before
+    assert engine.active[given.attempt_id].task_id == given.task_id
+    answer, _ = await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+                                              s.failure(), dict(FREE, memory=2**20), site)
+    assert answer["task_state"] == "ready" and "retry 1 of" in answer["reason"]
