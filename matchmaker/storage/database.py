@@ -63,13 +63,16 @@ class Statement:
     """One SQL statement that batches may contribute rows to.
 
     `order` fixes when it runs within a group commit (lower first); `guarded` statements must
-    touch exactly one row per parameter row, or the batch that gave the row is refused.
+    touch exactly one row per parameter row, or the batch that gave the row is refused. `fold`,
+    when given, turns the rows that a whole group gave into the rows the SQL runs with (say,
+    one accumulated row per key instead of one per request); it is never guarded.
     """
 
     name: str
     sql: str
     order: int
     guarded: bool = False
+    fold: Callable[[list[Sequence[Any]]], list[Sequence[Any]]] | None = None
 
 
 @dataclass
@@ -310,6 +313,8 @@ def _apply(conn: sqlite3.Connection, merged: dict[Statement, list[Sequence[Any]]
     def run(conn: sqlite3.Connection) -> None:
         for statement in sorted(merged, key=lambda s: s.order):
             rows = merged[statement]
+            if statement.fold is not None:
+                rows = statement.fold(rows)
             cursor = conn.executemany(statement.sql, rows)
             if statement.guarded and cursor.rowcount != len(rows):
                 raise StaleWrite(statement.name)

@@ -75,20 +75,47 @@ SET_JOB = Statement(
     "UPDATE jobs SET state = ? WHERE dataset_id = ? AND job_index = ?",
     order=50)
 
+def fold_statistics(rows: list[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """One row per (dataset, task, kind, name) out of a group's (dataset_id, task_index, kind,
+    name, value) rows: count, sum, mean, m2 (Welford's running sum of squared deviations), min
+    and max of its values, for ADD_STATISTIC to merge into the stored row."""
+    folded: dict[tuple[Any, ...], list[Any]] = {}
+    for dataset_id, task_index, kind, name, value in rows:
+        key = (dataset_id, task_index, kind, name)
+        acc = folded.get(key)
+        if acc is None:
+            folded[key] = [1, value, value, 0.0, value, value]
+            continue
+        count = acc[0] + 1
+        delta = value - acc[2]
+        mean = acc[2] + delta / count
+        acc[0] = count
+        acc[1] += value
+        acc[2] = mean
+        acc[3] += delta * (value - mean)
+        if value < acc[4]:
+            acc[4] = value
+        if value > acc[5]:
+            acc[5] = value
+    return [key + tuple(acc) for key, acc in folded.items()]
+
+
 ADD_STATISTIC = Statement(
     "aggregate statistic",
-    # SET expressions read the row's values before the update (Welford's running variance).
+    # Rows are (dataset_id, task_index, kind, name, value), folded per group commit into one
+    # row per statistic and merged into the stored one with Chan's formula for combining
+    # counts, means and m2. SET expressions read the row's values before the update.
     "INSERT INTO statistics (dataset_id, task_index, kind, name, count, sum, mean, m2, min, max)"
-    " VALUES (?1, ?2, ?3, ?4, 1, ?5, ?5, 0, ?5, ?5)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     " ON CONFLICT (dataset_id, task_index, kind, name) DO UPDATE SET"
-    " count = count + 1,"
+    " count = count + excluded.count,"
     " sum = sum + excluded.sum,"
-    " mean = mean + (excluded.mean - mean) / (count + 1),"
-    " m2 = m2 + (excluded.mean - mean) * (excluded.mean - (mean + (excluded.mean - mean)"
-    " / (count + 1))),"
+    " mean = mean + (excluded.mean - mean) * excluded.count / (count + excluded.count),"
+    " m2 = m2 + excluded.m2 + (excluded.mean - mean) * (excluded.mean - mean) * count"
+    " * excluded.count / (count + excluded.count),"
     " min = min(min, excluded.min),"
     " max = max(max, excluded.max)",
-    order=60)
+    order=60, fold=fold_statistics)
 
 SET_DATASET = Statement(
     "dataset status",

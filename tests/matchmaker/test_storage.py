@@ -93,3 +93,37 @@ async def test_writes_after_close_are_refused(tmp_path):
     await db.close()
     with pytest.raises(StorageError, match="is closed"):
         await db.write(Batch().add(INSERT, (1, "late", "")))
+
+
+async def test_statistics_folded_per_group_store_what_one_row_per_report_would(tmp_path):
+    """Values of a statistic written a few per group commit, and each alone: the same count,
+    sum, mean, m2, min and max, and both match the values' own."""
+    import random
+
+    from matchmaker.storage.writes import ADD_STATISTIC
+
+    rng = random.Random(3)
+    values = [rng.uniform(-5, 50) for _ in range(60)] + [7.0, 7.0, 1e6]
+    stored = []
+    for name, groups in (("alone", [[v] for v in values]),
+                         ("folded", [values[i:i + 9] for i in range(0, len(values), 9)])):
+        db = await Database.open(tmp_path / f"{name}.sqlite")
+        try:
+            for group in groups:  # a group's batches share one commit
+                await asyncio.gather(*(db.write(Batch().add(ADD_STATISTIC, (1, 0, "user", "x", v))
+                                                .add(ADD_STATISTIC, (1, 0, "resource", "y", 1.0)))
+                                       for v in group))
+            row = await db.fetchone("SELECT count, sum, mean, m2, min, max FROM statistics"
+                                    " WHERE kind = 'user'")
+            other = await db.fetchone("SELECT count, m2 FROM statistics WHERE kind = 'resource'")
+            assert (other["count"], other["m2"]) == (len(values), 0.0)
+            stored.append(tuple(row))
+            if name == "folded":
+                assert db.commits < len(values) / 3
+        finally:
+            await db.close()
+    mean = sum(values) / len(values)
+    expected = (len(values), sum(values), mean, sum((v - mean) ** 2 for v in values),
+                min(values), max(values))
+    for row in stored:
+        assert row == pytest.approx(expected, rel=1e-9)
