@@ -20,6 +20,7 @@ from .api.framework import AUTH, ENGINE
 from .auth import Auth
 from .engine import Engine
 from .storage.database import Database
+from .web import add_routes as add_pages
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
     app = web.Application(client_max_size=max(settings.max_request_bytes,
                                               settings.max_log_bytes) + 2**20)
     add_routes(app)
+    add_pages(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         db = await Database.open(settings.database, durability=settings.durability)

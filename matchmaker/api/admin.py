@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..access import Action
+from ..engine import Engine
 from ..errors import Unauthorized
 from . import schemas
 from .framework import Context, Param, Reply, route
@@ -62,10 +63,8 @@ async def set_share(ctx: Context) -> Any:
     return _user(ctx, user)
 
 
-@route("GET", "/api/v1/shares", summary="Each user's share against recent usage", tag="users",
-       action=Action.READ)
-async def shares(ctx: Context) -> Any:
-    engine = ctx.engine
+def share_table(engine: Engine) -> dict[str, Any]:
+    """Each user's share of the pool against their recent (decaying) usage, as fractions."""
     now = engine.clock()
     users = list(engine.users.values())
     total_share = sum(u.share for u in users) or 1.0
@@ -78,6 +77,12 @@ async def shares(ctx: Context) -> Any:
                         "usage_fraction": usage[u.user_id] / total_usage,
                         "delivered_core_seconds": engine.metrics.delivered.get(u.user_id, 0.0)}
                        for u in sorted(users, key=lambda u: u.name)]}
+
+
+@route("GET", "/api/v1/shares", summary="Each user's share against recent usage", tag="users",
+       action=Action.READ)
+async def shares(ctx: Context) -> Any:
+    return share_table(ctx.engine)
 
 
 @route("POST", "/api/v1/sites", summary="Add a site; the answer holds its factory token, shown "

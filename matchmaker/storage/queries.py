@@ -60,8 +60,9 @@ async def tasks(db: Database, dataset_id: int, *, state: str | None, task_index:
     low, high = bounds["base"], bounds["base"] + bounds["jobs"] * bounds["n"]
     if job is not None:
         low, high = bounds["base"] + job * bounds["n"], bounds["base"] + (job + 1) * bounds["n"]
-    where = ["task_id >= ?", "task_id > ?", "task_id < ?"]
-    params: list[Any] = [low, after, high]
+    # One lower bound: given two, SQLite may seek by the looser one and filter its way up.
+    where = ["task_id > ?", "task_id < ?"]
+    params: list[Any] = [max(after, low - 1), high]
     if state:
         where += ["dataset_id = ?", "state = ?"]
         params += [dataset_id, state]
@@ -163,8 +164,17 @@ async def events(db: Database, dataset_id: int, limit: int = 100) -> list[dict[s
     return [dict(r) for r in rows]
 
 
+PILOT_STATES = ("running", "exited", "lost")
+
+
 async def pilots(db: Database, *, site_id: int | None, state: str | None, after: int,
                  limit: int) -> list[dict[str, Any]]:
+    if site_id is not None and not state:
+        # The (site, state) index gives one state's pilots in id order; all of a site's are the
+        # merge of one page per state, so a site's long history is never read whole and sorted.
+        pages = [await pilots(db, site_id=site_id, state=one, after=after, limit=limit)
+                 for one in PILOT_STATES]
+        return sorted((p for page in pages for p in page), key=lambda p: p["pilot_id"])[:limit]
     where = ["p.pilot_id > ?"]
     params: list[Any] = [after]
     if site_id is not None:

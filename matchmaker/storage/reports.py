@@ -1,0 +1,61 @@
+"""Read-only aggregates behind the web pages: attempts ended per hour, completion rates, error
+summaries, and how each site's pilots and attempts have fared (run on the reader).
+
+Each query reads a bounded slice through an index: a time window through `attempts_ended`, the
+most recent attempts of a dataset through `attempts_dataset`, the most recent pilots through the
+primary key. None of them grows with the whole history, which is kept forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .database import Database
+
+RECENT_ATTEMPTS = 100_000
+RECENT_PILOTS = 10_000
+
+
+async def ended_by_hour(db: Database, since: float, until: float) -> list[dict[str, Any]]:
+    """Attempts that ended in [since, until), counted by hour (Unix time // 3600), dataset,
+    site and state (complete, failed, reset)."""
+    # INDEXED BY: a dataset of a million attempts must not be read whole for one day's chart.
+    rows = await db.fetchall(
+        "SELECT CAST(ended / 3600 AS INTEGER) AS hour, dataset_id, site, state, count(*) AS n"
+        " FROM attempts INDEXED BY attempts_ended WHERE ended >= ? AND ended < ?"
+        " GROUP BY hour, dataset_id, site, state", (since, until))
+    return [dict(r) for r in rows]
+
+
+async def completed_since(db: Database, since: float) -> dict[int, int]:
+    """Attempts completed since `since`, per dataset."""
+    rows = await db.fetchall(
+        "SELECT dataset_id, count(*) AS n FROM attempts INDEXED BY attempts_ended"
+        " WHERE ended >= ? AND state = 'complete' GROUP BY dataset_id", (since,))
+    return {row["dataset_id"]: row["n"] for row in rows}
+
+
+async def errors(db: Database, dataset_id: int, limit: int = 20,
+                 recent: int = RECENT_ATTEMPTS) -> list[dict[str, Any]]:
+    """The dataset's most common (error class, message) pairs among its `recent` latest
+    attempts, with a count and the task of the latest attempt that had each."""
+    # A bare column beside max() comes from the row that holds the maximum (SQLite's rule).
+    rows = await db.fetchall(
+        "SELECT error_class, error_message, count(*) AS count, max(attempt_id) AS attempt_id,"
+        " task_id FROM (SELECT attempt_id, task_id, error_class, error_message FROM attempts"
+        " WHERE dataset_id = ? ORDER BY attempt_id DESC LIMIT ?) WHERE error_class IS NOT NULL"
+        " GROUP BY error_class, error_message ORDER BY count DESC, attempt_id DESC LIMIT ?",
+        (dataset_id, recent, limit))
+    return [dict(r) for r in rows]
+
+
+async def empty_pilots(db: Database, recent: int = RECENT_PILOTS) -> dict[str, dict[str, int]]:
+    """Per site, of the `recent` latest pilots: how many ended, and how many of those ended
+    without ever being given a task."""
+    rows = await db.fetchall(
+        "SELECT s.name AS site, count(*) AS ended, sum(NOT EXISTS (SELECT 1 FROM attempts a"
+        " WHERE a.pilot_id = p.pilot_id)) AS empty FROM pilots p"
+        " JOIN sites s ON s.site_id = p.site_id"
+        " WHERE p.pilot_id > (SELECT coalesce(max(pilot_id), 0) FROM pilots) - ?"
+        " AND p.ended IS NOT NULL GROUP BY s.name", (recent,))
+    return {row["site"]: {"ended": row["ended"], "empty": row["empty"]} for row in rows}

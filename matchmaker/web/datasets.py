@@ -1,0 +1,390 @@
+"""The overview of every dataset, one dataset's page (config, tasks, jobs, statistics, errors,
+completion chart), and the actions its owner or an admin takes there."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from config.states import TaskState
+
+from .. import actions
+from ..access import Action
+from ..api.datasets import JOB_STATES, summary
+from ..errors import BadRequest, NotFound
+from ..model import DatasetState, DatasetStatus
+from ..storage import queries, reports
+from . import charts, history
+from .history import HISTORY
+from .html import Child, Markup, ago, duration, join, link, number, percent, size, table, tag, when
+from .page import View, href, page, redirect
+
+routes = web.RouteTableDef()
+
+PAGE = 50
+TASK_STATES = tuple(s.value for s in TaskState)
+DONE = {
+    "suspend": "Suspended: {n} tasks are held and their running attempts were stopped.",
+    "resume": "Resumed: {n} tasks were released.",
+    "reset-failed": "Reset {n} failed tasks; they run again with their retries restored.",
+    "reset-all": "Reset all {n} tasks; they run again from the start.",
+    "priority": "The priority is now {priority}.",
+}
+
+
+def find(view: View, dataset_id: str) -> DatasetState:
+    dataset = view.engine.datasets.get(int(dataset_id)) if dataset_id.isdigit() else None
+    if dataset is None:
+        raise NotFound(f"There is no dataset {dataset_id}. The overview lists every dataset.")
+    return dataset
+
+
+def state_badge(state: str) -> Markup:
+    return tag("span", state, class_=f"badge s-{state}")
+
+
+def owner_name(view: View, dataset: DatasetState) -> str:
+    owner = view.engine.users.get(dataset.user_id)
+    return owner.name if owner else f"user {dataset.user_id}"
+
+
+# -- the overview -----------------------------------------------------------------------------
+
+@routes.get("/")
+@page
+async def overview(view: View) -> web.StreamResponse:
+    engine, now = view.engine, view.now
+    rates = await reports.completed_since(engine.db, now - 3600)
+    hours = history.by_state(await view.request.app[HISTORY].last_day(engine.db, now))
+    rows = []
+    for dataset in sorted(engine.datasets.values(), key=lambda d: -d.id):
+        counts = dataset.summary()
+        total = dataset.total_tasks
+        rows.append([
+            link(f"/datasets/{dataset.id}", f"#{dataset.id}"),
+            tag("span", dataset.config.description or "(no description)", class_="desc"),
+            state_badge(dataset.status),
+            join([charts.progress(counts),
+                  tag("small", f"{counts['complete']:,} of {total:,} complete"
+                      + (f", {counts['failed']:,} failed" if counts["failed"] else ""))]),
+            owner_name(view, dataset), number(dataset.priority),
+            ago(now - dataset.dataset.created), f"{rates.get(dataset.id, 0):,}/h"])
+    sites = []
+    for site in sorted(engine.sites.values(), key=lambda s: s.name):
+        pilots = [p for p in engine.pilots.values() if p.site is site]
+        sites.append([
+            link(href("/pilots", site=site.name), site.name, class_="nowrap"), len(pilots),
+            sum(1 for p in pilots if p.attempts),
+            sum(int(p.resources.get("cpus") or 0) for p in pilots),
+            size(sum(int(p.resources.get("memory") or 0) for p in pilots)),
+            sum(len(p.resources.get("gpus") or ()) for p in pilots),
+            sum(len(p.attempts) for p in pilots)])
+    return view.render(
+        "Overview",
+        tag("h1", "Overview"),
+        tag("section",
+            tag("h2", "Datasets"), charts.legend(),
+            table(["", "Description", "Status", "Progress", "Owner", "Priority", "Age",
+                   "Rate"], rows, empty="No datasets yet: submit one with floe submit.",
+                  numeric=(5, 7), class_="datasets"),
+            tag("p", "Rate: tasks completed in the last hour.", class_="hint")),
+        tag("section",
+            tag("h2", "Running pilots"),
+            table(["Site", "Pilots", "Busy", "CPUs", "Memory", "GPUs", "Attempts"], sites,
+                  empty="No sites yet: an admin adds one with floe site add.",
+                  numeric=range(1, 7))),
+        tag("section",
+            tag("h2", "Attempts ended per hour (UTC), all datasets"),
+            charts.per_hour(hours, now)))
+
+
+# -- one dataset ------------------------------------------------------------------------------
+
+@routes.get("/datasets/{dataset_id}")
+@page
+async def dataset_page(view: View) -> web.StreamResponse:
+    dataset = find(view, view.request.match_info["dataset_id"])
+    engine, now = view.engine, view.now
+    info = summary(engine, dataset)
+    counts = info["tasks"]
+    done = DONE.get(view.query("done"))
+    notice = done.format(n=view.query("changed") or "0", priority=number(dataset.priority)) \
+        if done else None
+    facts = [("Owner", owner_name(view, dataset)), ("Status", state_badge(dataset.status)),
+             ("Priority", number(dataset.priority)),
+             ("Jobs", f"{dataset.jobs:,} ({dataset.materialized:,} created)"),
+             ("Tasks per job", ", ".join(info["task_names"])),
+             ("Submitted", join([when(dataset.dataset.created),
+                                 f" ({ago(now - dataset.dataset.created)} ago)"])),
+             ("Retries", dataset.config.max_retries),
+             ("Debug mode", "on" if dataset.config.debug else "off")]
+    state_rows = [[state_badge(s), f"{counts[s]:,}", percent(counts[s], dataset.total_tasks)]
+                  for s in TASK_STATES]
+    title = f"Dataset {dataset.id}"
+    return view.render(
+        title,
+        tag("h1", title, tag("span", dataset.config.description, class_="sub")),
+        tag("p", notice, class_="notice", role="status") if notice else None,
+        tag("section",
+            charts.progress(counts), charts.legend(),
+            tag("div", tag("dl", ((tag("dt", k), tag("dd", v)) for k, v in facts),
+                           class_="facts"),
+                table(["State", "Tasks", "Share"], state_rows, numeric=(1, 2)),
+                class_="columns"),
+            _actions(view, dataset) if view.may_change(dataset) else None,
+            class_="summary"),
+        await _tasks(view, dataset),
+        await _errors(view, dataset),
+        tag("section", tag("h2", "Completions per hour (UTC)"),
+            charts.per_hour(history.by_state(
+                await view.request.app[HISTORY].last_day(engine.db, now), dataset.id), now)),
+        await _statistics(view, dataset),
+        await _jobs(view, dataset),
+        _config(dataset),
+        await _events(view, dataset))
+
+
+def _actions(view: View, dataset: DatasetState) -> Markup:
+    base = f"/datasets/{dataset.id}"
+    status = dataset.status
+    buttons = []
+    if status not in (DatasetStatus.SUSPENDED, DatasetStatus.COMPLETE, DatasetStatus.FAILED):
+        buttons.append(view.post_form(f"{base}/suspend", tag("button", "Suspend")))
+    if status == DatasetStatus.SUSPENDED or dataset.summary()["suspended"]:
+        buttons.append(view.post_form(f"{base}/resume", tag("button", "Resume")))
+    if status != DatasetStatus.SUSPENDED:
+        if dataset.summary()["failed"]:
+            buttons.append(view.post_form(f"{base}/reset-failed",
+                                          tag("button", "Reset failed tasks")))
+        buttons.append(view.post_form(f"{base}/reset-all",
+                                      tag("button", "Reset all tasks", class_="danger")))
+    buttons.append(view.post_form(
+        f"{base}/priority",
+        tag("label", "Priority", for_="priority"),
+        tag("input", type="number", id="priority", name="priority", min="0.001", max="1000",
+            step="any", value=number(dataset.priority).replace(",", ""), required=True),
+        tag("button", "Set"), class_="inline"))
+    return tag("div", tag("h2", "Actions"), tag("div", buttons, class_="buttons"),
+               class_="actions", id="actions")
+
+
+async def _tasks(view: View, dataset: DatasetState) -> Markup:
+    names = [t.name for t in dataset.config.tasks]
+    state = view.query("state") or None
+    name = view.query("task") or None
+    job_text = view.query("job")
+    after_text = view.query("after") or "0"
+    if state and state not in TASK_STATES:
+        raise BadRequest(f"state: {state!r} is not a task state; use one of "
+                         f"{', '.join(TASK_STATES)}")
+    if name and name not in names:
+        raise BadRequest(f"task: dataset {dataset.id} has no task named {name!r} (it has "
+                         f"{', '.join(names)})")
+    job = _whole(job_text, "job", dataset.jobs - 1) if job_text else None
+    after = _whole(after_text, "after", None)
+    rows = await queries.tasks(view.engine.db, dataset.id, state=state,
+                               task_index=names.index(name) if name else None, job=job,
+                               after=after, limit=PAGE)
+    filters = tag(
+        "form",
+        _select("state", "State", TASK_STATES, state),
+        _select("task", "Task", names, name),
+        tag("label", "Job", tag("input", type="number", name="job", min=0,
+                                max=max(dataset.jobs - 1, 0), value=job_text or None)),
+        tag("button", "Filter"),
+        link(f"/datasets/{dataset.id}#tasks", "Clear") if state or name or job_text else None,
+        method="get", action=f"/datasets/{dataset.id}#tasks", class_="filters")
+    body = table(
+        ["Task", "Job", "Name", "State", "Failures", "Lost", "Updated", "Reason"],
+        ([link(f"/tasks/{r['task_id']}", r["task_id"]), r["job"], names[r["task_index"]],
+          state_badge(r["state"]), r["failures"], r["lost"], when(r["updated"]),
+          tag("span", r["reason"] or "", class_="reason")] for r in rows),
+        empty="No tasks match these filters" + ("" if dataset.materialized
+                                                 else " (jobs are still being created)") + ".",
+        numeric=(1, 4, 5))
+    more = {"state": state, "task": name, "job": job_text}
+    paging = tag("p",
+                 link(href(f"/datasets/{dataset.id}", **more) + "#tasks", "First page")
+                 if after else None,
+                 link(href(f"/datasets/{dataset.id}", **more, after=rows[-1]["task_id"])
+                      + "#tasks", "Next page", rel="next") if len(rows) == PAGE else None,
+                 class_="paging")
+    return tag("section", tag("h2", "Tasks"), filters, body, paging, id="tasks")
+
+
+async def _jobs(view: View, dataset: DatasetState) -> Markup:
+    state = view.query("jobs_state") or None
+    if state and state not in JOB_STATES:
+        raise BadRequest(f"jobs_state: {state!r} is not a job state; use one of "
+                         f"{', '.join(JOB_STATES)}")
+    after = _whole(view.query("jobs_after") or "-1", "jobs_after", None, minimum=-1)
+    rows = await queries.jobs(view.engine.db, dataset.id, state, after, PAGE)
+    filters = tag("form", _select("jobs_state", "State", JOB_STATES, state),
+                  tag("button", "Filter"), method="get",
+                  action=f"/datasets/{dataset.id}#jobs", class_="filters")
+    body = table(["Job", "State", ""],
+                 ([r["job"], state_badge(r["state"]),
+                   link(href(f"/datasets/{dataset.id}", job=r["job"]) + "#tasks", "its tasks")]
+                  for r in rows), empty="No jobs match.", numeric=(0,))
+    paging = tag("p",
+                 link(href(f"/datasets/{dataset.id}", jobs_state=state) + "#jobs", "First page")
+                 if after >= 0 else None,
+                 link(href(f"/datasets/{dataset.id}", jobs_state=state,
+                           jobs_after=rows[-1]["job"]) + "#jobs", "Next page")
+                 if len(rows) == PAGE else None, class_="paging")
+    return tag("section", tag("h2", "Jobs"), filters, body, paging, id="jobs")
+
+
+async def _errors(view: View, dataset: DatasetState) -> Markup:
+    rows = await reports.errors(view.engine.db, dataset.id)
+    return tag("section", tag("h2", "Errors"), table(
+        ["Error class", "Message", "Attempts", "Latest"],
+        ([tag("code", r["error_class"]), tag("span", r["error_message"] or "", class_="reason"),
+          f"{r['count']:,}", link(f"/tasks/{r['task_id']}#attempt-{r['attempt_id']}",
+                                 f"task {r['task_id']}")] for r in rows),
+        empty="No attempt of this dataset has failed.", numeric=(2,)), id="errors")
+
+
+def resource_value(name: str, value: float | None) -> str:
+    """A resource statistic in its unit: sizes for memory and disk, durations for times."""
+    if "memory" in name or "disk" in name:
+        return size(value)
+    if name.endswith("time"):
+        return duration(value)
+    return number(value)
+
+
+async def _statistics(view: View, dataset: DatasetState) -> Markup:
+    rows = await queries.statistics(view.engine.db, dataset.id)
+    names = [t.name for t in dataset.config.tasks]
+    parts: list[Child] = [tag("h2", "Statistics")]
+    used = {r["name"] for r in rows if r["kind"] == "resource" and r["max"]}
+    for kind, title in (("user", "Reported by the tasks"), ("resource", "Resources used")):
+        # Resources no attempt used at all (GPU time without GPUs) would only be rows of zeros.
+        shown = [r for r in rows if r["kind"] == kind and (kind == "user" or r["name"] in used)]
+        fmt = resource_value if kind == "resource" else (lambda _n, v: number(v))
+        parts.append(tag("h3", title))
+        parts.append(table(
+            ["Name", "Task", "Count", "Sum", "Mean", "Std dev", "Min", "Max"],
+            ([r["name"], names[r["task_index"]] if r["task_index"] is not None
+              else tag("em", "all tasks"), f"{r['count']:,}",
+              *(fmt(r["name"], r[k]) for k in ("sum", "mean", "stddev", "min", "max"))]
+             for r in sorted(shown, key=lambda r: (r["name"], r["task_index"] is None,
+                                                   r["task_index"] or 0))),
+            empty="Nothing yet: statistics come with completed attempts.",
+            numeric=range(2, 8)))
+    return tag("section", parts, id="statistics")
+
+
+def _config(dataset: DatasetState) -> Markup:
+    config = dataset.config
+    names = [t.name for t in config.tasks]
+    steering = table(["Name", "Value"],
+                     ([tag("code", k), tag("code", json.dumps(v))]
+                      for k, v in sorted(config.steering.items())),
+                     empty="No steering values.")
+    tasks = []
+    for spec in config.tasks:
+        req = spec.requirements
+        needs = [f"{req.cpus} CPU", size(req.memory) + " memory", size(req.disk) + " disk",
+                 f"{req.gpus} GPU" if req.gpus else None, duration(req.walltime) + " walltime",
+                 "os " + "/".join(req.os) if req.os else None,
+                 "arch " + "/".join(req.arch) if req.arch else None,
+                 "sites " + ", ".join(req.sites) if req.sites else None]
+        commands = [tag("li", tag("code", _command(m.get("command"))))
+                    for m in spec.raw.get("modules", [])]
+        tasks.append([tag("strong", spec.name),
+                      ", ".join(names[d] for d in spec.depends) or "–",
+                      ", ".join(n for n in needs if n), tag("ol", commands, class_="commands")])
+    raw = json.dumps(config.raw, indent=2, sort_keys=True)
+    return tag("section", tag("h2", "Config"),
+               tag("h3", "Steering"), steering,
+               tag("h3", "Tasks"), table(["Task", "Depends on", "Needs", "Commands"], tasks),
+               tag("details", tag("summary", "The whole config (JSON)"),
+                   tag("pre", raw, class_="config")), id="config")
+
+
+def _command(command: Any) -> str:
+    if isinstance(command, list):
+        return " ".join(json.dumps(part) if " " in str(part) or "\n" in str(part) else str(part)
+                        for part in command)
+    return str(command)
+
+
+async def _events(view: View, dataset: DatasetState) -> Markup:
+    rows = await queries.events(view.engine.db, dataset.id, 20)
+    return tag("section", tag("h2", "History"), table(
+        ["When", "Who", "Action", "Detail"],
+        ([when(r["time"]), r["user"] or "", r["action"], r["detail"]] for r in rows),
+        empty="Nothing has been done to this dataset."), id="history")
+
+
+def _select(name: str, label: str, choices: Any, chosen: str | None) -> Markup:
+    options = [tag("option", "any", value="")]
+    options += [tag("option", c, value=c, selected=c == chosen) for c in choices]
+    return tag("label", label, tag("select", options, name=name))
+
+
+def _whole(text: str, name: str, maximum: int | None, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name}: expected a whole number, got {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        limit = f" and at most {maximum}" if maximum is not None else ""
+        raise BadRequest(f"{name}: expected a number of at least {minimum}{limit}, got {value}")
+    return value
+
+
+# -- actions ----------------------------------------------------------------------------------
+
+Act = Callable[[View, DatasetState], Awaitable[int]]
+
+
+async def _suspend(view: View, dataset: DatasetState) -> int:
+    return await actions.suspend(view.engine, dataset, view.principal.user)
+
+
+async def _resume(view: View, dataset: DatasetState) -> int:
+    return await actions.resume(view.engine, dataset, view.principal.user)
+
+
+async def _reset_failed(view: View, dataset: DatasetState) -> int:
+    return await actions.reset(view.engine, dataset, view.principal.user, "failed")
+
+
+async def _reset_all(view: View, dataset: DatasetState) -> int:
+    return await actions.reset(view.engine, dataset, view.principal.user, "all")
+
+
+async def _priority(view: View, dataset: DatasetState) -> int:
+    text = str(view.form.get("priority") or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadRequest(f"priority: expected a number above 0 and at most 1000, got "
+                         f"{text!r}") from None
+    await actions.set_priority(view.engine, dataset, view.principal.user, value)
+    return 0
+
+
+ACTIONS: dict[str, Act] = {"suspend": _suspend, "resume": _resume,
+                           "reset-failed": _reset_failed, "reset-all": _reset_all,
+                           "priority": _priority}
+
+
+@routes.post("/datasets/{dataset_id}/{action}")
+@page
+async def act(view: View) -> web.StreamResponse:
+    dataset = find(view, view.request.match_info["dataset_id"])
+    name = view.request.match_info["action"]
+    action = ACTIONS.get(name)
+    if action is None:
+        raise NotFound(f"There is no action {name!r}; a dataset can be "
+                       f"{', '.join(ACTIONS)}.")
+    view.authorize(Action.CHANGE_DATASET, owner_id=dataset.user_id)
+    changed = await action(view, dataset)
+    return redirect(href(f"/datasets/{dataset.id}", done=name, changed=changed))
