@@ -96,6 +96,39 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class _JobLock:
+    """`Engine.job_lock`: one job's asyncio.Lock, made on first use and dropped when nobody
+    holds or awaits it (a plain class: it is entered on every report)."""
+
+    __slots__ = ("key", "lock", "locks")
+
+    def __init__(self, locks: dict[tuple[int, int], asyncio.Lock], key: tuple[int, int]) -> None:
+        self.locks = locks
+        self.key = key
+        self.lock: asyncio.Lock | None = None
+
+    async def __aenter__(self) -> None:
+        lock = self.locks.get(self.key)
+        if lock is None:
+            lock = self.locks[self.key] = asyncio.Lock()
+        self.lock = lock
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._drop()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.lock.release()
+        self._drop()
+
+    def _drop(self) -> None:
+        lock = self.lock
+        if not lock.locked() and not getattr(lock, "_waiters", None) \
+                and self.locks.get(self.key) is lock:
+            del self.locks[self.key]
+
+
 class Engine:
     """The working state of one matchmaker process."""
 
@@ -161,20 +194,11 @@ class Engine:
         while len(self.voided) > self.VOIDED_MEMORY:
             self.voided.popitem(last=False)
 
-    @contextlib.asynccontextmanager
-    async def job_lock(self, dataset_id: int, job_index: int):
+    def job_lock(self, dataset_id: int, job_index: int) -> _JobLock:
         """Serialize outcome decisions within one job, so two parents finishing at once both
-        see each other complete and their common child becomes ready exactly once."""
-        key = (dataset_id, job_index)
-        lock = self._job_locks.get(key)
-        if lock is None:
-            lock = self._job_locks[key] = asyncio.Lock()
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._job_locks.pop(key, None)
+        see each other complete and their common child becomes ready exactly once (an async
+        context manager)."""
+        return _JobLock(self._job_locks, (dataset_id, job_index))
 
     # -- start and stop -----------------------------------------------------------------------
     async def load(self) -> None:

@@ -285,6 +285,7 @@ async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
     assert given.attempt_id not in engine.active and following.attempt_id in engine.active
     assert p.attempts == {following.attempt_id} and engine.metrics.matches == 2
     assert s.state_of(dataset, 0) == "complete"
+    assert not engine._job_locks  # dropped once nobody holds or awaits them
 
 
 async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(engine,
