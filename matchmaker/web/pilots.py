@@ -47,7 +47,8 @@ async def pilots_page(view: View) -> web.StreamResponse:
         pilots = empty.get(site.name, {"ended": 0, "empty": 0})
         attempts = ended.get(site.name, {})
         total = sum(attempts.values())
-        sites.append([link(href("/pilots", site=site.name, state=state), site.name),
+        sites.append([link(href("/pilots", site=site.name, state=state), site.name,
+                           class_="nowrap"),
                       *(by_state.get(s, 0) for s in PILOT_STATES),
                       f"{percent(pilots['empty'], pilots['ended'])} of {pilots['ended']:,}",
                       f"{percent(attempts.get('failed', 0), total)} of {total:,}",

@@ -12,6 +12,11 @@ from .page import View, page
 routes = web.RouteTableDef()
 
 
+def core_hours(core_seconds: float) -> str:
+    hours = core_seconds / 3600
+    return "< 0.01" if 0 < hours < 0.01 else number(round(hours, 2))
+
+
 @routes.get("/shares")
 @page
 async def shares_page(view: View) -> web.StreamResponse:
@@ -23,7 +28,7 @@ async def shares_page(view: View) -> web.StreamResponse:
              join([charts.share_bars(s["share_fraction"], s["usage_fraction"]),
                    tag("small", f"share {100 * s['share_fraction']:.0f}% · usage "
                                 f"{100 * s['usage_fraction']:.0f}%")]),
-             number(s["usage"] / 3600), number(s["delivered_core_seconds"] / 3600),
+             core_hours(s["usage"]), core_hours(s["delivered_core_seconds"]),
              datasets.get(s["user"], 0)] for s in found["shares"]]
     return view.render(
         "Users and shares",

@@ -102,6 +102,7 @@ async def test_a_user_follows_a_real_run_and_steers_it_and_another_user_cannot(
         assert "check of job 2" in task and "task_error" in task
         assert "check: event 3000 out of range" in task  # the tail of stderr, on the page
         await browser.screenshot(ARTIFACTS / "task.png")
+        await browser.screenshot(ARTIFACTS / "task-phone.png", width=375)
         assert await browser.click('a.full-log[href$="/logs/stderr"]') == 200
         log = await browser.text("body")
         assert log.startswith("check: event 1 out of range\n")
@@ -122,6 +123,7 @@ async def test_a_user_follows_a_real_run_and_steers_it_and_another_user_cannot(
         assert "exited" in pilots and "idle: no work for 2s" in pilots
         assert f"wait #{busy_task} of dataset {busy}" in pilots
         await browser.screenshot(ARTIFACTS / "pilots.png")
+        await browser.screenshot(ARTIFACTS / "pilots-phone.png", width=375)
         assert await browser.open(f"{base}/shares") == 200
         await browser.screenshot(ARTIFACTS / "shares.png")
         assert await browser.click("header form button") == 200

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import html
 import re
+import ssl
+import urllib.request
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from matchmaker.api.framework import AUTH
 from matchmaker.model import DatasetStatus
 from matchmaker.web.history import History, by_site, by_state
 from tests.matchmaker import support as s
+from tests.pilot.live import LiveMatchmaker
 
 from .conftest import Browser, Pages, csrf_of
 
@@ -298,3 +301,16 @@ def total(hours: dict[int, dict[str, int]]) -> dict[str, int]:
         for state, n in counts.items():
             summed[state] = summed.get(state, 0) + n
     return summed
+
+
+def test_over_tls_the_cookies_are_secure(tmp_path):
+    (tmp_path / "tls").mkdir()
+    live = LiveMatchmaker(tmp_path / "tls", tls=True)
+    live.start()
+    try:
+        context = ssl.create_default_context(cafile=str(live.cacert))
+        with urllib.request.urlopen(f"{live.url}/signin", context=context, timeout=10) as reply:
+            cookie = reply.headers["Set-Cookie"]
+    finally:
+        live.close()
+    assert cookie.startswith("floe_signin=") and "Secure" in cookie and "HttpOnly" in cookie
