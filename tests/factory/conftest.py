@@ -3,6 +3,7 @@ admin would, DAG datasets, and a real `floe factory` process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -17,6 +18,7 @@ import pytest
 from config.factory import factory_config
 from factory.site import SiteRunner
 from pilot.bundle import build
+from plugins import BatchError
 from tests.pilot.live import ROOT, LiveMatchmaker
 
 SHAPE = {"name": "small", "cpus": 1, "memory": "512MiB", "disk": "1GiB", "walltime": "20m"}
@@ -84,6 +86,23 @@ def runner(matchmaker: LiveMatchmaker, bundle: Path, document: dict[str, Any]) -
     """The SiteRunner of the document's one site, driven cycle by cycle by the test."""
     config = factory_config(document)
     return SiteRunner(config, config.sites[0], bundle, matchmaker.site_token)
+
+
+@pytest.fixture
+def make_runner(matchmaker: LiveMatchmaker, bundle: Path) -> Iterator[Any]:
+    """`make_runner(document)`: a SiteRunner; every pilot of every runner made is removed
+    after the test, whatever the test did."""
+    made: list[SiteRunner] = []
+
+    def make(document: dict[str, Any]) -> SiteRunner:
+        site = runner(matchmaker, bundle, document)
+        made.append(site)
+        return site
+
+    yield make
+    for site in made:
+        with contextlib.suppress(BatchError):   # a test's deliberately dead batch system
+            site.plugin.remove_orphans(set())   # every live pilot tagged as this factory's
 
 
 class FactoryProcess:

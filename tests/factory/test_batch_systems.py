@@ -19,7 +19,7 @@ from factory.site import plugin_factory_id
 from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 
-from .conftest import dag_dataset, runner, site_document, write_toml
+from .conftest import dag_dataset, site_document, write_toml
 
 SYSTEMS = [
     pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
@@ -48,7 +48,7 @@ def status_file(workdir: Path) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_a_factory_runs_100_dag_tasks_through_the_batch_system_and_leaves_nothing(
-        system: str, request, matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path,
+        system: str, request, matchmaker: LiveMatchmaker, make_runner, tmp_path: Path,
         start_factory):
     site = batch_site(request, system)
     workdir = tmp_path / "factory"
@@ -76,7 +76,7 @@ def test_a_factory_runs_100_dag_tasks_through_the_batch_system_and_leaves_nothin
     attempts = matchmaker.attempts(dataset)
     assert len(attempts) == 100 and all(a["exit_code"] == 0 for a in attempts)
     assert {a["batch_id"] for a in attempts} <= {p["batch_id"] for p in pilots}
-    plugin = runner(matchmaker, bundle, document).plugin
+    plugin = make_runner(document).plugin
     assert plugin.settings.factory_id == plugin_factory_id(document["factory_id"], "site-a")
     left = {i: p for i, p in plugin.status().items() if p.state is not PilotState.FINISHED}
     assert left == {}
@@ -95,58 +95,50 @@ def slurm_state(batch_id: str) -> str:
 
 @pytest.mark.slurm
 def test_queued_pilots_are_removed_once_their_demand_is_gone(
-        slurm_cluster, matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        slurm_cluster, matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     dataset = matchmaker.submit(dag_dataset(3))
-    site = runner(matchmaker, bundle, site_document(
+    site = make_runner(site_document(
         matchmaker, tmp_path / "factory", plugin="slurm", shapes=[held_slurm_shape()],
         removal_grace="3s"))
-    try:
-        assert site.cycle().submit == {"later": 3}
-        queued = sorted(site.pilots)
-        assert all(slurm_state(b).startswith("PENDING") for b in queued)
-        assert site.cycle().submit == {"later": 0}          # the queued pilots cover it
-        status, _ = matchmaker.api("POST", f"/datasets/{dataset}/suspend")
-        assert status == 200
-        site.cycle()
-        assert sorted(site.pilots) == queued                # within the grace period
-        time.sleep(3.5)
-        decision = site.cycle()
-        assert decision.remove == {"later": 3}
-        wait_for(lambda: not any(slurm_state(b).startswith("PENDING") for b in queued), 30,
-                 "SLURM to drop the removed pilots")
-        assert site.pilots == {} and site.counters.removed == 3
-    finally:
-        site.site = {**site.site, "on_stop": "remove-all"}
-        site.stop()
+    assert site.cycle().submit == {"later": 3}
+    queued = sorted(site.pilots)
+    assert all(slurm_state(b).startswith("PENDING") for b in queued)
+    assert site.cycle().submit == {"later": 0}          # the queued pilots cover it
+    status, _ = matchmaker.api("POST", f"/datasets/{dataset}/suspend")
+    assert status == 200
+    site.cycle()
+    assert sorted(site.pilots) == queued                # within the grace period
+    time.sleep(3.5)
+    decision = site.cycle()
+    assert decision.remove == {"later": 3}
+    wait_for(lambda: not any(slurm_state(b).startswith("PENDING") for b in queued), 30,
+             "SLURM to drop the removed pilots")
+    assert site.pilots == {} and site.counters.removed == 3
 
 
 @pytest.mark.slurm
 def test_a_held_pilot_is_removed_and_counts_against_the_site(
-        slurm_cluster, matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        slurm_cluster, matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     matchmaker.submit(dag_dataset(1))
-    site = runner(matchmaker, bundle, site_document(
+    site = make_runner(site_document(
         matchmaker, tmp_path / "factory", plugin="slurm", shapes=[held_slurm_shape()],
         backoff="60s"))
-    try:
-        site.cycle()
-        [pilot] = site.pilots
-        subprocess.run(["scontrol", "hold", pilot], check=True)
-        wait_for(lambda: "JobHeld" in slurm_state(pilot), 10, "SLURM to hold the pilot")
-        decision = site.cycle()
-        assert site.counters.held == 1 and pilot not in site.pilots
-        assert decision.submit == {"later": 0}              # backing off
-        assert site.health.failures == 1 and "is held" in site.health.last_error
-        wait_for(lambda: not slurm_state(pilot).startswith("PENDING"), 30, "the removal")
-    finally:
-        site.site = {**site.site, "on_stop": "remove-all"}
-        site.stop()
+    site.cycle()
+    [pilot] = site.pilots
+    subprocess.run(["scontrol", "hold", pilot], check=True)
+    wait_for(lambda: "JobHeld" in slurm_state(pilot), 10, "SLURM to hold the pilot")
+    decision = site.cycle()
+    assert site.counters.held == 1 and pilot not in site.pilots
+    assert decision.submit == {"later": 0}              # backing off
+    assert site.health.failures == 1 and "is held" in site.health.last_error
+    wait_for(lambda: not slurm_state(pilot).startswith("PENDING"), 30, "the removal")
 
 
 @pytest.mark.slurm
 def test_a_refused_submission_is_reported_with_its_command_and_backed_off(
-        slurm_cluster, matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path, caplog):
+        slurm_cluster, matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
     matchmaker.submit(dag_dataset(2))
-    site = runner(matchmaker, bundle, site_document(
+    site = make_runner(site_document(
         matchmaker, tmp_path / "factory", plugin="slurm", backoff="60s",
         options={"partition": f"nosuch{secrets.token_hex(2)}"}))
     first = site.cycle()
@@ -161,18 +153,13 @@ def test_a_refused_submission_is_reported_with_its_command_and_backed_off(
 
 @pytest.mark.slurm
 def test_two_factories_serving_one_matchmaker_do_not_double_count_demand(
-        slurm_cluster, matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        slurm_cluster, matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     matchmaker.submit(dag_dataset(4))                        # 4 ready tasks
-    sites = [runner(matchmaker, bundle, site_document(
+    sites = [make_runner(site_document(
         matchmaker, tmp_path / name, plugin="slurm", shapes=[held_slurm_shape()],
         max_queued=10, max_total=10, max_per_cycle=10)) for name in ("one", "two")]
-    try:
-        for _ in range(3):
-            for site in sites:
-                site.cycle()
-        counts = [len(site.pilots) for site in sites]
-        assert counts == [4, 0]
-    finally:
+    for _ in range(3):
         for site in sites:
-            site.site = {**site.site, "on_stop": "remove-all"}
-            site.stop()
+            site.cycle()
+    counts = [len(site.pilots) for site in sites]
+    assert counts == [4, 0]

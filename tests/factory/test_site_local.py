@@ -11,7 +11,7 @@ from pathlib import Path
 from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 
-from .conftest import dag_dataset, runner, site_document
+from .conftest import dag_dataset, site_document
 
 
 def live_pilots(site) -> list[str]:
@@ -30,9 +30,9 @@ def cycle_until(site, check, timeout: float = 90.0, what: str = "the condition")
 
 
 def test_a_backlog_of_dag_jobs_is_run_by_pilots_that_then_leave(
-        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     dataset = matchmaker.submit(dag_dataset(10))
-    site = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "factory"))
+    site = make_runner(site_document(matchmaker, tmp_path / "factory"))
     first = site.cycle()
     assert first is not None and first.submit == {"small": 4}   # max_per_cycle, max_total
     cycle_until(site, lambda: set(matchmaker.states(dataset)) == {"complete"}, 120,
@@ -57,7 +57,7 @@ def test_a_backlog_of_dag_jobs_is_run_by_pilots_that_then_leave(
 
 
 def test_no_pilot_is_submitted_for_a_site_with_no_matchable_work(
-        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     elsewhere = dag_dataset(5)
     for task in elsewhere["tasks"]:
         task["requirements"]["sites"] = ["site-z"]
@@ -65,7 +65,7 @@ def test_no_pilot_is_submitted_for_a_site_with_no_matchable_work(
     too_big = dag_dataset(5)
     too_big["tasks"][0]["requirements"]["memory"] = "64GiB"
     matchmaker.submit(too_big)
-    site = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "factory"))
+    site = make_runner(site_document(matchmaker, tmp_path / "factory"))
     for _ in range(5):
         decision = site.cycle()
         assert decision is not None and decision.submit == {"small": 0}
@@ -74,11 +74,11 @@ def test_no_pilot_is_submitted_for_a_site_with_no_matchable_work(
 
 
 def test_pilots_that_die_at_start_back_the_failing_site_off(
-        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path, caplog):
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
     matchmaker.submit(dag_dataset(20))
     document = site_document(matchmaker, tmp_path / "factory", python="/bin/false",
                              min_pilot_life="30s", failing_after=3, backoff="60s")
-    site = runner(matchmaker, bundle, document)
+    site = make_runner(document)
     assert site.cycle().submit == {"small": 4}
     cycle_until(site, lambda: site.counters.died_at_start == 4, 30, "the pilots to die")
     assert site.health.failing
@@ -94,26 +94,26 @@ def test_pilots_that_die_at_start_back_the_failing_site_off(
 
 
 def test_a_restarted_factory_keeps_its_pilots_and_one_that_lost_its_state_removes_them(
-        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     slow = dag_dataset(4)
     slow["tasks"][0]["modules"] = [{"command": "sleep 60"}]
     dataset = matchmaker.submit(slow)
     document = site_document(matchmaker, tmp_path / "factory")
-    first = runner(matchmaker, bundle, document)
+    first = make_runner(document)
     first.cycle()
     ours = sorted(first.pilots)
     assert len(ours) == 4
     wait_for(lambda: matchmaker.states(dataset).count("processing") == 4, 30,
              "the pilots to take the tasks")
 
-    restarted = runner(matchmaker, bundle, document)
+    restarted = make_runner(document)
     assert sorted(restarted.pilots) == ours
     restarted.cycle()
     assert restarted.counters.orphans_removed == 0
     assert sorted(live_pilots(restarted)) == ours
 
     (tmp_path / "factory" / "site-a" / "pilots.json").unlink()
-    forgetful = runner(matchmaker, bundle, document)
+    forgetful = make_runner(document)
     forgetful.cycle()
     assert forgetful.counters.orphans_removed == 4
     wait_for(lambda: not set(ours) & set(live_pilots(forgetful)), 30, "the orphans to be gone")
@@ -122,16 +122,16 @@ def test_a_restarted_factory_keeps_its_pilots_and_one_that_lost_its_state_remove
     assert "failed" not in matchmaker.states(dataset)
 
 
-def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, bundle: Path,
+def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, make_runner,
                                             tmp_path: Path):
     slow = dag_dataset(2)
     slow["tasks"][0]["modules"] = [{"command": "sleep 60"}]
     matchmaker.submit(slow)
-    kept = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "keep",
+    kept = make_runner(site_document(matchmaker, tmp_path / "keep",
                                                     on_stop="keep", max_total=1,
                                                     max_queued=1))
     kept.cycle()
-    removed = runner(matchmaker, bundle, site_document(matchmaker, tmp_path / "all",
+    removed = make_runner(site_document(matchmaker, tmp_path / "all",
                                                        on_stop="remove-all", max_total=1,
                                                        max_queued=1))
     removed.cycle()
@@ -147,14 +147,14 @@ def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, bundle: 
 
 
 def test_a_dead_batch_system_is_a_clear_error_and_a_backoff_not_a_crash(
-        matchmaker: LiveMatchmaker, bundle: Path, tmp_path: Path):
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
     matchmaker.submit(dag_dataset(2))
     empty = tmp_path / "no-commands"
     empty.mkdir()
     for plugin, options, message in [
             ("htcondor", {}, "HTCondor could not list pilots"),
             ("slurm", {"commands_dir": str(empty)}, "squeue was not found")]:
-        site = runner(matchmaker, bundle, site_document(
+        site = make_runner(site_document(
             matchmaker, tmp_path / plugin, plugin=plugin, backoff="60s", **options))
         assert site.cycle() is None
         assert message in site.health.last_error
