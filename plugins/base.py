@@ -17,6 +17,7 @@ import abc
 import dataclasses
 import enum
 import math
+import os
 import re
 import shlex
 import shutil
@@ -27,12 +28,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
+from config.factory import SITE_TOKEN_VARIABLE
 from config.resources import GIB, MIB
 
 _FACTORY_ID_RE = re.compile(r"^[A-Za-z0-9_.]{1,40}$")
 _SHAPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STDERR_LIMIT = 2000
+FACTORY_SECRETS = (SITE_TOKEN_VARIABLE, "FLOE_TOKEN", "FLOE_PILOT_TOKEN")
+"""Variables of the factory's own environment that never reach a batch command (or a job)."""
 SECRET_VARIABLES = ("FLOE_PILOT_TOKEN",)
 """Pilot variables a plugin must not put where other users of the batch system can read them;
 a plugin that cannot keep them private passes `<NAME>_FILE`, naming a file, instead."""
@@ -289,6 +293,7 @@ class BatchPlugin(abc.ABC):
             # Run in the working dir so that whatever a batch system writes relative to the
             # submit directory lands there, not wherever the factory was started.
             done = subprocess.run(argv, capture_output=True, text=True, cwd=workdir,
+                                  env=command_environment(),
                                   timeout=self.settings.command_timeout, check=False)
         except FileNotFoundError as exc:
             raise BatchError(
@@ -332,6 +337,13 @@ class BatchPlugin(abc.ABC):
             "FLOE_SHAPE_WALLTIME": str(shape.walltime),
         }
 
+
+
+def command_environment() -> dict[str, str]:
+    """The factory's environment less its secrets, for the batch commands: some submit
+    commands hand the submitter's whole environment to the job (Slurm's qsub wrapper does), and
+    no task may ever see the site's token."""
+    return {name: value for name, value in os.environ.items() if name not in FACTORY_SECRETS}
 
 
 def check_environment_name(name: str) -> None:

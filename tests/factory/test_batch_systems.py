@@ -58,11 +58,15 @@ def test_a_factory_runs_100_dag_tasks_through_the_batch_system_and_leaves_nothin
     dataset = matchmaker.submit(dag_dataset(50))
     factory = start_factory(config, matchmaker.site_token)
 
-    wait_for(lambda: set(matchmaker.states(dataset)) == {"complete"}, 300,
-             f"every task to complete through {system}\n{factory.text()[-3000:]}")
-    # With the work gone the pilots leave by themselves, and the factory sees them end.
-    wait_for(lambda: status_file(workdir).get("tracked") == 0, 120,
-             f"the pilots to leave\n{factory.text()[-2000:]}")
+    try:
+        wait_for(lambda: set(matchmaker.states(dataset)) == {"complete"}, 300,
+                 f"every task to complete through {system}")
+        # With the work gone the pilots leave by themselves, and the factory sees them end.
+        wait_for(lambda: status_file(workdir).get("tracked") == 0, 120, "the pilots to leave")
+    except AssertionError:
+        failed = [t for t in matchmaker.tasks(dataset) if t["state"] != "complete"][:3]
+        raise AssertionError(f"factory log:\n{factory.text()[-2000:]}\nunfinished: "
+                             f"{failed}") from None
     submitted = status_file(workdir)["counters"]["submitted"]
     time.sleep(5)
     assert status_file(workdir)["counters"]["submitted"] == submitted  # none after the work
