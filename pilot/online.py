@@ -102,9 +102,10 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s floe pilot: %(message)s")
-    # Tasks inherit the pilot's environment: the token must not go with it.
-    os.environ.pop(TOKEN_VARIABLE, None)
-    os.environ.pop(f"{TOKEN_VARIABLE}_FILE", None)
+    # Tasks inherit the pilot's environment: no token may go with it (nor a site's or user's
+    # token that a careless batch system passed on from the factory).
+    for name in (TOKEN_VARIABLE, f"{TOKEN_VARIABLE}_FILE", "FLOE_SITE_TOKEN", "FLOE_TOKEN"):
+        os.environ.pop(name, None)
     if args.scratch is not None:
         try:
             args.scratch.mkdir(parents=True, exist_ok=True)
