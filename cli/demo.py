@@ -356,8 +356,10 @@ class Demo:
                       f"{s['sum']:>12.6g} {s['mean']:>12.6g} {s['stddev']:>12.6g}")
 
     def epilogue(self) -> None:
-        print(f"  matchmaker  stopped; it served the API at {self.url}/api/v1 (web pages: later)")
-        print("  to look again, serve its record and ask it with `floe status`:")
+        print(f"  matchmaker  stopped; it served the web pages at {self.url}/ and the API at "
+              f"{self.url}/api/v1")
+        print("  to look again, serve its record, open the pages (sign in with the token "
+              "below) or ask it with `floe status`:")
         print(f"    floe server --db {shown(self.db)} --port {self.port} &")
         print(f"    export FLOE_URL={self.url} FLOE_TOKEN={self.client.token}")
         print(f"    floe status {self.dataset}")

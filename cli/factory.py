@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--once", action="store_true",
                       help="run one cycle for each site, print what each decided, and exit")
     mode.add_argument("--check", action="store_true",
-                      help="validate the config and the site tokens, and exit")
+                      help="validate the config, check each site's token with the matchmaker, "
+                           "and exit (submits nothing)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                         help="how much the factory logs on stderr (default info)")
 
@@ -39,6 +41,30 @@ def bundle_in(workdir: Path) -> Path:
     return target
 
 
+def check(config: Any) -> int:
+    """`--check`: the config is valid; now ask the matchmaker with each site's token."""
+    from config.factory import site_token
+    from factory.matchmaker import MatchmakerError, SiteClient
+
+    failed = False
+    for site in config.sites:
+        client = SiteClient(config.matchmaker, site["name"], site_token(site),
+                            cacert=config.cacert, factory=config.factory_id)
+        shapes = len(site["shapes"])
+        try:
+            answer = client.demand([])
+        except MatchmakerError as exc:
+            print(f"site {site['name']}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"site {site['name']}: {site['plugin']}, {shapes} shape{'s' * (shapes != 1)}; "
+              f"the matchmaker at {config.matchmaker} knows it "
+              f"({answer['pilots']['running']} pilots running there)")
+    if not failed:
+        print(f"{config.path}: valid")
+    return 1 if failed else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from config.factory import load_factory_config, site_token
     from config.schema import ConfigError
@@ -52,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
         for site in config.sites:
             site_token(site)
         if args.check:
-            print(f"{args.config}: valid; sites: "
-                  + ", ".join(f"{s['name']} ({s['plugin']}, {len(s['shapes'])} shapes)"
-                              for s in config.sites))
-            return 0
+            return check(config)
         config.workdir.mkdir(parents=True, exist_ok=True)
         factory = Factory(args.config, bundle_in(config.workdir))
         factory.load()

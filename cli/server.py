@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from config.settings import SERVER_SCHEMA
 
@@ -51,7 +53,14 @@ def _run_server(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
         server.run(settings, self_signed=args.self_signed)
-    except (ConfigError, ValueError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"floe server: port {settings.port} of {settings.host} is in use (another "
+                  "floe server?); stop that one or pick another with --port", file=sys.stderr)
+        else:
+            print(f"floe server: {exc}", file=sys.stderr)
+        return 1
+    except (ConfigError, ValueError) as exc:
         print(f"floe server: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -65,6 +74,10 @@ async def _admin(db_path: str) -> AsyncIterator:
     from matchmaker.engine import Engine
     from matchmaker.storage.database import Database
 
+    if not Path(db_path).exists():
+        # Say so: a user or site added to a new file is unknown to a server using another.
+        print(f"note: {db_path} did not exist; created a new matchmaker database there (give "
+              "--db the file `floe server` uses)", file=sys.stderr)
     db = await Database.open(db_path)
     try:
         engine = Engine(db, server_settings({"database": db_path}))

@@ -143,8 +143,11 @@ class SiteRunner:
         try:
             answer = self.client.demand(self._shapes_queued(counts))
         except MatchmakerError as exc:
-            log.warning("site %s: no demand this cycle: %s", self.name, exc)
             self.last["matchmaker_error"] = str(exc)
+            if exc.status is not None:  # refused (a wrong token or site name): the site fails
+                self._failure(now, f"no demand this cycle: {exc}")
+            else:                       # the matchmaker is away: no fault of the site's
+                log.warning("site %s: no demand this cycle: %s", self.name, exc)
             self._save(now)
             return None
         self.last.pop("matchmaker_error", None)

@@ -28,6 +28,7 @@ from config.states import TaskState
 from .fairshare import Ledger
 from .metrics import Metrics
 from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
+from .storage import queries
 from .storage.database import Batch, Database
 from .storage.writes import HEARTBEAT, PILOT_SEEN, SAVE_USAGE
 
@@ -205,10 +206,7 @@ class Engine:
         """Rebuild the working state from the database."""
         db = self.db
         now = self.clock()
-        for row in await db.fetchall("SELECT user_id, name, role, share FROM users"):
-            self.add_user(User(row["user_id"], row["name"], row["role"], row["share"]))
-        for row in await db.fetchall("SELECT site_id, name FROM sites"):
-            self.sites[row["site_id"]] = Site(row["site_id"], row["name"])
+        await self.refresh_accounts()
         for row in await db.fetchall(
                 "SELECT dataset_id, user_id, config, task_id_base, jobs_materialized, priority,"
                 " status, created FROM datasets"):
@@ -323,11 +321,28 @@ class Engine:
             batch.add(SAVE_USAGE, (f"dataset:{key}", value, now))
         await self.db.write(batch)
 
+    async def refresh_accounts(self) -> None:
+        """Take users, shares, roles and sites from the database: `floe user` and `floe site`
+        change them there, from another process, while the server runs."""
+        users, sites = await queries.accounts(self.db)
+        for row in users:
+            user = self.users.get(row["user_id"])
+            if user is None:
+                self.add_user(User(row["user_id"], row["name"], row["role"], row["share"]))
+            elif (user.role, user.share) != (row["role"], row["share"]):
+                user.role = row["role"]
+                if user.share != row["share"]:
+                    user.share = row["share"]
+                    self.user_usage.rerank(user.user_id)
+        for row in sites:
+            self.sites.setdefault(row["site_id"], Site(row["site_id"], row["name"]))
+
     async def flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.flush_interval)
             try:
                 await self.flush()
+                await self.refresh_accounts()
             except Exception:
                 log.exception("flushing heartbeats failed; will retry")
 

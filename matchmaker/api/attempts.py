@@ -98,7 +98,8 @@ async def attempt(ctx: Context) -> Any:
        "text (its tail if the pilot did not upload it)", tag="attempts", action=Action.READ,
        params=[ATTEMPT_ID, STREAM])
 async def log_text(ctx: Context) -> Any:
-    found = await queries.log_text(ctx.engine.db, ctx.params["attempt_id"], ctx.params["stream"])
+    found = await queries.log_text(ctx.engine.db, ctx.params["attempt_id"], ctx.params["stream"],
+                                    ctx.engine.settings.tail_bytes)
     if found is None:
         raise NotFound(f"there is no attempt {ctx.params['attempt_id']}")
     text, complete = found

@@ -109,8 +109,11 @@ async def attempt(db: Database, attempt_id: int) -> dict[str, Any] | None:
     return _attempt(row, tails=True) if row else None
 
 
-async def log_text(db: Database, attempt_id: int, stream: str) -> tuple[str, bool] | None:
-    """The full log of an attempt if the pilot uploaded it, else its tail: (text, complete)."""
+async def log_text(db: Database, attempt_id: int, stream: str, tail_limit: int
+                   ) -> tuple[str, bool] | None:
+    """The full log of an attempt if the pilot uploaded it, else its tail: (text, complete).
+    Pilots upload only logs longer than a tail, so a tail shorter than `tail_limit` (the
+    server's tail_bytes) is the whole log."""
     row = await db.fetchone("SELECT text FROM logs WHERE attempt_id = ? AND stream = ?",
                             (attempt_id, stream))
     if row is not None:
@@ -119,7 +122,9 @@ async def log_text(db: Database, attempt_id: int, stream: str) -> tuple[str, boo
                             (attempt_id,))
     if row is None:
         return None
-    return row["tail"] or "", False
+    tail = row["tail"] or ""
+    # A few bytes short of the limit: a cut may have split a character.
+    return tail, len(tail.encode()) < tail_limit - 4
 
 
 async def statistics(db: Database, dataset_id: int) -> list[dict[str, Any]]:
@@ -204,6 +209,13 @@ async def token(db: Database, token_hash: str) -> dict[str, Any] | None:
         "SELECT kind, user_id, site_id, expires, revoked FROM tokens WHERE token_hash = ?",
         (token_hash,))
     return dict(row) if row else None
+
+
+async def accounts(db: Database) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every user (user_id, name, role, share) and every site (site_id, name)."""
+    users = await db.fetchall("SELECT user_id, name, role, share FROM users")
+    sites = await db.fetchall("SELECT site_id, name FROM sites")
+    return [dict(r) for r in users], [dict(r) for r in sites]
 
 
 async def user(db: Database, user_id: int) -> dict[str, Any] | None:

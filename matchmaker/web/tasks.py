@@ -113,7 +113,8 @@ async def log_text(view: View) -> web.StreamResponse:
     stream = view.request.match_info["stream"]
     if stream not in ("stdout", "stderr"):
         raise NotFound(f"An attempt has two logs, stdout and stderr; there is no {stream!r}.")
-    found = await queries.log_text(view.engine.db, attempt_id, stream)
+    found = await queries.log_text(view.engine.db, attempt_id, stream,
+                                    view.engine.settings.tail_bytes)
     if found is None:
         raise NotFound(f"There is no attempt {attempt_id}.")
     text, complete = found

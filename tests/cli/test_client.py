@@ -174,3 +174,14 @@ def test_an_unreachable_matchmaker_gets_a_clear_sentence(capsys, tmp_path, args)
     assert err.count("\n") == 1
     assert err.startswith(f"floe {args[0]}: cannot reach the matchmaker at {url}: ")
     assert err.rstrip().endswith("(is `floe server` running? set --url or FLOE_URL)")
+
+
+def test_users_and_shares_changed_on_the_server_host_reach_the_running_server(
+        matchmaker: LiveMatchmaker, capsys):
+    matchmaker._floe("user", "add", "carol")
+    matchmaker._floe("user", "share", "alice", "3")
+
+    def seen() -> bool:
+        users = {u["name"]: u for u in matchmaker.get("/users")["users"]}
+        return "carol" in users and users["alice"]["share"] == 3.0
+    wait_for(seen, 15, "the server to take the new user and share")

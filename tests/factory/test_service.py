@@ -121,9 +121,12 @@ def test_floe_factory_check_and_once(matchmaker: LiveMatchmaker, tmp_path, capsy
     monkeypatch.delenv("FLOE_SITE_TOKEN", raising=False)
     assert floe(["factory", "--config", str(path), "--check"]) == 2
     assert "no site token" in capsys.readouterr().err
+    monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_s_wrong")
+    assert floe(["factory", "--config", str(path), "--check"]) == 1
+    assert "site site-a: the matchmaker refused" in capsys.readouterr().err
     monkeypatch.setenv("FLOE_SITE_TOKEN", matchmaker.site_token)
     assert floe(["factory", "--config", str(path), "--check"]) == 0
-    assert "valid" in capsys.readouterr().out
+    assert "the matchmaker at" in capsys.readouterr().out
     matchmaker.submit(dag_dataset(1))
     assert floe(["factory", "--config", str(path), "--once"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -131,3 +134,6 @@ def test_floe_factory_check_and_once(matchmaker: LiveMatchmaker, tmp_path, capsy
     assert (tmp_path / "factory" / "pilot.pyz").exists()
     monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_s_wrong")
     assert floe(["factory", "--config", str(path), "--once"]) == 1
+    status = json.loads(capsys.readouterr().out)
+    assert status["health"]["failures"] == 1
+    assert "refused" in status["health"]["last_error"]

@@ -111,3 +111,19 @@ def test_a_bad_settings_file_stops_the_server_with_the_reason(tmp_path):
     result = floe("server", "--settings", str(settings), check=False)
     assert result.returncode == 1
     assert "heartbeat_timeout" in result.stderr and "duration" in result.stderr
+
+
+def test_a_port_in_use_is_one_sentence_naming_the_fix(served, tmp_path):
+    port, _ = served("--db", str(tmp_path / "one.sqlite"))
+    second = floe("server", "--port", str(port), "--db", str(tmp_path / "two.sqlite"),
+                  check=False)
+    assert second.returncode == 1
+    assert f"floe server: port {port} of 127.0.0.1 is in use" in second.stderr
+    assert "--port" in second.stderr
+
+
+def test_adding_a_user_to_a_file_that_does_not_exist_says_so(tmp_path):
+    made = floe("user", "add", "erin", "--db", str(tmp_path / "elsewhere.sqlite"))
+    assert "did not exist; created a new matchmaker database" in made.stderr
+    again = floe("user", "add", "fred", "--db", str(tmp_path / "elsewhere.sqlite"))
+    assert "did not exist" not in again.stderr

@@ -101,6 +101,10 @@ async def test_the_full_log_is_its_text(pages: Pages):
     assert status == 200 and reply.content_type == "text/plain"
     assert text.startswith("line 0 of the full log\n") and "line 499 of the full log" in text
     assert reply.headers["X-Floe-Log-Complete"] == "1"
+    # A log short enough to travel whole in the report's tail is complete, not "cut".
+    status, text, reply = await browser.get("/attempts/1/logs/stdout")
+    assert status == 200 and not text.startswith("[the pilot did not upload")
+    assert reply.headers["X-Floe-Log-Complete"] == "1"
 
 
 @pytest.mark.parametrize("path, status, words", [
