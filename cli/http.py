@@ -78,7 +78,12 @@ class Client:
             request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        context = ssl.create_default_context(cafile=self.cacert) if self.cacert else None
+        try:
+            context = ssl.create_default_context(cafile=self.cacert) if self.cacert else None
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"cannot use the CA certificate {self.cacert}: "
+                              f"{getattr(exc, 'strerror', None) or exc} (check --cacert or "
+                              "FLOE_CACERT)") from None
         try:
             with urllib.request.urlopen(request, timeout=self.timeout, context=context) as reply:
                 payload = reply.read()
@@ -97,7 +102,11 @@ class Client:
                               "server` running? set --url or FLOE_URL)") from None
         if raw:
             return payload.decode(errors="replace")
-        return json.loads(payload) if payload else None
+        try:
+            return json.loads(payload) if payload else None
+        except ValueError:
+            raise ClientError(f"{self.url} answered {path} with something that is not JSON: "
+                              "is it a floe matchmaker? (check --url or FLOE_URL)") from None
 
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import urllib.parse
 
 from aiohttp import web
 
@@ -30,8 +31,14 @@ WHY = {
 
 
 def safe_next(target: str | None) -> str:
-    """Where to go after signing in: a path on this server, never another site."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Where to go after signing in: a path on this server, never another site. Browsers drop
+    tabs and newlines from a Location (so "/\t/evil.example" would be "//evil.example") and
+    read "\\" as "/": a target with any of those, or with a scheme or host, goes home."""
+    if not target or not target.startswith("/") or "\\" in target or \
+            any(ord(c) < 0x21 or ord(c) == 0x7f for c in target):
+        return "/"
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
         return "/"
     return target
 

@@ -117,3 +117,14 @@ async def test_pilots_that_ended_without_a_task_are_reported_for_a_while(engine,
     clock.advance(demand.EMPTY_WINDOW + 1)
     assert demand.demand(engine, "site-a", "f1", [shape("small", 1, 4)])["pilots"][
         "ended_empty"] == 0
+
+
+async def test_an_idle_pilot_too_small_for_the_ready_tasks_is_no_room(engine):
+    alice = await s.user(engine, "alice")
+    site_a = await s.site(engine, "site-a")
+    small = await s.pilot(engine, site_a)
+    assert await s.ask(engine, small, s.slot(cpus=1, memory=GIB, site="site-a")) is None
+    await s.submit(engine, alice, s.config(jobs=3, tasks=[s.task("big", cpus=4,
+                                                                  memory="12GiB")]))
+    answer = demand.demand(engine, "site-a", "f1", [shape("large", 8, 32)])
+    assert answer["shapes"][0]["pilots_needed"] == 2 and answer["shapes"][0]["room"] == 0

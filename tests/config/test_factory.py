@@ -1,0 +1,41 @@
+"""The factory's config (site.toml): docs/factory.md is generated from its schema, the example
+validates, and a site's token comes from its file or the environment with a sentence if not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.factory import load_factory_config, reference, site_token
+from config.schema import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docs_factory_md_is_current():
+    current = (ROOT / "docs" / "factory.md").read_text(encoding="utf-8")
+    assert current == reference(), (
+        "docs/factory.md is out of date with config/factory.py; run `make docs` and commit it")
+
+
+def test_the_example_site_toml_validates_with_its_workdir_made_absolute():
+    config = load_factory_config(ROOT / "examples" / "site.toml")
+    assert [site["plugin"] for site in config.sites] == ["local"]
+    assert config.workdir.is_absolute() and config.workdir.name == "factory"
+    assert config.factory_id == "workstation"
+
+
+def test_a_site_token_comes_from_its_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLOE_SITE_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text("floe_s_abc\n")
+    assert site_token({"name": "a", "token_file": str(token_file)}) == "floe_s_abc"
+    monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_s_env")
+    assert site_token({"name": "a", "token_file": ""}) == "floe_s_env"
+    token_file.write_text("")
+    with pytest.raises(ConfigError, match="is empty; write the token"):
+        site_token({"name": "a", "token_file": str(token_file)})
+    monkeypatch.delenv("FLOE_SITE_TOKEN")
+    with pytest.raises(ConfigError, match="no site token: set token_file, or FLOE_SITE_TOKEN"):
+        site_token({"name": "a", "token_file": ""})
