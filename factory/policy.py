@@ -14,6 +14,8 @@ how many running pilots found no work, and whether the site is backing off after
   cannot take after all): each such pilot divides the cycle's budget.
 - Queued pilots beyond the demand are removed once the surplus has lasted `removal_grace`
   seconds, so that a lull between two datasets does not throw the queue away.
+- Held pilots will not run: they are removed, serve no demand and take no place in the limits
+  (the site's health, outside this function, backs off from a site that holds pilots).
 """
 
 from __future__ import annotations
@@ -39,19 +41,24 @@ class ShapeCounts:
     room: int = 0     # of those, what the free room of running pilots will take
     queued: int = 0   # this factory's pilots of the shape waiting in the batch queue
     running: int = 0  # ... and running
+    held: int = 0     # ... and held by the batch system: they will not run
 
 
 @dataclass(frozen=True)
 class Decision:
     submit: dict[str, int]
     remove: dict[str, int]
+    """Queued pilots to take out, per shape (newest first)."""
+    remove_held: dict[str, int]
+    """Held pilots to take out, per shape: all of them."""
     surplus_since: dict[str, float]
     """When each shape's surplus of queued pilots began: give it to the next cycle."""
     reasons: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
-        return any(self.submit.values()) or any(self.remove.values())
+        return any(self.submit.values()) or any(self.remove.values()) or \
+            any(self.remove_held.values())
 
 
 def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
@@ -62,6 +69,10 @@ def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
     reasons: list[str] = []
     submit = {s.name: 0 for s in shapes}
     remove = {s.name: 0 for s in shapes}
+    remove_held = {s.name: s.held for s in shapes}
+    held = sum(remove_held.values())
+    if held:
+        reasons.append(f"{held} held pilots removed")
     since: dict[str, float] = {}
     shortfall: dict[str, int] = {}
     for shape in shapes:
@@ -79,10 +90,10 @@ def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
             shortfall[shape.name] = -surplus
 
     if not shortfall:
-        return Decision(submit, remove, since, reasons)
+        return Decision(submit, remove, remove_held, since, reasons)
     if backing_off:
         reasons.append("backing off after failures: nothing submitted")
-        return Decision(submit, remove, since, reasons)
+        return Decision(submit, remove, remove_held, since, reasons)
 
     queued = sum(s.queued for s in shapes) - sum(remove.values())
     total = queued + sum(s.running for s in shapes)
@@ -95,11 +106,11 @@ def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
         if sum(shortfall.values()) and empty_pilots == 0:
             reasons.append(f"limits reached (queued {queued}/{limits.max_queued}, total "
                            f"{total}/{limits.max_total})")
-        return Decision(submit, remove, since, reasons)
+        return Decision(submit, remove, remove_held, since, reasons)
     while budget > 0 and any(shortfall.values()):
         for shape in shapes:
             if budget > 0 and shortfall.get(shape.name, 0) > 0:
                 submit[shape.name] += 1
                 shortfall[shape.name] -= 1
                 budget -= 1
-    return Decision(submit, remove, since, reasons)
+    return Decision(submit, remove, remove_held, since, reasons)

@@ -87,6 +87,7 @@ class SiteRunner:
     def __post_init__(self) -> None:
         self.health = Health()
         self.lock = threading.RLock()  # a cycle and a reconfiguration never overlap
+        self._held: set[str] = set()  # tracked pilots the batch system holds
         self.reconfigure(self.config, self.site, self.token)
         self._load()
         self._orphans_checked = False
@@ -154,7 +155,7 @@ class SiteRunner:
         demand = {entry["name"]: entry for entry in answer["shapes"]}
         views = [ShapeCounts(name, needed=demand[name]["pilots_needed"],
                              room=demand[name].get("room", 0), queued=c.queued,
-                             running=c.running) for name, c in counts.items()]
+                             running=c.running, held=c.held) for name, c in counts.items()]
         decision = top_up(views, self.limits, now=now, surplus_since=self.surplus_since,
                           empty_pilots=answer["pilots"]["idle"]
                           + answer["pilots"].get("ended_empty", 0),
@@ -163,6 +164,8 @@ class SiteRunner:
         for reason in decision.reasons:
             log.info("site %s: %s", self.name, reason)
         for shape in self.shapes:
+            if decision.remove_held[shape.name]:
+                self._remove_held(shape.name)
             if decision.remove[shape.name]:
                 self._remove_queued(shape.name, decision.remove[shape.name])
         submitted = self.counters.submitted
@@ -179,6 +182,7 @@ class SiteRunner:
                             exc)
         self.last.update({"demand": answer["shapes"], "pilots": answer["pilots"],
                           "decision": {"submit": decision.submit, "remove": decision.remove,
+                                       "remove_held": decision.remove_held,
                                        "reasons": decision.reasons}})
         self._save(now)
         return decision
@@ -193,17 +197,31 @@ class SiteRunner:
 
     def _counts(self, infos: Mapping[str, Any]) -> dict[str, ShapeCounts]:
         queued = {s.name: 0 for s in self.shapes}
-        running = dict(queued)
+        running, held = dict(queued), dict(queued)
         for batch_id, pilot in self.pilots.items():
             info = infos.get(batch_id)
             if pilot.shape not in queued:
                 continue  # a shape the new config dropped: it runs out, nothing more
-            if info is not None and info.state is PilotState.RUNNING:
+            if batch_id in self._held:
+                held[pilot.shape] += 1
+            elif info is not None and info.state is PilotState.RUNNING:
                 running[pilot.shape] += 1
             else:
                 queued[pilot.shape] += 1  # queued, or too new for the batch system to list
-        return {name: ShapeCounts(name, queued=queued[name], running=running[name])
-                for name in queued}
+        return {name: ShapeCounts(name, queued=queued[name], running=running[name],
+                                  held=held[name]) for name in queued}
+
+    def _remove_held(self, shape: str) -> None:
+        held = [b for b in self._held if b in self.pilots and self.pilots[b].shape == shape]
+        try:
+            self.plugin.remove(held)
+        except BatchError as exc:
+            log.warning("site %s: removing held pilots failed (tried again next cycle): %s",
+                        self.name, exc)
+            return
+        for batch_id in held:
+            self._held.discard(batch_id)
+            self.pilots.pop(batch_id, None)
 
     def _follow(self, infos: Mapping[str, Any], now: float) -> None:
         """Update the tracked pilots from the batch system's view."""
@@ -220,11 +238,11 @@ class SiteRunner:
                                     now - pilot.started)
                 continue
             if info is not None and info.state is PilotState.HELD:
-                self.counters.held += 1
-                self._failure(now, f"pilot {batch_id} is held by the batch system "
-                                   f"({info.detail or 'held'}); removed")
-                self._remove([batch_id])
-                del self.pilots[batch_id]
+                if batch_id not in self._held:
+                    self._held.add(batch_id)
+                    self.counters.held += 1
+                    self._failure(now, f"pilot {batch_id} is held by the batch system "
+                                       f"({info.detail or 'held'}); it is removed")
                 continue
             ended = info is not None and info.state is PilotState.FINISHED
             # A pilot the batch system no longer lists has ended, unless it is too new to list.
@@ -236,6 +254,7 @@ class SiteRunner:
             if info is not None and info.started and info.state is PilotState.FINISHED:
                 life = max(life, now - info.started)
             del self.pilots[batch_id]
+            self._held.discard(batch_id)
             self.counters.ended += 1
             if not pilot.proven and life < min_life:
                 self.counters.died_at_start += 1

@@ -26,11 +26,22 @@ LIMITS = Limits(max_queued=20, max_total=100, max_per_cycle=10, removal_grace=30
     ("at max_total nothing more", ShapeCounts("s", needed=500, running=100), LIMITS, 0, 0),
     ("one empty pilot halves the budget", ShapeCounts("s", needed=500), LIMITS, 1, 5),
     ("many empty pilots stop submission", ShapeCounts("s", needed=500), LIMITS, 10, 0),
+    ("held pilots serve no demand", ShapeCounts("s", needed=3, held=3), LIMITS, 0, 3),
+    ("held pilots take no place in the limits", ShapeCounts("s", needed=50, queued=18, held=5),
+     LIMITS, 0, 2),
 ])
 def test_submissions(case, shape, limits, empty, submit):
     decision = top_up([shape], limits, now=1000.0, empty_pilots=empty)
     assert decision.submit == {"s": submit}, case
     assert decision.remove == {"s": 0}, case
+    assert decision.remove_held == {"s": shape.held}, case
+
+
+def test_held_pilots_are_removed_even_while_the_site_backs_off():
+    decision = top_up([ShapeCounts("s", needed=4, held=2)], LIMITS, now=0.0, backing_off=True)
+    assert decision.remove_held == {"s": 2} and decision.submit == {"s": 0}
+    assert decision.changes
+    assert "2 held pilots removed" in decision.reasons
 
 
 def test_a_site_backing_off_submits_nothing_however_large_the_backlog():
