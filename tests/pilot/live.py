@@ -72,9 +72,9 @@ class LiveMatchmaker:
 
     def _floe(self, *args: str) -> dict[str, Any]:
         """`floe user ...` / `floe site ...` on the database (in this process: it is quicker)."""
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            assert floe([*args, "--db", str(self.db), "--json"]) == 0
+        printed, said = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(said):
+            assert floe([*args, "--db", str(self.db), "--json"]) == 0, said.getvalue()
         return json.loads(printed.getvalue())
 
     # ------------------------------------------------------------ the server
