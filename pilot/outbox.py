@@ -10,9 +10,9 @@ may carry the pilot's ask for its next task (`deliver_asking`); the ask never ch
 of the report.
 
 Layout: `<attempt>.json` (attempt id, passkey, report body) written atomically (temporary file,
-fdatasync, rename), with `<attempt>.stdout` / `<attempt>.stderr` beside it when a log is longer
-than the tail the report carries. Reports the matchmaker refuses as malformed go to `rejected/`
-for a person to read instead of being retried forever.
+fdatasync, rename, fsync of the directory), with `<attempt>.stdout` / `<attempt>.stderr` beside
+it when a log is longer than the tail the report carries. Reports the matchmaker refuses as
+malformed go to `rejected/` for a person to read instead of being retried forever.
 """
 
 from __future__ import annotations
@@ -41,6 +41,15 @@ moving its logs in and writing the report leaves them)."""
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync a directory, so that the names just made or renamed in it survive a crash."""
+    handle = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 @dataclass
@@ -98,6 +107,9 @@ class Outbox:
             finally:
                 os.close(handle)
             os.replace(partial, path)
+            # And the rename itself must be on disk before the report is called kept: a node
+            # that crashes and comes back would otherwise have lost the finished result.
+            _sync_directory(self.directory)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
