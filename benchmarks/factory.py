@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cli.main import main as floe  # noqa: E402
+from config.factory import to_toml  # noqa: E402
 
 SERVER_SETTINGS = 'idle_wait = "2s"\n'
 """Server defaults but one: a pilot that finds nothing waits 2 s before it asks again, not 30 s,
@@ -75,20 +76,6 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
         if time.monotonic() > deadline:
             raise RuntimeError(f"gave up waiting for {what}")
         time.sleep(every)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML for {value!r}")
 
 
 def null_task(command: list[str]) -> dict[str, Any]:
@@ -189,15 +176,11 @@ class Factory:
         token_file.chmod(0o600)
         self.state = workdir / "state"
         shapes = site.pop("shapes")
-        lines = [f"matchmaker = {toml_value(server.url)}",
-                 f"factory_id = {toml_value('bench')}", f"workdir = {toml_value(str(self.state))}",
-                 "", "[[sites]]", f"token_file = {toml_value(str(token_file))}"]
-        lines += [f"{key} = {toml_value(value)}" for key, value in site.items()]
-        for shape in shapes:
-            lines += ["", "[[sites.shapes]]"]
-            lines += [f"{key} = {toml_value(value)}" for key, value in shape.items()]
+        document = {"matchmaker": server.url, "factory_id": "bench",
+                    "workdir": str(self.state),
+                    "sites": [{**site, "token_file": str(token_file), "shapes": shapes}]}
         config = workdir / "site.toml"
-        config.write_text("\n".join(lines) + "\n")
+        config.write_text(to_toml(document))
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SLURM_", "FLOE_", "PBS_", "SGE_"))}
         self.log = workdir / "factory.log"

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from config.factory import to_toml
+
 from .client import percent_done, progress_bar
 from .http import Client, ClientError
 
@@ -192,36 +194,20 @@ class Demo:
     def site_toml(self, token_file: Path) -> Path:
         """The factory's config: quick cycles, short-lived idle pilots, all removed on stop."""
         pilots = self.args.pilots
-        lines = [
-            "# Written by `floe demo`; every key is documented in docs/factory.md.",
-            f"matchmaker = {json.dumps(self.url)}",
-            f"factory_id = {json.dumps(self.factory_id)}",
-            f"workdir = {json.dumps(str(self.workdir / 'factory'))}",
-            "",
-            "[[sites]]",
-            f"name = {json.dumps(self.site)}",
-            f"plugin = {json.dumps(self.site)}",
-            f"token_file = {json.dumps(str(token_file))}",
-            f"python = {json.dumps(sys.executable)}",
-            f"max_queued = {pilots}",
-            f"max_total = {pilots}",
-            f"max_per_cycle = {pilots}",
-            'cycle = "2s"',
-            'backoff = "2s"',
-            'removal_grace = "10s"',
-            'idle_timeout = "15s"',
-            'min_pilot_life = "1s"',
-            'on_stop = "remove-all"',
-            "",
-            "[[sites.shapes]]",
-            'name = "small"',
-            "cpus = 1",
-            'memory = "1GiB"',
-            'disk = "2GiB"',
-            'walltime = "30m"',
-        ]
+        document = {
+            "matchmaker": self.url, "factory_id": self.factory_id,
+            "workdir": str(self.workdir / "factory"),
+            "sites": [{"name": self.site, "plugin": self.site, "token_file": str(token_file),
+                       "python": sys.executable, "max_queued": pilots, "max_total": pilots,
+                       "max_per_cycle": pilots, "cycle": "2s", "backoff": "2s",
+                       "removal_grace": "10s", "idle_timeout": "15s", "min_pilot_life": "1s",
+                       "on_stop": "remove-all",
+                       "shapes": [{"name": "small", "cpus": 1, "memory": "1GiB",
+                                   "disk": "2GiB", "walltime": "30m"}]}],
+        }
         path = self.workdir / "site.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text("# Written by `floe demo`; every key is documented in docs/factory.md.\n"
+                        + to_toml(document))
         return path
 
     def start_factory(self, config: Path) -> None:

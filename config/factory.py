@@ -9,6 +9,7 @@ documentation and the checks never disagree.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -196,6 +197,36 @@ def load_factory_config(path: str | Path) -> FactoryConfig:
     path = str(path)
     document = read_toml(path, "the factory config")
     return factory_config(document, path)
+
+
+def to_toml(document: Mapping[str, Any]) -> str:
+    """A factory config document (as FACTORY_SCHEMA takes it) as the text of a site.toml, for
+    the tools that write one (`floe demo`, the benchmarks, the tests)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in document.items()
+             if key != "sites"]
+    for site in document.get("sites", ()):
+        lines += ["", "[[sites]]"]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in site.items()
+                  if key != "shapes"]
+        for shape in site.get("shapes", ()):
+            lines += ["", "[[sites.shapes]]"]
+            lines += [f"{key} = {_toml_value(value)}" for key, value in shape.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"{value!r} has no TOML form in a site.toml")
 
 
 def site_token(site: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config.factory import load_factory_config, reference, site_token
+from config.factory import load_factory_config, reference, site_token, to_toml
 from config.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,3 +39,21 @@ def test_a_site_token_comes_from_its_file_or_the_environment(tmp_path, monkeypat
     monkeypatch.delenv("FLOE_SITE_TOKEN")
     with pytest.raises(ConfigError, match="no site token: set token_file, or FLOE_SITE_TOKEN"):
         site_token({"name": "a", "token_file": ""})
+
+
+def test_a_document_written_as_toml_reads_back_as_the_same_config(tmp_path):
+    document = {"matchmaker": "http://127.0.0.1:8080", "factory_id": "f1",
+                "workdir": str(tmp_path / "w"),
+                "sites": [{"name": "a-b", "plugin": "slurm", "max_queued": 3, "max_total": 3,
+                           "memory_headroom": 0.25, "environment": {"X_Y": 'say "hi"'},
+                           "options": {"partition": "short", "request_disk": True},
+                           "shapes": [{"name": "s", "memory": "1GiB",
+                                       "directives": ["--constraint=avx2"]}]}]}
+    path = tmp_path / "site.toml"
+    path.write_text(to_toml(document))
+    config = load_factory_config(path)
+    [site] = config.sites
+    assert (config.factory_id, site["name"], site["max_queued"]) == ("f1", "a-b", 3)
+    assert site["environment"] == {"X_Y": 'say "hi"'} and site["memory_headroom"] == 0.25
+    assert site["options"] == {"partition": "short", "request_disk": True}
+    assert site["shapes"][0]["directives"] == ["--constraint=avx2"]

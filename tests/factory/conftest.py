@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from config.factory import factory_config
+from config.factory import factory_config, to_toml
 from factory.site import SiteRunner
 from pilot.bundle import build
 from plugins import BatchError
@@ -58,27 +58,7 @@ def site_document(matchmaker: LiveMatchmaker, workdir: Path, plugin: str = "loca
 
 
 def write_toml(path: Path, document: dict[str, Any]) -> Path:
-    """`document` as TOML (the small subset a site.toml uses)."""
-
-    def value(item: Any) -> str:
-        if isinstance(item, bool):
-            return "true" if item else "false"
-        if isinstance(item, (int, float)):
-            return repr(item)
-        if isinstance(item, str):
-            return '"' + item.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(item, list):
-            return "[" + ", ".join(value(i) for i in item) + "]"
-        return "{" + ", ".join(f"{k} = {value(v)}" for k, v in item.items()) + "}"
-
-    lines = [f"{k} = {value(v)}" for k, v in document.items() if k != "sites"]
-    for site in document["sites"]:
-        lines.append("\n[[sites]]")
-        lines += [f"{k} = {value(v)}" for k, v in site.items() if k != "shapes"]
-        for shape in site["shapes"]:
-            lines.append("\n[[sites.shapes]]")
-            lines += [f"{k} = {value(v)}" for k, v in shape.items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(to_toml(document))
     return path
 
 
