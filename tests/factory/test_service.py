@@ -53,7 +53,9 @@ def test_a_changed_file_is_taken_without_a_restart(running, caplog):
     document["sites"][0]["max_total"] = 3
     rewrite(path, document)
     wait_for(lambda: factory.runners["site-a"].limits.max_total == 3, 10, "the reload")
-    assert "factory config" in caplog.text and "taken" in caplog.text
+    # the new limits are in place a moment before the reload is logged
+    wait_for(lambda: "factory config" in caplog.text and "taken" in caplog.text, 10,
+             "the reload's log line")
 
 
 def test_an_invalid_new_file_is_refused_and_the_old_config_stays(running, caplog):
