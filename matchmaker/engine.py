@@ -207,9 +207,7 @@ class Engine:
         db = self.db
         now = self.clock()
         await self.refresh_accounts()
-        for row in await db.fetchall(
-                "SELECT dataset_id, user_id, config, task_id_base, jobs_materialized, priority,"
-                " status, created FROM datasets"):
+        for row in await queries.datasets_to_load(db):
             config = validate(json.loads(row["config"]))
             dataset = Dataset(row["dataset_id"], row["user_id"], config, row["task_id_base"],
                               row["created"])
@@ -218,46 +216,36 @@ class Engine:
             self.add_dataset(state)
             await self._load_tasks(state)
             state.status = self.dataset_status_after(state)
-        for row in await db.fetchall(
-                "SELECT p.pilot_id, p.site_id, p.host, p.batch_id, p.resources, p.registered,"
-                " p.last_seen FROM pilots p WHERE p.state = 'running'"):
+        for row in await queries.running_pilots(db):
             self.pilots[row["pilot_id"]] = Pilot(
                 row["pilot_id"], self.sites[row["site_id"]], row["host"], row["batch_id"],
                 row["registered"], max(row["last_seen"], now), json.loads(row["resources"]))
         await self._load_attempts(now)
-        for row in await db.fetchall("SELECT entity, value, updated FROM usage"):
+        for row in await queries.usage(db):
             kind, _, key = row["entity"].partition(":")
             if kind == "user":
                 self.user_usage.restore(int(key), row["value"], row["updated"])
             elif int(key) in self.datasets:
                 self.dataset_usage.restore(int(key), row["value"], row["updated"])
-        for row in await db.fetchall(
-                "SELECT dataset_id, task_index, mean FROM statistics"
-                " WHERE kind = 'resource' AND name = 'wall_time'"):
+        for row in await queries.mean_wall_times(db):
             dataset = self.datasets.get(row["dataset_id"])
             if dataset is not None and row["task_index"] < dataset.ntasks:
                 dataset.runtimes[row["task_index"]] = row["mean"]
-        top = await db.fetchone("SELECT max(attempt_id) AS a FROM attempts")
-        self.next_attempt_id = (top["a"] or 0) + 1
-        top = await db.fetchone("SELECT max(pilot_id) AS p FROM pilots")
-        self.next_pilot_id = (top["p"] or 0) + 1
+        self.next_attempt_id, self.next_pilot_id = await queries.next_ids(db)
         for dataset in self.datasets.values():
             dataset.rebuild_queue()
 
     async def _load_tasks(self, dataset: DatasetState) -> None:
         expected = dataset.materialized * dataset.ntasks
-        rows = await self.db.reader.execute_fetchall(
-            "SELECT state FROM tasks WHERE dataset_id = ? ORDER BY task_id", (dataset.id,))
+        rows = await queries.task_states(self.db, dataset.id)
         if len(rows) != expected:
             raise RuntimeError(f"dataset {dataset.id} has {len(rows)} task rows, expected "
                                f"{expected}: the database is inconsistent")
         codes = {state.value: CODE[state] for state in STATES}
-        dataset.states = bytearray(codes[r[0]] for r in rows)
+        dataset.states = bytearray(codes[state] for state in rows)
         for code in range(len(STATES)):
             dataset.counts[code] = dataset.states.count(code)
-        for row in await self.db.fetchall(
-                "SELECT task_id, failures, lost, requirements FROM tasks WHERE dataset_id = ?"
-                " AND (failures > 0 OR lost > 0 OR requirements IS NOT NULL)", (dataset.id,)):
+        for row in await queries.task_records(self.db, dataset.id):
             if row["failures"]:
                 dataset.failures[row["task_id"]] = row["failures"]
             if row["lost"]:
@@ -267,10 +255,7 @@ class Engine:
                     json.loads(row["requirements"]))
 
     async def _load_attempts(self, now: float) -> None:
-        for row in await self.db.fetchall(
-                "SELECT attempt_id, dataset_id, task_id, pilot_id, passkey_hash, started,"
-                " last_heartbeat, site, host, req_cpus, req_gpus FROM attempts"
-                " WHERE state = 'processing'"):
+        for row in await queries.processing_attempts(self.db):
             dataset = self.datasets[row["dataset_id"]]
             # After a restart every attempt gets a full timeout to check in again.
             self.active[row["attempt_id"]] = ActiveAttempt(

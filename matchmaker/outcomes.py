@@ -40,6 +40,7 @@ from .engine import ActiveAttempt, Engine, Site, hash_secret
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from .fairshare import weight
 from .model import CODE, STATES, DatasetState, job_state
+from .storage import queries
 from .storage.database import Batch, StaleWrite
 from .storage.writes import (
     ADD_STATISTIC,
@@ -135,9 +136,7 @@ async def stale_answer(engine: Engine, attempt_id: int, passkey: str) -> dict[st
 
 async def _stale(engine: Engine, attempt_id: int, passkey: str) -> tuple[dict[str, Any], int]:
     """`stale_answer`, with the id of the pilot the attempt was given to."""
-    row = await engine.db.fetchone(
-        "SELECT state, passkey_hash, error_message, pilot_id FROM attempts"
-        " WHERE attempt_id = ?", (attempt_id,))
+    row = await queries.ended_attempt(engine.db, attempt_id)
     if row is None:
         raise NotFound(f"there is no attempt {attempt_id}")
     if not hmac.compare_digest(row["passkey_hash"], hash_secret(passkey)):

@@ -1,4 +1,5 @@
-"""Read-only queries behind the API's listings and detail views (run on the reader).
+"""Read-only queries (run on the reader): what the engine rebuilds its memory from at start,
+and what the API's listings and detail views show.
 
 Listings page by keyset ("after" the last id seen), never by offset, so that page 10,000 of a
 million-job dataset costs the same as page 1.
@@ -17,6 +18,69 @@ ATTEMPT_COLUMNS = (
     " cpu_time, wall_time, peak_memory, peak_disk, peak_gpu_memory, gpu_time, exit_code,"
     " error_class, error_message, statistics, outputs")
 
+
+# -- what the engine loads at start ------------------------------------------------------------
+
+async def datasets_to_load(db: Database) -> list[Any]:
+    return await db.fetchall(
+        "SELECT dataset_id, user_id, config, task_id_base, jobs_materialized, priority, status,"
+        " created FROM datasets")
+
+
+async def task_states(db: Database, dataset_id: int) -> list[str]:
+    """The state of every task of a dataset, in task id order."""
+    rows = await db.reader.execute_fetchall(
+        "SELECT state FROM tasks WHERE dataset_id = ? ORDER BY task_id", (dataset_id,))
+    return [row[0] for row in rows]
+
+
+async def task_records(db: Database, dataset_id: int) -> list[Any]:
+    """A dataset's tasks that carry retry records or grown requirements."""
+    return await db.fetchall(
+        "SELECT task_id, failures, lost, requirements FROM tasks WHERE dataset_id = ?"
+        " AND (failures > 0 OR lost > 0 OR requirements IS NOT NULL)", (dataset_id,))
+
+
+async def running_pilots(db: Database) -> list[Any]:
+    return await db.fetchall(
+        "SELECT pilot_id, site_id, host, batch_id, resources, registered, last_seen FROM pilots"
+        " WHERE state = 'running'")
+
+
+async def processing_attempts(db: Database) -> list[Any]:
+    return await db.fetchall(
+        "SELECT attempt_id, dataset_id, task_id, pilot_id, passkey_hash, started,"
+        " last_heartbeat, site, host, req_cpus, req_gpus FROM attempts"
+        " WHERE state = 'processing'")
+
+
+async def usage(db: Database) -> list[Any]:
+    """Stored fair-share usage: (entity, value, updated), entity "user:ID" or "dataset:ID"."""
+    return await db.fetchall("SELECT entity, value, updated FROM usage")
+
+
+async def mean_wall_times(db: Database) -> list[Any]:
+    """(dataset_id, task_index, mean) of each task's recorded wall time."""
+    return await db.fetchall(
+        "SELECT dataset_id, task_index, mean FROM statistics"
+        " WHERE kind = 'resource' AND name = 'wall_time'")
+
+
+async def next_ids(db: Database) -> tuple[int, int]:
+    """The next free attempt id and pilot id."""
+    attempts = await db.fetchone("SELECT max(attempt_id) AS a FROM attempts")
+    pilots = await db.fetchone("SELECT max(pilot_id) AS p FROM pilots")
+    return (attempts["a"] or 0) + 1, (pilots["p"] or 0) + 1
+
+
+async def ended_attempt(db: Database, attempt_id: int) -> Any:
+    """What a late report or heartbeat of an attempt no longer in flight is answered from."""
+    return await db.fetchone(
+        "SELECT state, passkey_hash, error_message, pilot_id FROM attempts"
+        " WHERE attempt_id = ?", (attempt_id,))
+
+
+# -- what the API shows ---------------------------------------------------------------------------
 
 def _attempt(row: Any, tails: bool) -> dict[str, Any]:
     data = dict(row)
