@@ -7,6 +7,11 @@ A task is offered only to a slot that has time left for its walltime (see `confi
 
 The chosen task is reserved in memory at once (so no concurrent ask can take it), committed
 with its new attempt in a shared group commit, and only then answered.
+
+An ask may take several tasks at once (`Offer.max_tasks`): they are chosen one after another,
+each in the fair-share order left by charging the one before, from what the slot has left:
+side by side, each takes its CPUs, memory, disk and GPUs from the slot; in series, each takes
+its walltime from the slot's time left.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from config.resources import Slot, format_size
 from config.states import TaskState
@@ -59,7 +66,11 @@ class Dispatch:
     task_id: int
 
     def to_json(self, engine: Engine) -> bytes:
-        """The answer's JSON: {"attempt": {...}} with the task, its scope and its passkey.
+        """The answer's JSON: {"attempt": {...}} with the task, its scope and its passkey."""
+        return f'{{"attempt":{self.attempt_json(engine)}}}'.encode()
+
+    def attempt_json(self, engine: Engine) -> str:
+        """The attempt's object of the answer: the task, its scope and its passkey.
 
         The parts every attempt of a task definition shares (its spec and the steering, often
         large) are serialized once per dataset and reused; only ids and the passkey vary.
@@ -81,9 +92,9 @@ class Dispatch:
         if needs is None:
             needs = fragments[requirements] = json.dumps(requirements.to_dict(),
                                                          separators=(",", ":"))
-        return (f'{{"attempt":{{"id":{self.attempt_id},"passkey":"{self.passkey}",'
+        return (f'{{"id":{self.attempt_id},"passkey":"{self.passkey}",'
                 f'"task_id":{self.task_id},"job":{job_index},"requirements":{needs},'
-                f'{shared}}}').encode()
+                f'{shared}')
 
 
 @dataclass
@@ -96,14 +107,55 @@ class NoWork:
     shortest_walltime: int | None = None
 
 
-def answer_json(engine: Engine, answer: Dispatch | NoWork) -> bytes:
-    """What an ask is answered, as JSON: the dispatch, or why nothing fits and how long to wait
-    (the ask route's answer, and a report's `next`)."""
-    if isinstance(answer, Dispatch):
-        return answer.to_json(engine)
-    return json.dumps({"attempt": None, "wait": answer.wait, "reason": answer.reason,
-                       "shortest_walltime": answer.shortest_walltime},
-                      separators=(",", ":")).encode()
+@dataclass
+class Given:
+    """The answer to an ask in the list form (one with `max_tasks`): the tasks handed out, or,
+    when none fits, why not."""
+
+    attempts: list[Dispatch]
+    nothing: NoWork | None = None
+
+    def to_json(self, engine: Engine) -> bytes:
+        """{"attempts": [{...}, ...]}, each as the single form's "attempt"; or, with none,
+        {"attempts": [], "wait": ..., "reason": ..., "shortest_walltime": ...}."""
+        nothing = self.nothing
+        if nothing is None:
+            return ('{"attempts":[' + ",".join(d.attempt_json(engine) for d in self.attempts)
+                    + "]}").encode()
+        return json.dumps({"attempts": [], "wait": nothing.wait, "reason": nothing.reason,
+                           "shortest_walltime": nothing.shortest_walltime},
+                          separators=(",", ":")).encode()
+
+
+Answer = Dispatch | NoWork | Given
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a pilot asks with: its free slot and, for the list form of the answer, the most
+    tasks it takes (`max_tasks`; None for the single form) and whether it runs them one after
+    another (`in_series`) or side by side."""
+
+    slot: Slot
+    max_tasks: int | None = None
+    in_series: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], site: str) -> Offer:
+        """From the ask route's body (already checked against its schema), at `site`."""
+        most = data.get("max_tasks")
+        return cls(Slot.from_dict(dict(data, site=site)), None if most is None else int(most),
+                   bool(data.get("in_series", False)))
+
+
+def answer_json(engine: Engine, answer: Answer) -> bytes:
+    """What an ask is answered, as JSON: the dispatch (or dispatches), or why nothing fits and
+    how long to wait (the ask route's answer, and a report's `next`)."""
+    if isinstance(answer, NoWork):
+        return json.dumps({"attempt": None, "wait": answer.wait, "reason": answer.reason,
+                           "shortest_walltime": answer.shortest_walltime},
+                          separators=(",", ":")).encode()
+    return answer.to_json(engine)
 
 
 def candidates(engine: Engine):
@@ -170,12 +222,63 @@ def reserve(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch) -> Dispatch 
     and the metrics count the match. No I/O here."""
     now = engine.clock()
     pilot.last_seen = now
+    given = _take(engine, pilot, slot, batch, now)
+    if given is None:
+        return _no_work(engine, pilot, slot, now)
+    _count_on_commit(engine, pilot, batch, 1)
+    return given
+
+
+def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Given:
+    """`reserve` for up to `offer.max_tasks` tasks, each chosen from what the ones before left
+    of the slot (see the module docstring), in one batch."""
+    now = engine.clock()
+    pilot.last_seen = now
+    slot = left = offer.slot
+    given: list[Dispatch] = []
+    most = offer.max_tasks or 1
+    while len(given) < most:
+        one = _take(engine, pilot, left, batch, now)
+        if one is None:
+            break
+        given.append(one)
+        needs = one.dataset.requirements(one.task_id)
+        if offer.in_series:
+            left = replace(left, seconds=left.seconds - needs.walltime)
+            if left.seconds < 1:  # every walltime is at least a second
+                break
+        else:
+            left = Slot(left.cpus - needs.cpus, left.memory - needs.memory,
+                        left.disk - needs.disk, left.gpus - needs.gpus, left.seconds, left.os,
+                        left.arch, left.site)
+            if left.cpus < 1:  # every task needs a CPU
+                break
+    if not given:
+        return Given([], _no_work(engine, pilot, slot, now))
+    _count_on_commit(engine, pilot, batch, len(given))
+    return Given(given)
+
+
+def reserve_offer(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Answer:
+    """`reserve` or `reserve_many`, as the offer asks for the single or the list form."""
+    if offer.max_tasks is None:
+        return reserve(engine, pilot, offer.slot, batch)
+    return reserve_many(engine, pilot, offer, batch)
+
+
+def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float) -> NoWork:
+    pilot.free, pilot.free_since = slot, now
+    pilot.empty_asks += 1
+    engine.metrics.empty_asks += 1
+    return explain(engine, slot)
+
+
+def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float
+          ) -> Dispatch | None:
+    """Reserve the best task for `slot` (see `reserve`), or None when none fits."""
     picked = choose(engine, slot)
     if picked is None:
-        pilot.free, pilot.free_since = slot, now
-        pilot.empty_asks += 1
-        engine.metrics.empty_asks += 1
-        return explain(engine, slot)
+        return None
     dataset, task_id = picked
     requirements = dataset.requirements(task_id)
     job_index, task_index = dataset.locate(task_id)
@@ -215,20 +318,26 @@ def reserve(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch) -> Dispatch 
                 and dataset.state(task_id) == TaskState.PROCESSING:
             dataset.move(task_id, TaskState.READY)
 
-    def committed() -> None:
-        pilot.empty_asks = 0
-        pilot.free = None
-        pilot.dispatched += 1
-        engine.metrics.matches += 1
-
-    batch.on_failure(undo).on_commit(committed)
+    batch.on_failure(undo)
     return Dispatch(attempt_id, passkey, dataset, task_id)
 
 
-async def ask(engine: Engine, pilot: Pilot, slot: Slot) -> Dispatch | NoWork:
-    """Give `pilot` the best task that fits `slot`, committed before this returns."""
+def _count_on_commit(engine: Engine, pilot: Pilot, batch: Batch, matches: int) -> None:
+    def committed() -> None:
+        pilot.empty_asks = 0
+        pilot.free = None
+        pilot.dispatched += matches
+        engine.metrics.matches += matches
+
+    batch.on_commit(committed)
+
+
+async def ask(engine: Engine, pilot: Pilot, wanted: Slot | Offer) -> Answer:
+    """Give `pilot` the best task (or, with an offer of `max_tasks`, tasks) that fits, committed
+    before this returns."""
     batch = Batch()
-    answer = reserve(engine, pilot, slot, batch)
+    offer = wanted if isinstance(wanted, Offer) else Offer(wanted)
+    answer = reserve_offer(engine, pilot, offer, batch)
     if batch:
         await engine.db.write(batch)
     return answer

@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,37 +97,53 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class _JobLock:
-    """`Engine.job_lock`: one job's asyncio.Lock, made on first use and dropped when nobody
-    holds or awaits it (a plain class: it is entered on every report)."""
+JobKey = tuple[int, int]  # (dataset id, job index)
 
-    __slots__ = ("key", "lock", "locks")
 
-    def __init__(self, locks: dict[tuple[int, int], asyncio.Lock], key: tuple[int, int]) -> None:
+class _JobLocks:
+    """`Engine.job_lock(s)`: exclusive holds on jobs. A job held has an entry in `locks`, the
+    queue of those waiting for it, dropped when the last holder lets go; taking a job nobody
+    holds is a dictionary insert, no await (this is entered on every report). Several jobs are
+    taken in sorted order, so that two requests that need some of the same jobs never each
+    hold one that the other waits for."""
+
+    __slots__ = ("keys", "locks")
+
+    def __init__(self, locks: dict[JobKey, collections.deque[asyncio.Future]],
+                 keys: list[JobKey]) -> None:
         self.locks = locks
-        self.key = key
-        self.lock: asyncio.Lock | None = None
+        self.keys = keys
 
     async def __aenter__(self) -> None:
-        lock = self.locks.get(self.key)
-        if lock is None:
-            lock = self.locks[self.key] = asyncio.Lock()
-        self.lock = lock
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._drop()
-            raise
+        locks = self.locks
+        for index, key in enumerate(self.keys):
+            waiters = locks.get(key)
+            if waiters is None:
+                locks[key] = collections.deque()
+                continue
+            future = asyncio.get_running_loop().create_future()
+            waiters.append(future)
+            try:
+                await future
+            except BaseException:
+                if future.done() and not future.cancelled():  # handed over as we were cancelled
+                    self._release(key)
+                for held in self.keys[:index]:
+                    self._release(held)
+                raise
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.lock.release()
-        self._drop()
+        for key in self.keys:
+            self._release(key)
 
-    def _drop(self) -> None:
-        lock = self.lock
-        if not lock.locked() and not getattr(lock, "_waiters", None) \
-                and self.locks.get(self.key) is lock:
-            del self.locks[self.key]
+    def _release(self, key: JobKey) -> None:
+        waiters = self.locks[key]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():  # a waiter that was cancelled is skipped
+                future.set_result(None)
+                return
+        del self.locks[key]
 
 
 class Engine:
@@ -157,7 +173,7 @@ class Engine:
         self.next_attempt_id = 1
         self.next_pilot_id = 1
         self.next_task_id = 1
-        self._job_locks: dict[tuple[int, int], asyncio.Lock] = {}
+        self._job_locks: dict[JobKey, collections.deque[asyncio.Future]] = {}
         self.claims: dict[tuple[str, str], Any] = {}  # factories' queued pilots (demand.py)
         # When pilots that never got a task ended, by site (demand.py tells factories).
         self.empty_endings: dict[str, collections.deque[float]] = {}
@@ -195,11 +211,15 @@ class Engine:
         while len(self.voided) > self.VOIDED_MEMORY:
             self.voided.popitem(last=False)
 
-    def job_lock(self, dataset_id: int, job_index: int) -> _JobLock:
+    def job_lock(self, dataset_id: int, job_index: int) -> _JobLocks:
         """Serialize outcome decisions within one job, so two parents finishing at once both
         see each other complete and their common child becomes ready exactly once (an async
         context manager)."""
-        return _JobLock(self._job_locks, (dataset_id, job_index))
+        return _JobLocks(self._job_locks, [(dataset_id, job_index)])
+
+    def job_locks(self, keys: Iterable[JobKey]) -> _JobLocks:
+        """`job_lock` for several jobs at once, given as (dataset id, job index)."""
+        return _JobLocks(self._job_locks, sorted(set(keys)))
 
     # -- start and stop -----------------------------------------------------------------------
     async def load(self) -> None:

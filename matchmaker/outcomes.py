@@ -19,6 +19,11 @@ as a separate ask right after the report would; then the outcome's rows and the 
 one batch, one group commit, before either is answered. A failed write undoes both in memory.
 The passkey authorizes the report; the ask needs what a separate ask needs, the pilot's token,
 and the attempt must be that pilot's.
+
+A pilot may also report many attempts in one request (`report_many`), each decided on its own
+as a single report is, all applied to memory under their jobs' locks and written, with the
+ask's dispatches, in one group commit (a batch each, so that a stale one is refused alone and
+retried one by one); and send one heartbeat for all its attempts (`heartbeats`).
 """
 
 from __future__ import annotations
@@ -28,15 +33,16 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from config.resources import Requirements, Slot, Usage, format_duration, format_size
+from config.resources import Requirements, Usage, format_duration, format_size
 from config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
 
 from . import dispatch
-from .engine import ActiveAttempt, Engine, Site, hash_secret
+from .engine import ActiveAttempt, Engine, Pilot, Site, hash_secret
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from .fairshare import weight
 from .model import CODE, STATES, DatasetState, job_state
@@ -442,7 +448,7 @@ async def report(engine: Engine, attempt_id: int, passkey: str,
     return (await _record(engine, attempt_id, passkey, outcome))[0]
 
 
-Next = dispatch.Dispatch | dispatch.NoWork | ApiError
+Next = dispatch.Answer | ApiError
 
 
 async def report_and_ask(engine: Engine, attempt_id: int, passkey: str, outcome: Outcome,
@@ -468,7 +474,7 @@ async def report_and_ask(engine: Engine, attempt_id: int, passkey: str, outcome:
     return answer, await _ask_for(engine, pilot_id, free, site)
 
 
-def _asker(engine: Engine, pilot_id: int, site: Site | None):
+def _asker(engine: Engine, pilot_id: int, site: Site | None) -> Pilot | ApiError:
     """The pilot that an ask inside a report asks for, or why it may not."""
     pilot = engine.pilots.get(pilot_id)
     if pilot is None:
@@ -483,8 +489,7 @@ async def _ask_for(engine: Engine, pilot_id: int, free: Mapping[str, Any],
     pilot = _asker(engine, pilot_id, site)
     if isinstance(pilot, ApiError):
         return pilot
-    slot = Slot.from_dict(dict(free, site=pilot.site.name))
-    return await dispatch.ask(engine, pilot, slot)
+    return await dispatch.ask(engine, pilot, dispatch.Offer.from_dict(free, pilot.site.name))
 
 
 async def _record_and_ask(engine: Engine, active: ActiveAttempt, outcome: Outcome,
@@ -496,7 +501,7 @@ async def _record_and_ask(engine: Engine, active: ActiveAttempt, outcome: Outcom
     if isinstance(pilot, ApiError):
         return None
     try:
-        slot = Slot.from_dict(dict(free, site=pilot.site.name))
+        offer = dispatch.Offer.from_dict(free, pilot.site.name)
     except (KeyError, TypeError, ValueError):  # answered by the two-step way's ask
         return None
     dataset = engine.datasets[active.dataset_id]
@@ -512,7 +517,7 @@ async def _record_and_ask(engine: Engine, active: ActiveAttempt, outcome: Outcom
         if status is not None:
             batch.add(SET_DATASET, status)
         batch.on_commit(lambda: release(engine, active))
-        following = dispatch.reserve(engine, pilot, slot, batch)
+        following = dispatch.reserve_offer(engine, pilot, offer, batch)
         try:
             await engine.db.write(batch)
         except StaleWrite:
@@ -544,6 +549,108 @@ async def _record(engine: Engine, attempt_id: int, passkey: str,
     return recorded(decided), active.pilot_id
 
 
+def _refusal(attempt_id: int, refused: ApiError) -> dict[str, Any]:
+    return {"attempt_id": attempt_id, "error": refused.message, "status": refused.status}
+
+
+def _check_owner(attempt_id: int, owner: int, pilot_id: int) -> None:
+    if owner != pilot_id:
+        raise Forbidden(f"attempt {attempt_id} was given to pilot {owner}, not to pilot "
+                        f"{pilot_id}: report it in that pilot's reports")
+
+
+async def report_many(engine: Engine, pilot_id: int, site: Site | None,
+                      reports: Sequence[Mapping[str, Any]], free: Mapping[str, Any] | None
+                      ) -> tuple[list[dict[str, Any]], Next | None]:
+    """Reports of `pilot_id`'s attempts (each a report body with "attempt_id" and "passkey"),
+    and, with `free`, the ask of that pilot, which a pilot token of `site` speaks for: what
+    each report is answered (as the single report route answers it, or why it cannot be made:
+    {"attempt_id", "error", "status"}), in order, and the ask's answer (None without `free`).
+
+    Each report is decided on its own, by its passkey, and must be of an attempt given to that
+    pilot. The outcomes are applied to memory under their jobs' locks (taken together, in
+    order), the ask is decided from what they leave, and everything is written in one group
+    commit, a batch per report and one for the ask, before this returns. A report whose batch
+    is refused (the attempt was ended meanwhile), or that repeats one before it, is then made
+    the one-by-one way; a refused dispatch is asked again on its own."""
+    results: list[dict[str, Any] | None] = [None] * len(reports)
+    later: list[tuple[int, int, str, Outcome]] = []  # made one by one, after the commit
+    fresh: list[tuple[int, ActiveAttempt, str, Outcome]] = []
+    taken: set[int] = set()
+    active_of = engine.active
+    for index, body in enumerate(reports):
+        attempt_id, passkey = body["attempt_id"], body["passkey"]
+        active = active_of.get(attempt_id)
+        try:
+            outcome = Outcome.from_dict(body)
+            if active is not None:
+                check_passkey(active, passkey)
+                _check_owner(attempt_id, active.pilot_id, pilot_id)
+        except ApiError as refused:
+            results[index] = _refusal(attempt_id, refused)
+            continue
+        if active is None or attempt_id in taken:
+            later.append((index, attempt_id, passkey, outcome))
+        else:
+            taken.add(attempt_id)
+            fresh.append((index, active, passkey, outcome))
+    asker: Pilot | ApiError | None = None
+    offer = None
+    if free is not None:
+        asker = _asker(engine, pilot_id, site)
+        if isinstance(asker, Pilot):
+            offer = dispatch.Offer.from_dict(free, asker.site.name)
+    datasets = engine.datasets
+    locks = engine.job_locks(
+        (a.dataset_id, datasets[a.dataset_id].locate(a.task_id)[0]) for _, a, _, _ in fresh)
+    following: Next | None = asker if isinstance(asker, ApiError) else None
+    async with locks:
+        now = engine.clock()
+        batches: list[Batch] = []
+        applied: list[tuple[int, ActiveAttempt, str, Outcome, Plan]] = []
+        for index, active, passkey, outcome in fresh:
+            if active_of.get(active.attempt_id) is not active:  # recorded while we waited
+                later.append((index, active.attempt_id, passkey, outcome))
+                continue
+            dataset = datasets[active.dataset_id]
+            batch, decided, wall = outcome_batch(engine, dataset, active, outcome,
+                                                 attempt_state_of(outcome), now)
+            undo, status = apply_outcome(engine, dataset, active, outcome, decided, wall)
+            batch.on_failure(undo)
+            if status is not None:
+                batch.add(SET_DATASET, status)
+            batch.on_commit(partial(release, engine, active))
+            batches.append(batch)
+            applied.append((index, active, passkey, outcome, decided))
+        asking = Batch()
+        if offer is not None:
+            following = dispatch.reserve_offer(engine, asker, offer, asking)
+        refusals = await engine.db.write_each([*batches, asking])
+    for refused in refusals:
+        if refused is not None and not isinstance(refused, StaleWrite):
+            raise refused
+    ask_refused = refusals.pop()
+    for (index, active, passkey, outcome, decided), refused in zip(applied, refusals,
+                                                                    strict=True):
+        if refused is not None:
+            later.append((index, active.attempt_id, passkey, outcome))
+            continue
+        results[index] = {"attempt_id": active.attempt_id, **recorded(decided)}
+        if decided.attempt_state == AttemptState.RESET:
+            engine.void(active.attempt_id, outcome.error_message or "reported lost by its pilot")
+    for index, attempt_id, passkey, outcome in sorted(later, key=lambda item: item[0]):
+        try:
+            answer, owner = await _record(engine, attempt_id, passkey, outcome)
+            _check_owner(attempt_id, owner, pilot_id)
+        except ApiError as refused:
+            results[index] = _refusal(attempt_id, refused)
+            continue
+        results[index] = {"attempt_id": attempt_id, **answer}
+    if offer is not None and ask_refused is not None:
+        following = await dispatch.ask(engine, asker, offer)
+    return results, following
+
+
 async def lose(engine: Engine, active: ActiveAttempt, error: ErrorClass, reason: str) -> None:
     """End an attempt on the server's side (heartbeat timeout): void it and requeue its task."""
     dataset = engine.datasets[active.dataset_id]
@@ -565,11 +672,24 @@ async def heartbeat(engine: Engine, attempt_id: int, passkey: str,
     """Note that an attempt is alive and what it uses now; tells the pilot to go on."""
     active = engine.active.get(attempt_id)
     if active is None:
-        answer = await stale_answer(engine, attempt_id, passkey)
-        raise Conflict(f"attempt {attempt_id} has already ended ({answer['state']}); "
-                       "stop sending heartbeats for it")
+        raise await _ended(engine, attempt_id, passkey)
     check_passkey(active, passkey)
-    now = engine.clock()
+    _beat(engine, active, usage, engine.clock())
+    return {"action": "continue", "heartbeat_interval": engine.settings.heartbeat_interval}
+
+
+async def _ended(engine: Engine, attempt_id: int, passkey: str) -> ApiError:
+    """Why a heartbeat for an attempt that is no longer in flight is refused."""
+    try:
+        answer = await stale_answer(engine, attempt_id, passkey)
+    except ApiError as refused:
+        return refused
+    return Conflict(f"attempt {attempt_id} has already ended ({answer['state']}); "
+                    "stop sending heartbeats for it")
+
+
+def _beat(engine: Engine, active: ActiveAttempt, usage: Mapping[str, float], now: float) -> None:
+    """Note a heartbeat whose passkey was checked (kept in memory; `Engine.flush` stores it)."""
     active.last_heartbeat = now
     active.usage = {k: float(v) for k, v in usage.items() if k in RESOURCE_STATISTICS}
     active.usage_dirty = True
@@ -577,7 +697,35 @@ async def heartbeat(engine: Engine, attempt_id: int, passkey: str,
     if pilot is not None:
         pilot.last_seen = now
     engine.metrics.heartbeats += 1
-    return {"action": "continue", "heartbeat_interval": engine.settings.heartbeat_interval}
+
+
+_CONTINUE = {"action": "continue"}
+
+
+async def heartbeats(engine: Engine, pilot: Pilot,
+                     attempts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One heartbeat of `pilot` for all the attempts it holds (each {"attempt_id", "passkey",
+    "usage"}): each checked by its passkey as a single heartbeat is, and answered continue, or
+    kill with the status and sentence the single heartbeat route would refuse it with. Also a
+    keep-alive of the pilot itself. Nothing waits on a commit."""
+    now = engine.clock()
+    pilot.last_seen = now
+    answers: dict[str, Any] = {}
+    active_of = engine.active
+    for item in attempts:
+        attempt_id = item["attempt_id"]
+        active = active_of.get(attempt_id)
+        try:
+            if active is None:
+                raise await _ended(engine, attempt_id, item["passkey"])
+            check_passkey(active, item["passkey"])
+        except ApiError as refusal:
+            answers[str(attempt_id)] = {"action": "kill", "status": refusal.status,
+                                        "error": refusal.message}
+            continue
+        _beat(engine, active, item.get("usage") or {}, now)
+        answers[str(attempt_id)] = _CONTINUE
+    return {"heartbeat_interval": engine.settings.heartbeat_interval, "attempts": answers}
 
 
 async def sweep(engine: Engine) -> int:

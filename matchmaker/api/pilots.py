@@ -1,21 +1,21 @@
-"""API of pilots: register, ask for a task, sign off.
+"""API of pilots: register, ask for tasks, heartbeat and report all their attempts, sign off.
 
 A pilot proves itself with its site-scoped pilot token; its site comes from the token, never
-from what it says.
+from what it says. Its attempts are each proved by their passkeys, in the bodies of its bulk
+heartbeat and bulk reports.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
-from config.resources import Slot
-
-from .. import dispatch, pilots
+from .. import dispatch, outcomes, pilots
 from ..access import Action
 from ..engine import Pilot
-from ..errors import Forbidden, NotFound
+from ..errors import ApiError, Forbidden, NotFound
 from . import schemas
 from .framework import Context, Param, route
 
@@ -27,9 +27,13 @@ def own_pilot(ctx: Context) -> Pilot:
     if pilot is None:
         raise NotFound(f"pilot {ctx.params['pilot_id']} is not registered or has ended; "
                        "register again")
+    _check_site(ctx, pilot)
+    return pilot
+
+
+def _check_site(ctx: Context, pilot: Pilot) -> None:
     if ctx.principal.site is None or pilot.site.site_id != ctx.principal.site.site_id:
         raise Forbidden(f"pilot {pilot.pilot_id} belongs to another site")
-    return pilot
 
 
 @route("POST", "/api/v1/pilots", summary="Register a pilot", tag="pilots", action=Action.PILOT,
@@ -46,17 +50,63 @@ async def register(ctx: Context) -> Any:
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/ask", summary="Ask for the best task that fits",
-       tag="pilots", action=Action.PILOT, body=schemas.SLOT, params=[PILOT_ID],
+       tag="pilots", action=Action.PILOT, body=schemas.ASK, params=[PILOT_ID],
        description="Answers {\"attempt\": {...}} with the task, its passkey and its scope, or "
                    "{\"attempt\": null, \"wait\": seconds, \"reason\": \"...\", "
-                   "\"shortest_walltime\": seconds or null} when nothing fits.")
+                   "\"shortest_walltime\": seconds or null} when nothing fits. With "
+                   "`max_tasks`, the list form: {\"attempts\": [{...}, ...]} (each as "
+                   "\"attempt\" above, chosen in the fair-share order as single asks would "
+                   "be), or {\"attempts\": [], \"wait\": ..., \"reason\": ..., "
+                   "\"shortest_walltime\": ...}.")
 async def ask(ctx: Context) -> Any:
     pilot = own_pilot(ctx)
-    body = dict(ctx.body)
-    body["site"] = pilot.site.name
-    slot = Slot.from_dict(body)
-    answer = await dispatch.ask(ctx.engine, pilot, slot)
+    offer = dispatch.Offer.from_dict(ctx.body, pilot.site.name)
+    answer = await dispatch.ask(ctx.engine, pilot, offer)
     return web.Response(body=dispatch.answer_json(ctx.engine, answer),
+                        content_type="application/json")
+
+
+@route("POST", "/api/v1/pilots/{pilot_id}/heartbeat", summary="Report that the pilot and all "
+       "its attempts are alive, with their resource use", tag="pilots", action=Action.PILOT,
+       body=schemas.PILOT_HEARTBEAT, response=schemas.PILOT_HEARTBEAT_ANSWER, params=[PILOT_ID],
+       description="Each attempt is checked by its passkey as the attempt heartbeat route "
+                   "checks it; one that route would refuse is answered kill, with the status "
+                   "and the reason (409: void, kill it; 403: wrong passkey; 404: no such "
+                   "attempt), and never fails the others.")
+async def heartbeat(ctx: Context) -> Any:
+    return await outcomes.heartbeats(ctx.engine, own_pilot(ctx), ctx.body["attempts"])
+
+
+@route("POST", "/api/v1/pilots/{pilot_id}/reports", summary="Report how several attempts "
+       "ended (and, with `ask`, ask for the pilot's next tasks)", tag="pilots",
+       action=Action.PILOT, body=schemas.REPORTS, response=schemas.REPORTED, params=[PILOT_ID],
+       max_body=16 * 2**20, errors=(400, 401, 403, 413),
+       description="Each report is decided on its own, by its passkey, exactly as the report "
+                   "route decides it (a repeated one is acknowledged with duplicate=true), and "
+                   "must be of an attempt given to this pilot; one that cannot be made is "
+                   "answered with `error` and `status` in its place in `results`, and never "
+                   "fails the others. With `ask`, `next` is what the ask route would answer, "
+                   "decided once these outcomes are applied; an ask of a pilot that has ended "
+                   "is `next` with `error` and `status` 404 (register again), and leaves the "
+                   "reports recorded. A token of another site than the pilot's is refused "
+                   "whole (403). All are committed, in one group commit, before the answer.")
+async def reports(ctx: Context) -> Any:
+    engine = ctx.engine
+    registered = engine.pilots.get(ctx.params["pilot_id"])
+    if registered is not None:  # one that has ended may still report what it ran
+        _check_site(ctx, registered)
+    free = ctx.body.get("ask")
+    results, following = await outcomes.report_many(
+        engine, ctx.params["pilot_id"], ctx.principal.site, ctx.body["reports"], free)
+    answer = json.dumps({"results": results}, separators=(",", ":")).encode()
+    if following is None:
+        return web.Response(body=answer, content_type="application/json")
+    if isinstance(following, ApiError):
+        following_json = json.dumps({"error": following.message, "status": following.status},
+                                    separators=(",", ":")).encode()
+    else:
+        following_json = dispatch.answer_json(engine, following)
+    return web.Response(body=answer[:-1] + b',"next":' + following_json + b"}",
                         content_type="application/json")
 
 

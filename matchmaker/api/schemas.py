@@ -52,6 +52,18 @@ SLOT = _obj({
     "site": _str(64, description="ignored: the site comes from the pilot token"),
 }, ("cpus", "memory", "disk"))
 
+MAX_TASKS = 1000  # the most tasks one ask may take, and the most items of a bulk request
+
+ASK = dict(SLOT, properties=dict(
+    SLOT["properties"],
+    max_tasks=_int(1, MAX_TASKS, "the most tasks to hand out at once; when given, the answer "
+                   "has the list form {\"attempts\": [...]}"),
+    in_series={"type": "boolean", "default": False,
+               "description": "false: the tasks run side by side, so together they must fit "
+                              "the free resources; true: one after another, so each must fit "
+                              "on its own and their walltimes added up must fit in `seconds`"},
+))
+
 USAGE = _obj({
     "cpu_time": _num(), "wall_time": _num(), "peak_memory": _int(), "peak_disk": _int(),
     "peak_gpu_memory": _int(), "gpu_time": _num(),
@@ -88,9 +100,9 @@ REPORT = _obj({
     "stderr_tail": _str(1_000_000),
     "overuse": _obj({"resource": {"type": "string", "enum": ["memory", "disk", "walltime"]},
                      "requested": _num(), "peak": _num()}),
-    "ask": dict(SLOT, description="ask for the next task in the same request: what the "
-                                  "pilot has free once this attempt's resources are released, "
-                                  "as the ask route takes it"),
+    "ask": dict(ASK, description="ask for the next task in the same request: what the "
+                                 "pilot has free once this attempt's resources are released, "
+                                 "as the ask route takes it"),
 }, ("exit_code",))
 
 RECORDED = _obj({
@@ -103,9 +115,52 @@ RECORDED = _obj({
     "next": {"type": "object", "description": (
         "only when the report carried `ask`: exactly the ask route's answer, decided after "
         "this outcome was applied: {\"attempt\": {...}} or {\"attempt\": null, \"wait\": "
-        "...}; or, when the ask was refused (no valid pilot token: 401, another site's "
+        "...} (with `max_tasks`, the list form {\"attempts\": [...]}); or, when the ask was "
+        "refused (no valid pilot token: 401, another site's "
         "pilot: 403, the pilot has ended: 404), {\"error\": \"...\", \"status\": ...}")},
 }, ("recorded", "duplicate"))
+
+PASSKEY = _str(256, minLength=1, description="the attempt's passkey")
+ATTEMPT_ID = _int(doc="the attempt's id, as handed out")
+
+PILOT_HEARTBEAT = _obj({
+    "attempts": {"type": "array", "maxItems": MAX_TASKS, "items": _obj(
+        {"attempt_id": ATTEMPT_ID, "passkey": PASSKEY, "usage": USAGE},
+        ("attempt_id", "passkey")),
+        "description": "every attempt the pilot holds (running or queued); empty for an idle "
+                       "pilot's keep-alive"},
+}, ("attempts",))
+
+KILL = _obj({"action": {"type": "string", "enum": ["continue", "kill"]},
+             "status": {"type": "integer", "enum": [403, 404, 409]},
+             "error": _str(10_000)}, ("action",))
+
+PILOT_HEARTBEAT_ANSWER = _obj({
+    "heartbeat_interval": _int(doc="seconds until the next heartbeat"),
+    "attempts": {"type": "object", "additionalProperties": KILL,
+                 "description": "by attempt id (as a string): continue, or kill with the status "
+                                "and the sentence the single heartbeat route would answer (409: "
+                                "void, 403: wrong passkey, 404: no such attempt)"},
+}, ("heartbeat_interval", "attempts"))
+
+REPORTS = _obj({
+    "reports": {"type": "array", "minItems": 1, "maxItems": MAX_TASKS, "items": _obj(
+        dict({k: v for k, v in REPORT["properties"].items() if k != "ask"},
+             attempt_id=ATTEMPT_ID, passkey=PASSKEY),
+        ("attempt_id", "passkey", "exit_code")),
+        "description": "each the report route's body (without `ask`), with the attempt's id "
+                       "and passkey"},
+    "ask": dict(ASK, description="ask for the pilot's next tasks once these reports are "
+                                 "applied: what it has free then, as the ask route takes it"),
+}, ("reports",))
+
+REPORTED = _obj({
+    "results": {"type": "array", "items": {"type": "object", "description": (
+        "in the order of `reports`: {\"attempt_id\": ...} with what the report route answers "
+        "(recorded, duplicate, task_state, state, reason), or, for a report that cannot be "
+        "made, {\"attempt_id\": ..., \"error\": \"...\", \"status\": 400|403|404|409}")}},
+    "next": RECORDED["properties"]["next"],
+}, ("results",))
 
 DATASET_CONFIG = {
     "type": "object",

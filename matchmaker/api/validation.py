@@ -3,7 +3,7 @@
 The API declares each body once, as a JSON Schema; the same schema validates requests here and
 appears in /api/v1/openapi.json, so the document always says what the server really accepts.
 Only the subset of JSON Schema the API uses is supported: type, properties, required,
-additionalProperties, items, enum, minimum, maximum, minLength, maxLength, maxItems,
+additionalProperties, items, enum, minimum, maximum, minLength, maxLength, minItems, maxItems,
 maxProperties and pattern. Each schema is compiled once into nested checking functions, because
 pilots' reports and asks are checked thousands of times a second: a predicate that only says
 whether a value conforms (no paths, no messages: what almost every request needs), and the
@@ -78,14 +78,14 @@ def compile_valid(schema: dict[str, Any]) -> Valid:
                         or (longest is not None and len(v) > longest)
                         or (search is not None and not search(v)))
         tests.append(string)
-    if "items" in schema or "maxItems" in schema:
-        most = schema.get("maxItems")
+    if {"items", "minItems", "maxItems"} & set(schema):
+        fewest, most = schema.get("minItems", 0), schema.get("maxItems")
         item = compile_valid(schema["items"]) if "items" in schema else None
 
         def array(v: Any) -> bool:
             if not isinstance(v, list):
                 return True
-            if most is not None and len(v) > most:
+            if len(v) < fewest or (most is not None and len(v) > most):
                 return False
             return item is None or all(map(item, v))
         tests.append(array)
@@ -137,7 +137,7 @@ def compile_schema(schema: dict[str, Any]) -> Check:
         checks.append(_range_check(schema.get("minimum"), schema.get("maximum")))
     if {"minLength", "maxLength", "pattern"} & set(schema):
         checks.append(_string_check(schema))
-    if "items" in schema or "maxItems" in schema:
+    if {"items", "minItems", "maxItems"} & set(schema):
         checks.append(_list_check(schema))
     if {"properties", "required", "additionalProperties", "maxProperties"} & set(schema):
         checks.append(_object_check(schema))
@@ -224,11 +224,14 @@ def _string_check(schema: dict[str, Any]) -> Check:
 
 
 def _list_check(schema: dict[str, Any]) -> Check:
-    most = schema.get("maxItems")
+    fewest, most = schema.get("minItems", 0), schema.get("maxItems")
     item = compile_schema(schema["items"]) if "items" in schema else None
 
     def check(value: Any, path: str, found: list[str]) -> None:
         if not isinstance(value, list):
+            return
+        if len(value) < fewest:
+            found.append(f"{path}: at least {fewest} items, got {len(value)}")
             return
         if most is not None and len(value) > most:
             found.append(f"{path}: at most {most} items, got {len(value)}")

@@ -179,6 +179,30 @@ class Database:
             return
         await self._enqueue(_Pending(asyncio.get_running_loop().create_future(), batch=batch))
 
+    async def write_each(self, batches: Sequence[Batch]) -> list[Exception | None]:
+        """Commit several batches, each all or nothing on its own but queued together, so that
+        they share a group commit: for each, None once it is committed, or the exception that
+        refused it (StaleWrite for a failed guard, StorageError when the write failed)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        queued = []
+        for batch in batches:
+            item = None
+            if batch:
+                item = _Pending(loop.create_future(), batch=batch)
+                self._pending.append(item)
+            queued.append(item)
+        self._wakeup.set()
+        results: list[Exception | None] = []
+        for item in queued:
+            try:
+                if item is not None:
+                    await item.future
+                results.append(None)
+            except Exception as exc:
+                results.append(exc)
+        return results
+
     def write_later(self, batch: Batch) -> None:
         """Queue `batch` for the next group commit without waiting for it (for derived facts,
         such as a dataset's status, that the next start recomputes anyway); failures are logged."""

@@ -59,15 +59,18 @@ HEARTBEAT = Statement(
     " peak_disk = ?, peak_gpu_memory = ? WHERE attempt_id = ? AND state = 'processing'",
     order=35)
 
-MOVE_TASK = Statement(
-    "task transition",
-    "UPDATE tasks SET state = ?, updated = ? WHERE task_id = ? AND state = ?",
-    order=40, guarded=True)
-
+# An outcome's retry or requeue (processing -> ready, with its record) runs before the plain
+# transitions, among them the dispatches: a report that asks may be given back the very task it
+# made ready, in the same group commit.
 MOVE_TASK_WITH_RECORD = Statement(
     "task transition with retry record",
     "UPDATE tasks SET state = ?, failures = ?, lost = ?, requirements = ?, reason = ?,"
     " updated = ? WHERE task_id = ? AND state = ?",
+    order=40, guarded=True)
+
+MOVE_TASK = Statement(
+    "task transition",
+    "UPDATE tasks SET state = ?, updated = ? WHERE task_id = ? AND state = ?",
     order=41, guarded=True)
 
 SET_JOB = Statement(

@@ -184,6 +184,11 @@ MATRIX = {
                        {"cpus": 1, "memory": 2**32, "disk": 2**34}, {"pilot"}),
     "sign off a pilot": ("POST", "/api/v1/pilots/{new_pilot}/exit", {"reason": "done"},
                          {"pilot"}),
+    "heartbeat a pilot's attempts": ("POST", "/api/v1/pilots/{pilot}/heartbeat",
+                                     {"attempts": []}, {"pilot"}),
+    "report a pilot's attempts": ("POST", "/api/v1/pilots/{pilot}/reports",
+                                  {"reports": [{"attempt_id": 10**9, "passkey": "x",
+                                                "exit_code": 0}]}, {"pilot"}),
 }
 
 # Routes of running attempts: proved by the attempt's passkey, not by any token.
