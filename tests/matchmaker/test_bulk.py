@@ -4,16 +4,23 @@ ask; over HTTP against a real server and SQLite file, and on the engine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import sqlite3
 import time
 
 import pytest
 
+from config.resources import GIB, Slot, fits
+from config.settings import server_settings
 from config.states import ErrorClass
 from matchmaker import dispatch, outcomes
+from matchmaker.engine import Engine
+from matchmaker.storage.database import Database
 
 from . import support as s
+from .support import Clock
 from .test_api import World
 
 FREE = {"cpus": 1, "memory": 4 * 2**30, "disk": 10 * 2**30, "seconds": 86400}
@@ -246,3 +253,267 @@ async def test_an_empty_or_oversized_list_of_reports_is_refused_with_the_limit(w
     many = [done({"id": i, "passkey": "x"}) for i in range(1001)]
     status, answer = await send_reports(world, many)
     assert (status, answer["error"]) == (400, "body.reports: at most 1000 items, got 1001")
+
+
+async def test_reports_after_a_reset_and_a_pilot_that_gives_back_its_queued_attempts(world):
+    kept, given_back = await ask_many(world, 2, cpus=2)
+    status, answer = await send_reports(world, [
+        done(kept),
+        done(given_back, exit_code=None, error_class="pilot_lost",
+             error_message="pilot 1 drained before starting it")])
+    assert status == 200, answer
+    assert [r["task_state"] for r in answer["results"]] == ["complete", "ready"]
+    assert rows_in_the_file(world, [kept["id"], given_back["id"]]) == {
+        kept["id"]: "complete", given_back["id"]: "reset"}
+    status, answer = await send_heartbeat(world, [{"attempt_id": given_back["id"],
+                                                   "passkey": given_back["passkey"]}])
+    item = answer["attempts"][str(given_back["id"])]
+    assert item["status"] == 409 and "drained before starting it" in item["error"]
+
+
+async def test_dependents_made_ready_by_the_reports_are_given_by_their_ask(world):
+    status, created = await world.api.call("POST", "/api/v1/datasets", world.owner, two_steps(5))
+    assert status == 201
+    await world.wait_created(created["id"])
+    status, _ = await world.api.call("POST", f"/api/v1/datasets/{world.dataset}/suspend",
+                                     world.owner)
+    assert status == 200
+    firsts = await ask_many(world, 2, cpus=2)
+    assert [(a["task"], a["job"]) for a in firsts] == [("first", 0), ("first", 1)]
+    status, answer = await send_reports(world, [done(a) for a in firsts],
+                                        ask=dict(FREE, max_tasks=2, cpus=2))
+    assert status == 200, answer
+    following = answer["next"]["attempts"]
+    # The jobs that started finish first: their second tasks, ready only through these reports.
+    assert [(a["task"], a["job"]) for a in following] == [("second", 0), ("second", 1)]
+    assert rows_in_the_file(world, [a["id"] for a in firsts + following]) == {
+        **{a["id"]: "complete" for a in firsts}, **{a["id"]: "processing" for a in following}}
+
+
+async def test_a_stale_write_of_one_report_falls_back_alone(world):
+    engine = world.engine
+    tampered, good, also = await ask_many(world, 3, cpus=3)
+
+    def reset_behind_its_back(conn):
+        conn.execute("UPDATE attempts SET state = 'reset' WHERE attempt_id = ?",
+                     (tampered["id"],))
+
+    await engine.db.exclusive(reset_behind_its_back)
+    status, answer = await send_reports(world, [done(tampered), done(good), done(also)],
+                                        ask=dict(FREE, max_tasks=3, cpus=3))
+    assert status == 200, answer
+    first, *others = answer["results"]
+    assert first["status"] == 409 and "is void" in first["error"], first
+    assert [r["task_state"] for r in others] == ["complete", "complete"]
+    assert tampered["task_id"] not in {a["task_id"] for a in answer["next"]["attempts"]}
+    assert rows_in_the_file(world, [good["id"], also["id"]]) == {
+        good["id"]: "complete", also["id"]: "complete"}
+    picture(engine)
+
+
+async def test_a_single_reports_ask_may_take_the_list_form(world):
+    attempt, = await ask_many(world, 1)
+    status, answer = await world.api.call(
+        "POST", f"/api/v1/attempts/{attempt['id']}/report", world.pilot_token,
+        {"exit_code": 0, "ask": dict(FREE, cpus=2, max_tasks=2)}, passkey=attempt["passkey"])
+    assert status == 200 and answer["task_state"] == "complete"
+    assert len(answer["next"]["attempts"]) == 2
+
+
+async def test_the_bulk_report_items_are_the_report_routes_body(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+
+    def body(path):
+        return document["paths"][path]["post"]["requestBody"]["content"][
+            "application/json"]["schema"]
+
+    single = body("/api/v1/attempts/{attempt_id}/report")
+    bulk = body("/api/v1/pilots/{pilot_id}/reports")
+    item = bulk["properties"]["reports"]["items"]
+    assert set(item["properties"]) == set(single["properties"]) - {"ask"} | \
+        {"attempt_id", "passkey"}
+    assert bulk["properties"]["ask"]["properties"] == \
+        body("/api/v1/pilots/{pilot_id}/ask")["properties"]
+    assert "max_tasks" in bulk["properties"]["ask"]["properties"]
+
+
+# -- on the engine: packing, fair share, locks --------------------------------------------------
+
+MIXED = [s.task("small"), s.task("wide", cpus=4, memory="6GiB"),
+         s.task("long", cpus=2, memory="3GiB", walltime="3h"),
+         s.task("gpu", cpus=1, gpus=1, memory="2GiB")]
+
+
+def two_steps(jobs: int = 2):
+    return s.config(jobs=jobs, tasks=[s.task("first"), s.task("second", ["first"])])
+
+
+def picture(engine: Engine) -> None:
+    """Check that what the scheduler decides from is consistent."""
+    for dataset in engine.datasets.values():
+        assert dataset.counts == [dataset.states.count(c) for c in range(len(dataset.counts))]
+        assert dataset.queue.ready == dataset.states.count(1)  # READY
+    for active in engine.active.values():
+        assert engine.datasets[active.dataset_id].state(active.task_id).value == "processing"
+
+
+def nothing_else_fits(engine: Engine, left: Slot) -> bool:
+    return not any(d.queue.count_fitting(left) for d in engine.datasets.values())
+
+
+async def test_side_by_side_tasks_together_fit_the_offer(engine):
+    site = await s.site(engine)
+    await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=300, tasks=MIXED))
+    p = await s.pilot(engine, site)
+    rng = random.Random(4)
+    handed = 0
+    for _ in range(60):
+        offer = s.slot(cpus=rng.randint(1, 16), memory=rng.randint(1, 32) * GIB,
+                       disk=rng.randint(1, 40) * GIB, gpus=rng.choice((0, 0, 1, 2)),
+                       seconds=rng.choice((1800, 3600, 4 * 3600)))
+        most = rng.randint(1, 12)
+        given = await dispatch.ask(engine, p, dispatch.Offer(offer, max_tasks=most))
+        needs = [d.dataset.requirements(d.task_id) for d in given.attempts]
+        assert len(needs) <= most
+        assert sum(n.cpus for n in needs) <= offer.cpus
+        assert sum(n.memory for n in needs) <= offer.memory
+        assert sum(n.disk for n in needs) <= offer.disk
+        assert sum(n.gpus for n in needs) <= offer.gpus
+        assert all(n.walltime <= offer.seconds for n in needs)
+        if len(needs) < most:  # it stopped because nothing else fits what is left
+            left = Slot(offer.cpus - sum(n.cpus for n in needs),
+                        offer.memory - sum(n.memory for n in needs),
+                        offer.disk - sum(n.disk for n in needs),
+                        offer.gpus - sum(n.gpus for n in needs), offer.seconds, offer.os,
+                        offer.arch, offer.site)
+            assert nothing_else_fits(engine, left), (offer, needs)
+        if offer.gpus and not any(n.gpus for n in needs):  # GPU tasks go first, if any fits
+            assert not any(c.ready and c.requirements.gpus and fits(c.requirements, offer)
+                           for d in engine.datasets.values() for c in d.queue.classes.values())
+        handed += len(needs)
+        for d in given.attempts:
+            await s.finish(engine, d)
+    assert handed > 100
+    assert engine.metrics.matches == handed
+    picture(engine)
+
+
+async def test_tasks_in_series_each_fit_and_their_walltimes_add_up_within_the_time_left(engine):
+    site = await s.site(engine)
+    await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=300, tasks=MIXED))
+    p = await s.pilot(engine, site)
+    rng = random.Random(7)
+    handed = 0
+    for _ in range(40):
+        offer = s.slot(cpus=rng.randint(1, 8), memory=rng.randint(1, 16) * GIB,
+                       gpus=rng.choice((0, 1)), seconds=rng.randint(1, 12) * 3600)
+        most = rng.randint(1, 20)
+        given = await dispatch.ask(engine, p, dispatch.Offer(offer, most, in_series=True))
+        needs = [d.dataset.requirements(d.task_id) for d in given.attempts]
+        assert len(needs) <= most
+        assert sum(n.walltime for n in needs) <= offer.seconds
+        assert all(n.cpus <= offer.cpus and n.memory <= offer.memory and n.gpus <= offer.gpus
+                   for n in needs)
+        if len(needs) < most:
+            left = s.slot(cpus=offer.cpus, memory=offer.memory, gpus=offer.gpus,
+                          seconds=offer.seconds - sum(n.walltime for n in needs))
+            assert nothing_else_fits(engine, left)
+        handed += len(needs)
+        for d in given.attempts:
+            await s.finish(engine, d)
+    assert handed > 100
+    picture(engine)
+
+
+async def contention(engine: Engine, clock: Clock, batch: bool) -> list[str]:
+    """alice (share 1) and bob (share 3) each queue the same work; one 40-CPU pilot takes 40
+    tasks in one ask (`batch`) or in 40 one-CPU asks: whose tasks it got, in order."""
+    site = await s.site(engine)
+    users = [await s.user(engine, "alice", share=1), await s.user(engine, "bob", share=3)]
+    owner = {}
+    for user in users:
+        owner[(await s.submit(engine, user, s.config(jobs=100))).id] = user.name
+    p = await s.pilot(engine, site)
+    if batch:
+        slot = s.slot(cpus=40, memory=64 * GIB, disk=64 * GIB)
+        given = await dispatch.ask(engine, p, dispatch.Offer(slot, max_tasks=40))
+        return [owner[d.dataset.id] for d in given.attempts]
+    return [owner[(await s.ask(engine, p)).dataset.id] for _ in range(40)]
+
+
+async def test_a_batch_is_shared_between_users_as_single_asks_would_be(engine, clock, tmp_path):
+    batched = await contention(engine, clock, batch=True)
+    settings = server_settings({"database": str(tmp_path / "second.sqlite")})
+    db = await Database.open(settings.database)
+    other = Engine(db, settings, Clock())
+    await other.load()
+    try:
+        singles = await contention(other, Clock(), batch=False)
+    finally:
+        await other.stop()
+        await db.close()
+    assert batched == singles
+    assert batched.count("bob") == 30 and batched.count("alice") == 10
+    assert "alice" in batched[:4]  # spread over the batch, not one user's tasks then the other's
+
+
+async def test_a_failed_report_that_asks_may_be_given_its_own_retry_in_the_same_commit(engine):
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=1))
+    p = await s.pilot(engine, site)
+    given = await s.ask(engine, p)
+    commits = engine.db.commits
+    answer, following = await outcomes.report_and_ask(
+        engine, given.attempt_id, given.passkey, s.failure(), s.slot().to_dict(), site)
+    assert answer["task_state"] == "ready"
+    assert isinstance(following, dispatch.Dispatch) and following.task_id == given.task_id
+    assert engine.db.commits == commits + 1
+    assert s.state_of(dataset, 0) == "processing"
+
+
+async def test_bulk_reports_needing_the_same_jobs_in_opposite_orders_do_not_deadlock(engine):
+    site = await s.site(engine)
+    dataset = await s.submit(engine, await s.user(engine, "alice"),
+                             s.config(jobs=2, tasks=[s.task("a"), s.task("b")]))
+    p = await s.pilot(engine, site)
+    given = await dispatch.ask(engine, p, dispatch.Offer(s.slot(cpus=4), max_tasks=4))
+    by_task = {d.task_id: d for d in given.attempts}
+
+    def report(job, task_index):
+        d = by_task[dataset.task_id(job, task_index)]
+        return {"attempt_id": d.attempt_id, "passkey": d.passkey, "exit_code": 0}
+
+    holders = [engine.job_lock(dataset.id, job) for job in (0, 1)]
+    for holder in holders:  # other reports hold both jobs while the bulk reports arrive
+        await holder.__aenter__()
+    first = asyncio.create_task(outcomes.report_many(
+        engine, p.pilot_id, site, [report(0, 0), report(1, 0)], None))
+    second = asyncio.create_task(outcomes.report_many(
+        engine, p.pilot_id, site, [report(1, 1), report(0, 1)], None))
+    await asyncio.sleep(0.01)
+    for holder in holders:
+        await holder.__aexit__(None, None, None)
+        await asyncio.sleep(0.01)
+    results = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert all(r["task_state"] == "complete" for answer, _ in results for r in answer)
+    assert not engine._job_locks
+
+
+async def test_a_job_lock_waiter_that_is_cancelled_leaves_nothing_held(engine):
+    holder = engine.job_lock(1, 0)
+    await holder.__aenter__()
+    waiter = asyncio.create_task(engine.job_lock(1, 0).__aenter__())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.sleep(0)
+    await holder.__aexit__(None, None, None)
+    assert not engine._job_locks
+    # Cancelled just as the lock was handed to it: it passes the lock on.
+    await holder.__aenter__()
+    waiter = asyncio.create_task(engine.job_lock(1, 0).__aenter__())
+    await asyncio.sleep(0)
+    await holder.__aexit__(None, None, None)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert not engine._job_locks
