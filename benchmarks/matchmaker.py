@@ -2,15 +2,18 @@
 
 It fills the server with 1,000,000 queued tasks across 200 datasets of 50 users (mixed CPU, GPU,
 multi-core, high-memory and two-step DAG jobs), then drives it over loopback HTTP with 500
-concurrent simulated pilots that ask, heartbeat and complete (asking for the next task inside
-the report, as real pilots do: one heartbeat and one report per task), in two phases:
-saturation (each pilot as fast as it is answered: the most matches per second the server can
-give) and a paced phase where the pilots together offer 2,000 matches per second (latency at
-that load; with every pilot always waiting on the server, latency would only measure the
-queue). It prints one JSON object: matches per second, latency percentiles of asking (a plain
-ask or a report that asks), the server's peak RSS, the database size, and the time to accept
-and make matchable the whole load. `--small` runs the same shape, smaller, in under a minute.
-Run it with `make bench` (or `make bench-small`).
+concurrent simulated pilots (slots of 4, 8 and 16 CPUs, some with a GPU) that ask, heartbeat
+and complete null tasks. By default they speak as floe's pilot does: each asks for as many
+tasks as its slot holds side by side, heartbeats them all in one request and reports them all
+in one request that carries the next ask; `--protocol single` uses the per-task routes instead
+(one heartbeat and one report+ask per task). Two phases: saturation (each pilot as fast as it
+is answered: the most matches per second the server can give) and a paced phase where the
+pilots together offer 2,000 matches per second (latency at that load; with every pilot always
+waiting on the server, latency would only measure the queue). Every match and report is
+committed before it is answered. It prints one JSON object: matches per second, latency
+percentiles of asking (a plain ask or a report that asks), the server's peak RSS and CPU, the
+database size, and the time to accept and make matchable the whole load. `--small` runs the
+same shape, smaller, in under a minute. Run it with `make bench` (or `make bench-small`).
 """
 
 from __future__ import annotations
@@ -172,20 +175,27 @@ async def fill(server: Server, admin: str, users: int, datasets: int, tasks: int
 
 
 class Pilot:
-    """A simulated pilot: heartbeats once per task, and reports it (a null task) as complete
-    with an ask for the next one inside the report; it asks on its own only for its first task
-    and after a "no work" answer.
+    """A simulated pilot running null tasks, in one of two protocols.
 
-    With `period` None it loops as fast as the server answers (saturation); with a period it
-    sends one asking request every `period` seconds (from a random phase), so that many pilots
-    together offer a fixed rate of matches, as real pilots whose tasks take time do.
+    "bulk" (what floe's pilot does): it asks for as many tasks as its slot holds side by side
+    (`max_tasks`), heartbeats all of them in one pilot heartbeat, and reports them together in
+    one bulk report that carries the next ask. "single" (the per-task routes, which older
+    pilots use): one heartbeat and one report+ask per task, one task at a time.
+
+    With `period` None it loops as fast as it is answered (saturation); with a period it
+    paces its asking requests so that it is handed one task per `period` seconds on average
+    (from a random phase): many pilots together then offer a fixed rate of matches, as real
+    pilots whose tasks take time do.
     """
 
     def __init__(self, port: int, token: str, slot: dict, period: float | None,
-                 rng: random.Random) -> None:
+                 rng: random.Random, protocol: str) -> None:
         self.conn = Connection("127.0.0.1", port)
         self.auth = {"Authorization": f"Bearer {token}"}
         self.slot = dict(slot, seconds=86400, os=["debian12", "linux"], arch="x86_64")
+        if protocol == "bulk":
+            self.slot["max_tasks"] = slot["cpus"]
+        self.protocol = protocol
         self.period = period
         self.phase = rng.random() * (period or 0.0)
 
@@ -193,57 +203,86 @@ class Pilot:
         status, me = await self.conn.request("POST", "/api/v1/pilots", {"host": "bench"},
                                              self.auth)
         assert status == 201, me
-        self.ask_path = f"/api/v1/pilots/{me['pilot_id']}/ask"
+        self.base = f"/api/v1/pilots/{me['pilot_id']}"
 
     async def run(self, stats: dict, measuring: asyncio.Event, stop: asyncio.Event) -> None:
         next_start = time.perf_counter() + self.phase
-        attempt = None
+        attempts: list[dict] = []
         while not stop.is_set():
-            if attempt is not None:
-                passkey = {"X-Floe-Passkey": attempt["passkey"]}
+            if attempts:
                 t0 = time.perf_counter()
-                status, _ = await self.conn.request(
-                    "POST", f"/api/v1/attempts/{attempt['id']}/heartbeat",
-                    {"usage": {"cpu_time": 0.0}}, passkey)
-                if status != 200:
-                    stats["errors"] += 1
+                ok = await self.heartbeat(attempts)
                 if measuring.is_set():
                     stats["requests"] += 1
                     stats["heartbeat"].append(time.perf_counter() - t0)
+                if not ok:
+                    stats["errors"] += 1
             if self.period is not None:
                 delay = next_start - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                next_start = max(next_start + self.period, time.perf_counter())
+                next_start = max(next_start + self.period * max(1, len(attempts)),
+                                 time.perf_counter())
             t0 = time.perf_counter()
-            if attempt is None:
-                status, answer = await self.conn.request("POST", self.ask_path, self.slot,
-                                                         self.auth)
-            else:
-                status, reply = await self.conn.request(
-                    "POST", f"/api/v1/attempts/{attempt['id']}/report",
-                    {"exit_code": 0, "usage": {"wall_time": 0.01, "cpu_time": 0.01},
-                     "statistics": {"events": 1.0}, "ask": self.slot},
-                    {**passkey, **self.auth})
-                answer = reply.get("next") if status == 200 else None
+            status, answer, recorded = await self.ask(attempts)
             elapsed = time.perf_counter() - t0
             if measuring.is_set():
                 stats["requests"] += 1
-                if attempt is not None and status == 200:
-                    stats["matches"] += 1
-                    stats["report"].append(elapsed)
+                stats["completed"] += recorded
             if status != 200:
                 stats["errors"] += 1
-                attempt = None
+                attempts = []
                 await asyncio.sleep(0.1)
                 continue
+            attempts = answer.get("attempts") if "attempts" in answer else \
+                [answer["attempt"]] if answer["attempt"] else []
             if measuring.is_set():
                 stats["ask"].append(elapsed)
-            attempt = answer["attempt"]
-            if attempt is None:
-                if measuring.is_set():
+                stats["matches"] += len(attempts)
+                if not attempts:
                     stats["empty"] += 1
+            if not attempts:
                 await asyncio.sleep(min(answer["wait"], 1.0))
+
+    async def heartbeat(self, attempts: list[dict]) -> bool:
+        if self.protocol == "single":
+            attempt = attempts[0]
+            status, _ = await self.conn.request(
+                "POST", f"/api/v1/attempts/{attempt['id']}/heartbeat",
+                {"usage": {"cpu_time": 0.0}}, {"X-Floe-Passkey": attempt["passkey"]})
+            return status == 200
+        status, answer = await self.conn.request(
+            "POST", f"{self.base}/heartbeat",
+            {"attempts": [{"attempt_id": a["id"], "passkey": a["passkey"],
+                           "usage": {"cpu_time": 0.0}} for a in attempts]}, self.auth)
+        return status == 200 and all(item["action"] == "continue"
+                                     for item in answer["attempts"].values())
+
+    async def ask(self, attempts: list[dict]) -> tuple[int, dict, int]:
+        """Report `attempts` done (if any) and ask for more: the status, the ask's answer and
+        how many reports were recorded."""
+        report = {"exit_code": 0, "usage": {"wall_time": 0.01, "cpu_time": 0.01},
+                  "statistics": {"events": 1.0}}
+        if not attempts:
+            status, answer = await self.conn.request("POST", f"{self.base}/ask", self.slot,
+                                                     self.auth)
+            return status, answer, 0
+        if self.protocol == "single":
+            attempt = attempts[0]
+            status, reply = await self.conn.request(
+                "POST", f"/api/v1/attempts/{attempt['id']}/report", dict(report, ask=self.slot),
+                {"X-Floe-Passkey": attempt["passkey"], **self.auth})
+            return status, reply.get("next") if status == 200 else None, int(status == 200)
+        status, reply = await self.conn.request(
+            "POST", f"{self.base}/reports",
+            {"reports": [dict(report, attempt_id=a["id"], passkey=a["passkey"])
+                         for a in attempts], "ask": self.slot}, self.auth)
+        if status != 200:
+            return status, None, 0
+        recorded = sum(bool(r.get("recorded")) for r in reply["results"])
+        if recorded != len(attempts):
+            return 500, None, recorded
+        return status, reply["next"], recorded
 
 
 def latencies(values: list[float]) -> dict:
@@ -253,7 +292,7 @@ def latencies(values: list[float]) -> dict:
 
 async def phase(server: Server, pilots: list[Pilot], warmup: float, seconds: float) -> dict:
     """Run the pilots for warmup + seconds; measure the last `seconds`."""
-    stats = {"ask": [], "heartbeat": [], "report": [], "matches": 0, "empty": 0, "errors": 0,
+    stats = {"ask": [], "heartbeat": [], "matches": 0, "completed": 0, "empty": 0, "errors": 0,
              "requests": 0}
     measuring, stop = asyncio.Event(), asyncio.Event()
     runners = [asyncio.create_task(p.run(stats, measuring, stop)) for p in pilots]
@@ -279,12 +318,13 @@ async def phase(server: Server, pilots: list[Pilot], warmup: float, seconds: flo
         "measured_seconds": round(measured, 2),
         "matches": stats["matches"],
         "matches_per_second": round(stats["matches"] / measured, 1),
+        "reports_recorded_per_second": round(stats["completed"] / measured, 1),
+        "matches_per_asking_request": round(stats["matches"] / max(1, len(stats["ask"])), 2),
         "requests_per_second": round(stats["requests"] / measured, 1),
         "empty_asks": stats["empty"],
         "errors": stats["errors"],
         "ask_latency_ms": latencies(stats["ask"]),
         "heartbeat_latency_ms": latencies(stats["heartbeat"]),
-        "report_latency_ms": latencies(stats["report"]),
         "server_cpu_cores": round(server_cpu / measured, 2),
         "load_generator_cpu_cores": round(client_cpu / measured, 2),
         "server_cpu_ms_per_match": round(1000 * server_cpu / max(stats["matches"], 1), 3),
@@ -306,11 +346,13 @@ async def drive(server: Server, site_token: str, args: argparse.Namespace) -> di
     slots = [s for fraction, s in SHAPES for _ in range(round(fraction * args.pilots))]
     rng.shuffle(slots)
     slots = slots[:args.pilots]
-    saturating = [Pilot(server.port, answer["token"], slot, None, rng) for slot in slots]
+    saturating = [Pilot(server.port, answer["token"], slot, None, rng, args.protocol)
+                  for slot in slots]
     await asyncio.gather(*(p.register() for p in saturating))
     saturation = await phase(server, saturating, args.warmup, args.seconds)
     period = len(slots) / args.rate
-    paced = [Pilot(server.port, answer["token"], slot, period, rng) for slot in slots]
+    paced = [Pilot(server.port, answer["token"], slot, period, rng, args.protocol)
+             for slot in slots]
     await asyncio.gather(*(p.register() for p in paced))
     at_rate = await phase(server, paced, args.warmup, args.seconds)
     for pilot in saturating + paced:
@@ -338,6 +380,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         return {
             "benchmark": "matchmaker",
             "small": args.small,
+            "protocol": args.protocol,
             "users": args.users,
             "datasets": args.datasets,
             **filled,
@@ -363,6 +406,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="matches per second offered in the paced phase (default 2000)")
     parser.add_argument("--warmup", type=float)
+    parser.add_argument("--protocol", choices=("bulk", "single"), default="bulk",
+                        help="bulk: pilots ask for, heartbeat and report all the tasks their "
+                             "slots hold at once, as floe's pilot does (default); single: the "
+                             "per-task routes, one task at a time")
     args = parser.parse_args()
     defaults = ({"tasks": 50_000, "datasets": 20, "users": 10, "pilots": 100, "seconds": 10.0,
                  "warmup": 2.0} if args.small else
