@@ -20,7 +20,7 @@ import base64
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from config.resources import Slot, format_size
@@ -244,7 +244,8 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
         given.append(one)
         needs = one.dataset.requirements(one.task_id)
         if offer.in_series:
-            left = replace(left, seconds=left.seconds - needs.walltime)
+            left = Slot(left.cpus, left.memory, left.disk, left.gpus,
+                        left.seconds - needs.walltime, left.os, left.arch, left.site)
             if left.seconds < 1:  # every walltime is at least a second
                 break
         else:

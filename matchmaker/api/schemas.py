@@ -159,7 +159,10 @@ REPORTED = _obj({
         "in the order of `reports`: {\"attempt_id\": ...} with what the report route answers "
         "(recorded, duplicate, task_state, state, reason), or, for a report that cannot be "
         "made, {\"attempt_id\": ..., \"error\": \"...\", \"status\": 400|403|404|409}")}},
-    "next": RECORDED["properties"]["next"],
+    "next": {"type": "object", "description": (
+        "only when the body carried `ask`: exactly the ask route's answer, decided after these "
+        "outcomes were applied; or, when the pilot has ended, {\"error\": \"...\", "
+        "\"status\": 404}")},
 }, ("results",))
 
 DATASET_CONFIG = {
