@@ -395,7 +395,9 @@ def null_rate(root: Path, depth: int, window: float) -> dict[str, Any]:
             machine = psutil.cpu_times()
             return {"time": time.monotonic(),
                     "complete": server.dataset(dataset)["tasks"]["complete"],
-                    "server": cpu_seconds(server.psutil), "factory": cpu_seconds(factory.psutil),
+                    "server": cpu_seconds(server.psutil)  # and its database writer process
+                    + sum(cpu_seconds(p) for p in server.psutil.children()),
+                    "factory": cpu_seconds(factory.psutil),
                     "pilots": sum(cpu_seconds(p) for p in pilots),
                     "tasks": sum(cpu_seconds(p, children=True) for p in pilots),
                     "machine_busy": machine.user + machine.system + machine.nice

@@ -4,9 +4,11 @@ One WAL-mode file, two ways in:
 
 - a *reader*, an aiosqlite connection for queries, so that web pages and listings never wait
   behind commits;
-- a *writer* through which every change goes: one SQLite connection owned by one thread. Each
-  transaction it runs is handed to that thread in a single call, whatever its size, because every
-  hand-over costs a trip through the event loop, and under load that trip is the bottleneck.
+- a *writer* through which every change goes, one transaction at a time. Group commits (below)
+  run in a process of their own (`writer`), so that SQLite never waits on the event loop for
+  Python's global lock; `exclusive` and `planned` jobs run on a connection owned by one thread.
+  Each transaction is handed over in a single call, whatever its size, because every hand-over
+  costs a trip through the event loop, and under load that trip is the bottleneck.
 
 Changes reach the writer as `Batch`es of rows for known `Statement`s. The writer merges every
 batch that arrived while it was busy into one transaction, runs each statement once with
@@ -44,6 +46,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .schema import MIGRATIONS, SCHEMA_VERSION
+from .writer import Group, WriterGone, WriterProcess, configure
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,12 +125,13 @@ class _Pending:
 class Database:
     """The matchmaker's SQLite file, opened for group-committed writes and concurrent reads."""
 
-    def __init__(self, path: Path, writer: sqlite3.Connection,
+    def __init__(self, path: Path, writer: sqlite3.Connection, process: WriterProcess,
                  thread: concurrent.futures.ThreadPoolExecutor, reader: aiosqlite.Connection,
                  max_group: int) -> None:
         self.path = path
         self.reader = reader
         self._writer = writer
+        self._process = process
         self._thread = thread
         self._max_group = max_group
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -151,16 +155,26 @@ class Database:
         except BaseException:
             thread.shutdown()
             raise
+        process = WriterProcess(path, durability)
+        try:
+            await loop.run_in_executor(thread, process.start)
+        except BaseException as exc:
+            await loop.run_in_executor(thread, writer.close)
+            thread.shutdown()
+            if isinstance(exc, WriterGone):
+                raise StorageError(str(exc)) from exc
+            raise
         try:
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True,
                                              isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 10000")
             reader.row_factory = aiosqlite.Row
         except BaseException:
+            await loop.run_in_executor(thread, process.close)
             await loop.run_in_executor(thread, writer.close)
             thread.shutdown()
             raise
-        return cls(path, writer, thread, reader, max_group)
+        return cls(path, writer, process, thread, reader, max_group)
 
     async def close(self) -> None:
         if self._task.done() or self._closing:
@@ -170,6 +184,7 @@ class Database:
         self._wakeup.set()
         await self._task
         await self.reader.close()
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._process.close)
         await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
         self._thread.shutdown()
 
@@ -291,7 +306,7 @@ class Database:
             for statement, rows in item.batch.rows.items():
                 merged.setdefault(statement, []).extend(rows)
         try:
-            await self._in_thread(_apply, self._writer, merged)
+            await self._in_thread(_apply, self._process, merged)
         except StaleWrite:
             if len(group) == 1:
                 _undo(group[0].batch)
@@ -333,17 +348,20 @@ def _transaction(conn: sqlite3.Connection, job: Job[T]) -> T:
     return result
 
 
-def _apply(conn: sqlite3.Connection, merged: dict[Statement, list[Sequence[Any]]]) -> None:
-    def run(conn: sqlite3.Connection) -> None:
-        for statement in sorted(merged, key=lambda s: s.order):
-            rows = merged[statement]
-            if statement.fold is not None:
-                rows = statement.fold(rows)
-            cursor = conn.executemany(statement.sql, rows)
-            if statement.guarded and cursor.rowcount != len(rows):
-                raise StaleWrite(statement.name)
-
-    _transaction(conn, run)
+def _apply(process: WriterProcess, merged: dict[Statement, list[Sequence[Any]]]) -> None:
+    """Commit a group through the writer process (see `writer`)."""
+    group: Group = []
+    for statement in sorted(merged, key=lambda s: s.order):
+        rows = merged[statement]
+        if statement.fold is not None:
+            rows = statement.fold(rows)
+        group.append((statement.name, statement.sql, statement.guarded, rows))
+    try:
+        stale = process.commit(group)
+    except WriterGone as exc:
+        raise StorageError(str(exc)) from exc
+    if stale is not None:
+        raise StaleWrite(stale)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -359,14 +377,9 @@ def _connect(path: Path, durability: str) -> sqlite3.Connection:
         raise StorageError(f"cannot open the database {path}: {exc}; check that the "
                            "directory exists and is writable") from exc
     try:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
+        if configure(conn, durability).lower() != "wal":
             raise StorageError("the database could not switch to WAL mode (is it on a network "
                                "file system?); put it on a local disk")
-        conn.execute(f"PRAGMA synchronous = {durability.upper()}")
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA cache_size = -65536")
         _migrate(conn, path)
     except BaseException:
         conn.close()

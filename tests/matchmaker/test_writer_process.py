@@ -1,0 +1,117 @@
+"""The group-commit writer in its own process: a killed writer costs one refused group (its
+callers hear why, memory is undone) and the next write starts a fresh one; a writer never
+outlives the server that started it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from matchmaker.storage.database import Batch, Database, Statement, StorageError
+
+ROOT = Path(__file__).resolve().parents[2]
+INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
+
+
+def writers() -> list[psutil.Process]:
+    return [child for child in psutil.Process().children()
+            if "matchmaker.storage.writer" in " ".join(child.cmdline())]
+
+
+async def test_group_commits_run_in_a_child_process_that_ends_with_the_database(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    try:
+        (writer,) = writers()
+        assert writer.pid != os.getpid()
+        await db.write(Batch().add(INSERT, (1, "test", "one")))
+        rows = await db.fetchall("SELECT detail FROM events WHERE action = 'test'")
+        assert [r["detail"] for r in rows] == ["one"]
+    finally:
+        await db.close()
+    assert not writer.is_running() or writer.status() == psutil.STATUS_ZOMBIE
+
+
+async def test_a_writer_killed_between_writes_is_replaced_without_losing_one(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    try:
+        await db.write(Batch().add(INSERT, (1, "test", "before")))
+        (writer,) = writers()
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        await db.write(Batch().add(INSERT, (2, "test", "after")))
+        (replacement,) = writers()
+        assert replacement.pid != writer.pid
+        rows = await db.fetchall("SELECT detail FROM events WHERE action = 'test' ORDER BY time")
+        assert [r["detail"] for r in rows] == ["before", "after"]
+    finally:
+        await db.close()
+
+
+async def test_a_writer_killed_during_a_write_refuses_that_group_with_the_reason(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    undone = []
+    try:
+        (writer,) = writers()
+        writer.send_signal(signal.SIGSTOP)  # holds the write in flight
+        write = asyncio.ensure_future(db.write(Batch().add(INSERT, (1, "test", "lost"))
+                                               .on_failure(lambda: undone.append("lost"))))
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        writer.send_signal(signal.SIGKILL)
+        with pytest.raises(StorageError, match="writer process ended in the middle of a write "
+                                               r"\(exit code -9"):
+            await write
+        assert undone == ["lost"]
+        await db.write(Batch().add(INSERT, (2, "test", "after")))
+        rows = await db.fetchall("SELECT detail FROM events WHERE action = 'test' ORDER BY time")
+        assert [r["detail"] for r in rows] == ["after"]
+    finally:
+        await db.close()
+
+
+def test_the_writer_exits_when_the_server_is_killed(tmp_path):
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from matchmaker.storage.database import Database
+        async def main():
+            db = await Database.open({str(tmp_path / "floe.sqlite")!r})
+            print("open", flush=True)
+            await asyncio.sleep(600)
+        asyncio.run(main())
+    """)
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "open"
+        (writer,) = [c for c in psutil.Process(server.pid).children()
+                     if "matchmaker.storage.writer" in " ".join(c.cmdline())]
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        deadline = time.time() + 10
+        while writer.is_running() and writer.status() != psutil.STATUS_ZOMBIE \
+                and time.time() < deadline:
+            time.sleep(0.05)
+        assert not writer.is_running() or writer.status() == psutil.STATUS_ZOMBIE
+    finally:
+        server.kill()
+        server.wait()
+
+
+async def test_concurrent_groups_keep_their_order_through_the_process(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    try:
+        await asyncio.gather(*(db.write(Batch().add(INSERT, (i, "order", str(i))))
+                               for i in range(300)))
+        rows = await db.fetchall("SELECT time FROM events WHERE action = 'order' ORDER BY rowid")
+        assert [r["time"] for r in rows] == list(range(300))
+    finally:
+        await db.close()
