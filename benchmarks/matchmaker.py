@@ -416,7 +416,7 @@ def main() -> None:
                              "slots hold at once, as floe's pilot does (default); single: the "
                              "per-task routes, one task at a time")
     args = parser.parse_args()
-    defaults = ({"tasks": 50_000, "datasets": 20, "users": 10, "pilots": 100, "seconds": 10.0,
+    defaults = ({"tasks": 150_000, "datasets": 20, "users": 10, "pilots": 100, "seconds": 10.0,
                  "warmup": 2.0} if args.small else
                 {"tasks": 1_000_000, "datasets": 200, "users": 50, "pilots": 500,
                  "seconds": 60.0, "warmup": 5.0})

@@ -36,8 +36,8 @@ SERVER_SCHEMA = Object([
     Field("durability", Enum(("full", "normal")), "how hard each commit is synced to disk",
           "full", details="`full` survives power loss; `normal` survives a crash of the server "
                           "but may lose the last commits on power loss, for more speed."),
-    Field("heartbeat_interval", Duration(5, 3600), "how often pilots report each running "
-          "attempt", "60s"),
+    Field("heartbeat_interval", Duration(5, 3600), "how often pilots report that their running "
+          "attempts are alive (one request for all of a pilot's attempts)", "60s"),
     Field("heartbeat_timeout", Duration(30, 7 * 86400), "an attempt not heard from for this "
           "long is voided and its task requeued", "10m"),
     Field("pilot_lost_after", Duration(60, 30 * 86400), "an idle pilot not heard from for this "
