@@ -22,6 +22,7 @@ import io
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import statistics
@@ -109,7 +110,25 @@ class Server:
         self.process.wait(30)
 
 
-def run_pilot(server: Server, scratch: Path, cpus: int | None) -> Pilot:
+@dataclasses.dataclass
+class Run:
+    """One pilot's run and the CPU it took: its own (this process, every thread) and its
+    tasks' (the children it reaped)."""
+
+    pilot: Pilot
+    pilot_cpu: float
+    task_cpu: float
+
+    def per_task_ms(self, seconds: float) -> float:
+        return round(1000 * seconds / max(1, len(self.pilot.timings)), 3)
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_pilot(server: Server, scratch: Path, cpus: int | None) -> Run:
     """One pilot until it has run out of work; `cpus` narrows the measured slot."""
     slot = measure(lifetime=3600, scratch=scratch, gpu_source=None)
     if cpus is not None:
@@ -118,11 +137,12 @@ def run_pilot(server: Server, scratch: Path, cpus: int | None) -> Pilot:
     work.open()
     pilot = Pilot(Matchmaker(server.url, server.pilot_token()), slot, work,
                   PilotSettings(idle_timeout=0.5))
+    own, children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
     try:
         pilot.run()
     finally:
         work.close()
-    return pilot
+    return Run(pilot, _cpu(resource.RUSAGE_SELF) - own, _cpu(resource.RUSAGE_CHILDREN) - children)
 
 
 def main() -> None:
@@ -141,9 +161,9 @@ def main() -> None:
             packed = run_pilot(server, workdir / "scratch", cpus=None)
         finally:
             server.stop()
-    overheads = [timing.overhead * 1000 for timing in serial.timings]
-    runtimes = [timing.runtime * 1000 for timing in serial.timings]
-    packed_timings = list(packed.timings)
+    overheads = [timing.overhead * 1000 for timing in serial.pilot.timings]
+    runtimes = [timing.runtime * 1000 for timing in serial.pilot.timings]
+    packed_timings = list(packed.pilot.timings)
     span = max(t.acknowledged for t in packed_timings) - min(t.asked for t in packed_timings)
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -153,13 +173,17 @@ def main() -> None:
             "overhead_ms_median": round(statistics.median(overheads), 2),
             "overhead_ms_p99": round(percentile(overheads, 99), 2),
             "task_runtime_ms_median": round(statistics.median(runtimes), 2),
+            "pilot_cpu_ms_per_task": serial.per_task_ms(serial.pilot_cpu),
+            "task_cpu_ms_per_task": serial.per_task_ms(serial.task_cpu),
         },
         "packed": {
-            "slot_cpus": packed.slot.cpus,
+            "slot_cpus": packed.pilot.slot.cpus,
             "tasks": len(packed_timings),
             "tasks_per_second": round(len(packed_timings) / span, 1),
             "overhead_ms_median": round(statistics.median(
                 t.overhead * 1000 for t in packed_timings), 2),
+            "pilot_cpu_ms_per_task": packed.per_task_ms(packed.pilot_cpu),
+            "task_cpu_ms_per_task": packed.per_task_ms(packed.task_cpu),
         },
         "targets": {"overhead_ms_median": 10, "tasks_per_second": 100},
     }

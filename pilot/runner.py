@@ -1,12 +1,16 @@
 """Run one task of one job: resolve it, stage its inputs, run its modules, store its outputs.
 
-`TaskRun` is the same for the pilot's online loop (one thread per task, several side by side,
-one `Supervisor` for the slot) and for `floe run` (one task alone). It runs each module as a new
+`TaskRun` is the same for the pilot's online loop (tasks in lanes, several side by side, one
+`Supervisor` for the slot) and for `floe run` (one task alone). It runs each module as a new
 session in the task's scratch directory with its own environment, samples the process tree while
 it waits (the wait itself ends the moment the module exits, so a short task pays no sampling
 interval), lets the supervisor stop it for overuse, and returns a `TaskResult` with everything
 the attempt's record needs. Errors come back classed: task_error (the task's own command or
 config), staging_error (a file could not be moved), resource_overuse (killed for its usage).
+
+A `Scratch` is a task's directory with its two logs open. The tasks that one lane of the pilot
+runs one after another share one while each leaves nothing in it but its logs: making and
+removing a directory and two files would cost a short task more than its own run.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -116,6 +121,75 @@ class TaskResult:
         }
 
 
+class Scratch:
+    """A task's scratch directory and its stdout and stderr files, open for appending (and
+    reading, for their tails) from `prepare()` until `close()` or `remove()`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).absolute()
+        self.stdout_path = self.path / STDOUT_NAME
+        self.stderr_path = self.path / STDERR_NAME
+        self.logs: tuple[int, int] | None = None
+        self._made: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def prepare(self) -> tuple[int, int]:
+        """The log descriptors for the next task: the directory made and the logs created, or,
+        when they are open already (`reusable()` said so), the logs emptied. Raises OSError."""
+        if self.logs is not None:
+            for fd in self.logs:
+                os.ftruncate(fd, 0)
+            return self.logs
+        self.path.mkdir(parents=True, exist_ok=True)
+        opened: list[int] = []
+        try:
+            for path in (self.stdout_path, self.stderr_path):
+                opened.append(os.open(path, _LOG_FLAGS, 0o666))
+            made = os.stat(self.path)
+            self._made = (made.st_ino, made.st_mode, os.fstat(opened[0]).st_ino,
+                          os.fstat(opened[1]).st_ino)
+        except OSError:
+            for fd in opened:
+                os.close(fd)
+            raise
+        self.logs = (opened[0], opened[1])
+        return self.logs
+
+    def reusable(self) -> bool:
+        """Whether the next task may have this directory as it is: it holds the two logs this
+        object opened and nothing else, with the mode it was made with."""
+        if self.logs is None:
+            return False
+        try:
+            now = os.stat(self.path)
+            with os.scandir(self.path) as entries:
+                found = {entry.name: entry.inode() for entry in entries}
+        except OSError:
+            return False
+        directory, mode, stdout, stderr = self._made
+        return (now.st_ino, now.st_mode) == (directory, mode) and \
+            found == {STDOUT_NAME: stdout, STDERR_NAME: stderr}
+
+    def close(self) -> None:
+        """Close the logs; the directory stays as it is."""
+        if self.logs is not None:
+            for fd in self.logs:
+                os.close(fd)
+            self.logs = None
+
+    def remove(self) -> None:
+        """Close the logs and remove the directory with whatever is in it."""
+        self.close()
+        for path in (self.stdout_path, self.stderr_path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
 class _Failed(Exception):
     def __init__(self, error_class: ErrorClass, message: str, exit_code: int | None = None,
                  overuse: Overuse | None = None) -> None:
@@ -136,7 +210,7 @@ class TaskRun:
     def __init__(
         self,
         assignment: Assignment,
-        scratch: str | Path,
+        scratch: str | Path | Scratch,
         *,
         gpus: Sequence[Gpu] = (),
         gpu_source: GpuSource | None = None,
@@ -145,15 +219,19 @@ class TaskRun:
         process_table: ProcessTable = SHARED_TABLE,
     ) -> None:
         self.assignment = assignment
-        self.scratch = Path(scratch).absolute()
+        # A path given is this run's own directory, left in place when the run is over; a
+        # Scratch given belongs to the caller, who decides what becomes of it.
+        self._own_scratch = not isinstance(scratch, Scratch)
+        self.scratch_dir = Scratch(scratch) if not isinstance(scratch, Scratch) else scratch
+        self.scratch = self.scratch_dir.path
         self.gpus = tuple(gpus)
         self.gpu_source = gpu_source
         self.settings = settings or RunnerSettings()
         self.requirements = assignment.requirements
         self.supervisor = supervisor or Supervisor.alone(self.requirements)
         self.process_table = process_table
-        self.stdout_path = self.scratch / STDOUT_NAME
-        self.stderr_path = self.scratch / STDERR_NAME
+        self.stdout_path = self.scratch_dir.stdout_path
+        self.stderr_path = self.scratch_dir.stderr_path
         self.stats_path = self.scratch / STATS_NAME
         self._lock = threading.Lock()
         self._stopped: _Failed | None = None
@@ -211,10 +289,10 @@ class TaskRun:
         if self.gpu_source is not None and self.gpus:
             self._gpu_baseline = self.gpu_source.device_memory(self.gpus)
         self.supervisor.add(self)
-        logs: list[int] = []  # the log files, kept open until their tails are read
+        logs: tuple[int, ...] = ()
         try:
             try:
-                out, err = self._open_logs(logs)
+                logs = out, err = self._open_logs()
                 resolved = self._resolve()
                 self._stage_inputs(resolved["inputs"])
                 for position, module in enumerate(resolved["modules"]):
@@ -233,8 +311,8 @@ class TaskRun:
             self._usage.wall_time = time.monotonic() - self._started
             tails = [_tail(fd, self.settings.tail_bytes) for fd in logs] + ["", ""]
         finally:
-            for fd in logs:
-                os.close(fd)
+            if self._own_scratch:
+                self.scratch_dir.close()
         return TaskResult(
             task=self.assignment.name, exit_code=exit_code,
             error_class=failure.error_class if failure else None,
@@ -245,14 +323,10 @@ class TaskRun:
             stdout_path=str(self.stdout_path), stderr_path=str(self.stderr_path),
         )
 
-    def _open_logs(self, logs: list[int]) -> tuple[int, int]:
-        """The scratch directory made and its stdout and stderr files opened for appending (and
-        reading, for their tails), their descriptors added to `logs`."""
+    def _open_logs(self) -> tuple[int, int]:
+        """The scratch directory ready and its logs open (see `Scratch.prepare`)."""
         try:
-            self.scratch.mkdir(parents=True, exist_ok=True)
-            for path in (self.stdout_path, self.stderr_path):
-                logs.append(os.open(path, _LOG_FLAGS, 0o666))
-            return logs[0], logs[1]
+            return self.scratch_dir.prepare()
         except OSError as err:
             raise _Failed(ErrorClass.STAGING_ERROR, f"cannot prepare the scratch directory "
                                                     f"{self.scratch}: {err.strerror or err}"
