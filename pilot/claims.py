@@ -8,6 +8,7 @@ devices it claimed (its CUDA_VISIBLE_DEVICES), and no two tasks share one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config.resources import Requirements, Slot, format_size
@@ -32,6 +33,11 @@ class Claim:
     disk: int
     gpus: tuple[Gpu, ...] = ()
 
+    def holds(self, requirements: Requirements) -> bool:
+        """Whether a task with these requirements fits in what this claim holds."""
+        return (requirements.cpus <= self.cpus and requirements.memory <= self.memory
+                and requirements.disk <= self.disk and requirements.gpus <= len(self.gpus))
+
 
 class Claims:
     """The slot's resources and the claims on them (used from one thread)."""
@@ -44,30 +50,38 @@ class Claims:
     def busy(self) -> bool:
         return bool(self._held)
 
-    def free_gpus(self) -> list[Gpu]:
-        taken = {gpu.uuid for claim in self._held for gpu in claim.gpus}
+    def free_gpus(self, held: Sequence[Claim] | None = None) -> list[Gpu]:
+        taken = {gpu.uuid for claim in self._of(held) for gpu in claim.gpus}
         return [gpu for gpu in self.slot.gpus if gpu.uuid not in taken]
 
-    def free(self) -> Claim:
-        """Everything not claimed, as one claim-sized amount."""
+    def free(self, held: Sequence[Claim] | None = None) -> Claim:
+        """Everything not claimed (or, given `held`, not claimed by those), as one claim-sized
+        amount."""
+        claims = self._of(held)
         return Claim(
-            cpus=self.slot.cpus - sum(claim.cpus for claim in self._held),
-            memory=self.slot.memory - sum(claim.memory for claim in self._held),
-            disk=self.slot.disk - sum(claim.disk for claim in self._held),
-            gpus=tuple(self.free_gpus()),
+            cpus=self.slot.cpus - sum(claim.cpus for claim in claims),
+            memory=self.slot.memory - sum(claim.memory for claim in claims),
+            disk=self.slot.disk - sum(claim.disk for claim in claims),
+            gpus=tuple(self.free_gpus(claims)),
         )
 
-    def offer(self, now: float | None = None) -> Slot:
-        """What to ask the matchmaker for now."""
-        free = self.free()
+    def offer(self, now: float | None = None, held: Sequence[Claim] | None = None) -> Slot:
+        """What to ask the matchmaker for now (or once every claim but `held` is released)."""
+        free = self.free(held)
         return self.slot.offer(cpus=min(free.cpus, MAX_CPUS), memory=max(0, free.memory),
                                disk=max(0, free.disk), gpus=min(len(free.gpus), MAX_GPUS),
                                now=now)
 
-    def can_offer(self) -> bool:
-        """Whether anything could still fit: a CPU, some memory and some disk are free."""
-        free = self.free()
+    def can_offer(self, held: Sequence[Claim] | None = None) -> bool:
+        """Whether anything could still fit: a CPU, some memory and some disk are free (or
+        would be, with only `held` claimed)."""
+        free = self.free(held)
         return free.cpus >= 1 and free.memory > 0 and free.disk > 0
+
+    def fits_slot(self, requirements: Requirements) -> bool:
+        """Whether a task with these requirements fits the slot once nothing else runs."""
+        return Claim(self.slot.cpus, self.slot.memory, self.slot.disk,
+                     self.slot.gpus).holds(requirements)
 
     def claim(self, requirements: Requirements) -> Claim:
         """Hold what a task requested (its GPUs chosen among the free ones)."""
@@ -92,3 +106,6 @@ class Claims:
 
     def release(self, claim: Claim) -> None:
         self._held.remove(claim)
+
+    def _of(self, held: Sequence[Claim] | None) -> Sequence[Claim]:
+        return self._held if held is None else held

@@ -6,8 +6,12 @@ the per-task overhead). Answers come back as a `Reply` with the status and the d
 anything worth trying again later (no connection, a timeout, a 5xx from the server or a proxy
 before it) raises `Unreachable` instead, so callers only decide about 2xx and 4xx answers.
 
-A final report may carry an ask for the next task (one request per task for a busy pilot);
-`next_reply` gives the ask part of its answer as the `Reply` the ask itself would have had.
+A registered pilot speaks for all of its attempts at once: one heartbeat for every attempt it
+holds, and the reports of many finished attempts in one request that may carry the ask for the
+next tasks (an `Ask`, for several tasks side by side or one after another); `next_reply` gives
+the ask part of such an answer as the `Reply` the ask itself would have had. The single-attempt
+routes, proved by the attempt's passkey alone, remain for what the pilot token cannot speak for:
+reports left by an earlier pilot, and a pilot whose token was refused.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +64,19 @@ class Reply:
         return f"HTTP {self.status}"
 
 
+@dataclass(frozen=True)
+class Ask:
+    """An ask for up to `max_tasks` tasks that fit `offer`: side by side (together within it), or
+    `in_series` (one after another, each within it, their walltimes within its seconds)."""
+
+    offer: Slot
+    max_tasks: int = 1
+    in_series: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(_free(self.offer), max_tasks=self.max_tasks, in_series=self.in_series)
+
+
 class Matchmaker:
     """A client of one matchmaker for one pilot; not to be shared between threads."""
 
@@ -93,23 +110,38 @@ class Matchmaker:
             "host": host, "batch_system": batch_system, "batch_id": batch_id,
             "version": version, "resources": dict(resources)})
 
-    def ask(self, pilot_id: int, offer: Slot) -> Reply:
-        return self.call("POST", f"/pilots/{pilot_id}/ask", _free(offer))
+    def ask(self, pilot_id: int, offer: Slot | Ask) -> Reply:
+        """One task that fits a `Slot` ({"attempt": ...}), or the list form for an `Ask`
+        ({"attempts": [...]})."""
+        body = offer.to_dict() if isinstance(offer, Ask) else _free(offer)
+        return self.call("POST", f"/pilots/{pilot_id}/ask", body)
+
+    def heartbeats(self, pilot_id: int, attempts: Sequence[Mapping[str, Any]],
+                   timeout: float | None = None) -> Reply:
+        """One heartbeat for all of the pilot's attempts ({"attempt_id", "passkey", "usage"});
+        the answer says, per attempt id as a string, whether to continue or kill it."""
+        return self.call("POST", f"/pilots/{pilot_id}/heartbeat", {"attempts": list(attempts)},
+                         timeout=timeout)
+
+    def reports(self, pilot_id: int, reports: Sequence[Mapping[str, Any]],
+                ask: Ask | None = None, timeout: float | None = None) -> Reply:
+        """The final reports of several of the pilot's attempts (each a report body with
+        "attempt_id" and "passkey"), and with `ask` the ask for its next tasks (see
+        `next_reply`); the answer's "results" are in the order of `reports`."""
+        body: dict[str, Any] = {"reports": list(reports)}
+        if ask is not None:
+            body["ask"] = ask.to_dict()
+        return self.call("POST", f"/pilots/{pilot_id}/reports", body, timeout=timeout)
 
     def heartbeat(self, attempt_id: int, passkey: str, usage: Mapping[str, Any]) -> Reply:
         return self.call("POST", f"/attempts/{attempt_id}/heartbeat", {"usage": dict(usage)},
                          passkey=passkey)
 
     def report(self, attempt_id: int, passkey: str, report: Mapping[str, Any],
-               timeout: float | None = None, ask: Slot | None = None) -> Reply:
-        """Deliver a final report; with `ask` (what is free once this attempt's resources are
-        released), ask for the pilot's next task in the same request (see `next_reply`)."""
-        if ask is None:
-            return self.call("POST", f"/attempts/{attempt_id}/report", report, passkey=passkey,
-                             timeout=timeout)
-        # The passkey speaks for the report, the pilot token (as for any ask) for the ask.
-        return self.call("POST", f"/attempts/{attempt_id}/report", dict(report, ask=_free(ask)),
-                         passkey=passkey, timeout=timeout, with_token=True)
+               timeout: float | None = None) -> Reply:
+        """Deliver one final report, proved by the attempt's passkey alone."""
+        return self.call("POST", f"/attempts/{attempt_id}/report", report, passkey=passkey,
+                         timeout=timeout)
 
     def upload_log(self, attempt_id: int, passkey: str, stream: str, text: bytes,
                    timeout: float | None = None) -> Reply:
@@ -125,14 +157,13 @@ class Matchmaker:
     # ------------------------------------------------------------ the transport
 
     def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
-             passkey: str | None = None, timeout: float | None = None,
-             with_token: bool = False) -> Reply:
-        """Send one request, proved by `passkey` (and the token too when `with_token`) or by
-        the token; raises Unreachable when it should be tried again later."""
+             passkey: str | None = None, timeout: float | None = None) -> Reply:
+        """Send one request, proved by `passkey` or by the token; raises Unreachable when it
+        should be tried again later."""
         headers = {"Accept": "application/json"}
         if passkey is not None:
             headers[PASSKEY_HEADER] = passkey
-        if (passkey is None or with_token) and self.token:
+        elif self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         payload = raw
         if body is not None:
@@ -194,8 +225,8 @@ class Matchmaker:
 
 
 def next_reply(reply: Reply) -> Reply | None:
-    """The ask part of the answer to a report that carried one, as the ask's own reply would
-    be (None when the answer has none: the report was refused, so nothing was asked)."""
+    """The ask part of the answer to reports that carried one, as the ask's own reply would
+    be (None when the answer has none: the request was refused, so nothing was asked)."""
     following = reply.data.get("next") if reply.ok and isinstance(reply.data, Mapping) else None
     if not isinstance(following, Mapping):
         return None

@@ -5,14 +5,20 @@ matchmaker has recorded it (or said for certain that it never will: the attempt 
 the passkey is not its own). So a result survives the matchmaker being away and the pilot being
 killed: a pilot started again on the same scratch directory finds the reports the dead one left
 and delivers them, even before it registers. Reporting twice does no harm, because the
-matchmaker acknowledges a repeated report as a duplicate and records nothing twice. A report
-may carry the pilot's ask for its next task (`deliver_asking`); the ask never changes what becomes
-of the report.
+matchmaker acknowledges a repeated report as a duplicate and records nothing twice.
 
-Layout: `<attempt>.json` (attempt id, passkey, report body) written atomically (temporary file,
-fdatasync, rename, fsync of the directory), with `<attempt>.stdout` / `<attempt>.stderr` beside
-it when a log is longer than the tail the report carries. Reports the matchmaker refuses as
-malformed go to `rejected/` for a person to read instead of being retried forever.
+The reports of attempts that ended together are kept together: one file per batch, written
+atomically (temporary file, fdatasync, rename, fsync of the directory), so that a busy pilot
+pays one sync for many tasks. A batch's file is removed once every report in it is settled; a
+pilot killed before that delivers the batch again, and the matchmaker takes the repeats as
+duplicates. `deliver_many` sends a pilot's own reports in one request, which may carry the ask
+for its next tasks (the ask never changes what becomes of the reports); `deliver` sends one
+report by its passkey alone, for what the pilot token cannot speak for.
+
+Layout: `<first attempt>.json` ({"reports": [{attempt id, passkey, report body, logs}, ...]}),
+with `<attempt>.stdout` / `<attempt>.stderr` beside it when a log is longer than the tail the
+report carries. Reports the matchmaker refuses as malformed go to `rejected/` for a person to
+read instead of being retried forever.
 """
 
 from __future__ import annotations
@@ -24,13 +30,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.resources import Slot
-from pilot.client import MAX_LOG_BYTES, Matchmaker, Reply, Unreachable, next_reply
+from pilot.client import MAX_LOG_BYTES, Ask, Matchmaker, Reply, Unreachable, next_reply
 
 log = logging.getLogger("floe.pilot")
 
@@ -38,6 +43,9 @@ STREAMS = ("stdout", "stderr")
 ORPHAN_AGE = 86400.0
 """Log files with no report beside them are removed after this long (a pilot killed between
 moving its logs in and writing the report leaves them)."""
+VOID_STATUSES = (403, 404, 409)
+"""Answers that say a report will never be recorded: not this attempt's passkey (or not this
+pilot's attempt), no such attempt, or an attempt voided on the matchmaker."""
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
@@ -62,6 +70,10 @@ class Delivery:
     logs: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
+    def document(self) -> dict[str, Any]:
+        return {"attempt_id": self.attempt_id, "passkey": self.passkey, "report": self.report,
+                "logs": self.logs}
+
 
 class Verdict(enum.Enum):
     DELIVERED = "delivered"  # recorded now, or before (a duplicate)
@@ -71,98 +83,119 @@ class Verdict(enum.Enum):
 
 
 class Outbox:
-    """The directory of reports not yet acknowledged."""
+    """The directory of reports not yet acknowledged. `adopt_log` may be called from any
+    thread; everything else from one."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._unsettled: dict[Path, set[int]] = {}  # a batch file: its reports not yet settled
+
+    def adopt_log(self, attempt_id: int, stream: str, source: str | Path) -> str:
+        """Move a full log in (before its report is kept); returns its name here."""
+        name = f"{attempt_id}.{stream}"
+        os.replace(source, self.directory / name)
+        return name
 
     def put(self, attempt_id: int, passkey: str, report: Mapping[str, Any],
             logs: Mapping[str, Path] | None = None) -> Delivery:
-        """Keep a report (and move the given full logs in beside it) before it is sent."""
-        kept: dict[str, str] = {}
-        for stream, source in (logs or {}).items():
-            name = f"{attempt_id}.{stream}"
-            os.replace(source, self.directory / name)
-            kept[stream] = name
+        """Keep one report (and move the given full logs in beside it) before it is sent."""
+        kept = {stream: self.adopt_log(attempt_id, stream, source)
+                for stream, source in (logs or {}).items()}
         delivery = Delivery(attempt_id, passkey, dict(report), kept)
-        document = {"attempt_id": attempt_id, "passkey": passkey, "report": delivery.report,
-                    "logs": kept, "written": time.time()}
-        path = self.directory / f"{attempt_id}.json"
+        self.put_many([delivery])
+        return delivery
+
+    def put_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Keep reports whose logs are in already, all in one file with one sync; sets their
+        `path`. Raises OSError when they could not be kept (their `path` stays None)."""
+        if not deliveries:
+            return
+        first = min(delivery.attempt_id for delivery in deliveries)
+        path = self.directory / f"{first}.json"
         # One writer per name: no other process or thread writes this temporary file, and
         # `pending()` removes what a killed writer left (names starting with ".").
-        partial = self.directory / f".{attempt_id}.{os.getpid()}.{threading.get_ident()}"
-        data = json.dumps(document, separators=(",", ":")).encode()
+        partial = self.directory / f".{first}.{os.getpid()}.{threading.get_ident()}"
+        data = json.dumps({"reports": [delivery.document() for delivery in deliveries],
+                           "written": time.time()}, separators=(",", ":")).encode()
         handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(handle, view):]
-                # The data must be on disk before the rename makes it the report, or a crash
-                # of the node could leave a truncated report under its final name. fdatasync
+                # The data must be on disk before the rename makes it the reports, or a crash
+                # of the node could leave a truncated file under its final name. fdatasync
                 # is enough for that: it writes the data and the metadata needed to read it
                 # back (the size of this new file), skipping only the timestamps.
                 _datasync(handle)
             finally:
                 os.close(handle)
             os.replace(partial, path)
-            # And the rename itself must be on disk before the report is called kept: a node
-            # that crashes and comes back would otherwise have lost the finished result.
+            # And the rename itself must be on disk before the reports are called kept: a node
+            # that crashes and comes back would otherwise have lost the finished results.
             _sync_directory(self.directory)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
             raise
-        delivery.path = path
-        return delivery
+        for delivery in deliveries:
+            delivery.path = path
+        self._unsettled[path] = {delivery.attempt_id for delivery in deliveries}
 
     def pending(self) -> list[Delivery]:
-        """The reports kept here, oldest attempt first. Unreadable ones are set aside."""
-        found = []
+        """The reports kept here, oldest attempt first. Unreadable files are set aside."""
+        found: list[Delivery] = []
         try:
             names = sorted(os.listdir(self.directory))
         except OSError as err:
             log.warning("cannot read the outbox %s: %s", self.directory, err.strerror or err)
             return []
-        reports = {name[:-len(".json")] for name in names if name.endswith(".json")}
         for name in names:
-            path = self.directory / name
-            stem, _, suffix = name.rpartition(".")
-            if name.startswith(".") or (suffix in STREAMS and stem not in reports):
-                self._remove_orphan(path)  # left by a pilot killed while writing here
             if not name.endswith(".json") or name.startswith("."):
                 continue
+            path = self.directory / name
             try:
-                document = json.loads(path.read_text())
-                found.append(Delivery(int(document["attempt_id"]), str(document["passkey"]),
-                                      dict(document["report"]), dict(document.get("logs") or {}),
-                                      path))
+                data = json.loads(path.read_text())
+                # A pilot of the previous release kept one report per file, as the document.
+                documents = data.get("reports", [data])
+                batch = [Delivery(int(document["attempt_id"]), str(document["passkey"]),
+                                  dict(document["report"]), dict(document.get("logs") or {}),
+                                  path)
+                         for document in documents]
             except FileNotFoundError:
                 continue  # another pilot on this scratch delivered it meanwhile
-            except (OSError, ValueError, KeyError, TypeError) as err:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 log.error("outbox entry %s is unreadable (%s); moved to %s", path, err,
                           self.directory / "rejected")
                 self._move_aside(path)
+                continue
+            found.extend(batch)
+            self._unsettled[path] = {delivery.attempt_id for delivery in batch}
+        reported = {str(delivery.attempt_id) for delivery in found}
+        for name in names:
+            stem, _, suffix = name.rpartition(".")
+            if name.startswith(".") or (suffix in STREAMS and stem not in reported):
+                self._remove_orphan(self.directory / name)  # left by a killed pilot
         return sorted(found, key=lambda delivery: delivery.attempt_id)
 
     def remove(self, delivery: Delivery) -> None:
         """Forget a report: it was acknowledged, or will never be recorded."""
-        for path in self._files(delivery):
+        for name in delivery.logs.values():
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                (self.directory / name).unlink()
+        self._settle(delivery)
 
     def set_aside(self, delivery: Delivery, why: str) -> None:
         """Keep a report the matchmaker refused in `rejected/`, with the reason beside it."""
         aside = self.directory / "rejected"
         aside.mkdir(exist_ok=True)
-        if delivery.path is None:
-            document = {"attempt_id": delivery.attempt_id, "report": delivery.report}
-            (aside / f"{delivery.attempt_id}.json").write_text(json.dumps(document))
-        for path in self._files(delivery):
+        (aside / f"{delivery.attempt_id}.json").write_text(json.dumps(delivery.document()))
+        for name in delivery.logs.values():
             with contextlib.suppress(FileNotFoundError):
-                os.replace(path, aside / path.name)
+                os.replace(self.directory / name, aside / name)
         (aside / f"{delivery.attempt_id}.why").write_text(why + "\n")
+        self._settle(delivery)
 
     def log_bytes(self, delivery: Delivery, stream: str) -> bytes | None:
         """The last part of a full log kept with a report (None when none was kept)."""
@@ -177,11 +210,18 @@ class Outbox:
         except OSError:
             return None
 
-    def _files(self, delivery: Delivery) -> list[Path]:
-        files = [self.directory / name for name in delivery.logs.values()]
-        if delivery.path is not None:
-            files.insert(0, delivery.path)
-        return files
+    def _settle(self, delivery: Delivery) -> None:
+        """The report needs its file no more: the file goes once none of its reports does."""
+        if delivery.path is None:
+            return
+        left = self._unsettled.get(delivery.path)
+        if left is not None:
+            left.discard(delivery.attempt_id)
+            if left:
+                return
+            del self._unsettled[delivery.path]
+        with contextlib.suppress(FileNotFoundError):
+            delivery.path.unlink()
 
     def _move_aside(self, path: Path) -> None:
         aside = self.directory / "rejected"
@@ -195,43 +235,98 @@ class Outbox:
                 path.unlink()
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one report, with the matchmaker's words."""
+
+    delivery: Delivery
+    verdict: Verdict
+    words: str
+
+
 def deliver(client: Matchmaker, outbox: Outbox, delivery: Delivery,
             timeout: float | None = None) -> tuple[Verdict, str]:
-    """Send one report (its full logs first, when kept) and say what became of it, with the
-    matchmaker's words. Does not remove it from the outbox: the caller does, by the verdict."""
-    verdict, words, _ = _send(client, outbox, delivery, timeout, None)
-    return verdict, words
-
-
-def deliver_asking(client: Matchmaker, outbox: Outbox, delivery: Delivery,
-                   offer: Slot) -> tuple[Verdict, str, Reply | None]:
-    """`deliver`, asking in the same request for a task that fits `offer`; also returns the
-    answer to that ask, as the ask's own reply (None when the report was not accepted: then
-    nothing was asked)."""
-    return _send(client, outbox, delivery, None, offer)
-
-
-def _send(client: Matchmaker, outbox: Outbox, delivery: Delivery, timeout: float | None,
-          offer: Slot | None) -> tuple[Verdict, str, Reply | None]:
-    attempt_id, passkey = delivery.attempt_id, delivery.passkey
+    """Send one report by its passkey (its full logs first, when kept) and say what became of
+    it, with the matchmaker's words. Does not remove it from the outbox: the caller does, by
+    the verdict."""
     try:
-        for stream in STREAMS:
-            text = outbox.log_bytes(delivery, stream)
-            if text is None:
-                continue
-            reply = client.upload_log(attempt_id, passkey, stream, text, timeout)
-            if reply.status in (403, 404, 409):
-                return Verdict.VOID, reply.error, None
-            if not reply.ok:
-                # The tail in the report still says what happened; the full log is a bonus.
-                log.warning("attempt %s: the matchmaker refused its full %s (%s)", attempt_id,
-                            stream, reply.error)
-        reply = client.report(attempt_id, passkey, delivery.report, timeout, offer)
+        refused = _upload_logs(client, outbox, delivery, timeout)
+        if refused is not None:
+            return Verdict.VOID, refused
+        reply = client.report(delivery.attempt_id, delivery.passkey, delivery.report, timeout)
     except Unreachable as err:
-        return Verdict.RETRY, str(err), None
+        return Verdict.RETRY, str(err)
     if reply.ok:
-        return Verdict.DELIVERED, "duplicate" if reply.data.get("duplicate") else \
-            str(reply.data.get("task_state") or "recorded"), next_reply(reply)
-    if reply.status in (403, 404, 409):
-        return Verdict.VOID, reply.error, None
-    return Verdict.REJECTED, f"HTTP {reply.status}: {reply.error}", None
+        return Verdict.DELIVERED, _recorded(reply.data)
+    return _refused(reply.status, reply.error)
+
+
+def deliver_many(client: Matchmaker, outbox: Outbox, pilot_id: int,
+                 deliveries: Sequence[Delivery], ask: Ask | None = None,
+                 timeout: float | None = None) -> tuple[list[Outcome], Reply | None]:
+    """Send reports of the pilot's own attempts in one request, with `ask` riding along; what
+    became of each (in order), and the answer to the ask as its own reply would be (None when
+    nothing was asked). A request refused as a whole (the token, a report the matchmaker
+    cannot read) sends each report by its passkey instead, so that one bad report or an
+    expired token keeps no other from being recorded; the refusal is then the ask's answer."""
+    outcomes: dict[int, Outcome] = {}
+    items = []
+    try:
+        for delivery in deliveries:
+            refused = _upload_logs(client, outbox, delivery, timeout)
+            if refused is not None:
+                outcomes[id(delivery)] = Outcome(delivery, Verdict.VOID, refused)
+            else:
+                items.append(delivery)
+        if not items:
+            return [outcomes[id(delivery)] for delivery in deliveries], None
+        reply = client.reports(pilot_id, [dict(delivery.report, attempt_id=delivery.attempt_id,
+                                               passkey=delivery.passkey)
+                                          for delivery in items], ask, timeout)
+    except Unreachable as err:
+        return [outcomes.get(id(delivery)) or Outcome(delivery, Verdict.RETRY, str(err))
+                for delivery in deliveries], None
+    results = reply.data.get("results") if reply.ok and isinstance(reply.data, Mapping) else None
+    if not isinstance(results, list) or len(results) != len(items):
+        for delivery in items:
+            verdict, words = deliver(client, outbox, delivery, timeout)
+            outcomes[id(delivery)] = Outcome(delivery, verdict, words)
+        answer = Reply(reply.status, reply.data) if ask is not None and not reply.ok else None
+        return [outcomes[id(delivery)] for delivery in deliveries], answer
+    for delivery, result in zip(items, results):
+        if isinstance(result, Mapping) and result.get("error"):
+            verdict, words = _refused(int(result.get("status") or 400), str(result["error"]))
+        else:
+            verdict, words = Verdict.DELIVERED, _recorded(result)
+        outcomes[id(delivery)] = Outcome(delivery, verdict, words)
+    return [outcomes[id(delivery)] for delivery in deliveries], next_reply(reply)
+
+
+def _upload_logs(client: Matchmaker, outbox: Outbox, delivery: Delivery,
+                 timeout: float | None) -> str | None:
+    """Send the full logs kept with a report; the matchmaker's words when it says the report
+    will never be recorded, else None. Raises Unreachable."""
+    for stream in STREAMS:
+        text = outbox.log_bytes(delivery, stream)
+        if text is None:
+            continue
+        reply = client.upload_log(delivery.attempt_id, delivery.passkey, stream, text, timeout)
+        if reply.status in VOID_STATUSES:
+            return reply.error
+        if not reply.ok:
+            # The tail in the report still says what happened; the full log is a bonus.
+            log.warning("attempt %s: the matchmaker refused its full %s (%s)",
+                        delivery.attempt_id, stream, reply.error)
+    return None
+
+
+def _recorded(answer: Any) -> str:
+    if not isinstance(answer, Mapping):
+        return "recorded"
+    return "duplicate" if answer.get("duplicate") else str(answer.get("task_state") or "recorded")
+
+
+def _refused(status: int, error: str) -> tuple[Verdict, str]:
+    if status in VOID_STATUSES:
+        return Verdict.VOID, error
+    return Verdict.REJECTED, f"HTTP {status}: {error}"

@@ -2,9 +2,10 @@
 
 `<scratch>/floe-pilot/outbox/` is shared by every pilot that runs on the same scratch directory,
 one after the other or side by side, so that a pilot delivers what a killed one left there.
-Each pilot runs its tasks under `runs/<instance>/` and holds an exclusive lock on
-`runs/<instance>.lock` while it lives; a pilot starting removes the run directories whose lock
-nobody holds any more (what killed pilots left), so they do not eat the disk it offers.
+Each pilot runs its tasks under `runs/<instance>/` (a directory per lane) and holds an
+exclusive lock on `runs/<instance>.lock` while it lives; a pilot starting removes the run
+directories whose lock nobody holds any more (what killed pilots left), so they do not eat the
+disk it offers.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class WorkArea:
         self.run_dir.mkdir()
         return self.outbox
 
-    def task_dir(self, attempt_id: int) -> Path:
-        return self.run_dir / str(attempt_id)
+    def lane_dir(self, lane: int) -> Path:
+        """The scratch directory of the tasks of one lane of this pilot."""
+        return self.run_dir / f"lane{lane}"
 
     def remove_dead(self) -> list[str]:
         """Remove the run directories of pilots that are gone; returns their instance names."""

@@ -54,11 +54,11 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "the c
 class LiveMatchmaker:
     """One matchmaker process (started again on the same database after `stop()`)."""
 
-    def __init__(self, directory: Path, tls: bool = False) -> None:
+    def __init__(self, directory: Path, tls: bool = False, settings: str = SETTINGS) -> None:
         self.directory = directory
         self.db = directory / "floe.sqlite"
         self.settings = directory / "server.toml"
-        self.settings.write_text(SETTINGS)
+        self.settings.write_text(settings)
         self.port = free_port()
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"

@@ -48,7 +48,7 @@ def requeued_as_lost(matchmaker: LiveMatchmaker, pilot: Pilot, attempt: dict) ->
 def test_an_attempt_larger_than_the_free_slot_is_given_back_and_requeued(
         matchmaker: LiveMatchmaker, tmp_path):
     pilot, attempt = pilot_with_an_attempt(matchmaker, tmp_path, memory=16 * MIB)
-    pilot._start(attempt, pilot.clock())
+    pilot._start(pilot._hold(attempt, pilot.clock()))
     assert not pilot.claims.busy
     assert "needs more than the pilot has free: 64MiB memory (16MiB free)" in \
         requeued_as_lost(matchmaker, pilot, attempt)
@@ -59,7 +59,7 @@ def test_an_attempt_that_arrives_as_the_pilot_drains_is_given_back_not_run(
         matchmaker: LiveMatchmaker, tmp_path):
     pilot, attempt = pilot_with_an_attempt(matchmaker, tmp_path, memory=GIB)
     pilot.drain("SIGTERM received")
-    pilot._start(attempt, pilot.clock())
+    pilot._start(pilot._hold(attempt, pilot.clock()))
     assert not pilot.claims.busy
     assert "told to stop" in requeued_as_lost(matchmaker, pilot, attempt)
     pilot.work.close()

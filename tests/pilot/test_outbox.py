@@ -11,7 +11,7 @@ import pytest
 
 from config.resources import GIB, Slot
 from pilot.client import Matchmaker
-from pilot.outbox import Outbox, Verdict, deliver
+from pilot.outbox import Delivery, Outbox, Verdict, deliver
 
 from .live import LiveMatchmaker
 
@@ -36,6 +36,35 @@ def test_a_kept_report_is_found_by_the_next_outbox_on_the_directory(tmp_path):
     assert (kept.attempt_id, kept.passkey, kept.report) == (12, "passkey-12", REPORT)
     assert os.listdir(tmp_path / "outbox") == ["12.json"]
     assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
+
+
+def test_reports_kept_together_share_one_file_until_every_one_is_settled(tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    batch = [Delivery(n, f"pk-{n}", dict(REPORT, exit_code=n)) for n in (7, 5, 6)]
+    outbox.put_many(batch)
+    assert os.listdir(tmp_path / "outbox") == ["5.json"]
+    kept = Outbox(tmp_path / "outbox").pending()
+    assert [(k.attempt_id, k.passkey, k.report["exit_code"]) for k in kept] == [
+        (5, "pk-5", 5), (6, "pk-6", 6), (7, "pk-7", 7)]
+
+    outbox.remove(batch[0])
+    outbox.set_aside(batch[1], "HTTP 400: no")
+    assert sorted(os.listdir(tmp_path / "outbox")) == ["5.json", "rejected"]
+    # A pilot killed now delivers the batch again: the settled ones come back as duplicates.
+    assert len(Outbox(tmp_path / "outbox").pending()) == 3
+    outbox.remove(batch[2])
+    assert os.listdir(tmp_path / "outbox") == ["rejected"]
+
+
+def test_a_report_kept_by_a_pilot_of_the_previous_release_is_still_delivered(tmp_path):
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox" / "4.json").write_text(json.dumps(
+        {"attempt_id": 4, "passkey": "pk", "report": REPORT, "logs": {}, "written": 1.0}))
+    outbox = Outbox(tmp_path / "outbox")
+    [kept] = outbox.pending()
+    assert (kept.attempt_id, kept.passkey, kept.report) == (4, "pk", REPORT)
+    outbox.remove(kept)
+    assert os.listdir(tmp_path / "outbox") == []
 
 
 def test_long_logs_move_in_beside_their_report_and_go_with_it(tmp_path):

@@ -16,7 +16,7 @@ import sys, time
 from pilot.workarea import WorkArea
 work = WorkArea(sys.argv[1])
 work.open()
-work.task_dir(1).mkdir()
+work.lane_dir(1).mkdir()
 print(work.instance, flush=True)
 time.sleep(60)
 """
@@ -38,7 +38,7 @@ def test_a_killed_pilots_run_directory_is_cleared_and_a_live_ones_kept(tmp_path)
         work.open()
         runs = tmp_path / "floe-pilot" / "runs"
         assert not (runs / dead_name).exists() and not (runs / f"{dead_name}.lock").exists()
-        assert (runs / live_name / "1").is_dir()
+        assert (runs / live_name / "lane1").is_dir()
         assert work.run_dir.is_dir()
         work.close()
         assert sorted(p.name for p in runs.iterdir()) == [live_name, f"{live_name}.lock"]
@@ -51,6 +51,6 @@ def test_the_work_area_holds_the_shared_outbox(tmp_path):
     first, second = WorkArea(tmp_path), WorkArea(tmp_path)
     first.open().put(5, "pk", {"exit_code": 0})
     assert [d.attempt_id for d in second.open().pending()] == [5]
-    assert first.task_dir(5) != second.task_dir(5)
+    assert first.lane_dir(5) != second.lane_dir(5)
     first.close()
     second.close()

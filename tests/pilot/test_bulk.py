@@ -1,0 +1,218 @@
+"""The bulk protocol from the pilot's side, against a real matchmaker: several tasks per ask, many
+reports in one request with the next ask riding on it (each report decided on its own, a whole
+refusal falling back to one report at a time), and the loop asking in series only while its
+tasks are short, with far fewer requests than tasks and every result recorded once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any
+
+from config.resources import GIB, Slot
+from pilot.client import Ask, Matchmaker, Reply
+from pilot.loop import Pilot, PilotSettings
+from pilot.outbox import Delivery, Outbox, Verdict, deliver_many
+from pilot.slot import measure
+from pilot.workarea import WorkArea
+
+from .live import LiveMatchmaker
+
+FREE = Slot(cpus=1, memory=GIB, disk=GIB)
+NULL = {"name": "null", "requirements": {"memory": "64MiB", "disk": "1MiB", "walltime": "1m"},
+        "modules": [{"command": "true"}]}
+
+
+class Recording(Matchmaker):
+    """A client that counts its requests by route and keeps every ask it made (alone or riding
+    on reports)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: Counter[str] = Counter()
+        self.asks: list[Ask] = []
+        self.reported = 0
+
+    def ask(self, pilot_id: int, offer: Slot | Ask) -> Reply:
+        self.sent["ask"] += 1
+        if isinstance(offer, Ask):
+            self.asks.append(offer)
+        return super().ask(pilot_id, offer)
+
+    def reports(self, pilot_id: int, reports: Any, ask: Ask | None = None,
+                timeout: float | None = None) -> Reply:
+        self.sent["reports"] += 1
+        self.reported += len(reports)
+        if ask is not None:
+            self.asks.append(ask)
+        return super().reports(pilot_id, reports, ask, timeout)
+
+    def report(self, *args: Any, **kwargs: Any) -> Reply:
+        self.sent["report"] += 1
+        return super().report(*args, **kwargs)
+
+    def heartbeats(self, *args: Any, **kwargs: Any) -> Reply:
+        self.sent["heartbeats"] += 1
+        return super().heartbeats(*args, **kwargs)
+
+
+def registered(matchmaker: LiveMatchmaker) -> tuple[Matchmaker, int]:
+    client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
+    reply = client.register(host="node1", batch_system="none", batch_id="", version="test",
+                            resources={})
+    return client, reply.data["pilot_id"]
+
+
+def one_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, **settings: Any
+                  ) -> tuple[Pilot, Recording, WorkArea]:
+    slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
+                               cpus=1)
+    work = WorkArea(tmp_path)
+    work.open()
+    client = Recording(matchmaker.url, matchmaker.pilot_token())
+    return Pilot(client, slot, work, PilotSettings(idle_timeout=0.5, **settings)), client, work
+
+
+def run_to_the_end(pilot: Pilot, work: WorkArea) -> None:
+    try:
+        assert pilot.run() == 0
+    finally:
+        work.close()
+
+
+def test_reports_in_one_request_are_each_decided_and_the_ask_riding_on_them_is_answered(
+        matchmaker: LiveMatchmaker, tmp_path):
+    dataset = matchmaker.submit({"jobs": 5, "tasks": [NULL]})
+    client, pilot_id = registered(matchmaker)
+    first = client.ask(pilot_id, Ask(FREE, max_tasks=3, in_series=True)).data["attempts"]
+    assert len(first) == 3
+    outbox = Outbox(tmp_path / "outbox")
+    good, stolen, again = (Delivery(a["id"], a["passkey"], {"exit_code": 0}) for a in first)
+    stolen.passkey = "not-its-passkey"
+    outbox.put_many([good, stolen, again])
+
+    outcomes, answer = deliver_many(client, outbox, pilot_id, [good, stolen, again],
+                                    Ask(FREE, max_tasks=5, in_series=True))
+    assert [o.verdict for o in outcomes] == [Verdict.DELIVERED, Verdict.VOID, Verdict.DELIVERED]
+    assert outcomes[1].words.startswith(f"wrong passkey for attempt {stolen.attempt_id}")
+    assert answer is not None and answer.ok
+    # Two tasks were left: the stolen one is still out, so only they come.
+    assert len(answer.data["attempts"]) == 2
+
+    repeated, nothing = deliver_many(client, outbox, pilot_id, [good])
+    assert [(o.verdict, o.words) for o in repeated] == [(Verdict.DELIVERED, "duplicate")]
+    assert nothing is None
+    assert sorted(matchmaker.states(dataset)) == ["complete"] * 2 + ["processing"] * 3
+
+
+def test_a_malformed_report_among_good_ones_is_set_apart_and_the_others_are_recorded(
+        matchmaker: LiveMatchmaker, tmp_path):
+    dataset = matchmaker.submit({"jobs": 2, "tasks": [NULL]})
+    client, pilot_id = registered(matchmaker)
+    attempts = client.ask(pilot_id, Ask(FREE, max_tasks=2, in_series=True)).data["attempts"]
+    outbox = Outbox(tmp_path / "outbox")
+    good = Delivery(attempts[0]["id"], attempts[0]["passkey"], {"exit_code": 0})
+    bad = Delivery(attempts[1]["id"], attempts[1]["passkey"], {"exit_code": "zero"})
+    outbox.put_many([good, bad])
+
+    # The matchmaker refuses the request as a whole; each report then goes on its own.
+    outcomes, answer = deliver_many(client, outbox, pilot_id, [good, bad], Ask(FREE))
+    assert [o.verdict for o in outcomes] == [Verdict.DELIVERED, Verdict.REJECTED]
+    assert outcomes[1].words.startswith("HTTP 400")
+    assert answer is not None and answer.status == 400
+    assert sorted(matchmaker.states(dataset)) == ["complete", "processing"]
+
+
+def test_a_busy_pilot_sends_many_reports_per_request_and_records_each_once(
+        matchmaker: LiveMatchmaker, tmp_path):
+    dataset = matchmaker.submit({"jobs": 60, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    run_to_the_end(pilot, work)
+
+    assert matchmaker.states(dataset) == ["complete"] * 60
+    assert len(matchmaker.attempts(dataset)) == 60
+    assert len(pilot.timings) == 60 and client.reported == 60
+    assert client.sent["report"] == 0
+    # One report request per batch of tasks that ended together, and the asks mostly ride
+    # on them: far fewer requests than tasks.
+    assert client.sent["reports"] + client.sent["ask"] <= 20, client.sent
+
+
+def test_a_pilot_asks_in_series_only_once_its_tasks_are_known_to_be_short(
+        matchmaker: LiveMatchmaker, tmp_path):
+    matchmaker.submit({"jobs": 12, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    run_to_the_end(pilot, work)
+    first, *later = client.asks
+    # Nothing is known of the tasks at first: one, side by side in the free CPU.
+    assert (first.in_series, first.max_tasks) == (False, 1)
+    assert later and all(ask.in_series and ask.max_tasks > 1 for ask in later), client.asks
+
+
+def test_a_pilot_with_long_tasks_never_queues_any(matchmaker: LiveMatchmaker, tmp_path):
+    matchmaker.submit({"jobs": 3, "tasks": [dict(NULL, modules=[{"command": "sleep 0.6"}])]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    run_to_the_end(pilot, work)
+    assert len(pilot.timings) == 3
+    assert all(not ask.in_series and ask.max_tasks == 1 for ask in client.asks), client.asks
+
+
+def test_a_pilot_told_not_to_prefetch_never_queues(matchmaker: LiveMatchmaker, tmp_path):
+    matchmaker.submit({"jobs": 5, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, prefetch_horizon=0)
+    run_to_the_end(pilot, work)
+    assert len(pilot.timings) == 5
+    assert all(not ask.in_series for ask in client.asks), client.asks
+
+
+def test_the_queue_is_sized_from_the_recent_tasks_wall_times(tmp_path):
+    slot = measure(lifetime=3600, scratch=tmp_path, gpu_source=None)
+    work = WorkArea(tmp_path)
+    work.open()
+    pilot = Pilot(Matchmaker("http://127.0.0.1:9"), slot, work, PilotSettings())
+    try:
+        assert pilot._series_size() == 1  # nothing known yet
+        for seconds, size in ((0.3, 3), (0.001, 64), (0.05, 20), (0.6, 1), (30.0, 1)):
+            pilot._durations.clear()
+            pilot._durations.extend([seconds] * 5)
+            assert pilot._series_size() == size, seconds
+    finally:
+        work.close()
+
+
+def test_a_kill_for_a_queued_attempt_drops_it_and_the_others_go_on_waiting(
+        matchmaker: LiveMatchmaker, tmp_path):
+    voided = matchmaker.submit({"jobs": 1, "tasks": [NULL]})
+    kept = matchmaker.submit({"jobs": 2, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    try:
+        pilot._register(pilot.clock())
+        answer = client.ask(pilot.pilot_id, Ask(FREE, max_tasks=3, in_series=True))
+        pilot._answered(answer, pilot.clock(), pilot.clock(), Ask(FREE, 3, True), 3600)
+        assert len(pilot._queue) == 3
+        status, _ = matchmaker.api("POST", f"/datasets/{voided}/reset", {"scope": "all"})
+        assert status == 200
+
+        pilot._next_heartbeat = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 1
+        assert sorted(held.label.split()[1] for held in pilot._queue) == [str(kept)] * 2
+        assert pilot.counts["void"] == 1
+    finally:
+        work.close()
+
+
+def test_an_idle_registered_pilot_keeps_itself_alive_with_an_empty_heartbeat(
+        matchmaker: LiveMatchmaker, tmp_path):
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    try:
+        pilot._register(pilot.clock())
+        assert pilot._next_heartbeat > pilot.clock()
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 0  # not yet due
+        pilot._next_heartbeat = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 1
+        assert pilot._next_heartbeat > pilot.clock()
+    finally:
+        work.close()

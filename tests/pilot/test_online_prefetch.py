@@ -1,0 +1,132 @@
+"""The online pilot with a queue of prefetched tasks and one heartbeat for all its attempts, as a
+real subprocess against a real matchmaker: queued attempts are kept alive while they wait and
+given back when the pilot is stopped, a kill for one attempt kills that one only, and reports
+that piled up while the matchmaker was away all arrive, once each."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .live import LiveMatchmaker, wait_for
+from .test_online_faults import alive, outbox, sleeper
+from .test_online_running import probe
+
+
+def behind_a_slow_one(slow: str, jobs: int = 10) -> dict:
+    """Tasks that end at once, but for job 3's, which runs `slow`: once job 0 has ended the
+    pilot knows that its tasks are short, queues the rest, and those after job 3 wait."""
+    return {"jobs": jobs, "max_retries": 0, "tasks": [{
+        "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
+        "modules": [{"command": f"if [ $args(job) -eq 3 ]; then {slow}; fi"}]}]}
+
+
+def one_cpu(matchmaker: LiveMatchmaker, scratch: Path, *options: str):
+    return matchmaker.start_pilot(scratch, *options, env={"SLURM_CPUS_ON_NODE": "1"})
+
+
+def heartbeats_since_dispatch(matchmaker: LiveMatchmaker) -> list[float]:
+    """For each attempt in processing, seconds from its dispatch to its last heartbeat, as the
+    matchmaker has written them (heartbeats are flushed every second)."""
+    with sqlite3.connect(f"file:{matchmaker.db}?mode=ro", uri=True) as db:
+        return [row[0] for row in db.execute(
+            "SELECT last_heartbeat - started FROM attempts WHERE state = 'processing'")]
+
+
+def test_queued_attempts_are_heartbeated_and_given_back_on_sigterm(
+        matchmaker: LiveMatchmaker, tmp_path):
+    pid_file = tmp_path / "task.pid"
+    dataset_id = matchmaker.submit(behind_a_slow_one(sleeper(pid_file)))
+    pilot = one_cpu(matchmaker, tmp_path / "scratch")
+    task_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30,
+                            "job 3 to start"))
+    # The attempts that wait behind job 3 are processing on the matchmaker, and the pilot's
+    # heartbeat (every 5 s here) keeps each of them alive, not only the running one.
+    wait_for(lambda: (lambda gaps: len(gaps) == 7 and min(gaps) > 1)(
+        heartbeats_since_dispatch(matchmaker)), 20, "a heartbeat of every held attempt")
+
+    pilot.send_signal(signal.SIGTERM)
+    assert pilot.wait(30) == 0, (tmp_path / "pilot.log").read_text()
+
+    assert not alive(task_pid)
+    tasks = matchmaker.tasks(dataset_id)
+    assert sorted(task["state"] for task in tasks) == ["complete"] * 3 + ["ready"] * 7
+    requeued = [task for task in tasks if task["state"] == "ready"]
+    assert all(task["failures"] == 0 and len(task["attempts"]) == 1 for task in requeued)
+    lost = [task["attempts"][0] for task in requeued]
+    assert {(a["state"], a["error_class"]) for a in lost} == {("reset", "pilot_lost")}
+    said = Counter("while running it" in a["error_message"] for a in lost)
+    assert said == {True: 1, False: 6}, [a["error_message"] for a in lost]
+    assert all("SIGTERM" in a["error_message"] for a in lost)
+    assert not list(outbox(tmp_path / "scratch").glob("*.json"))
+
+
+def test_a_kill_in_the_pilots_heartbeat_kills_that_attempt_only(
+        matchmaker: LiveMatchmaker, tmp_path):
+    if probe({"PATH": "/usr/bin:/bin"}, tmp_path)["cpus"] < 2:
+        pytest.skip("this machine offers a single CPU")
+    voided_pid, kept_pid = tmp_path / "voided.pid", tmp_path / "kept.pid"
+    voided, kept = (matchmaker.submit({"jobs": 1, "tasks": [{
+        "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
+        "modules": [{"command": sleeper(pid_file)}]}]}) for pid_file in (voided_pid, kept_pid))
+    pilot = matchmaker.start_pilot(tmp_path / "scratch", env={"SLURM_CPUS_ON_NODE": "2"})
+    voided_task, kept_task = (int(wait_for(lambda p=p: p.exists() and p.read_text(), 30,
+                                           "both tasks to start"))
+                              for p in (voided_pid, kept_pid))
+
+    status, answer = matchmaker.api("POST", f"/datasets/{voided}/reset", {"scope": "all"})
+    assert status == 200, answer
+    # The pilot learns it from its next heartbeat (every 5 s here).
+    wait_for(lambda: not alive(voided_task), 15, "the voided task to be killed")
+    log = tmp_path / "pilot.log"
+    wait_for(lambda: "not reported" in log.read_text(), 10, "the pilot to drop the attempt")
+    assert alive(kept_task)
+    [running] = matchmaker.attempts(kept)
+    assert running["state"] == "processing"
+
+    pilot.send_signal(signal.SIGTERM)
+    assert pilot.wait(30) == 0, log.read_text()
+    first = matchmaker.attempts(voided)[0]  # the task, requeued, may have run again
+    assert (first["state"], first["exit_code"]) == ("reset", None)
+    [stopped] = matchmaker.attempts(kept)
+    assert (stopped["state"], stopped["error_class"]) == ("reset", "pilot_lost")
+    assert "SIGTERM" in stopped["error_message"]
+
+
+def test_reports_kept_through_an_outage_arrive_once_each(matchmaker: LiveMatchmaker, tmp_path):
+    dataset_id = matchmaker.submit({"jobs": 20, "tasks": [{
+        "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
+        "modules": [{"command": "sleep 0.1; echo '{\"events\": 1}' > $FLOE_STATS"}]}]})
+    scratch = tmp_path / "scratch"
+    pilot = one_cpu(matchmaker, scratch, "--idle-timeout", "5s")
+    wait_for(lambda: matchmaker.states(dataset_id).count("complete") >= 2, 30,
+             "the first tasks to be reported")
+
+    # The queued tasks go on running while the matchmaker is away; their reports wait.
+    matchmaker.stop()
+    wait_for(lambda: kept_reports(outbox(scratch)) >= 3, 30, "reports kept in the outbox")
+    assert pilot.poll() is None
+    matchmaker.start()
+
+    assert pilot.wait(60) == 0, (tmp_path / "pilot.log").read_text()
+    assert matchmaker.states(dataset_id) == ["complete"] * 20
+    attempts = matchmaker.attempts(dataset_id)
+    assert [a["state"] for a in attempts] == ["complete"] * 20
+    events = matchmaker.statistic(dataset_id, "events")
+    assert (events["count"], events["sum"]) == (20, 20.0)
+    assert not list(outbox(scratch).iterdir())
+
+
+def kept_reports(directory: Path) -> int:
+    count = 0
+    for path in directory.glob("*.json"):
+        try:
+            count += len(json.loads(path.read_text())["reports"])
+        except (OSError, ValueError, KeyError):
+            continue  # removed, or being written, as we looked
+    return count
