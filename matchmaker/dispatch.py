@@ -158,30 +158,22 @@ def answer_json(engine: Engine, answer: Answer) -> bytes:
     return answer.to_json(engine)
 
 
-def candidates(engine: Engine):
-    """Datasets with ready work, a user at a time: users most deserving first (lowest decayed
-    usage per share), and each user's datasets most deserving first (usage per priority).
-    Both orders are kept up to date by the ledgers; this is a generator because the first
-    user's first dataset usually has a task that fits."""
+def choose(engine: Engine, slot: Slot) -> tuple[DatasetState, int] | None:
+    """Pop the best ready task for `slot`, or None: users most deserving first (lowest decayed
+    usage per share), and each user's datasets most deserving first (usage per priority); both
+    orders are kept up to date by the ledgers, and walked in place (nothing is charged while
+    we look), since this runs for every task handed out."""
     processing = DatasetStatus.PROCESSING
     datasets = engine.datasets
-    dataset_order = engine.dataset_usage.ordered
-    for user_id in engine.user_usage.ordered():
-        live = [d for d in map(datasets.__getitem__, dataset_order(user_id))
-                if d.queue.ready and d.status == processing]
-        if live:
-            yield live
-
-
-def choose(engine: Engine, slot: Slot) -> tuple[DatasetState, int] | None:
-    """Pop the best ready task for `slot`, or None."""
-    phases = (True, False) if slot.gpus > 0 else (None,)
-    for gpu_tasks in phases:
-        for group in candidates(engine):
-            for dataset in group:
-                taken = dataset.queue.take(slot, gpu_tasks, dataset.is_ready)
-                if taken is not None:
-                    return dataset, taken[0]
+    ranked = engine.dataset_usage.ranked
+    for gpu_tasks in (True, False) if slot.gpus > 0 else (None,):
+        for user_id in engine.user_usage.ranked():
+            for dataset_id in ranked(user_id):
+                dataset = datasets[dataset_id]
+                if dataset.queue.ready and dataset.status == processing:
+                    taken = dataset.queue.take(slot, gpu_tasks, dataset.is_ready)
+                    if taken is not None:
+                        return dataset, taken[0]
     return None
 
 
@@ -285,7 +277,6 @@ def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float
     job_index, task_index = dataset.locate(task_id)
     job_before = dataset.job_state(job_index)
     dataset.move(task_id, TaskState.PROCESSING)
-    job_after = dataset.job_state(job_index)
 
     settings = engine.settings
     rate = weight(requirements.cpus, requirements.gpus, settings.gpu_weight)
@@ -306,8 +297,8 @@ def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float
         pilot.batch_id, active.passkey_hash, now, now, requirements.cpus, requirements.memory,
         requirements.disk, requirements.gpus, requirements.walltime, None))
     batch.add(MOVE_TASK, (TaskState.PROCESSING.value, now, task_id, TaskState.READY.value))
-    if job_after != job_before:
-        batch.add(SET_JOB, (job_after, dataset.id, job_index))
+    if job_before != "processing":  # a job with a task processing is processing
+        batch.add(SET_JOB, ("processing", dataset.id, job_index))
 
     def undo() -> None:
         """Offer the task again. Only while the reservation is still this attempt's: an undone

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from operator import itemgetter
 
 
 class Ledger:
     """Decaying usage of many entities (users, datasets), comparable at any instant.
 
-    It also keeps its entities sorted by usage / weight (`ordered`), within groups (a user's
+    It also keeps its entities sorted by usage / weight (`ranked`), within groups (a user's
     datasets), updated as charges come in, so that finding the most deserving user and dataset
     costs nothing per ask.
     """
@@ -65,9 +66,10 @@ class Ledger:
         self._rank[key] = rank
         bisect.insort(order, (rank, key))
 
-    def ordered(self, group: Hashable = None) -> list[Hashable]:
-        """The entities of `group` ever charged or reranked, least usage per weight first."""
-        return [key for _, key in self._order.get(group, ())]
+    def ranked(self, group: Hashable = None) -> Iterator[Hashable]:
+        """The entities of `group` ever charged or reranked, least usage per weight first: read
+        in place, so valid only until the next charge or rerank."""
+        return map(itemgetter(1), self._order.get(group, ()))
 
     def scaled(self, key: Hashable) -> float:
         """A time-invariant rank of `key`'s usage: compare these, don't read them as seconds."""
