@@ -2,7 +2,7 @@
 
 One thread (the one that calls `Pilot.run`) speaks to the matchmaker and decides. Tasks run in
 lanes: a lane is a thread that holds one claim on the slot and runs a task in it, then the next
-queued task that fits the same claim, and so on, in one scratch directory that it reuses while
+queued task if the same claim holds it, and so on, in one scratch directory that it reuses while
 the tasks leave it clean (every lane under one `Supervisor` that applies the headroom policy
 across the slot). When the pilot's recent tasks are short it prefetches: it asks for tasks to
 run one after another, enough for about `prefetch_horizon` seconds of work, and queues them, so
@@ -423,8 +423,9 @@ class Pilot:
 
     def _time_after_queue(self) -> int:
         """Seconds left in the slot once the queued tasks have run their walltimes."""
+        # A copy: lanes take from the queue meanwhile.
         return self.slot.seconds_left() - sum(int(held.requirements.walltime)
-                                              for held in self._queue)
+                                              for held in tuple(self._queue))
 
     def _ask_plan(self, now: float) -> tuple[Ask, int] | None:
         """The ask to make when it is time to ask for work (registered, still asking, room for
@@ -587,8 +588,9 @@ class Pilot:
         self._start_lane(held, claim)
 
     def _pack(self) -> None:
-        """Start queued attempts in lanes of their own where what is free holds them; give
-        back those that no lane of this slot could ever hold."""
+        """Start queued attempts, in their order, in lanes of their own while what is free
+        holds the next one (a later one never overtakes it, so a large task is not starved by
+        small ones); give back those that no lane of this slot could ever hold."""
         if not self._queue or not self.claims.can_offer():
             return
         unfit = []
@@ -599,11 +601,11 @@ class Pilot:
                 if not self.claims.fits_slot(held.requirements):
                     unfit.append(held)
                     self._queue.remove(held)
-                elif self.claims.free().holds(held.requirements):
-                    self._queue.remove(held)
-                    self._start_lane(held, self.claims.claim(held.requirements))
-                    if not self.claims.can_offer():
-                        break
+                    continue
+                if not self.claims.free().holds(held.requirements):
+                    break
+                self._queue.remove(held)
+                self._start_lane(held, self.claims.claim(held.requirements))
         for held in unfit:
             self._give_back(held, "the task needs more than this pilot's whole slot: "
                                   f"{held.requirements.cpus} CPUs, "
@@ -635,8 +637,8 @@ class Pilot:
             f"pilot {self.pilot_id} could not run it: {why}"), {}, self.clock()))
 
     def _lane(self, number: int, held: Held | None, claim: Claim, scratch: Scratch) -> None:
-        """A lane's thread: run the task, then the queued ones that fit the same claim, for
-        as long as they succeed (a failure goes through the loop, which keeps the black-hole
+        """A lane's thread: run the task, then the next queued ones while the same claim holds
+        them and they succeed (a failure goes through the loop, which keeps the black-hole
         streak)."""
         try:
             while held is not None:
@@ -657,16 +659,17 @@ class Pilot:
             self._wake.notify()
 
     def _next_in_lane(self, done: Finished, claim: Claim, scratch: Scratch) -> Held | None:
-        """The queued attempt a lane runs next in its claim (taken out of the queue), if any;
-        called under the lock."""
-        if not self._chain or done.result is None or not done.result.ok:
+        """The next queued attempt, taken out of the queue, when the lane may run it in its
+        claim (it holds it, and the last task succeeded); else None, and the lane ends. Called
+        under the lock."""
+        if not self._chain or done.result is None or not done.result.ok or not self._queue:
             return None
-        for held in self._queue:
-            if claim.holds(held.requirements):
-                self._queue.remove(held)
-                held.run = self._task_run(held, claim, scratch)
-                return held
-        return None
+        held = self._queue[0]
+        if not claim.holds(held.requirements):
+            return None
+        self._queue.popleft()
+        held.run = self._task_run(held, claim, scratch)
+        return held
 
     def _execute(self, held: Held, scratch: Scratch) -> Finished:
         """Run one attempt in a lane; its report, with its full logs moved into the outbox."""

@@ -1,6 +1,6 @@
 """Pieces of the online loop that the end-to-end tests cannot time: an attempt the pilot will
-not run is given back at once (the matchmaker requeues it), and the report body carries what
-the matchmaker records."""
+not run is given back at once (the matchmaker requeues it), the report body carries what the
+matchmaker records, and a lane takes queued tasks in their order."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import dataclasses
 
 from config.resources import GIB, MIB, Slot, Usage
 from config.states import ErrorClass
+from pilot.claims import Claim
 from pilot.client import Matchmaker
 from pilot.limits import Overuse
-from pilot.loop import Pilot, PilotSettings, report_of
-from pilot.runner import TaskResult
+from pilot.loop import Finished, Pilot, PilotSettings, report_of
+from pilot.runner import Scratch, TaskResult, run_task
 from pilot.slot import measure
 from pilot.workarea import WorkArea
 
@@ -84,3 +85,40 @@ def test_a_report_carries_what_the_matchmaker_records():
     assert report["outputs"] == result.outputs
     result.overuse = None
     assert "overuse" not in report_of(result)
+
+
+def synthetic_attempt(attempt_id: int, cpus: int) -> dict:
+    """An attempt as the matchmaker hands it out, of a null task needing `cpus` CPUs."""
+    requirements = {"cpus": cpus, "memory": 64 * MIB, "disk": MIB, "gpus": 0, "walltime": 60}
+    return {"id": attempt_id, "passkey": f"pk-{attempt_id}", "task_id": attempt_id,
+            "dataset": 1, "job": attempt_id, "task": "null", "jobs_submitted": 10,
+            "requirements": requirements, "steering": {},
+            "spec": {"name": "null", "modules": [{"command": "true"}]}}
+
+
+def test_a_lane_takes_the_next_queued_task_only_if_its_claim_holds_it(tmp_path):
+    slot = dataclasses.replace(measure(lifetime=3600, scratch=tmp_path, gpu_source=None),
+                               cpus=2, memory=GIB, disk=GIB)
+    work = WorkArea(tmp_path)
+    work.open()
+    pilot = Pilot(Matchmaker("http://127.0.0.1:9"), slot, work, PilotSettings())
+    try:
+        big, small = pilot._hold(synthetic_attempt(1, 2), 0.0), pilot._hold(
+            synthetic_attempt(2, 1), 0.0)
+        pilot._queue.extend([big, small])
+        lane = Claim(cpus=1, memory=GIB // 2, disk=GIB // 2)
+        succeeded = Finished(small, run_task({"task": {"name": "null", "modules": [
+            {"command": "true"}]}}, tmp_path / "done"), {}, {}, 0.0)
+        scratch = Scratch(tmp_path / "lane")
+        # The two-CPU task at the head waits for the lane to end, not for every small one
+        # behind it to have run.
+        assert pilot._next_in_lane(succeeded, lane, scratch) is None
+        pilot._queue.rotate(-1)
+        assert pilot._next_in_lane(succeeded, lane, scratch) is small
+        assert list(pilot._queue) == [big]
+        failed = dataclasses.replace(succeeded, result=dataclasses.replace(
+            succeeded.result, error_class=ErrorClass.TASK_ERROR))
+        pilot._queue.appendleft(pilot._hold(synthetic_attempt(3, 1), 0.0))
+        assert pilot._next_in_lane(failed, lane, scratch) is None
+    finally:
+        work.close()
