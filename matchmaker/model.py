@@ -202,7 +202,7 @@ class DatasetState:
                 and self.counts[COMPLETE] + self.counts[FAILED] == self.total_tasks)
 
 
-def job_state(codes: bytes, retried: bool = False) -> str:
+def job_state(codes: bytes | bytearray, retried: bool = False) -> str:
     """A job's state from its tasks' state codes."""
     present = set(codes)
     if present == {COMPLETE}:

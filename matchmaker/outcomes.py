@@ -45,7 +45,7 @@ from . import dispatch
 from .engine import ActiveAttempt, Engine, Pilot, Site, hash_secret
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from .fairshare import weight
-from .model import CODE, STATES, DatasetState, job_state
+from .model import CODE, COMPLETE, STATES, WAITING, DatasetState, job_state
 from .storage import queries
 from .storage.database import Batch, StaleWrite
 from .storage.writes import (
@@ -92,16 +92,18 @@ class Outcome:
         if len(statistics) > MAX_STATISTICS:
             raise BadRequest(f"statistics: at most {MAX_STATISTICS} entries, got "
                              f"{len(statistics)}")
+        numbers = {}
         for name, value in statistics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value):
                 raise BadRequest(f"statistics.{name}: expected a finite number, got {value!r}")
+            numbers[str(name)] = float(value)
         outcome = cls(
             exit_code=data.get("exit_code"),
             error_class=ErrorClass(error) if error else None,
             error_message=str(data.get("error_message") or ""),
             usage=Usage.from_dict(data.get("usage") or {}),
-            statistics={str(k): float(v) for k, v in statistics.items()},
+            statistics=numbers,
             outputs=list(data.get("outputs") or []),
             stdout_tail=str(data.get("stdout_tail") or ""),
             stderr_tail=str(data.get("stderr_tail") or ""),
@@ -165,7 +167,7 @@ def plan(dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
                   lost=dataset.lost.get(task_id, 0))
     codes = bytearray(dataset.states[job_index * dataset.ntasks:
                                      (job_index + 1) * dataset.ntasks])
-    before = job_state(bytes(codes), bool(result.failures or result.lost))
+    before = job_state(codes, bool(result.failures or result.lost))
 
     def move(index: int, new: TaskState) -> None:
         old = STATES[codes[index]]
@@ -176,8 +178,7 @@ def plan(dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
         move(task_index, TaskState.COMPLETE)
         for dependent in dataset.config.tasks[task_index].dependents:
             depends = dataset.config.tasks[dependent].depends
-            if codes[dependent] == CODE[TaskState.WAITING] and all(
-                    codes[d] == CODE[TaskState.COMPLETE] for d in depends):
+            if codes[dependent] == WAITING and all(codes[d] == COMPLETE for d in depends):
                 move(dependent, TaskState.READY)
     else:
         error = outcome.error_class or ErrorClass.TASK_ERROR
@@ -210,7 +211,7 @@ def plan(dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
             else:
                 result.reason = f"requeued: {outcome.error_message or error.value}"
                 move(task_index, TaskState.READY)
-    after = job_state(bytes(codes), bool(result.failures or result.lost))
+    after = job_state(codes, bool(result.failures or result.lost))
     if after != before:
         result.jobs[job_index] = (before, after)
     return result
@@ -295,15 +296,15 @@ def outcome_batch(engine: Engine, dataset: DatasetState, active: ActiveAttempt,
             batch.add(MOVE_TASK, (new.value, now, moved_id, old.value))
     for job_index, (_, after) in decided.jobs.items():
         batch.add(SET_JOB, (after, dataset.id, job_index))
-    task_index = dataset.locate(task_id)[1]
     if outcome.success:
-        for name, value in outcome.statistics.items():
-            batch.add(ADD_STATISTIC, (dataset.id, task_index, "user", name, value))
-        resources = usage.to_dict()
-        resources["wall_time"] = wall
-        for name in RESOURCE_STATISTICS:
-            batch.add(ADD_STATISTIC, (dataset.id, task_index, "resource", name,
-                                      float(resources[name])))
+        dataset_id, task_index = dataset.id, dataset.locate(task_id)[1]
+        batch.extend(ADD_STATISTIC, [(dataset_id, task_index, "user", name, value)
+                                     for name, value in outcome.statistics.items()])
+        measured = (usage.cpu_time, wall, usage.peak_memory, usage.peak_disk,
+                    usage.peak_gpu_memory, usage.gpu_time)  # in RESOURCE_STATISTICS' order
+        batch.extend(ADD_STATISTIC, [
+            (dataset_id, task_index, "resource", name, float(value))
+            for name, value in zip(RESOURCE_STATISTICS, measured, strict=True)])
     return batch, decided, wall
 
 
