@@ -10,6 +10,7 @@ from config.resources import GIB, MIB, Slot, Usage
 from config.states import ErrorClass
 from pilot.claims import Claim
 from pilot.client import Matchmaker
+from pilot.gpus import Gpu
 from pilot.limits import Overuse
 from pilot.loop import Finished, Pilot, PilotSettings, report_of
 from pilot.runner import Scratch, TaskResult, run_task
@@ -87,9 +88,10 @@ def test_a_report_carries_what_the_matchmaker_records():
     assert "overuse" not in report_of(result)
 
 
-def synthetic_attempt(attempt_id: int, cpus: int) -> dict:
+def synthetic_attempt(attempt_id: int, cpus: int, gpus: int = 0) -> dict:
     """An attempt as the matchmaker hands it out, of a null task needing `cpus` CPUs."""
-    requirements = {"cpus": cpus, "memory": 64 * MIB, "disk": MIB, "gpus": 0, "walltime": 60}
+    requirements = {"cpus": cpus, "memory": 64 * MIB, "disk": MIB, "gpus": gpus,
+                    "walltime": 60}
     return {"id": attempt_id, "passkey": f"pk-{attempt_id}", "task_id": attempt_id,
             "dataset": 1, "job": attempt_id, "task": "null", "jobs_submitted": 10,
             "requirements": requirements, "steering": {},
@@ -120,5 +122,23 @@ def test_a_lane_takes_the_next_queued_task_only_if_its_claim_holds_it(tmp_path):
             succeeded.result, error_class=ErrorClass.TASK_ERROR))
         pilot._queue.appendleft(pilot._hold(synthetic_attempt(3, 1), 0.0))
         assert pilot._next_in_lane(failed, lane, scratch) is None
+    finally:
+        work.close()
+
+
+def test_a_task_in_a_lane_sees_only_as_many_of_its_gpus_as_it_asked_for(tmp_path):
+    gpus = (Gpu(0, "GPU-aaaa", "A100", 40 * GIB), Gpu(1, "GPU-bbbb", "A100", 40 * GIB))
+    slot = dataclasses.replace(measure(lifetime=3600, scratch=tmp_path, gpu_source=None),
+                               cpus=2, memory=GIB, disk=GIB, gpus=gpus)
+    work = WorkArea(tmp_path)
+    work.open()
+    pilot = Pilot(Matchmaker("http://127.0.0.1:9"), slot, work, PilotSettings())
+    try:
+        both = pilot.claims.claim(pilot._hold(synthetic_attempt(1, 1, gpus=2), 0.0).requirements)
+        later = pilot._hold(synthetic_attempt(2, 1, gpus=1), 0.0)
+        assert [gpu.uuid for gpu in pilot._task_run(later, both, Scratch(tmp_path)).gpus] == \
+            ["GPU-aaaa"]
+        none = pilot._hold(synthetic_attempt(3, 1), 0.0)
+        assert pilot._task_run(none, both, Scratch(tmp_path)).gpus == ()
     finally:
         work.close()
