@@ -16,7 +16,8 @@ a live pilot holds), from the server's database opened read-only. Four measureme
 - no matchable work: tasks that require another site, or more memory than the shape offers;
   pilots submitted over several factory cycles;
 - null tasks (`true`) per second with 2 local pilots of 1 CPU, at 10,000 and at 100,000 queued
-  tasks (one fresh server each), counted over a fixed window; where the CPU went in that window
+  tasks (one fresh server each; the queue is kept that deep by submitting more datasets as the
+  pilots drain it), counted over a fixed window; where the CPU went in that window
   (matchmaker, factory, pilots, the tasks themselves); and, once the pilots are gone, whether
   every attempt is recorded (attempt rows against the tasks' states and the server's counts).
 
@@ -37,6 +38,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -135,6 +137,19 @@ class Server:
 
     def dataset(self, dataset: int) -> dict[str, Any]:
         return self.call("GET", f"/datasets/{dataset}")
+
+    def totals(self) -> dict[str, int]:
+        """Tasks of every dataset by state; "queued" counts the waiting, the ready and those of
+        jobs not created yet."""
+        totals: dict[str, int] = {"queued": 0}
+        for dataset in self.call("GET", "/datasets")["datasets"]:
+            for state, count in dataset["tasks"].items():
+                totals[state] = totals.get(state, 0) + count
+            totals["queued"] += (dataset["tasks"].get("waiting", 0)
+                                 + dataset["tasks"].get("ready", 0)
+                                 + (dataset["jobs"] - dataset["jobs_created"])
+                                 * dataset["tasks_per_job"])
+        return totals
 
     def site(self, name: str) -> dict[str, Any]:
         """The site's running (registered) pilots and the attempts they hold now."""
@@ -374,17 +389,47 @@ def cpu_seconds(process: psutil.Process, children: bool = False) -> float:
     return times.user + times.system
 
 
+class DepthKeeper(threading.Thread):
+    """Keeps about `depth` tasks queued while the pilots take them: whenever a tenth of the
+    depth is missing, it submits a dataset of that many null jobs, as a production manager
+    keeping a queue full would. It records the queue's shallowest and deepest readings."""
+
+    def __init__(self, server: Server, depth: int) -> None:
+        super().__init__(daemon=True, name="depth-keeper")
+        self.server = server
+        self.depth = depth
+        self.stopping = threading.Event()
+        self.submitted = 0
+        self.readings: list[int] = []
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.25):
+            queued = self.server.totals()["queued"]
+            self.readings.append(queued)
+            missing = self.depth - queued
+            if missing >= self.depth // 10:
+                self.server.submit(missing, ["true"])
+                self.submitted += missing
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(30)
+
+
 def null_rate(root: Path, depth: int, window: float) -> dict[str, Any]:
-    """Null tasks per second through 2 local pilots, with `depth` tasks queued."""
+    """Null tasks per second through 2 local pilots, with about `depth` tasks kept queued."""
     site = "bench-null"
     server = Server(root / f"null-{depth}", [site])
     factory = None
+    keeper = None
     try:
         started = time.monotonic()
         dataset = server.submit(depth, ["true"])
         wait_for(lambda: server.dataset(dataset)["jobs_created"] == depth, 600,
                  "the jobs to be created", 0.2)
         queued_in = time.monotonic() - started
+        keeper = DepthKeeper(server, depth)
+        keeper.start()
         factory = Factory(root / f"null-{depth}-factory", server, site_document(
             site, "local", 2, 5.0, idle_timeout="1m"))
         wait_for(lambda: server.site(site)["attempts"] >= 2, 60, "both pilots to run tasks")
@@ -394,7 +439,7 @@ def null_rate(root: Path, depth: int, window: float) -> dict[str, Any]:
         def snapshot() -> dict[str, float]:
             machine = psutil.cpu_times()
             return {"time": time.monotonic(),
-                    "complete": server.dataset(dataset)["tasks"]["complete"],
+                    "complete": server.totals().get("complete", 0),
                     "server": cpu_seconds(server.psutil)  # and its database writer process
                     + sum(cpu_seconds(p) for p in server.psutil.children()),
                     "factory": cpu_seconds(factory.psutil),
@@ -404,23 +449,28 @@ def null_rate(root: Path, depth: int, window: float) -> dict[str, Any]:
                     + getattr(machine, "irq", 0) + getattr(machine, "softirq", 0),
                     "machine_all": sum(machine)}
         first = snapshot()
+        readings_before = len(keeper.readings)
         time.sleep(window)
         last = snapshot()
+        in_window = keeper.readings[readings_before:] or [depth]
+        keeper.stop()
         done = last["complete"] - first["complete"]
         span = last["time"] - first["time"]
         factory.stop()  # on_stop remove-all: the pilots drain and leave
         factory = None
         wait_for(lambda: server.site(site)["pilots"] == 0, 60, "the pilots to leave", 0.2)
-        counts = server.dataset(dataset)["tasks"]
+        counts = server.totals()
         states = dict(server.query("SELECT state, count(*) FROM attempts GROUP BY state"))
         complete_tasks = server.query("SELECT count(*) FROM tasks WHERE state = 'complete'")[0][0]
         unended = server.query("SELECT count(*) FROM attempts WHERE ended IS NULL")[0][0]
-        recorded = (states.get("complete", 0) == complete_tasks == counts["complete"]
-                    and unended == 0 and counts["processing"] == 0)
+        recorded = (states.get("complete", 0) == complete_tasks == counts.get("complete", 0)
+                    and unended == 0 and counts.get("processing", 0) == 0)
         per_task = {name: round(1000 * (last[name] - first[name]) / max(1, done), 2)
                     for name in ("server", "factory", "pilots", "tasks")}
         return {
             "queued_tasks": depth, "seconds_to_queue": round(queued_in, 1),
+            "queued_in_window": {"min": min(in_window), "max": max(in_window)},
+            "tasks_submitted_to_keep_the_depth": keeper.submitted,
             "window_seconds": round(span, 1), "tasks_done_in_window": done,
             "null_tasks_per_second": round(done / span, 1),
             "cpu_ms_per_task": per_task,
@@ -431,10 +481,12 @@ def null_rate(root: Path, depth: int, window: float) -> dict[str, Any]:
                                            2),
             "attempts": {"rows": sum(states.values()), "by_state": states,
                          "tasks_complete": complete_tasks,
-                         "server_count_complete": counts["complete"], "unended": unended},
+                         "server_count_complete": counts.get("complete", 0), "unended": unended},
             "every_attempt_recorded": recorded,
         }
     finally:
+        if keeper is not None:
+            keeper.stop()
         if factory is not None:
             factory.stop()
         server.stop()
