@@ -1,4 +1,5 @@
-"""Fixtures: a real engine over a real SQLite file in a temporary directory, with a fake clock."""
+"""Fixtures: a real engine over a real SQLite file in a temporary directory, with a fake clock;
+and the API world (`world`): the app on a test client with a user, a site and a pilot."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from matchmaker.engine import Engine
 from matchmaker.storage.database import Database
 
 from .support import Clock
+from .test_api import World
 
 
 @pytest.fixture
@@ -49,3 +51,10 @@ async def reopen(settings, clock):
     for engine in opened:
         await engine.stop()
         await engine.db.close()
+
+
+@pytest.fixture
+async def world(tmp_path):
+    started = await World().start(tmp_path)
+    yield started
+    await started.stop()

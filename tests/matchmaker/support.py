@@ -12,6 +12,9 @@ from matchmaker.engine import Engine, Pilot, Site, User
 from matchmaker.model import DatasetState
 from matchmaker.outcomes import Outcome
 
+# A small ask's free resources, as a pilot sends them.
+FREE = {"cpus": 1, "memory": 4 * GIB, "disk": 10 * GIB, "seconds": 86400}
+
 
 class Clock:
     """A clock that moves only when told to."""

@@ -117,13 +117,6 @@ class World:
         await self.server.close()
 
 
-@pytest.fixture
-async def world(tmp_path):
-    started = await World().start(tmp_path)
-    yield started
-    await started.stop()
-
-
 ROLES = ("anonymous", "admin", "owner", "other_user", "site", "other_site", "pilot",
          "other_pilot")
 

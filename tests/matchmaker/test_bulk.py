@@ -16,21 +16,11 @@ from config.resources import GIB, Slot, fits
 from config.settings import server_settings
 from config.states import ErrorClass
 from matchmaker import dispatch, outcomes
-from matchmaker.engine import Engine
+from matchmaker.engine import Engine, Pilot
 from matchmaker.storage.database import Database
 
 from . import support as s
-from .support import Clock
-from .test_api import World
-
-FREE = {"cpus": 1, "memory": 4 * 2**30, "disk": 10 * 2**30, "seconds": 86400}
-
-
-@pytest.fixture
-async def world(tmp_path):
-    started = await World().start(tmp_path)
-    yield started
-    await started.stop()
+from .support import FREE, Clock
 
 
 async def ask_many(world, count, token=None, pilot=None, **free):
@@ -364,10 +354,15 @@ def nothing_else_fits(engine: Engine, left: Slot) -> bool:
     return not any(d.queue.count_fitting(left) for d in engine.datasets.values())
 
 
-async def test_side_by_side_tasks_together_fit_the_offer(engine):
+async def mixed_work(engine: Engine) -> Pilot:
+    """300 jobs of MIXED tasks for one user, and a pilot to ask for them."""
     site = await s.site(engine)
     await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=300, tasks=MIXED))
-    p = await s.pilot(engine, site)
+    return await s.pilot(engine, site)
+
+
+async def test_side_by_side_tasks_together_fit_the_offer(engine):
+    p = await mixed_work(engine)
     rng = random.Random(4)
     handed = 0
     for _ in range(60):
@@ -402,9 +397,7 @@ async def test_side_by_side_tasks_together_fit_the_offer(engine):
 
 
 async def test_tasks_in_series_each_fit_and_their_walltimes_add_up_within_the_time_left(engine):
-    site = await s.site(engine)
-    await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=300, tasks=MIXED))
-    p = await s.pilot(engine, site)
+    p = await mixed_work(engine)
     rng = random.Random(7)
     handed = 0
     for _ in range(40):

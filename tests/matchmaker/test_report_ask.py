@@ -17,17 +17,7 @@ from matchmaker.engine import Engine
 from matchmaker.storage.database import Database
 
 from . import support as s
-from .support import Clock
-from .test_api import World
-
-FREE = {"cpus": 1, "memory": 4 * 2**30, "disk": 10 * 2**30, "seconds": 86400}
-
-
-@pytest.fixture
-async def world(tmp_path):
-    started = await World().start(tmp_path)
-    yield started
-    await started.stop()
+from .support import FREE, Clock
 
 
 async def report(world, attempt, body, token: str | None = ""):
