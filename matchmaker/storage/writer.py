@@ -77,10 +77,10 @@ class WriterProcess:
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        # The path as the server resolves it: a relative one is the server's, not the child's.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "matchmaker.storage.writer", str(self.path),
-             self.durability], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-            cwd=_ROOT)
+            [sys.executable, "-m", "matchmaker.storage.writer", str(self.path.resolve()),
+             self.durability], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         reply = self._exchange(("hello",))
         if reply != ("ready",):
             raise WriterGone(f"the writer process could not open {self.path}: {reply[1]}")
