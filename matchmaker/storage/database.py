@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -46,7 +45,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .writer import Group, WriterGone, WriterProcess, configure
+from .writer import Group, WriterGone, WriterProcess, configure, transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -286,7 +285,7 @@ class Database:
     async def _run_planned(self, item: _Pending) -> None:
         try:
             job = item.plan()
-            result = await self._in_thread(_transaction, self._writer, job)
+            result = await self._in_thread(transaction, self._writer, job)
         except BaseException as exc:
             _fail(item.future, exc)
             return
@@ -337,17 +336,6 @@ class Database:
 
 # -- in the writer thread ---------------------------------------------------------------------
 
-def _transaction(conn: sqlite3.Connection, job: Job[T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = job(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-    return result
-
-
 def _apply(process: WriterProcess, merged: dict[Statement, list[Sequence[Any]]]) -> None:
     """Commit a group through the writer process (see `writer`)."""
     group: Group = []
@@ -362,11 +350,6 @@ def _apply(process: WriterProcess, merged: dict[Statement, list[Sequence[Any]]])
         raise StorageError(str(exc)) from exc
     if stale is not None:
         raise StaleWrite(stale)
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    with contextlib.suppress(sqlite3.OperationalError):  # no transaction was open
-        conn.execute("ROLLBACK")
 
 
 def _connect(path: Path, durability: str) -> sqlite3.Connection:
@@ -401,7 +384,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
                 conn.execute(sql)
             conn.execute(f"PRAGMA user_version = {number}")
 
-        _transaction(conn, migrate)
+        transaction(conn, migrate)
 
 
 def _split(script: str) -> list[str]:

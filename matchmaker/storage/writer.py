@@ -22,10 +22,11 @@ import pickle
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
+T = TypeVar("T")
 # One group: (statement name, SQL, guarded, rows) in the order they run.
 Group = list[tuple[str, str, bool, Sequence[Sequence[Any]]]]
 
@@ -47,21 +48,36 @@ def configure(conn: sqlite3.Connection, durability: str) -> str:
     return mode
 
 
-def commit_group(conn: sqlite3.Connection, group: Group) -> str | None:
-    """Run `group` in one transaction; None once committed, else the name of the guarded
-    statement that found fewer rows than it was given (everything rolled back)."""
+def transaction(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `job(conn)` in a write transaction and commit it; roll back if it raises."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for name, sql, guarded, rows in group:
-            cursor = conn.executemany(sql, rows)
-            if guarded and cursor.rowcount != len(rows):
-                conn.execute("ROLLBACK")
-                return name
+        result = job(conn)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return result
+
+
+class _Stale(Exception):
+    """A guarded statement of a group found fewer rows than it was given."""
+
+
+def commit_group(conn: sqlite3.Connection, group: Group) -> str | None:
+    """Run `group` in one transaction; None once committed, else the name of the guarded
+    statement that found fewer rows than it was given (everything rolled back)."""
+    def run(conn: sqlite3.Connection) -> None:
+        for name, sql, guarded, rows in group:
+            cursor = conn.executemany(sql, rows)
+            if guarded and cursor.rowcount != len(rows):
+                raise _Stale(name)
+
+    try:
+        transaction(conn, run)
+    except _Stale as stale:
+        return stale.args[0]
     return None
 
 
