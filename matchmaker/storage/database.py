@@ -7,27 +7,28 @@ One WAL-mode file, two ways in:
 - a *writer* through which every change goes, one transaction at a time. Group commits (below)
   run in a process of their own (`writer`), so that SQLite never waits on the event loop for
   Python's global lock; `exclusive` and `planned` jobs run on a connection owned by one thread.
-  Each transaction is handed over in a single call, whatever its size, because every hand-over
-  costs a trip through the event loop, and under load that trip is the bottleneck.
 
-Changes reach the writer as `Batch`es of rows for known `Statement`s. The writer merges every
-batch that arrived while it was busy into one transaction, runs each statement once with
-`executemany` (in the statements' fixed order), commits, and only then resolves the waiting
-callers: every match is committed before its answer, yet concurrent requests share one commit.
-A guarded statement is a compare-and-set ("... WHERE state = ?"); when a guard touches fewer rows
-than it was given, the whole group is rolled back and its batches are replayed one at a time, so
-only the stale one fails (with `StaleWrite`) and the others still commit.
+Changes reach the writer as `Batch`es of rows for known `Statement`s. What one turn of the
+event loop queued is sent to the writer process as one message, without waiting for the group
+before it; the process merges every batch that arrived while it was busy into one transaction,
+runs each statement once with `executemany` (in the statements' fixed order), commits, and
+answers; only then are the waiting callers resolved: every match is committed before its
+answer, yet concurrent requests share one commit. A guarded statement is a compare-and-set
+("... WHERE state = ?"); when a guard touches fewer rows than it was given, the whole group is
+rolled back and its batches are replayed one at a time, so only the stale one fails (with
+`StaleWrite`) and the others still commit.
 
 A batch may carry `on_commit` callbacks (bring memory in step with what was just committed) and
 `on_failure` callbacks (undo what a request changed in memory ahead of its commit). Both run on
-the event loop in the writer, before the waiting caller resumes and before any later write
-begins; failure callbacks of a failed group run newest batch first, so that a change built on
-another one's uncommitted state is undone before the state it was built on.
+the event loop as the answer arrives, in the order the batches were sent, before the waiting
+caller resumes; failure callbacks of a failed group run newest batch first, so that a change
+built on another one's uncommitted state is undone before the state it was built on.
 
 Work that is not a batch of rows goes through `exclusive`: a plain function run in the writer
-thread inside its own transaction. Anything it needs from the matchmaker's memory is decided
-by `planned` jobs on the event loop, at their turn in the writer's queue, so that the decision
-sees every earlier commit and nothing else touches memory from the writer thread.
+thread inside its own transaction, once every batch queued before it is answered and before any
+queued after it is sent. Anything it needs from the matchmaker's memory is decided by `planned`
+jobs on the event loop at that turn, so that the decision sees every earlier commit and nothing
+else touches memory from the writer thread.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from .schema import MIGRATIONS, SCHEMA_VERSION
-from .writer import Group, WriterGone, WriterProcess, configure, transaction
+from .writer import Result, Statement, WriterGone, WriterProcess, configure, transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,23 +61,6 @@ class StaleWrite(StorageError):
     """A guarded update found its row in another state than expected (a late or duplicate write)."""
 
 
-@dataclass(frozen=True, eq=False)
-class Statement:
-    """One SQL statement that batches may contribute rows to.
-
-    `order` fixes when it runs within a group commit (lower first); `guarded` statements must
-    touch exactly one row per parameter row, or the batch that gave the row is refused. `fold`,
-    when given, turns the rows that a whole group gave into the rows the SQL runs with (say,
-    one accumulated row per key instead of one per request); it is never guarded.
-    """
-
-    name: str
-    sql: str
-    order: int
-    guarded: bool = False
-    fold: Callable[[list[Sequence[Any]]], list[Sequence[Any]]] | None = None
-
-
 @dataclass
 class Batch:
     """The rows one request wants committed together, all or nothing."""
@@ -86,17 +70,18 @@ class Batch:
     undo: list[Callable[[], None]] = field(default_factory=list)
 
     def on_commit(self, callback: Callable[[], None]) -> Batch:
-        """Run `callback` on the event loop right after this batch commits, before any later
-        write begins: in-memory state follows the database in exactly the order of its commits."""
+        """Run `callback` on the event loop right after this batch commits, before the answer of
+        any later batch is handled: in-memory state follows the database in exactly the order
+        of its commits."""
         self.after.append(callback)
         return self
 
     def on_failure(self, callback: Callable[[], None]) -> Batch:
         """Run `callback` if this batch is refused (StaleWrite) or its write fails, before its
-        caller hears of it and before any later write begins; a batch's callbacks run newest
-        first. It is for undoing in memory what the request changed ahead of the commit. A
-        caller that is cancelled while waiting does not undo anything: its batch still
-        commits."""
+        caller hears of it and before the answer of any later batch is handled; a batch's
+        callbacks run newest first. It is for undoing in memory what the request changed ahead
+        of the commit. A caller that is cancelled while waiting does not undo anything: its
+        batch still commits."""
         self.undo.append(callback)
         return self
 
@@ -134,7 +119,12 @@ class Database:
         self._thread = thread
         self._max_group = max_group
         self._pending: collections.deque[_Pending] = collections.deque()
+        self._inflight: collections.deque[_Pending] = collections.deque()  # sent, unanswered
+        self._answered = asyncio.Event()  # set whenever nothing is in flight
+        self._answered.set()
         self._wakeup = asyncio.Event()
+        self._holding = False  # the writer task is at work that later batches must wait for
+        process.attach(asyncio.get_running_loop())
         self._task = asyncio.create_task(self._run(), name="floe-db-writer")
         self.commits = 0
         self.batches_committed = 0
@@ -154,7 +144,7 @@ class Database:
         except BaseException:
             thread.shutdown()
             raise
-        process = WriterProcess(path, durability)
+        process = WriterProcess(path, durability, max_group, _no_answer, _no_answer)
         try:
             await loop.run_in_executor(thread, process.start)
         except BaseException as exc:
@@ -169,11 +159,13 @@ class Database:
             await reader.execute("PRAGMA busy_timeout = 10000")
             reader.row_factory = aiosqlite.Row
         except BaseException:
-            await loop.run_in_executor(thread, process.close)
+            await loop.run_in_executor(thread, WriterProcess.close, process.detach())
             await loop.run_in_executor(thread, writer.close)
             thread.shutdown()
             raise
-        return cls(path, writer, process, thread, reader, max_group)
+        database = cls(path, writer, process, thread, reader, max_group)
+        process.on_results, process.on_gone = database._on_results, database._on_gone
+        return database
 
     async def close(self) -> None:
         if self._task.done() or self._closing:
@@ -183,7 +175,7 @@ class Database:
         self._wakeup.set()
         await self._task
         await self.reader.close()
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._process.close)
+        await self._in_thread(WriterProcess.close, self._process.detach())
         await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
         self._thread.shutdown()
 
@@ -199,14 +191,9 @@ class Database:
         refused it (StaleWrite for a failed guard, StorageError when the write failed)."""
         self._check_open()
         loop = asyncio.get_running_loop()
-        queued = []
-        for batch in batches:
-            item = None
-            if batch:
-                item = _Pending(loop.create_future(), batch=batch)
-                self._pending.append(item)
-            queued.append(item)
-        self._wakeup.set()
+        queued = [_Pending(loop.create_future(), batch=batch) if batch else None
+                  for batch in batches]
+        self._queue([item for item in queued if item is not None])
         results: list[Exception | None] = []
         for item in queued:
             try:
@@ -225,12 +212,11 @@ class Database:
         self._check_open()
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(_log_failure)
-        self._pending.append(_Pending(future, batch=batch))
-        self._wakeup.set()
+        self._queue([_Pending(future, batch=batch)])
 
     async def exclusive(self, job: Job[T], after: Callable[[T], None] | None = None) -> T:
         """Run `job(connection)` in the writer thread in a transaction of its own and commit it;
-        then `after(result)` on the event loop, before any later write begins. `job` must use
+        then `after(result)` on the event loop, before any later write is sent. `job` must use
         only the connection and what it was given, never the matchmaker's memory."""
         return await self.planned(lambda: job, after)
 
@@ -255,9 +241,19 @@ class Database:
 
     async def _enqueue(self, item: _Pending) -> Any:
         self._check_open()
-        self._pending.append(item)
-        self._wakeup.set()
+        self._queue([item])
         return await item.future
+
+    def _queue(self, items: list[_Pending]) -> None:
+        """Batches go straight to the writer process when nothing waits ahead of them (a trip
+        through the writer task would cost each answer a turn of the event loop, and under load
+        a turn is milliseconds); anything else waits its turn in the writer task's queue."""
+        if (not self._pending and not self._holding and self._process.alive
+                and all(item.batch is not None for item in items)):
+            self._hand_over(items)
+            return
+        self._pending.extend(items)
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
@@ -265,19 +261,23 @@ class Database:
             self._wakeup.clear()
             while self._pending:
                 head = self._pending[0]
-                if head.stop:
-                    self._pending.popleft()
-                    head.future.set_result(None)
-                    return
-                if head.plan is not None:
-                    self._pending.popleft()
-                    await self._run_planned(head)
-                    continue
-                group = []
-                while (self._pending and self._pending[0].batch is not None
-                       and len(group) < self._max_group):
-                    group.append(self._pending.popleft())
-                await self._commit_group(group)
+                self._holding = True  # batches queued meanwhile wait behind this work
+                try:
+                    if head.stop or head.plan is not None:
+                        await self._answered.wait()  # a planned job sees every earlier commit
+                        self._pending.popleft()
+                        if head.stop:
+                            head.future.set_result(None)
+                            return
+                        await self._run_planned(head)
+                        continue
+                    group = []
+                    while (self._pending and self._pending[0].batch is not None
+                           and len(group) < self._max_group):
+                        group.append(self._pending.popleft())
+                    await self._send(group)
+                finally:
+                    self._holding = False
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -299,58 +299,64 @@ class Database:
             return
         _succeed(item.future, result)
 
-    async def _commit_group(self, group: list[_Pending]) -> None:
-        merged: dict[Statement, list[Sequence[Any]]] = {}
-        for item in group:
-            for statement, rows in item.batch.rows.items():
-                merged.setdefault(statement, []).extend(rows)
-        try:
-            await self._in_thread(_apply, self._process, merged)
-        except StaleWrite:
-            if len(group) == 1:
-                _undo(group[0].batch)
-                _fail(group[0].future, StaleWrite(_stale_message(group[0].batch)))
-                return
-            for item in group:  # replay one by one so that only the stale batch fails
-                await self._commit_group([item])
-            return
-        except BaseException as exc:
-            log.exception("database write failed")
-            for item in reversed(group):
-                _undo(item.batch)
-            for item in group:
-                _fail(item.future, StorageError(f"the database write failed: {exc}"))
-            return
-        self.commits += 1
-        self.batches_committed += len(group)
-        for item in group:
+    async def _send(self, group: list[_Pending]) -> None:
+        """Hand `group` to the writer process (started again first if it died)."""
+        process = self._process
+        if not process.alive:
+            await self._answered.wait()  # a dead writer's unanswered batches are failed first
+            WriterProcess.close(process.detach())
             try:
-                for callback in item.batch.after:
-                    callback()
-            except BaseException as exc:
-                log.exception("in-memory update after a commit failed")
-                _fail(item.future, exc)
-                continue
-            _succeed(item.future, None)
+                await self._in_thread(process.start)
+            except WriterGone as exc:
+                self._refuse(group, str(exc))
+                return
+            process.attach(asyncio.get_running_loop())
+        self._hand_over(group)
+
+    def _hand_over(self, group: list[_Pending]) -> None:
+        self._inflight.extend(group)
+        self._answered.clear()
+        self._process.send([item.batch.rows for item in group])
+
+    def _on_results(self, results: list[Result], commits: int) -> None:
+        """The writer's answer for the oldest `len(results)` batches in flight."""
+        group = [self._inflight.popleft() for _ in results]
+        self.commits += commits
+        if results and all(r is not None and r[0] == "error" for r in results):
+            log.error("database write failed: %s", results[0][1])
+            self._refuse(group, f"the database write failed: {results[0][1]}")
+        else:
+            for item, result in zip(group, results, strict=True):
+                if result is None:
+                    self.batches_committed += 1
+                    _commit_callbacks(item)
+                elif result[0] == "stale":
+                    _undo(item.batch)
+                    _fail(item.future, StaleWrite(_stale_message(item.batch)))
+                else:
+                    log.error("database write failed: %s", result[1])
+                    self._refuse([item], f"the database write failed: {result[1]}")
+        if not self._inflight:
+            self._answered.set()
+
+    def _on_gone(self, reason: str) -> None:
+        """The writer died: every batch in flight is refused."""
+        log.error("%s", reason)
+        group = list(self._inflight)
+        self._inflight.clear()
+        self._refuse(group, reason)
+        self._answered.set()
+
+    @staticmethod
+    def _refuse(group: list[_Pending], reason: str) -> None:
+        """Fail `group` with `reason`, undoing its changes to memory newest first."""
+        for item in reversed(group):
+            _undo(item.batch)
+        for item in group:
+            _fail(item.future, StorageError(reason))
 
 
 # -- in the writer thread ---------------------------------------------------------------------
-
-def _apply(process: WriterProcess, merged: dict[Statement, list[Sequence[Any]]]) -> None:
-    """Commit a group through the writer process (see `writer`)."""
-    group: Group = []
-    for statement in sorted(merged, key=lambda s: s.order):
-        rows = merged[statement]
-        if statement.fold is not None:
-            rows = statement.fold(rows)
-        group.append((statement.name, statement.sql, statement.guarded, rows))
-    try:
-        stale = process.commit(group)
-    except WriterGone as exc:
-        raise StorageError(str(exc)) from exc
-    if stale is not None:
-        raise StaleWrite(stale)
-
 
 def _connect(path: Path, durability: str) -> sqlite3.Connection:
     try:
@@ -397,6 +403,21 @@ def _split(script: str) -> list[str]:
 def _stale_message(batch: Batch) -> str:
     names = ", ".join(s.name for s in batch.rows if s.guarded)
     return f"a guarded update found its row changed meanwhile ({names})"
+
+
+def _no_answer(*_: Any) -> None:
+    """Until the database is built, the writer has nothing in flight to answer."""
+
+
+def _commit_callbacks(item: _Pending) -> None:
+    try:
+        for callback in item.batch.after:
+            callback()
+    except BaseException as exc:
+        log.exception("in-memory update after a commit failed")
+        _fail(item.future, exc)
+        return
+    _succeed(item.future, None)
 
 
 def _undo(batch: Batch) -> None:

@@ -1,36 +1,69 @@
-"""The group-commit writer, in a process of its own.
+"""The group-commit writer, in a process of its own, fed as a stream.
 
 Group commits are the matchmaker's hot write path: every match and every report ends in one.
 Run from a thread of the server, SQLite gives up Python's global lock for each row's step and
 must win it back before the next row, while the event loop holds it for milliseconds at a time
 under load; a commit of a few hundred rows then waits on the lock far longer than it works, and
 every answer waits on that commit. In a process of its own the writer has its own lock and the
-server's second core: the server pickles a group's statements and rows, hands them over a pipe
-in one write, and is answered "committed", "stale" (a guarded statement touched fewer rows than
-it was given; the transaction was rolled back) or the error.
+server's second core.
 
-The child is `python -m matchmaker.storage.writer DATABASE DURABILITY`, speaking pickle on its
-standard input and output. It opens the file already migrated by the server, and exits when its
-input closes, so it never outlives the server, even one that was killed.
+The server streams batches to it as they come: the event loop pickles the batches queued since
+its last turn into one frame and writes it to the child's pipe without waiting, and reads the
+answers when they arrive, so no thread and no lock hand-over lies on the path. The child does
+the grouping: it takes every frame that arrived while it was committing the last group, merges
+their batches into one transaction (each statement once, with `executemany`, in the statements'
+fixed order) and answers, for each batch in order, "committed", "stale" (a guarded statement
+touched fewer rows than it was given) or the error. A group with a stale batch is rolled back
+and its batches replayed one at a time, so that only the stale one fails.
+
+The child is `python -m matchmaker.storage.writer DATABASE DURABILITY MAX_GROUP`. It opens the
+file already migrated by the server, says "ready", and exits when its input closes, so it never
+outlives the server, even one that was killed. Frames are a 4-byte length and a pickle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pickle
 import sqlite3
+import struct
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
-# One group: (statement name, SQL, guarded, rows) in the order they run.
-Group = list[tuple[str, str, bool, Sequence[Sequence[Any]]]]
+# What the child answers for one batch: None once committed, ("stale", statement name) or
+# ("error", text).
+Result = tuple[str, str] | None
+# A batch as it crosses the pipe: (statement id, rows) for each statement it gives rows to.
+WireBatch = list[tuple[int, Sequence[Sequence[Any]]]]
 
 _ROOT = Path(__file__).resolve().parents[2]
+_HEADER = struct.Struct("!I")
+_PIPE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, eq=False)
+class Statement:
+    """One SQL statement that batches may contribute rows to.
+
+    `order` fixes when it runs within a group commit (lower first); `guarded` statements must
+    touch exactly one row per parameter row, or the batch that gave the row is refused. `fold`,
+    when given, turns the rows that a whole group gave into the rows the SQL runs with (say,
+    one accumulated row per key instead of one per request); it is never guarded, and it must
+    be a module-level function, since the writer process runs it.
+    """
+
+    name: str
+    sql: str
+    order: int
+    guarded: bool = False
+    fold: Callable[[list[Sequence[Any]]], list[Sequence[Any]]] | None = None
 
 
 class WriterGone(RuntimeError):
@@ -65,14 +98,49 @@ class _Stale(Exception):
     """A guarded statement of a group found fewer rows than it was given."""
 
 
-def commit_group(conn: sqlite3.Connection, group: Group) -> str | None:
-    """Run `group` in one transaction; None once committed, else the name of the guarded
+def commit_batches(conn: sqlite3.Connection, statements: dict[int, Statement],
+                   batches: Sequence[WireBatch]) -> tuple[list[Result], int]:
+    """Commit `batches` as one group; what each is answered, in order, and how many
+    transactions were committed. A group that a stale batch spoils is replayed batch by batch;
+    a failed write fails the whole group."""
+    try:
+        stale = _commit(conn, statements, batches)
+    except sqlite3.Error as exc:
+        return [("error", f"{exc.__class__.__name__}: {exc}")] * len(batches), 0
+    if stale is None:
+        return [None] * len(batches), 1
+    if len(batches) == 1:
+        return [("stale", stale)], 0
+    results: list[Result] = []
+    commits = 0
+    for batch in batches:
+        try:
+            stale = _commit(conn, statements, [batch])
+        except sqlite3.Error as exc:
+            results.append(("error", f"{exc.__class__.__name__}: {exc}"))
+            continue
+        commits += stale is None
+        results.append(None if stale is None else ("stale", stale))
+    return results, commits
+
+
+def _commit(conn: sqlite3.Connection, statements: dict[int, Statement],
+            batches: Sequence[WireBatch]) -> str | None:
+    """One transaction of `batches`; None once committed, else the name of the guarded
     statement that found fewer rows than it was given (everything rolled back)."""
+    merged: dict[int, list[Sequence[Any]]] = {}
+    for batch in batches:
+        for key, rows in batch:
+            merged.setdefault(key, []).extend(rows)
+
     def run(conn: sqlite3.Connection) -> None:
-        for name, sql, guarded, rows in group:
-            cursor = conn.executemany(sql, rows)
-            if guarded and cursor.rowcount != len(rows):
-                raise _Stale(name)
+        for key in sorted(merged, key=lambda k: statements[k].order):
+            statement, rows = statements[key], merged[key]
+            if statement.fold is not None:
+                rows = statement.fold(rows)
+            cursor = conn.executemany(statement.sql, rows)
+            if statement.guarded and cursor.rowcount != len(rows):
+                raise _Stale(statement.name)
 
     try:
         transaction(conn, run)
@@ -81,40 +149,184 @@ def commit_group(conn: sqlite3.Connection, group: Group) -> str | None:
     return None
 
 
-class WriterProcess:
-    """The server's side of the writer process. `commit` blocks (call it from a thread); one
-    caller at a time."""
+class _Frames:
+    """Bytes in, whole frames out."""
 
-    def __init__(self, path: Path, durability: str) -> None:
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def __iter__(self) -> Iterator[bytes]:
+        start, buffer = 0, self._buffer
+        while len(buffer) - start >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(buffer, start)
+            end = start + _HEADER.size + size
+            if len(buffer) < end:
+                break
+            yield bytes(buffer[start + _HEADER.size:end])
+            start = end
+        del buffer[:start]
+
+
+def _frame(message: Any) -> bytes:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload)) + payload
+
+
+def _widen(fd: int) -> None:
+    """A pipe of 1 MiB instead of 64 KiB, where Linux allows it: fewer partial writes."""
+    with contextlib.suppress(AttributeError, OSError):
+        import fcntl
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+
+
+class WriterProcess:
+    """The server's end of the writer process.
+
+    `start` and `close` block (call them from a thread); everything else runs on the event
+    loop. `send` queues batches without waiting; each answer calls `on_results(results,
+    commits)` with as many results as the batches it covers, in the order they were sent; when
+    the process dies or garbles its answer, `on_gone(reason)` is called once, and the batches
+    still unanswered will never be.
+    """
+
+    def __init__(self, path: Path, durability: str, max_group: int,
+                 on_results: Callable[[list[Result], int], None],
+                 on_gone: Callable[[str], None]) -> None:
         self.path = path
         self.durability = durability
+        self.max_group = max_group
+        self.on_results = on_results
+        self.on_gone = on_gone
         self._process: subprocess.Popen | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids: dict[Statement, int] = {}
+        self._known: set[int] = set()  # statements the running child has been told about
+        self._out = bytearray()
+        self._waiting_to_write = False
+        self._frames = _Frames()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
+        """Start the child and wait for it to open the database; raises WriterGone if it
+        cannot."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
         # The path as the server resolves it: a relative one is the server's, not the child's.
-        self._process = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "matchmaker.storage.writer", str(self.path.resolve()),
-             self.durability], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        reply = self._exchange(("hello",))
+             self.durability, str(self.max_group)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
+        header = process.stdout.read(_HEADER.size)
+        reply = pickle.loads(process.stdout.read(_HEADER.unpack(header)[0])) \
+            if len(header) == _HEADER.size else ("error", f"it exited with {process.wait()}")
         if reply != ("ready",):
+            process.kill()
+            process.wait()
             raise WriterGone(f"the writer process could not open {self.path}: {reply[1]}")
+        for pipe in (process.stdin, process.stdout):
+            _widen(pipe.fileno())
+            os.set_blocking(pipe.fileno(), False)
+        self._process = process
+        self._known = set()
+        self._out.clear()
+        self._frames = _Frames()
 
-    def commit(self, group: Group) -> str | None:
-        """Commit `group`; as `commit_group`. Raises WriterGone if the process is gone (it is
-        started again on the next call) and sqlite3.Error for a failed write."""
-        if self._process is None or self._process.poll() is not None:
-            self.start()
-        reply = self._exchange(("commit", group))
-        if reply[0] == "committed":
-            return None
-        if reply[0] == "stale":
-            return reply[1]
-        raise sqlite3.OperationalError(reply[1])
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the started child's answers on `loop`."""
+        self._loop = loop
+        loop.add_reader(self._process.stdout.fileno(), self._readable)
 
-    def close(self) -> None:
+    def send(self, batches: Sequence[dict[Statement, list[Sequence[Any]]]]) -> None:
+        """Queue `batches` (each statement → its rows) for the child, in order."""
+        definitions = []
+        wire: list[WireBatch] = []
+        for rows in batches:
+            items = []
+            for statement, params in rows.items():
+                key = self._ids.setdefault(statement, len(self._ids))
+                if key not in self._known:
+                    self._known.add(key)
+                    definitions.append((key, statement))
+                items.append((key, params))
+            wire.append(items)
+        self._out += _frame(("commit", definitions, wire))
+        if not self._waiting_to_write:
+            self._flush()
+
+    def _flush(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        try:
+            written = os.write(process.stdin.fileno(), self._out)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._gone(f"its pipe broke ({exc.__class__.__name__})")
+            return
+        del self._out[:written]
+        if self._out and not self._waiting_to_write:
+            self._waiting_to_write = True
+            self._loop.add_writer(process.stdin.fileno(), self._flush)
+        elif not self._out and self._waiting_to_write:
+            self._waiting_to_write = False
+            self._loop.remove_writer(process.stdin.fileno())
+
+    def _readable(self) -> None:
+        process = self._process
+        try:
+            data = os.read(process.stdout.fileno(), _PIPE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._gone(f"reading its answer failed ({exc.__class__.__name__})")
+            return
+        if not data:
+            self._gone("it closed its output")
+            return
+        self._frames.feed(data)
+        for frame in self._frames:
+            try:
+                _, results, commits = pickle.loads(frame)
+            except (pickle.UnpicklingError, ValueError, TypeError, EOFError) as exc:
+                self._gone(f"its answer could not be read ({exc.__class__.__name__})")
+                return
+            self.on_results(results, commits)
+            if self._process is not process:  # a write made meanwhile found it gone
+                return
+
+    def _gone(self, why: str) -> None:
+        process = self.detach()
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        code = process.wait()
+        self.close(process)
+        self.on_gone(f"the database writer process ended in the middle of a write (exit code "
+                      f"{code}: {why}); the write is refused, and a new writer is started for "
+                      "the next one")
+
+    def detach(self) -> subprocess.Popen | None:
+        """Stop watching the child (on the loop); the process, for `close`."""
         process, self._process = self._process, None
+        if process is not None and self._loop is not None:
+            self._loop.remove_reader(process.stdout.fileno())
+            if self._waiting_to_write:
+                self._loop.remove_writer(process.stdin.fileno())
+        self._waiting_to_write = False
+        self._out.clear()
+        return process
+
+    @staticmethod
+    def close(process: subprocess.Popen | None) -> None:
+        """Close a detached child's input and wait for it to exit."""
         if process is None:
             return
         try:
@@ -125,46 +337,48 @@ class WriterProcess:
             process.wait()
         process.stdout.close()
 
-    def _exchange(self, message: tuple) -> tuple:
-        process = self._process
-        try:
-            pickle.dump(message, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            process.stdin.flush()
-            return pickle.load(process.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
-            self._process = None
-            with contextlib.suppress(OSError):
-                process.kill()
-            code = process.wait()
-            raise WriterGone(f"the database writer process ended in the middle of a write "
-                             f"(exit code {code}, {exc.__class__.__name__}); the write is "
-                             "refused, and a new writer is started for the next one") from exc
 
-
-def serve(path: str, durability: str, requests: BinaryIO, replies: BinaryIO) -> None:
-    """The child's loop: answer each request until the input closes."""
-    conn = None
+def _read_frames(fd: int, frames: _Frames) -> list[bytes] | None:
+    """Every whole frame available, waiting for at least one; None once the input closed."""
     while True:
-        try:
-            message = pickle.load(requests)
-        except EOFError:
-            break
-        try:
-            if message[0] == "hello":
-                conn = sqlite3.connect(path, isolation_level=None)
-                if configure(conn, durability).lower() != "wal":
-                    raise sqlite3.OperationalError(f"{path} could not switch to WAL mode")
-                reply: tuple = ("ready",)
-            else:
-                stale = commit_group(conn, message[1])
-                reply = ("committed",) if stale is None else ("stale", stale)
-        except Exception as exc:  # sent back: the server logs it and fails the group
-            reply = ("error", f"{exc.__class__.__name__}: {exc}")
-        pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)
-        replies.flush()
-    if conn is not None:
-        conn.close()
+        ready = list(frames)
+        if ready:
+            return ready
+        data = os.read(fd, _PIPE_BYTES)
+        if not data:
+            return None
+        frames.feed(data)
+
+
+def serve(path: str, durability: str, max_group: int, requests: int, replies: int) -> None:
+    """The child's loop: commit what arrived, answer, until the input closes."""
+    def answer(message: Any) -> None:
+        data = _frame(message)
+        while data:
+            data = data[os.write(replies, data):]
+
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        if configure(conn, durability).lower() != "wal":
+            raise sqlite3.OperationalError(f"{path} could not switch to WAL mode")
+    except Exception as exc:  # sent back: the server refuses to start with it
+        answer(("error", f"{exc.__class__.__name__}: {exc}"))
+        return
+    answer(("ready",))
+    _widen(requests)
+    statements: dict[int, Statement] = {}
+    frames = _Frames()
+    while (ready := _read_frames(requests, frames)) is not None:
+        batches: list[WireBatch] = []
+        for frame in ready:
+            _, definitions, wire = pickle.loads(frame)
+            statements.update(definitions)
+            batches.extend(wire)
+        for start in range(0, len(batches), max_group):
+            results, commits = commit_batches(conn, statements, batches[start:start + max_group])
+            answer(("done", results, commits))
+    conn.close()
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2], sys.stdin.buffer, sys.stdout.buffer)
+    serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.stdin.fileno(), sys.stdout.fileno())

@@ -5,9 +5,12 @@ on the engine (the fair-share order is the one that a report followed by an ask 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
+import sqlite3
 import time
 
+import psutil
 import pytest
 
 from config.settings import server_settings
@@ -238,25 +241,25 @@ def picture(engine: Engine) -> dict:
     }
 
 
-def failing_writes(monkeypatch, count: int = 1, delay: float = 0.0) -> list:
-    """Make the next `count` group commits fail as a full disk would (after `delay` seconds in
-    the writer thread); returns the list of failures made."""
-    import sqlite3
-
-    from matchmaker.storage import database
-
-    real = database._apply
-    made = []
-
-    def apply(conn, merged):
-        if len(made) < count:
-            time.sleep(delay)
-            made.append(sorted(s.name for s in merged))
-            raise sqlite3.OperationalError("database or disk is full")
-        return real(conn, merged)
-
-    monkeypatch.setattr(database, "_apply", apply)
-    return made
+@contextlib.contextmanager
+def failing_writes(engine: Engine, hold: float = 0.0):
+    """Until the block ends, every write that ends an attempt fails for real, as on a full disk:
+    a trigger in the database file aborts it with SQLite's own message, in the writer process.
+    With `hold`, the test also holds the file's write lock for `hold` seconds, so that the
+    failing group waits in the writer while the test sends more."""
+    conn = sqlite3.connect(engine.db.path, isolation_level=None)
+    conn.execute("CREATE TRIGGER test_disk_full BEFORE UPDATE OF ended ON attempts"
+                 " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    if hold:
+        conn.execute("BEGIN IMMEDIATE")
+        asyncio.get_running_loop().call_later(hold, conn.execute, "COMMIT")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+        conn.execute("DROP TRIGGER test_disk_full")
+        conn.close()
 
 
 async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
@@ -278,8 +281,7 @@ async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
     assert not engine._job_locks  # dropped once nobody holds or awaits them
 
 
-async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(engine,
-                                                                              monkeypatch):
+async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(engine):
     from matchmaker.storage.database import StorageError
 
     site = await s.site(engine)
@@ -287,8 +289,7 @@ async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(e
     p = await s.pilot(engine, site)
     given = await s.ask(engine, p)
     before = picture(engine)
-    failing_writes(monkeypatch)
-    with pytest.raises(StorageError):
+    with failing_writes(engine), pytest.raises(StorageError, match="database or disk is full"):
         await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
                                       s.success(events=2.0), s.slot().to_dict(), site)
     assert picture(engine) == before
@@ -306,8 +307,7 @@ async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(e
     picture(engine)
 
 
-async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(engine,
-                                                                               monkeypatch):
+async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(engine):
     """The outcome made the job's second task ready; another pilot's ask reserved it in the
     next group commit. The outcome's write fails: the task is waiting again, and the other
     ask's write is refused (the task was never ready in the database)."""
@@ -318,13 +318,13 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     small, big = await s.pilot(engine, site, "small"), await s.pilot(engine, site, "big")
     given = await s.ask(engine, small)
     before = picture(engine)
-    failing_writes(monkeypatch, delay=0.2)
-    report = asyncio.create_task(outcomes.report_and_ask(
-        engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site))
-    await asyncio.sleep(0.05)  # the report's group is being written
-    assert s.state_of(dataset, 0, 1) == "ready"
-    other = asyncio.create_task(dispatch.ask(engine, big, s.slot(cpus=2)))
-    results = await asyncio.gather(report, other, return_exceptions=True)
+    with failing_writes(engine, hold=0.2):
+        report = asyncio.create_task(outcomes.report_and_ask(
+            engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site))
+        await asyncio.sleep(0.05)  # the report's group is being written
+        assert s.state_of(dataset, 0, 1) == "ready"
+        other = asyncio.create_task(dispatch.ask(engine, big, s.slot(cpus=2)))
+        results = await asyncio.gather(report, other, return_exceptions=True)
     assert isinstance(results[0], StorageError) and isinstance(results[1], StaleWrite)
     assert picture(engine) == before
     assert s.state_of(dataset, 0, 1) == "waiting"
@@ -337,7 +337,7 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     picture(engine)
 
 
-async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engine, monkeypatch):
+async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engine):
     from matchmaker.storage.database import StorageError
 
     site = await s.site(engine)
@@ -345,17 +345,22 @@ async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engin
     small, big = await s.pilot(engine, site, "small"), await s.pilot(engine, site, "big")
     given = await s.ask(engine, small)
     before = picture(engine)
-    made = failing_writes(monkeypatch)
-    results = await asyncio.gather(
-        outcomes.report_and_ask(engine, given.attempt_id, given.passkey, s.success(),
-                                s.slot().to_dict(), site),
-        dispatch.ask(engine, big, s.slot(cpus=2)), return_exceptions=True)
-    assert len(made) == 1, "both should have been in one group commit"
-    assert all(isinstance(r, StorageError) for r in results)
+    (writer,) = [c for c in psutil.Process().children()
+                 if "matchmaker.storage.writer" in " ".join(c.cmdline())]
+    with failing_writes(engine):
+        writer.suspend()  # both requests' batches reach it before it reads either
+        asyncio.get_running_loop().call_later(0.1, writer.resume)
+        results = await asyncio.gather(
+            outcomes.report_and_ask(engine, given.attempt_id, given.passkey, s.success(),
+                                    s.slot().to_dict(), site),
+            dispatch.ask(engine, big, s.slot(cpus=2)), return_exceptions=True)
+    # The ask shared the report's group, so it failed with it (alone, its guard would have
+    # found the task waiting in the file: StaleWrite).
+    assert all(isinstance(r, StorageError) for r in results), results
     assert picture(engine) == before and s.state_of(dataset, 0, 1) == "waiting"
 
 
-async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine, monkeypatch):
+async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine):
     """A failure report (a retry: the task ready again) whose write fails, while another
     pilot's ask reserved that very task: the task stays processing, with the reported attempt."""
     from matchmaker.storage.database import StaleWrite, StorageError
@@ -365,13 +370,14 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
     first, second = await s.pilot(engine, site, "first"), await s.pilot(engine, site, "second")
     given = await s.ask(engine, first)
     before = picture(engine)
-    failing_writes(monkeypatch, delay=0.2)
-    report = asyncio.create_task(outcomes.report_and_ask(
-        engine, given.attempt_id, given.passkey, s.failure(), dict(FREE, memory=2**20), site))
-    await asyncio.sleep(0.05)
-    assert s.state_of(dataset, 0) == "ready"
-    other = asyncio.create_task(dispatch.ask(engine, second, s.slot()))
-    results = await asyncio.gather(report, other, return_exceptions=True)
+    with failing_writes(engine, hold=0.2):
+        report = asyncio.create_task(outcomes.report_and_ask(
+            engine, given.attempt_id, given.passkey, s.failure(), dict(FREE, memory=2**20),
+            site))
+        await asyncio.sleep(0.05)
+        assert s.state_of(dataset, 0) == "ready"
+        other = asyncio.create_task(dispatch.ask(engine, second, s.slot()))
+        results = await asyncio.gather(report, other, return_exceptions=True)
     assert isinstance(results[0], StorageError) and isinstance(results[1], StaleWrite)
     assert picture(engine) == before
     assert engine.active[given.attempt_id].task_id == given.task_id

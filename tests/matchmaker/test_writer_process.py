@@ -115,3 +115,30 @@ async def test_concurrent_groups_keep_their_order_through_the_process(tmp_path):
         assert [r["time"] for r in rows] == list(range(300))
     finally:
         await db.close()
+
+
+async def test_batches_sent_while_a_group_waits_in_the_writer_share_the_next_commit(tmp_path):
+    """The writer process groups what reached it while it was busy: a group stuck behind
+    another connection's lock does not hold back the batches sent after it, which then commit
+    together, in order, in one transaction."""
+    import sqlite3
+
+    db = await Database.open(tmp_path / "floe.sqlite")
+    blocker = sqlite3.connect(tmp_path / "floe.sqlite", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        first = asyncio.ensure_future(db.write(Batch().add(INSERT, (0, "group", "0"))))
+        await asyncio.sleep(0.1)  # the first group is in the writer, waiting for the lock
+        commits = db.commits
+        later = [asyncio.ensure_future(db.write(Batch().add(INSERT, (i, "group", str(i)))))
+                 for i in range(1, 51)]
+        await asyncio.sleep(0.1)
+        assert not first.done() and not any(w.done() for w in later)
+        blocker.execute("COMMIT")
+        await asyncio.gather(first, *later)
+        assert db.commits == commits + 2
+        rows = await db.fetchall("SELECT time FROM events WHERE action = 'group' ORDER BY rowid")
+        assert [r["time"] for r in rows] == list(range(51))
+    finally:
+        blocker.close()
+        await db.close()
