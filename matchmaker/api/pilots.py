@@ -16,6 +16,7 @@ from .. import dispatch, outcomes, pilots
 from ..access import Action
 from ..engine import Pilot
 from ..errors import ApiError, Forbidden, NotFound
+from ..storage import queries
 from . import schemas
 from .framework import Context, Param, route
 
@@ -37,7 +38,7 @@ def _check_site(ctx: Context, pilot: Pilot) -> None:
 
 
 @route("POST", "/api/v1/pilots", summary="Register a pilot", tag="pilots", action=Action.PILOT,
-       body=schemas.REGISTER, status=201)
+       body=schemas.REGISTER, response=schemas.REGISTERED, status=201)
 async def register(ctx: Context) -> Any:
     body = ctx.body
     pilot = await pilots.register(ctx.engine, ctx.principal.site, body["host"],
@@ -50,7 +51,8 @@ async def register(ctx: Context) -> Any:
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/ask", summary="Ask for the best task that fits",
-       tag="pilots", action=Action.PILOT, body=schemas.ASK, params=[PILOT_ID],
+       tag="pilots", action=Action.PILOT, body=schemas.ASK, response=schemas.ASKED,
+       params=[PILOT_ID],
        description="Answers {\"attempt\": {...}} with the task, its passkey and its scope, or "
                    "{\"attempt\": null, \"wait\": seconds, \"reason\": \"...\", "
                    "\"shortest_walltime\": seconds or null} when nothing fits. With "
@@ -80,7 +82,7 @@ async def heartbeat(ctx: Context) -> Any:
 @route("POST", "/api/v1/pilots/{pilot_id}/reports", summary="Report how several attempts "
        "ended (and, with `ask`, ask for the pilot's next tasks)", tag="pilots",
        action=Action.PILOT, body=schemas.REPORTS, response=schemas.REPORTED, params=[PILOT_ID],
-       max_body=16 * 2**20, errors=(400, 401, 403, 413),
+       max_body=16 * 2**20, errors=(400, 401, 403, 404, 413),
        description="Each report is decided on its own, by its passkey, exactly as the report "
                    "route decides it (a repeated one is acknowledged with duplicate=true), and "
                    "must be of an attempt given to this pilot; one that cannot be made is "
@@ -88,16 +90,25 @@ async def heartbeat(ctx: Context) -> Any:
                    "fails the others. With `ask`, `next` is what the ask route would answer, "
                    "decided once these outcomes are applied; an ask of a pilot that has ended "
                    "is `next` with `error` and `status` 404 (register again), and leaves the "
-                   "reports recorded. A token of another site than the pilot's is refused "
-                   "whole (403). All are committed, in one group commit, before the answer.")
+                   "reports recorded. A pilot id that never registered is refused whole "
+                   "(404), as the heartbeat route refuses it; one that has ended (exited or "
+                   "lost) may still report. A token of another site than the pilot's is "
+                   "refused whole (403). All are committed, in one group commit, before the "
+                   "answer.")
 async def reports(ctx: Context) -> Any:
     engine = ctx.engine
-    registered = engine.pilots.get(ctx.params["pilot_id"])
-    if registered is not None:  # one that has ended may still report what it ran
+    pilot_id = ctx.params["pilot_id"]
+    # One that has ended is no longer in memory but may still report what it ran: only an id
+    # that never registered is refused.
+    registered = engine.pilots.get(pilot_id)
+    if registered is not None:
         _check_site(ctx, registered)
+    elif not await queries.pilot_registered(engine.db, pilot_id):
+        raise NotFound(f"there is no pilot {pilot_id}; a pilot gets its id when it registers "
+                       "(POST /api/v1/pilots)")
     free = ctx.body.get("ask")
     results, following = await outcomes.report_many(
-        engine, ctx.params["pilot_id"], ctx.principal.site, ctx.body["reports"], free)
+        engine, pilot_id, ctx.principal.site, ctx.body["reports"], free)
     answer = json.dumps({"results": results}, separators=(",", ":")).encode()
     if following is None:
         return web.Response(body=answer, content_type="application/json")
@@ -111,7 +122,8 @@ async def reports(ctx: Context) -> Any:
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/exit", summary="Sign off a pilot", tag="pilots",
-       action=Action.PILOT, body=schemas.PILOT_EXIT, params=[PILOT_ID])
+       action=Action.PILOT, body=schemas.PILOT_EXIT, response=schemas.EXITED,
+       params=[PILOT_ID])
 async def exit_(ctx: Context) -> Any:
     pilot = own_pilot(ctx)
     await pilots.sign_off(ctx.engine, pilot, ctx.body.get("reason") or "exited",

@@ -1,6 +1,8 @@
 """JSON Schemas of the API's request bodies and main responses.
 
-Each is used twice: to check requests (api.validation) and in the OpenAPI document.
+A request body's schema is used twice: to check requests (api.validation) and in the OpenAPI
+document. A response's is declared for the document (tests check real answers against it); one
+that answers in several shapes says so with `oneOf`, which only responses use.
 """
 
 from __future__ import annotations
@@ -78,11 +80,77 @@ REGISTER = _obj({
                   "description": "what the pilot measured (floe pilot --probe prints it)"},
 }, ("host",))
 
+HEARTBEAT_INTERVAL = _int(doc="seconds between the pilot's heartbeats (one for all its "
+                               "attempts)")
+HEARTBEAT_TIMEOUT = _int(doc="seconds without a heartbeat after which an attempt is voided "
+                             "and its task requeued")
+
+REGISTERED = _obj({
+    "pilot_id": _int(1, doc="the pilot's id, in the paths of its other routes"),
+    "site": _str(64, description="the site of the pilot token, the pilot's site"),
+    "heartbeat_interval": HEARTBEAT_INTERVAL,
+    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+}, ("pilot_id", "site", "heartbeat_interval", "heartbeat_timeout"))
+
+_NAMES = {"type": "array", "items": {"type": "string"}}
+
+REQUIREMENTS = _obj({
+    "cpus": _int(1), "memory": _int(doc="bytes"), "disk": _int(doc="bytes"), "gpus": _int(),
+    "walltime": _int(1, doc="seconds"),
+    "os": dict(_NAMES, description="OS names the node must run (patterns); empty: any"),
+    "arch": dict(_NAMES, description="architectures (patterns); empty: any"),
+    "sites": dict(_NAMES, description="sites it may run at (patterns); empty: any"),
+    "exclude_sites": dict(_NAMES, description="sites it may not run at (patterns)"),
+}, ("cpus", "memory", "disk", "gpus", "walltime", "os", "arch", "sites", "exclude_sites"))
+
+GIVEN_ATTEMPT = _obj({
+    "id": _int(1, doc="the attempt's id: `attempt_id` in the heartbeat and report routes"),
+    "passkey": _str(256, description="the attempt's passkey, for its heartbeats, report and "
+                                     "logs"),
+    "task_id": _int(),
+    "job": _int(doc="the job's index in the dataset, from 0"),
+    "requirements": REQUIREMENTS,
+    "task": _str(64, description="the task's name"),
+    "dataset": _int(1, doc="the dataset's id"),
+    "jobs_submitted": _int(1, doc="how many jobs the dataset has"),
+    "spec": {"type": "object", "description": "the task's part of the dataset config, "
+                                              "normalized (docs/config.md)"},
+    "steering": {"type": "object", "description": "the dataset's steering values"},
+    "heartbeat_interval": HEARTBEAT_INTERVAL,
+    "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+}, ("id", "passkey", "task_id", "job", "requirements", "task", "dataset", "jobs_submitted",
+    "spec", "steering", "heartbeat_interval", "heartbeat_timeout"))
+
+_NO_WORK = {
+    "wait": _int(doc="seconds to wait before asking again"),
+    "reason": {"type": "string", "description": "why no task fits, as a sentence"},
+    "shortest_walltime": {"type": ["integer", "null"], "minimum": 1,
+                          "description": "the shortest walltime among ready tasks, seconds "
+                                         "(a pilot with less time left can leave); null when "
+                                         "no task is ready"},
+}
+
+ASKED = {"oneOf": [
+    _obj({"attempt": GIVEN_ATTEMPT}, ("attempt",)),
+    _obj(dict(_NO_WORK, attempt={"type": "null"}),
+         ("attempt", "wait", "reason", "shortest_walltime")),
+    _obj({"attempts": {"type": "array", "items": GIVEN_ATTEMPT, "minItems": 1,
+                       "maxItems": MAX_TASKS}}, ("attempts",)),
+    _obj(dict(_NO_WORK, attempts={"type": "array", "maxItems": 0}),
+         ("attempts", "wait", "reason", "shortest_walltime")),
+], "description": "without `max_tasks`: the task handed out, {\"attempt\": {...}}, or "
+                  "{\"attempt\": null, ...} with why none fits and how long to wait; with "
+                  "`max_tasks`, the list form: {\"attempts\": [{...}, ...]}, or "
+                  "{\"attempts\": [], ...} as above"}
+
 PILOT_EXIT = _obj({
     "reason": _str(64, description="idle, drained, lifetime, suspect node, error"),
     "message": _str(4000),
     "suspect": {"type": "boolean", "description": "the node failed several tasks in a row"},
 })
+
+EXITED = _obj({"pilot_id": _int(1), "state": {"type": "string", "enum": ["exited"]}},
+              ("pilot_id", "state"))
 
 HEARTBEAT = _obj({"usage": USAGE})
 

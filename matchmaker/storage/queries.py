@@ -80,6 +80,12 @@ async def ended_attempt(db: Database, attempt_id: int) -> Any:
         " WHERE attempt_id = ?", (attempt_id,))
 
 
+async def pilot_registered(db: Database, pilot_id: int) -> bool:
+    """Whether a pilot of this id ever registered, whatever its state now (a pilot that has
+    ended is no longer in memory, but may still report what it ran)."""
+    return await db.fetchone("SELECT 1 FROM pilots WHERE pilot_id = ?", (pilot_id,)) is not None
+
+
 # -- what the API shows ---------------------------------------------------------------------------
 
 def _attempt(row: Any, tails: bool) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from config.settings import server_settings
 from matchmaker.api.framework import AUTH, ENGINE, ROUTES
+from matchmaker.api.validation import problems
 from matchmaker.server import create_app
 
 from . import support as s
@@ -470,6 +471,55 @@ async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world
             if declared.body is not None:
                 assert op["requestBody"]["content"]["application/json"]["schema"] == \
                     declared.body
+
+
+def declared_answer(document: dict, method: str, path: str, status: int) -> dict:
+    """The schema the OpenAPI document declares for a route's answer of `status`."""
+    return document["paths"][path][method.lower()]["responses"][str(status)]["content"][
+        "application/json"]["schema"]
+
+
+def exactly_declared(answer, schema: dict) -> list[str]:
+    """How `answer` breaks `schema` (of one of its `oneOf` shapes, exactly one of which must
+    take it), or a declared shape that leaves any of its fields optional; [] when the answer is
+    exactly what the schema declares."""
+    shapes = schema.get("oneOf", [schema])
+    taking = [shape for shape in shapes if not problems(answer, shape)]
+    if len(taking) != 1:
+        return [f"{len(taking)} of the declared shapes take {answer!r}: "
+                + "; ".join(p for shape in shapes for p in problems(answer, shape))]
+    shape = taking[0]
+    if shape.get("additionalProperties") is not False or \
+            set(shape.get("required", ())) != set(answer):
+        return [f"the declared shape of {sorted(answer)} is not exact: {shape}"]
+    return []
+
+
+async def test_pilot_answers_are_exactly_what_the_openapi_document_declares(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+
+    async def check(method, path, body, status=200):
+        got, answer = await world.api.call(method, path, world.pilot_token, body)
+        assert got == status, answer
+        pattern = re.sub(r"/\d+/", "/{pilot_id}/", path)
+        assert exactly_declared(answer, declared_answer(document, method, pattern, status)) \
+            == [], (path, answer)
+        return answer
+
+    pilot = (await check("POST", "/api/v1/pilots", {"host": "node3"}, 201))["pilot_id"]
+    ask = f"/api/v1/pilots/{pilot}/ask"
+    assert (await check("POST", ask, s.FREE))["attempt"]
+    assert len((await check("POST", ask, dict(s.FREE, cpus=2, max_tasks=2)))["attempts"]) == 2
+    tiny = dict(s.FREE, memory=2**20)
+    assert (await check("POST", ask, tiny))["attempt"] is None
+    assert (await check("POST", ask, dict(tiny, max_tasks=3)))["attempts"] == []
+    assert (await check("POST", f"/api/v1/pilots/{pilot}/exit", {"reason": "idle"}))[
+        "state"] == "exited"
+
+
+def test_a_loose_answer_schema_is_not_exact():
+    assert exactly_declared({"pilot_id": 1}, {"type": "object"}) != []
+    assert exactly_declared({"attempt": None}, {"oneOf": [{"type": "object"}] * 2}) != []
 
 
 async def test_submit_answers_before_a_large_dataset_is_created_and_work_starts_early(world):

@@ -21,6 +21,7 @@ from matchmaker.storage.database import Database
 
 from . import support as s
 from .support import FREE, Clock
+from .test_api import declared_answer, exactly_declared
 
 
 async def ask_many(world, count, token=None, pilot=None, **free):
@@ -240,6 +241,31 @@ async def test_reports_of_a_pilot_that_has_ended_are_recorded_and_its_ask_refuse
                                        "register again", "status": 404}
 
 
+async def test_reports_for_a_pilot_id_that_never_registered_are_refused_whole_with_404(world):
+    attempt, = await ask_many(world, 1)
+    unknown = world.other_pilot + 100
+    status, answer = await send_reports(world, [done(attempt)], ask=FREE, pilot=unknown)
+    assert (status, answer) == (404, {"error": f"there is no pilot {unknown}; a pilot gets its "
+                                               "id when it registers (POST /api/v1/pilots)"})
+    status, _ = await send_heartbeat(world, [], pilot=unknown)
+    assert status == 404  # as the heartbeat route answers it
+    assert attempt["id"] in world.engine.active  # nothing was recorded
+
+
+async def test_a_pilot_that_exited_may_still_report_what_it_ran(world):
+    reported, held = await ask_many(world, 2, cpus=2)
+    status, answer = await send_reports(world, [done(reported)])
+    assert status == 200 and answer["results"][0]["task_state"] == "complete"
+    status, _ = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/exit",
+                                     world.pilot_token, {"reason": "idle"})
+    assert status == 200 and world.pilot not in world.engine.pilots
+    status, answer = await send_reports(world, [done(reported), done(held)])
+    assert status == 200, answer
+    repeated, lost = answer["results"]
+    assert repeated["duplicate"] is True
+    assert lost["status"] == 409 and "is void" in lost["error"], lost
+
+
 async def test_an_empty_or_oversized_list_of_reports_is_refused_with_the_limit(world):
     status, answer = await send_reports(world, [])
     assert (status, answer["error"]) == (400, "body.reports: at least 1 items, got 0")
@@ -328,6 +354,16 @@ async def test_the_bulk_report_items_are_the_report_routes_body(world):
     assert bulk["properties"]["ask"]["properties"] == \
         body("/api/v1/pilots/{pilot_id}/ask")["properties"]
     assert "max_tasks" in bulk["properties"]["ask"]["properties"]
+
+
+async def test_the_next_of_bulk_reports_is_exactly_the_declared_ask_answer(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    asked = declared_answer(document, "POST", "/api/v1/pilots/{pilot_id}/ask", 200)
+    first, second = await ask_many(world, 2, cpus=2)
+    for attempt, ask in ((first, FREE), (second, dict(FREE, cpus=2, max_tasks=2))):
+        status, answer = await send_reports(world, [done(attempt)], ask=ask)
+        assert status == 200, answer
+        assert exactly_declared(answer["next"], asked) == [], answer["next"]
 
 
 # -- on the engine: packing, fair share, locks --------------------------------------------------
