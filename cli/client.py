@@ -25,9 +25,19 @@ def progress_bar(counts: dict[str, int], width: int = 30) -> str:
     return "[" + bar[:width].ljust(width, ".") + "]"
 
 
-def percent_done(counts: dict[str, int]) -> float:
-    total = sum(counts.values()) or 1
-    return 100.0 * (counts.get("complete", 0) + counts.get("failed", 0)) / total
+def percent_ended(counts: dict[str, int], decimals: int = 1) -> str:
+    """The percentage of tasks ended (complete or failed) of all the tasks in `counts`, with
+    `decimals` decimals, or as many more as it takes for a dataset with some tasks ended not
+    to read 0 and one with some still to run not to read 100 (a few tasks of a large dataset
+    are a few thousandths of a percent)."""
+    total = sum(counts.values())
+    ended = counts.get("complete", 0) + counts.get("failed", 0)
+    percent = 100.0 * ended / (total or 1)
+    text = f"{percent:.{decimals}f}"
+    while 0 < ended < total and float(text) in (0.0, 100.0):
+        decimals += 1
+        text = f"{percent:.{decimals}f}"
+    return text
 
 
 def _configure_submit(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +80,7 @@ def _print_overview(datasets: list[dict[str, Any]]) -> None:
     for d in datasets:
         counts = d["tasks"]
         print(f"{d['id']:>4}  {(d['owner'] or '-')[:12]:<12} {d['status']:<11} {d['jobs']:>8}  "
-              f"{progress_bar(counts):<32} {percent_done(counts):5.1f}%  "
+              f"{progress_bar(counts):<32} {percent_ended(counts):>5}%  "
               f"{counts['processing']:>5} {counts['failed']:>5}  {d['description'][:40]}")
 
 
@@ -82,7 +92,7 @@ def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
         print(f"  {d['description']}")
     print(f"  jobs: {d['jobs']} ({d['jobs_created']} created), {d['tasks_per_job']} tasks each: "
           f"{', '.join(d['task_names'])}")
-    print(f"  {progress_bar(counts, 40)} {percent_done(counts):.1f}% ended")
+    print(f"  {progress_bar(counts, 40)} {percent_ended(counts)}% ended")
     print("  tasks: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
     overall = [s for s in statistics if s["task"] is None]
     if overall:
@@ -134,7 +144,7 @@ def _progress_line(dataset: dict[str, Any]) -> str:
     counts = dataset["tasks"]
     tally = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
     return (f"dataset {dataset['id']} {dataset['status']}: {progress_bar(counts)} "
-            f"{percent_done(counts):5.1f}% ended ({tally})")
+            f"{percent_ended(counts):>5}% ended ({tally})")
 
 
 def _run_wait(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ from typing import Any
 
 from config.factory import to_toml
 
-from .client import percent_done, progress_bar
+from .client import percent_ended, progress_bar
 from .http import Client, ClientError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,7 +284,7 @@ class Demo:
         states = " ".join(f"{state} {counts[state]}" for state in PROGRESS_ORDER
                           if counts[state] or state == "complete")
         return (f"{elapsed // 60}:{elapsed % 60:02d} {progress_bar(counts, 20)} "
-                f"{percent_done(counts):3.0f}%  {pilots} pilot{'s' if pilots != 1 else ''} | "
+                f"{percent_ended(counts, 0):>3}%  {pilots} pilot{'s' if pilots != 1 else ''} | "
                 f"{states}")
 
     # ------------------------------------------------------------------ the summary

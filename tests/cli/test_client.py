@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.client import percent_ended
 from tests.cli.support import as_user, config_file, run, run_process
 from tests.pilot.live import LiveMatchmaker, free_port, wait_for
 from tests.pilot.scripted import ScriptedPilot
@@ -77,6 +78,17 @@ def test_status_lists_every_dataset_with_its_progress(capsys, matchmaker, tmp_pa
     # One task of three complete: a third of the bar and 33.3% done.
     assert "[" + "#" * 10 + "." * 20 + "]" in row and "33.3%" in row
     assert row.rstrip().endswith(CONFIG["description"])
+
+
+@pytest.mark.parametrize(("complete", "failed", "total", "shown", "whole"), [
+    (0, 0, 3, "0.0", "0"), (1, 0, 3, "33.3", "33"), (0, 3, 3, "100.0", "100"),
+    (1, 2, 100_000, "0.003", "0.003"), (99_990, 9, 100_000, "99.999", "99.999"),
+    (0, 0, 0, "0.0", "0")])
+def test_the_percent_ended_is_neither_0_nor_100_while_some_tasks_have_and_some_have_not(
+        complete, failed, total, shown, whole):
+    counts = {"ready": total - complete - failed, "complete": complete, "failed": failed}
+    assert percent_ended(counts) == shown
+    assert percent_ended(counts, decimals=0) == whole
 
 
 def test_status_json_lists_the_datasets_as_the_api_does(capsys, matchmaker, tmp_path):

@@ -39,6 +39,15 @@ def test_wait_follows_a_real_pilot_until_every_task_is_complete(matchmaker, tmp_
     assert matchmaker.states(dataset) == ["complete"] * 3
 
 
+def test_wait_shows_the_few_tasks_ended_of_a_large_dataset_as_more_than_none(capsys, matchmaker):
+    dataset = matchmaker.submit(config("true", jobs=10_000))
+    ScriptedPilot(matchmaker).run_one()
+    status, out, _ = run(capsys, "wait", str(dataset), "--timeout", "0", *as_user(matchmaker))
+    assert status == 1
+    assert out.splitlines()[0] == (f"dataset {dataset} processing: [{'.' * 30}]  0.01% ended "
+                                   "(9999 ready, 1 complete)")
+
+
 def test_wait_redraws_one_line_in_place_on_a_terminal(matchmaker, tmp_path):
     dataset = matchmaker.submit(config("echo done", jobs=2))
     primary, secondary = pty.openpty()
