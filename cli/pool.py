@@ -66,7 +66,7 @@ def _sites_show(data: Any, args: argparse.Namespace) -> None:
     if not data["sites"]:
         print("no sites yet; an admin adds one with `floe site add NAME`")
         return
-    print(table(["SITE", "PILOTS", "ATTEMPTS"],
+    print(table(["SITE", "PILOTS", "RUNNING"],
                 [[s["name"], s["pilots"], s["attempts"]] for s in data["sites"]]))
 
 
@@ -88,8 +88,8 @@ def _shares_show(data: Any, args: argparse.Namespace) -> None:
 SUBCOMMANDS = subcommands({
     "pilots": Command("list pilots with what they measured and run", _pilots_arguments,
                       _pilots_fetch, _pilots_show),
-    "sites": Command("list sites with their running pilots", _nothing, _get("/api/v1/sites"),
-                     _sites_show),
+    "sites": Command("list sites with their running pilots and the attempts those run now",
+                     _nothing, _get("/api/v1/sites"), _sites_show),
     "users": Command("list users with their roles and shares", _nothing,
                      _get("/api/v1/users"), _users_show),
     "shares": Command("show each user's fair share against recent usage", _nothing,

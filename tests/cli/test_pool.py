@@ -63,17 +63,22 @@ def test_pilots_of_an_unknown_site_is_one_sentence(capsys, matchmaker):
                    "`floe site add site-z`\n")
 
 
-def test_sites_lists_each_site_with_its_running_pilots(capsys, matchmaker):
+def test_sites_lists_each_site_with_its_running_pilots_and_the_attempts_they_run(
+        capsys, matchmaker):
     admin = matchmaker._floe("user", "add", "carol", "--admin")["token"]
     assert matchmaker.api("POST", "/sites", {"name": "site-b"}, token=admin)[0] == 201
     matchmaker.submit(CONFIG)
-    ScriptedPilot(matchmaker).take()
+    busy = ScriptedPilot(matchmaker)
+    attempt = busy.take()
     ScriptedPilot(matchmaker, "node2")
     status, out, _ = run(capsys, "sites", *as_user(matchmaker))
     assert status == 0
     assert [line.split() for line in out.strip().splitlines()] == [
-        ["SITE", "PILOTS", "ATTEMPTS"], ["site-a", "2", "1"], ["site-b", "0", "0"]]
+        ["SITE", "PILOTS", "RUNNING"], ["site-a", "2", "1"], ["site-b", "0", "0"]]
     assert run_json(capsys, "sites", *as_user(matchmaker)) == matchmaker.get("/sites")
+    busy.report(attempt)  # RUNNING counts what runs now, not what ran
+    _, out, _ = run(capsys, "sites", *as_user(matchmaker))
+    assert out.splitlines()[1].split() == ["site-a", "2", "0"]
 
 
 def test_users_lists_roles_shares_and_datasets(capsys, matchmaker):
