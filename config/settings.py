@@ -36,6 +36,11 @@ SERVER_SCHEMA = Object([
     Field("durability", Enum(("full", "normal")), "how hard each commit is synced to disk",
           "full", details="`full` survives power loss; `normal` survives a crash of the server "
                           "but may lose the last commits on power loss, for more speed."),
+    Field("cache", Size(2**20, 2**36), "how much of the database the writer process keeps in "
+          "its own memory", "512MiB",
+          details="Every commit reads the pages it changes. Pages in this cache never wait "
+                  "for the disk, whatever the system does with its page cache (some hosts "
+                  "reclaim it within a minute); memory is taken only as pages are used."),
     Field("heartbeat_interval", Duration(5, 3600), "how often pilots report that their running "
           "attempts are alive (one request for all of a pilot's attempts)", "60s"),
     Field("heartbeat_timeout", Duration(30, 7 * 86400), "an attempt not heard from for this "
@@ -79,6 +84,7 @@ class ServerSettings:
     tls_cert: str
     tls_key: str
     durability: str
+    cache: int
     heartbeat_interval: int
     heartbeat_timeout: int
     pilot_lost_after: int

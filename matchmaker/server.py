@@ -35,7 +35,8 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
     add_pages(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        db = await Database.open(settings.database, durability=settings.durability)
+        db = await Database.open(settings.database, durability=settings.durability,
+                                 cache=settings.cache)
         engine = Engine(db, settings, clock)
         try:
             await engine.load()

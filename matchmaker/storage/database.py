@@ -131,9 +131,10 @@ class Database:
         self._closing = False
 
     @classmethod
-    async def open(cls, path: str | Path, *, durability: str = "full",
+    async def open(cls, path: str | Path, *, durability: str = "full", cache: int = 64 * 2**20,
                    max_group: int = 1000) -> Database:
-        """Open (creating and migrating when needed) the database at `path`."""
+        """Open (creating and migrating when needed) the database at `path`; the writer
+        process keeps up to `cache` bytes of it in memory."""
         path = Path(path)
         if durability not in ("full", "normal"):
             raise StorageError(f'durability must be "full" or "normal", got {durability!r}')
@@ -144,7 +145,7 @@ class Database:
         except BaseException:
             thread.shutdown()
             raise
-        process = WriterProcess(path, durability, max_group, _no_answer, _no_answer)
+        process = WriterProcess(path, durability, cache, max_group, _no_answer, _no_answer)
         try:
             await loop.run_in_executor(thread, process.start)
         except BaseException as exc:

@@ -16,7 +16,7 @@ fixed order) and answers, for each batch in order, "committed", "stale" (a guard
 touched fewer rows than it was given) or the error. A group with a stale batch is rolled back
 and its batches replayed one at a time, so that only the stale one fails.
 
-The child is `python -m matchmaker.storage.writer DATABASE DURABILITY MAX_GROUP`. It opens the
+The child is `python -m matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It opens the
 file already migrated by the server, says "ready", and exits when its input closes, so it never
 outlives the server, even one that was killed. Frames are a 4-byte length and a pickle.
 """
@@ -70,14 +70,14 @@ class WriterGone(RuntimeError):
     """The writer process exited or its pipe broke; the message says how."""
 
 
-def configure(conn: sqlite3.Connection, durability: str) -> str:
-    """The settings every writing connection of the matchmaker runs with; the journal mode
-    SQLite ended up in (the caller insists on "wal")."""
+def configure(conn: sqlite3.Connection, durability: str, cache: int = 64 * 2**20) -> str:
+    """The settings every writing connection of the matchmaker runs with, with a page cache
+    of `cache` bytes; the journal mode SQLite ended up in (the caller insists on "wal")."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     conn.execute(f"PRAGMA synchronous = {durability.upper()}")
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA cache_size = -65536")
+    conn.execute(f"PRAGMA cache_size = -{max(1, cache // 1024)}")  # negative: in KiB
     return mode
 
 
@@ -192,11 +192,12 @@ class WriterProcess:
     still unanswered will never be.
     """
 
-    def __init__(self, path: Path, durability: str, max_group: int,
+    def __init__(self, path: Path, durability: str, cache: int, max_group: int,
                  on_results: Callable[[list[Result], int], None],
                  on_gone: Callable[[str], None]) -> None:
         self.path = path
         self.durability = durability
+        self.cache = cache
         self.max_group = max_group
         self.on_results = on_results
         self.on_gone = on_gone
@@ -220,7 +221,7 @@ class WriterProcess:
         # The path as the server resolves it: a relative one is the server's, not the child's.
         process = subprocess.Popen(
             [sys.executable, "-m", "matchmaker.storage.writer", str(self.path.resolve()),
-             self.durability, str(self.max_group)],
+             self.durability, str(self.cache), str(self.max_group)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
         header = process.stdout.read(_HEADER.size)
         reply = pickle.loads(process.stdout.read(_HEADER.unpack(header)[0])) \
@@ -350,7 +351,8 @@ def _read_frames(fd: int, frames: _Frames) -> list[bytes] | None:
         frames.feed(data)
 
 
-def serve(path: str, durability: str, max_group: int, requests: int, replies: int) -> None:
+def serve(path: str, durability: str, cache: int, max_group: int, requests: int,
+          replies: int) -> None:
     """The child's loop: commit what arrived, answer, until the input closes."""
     def answer(message: Any) -> None:
         data = _frame(message)
@@ -359,7 +361,7 @@ def serve(path: str, durability: str, max_group: int, requests: int, replies: in
 
     try:
         conn = sqlite3.connect(path, isolation_level=None)
-        if configure(conn, durability).lower() != "wal":
+        if configure(conn, durability, cache).lower() != "wal":
             raise sqlite3.OperationalError(f"{path} could not switch to WAL mode")
     except Exception as exc:  # sent back: the server refuses to start with it
         answer(("error", f"{exc.__class__.__name__}: {exc}"))
@@ -381,4 +383,5 @@ def serve(path: str, durability: str, max_group: int, requests: int, replies: in
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.stdin.fileno(), sys.stdout.fileno())
+    serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.stdin.fileno(),
+          sys.stdout.fileno())

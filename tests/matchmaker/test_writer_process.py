@@ -142,3 +142,21 @@ async def test_batches_sent_while_a_group_waits_in_the_writer_share_the_next_com
     finally:
         blocker.close()
         await db.close()
+
+
+async def test_the_writer_process_keeps_the_configured_cache_of_pages(tmp_path):
+    import sqlite3
+
+    from matchmaker.storage.writer import configure
+
+    conn = sqlite3.connect(tmp_path / "alone.sqlite", isolation_level=None)
+    configure(conn, "full", 8 * 2**20)
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -8192  # KiB
+    conn.close()
+    db = await Database.open(tmp_path / "floe.sqlite", cache=300 * 2**20)
+    try:
+        (writer,) = writers()
+        assert str(300 * 2**20) in writer.cmdline()
+        await db.write(Batch().add(INSERT, (1, "test", "cached")))
+    finally:
+        await db.close()
