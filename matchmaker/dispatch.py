@@ -158,11 +158,17 @@ def answer_json(engine: Engine, answer: Answer) -> bytes:
     return answer.to_json(engine)
 
 
-def choose(engine: Engine, slot: Slot) -> tuple[DatasetState, int] | None:
+def choose(engine: Engine, slot: Slot, misses: set | None = None
+           ) -> tuple[DatasetState, int] | None:
     """Pop the best ready task for `slot`, or None: users most deserving first (lowest decayed
     usage per share), and each user's datasets most deserving first (usage per priority); both
     orders are kept up to date by the ledgers, and walked in place (nothing is charged while
-    we look), since this runs for every task handed out."""
+    we look), since this runs for every task handed out.
+
+    `misses`, when given, collects the (dataset, GPU phase) pairs that had nothing for `slot`
+    and skips those already in it: a caller asking again for a part of the same slot, with no
+    await in between, need not look at them twice (nothing fits a smaller slot that did not
+    fit the larger one, and no task became ready meanwhile)."""
     processing = DatasetStatus.PROCESSING
     datasets = engine.datasets
     ranked = engine.dataset_usage.ranked
@@ -171,9 +177,13 @@ def choose(engine: Engine, slot: Slot) -> tuple[DatasetState, int] | None:
             for dataset_id in ranked(user_id):
                 dataset = datasets[dataset_id]
                 if dataset.queue.ready and dataset.status == processing:
+                    if misses is not None and (dataset_id, gpu_tasks) in misses:
+                        continue
                     taken = dataset.queue.take(slot, gpu_tasks, dataset.is_ready)
                     if taken is not None:
                         return dataset, taken[0]
+                    if misses is not None:
+                        misses.add((dataset_id, gpu_tasks))
     return None
 
 
@@ -229,8 +239,9 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     slot = left = offer.slot
     given: list[Dispatch] = []
     most = offer.max_tasks or 1
+    misses: set = set()  # the slot only shrinks from one task to the next
     while len(given) < most:
-        one = _take(engine, pilot, left, batch, now)
+        one = _take(engine, pilot, left, batch, now, misses)
         if one is None:
             break
         given.append(one)
@@ -266,10 +277,11 @@ def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float) -> NoWork:
     return explain(engine, slot)
 
 
-def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float
-          ) -> Dispatch | None:
-    """Reserve the best task for `slot` (see `reserve`), or None when none fits."""
-    picked = choose(engine, slot)
+def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
+          misses: set | None = None) -> Dispatch | None:
+    """Reserve the best task for `slot` (see `reserve`), or None when none fits; `misses` as
+    `choose` takes it."""
+    picked = choose(engine, slot, misses)
     if picked is None:
         return None
     dataset, task_id = picked

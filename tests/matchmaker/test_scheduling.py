@@ -170,3 +170,20 @@ async def test_site_restrictions_are_honoured(engine, clock):
     assert await s.ask(engine, await s.pilot(engine, site_a), s.slot(site="site-a")) is None
     given = await s.ask(engine, await s.pilot(engine, site_b), s.slot(site="site-b"))
     assert given.dataset is dataset
+
+
+async def test_a_dataset_that_had_nothing_for_a_slot_is_skipped_for_the_rest_of_it(engine, clock):
+    """Filling one slot task by task, a dataset found to have nothing that fits is not looked
+    at again for the (smaller) slot that is left: the next most deserving one is chosen."""
+    site = await s.site(engine)
+    alice, bob = await s.user(engine, "alice"), await s.user(engine, "bob")
+    big = await s.submit(engine, alice, s.config(jobs=2, tasks=[s.task("big", cpus=4)]))
+    small = await s.submit(engine, bob, s.config(jobs=4, tasks=[s.task("small", cpus=1)]))
+    await s.pilot(engine, site)
+    engine.user_usage.charge(bob.user_id, 1000.0, clock.now)  # alice is served first
+    misses: set = set()
+    assert dispatch.choose(engine, s.slot(cpus=1), misses)[0] is small
+    assert misses == {(big.id, None)}
+    # Her 4-CPU tasks would fit this slot, but she was already found to have nothing for it.
+    assert dispatch.choose(engine, s.slot(cpus=4), misses)[0] is small
+    assert dispatch.choose(engine, s.slot(cpus=4))[0] is big
