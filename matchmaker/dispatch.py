@@ -158,7 +158,7 @@ def answer_json(engine: Engine, answer: Answer) -> bytes:
     return answer.to_json(engine)
 
 
-def choose(engine: Engine, slot: Slot, misses: set | None = None
+def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | None = None
            ) -> tuple[DatasetState, int] | None:
     """Pop the best ready task for `slot`, or None: users most deserving first (lowest decayed
     usage per share), and each user's datasets most deserving first (usage per priority); both
@@ -239,7 +239,7 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     slot = left = offer.slot
     given: list[Dispatch] = []
     most = offer.max_tasks or 1
-    misses: set = set()  # the slot only shrinks from one task to the next
+    misses: set[tuple[int, bool | None]] = set()  # the slot only shrinks task by task
     while len(given) < most:
         one = _take(engine, pilot, left, batch, now, misses)
         if one is None:
@@ -278,7 +278,7 @@ def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float) -> NoWork:
 
 
 def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
-          misses: set | None = None) -> Dispatch | None:
+          misses: set[tuple[int, bool | None]] | None = None) -> Dispatch | None:
     """Reserve the best task for `slot` (see `reserve`), or None when none fits; `misses` as
     `choose` takes it."""
     picked = choose(engine, slot, misses)

@@ -8,15 +8,16 @@ One WAL-mode file, two ways in:
   run in a process of their own (`writer`), so that SQLite never waits on the event loop for
   Python's global lock; `exclusive` and `planned` jobs run on a connection owned by one thread.
 
-Changes reach the writer as `Batch`es of rows for known `Statement`s. What one turn of the
-event loop queued is sent to the writer process as one message, without waiting for the group
-before it; the process merges every batch that arrived while it was busy into one transaction,
-runs each statement once with `executemany` (in the statements' fixed order), commits, and
-answers; only then are the waiting callers resolved: every match is committed before its
-answer, yet concurrent requests share one commit. A guarded statement is a compare-and-set
-("... WHERE state = ?"); when a guard touches fewer rows than it was given, the whole group is
-rolled back and its batches are replayed one at a time, so only the stale one fails (with
-`StaleWrite`) and the others still commit.
+Changes reach the writer as `Batch`es of rows for known `Statement`s. A request's batches are
+sent to the writer process as one message, without waiting for the group before it (those
+queued behind a `planned` job or a restarting writer go together once it is done); the process
+merges every batch that arrived while it was busy into one transaction, runs each statement
+once with `executemany` (in the statements' fixed order), commits, and answers; only then are
+the waiting callers resolved: every match is committed before its answer, yet concurrent
+requests share one commit. A guarded statement is a compare-and-set ("... WHERE state = ?");
+when a guard touches fewer rows than it was given, the whole group is rolled back and its
+batches are replayed one at a time, so only the stale one fails (with `StaleWrite`) and the
+others still commit.
 
 A batch may carry `on_commit` callbacks (bring memory in step with what was just committed) and
 `on_failure` callbacks (undo what a request changed in memory ahead of its commit). Both run on
@@ -124,7 +125,7 @@ class Database:
         self._answered.set()
         self._wakeup = asyncio.Event()
         self._holding = False  # the writer task is at work that later batches must wait for
-        process.attach(asyncio.get_running_loop())
+        self._attach()
         self._task = asyncio.create_task(self._run(), name="floe-db-writer")
         self.commits = 0
         self.batches_committed = 0
@@ -145,7 +146,7 @@ class Database:
         except BaseException:
             thread.shutdown()
             raise
-        process = WriterProcess(path, durability, cache, max_group, _no_answer, _no_answer)
+        process = WriterProcess(path, durability, cache, max_group)
         try:
             await loop.run_in_executor(thread, process.start)
         except BaseException as exc:
@@ -164,9 +165,7 @@ class Database:
             await loop.run_in_executor(thread, writer.close)
             thread.shutdown()
             raise
-        database = cls(path, writer, process, thread, reader, max_group)
-        process.on_results, process.on_gone = database._on_results, database._on_gone
-        return database
+        return cls(path, writer, process, thread, reader, max_group)
 
     async def close(self) -> None:
         if self._task.done() or self._closing:
@@ -311,8 +310,11 @@ class Database:
             except WriterGone as exc:
                 self._refuse(group, str(exc))
                 return
-            process.attach(asyncio.get_running_loop())
+            self._attach()
         self._hand_over(group)
+
+    def _attach(self) -> None:
+        self._process.attach(asyncio.get_running_loop(), self._on_results, self._on_gone)
 
     def _hand_over(self, group: list[_Pending]) -> None:
         self._inflight.extend(group)
@@ -404,10 +406,6 @@ def _split(script: str) -> list[str]:
 def _stale_message(batch: Batch) -> str:
     names = ", ".join(s.name for s in batch.rows if s.guarded)
     return f"a guarded update found its row changed meanwhile ({names})"
-
-
-def _no_answer(*_: Any) -> None:
-    """Until the database is built, the writer has nothing in flight to answer."""
 
 
 def _commit_callbacks(item: _Pending) -> None:

@@ -7,18 +7,18 @@ under load; a commit of a few hundred rows then waits on the lock far longer tha
 every answer waits on that commit. In a process of its own the writer has its own lock and the
 server's second core.
 
-The server streams batches to it as they come: the event loop pickles the batches queued since
-its last turn into one frame and writes it to the child's pipe without waiting, and reads the
-answers when they arrive, so no thread and no lock hand-over lies on the path. The child does
+The server streams batches to it as they come: the event loop pickles a request's batches into
+one frame and writes it to the child's pipe without waiting, and reads the answers when they
+arrive, so no thread and no lock hand-over lies on the path. The child does
 the grouping: it takes every frame that arrived while it was committing the last group, merges
 their batches into one transaction (each statement once, with `executemany`, in the statements'
 fixed order) and answers, for each batch in order, "committed", "stale" (a guarded statement
 touched fewer rows than it was given) or the error. A group with a stale batch is rolled back
 and its batches replayed one at a time, so that only the stale one fails.
 
-The child is `python -m matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It opens the
-file already migrated by the server, says "ready", and exits when its input closes, so it never
-outlives the server, even one that was killed. Frames are a 4-byte length and a pickle.
+The child is `python -m matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It
+opens the file already migrated by the server, says "ready", and exits when its input closes,
+so it never outlives the server, even one that was killed. Frames are a 4-byte length and a pickle.
 """
 
 from __future__ import annotations
@@ -186,21 +186,19 @@ class WriterProcess:
     """The server's end of the writer process.
 
     `start` and `close` block (call them from a thread); everything else runs on the event
-    loop. `send` queues batches without waiting; each answer calls `on_results(results,
-    commits)` with as many results as the batches it covers, in the order they were sent; when
-    the process dies or garbles its answer, `on_gone(reason)` is called once, and the batches
-    still unanswered will never be.
+    loop that `attach` names. `send` queues batches without waiting; each answer calls
+    `on_results(results, commits)` with as many results as the batches it covers, in the order
+    they were sent; when the process dies or garbles its answer, `on_gone(reason)` is called
+    once, and the batches still unanswered will never be.
     """
 
-    def __init__(self, path: Path, durability: str, cache: int, max_group: int,
-                 on_results: Callable[[list[Result], int], None],
-                 on_gone: Callable[[str], None]) -> None:
+    def __init__(self, path: Path, durability: str, cache: int, max_group: int) -> None:
         self.path = path
         self.durability = durability
         self.cache = cache
         self.max_group = max_group
-        self.on_results = on_results
-        self.on_gone = on_gone
+        self._on_results: Callable[[list[Result], int], None] | None = None
+        self._on_gone: Callable[[str], None] | None = None
         self._process: subprocess.Popen | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids: dict[Statement, int] = {}
@@ -238,9 +236,11 @@ class WriterProcess:
         self._out.clear()
         self._frames = _Frames()
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Read the started child's answers on `loop`."""
-        self._loop = loop
+    def attach(self, loop: asyncio.AbstractEventLoop,
+               on_results: Callable[[list[Result], int], None],
+               on_gone: Callable[[str], None]) -> None:
+        """Read the started child's answers on `loop`, handing them to the callbacks."""
+        self._loop, self._on_results, self._on_gone = loop, on_results, on_gone
         loop.add_reader(self._process.stdout.fileno(), self._readable)
 
     def send(self, batches: Sequence[dict[Statement, list[Sequence[Any]]]]) -> None:
@@ -298,7 +298,7 @@ class WriterProcess:
             except (pickle.UnpicklingError, ValueError, TypeError, EOFError) as exc:
                 self._gone(f"its answer could not be read ({exc.__class__.__name__})")
                 return
-            self.on_results(results, commits)
+            self._on_results(results, commits)
             if self._process is not process:  # a write made meanwhile found it gone
                 return
 
@@ -310,9 +310,9 @@ class WriterProcess:
             process.kill()
         code = process.wait()
         self.close(process)
-        self.on_gone(f"the database writer process ended in the middle of a write (exit code "
-                      f"{code}: {why}); the write is refused, and a new writer is started for "
-                      "the next one")
+        self._on_gone(f"the database writer process ended in the middle of a write (exit code "
+                       f"{code}: {why}); the write is refused, and a new writer is started "
+                       "for the next one")
 
     def detach(self) -> subprocess.Popen | None:
         """Stop watching the child (on the loop); the process, for `close`."""
