@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import heapq
 
+import pytest
+
 from config.resources import GIB
 from matchmaker import dispatch
 
@@ -99,6 +101,35 @@ async def test_usage_decays_so_old_consumption_is_forgiven(engine, clock):
     await s.submit(engine, new, s.config(jobs=1))
     given = await s.ask(engine, await s.pilot(engine, site))
     assert given.dataset.user_id == old.user_id
+
+
+@pytest.mark.parametrize(("gpu_weight", "served_next"), [(8.0, "bob"), (1.0, "alice")])
+async def test_gpu_time_is_charged_at_the_gpu_weight_and_decides_who_is_served_next(
+        engine, clock, gpu_weight: float, served_next: str):
+    """An attempt is charged (cores + GPUs x gpu_weight) x its wall time: alice's 100 s on one
+    core and one GPU outweighs bob's 500 s on one core when a GPU counts as 8 cores, and not
+    when it counts as 1."""
+    engine.settings.gpu_weight = gpu_weight
+    site = await s.site(engine)
+    users = {name: await s.user(engine, name) for name in ("alice", "bob")}
+    await s.submit(engine, users["alice"], s.config(jobs=1, tasks=[s.task("train", gpus=1)]))
+    await s.submit(engine, users["alice"], s.config(jobs=2))
+    await s.submit(engine, users["bob"], s.config(jobs=2))
+    p = await s.pilot(engine, site)
+
+    trained = await s.ask(engine, p, s.slot(cpus=1, gpus=1))
+    assert trained.dataset.user_id == users["alice"].user_id
+    await s.finish(engine, trained, s.success(wall_time=100.0))
+    first_cpu = await s.ask(engine, p)
+    assert first_cpu.dataset.user_id == users["bob"].user_id
+    await s.finish(engine, first_cpu, s.success(wall_time=500.0))
+
+    usage = engine.user_usage
+    assert usage.value(users["alice"].user_id, clock.now) == \
+        pytest.approx((1 + 1 * gpu_weight) * 100.0)
+    assert usage.value(users["bob"].user_id, clock.now) == pytest.approx(1 * 500.0)
+    given = await s.ask(engine, p)
+    assert given.dataset.user_id == users[served_next].user_id
 
 
 async def test_gpu_slot_takes_gpu_tasks_first_even_from_a_less_deserving_user(engine, clock):
