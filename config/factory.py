@@ -83,6 +83,14 @@ SITE_SCHEMA = Object([
           "demand", "30s"),
     Field("removal_grace", Duration(0, 86400), "how long queued pilots may wait after their "
           "demand has gone before they are removed", "5m"),
+    Field("queue_allowance", Duration(60, 7 * 86400), "how long a pilot may wait in the "
+          "batch queue and still register: the extra lifetime of its pilot token", "1d",
+          details="A pilot's token is valid for its walltime (with `walltime_overhead`) plus "
+                  "this, counted from its submission. A pilot still queued after this long is "
+                  "removed (and replaced while the demand lasts): its token could run out "
+                  "before its walltime does. The matchmaker's `pilot_token_max_lifetime` must "
+                  "be at least a minute longer than the longest shape's walltime, "
+                  "`walltime_overhead` and this together."),
     Field("min_pilot_life", Duration(0, 86400), "a pilot that ends sooner than this after it "
           "started counts as dying at start", "30s",
           details="Keep it below the pilots' `idle_timeout`: a pilot that finds no work leaves "

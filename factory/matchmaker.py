@@ -2,8 +2,8 @@
 pilot shape, and short-lived pilot tokens for the pilots it submits.
 
 A pilot token is asked for with a lifetime that covers the longest pilot the site submits plus
-its time in the queue, and reused for every submission until less than that lifetime is left;
-the site's own token never leaves the factory.
+its time in the queue (the site's `queue_allowance`), and reused for every submission until less
+than that lifetime is left; the site's own token never leaves the factory.
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@ The pilots the factory submitted are tracked in `<workdir>/<site>/pilots.json`, 
 restarted factory finds its own pilots again; pilots tagged as this factory's that it does not
 track are orphans and are removed. Held pilots are removed and, with refused submissions and
 pilots that die at start, count against the site's health (see `factory.health`): a failing
-site is backed off from, not hammered. What the site looks like after each cycle is written to
-`<workdir>/<site>/status.json` for the site admin.
+site is backed off from, not hammered. Each pilot carries a pilot token that outlives its
+walltime by the site's `queue_allowance`; a pilot still queued after that long is removed (its
+token could run out before its walltime does), and the policy replaces it while demand lasts.
+What the site looks like after each cycle is written to `<workdir>/<site>/status.json` for the
+site admin.
 
 A cycle never raises for the batch system's or the matchmaker's failures: they are logged with
 the command and its stderr, and the next cycle tries again.
@@ -43,9 +46,6 @@ from plugins import (
 
 log = logging.getLogger("floe.factory")
 
-QUEUE_ALLOWANCE = 86400
-"""Seconds a pilot's token must outlive its walltime: the longest it is expected to queue."""
-
 
 @dataclass
 class Tracked:
@@ -67,6 +67,7 @@ class Counters:
     held: int = 0
     orphans_removed: int = 0
     submit_failures: int = 0
+    queued_too_long: int = 0  # removed after waiting longer than queue_allowance
 
 
 @dataclass
@@ -140,6 +141,7 @@ class SiteRunner:
                 batch_id not in self.pilots and info.state is not PilotState.FINISHED
                 for batch_id, info in infos.items()):
             self._remove_orphans()
+        self._remove_queued_too_long(infos, now)
         counts = self._counts(infos)
         try:
             answer = self.client.demand(self._shapes_queued(counts))
@@ -272,7 +274,7 @@ class SiteRunner:
     def _submit(self, shape: PilotShape, count: int, now: float) -> None:
         try:
             token = self.client.pilot_token(self.plugin.walltime_request(shape)
-                                            + QUEUE_ALLOWANCE, now)
+                                            + self.site["queue_allowance"], now)
         except MatchmakerError as exc:
             log.warning("site %s: no pilot token, nothing submitted: %s", self.name, exc)
             return
@@ -322,6 +324,28 @@ class SiteRunner:
         if removed:
             log.info("site %s: removed %d queued %s pilots that have no work", self.name,
                      len(removed), shape)
+
+    def _remove_queued_too_long(self, infos: Mapping[str, Any], now: float) -> None:
+        """Remove the pilots that have waited in the queue longer than `queue_allowance`."""
+        allowance = self.site["queue_allowance"]
+        stale = sorted(batch_id for batch_id, pilot in self.pilots.items()
+                       if now - pilot.submitted > allowance and batch_id in infos
+                       and infos[batch_id].state is PilotState.QUEUED)
+        if not stale:
+            return
+        try:
+            removed = self.plugin.remove(stale)
+        except BatchError as exc:
+            log.warning("site %s: removing pilots queued longer than queue_allowance failed "
+                        "(tried again next cycle): %s", self.name, exc)
+            return
+        for batch_id in removed:
+            log.warning("site %s: removed pilot %s: it has waited %.0f s in the queue, longer "
+                        "than queue_allowance (%d s), so its pilot token could expire before "
+                        "its walltime ends", self.name, batch_id,
+                        now - self.pilots[batch_id].submitted, allowance)
+            del self.pilots[batch_id]
+        self.counters.queued_too_long += len(removed)
 
     def _remove(self, batch_ids: list[str]) -> list[str]:
         try:
