@@ -61,7 +61,9 @@ SERVER_SCHEMA = Object([
     Field("max_log_bytes", Size(1024, 2**31), "largest stored log of one attempt stream",
           "8MiB"),
     Field("tail_bytes", Size(1024, 2**24), "how much of stdout/stderr is kept with each "
-          "attempt", "64KiB"),
+          "attempt", "64KiB",
+          details="The end of each stream is kept: at most this many bytes of its UTF-8 text, "
+                  "cut between two characters."),
     Field("materialize_chunk", Integer(1, 1_000_000), "tasks created per transaction when a "
           "dataset is submitted", 2000),
     Field("pilot_token_max_lifetime", Duration(60, 366 * 86400), "longest lifetime a factory "

@@ -258,6 +258,22 @@ def overuse_sentence(old: Requirements, new: Requirements) -> str:
     return "; requirement grown: " + ", ".join(changes) if changes else ""
 
 
+def utf8_tail(text: str, limit: int) -> str:
+    """The end of `text` that takes at most `limit` bytes in UTF-8, cut between characters."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return text
+    end = text[-limit:]  # every character takes at least one byte
+    # surrogatepass: JSON lets a report carry a lone surrogate ("\ud800"); it is no reason to
+    # fail here.
+    data = end.encode(errors="surrogatepass")
+    if len(data) <= limit:
+        return end
+    start = len(data) - limit
+    while data[start] & 0xC0 == 0x80:  # a continuation byte: the cut split a character
+        start += 1
+    return data[start:].decode(errors="surrogatepass")
+
+
 def outcome_batch(engine: Engine, dataset: DatasetState, active: ActiveAttempt,
                   outcome: Outcome, attempt_state: AttemptState, now: float
                   ) -> tuple[Batch, Plan, float]:
@@ -277,7 +293,7 @@ def outcome_batch(engine: Engine, dataset: DatasetState, active: ActiveAttempt,
         outcome.error_message[:4000] or None,
         json.dumps(outcome.statistics) if outcome.statistics else None,
         json.dumps(outcome.outputs) if outcome.outputs else None,
-        outcome.stdout_tail[-tail:] or None, outcome.stderr_tail[-tail:] or None,
+        utf8_tail(outcome.stdout_tail, tail) or None, utf8_tail(outcome.stderr_tail, tail) or None,
         active.attempt_id))
     task_id = active.task_id
     for moved_id, old, new in decided.moves:

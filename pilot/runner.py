@@ -597,12 +597,18 @@ def _signal_name(number: int) -> str:
 
 
 def _tail(fd: int, limit: int) -> str:
-    """The last `limit` bytes of an open file."""
+    """The last `limit` bytes of an open file, from the first character that starts in them
+    (the server keeps tails the same way)."""
     try:
         size = os.fstat(fd).st_size
-        return os.pread(fd, limit, max(0, size - limit)).decode(errors="replace") if size else ""
+        data = os.pread(fd, limit, max(0, size - limit)) if size else b""
     except OSError:
         return ""
+    start = 0
+    if size > limit:  # skip what is left of a UTF-8 character that the cut split (3 bytes at most)
+        while start < min(3, len(data)) and data[start] & 0xC0 == 0x80:
+            start += 1
+    return data[start:].decode(errors="replace")
 
 
 _LOG_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)

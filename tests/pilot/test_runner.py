@@ -147,6 +147,23 @@ def test_log_tails_keep_only_the_last_bytes(tmp_path):
     assert result.stdout_tail.endswith("END\n")
 
 
+@pytest.mark.parametrize(("character", "tail_bytes"), [("€", 1000), ("😀", 1003)])
+def test_a_log_tail_starts_at_the_first_whole_character(tmp_path, character, tail_bytes):
+    """The cut falls inside a character (after 2 of the euro sign's 3 bytes, after 1 of the
+    emoji's 4): what is left of it is dropped, not sent as replacement characters."""
+    settings = RunnerSettings(sample_interval=0.05, tail_bytes=tail_bytes)
+    write = f"import sys; sys.stdout.buffer.write({character!r}.encode() * 2000)"
+    result = run(tmp_path, task([{"command": [PY, "-c", write]}]), settings=settings)
+    width = len(character.encode())
+    assert result.stdout_tail == character * (tail_bytes // width)
+
+
+def test_a_log_shorter_than_its_tail_is_kept_whole_even_when_it_is_not_utf8(tmp_path):
+    write = "import sys; sys.stdout.buffer.write(bytes([0x80]) + b'after')"
+    result = run(tmp_path, task([{"command": [PY, "-c", write]}]))
+    assert result.stdout_tail == "\ufffdafter"
+
+
 def test_cpu_time_and_wall_time_are_measured(tmp_path):
     burn = [PY, "-c", "x = 0\nfor i in range(4_000_000): x += i"]
     result = run(tmp_path, task([{"command": burn}, {"command": burn}]))
