@@ -103,8 +103,12 @@ class LocalPlugin(BatchPlugin):
             raise PluginConfigError("the pilot command is empty: give the program and arguments")
         for name in env:
             check_environment_name(name)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        logs = self.pilot_dir("logs")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            logs = self.pilot_dir("logs")
+        except OSError as exc:
+            raise BatchError(f"no pilot was started: cannot create {exc.filename}, where local "
+                             f"pilots keep their records and logs: {exc.strerror}.") from exc
         base = {name: os.environ[name] for name in _PASSED_ON if name in os.environ}
         batch_ids: list[str] = []
         for _ in range(count):
@@ -123,11 +127,19 @@ class LocalPlugin(BatchPlugin):
             except OSError as exc:
                 raise BatchError(f"the pilot could not be started: {exc}.", argv,
                                  submitted=batch_ids) from exc
-            self._children[batch_id] = child
             record = {"factory": self.settings.factory_id, "shape": shape.name,
                       "pid": child.pid, "start": process_start(child.pid),
                       "submitted": time.time(), "log": str(log)}
-            self._path(batch_id, "json").write_text(json.dumps(record))
+            try:
+                self._path(batch_id, "json").write_text(json.dumps(record))
+            except OSError as exc:
+                # Without its record, status() and remove() would never see this pilot.
+                self._signal(child.pid, signal.SIGKILL)
+                child.wait()
+                raise BatchError(f"pilot {batch_id} was stopped as it started: its record "
+                                 f"cannot be written: {exc}.", argv,
+                                 submitted=batch_ids) from exc
+            self._children[batch_id] = child
             batch_ids.append(batch_id)
         return batch_ids
 

@@ -7,9 +7,10 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
-from plugins.base import PilotShape, PilotState, PluginSettings
+from plugins.base import BatchError, PilotShape, PilotState, PluginSettings
 from plugins.local import LocalPlugin, group_alive
 from tests.plugins.pilots import cleanup, pilot_command, pilot_env, state_of, wait_for
 
@@ -131,3 +132,70 @@ def test_finished_pilots_are_forgotten_after_keep_finished(
     [pilot] = plugin.submit(SHAPE, 1, ["true"], {})
     wait_for(lambda: pilot not in plugin.status(), "the finished pilot to be forgotten")
     assert list(plugin.state_dir.iterdir()) == []
+
+
+def our_processes() -> set[int]:
+    """The test process's descendants, zombies included (a child not waited for is one)."""
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def test_a_state_dir_that_cannot_be_created_fails_the_submit_with_a_batch_error(
+        factory_id: str, tmp_path: Path, pilot_dir: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the state directory's parent should be")
+    plugin = make_plugin(tmp_path / "factory", factory_id, state_dir=str(blocker / "local"))
+    before = our_processes()
+
+    with pytest.raises(BatchError) as failure:
+        plugin.submit(SHAPE, 2, pilot_command(pilot_dir), {})
+
+    assert f"cannot create {blocker / 'local'}" in str(failure.value)
+    assert "no pilot was started" in str(failure.value)
+    assert failure.value.submitted == []
+    assert our_processes() <= before
+    assert plugin.status() == {}
+    # Once the directory can be made, the same plugin starts and tracks pilots as usual.
+    blocker.unlink()
+    try:
+        [pilot] = plugin.submit(SHAPE, 1, pilot_command(pilot_dir), {})
+        assert plugin.status()[pilot].state is PilotState.RUNNING
+    finally:
+        cleanup(plugin, pilot_dir)
+
+
+def test_a_pilot_whose_log_cannot_be_created_is_not_started(
+        local: LocalPlugin, pilot_dir: Path) -> None:
+    # The log directory leads where no file can be created (procfs), as on a full disk.
+    logs = Path(local.settings.workdir) / "logs"
+    logs.parent.mkdir(parents=True)
+    logs.symlink_to("/proc")
+    before = our_processes()
+
+    with pytest.raises(BatchError) as failure:
+        local.submit(SHAPE, 2, pilot_command(pilot_dir), {})
+
+    message = str(failure.value)
+    assert message.startswith("the pilot could not be started: ")
+    assert f"'{logs / local.tag(SHAPE)}-" in message  # the log file that could not be created
+    assert "command: /bin/sh -c" in message
+    assert failure.value.submitted == []
+    assert our_processes() <= before
+    assert local.status() == {}
+
+
+def test_a_pilot_whose_record_cannot_be_written_is_stopped_and_not_reported(
+        factory_id: str, tmp_path: Path, pilot_dir: Path) -> None:
+    # A state directory where no file can be created (procfs), as on a full or read-only disk:
+    # the pilot starts, its record cannot be written, and an untracked pilot must not live on.
+    plugin = make_plugin(tmp_path / "factory", factory_id, state_dir="/proc")
+    before = our_processes()
+
+    with pytest.raises(BatchError) as failure:
+        plugin.submit(SHAPE, 2, pilot_command(pilot_dir), {})
+
+    message = str(failure.value)
+    assert "was stopped as it started: its record cannot be written" in message
+    assert ".json'" in message  # the record's path
+    assert failure.value.submitted == []
+    assert our_processes() <= before  # killed and waited for: not even a zombie is left
+    assert plugin.status() == {}
