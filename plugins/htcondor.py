@@ -15,20 +15,28 @@ off slots smaller than the shape. The pilot then measures and offers the whole s
 `submit_attributes` adds site-specific submit commands (accounting group, requirements, ...),
 `schedd` and `pool` name a schedd other than the local one. The pilot token never goes into the
 job ad (any user of the schedd can read those): it travels as a file of this user's, transferred
-into the pilot's scratch directory. Whatever the bindings raise (no
-schedd: "Unable to locate local daemon") comes back as a BatchError.
+into the pilot's scratch directory.
+
+Each bindings call runs in a child process that is killed when it does not answer within
+`command_timeout`: the bindings keep Python's global lock while they wait on the network, so a
+schedd or collector that hangs would otherwise freeze every thread of the factory, and no thread
+could even notice the time running out. Whatever goes wrong (no schedd: "Unable to locate local
+daemon", no answer in time, a child that dies, a job ad that cannot be read) comes back as a
+BatchError.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import classad2
 import htcondor2
@@ -59,6 +67,9 @@ STATES = {
 _PROJECTION = ["ClusterId", "ProcId", "JobStatus", "FloeShape", "QDate", "JobCurrentStartDate",
                "HoldReason"]
 _COMMAND_RE = re.compile(r"^\+?[A-Za-z_][\w.]*$")  # a submit command or +Attribute name
+# A fresh interpreter for each call: forking the factory, which runs threads, could copy a lock
+# that another thread holds into a child that then waits on it forever.
+_SPAWN = multiprocessing.get_context("spawn")
 T = TypeVar("T")
 
 
@@ -192,53 +203,144 @@ class HTCondorPlugin(BatchPlugin):
                env: dict[str, str]) -> list[str]:
         if count <= 0:
             return []
-        description = self.description(shape, command, env)
-        result = self._call("submit", "submit pilots",
-                            lambda: self._schedd().submit(description, count=count))
-        first = result.first_proc()
-        return [f"{result.cluster()}.{first + index}" for index in range(result.num_procs())]
+        # As text: a Submit object cannot be pickled for the child, and its text reads back
+        # to the same description.
+        description = str(self.description(shape, command, env))
+        cluster, first, procs = self._call("submit", "submit pilots", _schedd_submit,
+                                           description, count)
+        return [f"{cluster}.{first + index}" for index in range(procs)]
 
     def status(self) -> dict[str, PilotInfo]:
-        ads = self._call("query", "list pilots", lambda: self._schedd().query(
-            constraint=self._constraint(), projection=_PROJECTION))
-        pilots = {}
-        for ad in ads:
-            batch_id = f"{ad['ClusterId']}.{ad['ProcId']}"
-            status = int(ad.get("JobStatus", 0))
-            started = ad.get("JobCurrentStartDate")
-            pilots[batch_id] = PilotInfo(
-                batch_id=batch_id, state=STATES.get(status, PilotState.UNKNOWN),
-                shape=str(ad.get("FloeShape", "")),
-                submitted=float(ad["QDate"]) if "QDate" in ad else None,
-                started=float(started) if started is not None else None,
-                detail=str(ad.get("HoldReason", "")) or f"JobStatus {status}")
-        return pilots
+        return pilots_from_ads(self._call("query", "list pilots", _schedd_query,
+                                          self._constraint()))
 
     def _remove(self, batch_ids: list[str]) -> None:
         # Constrained to our tag as well, so that a stray id can never reach another's job.
         wanted = " || ".join(f"(ClusterId == {cluster} && ProcId == {proc})"
                              for cluster, proc in (i.split(".") for i in batch_ids))
         constraint = f"{self._constraint()} && ({wanted})"
-        self._call("act", "remove pilots",
-                   lambda: self._schedd().act(htcondor2.JobAction.Remove, constraint))
+        self._call("act", "remove pilots", _schedd_remove, constraint)
 
     def _constraint(self) -> str:
         return f"FloeFactory == {classad2.quote(self.settings.factory_id)}"
 
-    def _schedd(self) -> htcondor2.Schedd:
-        if not self.options.schedd and not self.options.pool:
-            return htcondor2.Schedd()
-        collector = htcondor2.Collector(self.options.pool or None)
-        location = collector.locate(htcondor2.DaemonType.Schedd, self.options.schedd or None)
-        return htcondor2.Schedd(location)
-
-    def _call(self, method: str, what: str, action: Callable[[], T]) -> T:
+    def _call(self, method: str, what: str, work: Callable[..., T], *args: Any) -> T:
+        """`work(schedd, *args)` run in a child process, within command_timeout."""
+        call = f"htcondor2.Schedd.{method}"
         where = self.options.schedd or "the local schedd"
         if self.options.pool:
             where += f" of pool {self.options.pool}"
+        failed = f"HTCondor could not {what} through {where}"
+        receiver, sender = _SPAWN.Pipe(duplex=False)
+        child = _SPAWN.Process(target=_answer, name=f"floe {call}", daemon=True,
+                               args=(sender, work, self.options.schedd, self.options.pool, args))
         try:
-            return action()
-        except (htcondor2.HTCondorException, RuntimeError, ValueError) as exc:
-            raise BatchError(f"HTCondor could not {what} through {where}.",
-                             [f"htcondor2.Schedd.{method}"], stderr=str(exc)) from exc
+            child.start()
+        except OSError as exc:
+            receiver.close()
+            raise BatchError(f"{failed}: no process could be started for {call}: {exc}.",
+                             [call]) from exc
+        finally:
+            sender.close()  # the child holds its own end: its death reads as end of file here
+        try:
+            answered = receiver.poll(self.settings.command_timeout)
+            outcome = receiver.recv() if answered else None
+        except EOFError:  # died without a word: killed (out of memory?) or crashed in the bindings
+            outcome = None
+        finally:
+            # Answered, dead or out of time, the child has nothing left to do that is wanted:
+            # killing it (a no-op once it has exited) ends a hung call for good, socket and all,
+            # so nothing is left behind, whether calls succeed or hang. A submit that the schedd
+            # took just before the kill queues pilots the factory never hears of; they carry its
+            # tag, so `orphans` finds them and the factory removes them.
+            child.kill()
+            child.join()
+            receiver.close()
+        if not answered:
+            raise BatchError(
+                f"{failed}: {call} did not answer within {self.settings.command_timeout:g} s "
+                "(command_timeout); the schedd may be overloaded or down.", [call])
+        if outcome is None:
+            code = child.exitcode or 0
+            ended = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise BatchError(f"{failed}: {call} {ended} without answering.", [call])
+        done, answer = outcome
+        if not done:
+            raise BatchError(f"{failed}.", [call], stderr=answer)
+        return answer
 
+
+def pilots_from_ads(ads: Iterable[classad2.ClassAd]) -> dict[str, PilotInfo]:
+    """The pilots in the job ads a schedd query returned (projected on `_PROJECTION`), by
+    batch id; an ad without a usable id or state, or with a time that is no number, is a
+    BatchError."""
+    pilots = {}
+    for ad in ads:
+        batch_id = f"{_integer(ad, 'ClusterId')}.{_integer(ad, 'ProcId')}"
+        status = _integer(ad, "JobStatus")
+        shape = ad.eval("FloeShape") if "FloeShape" in ad else ""
+        hold_reason = ad.eval("HoldReason") if "HoldReason" in ad else ""
+        pilots[batch_id] = PilotInfo(
+            batch_id=batch_id, state=STATES.get(status, PilotState.UNKNOWN),
+            shape=shape if isinstance(shape, str) else "",
+            submitted=_time(ad, "QDate"), started=_time(ad, "JobCurrentStartDate"),
+            detail=hold_reason if isinstance(hold_reason, str) and hold_reason
+            else f"JobStatus {status}")
+    return pilots
+
+
+def _integer(ad: classad2.ClassAd, name: str) -> int:
+    if name not in ad:
+        raise _unreadable(ad, f"it has no {name}")
+    value = ad.eval(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _unreadable(ad, f"{name} = {ad.lookup(name)} is not an integer")
+    return value
+
+
+def _time(ad: classad2.ClassAd, name: str) -> float | None:
+    """Seconds since the epoch; None where the ad has no such time (yet)."""
+    value = ad.eval(name) if name in ad else classad2.Value.Undefined
+    if value is classad2.Value.Undefined:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _unreadable(ad, f"{name} = {ad.lookup(name)} is not a time in seconds")
+    return float(value)
+
+
+def _unreadable(ad: classad2.ClassAd, problem: str) -> BatchError:
+    return BatchError(f"htcondor2.Schedd.query returned a job ad that the htcondor plugin cannot "
+                      f"read ({problem}): {repr(ad)[:200]!r}", ["htcondor2.Schedd.query"])
+
+
+# What runs in the child process of HTCondorPlugin._call.
+
+def _answer(answer: Connection, work: Callable[..., Any], schedd: str, pool: str,
+            args: tuple[Any, ...]) -> None:
+    try:
+        outcome = (True, work(_locate(schedd, pool), *args))
+    except Exception as exc:  # the bindings' exceptions cannot be pickled: send their words
+        outcome = (False, f"{type(exc).__name__}: {exc}")
+    answer.send(outcome)
+
+
+def _locate(schedd: str, pool: str) -> htcondor2.Schedd:
+    if not schedd and not pool:
+        return htcondor2.Schedd()
+    collector = htcondor2.Collector(pool or None)
+    location = collector.locate(htcondor2.DaemonType.Schedd, schedd or None)
+    return htcondor2.Schedd(location)
+
+
+def _schedd_submit(schedd: htcondor2.Schedd, description: str,
+                   count: int) -> tuple[int, int, int]:
+    result = schedd.submit(htcondor2.Submit(description), count=count)
+    return result.cluster(), result.first_proc(), result.num_procs()
+
+
+def _schedd_query(schedd: htcondor2.Schedd, constraint: str) -> list[classad2.ClassAd]:
+    return schedd.query(constraint=constraint, projection=_PROJECTION)
+
+
+def _schedd_remove(schedd: htcondor2.Schedd, constraint: str) -> None:
+    schedd.act(htcondor2.JobAction.Remove, constraint)

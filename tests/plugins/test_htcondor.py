@@ -1,22 +1,52 @@
-"""The HTCondor plugin: the submit description it builds through the htcondor2 bindings, and
-its handling of the bindings' errors when no schedd answers (no HTCondor daemons can be
-installed on the test machines, so nothing here submits for real)."""
+"""The HTCondor plugin: the submit description it builds through the htcondor2 bindings, the
+pilots it reads from real ClassAds, and its handling of the bindings' errors when no schedd
+answers, or one that never answers (no HTCondor daemons can be installed on the test machines,
+so nothing here submits for real)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import classad2
+import htcondor2
 import pytest
 
 from config.resources import GIB, MIB
-from plugins.base import BatchError, PilotShape, PluginConfigError, PluginSettings
-from plugins.htcondor import HTCondorPlugin, quote_argument
+from plugins.base import (
+    BatchError,
+    PilotInfo,
+    PilotShape,
+    PilotState,
+    PluginConfigError,
+    PluginSettings,
+)
+from plugins.htcondor import HTCondorPlugin, pilots_from_ads, quote_argument
 
 SHAPE = PilotShape("pair", cpus=2, memory=512 * MIB, disk=GIB, gpus=1, walltime=600)
 
 
-def make_plugin(workdir: Path, **options: object) -> HTCondorPlugin:
-    return HTCondorPlugin(PluginSettings(factory_id="f1", workdir=workdir, options=options))
+def make_plugin(workdir: Path, command_timeout: float = 60.0,
+                **options: object) -> HTCondorPlugin:
+    return HTCondorPlugin(PluginSettings(factory_id="f1", workdir=workdir,
+                                         command_timeout=command_timeout, options=options))
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[socket.socket]:
+    """A port that takes connections and never says a word: the bindings, asked to find a
+    schedd there, wait 60 s for HTCondor's own timeout, holding Python's global lock."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield server
 
 
 def rendered(plugin: HTCondorPlugin, shape: PilotShape = SHAPE,
@@ -98,6 +128,7 @@ def test_no_local_schedd_is_a_batch_error_not_a_crash(tmp_path: Path, verb: str)
     assert caught.value.summary.startswith("HTCondor could not")
     assert "through the local schedd" in caught.value.summary
     assert "Unable to locate local daemon" in str(caught.value)
+    assert multiprocessing.active_children() == []  # the call's child process is gone
 
 
 def test_a_pool_whose_collector_does_not_answer_is_a_batch_error(tmp_path: Path) -> None:
@@ -116,3 +147,105 @@ def test_the_pilot_token_travels_as_a_private_file_never_in_the_job_ad(tmp_path:
     assert submit["transfer_input_files"] == str(secret)
     assert submit["should_transfer_files"] == "YES"
     assert f"FLOE_PILOT_TOKEN_FILE='{secret.name}'" in submit["environment"]
+
+
+@pytest.mark.parametrize(("verb", "call"), [("submit", "submit pilots through .*: "
+                                                        "htcondor2.Schedd.submit"),
+                                            ("status", "list pilots through .*: "
+                                                       "htcondor2.Schedd.query")])
+def test_a_collector_that_never_answers_is_a_batch_error_after_command_timeout(
+        tmp_path: Path, silent_collector: socket.socket, verb: str, call: str) -> None:
+    address = f"127.0.0.1:{silent_collector.getsockname()[1]}"
+    plugin = make_plugin(tmp_path, command_timeout=3, pool=address)
+    calls = {"submit": lambda: plugin.submit(SHAPE, 2, ["/bin/true"], {}),
+             "status": plugin.status}
+    started = time.monotonic()
+    with pytest.raises(BatchError, match=call) as caught:
+        calls[verb]()
+    assert time.monotonic() - started < 15  # the bindings alone wait 60 s
+    assert f"through the local schedd of pool {address}" in caught.value.summary
+    assert "did not answer within 3 s (command_timeout)" in caught.value.summary
+    silent_collector.settimeout(0)
+    silent_collector.accept()[0].close()  # the call did reach the collector before it hung
+    assert multiprocessing.active_children() == []  # the hung call was ended, not abandoned
+
+
+def test_a_call_whose_process_is_killed_is_a_batch_error(
+        tmp_path: Path, silent_collector: socket.socket) -> None:
+    address = f"127.0.0.1:{silent_collector.getsockname()[1]}"
+    plugin = make_plugin(tmp_path, pool=address)
+
+    def kill_the_call_once_it_waits() -> None:  # as the kernel's out-of-memory killer would
+        silent_collector.accept()[0].close()
+        [child] = multiprocessing.active_children()
+        os.kill(child.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_call_once_it_waits)
+    killer.start()
+    started = time.monotonic()
+    with pytest.raises(BatchError) as caught:
+        plugin.status()
+    killer.join()
+    assert time.monotonic() - started < 15
+    assert caught.value.summary == (
+        f"HTCondor could not list pilots through the local schedd of pool {address}: "
+        "htcondor2.Schedd.query was killed by signal 9 without answering.")
+
+
+def test_job_ads_read_as_pilots_in_their_states() -> None:
+    ads = [classad2.ClassAd(text) for text in (
+        '[ClusterId = 7; ProcId = 0; JobStatus = 1; FloeShape = "pair"; QDate = 1700000000]',
+        '[ClusterId = 7; ProcId = 1; JobStatus = 2; FloeShape = "pair"; QDate = 1700000000; '
+        'JobCurrentStartDate = 1700000100]',
+        '[ClusterId = 8; ProcId = 0; JobStatus = 5; FloeShape = "big"; QDate = 1700000000; '
+        'HoldReason = "Job has gone over memory limit of 768 megabytes."]',
+        "[ClusterId = 9; ProcId = 0; JobStatus = 3]",
+        "[ClusterId = 9; ProcId = 1; JobStatus = 4; JobCurrentStartDate = undefined]",
+        "[ClusterId = 9; ProcId = 2; JobStatus = 6]",
+        "[ClusterId = 9; ProcId = 3; JobStatus = 7]",
+        "[ClusterId = 9; ProcId = 4; JobStatus = 42]",
+    )]
+    pilots = pilots_from_ads(ads)
+    assert pilots["7.0"] == PilotInfo("7.0", PilotState.QUEUED, "pair", submitted=1700000000.0,
+                                      detail="JobStatus 1")
+    assert pilots["7.1"] == PilotInfo("7.1", PilotState.RUNNING, "pair", submitted=1700000000.0,
+                                      started=1700000100.0, detail="JobStatus 2")
+    assert pilots["8.0"].state is PilotState.HELD
+    assert pilots["8.0"].detail == "Job has gone over memory limit of 768 megabytes."
+    assert {batch_id: info.state for batch_id, info in pilots.items()
+            if batch_id.startswith("9.")} == {
+        "9.0": PilotState.FINISHED, "9.1": PilotState.FINISHED, "9.2": PilotState.RUNNING,
+        "9.3": PilotState.HELD, "9.4": PilotState.UNKNOWN}
+    assert pilots["9.1"].started is None
+    assert (pilots["9.4"].shape, pilots["9.4"].detail) == ("", "JobStatus 42")
+
+
+@pytest.mark.parametrize(("ad", "problem"), [
+    ("[ProcId = 0; JobStatus = 2]", "it has no ClusterId"),
+    ("[ClusterId = 7; JobStatus = 2]", "it has no ProcId"),
+    ("[ClusterId = 7; ProcId = 0]", "it has no JobStatus"),
+    ('[ClusterId = 7; ProcId = 0; JobStatus = "running"]', 'JobStatus = "running" is not an '
+                                                           "integer"),
+    ('[ClusterId = "7"; ProcId = 0; JobStatus = 2]', 'ClusterId = "7" is not an integer'),
+    ("[ClusterId = 7; ProcId = true; JobStatus = 2]", "ProcId = true is not an integer"),
+    ('[ClusterId = 7; ProcId = 0; JobStatus = 2; QDate = "today"]', 'QDate = "today" is not a '
+                                                                    "time in seconds"),
+])
+def test_a_job_ad_that_cannot_be_read_is_a_batch_error_naming_what(ad: str, problem: str) -> None:
+    good = classad2.ClassAd("[ClusterId = 1; ProcId = 0; JobStatus = 1]")
+    with pytest.raises(BatchError) as caught:
+        pilots_from_ads([good, classad2.ClassAd(ad)])
+    assert caught.value.summary.startswith(
+        "htcondor2.Schedd.query returned a job ad that the htcondor plugin cannot read "
+        f"({problem}): ")
+    assert caught.value.command == ["htcondor2.Schedd.query"]
+
+
+def test_what_crosses_from_the_call_process_reads_back_the_same(tmp_path: Path) -> None:
+    """The child process sends the query's ads pickled, and gets the description as text."""
+    ads = [classad2.ClassAd('[ClusterId = 7; ProcId = 0; JobStatus = 5; QDate = 1700000000; '
+                            'FloeShape = "pair"; HoldReason = "held by the admin"]')]
+    assert pilots_from_ads(pickle.loads(pickle.dumps(ads))) == pilots_from_ads(ads)
+    description = make_plugin(tmp_path).description(
+        SHAPE, ["python3", "pilot.pyz", "it's \"x\""], {"FLOE_PILOT_TOKEN": "floe_p_secret"})
+    assert str(htcondor2.Submit(str(description))) == str(description)
