@@ -1,6 +1,7 @@
-"""`floe demo` as a real subprocess with the local site: a small demo dataset runs to the end
-and its summary says what happened (every task done, the flaky task retried, statistics, pilots
-per site); Ctrl-C in the middle stops everything. Neither leaves a process behind."""
+"""`floe demo` as a real subprocess with the local site, and with the single-node SLURM (what
+`make demo SITE=slurm` runs once the cluster is up): a small demo dataset runs to the end and its
+summary says what happened (every task done, the flaky task retried, statistics, pilots per
+site); Ctrl-C in the middle stops everything. None leaves a process or a pilot behind."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,11 @@ pytestmark = pytest.mark.slow
 JOBS = 7
 
 
-def demo(workdir: Path) -> subprocess.Popen:
+def demo(workdir: Path, site: str = "local") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "demo", "--dataset", str(ROOT / "examples/demo.json"),
-         "--workdir", str(workdir), "--jobs", str(JOBS), "--pilots", "2"],
+        [sys.executable, "-m", "cli.main", "demo", "--site", site, "--dataset",
+         str(ROOT / "examples/demo.json"), "--workdir", str(workdir), "--jobs", str(JOBS),
+         "--pilots", "2"],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
         # Ctrl-C must work even where the test runner was started with SIGINT ignored.
@@ -48,18 +51,16 @@ def processes_in(workdir: Path) -> list[str]:
     return found
 
 
-def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
-    workdir = tmp_path / "demo"
-    process = demo(workdir)
-    out, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, out
+def check_summary(out: str, site: str) -> None:
+    """The demo's output says that every task of the dataset was done at `site`, by pilots that
+    all exited, with the flaky task of job 6 retried, and the dataset's statistics."""
     tasks = JOBS * 4
     assert f"{JOBS} jobs of 4 tasks" in out
     assert re.search(rf"^  tasks\s+{tasks} done, 0 failed, of {tasks}$", out, re.M), out
     retries = re.search(r"^  retries\s+(\d+) attempts? w", out, re.M)
     assert retries and int(retries[1]) >= 1, out
     assert re.search(r"process of job 6: 2 attempts; the first: task_error", out), out
-    pilots = re.search(r"^  pilots\s+site local: (\d+) \((\d+) exited\)$", out, re.M)
+    pilots = re.search(rf"^  pilots\s+site {site}: (\d+) \((\d+) exited\)$", out, re.M)
     assert pilots and int(pilots[1]) >= 1 and pilots[1] == pilots[2], out
     # The dataset's own statistics, aggregated over its tasks: n, sum, mean, stddev.
     events = re.search(r"^\s+user\s+events\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)$", out, re.M)
@@ -69,9 +70,39 @@ def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
     assert re.search(r"export FLOE_URL=http://127\.0\.0\.1:\d+ FLOE_TOKEN=floe_u_\S+$", out,
                      re.M), out
     assert "floe status 1" in out
+
+
+def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
+    workdir = tmp_path / "demo"
+    process = demo(workdir)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    check_summary(out, "local")
     assert processes_in(workdir) == []
     # The record stays: a second run starts afresh in the same workdir.
     assert (workdir / "floe.sqlite").exists()
+
+
+def slurm_jobs_named(part: str) -> list[str]:
+    """SLURM jobs not yet ended whose name holds `part`."""
+    listed = subprocess.run(["squeue", "--noheader", "--states=PENDING,RUNNING,COMPLETING,"
+                             "SUSPENDED", "--format=%i %T %j"], capture_output=True, text=True,
+                            check=True)
+    return [line for line in listed.stdout.splitlines() if part in line]
+
+
+@pytest.mark.slurm
+def test_the_demo_runs_the_dataset_through_slurm_and_leaves_no_job_behind(slurm_cluster,
+                                                                           tmp_path):
+    workdir = tmp_path / "demo"
+    process = demo(workdir, "slurm")
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, out
+    assert "as jobs in the local SLURM cluster" in out
+    check_summary(out, "slurm")
+    assert processes_in(workdir) == []
+    factory_id = tomllib.loads((workdir / "site.toml").read_text())["factory_id"]
+    assert slurm_jobs_named(factory_id) == []
 
 
 def test_ctrl_c_stops_the_factory_its_pilots_and_the_matchmaker(tmp_path):

@@ -9,7 +9,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,17 @@ def make_runner(matchmaker: LiveMatchmaker, bundle: Path) -> Iterator[Any]:
 
 
 class FactoryProcess:
-    """`floe factory --config FILE` as a site admin runs it."""
+    """`floe factory --config FILE` as a site admin runs it: with this test's Python, or with
+    `python`, the command that runs Python (`["setpriv", "--reuid=USER", ..., "python3"]` to run
+    it as another user)."""
 
-    def __init__(self, config: Path, token: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, token: str, env: dict[str, str] | None = None,
+                 python: Sequence[str] = (sys.executable,)) -> None:
         self.log = config.with_suffix(".log")
         environment = {**os.environ, "FLOE_SITE_TOKEN": token, **(env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "factory", "--config", str(config)],
+                [*python, "-m", "cli.main", "factory", "--config", str(config)],
                 cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
 
     def text(self) -> str:
@@ -114,8 +117,9 @@ class FactoryProcess:
 def start_factory() -> Iterator[Any]:
     started: list[FactoryProcess] = []
 
-    def start(config: Path, token: str, env: dict[str, str] | None = None) -> FactoryProcess:
-        process = FactoryProcess(config, token, env)
+    def start(config: Path, token: str, env: dict[str, str] | None = None,
+              python: Sequence[str] = (sys.executable,)) -> FactoryProcess:
+        process = FactoryProcess(config, token, env, python)
         started.append(process)
         return process
 
