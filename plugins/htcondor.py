@@ -42,6 +42,7 @@ import classad2
 import htcondor2
 
 from plugins.base import (
+    FACTORY_SECRETS,
     SECRET_VARIABLES,
     BatchError,
     BatchPlugin,
@@ -225,7 +226,8 @@ class HTCondorPlugin(BatchPlugin):
         return f"FloeFactory == {classad2.quote(self.settings.factory_id)}"
 
     def _call(self, method: str, what: str, work: Callable[..., T], *args: Any) -> T:
-        """`work(schedd, *args)` run in a child process, within command_timeout."""
+        """`work(schedd, *args)` run in a child process without the factory's secrets in its
+        environment, within command_timeout; `schedd()` locates the schedd there."""
         call = f"htcondor2.Schedd.{method}"
         where = self.options.schedd or "the local schedd"
         if self.options.pool:
@@ -317,8 +319,12 @@ def _unreadable(ad: classad2.ClassAd, problem: str) -> BatchError:
 
 def _answer(answer: Connection, work: Callable[..., Any], schedd: str, pool: str,
             args: tuple[Any, ...]) -> None:
+    # The bindings hand their process's environment to jobs submitted with `getenv`: the
+    # factory's secrets must not be in it.
+    for name in FACTORY_SECRETS:
+        os.environ.pop(name, None)
     try:
-        outcome = (True, work(_locate(schedd, pool), *args))
+        outcome = (True, work(lambda: _locate(schedd, pool), *args))
     except Exception as exc:  # the bindings' exceptions cannot be pickled: send their words
         outcome = (False, f"{type(exc).__name__}: {exc}")
     answer.send(outcome)
@@ -332,15 +338,16 @@ def _locate(schedd: str, pool: str) -> htcondor2.Schedd:
     return htcondor2.Schedd(location)
 
 
-def _schedd_submit(schedd: htcondor2.Schedd, description: str,
+def _schedd_submit(schedd: Callable[[], htcondor2.Schedd], description: str,
                    count: int) -> tuple[int, int, int]:
-    result = schedd.submit(htcondor2.Submit(description), count=count)
+    result = schedd().submit(htcondor2.Submit(description), count=count)
     return result.cluster(), result.first_proc(), result.num_procs()
 
 
-def _schedd_query(schedd: htcondor2.Schedd, constraint: str) -> list[classad2.ClassAd]:
-    return schedd.query(constraint=constraint, projection=_PROJECTION)
+def _schedd_query(schedd: Callable[[], htcondor2.Schedd],
+                  constraint: str) -> list[classad2.ClassAd]:
+    return schedd().query(constraint=constraint, projection=_PROJECTION)
 
 
-def _schedd_remove(schedd: htcondor2.Schedd, constraint: str) -> None:
-    schedd.act(htcondor2.JobAction.Remove, constraint)
+def _schedd_remove(schedd: Callable[[], htcondor2.Schedd], constraint: str) -> None:
+    schedd().act(htcondor2.JobAction.Remove, constraint)

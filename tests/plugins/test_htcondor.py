@@ -21,6 +21,7 @@ import pytest
 
 from config.resources import GIB, MIB
 from plugins.base import (
+    FACTORY_SECRETS,
     BatchError,
     PilotInfo,
     PilotShape,
@@ -190,6 +191,23 @@ def test_a_call_whose_process_is_killed_is_a_batch_error(
     assert caught.value.summary == (
         f"HTCondor could not list pilots through the local schedd of pool {address}: "
         "htcondor2.Schedd.query was killed by signal 9 without answering.")
+
+
+def _environment_of_the_call(schedd: object) -> dict[str, str]:
+    """A call's work that reads its process's environment instead of asking a schedd."""
+    return dict(os.environ)
+
+
+def test_the_bindings_run_without_the_factorys_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in FACTORY_SECRETS:
+        monkeypatch.setenv(name, f"secret-{name}")
+    monkeypatch.setenv("FLOE_HARMLESS", "kept")
+    plugin = make_plugin(tmp_path)
+    seen = plugin._call("query", "read its environment", _environment_of_the_call)
+    assert seen["FLOE_HARMLESS"] == "kept"
+    assert not [name for name in FACTORY_SECRETS if name in seen]
+    assert os.environ[FACTORY_SECRETS[0]].startswith("secret-")  # the factory keeps its own
 
 
 def test_job_ads_read_as_pilots_in_their_states() -> None:
