@@ -23,7 +23,7 @@ from pilot.offline import OfflineError, system_values
 from pilot.runner import RunnerSettings
 from pilot.slot import measure
 from pilot.supervisor import WALLTIME_GRACE
-from pilot.workarea import WorkArea
+from pilot.workarea import WorkArea, WorkAreaError
 
 TOKEN_VARIABLE = "FLOE_PILOT_TOKEN"
 EXIT_USAGE = 2
@@ -118,9 +118,11 @@ def main(args: argparse.Namespace) -> int:
     work = WorkArea(slot.scratch)
     try:
         work.open()
-    except OSError as err:
-        print(f"pilot: cannot use the scratch directory {slot.scratch}: {err.strerror or err}",
-              file=sys.stderr)
+    except WorkAreaError as err:
+        print(f"pilot: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # the message names the directory or file it could not use
+        print(f"pilot: cannot use its work area {work.root}: {err}", file=sys.stderr)
         return EXIT_ERROR
     settings = PilotSettings(
         idle_timeout=args.idle_timeout, max_failures=args.max_failures,

@@ -122,9 +122,9 @@ def credentials(pid: int) -> dict[str, str]:
 
 def batch_site(request: pytest.FixtureRequest, plugin: str, user: pwd.struct_passwd,
                user_dir: Path) -> dict[str, Any]:
-    """The site settings for `plugin`. SLURM's scratch directory for a job is $TMPDIR (/tmp),
-    shared with every user's pilots: this site gives its pilots one in the user's directory, as
-    a site admin would. (Local pilots run in the factory's workdir.)"""
+    """The site settings for `plugin`. SLURM's scratch directory for a job is $TMPDIR (/tmp):
+    this site gives its pilots one in the user's directory, so that everything the user writes
+    is in the one place the test looks. (Local pilots run in the factory's workdir.)"""
     if plugin == "local":
         return {"plugin": "local"}
     request.getfixturevalue("slurm_cluster")

@@ -10,6 +10,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from pilot.workarea import directory_name
+
 from .live import LiveMatchmaker, wait_for
 
 STATISTICS = "sleep 1.5; echo '{\"events\": 7}' > $FLOE_STATS"
@@ -37,7 +39,7 @@ def alive(pid: int) -> bool:
 
 
 def outbox(scratch: Path) -> Path:
-    return scratch / "floe-pilot" / "outbox"
+    return scratch / directory_name() / "outbox"
 
 
 def test_sigterm_drains_the_pilot_and_requeues_its_running_task(
@@ -118,7 +120,7 @@ def test_a_pilot_started_on_the_same_scratch_delivers_what_a_killed_one_left(
     wait_for((outbox(scratch) / "1.json").exists, 30, "the report in the outbox")
     first.kill()
     first.wait()
-    assert len(list((scratch / "floe-pilot" / "runs").glob("*.lock"))) == 1
+    assert len(list((scratch / directory_name() / "runs").glob("*.lock"))) == 1
     matchmaker.start()
 
     # Its token is refused, so it cannot even register: the report goes out all the same,
@@ -128,7 +130,7 @@ def test_a_pilot_started_on_the_same_scratch_delivers_what_a_killed_one_left(
     assert second.wait(60) == 1, (tmp_path / "second.log").read_text()
 
     assert not list(outbox(scratch).iterdir())
-    assert not list((scratch / "floe-pilot" / "runs").iterdir())
+    assert not list((scratch / directory_name() / "runs").iterdir())
     [task] = matchmaker.tasks(dataset_id)
     assert task["state"] == "complete"
     assert [a["state"] for a in task["attempts"]] == ["complete"]

@@ -14,6 +14,7 @@ import pytest
 
 from pilot.bundle import build
 from pilot.gpus import open_nvml
+from pilot.workarea import directory_name
 
 from .live import LiveMatchmaker
 
@@ -114,7 +115,7 @@ def test_a_pilot_with_no_work_signs_off_after_its_idle_timeout(
     assert record["state"] == "exited"
     assert record["exit_reason"].startswith("idle")
     assert not record["suspect"]
-    assert not list((tmp_path / "scratch" / "floe-pilot" / "runs").iterdir())
+    assert not list((tmp_path / "scratch" / directory_name() / "runs").iterdir())
 
 
 @pytest.mark.gpu

@@ -3,17 +3,21 @@ starting on the same scratch clears what killed pilots left, never what live one
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
-from pilot.workarea import WorkArea
+import pytest
+
+from pilot.workarea import WorkArea, WorkAreaError, directory_name
 
 from .live import ROOT
 
 HOLD = """
 import sys, time
-from pilot.workarea import WorkArea
+from pilot.workarea import WorkArea, WorkAreaError, directory_name
 work = WorkArea(sys.argv[1])
 work.open()
 work.lane_dir(1).mkdir()
@@ -36,7 +40,7 @@ def test_a_killed_pilots_run_directory_is_cleared_and_a_live_ones_kept(tmp_path)
         dead.wait()
         work = WorkArea(tmp_path)
         work.open()
-        runs = tmp_path / "floe-pilot" / "runs"
+        runs = tmp_path / directory_name() / "runs"
         assert not (runs / dead_name).exists() and not (runs / f"{dead_name}.lock").exists()
         assert (runs / live_name / "lane1").is_dir()
         assert work.run_dir.is_dir()
@@ -54,3 +58,43 @@ def test_the_work_area_holds_the_shared_outbox(tmp_path):
     assert first.lane_dir(5) != second.lane_dir(5)
     first.close()
     second.close()
+
+
+def test_the_work_area_is_private_to_its_user(tmp_path):
+    (tmp_path / directory_name()).mkdir(mode=0o755)  # left by an older pilot, readable by all
+    work = WorkArea(tmp_path)
+    work.open()
+    assert work.root == tmp_path / f"floe-pilot-{os.getuid()}"
+    assert stat.S_IMODE(work.root.stat().st_mode) == 0o700  # the outbox holds passkeys
+    work.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_another_users_work_area_on_the_same_scratch_is_neither_used_nor_in_the_way(tmp_path):
+    theirs = tmp_path / "floe-pilot-65534"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    work = WorkArea(tmp_path)
+    work.open()
+    assert work.root != theirs and work.run_dir.is_dir()
+    work.close()
+    assert os.listdir(theirs) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_work_area_made_by_another_user_is_refused_with_the_fix(tmp_path):
+    planted = tmp_path / directory_name()
+    planted.mkdir(mode=0o777)
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(WorkAreaError, match=rf"{planted} is not a directory of this user .*"
+                                            "remove it, or give the pilot another scratch"):
+        WorkArea(tmp_path).open()
+    assert os.listdir(planted) == []
+
+
+def test_a_link_in_place_of_the_work_area_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / directory_name()).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(WorkAreaError, match="is a link"):
+        WorkArea(tmp_path).open()
+    assert os.listdir(tmp_path / "elsewhere") == []
