@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from config import expressions
+from config.json_schema import json_schema as schema_of
 from config.resources import Requirements
 from config.schema import (
     OMIT,
@@ -83,7 +84,8 @@ def _relative_path(text: str) -> str | None:
     return None
 
 
-_LOCAL = String(hint=_LOCAL_HINT, rule=_relative_path)
+_LOCAL = String(hint=_LOCAL_HINT, rule=_relative_path,
+                rule_schema={"minLength": 1, "not": {"pattern": r"^/|(^|/)\.\.(?![^/])"}})
 
 
 def _url_hint(schemes: tuple[str, ...], absolute_path: bool) -> str:
@@ -108,7 +110,9 @@ def _url(schemes: tuple[str, ...], absolute_path: bool) -> String:
             return None
         return f"expected {hint}, got {show(text)}"
 
-    return String(hint=hint, rule=rule)
+    any_case = ("".join(f"[{c.upper()}{c.lower()}]" for c in s) for s in schemes)
+    starts = [r"\$", f"({'|'.join(any_case)})://", *(["/"] if absolute_path else [])]
+    return String(hint=hint, rule=rule, rule_schema={"pattern": f"^({'|'.join(starts)})"})
 
 
 REQUIREMENTS = Object([
@@ -210,6 +214,28 @@ DATASET = Object([
     Field("tasks", ListOf(TASK, min_length=1, max_length=MAX_TASKS),
           "The tasks every job runs, as a DAG by `depends`."),
 ], doc="The document a user submits to create a dataset.")
+
+SUBMIT_TIME_EXPRESSION = {
+    "type": "string",
+    "pattern": r"\$(" + "|".join(SUBMIT_TIME_FUNCTIONS) + r")\(",
+    "description": "an expression resolved once when the dataset is submitted, from the "
+                   "steering values alone: " + ", ".join(f"${f}" for f in SUBMIT_TIME_FUNCTIONS),
+}
+"""What a requirement may be instead of its value: `_resolve_requirements` replaces it by its
+value before the schema's checks, so any value inside `requirements` may be one."""
+
+
+def json_schema() -> dict[str, Any]:
+    """`DATASET` as JSON Schema (2020-12, the dialect of OpenAPI 3.1): the body the matchmaker
+    takes to submit a dataset. What `validate()` checks beyond the schema is in its
+    description."""
+    schema = schema_of(DATASET, also={REQUIREMENTS: SUBMIT_TIME_EXPRESSION})
+    schema["description"] = (
+        f"{DATASET.doc} Besides this schema, a dataset is refused when two tasks (or two "
+        "modules of one task) have the same name, when a task depends on an unknown task or "
+        "the dependencies form a cycle, and when an expression does not parse or names a "
+        "steering value or job argument that does not exist; see docs/config.md.")
+    return schema
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,8 @@ def dataset_reference() -> str:
              + "A dataset is submitted as one JSON document. Only `jobs` and `tasks` (each with a "
              "`name` and `modules`) are required; the rest has defaults. Sizes are written like "
              '`"4GB"` (powers of 10), `"4GiB"` or `"4G"` (powers of 2) or as bytes; durations '
-             'like `"2h30m"`, `"1-12:00:00"` or seconds. `examples/` holds complete datasets.')
+             'like `"2h30m"`, `"1-12:00:00"` or seconds. `examples/` holds complete datasets. '
+             "The matchmaker publishes this schema as JSON Schema too: the body of "
+             "`POST /api/v1/datasets` in its OpenAPI document, `/api/v1/openapi.json`.")
     return markdown(dataset.DATASET, "Dataset configuration", intro,
                     sections=[expression_section()])

@@ -29,6 +29,19 @@ _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" for c in word)
+
+
+# The strings `parse_size` and `parse_duration` take, as JSON Schema (ECMA-262) patterns for
+# the documents that publish them (config.json_schema); tests hold them to the parsers.
+SIZE_PATTERN = (r"^\s*\d+(\.\d+)?\s*("
+                + "|".join(_any_case(u) for u in sorted(_SIZE_UNITS, key=len, reverse=True))
+                + r")?\s*$")
+DURATION_PATTERN = (r"^\s*(\d+|(\d+-)?\d+:\d{1,2}(:\d{1,2})?"
+                    r"|(\d+(\.\d+)?\s*[DdHhMmSs]\s*)+)\s*$")
+
+
 class ResourceError(ValueError):
     """A size or duration that cannot be understood; the message says what was expected."""
 

@@ -188,16 +188,20 @@ def _bounds(minimum: float | None, maximum: float | None, above: bool = False,
 
 class String(Kind):
     """Text, optionally matching a pattern; `hint` says in words what the pattern wants, and
-    `rule` (text -> a sentence saying what is wrong, or None) adds a check a pattern cannot do."""
+    `rule` (text -> a sentence saying what is wrong, or None) adds a check a pattern cannot do.
+    `rule_schema` holds the JSON Schema keywords that say what `rule` checks, as far as JSON
+    Schema can say it (config.json_schema publishes them)."""
 
     name = "string"
 
     def __init__(self, pattern: str | None = None, hint: str | None = None,
-                 rule: Callable[[str], str | None] | None = None, min_length: int = 0) -> None:
+                 rule: Callable[[str], str | None] | None = None, min_length: int = 0,
+                 rule_schema: Mapping[str, Any] | None = None) -> None:
         self.pattern = re.compile(pattern) if pattern else None
         self.hint = hint
         self.rule = rule
         self.min_length = min_length
+        self.rule_schema = dict(rule_schema or {})
 
     def expectation(self) -> str:
         if self.hint:

@@ -54,7 +54,7 @@ def changeable(ctx: Context) -> DatasetState:
 
 
 @route("POST", "/api/v1/datasets", summary="Submit a dataset", tag="datasets",
-       action=Action.SUBMIT, body=schemas.DATASET_CONFIG, status=201,
+       action=Action.SUBMIT, body=schemas.DATASET_CONFIG, check_body=False, status=201,
        description="The body is a dataset config (docs/config.md). Jobs are created in the "
                    "background; the answer comes at once with the new dataset's summary.")
 async def submit(ctx: Context) -> Any:

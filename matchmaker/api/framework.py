@@ -2,9 +2,12 @@
 its parameters and body schema, and its entry in the OpenAPI document.
 
 A handler receives a `Context` whose body has already been size-capped, parsed and checked
-against the declared schema, and whose caller has already been authenticated and authorized for
-the route's action. A passkey route is served even when a token that came along is refused (the
-passkey authorizes it): the refusal waits in `Context.refused` for a part that needs the token.
+against the declared schema (unless the route leaves that to its handler, `check_body=False`:
+the dataset config's schema is generated from the validator that its handler runs, whose
+messages name the field, the value and the fix), and whose caller has already been
+authenticated and authorized for the route's action. A passkey route is served even when a
+token that came along is refused (the passkey authorizes it): the refusal waits in
+`Context.refused` for a part that needs the token.
 It returns plain data (sent as JSON) or a `Reply`. Every error leaves the server as JSON
 `{"error": "..."}` with a 4xx status (5xx only for faults of the server itself);
 `unknown_route` answers paths and methods that no route takes.
@@ -108,6 +111,7 @@ class Route:
     raw_body: bool = False
     description: str = ""
     errors: tuple[int, ...] = field(default=(400, 401, 403))
+    check_body: bool = True
 
 
 ROUTES: list[Route] = []
@@ -117,13 +121,13 @@ def route(method: str, path: str, *, summary: str, tag: str, action: Action | No
           passkey: bool = False, body: dict[str, Any] | None = None,
           params: list[Param] | None = None, response: dict[str, Any] | None = None,
           status: int = 200, max_body: int | None = None, raw_body: bool = False,
-          description: str = "", errors: tuple[int, ...] = (400, 401, 403, 404)
-          ) -> Callable[[Handler], Handler]:
+          description: str = "", errors: tuple[int, ...] = (400, 401, 403, 404),
+          check_body: bool = True) -> Callable[[Handler], Handler]:
     """Declare an API route (see the module docstring)."""
     def register(handler: Handler) -> Handler:
         ROUTES.append(Route(method, path, handler, summary, action, passkey, body,
                             params or [], response, status, tag, max_body, raw_body,
-                            description, errors))
+                            description, errors, check_body))
         return handler
     return register
 
@@ -173,7 +177,7 @@ async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if spec.body is not None:
+    if spec.body is not None and spec.check_body:
         found = problems(body, spec.body)
         if found:
             raise BadRequest("; ".join(found[:20]))

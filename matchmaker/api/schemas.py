@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from config import dataset
 from config.states import ErrorClass
 
 BIG = 2**62
@@ -233,11 +234,8 @@ REPORTED = _obj({
         "\"status\": 404}")},
 }, ("results",))
 
-DATASET_CONFIG = {
-    "type": "object",
-    "description": "a dataset config; every key is documented in docs/config.md "
-                   "(`floe docs config`)",
-}
+DATASET_CONFIG = dataset.json_schema()
+"""Generated from the schema that `config.dataset.validate` checks submitted datasets with."""
 
 RESET = _obj({"scope": {"type": "string", "enum": ["failed", "all"]}}, ("scope",))
 PRIORITY = _obj({"priority": _num(0.001, 1000)}, ("priority",))

@@ -2,6 +2,8 @@
 
 The API declares each body once, as a JSON Schema; the same schema validates requests here and
 appears in /api/v1/openapi.json, so the document always says what the server really accepts.
+(The dataset config is checked by `config.dataset` instead, which its published schema is
+generated from.)
 Only the subset of JSON Schema the API uses is supported: type, properties, required,
 additionalProperties, items, enum, minimum, maximum, minLength, maxLength, minItems, maxItems,
 maxProperties and pattern. Each schema is compiled once into nested checking functions, because

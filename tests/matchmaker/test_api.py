@@ -12,7 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from jsonschema import Draft202012Validator
 
+from config import dataset as dataset_config
 from config.settings import server_settings
 from matchmaker.api.framework import AUTH, ENGINE, ROUTES
 from matchmaker.api.validation import problems
@@ -24,9 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Api:
+    """Calls to the server. Every JSON body the server takes (a 2xx answer) is checked, with the
+    jsonschema library, against the schema that the server's own OpenAPI document declares for
+    that route: the document must take whatever the server takes. `checked` holds the routes
+    (method, documented path) whose bodies were so checked."""
+
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session = session
         self.base = base
+        self.documented: list[tuple[str, str, re.Pattern, Draft202012Validator]] | None = None
+        self.checked: set[tuple[str, str]] = set()
 
     async def call(self, method: str, path: str, token: str | None = None, body=None,
                    passkey: str | None = None, data: bytes | None = None):
@@ -42,7 +51,37 @@ class Api:
                 payload = await reply.json(content_type=None)
             except ValueError:
                 payload = text
-            return reply.status, payload
+            status = reply.status
+        if body is not None and 200 <= status < 300:
+            await self.check_taken_body(method, path, body)
+        return status, payload
+
+    async def check_taken_body(self, method: str, path: str, body) -> None:
+        if self.documented is None:
+            async with self.session.get(self.base + "/api/v1/openapi.json") as reply:
+                self.documented = body_schemas(await reply.json())
+        path = path.partition("?")[0]
+        for verb, template, pattern, validator in self.documented:
+            if verb == method.upper() and pattern.fullmatch(path):
+                errors = [f"{'/'.join(map(str, e.absolute_path)) or '(body)'}: {e.message}"
+                          for e in validator.iter_errors(body)]
+                assert not errors, (f"the server took this {method} {path} body but its "
+                                    f"OpenAPI document refuses it: {errors[:5]}")
+                self.checked.add((verb, template))
+
+
+def body_schemas(document: dict) -> list[tuple[str, str, re.Pattern, Draft202012Validator]]:
+    """(method, path, path pattern, validator) of each route whose JSON body the OpenAPI
+    `document` declares."""
+    found = []
+    for template, ops in document["paths"].items():
+        pattern = re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)))
+        for method, op in ops.items():
+            content = op.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                found.append((method.upper(), template, pattern,
+                              Draft202012Validator(content["application/json"]["schema"])))
+    return found
 
 
 class World:
@@ -56,6 +95,14 @@ class World:
         self.session = aiohttp.ClientSession()
         self.api = Api(self.session, str(self.server.make_url("")))
         self.engine = self.app[ENGINE]
+        try:
+            await self.populate()
+        except BaseException:
+            await self.stop()  # else the server's writer process outlives the failed test
+            raise
+        return self
+
+    async def populate(self) -> None:
         auth = self.app[AUTH]
         _, self.admin = await auth.add_user("root", admin=True)
         _, self.owner = await auth.add_user("alice")
@@ -79,7 +126,6 @@ class World:
         status, pilot = await self.api.call("POST", "/api/v1/pilots", self.other_pilot_token,
                                             {"host": "node9"})
         self.other_pilot = pilot["pilot_id"]
-        return self
 
     async def wait_created(self, dataset_id: int) -> None:
         for _ in range(500):
@@ -463,14 +509,48 @@ async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world
             if route.method != "HEAD" and not web_page:
                 served.add((route.method, path))
     assert documented == served
-    # Body schemas in the document are the ones the server enforces.
+    # Each route that takes a JSON body documents it with a valid JSON Schema (2020-12, as
+    # OpenAPI 3.1 has it): every body the server takes in these tests is checked against it
+    # (Api.check_taken_body), and test_every_route_takes_what_its_schema_takes and those of
+    # test_openapi.py check that the schema refuses what the server refuses.
     by_key = {(r.method, r.path): r for r in ROUTES}
     for path, ops in document["paths"].items():
         for method, op in ops.items():
             declared = by_key[(method.upper(), path)]
+            content = op.get("requestBody", {}).get("content", {})
+            assert ("application/json" in content) == (declared.body is not None), path
             if declared.body is not None:
-                assert op["requestBody"]["content"]["application/json"]["schema"] == \
-                    declared.body
+                Draft202012Validator.check_schema(content["application/json"]["schema"])
+    submitted = document["paths"]["/api/v1/datasets"]["post"]["requestBody"]["content"]
+    assert submitted["application/json"]["schema"] == dataset_config.json_schema()
+
+
+async def test_every_route_takes_what_its_schema_takes_and_refuses_an_unknown_key(world):
+    # Each body of the matrices, sent as a role that may send it: the server takes it (and
+    # Api.call checks it against the document); with one key more, both refuse it.
+    documented = body_schemas((await world.api.call("GET", "/api/v1/openapi.json"))[1])
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    actions = [(method, path, body, sorted(allowed)[0])
+               for method, path, body, allowed in MATRIX.values() if isinstance(body, dict)]
+    actions += [(method, path, body, "passkey")
+                for method, path, body in PASSKEY_ACTIONS.values() if isinstance(body, dict)]
+    for method, path, body, role in actions:
+        handed_out = dict(attempt)
+        target = await path_for(world, path, handed_out)
+        token = None if role == "passkey" else token_of(world, role)
+        passkey = attempt["passkey"] if role == "passkey" else None
+        if "name" in body:
+            body = {"name": body["name"].format(role="schema")}
+        status, answer = await world.api.call(method, target, token, body, passkey=passkey)
+        assert status in (200, 201), (path, answer)
+        surplus = dict(body, surplus_key=1)
+        status, answer = await world.api.call(method, target, token, surplus, passkey=passkey)
+        assert status == 400 and "surplus_key" in answer["error"], (path, answer)
+        schema = next(v for verb, _, pattern, v in documented
+                      if verb == method and pattern.fullmatch(target))
+        assert not schema.is_valid(surplus), path
+    assert {(method, path) for method, path, *_ in documented} == world.api.checked
 
 
 def declared_answer(document: dict, method: str, path: str, status: int) -> dict:

@@ -1,0 +1,179 @@
+"""The OpenAPI document against the server that serves it, on the bodies that matter most: what
+floe's own pilot sends (built by its client and its report code, sent to a real server), the
+dataset configs users submit, and bodies that the server refuses. Api.call checks every body
+that the server takes against the document's schema for its route (with the jsonschema
+library); these tests check that they exercise the routes they name, and that the document
+refuses what the server refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from config.resources import GIB, Usage
+from config.states import ErrorClass
+from pilot.client import Ask, Matchmaker, Reply
+from pilot.limits import Overuse
+from pilot.loop import lost_report, report_of
+from pilot.runner import TaskResult
+from pilot.slot import MeasuredSlot
+from tests.config.test_json_schema import INVALID, VALID
+
+from .test_api import body_schemas
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+PILOT_ROUTES = {
+    ("POST", "/api/v1/pilots"), ("POST", "/api/v1/pilots/{pilot_id}/ask"),
+    ("POST", "/api/v1/pilots/{pilot_id}/heartbeat"), ("POST", "/api/v1/pilots/{pilot_id}/reports"),
+    ("POST", "/api/v1/pilots/{pilot_id}/exit"), ("POST", "/api/v1/attempts/{attempt_id}/heartbeat"),
+    ("POST", "/api/v1/attempts/{attempt_id}/report"),
+}
+
+
+class Recorder(Matchmaker):
+    """The pilot's client, keeping the last request it would have sent instead of sending it."""
+
+    def __init__(self) -> None:
+        super().__init__("http://matchmaker.invalid")
+        self.sent: tuple[str, str, object, str | None] | None = None
+
+    def call(self, method, path, body=None, *, raw=None, passkey=None, timeout=None) -> Reply:
+        self.sent = (method, "/api/v1" + path, body, passkey)
+        return Reply(200, {})
+
+
+SLOT = MeasuredSlot(cpus=4, memory=16 * GIB, disk=50 * GIB, gpus=(), deadline=None,
+                    os=("debian12", "linux"), arch="x86_64", python="3.11.2", host="node7",
+                    site="site-a", batch_system="slurm", batch_job_id="4242",
+                    scratch="/scratch/job4242", sources={"cpus": "SLURM_CPUS_ON_NODE"},
+                    limits={"memory": {"cgroup": 16.0 * GIB}})
+
+
+def result(exit_code: int | None = 0, error_class: ErrorClass | None = None,
+           overuse: Overuse | None = None) -> TaskResult:
+    """A finished attempt as the pilot's runner describes it."""
+    return TaskResult(
+        task="work", exit_code=exit_code, error_class=error_class,
+        error_message="" if error_class is None else "killed",
+        usage=Usage(cpu_time=9.5, wall_time=10.0, peak_memory=2**30, peak_disk=2**20),
+        overuse=overuse, statistics={"events": 1000, "efficiency": 0.93},
+        stdout_tail="done\n", stderr_tail="",
+        outputs=[{"local": "out.txt", "url": "file:///data/out_1.txt",
+                  "sha256": "ab" * 32, "size": 123}],
+        start_time=1.7e9, end_time=1.7e9 + 10, scratch="/scratch/a1",
+        stdout_path="/scratch/a1/stdout", stderr_path="/scratch/a1/stderr")
+
+
+async def send(world, client: Recorder, token: str | None, expected: int = 200):
+    method, path, body, passkey = client.sent
+    status, answer = await world.api.call(method, path, token, body, passkey=passkey)
+    assert status == expected, (path, answer)
+    return answer
+
+
+async def test_the_document_takes_every_body_floes_pilot_sends(world):
+    client = Recorder()
+    token = world.pilot_token
+    client.register(host=SLOT.host, batch_system=SLOT.batch_system,
+                    batch_id=SLOT.batch_job_id, version="0.1.0", resources=SLOT.to_dict())
+    pilot = (await send(world, client, token, 201))["pilot_id"]
+    offer = SLOT.offer(cpus=1, memory=4 * GIB, disk=10 * GIB)
+    client.ask(pilot, offer)
+    first = (await send(world, client, token))["attempt"]
+    client.ask(pilot, Ask(SLOT.offer(cpus=3, memory=12 * GIB, disk=30 * GIB), max_tasks=3))
+    second, third, fourth = (await send(world, client, token))["attempts"]
+    usage = Usage(cpu_time=1.5, wall_time=2.0, peak_memory=2**29).to_dict()
+    client.heartbeats(pilot, [{"attempt_id": a["id"], "passkey": a["passkey"], "usage": usage}
+                              for a in (first, second, third, fourth)])
+    answer = await send(world, client, token)
+    assert [answer["attempts"][str(a["id"])]["action"] for a in (first, second, third, fourth)] \
+        == ["continue"] * 4
+    client.heartbeat(first["id"], first["passkey"], usage)
+    await send(world, client, None)
+    client.report(first["id"], first["passkey"],
+                  dict(report_of(result()), ask=Ask(offer).to_dict()))
+    assert (await send(world, client, token))["task_state"] == "complete"
+    overuse = Overuse("memory", 2**30, 2**31)
+    client.reports(pilot, [
+        dict(report_of(result(137, ErrorClass.RESOURCE_OVERUSE, overuse)),
+             attempt_id=second["id"], passkey=second["passkey"]),
+        dict(report_of(result(None, ErrorClass.STAGING_ERROR)), attempt_id=third["id"],
+             passkey=third["passkey"]),
+        dict(lost_report("the node was drained"), attempt_id=fourth["id"],
+             passkey=fourth["passkey"]),
+    ], ask=Ask(offer, max_tasks=2, in_series=True))
+    answer = await send(world, client, token)
+    assert all(item.get("recorded") for item in answer["results"]), answer
+    client.sign_off(pilot, "idle", "no work for 10 minutes", suspect=False)
+    assert (await send(world, client, token))["state"] == "exited"
+    assert not PILOT_ROUTES - world.api.checked
+
+
+async def test_the_document_takes_the_example_datasets_and_the_test_suites(world):
+    configs = [json.loads(path.read_text()) for path in sorted(EXAMPLES.glob("*.json"))]
+    for config in [*configs, *VALID.values()]:
+        status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, config)
+        assert status == 201, answer
+    assert ("POST", "/api/v1/datasets") in world.api.checked
+
+
+async def documented(world, method: str, template: str) -> Draft202012Validator:
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    return next(v for verb, path, _, v in body_schemas(document)
+                if (verb, path) == (method, template))
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+async def test_a_dataset_the_server_refuses_is_refused_by_the_document(world, name):
+    schema = await documented(world, "POST", "/api/v1/datasets")
+    status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, INVALID[name])
+    assert status == 400 and answer["error"].startswith("the dataset config is not valid")
+    assert not schema.is_valid(INVALID[name])
+
+
+FREE = {"cpus": 1, "memory": 4 * GIB, "disk": 10 * GIB}
+PILOTS = "/api/v1/pilots"
+ASK = "/api/v1/pilots/{pilot_id}/ask"
+HEARTBEAT = "/api/v1/pilots/{pilot_id}/heartbeat"
+REPORTS = "/api/v1/pilots/{pilot_id}/reports"
+EXIT = "/api/v1/pilots/{pilot_id}/exit"
+REFUSED_PILOT_BODIES = {
+    "register without a host": (PILOTS, {}),
+    "register with an unknown key": (PILOTS, {"host": "n", "hostname": "n"}),
+    "register with a too long host": (PILOTS, {"host": "n" * 257}),
+    "ask with negative cpus": (ASK, dict(FREE, cpus=-1)),
+    "ask with an unknown key": (ASK, dict(FREE, gpu=1)),
+    "ask with a size string": (ASK, dict(FREE, memory="4GB")),
+    "ask for no tasks": (ASK, dict(FREE, max_tasks=0)),
+    "ask in series as a string": (ASK, dict(FREE, in_series="yes")),
+    "ask without disk": (ASK, {"cpus": 1, "memory": 1}),
+    "heartbeat without a passkey": (HEARTBEAT, {"attempts": [{"attempt_id": 1}]}),
+    "heartbeat without attempts": (HEARTBEAT, {}),
+    "no reports": (REPORTS, {"reports": []}),
+    "a report with an exit code out of range": (
+        REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 300}]}),
+    "a report with an unknown error class": (
+        REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 1,
+                               "error_class": "bogus"}]}),
+    "a report with a statistic that is not a number": (
+        REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 0,
+                               "statistics": {"events": "many"}}]}),
+    "reports with an incomplete ask": (
+        REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 0}],
+                  "ask": {"cpus": 1}}),
+    "exit with a too long reason": (EXIT, {"reason": "r" * 65}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_PILOT_BODIES))
+async def test_a_pilot_body_the_server_refuses_is_refused_by_the_document(world, name):
+    template, body = REFUSED_PILOT_BODIES[name]
+    schema = await documented(world, "POST", template)
+    path = template.format(pilot_id=world.pilot)
+    status, answer = await world.api.call("POST", path, world.pilot_token, body)
+    assert status == 400 and answer["error"].startswith("body"), answer
+    assert not schema.is_valid(body)
