@@ -9,6 +9,7 @@ factory all decide "does this task fit here" through `fits()`, so the three can 
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -24,8 +25,11 @@ _SIZE_UNITS = {
     # Bare letters follow the batch systems (SLURM, PBS, SGE), where "4G" means 4 GiB.
     "k": KIB, "m": MIB, "g": GIB, "t": TIB,
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE)
+# ASCII digits only: \d would also take "²" or "٣", which int() and float() refuse or read
+# otherwise.
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$", re.ASCII)
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)", re.IGNORECASE | re.ASCII)
+_CLOCK_RE = re.compile(r"(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?", re.ASCII)
 _DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
@@ -70,12 +74,14 @@ def parse_duration(value: Any) -> int:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ResourceError(f'expected a duration like "2h30m", got {value!r} (negative)')
+        if not math.isfinite(value):
+            raise ResourceError(f'expected a duration like "2h30m", got {value!r}')
         return int(value)
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text)
-        clock = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d{1,2})(?::(\d{1,2}))?", text)
+        clock = _CLOCK_RE.fullmatch(text)
         if clock:
             days, first, second, third = clock.groups()
             if third is None:  # "MM:SS" as the batch systems read it

@@ -622,7 +622,8 @@ def walk(obj: Object, prefix: str = "") -> list[tuple[str, Field, Object]]:
 
 def parse_json(text: str, source: str) -> Any:
     """The JSON value in `text`; a syntax error names `source`, line and column. A key given
-    twice in one object is refused, where json.loads would silently keep the last."""
+    twice in one object is refused, where json.loads would silently keep the last, and so are
+    NaN and Infinity, which json.loads takes although JSON has no such values."""
     def no_repeats(pairs: list[tuple[str, Any]]) -> dict:
         result = {}
         for key, value in pairs:
@@ -632,8 +633,12 @@ def parse_json(text: str, source: str) -> Any:
             result[key] = value
         return result
 
+    def no_constant(name: str) -> Any:
+        raise ConfigError([f"{source}: {name} is not a JSON value; write a number, or a string "
+                           "if it is meant as text"])
+
     try:
-        return json.loads(text, object_pairs_hook=no_repeats)
+        return json.loads(text, object_pairs_hook=no_repeats, parse_constant=no_constant)
     except json.JSONDecodeError as err:
         raise ConfigError([f"{source}: line {err.lineno}, column {err.colno}: {err.msg}"]
                           ) from None

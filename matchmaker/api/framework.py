@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -174,14 +175,52 @@ async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
             return None
         raise BadRequest("this route needs a JSON body")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        where = _lone_surrogate(body, "")
+        if where is not None:
+            raise BadRequest(f"{where or 'the body'}: holds a \\u escape of half a UTF-16 "
+                             "surrogate pair (\\ud800 to \\udfff) without its other half, "
+                             "which is no character; send the text as valid Unicode")
     if spec.body is not None and spec.check_body:
         found = problems(body, spec.body)
         if found:
             raise BadRequest("; ".join(found[:20]))
     return body
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"the body is not valid JSON: {name} is no JSON value; send a number, or "
+                     "null")
+
+
+# A JSON escape of a UTF-16 surrogate: json.loads joins a pair into one character but keeps a
+# lone one as a string that cannot be encoded (SQLite, the log, the answer would all fail on it).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (or key) in `value` that is not valid Unicode, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _lone_surrogate(key, path) if isinstance(key, str) else None
+            if found is None:
+                found = _lone_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _lone_surrogate(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _token(request: web.Request) -> str | None:

@@ -178,6 +178,13 @@ def test_duration_is_normalized_to_seconds():
     ]
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b2h", "\u0663:00", "\u0663GB",
+                                   float("nan"), float("inf")])
+def test_digits_other_than_ascii_and_numbers_that_are_not_finite_are_refused(value):
+    kind = Size() if value == "\u0663GB" else Duration()
+    assert len(problems_of(kind, value)) == 1  # not an error int() or float() raises
+
+
 def test_enum_suggests_the_nearest_value_only_when_there_is_one():
     kind = Enum(["full", "normal", "off"])
     assert kind.validate("off") == "off"
@@ -258,3 +265,11 @@ def test_a_key_given_twice_is_refused_instead_of_silently_keeping_the_last():
     with pytest.raises(ConfigError) as caught:
         parse_json('{"jobs": 1, "jobs": 2}', "d.json")
     assert str(caught.value) == 'd.json: the key "jobs" appears twice in one object; keep one'
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_refused_although_json_loads_takes_them(constant):
+    with pytest.raises(ConfigError) as caught:
+        parse_json('{"steering": {"x": ' + constant + "}}", "d.json")
+    assert str(caught.value) == (f"d.json: {constant} is not a JSON value; write a number, or "
+                                 "a string if it is meant as text")

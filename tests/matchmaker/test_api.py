@@ -617,3 +617,46 @@ async def test_submit_answers_before_a_large_dataset_is_created_and_work_starts_
     rows = await world.engine.db.fetchone(
         "SELECT count(*) AS n FROM tasks WHERE dataset_id = ?", (dataset["id"],))
     assert rows["n"] == 200_000
+
+
+async def test_text_and_numbers_that_json_loads_takes_but_json_has_not_are_refused(world):
+    status, given = await world.api.call(
+        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_token,
+        {"cpus": 2, "memory": 8 * 2**30, "disk": 10 * 2**30, "seconds": 86400, "max_tasks": 2})
+    first, second = given["attempts"]
+    path = f"/api/v1/pilots/{world.pilot}/reports"
+
+    def reports(attempt: dict, tail: str, cpu: str = "1.0") -> bytes:
+        """A bulk report of `attempt` whose tail and CPU time go into the JSON text as given."""
+        body = {"reports": [{"attempt_id": attempt["id"], "passkey": attempt["passkey"],
+                             "exit_code": 0, "usage": {"cpu_time": "CPU"}, "stdout_tail": "TAIL"}]}
+        return json.dumps(body).replace('"CPU"', cpu).replace("TAIL", tail).encode()
+
+    # A lone half of a surrogate pair reached SQLite in the writer process (500 there).
+    status, answer = await world.api.call("POST", path, world.pilot_token,
+                                          data=reports(first, "ok \\ud800 then"))
+    assert status == 400, answer
+    assert answer["error"].startswith("reports[0].stdout_tail: holds a \\u escape of half a "
+                                      "UTF-16 surrogate pair")
+    status, answer = await world.api.call("POST", path, world.pilot_token,
+                                          data=reports(first, "ok", cpu="NaN"))
+    assert status == 400 and "NaN is no JSON value" in answer["error"], answer
+    # A whole pair is a character like any other, and nothing refused was recorded.
+    status, answer = await world.api.call("POST", path, world.pilot_token,
+                                          data=reports(first, "ok \\ud83d\\ude00"))
+    assert status == 200 and answer["results"][0]["recorded"], answer
+    status, attempt = await world.api.call("GET", f"/api/v1/attempts/{first['id']}",
+                                           world.owner)
+    assert attempt["stdout_tail"] == "ok \U0001F600"
+    status, answer = await world.api.call("POST", path, world.pilot_token,
+                                          data=reports(second, "fine"))
+    assert status == 200 and answer["results"][0]["recorded"], answer
+
+
+async def test_a_walltime_of_digits_int_cannot_read_is_refused_not_a_server_error(world):
+    document = s.config(jobs=1)
+    for walltime in ("²", "1²h", "٣:00"):
+        document["tasks"][0]["requirements"]["walltime"] = walltime
+        status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, document)
+        assert status == 400, (walltime, answer)
+        assert "tasks[0].requirements.walltime: expected a duration" in answer["error"]
