@@ -23,6 +23,7 @@ from config import expressions
 from config.json_schema import json_schema as schema_of
 from config.resources import Requirements
 from config.schema import (
+    NO_NUL_SCHEMA,
     OMIT,
     AnyValue,
     Bool,
@@ -39,6 +40,7 @@ from config.schema import (
     Size,
     String,
     join_path,
+    no_nul,
     parse_json,
     show,
     suggestion,
@@ -84,6 +86,9 @@ def _relative_path(text: str) -> str | None:
     return None
 
 
+# Text a module's program gets, as an argument or in its environment.
+_ARGUMENT = String(rule=no_nul, rule_schema=NO_NUL_SCHEMA)
+_ARGUMENT_1 = String(min_length=1, rule=no_nul, rule_schema=NO_NUL_SCHEMA)
 _LOCAL = String(hint=_LOCAL_HINT, rule=_relative_path,
                 rule_schema={"minLength": 1, "not": {"pattern": r"^/|(^|/)\.\.(?![^/])"}})
 
@@ -165,10 +170,10 @@ MODULE = Object([
     Field("name", String(pattern=_NAME, hint=_NAME_HINT),
           "Name of the module in logs and statistics; unique in its task.", default=OMIT,
           default_text='`"module0"`, `"module1"`, ... by position', example="gen"),
-    Field("command", Either(String(min_length=1), ListOf(String(), min_length=1)),
+    Field("command", Either(_ARGUMENT_1, ListOf(_ARGUMENT, min_length=1)),
           "What to run: a list of strings is the argv, one string runs under /bin/sh -c.",
           example=["python3", "gen.py", "--seed", "$args(job)"]),
-    Field("env", MapOf(String(), key=_ENV_NAME),
+    Field("env", MapOf(_ARGUMENT, key=_ENV_NAME),
           "Environment variables for this module, on top of the task's.", default={}),
 ], doc="One command of a task; the modules of a task run one after the other in its scratch "
        "directory, and the task fails at the first that exits non-zero.")
@@ -180,7 +185,7 @@ TASK = Object([
     Field("depends", ListOf(String(pattern=_NAME, hint=_NAME_HINT)),
           "Names of tasks of the same job that must complete before this one starts.",
           default=[], example=["generate"]),
-    Field("env", MapOf(String(), key=_ENV_NAME),
+    Field("env", MapOf(_ARGUMENT, key=_ENV_NAME),
           "Environment variables for every module of the task.", default={},
           example={"SEED": "$eval($steering(seed_base) + $args(job))"}),
     Field("inputs", ListOf(INPUT), "Files fetched before the task runs.", default=[]),

@@ -32,6 +32,7 @@ from config.schema import (
     Object,
     Size,
     String,
+    no_nul,
     read_toml,
 )
 
@@ -40,6 +41,7 @@ SITE_TOKEN_VARIABLE = "FLOE_SITE_TOKEN"
 _ID = r"[A-Za-z0-9_.]{1,24}"
 _NAME = r"[A-Za-z0-9_.-]{1,40}"
 _ENV_NAME = String(r"[A-Za-z_][A-Za-z0-9_]*", "a shell variable name")
+_VALUE = String(rule=no_nul)  # reaches the pilots' environment
 
 SHAPE_SCHEMA = Object([
     Field("name", String(_NAME, "up to 40 letters, digits, '_', '.' or '-'"),
@@ -112,9 +114,9 @@ SITE_SCHEMA = Object([
           "scratch directory, else the pilot's working directory)", ""),
     Field("python", String(min_length=1), "the Python 3.9+ interpreter on the worker nodes",
           "python3"),
-    Field("environment", MapOf(String(), _ENV_NAME), "extra environment variables for every "
+    Field("environment", MapOf(_VALUE, _ENV_NAME), "extra environment variables for every "
           "pilot", {}, example={"APPTAINER_CACHEDIR": "/scratch/cache"}),
-    Field("system", MapOf(String(), _ENV_NAME), "the site's `$system(name)` values for tasks",
+    Field("system", MapOf(_VALUE, _ENV_NAME), "the site's `$system(name)` values for tasks",
           {}, example={"cvmfs": "/cvmfs/icecube.opensciencegrid.org"}),
     Field("memory_headroom", Float(0, 10), "fraction of a shape's memory asked for on top of "
           "it", 0.10),

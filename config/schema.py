@@ -132,6 +132,19 @@ class Problems:
             raise ConfigError(self.messages)
 
 
+def no_nul(text: str) -> str | None:
+    """A `String` rule for text that is handed to a program (an argument, an environment
+    value): the operating system cannot pass a NUL character."""
+    if "\0" in text:
+        return (f"holds a NUL character (\\u0000), which cannot be passed to a program: "
+                f"remove it from {show(text)}")
+    return None
+
+
+NO_NUL_SCHEMA = {"pattern": "^[^\\u0000]*$"}
+"""What `no_nul` checks, as JSON Schema (the `rule_schema` of a String with that rule)."""
+
+
 class Kind:
     """One type of value. Subclasses check and normalize values and describe themselves."""
 

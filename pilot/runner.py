@@ -409,10 +409,11 @@ class TaskRun:
         try:
             process = subprocess.Popen(argv, cwd=self.scratch, env=env, stdin=_devnull(),
                                        stdout=out, stderr=err, start_new_session=True)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a NUL in an argument or value
             code = 127 if isinstance(error, FileNotFoundError) else 126
+            why = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: cannot run {argv[0]!r}: "
-                                                 f"{error.strerror or error}", code) from None
+                                                 f"{why}", code) from None
         tree = ProcessTree(process.pid, self.process_table, started=started)
         self._last_gpu_sample = 0.0
         status, rusage = self._wait(process.pid, tree)

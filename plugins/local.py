@@ -124,7 +124,7 @@ class LocalPlugin(BatchPlugin):
                         argv, env=pilot_env, stdin=subprocess.DEVNULL, stdout=output,
                         stderr=subprocess.STDOUT, cwd=self.settings.workdir,
                         start_new_session=True)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: a NUL in the command or env
                 raise BatchError(f"the pilot could not be started: {exc}.", argv,
                                  submitted=batch_ids) from exc
             record = {"factory": self.settings.factory_id, "shape": shape.name,

@@ -419,3 +419,18 @@ def test_load_reads_a_valid_file(tmp_path):
 
 def test_job_args_has_exactly_the_names_expressions_may_use():
     assert tuple(dataset.job_args(3, 1, 10, "generate", 42)) == dataset.ARGS
+
+
+def test_a_nul_in_what_a_module_runs_with_is_refused_at_submit():
+    data = document()
+    data["tasks"][0]["modules"][0] = {"command": ["echo", "a\0b"], "env": {"X": "\0"}}
+    data["tasks"][0]["env"] = {"Y": "c\0"}
+    problems = sorted(problems_of(data))
+    assert problems == [
+        'tasks[0].env.Y: holds a NUL character (\\u0000), which cannot be passed to a program: '
+        'remove it from "c\\u0000"',
+        'tasks[0].modules[0].command[1]: holds a NUL character (\\u0000), which cannot be '
+        'passed to a program: remove it from "a\\u0000b"',
+        'tasks[0].modules[0].env.X: holds a NUL character (\\u0000), which cannot be passed to '
+        'a program: remove it from "\\u0000"',
+    ]

@@ -57,3 +57,19 @@ def test_a_document_written_as_toml_reads_back_as_the_same_config(tmp_path):
     assert site["environment"] == {"X_Y": 'say "hi"'} and site["memory_headroom"] == 0.25
     assert site["options"] == {"partition": "short", "request_disk": True}
     assert site["shapes"][0]["directives"] == ["--constraint=avx2"]
+
+
+def test_a_nul_in_what_reaches_the_pilots_environment_is_refused(tmp_path):
+    path = tmp_path / "site.toml"
+    path.write_text(to_toml({"matchmaker": "http://127.0.0.1:8080", "workdir": str(tmp_path),
+                             "sites": [{"name": "a", "plugin": "local",
+                                        "shapes": [{"name": "s"}],
+                                        "environment": {"X": "a\0b"},
+                                        "system": {"cvmfs": "\0"}}]}))
+    with pytest.raises(ConfigError) as caught:
+        load_factory_config(path)
+    assert caught.value.problems == [
+        f'{path}: sites[0].environment.X: holds a NUL character (\\u0000), which cannot be '
+        'passed to a program: remove it from "a\\u0000b"',
+        f'{path}: sites[0].system.cvmfs: holds a NUL character (\\u0000), which cannot be '
+        'passed to a program: remove it from "\\u0000"']

@@ -133,6 +133,14 @@ def test_a_command_that_does_not_exist_is_a_task_error(tmp_path):
     assert "cannot run 'no-such-program-floe'" in result.error_message
 
 
+def test_an_argument_that_holds_a_nul_once_evaluated_is_a_task_error(tmp_path):
+    result = run(tmp_path, task([{"command": ["echo", "$steering(word)"]}]),
+                 steering={"word": "a\0b"})
+    assert result.error_class is ErrorClass.TASK_ERROR
+    assert result.exit_code == 126
+    assert result.error_message == "module module0: cannot run 'echo': embedded null byte"
+
+
 def test_an_expression_that_cannot_be_evaluated_is_a_task_error(tmp_path):
     result = run(tmp_path, task([{"command": "echo $steering(missing)"}]))
     assert result.error_class is ErrorClass.TASK_ERROR

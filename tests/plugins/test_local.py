@@ -183,6 +183,15 @@ def test_a_pilot_whose_log_cannot_be_created_is_not_started(
     assert local.status() == {}
 
 
+def test_a_nul_in_the_pilot_environment_is_a_batch_error_and_starts_nothing(
+        local: LocalPlugin, pilot_dir: Path) -> None:
+    before = our_processes()
+    with pytest.raises(BatchError, match="the pilot could not be started: embedded null byte"):
+        local.submit(SHAPE, 1, pilot_command(pilot_dir), {"FLOE_X": "a\0b"})
+    assert our_processes() <= before
+    assert local.status() == {}
+
+
 def test_a_pilot_whose_record_cannot_be_written_is_stopped_and_not_reported(
         factory_id: str, tmp_path: Path, pilot_dir: Path) -> None:
     # A state directory where no file can be created (procfs), as on a full or read-only disk:
