@@ -545,6 +545,12 @@ class Pilot:
         self.pilot_id = int(reply.data["pilot_id"])
         self.heartbeat_interval = float(reply.data.get("heartbeat_interval") or 60)
         self._next_heartbeat = now + self.heartbeat_interval
+        kept = reply.data.get("tail_bytes")
+        if isinstance(kept, int) and 0 < kept < self.settings.runner.tail_bytes:
+            # Tails longer than the server keeps would be cut there, and the logs they came
+            # from never sent whole.
+            self.settings = dataclasses.replace(self.settings, runner=dataclasses.replace(
+                self.settings.runner, tail_bytes=kept))
         self._last_busy = now
         self._asked_since_busy = False
         self._next_ask = now

@@ -47,7 +47,7 @@ async def register(ctx: Context) -> Any:
     settings = ctx.engine.settings
     return {"pilot_id": pilot.pilot_id, "site": pilot.site.name,
             "heartbeat_interval": settings.heartbeat_interval,
-            "heartbeat_timeout": settings.heartbeat_timeout}
+            "heartbeat_timeout": settings.heartbeat_timeout, "tail_bytes": settings.tail_bytes}
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/ask", summary="Ask for the best task that fits",

@@ -91,7 +91,10 @@ REGISTERED = _obj({
     "site": _str(64, description="the site of the pilot token, the pilot's site"),
     "heartbeat_interval": HEARTBEAT_INTERVAL,
     "heartbeat_timeout": HEARTBEAT_TIMEOUT,
-}, ("pilot_id", "site", "heartbeat_interval", "heartbeat_timeout"))
+    "tail_bytes": _int(1, doc="the most of each stream's end the server keeps with an "
+                                 "attempt (bytes of UTF-8): a longer log goes up whole, "
+                                 "through the log route"),
+}, ("pilot_id", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes"))
 
 _NAMES = {"type": "array", "items": {"type": "string"}}
 

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from pilot.bundle import build
 from pilot.gpus import open_nvml
 from pilot.workarea import directory_name
 
-from .live import LiveMatchmaker
+from .live import SETTINGS, LiveMatchmaker
 
 PYTHON39 = Path("/root/.pyenv/versions/3.9.18/bin/python3")
 BARE_PYTHON = str(PYTHON39) if PYTHON39.exists() else (shutil.which("python3") or "python3")
@@ -92,6 +93,29 @@ def test_a_pilot_with_several_cpus_runs_one_cpu_tasks_side_by_side(
 
     assert matchmaker.states(dataset_id) == ["complete"] * 4
     assert overlap(matchmaker.attempts(dataset_id)) == min(cpus, 4)
+
+
+def test_a_log_longer_than_the_servers_tails_goes_up_whole(tmp_path):
+    (tmp_path / "server").mkdir()
+    live = LiveMatchmaker(tmp_path / "server", settings=SETTINGS + 'tail_bytes = "1KiB"\n')
+    live.start()
+    try:
+        # 3,000 bytes: longer than the 1 KiB the server keeps, far shorter than the pilot's own
+        # 64 KiB tails, so only the server's word makes the pilot send the whole log.
+        dataset_id = live.submit(dataset("seq 1000 1599"))
+        pilot = live.start_pilot(tmp_path / "scratch", "--idle-timeout", "1s")
+        assert pilot.wait(60) == 0, (tmp_path / "pilot.log").read_text()
+        [attempt] = live.attempts(dataset_id)
+        tail = live.get(f"/attempts/{attempt['attempt_id']}")["stdout_tail"]
+        assert len(tail.encode()) <= 1024 and tail.endswith("1598\n1599\n")
+        request = urllib.request.Request(
+            f"{live.url}/api/v1/attempts/{attempt['attempt_id']}/logs/stdout",
+            headers={"Authorization": f"Bearer {live.user_token}"})
+        with urllib.request.urlopen(request) as answer:
+            assert answer.headers["X-Floe-Log-Complete"] == "1"
+            assert answer.read().decode() == "".join(f"{n}\n" for n in range(1000, 1600))
+    finally:
+        live.close()
 
 
 def test_a_pilot_works_over_tls_trusting_the_matchmakers_certificate(tmp_path):
