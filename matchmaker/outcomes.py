@@ -263,8 +263,8 @@ def utf8_tail(text: str, limit: int) -> str:
     if len(text) * 4 <= limit:  # no character takes more than 4 bytes
         return text
     end = text[-limit:]  # every character takes at least one byte
-    # surrogatepass: JSON lets a report carry a lone surrogate ("\ud800"); it is no reason to
-    # fail here.
+    # The API refuses text with a lone surrogate ("\ud800"); surrogatepass keeps this total
+    # for any other caller.
     data = end.encode(errors="surrogatepass")
     if len(data) <= limit:
         return end
