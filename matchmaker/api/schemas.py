@@ -255,5 +255,16 @@ SHAPE = _obj({
     "arch": _str(32),
     "queued": _int(doc="pilots of this shape this factory has queued now"),
 }, ("name", "cpus", "memory", "disk", "walltime"))
-DEMAND = _obj({"shapes": {"type": "array", "items": SHAPE, "maxItems": 64},
-               "factory": _str(128)}, ("shapes",))
+MAX_PILOTS_ASKED = 1000  # the most batch ids one demand request may ask about
+
+DEMAND = dict(_obj({
+    "shapes": {"type": "array", "items": SHAPE, "maxItems": 64},
+    "factory": _str(128),
+    "batch_system": _str(32, description="the batch system the factory submits its pilots to, "
+                                         "as they register with it (slurm, pbs, sge, "
+                                         "htcondor, local)"),
+    "pilots": {"type": "array", "items": _str(256, minLength=1), "maxItems": MAX_PILOTS_ASKED,
+               "description": "batch ids of this factory's pilots whose registration it has "
+                              "not seen yet; the answer's `registered` says which of them "
+                              "registered at this site with `batch_system`"},
+}, ("shapes",)), dependentRequired={"pilots": ["batch_system"]})

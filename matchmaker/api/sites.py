@@ -47,7 +47,10 @@ async def pilot_token(ctx: Context) -> Any:
                    "free room of the site's running pilots makes up for. `pilots` counts the "
                    "site's running and idle pilots and those that ended lately without a task. "
                    "The factory's own `queued` counts are remembered for the other factories' "
-                   "answers.")
+                   "answers. With `pilots` (batch ids, and their `batch_system`), `registered` "
+                   "lists those of them that a pilot registered with at this site, ever (a "
+                   "pilot that has ended since counts): the factory tells by it a pilot that "
+                   "could not reach the matchmaker from one that did.")
 async def demand(ctx: Context) -> Any:
     site = await ctx.auth.site_by_name(ctx.params["name"])
     ctx.authorize(Action.SITE, site=site)
@@ -55,8 +58,12 @@ async def demand(ctx: Context) -> Any:
         cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
         seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
         site=site.name), s.get("queued", 0)) for s in ctx.body["shapes"]]
-    return pilot_demand.demand(ctx.engine, site.name, ctx.body.get("factory") or "default",
-                               shapes)
+    answer = pilot_demand.demand(ctx.engine, site.name, ctx.body.get("factory") or "default",
+                                 shapes)
+    if "pilots" in ctx.body:
+        answer["registered"] = await queries.registered_batch_ids(
+            ctx.engine.db, site.site_id, ctx.body["batch_system"], ctx.body["pilots"])
+    return answer
 
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",

@@ -3,14 +3,13 @@
 The API declares each body once, as a JSON Schema; the same schema validates requests here and
 appears in /api/v1/openapi.json, so the document always says what the server really accepts.
 (The dataset config is checked by `config.dataset` instead, which its published schema is
-generated from.)
-Only the subset of JSON Schema the API uses is supported: type, properties, required,
-additionalProperties, items, enum, minimum, maximum, minLength, maxLength, minItems, maxItems,
-maxProperties and pattern. Each schema is compiled once into nested checking functions, because
-pilots' reports and asks are checked thousands of times a second: a predicate that only says
-whether a value conforms (no paths, no messages: what almost every request needs), and the
-checker that names every problem, run only when the predicate says no. A test holds the two to
-the same verdict.
+generated from.) Only the subset of JSON Schema the API uses is supported: type, properties,
+required, additionalProperties, dependentRequired, items, enum, minimum, maximum, minLength,
+maxLength, minItems, maxItems, maxProperties and pattern. Each schema is compiled once into
+nested checking functions, because pilots' reports and asks are checked thousands of times a
+second: a predicate that only says whether a value conforms (no paths, no messages: what almost
+every request needs), and the checker that names every problem, run only when the predicate says
+no. A test holds the two to the same verdict.
 """
 
 from __future__ import annotations
@@ -27,6 +26,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
 _NAMES = {"object": "an object", "array": "a list", "string": "a string",
           "boolean": "true or false", "integer": "a whole number", "number": "a number",
           "null": "null"}
+
+_OBJECT_KEYS = {"properties", "required", "additionalProperties", "dependentRequired",
+                "maxProperties"}
 
 Check = Callable[[Any, str, list[str]], None]
 Valid = Callable[[Any], bool]
@@ -91,10 +93,11 @@ def compile_valid(schema: dict[str, Any]) -> Valid:
                 return False
             return item is None or all(map(item, v))
         tests.append(array)
-    if {"properties", "required", "additionalProperties", "maxProperties"} & set(schema):
+    if _OBJECT_KEYS & set(schema):
         properties = {name: compile_valid(sub)
                       for name, sub in schema.get("properties", {}).items()}
         required = list(schema.get("required", ()))
+        dependent = list(schema.get("dependentRequired", {}).items())
         most = schema.get("maxProperties")
         extra = schema.get("additionalProperties", True)
         extra_valid = compile_valid(extra) if isinstance(extra, dict) else None
@@ -107,6 +110,9 @@ def compile_valid(schema: dict[str, Any]) -> Valid:
                 return False
             for name in required:
                 if name not in v:
+                    return False
+            for name, needed in dependent:
+                if name in v and any(other not in v for other in needed):
                     return False
             for name, item in v.items():
                 sub = get(name)
@@ -141,7 +147,7 @@ def compile_schema(schema: dict[str, Any]) -> Check:
         checks.append(_string_check(schema))
     if {"items", "minItems", "maxItems"} & set(schema):
         checks.append(_list_check(schema))
-    if {"properties", "required", "additionalProperties", "maxProperties"} & set(schema):
+    if _OBJECT_KEYS & set(schema):
         checks.append(_object_check(schema))
 
     def check(value: Any, path: str, found: list[str]) -> None:
@@ -249,6 +255,7 @@ def _object_check(schema: dict[str, Any]) -> Check:
     properties = {name: compile_schema(sub)
                   for name, sub in schema.get("properties", {}).items()}
     required = list(schema.get("required", ()))
+    dependent = list(schema.get("dependentRequired", {}).items())
     most = schema.get("maxProperties")
     extra = schema.get("additionalProperties", True)
     extra_check = compile_schema(extra) if isinstance(extra, dict) else None
@@ -263,6 +270,10 @@ def _object_check(schema: dict[str, Any]) -> Check:
         for name in required:
             if name not in value:
                 found.append(f"{path}.{name}: required")
+        for name, needed in dependent:
+            for other in needed:
+                if name in value and other not in value:
+                    found.append(f"{path}.{other}: required with {name}")
         for name, item in value.items():
             sub = properties.get(name)
             if sub is not None:

@@ -1,5 +1,5 @@
 """Read-only queries (run on the reader): what the engine rebuilds its memory from at start,
-and what the API's listings and detail views show.
+which of a factory's pilots registered, and what the API's listings and detail views show.
 
 Listings page by keyset ("after" the last id seen), never by offset, so that page 10,000 of a
 million-job dataset costs the same as page 1.
@@ -8,6 +8,7 @@ million-job dataset costs the same as page 1.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from .database import Database
@@ -84,6 +85,28 @@ async def pilot_registered(db: Database, pilot_id: int) -> bool:
     """Whether a pilot of this id ever registered, whatever its state now (a pilot that has
     ended is no longer in memory, but may still report what it ran)."""
     return await db.fetchone("SELECT 1 FROM pilots WHERE pilot_id = ?", (pilot_id,)) is not None
+
+
+# -- what factories ask ---------------------------------------------------------------------------
+
+REGISTERED_BATCH_IDS = (
+    "SELECT DISTINCT batch_id FROM pilots WHERE site_id = ? AND batch_system = ?"
+    " AND batch_id IN ({})")
+_IDS_PER_QUERY = 500  # bound parameters per statement: older SQLite takes at most 999
+
+
+async def registered_batch_ids(db: Database, site_id: int, batch_system: str,
+                               batch_ids: Sequence[str]) -> list[str]:
+    """Those of `batch_ids` that a pilot registered with at this site under this batch system,
+    ever (whatever its state now), in the order given, each once."""
+    wanted = list(dict.fromkeys(batch_ids))
+    found: set[str] = set()
+    for start in range(0, len(wanted), _IDS_PER_QUERY):
+        chunk = wanted[start:start + _IDS_PER_QUERY]
+        rows = await db.fetchall(REGISTERED_BATCH_IDS.format(", ".join("?" * len(chunk))),
+                                 (site_id, batch_system, *chunk))
+        found.update(row["batch_id"] for row in rows)
+    return [batch_id for batch_id in wanted if batch_id in found]
 
 
 # -- what the API shows ---------------------------------------------------------------------------

@@ -156,6 +156,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_dataset ON events(dataset_id, event_id);
     """,
+    # 2: a site's pilots by batch id, for the factories asking which of theirs registered.
+    """
+    CREATE INDEX pilots_site_batch ON pilots(site_id, batch_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

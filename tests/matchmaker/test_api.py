@@ -216,7 +216,9 @@ MATRIX = {
                           {"admin", "site"}),
     "read site demand": ("POST", "/api/v1/sites/site-a/demand",
                          {"shapes": [{"name": "small", "cpus": 1, "memory": 2**31,
-                                      "disk": 2**33, "walltime": 7200}]}, {"admin", "site"}),
+                                      "disk": 2**33, "walltime": 7200}],
+                          "factory": "f1", "batch_system": "slurm", "pilots": ["42", "43"]},
+                         {"admin", "site"}),
     "list pilots": ("GET", "/api/v1/pilots", None, USERS),
     "read metrics": ("GET", "/metrics", None, USERS),
     "register a pilot": ("POST", "/api/v1/pilots", {"host": "n"}, {"pilot", "other_pilot"}),
@@ -491,6 +493,33 @@ async def test_unknown_keys_in_bodies_are_refused_with_a_suggestion(world):
                                           world.pilot_token,
                                           {"cpus": 1, "memory": 1, "disk": 1, "gpu": 1})
     assert status == 400 and 'body.gpu: unknown key; did you mean "gpus"?' in answer["error"]
+
+
+DEMAND = "/api/v1/sites/{site}/demand"
+SMALL = {"name": "small", "cpus": 1, "memory": 2**31, "disk": 2**33, "walltime": 7200}
+
+
+async def test_demand_says_which_of_the_factorys_pilots_registered_at_its_site(world):
+    # site-a's pilot registered as slurm job 42 (World.populate); site-b's without a batch id.
+    async def registered(site: str, token: str, batch_system: str, pilots: list[str]):
+        status, answer = await world.api.call(
+            "POST", DEMAND.format(site=site), token,
+            {"shapes": [SMALL], "batch_system": batch_system, "pilots": pilots})
+        assert status == 200, answer
+        return answer["registered"]
+
+    assert await registered("site-a", world.site_token, "slurm", ["41", "42", "43", "42"]) \
+        == ["42"]
+    assert await registered("site-a", world.site_token, "pbs", ["42"]) == []
+    assert await registered("site-b", world.other_site_token, "slurm", ["42"]) == []
+    assert await registered("site-a", world.site_token, "slurm", []) == []
+    # Without `pilots` nothing is asked, and nothing answered.
+    status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
+                                          world.site_token, {"shapes": [SMALL]})
+    assert status == 200 and "registered" not in answer
+    status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
+                                          world.site_token, {"shapes": [SMALL], "pilots": ["42"]})
+    assert status == 400 and answer["error"] == "body.batch_system: required with pilots"
 
 
 async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world):

@@ -1,10 +1,12 @@
 """What factories are told about demand: each ready task counted once, for the smallest shape
-it fits, minus what other factories' queued pilots will hold."""
+it fits, minus what other factories' queued pilots will hold; and which of a factory's pilots
+registered, answered from the database (ended pilots, a restarted matchmaker)."""
 
 from __future__ import annotations
 
 from config.resources import GIB, Slot
 from matchmaker import demand
+from tests.pilot.live import LiveMatchmaker
 
 from . import support as s
 
@@ -128,3 +130,37 @@ async def test_an_idle_pilot_too_small_for_the_ready_tasks_is_no_room(engine):
                                                                   memory="12GiB")]))
     answer = demand.demand(engine, "site-a", "f1", [shape("large", 8, 32)])
     assert answer["shapes"][0]["pilots_needed"] == 2 and answer["shapes"][0]["room"] == 0
+
+
+def test_registered_pilots_are_answered_after_they_ended_and_after_a_restart(
+        matchmaker: LiveMatchmaker):
+    status, token = matchmaker.api("POST", "/sites/site-a/pilot-tokens", {"lifetime": 3600},
+                                   token=matchmaker.site_token)
+    assert status == 201, token
+
+    def register(batch_id: str) -> int:
+        status, pilot = matchmaker.api("POST", "/pilots", {
+            "host": "node1", "batch_system": "local", "batch_id": batch_id},
+            token=token["token"])
+        assert status == 201, pilot
+        return pilot["pilot_id"]
+
+    def registered(pilots: list[str]) -> list[str]:
+        status, answer = matchmaker.api("POST", "/sites/site-a/demand", {
+            "shapes": [{"name": "small", "cpus": 1, "memory": GIB, "disk": GIB,
+                        "walltime": 3600}], "batch_system": "local", "pilots": pilots},
+            token=matchmaker.site_token)
+        assert status == 200, answer
+        return answer["registered"]
+
+    ended = register("a1")
+    status, answer = matchmaker.api("POST", f"/pilots/{ended}/exit", {"reason": "idle"},
+                                    token=token["token"])
+    assert status == 200 and answer["state"] == "exited"
+    register("a2")
+    asked = ["a0", "a1", "a2", "a3"]
+    assert registered(asked) == ["a1", "a2"]       # a1 registered and ended between two asks
+    matchmaker.stop()
+    matchmaker.start()
+    register("a3")                                 # after the restart
+    assert registered(asked) == ["a1", "a2", "a3"]

@@ -169,6 +169,36 @@ REFUSED_PILOT_BODIES = {
 }
 
 
+SHAPES = [{"name": "small", "cpus": 1, "memory": GIB, "disk": GIB, "walltime": 3600}]
+REFUSED_DEMAND_BODIES = {
+    "pilots without their batch system": {"shapes": SHAPES, "pilots": ["1"]},
+    "pilots that are not a list": {"shapes": SHAPES, "batch_system": "slurm", "pilots": "1"},
+    "a batch id that is not a string": {"shapes": SHAPES, "batch_system": "slurm",
+                                        "pilots": ["1", 2]},
+    "an empty batch id": {"shapes": SHAPES, "batch_system": "slurm", "pilots": [""]},
+    "a batch id too long": {"shapes": SHAPES, "batch_system": "slurm", "pilots": ["1" * 257]},
+    "more than 1000 batch ids": {"shapes": SHAPES, "batch_system": "slurm",
+                                 "pilots": [str(n) for n in range(1001)]},
+    "a batch system name too long": {"shapes": SHAPES, "batch_system": "s" * 33,
+                                     "pilots": ["1"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_DEMAND_BODIES))
+async def test_a_demand_body_the_server_refuses_is_refused_by_the_document(world, name):
+    template = "/api/v1/sites/{name}/demand"
+    schema = await documented(world, "POST", template)
+    body = REFUSED_DEMAND_BODIES[name]
+    status, answer = await world.api.call("POST", template.format(name="site-a"),
+                                          world.site_token, body)
+    assert status == 400 and answer["error"].startswith("body"), answer
+    assert not schema.is_valid(body)
+    accepted = dict(body, batch_system="slurm", pilots=["1", "2"])
+    status, answer = await world.api.call("POST", template.format(name="site-a"),
+                                          world.site_token, accepted)
+    assert status == 200 and answer["registered"] == [], answer
+
+
 @pytest.mark.parametrize("name", sorted(REFUSED_PILOT_BODIES))
 async def test_a_pilot_body_the_server_refuses_is_refused_by_the_document(world, name):
     template, body = REFUSED_PILOT_BODIES[name]

@@ -7,8 +7,9 @@ import sqlite3
 
 import pytest
 
+from matchmaker.storage import queries
 from matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
-from matchmaker.storage.schema import SCHEMA_VERSION
+from matchmaker.storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
 GUARDED = Statement("guarded", "UPDATE users SET share = ? WHERE name = ? AND share = ?", 2,
@@ -30,6 +31,33 @@ async def test_a_database_from_a_newer_floe_is_refused(tmp_path):
     sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StorageError, match="newer than this floe understands"):
         await Database.open(path)
+
+
+async def test_a_database_of_schema_1_gains_the_index_factories_ask_registrations_by(tmp_path):
+    path = tmp_path / "floe.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(MIGRATIONS[0])
+        conn.execute("INSERT INTO sites (site_id, name, created) VALUES (1, 'a', 0), (2, 'b', 0)")
+        conn.executemany(
+            "INSERT INTO pilots (site_id, host, batch_system, batch_id, resources, state,"
+            " registered, last_seen) VALUES (?, 'n', ?, ?, '{}', ?, 0, 0)",
+            [(1, "slurm", "7", "exited"), (1, "slurm", "7", "lost"), (1, "sge", "8", "running"),
+             (2, "slurm", "9", "running")])
+        conn.execute("PRAGMA user_version = 1")
+    db = await Database.open(path)
+    try:
+        ids = [str(n) for n in range(1200)]  # more than one statement's worth
+        assert await queries.registered_batch_ids(db, 1, "slurm", ids) == ["7"]
+        assert await queries.registered_batch_ids(db, 1, "sge", ["9", "8"]) == ["8"]
+        assert await queries.registered_batch_ids(db, 2, "slurm", ["7", "9", "9"]) == ["9"]
+        sql = queries.REGISTERED_BATCH_IDS.format("?, ?")
+        plan = " ".join(row["detail"] for row in await db.fetchall(
+            f"EXPLAIN QUERY PLAN {sql}", (1, "slurm", "7", "8")))
+        assert "USING INDEX pilots_site_batch (site_id=? AND batch_id=?)" in plan, plan
+    finally:
+        await db.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 async def test_an_unwritable_place_is_a_clear_error(tmp_path):
