@@ -262,7 +262,15 @@ def _batch_memory(env: Mapping[str, str], ad: Mapping[str, Any], batch_cpus: Map
 
 
 def detect_batch(env: Mapping[str, str]) -> tuple[str, str]:
-    """(batch system, batch job id): ("slurm", "1234"), ... or ("none", "")."""
+    """(batch system, batch job id): ("slurm", "1234"), ... or ("none", "").
+
+    A pilot a factory started says what the factory set, FLOE_BATCH_SYSTEM and FLOE_BATCH_ID:
+    the plugin and the id its submit returned, by which the factory asks the matchmaker whether
+    the pilot registered (a pilot of the pbs plugin on Slurm's PBS wrappers is a SLURM job too,
+    but the factory knows it as a pbs one). Otherwise the batch system's own variables say it.
+    """
+    if env.get("FLOE_BATCH_SYSTEM") and env.get("FLOE_BATCH_ID"):
+        return env["FLOE_BATCH_SYSTEM"], env["FLOE_BATCH_ID"]
     if env.get("SLURM_JOB_ID"):
         return "slurm", env["SLURM_JOB_ID"]
     if env.get("PBS_JOBID"):
@@ -276,8 +284,6 @@ def detect_batch(env: Mapping[str, str]) -> tuple[str, str]:
         cluster, proc = _ad_number(job_ad, "clusterid"), _ad_number(job_ad, "procid")
         job_id = f"{int(cluster)}.{int(proc)}" if cluster is not None and proc is not None else ""
         return "htcondor", job_id
-    if env.get("FLOE_BATCH_SYSTEM") == "local" and env.get("FLOE_BATCH_ID"):
-        return "local", env["FLOE_BATCH_ID"]  # a pilot the factory's local plugin started
     return "none", ""
 
 

@@ -325,7 +325,9 @@ class BatchPlugin(abc.ABC):
 
     def pilot_environment(self, shape: PilotShape) -> dict[str, str]:
         """Variables every pilot gets besides the caller's: who started it, and the shape it
-        serves, so that it offers tasks the shape's resources and not the headroom above them."""
+        serves, so that it offers tasks the shape's resources and not the headroom above them.
+        Each plugin adds FLOE_BATCH_ID, the id its `submit` returns for the pilot: the pilot
+        registers with FLOE_BATCH_SYSTEM and it, by which the factory learns that it did."""
         return {
             "FLOE_BATCH_SYSTEM": self.system,
             "FLOE_FACTORY": self.settings.factory_id,

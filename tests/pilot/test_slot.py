@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from config.resources import GIB, MIB
-from pilot.slot import SAFETY_MARGIN, measure, os_names, read_classad
+from pilot.slot import SAFETY_MARGIN, detect_batch, measure, os_names, read_classad
 
 NOW = 1_800_000_000.0
 
@@ -258,7 +260,29 @@ def test_a_batch_allocation_smaller_than_the_shape_wins(tmp_path):
     assert "FLOE_SHAPE_MEMORY" not in slot.limits["memory"]
 
 
-def test_a_pilot_of_the_local_plugin_knows_its_batch_id(tmp_path):
-    env = {"FLOE_BATCH_SYSTEM": "local", "FLOE_BATCH_ID": "a1b2c3"}
-    slot = probe(node(tmp_path), env, tmp_path)
-    assert (slot.batch_system, slot.batch_job_id) == ("local", "a1b2c3")
+# What each plugin's pilot finds in its environment: the factory's two variables (set as the
+# plugin sets them, with the id its submit returned) beside the batch system's own.
+FACTORY_STARTED = {
+    "local": ({"FLOE_BATCH_ID": "a1b2c3"}, "a1b2c3"),
+    "slurm": ({"SLURM_JOB_ID": "77", "FLOE_BATCH_ID": "77"}, "77"),
+    # Slurm's PBS wrappers: a SLURM job, which the factory's pbs plugin submitted and tracks.
+    "pbs": ({"SLURM_JOB_ID": "78", "FLOE_BATCH_ID": "78"}, "78"),
+    "sge": ({"JOB_ID": "55", "SGE_ROOT": "/x", "SGE_TASK_ID": "undefined",
+             "FLOE_BATCH_ID": "55"}, "55"),
+    # HTCondor expands "$(ClusterId).$(ProcId)" in the submit description (no job ad here).
+    "htcondor": ({"_CONDOR_JOB_AD": "/nonexistent", "FLOE_BATCH_ID": "10.3"}, "10.3"),
+}
+
+
+@pytest.mark.parametrize("plugin", sorted(FACTORY_STARTED))
+def test_a_pilot_a_factory_started_registers_as_the_factory_knows_it(tmp_path, plugin):
+    env, batch_id = FACTORY_STARTED[plugin]
+    slot = probe(node(tmp_path), {**env, "FLOE_BATCH_SYSTEM": plugin}, tmp_path)
+    assert (slot.batch_system, slot.batch_job_id) == (plugin, batch_id)
+
+
+def test_without_both_factory_variables_the_batch_systems_own_say_it(tmp_path):
+    slurm = {"SLURM_JOB_ID": "77"}
+    assert detect_batch({**slurm, "FLOE_BATCH_SYSTEM": "pbs"}) == ("slurm", "77")
+    assert detect_batch({**slurm, "FLOE_BATCH_ID": "1"}) == ("slurm", "77")
+    assert detect_batch({"FLOE_BATCH_SYSTEM": "local", "FLOE_BATCH_ID": ""}) == ("none", "")
