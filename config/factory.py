@@ -93,12 +93,20 @@ SITE_SCHEMA = Object([
                   "before its walltime does. The matchmaker's `pilot_token_max_lifetime` must "
                   "be at least a minute longer than the longest shape's walltime, "
                   "`walltime_overhead` and this together."),
-    Field("min_pilot_life", Duration(0, 86400), "a pilot that ends sooner than this after it "
-          "started counts as dying at start", "30s",
-          details="Keep it below the pilots' `idle_timeout`: a pilot that finds no work leaves "
-                  "after that long, which is no failure."),
+    Field("min_pilot_life", Duration(0, 86400), "where the matchmaker cannot say whether a "
+          "pilot registered: a pilot that ends sooner than this after it started counts as "
+          "dying at start", "30s",
+          details="A pilot is judged by whether it registered with the matchmaker, which the "
+                  "factory asks each cycle: one that registered proves the site works, one that "
+                  "ended without registering (a node without network, a wrong matchmaker URL "
+                  "or CA, a refused token) is a failure however long it ran. Only while the "
+                  "matchmaker cannot be asked (it is away, or older than the question) does a "
+                  "pilot's life decide: one that has run this long proves the site works, one "
+                  "that ends sooner is a failure. Keep it below the pilots' `idle_timeout`: a "
+                  "pilot that finds no work leaves after that long, which is no failure."),
     Field("backoff", Duration(1, 86400), "wait after the first failure (a refused submit, a "
-          "held pilot, a pilot dying at start); doubled for each failure in a row", "30s"),
+          "held pilot, a pilot that ended without registering); doubled for each failure in a "
+          "row", "30s"),
     Field("max_backoff", Duration(1, 7 * 86400), "longest wait between tries on a failing "
           "site", "30m"),
     Field("failing_after", Integer(1, 1000), "failures in a row after which the site is "

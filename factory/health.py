@@ -1,11 +1,13 @@
 """Per-site health: back off exponentially while a site keeps failing, report it, never hammer it.
 
 Failures are a refused or broken submit, a batch system that cannot be queried, a pilot that the
-batch system holds, and a pilot that ends sooner than `min_pilot_life` after it started. Each
+batch system holds, and a pilot that ended without registering with the matchmaker (or, where the
+matchmaker cannot say, one that ended sooner than `min_pilot_life` after it started). Each
 failure in a row doubles the wait before the next submission (from `backoff` up to
 `max_backoff`); after `failing_after` in a row the site is marked failing, which the factory
-logs and writes to its status file. A pilot that lives past `min_pilot_life` proves the site
-works again and clears it all. Times are given by the caller: no clock is read here.
+logs and writes to its status file. A pilot that registered (or, where the matchmaker cannot
+say, one that lived past `min_pilot_life`) proves the site works again and clears it all. Times
+are given by the caller: no clock is read here.
 """
 
 from __future__ import annotations

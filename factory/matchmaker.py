@@ -1,5 +1,6 @@
 """What the factory asks the matchmaker, over HTTP with the site's token: the demand for each
-pilot shape, and short-lived pilot tokens for the pilots it submits.
+pilot shape (and which of its pilots registered), and short-lived pilot tokens for the pilots it
+submits.
 
 A pilot token is asked for with a lifetime that covers the longest pilot the site submits plus
 its time in the queue (the site's `queue_allowance`), and reused for every submission until less
@@ -17,6 +18,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+MAX_PILOTS_ASKED = 1000
+"""The most batch ids one demand request asks about: the matchmaker takes no more."""
 
 
 class MatchmakerError(RuntimeError):
@@ -64,11 +68,26 @@ class SiteClient:
             reason = getattr(exc, "reason", exc)
             raise MatchmakerError(f"cannot reach the matchmaker at {self.url}: {reason}") from None
 
-    def demand(self, shapes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """The demand answer for these shapes (each with its `queued` count)."""
+    def demand(self, shapes: Sequence[Mapping[str, Any]], *, batch_system: str = "",
+               pilots: Sequence[str] | None = None) -> dict[str, Any]:
+        """The demand answer for these shapes (each with its `queued` count). Asked about
+        `pilots` (batch ids of `batch_system`, at most MAX_PILOTS_ASKED), its `registered`
+        lists those that registered with the matchmaker; an answer without it means the
+        matchmaker cannot say."""
         quoted = urllib.parse.quote(self.site, safe="")
-        return self._post(f"/api/v1/sites/{quoted}/demand",
-                          {"shapes": list(shapes), "factory": self.factory})
+        path = f"/api/v1/sites/{quoted}/demand"
+        body = {"shapes": list(shapes), "factory": self.factory}
+        if pilots is None:
+            return self._post(path, body)
+        try:
+            return self._post(path, {**body, "batch_system": batch_system,
+                                     "pilots": list(pilots)})
+        except MatchmakerError as exc:
+            if exc.status != 400:
+                raise
+            # A matchmaker older than the question refuses its keys: ask for the demand alone
+            # (a body refused for another reason is refused again, and that error raised).
+            return self._post(path, body)
 
     def pilot_token(self, needed: float, now: float | None = None) -> str:
         """A pilot token valid for at least `needed` more seconds."""

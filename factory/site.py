@@ -3,13 +3,17 @@ demand, apply the top-up policy, and submit or remove pilots through the site's 
 
 The pilots the factory submitted are tracked in `<workdir>/<site>/pilots.json`, so that a
 restarted factory finds its own pilots again; pilots tagged as this factory's that it does not
-track are orphans and are removed. Held pilots are removed and, with refused submissions and
-pilots that die at start, count against the site's health (see `factory.health`): a failing
-site is backed off from, not hammered. Each pilot carries a pilot token that outlives its
-walltime by the site's `queue_allowance`; a pilot still queued after that long is removed (its
-token could run out before its walltime does), and the policy replaces it while demand lasts.
-What the site looks like after each cycle is written to `<workdir>/<site>/status.json` for the
-site admin.
+track are orphans and are removed. Each demand request also asks which tracked pilots registered
+with the matchmaker, those that ended since the last cycle included: an ended pilot is judged on
+that answer, since it may have registered and ended between two cycles. A pilot that registered
+proves the site works; one that ended without registering (a node without network, a wrong URL
+or CA) is a failure however long it ran, as are held pilots and refused submissions (see
+`factory.health`): a failing site is backed off from, not hammered. Where the matchmaker cannot
+say (unreachable, or older than the question), a pilot's life decides (`min_pilot_life`). Each
+pilot carries a pilot token that outlives its walltime by the site's `queue_allowance`; a pilot
+still queued after that long is removed (its token could run out before its walltime does), and
+the policy replaces it while demand lasts. What the site looks like after each cycle is written
+to `<workdir>/<site>/status.json` for the site admin.
 
 A cycle never raises for the batch system's or the matchmaker's failures: they are logged with
 the command and its stderr, and the next cycle tries again.
@@ -26,14 +30,14 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from config.factory import FactoryConfig
 from factory.health import Health
-from factory.matchmaker import MatchmakerError, SiteClient
+from factory.matchmaker import MAX_PILOTS_ASKED, MatchmakerError, SiteClient
 from factory.policy import Decision, Limits, ShapeCounts, top_up
 from plugins import (
     BatchError,
@@ -55,7 +59,17 @@ class Tracked:
     shape: str
     submitted: float
     started: float | None = None
-    proven: bool = False  # lived past min_pilot_life: the site works
+    proven: bool = False      # lived past min_pilot_life while the matchmaker could not say
+    registered: bool = False  # the matchmaker said it registered: the site works
+
+
+@dataclass
+class Ended:
+    """A pilot seen ending this cycle, judged once the matchmaker has said whether it
+    registered."""
+
+    pilot: Tracked
+    life: float  # seconds from its start to its end (as far as the factory saw them)
 
 
 @dataclass
@@ -63,7 +77,8 @@ class Counters:
     submitted: int = 0
     removed: int = 0
     ended: int = 0
-    died_at_start: int = 0
+    ended_unregistered: int = 0  # ended without ever registering with the matchmaker
+    died_at_start: int = 0       # ended sooner than min_pilot_life, the matchmaker unable to say
     held: int = 0
     orphans_removed: int = 0
     submit_failures: int = 0
@@ -136,16 +151,19 @@ class SiteRunner:
             self._failure(now, f"cannot query the batch system: {exc}")
             self._save(now)
             return None
-        self._follow(infos, now)
+        ended = self._follow(infos, now)
         if not self._orphans_checked or any(
                 batch_id not in self.pilots and info.state is not PilotState.FINISHED
                 for batch_id, info in infos.items()):
             self._remove_orphans()
         self._remove_queued_too_long(infos, now)
         counts = self._counts(infos)
+        asked = self._unregistered(ended)
         try:
-            answer = self.client.demand(self._shapes_queued(counts))
+            answer = self.client.demand(self._shapes_queued(counts),
+                                        batch_system=self.plugin.system, pilots=asked or None)
         except MatchmakerError as exc:
+            self._judge(ended, asked, None, now)
             self.last["matchmaker_error"] = str(exc)
             if exc.status is not None:  # refused (a wrong token or site name): the site fails
                 self._failure(now, f"no demand this cycle: {exc}")
@@ -153,6 +171,7 @@ class SiteRunner:
                 log.warning("site %s: no demand this cycle: %s", self.name, exc)
             self._save(now)
             return None
+        self._judge(ended, asked, answer.get("registered"), now)
         self.last.pop("matchmaker_error", None)
         demand = {entry["name"]: entry for entry in answer["shapes"]}
         views = [ShapeCounts(name, needed=demand[name]["pilots_needed"],
@@ -225,19 +244,15 @@ class SiteRunner:
             self._held.discard(batch_id)
             self.pilots.pop(batch_id, None)
 
-    def _follow(self, infos: Mapping[str, Any], now: float) -> None:
-        """Update the tracked pilots from the batch system's view."""
-        min_life = self.site["min_pilot_life"]
+    def _follow(self, infos: Mapping[str, Any], now: float) -> list[Ended]:
+        """Update the tracked pilots from the batch system's view; returns those that ended,
+        no longer tracked, for `_judge`."""
         grace = max(2 * self.site["cycle"], 60)
+        ended_pilots: list[Ended] = []
         for batch_id, pilot in list(self.pilots.items()):
             info = infos.get(batch_id)
             if info is not None and info.state is PilotState.RUNNING:
                 pilot.started = pilot.started or info.started or now
-                if not pilot.proven and now - pilot.started >= min_life:
-                    pilot.proven = True
-                    if self.health.success():
-                        log.warning("site %s works again: a pilot has run %.0f s", self.name,
-                                    now - pilot.started)
                 continue
             if info is not None and info.state is PilotState.HELD:
                 if batch_id not in self._held:
@@ -258,11 +273,60 @@ class SiteRunner:
             del self.pilots[batch_id]
             self._held.discard(batch_id)
             self.counters.ended += 1
-            if not pilot.proven and life < min_life:
+            ended_pilots.append(Ended(pilot, life))
+        return ended_pilots
+
+    def _unregistered(self, ended: list[Ended]) -> list[str]:
+        """The batch ids to ask the matchmaker about: the pilots that ended this cycle, then the
+        running ones, whose registration it has not seen; as many as one request takes."""
+        ids = [e.pilot.batch_id for e in ended if not e.pilot.registered]
+        ids += [p.batch_id for p in sorted(self.pilots.values(), key=lambda p: p.submitted)
+                if not p.registered and p.started is not None]
+        return ids[:MAX_PILOTS_ASKED]
+
+    def _judge(self, ended: list[Ended], asked: Collection[str],
+               registered: Collection[str] | None, now: float) -> None:
+        """Apply what the matchmaker said about the `asked` pilots (`registered`: those that
+        registered; None when it could not say): a pilot that registered proves the site
+        works, one that ended without registering is a failure. A pilot it could not say
+        about is judged by its life: one that has run `min_pilot_life` proves the site, one
+        that ended sooner is a failure."""
+        min_life = self.site["min_pilot_life"]
+        logs = self.workdir / "logs"
+        answered = set(asked) if registered is not None else set()
+        seen = set(registered or ())
+        for pilot in self.pilots.values():
+            if pilot.registered or pilot.started is None:
+                continue
+            if registered is None:
+                if not pilot.proven and now - pilot.started >= min_life:
+                    pilot.proven = True
+                    self._works(f"pilot {pilot.batch_id} has run {now - pilot.started:.0f} s")
+            elif pilot.batch_id in seen:
+                pilot.registered = True
+                self._works(f"pilot {pilot.batch_id} registered with the matchmaker")
+        for end in ended:
+            pilot = end.pilot
+            if pilot.registered:
+                continue
+            if pilot.batch_id in answered:
+                if pilot.batch_id in seen:
+                    self._works(f"pilot {pilot.batch_id} registered with the matchmaker")
+                else:
+                    self.counters.ended_unregistered += 1
+                    self._failure(now, f"pilot {pilot.batch_id} ended without registering with "
+                                       f"the matchmaker at {self.config.matchmaker} ({end.life:.0f}"
+                                       f" s after it started): see its log under {logs}")
+            elif not pilot.proven and end.life < min_life:
                 self.counters.died_at_start += 1
-                self._failure(now, f"pilot {batch_id} ended {life:.0f} s after it started "
-                                   f"(min_pilot_life {min_life} s); see its log under "
-                                   f"{self.workdir / 'logs'}")
+                self._failure(now, f"pilot {pilot.batch_id} ended {end.life:.0f} s after it "
+                                   f"started (min_pilot_life {min_life} s); see its log under "
+                                   f"{logs}")
+
+    def _works(self, why: str) -> None:
+        """The site works: its failures are cleared."""
+        if self.health.success():
+            log.warning("site %s works again: %s", self.name, why)
 
     def _failure(self, now: float, why: str) -> None:
         log.warning("site %s: %s", self.name, why)

@@ -1,5 +1,5 @@
 """A site's health: exponential backoff on failures in a row, reported once when failing, cleared
-by a pilot that lives."""
+by a pilot that registers."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ def test_a_backlog_of_dag_jobs_is_run_by_pilots_that_then_leave(
     for _ in range(3):                     # the work is gone: nothing more is submitted
         site.cycle()
     assert site.counters.submitted == submitted
-    assert site.counters.died_at_start == 0
+    assert site.counters.died_at_start == site.counters.ended_unregistered == 0
     pilots = matchmaker.get("/pilots?site=site-a")["pilots"]
     assert len(pilots) == submitted
     assert all(p["state"] == "exited" for p in pilots)
@@ -76,11 +76,13 @@ def test_no_pilot_is_submitted_for_a_site_with_no_matchable_work(
 def test_pilots_that_die_at_start_back_the_failing_site_off(
         matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
     matchmaker.submit(dag_dataset(20))
+    # Whatever min_pilot_life says: a pilot that never registered is a failure.
     document = site_document(matchmaker, tmp_path / "factory", python="/bin/false",
-                             min_pilot_life="30s", failing_after=3, backoff="60s")
+                             min_pilot_life="0s", failing_after=3, backoff="60s")
     site = make_runner(document)
     assert site.cycle().submit == {"small": 4}
-    cycle_until(site, lambda: site.counters.died_at_start == 4, 30, "the pilots to die")
+    cycle_until(site, lambda: site.counters.ended_unregistered == 4, 30, "the pilots to die")
+    assert site.counters.died_at_start == 0
     assert site.health.failing
     assert site.health.backing_off(time.time())
     again = site.cycle()
@@ -90,7 +92,7 @@ def test_pilots_that_die_at_start_back_the_failing_site_off(
     assert "site site-a is failing" in caplog.text
     status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
     assert status["health"]["failing"] is True
-    assert "ended 0 s after it started" in status["health"]["last_error"]
+    assert "ended without registering with the matchmaker" in status["health"]["last_error"]
 
 
 def test_a_restarted_factory_keeps_its_pilots_and_one_that_lost_its_state_removes_them(
