@@ -175,8 +175,11 @@ async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
             return None
         raise BadRequest("this route needs a JSON body")
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        # Strict UTF-8: json.loads would let bytes of a lone surrogate through (surrogatepass).
+        body = _DECODER.decode(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not UTF-8: {exc}; send JSON as UTF-8 text") from None
+    except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(raw):
         where = _lone_surrogate(body, "")
@@ -195,6 +198,9 @@ def _no_constant(name: str) -> Any:
     raise BadRequest(f"the body is not valid JSON: {name} is no JSON value; send a number, or "
                      "null")
 
+
+# Built once: json.loads with any argument builds a decoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 # A JSON escape of a UTF-16 surrogate: json.loads joins a pair into one character but keeps a
 # lone one as a string that cannot be encoded (SQLite, the log, the answer would all fail on it).

@@ -670,6 +670,11 @@ async def test_text_and_numbers_that_json_loads_takes_but_json_has_not_are_refus
     status, answer = await world.api.call("POST", path, world.pilot_token,
                                           data=reports(first, "ok", cpu="NaN"))
     assert status == 400 and "NaN is no JSON value" in answer["error"], answer
+    # The same half written as UTF-8 bytes (which json.loads lets through) is not UTF-8.
+    status, answer = await world.api.call(
+        "POST", path, world.pilot_token,
+        data=reports(first, "ok").replace(b'"ok"', b'"ok \xed\xa0\x80"'))
+    assert status == 400 and answer["error"].startswith("the body is not UTF-8"), answer
     # A whole pair is a character like any other, and nothing refused was recorded.
     status, answer = await world.api.call("POST", path, world.pilot_token,
                                           data=reports(first, "ok \\ud83d\\ude00"))
