@@ -28,17 +28,21 @@ docs: $(STAMP)
 	$(VENV)/bin/floe docs server -o docs/server.md
 	$(VENV)/bin/floe docs factory -o docs/factory.md
 
+# Each benchmark's JSON goes to docs/bench/ (kept only when the run succeeds); report.py then
+# writes the summary table of README.md from those files.
+BENCHMARKS := matchmaker large_dataset pilot factory
+
 bench: $(STAMP)
-	$(PY) benchmarks/matchmaker.py
-	$(PY) benchmarks/large_dataset.py
-	$(PY) benchmarks/pilot.py
-	$(PY) benchmarks/factory.py
+	@mkdir -p var docs/bench
+	@for name in $(BENCHMARKS); do \
+		echo "benchmarks/$$name.py"; \
+		$(PY) benchmarks/$$name.py > var/$$name.json || exit 1; \
+		mv var/$$name.json docs/bench/$$name.json; \
+	done
+	$(PY) benchmarks/report.py
 
 bench-small: $(STAMP)
-	$(PY) benchmarks/matchmaker.py --small
-	$(PY) benchmarks/large_dataset.py --small
-	$(PY) benchmarks/pilot.py --small
-	$(PY) benchmarks/factory.py --small
+	@for name in $(BENCHMARKS); do $(PY) benchmarks/$$name.py --small || exit 1; done
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache test-artifacts

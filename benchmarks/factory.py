@@ -20,8 +20,10 @@ a live pilot holds), from the server's database opened read-only. Four measureme
   pilots drain it), counted over a fixed window; where the CPU went in that window
   (matchmaker, factory, pilots, the tasks themselves); and, once the pilots are gone, whether
   every attempt is recorded (attempt rows against the tasks' states and the server's counts).
-  For scale, the same run measures what this machine can do at best: two bare loops that
-  start `/bin/true` with posix_spawn and wait for it, one per core, for a few seconds.
+  For scale, the run's `machine` holds what this machine can do at best
+  (`bare_spawn_per_second`: two bare loops that start `/bin/true` with posix_spawn and wait
+  for it, one per core, for five seconds; see machine.py), and `of_bare_spawn_rate` the null
+  task rates as fractions of it.
 
 Prints one JSON object. `--small` runs the same shape smaller (about a minute and a half).
 """
@@ -33,7 +35,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import sqlite3
@@ -52,6 +53,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import describe  # noqa: E402
 from cli.main import main as floe  # noqa: E402
 from config.factory import to_toml  # noqa: E402
 
@@ -418,32 +420,6 @@ class DepthKeeper(threading.Thread):
         self.join(30)
 
 
-def _spawn_loop(seconds: float, counts: Any, index: int) -> None:
-    true = "/bin/true"
-    deadline = time.monotonic() + seconds
-    done = 0
-    while time.monotonic() < deadline:
-        os.waitpid(os.posix_spawn(true, [true], {}), 0)
-        done += 1
-    counts[index] = done
-
-
-def bare_spawn_rate(seconds: float = 5.0) -> float:
-    """`/bin/true` started and waited for per second by one bare loop per core, together:
-    the most that any task system could reach on this machine."""
-    import multiprocessing
-
-    cores = os.cpu_count() or 1
-    counts = multiprocessing.Array("l", cores)
-    loops = [multiprocessing.Process(target=_spawn_loop, args=(seconds, counts, i))
-             for i in range(cores)]
-    for loop in loops:
-        loop.start()
-    for loop in loops:
-        loop.join()
-    return round(sum(counts) / seconds, 1)
-
-
 def null_rate(root: Path, depth: int, window: float) -> dict[str, Any]:
     """Null tasks per second through 2 local pilots, with about `depth` tasks kept queued."""
     site = "bench-null"
@@ -531,7 +507,7 @@ def main() -> None:
         backlog, task_seconds, cycle, local_target, slurm_target = 2000, 0.5, 5.0, 16, 8
         cycles, depths, window = 10, (10000, 100000), 30
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": describe(spawn=True),
         "setup": "floe server (durability full, idle_wait 2s) and floe factory as "
                  "subprocesses on loopback; pilots started by the factory's plugin",
     }
@@ -550,14 +526,13 @@ def main() -> None:
         else:
             result["ramp"]["slurm"] = {"skipped": "no SLURM runs here (scripts/batch/slurm.sh "
                                                   "up starts one)"}
-        bare = bare_spawn_rate()
         rates = [null_rate(root, depth, window) for depth in depths]
     result["null_tasks"] = {
         "pilots": "2 local pilots of 1 CPU", "task": "true",
-        "bare_spawn_loops_per_second": bare,
         "by_depth": rates,
         # The rate as a fraction of the bare loops': what floe keeps of what the machine gives.
-        "of_bare_spawn_rate": [round(r["null_tasks_per_second"] / max(1e-9, bare), 2)
+        "of_bare_spawn_rate": [round(r["null_tasks_per_second"]
+                                     / max(1e-9, result["machine"]["bare_spawn_per_second"]), 2)
                                for r in rates],
         # The deeper queue's rate over the shallower one's: 1.0 or more is no slowdown.
         "rate_at_10x_depth_relative": round(rates[1]["null_tasks_per_second"]

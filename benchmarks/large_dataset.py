@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import Connection
+from machine import describe
 
 from matchmaker import Server, latencies  # benchmarks/matchmaker.py, beside this file
 
@@ -81,6 +81,7 @@ async def reader_loop(server: Server, token: str, stop: asyncio.Event,
 
 
 async def run(jobs: int) -> dict:
+    machine = describe()
     with tempfile.TemporaryDirectory(prefix="floe-bench-") as tmp:
         server = Server(Path(tmp))
         admin = server.admin_token()
@@ -125,7 +126,7 @@ async def run(jobs: int) -> dict:
                 "dataset_list_latency_ms_meanwhile": latencies(reads),
                 "server_peak_rss_mb": round(server.peak_rss / 2**20, 1),
                 "database_mb": round(server.database_bytes() / 2**20, 1),
-                "machine": {"python": platform.python_version()},
+                "machine": machine,
             }
         finally:
             server.stop()

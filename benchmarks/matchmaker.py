@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import signal
 import socket
@@ -37,6 +35,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import Connection
+from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -367,6 +366,7 @@ async def drive(server: Server, site_token: str, args: argparse.Namespace) -> di
 
 
 async def main_async(args: argparse.Namespace) -> dict:
+    machine = describe()
     with tempfile.TemporaryDirectory(prefix="floe-bench-") as tmp:
         server = Server(Path(tmp))
         admin = server.admin_token()
@@ -392,8 +392,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             **driven,
             "server_peak_rss_mb": round(server.peak_rss / 2**20, 1),
             "database_mb": round(server.database_bytes() / 2**20, 1),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+            "machine": machine,
             "targets": {"saturation.matches_per_second": ">= 2000",
                         "at_target_rate.ask_latency_ms.p99": "<= 50",
                         "server_peak_rss_mb": "<= 1536"},

@@ -25,8 +25,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import os
-import platform
 import resource
 import signal
 import socket
@@ -41,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import describe  # noqa: E402
 from cli.main import main as floe  # noqa: E402
 from pilot.client import Matchmaker  # noqa: E402
 from pilot.loop import Pilot, PilotSettings  # noqa: E402
@@ -165,6 +164,7 @@ def main() -> None:
     args = parser.parse_args()
     serial_tasks, packed_tasks, single_tasks = (400, 400, 200) if args.small else \
         (4000, 4000, 1000)
+    machine = describe()
     with tempfile.TemporaryDirectory(prefix="floe-bench-pilot-") as temporary:
         workdir = Path(temporary)
         (workdir / "scratch").mkdir()
@@ -181,7 +181,7 @@ def main() -> None:
     overheads = [timing.overhead * 1000 for timing in single.pilot.timings]
     runtimes = [timing.runtime * 1000 for timing in single.pilot.timings]
     result = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine,
         "matchmaker": "a subprocess on loopback, default settings (durability full)",
         "serial": figures(serial),
         "packed": figures(packed),

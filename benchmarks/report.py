@@ -1,0 +1,191 @@
+"""The benchmark summary in README.md, made from the benchmarks' own JSON output.
+
+`make bench` saves what each benchmark prints under docs/bench/ (matchmaker.json,
+large_dataset.json, pilot.json, factory.json) and then runs this script, which writes the
+summary table between the `benchmarks:begin` and `benchmarks:end` markers of README.md: each
+figure read from those files, each target from the issue that set it, and met or missed decided
+from the two. No figure is typed by hand, so the table cannot drift from the runs it reports;
+a test holds README.md to the committed files. `--check` exits 1 if README.md is out of date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "bench"
+README = ROOT / "README.md"
+BEGIN = "<!-- benchmarks:begin (made by benchmarks/report.py from docs/bench/*.json) -->"
+END = "<!-- benchmarks:end -->"
+SOURCES = ("matchmaker", "large_dataset", "pilot", "factory")
+
+Results = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: `measured` renders the figure; `met` (None: no target) judges
+    it against `target`."""
+
+    what: str
+    measured: Callable[[Results], str]
+    target: str = ""
+    met: Callable[[Results], bool] | None = None
+
+
+def n(value: float, digits: int = 0) -> str:
+    """A figure with thousands separators: 2098.8 -> "2,099"."""
+    return f"{value:,.{digits}f}"
+
+
+def _ramp(r: Results, plugin: str) -> dict[str, Any]:
+    return r["factory"]["ramp"].get(plugin, {})
+
+
+def _ramp_seconds(r: Results) -> str:
+    figures = []
+    for plugin in ("local", "slurm"):
+        ramp = _ramp(r, plugin)
+        figures.append(n(ramp["seconds_to_target_registered"], 1) + " s"
+                       if "seconds_to_target_registered" in ramp else "not run")
+    return " / ".join(figures)
+
+
+def _ramps(r: Results) -> list[dict[str, Any]]:
+    return [ramp for plugin in ("local", "slurm")
+            if "pilots_registered" in (ramp := _ramp(r, plugin))]
+
+
+def _null(r: Results) -> list[dict[str, Any]]:
+    return r["factory"]["null_tasks"]["by_depth"]
+
+
+ROWS = [
+    Row("matchmaker: matches per second at saturation (1M queued tasks, 500 pilots, bulk "
+        "protocol)",
+        lambda r: n(r["matchmaker"]["saturation"]["matches_per_second"]),
+        "≥ 2,000", lambda r: r["matchmaker"]["saturation"]["matches_per_second"] >= 2000),
+    Row("matchmaker: ask latency with 2,000 matches/s offered, p99 (p50; rate served)",
+        lambda r: (f"{n(r['matchmaker']['at_target_rate']['ask_latency_ms']['p99'], 1)} ms "
+                   f"({n(r['matchmaker']['at_target_rate']['ask_latency_ms']['p50'], 1)} ms; "
+                   f"{n(r['matchmaker']['at_target_rate']['matches_per_second'])}/s)"),
+        "p99 ≤ 50 ms", lambda r: r["matchmaker"]["at_target_rate"]["ask_latency_ms"]["p99"] <= 50),
+    Row("matchmaker: peak RSS of the server and its writer process",
+        lambda r: f"{n(r['matchmaker']['server_peak_rss_mb'])} MB",
+        "≤ 1,536 MB", lambda r: r["matchmaker"]["server_peak_rss_mb"] <= 1536),
+    Row("matchmaker: CPU per match, server and writer (saturation / 2,000/s offered)",
+        lambda r: (f"{r['matchmaker']['saturation']['server_cpu_ms_per_match']:.2f} / "
+                   f"{r['matchmaker']['at_target_rate']['server_cpu_ms_per_match']:.2f} ms")),
+    Row("matchmaker: 1M tasks in 200 datasets accepted / all matchable",
+        lambda r: (f"{n(r['matchmaker']['accept_seconds'], 1)} s / "
+                   f"{n(r['matchmaker']['matchable_seconds'], 1)} s")),
+    Row("one 1,000,000-job dataset: submit answered / first match / every job created",
+        lambda r: (f"{n(1000 * r['large_dataset']['accept_seconds'])} ms / "
+                   f"{n(1000 * r['large_dataset']['first_match_seconds'])} ms / "
+                   f"{n(r['large_dataset']['all_jobs_created_seconds'], 1)} s")),
+    Row("ask p99 while that dataset is being created",
+        lambda r: f"{n(r['large_dataset']['ask_latency_ms_meanwhile']['p99'], 1)} ms",
+        "no request blocked (≤ 50 ms)",
+        lambda r: r["large_dataset"]["ask_latency_ms_meanwhile"]["p99"] <= 50),
+    Row("pilot: null tasks per second, 1-CPU slot (short tasks queued in series) / 2-CPU slot",
+        lambda r: (f"{n(r['pilot']['serial']['tasks_per_second'])} / "
+                   f"{n(r['pilot']['packed']['tasks_per_second'])}"),
+        "≥ 100", lambda r: min(r["pilot"]["serial"]["tasks_per_second"],
+                              r["pilot"]["packed"]["tasks_per_second"]) >= 100),
+    Row("pilot: its own CPU per null task (1-CPU slot)",
+        lambda r: f"{r['pilot']['serial']['pilot_cpu_ms_per_task']:.2f} ms",
+        "≤ 1 ms", lambda r: r["pilot"]["serial"]["pilot_cpu_ms_per_task"] <= 1.0),
+    Row("pilot: per-task overhead one task at a time (prefetch off), median / p99",
+        lambda r: (f"{n(r['pilot']['one_at_a_time']['overhead_ms_median'], 1)} / "
+                   f"{n(r['pilot']['one_at_a_time']['overhead_ms_p99'], 1)} ms"),
+        "median ≤ 10 ms", lambda r: r["pilot"]["one_at_a_time"]["overhead_ms_median"] <= 10),
+    Row("factory: 2,000-task backlog to the target number of pilots registered (local / SLURM)",
+        _ramp_seconds),
+    Row("factory: empty pilots while demand exists (local / SLURM)",
+        lambda r: " / ".join(f"{100 * ramp['empty_pilot_fraction']:.0f} %"
+                             for ramp in _ramps(r)),
+        "≤ 2 %", lambda r: all(ramp["empty_pilot_fraction"] <= 0.02 for ramp in _ramps(r))),
+    Row("factory: pilots submitted after the backlog was gone (local / SLURM)",
+        lambda r: " / ".join(str(ramp["submitted_after_backlog_gone"]) for ramp in _ramps(r)),
+        "0", lambda r: all(ramp["submitted_after_backlog_gone"] == 0 for ramp in _ramps(r))),
+    Row("factory: pilots submitted for a site with no matchable work",
+        lambda r: str(r["factory"]["no_matchable_work"]["pilots_submitted"]),
+        "0", lambda r: r["factory"]["no_matchable_work"]["pilots_submitted"] == 0),
+    Row("end to end: null tasks per second, 2 local pilots, 10,000 / 100,000 kept queued, "
+        "every attempt recorded",
+        lambda r: " / ".join(n(d["null_tasks_per_second"]) for d in _null(r)),
+        "≥ 1,000", lambda r: all(d["null_tasks_per_second"] >= 1000
+                                 and d["every_attempt_recorded"] for d in _null(r))),
+    Row("the same, as a fraction of the machine's bare spawn loops",
+        lambda r: " / ".join(f"{f:.2f}" for f in r["factory"]["null_tasks"]["of_bare_spawn_rate"])
+        + f" (of {n(r['factory']['machine']['bare_spawn_per_second'])}/s)"),
+    Row("end to end: rate with the queue ten times deeper, relative (matchmaker CPU per task "
+        "at each depth)",
+        lambda r: (f"{r['factory']['null_tasks']['rate_at_10x_depth_relative']:.2f} ("
+                   + " / ".join(f"{d['cpu_ms_per_task']['server']:.2f}" for d in _null(r))
+                   + " ms)"),
+        "no slowdown (≥ 1.0)",
+        lambda r: r["factory"]["null_tasks"]["rate_at_10x_depth_relative"] >= 1.0),
+]
+
+
+def load(directory: Path = RESULTS) -> Results:
+    """Each benchmark's saved output, by name."""
+    results = {}
+    for name in SOURCES:
+        path = directory / f"{name}.json"
+        try:
+            results[name] = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"cannot read {path}: {exc}; run `make bench` to make it") from None
+    return results
+
+
+def render(results: Results) -> str:
+    """The README block: the table, then the date and yardsticks of each run."""
+    lines = [BEGIN, "| what | measured | target | |", "|---|---|---|---|"]
+    for row in ROWS:
+        verdict = "" if row.met is None else ("met" if row.met(results) else "**missed**")
+        lines.append(f"| {row.what} | {row.measured(results)} | {row.target} | {verdict} |")
+    lines += ["", "Each run, with the machine's yardsticks that day (a plain Python loop of 10 "
+              "million additions; two bare loops starting `/bin/true`, where measured):", ""]
+    for name in SOURCES:
+        machine = results[name]["machine"]
+        spawn = machine.get("bare_spawn_per_second")
+        lines.append(f"- `benchmarks/{name}.py` ([JSON](docs/bench/{name}.json)): "
+                     f"{machine['date'][:10]}, {machine['cpus']} cores, Python "
+                     f"{machine['python']}, loop {machine['python_loop_seconds']:.2f} s"
+                     + (f", {n(spawn)} spawns/s" if spawn else ""))
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def updated(readme: str, block: str) -> str:
+    """README.md's text with the block between the markers replaced."""
+    start, end = readme.find(BEGIN), readme.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"README.md lacks the markers {BEGIN!r} ... {END!r}")
+    return readme[:start] + block + readme[end + len(END):]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if README.md is out of date, change nothing")
+    args = parser.parse_args()
+    text = README.read_text(encoding="utf-8")
+    new = updated(text, render(load()))
+    if args.check:
+        sys.exit(0 if new == text else 1)
+    README.write_text(new, encoding="utf-8")
+    print(f"wrote the benchmark summary into {README}")
+
+
+if __name__ == "__main__":
+    main()

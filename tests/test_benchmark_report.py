@@ -1,0 +1,44 @@
+"""The benchmark table of README.md is made from the committed runs in docs/bench/, and judges
+each figure against its target from the figure itself."""
+
+from __future__ import annotations
+
+import copy
+
+from benchmarks import report
+
+
+def test_the_readme_table_is_made_from_the_committed_benchmark_runs():
+    readme = report.README.read_text(encoding="utf-8")
+    assert report.updated(readme, report.render(report.load())) == readme, (
+        "README.md's benchmark table is out of date with docs/bench/*.json; run "
+        "`python benchmarks/report.py` (make bench does) and commit it")
+
+
+def row_of(table: str, what: str) -> list[str]:
+    [line] = [line for line in table.splitlines() if line.startswith(f"| {what} |")]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_a_figure_past_its_target_reads_missed_and_one_within_reads_met():
+    results = report.load()
+    latency = "matchmaker: ask latency with 2,000 matches/s offered, p99 (p50; rate served)"
+    null = ("end to end: null tasks per second, 2 local pilots, 10,000 / 100,000 kept queued, "
+            "every attempt recorded")
+    slow = copy.deepcopy(results)
+    slow["matchmaker"]["at_target_rate"]["ask_latency_ms"]["p99"] = 50.5
+    slow["factory"]["null_tasks"]["by_depth"][1]["null_tasks_per_second"] = 999.9
+    fast = copy.deepcopy(results)
+    fast["matchmaker"]["at_target_rate"]["ask_latency_ms"]["p99"] = 50.0
+    for depth in fast["factory"]["null_tasks"]["by_depth"]:
+        depth.update(null_tasks_per_second=1000.0, every_attempt_recorded=True)
+    assert row_of(report.render(slow), latency)[1:] == [
+        f"50.5 ms ({report.n(results['matchmaker']['at_target_rate']['ask_latency_ms']['p50'], 1)}"
+        f" ms; {report.n(results['matchmaker']['at_target_rate']['matches_per_second'])}/s)",
+        "p99 ≤ 50 ms", "**missed**"]
+    assert row_of(report.render(slow), null)[3] == "**missed**"
+    assert row_of(report.render(fast), latency)[3] == "met"
+    assert row_of(report.render(fast), null)[1:] == ["1,000 / 1,000", "≥ 1,000", "met"]
+    unrecorded = copy.deepcopy(fast)
+    unrecorded["factory"]["null_tasks"]["by_depth"][0]["every_attempt_recorded"] = False
+    assert row_of(report.render(unrecorded), null)[3] == "**missed**"
