@@ -100,8 +100,9 @@ def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
     budget = min(limits.max_per_cycle // (1 + max(0, empty_pilots)),
                  limits.max_queued - queued, limits.max_total - total)
     if empty_pilots > 0:
-        reasons.append(f"{empty_pilots} running pilots found no work: at most {max(budget, 0)} "
-                       "submitted")
+        pilots = "pilot" if empty_pilots == 1 else "pilots"
+        reasons.append(f"{empty_pilots} recent {pilots} found no work (idle now, or ended "
+                       f"empty): at most {max(budget, 0)} submitted")
     if budget <= 0:
         if sum(shortfall.values()) and empty_pilots == 0:
             reasons.append(f"limits reached (queued {queued}/{limits.max_queued}, total "

@@ -102,6 +102,11 @@ class Factory:
         """Run until stopped; returns the exit status."""
         if self.config is None:
             self.load()
+        log.info("factory %s started for %s with %s; workdir %s (SIGHUP rereads %s, SIGTERM "
+                 "stops)", self.config.factory_id, self.config.matchmaker,
+                 "; ".join(f"site {r.name} ({r.site['plugin']}, a cycle every "
+                           f"{r.site['cycle']:g} s)" for r in self.runners.values()),
+                 self.config.workdir, self.config_path)
         for name in self.runners:
             self._start_site(name)
         while not self._stopping.is_set():
@@ -111,8 +116,10 @@ class Factory:
             if self._reload.is_set() or self._file_mtime() != self._mtime:
                 self._reload.clear()
                 self.reload()
+        log.info("factory %s stopping", self.config.factory_id)
         for name in list(self.runners):
             self._stop_site(name)
+        log.info("factory %s stopped", self.config.factory_id)
         return 0
 
     def _start_site(self, name: str) -> None:

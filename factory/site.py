@@ -436,6 +436,9 @@ class SiteRunner:
         """What `on_stop` says: remove queued pilots, all of them, or none."""
         policy = self.site["on_stop"]
         if policy == "keep" or not self.pilots:
+            if self.pilots:
+                log.info("site %s: %d pilots left to run out (on_stop keep)", self.name,
+                         len(self.pilots))
             self._save(self.clock())
             return
         try:
@@ -449,8 +452,8 @@ class SiteRunner:
         for batch_id in removed:
             self.pilots.pop(batch_id, None)
         self.counters.removed += len(removed)
-        if removed:
-            log.info("site %s: removed %d pilots on stop", self.name, len(removed))
+        log.info("site %s: removed %d pilots on stop (on_stop %s), %d left to run out",
+                 self.name, len(removed), policy, len(self.pilots))
         self._save(self.clock())
 
     # ------------------------------------------------------------------ state on disk
