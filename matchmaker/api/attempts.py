@@ -96,7 +96,7 @@ async def attempt(ctx: Context) -> Any:
 
 @route("GET", "/api/v1/attempts/{attempt_id}/logs/{stream}", summary="An attempt's full log as "
        "text (its tail if the pilot did not upload it)", tag="attempts", action=Action.READ,
-       params=[ATTEMPT_ID, STREAM])
+       params=[ATTEMPT_ID, STREAM], text="text/plain")
 async def log_text(ctx: Context) -> Any:
     found = await queries.log_text(ctx.engine.db, ctx.params["attempt_id"], ctx.params["stream"],
                                     ctx.engine.settings.tail_bytes)

@@ -113,6 +113,8 @@ class Route:
     description: str = ""
     errors: tuple[int, ...] = field(default=(400, 401, 403))
     check_body: bool = True
+    text: str | None = None
+    """The media type of a success answer that is text, not JSON (a log, the metrics)."""
 
 
 ROUTES: list[Route] = []
@@ -123,12 +125,12 @@ def route(method: str, path: str, *, summary: str, tag: str, action: Action | No
           params: list[Param] | None = None, response: dict[str, Any] | None = None,
           status: int = 200, max_body: int | None = None, raw_body: bool = False,
           description: str = "", errors: tuple[int, ...] = (400, 401, 403, 404),
-          check_body: bool = True) -> Callable[[Handler], Handler]:
+          check_body: bool = True, text: str | None = None) -> Callable[[Handler], Handler]:
     """Declare an API route (see the module docstring)."""
     def register(handler: Handler) -> Handler:
         ROUTES.append(Route(method, path, handler, summary, action, passkey, body,
                             params or [], response, status, tag, max_body, raw_body,
-                            description, errors, check_body))
+                            description, errors, check_body, text))
         return handler
     return register
 

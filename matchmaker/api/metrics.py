@@ -20,7 +20,8 @@ from .framework import Context, route
 
 
 @route("GET", "/metrics", summary="Counters and gauges in the Prometheus text format "
-       f"({metrics.CONTENT_TYPE})", tag="meta", action=Action.READ, errors=(401, 403))
+       f"({metrics.CONTENT_TYPE})", tag="meta", action=Action.READ, errors=(401, 403),
+       text=metrics.CONTENT_TYPE)
 async def prometheus(ctx: Context) -> Any:
     counts = await queries.pilot_counts(ctx.engine.db)
     return web.Response(body=metrics.render(ctx.engine, counts).encode(),

@@ -30,9 +30,9 @@ def _operation(route: Route) -> dict[str, Any]:
         "operationId": route.handler.__name__.strip("_"),
         "summary": route.summary,
         "tags": [route.tag],
-        "responses": {str(route.status): {"description": "success",
-                                          "content": {"application/json": {"schema":
-                                                      route.response or {"type": "object"}}}}},
+        "responses": {str(route.status): {"description": "success", "content": (
+            {route.text.split(";")[0]: {"schema": {"type": "string"}}} if route.text else
+            {"application/json": {"schema": route.response or {"type": "object"}}})}},
     }
     if route.description:
         op["description"] = route.description

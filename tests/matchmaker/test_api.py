@@ -694,3 +694,21 @@ async def test_a_walltime_of_digits_int_cannot_read_is_refused_not_a_server_erro
         status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, document)
         assert status == 400, (walltime, answer)
         assert "tasks[0].requirements.walltime: expected a duration" in answer["error"]
+
+
+async def test_text_answers_are_declared_as_text_in_the_openapi_document(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    await world.api.call("POST", f"/api/v1/attempts/{attempt['id']}/report", None,
+                         {"exit_code": 0, "stdout_tail": "done\n"}, passkey=attempt["passkey"])
+    for path, documented in (("/metrics", "/metrics"),
+                             (f"/api/v1/attempts/{attempt['id']}/logs/stdout",
+                              "/api/v1/attempts/{attempt_id}/logs/stdout")):
+        async with world.session.get(world.api.base + path,
+                                     headers={"Authorization": f"Bearer {world.owner}"}) as reply:
+            assert reply.status == 200
+            served = reply.content_type
+        documented = documented.replace("/stdout", "/{stream}")
+        [declared] = document["paths"][documented]["get"]["responses"]["200"]["content"]
+        assert declared == served and served.startswith("text/"), (path, declared, served)
