@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -73,15 +74,35 @@ def ssl_context(settings: ServerSettings, self_signed: bool) -> ssl.SSLContext |
 
 
 def run(settings: ServerSettings, self_signed: bool = False) -> None:
-    """Serve until interrupted (`floe server`)."""
-    context = ssl_context(settings, self_signed)
+    """Serve until interrupted (`floe server`). The port is taken first: a port in use is an
+    OSError before the database is opened or anything is announced."""
+    listening = listen(settings.host, settings.port)
+    try:
+        context = ssl_context(settings, self_signed)
+    except BaseException:
+        listening.close()
+        raise
     scheme = "https" if context else "http"
     print(f"floe matchmaker on {scheme}://{settings.host}:{settings.port} "
           f"(database {settings.database})", flush=True)
     app = create_app(settings)
     app.on_startup.append(_tune_garbage_collector)  # after the engine's load (cleanup_ctx)
-    web.run_app(app, host=settings.host, port=settings.port, ssl_context=context, print=None,
-                access_log=None, loop=new_event_loop())
+    web.run_app(app, sock=listening, ssl_context=context, print=None, access_log=None,
+                loop=new_event_loop())
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host` (its first address) and `port`."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    listening = socket.socket(family, kind, protocol)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind(address)
+    except OSError:
+        listening.close()
+        raise
+    return listening
 
 
 # Objects that survive a collection (a request's batches waiting for their group commit, with

@@ -120,6 +120,9 @@ def test_a_port_in_use_is_one_sentence_naming_the_fix(served, tmp_path):
     assert second.returncode == 1
     assert f"floe server: port {port} of 127.0.0.1 is in use" in second.stderr
     assert "--port" in second.stderr
+    # Refused before anything else: no database opened, nothing announced as ready.
+    assert second.stdout == "" and "ready" not in second.stderr
+    assert not (tmp_path / "two.sqlite").exists()
 
 
 def test_adding_a_user_to_a_file_that_does_not_exist_says_so(tmp_path):
