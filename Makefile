@@ -45,4 +45,4 @@ bench-small: $(STAMP)
 	@for name in $(BENCHMARKS); do $(PY) benchmarks/$$name.py --small || exit 1; done
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) var build *.egg-info .pytest_cache .ruff_cache test-artifacts floe-run

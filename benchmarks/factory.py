@@ -507,6 +507,8 @@ def main() -> None:
         backlog, task_seconds, cycle, local_target, slurm_target = 2000, 0.5, 5.0, 16, 8
         cycles, depths, window = 10, (10000, 100000), 30
     result: dict[str, Any] = {
+        "benchmark": "factory",
+        "small": args.small,
         "machine": describe(spawn=True),
         "setup": "floe server (durability full, idle_wait 2s) and floe factory as "
                  "subprocesses on loopback; pilots started by the factory's plugin",

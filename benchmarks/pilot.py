@@ -181,6 +181,8 @@ def main() -> None:
     overheads = [timing.overhead * 1000 for timing in single.pilot.timings]
     runtimes = [timing.runtime * 1000 for timing in single.pilot.timings]
     result = {
+        "benchmark": "pilot",
+        "small": args.small,
         "machine": machine,
         "matchmaker": "a subprocess on loopback, default settings (durability full)",
         "serial": figures(serial),

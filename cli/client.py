@@ -60,8 +60,9 @@ def _run_submit(args: argparse.Namespace) -> int:
         print_json(dataset)
     else:
         names = ", ".join(dataset["task_names"])
-        print(f"dataset {dataset['id']} submitted: {dataset['jobs']} jobs of "
-              f"{dataset['tasks_per_job']} tasks ({names}); follow it with "
+        jobs, tasks = dataset["jobs"], dataset["tasks_per_job"]
+        print(f"dataset {dataset['id']} submitted: {jobs} job{'s' * (jobs != 1)} of "
+              f"{tasks} task{'s' * (tasks != 1)} ({names}); follow it with "
               f"`floe status {dataset['id']}`")
     return 0
 

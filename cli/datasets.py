@@ -135,6 +135,8 @@ def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
 
 
 def _logs_show(data: Any, args: argparse.Namespace) -> None:
+    if not data["text"]:  # said on stderr: stdout stays the log itself, for pipes
+        print(f"attempt {data['attempt_id']} wrote nothing to {data['stream']}", file=sys.stderr)
     sys.stdout.write(data["text"])
     if data["text"] and not data["text"].endswith("\n"):
         sys.stdout.write("\n")

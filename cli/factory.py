@@ -42,12 +42,21 @@ def bundle_in(workdir: Path) -> Path:
 
 
 def check(config: Any) -> int:
-    """`--check`: the config is valid; now ask the matchmaker with each site's token."""
+    """`--check`: the config is valid and each plugin takes its site's settings; now ask the
+    matchmaker with each site's token."""
     from config.factory import site_token
     from factory.matchmaker import MatchmakerError, SiteClient
+    from factory.site import build_plugin
+    from plugins import PluginConfigError
 
     failed = False
     for site in config.sites:
+        try:
+            build_plugin(config, site)
+        except PluginConfigError as exc:
+            print(f"site {site['name']}: {exc}", file=sys.stderr)
+            failed = True
+            continue
         client = SiteClient(config.matchmaker, site["name"], site_token(site),
                             cacert=config.cacert, factory=config.factory_id)
         shapes = len(site["shapes"])

@@ -42,8 +42,9 @@ def authorize(principal: Principal, action: Action, *, owner_id: int | None = No
     allowed = RULES[action]
     if principal.role not in allowed:
         needed = " or ".join(_WHO[r] for r in sorted(allowed))
-        raise Forbidden(f"{principal.name} ({_WHO[principal.role]}) may not {action.value}: "
-                        f"that needs {needed}")
+        who = principal.name if principal.user is None else \
+            f"{principal.name} ({_WHO[principal.role]})"
+        raise Forbidden(f"{who} may not {action.value}: that needs {needed}")
     if action == Action.CHANGE_DATASET and owner_id is not None and principal.role == "user" \
             and principal.user is not None and principal.user.user_id != owner_id:
         raise Forbidden(f"{principal.name} may only change their own datasets; ask the owner "

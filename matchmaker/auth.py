@@ -38,7 +38,8 @@ class Principal:
         if self.user is not None:
             return self.user.name
         if self.site is not None:
-            return f"{self.role} of site {self.site.name}"
+            return f"{'the factory' if self.role == 'site' else 'a pilot'} of site " \
+                   f"{self.site.name}"
         return self.role
 
 

@@ -192,7 +192,8 @@ def plan(dataset: DatasetState, active: ActiveAttempt, outcome: Outcome,
                                 f"{outcome.error_message}"
                 move(task_index, TaskState.SUSPENDED)
             elif result.failures > retries:
-                result.reason = (f"failed {result.failures} times (max_retries {retries}); "
+                times = "once" if result.failures == 1 else f"{result.failures} times"
+                result.reason = (f"failed {times} (max_retries {retries}); "
                                  f"last: {error.value}: {outcome.error_message}")
                 move(task_index, TaskState.FAILED)
                 cascade(dataset, task_index, name, codes, move)

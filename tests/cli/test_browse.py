@@ -186,6 +186,10 @@ def test_logs_prints_the_latest_attempts_stdout_or_stderr(capsys, matchmaker, ra
     assert run_json(capsys, "logs", str(ran.done_task), *as_user(matchmaker)) == {
         "task_id": ran.done_task, "attempt_id": ran.done_attempt, "stream": "stdout",
         "text": "generated 100 events\n"}
+    status, out, err = run(capsys, "logs", str(ran.done_task), "--stream", "stderr",
+                           *as_user(matchmaker))
+    assert (status, out) == (0, "")  # an empty log is said on stderr, out of a pipe's way
+    assert err == f"attempt {ran.done_attempt} wrote nothing to stderr\n"
 
 
 def test_logs_of_another_tasks_attempt_or_of_a_task_not_run_are_refused(

@@ -45,7 +45,7 @@ def test_submit_prints_the_new_dataset_and_the_command_to_follow_it(
     assert status == 0, err
     [listed] = matchmaker.get("/datasets")["datasets"]
     dataset = listed["id"]
-    assert out.strip() == (f"dataset {dataset} submitted: 3 jobs of 1 tasks (count); follow it "
+    assert out.strip() == (f"dataset {dataset} submitted: 3 jobs of 1 task (count); follow it "
                            f"with `floe status {dataset}`")
     assert listed["owner"] == "alice" and listed["jobs"] == 3
     assert listed["description"] == CONFIG["description"]

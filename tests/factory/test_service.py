@@ -129,6 +129,11 @@ def test_floe_factory_check_and_once(matchmaker: LiveMatchmaker, tmp_path, capsy
     monkeypatch.setenv("FLOE_SITE_TOKEN", matchmaker.site_token)
     assert floe(["factory", "--config", str(path), "--check"]) == 0
     assert "the matchmaker at" in capsys.readouterr().out
+    slurm_option = write_toml(tmp_path / "mistaken.toml", site_document(
+        matchmaker, tmp_path / "factory", options={"partition": "short"}))
+    assert floe(["factory", "--config", str(slurm_option), "--check"]) == 1
+    assert ("site site-a: unknown local option 'partition'; the local plugin knows: "
+            "keep_finished, kill_grace, state_dir") in capsys.readouterr().err
     matchmaker.submit(dag_dataset(1))
     assert floe(["factory", "--config", str(path), "--once"]) == 0
     status = json.loads(capsys.readouterr().out)

@@ -4,6 +4,7 @@ Prometheus text format, and for every metric a test that makes it move with real
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import urllib.error
@@ -123,9 +124,11 @@ def test_metrics_are_read_with_a_users_token_and_refused_without_one(matchmaker)
     status, content_type, text = fetch(matchmaker, None)
     assert (status, content_type) == (401, "application/json"), text
     assert "this needs a token" in text
-    for token in (matchmaker.pilot_token(), matchmaker.site_token):
+    for token, who in ((matchmaker.pilot_token(), "a pilot of site site-a"),
+                       (matchmaker.site_token, "the factory of site site-a")):
         status, _, text = fetch(matchmaker, token)
-        assert status == 403 and "may not read" in text, text
+        assert status == 403, text
+        assert json.loads(text)["error"] == f"{who} may not read: that needs an admin or a user"
 
 
 def test_the_exposition_is_valid_text_format_with_every_family_typed(matchmaker):
