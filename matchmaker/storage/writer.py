@@ -19,6 +19,15 @@ and its batches replayed one at a time, so that only the stale one fails.
 The child is `python -m matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It
 opens the file already migrated by the server, says "ready", and exits when its input closes,
 so it never outlives the server, even one that was killed. Frames are a 4-byte length and a pickle.
+
+SQLite copies the WAL back into the database (a checkpoint) inside whichever commit crosses its
+threshold, so one commit in fifty took 10 to 20 ms instead of one, and every answer waiting on
+it did too. The child turns that off and checkpoints from a thread of its own, on its own
+connection, every `CHECKPOINT_INTERVAL`, beside the commits (PASSIVE: it never blocks one).
+Commits go on meanwhile, so such a checkpoint never catches up with the end of the WAL, and
+SQLite only starts the WAL over from its beginning once all of it is copied: after each one,
+the main loop copies the few frames written since, between two groups, and the next commit
+starts the WAL over, which keeps the file a few megabytes long.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +54,10 @@ Result = tuple[str, str] | None
 WireBatch = list[tuple[int, Sequence[Sequence[Any]]]]
 
 _ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT_INTERVAL = 0.5
+"""Seconds between the child's checkpoints of the WAL into the database."""
+WAL_LIMIT = 32 * 2**20
+"""Bytes the WAL file is cut back to when it starts over."""
 _HEADER = struct.Struct("!I")
 _PIPE_BYTES = 1 << 20
 
@@ -78,6 +92,8 @@ def configure(conn: sqlite3.Connection, durability: str, cache: int = 64 * 2**20
     conn.execute("PRAGMA busy_timeout = 10000")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA cache_size = -{max(1, cache // 1024)}")  # negative: in KiB
+    # A WAL started over is cut back to this, whatever a burst (a large submit) made it.
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
     return mode
 
 
@@ -339,6 +355,39 @@ class WriterProcess:
         process.stdout.close()
 
 
+class Checkpointer(threading.Thread):
+    """Checkpoints the WAL of `path` every `interval` seconds on a connection of its own until
+    `stop()`; SQLite's step gives up the global lock, so the copying runs beside the commits."""
+
+    def __init__(self, path: str, interval: float = CHECKPOINT_INTERVAL) -> None:
+        super().__init__(name="checkpointer", daemon=True)
+        self.path = path
+        self.interval = interval
+        self.checkpoints = 0
+        self.catch_up = threading.Event()
+        """Set after each checkpoint: the main loop copies what was written meanwhile."""
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            while not self._stopping.wait(self.interval):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # tried again at the next interval
+                    print(f"floe writer: checkpoint failed: {exc}", file=sys.stderr, flush=True)
+                    continue
+                self.checkpoints += 1
+                self.catch_up.set()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join()
+
+
 def _read_frames(fd: int, frames: _Frames) -> list[bytes] | None:
     """Every whole frame available, waiting for at least one; None once the input closed."""
     while True:
@@ -363,9 +412,12 @@ def serve(path: str, durability: str, cache: int, max_group: int, requests: int,
         conn = sqlite3.connect(path, isolation_level=None)
         if configure(conn, durability, cache).lower() != "wal":
             raise sqlite3.OperationalError(f"{path} could not switch to WAL mode")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's work
     except Exception as exc:  # sent back: the server refuses to start with it
         answer(("error", f"{exc.__class__.__name__}: {exc}"))
         return
+    checkpointer = Checkpointer(path)
+    checkpointer.start()
     answer(("ready",))
     _widen(requests)
     statements: dict[int, Statement] = {}
@@ -379,6 +431,11 @@ def serve(path: str, durability: str, cache: int, max_group: int, requests: int,
         for start in range(0, len(batches), max_group):
             results, commits = commit_batches(conn, statements, batches[start:start + max_group])
             answer(("done", results, commits))
+        if checkpointer.catch_up.is_set():
+            checkpointer.catch_up.clear()
+            with contextlib.suppress(sqlite3.Error):  # the next one tries again
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    checkpointer.stop()
     conn.close()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from matchmaker.storage.database import Batch, Database, Statement, StorageError
+from matchmaker.storage.writer import CHECKPOINT_INTERVAL, WAL_LIMIT, Checkpointer, configure
 
 ROOT = Path(__file__).resolve().parents[2]
 INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
@@ -160,3 +162,46 @@ async def test_the_writer_process_keeps_the_configured_cache_of_pages(tmp_path):
         await db.write(Batch().add(INSERT, (1, "test", "cached")))
     finally:
         await db.close()
+
+
+async def test_the_wal_is_checkpointed_and_started_over_while_commits_never_stop(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    wal = tmp_path / "floe.sqlite-wal"
+    written = 0
+    try:
+        # Commits one after another with no pause between them, as under load, for several
+        # checkpoint intervals: nothing between two commits leaves room for SQLite's own.
+        deadline = time.monotonic() + 6 * CHECKPOINT_INTERVAL
+        while time.monotonic() < deadline:
+            await db.write(Batch().extend(INSERT, ((written + n, "load", "x" * 500)
+                                                   for n in range(50))))
+            written += 50
+        # The WAL's header counts the times it was started over (each after a whole checkpoint).
+        started_over = int.from_bytes(wal.read_bytes()[12:16], "big")
+        assert started_over >= 3, f"the WAL was started over {started_over} times"
+        assert wal.stat().st_size <= WAL_LIMIT + 8 * 2**20
+        rows = await db.fetchall("SELECT count(*) AS n FROM events WHERE action = 'load'")
+        assert rows[0]["n"] == written
+    finally:
+        await db.close()
+
+
+def test_the_checkpointer_copies_the_wal_of_a_connection_that_never_checkpoints(tmp_path):
+    path = tmp_path / "floe.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    configure(conn, "full")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # as the writer process runs
+    conn.execute("CREATE TABLE t (x TEXT)")
+    checkpointer = Checkpointer(str(path), interval=0.05)
+    checkpointer.start()
+    try:
+        for _ in range(100):
+            conn.execute("INSERT INTO t VALUES (?)", ("x" * 3000,))
+        deadline = time.monotonic() + 10
+        while checkpointer.checkpoints < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The rows reached the database file itself, which only a checkpoint writes to.
+        assert path.stat().st_size > 100 * 3000
+    finally:
+        checkpointer.stop()
+        conn.close()
