@@ -42,3 +42,16 @@ def test_a_figure_past_its_target_reads_missed_and_one_within_reads_met():
     unrecorded = copy.deepcopy(fast)
     unrecorded["factory"]["null_tasks"]["by_depth"][0]["every_attempt_recorded"] = False
     assert row_of(report.render(unrecorded), null)[3] == "**missed**"
+
+
+def test_a_deeper_queue_that_costs_the_matchmaker_more_per_task_is_a_slowdown():
+    results = report.load()
+    deeper = "end to end: rate with the queue ten times deeper, relative (matchmaker CPU per task "\
+        "at each depth)"
+    shallow, deep = results["factory"]["null_tasks"]["by_depth"]
+    for rate, server, verdict in ((1.0, 0.10, "met"), (0.96, 0.11, "met"),
+                                  (1.0, 0.13, "**missed**"), (0.94, 0.10, "**missed**")):
+        shallow["cpu_ms_per_task"]["server"] = 0.10
+        deep["cpu_ms_per_task"]["server"] = server
+        results["factory"]["null_tasks"]["rate_at_10x_depth_relative"] = rate
+        assert row_of(report.render(results), deeper)[3] == verdict, (rate, server)
