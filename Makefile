@@ -3,10 +3,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.floe-installed
 
-.PHONY: demo test lint docs bench bench-small clean
+.PHONY: setup demo test lint docs bench bench-small clean
 
 $(STAMP): pyproject.toml scripts/setup-venv.sh
 	scripts/setup-venv.sh
+
+# Only .venv/ with floe in it; `. .venv/bin/activate` then puts `floe` on the shell's PATH.
+setup: $(STAMP)
 
 # `make demo SITE=slurm` runs it through the project's single-node SLURM, started first (root).
 SITE ?= local

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from config.schema import counted
+
 from .command import add_dataset, add_json, fail, print_json
 from .http import Client, ClientError
 
@@ -61,8 +63,8 @@ def _run_submit(args: argparse.Namespace) -> int:
     else:
         names = ", ".join(dataset["task_names"])
         jobs, tasks = dataset["jobs"], dataset["tasks_per_job"]
-        print(f"dataset {dataset['id']} submitted: {jobs} job{'s' * (jobs != 1)} of "
-              f"{tasks} task{'s' * (tasks != 1)} ({names}); follow it with "
+        print(f"dataset {dataset['id']} submitted: {counted(jobs, 'job')} of "
+              f"{counted(tasks, 'task')} ({names}); follow it with "
               f"`floe status {dataset['id']}`")
     return 0
 
@@ -91,8 +93,8 @@ def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
           f"max_retries {d['max_retries']}{', debug' if d['debug'] else ''}")
     if d["description"]:
         print(f"  {d['description']}")
-    print(f"  jobs: {d['jobs']} ({d['jobs_created']} created), {d['tasks_per_job']} tasks each: "
-          f"{', '.join(d['task_names'])}")
+    print(f"  jobs: {d['jobs']} ({d['jobs_created']} created), "
+          f"{counted(d['tasks_per_job'], 'task')} each: {', '.join(d['task_names'])}")
     print(f"  {progress_bar(counts, 40)} {percent_ended(counts)}% ended")
     print("  tasks: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
     overall = [s for s in statistics if s["task"] is None]
@@ -178,8 +180,9 @@ def _run_wait(args: argparse.Namespace) -> int:
     if args.json:
         print_json(dataset)
     if dataset["status"] == "failed":
-        return fail(args, f"dataset {args.dataset} ended with {dataset['tasks']['failed']} "
-                          f"failed tasks; see `floe tasks {args.dataset} --state failed`")
+        return fail(args, f"dataset {args.dataset} ended with "
+                          f"{counted(dataset['tasks']['failed'], 'failed task')}; see "
+                          f"`floe tasks {args.dataset} --state failed`")
     return 0
 
 

@@ -8,6 +8,8 @@ import sys
 from typing import Any
 
 from config.resources import format_duration, format_size
+from config.schema import counted
+from config.states import AttemptState
 
 from .client import STATES
 from .command import Command, add_dataset, add_paging, age, moment, next_page, subcommands, table
@@ -95,9 +97,10 @@ def _size(value: int | None) -> str | None:
 def _attempts_show(task: dict[str, Any], args: argparse.Namespace) -> None:
     needs = task["requirements"]
     print(f"task {task['task_id']} ({task['task']} of job {task['job']}, dataset "
-          f"{task['dataset']}): {task['state']}, {task['failures']} failures, "
-          f"{task['lost']} lost; needs {needs['cpus']} CPUs, {format_size(needs['memory'])} "
-          f"memory, {needs['gpus']} GPUs, {format_duration(needs['walltime'])}")
+          f"{task['dataset']}): {task['state']}, {counted(task['failures'], 'failure')}, "
+          f"{task['lost']} lost; needs {counted(needs['cpus'], 'CPU')}, "
+          f"{format_size(needs['memory'])} memory, {counted(needs['gpus'], 'GPU')}, "
+          f"{format_duration(needs['walltime'])}")
     if not task["attempts"]:
         print("no attempts yet")
         return
@@ -123,19 +126,26 @@ def _logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
-    attempts = [a["attempt_id"] for a in client.get(f"/api/v1/tasks/{args.task}")["attempts"]]
-    if not attempts:
+    states = {a["attempt_id"]: a["state"]
+              for a in client.get(f"/api/v1/tasks/{args.task}")["attempts"]}
+    if not states:
         raise ClientError(f"task {args.task} has not run yet, so it has no logs")
-    attempt = attempts[-1] if args.attempt is None else args.attempt
-    if attempt not in attempts:
+    attempt = list(states)[-1] if args.attempt is None else args.attempt
+    if attempt not in states:
         raise ClientError(f"task {args.task} has no attempt {attempt} (its attempts: "
-                          f"{', '.join(map(str, attempts))})")
+                          f"{', '.join(map(str, states))})")
     text = client.request("GET", f"/api/v1/attempts/{attempt}/logs/{args.stream}", raw=True)
-    return {"task_id": args.task, "attempt_id": attempt, "stream": args.stream, "text": text}
+    return {"task_id": args.task, "attempt_id": attempt, "state": states[attempt],
+            "stream": args.stream, "text": text}
 
 
 def _logs_show(data: Any, args: argparse.Namespace) -> None:
-    if not data["text"]:  # said on stderr: stdout stays the log itself, for pipes
+    # Said on stderr: stdout stays the log itself, for pipes.
+    if not data["text"] and data["state"] == AttemptState.PROCESSING:
+        print(f"attempt {data['attempt_id']} is still running; the pilot uploads its "
+              f"{data['stream']} when it ends (see `floe attempts {data['task_id']}`)",
+              file=sys.stderr)
+    elif not data["text"]:
         print(f"attempt {data['attempt_id']} wrote nothing to {data['stream']}", file=sys.stderr)
     sys.stdout.write(data["text"])
     if data["text"] and not data["text"].endswith("\n"):

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import shlex
 import shutil
 import signal
 import socket
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from config.factory import to_toml
+from config.schema import counted
 
 from .client import percent_ended, progress_bar
 from .http import Client, ClientError
@@ -82,6 +84,20 @@ def shown(path: Path) -> str:
     with contextlib.suppress(ValueError):
         return str(path.relative_to(Path.cwd()))
     return str(path)
+
+
+def floe_on_path() -> list[str]:
+    """The command to run first so that `floe` in the user's shell is this floe: none where it
+    already is, else activating the virtual environment it is installed in (`make demo` makes
+    .venv/ but cannot change the PATH of the shell it was started from)."""
+    bin_dir = Path(sys.executable).parent
+    found = shutil.which("floe")
+    if found and Path(found).resolve() == (bin_dir / "floe").resolve():
+        return []
+    activate = bin_dir / "activate"
+    if activate.exists():
+        return [f". {shlex.quote(shown(activate))}"]
+    return [f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\""]
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -236,16 +252,19 @@ class Demo:
         where = ("processes on this machine" if self.site == "local"
                  else "jobs in the local SLURM cluster")
         print(f"floe demo: {shown(self.args.dataset.absolute())} on the {self.site} site")
-        print(f"  dataset     {self.dataset}: {dataset['jobs']} jobs of {dataset['tasks_per_job']} "
-              f"tasks ({', '.join(dataset['task_names'])}), submitted as user {USER!r}")
+        print(f"  dataset     {self.dataset}: {counted(dataset['jobs'], 'job')} of "
+              f"{counted(dataset['tasks_per_job'], 'task')} "
+              f"({', '.join(dataset['task_names'])}), submitted as user {USER!r}")
         if dataset["description"]:
             print(f"              {dataset['description']}")
         print(f"  matchmaker  {self.url} on {shown(self.db)}, log "
               f"{shown(self.workdir / 'server.log')}")
-        print(f"  factory     up to {self.args.pilots} pilots of 1 CPU, as {where}")
+        print(f"  factory     up to {counted(self.args.pilots, 'pilot')} of 1 CPU, as {where}")
         print(f"              config {shown(config)}, log "
               f"{shown(self.workdir / 'factory.log')}")
         print("  follow it from another terminal too:")
+        for line in floe_on_path():
+            print(f"    {line}")
         print(f"    export FLOE_URL={self.url} FLOE_TOKEN={user_token}")
         print(f"    floe status {self.dataset}")
         print(flush=True)
@@ -284,7 +303,7 @@ class Demo:
         states = " ".join(f"{state} {counts[state]}" for state in PROGRESS_ORDER
                           if counts[state] or state == "complete")
         return (f"{elapsed // 60}:{elapsed % 60:02d} {progress_bar(counts, 20)} "
-                f"{percent_ended(counts, 0):>3}%  {pilots} pilot{'s' if pilots != 1 else ''} | "
+                f"{percent_ended(counts, 0):>3}%  {counted(pilots, 'pilot')} | "
                 f"{states}")
 
     # ------------------------------------------------------------------ the summary
@@ -346,6 +365,8 @@ class Demo:
               f"{self.url}/api/v1")
         print("  to look again, serve its record, open the pages (sign in with the token "
               "below) or ask it with `floe status`:")
+        for line in floe_on_path():
+            print(f"    {line}")
         print(f"    floe server --db {shown(self.db)} --port {self.port} &")
         print(f"    export FLOE_URL={self.url} FLOE_TOKEN={self.client.token}")
         print(f"    floe status {self.dataset}")
@@ -385,7 +406,8 @@ class Demo:
                     break
                 time.sleep(0.5)
             if left:
-                print(f"floe demo: removing {len(left)} pilots the factory left behind",
+                print(f"floe demo: removing {counted(len(left), 'pilot')} the factory left "
+                      "behind",
                       file=sys.stderr)
                 plugin.remove(left)
         except BatchError as exc:

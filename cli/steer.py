@@ -20,8 +20,9 @@ def _reset_arguments(parser: argparse.ArgumentParser) -> None:
 def _priority_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser)
     parser.add_argument("priority", type=float,
-                        help="the new priority, from 0.001 to 1000 (a new dataset has 1); it "
-                             "weighs the dataset against its owner's other datasets")
+                        help="the new priority, greater than 0 and at most 1000 (a new "
+                             "dataset has 1); it weighs the dataset against its owner's other "
+                             "datasets")
 
 
 def _action(verb: str) -> Fetch:

@@ -90,6 +90,12 @@ def join_path(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def counted(count: int, noun: str, nouns: str | None = None) -> str:
+    """A number of things for a message: `1 pilot`, `2 pilots`, `0 pilots` (`nouns` where the
+    plural is not the noun and an s)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def quoted(names: Sequence[str]) -> str:
     """`"a", "b", "c"` for a message listing names."""
     return ", ".join(show(n) for n in names)

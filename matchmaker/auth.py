@@ -15,6 +15,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from config.schema import number
+
 from .engine import Engine, Site, User, hash_secret
 from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .storage import queries, writes
@@ -142,7 +144,7 @@ class Auth:
         """Create a user and return it with its first token (shown only now)."""
         check_name(name, "user")
         if not share > 0:
-            raise BadRequest(f"share: expected a number above 0, got {share}")
+            raise BadRequest(f"share: must be greater than 0, got {number(share)}")
         token = new_token("user")
         role = "admin" if admin else "user"
         now = self.engine.clock()
@@ -167,7 +169,7 @@ class Auth:
 
     async def set_share(self, user: User, share: float) -> None:
         if not share > 0:
-            raise BadRequest(f"share: expected a number above 0, got {share}")
+            raise BadRequest(f"share: must be greater than 0, got {number(share)}")
         await self.engine.db.exclusive(lambda conn: writes.set_share(conn, user.user_id, share))
         user.share = share
         self.engine.user_usage.rerank(user.user_id)

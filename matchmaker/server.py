@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 import socket
 import ssl
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from config.schema import counted
 from config.settings import ServerSettings
 
 from . import outcomes, submission, tls
@@ -30,8 +32,9 @@ log = logging.getLogger(__name__)
 def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
                background: bool = True) -> web.Application:
     """The application; `background=False` leaves the loops off (tests drive them)."""
-    app = web.Application(client_max_size=max(settings.max_request_bytes,
-                                              settings.max_log_bytes) + 2**20)
+    # aiohttp's own cap on a body, for the pages' forms only: each API route reads its body
+    # itself, capped at its own limit (api.framework), so that the refusal is floe's.
+    app = web.Application(client_max_size=settings.max_request_bytes)
     add_routes(app)
     add_pages(app)
 
@@ -51,11 +54,13 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
                 ("materializer", submission.materialize_loop(engine)),
                 ("sweeper", outcomes.sweep_loop(engine)),
                 ("flusher", engine.flush_loop()))
-        log.info("matchmaker ready: %d datasets, %d running attempts, database %s",
-                 len(engine.datasets), len(engine.active), settings.database)
+        log.info("matchmaker ready: %s, %s, database %s", counted(len(engine.datasets), "dataset"),
+                 counted(len(engine.active), "running attempt"), settings.database)
         yield
         await engine.stop()
         await db.close()
+        log.info("matchmaker stopped: its state saved, database %s closed cleanly",
+                 settings.database)
 
     app.cleanup_ctx.append(lifecycle)
     return app
@@ -87,8 +92,21 @@ def run(settings: ServerSettings, self_signed: bool = False) -> None:
           f"(database {settings.database})", flush=True)
     app = create_app(settings)
     app.on_startup.append(_tune_garbage_collector)  # after the engine's load (cleanup_ctx)
+    loop = new_event_loop()
+    _stop_on_signals(loop)
     web.run_app(app, sock=listening, ssl_context=context, print=None, access_log=None,
-                loop=new_event_loop())
+                handle_signals=False, loop=loop)
+
+
+def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGINT and SIGTERM stop the server gracefully, as aiohttp's own handlers would, and the
+    log says which one came (the cleanup then says that the database was closed)."""
+    def stop(signum: int) -> None:
+        log.info("%s received: stopping the matchmaker", signal.Signals(signum).name)
+        raise web.GracefulExit
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -27,7 +27,7 @@ THREAD_VARIABLES = (
 )
 
 # The pilot's own GPU assignment speaks for the whole slot; a task gets CUDA_VISIBLE_DEVICES only.
-_SLOT_GPU_VARIABLES = ("_CONDOR_AssignedGPUs", "GPU_DEVICE_ORDINAL")
+SLOT_GPU_VARIABLES = ("_CONDOR_AssignedGPUs", "GPU_DEVICE_ORDINAL")
 
 STATS_LIMIT_BYTES = 1 << 20
 STATS_LIMIT_ENTRIES = 1000
@@ -47,7 +47,7 @@ def task_environment(
 ) -> dict[str, str]:
     """The complete environment of one module."""
     env = {name: value for name, value in base.items()
-           if not name.startswith(SECRET_PREFIXES) and name not in _SLOT_GPU_VARIABLES}
+           if not name.startswith(SECRET_PREFIXES) and name not in SLOT_GPU_VARIABLES}
     env.update({name: str(cpus) for name in THREAD_VARIABLES})
     env["TMPDIR"] = str(scratch)
     env.update({name: str(value) for name, value in task_env.items()})

@@ -162,14 +162,25 @@ def _parse_param(param: Param, raw: str | None) -> Any:
     return value
 
 
-async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
+async def _read_at_most(request: web.Request, limit: int) -> bytes:
+    """The body, refused with one message as soon as it is known to be over `limit` bytes: by
+    its Content-Length, or (a chunked body, which has none) once more than that has arrived.
+    Read here rather than by `request.read()`, whose cap (the application's client_max_size)
+    is not the route's and is refused in aiohttp's words."""
+    too_large = PayloadTooLarge(f"the request body is too large: this route accepts at most "
+                                f"{limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is {request.content_length} bytes; this route "
-                              f"accepts at most {limit}")
-    raw = await request.read()
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes, the most this route "
-                              "accepts")
+        raise too_large
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
+    raw = await _read_at_most(request, limit)
     if spec.raw_body:
         return raw
     if not raw:
@@ -285,7 +296,7 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             return json_response(result, spec.status)
         except ApiError as exc:
             return json_response({"error": exc.message}, exc.status)
-        except web.HTTPException as exc:  # from aiohttp itself, e.g. a body over client_max_size
+        except web.HTTPException as exc:  # from aiohttp itself
             if exc.status < 400:
                 raise
             return json_response({"error": exc.text or exc.reason}, exc.status)

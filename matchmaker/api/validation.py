@@ -4,12 +4,15 @@ The API declares each body once, as a JSON Schema; the same schema validates req
 appears in /api/v1/openapi.json, so the document always says what the server really accepts.
 (The dataset config is checked by `config.dataset` instead, which its published schema is
 generated from.) Only the subset of JSON Schema the API uses is supported: type, properties,
-required, additionalProperties, dependentRequired, items, enum, minimum, maximum, minLength,
-maxLength, minItems, maxItems, maxProperties and pattern. Each schema is compiled once into
-nested checking functions, because pilots' reports and asks are checked thousands of times a
-second: a predicate that only says whether a value conforms (no paths, no messages: what almost
-every request needs), and the checker that names every problem, run only when the predicate says
-no. A test holds the two to the same verdict.
+required, additionalProperties, dependentRequired, items, enum, minimum, exclusiveMinimum,
+maximum, minLength, maxLength, minItems, maxItems, maxProperties and pattern. A problem names
+the field by its path in the body (`priority`, `reports[3].exit_code`), as the dataset config's
+problems do, and the bounds as the config's reference writes them ("greater than 0").
+
+Each schema is compiled once into nested checking functions, because pilots' reports and asks
+are checked thousands of times a second: a predicate that only says whether a value conforms
+(no paths, no messages: what almost every request needs), and the checker that names every
+problem, run only when the predicate says no. A test holds the two to the same verdict.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import difflib
 import re
 from collections.abc import Callable
 from typing import Any
+
+from config.schema import counted, number
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
@@ -35,8 +40,9 @@ Valid = Callable[[Any], bool]
 _compiled: dict[int, tuple[dict[str, Any], Valid, Check]] = {}
 
 
-def problems(value: Any, schema: dict[str, Any], path: str = "body") -> list[str]:
-    """Every way `value` breaks `schema`, as sentences naming the path; [] when it conforms."""
+def problems(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """Every way `value` breaks `schema`, as sentences naming the path ("" is the body itself);
+    [] when it conforms."""
     entry = _compiled.get(id(schema))
     if entry is None or entry[0] is not schema:
         entry = _compiled[id(schema)] = (schema, compile_valid(schema), compile_schema(schema))
@@ -71,6 +77,10 @@ def compile_valid(schema: dict[str, Any]) -> Valid:
         high = float("inf") if high is None else high
         tests.append(lambda v: isinstance(v, bool) or not isinstance(v, (int, float))
                      or not (v < low or v > high))
+    if "exclusiveMinimum" in schema:
+        above = schema["exclusiveMinimum"]
+        tests.append(lambda v: isinstance(v, bool) or not isinstance(v, (int, float))
+                     or not v <= above)
     if {"minLength", "maxLength", "pattern"} & set(schema):
         shortest, longest = schema.get("minLength"), schema.get("maxLength")
         search = re.compile(schema["pattern"]).search if "pattern" in schema else None
@@ -141,8 +151,9 @@ def compile_schema(schema: dict[str, Any]) -> Check:
         checks.append(_type_check([kinds] if isinstance(kinds, str) else list(kinds)))
     if "enum" in schema:
         checks.append(_enum_check(schema["enum"]))
-    if "minimum" in schema or "maximum" in schema:
-        checks.append(_range_check(schema.get("minimum"), schema.get("maximum")))
+    if {"minimum", "exclusiveMinimum", "maximum"} & set(schema):
+        checks.append(_range_check(schema.get("minimum"), schema.get("maximum"),
+                                   schema.get("exclusiveMinimum")))
     if {"minLength", "maxLength", "pattern"} & set(schema):
         checks.append(_string_check(schema))
     if {"items", "minItems", "maxItems"} & set(schema):
@@ -179,6 +190,15 @@ def _leaf_valid(schema: dict[str, Any]) -> Valid | None:
     return None
 
 
+def _where(path: str) -> str:
+    """The path as a message names it: the body itself has none."""
+    return path or "the body"
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
 def _type_check(kinds: list[str]) -> Check:
     allowed = tuple(t for k in kinds for t in _TYPES[k])
     numeric = "integer" in kinds or "number" in kinds
@@ -187,7 +207,7 @@ def _type_check(kinds: list[str]) -> Check:
     def check(value: Any, path: str, found: list[str]) -> None:
         if not isinstance(value, allowed) or (
                 numeric and isinstance(value, bool) and "boolean" not in kinds):
-            found.append(f"{path}: expected {expected}, got {_show(value)}")
+            found.append(f"{_where(path)}: expected {expected}, got {_show(value)}")
 
     return check
 
@@ -197,19 +217,25 @@ def _enum_check(options: list[Any]) -> Check:
 
     def check(value: Any, path: str, found: list[str]) -> None:
         if value not in options:
-            found.append(f"{path}: expected one of {text}, got {_show(value)}")
+            found.append(f"{_where(path)}: expected one of {text}, got {_show(value)}")
 
     return check
 
 
-def _range_check(minimum: float | None, maximum: float | None) -> Check:
+def _range_check(minimum: float | None, maximum: float | None,
+                 above: float | None = None) -> Check:
     def check(value: Any, path: str, found: list[str]) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return
         if minimum is not None and value < minimum:
-            found.append(f"{path}: must be at least {minimum}, got {value}")
+            found.append(f"{_where(path)}: must be at least {number(minimum)}, got "
+                         f"{number(value)}")
+        if above is not None and value <= above:
+            found.append(f"{_where(path)}: must be greater than {number(above)}, got "
+                         f"{number(value)}")
         if maximum is not None and value > maximum:
-            found.append(f"{path}: must be at most {maximum}, got {value}")
+            found.append(f"{_where(path)}: must be at most {number(maximum)}, got "
+                         f"{number(value)}")
 
     return check
 
@@ -222,11 +248,12 @@ def _string_check(schema: dict[str, Any]) -> Check:
         if not isinstance(value, str):
             return
         if low is not None and len(value) < low:
-            found.append(f"{path}: must have at least {low} characters")
+            found.append(f"{_where(path)}: must have at least {counted(low, 'character')}")
         if high is not None and len(value) > high:
-            found.append(f"{path}: must have at most {high} characters, got {len(value)}")
+            found.append(f"{_where(path)}: must have at most {counted(high, 'character')}, "
+                         f"got {len(value)}")
         if pattern is not None and not pattern.search(value):
-            found.append(f"{path}: {_show(value)} does not match {pattern.pattern}")
+            found.append(f"{_where(path)}: {_show(value)} does not match {pattern.pattern}")
 
     return check
 
@@ -239,10 +266,11 @@ def _list_check(schema: dict[str, Any]) -> Check:
         if not isinstance(value, list):
             return
         if len(value) < fewest:
-            found.append(f"{path}: at least {fewest} items, got {len(value)}")
+            found.append(f"{_where(path)}: at least {counted(fewest, 'item')}, got "
+                         f"{len(value)}")
             return
         if most is not None and len(value) > most:
-            found.append(f"{path}: at most {most} items, got {len(value)}")
+            found.append(f"{_where(path)}: at most {counted(most, 'item')}, got {len(value)}")
             return
         if item is not None:
             for index, element in enumerate(value):
@@ -265,26 +293,27 @@ def _object_check(schema: dict[str, Any]) -> Check:
         if not isinstance(value, dict):
             return
         if most is not None and len(value) > most:
-            found.append(f"{path}: at most {most} entries, got {len(value)}")
+            found.append(f"{_where(path)}: at most {counted(most, 'entry', 'entries')}, got "
+                         f"{len(value)}")
             return
         for name in required:
             if name not in value:
-                found.append(f"{path}.{name}: required")
+                found.append(f"{_child(path, name)}: required")
         for name, needed in dependent:
             for other in needed:
                 if name in value and other not in value:
-                    found.append(f"{path}.{other}: required with {name}")
+                    found.append(f"{_child(path, other)}: required with {name}")
         for name, item in value.items():
             sub = properties.get(name)
             if sub is not None:
-                sub(item, f"{path}.{name}", found)
+                sub(item, _child(path, name), found)
             elif extra is False:
                 close = difflib.get_close_matches(str(name), names, n=1)
                 hint = f'; did you mean "{close[0]}"?' if close else \
                     f" (known: {', '.join(names)})"
-                found.append(f"{path}.{name}: unknown key{hint}")
+                found.append(f"{_child(path, str(name))}: unknown key{hint}")
             elif extra_check is not None:
-                extra_check(item, f"{path}.{name}", found)
+                extra_check(item, _child(path, name), found)
 
     return check
 

@@ -147,7 +147,7 @@ def test_attempts_shows_the_task_and_each_attempt(capsys, matchmaker, ran):
     task = matchmaker.get(f"/tasks/{ran.failed_task}")
     summary, header, row = out.strip().splitlines()
     assert summary == (f"task {ran.failed_task} ({task['task']} of job {task['job']}, dataset "
-                       f"{ran.dataset}): failed, 1 failures, 0 lost; needs 1 CPUs, 1GiB memory, "
+                       f"{ran.dataset}): failed, 1 failure, 0 lost; needs 1 CPU, 1GiB memory, "
                        "0 GPUs, 1h")
     assert header.split() == ["ATTEMPT", "STATE", "SITE", "HOST", "PILOT", "STARTED", "WALL",
                               "CPUS", "MEMORY", "PEAK", "EXIT", "ERROR", "MESSAGE"]
@@ -184,12 +184,21 @@ def test_logs_prints_the_latest_attempts_stdout_or_stderr(capsys, matchmaker, ra
                          str(ran.failed_attempt), "--stream", "stderr", *as_user(matchmaker))
     assert (status, out) == (0, "Traceback: fit diverged\n")
     assert run_json(capsys, "logs", str(ran.done_task), *as_user(matchmaker)) == {
-        "task_id": ran.done_task, "attempt_id": ran.done_attempt, "stream": "stdout",
-        "text": "generated 100 events\n"}
+        "task_id": ran.done_task, "attempt_id": ran.done_attempt, "state": "complete",
+        "stream": "stdout", "text": "generated 100 events\n"}
     status, out, err = run(capsys, "logs", str(ran.done_task), "--stream", "stderr",
                            *as_user(matchmaker))
     assert (status, out) == (0, "")  # an empty log is said on stderr, out of a pipe's way
     assert err == f"attempt {ran.done_attempt} wrote nothing to stderr\n"
+
+
+def test_logs_of_a_running_attempt_say_that_it_is_running_not_that_it_wrote_nothing(
+        capsys, matchmaker, ran):
+    running = ScriptedPilot(matchmaker, "node2").take()
+    status, out, err = run(capsys, "logs", str(running["task_id"]), *as_user(matchmaker))
+    assert (status, out) == (0, "")
+    assert err == (f"attempt {running['id']} is still running; the pilot uploads its stdout "
+                   f"when it ends (see `floe attempts {running['task_id']}`)\n")
 
 
 def test_logs_of_another_tasks_attempt_or_of_a_task_not_run_are_refused(

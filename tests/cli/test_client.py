@@ -107,7 +107,7 @@ def test_status_of_one_dataset_shows_its_tasks_and_statistics(capsys, matchmaker
     lines = out.splitlines()
     assert lines[0] == f"dataset {dataset} of alice: processing, priority 1.0, max_retries 3"
     assert lines[1].strip() == CONFIG["description"]
-    assert lines[2].strip() == "jobs: 3 (3 created), 1 tasks each: count"
+    assert lines[2].strip() == "jobs: 3 (3 created), 1 task each: count"
     assert "tasks: waiting 0, ready 2, processing 0, complete 1, failed 0, suspended 0" in out
     [events] = [line.split() for line in lines if " events " in line]
     assert events[:4] == ["user", "events", "n=1", "sum=7"]

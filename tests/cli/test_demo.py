@@ -22,6 +22,11 @@ pytestmark = pytest.mark.slow
 
 # Seven jobs: the demo's `process` task fails once on purpose in every seventh job (job 6).
 JOBS = 7
+VENV_BIN = Path(sys.executable).parent
+# A shell as `make demo` leaves it: floe's virtual environment is not on its PATH.
+BARE_ENV = {**os.environ, "PATH": os.pathsep.join(
+    p for p in os.environ.get("PATH", "").split(os.pathsep)
+    if p and Path(p).resolve() != VENV_BIN.resolve())}
 
 
 def demo(workdir: Path, site: str = "local") -> subprocess.Popen:
@@ -30,7 +35,7 @@ def demo(workdir: Path, site: str = "local") -> subprocess.Popen:
          str(ROOT / "examples/demo.json"), "--workdir", str(workdir), "--jobs", str(JOBS),
          "--pilots", "2"],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True,
+        text=True, env=BARE_ENV,
         # Ctrl-C must work even where the test runner was started with SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -70,6 +75,21 @@ def check_summary(out: str, site: str) -> None:
     assert re.search(r"export FLOE_URL=http://127\.0\.0\.1:\d+ FLOE_TOKEN=floe_u_\S+$", out,
                      re.M), out
     assert "floe status 1" in out
+    check_closing_hint_works_as_printed(out)
+
+
+def check_closing_hint_works_as_printed(out: str) -> None:
+    """The commands of the closing hint run in the shell the demo ran from, where `floe` was
+    not on the PATH: what comes before `floe server` makes `floe` this floe."""
+    hint = out.split("to look again", 1)[1].splitlines()[1:]
+    commands = [line.strip() for line in hint if line.startswith("    ")]
+    setup = commands[:next(i for i, c in enumerate(commands) if c.startswith("floe server "))]
+    assert setup, "floe is not on the PATH, yet the hint says nothing of it"
+    shell = subprocess.run(["bash", "-c", "\n".join([*setup, "command -v floe",
+                                                     "floe status --help >/dev/null"])],
+                           cwd=ROOT, env=BARE_ENV, capture_output=True, text=True, timeout=60)
+    assert shell.returncode == 0, (setup, shell.stderr)
+    assert Path(shell.stdout.strip()).resolve() == (VENV_BIN / "floe").resolve()
 
 
 def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):

@@ -65,11 +65,22 @@ def test_priority_changes_the_datasets_priority(capsys, matchmaker, dataset):
     assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 7
 
 
-def test_a_priority_out_of_range_is_refused_with_the_allowed_range(capsys, matchmaker, dataset):
-    status, out, err = run(capsys, "priority", str(dataset), "0", *as_user(matchmaker))
+@pytest.mark.parametrize(("value", "message"), [
+    ("0", "priority: must be greater than 0, got 0"),
+    ("-2.5", "priority: must be greater than 0, got -2.5"),
+    ("1500", "priority: must be at most 1,000, got 1,500")])
+def test_a_priority_out_of_range_is_refused_with_the_allowed_range(capsys, matchmaker, dataset,
+                                                                   value, message):
+    status, out, err = run(capsys, "priority", str(dataset), value, *as_user(matchmaker))
     assert status == 1 and out == ""
-    assert err == "floe priority: body.priority: must be at least 0.001, got 0.0\n"
+    assert err == f"floe priority: {message}\n"
     assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 1
+
+
+def test_any_priority_above_0_is_taken_as_a_submitted_dataset_may_have_it(capsys, matchmaker,
+                                                                         dataset):
+    status, out, _ = run(capsys, "priority", str(dataset), "0.0005", *as_user(matchmaker))
+    assert (status, out) == (0, f"dataset {dataset} now has priority 0.0005\n")
 
 
 @pytest.mark.parametrize("args", [["suspend"], ["resume"], ["reset"], ["reset", "--all"],

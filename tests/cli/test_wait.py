@@ -10,6 +10,8 @@ import pty
 import subprocess
 import tty
 
+import pytest
+
 from tests.cli.support import as_user, run, run_json, start_process
 from tests.pilot.live import wait_for
 from tests.pilot.scripted import ScriptedPilot
@@ -79,15 +81,16 @@ def test_wait_redraws_one_line_in_place_on_a_terminal(matchmaker, tmp_path):
     assert text.count("\n") == 1  # every look redrew the same line
 
 
-def test_wait_fails_with_one_sentence_when_tasks_failed(capsys, matchmaker):
-    dataset = matchmaker.submit(config("false", jobs=2))
+@pytest.mark.parametrize(("jobs", "failed"), [(2, "2 failed tasks"), (1, "1 failed task")])
+def test_wait_fails_with_one_sentence_when_tasks_failed(capsys, matchmaker, jobs, failed):
+    dataset = matchmaker.submit(config("false", jobs=jobs))
     pilot = ScriptedPilot(matchmaker)
-    pilot.run_one(exit_code=1)
-    pilot.run_one(exit_code=1)
+    for _ in range(jobs):
+        pilot.run_one(exit_code=1)
     status, out, err = run(capsys, "wait", str(dataset), *as_user(matchmaker))
     assert status == 1
     assert out.splitlines()[-1].startswith(f"dataset {dataset} failed: [")
-    assert err == (f"floe wait: dataset {dataset} ended with 2 failed tasks; see "
+    assert err == (f"floe wait: dataset {dataset} ended with {failed}; see "
                    f"`floe tasks {dataset} --state failed`\n")
 
 

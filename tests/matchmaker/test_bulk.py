@@ -101,7 +101,7 @@ async def test_max_tasks_is_checked_against_its_limits(world):
         status, answer = await world.api.call(
             "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_token,
             dict(FREE, max_tasks=bad))
-        assert status == 400 and "body.max_tasks" in answer["error"], answer
+        assert status == 400 and "max_tasks" in answer["error"], answer
 
 
 # -- one heartbeat for all of a pilot's attempts ------------------------------------------------
@@ -266,10 +266,10 @@ async def test_a_pilot_that_exited_may_still_report_what_it_ran(world):
 
 async def test_an_empty_or_oversized_list_of_reports_is_refused_with_the_limit(world):
     status, answer = await send_reports(world, [])
-    assert (status, answer["error"]) == (400, "body.reports: at least 1 items, got 0")
+    assert (status, answer["error"]) == (400, "reports: at least 1 item, got 0")
     many = [done({"id": i, "passkey": "x"}) for i in range(1001)]
     status, answer = await send_reports(world, many)
-    assert (status, answer["error"]) == (400, "body.reports: at most 1000 items, got 1001")
+    assert (status, answer["error"]) == (400, "reports: at most 1000 items, got 1001")
 
 
 async def test_reports_after_a_reset_and_a_pilot_that_gives_back_its_queued_attempts(world):

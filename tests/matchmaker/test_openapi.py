@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 
 from config.resources import GIB, Usage
 from config.states import ErrorClass
+from matchmaker.api.validation import problems
 from pilot.client import Ask, Matchmaker, Reply
 from pilot.limits import Overuse
 from pilot.loop import lost_report, report_of
@@ -121,6 +122,12 @@ async def test_the_document_takes_the_example_datasets_and_the_test_suites(world
     assert ("POST", "/api/v1/datasets") in world.api.checked
 
 
+def schema_refusal(schema: Draft202012Validator, body) -> str:
+    """The server's refusal of `body` by the document's schema (what the server checks bodies
+    against), not by its handler."""
+    return "; ".join(problems(body, schema.schema)[:20])
+
+
 async def documented(world, method: str, template: str) -> Draft202012Validator:
     _, document = await world.api.call("GET", "/api/v1/openapi.json")
     return next(v for verb, path, _, v in body_schemas(document)
@@ -191,7 +198,7 @@ async def test_a_demand_body_the_server_refuses_is_refused_by_the_document(world
     body = REFUSED_DEMAND_BODIES[name]
     status, answer = await world.api.call("POST", template.format(name="site-a"),
                                           world.site_token, body)
-    assert status == 400 and answer["error"].startswith("body"), answer
+    assert (status, answer) == (400, {"error": schema_refusal(schema, body)})
     assert not schema.is_valid(body)
     accepted = dict(body, batch_system="slurm", pilots=["1", "2"])
     status, answer = await world.api.call("POST", template.format(name="site-a"),
@@ -205,5 +212,5 @@ async def test_a_pilot_body_the_server_refuses_is_refused_by_the_document(world,
     schema = await documented(world, "POST", template)
     path = template.format(pilot_id=world.pilot)
     status, answer = await world.api.call("POST", path, world.pilot_token, body)
-    assert status == 400 and answer["error"].startswith("body"), answer
+    assert (status, answer) == (400, {"error": schema_refusal(schema, body)})
     assert not schema.is_valid(body)

@@ -72,6 +72,17 @@ def test_the_default_database_lives_under_var(served, tmp_path):
     assert process.wait(30) == 0
 
 
+def test_sigterm_stops_the_server_with_a_line_saying_the_database_was_closed(served, tmp_path):
+    db = tmp_path / "floe.sqlite"
+    _, process = served("--db", str(db))
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    log = process.stdout.read()
+    assert "SIGTERM received: stopping the matchmaker" in log
+    assert log.rstrip().endswith(f"matchmaker stopped: its state saved, database {db} closed "
+                                 "cleanly")
+
+
 def test_self_signed_tls_serves_https_that_trusts_its_own_certificate(served, tmp_path):
     port, _ = served("--self-signed", "--db", str(tmp_path / "db" / "floe.sqlite"))
     cert = tmp_path / "db" / "floe-selfsigned.crt"
@@ -103,6 +114,10 @@ def test_admin_commands_explain_their_errors(tmp_path):
     assert bad.returncode == 1 and "is not valid" in bad.stderr
     missing = floe("site", "token", "nowhere", "--db", db, check=False)
     assert missing.returncode == 1 and "floe site add nowhere" in missing.stderr
+    # Named as `floe priority` names a priority out of range: the argument, the bound, the value.
+    share = floe("user", "share", "alice", "0", "--db", db, check=False)
+    assert (share.returncode, share.stderr) == (1, "floe user: share: must be greater than 0, "
+                                                   "got 0\n")
 
 
 def test_a_bad_settings_file_stops_the_server_with_the_reason(tmp_path):
