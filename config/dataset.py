@@ -7,7 +7,8 @@ expressions that parse and name only defined steering values and known arguments
 requirements that can be resolved once at submit time. The result, `DatasetConfig`, keeps the
 normalized document in `raw` (sizes in bytes, durations in seconds, defaults filled), which is
 what the matchmaker stores and what the pilot receives task by task; validating `raw` again gives
-the same `DatasetConfig`.
+the same `DatasetConfig`. At submit, `check_sample_jobs()` also evaluates the expressions the
+pilot evaluates per job, for a sample of jobs, so that one that always fails is refused there.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from config import expressions
 from config.json_schema import json_schema as schema_of
@@ -340,6 +341,40 @@ def validate(data: Any) -> DatasetConfig:
     return _typed(raw, edges)
 
 
+def check_sample_jobs(config: DatasetConfig) -> None:
+    """Evaluate every expression that the pilot evaluates per job (in each task's env, inputs,
+    outputs and modules) as it would for the dataset's first and last job, and check the
+    values that must have a shape (file names, URLs, text for a program); raise ConfigError
+    naming each one that fails, so that a mistake that would fail every attempt (`$eval(1/0)`
+    in a command) is refused at submit, as one in requirements is.
+
+    What is known only where a job runs counts as fine: the site's `$system(...)` values, the
+    dataset's id and the attempt (`$args(dataset)`, `$args(attempt)`), and so what `$choice`
+    picks. Two jobs, not all: a million-job dataset is checked as fast as a two-job one.
+    """
+    problems = Problems()
+    unknown = expressions.UNKNOWN
+    found = [_per_job_strings(spec.raw, spec.index) for spec in config.tasks]
+    for job in sorted({0, config.jobs - 1}):
+        for spec in config.tasks:
+            args = job_args(job, unknown, config.jobs, spec.name, unknown)
+            for path, text, rule in found[spec.index]:
+                if path in problems.paths:
+                    continue  # once is enough
+                try:
+                    value = expressions.evaluate(text, steering=config.steering, args=args,
+                                                 system=unknown)
+                except expressions.NotKnownYet:
+                    continue
+                except expressions.ExpressionError as err:
+                    problems.add(path, f"{err} (for job {job})")
+                    continue
+                problem = rule(value)
+                if problem:
+                    problems.add(path, f"{problem} (for job {job})")
+    problems.raise_if_any()
+
+
 def loads(text: str, source: str = "the dataset config") -> DatasetConfig:
     """The dataset config in a JSON text; `source` names it in syntax errors."""
     return validate(parse_json(text, source))
@@ -499,6 +534,42 @@ def _check_expressions(raw: dict, problems: Problems) -> None:
         rest = {key: value for key, value in task.items() if key != "requirements"}
         for path, text in _expression_strings(rest, f"tasks[{index}]"):
             _check_references(text, path, steering, problems)
+
+
+def _per_job_strings(task: dict, index: int
+                     ) -> list[tuple[str, str, Callable[[Any], str | None]]]:
+    """(path, text, check of its value) of every string with an expression that the pilot
+    evaluates per job, in the parts of the task that `pilot.runner` resolves."""
+    base = f"tasks[{index}]"
+    found = [(path, text, _argument) for path, text in
+             _expression_strings(task["env"], f"{base}.env")]
+    for kind, entries in (("inputs", task["inputs"]), ("outputs", task["outputs"])):
+        for position, entry in enumerate(entries):
+            for key in ("url", "local"):
+                path = f"{base}.{kind}[{position}].{key}"
+                found += [(path, text, _file_check((INPUT if kind == "inputs" else OUTPUT)
+                                                   .fields[key].kind))
+                          for path, text in _expression_strings(entry[key], path)]
+    for position, module in enumerate(task["modules"]):
+        for key in ("command", "env"):
+            found += [(path, text, _argument) for path, text in
+                      _expression_strings(module[key], f"{base}.modules[{position}].{key}")]
+    return found
+
+
+def _argument(value: Any) -> str | None:
+    """What is wrong with a value a module's program gets (any value: the pilot writes one
+    that is not a string as JSON, which holds no NUL)."""
+    return no_nul(value) if isinstance(value, str) else None
+
+
+def _file_check(kind: Any) -> Callable[[Any], str | None]:
+    """The check of a file's URL or local name once its expressions have a value."""
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return f"is {show(value)} once evaluated; it must be a string"
+        return kind.rule(value)
+    return check
 
 
 def _expression_strings(value: Any, path: str) -> list[tuple[str, str]]:

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Union
 
+from config.schema import counted
+
 MAX_DEPTH = 32
 """How deeply calls, lists and steering parameters may nest inside one another."""
 MAX_INT_BITS = 4096
@@ -48,6 +50,22 @@ _WORDS = {"true": True, "false": False, "null": None}
 _FORMAT_SPEC_RE = re.compile(
     r"%(?:\([^)]*\))?[#0\- +]*(?P<width>\*|\d+)?(?:\.(?P<precision>\*|\d*))?[hlL]?."
 )
+
+
+class _Unknown:
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Any = _Unknown()
+"""A value not known where an expression is checked, only where its job runs: give it as the
+value of an argument (the attempt, at submit time), or as the whole `system` scope (the site's
+values), and `evaluate` raises `NotKnownYet` for an expression that needs it."""
+
+
+class NotKnownYet(Exception):
+    """The expression needs a value given as UNKNOWN, or what `$choice` picks while the dataset
+    is: it cannot be evaluated yet, which is no error."""
 
 
 class ExpressionError(ValueError):
@@ -128,7 +146,9 @@ def evaluate(
 ) -> Any:
     """The value of `text`, typed when the whole text is one expression, else a string.
 
-    Text without `$` (and anything that is not a string) comes back unchanged.
+    Text without `$` (and anything that is not a string) comes back unchanged. Where a scope
+    holds UNKNOWN (see there), an expression that needs it raises NotKnownYet once the rest of
+    the text has been evaluated (so that its errors still show).
     """
     if not isinstance(text, str) or "$" not in text:
         return text
@@ -410,7 +430,7 @@ class _Parser:
         if name in _NAMED:
             if count != 1:
                 self.fail(f"${name} takes one name, as in ${name}(name); "
-                          f"got {_count(count, 'argument')}", call.position)
+                          f"got {counted(count, 'argument')}", call.position)
             if isinstance(call.args[0], ListLiteral):
                 self.fail(f"${name} takes a name, not a list", call.position)
         elif name == "sprintf":
@@ -444,10 +464,6 @@ def _trimmed(template: Template) -> Template:
 def _shortened(text: str) -> str:
     """The text for a message: long $eval code would bury the problem."""
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 def _format_problem(fmt: str) -> str | None:
@@ -671,15 +687,22 @@ class _Evaluator:
         """The parts as one string; what the calls add is capped, so nesting cannot explode."""
         pieces = []
         added = 0
+        unknown = False
         for part in parts:
             if isinstance(part, Text):
                 pieces.append(part.value)
                 continue
-            piece = self.as_text(part)
+            try:
+                piece = self.as_text(part)
+            except NotKnownYet:
+                unknown = True
+                continue
             added += len(piece)
             if added > MAX_TEXT_LENGTH:
                 self.fail(part, f"the text would grow by more than {MAX_TEXT_LENGTH} characters")
             pieces.append(piece)
+        if unknown:
+            raise NotKnownYet
         return "".join(pieces)
 
     def as_text(self, call: Call) -> str:
@@ -745,10 +768,14 @@ class _Evaluator:
                             "evaluated per job (not in requirements)")
         if name not in self.args:
             self.fail(call, f'no job argument "{name}" (have: {_have(self.args)})')
+        if self.args[name] is UNKNOWN:
+            raise NotKnownYet
         return self.args[name]
 
     def system_value(self, call: Call) -> Any:
         name = self.name(call)
+        if self.system is UNKNOWN:
+            raise NotKnownYet
         if self.system is None:
             self.fail(call, "the site did not provide system values here; $system is known "
                             "only on the pilot, when the job runs")
@@ -814,6 +841,9 @@ class _Evaluator:
             options = values
         if not options:
             self.fail(call, "nothing to choose from: the list is empty")
+        if self.args is not None and any(self.args.get(name) is UNKNOWN
+                                         for name in ("dataset", "job")):
+            raise NotKnownYet  # the pick depends on them
         return options[_stable_index(len(options), self.args, call.source)]
 
     # Arguments.
@@ -860,7 +890,7 @@ class _Evaluator:
                 self.fail(call, f"{_kind(value)} is indexed by whole numbers, not {_shown(key)}")
             if not -len(value) <= key < len(value):
                 self.fail(call, f"index {key} is out of range for {_kind(value)} of "
-                                f"{_count(len(value), 'item')}")
+                                f"{counted(len(value), 'item')}")
             return value[key]
         self.fail(call, f"cannot index {_kind(value)}")
 

@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from typing import Any
 
-from config.dataset import ConfigError, validate
+from config.dataset import ConfigError, check_sample_jobs, validate
 
 from .engine import Engine, User
 from .errors import BadRequest
@@ -29,6 +29,7 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     """Validate and store a dataset config; its jobs are created in the background."""
     try:
         config = validate(document)
+        check_sample_jobs(config)
     except ConfigError as exc:
         raise BadRequest("the dataset config is not valid:\n" + str(exc)) from exc
     now = engine.clock()

@@ -434,3 +434,88 @@ def test_a_nul_in_what_a_module_runs_with_is_refused_at_submit():
         'tasks[0].modules[0].env.X: holds a NUL character (\\u0000), which cannot be passed to '
         'a program: remove it from "\\u0000"',
     ]
+
+
+# ---------------------------------------------------------------- a sample of jobs at submit
+
+
+def sample_problems(data) -> list[str]:
+    """What submit refuses after `validate`: the per-job expressions of the sample jobs."""
+    config = dataset.validate(data)
+    with pytest.raises(ConfigError) as caught:
+        dataset.check_sample_jobs(config)
+    return caught.value.problems
+
+
+def test_a_command_whose_eval_always_fails_is_refused_at_submit_naming_the_module():
+    # The trial's bug: accepted, then task_error on every attempt.
+    data = document(tasks=[task("t", modules=[{"command": "true"},
+                                              {"command": "echo $eval(1/0)"}])])
+    assert sample_problems(data) == [
+        "tasks[0].modules[1].command: $eval(1/0): division by zero (for job 0)"]
+
+
+def test_every_per_job_part_of_a_task_is_evaluated_at_submit():
+    broken = "$eval(1/0)"
+    data = document(tasks=[task(
+        "t", env={"A": broken},
+        inputs=[{"url": f"/data/{broken}", "local": "in"}],
+        outputs=[{"local": "out", "url": f"file:///store/{broken}"}],
+        modules=[{"command": ["echo", broken], "env": {"B": broken}}])])
+    assert sample_problems(data) == [
+        f"tasks[0].{path}: $eval(1/0): division by zero (for job 0)"
+        for path in ("env.A", "inputs[0].url", "outputs[0].url", "modules[0].command[1]",
+                     "modules[0].env.B")]
+
+
+def test_a_failure_only_the_last_job_meets_names_the_last_job():
+    data = document(jobs=10, tasks=[task("t", modules=[
+        {"command": "echo $eval(100 / ($args(jobs_submitted) - 1 - $args(job)))"}])])
+    assert sample_problems(data) == [
+        "tasks[0].modules[0].command: $eval(100 / ($args(jobs_submitted) - 1 - $args(job))): "
+        "division by zero (for job 9)"]
+
+
+def test_a_steering_value_that_fails_for_every_job_is_refused_where_it_is_used():
+    data = document(steering={"bad": "$eval(1/0)"},
+                    tasks=[task("t", modules=[{"command": "echo $steering(bad)"}])])
+    assert sample_problems(data) == [
+        "tasks[0].modules[0].command: $eval(1/0): division by zero (in steering parameter "
+        "bad) (for job 0)"]
+
+
+def test_file_names_and_urls_are_checked_once_their_expressions_have_a_value():
+    data = document(steering={"up": ".."}, tasks=[task(
+        "t", inputs=[{"url": "$eval(3)", "local": "$steering(up)/x"}])])
+    assert sample_problems(data) == [
+        "tasks[0].inputs[0].url: is 3 once evaluated; it must be a string (for job 0)",
+        "tasks[0].inputs[0].local: expected a path inside the task's scratch directory, got "
+        '"../x"; remove the ".." parts (for job 0)']
+
+
+def test_what_only_the_running_job_knows_is_no_error_at_submit():
+    # $system values come from the site, the dataset id and the attempt from the matchmaker
+    # as it hands the task out, and what $choice picks depends on the dataset id.
+    data = document(steering={"data": "$system(data_dir)"}, tasks=[task(
+        "t", env={"D": "$steering(data)/run$args(dataset)", "A": "$eval($args(attempt) + 1)",
+                  "C": "$choice(a, b)"},
+        inputs=[{"url": "$system(store)/$args(job).dat", "local": "in.dat"}],
+        modules=[{"command": ["gen", "$eval($system(cores) * 2)", "$args(job)"]}])])
+    dataset.check_sample_jobs(dataset.validate(data))
+
+
+def test_an_error_beside_a_value_known_only_later_is_still_found():
+    data = document(tasks=[task("t", modules=[
+        {"command": "$system(bin)/gen $eval(1/0)"},
+        {"command": "$choice($eval(1/0), 2)"}])])
+    assert sample_problems(data) == [
+        "tasks[0].modules[0].command: $eval(1/0): division by zero (for job 0)",
+        "tasks[0].modules[1].command: $eval(1/0): division by zero (for job 0)"]
+
+
+def test_only_the_first_and_last_jobs_are_sampled_whatever_the_dataset_size():
+    # A fixed sample keeps submit of a million jobs quick; a failure of job 5 alone is met by
+    # job 5's attempts, as before.
+    data = document(jobs=1_000_000, tasks=[task("t", modules=[
+        {"command": "echo $eval(1 / ($args(job) - 5))"}])])
+    dataset.check_sample_jobs(dataset.validate(data))

@@ -13,7 +13,9 @@ import pytest
 
 from config.expressions import (
     MAX_DEPTH,
+    UNKNOWN,
     ExpressionError,
+    NotKnownYet,
     evaluate,
     evaluate_tree,
     functions,
@@ -737,3 +739,26 @@ def test_the_language_runs_on_python_3_9_as_pilots_do():
     here = evaluate('f_$sprintf("%06d", $args(job)).i3 $choice($steering(e))',
                     steering={"e": [1, 2, 3]}, args={"job": 7, "dataset": 1})
     assert result.stdout.splitlines() == ["1007", here, "refused"]
+
+
+# ---------------------------------------------------------------- values known only later
+
+
+@pytest.mark.parametrize("text, scope", [
+    ("$system(data)/x", {"system": UNKNOWN}),
+    ("$eval($args(attempt) + 1)", {"args": {"job": 0, "attempt": UNKNOWN}}),
+    ("$choice(a, b)", {"args": {"job": 0, "dataset": UNKNOWN}}),
+    ("$steering(dir)", {"steering": {"dir": "$system(data)"}, "system": UNKNOWN}),
+])
+def test_a_value_given_as_unknown_makes_the_expression_not_known_yet_rather_than_wrong(
+        text, scope):
+    with pytest.raises(NotKnownYet):
+        evaluate(text, **scope)
+
+
+def test_the_known_parts_beside_an_unknown_one_are_still_evaluated_and_their_errors_shown():
+    assert evaluate("$args(job)", args={"job": 3, "dataset": UNKNOWN}) == 3
+    with pytest.raises(ExpressionError, match=r"\$eval\(1/0\): division by zero"):
+        evaluate("$system(bin)/gen $eval(1/0)", system=UNKNOWN)
+    with pytest.raises(ExpressionError, match="division by zero"):
+        evaluate("$choice($eval(1/0), 2)", args={"job": 0, "dataset": UNKNOWN})
