@@ -23,7 +23,9 @@ loop:
    nothing runs or waits and every report is delivered (or the patience for that is spent);
 7. sleep until the next thing is due or a lane or a signal wakes it.
 
-While the matchmaker is unreachable, tasks keep running and their reports wait on disk.
+While the matchmaker is unreachable, tasks keep running and their reports wait on disk. A
+guardian process (`pilot.guardian`) watches the running modules, so that a pilot killed outright
+does not leave its tasks running.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from pilot.backoff import Backoff, jittered
 from pilot.claims import Claim, ClaimError, Claims
 from pilot.client import Ask, Matchmaker, Reply, Unreachable
 from pilot.gpus import GpuSource
+from pilot.guardian import Guardian
 from pilot.outbox import Delivery, Outbox, Verdict, deliver, deliver_many
 from pilot.runner import Assignment, RunnerSettings, Scratch, TaskResult, TaskRun
 from pilot.slot import MeasuredSlot
@@ -242,6 +245,7 @@ class Pilot:
         self._unkept: list[Finished] = []
         self._pending: dict[int, Pending] = {}
         self._wake = Wakeup()
+        self._guardian: Guardian | None = None
         self._drain_asked: str | None = None
         self._drain_started: float | None = None
         self._started = clock()
@@ -274,6 +278,7 @@ class Pilot:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self._on_signal)
         try:
+            self._guardian = self._start_guardian()
             for delivery in self.outbox.pending():
                 log.info("attempt %s: a report left by an earlier pilot is in the outbox; "
                          "delivering it", delivery.attempt_id)
@@ -294,10 +299,25 @@ class Pilot:
             return self._leave()
         finally:
             self._abandon_running()
+            if self._guardian is not None:
+                self._guardian.close()
+                self._guardian = None
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._wake.close()
             self.client.close()
+
+    def _start_guardian(self) -> Guardian | None:
+        """The guardian that ends the tasks' trees if this pilot is killed (see
+        `pilot.guardian`); None, with a warning, where it cannot start."""
+        try:
+            guardian = Guardian.start(self.work.run_dir, self.settings.runner.kill_grace)
+        except OSError as err:
+            log.warning("no guardian (%s): if the pilot is killed, its tasks' processes will "
+                        "outlive it", err.strerror or err)
+            return None
+        log.debug("guardian started (pid %s)", guardian.process.pid)
+        return guardian
 
     def _abandon_running(self) -> None:
         """Only when the loop itself failed: stop the tasks rather than leave them orphaned;
@@ -632,7 +652,7 @@ class Pilot:
         held.claim = claim
         return TaskRun(held.assignment, scratch, gpus=claim.gpus[:held.requirements.gpus],
                        gpu_source=self.gpu_source, settings=self.settings.runner,
-                       supervisor=self.supervisor)
+                       supervisor=self.supervisor, guardian=self._guardian)
 
     def _give_back(self, held: Held, why: str) -> None:
         """Report an attempt the pilot will not run as lost, so that it is requeued at once."""

@@ -248,18 +248,8 @@ class ProcessTree:
                 table[self.leader] = leader
         else:
             table = self.table.get(fresh)
-        found = {pid: info for pid, info in table.items()
-                 if info.sid == self.leader or info.pgid == self.leader}
-        children: dict[int, list[int]] = {}
-        for info in table.values():
-            children.setdefault(info.ppid, []).append(info.pid)
-        pending = list(found)
-        while pending:
-            for child in children.get(pending.pop(), ()):
-                if child not in found:
-                    found[child] = table[child]
-                    pending.append(child)
-        return found
+        return family(table, {pid for pid, info in table.items()
+                              if info.sid == self.leader or info.pgid == self.leader})
 
     def sample(self) -> TreeSample:
         """The tree's resident memory now, and its CPU seconds so far (never decreasing: a child
@@ -297,19 +287,46 @@ class ProcessTree:
         """SIGTERM to the whole tree, then SIGKILL to whatever is left after `grace` seconds,
         until nothing of it is left. Every process seen in the tree stays a target even when
         its parent's death takes it out of the tree (a child in a session of its own)."""
-        targets = self.alive()
-        _send(targets, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for _ in range(1000):
-            # A handful of targets are looked up one by one where /proc allows.
-            table = self.table.get(fresh=True) if self.table.pid_max is None else None
-            targets = {pid for pid in targets if _running(pid, table)}
-            targets |= _live(self.members())
-            if not targets:
-                return
-            if time.monotonic() >= deadline:
-                _send(targets, signal.SIGKILL)
-            time.sleep(0.01)
+        kill_all(lambda: _live(self.members()), grace, self.table, first=self.alive())
+
+
+def family(table: dict[int, ProcessInfo], roots: set[int]) -> dict[int, ProcessInfo]:
+    """The processes of `roots` (pids of `table`) and all their descendants in `table`."""
+    found = {pid: table[pid] for pid in roots if pid in table}
+    children: dict[int, list[int]] = {}
+    for info in table.values():
+        children.setdefault(info.ppid, []).append(info.pid)
+    pending = list(found)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found:
+                found[child] = table[child]
+                pending.append(child)
+    return found
+
+
+def kill_all(find: Callable[[], set[int]], grace: float, table: ProcessTable,
+             first: set[int] | None = None) -> set[int]:
+    """SIGTERM to the live processes `first` names (default: `find()`), then SIGKILL, once
+    `grace` seconds have passed, to whatever is left of them and of what `find()` names later,
+    until nothing is left. A process once named stays a target when `find()` no longer names it
+    (a child in a session of its own whose parent died). Returns every pid it signalled."""
+    targets = find() if first is None else first
+    signalled = set(targets)
+    _send(targets, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for _ in range(1000):
+        # A handful of targets are looked up one by one where /proc allows.
+        snapshot = table.get(fresh=True) if table.pid_max is None else None
+        targets = {pid for pid in targets if _running(pid, snapshot)}
+        targets |= find()
+        if not targets:
+            break
+        if time.monotonic() >= deadline:
+            _send(targets, signal.SIGKILL)
+            signalled |= targets
+        time.sleep(0.01)
+    return signalled
 
 
 def _running(pid: int, table: dict[int, ProcessInfo] | None) -> bool:

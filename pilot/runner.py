@@ -7,6 +7,8 @@ it waits (the wait itself ends the moment the module exits, so a short task pays
 interval), lets the supervisor stop it for overuse, and returns a `TaskResult` with everything
 the attempt's record needs. Errors come back classed: task_error (the task's own command or
 config), staging_error (a file could not be moved), resource_overuse (killed for its usage).
+The pilot's `Guardian`, when given, watches each module while it runs, so that the module's
+tree is ended even when the pilot is killed (SIGKILL) and cannot end it itself.
 
 A `Scratch` is a task's directory with its two logs open. The tasks that one lane of the pilot
 runs one after another share one while each leaves nothing in it but its logs: making and
@@ -33,8 +35,14 @@ from config.expressions import ExpressionError, evaluate_tree
 from config.resources import Requirements, Usage
 from config.states import ErrorClass
 from pilot import staging
-from pilot.environment import StatisticsError, read_statistics, task_environment
+from pilot.environment import (
+    STATS_LIMIT_ENTRIES,
+    StatisticsError,
+    read_statistics,
+    task_environment,
+)
 from pilot.gpus import Gpu, GpuSource
+from pilot.guardian import Guardian
 from pilot.limits import Overuse, TaskLoad
 from pilot.proctree import SHARED_TABLE, ProcessTable, ProcessTree
 from pilot.supervisor import Supervisor
@@ -217,6 +225,7 @@ class TaskRun:
         settings: RunnerSettings | None = None,
         supervisor: Supervisor | None = None,
         process_table: ProcessTable = SHARED_TABLE,
+        guardian: Guardian | None = None,
     ) -> None:
         self.assignment = assignment
         # A path given is this run's own directory, left in place when the run is over; a
@@ -230,6 +239,7 @@ class TaskRun:
         self.requirements = assignment.requirements
         self.supervisor = supervisor or Supervisor.alone(self.requirements)
         self.process_table = process_table
+        self.guardian = guardian
         self.stdout_path = self.scratch_dir.stdout_path
         self.stderr_path = self.scratch_dir.stderr_path
         self.stats_path = self.scratch / STATS_NAME
@@ -414,6 +424,8 @@ class TaskRun:
             why = error.strerror if isinstance(error, OSError) and error.strerror else error
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: cannot run {argv[0]!r}: "
                                                  f"{why}", code) from None
+        if self.guardian is not None:
+            self.guardian.watch(process.pid)
         tree = ProcessTree(process.pid, self.process_table, started=started)
         self._last_gpu_sample = 0.0
         status, rusage = self._wait(process.pid, tree)
@@ -422,6 +434,8 @@ class TaskRun:
         # Whatever the module left running in the background goes with it.
         if tree.any_alive():
             tree.kill(self.settings.kill_grace)
+        if self.guardian is not None:
+            self.guardian.release(process.pid)
         module_cpu = max(tree.peak_cpu_time, rusage.ru_utime + rusage.ru_stime)
         self._cpu_done += module_cpu
         self._usage.cpu_time = self._cpu_done
@@ -432,10 +446,18 @@ class TaskRun:
             self._await_stop(EXTERNAL_SIGNAL_GRACE)
         self._check_stopped_with(code)
         try:
-            statistics.update(read_statistics(self.stats_path))
+            written = read_statistics(self.stats_path)
             self.stats_path.unlink(missing_ok=True)
         except StatisticsError as error:
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: {error}", code) from None
+        merged = {**statistics, **written}
+        if len(merged) > STATS_LIMIT_ENTRIES:
+            # One report carries at most this many (the matchmaker refuses more, and a refused
+            # report would end the attempt lost, again at each retry): this module's are left out.
+            raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: the task's modules wrote "
+                          f"{len(merged)} statistics together; keep them to "
+                          f"{STATS_LIMIT_ENTRIES}", code)
+        statistics.update(written)
         if code < 0:
             raise _Failed(ErrorClass.TASK_ERROR,
                           f"module {name} was killed by signal {_signal_name(-code)}", code)

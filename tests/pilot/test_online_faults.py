@@ -1,15 +1,18 @@
-"""The online pilot when things go wrong: a SIGTERM from the batch system, a matchmaker that
-goes away and comes back, a pilot killed with a report still undelivered, an attempt voided on
-the server while it runs, and a node on which every task fails."""
+"""The online pilot when things go wrong: a SIGTERM from the batch system, a SIGKILL (whose
+orphans its guardian ends), a matchmaker that goes away and comes back, a pilot killed with a
+report still undelivered, an attempt voided on the server while it runs, and a node on which
+every task fails."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import time
 from pathlib import Path
 
+from pilot.proctree import read_stat
 from pilot.workarea import directory_name
 
 from .live import LiveMatchmaker, wait_for
@@ -28,6 +31,12 @@ def sleeper(pid_file: Path) -> str:
     """A task that writes its process id where the test can read it, then sleeps a minute
     (`$$$$` is the shell's `$$`: a dataset config writes a literal `$` as `$$`)."""
     return f"echo $$$$ > {pid_file}.part && mv {pid_file}.part {pid_file} && exec sleep 60"
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever adopted it)."""
+    info = read_stat(pid)
+    return info is not None and not info.zombie
 
 
 def alive(pid: int) -> bool:
@@ -86,6 +95,35 @@ def test_a_task_signalled_with_its_pilot_by_the_batch_system_is_requeued_not_fai
     [task] = matchmaker.tasks(dataset_id)
     assert (task["state"], task["failures"]) == ("ready", 0)
     assert task["attempts"][0]["error_class"] == "pilot_lost"
+
+
+def test_a_pilot_killed_with_sigkill_takes_its_task_and_all_it_started_along(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # The task starts a grandchild and a child in a session of its own, then waits; its pids go
+    # into files (the leader's last, once the others are written).
+    pids = {name: tmp_path / f"{name}.pid" for name in ("grandchild", "escaped", "leader")}
+    command = (f"sleep 45 & echo $$! > {pids['grandchild']}; "
+               f"setsid sleep 45 & echo $$! > {pids['escaped']}; "
+               f"{sleeper(pids['leader']).replace('exec sleep 60', 'wait')}")
+    matchmaker.submit(dataset(command))
+    pilot = matchmaker.start_pilot(tmp_path / "scratch")
+    wait_for(lambda: pids["leader"].exists(), 30, "the task to start")
+    task = [int(path.read_text()) for path in pids.values()]
+    log = tmp_path / "pilot.log"
+    guardian = int(re.search(r"guardian started \(pid (\d+)\)", log.read_text()).group(1))
+    assert all(map(running, task))
+
+    pilot.kill()
+    pilot.wait()
+
+    try:
+        wait_for(lambda: not any(map(running, task)), 10, "the task's processes to end")
+    finally:
+        for pid in filter(running, task):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not running(guardian), 10, "the guardian to exit")
+    assert f"the pilot (pid {pilot.pid}) died; ended 3 processes of its tasks" in \
+        log.read_text()
 
 
 def test_a_result_is_kept_through_a_matchmaker_outage_and_delivered_once(

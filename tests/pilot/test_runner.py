@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -15,11 +16,27 @@ import pytest
 
 from config.resources import GIB, MIB
 from config.states import ErrorClass
+from pilot.environment import (
+    SECRET_PREFIXES,
+    SLOT_GPU_VARIABLES,
+    STATS_LIMIT_BYTES,
+    STATS_LIMIT_ENTRIES,
+    STATS_NAME_LENGTH,
+    task_environment,
+)
 from pilot.gpus import Gpu
-from pilot.runner import EXTERNAL_SIGNAL_GRACE, Assignment, RunnerSettings, TaskRun, run_task
+from pilot.runner import (
+    EXTERNAL_SIGNAL_GRACE,
+    STATS_NAME,
+    Assignment,
+    RunnerSettings,
+    TaskRun,
+    run_task,
+)
 from pilot.supervisor import Supervisor
 
 PY = sys.executable
+ROOT = Path(__file__).resolve().parents[2]
 FAST = RunnerSettings(sample_interval=0.05, kill_grace=0.5, transfer_retries=0)
 DUMP_ENV = [PY, "-c", "import json, os; json.dump(dict(os.environ), open('env.json', 'w'))"]
 HOG = ("import time\n"
@@ -73,6 +90,18 @@ def test_a_cpu_task_sees_its_thread_counts_and_floe_variables_but_no_gpus_or_sec
     assert env["FLOE_STATS"] == f"{scratch}/floe.stats.json"
     assert (env["FLOE_JOB"], env["FLOE_TASK"], env["FLOE_DATASET"]) == ("3", "t", "12")
     assert env["FLOE_SITE"] == "uw"
+
+
+def test_every_variable_the_pilot_sets_for_a_task_and_the_statistics_limits_are_documented(
+        tmp_path):
+    doc = (ROOT / "docs" / "tasks.md").read_text()
+    env = task_environment({}, scratch=tmp_path, cpus=2, gpus=(), stats_file=tmp_path / "s",
+                           args={"job": 1}, task_env={}, module_env={})
+    assert set(re.findall(r"^ *\| `(\w+)` \|", doc, re.M)) == set(env)
+    for fact in [*SECRET_PREFIXES, *SLOT_GPU_VARIABLES, f"$FLOE_SCRATCH/{STATS_NAME}",
+                 f"{STATS_LIMIT_BYTES} bytes", f"{STATS_LIMIT_ENTRIES} names",
+                 f"1 to {STATS_NAME_LENGTH} characters"]:
+        assert fact in doc, fact
 
 
 def test_a_gpu_task_sees_exactly_its_claimed_gpus(tmp_path):
@@ -205,6 +234,18 @@ def test_statistics_from_every_module_are_merged(tmp_path):
     raw = task([{"command": write % (10, "gen_s")}, {"command": write % (20, "reco_s")}])
     result = run(tmp_path, raw)
     assert result.statistics == {"events": 20, "gen_s": 1.5, "reco_s": 1.5}
+
+
+def test_more_statistics_than_one_report_carries_are_a_task_error_not_a_refused_report(
+        tmp_path):
+    write = (f"{PY} -c \"import json, os; json.dump({{'%s' + str(i): i for i in range(600)}}, "
+             "open(os.environ['FLOE_STATS'], 'w'))\"")
+    raw = task([{"name": "gen", "command": write % "a"}, {"name": "reco", "command": write % "b"}])
+    result = run(tmp_path, raw)
+    assert result.error_class is ErrorClass.TASK_ERROR
+    assert result.error_message == ("module reco: the task's modules wrote 1200 statistics "
+                                    "together; keep them to 1000")
+    assert len(result.statistics) == 600  # the first module's: the report stays acceptable
 
 
 @pytest.mark.parametrize(("content", "problem"), [

@@ -1,0 +1,120 @@
+"""The guardian ends the trees of a killed pilot's modules: the watched ones (grandchildren and a
+child in a session of its own included), one the pilot was starting as it died (found by its
+FLOE_SCRATCH), but not a released one; it outlives a SIGTERM meant for the batch job, and a
+pilot that leaves normally has it end what is still watched and exit at once. A stand-in pilot
+(a subprocess using `Guardian` as the pilot does) is killed with SIGKILL for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pilot.guardian import Guardian
+from pilot.proctree import read_stat
+
+from .live import ROOT, wait_for
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
+
+# A module that starts a grandchild and a child in a session of its own, and says their pids.
+MODULE = "sleep 60 & echo $!; setsid sleep 60 & echo $!; echo $$; wait"
+
+STAND_IN = textwrap.dedent("""
+    import json, os, subprocess, sys, time
+    from pilot.guardian import Guardian
+    tasks, how = sys.argv[1], sys.argv[2].split(",")
+    guardian = Guardian.start(tasks, grace=1.0)
+    env = dict(os.environ)
+    if "mark" in how:
+        env["FLOE_SCRATCH"] = os.path.join(tasks, "lane0")
+    module = subprocess.Popen(["/bin/sh", "-c", sys.argv[3]], env=env,
+                              stdout=subprocess.PIPE, start_new_session=True, text=True)
+    pids = [int(module.stdout.readline()) for _ in range(3)]
+    if "watch" in how:
+        guardian.watch(module.pid)
+    if "release" in how:
+        guardian.release(module.pid)
+    print(json.dumps({"guardian": guardian.process.pid, "module": pids}), flush=True)
+    time.sleep(600)
+""")
+
+
+def running(pid: int) -> bool:
+    info = read_stat(pid)
+    return info is not None and not info.zombie
+
+
+def stand_in(tmp_path: Path, how: str, leftovers: list[int]
+             ) -> tuple[subprocess.Popen, int, list[int]]:
+    """A stand-in pilot, its guardian's pid, and the pids of its module's processes. `how`:
+    whether the module's environment has FLOE_SCRATCH under the pilot's tasks' directory
+    ("mark"), whether the pilot watches it ("watch"), and releases it ("release")."""
+    pilot = subprocess.Popen([sys.executable, "-c", STAND_IN, str(tmp_path / "run"), how, MODULE],
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    leftovers.append(pilot.pid)
+    said = json.loads(pilot.stdout.readline())
+    leftovers.extend(said["module"])
+    return pilot, said["guardian"], said["module"]
+
+
+@pytest.fixture
+def leftovers():
+    """Pids a test may leave running (on purpose, or when it fails), killed after it."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        if running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", [
+    pytest.param("watch,mark", id="watched"),
+    pytest.param("watch", id="watched-without-floe-scratch"),
+    pytest.param("mark", id="being-started"),  # found by its FLOE_SCRATCH alone
+])
+def test_the_module_tree_of_a_pilot_killed_with_sigkill_is_ended(tmp_path, how, leftovers):
+    pilot, guardian, module = stand_in(tmp_path, how, leftovers)
+    assert all(map(running, module))
+    # As a batch system ending the job: SIGTERM to everything, then SIGKILL to the pilot.
+    os.kill(guardian, signal.SIGTERM)
+    time.sleep(0.2)
+    assert running(guardian)
+
+    pilot.kill()
+    pilot.wait()
+
+    wait_for(lambda: not any(map(running, module)), 5, "the module's processes to end")
+    wait_for(lambda: not running(guardian), 5, "the guardian to exit")
+
+
+def test_a_released_module_is_left_alone(tmp_path, leftovers):
+    pilot, guardian, module = stand_in(tmp_path, "watch,release", leftovers)
+    pilot.kill()
+    pilot.wait()
+    wait_for(lambda: not running(guardian), 5, "the guardian to exit")
+    assert all(map(running, module))
+
+
+def test_a_pilot_that_leaves_has_its_guardian_end_what_is_still_watched_and_exit(tmp_path,
+                                                                                  leftovers):
+    guardian = Guardian.start(tmp_path / "run", grace=1.0)
+    module = subprocess.Popen(["/bin/sh", "-c", MODULE], stdout=subprocess.PIPE,
+                              start_new_session=True, text=True)
+    pids = [int(module.stdout.readline()) for _ in range(3)]
+    leftovers.extend(pids)
+    guardian.watch(module.pid)
+    guardian.close()
+    assert module.wait(5) != 0
+    wait_for(lambda: not any(map(running, pids)), 5, "the module's processes to end")
+
+    started = time.monotonic()
+    Guardian.start(tmp_path / "run", grace=1.0).close()
+    assert time.monotonic() - started < 2.0
