@@ -204,6 +204,13 @@ def _matches(patterns: tuple[str, ...], names: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, p.lower()) for p in patterns for n in names)
 
 
+def allowed_at(req: Requirements, site: str) -> bool:
+    """Whether the task's site lists (`sites`, `exclude_sites`) let it run at `site`."""
+    if req.sites and not _matches(req.sites, [site]):
+        return False
+    return not (req.exclude_sites and _matches(req.exclude_sites, [site]))
+
+
 def why_not(req: Requirements, slot: Slot) -> str | None:
     """None when the task fits the slot, else the first reason it does not, as a phrase."""
     if req.cpus > slot.cpus:
@@ -221,9 +228,10 @@ def why_not(req: Requirements, slot: Slot) -> str | None:
         return f"needs OS {'/'.join(req.os)}, slot runs {'/'.join(slot.os) or 'unknown'}"
     if req.arch and not _matches(req.arch, [slot.arch]):
         return f"needs architecture {'/'.join(req.arch)}, slot is {slot.arch or 'unknown'}"
-    if req.sites and not _matches(req.sites, [slot.site]):
-        return f"runs only at {', '.join(req.sites)}, slot is at {slot.site or 'an unnamed site'}"
-    if req.exclude_sites and _matches(req.exclude_sites, [slot.site]):
+    if not allowed_at(req, slot.site):
+        if req.sites and not _matches(req.sites, [slot.site]):
+            return (f"runs only at {', '.join(req.sites)}, slot is at "
+                    f"{slot.site or 'an unnamed site'}")
         return f"excludes site {slot.site}"
     return None
 

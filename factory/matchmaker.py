@@ -1,6 +1,6 @@
 """What the factory asks the matchmaker, over HTTP with the site's token: the demand for each
-pilot shape (and which of its pilots registered), and short-lived pilot tokens for the pilots it
-submits.
+pilot shape (telling it which pilots' batch jobs ended, and asking which registered), and
+short-lived pilot tokens for the pilots it submits.
 
 A pilot token is asked for with a lifetime that covers the longest pilot the site submits plus
 its time in the queue (the site's `queue_allowance`), and reused for every submission until less
@@ -69,19 +69,26 @@ class SiteClient:
             raise MatchmakerError(f"cannot reach the matchmaker at {self.url}: {reason}") from None
 
     def demand(self, shapes: Sequence[Mapping[str, Any]], *, batch_system: str = "",
-               pilots: Sequence[str] | None = None) -> dict[str, Any]:
+               pilots: Sequence[str] | None = None,
+               ended: Sequence[str] | None = None) -> dict[str, Any]:
         """The demand answer for these shapes (each with its `queued` count). Asked about
         `pilots` (batch ids of `batch_system`, at most MAX_PILOTS_ASKED), its `registered`
         lists those that registered with the matchmaker; an answer without it means the
-        matchmaker cannot say."""
+        matchmaker cannot say. Told of `ended` batch jobs (at most MAX_PILOTS_ASKED), the
+        matchmaker ends the pilots it still counts running among them and lists them in
+        `lost`; an answer without `lost` means it was not told."""
         quoted = urllib.parse.quote(self.site, safe="")
         path = f"/api/v1/sites/{quoted}/demand"
         body = {"shapes": list(shapes), "factory": self.factory}
-        if pilots is None:
+        extra: dict[str, Any] = {}
+        if pilots:
+            extra["pilots"] = list(pilots)
+        if ended:
+            extra["ended"] = list(ended)
+        if not extra:
             return self._post(path, body)
         try:
-            return self._post(path, {**body, "batch_system": batch_system,
-                                     "pilots": list(pilots)})
+            return self._post(path, {**body, "batch_system": batch_system, **extra})
         except MatchmakerError as exc:
             if exc.status != 400:
                 raise

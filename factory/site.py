@@ -5,7 +5,9 @@ The pilots the factory submitted are tracked in `<workdir>/<site>/pilots.json`, 
 restarted factory finds its own pilots again; pilots tagged as this factory's that it does not
 track are orphans and are removed. Each demand request also asks which tracked pilots registered
 with the matchmaker, those that ended since the last cycle included: an ended pilot is judged on
-that answer, since it may have registered and ended between two cycles. A pilot that registered
+that answer, since it may have registered and ended between two cycles; and it tells the
+matchmaker which pilots' batch jobs ended, so that a pilot killed outright (SIGKILL, a lost node)
+has its tasks requeued at once, not after the heartbeat timeout. A pilot that registered
 proves the site works; one that ended without registering (a node without network, a wrong URL
 or CA) is a failure however long it ran, as are held pilots and refused submissions (see
 `factory.health`): a failing site is backed off from, not hammered. Where the matchmaker cannot
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from config.factory import FactoryConfig
+from config.resources import format_duration
+from config.schema import counted
 from factory.health import Health
 from factory.matchmaker import MAX_PILOTS_ASKED, MatchmakerError, SiteClient
 from factory.policy import Decision, Limits, ShapeCounts, top_up
@@ -49,6 +53,11 @@ from plugins import (
 )
 
 log = logging.getLogger("floe.factory")
+
+AWAY_REPEAT = 600.0
+"""How often, in seconds, the factory says again that the matchmaker cannot be reached."""
+UNFIT_REPEAT = 600.0
+"""How often, in seconds, the factory says again that ready tasks fit none of a site's shapes."""
 
 
 @dataclass
@@ -83,6 +92,7 @@ class Counters:
     orphans_removed: int = 0
     submit_failures: int = 0
     queued_too_long: int = 0  # removed after waiting longer than queue_allowance
+    lost: int = 0             # ended while the matchmaker still counted them running
 
 
 @dataclass
@@ -104,6 +114,9 @@ class SiteRunner:
         self.health = Health()
         self.lock = threading.RLock()  # a cycle and a reconfiguration never overlap
         self._held: set[str] = set()  # tracked pilots the batch system holds
+        self._untold: list[str] = []  # ended pilots the matchmaker has not been told of yet
+        self._unfit_said: tuple[Any, float] | None = None  # what _unfit last logged, and when
+        self._away_said = 0.0  # when _away last logged
         self.reconfigure(self.config, self.site, self.token)
         self._load()
         self._orphans_checked = False
@@ -159,19 +172,26 @@ class SiteRunner:
         self._remove_queued_too_long(infos, now)
         counts = self._counts(infos)
         asked = self._unregistered(ended)
+        # Kept until a demand request succeeds; beyond one request's worth, the oldest are left
+        # to the matchmaker's heartbeat timeout.
+        self._untold = (self._untold + [e.pilot.batch_id for e in ended])[-MAX_PILOTS_ASKED:]
         try:
             answer = self.client.demand(self._shapes_queued(counts),
-                                        batch_system=self.plugin.system, pilots=asked or None)
+                                        batch_system=self.plugin.system, pilots=asked or None,
+                                        ended=self._untold or None)
         except MatchmakerError as exc:
             self._judge(ended, asked, None, now)
             self.last["matchmaker_error"] = str(exc)
             if exc.status is not None:  # refused (a wrong token or site name): the site fails
                 self._failure(now, f"no demand this cycle: {exc}")
             else:                       # the matchmaker is away: no fault of the site's
-                log.warning("site %s: no demand this cycle: %s", self.name, exc)
+                self._away(exc, now)
             self._save(now)
             return None
         self._judge(ended, asked, answer.get("registered"), now)
+        self._back(now)
+        self._untold = []
+        self._lost(answer.get("lost") or [])
         self.last.pop("matchmaker_error", None)
         demand = {entry["name"]: entry for entry in answer["shapes"]}
         views = [ShapeCounts(name, needed=demand[name]["pilots_needed"],
@@ -201,7 +221,10 @@ class SiteRunner:
             except MatchmakerError as exc:
                 log.warning("site %s: cannot claim the pilots just submitted: %s", self.name,
                             exc)
+        self._unfit(answer.get("unfit") or {"tasks": 0, "kinds": []},
+                    served=any(entry["tasks"] for entry in answer["shapes"]), now=now)
         self.last.update({"demand": answer["shapes"], "pilots": answer["pilots"],
+                          "unfit": answer.get("unfit"),
                           "decision": {"submit": decision.submit, "remove": decision.remove,
                                        "remove_held": decision.remove_held,
                                        "reasons": decision.reasons}})
@@ -323,6 +346,59 @@ class SiteRunner:
                                    f"started (min_pilot_life {min_life} s); see its log under "
                                    f"{logs}")
 
+    def _away(self, error: MatchmakerError, now: float) -> None:
+        """The matchmaker cannot be reached: said at once, then every AWAY_REPEAT seconds, not
+        each cycle; status.json says since when."""
+        since = self.last.setdefault("matchmaker_away_since", now)
+        if now == since:
+            log.warning("site %s: no demand this cycle, nothing submitted: %s; trying again "
+                        "each cycle", self.name, error)
+        elif now - self._away_said >= AWAY_REPEAT:
+            log.warning("site %s: still no demand after %s, nothing submitted: %s", self.name,
+                        format_duration(now - since), error)
+        else:
+            return
+        self._away_said = now
+
+    def _back(self, now: float) -> None:
+        """The matchmaker answered: if it had been away, say so."""
+        since = self.last.pop("matchmaker_away_since", None)
+        if since is not None:
+            log.warning("site %s: the matchmaker answers again, after %s away", self.name,
+                        format_duration(now - since))
+
+    def _lost(self, batch_ids: list[str]) -> None:
+        """Note the pilots the matchmaker ended as lost on this factory's word."""
+        if not batch_ids:
+            return
+        self.counters.lost += len(batch_ids)
+        shown = ", ".join(batch_ids[:10]) + (", ..." if len(batch_ids) > 10 else "")
+        log.warning("site %s: %s ended without signing off with the matchmaker (%s: killed, or "
+                    "its node lost); the tasks they ran are requeued. See their logs under %s",
+                    self.name, counted(len(batch_ids), "pilot"),
+                    f"batch id{'' if len(batch_ids) == 1 else 's'} {shown}", self.workdir / "logs")
+
+    def _unfit(self, unfit: Mapping[str, Any], served: bool, now: float) -> None:
+        """Say which ready tasks that may run here fit none of the site's shapes: when that, or
+        whether the site has other work, changes, and again every UNFIT_REPEAT seconds while it
+        lasts; a warning when they are all the work there is, since the site then stands idle
+        beside them."""
+        said = (unfit["tasks"], [kind["why"] for kind in unfit["kinds"]], served)
+        if not unfit["tasks"]:
+            self._unfit_said = None
+            return
+        if (self._unfit_said is not None and self._unfit_said[0] == said
+                and now - self._unfit_said[1] < UNFIT_REPEAT):
+            return
+        self._unfit_said = (said, now)
+        kinds = " | ".join(f"{counted(kind['tasks'], 'task')}: {kind['why']}"
+                           for kind in unfit["kinds"])
+        log.log(logging.INFO if served else logging.WARNING,
+                "site %s: %s that may run here %s none of its pilot shapes (%s); add a shape "
+                "that holds them, or ask their owners to change their requirements",
+                self.name, counted(unfit["tasks"], "ready task"),
+                "fits" if unfit["tasks"] == 1 else "fit", kinds)
+
     def _works(self, why: str) -> None:
         """The site works: its failures are cleared."""
         if self.health.success():
@@ -331,8 +407,8 @@ class SiteRunner:
     def _failure(self, now: float, why: str) -> None:
         log.warning("site %s: %s", self.name, why)
         if self.health.failure(now, why):
-            log.error("site %s is failing: %d failures in a row; backing off %.0f s at a time "
-                      "(last: %s)", self.name, self.health.failures,
+            log.error("site %s is failing: %s in a row; backing off %.0f s at a time "
+                      "(last: %s)", self.name, counted(self.health.failures, "failure"),
                       self.health.until - now, why)
 
     def _submit(self, shape: PilotShape, count: int, now: float) -> None:
@@ -348,12 +424,14 @@ class SiteRunner:
         except BatchError as exc:
             batch_ids = exc.submitted
             self.counters.submit_failures += 1
-            self._failure(now, f"submitting {count} {shape.name} pilots failed: {exc}")
+            self._failure(now, f"submitting {counted(count, shape.name + ' pilot')} failed: "
+                               f"{exc}")
         for batch_id in batch_ids:
             self.pilots[batch_id] = Tracked(batch_id, shape.name, now)
         self.counters.submitted += len(batch_ids)
         if batch_ids:
-            log.info("site %s: submitted %d %s pilots", self.name, len(batch_ids), shape.name)
+            log.info("site %s: submitted %s", self.name,
+                     counted(len(batch_ids), f"{shape.name} pilot"))
 
     def pilot_command(self, shape: PilotShape, token: str) -> tuple[list[str], dict[str, str]]:
         """The command and environment every pilot of `shape` starts with."""
@@ -386,8 +464,9 @@ class SiteRunner:
             self.pilots.pop(batch_id, None)
         self.counters.removed += len(removed)
         if removed:
-            log.info("site %s: removed %d queued %s pilots that have no work", self.name,
-                     len(removed), shape)
+            log.info("site %s: removed %s that %s no work", self.name,
+                     counted(len(removed), f"queued {shape} pilot"),
+                     "has" if len(removed) == 1 else "have")
 
     def _remove_queued_too_long(self, infos: Mapping[str, Any], now: float) -> None:
         """Remove the pilots that have waited in the queue longer than `queue_allowance`."""
@@ -427,8 +506,8 @@ class SiteRunner:
         self._orphans_checked = True
         if orphans:
             self.counters.orphans_removed += len(orphans)
-            log.warning("site %s: removed %d pilots tagged as this factory's that it did not "
-                        "track: %s", self.name, len(orphans), ", ".join(orphans))
+            log.warning("site %s: removed %s tagged as this factory's that it did not track: "
+                        "%s", self.name, counted(len(orphans), "pilot"), ", ".join(orphans))
 
     # ------------------------------------------------------------------ stopping
 
@@ -437,8 +516,8 @@ class SiteRunner:
         policy = self.site["on_stop"]
         if policy == "keep" or not self.pilots:
             if self.pilots:
-                log.info("site %s: %d pilots left to run out (on_stop keep)", self.name,
-                         len(self.pilots))
+                log.info("site %s: %s left to run out (on_stop keep)", self.name,
+                         counted(len(self.pilots), "pilot"))
             self._save(self.clock())
             return
         try:
@@ -452,8 +531,8 @@ class SiteRunner:
         for batch_id in removed:
             self.pilots.pop(batch_id, None)
         self.counters.removed += len(removed)
-        log.info("site %s: removed %d pilots on stop (on_stop %s), %d left to run out",
-                 self.name, len(removed), policy, len(self.pilots))
+        log.info("site %s: removed %s on stop (on_stop %s), %d left to run out",
+                 self.name, counted(len(removed), "pilot"), policy, len(self.pilots))
         self._save(self.clock())
 
     # ------------------------------------------------------------------ state on disk

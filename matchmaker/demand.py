@@ -5,7 +5,10 @@ with the resources it needs, so the factory can size its submissions (its top-up
 `factory/`). Factories also say what they have queued; the queued pilots of *other* factories
 are subtracted first, each as the tasks it can hold, so that two factories serving the same
 matchmaker do not both submit pilots for the same tasks. A factory's claim lapses when it has
-not asked for `CLAIM_TTL` seconds. Pure logic on the working state: no I/O.
+not asked for `CLAIM_TTL` seconds. Ready tasks that may run at the site but fit none of its
+shapes (too long, too large, another OS) are reported as `unfit`, with the reason for each
+shape, so that a site admin learns why they are not served. Pure logic on the working state: no
+I/O.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import Requirements, Slot, fits
+from config.resources import Requirements, Slot, allowed_at, fits, why_not
 
 from .engine import Engine
 from .model import DatasetStatus
 
 CLAIM_TTL = 600.0
+UNFIT_SHOWN = 3
+"""The most kinds of unfit tasks (by requirements) the demand answer describes."""
 EMPTY_WINDOW = 600.0
 """Pilots that ended without a task in this many seconds are reported as `ended_empty`."""
 
@@ -125,6 +130,20 @@ def attribute(classes: dict[Requirements, int], shapes: list[Shape]) -> list[dic
     return result
 
 
+def unfit(classes: dict[Requirements, int], site: str, shapes: list[Shape]) -> dict[str, Any]:
+    """The ready tasks that may run at `site` but fit none of its `shapes`: how many, and for
+    the most numerous kinds of them, why not, shape by shape."""
+    kinds = sorted(((count, req) for req, count in classes.items()
+                    if count and allowed_at(req, site)
+                    and not any(fits(req, shape.slot) for shape in shapes)),
+                   key=lambda kind: -kind[0])
+    return {"tasks": sum(count for count, _ in kinds),
+            "kinds": [{"tasks": count,
+                       "why": "; ".join(f"shape {shape.name}: {why_not(req, shape.slot)}"
+                                        for shape in shapes)}
+                      for count, req in kinds[:UNFIT_SHOWN]]}
+
+
 def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict[str, Any]:
     """The answer to a factory's demand request; records its claim."""
     now = engine.clock()
@@ -132,6 +151,7 @@ def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict
     for key in [k for k, c in claims.items() if now - c.time > CLAIM_TTL]:
         del claims[key]
     classes = ready_classes(engine)
+    misfits = unfit(classes, site, shapes)
     subtract_claims(classes, [c for k, c in claims.items() if k != (site, factory)])
     claims[(site, factory)] = Claim(now, shapes)
     result = attribute(classes, shapes)
@@ -141,7 +161,7 @@ def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict
         entry["room"] = held["pilots_needed"]
     pilots = [p for p in engine.pilots.values() if p.site.name == site]
     endings = engine.empty_endings.get(site, ())
-    return {"site": site, "factory": factory, "shapes": result,
+    return {"site": site, "factory": factory, "shapes": result, "unfit": misfits,
             "pilots": {"running": len(pilots),
                        "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks),
                        "ended_empty": sum(1 for t in endings if now - t <= EMPTY_WINDOW)}}

@@ -64,6 +64,7 @@ class Pilot:
     registered: float
     last_seen: float
     resources: dict[str, Any]
+    batch_system: str = "none"
     attempts: set[int] = field(default_factory=set)
     empty_asks: int = 0
     dispatched: int = 0
@@ -239,7 +240,8 @@ class Engine:
         for row in await queries.running_pilots(db):
             self.pilots[row["pilot_id"]] = Pilot(
                 row["pilot_id"], self.sites[row["site_id"]], row["host"], row["batch_id"],
-                row["registered"], max(row["last_seen"], now), json.loads(row["resources"]))
+                row["registered"], max(row["last_seen"], now), json.loads(row["resources"]),
+                row["batch_system"])
         await self._load_attempts(now)
         for row in await queries.usage(db):
             kind, _, key = row["entity"].partition(":")

@@ -1,9 +1,11 @@
-"""Pilots as the matchmaker keeps them: registering, and signing off (with what they still ran)."""
+"""Pilots as the matchmaker keeps them: registering, signing off (with what they still ran), and
+ending those whose batch job their factory saw end without them signing off."""
 
 from __future__ import annotations
 
 import collections
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from config.states import ErrorClass
@@ -24,7 +26,8 @@ async def register(engine: Engine, site: Site, host: str, batch_system: str = "n
     await engine.db.write(Batch().add(INSERT_PILOT, (
         pilot_id, site.site_id, host, batch_system or "none", batch_id, json.dumps(resources),
         now, now)))
-    pilot = engine.pilots[pilot_id] = Pilot(pilot_id, site, host, batch_id, now, now, resources)
+    pilot = engine.pilots[pilot_id] = Pilot(pilot_id, site, host, batch_id, now, now, resources,
+                                            batch_system or "none")
     return pilot
 
 
@@ -45,3 +48,28 @@ async def sign_off(engine: Engine, pilot: Pilot, reason: str, message: str = "",
         empty[pilot.site.name] = empty.get(pilot.site.name, 0) + 1
         endings = engine.empty_endings.setdefault(pilot.site.name, collections.deque(maxlen=1000))
         endings.append(engine.clock())
+
+
+async def batch_jobs_ended(engine: Engine, site: Site, batch_system: str,
+                           batch_ids: Sequence[str], factory: str) -> list[str]:
+    """End the running pilots of `site` whose batch job (`batch_system`, a batch id) the
+    factory saw end: a pilot killed outright (SIGKILL, a node lost) never signs off, and
+    without this its attempts would wait out the heartbeat timeout. Their attempts are requeued
+    as lost; returns the batch ids of the pilots so ended."""
+    wanted = set(batch_ids)
+    ended = [p for p in engine.pilots.values()
+             if p.site.site_id == site.site_id and p.batch_system == batch_system
+             and p.batch_id in wanted]
+    for pilot in ended:
+        for attempt_id in list(pilot.attempts):
+            active = engine.active.get(attempt_id)
+            if active is not None:
+                await outcomes.lose(engine, active, ErrorClass.PILOT_LOST,
+                                    f"the batch job of pilot {pilot.pilot_id} ({batch_system} "
+                                    f"{pilot.batch_id}) ended while it ran this, without the "
+                                    f"pilot signing off (seen by factory {factory!r})")
+        await engine.db.write(Batch().add(END_PILOT, (
+            "lost", engine.clock(), f"its batch job ended without the pilot signing off (seen "
+            f"by factory {factory!r})", 0, pilot.pilot_id)))
+        engine.pilots.pop(pilot.pilot_id, None)
+    return [p.batch_id for p in ended]

@@ -241,10 +241,14 @@ DATASET_CONFIG = dataset.json_schema()
 """Generated from the schema that `config.dataset.validate` checks submitted datasets with."""
 
 RESET = _obj({"scope": {"type": "string", "enum": ["failed", "all"]}}, ("scope",))
-PRIORITY = _obj({"priority": _num(0.001, 1000)}, ("priority",))
-NEW_USER = _obj({"name": NAME, "admin": {"type": "boolean"}, "share": _num(0.000001, 1e6)},
-                ("name",))
-SHARE = _obj({"share": _num(0.000001, 1e6)}, ("share",))
+# The range a submitted dataset's priority may have, from the same schema.
+PRIORITY = _obj({"priority": {key: value for key, value in
+                              DATASET_CONFIG["properties"]["priority"].items()
+                              if key != "default"}}, ("priority",))
+# Any share above 0, as `floe user add --share` and `floe user share` take.
+USER_SHARE = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}
+NEW_USER = _obj({"name": NAME, "admin": {"type": "boolean"}, "share": USER_SHARE}, ("name",))
+SHARE = _obj({"share": USER_SHARE}, ("share",))
 NEW_SITE = _obj({"name": NAME}, ("name",))
 PILOT_TOKEN = _obj({"lifetime": _int(60, 366 * 86400, "seconds until the token expires")})
 
@@ -267,4 +271,9 @@ DEMAND = dict(_obj({
                "description": "batch ids of this factory's pilots whose registration it has "
                               "not seen yet; the answer's `registered` says which of them "
                               "registered at this site with `batch_system`"},
-}, ("shapes",)), dependentRequired={"pilots": ["batch_system"]})
+    "ended": {"type": "array", "items": _str(256, minLength=1), "maxItems": MAX_PILOTS_ASKED,
+              "description": "batch ids of this factory's pilots whose batch job the batch "
+                             "system says has ended; those the matchmaker still counts running "
+                             "are ended as lost at once and their tasks requeued, and the "
+                             "answer's `lost` lists them"},
+}, ("shapes",)), dependentRequired={"pilots": ["batch_system"], "ended": ["batch_system"]})

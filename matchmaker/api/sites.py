@@ -8,6 +8,7 @@ from config.resources import Slot
 
 from .. import demand as pilot_demand
 from ..access import Action
+from ..pilots import batch_jobs_ended
 from ..storage import queries
 from . import schemas
 from .framework import Context, Param, route
@@ -44,13 +45,18 @@ async def pilot_token(ctx: Context) -> Any:
                    "the pilots other factories have queued are subtracted: `tasks` (with the "
                    "cpus, memory and gpus they need, and `pilots_needed` to hold them), and "
                    "`fitting` (every shape a task fits), and `room`: how many of those pilots the "
-                   "free room of the site's running pilots makes up for. `pilots` counts the "
+                   "free room of the site's running pilots makes up for. `unfit` counts the "
+                   "ready tasks that may run at the site but fit none of the shapes, with the "
+                   "reasons shape by shape for the most numerous kinds. `pilots` counts the "
                    "site's running and idle pilots and those that ended lately without a task. "
                    "The factory's own `queued` counts are remembered for the other factories' "
                    "answers. With `pilots` (batch ids, and their `batch_system`), `registered` "
                    "lists those of them that a pilot registered with at this site, ever (a "
                    "pilot that has ended since counts): the factory tells by it a pilot that "
-                   "could not reach the matchmaker from one that did.")
+                   "could not reach the matchmaker from one that did. With `ended` (batch ids "
+                   "whose batch job has ended), the site's pilots among them that the "
+                   "matchmaker still counts running are ended as lost, their tasks requeued at "
+                   "once instead of after the heartbeat timeout, and listed in `lost`.")
 async def demand(ctx: Context) -> Any:
     site = await ctx.auth.site_by_name(ctx.params["name"])
     ctx.authorize(Action.SITE, site=site)
@@ -63,6 +69,9 @@ async def demand(ctx: Context) -> Any:
     if "pilots" in ctx.body:
         answer["registered"] = await queries.registered_batch_ids(
             ctx.engine.db, site.site_id, ctx.body["batch_system"], ctx.body["pilots"])
+    if "ended" in ctx.body:
+        answer["lost"] = await batch_jobs_ended(
+            ctx.engine, site, ctx.body["batch_system"], ctx.body["ended"], answer["factory"])
     return answer
 
 

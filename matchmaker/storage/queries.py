@@ -44,7 +44,8 @@ async def task_records(db: Database, dataset_id: int) -> list[Any]:
 
 async def running_pilots(db: Database) -> list[Any]:
     return await db.fetchall(
-        "SELECT pilot_id, site_id, host, batch_id, resources, registered, last_seen FROM pilots"
+        "SELECT pilot_id, site_id, host, batch_system, batch_id, resources, registered,"
+        " last_seen FROM pilots"
         " WHERE state = 'running'")
 
 

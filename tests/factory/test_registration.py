@@ -184,7 +184,7 @@ def test_a_matchmaker_that_cannot_be_asked_about_registration_leaves_it_to_min_p
 
 
 def test_pilots_that_end_while_the_matchmaker_is_away_are_judged_by_their_life(
-        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
     matchmaker.submit(dag_dataset(4))
     python = fake_command(tmp_path / "bin", "python",
                           SLEEPING_PYTHON.format(seconds=2)) / "python"
@@ -196,3 +196,12 @@ def test_pilots_that_end_while_the_matchmaker_is_away_are_judged_by_their_life(
     assert "cannot reach the matchmaker" in site.last["matchmaker_error"]
     assert site.counters.died_at_start == 4 and site.counters.ended_unregistered == 0
     assert site.health.failing
+    # Said once, not at every cycle; status.json says since when.
+    away = [r for r in caplog.records if "no demand" in r.getMessage()]
+    assert len(away) == 1 and away[0].getMessage().endswith("; trying again each cycle")
+    status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
+    assert status["matchmaker_away_since"] <= time.time()
+    matchmaker.start()
+    site.cycle()
+    assert "site site-a: the matchmaker answers again, after " in caplog.text
+    assert "matchmaker_away_since" not in site.last

@@ -5,6 +5,7 @@ orphans, stopping."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -125,7 +126,8 @@ def test_a_restarted_factory_keeps_its_pilots_and_one_that_lost_its_state_remove
 
 
 def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, make_runner,
-                                            tmp_path: Path):
+                                            tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO, "floe.factory")
     slow = dag_dataset(2)
     slow["tasks"][0]["modules"] = [{"command": "sleep 60"}]
     matchmaker.submit(slow)
@@ -146,6 +148,11 @@ def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, make_run
     kept.site = {**kept.site, "on_stop": "remove-all"}
     kept.stop()
     wait_for(lambda: not live_pilots(kept), 30, "the kept pilot to be removed")
+    # One pilot is one pilot in the log, not "1 small pilots".
+    assert caplog.messages.count("site site-a: submitted 1 small pilot") == 2
+    assert "site site-a: 1 pilot left to run out (on_stop keep)" in caplog.messages
+    assert "site site-a: removed 1 pilot on stop (on_stop remove-all), 0 left to run out" in \
+        caplog.messages
 
 
 def test_a_dead_batch_system_is_a_clear_error_and_a_backoff_not_a_crash(

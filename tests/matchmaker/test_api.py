@@ -479,20 +479,66 @@ async def test_invalid_config_is_refused_with_the_path_value_and_fix(world):
         answer["error"]
 
 
+async def test_a_command_whose_expression_fails_for_every_job_is_refused_at_submit(world):
+    document = s.config(jobs=1000, steering={"data": "$system(data)"})
+    document["tasks"][0]["modules"] = [{"command": "ls $steering(data)"},
+                                       {"command": ["gen", "$eval(1/0)"]}]
+    status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, document)
+    assert (status, answer["error"]) == (400, (
+        "the dataset config is not valid:\n"
+        "tasks[0].modules[1].command[1]: $eval(1/0): division by zero (for job 0)"))
+
+
 async def test_request_bodies_are_size_capped(world):
     huge = b'{"description": "' + b"x" * (world.settings.max_request_bytes + 10) + b'"}'
     status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, data=huge)
     assert status == 413 and "at most" in answer["error"]
     status, answer = await world.api.call("POST", "/api/v1/pilots", world.pilot_token,
                                           {"host": "h" * 1000})
-    assert status == 400 and "body.host" in answer["error"]
+    assert status == 400 and answer["error"].startswith("host: must have at most 256")
+
+
+async def chunks(size: int):
+    """`size` bytes as a chunked request body (aiohttp sends an async iterator so)."""
+    for start in range(0, size, 2**16):
+        yield b"x" * min(2**16, size - start)
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_as_one_that_says_its_size(world):
+    limit = world.settings.max_request_bytes
+    refusal = (413, {"error": "the request body is too large: this route accepts at most "
+                              f"{limit} bytes"})
+    sized = await world.api.call("POST", "/api/v1/datasets", world.owner, data=b"x" * (limit + 1))
+    assert sized == refusal
+    for size in (limit + 1, 3 * limit):  # 3 * limit is over aiohttp's own cap, client_max_size
+        chunked = await world.api.call("POST", "/api/v1/datasets", world.owner,
+                                       data=chunks(size))
+        assert chunked == refusal, size
+    # A route with a larger limit of its own takes a chunked body up to it.
+    status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/reports",
+                                          world.pilot_token, data=chunks(3 * limit))
+    assert (status, answer["error"][:27]) == (400, "the body is not valid JSON:")
+
+
+async def test_a_body_field_is_named_by_its_path_with_the_bounds_the_docs_give(world):
+    priority = f"/api/v1/datasets/{world.dataset}/priority"
+    for body, error in [
+            ({"priority": 0}, "priority: must be greater than 0, got 0"),
+            ({"priority": 0.0}, "priority: must be greater than 0, got 0"),
+            ({"priority": 5000}, "priority: must be at most 1,000, got 5,000"),
+            ({}, "priority: required"),
+            ({"priority": 2, "weight": 1}, "weight: unknown key (known: priority)"),
+            ([2], "the body: expected an object, got [2]")]:
+        assert await world.api.call("PUT", priority, world.owner, body) == (400, {"error": error})
+    status, answer = await world.api.call("PUT", priority, world.owner, {"priority": 0.0005})
+    assert (status, answer["priority"]) == (200, 0.0005)
 
 
 async def test_unknown_keys_in_bodies_are_refused_with_a_suggestion(world):
     status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/ask",
                                           world.pilot_token,
                                           {"cpus": 1, "memory": 1, "disk": 1, "gpu": 1})
-    assert status == 400 and 'body.gpu: unknown key; did you mean "gpus"?' in answer["error"]
+    assert status == 400 and 'gpu: unknown key; did you mean "gpus"?' in answer["error"]
 
 
 DEMAND = "/api/v1/sites/{site}/demand"
@@ -519,7 +565,48 @@ async def test_demand_says_which_of_the_factorys_pilots_registered_at_its_site(w
     assert status == 200 and "registered" not in answer
     status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
                                           world.site_token, {"shapes": [SMALL], "pilots": ["42"]})
-    assert status == 400 and answer["error"] == "body.batch_system: required with pilots"
+    assert status == 400 and answer["error"] == "batch_system: required with pilots"
+
+
+async def test_a_pilot_whose_batch_job_ended_is_lost_at_once_with_what_it_ran(world):
+    status, given = await world.ask()
+    assert status == 200, given
+    given = given["attempt"]
+    attempt = given["id"]
+
+    async def ended(site: str, token: str, batch_system: str, ids: list[str]) -> list[str]:
+        status, answer = await world.api.call(
+            "POST", DEMAND.format(site=site), token,
+            {"shapes": [SMALL], "batch_system": batch_system, "ended": ids})
+        assert status == 200, answer
+        return answer["lost"]
+
+    # The same batch id of another batch system, or seen by another site's factory, is another
+    # batch job: the pilot (site-a, slurm 42) runs on.
+    assert await ended("site-a", world.site_token, "pbs", ["42"]) == []
+    assert await ended("site-b", world.other_site_token, "slurm", ["42"]) == []
+    assert world.pilot in world.engine.pilots and attempt in world.engine.active
+    assert await ended("site-a", world.site_token, "slurm", ["41", "42"]) == ["42"]
+    assert world.pilot not in world.engine.pilots and attempt not in world.engine.active
+    status, record = await world.api.call("GET", f"/api/v1/attempts/{attempt}", world.owner)
+    assert record["state"] == "reset" and record["error_class"] == "pilot_lost"
+    assert record["error_message"].startswith(f"the batch job of pilot {world.pilot} (slurm 42) "
+                                              "ended while it ran this")
+    status, pilots = await world.api.call("GET", "/api/v1/pilots?site=site-a&state=lost",
+                                          world.owner)
+    lost = [p for p in pilots["pilots"] if p["pilot_id"] == world.pilot]
+    assert lost and "batch job ended" in lost[0]["exit_reason"], pilots
+    # The task is ready again at once, and its passkey is void.
+    status, again = await world.ask(pilot=await world.new_pilot())
+    assert again["attempt"]["task_id"] == given["task_id"], again
+    status, answer = await send_as_attempt(world, "heartbeat", attempt, world.pilot_token,
+                                           given["passkey"])
+    assert status == 409 and f"is void (the batch job of pilot {world.pilot}" in answer["error"]
+    # Told again (a factory that did not hear the answer), nothing more happens.
+    assert await ended("site-a", world.site_token, "slurm", ["42"]) == []
+    status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
+                                          world.site_token, {"shapes": [SMALL], "ended": ["42"]})
+    assert status == 400 and answer["error"] == "batch_system: required with ended"
 
 
 async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world):

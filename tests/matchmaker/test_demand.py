@@ -46,6 +46,28 @@ async def test_walltime_beyond_a_shape_leaves_it_without_demand(engine):
     assert answer["shapes"][0]["tasks"] == 0
 
 
+async def test_tasks_that_may_run_here_but_fit_no_shape_are_reported_with_the_reason(engine):
+    alice = await s.user(engine, "alice")
+    await s.submit(engine, alice, s.config(jobs=3, tasks=[s.task("long", walltime="10h")]))
+    await s.submit(engine, alice, s.config(jobs=2, tasks=[s.task("wide", cpus=16)]))
+    await s.submit(engine, alice, s.config(jobs=1, tasks=[s.task("fine")]))
+    # Tasks meant for other sites are no concern of this one's, however large.
+    await s.submit(engine, alice, s.config(jobs=4, tasks=[s.task("elsewhere", cpus=64,
+                                                                 sites=["site-z"])]))
+    await s.submit(engine, alice, s.config(jobs=4, tasks=[s.task("not-here", cpus=64,
+                                                                 exclude_sites=["site-a"])]))
+    answer = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, walltime=3600),
+                                                    shape("big", 8, 32, walltime=7200)])
+    assert answer["unfit"] == {"tasks": 5, "kinds": [
+        {"tasks": 3, "why": "shape small: needs 10h walltime, slot has 1h left; "
+                            "shape big: needs 10h walltime, slot has 2h left"},
+        {"tasks": 2, "why": "shape small: needs 16 CPUs, slot has 1; "
+                            "shape big: needs 16 CPUs, slot has 8"}]}
+    assert [entry["tasks"] for entry in answer["shapes"]] == [1, 0]
+    fitting = demand.demand(engine, "site-a", "f1", [shape("huge", 16, 64, walltime=86400)])
+    assert fitting["unfit"] == {"tasks": 0, "kinds": []}
+
+
 async def test_another_factorys_queued_pilots_are_not_counted_twice(engine):
     await filled(engine)
     first = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, queued=6)])
