@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from plugins import PluginConfigError
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s floe factory: %(message)s")
+                        format="%(asctime)s %(levelname)s floe factory: %(message)s")
     try:
         config = load_factory_config(args.config)
         for site in config.sites:

@@ -211,26 +211,27 @@ def allowed_at(req: Requirements, site: str) -> bool:
     return not (req.exclude_sites and _matches(req.exclude_sites, [site]))
 
 
-def why_not(req: Requirements, slot: Slot) -> str | None:
-    """None when the task fits the slot, else the first reason it does not, as a phrase."""
+def why_not(req: Requirements, slot: Slot, what: str = "slot") -> str | None:
+    """None when the task fits the slot, else the first reason it does not, as a phrase that
+    calls the slot `what` ("the shape": its walltime is then the shape's, not time left)."""
     if req.cpus > slot.cpus:
-        return f"needs {req.cpus} CPUs, slot has {slot.cpus}"
+        return f"needs {req.cpus} CPUs, {what} has {slot.cpus}"
     if req.memory > slot.memory:
-        return f"needs {format_size(req.memory)} memory, slot has {format_size(slot.memory)}"
+        return f"needs {format_size(req.memory)} memory, {what} has {format_size(slot.memory)}"
     if req.disk > slot.disk:
-        return f"needs {format_size(req.disk)} disk, slot has {format_size(slot.disk)}"
+        return f"needs {format_size(req.disk)} disk, {what} has {format_size(slot.disk)}"
     if req.gpus > slot.gpus:
-        return f"needs {req.gpus} GPUs, slot has {slot.gpus}"
+        return f"needs {req.gpus} GPUs, {what} has {slot.gpus}"
     if req.walltime > slot.seconds:
-        return (f"needs {format_duration(req.walltime)} walltime, slot has "
-                f"{format_duration(slot.seconds)} left")
+        return (f"needs {format_duration(req.walltime)} walltime, {what} has "
+                f"{format_duration(slot.seconds)}{' left' if what == 'slot' else ''}")
     if req.os and not _matches(req.os, slot.os):
-        return f"needs OS {'/'.join(req.os)}, slot runs {'/'.join(slot.os) or 'unknown'}"
+        return f"needs OS {'/'.join(req.os)}, {what} runs {'/'.join(slot.os) or 'unknown'}"
     if req.arch and not _matches(req.arch, [slot.arch]):
-        return f"needs architecture {'/'.join(req.arch)}, slot is {slot.arch or 'unknown'}"
+        return f"needs architecture {'/'.join(req.arch)}, {what} is {slot.arch or 'unknown'}"
     if not allowed_at(req, slot.site):
         if req.sites and not _matches(req.sites, [slot.site]):
-            return (f"runs only at {', '.join(req.sites)}, slot is at "
+            return (f"runs only at {', '.join(req.sites)}, {what} is at "
                     f"{slot.site or 'an unnamed site'}")
         return f"excludes site {slot.site}"
     return None

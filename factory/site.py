@@ -373,8 +373,9 @@ class SiteRunner:
             return
         self.counters.lost += len(batch_ids)
         shown = ", ".join(batch_ids[:10]) + (", ..." if len(batch_ids) > 10 else "")
-        log.warning("site %s: %s ended without signing off with the matchmaker (%s: killed, or "
-                    "its node lost); the tasks they ran are requeued. See their logs under %s",
+        log.warning("site %s: %s ended without signing off with the matchmaker (%s: killed, "
+                    "its node lost, or the matchmaker unreachable as it left); what they still "
+                    "ran is requeued. See their logs under %s",
                     self.name, counted(len(batch_ids), "pilot"),
                     f"batch id{'' if len(batch_ids) == 1 else 's'} {shown}", self.workdir / "logs")
 

@@ -139,7 +139,8 @@ def unfit(classes: dict[Requirements, int], site: str, shapes: list[Shape]) -> d
                    key=lambda kind: -kind[0])
     return {"tasks": sum(count for count, _ in kinds),
             "kinds": [{"tasks": count,
-                       "why": "; ".join(f"shape {shape.name}: {why_not(req, shape.slot)}"
+                       "why": "; ".join(f"shape {shape.name}: "
+                                        f"{why_not(req, shape.slot, 'the shape')}"
                                         for shape in shapes)}
                       for count, req in kinds[:UNFIT_SHOWN]]}
 

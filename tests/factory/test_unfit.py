@@ -29,7 +29,7 @@ def test_tasks_longer_than_every_shape_are_named_and_no_pilot_is_submitted_for_t
     assert len(said) == 1 and said[0].levelname == "WARNING"   # said once, not every cycle
     assert said[0].getMessage() == (
         "site site-a: 3 ready tasks that may run here fit none of its pilot shapes (3 tasks: "
-        "shape small: needs 1h walltime, slot has 30m left); add a shape that holds them, or "
+        "shape small: needs 1h walltime, the shape has 30m); add a shape that holds them, or "
         "ask their owners to change their requirements")
     status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
     assert status["unfit"]["tasks"] == 3

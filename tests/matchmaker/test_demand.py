@@ -59,10 +59,10 @@ async def test_tasks_that_may_run_here_but_fit_no_shape_are_reported_with_the_re
     answer = demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, walltime=3600),
                                                     shape("big", 8, 32, walltime=7200)])
     assert answer["unfit"] == {"tasks": 5, "kinds": [
-        {"tasks": 3, "why": "shape small: needs 10h walltime, slot has 1h left; "
-                            "shape big: needs 10h walltime, slot has 2h left"},
-        {"tasks": 2, "why": "shape small: needs 16 CPUs, slot has 1; "
-                            "shape big: needs 16 CPUs, slot has 8"}]}
+        {"tasks": 3, "why": "shape small: needs 10h walltime, the shape has 1h; "
+                            "shape big: needs 10h walltime, the shape has 2h"},
+        {"tasks": 2, "why": "shape small: needs 16 CPUs, the shape has 1; "
+                            "shape big: needs 16 CPUs, the shape has 8"}]}
     assert [entry["tasks"] for entry in answer["shapes"]] == [1, 0]
     fitting = demand.demand(engine, "site-a", "f1", [shape("huge", 16, 64, walltime=86400)])
     assert fitting["unfit"] == {"tasks": 0, "kinds": []}
