@@ -34,15 +34,8 @@ async def register(engine: Engine, site: Site, host: str, batch_system: str = "n
 async def sign_off(engine: Engine, pilot: Pilot, reason: str, message: str = "",
                    suspect: bool = False) -> None:
     """End a pilot; attempts it still held are requeued as lost."""
-    for attempt_id in list(pilot.attempts):
-        active = engine.active.get(attempt_id)
-        if active is not None:
-            await outcomes.lose(engine, active, ErrorClass.PILOT_LOST,
-                                f"pilot {pilot.pilot_id} exited ({reason}) while running it")
-    await engine.db.write(Batch().add(END_PILOT, (
-        "exited", engine.clock(), f"{reason}: {message}" if message else reason, int(suspect),
-        pilot.pilot_id)))
-    engine.pilots.pop(pilot.pilot_id, None)
+    await _end(engine, pilot, "exited", f"{reason}: {message}" if message else reason, suspect,
+               f"pilot {pilot.pilot_id} exited ({reason}) while running it")
     if not pilot.dispatched:
         empty = engine.metrics.empty_pilots
         empty[pilot.site.name] = empty.get(pilot.site.name, 0) + 1
@@ -61,15 +54,22 @@ async def batch_jobs_ended(engine: Engine, site: Site, batch_system: str,
              if p.site.site_id == site.site_id and p.batch_system == batch_system
              and p.batch_id in wanted]
     for pilot in ended:
-        for attempt_id in list(pilot.attempts):
-            active = engine.active.get(attempt_id)
-            if active is not None:
-                await outcomes.lose(engine, active, ErrorClass.PILOT_LOST,
-                                    f"the batch job of pilot {pilot.pilot_id} ({batch_system} "
-                                    f"{pilot.batch_id}) ended while it ran this, without the "
-                                    f"pilot signing off (seen by factory {factory!r})")
-        await engine.db.write(Batch().add(END_PILOT, (
-            "lost", engine.clock(), f"its batch job ended without the pilot signing off (seen "
-            f"by factory {factory!r})", 0, pilot.pilot_id)))
-        engine.pilots.pop(pilot.pilot_id, None)
+        await _end(engine, pilot, "lost", f"its batch job ended without the pilot signing off "
+                                          f"(seen by factory {factory!r})", False,
+                   f"the batch job of pilot {pilot.pilot_id} ({batch_system} {pilot.batch_id}) "
+                   f"ended while it ran this, without the pilot signing off (seen by factory "
+                   f"{factory!r})")
     return [p.batch_id for p in ended]
+
+
+async def _end(engine: Engine, pilot: Pilot, state: str, reason: str, suspect: bool,
+               why_lost: str) -> None:
+    """Record `pilot` as ended in `state` for `reason`; the attempts it still held are requeued
+    as lost, `why_lost` saying why."""
+    for attempt_id in list(pilot.attempts):
+        active = engine.active.get(attempt_id)
+        if active is not None:
+            await outcomes.lose(engine, active, ErrorClass.PILOT_LOST, why_lost)
+    await engine.db.write(Batch().add(END_PILOT, (
+        state, engine.clock(), reason, int(suspect), pilot.pilot_id)))
+    engine.pilots.pop(pilot.pilot_id, None)
