@@ -47,6 +47,7 @@ def settings_from(args: argparse.Namespace):
 def _run_server(args: argparse.Namespace) -> int:
     from config.schema import ConfigError
     from matchmaker import server
+    from matchmaker.storage.errors import StorageError
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,7 +61,7 @@ def _run_server(args: argparse.Namespace) -> int:
         else:
             print(f"floe server: {exc}", file=sys.stderr)
         return 1
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, StorageError) as exc:
         print(f"floe server: {exc}", file=sys.stderr)
         return 1
     return 0

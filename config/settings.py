@@ -30,7 +30,10 @@ SERVER_SCHEMA = Object([
     Field("port", Integer(1, 65535), "TCP port to listen on", 8080),
     Field("database", String(min_length=1), "path of the SQLite file", "var/floe.sqlite",
           details="Created with its directory when missing. Keep it on a local disk: SQLite's "
-                  "WAL mode does not work on network file systems."),
+                  "WAL mode does not work on network file systems. A file that is not a floe "
+                  "database (another program's, or no database at all) is refused and left as "
+                  "it is; one server at a time uses a database, and a second one is refused "
+                  "(the first holds a lock on `<database>.lock`)."),
     Field("tls_cert", String(), "TLS certificate file (PEM); empty for plain HTTP", ""),
     Field("tls_key", String(), "TLS private key file (PEM)", ""),
     Field("durability", Enum(("full", "normal")), "how hard each commit is synced to disk",
@@ -44,7 +47,12 @@ SERVER_SCHEMA = Object([
     Field("heartbeat_interval", Duration(5, 3600), "how often pilots report that their running "
           "attempts are alive (one request for all of a pilot's attempts)", "60s"),
     Field("heartbeat_timeout", Duration(30, 7 * 86400), "an attempt not heard from for this "
-          "long is voided and its task requeued", "10m"),
+          "long is voided and its task requeued", "10m",
+          details="Time the matchmaker itself did not run (stopped, frozen, its loop blocked) "
+                  "counts against no attempt: after such a pause every attempt has at least "
+                  "one `heartbeat_interval` more to be heard from. An attempt that its pilot's "
+                  "heartbeat does not hold (the answer that handed it out was lost) is reset "
+                  "one `heartbeat_interval` after it was handed out, without waiting for this."),
     Field("pilot_lost_after", Duration(60, 30 * 86400), "an idle pilot not heard from for this "
           "long is marked lost", "30m"),
     Field("fair_share_half_life", Duration(60, 365 * 86400), "half-life of the usage that fair "

@@ -2,9 +2,11 @@
 
 Bulk changes run a range of jobs at a time, each range its own short transaction interleaved
 with the pilots' commits, so acting on a million-job dataset never stalls matching. Each range
-is decided from the in-memory state at the moment it is written and applied to memory right
-after it commits. Running attempts of tasks that a change takes away are voided: their passkeys
-stop working at once and their pilots are told to kill them at the next heartbeat.
+is decided from the in-memory state at the moment it is written, which then holds exactly what
+is committed (an `alone` job of the database: no report or dispatch changes memory ahead of its
+commit meanwhile), and applied to memory right after it commits. Running attempts of tasks that
+a change takes away are voided: their passkeys stop working at once and their pilots are told to
+kill them at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
         for task_id, _, new in done.moves:
             dataset.move(task_id, new)
 
-    await engine.db.planned(plan, after=apply)
+    await engine.db.planned(plan, after=apply, alone=True)
     return len(step.moves)
 
 

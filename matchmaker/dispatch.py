@@ -27,6 +27,7 @@ from config.resources import Slot, format_size
 from config.states import TaskState
 
 from .engine import ActiveAttempt, Engine, Pilot, hash_secret
+from .errors import NotFound
 from .fairshare import expected_runtime, weight
 from .model import DatasetState, DatasetStatus
 from .storage.database import Batch
@@ -338,7 +339,11 @@ def _count_on_commit(engine: Engine, pilot: Pilot, batch: Batch, matches: int) -
 
 async def ask(engine: Engine, pilot: Pilot, wanted: Slot | Offer) -> Answer:
     """Give `pilot` the best task (or, with an offer of `max_tasks`, tasks) that fits, committed
-    before this returns."""
+    before this returns. Raises NotFound if the pilot ended while the ask waited its turn."""
+    if engine.db.gated:
+        await engine.db.turn()
+        if engine.pilots.get(pilot.pilot_id) is not pilot:
+            raise NotFound(f"pilot {pilot.pilot_id} has ended; register again")
     batch = Batch()
     offer = wanted if isinstance(wanted, Offer) else Offer(wanted)
     answer = reserve_offer(engine, pilot, offer, batch)

@@ -106,14 +106,19 @@ class _JobLocks:
     queue of those waiting for it, dropped when the last holder lets go; taking a job nobody
     holds is a dictionary insert, no await (this is entered on every report). Several jobs are
     taken in sorted order, so that two requests that need some of the same jobs never each
-    hold one that the other waits for."""
+    hold one that the other waits for.
 
-    __slots__ = ("keys", "locks")
+    Once the jobs are held, it waits for the database's `turn`: what is decided under a job
+    lock is decided from memory and written, and must not be decided while a bulk action's
+    step waits to decide from what is committed (storage.database)."""
+
+    __slots__ = ("db", "keys", "locks")
 
     def __init__(self, locks: dict[JobKey, collections.deque[asyncio.Future]],
-                 keys: list[JobKey]) -> None:
+                 keys: list[JobKey], db: Database) -> None:
         self.locks = locks
         self.keys = keys
+        self.db = db
 
     async def __aenter__(self) -> None:
         locks = self.locks
@@ -130,6 +135,13 @@ class _JobLocks:
                 if future.done() and not future.cancelled():  # handed over as we were cancelled
                     self._release(key)
                 for held in self.keys[:index]:
+                    self._release(held)
+                raise
+        if self.db.gated:
+            try:
+                await self.db.turn()
+            except BaseException:
+                for held in self.keys:
                     self._release(held)
                 raise
 
@@ -182,6 +194,8 @@ class Engine:
         self.materializing: asyncio.Event = asyncio.Event()
         self.started = now
         self.stopped = False
+        self.last_sweep: float | None = None
+        """When the heartbeat sweep last ran (outcomes.forgive_pause)."""
 
     # -- lookups ------------------------------------------------------------------------------
     def add_dataset(self, dataset: DatasetState) -> None:
@@ -216,11 +230,11 @@ class Engine:
         """Serialize outcome decisions within one job, so two parents finishing at once both
         see each other complete and their common child becomes ready exactly once (an async
         context manager)."""
-        return _JobLocks(self._job_locks, [(dataset_id, job_index)])
+        return _JobLocks(self._job_locks, [(dataset_id, job_index)], self.db)
 
     def job_locks(self, keys: Iterable[JobKey]) -> _JobLocks:
         """`job_lock` for several jobs at once, given as (dataset id, job index)."""
-        return _JobLocks(self._job_locks, sorted(set(keys)))
+        return _JobLocks(self._job_locks, sorted(set(keys)), self.db)
 
     # -- start and stop -----------------------------------------------------------------------
     async def load(self) -> None:

@@ -99,23 +99,23 @@ class DatasetState:
         return self.jobs * self.ntasks
 
     # -- changes ------------------------------------------------------------------------------
-    def add_jobs(self, first_job: int, count: int) -> list[tuple[int, int, str]]:
-        """Append `count` new jobs starting at `first_job`; return their (task id, job, state)
-        rows. Root tasks start ready (or suspended, in a suspended dataset), others waiting."""
+    def add_jobs(self, first_job: int, count: int, suspended: bool
+                 ) -> list[tuple[int, int, str]]:
+        """The (task id, job, state) rows of `count` new jobs starting at `first_job`: root
+        tasks start ready (suspended, in a dataset that is), others waiting."""
         if first_job != self.materialized:
             raise ValueError(f"jobs must be added in order: expected {self.materialized}, "
                              f"got {first_job}")
         rows = []
-        suspended = self.status == DatasetStatus.SUSPENDED
         for job in range(first_job, first_job + count):
             for task_index, root in enumerate(self._roots):
                 code = (SUSPENDED if suspended else READY) if root else WAITING
                 rows.append((self.task_id(job, task_index), job, STATES[code].value))
         return rows
 
-    def commit_jobs(self, first_job: int, count: int) -> None:
-        """Make jobs added by `add_jobs` part of the working copy once their rows are stored."""
-        suspended = self.status == DatasetStatus.SUSPENDED
+    def commit_jobs(self, first_job: int, count: int, suspended: bool) -> None:
+        """Make jobs added by `add_jobs` part of the working copy once their rows are stored,
+        in the states they were stored with."""
         for task_index, root in enumerate(self._roots):
             code = (SUSPENDED if suspended else READY) if root else WAITING
             self.counts[code] += count

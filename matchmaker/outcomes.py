@@ -438,13 +438,15 @@ def _take_back(engine: Engine, dataset: DatasetState, active: ActiveAttempt, tas
     task's state alone."""
     current = dataset.state(task_id)
     if current != new:
-        if current == TaskState.PROCESSING and new == TaskState.READY:
-            for other in [a for a in engine.active.values()
-                          if a.task_id == task_id and a is not active]:
-                engine.active.pop(other.attempt_id, None)
-        else:
-            log.warning("undoing an unrecorded outcome: task %s is %s, expected %s", task_id,
-                        current.value, new.value)
+        if current != TaskState.PROCESSING or new != TaskState.READY:
+            # Someone else's committed change: putting the old state back would make memory
+            # disagree with the database.
+            log.error("undoing an unrecorded outcome: task %s is %s, expected %s; left as it is",
+                      task_id, current.value, new.value)
+            return
+        for other in [a for a in engine.active.values()
+                      if a.task_id == task_id and a is not active]:
+            engine.active.pop(other.attempt_id, None)
     dataset.restore(task_id, old)
 
 
@@ -507,7 +509,10 @@ async def _ask_for(engine: Engine, pilot_id: int, free: Mapping[str, Any],
     pilot = _asker(engine, pilot_id, site)
     if isinstance(pilot, ApiError):
         return pilot
-    return await dispatch.ask(engine, pilot, dispatch.Offer.from_dict(free, pilot.site.name))
+    try:
+        return await dispatch.ask(engine, pilot, dispatch.Offer.from_dict(free, pilot.site.name))
+    except ApiError as refused:  # the pilot ended while the ask waited
+        return refused
 
 
 async def _record_and_ask(engine: Engine, active: ActiveAttempt, outcome: Outcome,
@@ -526,7 +531,8 @@ async def _record_and_ask(engine: Engine, active: ActiveAttempt, outcome: Outcom
     job_index = dataset.locate(active.task_id)[0]
     state = attempt_state_of(outcome)
     async with engine.job_lock(dataset.id, job_index):
-        if engine.active.get(active.attempt_id) is not active:  # recorded while we waited
+        if engine.active.get(active.attempt_id) is not active \
+                or engine.pilots.get(pilot.pilot_id) is not pilot:  # changed while we waited
             return None
         batch, decided, wall = outcome_batch(engine, dataset, active, outcome, state,
                                              engine.clock())
@@ -612,17 +618,19 @@ async def report_many(engine: Engine, pilot_id: int, site: Site | None,
         else:
             taken.add(attempt_id)
             fresh.append((index, active, passkey, outcome))
-    asker: Pilot | ApiError | None = None
-    offer = None
-    if free is not None:
-        asker = _asker(engine, pilot_id, site)
-        if isinstance(asker, Pilot):
-            offer = dispatch.Offer.from_dict(free, asker.site.name)
     datasets = engine.datasets
     locks = engine.job_locks(
         (a.dataset_id, datasets[a.dataset_id].locate(a.task_id)[0]) for _, a, _, _ in fresh)
-    following: Next | None = asker if isinstance(asker, ApiError) else None
+    asker: Pilot | ApiError | None = None
+    offer = None
+    following: Next | None = None
     async with locks:
+        if free is not None:  # the pilot may have ended while the locks were taken
+            asker = _asker(engine, pilot_id, site)
+            if isinstance(asker, Pilot):
+                offer = dispatch.Offer.from_dict(free, asker.site.name)
+            else:
+                following = asker
         now = engine.clock()
         batches: list[Batch] = []
         applied: list[tuple[int, ActiveAttempt, str, Outcome, Plan]] = []
@@ -665,7 +673,7 @@ async def report_many(engine: Engine, pilot_id: int, site: Site | None,
             continue
         results[index] = {"attempt_id": attempt_id, **answer}
     if offer is not None and ask_refused is not None:
-        following = await dispatch.ask(engine, asker, offer)
+        following = await _ask_for(engine, pilot_id, free, site)
     return results, following
 
 
@@ -720,12 +728,15 @@ def _beat(engine: Engine, active: ActiveAttempt, usage: Mapping[str, float], now
 _CONTINUE = {"action": "continue"}
 
 
-async def heartbeats(engine: Engine, pilot: Pilot,
-                     attempts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+async def heartbeats(engine: Engine, pilot: Pilot, attempts: Sequence[Mapping[str, Any]],
+                     reporting: Sequence[int] | None = None) -> dict[str, Any]:
     """One heartbeat of `pilot` for all the attempts it holds (each {"attempt_id", "passkey",
     "usage"}): each checked by its passkey as a single heartbeat is, and answered continue, or
     kill with the status and sentence the single heartbeat route would refuse it with. Also a
-    keep-alive of the pilot itself. Nothing waits on a commit."""
+    keep-alive of the pilot itself. Nothing waits on a commit, unless `reporting` (the ids of
+    the pilot's ended attempts whose reports wait) is given: then the two lists name all the
+    pilot holds, and an attempt of the pilot that neither names, handed out longer than a
+    heartbeat interval ago, never reached it and is reset (`forget_unheld`)."""
     now = engine.clock()
     pilot.last_seen = now
     answers: dict[str, Any] = {}
@@ -743,7 +754,55 @@ async def heartbeats(engine: Engine, pilot: Pilot,
             continue
         _beat(engine, active, item.get("usage") or {}, now)
         answers[str(attempt_id)] = _CONTINUE
+    if reporting is not None:
+        held = {item["attempt_id"] for item in attempts}
+        held.update(reporting)
+        await forget_unheld(engine, pilot, held, now)
     return {"heartbeat_interval": engine.settings.heartbeat_interval, "attempts": answers}
+
+
+async def forget_unheld(engine: Engine, pilot: Pilot, held: set[int], now: float) -> int:
+    """Reset the attempts given to `pilot` that it does not hold although they were handed out
+    more than a heartbeat interval before `now`: the answer that carried them was lost (a
+    dropped connection, a proxy's timeout), and the pilot will never run or report them.
+    Returns how many; their tasks are requeued as after a lost pilot, at once, instead of after
+    `heartbeat_timeout`."""
+    grace = engine.settings.heartbeat_interval
+    unheld = [active for attempt_id in list(pilot.attempts) if attempt_id not in held
+              and (active := engine.active.get(attempt_id)) is not None
+              and now - active.started > grace]
+    for active in unheld:
+        reason = (f"never reached pilot {pilot.pilot_id} on {pilot.host} at {pilot.site.name}: "
+                  f"its heartbeat does not hold it {format_duration(now - active.started)} "
+                  "after it was handed out (the answer was lost on the way)")
+        log.warning("attempt %s: %s; its task is requeued", active.attempt_id, reason)
+        await lose(engine, active, ErrorClass.PILOT_LOST, reason)
+    return len(unheld)
+
+
+PAUSE_TOLERANCE = 1.0
+"""Seconds the sweep may come late before the time is taken as a pause of the matchmaker."""
+
+
+def forgive_pause(engine: Engine, now: float) -> float:
+    """Time the matchmaker did not run counts against no attempt and no pilot: when the sweep
+    comes later than its interval allows (the process was stopped, frozen, or its loop
+    blocked), every attempt's last heartbeat and every pilot's last contact move on by the
+    pause, and each attempt gets at least one heartbeat interval to be heard from again.
+    Returns the pause in seconds (0 when there was none)."""
+    settings = engine.settings
+    last, engine.last_sweep = engine.last_sweep, now
+    pause = now - last - settings.sweep_interval if last is not None else 0.0
+    if pause <= PAUSE_TOLERANCE:
+        return 0.0
+    earliest = now - settings.heartbeat_timeout + settings.heartbeat_interval
+    for active in engine.active.values():
+        active.last_heartbeat = max(active.last_heartbeat + pause, earliest)
+    for pilot in engine.pilots.values():
+        pilot.last_seen += pause
+    log.warning("the matchmaker did not run for %s (stopped, frozen or blocked); that time "
+                "counts against no attempt or pilot", format_duration(pause))
+    return pause
 
 
 async def sweep(engine: Engine) -> int:
@@ -776,10 +835,13 @@ async def sweep_pilots(engine: Engine) -> int:
 
 
 async def sweep_loop(engine: Engine) -> None:
+    engine.last_sweep = engine.clock()
     while True:
         await asyncio.sleep(engine.settings.sweep_interval)
         try:
+            forgive_pause(engine, engine.clock())
             await sweep(engine)
             await sweep_pilots(engine)
         except Exception:
             log.exception("the heartbeat sweep failed; will retry")
+        engine.last_sweep = engine.clock()  # the next pause is counted from the sweep's end

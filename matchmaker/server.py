@@ -23,10 +23,15 @@ from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
 from .engine import Engine
+from .storage import files
 from .storage.database import Database
 from .web import add_routes as add_pages
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds a stopping server gives the requests in flight to be answered before it cancels
+them; the database is then closed (storage.database.CLOSE_GRACE more at most)."""
 
 
 def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
@@ -57,8 +62,10 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
         log.info("matchmaker ready: %s, %s, database %s", counted(len(engine.datasets), "dataset"),
                  counted(len(engine.active), "running attempt"), settings.database)
         yield
-        await engine.stop()
-        await db.close()
+        try:
+            await engine.stop()
+        finally:
+            await db.close()
         log.info("matchmaker stopped: its state saved, database %s closed cleanly",
                  settings.database)
 
@@ -80,22 +87,30 @@ def ssl_context(settings: ServerSettings, self_signed: bool) -> ssl.SSLContext |
 
 def run(settings: ServerSettings, self_signed: bool = False) -> None:
     """Serve until interrupted (`floe server`). The port is taken first: a port in use is an
-    OSError before the database is opened or anything is announced."""
+    OSError before the database is opened or anything is announced; then the database, which
+    must be floe's and used by no other server (StorageError, before anything is announced)."""
     listening = listen(settings.host, settings.port)
+    lock = files.ServerLock(Path(settings.database))
     try:
+        files.check(Path(settings.database))
+        lock.acquire()
         context = ssl_context(settings, self_signed)
     except BaseException:
+        lock.release()
         listening.close()
         raise
-    scheme = "https" if context else "http"
-    print(f"floe matchmaker on {scheme}://{settings.host}:{settings.port} "
-          f"(database {settings.database})", flush=True)
-    app = create_app(settings)
-    app.on_startup.append(_tune_garbage_collector)  # after the engine's load (cleanup_ctx)
-    loop = new_event_loop()
-    _stop_on_signals(loop)
-    web.run_app(app, sock=listening, ssl_context=context, print=None, access_log=None,
-                handle_signals=False, loop=loop)
+    try:
+        scheme = "https" if context else "http"
+        print(f"floe matchmaker on {scheme}://{settings.host}:{settings.port} "
+              f"(database {settings.database})", flush=True)
+        app = create_app(settings)
+        app.on_startup.append(_tune_garbage_collector)  # after the engine's load (cleanup_ctx)
+        loop = new_event_loop()
+        _stop_on_signals(loop)
+        web.run_app(app, sock=listening, ssl_context=context, print=None, access_log=None,
+                    handle_signals=False, loop=loop, shutdown_timeout=SHUTDOWN_GRACE)
+    finally:
+        lock.release()
 
 
 def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:

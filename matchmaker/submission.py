@@ -56,13 +56,15 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
 async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) -> int:
     """Create the next `jobs` jobs of `dataset` (fewer at its end); returns how many."""
     now = engine.clock()
-    done = {"first": 0, "count": 0}
+    done = {"first": 0, "count": 0, "suspended": False}
 
     def plan():
         first = dataset.materialized
         count = min(jobs, dataset.jobs - first)
-        done.update(first=first, count=count)
-        rows = dataset.add_jobs(first, count) if count > 0 else []
+        # Memory takes the jobs in the states the rows get, whatever the status is by then.
+        suspended = dataset.status == DatasetStatus.SUSPENDED
+        done.update(first=first, count=count, suspended=suspended)
+        rows = dataset.add_jobs(first, count, suspended) if count > 0 else []
 
         def insert(conn: sqlite3.Connection) -> None:
             if count <= 0:
@@ -75,7 +77,7 @@ async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) ->
 
     def apply(_: None) -> None:
         if done["count"] > 0:
-            dataset.commit_jobs(done["first"], done["count"])
+            dataset.commit_jobs(done["first"], done["count"], done["suspended"])
 
     await engine.db.planned(plan, after=apply)
     return done["count"]

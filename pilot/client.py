@@ -117,11 +117,16 @@ class Matchmaker:
         return self.call("POST", f"/pilots/{pilot_id}/ask", body)
 
     def heartbeats(self, pilot_id: int, attempts: Sequence[Mapping[str, Any]],
-                   timeout: float | None = None) -> Reply:
+                   reporting: Sequence[int] | None = None, timeout: float | None = None
+                   ) -> Reply:
         """One heartbeat for all of the pilot's attempts ({"attempt_id", "passkey", "usage"});
-        the answer says, per attempt id as a string, whether to continue or kill it."""
-        return self.call("POST", f"/pilots/{pilot_id}/heartbeat", {"attempts": list(attempts)},
-                         timeout=timeout)
+        the answer says, per attempt id as a string, whether to continue or kill it. With
+        `reporting` (the ids of ended attempts whose reports wait), the two name all the pilot
+        holds, and the matchmaker resets an attempt of the pilot that neither names."""
+        body: dict[str, Any] = {"attempts": list(attempts)}
+        if reporting is not None:
+            body["reporting"] = list(reporting)
+        return self.call("POST", f"/pilots/{pilot_id}/heartbeat", body, timeout=timeout)
 
     def reports(self, pilot_id: int, reports: Sequence[Mapping[str, Any]],
                 ask: Ask | None = None, timeout: float | None = None) -> Reply:

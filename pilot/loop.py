@@ -874,10 +874,15 @@ class Pilot:
         if self.pilot_id is None or self._token_refused:
             self._beat_one_by_one(beating, usage)
             return
+        # Ended attempts whose reports wait are held too: with them the list is complete, and
+        # the matchmaker resets an attempt it handed out that the pilot never received.
+        reporting = [done.held.attempt_id for done in self._unkept]
+        reporting += [attempt_id for attempt_id, pending in self._pending.items()
+                      if pending.asked_at is not None]
         try:
             reply = self.client.heartbeats(self.pilot_id, [
                 {"attempt_id": held.attempt_id, "passkey": held.passkey,
-                 "usage": usage[held.attempt_id]} for held in beating])
+                 "usage": usage[held.attempt_id]} for held in beating], reporting)
         except Unreachable as err:
             log.warning("no heartbeat for %d attempts: %s", len(beating), err)
             return

@@ -28,7 +28,8 @@ from aiohttp import web
 from ..access import Action, authorize
 from ..auth import Auth, Principal
 from ..engine import Engine
-from ..errors import ApiError, BadRequest, PayloadTooLarge, Unauthorized
+from ..errors import ApiError, BadRequest, PayloadTooLarge, Unauthorized, Unavailable
+from ..storage.database import StorageError
 from .validation import problems
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,14 @@ ENGINE = web.AppKey("engine", Engine)
 AUTH = web.AppKey("auth", Auth)
 
 PASSKEY_HEADER = "X-Floe-Passkey"
+RETRY_AFTER = "1"
+"""Seconds a client is told to wait before it tries again a request the database refused."""
+
+
+def unavailable(error: StorageError) -> str:
+    """What a request whose write the database refused is told (answered 503: retryable)."""
+    return (f"the matchmaker could not store this now ({error}); nothing of it was kept: try "
+            "again in a moment")
 
 
 @dataclass
@@ -172,10 +181,14 @@ async def _read_at_most(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
+    try:
+        while chunk := await request.content.readany():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ConnectionError:  # the client gave up (or its proxy did) in the middle of the body
+        raise Unavailable(f"the request body was cut off after {len(body)} bytes (the "
+                          "connection closed); send it again") from None
     return bytes(body)
 
 
@@ -300,6 +313,11 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             if exc.status < 400:
                 raise
             return json_response({"error": exc.text or exc.reason}, exc.status)
+        except StorageError as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            answer = json_response({"error": unavailable(exc)}, 503)
+            answer.headers["Retry-After"] = RETRY_AFTER
+            return answer
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             return json_response({"error": "internal server error; the server log has the "

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import time
 from importlib import metadata
 from typing import Any
 
 from . import openapi
-from .framework import Context, route
+from .framework import Context, Reply, route
 
 
 @functools.cache
@@ -18,14 +19,23 @@ def version() -> str:
         return "0+unknown"
 
 
-@route("GET", "/api/v1/health", summary="Whether the server is up, and its version",
-       tag="meta")
+@route("GET", "/api/v1/health", summary="Whether the server is up and its writes flow, and "
+       "its version", tag="meta",
+       description="Answers 200 with status \"ok\", or 503 with status \"stalled\" while a "
+                   "database write has waited longer than the watchdog allows (`stalled_for`, "
+                   "in seconds): every report, ask and change then waits behind it.")
 async def health(ctx: Context) -> Any:
     engine = ctx.engine
-    return {"status": "ok", "version": version(), "uptime": engine.clock() - engine.started,
-            "datasets": len(engine.datasets), "running_attempts": len(engine.active),
-            "pilots": len(engine.pilots),
-            "database": {"commits": engine.db.commits, "writes": engine.db.batches_committed}}
+    db = engine.db
+    answer = {"status": "ok", "version": version(), "uptime": engine.clock() - engine.started,
+              "datasets": len(engine.datasets), "running_attempts": len(engine.active),
+              "pilots": len(engine.pilots),
+              "database": {"commits": db.commits, "writes": db.batches_committed,
+                           "stalls": db.stalls}}
+    if db.stalled is not None:
+        answer.update(status="stalled", stalled_for=round(time.monotonic() - db.stalled, 1))
+        return Reply(answer, 503)
+    return answer
 
 
 @route("GET", "/api/v1/openapi.json", summary="This document", tag="meta")

@@ -74,9 +74,12 @@ async def ask(ctx: Context) -> Any:
        description="Each attempt is checked by its passkey as the attempt heartbeat route "
                    "checks it; one that route would refuse is answered kill, with the status "
                    "and the reason (409: void, kill it; 403: wrong passkey; 404: no such "
-                   "attempt), and never fails the others.")
+                   "attempt), and never fails the others. With `reporting`, an attempt of the "
+                   "pilot that the heartbeat does not name, handed out more than one heartbeat "
+                   "interval ago, is reset at once as never received.")
 async def heartbeat(ctx: Context) -> Any:
-    return await outcomes.heartbeats(ctx.engine, own_pilot(ctx), ctx.body["attempts"])
+    return await outcomes.heartbeats(ctx.engine, own_pilot(ctx), ctx.body["attempts"],
+                                     ctx.body.get("reporting"))
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/reports", summary="Report how several attempts "

@@ -201,6 +201,14 @@ PILOT_HEARTBEAT = _obj({
         ("attempt_id", "passkey")),
         "description": "every attempt the pilot holds (running or queued); empty for an idle "
                        "pilot's keep-alive"},
+    "reporting": {"type": "array", "maxItems": MAX_TASKS, "items": ATTEMPT_ID,
+                  "description": "the ids of the pilot's attempts that have ended and whose "
+                                 "reports wait to be delivered. Sent (even empty), it says that "
+                                 "`attempts` and `reporting` together name every attempt the "
+                                 "pilot holds: an attempt given to this pilot that neither "
+                                 "names, handed out more than one heartbeat interval ago, "
+                                 "never reached it (the answer was lost) and is reset at "
+                                 "once, its task requeued."},
 }, ("attempts",))
 
 KILL = _obj({"action": {"type": "string", "enum": ["continue", "kill"]},

@@ -30,6 +30,18 @@ thread inside its own transaction, once every batch queued before it is answered
 queued after it is sent. Anything it needs from the matchmaker's memory is decided by `planned`
 jobs on the event loop at that turn, so that the decision sees every earlier commit and nothing
 else touches memory from the writer thread.
+
+Requests change memory ahead of their commit (a dispatch reserves its task at once, a report
+that asks applies its outcome first), so memory may hold changes whose batches wait behind a
+planned job. A planned job that decides from task states (`alone`) must not see those: while
+one is queued or running, the gate is closed, and a request waits at `turn()` before it decides
+anything from memory; every decision made before the gate closed was queued ahead of the job and
+is answered before its plan runs. Requests that waited go through before the next such job
+closes the gate again, so a bulk action of many steps interleaves with them.
+
+A watchdog notices a write that waits longer than `stall_after` seconds (a writer that stopped
+answering, a batch that was never answered): it says so in the log once, and `stalled` tells the
+health route until the writes flow again.
 """
 
 from __future__ import annotations
@@ -37,8 +49,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +60,8 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from . import files
+from .errors import StaleWrite, StorageError
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .writer import Result, Statement, WriterGone, WriterProcess, configure, transaction
 
@@ -53,13 +69,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
 
-
-class StorageError(RuntimeError):
-    """The database could not be opened or written; the message says what to do."""
-
-
-class StaleWrite(StorageError):
-    """A guarded update found its row in another state than expected (a late or duplicate write)."""
+STALL_AFTER = 5.0
+"""Seconds a write may wait for the writer before the watchdog says that writes are stalled."""
+CLOSE_GRACE = 10.0
+"""Seconds `close` waits for the writer to answer what is in flight before it gives up on it."""
 
 
 @dataclass
@@ -105,6 +118,8 @@ class _Pending:
     plan: Callable[[], Job] | None = None
     after: Callable[[Any], None] | None = None
     stop: bool = False
+    alone: bool = False
+    since: float = field(default_factory=time.monotonic)
 
 
 class Database:
@@ -112,7 +127,7 @@ class Database:
 
     def __init__(self, path: Path, writer: sqlite3.Connection, process: WriterProcess,
                  thread: concurrent.futures.ThreadPoolExecutor, reader: aiosqlite.Connection,
-                 max_group: int) -> None:
+                 max_group: int, stall_after: float = STALL_AFTER) -> None:
         self.path = path
         self.reader = reader
         self._writer = writer
@@ -125,15 +140,24 @@ class Database:
         self._answered.set()
         self._wakeup = asyncio.Event()
         self._holding = False  # the writer task is at work that later batches must wait for
+        self._running: _Pending | None = None  # the planned job at work
+        self._gate: asyncio.Future | None = None  # closed (a future) while `alone` jobs wait
+        self._alone = 0  # `alone` jobs queued or running
+        self._at_gate = 0  # requests waiting at the gate
         self._attach()
         self._task = asyncio.create_task(self._run(), name="floe-db-writer")
         self.commits = 0
         self.batches_committed = 0
         self._closing = False
+        self.stall_after = stall_after
+        self.stalled: float | None = None
+        """Since when (time.monotonic) the oldest write has waited beyond `stall_after`."""
+        self.stalls = 0
+        self._watchdog = asyncio.create_task(self._watch(), name="floe-db-watchdog")
 
     @classmethod
     async def open(cls, path: str | Path, *, durability: str = "full", cache: int = 64 * 2**20,
-                   max_group: int = 1000) -> Database:
+                   max_group: int = 1000, stall_after: float = STALL_AFTER) -> Database:
         """Open (creating and migrating when needed) the database at `path`; the writer
         process keeps up to `cache` bytes of it in memory."""
         path = Path(path)
@@ -165,7 +189,7 @@ class Database:
             await loop.run_in_executor(thread, writer.close)
             thread.shutdown()
             raise
-        return cls(path, writer, process, thread, reader, max_group)
+        return cls(path, writer, process, thread, reader, max_group, stall_after)
 
     async def close(self) -> None:
         if self._task.done() or self._closing:
@@ -174,13 +198,17 @@ class Database:
         self._pending.append(_Pending(asyncio.get_running_loop().create_future(), stop=True))
         self._wakeup.set()
         await self._task
+        self._watchdog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watchdog
         await self.reader.close()
         await self._in_thread(WriterProcess.close, self._process.detach())
         await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
         self._thread.shutdown()
 
     async def write(self, batch: Batch) -> None:
-        """Commit `batch` (shared with concurrent batches); raises StaleWrite if a guard failed."""
+        """Commit `batch` (shared with concurrent batches); raises StaleWrite if a guard failed.
+        A batch that cannot be queued (the database is closing) is undone and refused."""
         if not batch:
             return
         await self._enqueue(_Pending(asyncio.get_running_loop().create_future(), batch=batch))
@@ -188,8 +216,8 @@ class Database:
     async def write_each(self, batches: Sequence[Batch]) -> list[Exception | None]:
         """Commit several batches, each all or nothing on its own but queued together, so that
         they share a group commit: for each, None once it is committed, or the exception that
-        refused it (StaleWrite for a failed guard, StorageError when the write failed)."""
-        self._check_open()
+        refused it (StaleWrite for a failed guard, StorageError when the write failed). Empty
+        batches are committed at once; none of them is sent."""
         loop = asyncio.get_running_loop()
         queued = [_Pending(loop.create_future(), batch=batch) if batch else None
                   for batch in batches]
@@ -209,10 +237,10 @@ class Database:
         such as a dataset's status, that the next start recomputes anyway); failures are logged."""
         if not batch:
             return
-        self._check_open()
         future = asyncio.get_running_loop().create_future()
         future.add_done_callback(_log_failure)
-        self._queue([_Pending(future, batch=batch)])
+        with contextlib.suppress(StorageError):  # closing: `_log_failure` says so
+            self._queue([_Pending(future, batch=batch)])
 
     async def exclusive(self, job: Job[T], after: Callable[[T], None] | None = None) -> T:
         """Run `job(connection)` in the writer thread in a transaction of its own and commit it;
@@ -221,11 +249,54 @@ class Database:
         return await self.planned(lambda: job, after)
 
     async def planned(self, plan: Callable[[], Job[T]],
-                      after: Callable[[T], None] | None = None) -> T:
+                      after: Callable[[T], None] | None = None, *, alone: bool = False) -> T:
         """Like `exclusive`, but the job is made by `plan()` on the event loop at its turn in
-        the writer's queue, so it can decide from memory that reflects every earlier commit."""
-        return await self._enqueue(_Pending(asyncio.get_running_loop().create_future(),
-                                            plan=plan, after=after))
+        the writer's queue, so it can decide from memory that reflects every earlier commit.
+
+        With `alone`, memory holds nothing but what is committed when `plan()` runs, and
+        nothing decided from memory is queued behind the job until `after` has run: the gate
+        is closed from now until then (see `turn`). Requests already waiting at the gate go
+        first."""
+        if alone:
+            while self._at_gate:  # those that waited on the last job go through first
+                await asyncio.sleep(0)
+            self._check_open()
+            self._alone += 1
+            if self._gate is None:
+                self._gate = asyncio.get_running_loop().create_future()
+        item = _Pending(asyncio.get_running_loop().create_future(), plan=plan, after=after,
+                        alone=alone)
+        try:
+            self._queue([item])
+        except BaseException:
+            if alone:
+                self._leave_gate()
+            raise
+        return await item.future
+
+    @property
+    def gated(self) -> bool:
+        """Whether a request must wait its `turn` (the check costs no coroutine)."""
+        return self._gate is not None
+
+    async def turn(self) -> None:
+        """Wait until no `alone` job is queued or running; at once when none is. A request
+        calls this (when `gated`) right before it decides anything from memory that it then
+        writes (a dispatch, an outcome), and decides and queues its batch without awaiting in
+        between."""
+        while self._gate is not None:
+            self._at_gate += 1
+            try:
+                await asyncio.shield(self._gate)
+            finally:
+                self._at_gate -= 1
+
+    def _leave_gate(self) -> None:
+        """An `alone` job is done: open the gate once none is left."""
+        self._alone -= 1
+        if not self._alone and self._gate is not None:
+            gate, self._gate = self._gate, None
+            gate.set_result(None)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
         """Rows of a read-only query, from the reader connection."""
@@ -240,14 +311,22 @@ class Database:
             raise StorageError(f"the database {self.path} is closed")
 
     async def _enqueue(self, item: _Pending) -> Any:
-        self._check_open()
         self._queue([item])
         return await item.future
 
     def _queue(self, items: list[_Pending]) -> None:
         """Batches go straight to the writer process when nothing waits ahead of them (a trip
         through the writer task would cost each answer a turn of the event loop, and under load
-        a turn is milliseconds); anything else waits its turn in the writer task's queue."""
+        a turn is milliseconds); anything else waits its turn in the writer task's queue. When
+        the database is closing, the batches' changes to memory are undone and StorageError
+        raised."""
+        if not items:
+            return
+        try:
+            self._check_open()
+        except StorageError:
+            self._refuse(items, f"the database {self.path} is closed")
+            raise
         if (not self._pending and not self._holding and self._process.alive
                 and all(item.batch is not None for item in items)):
             self._hand_over(items)
@@ -262,42 +341,85 @@ class Database:
             while self._pending:
                 head = self._pending[0]
                 self._holding = True  # batches queued meanwhile wait behind this work
+                taken = [head]
                 try:
-                    if head.stop or head.plan is not None:
+                    if head.stop:
+                        await self._settle_before_close()
+                        self._pending.popleft()
+                        head.future.set_result(None)
+                        return
+                    if head.plan is not None:
                         await self._answered.wait()  # a planned job sees every earlier commit
                         self._pending.popleft()
-                        if head.stop:
-                            head.future.set_result(None)
-                            return
                         await self._run_planned(head)
                         continue
-                    group = []
+                    taken = []
                     while (self._pending and self._pending[0].batch is not None
-                           and len(group) < self._max_group):
-                        group.append(self._pending.popleft())
-                    await self._send(group)
+                           and len(taken) < self._max_group):
+                        taken.append(self._pending.popleft())
+                    await self._send(taken)
+                except Exception as exc:  # a fault of ours must not stop every later write
+                    log.exception("the database writer task failed")
+                    self._give_up(taken, f"the database write failed: {exc}")
                 finally:
                     self._holding = False
+
+    def _give_up(self, taken: list[_Pending], reason: str) -> None:
+        """Refuse what the writer task had taken when it failed, unless it was answered."""
+        for item in taken:
+            if item in self._pending:
+                self._pending.remove(item)
+        unanswered = [item for item in taken
+                      if not item.future.done() and item not in self._inflight]
+        self._refuse([item for item in unanswered if item.batch is not None], reason)
+        for item in unanswered:
+            _fail(item.future, StorageError(reason))
+            if item.alone:
+                self._leave_gate()
+
+    async def _settle_before_close(self) -> None:
+        """Wait for the writer's answers to what is in flight, for `CLOSE_GRACE` seconds at
+        most; then the writer is given up on and what it did not answer is refused."""
+        try:
+            await asyncio.wait_for(self._answered.wait(), CLOSE_GRACE)
+        except TimeoutError:
+            process = self._process.detach()
+            self._on_gone(f"the database writer process did not answer {len(self._inflight)} "
+                          f"writes within {CLOSE_GRACE:.0f}s of closing; they are refused")
+            if process is not None:
+                process.kill()
+                await self._in_thread(WriterProcess.close, process)
 
     async def _in_thread(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     async def _run_planned(self, item: _Pending) -> None:
+        """Plan, run and commit a planned job, then bring memory in step (`after`); the gate
+        opens (for an `alone` job) before its caller hears the answer, so that the requests
+        that waited at it go first."""
+        outcome: tuple[bool, Any]
+        self._running = item
         try:
             job = item.plan()
             result = await self._in_thread(transaction, self._writer, job)
         except BaseException as exc:
-            _fail(item.future, exc)
-            return
-        self.commits += 1
-        try:
-            if item.after is not None:
-                item.after(result)
-        except BaseException as exc:
-            log.exception("in-memory update after a commit failed")
-            _fail(item.future, exc)
-            return
-        _succeed(item.future, result)
+            outcome = (False, exc)
+        else:
+            self.commits += 1
+            try:
+                if item.after is not None:
+                    item.after(result)
+                outcome = (True, result)
+            except BaseException as exc:
+                log.exception("in-memory update after a commit failed")
+                outcome = (False, exc)
+        self._running = None
+        if item.alone:
+            self._leave_gate()
+        if outcome[0]:
+            _succeed(item.future, outcome[1])
+        else:
+            _fail(item.future, outcome[1])
 
     async def _send(self, group: list[_Pending]) -> None:
         """Hand `group` to the writer process (started again first if it died)."""
@@ -317,9 +439,22 @@ class Database:
         self._process.attach(asyncio.get_running_loop(), self._on_results, self._on_gone)
 
     def _hand_over(self, group: list[_Pending]) -> None:
+        """Send `group` to the writer process; its answer comes to `_on_results`. A group that
+        cannot be sent (a value that does not pickle) is refused; a pipe that breaks meanwhile
+        refuses it with everything else in flight (`_on_gone`)."""
+        if not group:
+            return
         self._inflight.extend(group)
         self._answered.clear()
-        self._process.send([item.batch.rows for item in group])
+        try:
+            self._process.send([item.batch.rows for item in group])
+        except Exception as exc:
+            for _ in group:
+                self._inflight.pop()
+            if not self._inflight:
+                self._answered.set()
+            log.exception("a write could not be sent to the writer process")
+            self._refuse(group, f"the write could not be sent to the writer process: {exc}")
 
     def _on_results(self, results: list[Result], commits: int) -> None:
         """The writer's answer for the oldest `len(results)` batches in flight."""
@@ -352,16 +487,44 @@ class Database:
 
     @staticmethod
     def _refuse(group: list[_Pending], reason: str) -> None:
-        """Fail `group` with `reason`, undoing its changes to memory newest first."""
+        """Fail `group` with `reason`, undoing its batches' changes to memory newest first."""
         for item in reversed(group):
-            _undo(item.batch)
+            if item.batch is not None:
+                _undo(item.batch)
         for item in group:
             _fail(item.future, StorageError(reason))
+
+    async def _watch(self) -> None:
+        """Say once when the oldest write has waited longer than `stall_after`, and again when
+        the writes flow."""
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_after / 2))
+            waiting = [queue[0].since for queue in (self._inflight, self._pending) if queue]
+            if self._running is not None:
+                waiting.append(self._running.since)
+            now = time.monotonic()
+            oldest = min(waiting, default=now)
+            if now - oldest > self.stall_after:
+                if self.stalled is None:
+                    self.stalled = oldest
+                    self.stalls += 1
+                    log.warning(
+                        "database writes are stalled: the oldest has waited %.1fs (%d sent to "
+                        "the writer process, %d queued behind, writer process %s); every "
+                        "report, ask and change waits behind it", now - oldest,
+                        len(self._inflight), len(self._pending),
+                        "running" if self._process.alive else "not running")
+            elif self.stalled is not None:
+                log.warning("database writes flow again after %.1fs", now - self.stalled)
+                self.stalled = None
 
 
 # -- in the writer thread ---------------------------------------------------------------------
 
 def _connect(path: Path, durability: str) -> sqlite3.Connection:
+    """The writer thread's connection, to a database checked to be floe's (nothing is written
+    to one that is not) and migrated to this floe's schema."""
+    files.check(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -369,22 +532,22 @@ def _connect(path: Path, durability: str) -> sqlite3.Connection:
         raise StorageError(f"cannot open the database {path}: {exc}; check that the "
                            "directory exists and is writable") from exc
     try:
+        version = files.schema_version(conn, path)
         if configure(conn, durability).lower() != "wal":
             raise StorageError("the database could not switch to WAL mode (is it on a network "
                                "file system?); put it on a local disk")
-        _migrate(conn, path)
+        _migrate(conn, path, version)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StorageError(f"cannot use the database {path}: {exc}") from exc
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"{path} has schema version {version}, newer than this floe understands "
-            f"({SCHEMA_VERSION}); upgrade floe or point it at another database")
+def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Bring the database from schema `version` to this floe's, stamped as floe's."""
     for number in range(version + 1, SCHEMA_VERSION + 1):
         log.info("migrating %s to schema version %d", path, number)
 
@@ -392,8 +555,11 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
             for sql in _split(MIGRATIONS[number - 1]):
                 conn.execute(sql)
             conn.execute(f"PRAGMA user_version = {number}")
+            files.stamp(conn)
 
         transaction(conn, migrate)
+    if conn.execute("PRAGMA application_id").fetchone()[0] != files.APPLICATION_ID:
+        transaction(conn, files.stamp)  # made before floe stamped its databases
 
 
 def _split(script: str) -> list[str]:

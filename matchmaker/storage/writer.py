@@ -18,7 +18,9 @@ and its batches replayed one at a time, so that only the stale one fails.
 
 The child is `python -m matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It
 opens the file already migrated by the server, says "ready", and exits when its input closes,
-so it never outlives the server, even one that was killed. Frames are a 4-byte length and a pickle.
+so it never outlives the server, even one that was killed; it ignores SIGTERM and SIGINT, which
+reach it with the server's (a service stopped, Ctrl-C), so that the server closes it last.
+Frames are a 4-byte length and a pickle.
 
 SQLite copies the WAL back into the database (a checkpoint) inside whichever commit crosses its
 threshold, so one commit in fifty took 10 to 20 ms instead of one, and every answer waiting on
@@ -36,6 +38,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -261,18 +264,20 @@ class WriterProcess:
 
     def send(self, batches: Sequence[dict[Statement, list[Sequence[Any]]]]) -> None:
         """Queue `batches` (each statement → its rows) for the child, in order."""
-        definitions = []
+        definitions = {}
         wire: list[WireBatch] = []
         for rows in batches:
             items = []
             for statement, params in rows.items():
                 key = self._ids.setdefault(statement, len(self._ids))
                 if key not in self._known:
-                    self._known.add(key)
-                    definitions.append((key, statement))
+                    definitions[key] = statement
                 items.append((key, params))
             wire.append(items)
-        self._out += _frame(("commit", definitions, wire))
+        # Known to the child only once a frame that defines them is on its way: rows that do
+        # not pickle leave nothing behind.
+        self._out += _frame(("commit", list(definitions.items()), wire))
+        self._known.update(definitions)
         if not self._waiting_to_write:
             self._flush()
 
@@ -428,6 +433,8 @@ def serve(path: str, durability: str, cache: int, max_group: int, requests: int,
             _, definitions, wire = pickle.loads(frame)
             statements.update(definitions)
             batches.extend(wire)
+        if not batches:  # every frame is answered, an empty one too
+            answer(("done", [], 0))
         for start in range(0, len(batches), max_group):
             results, commits = commit_batches(conn, statements, batches[start:start + max_group])
             answer(("done", results, commits))
@@ -439,6 +446,16 @@ def serve(path: str, durability: str, cache: int, max_group: int, requests: int,
     conn.close()
 
 
+def _ignore_stop_signals() -> None:
+    """The child ends when the server closes its input, never on a signal of its own: systemd
+    stops a service by sending SIGTERM to every process of it, and a terminal's Ctrl-C sends
+    SIGINT to the whole foreground group, and a writer that died then would refuse the writes
+    the server is finishing as it stops. A server killed outright closes the pipe all the same."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 if __name__ == "__main__":
+    _ignore_stop_signals()
     serve(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.stdin.fileno(),
           sys.stdout.fileno())

@@ -21,11 +21,12 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from ..access import Action, authorize
-from ..api.framework import AUTH, ENGINE
+from ..api.framework import AUTH, ENGINE, RETRY_AFTER, unavailable
 from ..auth import Auth, Principal
 from ..engine import Engine
 from ..errors import ApiError, Forbidden, Unauthorized
 from ..model import DatasetState
+from ..storage.database import StorageError
 from .html import Child, Markup, join, link, tag
 from .sessions import CSRF_FIELD, SESSION_COOKIE, Session, Sessions, same_secret
 
@@ -147,6 +148,11 @@ def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRespon
             if exc.status < 400:
                 raise
             return message(view, exc.status, exc.text or exc.reason)
+        except StorageError as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            answer = message(view, 503, unavailable(exc))
+            answer.headers["Retry-After"] = RETRY_AFTER
+            return answer
         except Exception:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             return message(view, 500, "Something went wrong in the server; its log has the "

@@ -31,6 +31,7 @@ async def engine(settings, clock):
     yield engine
     await engine.stop()
     await db.close()
+    assert db.stalls == 0, "a database write waited longer than the watchdog allows"
 
 
 @pytest.fixture

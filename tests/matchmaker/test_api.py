@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -159,9 +162,14 @@ class World:
                                    {"cpus": 1, "memory": 4 * 2**30, "disk": 10 * 2**30,
                                     "seconds": 86400})
 
+    stalls_expected = 0
+
     async def stop(self) -> None:
+        stalls = self.engine.db.stalls
         await self.session.close()
         await self.server.close()
+        assert stalls == self.stalls_expected, \
+            "a database write waited longer than the watchdog allows"
 
 
 ROLES = ("anonymous", "admin", "owner", "other_user", "site", "other_site", "pilot",
@@ -799,3 +807,52 @@ async def test_text_answers_are_declared_as_text_in_the_openapi_document(world):
         documented = documented.replace("/stdout", "/{stream}")
         [declared] = document["paths"][documented]["get"]["responses"]["200"]["content"]
         assert declared == served and served.startswith("text/"), (path, declared, served)
+
+
+async def test_health_says_stalled_while_a_write_waits_beyond_the_watchdog(world):
+    db = world.engine.db
+    db.stall_after = 0.2
+    release = threading.Event()
+    job = asyncio.ensure_future(db.exclusive(lambda conn: release.wait(10)))
+    try:
+        for _ in range(100):
+            if db.stalled is not None:
+                break
+            await asyncio.sleep(0.05)
+        status, answer = await world.api.call("GET", "/api/v1/health", None)
+        assert status == 503 and answer["status"] == "stalled", answer
+        assert answer["stalled_for"] > 0 and answer["database"]["stalls"] == 1
+    finally:
+        release.set()
+        await job
+    world.stalls_expected = 1
+    for _ in range(100):
+        if db.stalled is None:
+            break
+        await asyncio.sleep(0.05)
+    status, answer = await world.api.call("GET", "/api/v1/health", None)
+    assert status == 200 and answer["status"] == "ok"
+
+
+async def test_a_write_the_writer_dies_in_the_middle_of_is_refused_503_retryable(world, caplog):
+    process = world.engine.db._process._process
+    os.kill(process.pid, signal.SIGSTOP)  # the registration reaches the pipe, never a commit
+
+    async def register():
+        async with world.session.post(world.api.base + "/api/v1/pilots", json={"host": "n"},
+                                      headers={"Authorization": f"Bearer {world.pilot_token}"}
+                                      ) as reply:
+            return reply.status, await reply.json(), reply.headers
+
+    registered = asyncio.ensure_future(register())
+    await asyncio.sleep(0.3)
+    os.kill(process.pid, signal.SIGKILL)
+    status, answer, headers = await registered
+    assert status == 503 and headers["Retry-After"] == "1", answer
+    assert answer["error"].startswith("the matchmaker could not store this now (the database "
+                                      "writer process ended in the middle of a write")
+    assert answer["error"].endswith("nothing of it was kept: try again in a moment")
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback: a known fault
+    status, again = await world.api.call("POST", "/api/v1/pilots", world.pilot_token,
+                                         {"host": "n"})
+    assert status == 201, again  # a new writer takes the retry

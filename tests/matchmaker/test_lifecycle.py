@@ -8,6 +8,7 @@ import pytest
 from config.resources import GIB
 from config.states import TaskState, TransitionError, check_task
 from matchmaker import actions, outcomes
+from matchmaker.errors import ApiError
 
 from . import support as s
 
@@ -146,6 +147,48 @@ async def test_heartbeats_keep_an_attempt_alive(engine, clock):
         await outcomes.heartbeat(engine, given.attempt_id, given.passkey, {"cpu_time": 1.0})
         assert await outcomes.sweep(engine) == 0
     assert s.state_of(dataset, 0) == "processing"
+
+
+async def test_time_the_matchmaker_did_not_run_counts_against_no_attempt(engine, clock):
+    """Frozen past the heartbeat timeout with an attempt 30s from it: the pause counts against
+    nothing, and the attempt gets a heartbeat interval to be heard from again."""
+    _, dataset, p = await setup(engine, s.config(jobs=1))
+    given = await s.ask(engine, p)
+    settings = engine.settings
+    outcomes.forgive_pause(engine, clock())
+    for _ in range((settings.heartbeat_timeout - 30) // settings.sweep_interval):
+        clock.advance(settings.sweep_interval)  # running as usual: no pause
+        assert outcomes.forgive_pause(engine, clock()) == 0
+        assert await outcomes.sweep(engine) == 0
+    clock.advance(3 * settings.heartbeat_timeout)  # frozen
+    assert outcomes.forgive_pause(engine, clock()) == pytest.approx(
+        3 * settings.heartbeat_timeout - settings.sweep_interval)
+    clock.advance(settings.heartbeat_interval - 1)
+    assert await outcomes.sweep(engine) == 0
+    clock.advance(2)
+    assert await outcomes.sweep(engine) == 1
+    assert s.state_of(dataset, dataset.locate(given.task_id)[0]) == "ready"
+
+
+async def test_an_attempt_its_pilots_heartbeat_does_not_hold_is_reset_after_an_interval(
+        engine, clock):
+    _, dataset, p = await setup(engine, s.config(jobs=3, max_retries=0))
+    running, reporting, lost = [await s.ask(engine, p) for _ in range(3)]
+    held = [{"attempt_id": running.attempt_id, "passkey": running.passkey}]
+    await outcomes.heartbeats(engine, p, held, [reporting.attempt_id])
+    assert len(engine.active) == 3  # within the grace: the answer may still be on its way
+    clock.advance(engine.settings.heartbeat_interval + 1)
+    await outcomes.heartbeats(engine, p, held)  # without `reporting`: nothing is judged
+    assert len(engine.active) == 3
+    await outcomes.heartbeats(engine, p, held, [reporting.attempt_id])
+    assert engine.active.keys() == {running.attempt_id, reporting.attempt_id}
+    assert s.state_of(dataset, dataset.locate(lost.task_id)[0]) == "ready"
+    row = await engine.db.fetchone("SELECT state, error_class, error_message FROM attempts"
+                                   " WHERE attempt_id = ?", (lost.attempt_id,))
+    assert (row["state"], row["error_class"]) == ("reset", "pilot_lost")
+    assert row["error_message"].startswith(f"never reached pilot {p.pilot_id} on node1 at site-a")
+    with pytest.raises(ApiError, match=r"is void \(never reached pilot"):
+        await outcomes.report(engine, lost.attempt_id, lost.passkey, s.success())
 
 
 async def test_a_task_that_keeps_losing_its_pilot_eventually_fails(engine):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from matchmaker.storage import queries
+from matchmaker.storage import files, queries
 from matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
 from matchmaker.storage.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -28,9 +30,69 @@ async def test_a_new_file_is_migrated_to_the_current_schema_in_wal_mode(tmp_path
 
 async def test_a_database_from_a_newer_floe_is_refused(tmp_path):
     path = tmp_path / "floe.sqlite"
-    sqlite3.connect(path).execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA application_id = {files.APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StorageError, match="newer than this floe understands"):
         await Database.open(path)
+
+
+async def test_another_programs_database_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "notes.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (text)")
+        conn.execute("INSERT INTO notes VALUES ('mine')")
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match=r"is not a floe database \(it holds another "
+                                           r"program's tables: notes\)"):
+        await Database.open(path)
+    assert path.read_bytes() == before
+    assert not Path(f"{path}-wal").exists()
+
+
+@pytest.mark.parametrize("content", [b"hello, world\n" * 10, bytes(range(256)) * 20])
+async def test_a_file_that_is_no_database_is_refused_in_one_sentence(tmp_path, content):
+    path = tmp_path / "floe.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(StorageError, match=r"is not an SQLite database .*give --db"):
+        await Database.open(path)
+    assert path.read_bytes() == content
+
+
+async def test_a_directory_is_refused_naming_a_file_to_give_instead(tmp_path):
+    with pytest.raises(StorageError, match=f"{tmp_path} is a directory; give --db a file, such "
+                                           f"as {tmp_path}/floe.sqlite"):
+        await Database.open(tmp_path)
+
+
+async def test_a_floe_database_from_before_the_stamp_is_stamped_and_kept(tmp_path):
+    path = tmp_path / "floe.sqlite"
+    with sqlite3.connect(path) as conn:
+        for statement in MIGRATIONS[0].split(";"):
+            conn.execute(statement)
+        conn.execute("INSERT INTO sites (site_id, name, created) VALUES (1, 'a', 0)")
+        conn.execute("PRAGMA user_version = 1")
+    db = await Database.open(path)
+    await db.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == files.APPLICATION_ID
+        assert conn.execute("SELECT name FROM sites").fetchall() == [("a",)]
+
+
+def test_a_second_server_lock_on_one_database_is_refused_naming_the_first(tmp_path):
+    path = tmp_path / "floe.sqlite"
+    first = files.ServerLock(path)
+    first.acquire()
+    try:
+        with pytest.raises(StorageError, match=rf"the database {path} is in use by another floe "
+                                               rf"server \(pid {os.getpid()} on .*\); stop "
+                                               "that one, or give this one another --db"):
+            files.ServerLock(path).acquire()
+    finally:
+        first.release()
+    again = files.ServerLock(path)
+    again.acquire()
+    again.release()
 
 
 async def test_a_database_of_schema_1_gains_the_index_factories_ask_registrations_by(tmp_path):
@@ -155,3 +217,123 @@ async def test_statistics_folded_per_group_store_what_one_row_per_report_would(t
                 min(values), max(values))
     for row in stored:
         assert row == pytest.approx(expected, rel=1e-9)
+
+
+async def test_write_each_of_empty_batches_answers_at_once_and_leaves_writes_flowing(tmp_path):
+    """Regression: an all-empty bulk write handed the writer an empty frame that it never
+    answered, and every planned or exclusive write after it waited forever."""
+    db = await Database.open(tmp_path / "floe.sqlite")
+    try:
+        assert await asyncio.wait_for(db.write_each([Batch(), Batch()]), 5) == [None, None]
+        assert await asyncio.wait_for(db.write_each([]), 5) == []
+        await asyncio.wait_for(db.exclusive(lambda conn: conn.execute(
+            "INSERT INTO events (time, action, detail) VALUES (1, 'after', '')")), 5)
+        await asyncio.wait_for(db.write(Batch().add(INSERT, (2, "later", ""))), 5)
+        assert db.stalls == 0
+    finally:
+        await db.close()
+
+
+async def test_a_batch_that_cannot_reach_the_writer_is_refused_and_undone(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    undone = []
+    try:
+        unpicklable = Batch().add(INSERT, (1, "bad", lambda: None)).on_failure(
+            lambda: undone.append("bad"))
+        with pytest.raises(StorageError, match="could not be sent to the writer process"):
+            await asyncio.wait_for(db.write(unpicklable), 5)
+        assert undone == ["bad"]
+        await asyncio.wait_for(db.exclusive(lambda conn: None), 5)
+        await asyncio.wait_for(db.write(Batch().add(INSERT, (2, "good", ""))), 5)
+    finally:
+        await db.close()
+
+
+async def test_a_batch_refused_because_the_database_closed_is_undone(tmp_path):
+    db = await Database.open(tmp_path / "floe.sqlite")
+    await db.close()
+    undone = []
+    with pytest.raises(StorageError, match="is closed"):
+        await db.write_each([Batch().add(INSERT, (1, "late", "")).on_failure(
+            lambda: undone.append("late"))])
+    assert undone == ["late"]
+
+
+async def test_an_alone_job_plans_after_every_earlier_decision_and_before_any_later(tmp_path):
+    """A request that decides from memory waits at the gate while an `alone` job is queued, so
+    the job's plan sees what is committed and nothing decided behind it."""
+    db = await Database.open(tmp_path / "floe.sqlite")
+    seen: list[str] = []
+    try:
+        early = asyncio.ensure_future(db.write(Batch().add(INSERT, (1, "early", "")).on_commit(
+            lambda: seen.append("early committed"))))
+
+        def plan():
+            seen.append("planned")
+            return lambda conn: None
+
+        job = asyncio.ensure_future(db.planned(plan, after=lambda _: seen.append("applied"),
+                                               alone=True))
+
+        async def request() -> None:
+            await db.turn()
+            seen.append("request decides")
+
+        late = asyncio.ensure_future(request())
+        await asyncio.gather(early, job, late)
+        assert seen == ["early committed", "planned", "applied", "request decides"]
+    finally:
+        await db.close()
+
+
+async def test_requests_that_waited_at_the_gate_go_before_the_next_alone_job(tmp_path):
+    """A bulk action of many steps cannot starve the requests that wait between its steps."""
+    db = await Database.open(tmp_path / "floe.sqlite")
+    seen: list[str] = []
+    try:
+        async def steps() -> None:
+            for step in range(3):
+                await db.planned(lambda step=step: seen.append(f"step {step}") or (
+                    lambda conn: None), alone=True)
+
+        async def request(name: str) -> None:
+            await db.turn()
+            seen.append(name)
+
+        action = asyncio.ensure_future(steps())
+        await asyncio.sleep(0)  # the first step is queued: the gate is closed
+        await asyncio.gather(action, request("a"), request("b"))
+        assert seen.index("a") < seen.index("step 1") and seen.index("b") < seen.index("step 1")
+    finally:
+        await db.close()
+
+
+async def test_the_watchdog_says_when_writes_stall_and_when_they_flow_again(tmp_path, caplog):
+    db = await Database.open(tmp_path / "floe.sqlite", stall_after=0.2)
+    try:
+        release = asyncio.Event()
+
+        def slow(conn: sqlite3.Connection) -> None:
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result()
+
+        loop = asyncio.get_running_loop()
+        job = asyncio.ensure_future(db.exclusive(slow))
+        try:
+            for _ in range(100):
+                if db.stalled is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert db.stalled is not None and db.stalls == 1
+        finally:
+            release.set()
+            await job
+        for _ in range(100):
+            if db.stalled is None:
+                break
+            await asyncio.sleep(0.05)
+        assert db.stalled is None
+        said = [r.getMessage() for r in caplog.records if r.name == "matchmaker.storage.database"]
+        assert any(m.startswith("database writes are stalled: the oldest has waited") for m in said)
+        assert any(m.startswith("database writes flow again after") for m in said)
+    finally:
+        await db.close()

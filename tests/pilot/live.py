@@ -113,17 +113,21 @@ class LiveMatchmaker:
                 pilot.kill()
                 pilot.wait()
         self.stop()
+        log = self.directory / "server.log"
+        said = log.read_text() if log.exists() else ""
+        assert "database writes are stalled" not in said, \
+            "a database write waited longer than the watchdog allows:\n" + said[-3000:]
 
     # ------------------------------------------------------------ the API
 
-    def api(self, method: str, path: str, body: Any = None, token: str | None = None
-            ) -> tuple[int, Any]:
+    def api(self, method: str, path: str, body: Any = None, token: str | None = None,
+            timeout: float = 10.0) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.url}/api/v1{path}", data=data, method=method)
         request.add_header("Authorization", f"Bearer {token or self.user_token}")
         context = ssl.create_default_context(cafile=str(self.cacert)) if self.tls else None
         try:
-            with urllib.request.urlopen(request, timeout=10, context=context) as answer:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
                 return answer.status, json.loads(answer.read())
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read())

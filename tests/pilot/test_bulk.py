@@ -6,11 +6,12 @@ tasks are short, with far fewer requests than tasks and every result recorded on
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections import Counter
 from typing import Any
 
 from config.resources import GIB, Slot
-from pilot.client import Ask, Matchmaker, Reply
+from pilot.client import Ask, Matchmaker, Reply, Unreachable
 from pilot.loop import Pilot, PilotSettings
 from pilot.outbox import Delivery, Outbox, Verdict, deliver_many
 from pilot.slot import measure
@@ -216,3 +217,40 @@ def test_an_idle_registered_pilot_keeps_itself_alive_with_an_empty_heartbeat(
         assert pilot._next_heartbeat > pilot.clock()
     finally:
         work.close()
+
+
+class ReportsLostForAWhile(Recording):
+    """A client whose bulk reports do not get through until `until` (a proxy that drops them),
+    while its heartbeats do; it keeps what each heartbeat said the pilot was reporting."""
+
+    def __init__(self, *args: Any, until: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.until = until
+        self.reporting: list[list[int]] = []
+
+    def reports(self, *args: Any, **kwargs: Any) -> Reply:
+        if time.monotonic() < self.until:
+            raise Unreachable("the proxy dropped it")
+        return super().reports(*args, **kwargs)
+
+    def heartbeats(self, pilot_id: int, attempts: Any, reporting: Any = None,
+                   timeout: float | None = None) -> Reply:
+        self.reporting.append(list(reporting or []))
+        return super().heartbeats(pilot_id, attempts, reporting, timeout)
+
+
+def test_an_attempt_whose_report_waits_is_held_in_the_heartbeat_and_its_result_kept(
+        matchmaker: LiveMatchmaker, tmp_path):
+    """The matchmaker resets an attempt that the pilot's heartbeat does not hold: one that has
+    ended and whose report cannot get through yet is held, in `reporting`."""
+    dataset = matchmaker.submit({"jobs": 1, "tasks": [NULL]})
+    pilot, _, work = one_cpu_pilot(matchmaker, tmp_path)
+    interval = 5  # tests.pilot.live.SETTINGS
+    client = ReportsLostForAWhile(matchmaker.url, matchmaker.pilot_token(),
+                                  until=time.monotonic() + 2.5 * interval)
+    pilot.client = client
+    run_to_the_end(pilot, work)
+    (attempt,) = matchmaker.attempts(dataset)
+    assert attempt["state"] == "complete"
+    assert [attempt["attempt_id"]] in client.reporting
+    assert matchmaker.states(dataset) == ["complete"]
