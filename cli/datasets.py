@@ -9,13 +9,11 @@ from typing import Any
 
 from config.resources import format_duration, format_size
 from config.schema import counted
-from config.states import AttemptState
+from config.states import JOB_STATES, AttemptState
 
 from .client import STATES
 from .command import Command, add_dataset, add_paging, age, moment, next_page, subcommands, table
 from .http import Client, ClientError
-
-JOB_STATES = ("waiting", "processing", "complete", "failed", "suspended")
 
 
 def _datasets_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from config.protocol import BATCH_SYSTEMS
 from config.schema import (
     OMIT,
     AnyValue,
@@ -36,7 +37,6 @@ from config.schema import (
     read_toml,
 )
 
-PLUGINS = ("local", "slurm", "sge", "pbs", "htcondor")
 SITE_TOKEN_VARIABLE = "FLOE_SITE_TOKEN"
 _ID = r"[A-Za-z0-9_.]{1,24}"
 _NAME = r"[A-Za-z0-9_.-]{1,40}"
@@ -70,7 +70,7 @@ SHAPE_SCHEMA = Object([
 SITE_SCHEMA = Object([
     Field("name", String(_NAME, "the site's name as registered with `floe site add`"),
           "the site, as the matchmaker knows it", example="uw-slurm"),
-    Field("plugin", Enum(PLUGINS), "the batch system", example="slurm"),
+    Field("plugin", Enum(BATCH_SYSTEMS), "the batch system", example="slurm"),
     Field("token_file", String(), "file holding the site's factory token", "",
           details=f"Empty: the token comes from the environment variable "
                   f"`{SITE_TOKEN_VARIABLE}`. The file should be readable by its owner only.",

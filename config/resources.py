@@ -127,6 +127,10 @@ def _names(values: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(values)
 
 
+GROWTH = 1.5
+"""What a task's memory, disk or walltime becomes, times its measured peak, after the task was
+killed for using more than it asked (matchmaker.lifecycle decides which resource grew)."""
+
 @dataclass(frozen=True)
 class Requirements:
     """What one task needs. Sizes in bytes, walltime in seconds; empty tuples mean "any"."""
@@ -159,14 +163,14 @@ class Requirements:
         )
 
     def grown(self, **peaks: float) -> Requirements:
-        """These requirements after an overuse: each named resource becomes 1.5x its measured peak,
-        and never shrinks below what was asked before."""
+        """These requirements after an overuse: each named resource becomes GROWTH times its
+        measured peak, and never shrinks below what was asked before."""
         changes = {}
         for name, peak in peaks.items():
             if peak is None:
                 continue
             current = getattr(self, name)
-            changes[name] = max(current, int(peak * 1.5 + 0.5))
+            changes[name] = max(current, int(peak * GROWTH + 0.5))
         return replace(self, **changes)
 
 

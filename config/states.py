@@ -19,6 +19,10 @@ class TaskState(str, enum.Enum):
     SUSPENDED = "suspended"    # held by its owner, an admin, or debug mode
 
 
+JOB_STATES = ("waiting", "processing", "complete", "failed", "suspended")
+"""A job's state, derived from its tasks' (see matchmaker.model.job_state)."""
+
+
 class AttemptState(str, enum.Enum):
     PROCESSING = "processing"
     COMPLETE = "complete"

@@ -2,7 +2,7 @@
 
 Every API route names its action, and the route wrapper calls `authorize` before the handler
 runs, so no handler can forget a check. Running attempts are not in this table: they prove
-themselves with their per-attempt passkey (see outcomes.check_passkey).
+themselves with their per-attempt passkey (see passkeys.check).
 """
 
 from __future__ import annotations

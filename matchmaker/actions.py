@@ -11,8 +11,6 @@ kill them at the next heartbeat.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +21,7 @@ from .errors import BadRequest, Conflict
 from .fairshare import weight
 from .model import CODE, STATES, DatasetState, DatasetStatus, job_state
 from .storage import writes
+from .storage.database import Job
 
 JOBS_PER_STEP = 5000
 
@@ -51,7 +50,7 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
     now = engine.clock()
     step = _Step()
 
-    def plan():
+    def plan() -> Job[None]:
         running = {a.task_id: a for a in engine.active.values() if a.dataset_id == dataset.id}
         codes = bytearray(dataset.states[first * dataset.ntasks:last * dataset.ntasks])
         for offset in range(len(codes)):
@@ -69,31 +68,22 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
             after = job_state(bytes(codes[start:start + dataset.ntasks]))
             if after != dataset.job_state(job):
                 step.jobs.append((job, after))
-        rows = []
-        for task_id, old, new in step.moves:
-            grown = dataset.overrides.get(task_id)
-            rows.append((new.value,
-                         0 if clear_record else dataset.failures.get(task_id, 0),
-                         0 if clear_record else dataset.lost.get(task_id, 0),
-                         json.dumps(grown.to_dict()) if grown else None,
-                         reason, now, task_id, old.value))
-        voided = [(now, reason, a.attempt_id) for a in step.voided]
-        jobs = [(state, dataset.id, job) for job, state in step.jobs]
+        moves = [(task_id, old, new, writes.TaskRecord(
+            0 if clear_record else dataset.failures.get(task_id, 0),
+            0 if clear_record else dataset.lost.get(task_id, 0),
+            dataset.overrides.get(task_id), reason)) for task_id, old, new in step.moves]
+        voided = [a.attempt_id for a in step.voided]
+        jobs = [(dataset.id, job, state) for job, state in step.jobs]
+        return lambda conn: writes.change_tasks(conn, moves, voided, jobs, now, reason)
 
-        def write(conn: sqlite3.Connection) -> _Step:
-            writes.change_tasks(conn, rows, voided, jobs)
-            return step
-
-        return write
-
-    def apply(done: _Step) -> None:
+    def apply(_: None) -> None:
         if clear_record:
-            for task_id, _, _ in done.moves:
+            for task_id, _, _ in step.moves:
                 dataset.failures.pop(task_id, None)
                 dataset.lost.pop(task_id, None)
-        for active in done.voided:
+        for active in step.voided:
             _forget(engine, active, reason, now)
-        for task_id, _, new in done.moves:
+        for task_id, _, new in step.moves:
             dataset.move(task_id, new)
 
     await engine.db.planned(plan, after=apply, alone=True)
@@ -127,14 +117,12 @@ async def _set_status(engine: Engine, dataset: DatasetState, user: User, status:
                       action: str, detail: str) -> None:
     now = engine.clock()
 
-    def write(conn: sqlite3.Connection) -> None:
-        writes.set_dataset_status(conn, dataset.id, status, dataset.priority, now,
-                                  (user.user_id, action, detail))
-
     def apply(_: None) -> None:
         dataset.status = status
 
-    await engine.db.exclusive(write, after=apply)
+    await engine.db.exclusive(lambda conn: writes.set_dataset_status(
+        conn, dataset.id, status, dataset.priority, now, (user.user_id, action, detail)),
+        after=apply)
 
 
 async def _settle(engine: Engine, dataset: DatasetState, user: User, action: str,

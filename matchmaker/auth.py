@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from config.schema import number
 
-from .engine import Engine, Site, User, hash_secret
+from .engine import Engine, Site, User
 from .errors import BadRequest, Conflict, NotFound, Unauthorized
+from .passkeys import hash_secret
 from .storage import queries, writes
 
 PREFIX = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_"}

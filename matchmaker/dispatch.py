@@ -16,9 +16,7 @@ its walltime from the slot's time left.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,35 +24,13 @@ from typing import Any
 from config.resources import Slot, format_size
 from config.states import TaskState
 
-from .engine import ActiveAttempt, Engine, Pilot, hash_secret
+from . import passkeys
+from .engine import ActiveAttempt, Engine, Pilot
 from .errors import NotFound
 from .fairshare import expected_runtime, weight
 from .model import DatasetState, DatasetStatus
+from .storage import writes
 from .storage.database import Batch
-from .storage.writes import INSERT_ATTEMPT, MOVE_TASK, SET_JOB
-
-PASSKEY_BYTES = 24  # 192 random bits
-_POOL_BYTES = PASSKEY_BYTES * 512
-_pool = [b"", 0]  # random bytes from the OS, and how many of them are used
-
-
-def new_passkey() -> str:
-    """A fresh passkey: 192 bits from the OS's CSPRNG, URL-safe base64 (as
-    `secrets.token_urlsafe(24)` makes them). The bytes are read 12 KiB at a time, each used once:
-    a getrandom() call costs ~25 us where system calls are slow (sandboxes), ~4% of a match."""
-    pool, used = _pool
-    if used + PASSKEY_BYTES > len(pool):
-        pool, used = os.urandom(_POOL_BYTES), 0
-        _pool[0] = pool
-    _pool[1] = used + PASSKEY_BYTES
-    return base64.urlsafe_b64encode(pool[used:used + PASSKEY_BYTES]).decode()
-
-
-def _forget_pool() -> None:
-    _pool[0], _pool[1] = b"", 0  # a forked child must not hand out its parent's passkeys
-
-
-os.register_at_fork(after_in_child=_forget_pool)
 
 
 @dataclass
@@ -300,18 +276,19 @@ def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
 
     attempt_id = engine.next_attempt_id
     engine.next_attempt_id += 1
-    passkey = new_passkey()
-    active = ActiveAttempt(attempt_id, dataset.id, task_id, pilot.pilot_id, hash_secret(passkey),
-                           now, now, requirements, charge, pilot.site.name, pilot.host)
+    passkey = passkeys.new_passkey()
+    active = ActiveAttempt(attempt_id, dataset.id, task_id, pilot.pilot_id,
+                           passkeys.hash_secret(passkey), now, now, requirements, charge,
+                           pilot.site.name, pilot.host)
     engine.active[attempt_id] = active
     pilot.attempts.add(attempt_id)
-    batch.add(INSERT_ATTEMPT, (
-        attempt_id, task_id, dataset.id, pilot.pilot_id, pilot.site.name, pilot.host,
-        pilot.batch_id, active.passkey_hash, now, now, requirements.cpus, requirements.memory,
-        requirements.disk, requirements.gpus, requirements.walltime, None))
-    batch.add(MOVE_TASK, (TaskState.PROCESSING.value, now, task_id, TaskState.READY.value))
+    writes.insert_attempt(batch, attempt_id, task_id=task_id, dataset_id=dataset.id,
+                          pilot_id=pilot.pilot_id, site=pilot.site.name, host=pilot.host,
+                          batch_id=pilot.batch_id, passkey_hash=active.passkey_hash, now=now,
+                          requirements=requirements)
+    writes.move_task(batch, task_id, TaskState.READY, TaskState.PROCESSING, now)
     if job_before != "processing":  # a job with a task processing is processing
-        batch.add(SET_JOB, ("processing", dataset.id, job_index))
+        writes.set_job(batch, dataset.id, job_index, "processing")
 
     def undo() -> None:
         """Offer the task again. Only while the reservation is still this attempt's: an undone

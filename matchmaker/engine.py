@@ -3,8 +3,10 @@
 `Engine` holds everything the scheduler decides from: datasets with their task states and ready
 queues, users with their shares, running pilots, the attempts in flight with their passkey
 hashes, and the fair-share ledgers. It is rebuilt from the database at start, so the database
-stays the one durable record. The decisions themselves live in `dispatch`, `outcomes`,
-`actions` and `materializer`, which take an Engine.
+stays the one durable record. The decisions themselves live in the modules that take an Engine:
+`dispatch` (matching), `recording` and `applying` (how attempts ended), `liveness` (heartbeats
+and sweeps), `pilots`, `actions` (what owners do to datasets) and `submission` (datasets and
+their jobs).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -28,9 +29,8 @@ from config.states import TaskState
 from .fairshare import Ledger
 from .metrics import Metrics
 from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
-from .storage import queries
+from .storage import queries, writes
 from .storage.database import Batch, Database
-from .storage.writes import HEARTBEAT, PILOT_SEEN, SAVE_USAGE
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,6 @@ class ActiveAttempt:
     host: str
     usage: dict[str, float] = field(default_factory=dict)
     usage_dirty: bool = False
-
-
-def hash_secret(secret: str) -> str:
-    """How tokens and passkeys are stored: a SHA-256 hex digest (they are 128+ random bits, so a
-    fast hash is enough; nothing is ever stored in the clear)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 JobKey = tuple[int, int]  # (dataset id, job index)
@@ -195,7 +189,7 @@ class Engine:
         self.started = now
         self.stopped = False
         self.last_sweep: float | None = None
-        """When the heartbeat sweep last ran (outcomes.forgive_pause)."""
+        """When the heartbeat sweep last ran (liveness.forgive_pause)."""
 
     # -- lookups ------------------------------------------------------------------------------
     def add_dataset(self, dataset: DatasetState) -> None:
@@ -329,17 +323,18 @@ class Engine:
         for attempt in self.active.values():
             if attempt.usage_dirty:
                 u = attempt.usage
-                batch.add(HEARTBEAT, (attempt.last_heartbeat, u.get("cpu_time"),
-                                      u.get("wall_time"), u.get("peak_memory"),
-                                      u.get("peak_disk"), u.get("peak_gpu_memory"),
-                                      attempt.attempt_id))
+                writes.attempt_heartbeat(batch, attempt.attempt_id, now=attempt.last_heartbeat,
+                                         used=writes.Used(
+                                             u.get("cpu_time"), u.get("wall_time"),
+                                             u.get("peak_memory"), u.get("peak_disk"),
+                                             u.get("peak_gpu_memory")))
                 attempt.usage_dirty = False
         for pilot in self.pilots.values():
-            batch.add(PILOT_SEEN, (pilot.last_seen, pilot.pilot_id))
+            writes.pilot_seen(batch, pilot.pilot_id, pilot.last_seen)
         for key, value in self.user_usage.items(now):
-            batch.add(SAVE_USAGE, (f"user:{key}", value, now))
+            writes.save_usage(batch, f"user:{key}", value, now)
         for key, value in self.dataset_usage.items(now):
-            batch.add(SAVE_USAGE, (f"dataset:{key}", value, now))
+            writes.save_usage(batch, f"dataset:{key}", value, now)
         await self.db.write(batch)
 
     async def refresh_accounts(self) -> None:

@@ -100,9 +100,10 @@ class DatasetState:
 
     # -- changes ------------------------------------------------------------------------------
     def add_jobs(self, first_job: int, count: int, suspended: bool
-                 ) -> list[tuple[int, int, str]]:
-        """The (task id, job, state) rows of `count` new jobs starting at `first_job`: root
-        tasks start ready (suspended, in a dataset that is), others waiting."""
+                 ) -> list[tuple[int, int, int, str]]:
+        """The (task id, job, task index, state) rows of `count` new jobs starting at
+        `first_job`: root tasks start ready (suspended, in a dataset that is), others
+        waiting."""
         if first_job != self.materialized:
             raise ValueError(f"jobs must be added in order: expected {self.materialized}, "
                              f"got {first_job}")
@@ -110,7 +111,7 @@ class DatasetState:
         for job in range(first_job, first_job + count):
             for task_index, root in enumerate(self._roots):
                 code = (SUSPENDED if suspended else READY) if root else WAITING
-                rows.append((self.task_id(job, task_index), job, STATES[code].value))
+                rows.append((self.task_id(job, task_index), job, task_index, STATES[code].value))
         return rows
 
     def commit_jobs(self, first_job: int, count: int, suspended: bool) -> None:

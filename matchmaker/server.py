@@ -18,7 +18,7 @@ from aiohttp import web
 from config.schema import counted
 from config.settings import ServerSettings
 
-from . import outcomes, submission, tls
+from . import liveness, submission, tls
 from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
@@ -57,7 +57,7 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
         if background:
             engine.start_background(
                 ("materializer", submission.materialize_loop(engine)),
-                ("sweeper", outcomes.sweep_loop(engine)),
+                ("sweeper", liveness.sweep_loop(engine)),
                 ("flusher", engine.flush_loop()))
         log.info("matchmaker ready: %s, %s, database %s", counted(len(engine.datasets), "dataset"),
                  counted(len(engine.active), "running attempt"), settings.database)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 from typing import Any
 
 from config.dataset import ConfigError, check_sample_jobs, validate
@@ -36,19 +35,16 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     base = engine.next_task_id
     engine.next_task_id += config.jobs * len(config.tasks)
 
-    def insert(conn: sqlite3.Connection) -> int:
-        return writes.add_dataset(
-            conn, user_id=user.user_id, description=config.description,
-            config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
-            task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
-            now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks")
-
     def register(dataset_id: int) -> None:
         state = DatasetState(Dataset(dataset_id, user.user_id, config, base, now),
                              DatasetStatus.PROCESSING, config.priority)
         engine.add_dataset(state)
 
-    dataset_id = await engine.db.exclusive(insert, after=register)
+    dataset_id = await engine.db.exclusive(lambda conn: writes.add_dataset(
+        conn, user_id=user.user_id, description=config.description,
+        config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
+        task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
+        now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks"), after=register)
     engine.materializing.set()
     return engine.datasets[dataset_id]
 
@@ -64,16 +60,10 @@ async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) ->
         # Memory takes the jobs in the states the rows get, whatever the status is by then.
         suspended = dataset.status == DatasetStatus.SUSPENDED
         done.update(first=first, count=count, suspended=suspended)
-        rows = dataset.add_jobs(first, count, suspended) if count > 0 else []
-
-        def insert(conn: sqlite3.Connection) -> None:
-            if count <= 0:
-                return
-            writes.add_jobs(conn, dataset.id, first, count, (
-                (task_id, dataset.id, job, (task_id - dataset.base) % dataset.ntasks, state, now)
-                for task_id, job, state in rows))
-
-        return insert
+        if count <= 0:
+            return lambda conn: None
+        rows = dataset.add_jobs(first, count, suspended)
+        return lambda conn: writes.add_jobs(conn, dataset.id, first, count, rows, now)
 
     def apply(_: None) -> None:
         if done["count"] > 0:

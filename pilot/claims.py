@@ -11,13 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from config.protocol import MAX_CPUS, MAX_GPUS
 from config.resources import Requirements, Slot, format_size
 from pilot.gpus import Gpu
 from pilot.slot import MeasuredSlot
-
-# The ask schema's limits: a larger node offers as much as a pilot may ask for.
-MAX_CPUS = 4096
-MAX_GPUS = 64
 
 
 class ClaimError(ValueError):
@@ -68,6 +65,7 @@ class Claims:
     def offer(self, now: float | None = None, held: Sequence[Claim] | None = None) -> Slot:
         """What to ask the matchmaker for now (or once every claim but `held` is released)."""
         free = self.free(held)
+        # A larger node offers as much as one ask may carry.
         return self.slot.offer(cpus=min(free.cpus, MAX_CPUS), memory=max(0, free.memory),
                                disk=max(0, free.disk), gpus=min(len(free.gpus), MAX_GPUS),
                                now=now)

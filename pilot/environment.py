@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from config.protocol import MAX_STATISTICS
 from pilot.gpus import Gpu, visible_devices
 
 SECRET_PREFIXES = ("FLOE_TOKEN", "FLOE_PILOT_TOKEN", "FLOE_PASSKEY")
@@ -30,7 +31,6 @@ THREAD_VARIABLES = (
 SLOT_GPU_VARIABLES = ("_CONDOR_AssignedGPUs", "GPU_DEVICE_ORDINAL")
 
 STATS_LIMIT_BYTES = 1 << 20
-STATS_LIMIT_ENTRIES = 1000
 STATS_NAME_LENGTH = 200
 
 
@@ -87,9 +87,9 @@ def read_statistics(path: Path) -> dict[str, float]:
     if not isinstance(data, dict):
         raise StatisticsError(f"{where} holds {type(data).__name__}; write an object like "
                               '{"events": 1000}')
-    if len(data) > STATS_LIMIT_ENTRIES:
+    if len(data) > MAX_STATISTICS:
         raise StatisticsError(f"{where} has {len(data)} entries; keep it to "
-                              f"{STATS_LIMIT_ENTRIES}")
+                              f"{MAX_STATISTICS}")
     for name, value in data.items():
         if not name or len(name) > STATS_NAME_LENGTH:
             raise StatisticsError(f"{where}: names must have 1 to {STATS_NAME_LENGTH} "

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from config.expressions import ExpressionError, evaluate_tree
+from config.protocol import MAX_STATISTICS, cut_utf8
 from config.resources import Requirements, Usage
 from config.states import ErrorClass
 from pilot import staging
 from pilot.environment import (
-    STATS_LIMIT_ENTRIES,
     StatisticsError,
     read_statistics,
     task_environment,
@@ -451,12 +451,12 @@ class TaskRun:
         except StatisticsError as error:
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: {error}", code) from None
         merged = {**statistics, **written}
-        if len(merged) > STATS_LIMIT_ENTRIES:
+        if len(merged) > MAX_STATISTICS:
             # One report carries at most this many (the matchmaker refuses more, and a refused
             # report would end the attempt lost, again at each retry): this module's are left out.
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: the task's modules wrote "
                           f"{len(merged)} statistics together; keep them to "
-                          f"{STATS_LIMIT_ENTRIES}", code)
+                          f"{MAX_STATISTICS}", code)
         statistics.update(written)
         if code < 0:
             raise _Failed(ErrorClass.TASK_ERROR,
@@ -621,17 +621,13 @@ def _signal_name(number: int) -> str:
 
 def _tail(fd: int, limit: int) -> str:
     """The last `limit` bytes of an open file, from the first character that starts in them
-    (the server keeps tails the same way)."""
+    (the server keeps tails the same way: config.protocol)."""
     try:
         size = os.fstat(fd).st_size
         data = os.pread(fd, limit, max(0, size - limit)) if size else b""
     except OSError:
         return ""
-    start = 0
-    if size > limit:  # skip what is left of a UTF-8 character that the cut split (3 bytes at most)
-        while start < min(3, len(data)) and data[start] & 0xC0 == 0x80:
-            start += 1
-    return data[start:].decode(errors="replace")
+    return cut_utf8(data, size > limit)
 
 
 _LOG_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..access import Action
-from ..engine import Engine
 from ..errors import Unauthorized
+from ..views import share_table
 from . import schemas
 from .framework import Context, Param, Reply, route
 
@@ -61,22 +61,6 @@ async def set_share(ctx: Context) -> Any:
     user = await ctx.auth.user_by_name(ctx.params["name"])
     await ctx.auth.set_share(user, float(ctx.body["share"]))
     return _user(ctx, user)
-
-
-def share_table(engine: Engine) -> dict[str, Any]:
-    """Each user's share of the pool against their recent (decaying) usage, as fractions."""
-    now = engine.clock()
-    users = list(engine.users.values())
-    total_share = sum(u.share for u in users) or 1.0
-    usage = {u.user_id: engine.user_usage.value(u.user_id, now) for u in users}
-    total_usage = sum(usage.values()) or 1.0
-    return {"half_life": engine.settings.fair_share_half_life,
-            "shares": [{"user": u.name, "share": u.share,
-                        "share_fraction": u.share / total_share,
-                        "usage": usage[u.user_id],
-                        "usage_fraction": usage[u.user_id] / total_usage,
-                        "delivered_core_seconds": engine.metrics.delivered.get(u.user_id, 0.0)}
-                       for u in sorted(users, key=lambda u: u.name)]}
 
 
 @route("GET", "/api/v1/shares", summary="Each user's share against recent usage", tag="users",

@@ -8,12 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import dispatch, outcomes
+from .. import dispatch, liveness, logs, recording
 from ..access import Action
-from ..errors import ApiError, NotFound, PayloadTooLarge
+from ..errors import ApiError, NotFound
+from ..lifecycle import Outcome
 from ..storage import queries
-from ..storage.database import Batch
-from ..storage.writes import SAVE_LOG
 from . import schemas
 from .framework import Context, Param, route
 
@@ -26,7 +25,7 @@ STREAM = Param("stream", str, where="path", choices=("stdout", "stderr"))
        body=schemas.HEARTBEAT, params=[ATTEMPT_ID], errors=(400, 401, 403, 404, 409),
        description="409 means the attempt was voided (reset, suspended, timed out): kill it.")
 async def heartbeat(ctx: Context) -> Any:
-    return await outcomes.heartbeat(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
+    return await liveness.heartbeat(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
                                     ctx.body.get("usage") or {})
 
 
@@ -45,16 +44,16 @@ async def heartbeat(ctx: Context) -> Any:
 async def report(ctx: Context) -> Any:
     engine = ctx.engine
     attempt_id = ctx.params["attempt_id"]
-    outcome = outcomes.Outcome.from_dict(ctx.body)
+    outcome = Outcome.from_dict(ctx.body)
     free = ctx.body.get("ask")
     if free is None:
-        return await outcomes.report(engine, attempt_id, ctx.passkey, outcome)
+        return await recording.report(engine, attempt_id, ctx.passkey, outcome)
     try:
         ctx.authorize(Action.PILOT)
     except ApiError as refusal:
-        answer = await outcomes.report(engine, attempt_id, ctx.passkey, outcome)
+        answer = await recording.report(engine, attempt_id, ctx.passkey, outcome)
         return dict(answer, next={"error": refusal.message, "status": refusal.status})
-    answer, following = await outcomes.report_and_ask(engine, attempt_id, ctx.passkey, outcome,
+    answer, following = await recording.report_and_ask(engine, attempt_id, ctx.passkey, outcome,
                                                       free, ctx.principal.site)
     if isinstance(following, ApiError):
         return dict(answer, next={"error": following.message, "status": following.status})
@@ -68,21 +67,9 @@ async def report(ctx: Context) -> Any:
        "stdout or stderr (plain text)", tag="attempts", passkey=True, params=[ATTEMPT_ID, STREAM],
        raw_body=True, max_body=64 * 2**20, errors=(400, 401, 403, 404, 409, 413))
 async def upload_log(ctx: Context) -> Any:
-    engine = ctx.engine
-    attempt_id = ctx.params["attempt_id"]
-    limit = engine.settings.max_log_bytes
-    if len(ctx.body) > limit:
-        raise PayloadTooLarge(f"logs are kept up to {limit} bytes; send the last {limit} bytes")
-    active = engine.active.get(attempt_id)
-    if active is None:
-        answer = await outcomes.stale_answer(engine, attempt_id, ctx.passkey)
-        if not answer.get("recorded"):
-            raise NotFound(f"there is no attempt {attempt_id}")
-    else:
-        outcomes.check_passkey(active, ctx.passkey)
-    text = ctx.body.decode("utf-8", errors="replace")
-    await engine.db.write(Batch().add(SAVE_LOG, (attempt_id, ctx.params["stream"], text)))
-    return {"stored": len(ctx.body)}
+    stored = await logs.save(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
+                             ctx.params["stream"], ctx.body)
+    return {"stored": stored}
 
 
 @route("GET", "/api/v1/attempts/{attempt_id}", summary="One attempt with its log tails",

@@ -4,42 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.states import TaskState
+from config.states import JOB_STATES, TaskState
 
 from .. import actions, submission
 from ..access import Action
-from ..engine import Engine
 from ..errors import BadRequest, NotFound
 from ..model import DatasetState, DatasetStatus
 from ..storage import queries
+from ..views import summary
 from . import schemas
 from .framework import Context, Param, Reply, route
 
 DATASET_ID = Param("dataset_id", int, where="path")
 TASK_ID = Param("task_id", int, where="path")
 LIMIT = Param("limit", int, 100, "page size", minimum=1, maximum=1000)
-JOB_STATES = ("waiting", "processing", "complete", "failed", "suspended")
-
-
-def summary(engine: Engine, dataset: DatasetState) -> dict[str, Any]:
-    owner = engine.users.get(dataset.user_id)
-    return {
-        "id": dataset.id,
-        "owner": owner.name if owner else None,
-        "description": dataset.config.description,
-        "status": dataset.status,
-        "priority": dataset.priority,
-        "jobs": dataset.jobs,
-        "jobs_created": dataset.materialized,
-        "tasks_per_job": dataset.ntasks,
-        "task_names": [t.name for t in dataset.config.tasks],
-        "tasks": dataset.summary(),
-        "created": dataset.dataset.created,
-        "max_retries": dataset.config.max_retries,
-        "debug": dataset.config.debug,
-    }
-
-
 def find(ctx: Context) -> DatasetState:
     dataset = ctx.engine.datasets.get(ctx.params["dataset_id"])
     if dataset is None:

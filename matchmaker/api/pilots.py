@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import dispatch, outcomes, pilots
+from .. import dispatch, liveness, pilots, recording
 from ..access import Action
 from ..engine import Pilot
 from ..errors import ApiError, Forbidden, NotFound
@@ -78,7 +78,7 @@ async def ask(ctx: Context) -> Any:
                    "pilot that the heartbeat does not name, handed out more than one heartbeat "
                    "interval ago, is reset at once as never received.")
 async def heartbeat(ctx: Context) -> Any:
-    return await outcomes.heartbeats(ctx.engine, own_pilot(ctx), ctx.body["attempts"],
+    return await liveness.heartbeats(ctx.engine, own_pilot(ctx), ctx.body["attempts"],
                                      ctx.body.get("reporting"))
 
 
@@ -110,7 +110,7 @@ async def reports(ctx: Context) -> Any:
         raise NotFound(f"there is no pilot {pilot_id}; a pilot gets its id when it registers "
                        "(POST /api/v1/pilots)")
     free = ctx.body.get("ask")
-    results, following = await outcomes.report_many(
+    results, following = await recording.report_many(
         engine, pilot_id, ctx.principal.site, ctx.body["reports"], free)
     answer = json.dumps({"results": results}, separators=(",", ":")).encode()
     if following is None:

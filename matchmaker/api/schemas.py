@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from config import dataset
+from config.protocol import MAX_TASKS
 from config.states import ErrorClass
 
 BIG = 2**62
@@ -55,7 +56,6 @@ SLOT = _obj({
     "site": _str(64, description="ignored: the site comes from the pilot token"),
 }, ("cpus", "memory", "disk"))
 
-MAX_TASKS = 1000  # the most tasks one ask may take, and the most items of a bulk request
 
 ASK = dict(SLOT, properties=dict(
     SLOT["properties"],

@@ -1,4 +1,5 @@
-"""The SQLite file behind the matchmaker: connections, migrations, and group commit.
+"""The SQLite file behind the matchmaker: its connections, and group commit (opening and migrating
+the file is `files`).
 
 One WAL-mode file, two ways in:
 
@@ -19,25 +20,31 @@ when a guard touches fewer rows than it was given, the whole group is rolled bac
 batches are replayed one at a time, so only the stale one fails (with `StaleWrite`) and the
 others still commit.
 
-A batch may carry `on_commit` callbacks (bring memory in step with what was just committed) and
-`on_failure` callbacks (undo what a request changed in memory ahead of its commit). Both run on
-the event loop as the answer arrives, in the order the batches were sent, before the waiting
-caller resumes; failure callbacks of a failed group run newest batch first, so that a change
-built on another one's uncommitted state is undone before the state it was built on.
+Keeping memory in step with the database, which to use when:
 
-Work that is not a batch of rows goes through `exclusive`: a plain function run in the writer
-thread inside its own transaction, once every batch queued before it is answered and before any
-queued after it is sent. Anything it needs from the matchmaker's memory is decided by `planned`
-jobs on the event loop at that turn, so that the decision sees every earlier commit and nothing
-else touches memory from the writer thread.
+- a request that decides from memory and answers after its commit (a dispatch, an outcome):
+  it waits its `turn` (job locks do), changes memory at once, and gives its batch the undo
+  (`on_failure`); what may only follow the commit (forgetting an ended attempt, counting a
+  match) goes in `on_commit`. Both run on the event loop as the answer arrives, in the order
+  the batches were sent, before the waiting caller resumes; failure callbacks of a failed group
+  run newest batch first, so that a change built on another one's uncommitted state is undone
+  before the state it was built on;
+- a change that decides nothing from memory (a registration, the flush of heartbeats, a log):
+  a plain `write`, and memory changed once it returns;
+- work that is not rows of known statements (a user, a token, a dataset and its jobs, a dataset
+  action): `exclusive`, a function of the connection run in the writer thread inside its own
+  transaction, once every batch queued before it is answered and before any queued after it is
+  sent; or `planned`, whose function is made by its plan on the event loop at that turn, from
+  memory that reflects every earlier commit (nothing touches memory from the writer thread),
+  with `after` bringing memory in step once it commits; `alone` when the plan decides from
+  task states.
 
-Requests change memory ahead of their commit (a dispatch reserves its task at once, a report
-that asks applies its outcome first), so memory may hold changes whose batches wait behind a
-planned job. A planned job that decides from task states (`alone`) must not see those: while
-one is queued or running, the gate is closed, and a request waits at `turn()` before it decides
-anything from memory; every decision made before the gate closed was queued ahead of the job and
-is answered before its plan runs. Requests that waited go through before the next such job
-closes the gate again, so a bulk action of many steps interleaves with them.
+Requests change memory ahead of their commit, so memory may hold changes whose batches wait
+behind a planned job. A planned job that decides from task states (`alone`) must not see those:
+while one is queued or running, the gate is closed, and a request waits at `turn()` before it
+decides anything from memory; every decision made before the gate closed was queued ahead of the
+job and is answered before its plan runs. Requests that waited go through before the next such
+job closes the gate again, so a bulk action of many steps interleaves with them.
 
 A watchdog notices a write that waits longer than `stall_after` seconds (a writer that stopped
 answering, a batch that was never answered): it says so in the log once, and `stalled` tells the
@@ -62,8 +69,7 @@ import aiosqlite
 
 from . import files
 from .errors import StaleWrite, StorageError
-from .schema import MIGRATIONS, SCHEMA_VERSION
-from .writer import Result, Statement, WriterGone, WriterProcess, configure, transaction
+from .writer import Result, Statement, WriterGone, WriterProcess, transaction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -166,7 +172,7 @@ class Database:
         thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="floe-db-writer")
         loop = asyncio.get_running_loop()
         try:
-            writer = await loop.run_in_executor(thread, _connect, path, durability)
+            writer = await loop.run_in_executor(thread, files.connect, path, durability)
         except BaseException:
             thread.shutdown()
             raise
@@ -231,16 +237,6 @@ class Database:
             except Exception as exc:
                 results.append(exc)
         return results
-
-    def write_later(self, batch: Batch) -> None:
-        """Queue `batch` for the next group commit without waiting for it (for derived facts,
-        such as a dataset's status, that the next start recomputes anyway); failures are logged."""
-        if not batch:
-            return
-        future = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_log_failure)
-        with contextlib.suppress(StorageError):  # closing: `_log_failure` says so
-            self._queue([_Pending(future, batch=batch)])
 
     async def exclusive(self, job: Job[T], after: Callable[[T], None] | None = None) -> T:
         """Run `job(connection)` in the writer thread in a transaction of its own and commit it;
@@ -519,54 +515,6 @@ class Database:
                 self.stalled = None
 
 
-# -- in the writer thread ---------------------------------------------------------------------
-
-def _connect(path: Path, durability: str) -> sqlite3.Connection:
-    """The writer thread's connection, to a database checked to be floe's (nothing is written
-    to one that is not) and migrated to this floe's schema."""
-    files.check(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    except (OSError, sqlite3.Error) as exc:
-        raise StorageError(f"cannot open the database {path}: {exc}; check that the "
-                           "directory exists and is writable") from exc
-    try:
-        version = files.schema_version(conn, path)
-        if configure(conn, durability).lower() != "wal":
-            raise StorageError("the database could not switch to WAL mode (is it on a network "
-                               "file system?); put it on a local disk")
-        _migrate(conn, path, version)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise StorageError(f"cannot use the database {path}: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
-    """Bring the database from schema `version` to this floe's, stamped as floe's."""
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        log.info("migrating %s to schema version %d", path, number)
-
-        def migrate(conn: sqlite3.Connection, number: int = number) -> None:
-            for sql in _split(MIGRATIONS[number - 1]):
-                conn.execute(sql)
-            conn.execute(f"PRAGMA user_version = {number}")
-            files.stamp(conn)
-
-        transaction(conn, migrate)
-    if conn.execute("PRAGMA application_id").fetchone()[0] != files.APPLICATION_ID:
-        transaction(conn, files.stamp)  # made before floe stamped its databases
-
-
-def _split(script: str) -> list[str]:
-    """The statements of a migration script (none of ours has ';' inside a literal)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
-
-
 # -- on the event loop ------------------------------------------------------------------------
 
 def _stale_message(batch: Batch) -> str:
@@ -591,11 +539,6 @@ def _undo(batch: Batch) -> None:
             callback()
         except Exception:
             log.exception("undoing a failed write in memory failed")
-
-
-def _log_failure(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("a background write failed: %s", future.exception())
 
 
 def _succeed(future: asyncio.Future, result: Any) -> None:

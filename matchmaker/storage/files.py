@@ -1,4 +1,5 @@
-"""The database file as the server finds it: whether it is floe's, and whether a server uses it.
+"""The database file: whether it is floe's, whether a server uses it, and opening it for writing
+(migrated to this floe's schema).
 
 floe stamps its databases with SQLite's application id ("floe" in ASCII). A directory, a file
 that SQLite cannot read, another program's database, or a floe database newer than this floe is
@@ -15,13 +16,17 @@ server.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
 from pathlib import Path
 
 from .errors import StorageError
-from .schema import SCHEMA_VERSION
+from .schema import MIGRATIONS, SCHEMA_VERSION
+from .writer import configure, transaction
+
+log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x666C6F65  # "floe"
 FLOE_TABLES = frozenset({"users", "sites", "tokens", "datasets", "jobs", "tasks", "pilots",
@@ -113,3 +118,49 @@ class ServerLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def connect(path: Path, durability: str) -> sqlite3.Connection:
+    """The writer thread's connection, to a database checked to be floe's (nothing is written
+    to one that is not) and migrated to this floe's schema."""
+    check(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open the database {path}: {exc}; check that the "
+                           "directory exists and is writable") from exc
+    try:
+        version = schema_version(conn, path)
+        if configure(conn, durability).lower() != "wal":
+            raise StorageError("the database could not switch to WAL mode (is it on a network "
+                               "file system?); put it on a local disk")
+        _migrate(conn, path, version)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StorageError(f"cannot use the database {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, version: int) -> None:
+    """Bring the database from schema `version` to this floe's, stamped as floe's."""
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        log.info("migrating %s to schema version %d", path, number)
+
+        def migrate(conn: sqlite3.Connection, number: int = number) -> None:
+            for sql in _split(MIGRATIONS[number - 1]):
+                conn.execute(sql)
+            conn.execute(f"PRAGMA user_version = {number}")
+            stamp(conn)
+
+        transaction(conn, migrate)
+    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        transaction(conn, stamp)  # made before floe stamped its databases
+
+
+def _split(script: str) -> list[str]:
+    """The statements of a migration script (none of ours has ';' inside a literal)."""
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,20 +1,28 @@
-"""Every change to the database: the statements that requests contribute to group commits, in
-the order they run, and the transactions that run on their own.
+"""Every change to the database, and the only place that knows its columns.
 
-Each statement is a `Statement` that many concurrent `Batch`es add rows to; the writer runs each
-once per group with `executemany`. Guarded ones are compare-and-set on the state the change
-expects to leave, so that a late or duplicate write is refused instead of overwriting newer facts.
-The functions after them are the bodies of `Database.exclusive` and `Database.planned` jobs:
-they take the writer's connection inside its open transaction.
+Three parts, in the order of this file:
+
+- the `Statement`s that requests contribute rows to in group commits, in the order they run.
+  Guarded ones are compare-and-set on the state the change expects to leave, so that a late or
+  duplicate write is refused instead of overwriting newer facts;
+- the row writers that scheduling code calls to add a change to a `Batch`, by name
+  (`end_attempt(batch, attempt_id, state=..., ...)`): nothing outside `storage/` builds a row;
+- the bodies of `Database.exclusive` and `Database.planned` jobs, which take the writer's
+  connection inside its open transaction.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .database import StaleWrite, Statement
+from config.resources import Requirements
+from config.states import AttemptState, TaskState
+
+from .database import Batch, StaleWrite, Statement
 
 INSERT_PILOT = Statement(
     "register pilot",
@@ -137,6 +145,114 @@ SAVE_USAGE = Statement(
     order=90)
 
 
+# -- row writers: a change added to a batch, by name ------------------------------------------
+
+def insert_pilot(batch: Batch, pilot_id: int, *, site_id: int, host: str, batch_system: str,
+                 batch_id: str, resources: Mapping[str, Any], now: float) -> Batch:
+    return batch.add(INSERT_PILOT, (pilot_id, site_id, host, batch_system, batch_id,
+                                    json.dumps(resources), now, now))
+
+
+def pilot_seen(batch: Batch, pilot_id: int, now: float) -> Batch:
+    return batch.add(PILOT_SEEN, (now, pilot_id))
+
+
+def end_pilot(batch: Batch, pilot_id: int, *, state: str, now: float, reason: str,
+              suspect: bool) -> Batch:
+    """A running pilot ended (`state` exited or lost); a pilot already ended is left alone."""
+    return batch.add(END_PILOT, (state, now, reason, int(suspect), pilot_id))
+
+
+def insert_attempt(batch: Batch, attempt_id: int, *, task_id: int, dataset_id: int,
+                   pilot_id: int, site: str, host: str, batch_id: str, passkey_hash: str,
+                   now: float, requirements: Requirements) -> Batch:
+    return batch.add(INSERT_ATTEMPT, (
+        attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id, passkey_hash, now, now,
+        requirements.cpus, requirements.memory, requirements.disk, requirements.gpus,
+        requirements.walltime, None))
+
+
+@dataclass(frozen=True)
+class Used:
+    """What an attempt used, as its record keeps it."""
+
+    cpu_time: float | None = None
+    wall_time: float | None = None
+    peak_memory: float | None = None
+    peak_disk: float | None = None
+    peak_gpu_memory: float | None = None
+    gpu_time: float | None = None
+
+
+def end_attempt(batch: Batch, attempt_id: int, *, state: AttemptState, now: float, used: Used,
+                exit_code: int | None, error_class: str | None, error_message: str | None,
+                statistics: Mapping[str, float], outputs: Sequence[Any],
+                stdout_tail: str | None, stderr_tail: str | None) -> Batch:
+    """An attempt in flight ended (guarded: refused if it had already ended)."""
+    return batch.add(END_ATTEMPT, (
+        state.value, now, now, used.cpu_time, used.wall_time, used.peak_memory, used.peak_disk,
+        used.peak_gpu_memory, used.gpu_time, exit_code, error_class, error_message,
+        json.dumps(dict(statistics)) if statistics else None,
+        json.dumps(list(outputs)) if outputs else None, stdout_tail, stderr_tail, attempt_id))
+
+
+def attempt_heartbeat(batch: Batch, attempt_id: int, *, now: float, used: Used) -> Batch:
+    return batch.add(HEARTBEAT, (now, used.cpu_time, used.wall_time, used.peak_memory,
+                                 used.peak_disk, used.peak_gpu_memory, attempt_id))
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What a task's row keeps besides its state: its retries and losses so far, its grown
+    requirements (None: as its definition says), and why it last changed."""
+
+    failures: int
+    lost: int
+    requirements: Requirements | None
+    reason: str
+
+
+def move_task(batch: Batch, task_id: int, old: TaskState, new: TaskState, now: float,
+              record: TaskRecord | None = None) -> Batch:
+    """A task's state change (guarded on `old`), with its record when one is given."""
+    if record is None:
+        return batch.add(MOVE_TASK, (new.value, now, task_id, old.value))
+    return batch.add(MOVE_TASK_WITH_RECORD, _record_row(task_id, old, new, now, record))
+
+
+def _record_row(task_id: int, old: TaskState, new: TaskState, now: float,
+                record: TaskRecord) -> tuple[Any, ...]:
+    grown = record.requirements
+    return (new.value, record.failures, record.lost,
+            json.dumps(grown.to_dict()) if grown is not None else None, record.reason[:4000],
+            now, task_id, old.value)
+
+
+def set_job(batch: Batch, dataset_id: int, job_index: int, state: str) -> Batch:
+    return batch.add(SET_JOB, (state, dataset_id, job_index))
+
+
+def add_statistics(batch: Batch, dataset_id: int, task_index: int, kind: str,
+                   values: Mapping[str, float]) -> Batch:
+    """Values of a task's statistics (`kind` user or resource), merged into their aggregates."""
+    return batch.extend(ADD_STATISTIC, [(dataset_id, task_index, kind, name, float(value))
+                                        for name, value in values.items()])
+
+
+def set_dataset(batch: Batch, dataset_id: int, *, status: str, priority: float,
+                now: float) -> Batch:
+    return batch.add(SET_DATASET, (status, priority, now, dataset_id))
+
+
+def save_usage(batch: Batch, entity: str, value: float, now: float) -> Batch:
+    """A fair-share ledger's value for `entity` ("user:N" or "dataset:N")."""
+    return batch.add(SAVE_USAGE, (entity, value, now))
+
+
+def save_log(batch: Batch, attempt_id: int, stream: str, text: str) -> Batch:
+    return batch.add(SAVE_LOG, (attempt_id, stream, text))
+
+
 # -- transactions of their own ----------------------------------------------------------------
 
 def add_user(conn: sqlite3.Connection, name: str, role: str, share: float, token_hash: str,
@@ -208,28 +324,34 @@ def add_dataset(conn: sqlite3.Connection, *, user_id: int, description: str, con
 
 
 def add_jobs(conn: sqlite3.Connection, dataset_id: int, first: int, count: int,
-             tasks: Iterable[Sequence[Any]]) -> None:
-    """Insert jobs [first, first + count) of a dataset, waiting, with their `tasks` rows
-    (task_id, dataset_id, job_index, task_index, state, updated)."""
+             tasks: Iterable[tuple[int, int, int, str]], now: float) -> None:
+    """Insert jobs [first, first + count) of a dataset, waiting, with their tasks given as
+    (task_id, job_index, task_index, state)."""
     conn.executemany("INSERT INTO jobs (dataset_id, job_index, state) VALUES (?, ?, 'waiting')",
                      ((dataset_id, j) for j in range(first, first + count)))
     conn.executemany("INSERT INTO tasks (task_id, dataset_id, job_index, task_index, state,"
-                     " updated) VALUES (?, ?, ?, ?, ?, ?)", tasks)
+                     " updated) VALUES (?, ?, ?, ?, ?, ?)",
+                     ((task_id, dataset_id, job, index, state, now)
+                      for task_id, job, index, state in tasks))
     conn.execute("UPDATE datasets SET jobs_materialized = ? WHERE dataset_id = ?",
                  (first + count, dataset_id))
 
 
-def change_tasks(conn: sqlite3.Connection, moves: Sequence[Sequence[Any]],
-                 voided: Iterable[Sequence[Any]], jobs: Iterable[Sequence[Any]]) -> None:
-    """Apply an owner's or admin's change to a range of jobs: `moves` rows for
-    MOVE_TASK_WITH_RECORD (all of them must apply, or StaleWrite), the attempts it voids
-    (ended, reason, attempt_id), and the jobs' new states (rows for SET_JOB)."""
-    cursor = conn.executemany(MOVE_TASK_WITH_RECORD.sql, moves)
+def change_tasks(conn: sqlite3.Connection, moves: Sequence[tuple[int, TaskState, TaskState,
+                                                                 TaskRecord]],
+                 voided: Iterable[int], jobs: Iterable[tuple[int, int, str]], now: float,
+                 reason: str) -> None:
+    """Apply an owner's or admin's change to a range of jobs: the tasks' moves (task id, old
+    state, new state, record; all of them must apply, or StaleWrite), the attempts it voids
+    with `reason`, and the jobs' new states (dataset id, job index, state)."""
+    cursor = conn.executemany(MOVE_TASK_WITH_RECORD.sql, [
+        _record_row(task_id, old, new, now, record) for task_id, old, new, record in moves])
     if cursor.rowcount != len(moves):
         raise StaleWrite("task states changed while the action ran; try again")
     conn.executemany("UPDATE attempts SET state = 'reset', ended = ?, error_class = 'reset',"
-                     " error_message = ? WHERE attempt_id = ? AND state = 'processing'", voided)
-    conn.executemany(SET_JOB.sql, jobs)
+                     " error_message = ? WHERE attempt_id = ? AND state = 'processing'",
+                     ((now, reason, attempt_id) for attempt_id in voided))
+    conn.executemany(SET_JOB.sql, ((state, dataset_id, job) for dataset_id, job, state in jobs))
 
 
 def set_dataset_status(conn: sqlite3.Connection, dataset_id: int, status: str, priority: float,

@@ -9,14 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
-from config.states import TaskState
+from config.states import JOB_STATES, TaskState
 
 from .. import actions
 from ..access import Action
-from ..api.datasets import JOB_STATES, summary
 from ..errors import BadRequest, NotFound
 from ..model import DatasetState, DatasetStatus
 from ..storage import queries, reports
+from ..views import summary
 from . import charts, history
 from .history import HISTORY
 from .html import Child, Markup, ago, duration, join, link, number, percent, size, table, tag, when

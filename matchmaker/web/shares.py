@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..api.admin import share_table
+from ..views import share_table
 from . import charts
 from .html import duration, join, number, table, tag
 from .page import View, page

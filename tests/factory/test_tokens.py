@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from factory.site import SiteRunner
-from matchmaker.engine import hash_secret
+from matchmaker.passkeys import hash_secret
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.plugins.pilots import fake_command
 

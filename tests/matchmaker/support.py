@@ -6,11 +6,11 @@ import copy
 from typing import Any
 
 from config.resources import GIB, Slot
-from matchmaker import dispatch, outcomes, pilots, submission
+from matchmaker import dispatch, pilots, recording, submission
 from matchmaker.auth import Auth
 from matchmaker.engine import Engine, Pilot, Site, User
+from matchmaker.lifecycle import Outcome
 from matchmaker.model import DatasetState
-from matchmaker.outcomes import Outcome
 
 # A small ask's free resources, as a pilot sends them.
 FREE = {"cpus": 1, "memory": 4 * GIB, "disk": 10 * GIB, "seconds": 86400}
@@ -97,7 +97,7 @@ def failure(error_class: str = "task_error", message: str = "boom", exit_code: i
 
 async def finish(engine: Engine, given: dispatch.Dispatch, outcome: Outcome | None = None
                  ) -> dict[str, Any]:
-    return await outcomes.report(engine, given.attempt_id, given.passkey,
+    return await recording.report(engine, given.attempt_id, given.passkey,
                                  outcome or success())
 
 

@@ -424,12 +424,12 @@ async def test_stale_passkey_is_refused_after_reset_with_a_sentence(world):
 
 
 async def test_stale_passkey_is_refused_after_a_heartbeat_timeout(world):
-    from matchmaker import outcomes
+    from matchmaker import liveness
 
     status, given = await world.ask()
     attempt = given["attempt"]
     world.engine.active[attempt["id"]].last_heartbeat -= world.settings.heartbeat_timeout + 1
-    assert await outcomes.sweep(world.engine) == 1
+    assert await liveness.sweep(world.engine) == 1
     status, answer = await world.api.call("POST", f"/api/v1/attempts/{attempt['id']}/report",
                                           None, {"exit_code": 0}, passkey=attempt["passkey"])
     assert status == 409 and "no heartbeat" in answer["error"]

@@ -15,7 +15,7 @@ import pytest
 from config.resources import GIB, Slot, fits
 from config.settings import server_settings
 from config.states import ErrorClass
-from matchmaker import dispatch, outcomes
+from matchmaker import dispatch, recording
 from matchmaker.engine import Engine, Pilot
 from matchmaker.storage.database import Database
 
@@ -158,7 +158,7 @@ async def test_bulk_reports_decide_each_report_and_commit_all_before_the_answer(
     _, elsewhere = await world.ask(world.other_pilot_token, world.other_pilot)
     elsewhere = elsewhere["attempt"]
     # `stale` is voided behind the pilot's back (its task reset and handed out again).
-    await outcomes.lose(engine, engine.active[stale["id"]], ErrorClass.PILOT_LOST,
+    await recording.lose(engine, engine.active[stale["id"]], ErrorClass.PILOT_LOST,
                         "reset by the test")
     status, answer = await send_reports(world, [done(first)])
     assert status == 200 and answer["results"][0]["recorded"]
@@ -493,7 +493,7 @@ async def test_a_failed_report_that_asks_may_be_given_its_own_retry_in_the_same_
     p = await s.pilot(engine, site)
     given = await s.ask(engine, p)
     commits = engine.db.commits
-    answer, following = await outcomes.report_and_ask(
+    answer, following = await recording.report_and_ask(
         engine, given.attempt_id, given.passkey, s.failure(), s.slot().to_dict(), site)
     assert answer["task_state"] == "ready"
     assert isinstance(following, dispatch.Dispatch) and following.task_id == given.task_id
@@ -516,9 +516,9 @@ async def test_bulk_reports_needing_the_same_jobs_in_opposite_orders_do_not_dead
     holders = [engine.job_lock(dataset.id, job) for job in (0, 1)]
     for holder in holders:  # other reports hold both jobs while the bulk reports arrive
         await holder.__aenter__()
-    first = asyncio.create_task(outcomes.report_many(
+    first = asyncio.create_task(recording.report_many(
         engine, p.pilot_id, site, [report(0, 0), report(1, 0)], None))
-    second = asyncio.create_task(outcomes.report_many(
+    second = asyncio.create_task(recording.report_many(
         engine, p.pilot_id, site, [report(1, 1), report(0, 1)], None))
     await asyncio.sleep(0.01)
     for holder in holders:

@@ -7,8 +7,9 @@ import pytest
 
 from config.resources import GIB
 from config.states import TaskState, TransitionError, check_task
-from matchmaker import actions, outcomes
+from matchmaker import actions, liveness, recording
 from matchmaker.errors import ApiError
+from matchmaker.lifecycle import Outcome
 
 from . import support as s
 
@@ -95,7 +96,7 @@ async def test_overuse_grows_the_requirement_to_one_and_a_half_times_the_peak(en
     _, dataset, p = await setup(engine, s.config(jobs=1, tasks=[s.task("hog", memory="1GiB")]))
     given = await s.ask(engine, p)
     peak = 3 * GIB
-    outcome = outcomes.Outcome.from_dict({
+    outcome = Outcome.from_dict({
         "exit_code": -9, "error_class": "resource_overuse", "error_message": "memory",
         "usage": {"peak_memory": peak},
         "overuse": {"resource": "memory", "requested": GIB, "peak": peak}})
@@ -128,9 +129,9 @@ async def test_silent_attempt_is_reset_and_requeued_without_using_a_retry(engine
     _, dataset, p = await setup(engine, s.config(jobs=1, max_retries=0))
     given = await s.ask(engine, p)
     clock.advance(engine.settings.heartbeat_timeout - 1)
-    assert await outcomes.sweep(engine) == 0
+    assert await liveness.sweep(engine) == 0
     clock.advance(2)
-    assert await outcomes.sweep(engine) == 1
+    assert await liveness.sweep(engine) == 1
     assert s.state_of(dataset, 0) == "ready"
     row = await engine.db.fetchone("SELECT state, error_class, error_message FROM attempts"
                                    " WHERE attempt_id = ?", (given.attempt_id,))
@@ -144,8 +145,8 @@ async def test_heartbeats_keep_an_attempt_alive(engine, clock):
     given = await s.ask(engine, p)
     for _ in range(5):
         clock.advance(engine.settings.heartbeat_timeout - 10)
-        await outcomes.heartbeat(engine, given.attempt_id, given.passkey, {"cpu_time": 1.0})
-        assert await outcomes.sweep(engine) == 0
+        await liveness.heartbeat(engine, given.attempt_id, given.passkey, {"cpu_time": 1.0})
+        assert await liveness.sweep(engine) == 0
     assert s.state_of(dataset, 0) == "processing"
 
 
@@ -155,18 +156,18 @@ async def test_time_the_matchmaker_did_not_run_counts_against_no_attempt(engine,
     _, dataset, p = await setup(engine, s.config(jobs=1))
     given = await s.ask(engine, p)
     settings = engine.settings
-    outcomes.forgive_pause(engine, clock())
+    liveness.forgive_pause(engine, clock())
     for _ in range((settings.heartbeat_timeout - 30) // settings.sweep_interval):
         clock.advance(settings.sweep_interval)  # running as usual: no pause
-        assert outcomes.forgive_pause(engine, clock()) == 0
-        assert await outcomes.sweep(engine) == 0
+        assert liveness.forgive_pause(engine, clock()) == 0
+        assert await liveness.sweep(engine) == 0
     clock.advance(3 * settings.heartbeat_timeout)  # frozen
-    assert outcomes.forgive_pause(engine, clock()) == pytest.approx(
+    assert liveness.forgive_pause(engine, clock()) == pytest.approx(
         3 * settings.heartbeat_timeout - settings.sweep_interval)
     clock.advance(settings.heartbeat_interval - 1)
-    assert await outcomes.sweep(engine) == 0
+    assert await liveness.sweep(engine) == 0
     clock.advance(2)
-    assert await outcomes.sweep(engine) == 1
+    assert await liveness.sweep(engine) == 1
     assert s.state_of(dataset, dataset.locate(given.task_id)[0]) == "ready"
 
 
@@ -175,12 +176,12 @@ async def test_an_attempt_its_pilots_heartbeat_does_not_hold_is_reset_after_an_i
     _, dataset, p = await setup(engine, s.config(jobs=3, max_retries=0))
     running, reporting, lost = [await s.ask(engine, p) for _ in range(3)]
     held = [{"attempt_id": running.attempt_id, "passkey": running.passkey}]
-    await outcomes.heartbeats(engine, p, held, [reporting.attempt_id])
+    await liveness.heartbeats(engine, p, held, [reporting.attempt_id])
     assert len(engine.active) == 3  # within the grace: the answer may still be on its way
     clock.advance(engine.settings.heartbeat_interval + 1)
-    await outcomes.heartbeats(engine, p, held)  # without `reporting`: nothing is judged
+    await liveness.heartbeats(engine, p, held)  # without `reporting`: nothing is judged
     assert len(engine.active) == 3
-    await outcomes.heartbeats(engine, p, held, [reporting.attempt_id])
+    await liveness.heartbeats(engine, p, held, [reporting.attempt_id])
     assert engine.active.keys() == {running.attempt_id, reporting.attempt_id}
     assert s.state_of(dataset, dataset.locate(lost.task_id)[0]) == "ready"
     row = await engine.db.fetchone("SELECT state, error_class, error_message FROM attempts"
@@ -188,7 +189,7 @@ async def test_an_attempt_its_pilots_heartbeat_does_not_hold_is_reset_after_an_i
     assert (row["state"], row["error_class"]) == ("reset", "pilot_lost")
     assert row["error_message"].startswith(f"never reached pilot {p.pilot_id} on node1 at site-a")
     with pytest.raises(ApiError, match=r"is void \(never reached pilot"):
-        await outcomes.report(engine, lost.attempt_id, lost.passkey, s.success())
+        await recording.report(engine, lost.attempt_id, lost.passkey, s.success())
 
 
 async def test_a_task_that_keeps_losing_its_pilot_eventually_fails(engine):
@@ -257,7 +258,7 @@ async def test_a_restarted_server_rebuilds_the_same_state(engine, reopen, clock)
     assert again.summary() == summary
     assert running.attempt_id in restarted.active
     # The running attempt can still report with its passkey after the restart.
-    answer = await outcomes.report(restarted, running.attempt_id, running.passkey, s.success())
+    answer = await recording.report(restarted, running.attempt_id, running.passkey, s.success())
     assert answer["recorded"] and not answer["duplicate"]
     assert restarted.next_attempt_id > running.attempt_id
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from matchmaker.metrics import Exposition, Histogram, escape_label
+from matchmaker.api.metrics import Exposition, escape_label
+from matchmaker.metrics import Histogram
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.pilot.scripted import ScriptedPilot
 

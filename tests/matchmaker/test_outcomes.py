@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from matchmaker.outcomes import utf8_tail
+from config.protocol import utf8_tail
 
 from .test_report_ask import report
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from config.settings import server_settings
-from matchmaker import dispatch, outcomes
+from matchmaker import dispatch, recording
 from matchmaker.api.framework import AUTH
 from matchmaker.engine import Engine
 from matchmaker.storage.database import Database
@@ -184,11 +184,11 @@ async def run_pilots(engine: Engine, clock: Clock, combined: bool, hours: float)
         clock.now = when
         outcome = None if running is None else s.success(durations[running.dataset.id])
         if running is not None and combined:
-            _, given = await outcomes.report_and_ask(
+            _, given = await recording.report_and_ask(
                 engine, running.attempt_id, running.passkey, outcome, s.slot().to_dict(), site)
         else:
             if running is not None:
-                await outcomes.report(engine, running.attempt_id, running.passkey, outcome)
+                await recording.report(engine, running.attempt_id, running.passkey, outcome)
             given = await s.ask(engine, pilots[index])
         if isinstance(given, dispatch.Dispatch):
             handed.append((index, given.dataset.id, given.task_id))
@@ -268,7 +268,7 @@ async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
     p = await s.pilot(engine, site)
     given = await s.ask(engine, p)
     commits = engine.db.commits
-    answer, following = await outcomes.report_and_ask(
+    answer, following = await recording.report_and_ask(
         engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site)
     assert answer["task_state"] == "complete" and isinstance(following, dispatch.Dispatch)
     assert engine.db.commits == commits + 1
@@ -290,15 +290,15 @@ async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(e
     given = await s.ask(engine, p)
     before = picture(engine)
     with failing_writes(engine), pytest.raises(StorageError, match="database or disk is full"):
-        await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+        await recording.report_and_ask(engine, given.attempt_id, given.passkey,
                                       s.success(events=2.0), s.slot().to_dict(), site)
     assert picture(engine) == before
     # The pilot sends the same report again: recorded once, and the ask answered.
-    answer, following = await outcomes.report_and_ask(
+    answer, following = await recording.report_and_ask(
         engine, given.attempt_id, given.passkey, s.success(events=2.0), s.slot().to_dict(),
         site)
     assert answer["duplicate"] is False and isinstance(following, dispatch.Dispatch)
-    answer, _ = await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+    answer, _ = await recording.report_and_ask(engine, given.attempt_id, given.passkey,
                                               s.success(events=2.0), s.slot().to_dict(), site)
     assert answer["duplicate"] is True
     from matchmaker.storage import queries
@@ -319,7 +319,7 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     given = await s.ask(engine, small)
     before = picture(engine)
     with failing_writes(engine, hold=0.2):
-        report = asyncio.create_task(outcomes.report_and_ask(
+        report = asyncio.create_task(recording.report_and_ask(
             engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site))
         await asyncio.sleep(0.05)  # the report's group is being written
         assert s.state_of(dataset, 0, 1) == "ready"
@@ -329,7 +329,7 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     assert picture(engine) == before
     assert s.state_of(dataset, 0, 1) == "waiting"
     # Everything goes on: the report again, then the big pilot gets the second task.
-    answer, _ = await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+    answer, _ = await recording.report_and_ask(engine, given.attempt_id, given.passkey,
                                               s.success(), s.slot().to_dict(), site)
     assert answer["task_state"] == "complete"
     taken = await s.ask(engine, big, s.slot(cpus=2))
@@ -351,7 +351,7 @@ async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engin
         writer.suspend()  # both requests' batches reach it before it reads either
         asyncio.get_running_loop().call_later(0.1, writer.resume)
         results = await asyncio.gather(
-            outcomes.report_and_ask(engine, given.attempt_id, given.passkey, s.success(),
+            recording.report_and_ask(engine, given.attempt_id, given.passkey, s.success(),
                                     s.slot().to_dict(), site),
             dispatch.ask(engine, big, s.slot(cpus=2)), return_exceptions=True)
     # The ask shared the report's group, so it failed with it (alone, its guard would have
@@ -371,7 +371,7 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
     given = await s.ask(engine, first)
     before = picture(engine)
     with failing_writes(engine, hold=0.2):
-        report = asyncio.create_task(outcomes.report_and_ask(
+        report = asyncio.create_task(recording.report_and_ask(
             engine, given.attempt_id, given.passkey, s.failure(), dict(FREE, memory=2**20),
             site))
         await asyncio.sleep(0.05)
@@ -381,6 +381,6 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
     assert isinstance(results[0], StorageError) and isinstance(results[1], StaleWrite)
     assert picture(engine) == before
     assert engine.active[given.attempt_id].task_id == given.task_id
-    answer, _ = await outcomes.report_and_ask(engine, given.attempt_id, given.passkey,
+    answer, _ = await recording.report_and_ask(engine, given.attempt_id, given.passkey,
                                               s.failure(), dict(FREE, memory=2**20), site)
     assert answer["task_state"] == "ready" and "retry 1 of" in answer["reason"]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from config.protocol import MAX_STATISTICS
 from config.resources import GIB, MIB
 from config.states import ErrorClass
 from pilot.environment import (
     SECRET_PREFIXES,
     SLOT_GPU_VARIABLES,
     STATS_LIMIT_BYTES,
-    STATS_LIMIT_ENTRIES,
     STATS_NAME_LENGTH,
     task_environment,
 )
@@ -99,7 +99,7 @@ def test_every_variable_the_pilot_sets_for_a_task_and_the_statistics_limits_are_
                            args={"job": 1}, task_env={}, module_env={})
     assert set(re.findall(r"^ *\| `(\w+)` \|", doc, re.M)) == set(env)
     for fact in [*SECRET_PREFIXES, *SLOT_GPU_VARIABLES, f"$FLOE_SCRATCH/{STATS_NAME}",
-                 f"{STATS_LIMIT_BYTES} bytes", f"{STATS_LIMIT_ENTRIES} names",
+                 f"{STATS_LIMIT_BYTES} bytes", f"{MAX_STATISTICS} names",
                  f"1 to {STATS_NAME_LENGTH} characters"]:
         assert fact in doc, fact
 

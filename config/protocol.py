@@ -1,0 +1,45 @@
+"""The facts of the pilot protocol that pilots and the matchmaker must agree on, in one module that
+ships in pilot.pyz: how much one request may carry, the largest slot a pilot offers, how the end
+of a log is cut, and the batch systems floe knows.
+
+The matchmaker's API schemas and checks, the pilot's client and runner, the factory's settings
+and the plugins' registry all read these; none of them writes its own copy.
+"""
+
+from __future__ import annotations
+
+MAX_TASKS = 1000
+"""The most tasks one ask may take, and the most items of a bulk request (reports, heartbeat)."""
+MAX_STATISTICS = 1000
+"""The most user statistics one report carries (a task's modules together)."""
+MAX_CPUS = 4096
+"""The most CPUs a pilot offers in one ask (a larger slot offers this many)."""
+MAX_GPUS = 64
+"""The most GPUs a pilot offers in one ask."""
+
+BATCH_SYSTEMS = ("local", "slurm", "sge", "pbs", "htcondor")
+"""Every batch system floe submits pilots to (the plugins' registry holds one plugin each)."""
+
+
+def cut_utf8(data: bytes, cut: bool, errors: str = "replace") -> str:
+    """The text of `data`, the end of something longer when `cut`: what is left of a character
+    that the cut split (its UTF-8 continuation bytes, three at most) is left out."""
+    start = 0
+    if cut:
+        while start < min(3, len(data)) and data[start] & 0xC0 == 0x80:
+            start += 1
+    return data[start:].decode(errors=errors)
+
+
+def utf8_tail(text: str, limit: int) -> str:
+    """The end of `text` that takes at most `limit` bytes in UTF-8, cut between characters (how
+    the pilot cuts the tails it reports, and how the matchmaker keeps them)."""
+    if len(text) * 4 <= limit:  # no character takes more than 4 bytes
+        return text
+    end = text[-limit:]  # every character takes at least one byte
+    # The API refuses text with a lone surrogate ("\ud800"); surrogatepass keeps this total for
+    # any other caller.
+    data = end.encode(errors="surrogatepass")
+    if len(data) <= limit:
+        return end
+    return cut_utf8(data[len(data) - limit:], True, "surrogatepass")
