@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
 from cli.main import main as floe  # noqa: E402
 from pilot.client import Matchmaker  # noqa: E402
-from pilot.loop import Pilot, PilotSettings  # noqa: E402
+from pilot.loop import Pilot  # noqa: E402
+from pilot.settings import PilotSettings  # noqa: E402
 from pilot.slot import measure  # noqa: E402
 from pilot.workarea import WorkArea  # noqa: E402
 

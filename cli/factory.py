@@ -54,19 +54,19 @@ def check(config: Any) -> int:
         try:
             build_plugin(config, site)
         except PluginConfigError as exc:
-            print(f"site {site['name']}: {exc}", file=sys.stderr)
+            print(f"site {site.name}: {exc}", file=sys.stderr)
             failed = True
             continue
-        client = SiteClient(config.matchmaker, site["name"], site_token(site),
+        client = SiteClient(config.matchmaker, site.name, site_token(site),
                             cacert=config.cacert, factory=config.factory_id)
-        shapes = len(site["shapes"])
+        shapes = len(site.shapes)
         try:
             answer = client.demand([])
         except MatchmakerError as exc:
-            print(f"site {site['name']}: {exc}", file=sys.stderr)
+            print(f"site {site.name}: {exc}", file=sys.stderr)
             failed = True
             continue
-        print(f"site {site['name']}: {site['plugin']}, {shapes} shape{'s' * (shapes != 1)}; "
+        print(f"site {site.name}: {site.plugin}, {shapes} shape{'s' * (shapes != 1)}; "
               f"the matchmaker at {config.matchmaker} knows it "
               f"({answer['pilots']['running']} pilots running there)")
     if not failed:

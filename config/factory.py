@@ -100,7 +100,7 @@ SITE_SCHEMA = Object([
                   "factory asks each cycle: one that registered proves the site works, one that "
                   "ended without registering (a node without network, a wrong matchmaker URL "
                   "or CA, a refused token) is a failure however long it ran. Only while the "
-                  "matchmaker cannot be asked (it is away, or older than the question) does a "
+                  "matchmaker cannot be asked (it is away, or cannot answer now) does a "
                   "pilot's life decide: one that has run this long proves the site works, one "
                   "that ends sooner is a failure. Keep it below the pilots' `idle_timeout`: a "
                   "pilot that finds no work leaves after that long, which is no failure."),
@@ -163,14 +163,71 @@ FACTORY_SCHEMA = Object([
 
 
 @dataclass(frozen=True)
+class ShapeConfig:
+    """One pilot shape of a site, as SHAPE_SCHEMA validates it (sizes in bytes, durations in
+    seconds)."""
+
+    name: str
+    cpus: int
+    memory: int
+    disk: int
+    gpus: int
+    walltime: int
+    os: tuple[str, ...]
+    arch: str
+    directives: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One site the factory serves, as SITE_SCHEMA validates it: every field is one of the
+    schema's (a test holds the two together)."""
+
+    name: str
+    plugin: str
+    token_file: str
+    shapes: tuple[ShapeConfig, ...]
+    max_queued: int
+    max_total: int
+    max_per_cycle: int
+    cycle: int
+    removal_grace: int
+    queue_allowance: int
+    min_pilot_life: int
+    backoff: int
+    max_backoff: int
+    failing_after: int
+    on_stop: str
+    idle_timeout: int
+    scratch: str
+    python: str
+    environment: Mapping[str, str]
+    system: Mapping[str, str]
+    memory_headroom: float
+    memory_headroom_min: int
+    walltime_overhead: int
+    command_timeout: int
+    commands_dir: str
+    options: Mapping[str, Any]
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> SiteConfig:
+        """From the mapping SITE_SCHEMA.validate returns."""
+        shapes = tuple(ShapeConfig(**dict(shape, os=tuple(shape["os"]),
+                                          directives=tuple(shape["directives"])))
+                       for shape in values["shapes"])
+        return cls(**dict(values, shapes=shapes))
+
+
+@dataclass(frozen=True)
 class FactoryConfig:
-    """A validated site.toml: `sites` are mappings as SITE_SCHEMA normalizes them."""
+    """A validated site.toml."""
 
     matchmaker: str
     cacert: str
     factory_id: str
     workdir: Path
-    sites: tuple[Mapping[str, Any], ...]
+    sites: tuple[SiteConfig, ...]
     path: str = ""
 
 
@@ -206,7 +263,7 @@ def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> Fac
         matchmaker=values["matchmaker"].rstrip("/"), cacert=values["cacert"],
         factory_id=values.get("factory_id") or default_factory_id(),
         workdir=(workdir if workdir.is_absolute() else base / workdir).absolute(),
-        sites=tuple(values["sites"]), path=where)
+        sites=tuple(SiteConfig.from_values(site) for site in values["sites"]), path=where)
 
 
 def load_factory_config(path: str | Path) -> FactoryConfig:
@@ -247,23 +304,23 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"{value!r} has no TOML form in a site.toml")
 
 
-def site_token(site: Mapping[str, Any]) -> str:
+def site_token(site: SiteConfig) -> str:
     """The site's factory token, from its `token_file` or FLOE_SITE_TOKEN; ConfigError naming
     the fix when there is none."""
-    if site["token_file"]:
-        path = Path(os.path.expanduser(site["token_file"]))
+    if site.token_file:
+        path = Path(os.path.expanduser(site.token_file))
         try:
             token = path.read_text().strip()
         except OSError as exc:
-            raise ConfigError([f"site {site['name']}: token_file {path}: "
+            raise ConfigError([f"site {site.name}: token_file {path}: "
                                f"{exc.strerror or exc}"]) from None
         if not token:
-            raise ConfigError([f"site {site['name']}: token_file {path} is empty; write the "
+            raise ConfigError([f"site {site.name}: token_file {path} is empty; write the "
                                "token `floe site add` printed into it"])
         return token
     token = os.environ.get(SITE_TOKEN_VARIABLE, "").strip()
     if not token:
-        raise ConfigError([f"site {site['name']}: no site token: set token_file, or "
+        raise ConfigError([f"site {site.name}: no site token: set token_file, or "
                            f"{SITE_TOKEN_VARIABLE}"])
     return token
 

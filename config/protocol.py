@@ -1,6 +1,6 @@
-"""The facts of the pilot protocol that pilots and the matchmaker must agree on, in one module that
-ships in pilot.pyz: how much one request may carry, the largest slot a pilot offers, how the end
-of a log is cut, and the batch systems floe knows.
+"""The facts of the protocols that pilots, factories and the matchmaker must agree on, in one
+module that ships in pilot.pyz: how much one request may carry, the largest slot a pilot offers,
+how the end of a log is cut, and the batch systems floe knows.
 
 The matchmaker's API schemas and checks, the pilot's client and runner, the factory's settings
 and the plugins' registry all read these; none of them writes its own copy.
@@ -16,6 +16,8 @@ MAX_CPUS = 4096
 """The most CPUs a pilot offers in one ask (a larger slot offers this many)."""
 MAX_GPUS = 64
 """The most GPUs a pilot offers in one ask."""
+MAX_BATCH_IDS = 1000
+"""The most batch ids one factory request names (pilots asked about, batch jobs that ended)."""
 
 BATCH_SYSTEMS = ("local", "slurm", "sge", "pbs", "htcondor")
 """Every batch system floe submits pilots to (the plugins' registry holds one plugin each)."""

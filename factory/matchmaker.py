@@ -1,6 +1,6 @@
 """What the factory asks the matchmaker, over HTTP with the site's token: the demand for each
-pilot shape (telling it which pilots' batch jobs ended, and asking which registered), and
-short-lived pilot tokens for the pilots it submits.
+pilot shape, what became of its pilots' batch jobs (it tells which ended, and asks which of its
+pilots registered), and short-lived pilot tokens for the pilots it submits.
 
 A pilot token is asked for with a lifetime that covers the longest pilot the site submits plus
 its time in the queue (the site's `queue_allowance`), and reused for every submission until less
@@ -18,9 +18,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-MAX_PILOTS_ASKED = 1000
-"""The most batch ids one demand request asks about: the matchmaker takes no more."""
 
 
 class MatchmakerError(RuntimeError):
@@ -68,33 +65,22 @@ class SiteClient:
             reason = getattr(exc, "reason", exc)
             raise MatchmakerError(f"cannot reach the matchmaker at {self.url}: {reason}") from None
 
-    def demand(self, shapes: Sequence[Mapping[str, Any]], *, batch_system: str = "",
-               pilots: Sequence[str] | None = None,
-               ended: Sequence[str] | None = None) -> dict[str, Any]:
-        """The demand answer for these shapes (each with its `queued` count). Asked about
-        `pilots` (batch ids of `batch_system`, at most MAX_PILOTS_ASKED), its `registered`
-        lists those that registered with the matchmaker; an answer without it means the
-        matchmaker cannot say. Told of `ended` batch jobs (at most MAX_PILOTS_ASKED), the
-        matchmaker ends the pilots it still counts running among them and lists them in
-        `lost`; an answer without `lost` means it was not told."""
+    def demand(self, shapes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """The demand answer for these shapes (each with its `queued` count)."""
         quoted = urllib.parse.quote(self.site, safe="")
-        path = f"/api/v1/sites/{quoted}/demand"
-        body = {"shapes": list(shapes), "factory": self.factory}
-        extra: dict[str, Any] = {}
-        if pilots:
-            extra["pilots"] = list(pilots)
-        if ended:
-            extra["ended"] = list(ended)
-        if not extra:
-            return self._post(path, body)
-        try:
-            return self._post(path, {**body, "batch_system": batch_system, **extra})
-        except MatchmakerError as exc:
-            if exc.status != 400:
-                raise
-            # A matchmaker older than the question refuses its keys: ask for the demand alone
-            # (a body refused for another reason is refused again, and that error raised).
-            return self._post(path, body)
+        return self._post(f"/api/v1/sites/{quoted}/demand",
+                          {"shapes": list(shapes), "factory": self.factory})
+
+    def batch_jobs(self, batch_system: str, *, pilots: Sequence[str] = (),
+                   ended: Sequence[str] = ()) -> dict[str, Any]:
+        """Tell the matchmaker which of this factory's pilots' batch jobs (of `batch_system`)
+        ended, and ask which of `pilots` registered (at most MAX_BATCH_IDS of each): the answer's
+        `registered` lists those that registered, and `lost` the ended ones whose pilots the
+        matchmaker still counted running and has now ended as lost."""
+        quoted = urllib.parse.quote(self.site, safe="")
+        return self._post(f"/api/v1/sites/{quoted}/batch-jobs",
+                          {"batch_system": batch_system, "factory": self.factory,
+                           "pilots": list(pilots), "ended": list(ended)})
 
     def pilot_token(self, needed: float, now: float | None = None) -> str:
         """A pilot token valid for at least `needed` more seconds."""

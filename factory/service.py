@@ -16,9 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-from config.factory import FactoryConfig, load_factory_config, site_token
+from config.factory import FactoryConfig, SiteConfig, load_factory_config, site_token
 from config.schema import ConfigError
 from factory.site import SiteRunner, build_plugin
 from plugins import PluginConfigError
@@ -52,7 +51,7 @@ class Factory:
         it is wrong (nothing changes then)."""
         self._mtime = self._file_mtime()
         config = load_factory_config(self.config_path)
-        tokens = {site["name"]: site_token(site) for site in config.sites}
+        tokens = {site.name: site_token(site) for site in config.sites}
         self._apply(config, tokens)
         return config
 
@@ -64,24 +63,24 @@ class Factory:
             log.error("the new factory config is refused, the old one stays in force:\n%s", exc)
             return False
         log.info("factory config %s taken: sites %s", self.config_path,
-                 ", ".join(site["name"] for site in config.sites))
+                 ", ".join(site.name for site in config.sites))
         return True
 
     def _apply(self, config: FactoryConfig, tokens: Mapping[str, str]) -> None:
         for site in config.sites:  # a bad plugin setting refuses the whole file
             build_plugin(config, site)
         fresh: dict[str, SiteRunner] = {}
-        changed: list[tuple[SiteRunner, Mapping[str, Any]]] = []
+        changed: list[tuple[SiteRunner, SiteConfig]] = []
         for site in config.sites:
-            runner = self.runners.get(site["name"])
+            runner = self.runners.get(site.name)
             if runner is None:
-                fresh[site["name"]] = SiteRunner(config, site, self.bundle, tokens[site["name"]],
+                fresh[site.name] = SiteRunner(config, site, self.bundle, tokens[site.name],
                                                  clock=self.clock)
             else:
                 changed.append((runner, site))
         for runner, site in changed:
-            runner.reconfigure(config, site, tokens[site["name"]])
-        gone = [name for name in self.runners if name not in {s["name"] for s in config.sites}]
+            runner.reconfigure(config, site, tokens[site.name])
+        gone = [name for name in self.runners if name not in {s.name for s in config.sites}]
         self.config = config
         for name in gone:
             self._stop_site(name)
@@ -104,8 +103,8 @@ class Factory:
             self.load()
         log.info("factory %s started for %s with %s; workdir %s (SIGHUP rereads %s, SIGTERM "
                  "stops)", self.config.factory_id, self.config.matchmaker,
-                 "; ".join(f"site {r.name} ({r.site['plugin']}, a cycle every "
-                           f"{r.site['cycle']:g} s)" for r in self.runners.values()),
+                 "; ".join(f"site {r.name} ({r.site.plugin}, a cycle every "
+                           f"{r.site.cycle:g} s)" for r in self.runners.values()),
                  self.config.workdir, self.config_path)
         for name in self.runners:
             self._start_site(name)
@@ -136,7 +135,7 @@ class Factory:
                 runner.cycle()
             except Exception:  # a bug must not end the site's loop
                 log.exception("site %s: the cycle failed", runner.name)
-            stop.wait(max(0.0, runner.site["cycle"] - (self.clock() - started)))
+            stop.wait(max(0.0, runner.site.cycle - (self.clock() - started)))
 
     def _stop_site(self, name: str) -> None:
         stop = self._stops.pop(name, None)

@@ -3,15 +3,15 @@ demand, apply the top-up policy, and submit or remove pilots through the site's 
 
 The pilots the factory submitted are tracked in `<workdir>/<site>/pilots.json`, so that a
 restarted factory finds its own pilots again; pilots tagged as this factory's that it does not
-track are orphans and are removed. Each demand request also asks which tracked pilots registered
-with the matchmaker, those that ended since the last cycle included: an ended pilot is judged on
-that answer, since it may have registered and ended between two cycles; and it tells the
+track are orphans and are removed. Before it asks for the demand, each cycle tells the
 matchmaker which pilots' batch jobs ended, so that a pilot killed outright (SIGKILL, a lost node)
-has its tasks requeued at once, not after the heartbeat timeout. A pilot that registered
+has its tasks requeued at once, not after the heartbeat timeout, and asks which tracked pilots
+registered with it, those that ended since the last cycle included: an ended pilot is judged on
+that answer, since it may have registered and ended between two cycles. A pilot that registered
 proves the site works; one that ended without registering (a node without network, a wrong URL
 or CA) is a failure however long it ran, as are held pilots and refused submissions (see
 `factory.health`): a failing site is backed off from, not hammered. Where the matchmaker cannot
-say (unreachable, or older than the question), a pilot's life decides (`min_pilot_life`). Each
+say (it cannot be reached), a pilot's life decides (`min_pilot_life`). Each
 pilot carries a pilot token that outlives its walltime by the site's `queue_allowance`; a pilot
 still queued after that long is removed (its token could run out before its walltime does), and
 the policy replaces it while demand lasts. What the site looks like after each cycle is written
@@ -37,11 +37,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.factory import FactoryConfig
+from config.factory import FactoryConfig, SiteConfig
+from config.protocol import MAX_BATCH_IDS
 from config.resources import format_duration
 from config.schema import counted
 from factory.health import Health
-from factory.matchmaker import MAX_PILOTS_ASKED, MatchmakerError, SiteClient
+from factory.matchmaker import MatchmakerError, SiteClient
 from factory.policy import Decision, Limits, ShapeCounts, top_up
 from plugins import (
     BatchError,
@@ -101,7 +102,7 @@ class SiteRunner:
     when the factory's config changes."""
 
     config: FactoryConfig
-    site: Mapping[str, Any]
+    site: SiteConfig
     bundle: Path
     token: str
     clock: Callable[[], float] = time.time
@@ -125,13 +126,13 @@ class SiteRunner:
 
     @property
     def name(self) -> str:
-        return self.site["name"]
+        return self.site.name
 
     @property
     def workdir(self) -> Path:
         return self.config.workdir / self.name
 
-    def reconfigure(self, config: FactoryConfig, site: Mapping[str, Any], token: str) -> None:
+    def reconfigure(self, config: FactoryConfig, site: SiteConfig, token: str) -> None:
         """Take a new config for this site; PluginConfigError, with nothing changed, when the
         plugin refuses its settings."""
         shapes, plugin = build_plugin(config, site)
@@ -140,14 +141,14 @@ class SiteRunner:
         with self.lock:
             self.config, self.site, self.token = config, site, token
             self.shapes, self.plugin = shapes, plugin
-            self.shape_info = {s["name"]: s for s in site["shapes"]}
-            self.limits = Limits(max_queued=site["max_queued"], max_total=site["max_total"],
-                                 max_per_cycle=site["max_per_cycle"],
-                                 removal_grace=site["removal_grace"])
-            self.health.backoff = site["backoff"]
-            self.health.max_backoff = site["max_backoff"]
-            self.health.failing_after = site["failing_after"]
-            self.client = SiteClient(config.matchmaker, site["name"], token,
+            self.shape_info = {s.name: s for s in site.shapes}
+            self.limits = Limits(max_queued=site.max_queued, max_total=site.max_total,
+                                 max_per_cycle=site.max_per_cycle,
+                                 removal_grace=site.removal_grace)
+            self.health.backoff = site.backoff
+            self.health.max_backoff = site.max_backoff
+            self.health.failing_after = site.failing_after
+            self.client = SiteClient(config.matchmaker, site.name, token,
                                      cacert=config.cacert, factory=config.factory_id)
 
     # ------------------------------------------------------------------ one cycle
@@ -172,26 +173,28 @@ class SiteRunner:
         self._remove_queued_too_long(infos, now)
         counts = self._counts(infos)
         asked = self._unregistered(ended)
-        # Kept until a demand request succeeds; beyond one request's worth, the oldest are left
-        # to the matchmaker's heartbeat timeout.
-        self._untold = (self._untold + [e.pilot.batch_id for e in ended])[-MAX_PILOTS_ASKED:]
+        # Kept until the matchmaker hears of them; beyond one request's worth, the oldest are
+        # left to its heartbeat timeout.
+        self._untold = (self._untold + [e.pilot.batch_id for e in ended])[-MAX_BATCH_IDS:]
+        registered: list[str] | None = None
         try:
-            answer = self.client.demand(self._shapes_queued(counts),
-                                        batch_system=self.plugin.system, pilots=asked or None,
-                                        ended=self._untold or None)
+            if asked or self._untold:  # first, so that the demand counts the tasks requeued
+                told = self.client.batch_jobs(self.plugin.system, pilots=asked,
+                                              ended=self._untold)
+                registered, self._untold = told["registered"], []
+                self._lost(told["lost"])
+            answer = self.client.demand(self._shapes_queued(counts))
         except MatchmakerError as exc:
-            self._judge(ended, asked, None, now)
+            self._judge(ended, asked, registered, now)
             self.last["matchmaker_error"] = str(exc)
-            if exc.status is not None:  # refused (a wrong token or site name): the site fails
-                self._failure(now, f"no demand this cycle: {exc}")
-            else:                       # the matchmaker is away: no fault of the site's
+            if exc.status is not None and exc.status < 500:  # refused (a wrong token or
+                self._failure(now, f"no demand this cycle: {exc}")  # site name): the site fails
+            else:  # the matchmaker is away or cannot answer now: no fault of the site's
                 self._away(exc, now)
             self._save(now)
             return None
-        self._judge(ended, asked, answer.get("registered"), now)
+        self._judge(ended, asked, registered, now)
         self._back(now)
-        self._untold = []
-        self._lost(answer.get("lost") or [])
         self.last.pop("matchmaker_error", None)
         demand = {entry["name"]: entry for entry in answer["shapes"]}
         views = [ShapeCounts(name, needed=demand[name]["pilots_needed"],
@@ -214,13 +217,13 @@ class SiteRunner:
             if decision.submit[shape.name]:
                 self._submit(shape, decision.submit[shape.name], now)
         if self.counters.submitted != submitted:
-            # Claim the new pilots at once, so that other factories asking before our next
+            # Tell of the new pilots at once, so that other factories asking before our next
             # cycle do not submit pilots for the same tasks.
             try:
                 self.client.demand(self._shapes_queued(self._counts(infos)))
             except MatchmakerError as exc:
-                log.warning("site %s: cannot claim the pilots just submitted: %s", self.name,
-                            exc)
+                log.warning("site %s: cannot tell the matchmaker of the pilots just submitted: "
+                            "%s", self.name, exc)
         self._unfit(answer.get("unfit") or {"tasks": 0, "kinds": []},
                     served=any(entry["tasks"] for entry in answer["shapes"]), now=now)
         self.last.update({"demand": answer["shapes"], "pilots": answer["pilots"],
@@ -235,8 +238,8 @@ class SiteRunner:
         """The shapes as the demand request describes them, with this factory's queued pilots."""
         return [{"name": shape.name, "cpus": shape.cpus, "memory": shape.memory,
                  "disk": shape.disk, "gpus": shape.gpus, "walltime": shape.walltime,
-                 "os": self.shape_info[shape.name]["os"],
-                 "arch": self.shape_info[shape.name]["arch"],
+                 "os": list(self.shape_info[shape.name].os),
+                 "arch": self.shape_info[shape.name].arch,
                  "queued": counts[shape.name].queued} for shape in self.shapes]
 
     def _counts(self, infos: Mapping[str, Any]) -> dict[str, ShapeCounts]:
@@ -270,7 +273,7 @@ class SiteRunner:
     def _follow(self, infos: Mapping[str, Any], now: float) -> list[Ended]:
         """Update the tracked pilots from the batch system's view; returns those that ended,
         no longer tracked, for `_judge`."""
-        grace = max(2 * self.site["cycle"], 60)
+        grace = max(2 * self.site.cycle, 60)
         ended_pilots: list[Ended] = []
         for batch_id, pilot in list(self.pilots.items()):
             info = infos.get(batch_id)
@@ -305,7 +308,7 @@ class SiteRunner:
         ids = [e.pilot.batch_id for e in ended if not e.pilot.registered]
         ids += [p.batch_id for p in sorted(self.pilots.values(), key=lambda p: p.submitted)
                 if not p.registered and p.started is not None]
-        return ids[:MAX_PILOTS_ASKED]
+        return ids[:MAX_BATCH_IDS]
 
     def _judge(self, ended: list[Ended], asked: Collection[str],
                registered: Collection[str] | None, now: float) -> None:
@@ -314,7 +317,7 @@ class SiteRunner:
         works, one that ended without registering is a failure. A pilot it could not say
         about is judged by its life: one that has run `min_pilot_life` proves the site, one
         that ended sooner is a failure."""
-        min_life = self.site["min_pilot_life"]
+        min_life = self.site.min_pilot_life
         logs = self.workdir / "logs"
         answered = set(asked) if registered is not None else set()
         seen = set(registered or ())
@@ -415,7 +418,7 @@ class SiteRunner:
     def _submit(self, shape: PilotShape, count: int, now: float) -> None:
         try:
             token = self.client.pilot_token(self.plugin.walltime_request(shape)
-                                            + self.site["queue_allowance"], now)
+                                            + self.site.queue_allowance, now)
         except MatchmakerError as exc:
             log.warning("site %s: no pilot token, nothing submitted: %s", self.name, exc)
             return
@@ -437,18 +440,18 @@ class SiteRunner:
     def pilot_command(self, shape: PilotShape, token: str) -> tuple[list[str], dict[str, str]]:
         """The command and environment every pilot of `shape` starts with."""
         site = self.site
-        command = [site["python"], str(self.bundle), "--matchmaker", self.config.matchmaker,
+        command = [site.python, str(self.bundle), "--matchmaker", self.config.matchmaker,
                    "--site", self.name,
                    # What the batch system grants; the pilot keeps its own safety margin.
                    "--lifetime", str(self.plugin.walltime_request(shape)),
-                   "--idle-timeout", str(site["idle_timeout"])]
-        if site["scratch"]:
-            command += ["--scratch", site["scratch"]]
+                   "--idle-timeout", str(site.idle_timeout)]
+        if site.scratch:
+            command += ["--scratch", site.scratch]
         if self.config.cacert:
             command += ["--cacert", str(Path(self.config.cacert).resolve())]
-        for key, value in sorted(site["system"].items()):
+        for key, value in sorted(site.system.items()):
             command += ["--system", f"{key}={value}"]
-        env = {**site["environment"], "FLOE_PILOT_TOKEN": token, "FLOE_SITE": self.name}
+        env = {**site.environment, "FLOE_PILOT_TOKEN": token, "FLOE_SITE": self.name}
         return command, env
 
     def _remove_queued(self, shape: str, count: int) -> None:
@@ -471,7 +474,7 @@ class SiteRunner:
 
     def _remove_queued_too_long(self, infos: Mapping[str, Any], now: float) -> None:
         """Remove the pilots that have waited in the queue longer than `queue_allowance`."""
-        allowance = self.site["queue_allowance"]
+        allowance = self.site.queue_allowance
         stale = sorted(batch_id for batch_id, pilot in self.pilots.items()
                        if now - pilot.submitted > allowance and batch_id in infos
                        and infos[batch_id].state is PilotState.QUEUED)
@@ -514,7 +517,7 @@ class SiteRunner:
 
     def stop(self) -> None:
         """What `on_stop` says: remove queued pilots, all of them, or none."""
-        policy = self.site["on_stop"]
+        policy = self.site.on_stop
         if policy == "keep" or not self.pilots:
             if self.pilots:
                 log.info("site %s: %s left to run out (on_stop keep)", self.name,
@@ -554,7 +557,7 @@ class SiteRunner:
         by_shape: dict[str, int] = {}
         for pilot in self.pilots.values():
             by_shape[pilot.shape] = by_shape.get(pilot.shape, 0) + 1
-        return {"site": self.name, "plugin": self.site["plugin"], "time": now,
+        return {"site": self.name, "plugin": self.site.plugin, "time": now,
                 "tracked": len(self.pilots), "tracked_by_shape": by_shape,
                 "health": self.health.to_dict(now), "counters": asdict(self.counters),
                 **self.last}
@@ -566,20 +569,20 @@ class SiteRunner:
         write_atomic(self.workdir / "status.json", self.status(now))
 
 
-def build_plugin(config: FactoryConfig, site: Mapping[str, Any]
+def build_plugin(config: FactoryConfig, site: SiteConfig
                  ) -> tuple[list[PilotShape], BatchPlugin]:
     """The pilot shapes and the batch plugin of one site; PluginConfigError when they cannot
     work."""
-    shapes = [PilotShape(name=s["name"], cpus=s["cpus"], memory=s["memory"], disk=s["disk"],
-                         gpus=s["gpus"], walltime=s["walltime"],
-                         directives=tuple(s["directives"])) for s in site["shapes"]]
-    plugin = create_plugin(site["plugin"], PluginSettings(
-        factory_id=plugin_factory_id(config.factory_id, site["name"]),
-        workdir=config.workdir / site["name"], memory_headroom=site["memory_headroom"],
-        memory_headroom_min=site["memory_headroom_min"],
-        walltime_overhead=site["walltime_overhead"], command_timeout=site["command_timeout"],
-        commands_dir=Path(site["commands_dir"]) if site["commands_dir"] else None,
-        options=site["options"]))
+    shapes = [PilotShape(name=s.name, cpus=s.cpus, memory=s.memory, disk=s.disk,
+                         gpus=s.gpus, walltime=s.walltime,
+                         directives=tuple(s.directives)) for s in site.shapes]
+    plugin = create_plugin(site.plugin, PluginSettings(
+        factory_id=plugin_factory_id(config.factory_id, site.name),
+        workdir=config.workdir / site.name, memory_headroom=site.memory_headroom,
+        memory_headroom_min=site.memory_headroom_min,
+        walltime_overhead=site.walltime_overhead, command_timeout=site.command_timeout,
+        commands_dir=Path(site.commands_dir) if site.commands_dir else None,
+        options=site.options))
     return shapes, plugin
 
 

@@ -4,11 +4,11 @@ Each ready task is counted once, for the smallest of the factory's shapes it fit
 with the resources it needs, so the factory can size its submissions (its top-up policy lives in
 `factory/`). Factories also say what they have queued; the queued pilots of *other* factories
 are subtracted first, each as the tasks it can hold, so that two factories serving the same
-matchmaker do not both submit pilots for the same tasks. A factory's claim lapses when it has
-not asked for `CLAIM_TTL` seconds. Ready tasks that may run at the site but fit none of its
-shapes (too long, too large, another OS) are reported as `unfit`, with the reason for each
-shape, so that a site admin learns why they are not served. Pure logic on the working state: no
-I/O.
+matchmaker do not both submit pilots for the same tasks. What a factory said it queued lapses
+when it has not asked for `QUEUED_TTL` seconds. Ready tasks that may run at the site but fit
+none of its shapes (too long, too large, another OS) are reported as `unfit`, with the reason
+for each shape, so that a site admin learns why they are not served. Pure logic on the working
+state: no I/O.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from config.resources import Requirements, Slot, allowed_at, fits, why_not
 from .engine import Engine
 from .model import DatasetStatus
 
-CLAIM_TTL = 600.0
+QUEUED_TTL = 600.0
 UNFIT_SHOWN = 3
 """The most kinds of unfit tasks (by requirements) the demand answer describes."""
 EMPTY_WINDOW = 600.0
@@ -37,7 +37,9 @@ class Shape:
 
 
 @dataclass
-class Claim:
+class QueuedPilots:
+    """What one factory said it has queued at a site, and when."""
+
     time: float
     shapes: list[Shape]
 
@@ -65,10 +67,10 @@ def ready_classes(engine: Engine) -> dict[Requirements, int]:
     return classes
 
 
-def subtract_claims(classes: dict[Requirements, int], claims: list[Claim]) -> None:
+def subtract_queued(classes: dict[Requirements, int], queued: list[QueuedPilots]) -> None:
     """Take away the tasks that other factories' queued pilots will hold."""
-    for claim in claims:
-        for shape in claim.shapes:
+    for pilots in queued:
+        for shape in pilots.shapes:
             pilots = shape.queued
             for req in sorted(classes, key=lambda r: (-r.gpus, -r.cpus, -r.memory)):
                 if pilots <= 0:
@@ -146,15 +148,15 @@ def unfit(classes: dict[Requirements, int], site: str, shapes: list[Shape]) -> d
 
 
 def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict[str, Any]:
-    """The answer to a factory's demand request; records its claim."""
+    """The answer to a factory's demand request; records what it has queued."""
     now = engine.clock()
-    claims = engine.claims
-    for key in [k for k, c in claims.items() if now - c.time > CLAIM_TTL]:
-        del claims[key]
+    queued = engine.queued_pilots
+    for key in [k for k, q in queued.items() if now - q.time > QUEUED_TTL]:
+        del queued[key]
     classes = ready_classes(engine)
     misfits = unfit(classes, site, shapes)
-    subtract_claims(classes, [c for k, c in claims.items() if k != (site, factory)])
-    claims[(site, factory)] = Claim(now, shapes)
+    subtract_queued(classes, [q for k, q in queued.items() if k != (site, factory)])
+    queued[(site, factory)] = QueuedPilots(now, shapes)
     result = attribute(classes, shapes)
     room = attribute(absorb(dict(classes), free_room(engine, site, now)), shapes)
     for shape, entry, held in zip(shapes, result, room, strict=True):

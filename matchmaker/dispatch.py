@@ -314,7 +314,7 @@ def _count_on_commit(engine: Engine, pilot: Pilot, batch: Batch, matches: int) -
     batch.on_commit(committed)
 
 
-async def ask(engine: Engine, pilot: Pilot, wanted: Slot | Offer) -> Answer:
+async def ask(engine: Engine, pilot: Pilot, offer: Slot | Offer) -> Answer:
     """Give `pilot` the best task (or, with an offer of `max_tasks`, tasks) that fits, committed
     before this returns. Raises NotFound if the pilot ended while the ask waited its turn."""
     if engine.db.gated:
@@ -322,7 +322,7 @@ async def ask(engine: Engine, pilot: Pilot, wanted: Slot | Offer) -> Answer:
         if engine.pilots.get(pilot.pilot_id) is not pilot:
             raise NotFound(f"pilot {pilot.pilot_id} has ended; register again")
     batch = Batch()
-    offer = wanted if isinstance(wanted, Offer) else Offer(wanted)
+    offer = offer if isinstance(offer, Offer) else Offer(offer)
     answer = reserve_offer(engine, pilot, offer, batch)
     if batch:
         await engine.db.write(batch)

@@ -181,7 +181,8 @@ class Engine:
         self.next_pilot_id = 1
         self.next_task_id = 1
         self._job_locks: dict[JobKey, collections.deque[asyncio.Future]] = {}
-        self.claims: dict[tuple[str, str], Any] = {}  # factories' queued pilots (demand.py)
+        # What each factory said it has queued at each site (demand.py).
+        self.queued_pilots: dict[tuple[str, str], Any] = {}
         # When pilots that never got a task ended, by site (demand.py tells factories).
         self.empty_endings: dict[str, collections.deque[float]] = {}
         self._background: list[asyncio.Task] = []

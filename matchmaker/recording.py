@@ -52,11 +52,11 @@ class Report:
 @dataclass
 class Asking:
     """An ask riding on reports: the pilot that asks, the site its token speaks for, and the ask
-    route's body."""
+    (the ask route's body, which `dispatch.Offer` parses)."""
 
     pilot_id: int
     site: Site | None
-    body: Mapping[str, Any]
+    ask: Mapping[str, Any]
 
 
 Answered = dict[str, Any] | ApiError | None
@@ -140,7 +140,7 @@ def _ask_of(engine: Engine, asking: Asking | None
     if isinstance(pilot, ApiError):
         return pilot, None, None
     try:
-        return None, pilot, dispatch.Offer.from_dict(asking.body, pilot.site.name)
+        return None, pilot, dispatch.Offer.from_dict(asking.ask, pilot.site.name)
     except (KeyError, TypeError, ValueError) as exc:
         return BadRequest(f"ask: {exc}"), None, None
 
@@ -213,31 +213,31 @@ async def report(engine: Engine, attempt_id: int, passkey: str,
 
 
 async def report_and_ask(engine: Engine, attempt_id: int, passkey: str, outcome: Outcome,
-                         body: Mapping[str, Any], site: Site | None
+                         ask: Mapping[str, Any], site: Site | None
                          ) -> tuple[dict[str, Any], Next]:
-    """A final report that also asks, with `body` (the ask route's), for the next task of the
+    """A final report that also asks, with `ask` (the ask route's body), for the next task of the
     pilot the attempt was given to, which a pilot token of `site` speaks for: the report's
     answer, and the ask's (or why that pilot may not ask). A report the passkey cannot make is
     refused (raised) before anything is asked."""
     active = engine.active.get(attempt_id)
     if active is None:
         answer, pilot_id = await _stale(engine, attempt_id, passkey)
-        return answer, await ask_for(engine, Asking(pilot_id, site, body))
+        return answer, await ask_for(engine, Asking(pilot_id, site, ask))
     passkeys.check(attempt_id, active.passkey_hash, passkey)
     (answer,), following = await record(engine, [Report(attempt_id, outcome, passkey)],
-                                        asking=Asking(active.pilot_id, site, body))
+                                        asking=Asking(active.pilot_id, site, ask))
     if isinstance(answer, ApiError):
         raise answer
     return answer, following
 
 
 async def report_many(engine: Engine, pilot_id: int, site: Site | None,
-                      reports: Sequence[Mapping[str, Any]], body: Mapping[str, Any] | None
+                      reports: Sequence[Mapping[str, Any]], ask: Mapping[str, Any] | None
                       ) -> tuple[list[dict[str, Any]], Next | None]:
     """Reports of `pilot_id`'s attempts (each a report body with "attempt_id" and "passkey"),
-    and, with `body`, the ask of that pilot, which a pilot token of `site` speaks for: what each
+    and, with `ask`, the ask of that pilot, which a pilot token of `site` speaks for: what each
     report is answered (as the single report route answers it, or why it cannot be made:
-    {"attempt_id", "error", "status"}), in order, and the ask's answer (None without `body`)."""
+    {"attempt_id", "error", "status"}), in order, and the ask's answer (None without `ask`)."""
     parsed: list[Report | ApiError] = []
     for item in reports:
         try:
@@ -247,12 +247,12 @@ async def report_many(engine: Engine, pilot_id: int, site: Site | None,
     wanted = [item for item in parsed if isinstance(item, Report)]
     answers, following = await record(
         engine, wanted, owner=pilot_id,
-        asking=Asking(pilot_id, site, body) if body is not None else None)
+        asking=Asking(pilot_id, site, ask) if ask is not None else None)
     given = iter(answers)
     results = []
-    for item, body_of in zip(parsed, reports, strict=True):
+    for item, body in zip(parsed, reports, strict=True):
         answer = item if isinstance(item, ApiError) else next(given)
-        attempt_id = body_of["attempt_id"]
+        attempt_id = body["attempt_id"]
         if isinstance(answer, ApiError):
             results.append({"attempt_id": attempt_id, "error": answer.message,
                             "status": answer.status})

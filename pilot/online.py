@@ -18,9 +18,10 @@ from pathlib import Path
 from config.resources import ResourceError, parse_duration
 from pilot.client import Matchmaker
 from pilot.gpus import open_nvml
-from pilot.loop import EXIT_ERROR, Pilot, PilotSettings
+from pilot.loop import Pilot
 from pilot.offline import OfflineError, system_values
 from pilot.runner import RunnerSettings
+from pilot.settings import EXIT_ERROR, PilotSettings
 from pilot.slot import measure
 from pilot.supervisor import WALLTIME_GRACE
 from pilot.workarea import WorkArea, WorkAreaError

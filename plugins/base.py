@@ -194,10 +194,14 @@ class BatchPlugin(abc.ABC):
     """Talks to one batch system for one factory. Subclasses implement submit, status, remove."""
 
     system: ClassVar[str]
+    Options: ClassVar[type]
+    """The dataclass of this batch system's own options (`options` in the site config); its
+    parsed instance is `self.options`."""
 
     def __init__(self, settings: PluginSettings) -> None:
         self.settings = settings
         self.tag_prefix = f"floe-{settings.factory_id}-"
+        self.options = parse_options(self.Options, settings.options, self.system)
 
     # The verbs.
 

@@ -53,7 +53,6 @@ from plugins.base import (
     PluginSettings,
     check_environment_name,
     megabytes,
-    parse_options,
 )
 
 STATES = {
@@ -91,11 +90,11 @@ def quote_argument(text: str) -> str:
 
 class HTCondorPlugin(BatchPlugin):
     system = "htcondor"
+    Options = HTCondorOptions
+    options: HTCondorOptions
 
     def __init__(self, settings: PluginSettings) -> None:
         super().__init__(settings)
-        self.options: HTCondorOptions = parse_options(HTCondorOptions, settings.options,
-                                                      self.system)
         if not isinstance(self.options.submit_attributes, Mapping):
             raise PluginConfigError("htcondor option submit_attributes must map submit "
                                     "commands to values, e.g. {'+AccountingGroup': '\"g.u\"'}")

@@ -36,7 +36,6 @@ from plugins.base import (
     PluginConfigError,
     PluginSettings,
     check_environment_name,
-    parse_options,
 )
 
 # Runs the pilot and records how it ended: "$1" is the exit file, the rest the command.
@@ -84,10 +83,11 @@ def group_alive(pgid: int) -> bool:
 
 class LocalPlugin(BatchPlugin):
     system = "local"
+    Options = LocalOptions
+    options: LocalOptions
 
     def __init__(self, settings: PluginSettings) -> None:
         super().__init__(settings)
-        self.options: LocalOptions = parse_options(LocalOptions, settings.options, self.system)
         if self.options.kill_grace < 0 or self.options.keep_finished < 0:
             raise PluginConfigError("local options kill_grace and keep_finished must not be "
                                     "negative")

@@ -27,9 +27,7 @@ from plugins.base import (
     PilotShape,
     PilotState,
     PluginConfigError,
-    PluginSettings,
     megabytes,
-    parse_options,
 )
 from plugins.script import ScriptPlugin
 
@@ -152,12 +150,10 @@ def pbs_time(text: str) -> float | None:
 
 class PbsPlugin(ScriptPlugin):
     system = "pbs"
+    Options = PbsOptions
+    options: PbsOptions
     template = "pbs.sh"
     directive_prefix = "#PBS"
-
-    def __init__(self, settings: PluginSettings) -> None:
-        super().__init__(settings)
-        self.options: PbsOptions = parse_options(PbsOptions, settings.options, self.system)
 
     def resource_list(self, shape: PilotShape) -> str:
         """The `-l` list for one pilot of `shape` in this site's flavour."""

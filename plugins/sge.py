@@ -24,9 +24,7 @@ from plugins.base import (
     PilotInfo,
     PilotShape,
     PilotState,
-    PluginSettings,
     megabytes,
-    parse_options,
     timestamp,
 )
 from plugins.script import ScriptPlugin
@@ -63,12 +61,10 @@ def pilot_state(letters: str) -> PilotState:
 
 class SgePlugin(ScriptPlugin):
     system = "sge"
+    Options = SgeOptions
+    options: SgeOptions
     template = "sge.sh"
     directive_prefix = "#$"
-
-    def __init__(self, settings: PluginSettings) -> None:
-        super().__init__(settings)
-        self.options: SgeOptions = parse_options(SgeOptions, settings.options, self.system)
 
     def directives(self, shape: PilotShape, log_stem: Path) -> list[str]:
         options = self.options

@@ -19,9 +19,7 @@ from plugins.base import (
     PilotInfo,
     PilotShape,
     PilotState,
-    PluginSettings,
     megabytes,
-    parse_options,
     timestamp,
 )
 from plugins.script import ScriptPlugin
@@ -53,12 +51,10 @@ class SlurmOptions:
 
 class SlurmPlugin(ScriptPlugin):
     system = "slurm"
+    Options = SlurmOptions
+    options: SlurmOptions
     template = "slurm.sh"
     directive_prefix = "#SBATCH"
-
-    def __init__(self, settings: PluginSettings) -> None:
-        super().__init__(settings)
-        self.options: SlurmOptions = parse_options(SlurmOptions, settings.options, self.system)
 
     def directives(self, shape: PilotShape, log_stem: Path) -> list[str]:
         lines = [

@@ -45,8 +45,8 @@ async def report(ctx: Context) -> Any:
     engine = ctx.engine
     attempt_id = ctx.params["attempt_id"]
     outcome = Outcome.from_dict(ctx.body)
-    free = ctx.body.get("ask")
-    if free is None:
+    ask = ctx.body.get("ask")
+    if ask is None:
         return await recording.report(engine, attempt_id, ctx.passkey, outcome)
     try:
         ctx.authorize(Action.PILOT)
@@ -54,7 +54,7 @@ async def report(ctx: Context) -> Any:
         answer = await recording.report(engine, attempt_id, ctx.passkey, outcome)
         return dict(answer, next={"error": refusal.message, "status": refusal.status})
     answer, following = await recording.report_and_ask(engine, attempt_id, ctx.passkey, outcome,
-                                                      free, ctx.principal.site)
+                                                      ask, ctx.principal.site)
     if isinstance(following, ApiError):
         return dict(answer, next={"error": following.message, "status": following.status})
     recorded = json.dumps(answer, separators=(",", ":")).encode()

@@ -109,9 +109,9 @@ async def reports(ctx: Context) -> Any:
     elif not await queries.pilot_registered(engine.db, pilot_id):
         raise NotFound(f"there is no pilot {pilot_id}; a pilot gets its id when it registers "
                        "(POST /api/v1/pilots)")
-    free = ctx.body.get("ask")
+    ask = ctx.body.get("ask")
     results, following = await recording.report_many(
-        engine, pilot_id, ctx.principal.site, ctx.body["reports"], free)
+        engine, pilot_id, ctx.principal.site, ctx.body["reports"], ask)
     answer = json.dumps({"results": results}, separators=(",", ":")).encode()
     if following is None:
         return web.Response(body=answer, content_type="application/json")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from config import dataset
-from config.protocol import MAX_TASKS
+from config.protocol import MAX_BATCH_IDS, MAX_TASKS
 from config.states import ErrorClass
 
 BIG = 2**62
@@ -267,21 +267,28 @@ SHAPE = _obj({
     "arch": _str(32),
     "queued": _int(doc="pilots of this shape this factory has queued now"),
 }, ("name", "cpus", "memory", "disk", "walltime"))
-MAX_PILOTS_ASKED = 1000  # the most batch ids one demand request may ask about
-
-DEMAND = dict(_obj({
+DEMAND = _obj({
     "shapes": {"type": "array", "items": SHAPE, "maxItems": 64},
     "factory": _str(128),
+}, ("shapes",))
+
+_BATCH_IDS = {"type": "array", "items": _str(256, minLength=1), "maxItems": MAX_BATCH_IDS}
+BATCH_JOBS = _obj({
     "batch_system": _str(32, description="the batch system the factory submits its pilots to, "
                                          "as they register with it (slurm, pbs, sge, "
                                          "htcondor, local)"),
-    "pilots": {"type": "array", "items": _str(256, minLength=1), "maxItems": MAX_PILOTS_ASKED,
-               "description": "batch ids of this factory's pilots whose registration it has "
-                              "not seen yet; the answer's `registered` says which of them "
-                              "registered at this site with `batch_system`"},
-    "ended": {"type": "array", "items": _str(256, minLength=1), "maxItems": MAX_PILOTS_ASKED,
-              "description": "batch ids of this factory's pilots whose batch job the batch "
-                             "system says has ended; those the matchmaker still counts running "
-                             "are ended as lost at once and their tasks requeued, and the "
-                             "answer's `lost` lists them"},
-}, ("shapes",)), dependentRequired={"pilots": ["batch_system"], "ended": ["batch_system"]})
+    "factory": _str(128),
+    "pilots": dict(_BATCH_IDS, description="batch ids of this factory's pilots whose "
+                   "registration it has not seen yet; the answer's `registered` says which "
+                   "of them registered at this site with `batch_system`"),
+    "ended": dict(_BATCH_IDS, description="batch ids of this factory's pilots whose batch job "
+                  "the batch system says has ended; those the matchmaker still counts running "
+                  "are ended as lost at once and their tasks requeued, and the answer's `lost` "
+                  "lists them"),
+}, ("batch_system",))
+BATCH_JOBS_ANSWER = _obj({
+    "registered": {"type": "array", "items": {"type": "string"},
+                   "description": "those of `pilots` a pilot registered with, in their order"},
+    "lost": {"type": "array", "items": {"type": "string"},
+             "description": "those of `ended` whose pilots were ended as lost now"},
+}, ("registered", "lost"))

@@ -1,4 +1,5 @@
-"""API of sites as their factories see them: demand, pilot tokens; and the pilots listing."""
+"""API of sites as their factories see them: demand, pilot tokens, what became of their pilots'
+batch jobs; and the pilots listing."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ from config.resources import Slot
 
 from .. import demand as pilot_demand
 from ..access import Action
+from ..engine import Site
 from ..pilots import batch_jobs_ended
 from ..storage import queries
 from . import schemas
 from .framework import Context, Param, route
 
 SITE = Param("name", str, where="path")
+
+
+async def own_site(ctx: Context) -> Site:
+    """The site the path names, which the caller's token must speak for."""
+    site = await ctx.auth.site_by_name(ctx.params["name"])
+    ctx.authorize(Action.SITE, site=site)
+    return site
 
 
 @route("GET", "/api/v1/sites", summary="Sites with their running pilots", tag="sites",
@@ -32,8 +41,7 @@ async def sites(ctx: Context) -> Any:
        "this site", tag="sites", action=Action.SITE, params=[SITE], body=schemas.PILOT_TOKEN,
        status=201)
 async def pilot_token(ctx: Context) -> Any:
-    site = await ctx.auth.site_by_name(ctx.params["name"])
-    ctx.authorize(Action.SITE, site=site)
+    site = await own_site(ctx)
     token, expires = await ctx.auth.pilot_token(site, float(ctx.body.get("lifetime", 86400)))
     return {"token": token, "expires": expires, "site": site.name}
 
@@ -50,29 +58,35 @@ async def pilot_token(ctx: Context) -> Any:
                    "reasons shape by shape for the most numerous kinds. `pilots` counts the "
                    "site's running and idle pilots and those that ended lately without a task. "
                    "The factory's own `queued` counts are remembered for the other factories' "
-                   "answers. With `pilots` (batch ids, and their `batch_system`), `registered` "
-                   "lists those of them that a pilot registered with at this site, ever (a "
-                   "pilot that has ended since counts): the factory tells by it a pilot that "
-                   "could not reach the matchmaker from one that did. With `ended` (batch ids "
-                   "whose batch job has ended), the site's pilots among them that the "
-                   "matchmaker still counts running are ended as lost, their tasks requeued at "
-                   "once instead of after the heartbeat timeout, and listed in `lost`.")
+                   "answers.")
 async def demand(ctx: Context) -> Any:
-    site = await ctx.auth.site_by_name(ctx.params["name"])
-    ctx.authorize(Action.SITE, site=site)
+    site = await own_site(ctx)
     shapes = [pilot_demand.Shape(s["name"], Slot(
         cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
         seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
         site=site.name), s.get("queued", 0)) for s in ctx.body["shapes"]]
-    answer = pilot_demand.demand(ctx.engine, site.name, ctx.body.get("factory") or "default",
-                                 shapes)
-    if "pilots" in ctx.body:
-        answer["registered"] = await queries.registered_batch_ids(
-            ctx.engine.db, site.site_id, ctx.body["batch_system"], ctx.body["pilots"])
-    if "ended" in ctx.body:
-        answer["lost"] = await batch_jobs_ended(
-            ctx.engine, site, ctx.body["batch_system"], ctx.body["ended"], answer["factory"])
-    return answer
+    return pilot_demand.demand(ctx.engine, site.name, ctx.body.get("factory") or "default",
+                               shapes)
+
+
+@route("POST", "/api/v1/sites/{name}/batch-jobs", summary="What a factory saw of its pilots' "
+       "batch jobs: which ended, and which to ask about", tag="sites", action=Action.SITE,
+       params=[SITE], body=schemas.BATCH_JOBS, response=schemas.BATCH_JOBS_ANSWER,
+       description="`registered` lists those of `pilots` that a pilot registered with at this "
+                   "site under `batch_system`, ever (a pilot that has ended since counts): the "
+                   "factory tells by it a pilot that could not reach the matchmaker from one "
+                   "that did. The site's pilots among `ended` that the matchmaker still counts "
+                   "running (killed outright, their node lost) are ended as lost, their tasks "
+                   "requeued at once instead of after the heartbeat timeout, and listed in "
+                   "`lost`.")
+async def batch_jobs(ctx: Context) -> Any:
+    site = await own_site(ctx)
+    system = ctx.body["batch_system"]
+    registered = await queries.registered_batch_ids(ctx.engine.db, site.site_id, system,
+                                                    ctx.body.get("pilots") or [])
+    lost = await batch_jobs_ended(ctx.engine, site, system, ctx.body.get("ended") or [],
+                                  ctx.body.get("factory") or "default")
+    return {"registered": registered, "lost": lost}
 
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",

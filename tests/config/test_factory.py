@@ -3,11 +3,22 @@ validates, and a site's token comes from its file or the environment with a sent
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from config.factory import load_factory_config, reference, site_token, to_toml
+from config.factory import (
+    SHAPE_SCHEMA,
+    SITE_SCHEMA,
+    ShapeConfig,
+    SiteConfig,
+    factory_config,
+    load_factory_config,
+    reference,
+    site_token,
+    to_toml,
+)
 from config.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,24 +32,36 @@ def test_docs_factory_md_is_current():
 
 def test_the_example_site_toml_validates_with_its_workdir_made_absolute():
     config = load_factory_config(ROOT / "examples" / "site.toml")
-    assert [site["plugin"] for site in config.sites] == ["local"]
+    assert [site.plugin for site in config.sites] == ["local"]
     assert config.workdir.is_absolute() and config.workdir.name == "factory"
     assert config.factory_id == "workstation"
+
+
+def a_site(token_file: str) -> SiteConfig:
+    document = {"matchmaker": "http://127.0.0.1:8080",
+                "sites": [{"name": "a", "plugin": "local", "token_file": token_file,
+                           "shapes": [{"name": "s"}]}]}
+    return factory_config(document).sites[0]
 
 
 def test_a_site_token_comes_from_its_file_or_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOE_SITE_TOKEN", raising=False)
     token_file = tmp_path / "token"
     token_file.write_text("floe_s_abc\n")
-    assert site_token({"name": "a", "token_file": str(token_file)}) == "floe_s_abc"
+    assert site_token(a_site(str(token_file))) == "floe_s_abc"
     monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_s_env")
-    assert site_token({"name": "a", "token_file": ""}) == "floe_s_env"
+    assert site_token(a_site("")) == "floe_s_env"
     token_file.write_text("")
     with pytest.raises(ConfigError, match="is empty; write the token"):
-        site_token({"name": "a", "token_file": str(token_file)})
+        site_token(a_site(str(token_file)))
     monkeypatch.delenv("FLOE_SITE_TOKEN")
     with pytest.raises(ConfigError, match="no site token: set token_file, or FLOE_SITE_TOKEN"):
-        site_token({"name": "a", "token_file": ""})
+        site_token(a_site(""))
+
+
+def test_the_typed_site_and_shape_settings_have_exactly_the_schemas_fields():
+    assert [f.name for f in dataclasses.fields(SiteConfig)] == list(SITE_SCHEMA.fields)
+    assert [f.name for f in dataclasses.fields(ShapeConfig)] == list(SHAPE_SCHEMA.fields)
 
 
 def test_a_document_written_as_toml_reads_back_as_the_same_config(tmp_path):
@@ -53,10 +76,10 @@ def test_a_document_written_as_toml_reads_back_as_the_same_config(tmp_path):
     path.write_text(to_toml(document))
     config = load_factory_config(path)
     [site] = config.sites
-    assert (config.factory_id, site["name"], site["max_queued"]) == ("f1", "a-b", 3)
-    assert site["environment"] == {"X_Y": 'say "hi"'} and site["memory_headroom"] == 0.25
-    assert site["options"] == {"partition": "short", "request_disk": True}
-    assert site["shapes"][0]["directives"] == ["--constraint=avx2"]
+    assert (config.factory_id, site.name, site.max_queued) == ("f1", "a-b", 3)
+    assert site.environment == {"X_Y": 'say "hi"'} and site.memory_headroom == 0.25
+    assert site.options == {"partition": "short", "request_disk": True}
+    assert site.shapes[0].directives == ("--constraint=avx2",)
 
 
 def test_a_nul_in_what_reaches_the_pilots_environment_is_refused(tmp_path):

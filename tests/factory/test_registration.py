@@ -1,8 +1,8 @@
 """A site's health judged by whether its pilots registered with the matchmaker, with the local
 plugin, a real matchmaker and real pilots: pilots that cannot reach the matchmaker are failures
 however long they run, and the site is backed off; pilots that register and leave at once are
-none; and where the matchmaker cannot say (too old to be asked, or away) the pilots' life
-decides, as `min_pilot_life` says."""
+none; and where the matchmaker cannot say (it cannot store what it is told now, or it is away)
+the pilots' life decides, as `min_pilot_life` says."""
 
 from __future__ import annotations
 
@@ -101,10 +101,10 @@ def test_pilots_that_register_and_leave_at_once_for_want_of_work_are_no_failures
     assert site.health.failures == 0 and not site.health.failing
 
 
-class OlderMatchmaker:
-    """The live matchmaker behind a proxy that answers as a matchmaker older than the demand
-    route's `batch_system` and `pilots` did: a demand body with them is refused (400) as having
-    unknown keys. Everything else is passed through."""
+class UnsureMatchmaker:
+    """The live matchmaker behind a proxy that answers what a factory tells of its batch jobs
+    503 (retryable: a matchmaker whose database writer just died). Everything else is passed
+    through."""
 
     def __init__(self, upstream: str) -> None:
         self.refused = 0
@@ -122,11 +122,10 @@ class OlderMatchmaker:
 
             def forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.endswith("/demand") and {"batch_system", "pilots"} & set(
-                        json.loads(body)):
+                if self.path.endswith("/batch-jobs"):
                     proxy.refused += 1
-                    self.answer(400, json.dumps({"error": "body.batch_system: unknown key "
-                                                 "(known: shapes, factory)"}).encode())
+                    self.answer(503, json.dumps({"error": "the matchmaker could not store "
+                                                 "this now; try again"}).encode())
                     return
                 request = urllib.request.Request(
                     upstream + self.path, data=body or None, method=self.command,
@@ -156,26 +155,26 @@ class OlderMatchmaker:
 
 
 @pytest.fixture
-def older(matchmaker: LiveMatchmaker) -> Iterator[OlderMatchmaker]:
-    proxy = OlderMatchmaker(matchmaker.url)
+def unsure(matchmaker: LiveMatchmaker) -> Iterator[UnsureMatchmaker]:
+    proxy = UnsureMatchmaker(matchmaker.url)
     yield proxy
     proxy.close()
 
 
 @pytest.mark.parametrize("seconds, failures", [(0, 4), (3, 0)], ids=["die-at-once", "live-3s"])
 def test_a_matchmaker_that_cannot_be_asked_about_registration_leaves_it_to_min_pilot_life(
-        matchmaker: LiveMatchmaker, older: OlderMatchmaker, make_runner, tmp_path: Path,
+        matchmaker: LiveMatchmaker, unsure: UnsureMatchmaker, make_runner, tmp_path: Path,
         seconds: int, failures: int):
     matchmaker.submit(dag_dataset(4))
     python = fake_command(tmp_path / "bin", "python",
                           SLEEPING_PYTHON.format(seconds=seconds)) / "python"
     document = dict(site_document(matchmaker, tmp_path / "factory", python=str(python),
                                   min_pilot_life="2s", failing_after=3, backoff="60s"),
-                    matchmaker=older.url)
+                    matchmaker=unsure.url)
     site = make_runner(document)
     assert site.cycle().submit == {"small": 4}
     cycle_until(site, lambda: site.counters.ended == 4, 30, "the pilots to end")
-    assert older.refused > 0                    # the factory asked, and asked again without
+    assert unsure.refused > 0                   # the factory asked, and could not be told
     assert site.counters.ended_unregistered == 0
     assert site.counters.died_at_start == failures
     assert site.health.failures == failures

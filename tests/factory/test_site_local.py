@@ -4,6 +4,7 @@ orphans, stopping."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -145,7 +146,7 @@ def test_stopping_removes_what_on_stop_says(matchmaker: LiveMatchmaker, make_run
     removed.stop()
     assert len(live_pilots(kept)) == 1
     wait_for(lambda: not live_pilots(removed), 30, "remove-all to stop the running pilot")
-    kept.site = {**kept.site, "on_stop": "remove-all"}
+    kept.site = dataclasses.replace(kept.site, on_stop="remove-all")
     kept.stop()
     wait_for(lambda: not live_pilots(kept), 30, "the kept pilot to be removed")
     # One pilot is one pilot in the log, not "1 small pilots".

@@ -224,9 +224,11 @@ MATRIX = {
                           {"admin", "site"}),
     "read site demand": ("POST", "/api/v1/sites/site-a/demand",
                          {"shapes": [{"name": "small", "cpus": 1, "memory": 2**31,
-                                      "disk": 2**33, "walltime": 7200}],
-                          "factory": "f1", "batch_system": "slurm", "pilots": ["42", "43"]},
+                                      "disk": 2**33, "walltime": 7200}], "factory": "f1"},
                          {"admin", "site"}),
+    "tell of batch jobs": ("POST", "/api/v1/sites/site-a/batch-jobs",
+                           {"batch_system": "slurm", "factory": "f1", "pilots": ["42", "43"],
+                            "ended": ["44"]}, {"admin", "site"}),
     "list pilots": ("GET", "/api/v1/pilots", None, USERS),
     "read metrics": ("GET", "/metrics", None, USERS),
     "register a pilot": ("POST", "/api/v1/pilots", {"host": "n"}, {"pilot", "other_pilot"}),
@@ -549,17 +551,17 @@ async def test_unknown_keys_in_bodies_are_refused_with_a_suggestion(world):
     assert status == 400 and 'gpu: unknown key; did you mean "gpus"?' in answer["error"]
 
 
-DEMAND = "/api/v1/sites/{site}/demand"
-SMALL = {"name": "small", "cpus": 1, "memory": 2**31, "disk": 2**33, "walltime": 7200}
+BATCH_JOBS = "/api/v1/sites/{site}/batch-jobs"
 
 
-async def test_demand_says_which_of_the_factorys_pilots_registered_at_its_site(world):
+async def test_a_factory_learns_which_of_its_pilots_registered_at_its_site(world):
     # site-a's pilot registered as slurm job 42 (World.populate); site-b's without a batch id.
     async def registered(site: str, token: str, batch_system: str, pilots: list[str]):
         status, answer = await world.api.call(
-            "POST", DEMAND.format(site=site), token,
-            {"shapes": [SMALL], "batch_system": batch_system, "pilots": pilots})
+            "POST", BATCH_JOBS.format(site=site), token,
+            {"batch_system": batch_system, "pilots": pilots})
         assert status == 200, answer
+        assert answer["lost"] == []
         return answer["registered"]
 
     assert await registered("site-a", world.site_token, "slurm", ["41", "42", "43", "42"]) \
@@ -567,13 +569,9 @@ async def test_demand_says_which_of_the_factorys_pilots_registered_at_its_site(w
     assert await registered("site-a", world.site_token, "pbs", ["42"]) == []
     assert await registered("site-b", world.other_site_token, "slurm", ["42"]) == []
     assert await registered("site-a", world.site_token, "slurm", []) == []
-    # Without `pilots` nothing is asked, and nothing answered.
-    status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
-                                          world.site_token, {"shapes": [SMALL]})
-    assert status == 200 and "registered" not in answer
-    status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
-                                          world.site_token, {"shapes": [SMALL], "pilots": ["42"]})
-    assert status == 400 and answer["error"] == "batch_system: required with pilots"
+    status, answer = await world.api.call("POST", BATCH_JOBS.format(site="site-a"),
+                                          world.site_token, {"pilots": ["42"]})
+    assert status == 400 and answer["error"] == "batch_system: required"
 
 
 async def test_a_pilot_whose_batch_job_ended_is_lost_at_once_with_what_it_ran(world):
@@ -584,8 +582,8 @@ async def test_a_pilot_whose_batch_job_ended_is_lost_at_once_with_what_it_ran(wo
 
     async def ended(site: str, token: str, batch_system: str, ids: list[str]) -> list[str]:
         status, answer = await world.api.call(
-            "POST", DEMAND.format(site=site), token,
-            {"shapes": [SMALL], "batch_system": batch_system, "ended": ids})
+            "POST", BATCH_JOBS.format(site=site), token,
+            {"batch_system": batch_system, "ended": ids})
         assert status == 200, answer
         return answer["lost"]
 
@@ -612,9 +610,6 @@ async def test_a_pilot_whose_batch_job_ended_is_lost_at_once_with_what_it_ran(wo
     assert status == 409 and f"is void (the batch job of pilot {world.pilot}" in answer["error"]
     # Told again (a factory that did not hear the answer), nothing more happens.
     assert await ended("site-a", world.site_token, "slurm", ["42"]) == []
-    status, answer = await world.api.call("POST", DEMAND.format(site="site-a"),
-                                          world.site_token, {"shapes": [SMALL], "ended": ["42"]})
-    assert status == 400 and answer["error"] == "batch_system: required with ended"
 
 
 async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world):

@@ -78,12 +78,12 @@ async def test_another_factorys_queued_pilots_are_not_counted_twice(engine):
     assert again["shapes"][0]["tasks"] == 10
 
 
-async def test_a_silent_factorys_claim_lapses(engine, clock):
+async def test_what_a_silent_factory_said_it_queued_lapses(engine, clock):
     await filled(engine)
     demand.demand(engine, "site-a", "f1", [shape("small", 1, 4, queued=10)])
     assert demand.demand(engine, "site-b", "f2", [shape("small", 1, 4)])["shapes"][0][
         "tasks"] == 0
-    clock.advance(demand.CLAIM_TTL + 1)
+    clock.advance(demand.QUEUED_TTL + 1)
     assert demand.demand(engine, "site-b", "f2", [shape("small", 1, 4)])["shapes"][0][
         "tasks"] == 10
 
@@ -168,10 +168,8 @@ def test_registered_pilots_are_answered_after_they_ended_and_after_a_restart(
         return pilot["pilot_id"]
 
     def registered(pilots: list[str]) -> list[str]:
-        status, answer = matchmaker.api("POST", "/sites/site-a/demand", {
-            "shapes": [{"name": "small", "cpus": 1, "memory": GIB, "disk": GIB,
-                        "walltime": 3600}], "batch_system": "local", "pilots": pilots},
-            token=matchmaker.site_token)
+        status, answer = matchmaker.api("POST", "/sites/site-a/batch-jobs", {
+            "batch_system": "local", "pilots": pilots}, token=matchmaker.site_token)
         assert status == 200, answer
         return answer["registered"]
 

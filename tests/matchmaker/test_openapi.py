@@ -18,7 +18,7 @@ from config.states import ErrorClass
 from matchmaker.api.validation import problems
 from pilot.client import Ask, Matchmaker, Reply
 from pilot.limits import Overuse
-from pilot.loop import lost_report, report_of
+from pilot.reports import lost_report, report_of
 from pilot.runner import TaskResult
 from pilot.slot import MeasuredSlot
 from tests.config.test_json_schema import INVALID, VALID
@@ -177,33 +177,31 @@ REFUSED_PILOT_BODIES = {
 
 
 SHAPES = [{"name": "small", "cpus": 1, "memory": GIB, "disk": GIB, "walltime": 3600}]
-REFUSED_DEMAND_BODIES = {
-    "pilots without their batch system": {"shapes": SHAPES, "pilots": ["1"]},
-    "pilots that are not a list": {"shapes": SHAPES, "batch_system": "slurm", "pilots": "1"},
-    "a batch id that is not a string": {"shapes": SHAPES, "batch_system": "slurm",
-                                        "pilots": ["1", 2]},
-    "an empty batch id": {"shapes": SHAPES, "batch_system": "slurm", "pilots": [""]},
-    "a batch id too long": {"shapes": SHAPES, "batch_system": "slurm", "pilots": ["1" * 257]},
-    "more than 1000 batch ids": {"shapes": SHAPES, "batch_system": "slurm",
-                                 "pilots": [str(n) for n in range(1001)]},
-    "a batch system name too long": {"shapes": SHAPES, "batch_system": "s" * 33,
-                                     "pilots": ["1"]},
+REFUSED_BATCH_JOBS_BODIES = {
+    "pilots without their batch system": {"pilots": ["1"]},
+    "pilots that are not a list": {"batch_system": "slurm", "pilots": "1"},
+    "a batch id that is not a string": {"batch_system": "slurm", "pilots": ["1", 2]},
+    "an empty batch id": {"batch_system": "slurm", "ended": [""]},
+    "a batch id too long": {"batch_system": "slurm", "pilots": ["1" * 257]},
+    "more than 1000 batch ids": {"batch_system": "slurm", "ended": [str(n) for n in range(1001)]},
+    "a batch system name too long": {"batch_system": "s" * 33, "pilots": ["1"]},
+    "shapes, which are the demand's": {"batch_system": "slurm", "shapes": SHAPES},
 }
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED_DEMAND_BODIES))
-async def test_a_demand_body_the_server_refuses_is_refused_by_the_document(world, name):
-    template = "/api/v1/sites/{name}/demand"
+@pytest.mark.parametrize("name", sorted(REFUSED_BATCH_JOBS_BODIES))
+async def test_a_batch_jobs_body_the_server_refuses_is_refused_by_the_document(world, name):
+    template = "/api/v1/sites/{name}/batch-jobs"
     schema = await documented(world, "POST", template)
-    body = REFUSED_DEMAND_BODIES[name]
+    body = REFUSED_BATCH_JOBS_BODIES[name]
     status, answer = await world.api.call("POST", template.format(name="site-a"),
                                           world.site_token, body)
     assert (status, answer) == (400, {"error": schema_refusal(schema, body)})
     assert not schema.is_valid(body)
-    accepted = dict(body, batch_system="slurm", pilots=["1", "2"])
+    accepted = {"batch_system": "slurm", "pilots": ["1", "2"]}
     status, answer = await world.api.call("POST", template.format(name="site-a"),
                                           world.site_token, accepted)
-    assert status == 200 and answer["registered"] == [], answer
+    assert status == 200 and answer == {"registered": [], "lost": []}, answer
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED_PILOT_BODIES))

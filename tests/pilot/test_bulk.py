@@ -12,8 +12,9 @@ from typing import Any
 
 from config.resources import GIB, Slot
 from pilot.client import Ask, Matchmaker, Reply, Unreachable
-from pilot.loop import Pilot, PilotSettings
+from pilot.loop import Pilot
 from pilot.outbox import Delivery, Outbox, Verdict, deliver_many
+from pilot.settings import PilotSettings
 from pilot.slot import measure
 from pilot.workarea import WorkArea
 
@@ -64,13 +65,13 @@ def registered(matchmaker: LiveMatchmaker) -> tuple[Matchmaker, int]:
     return client, reply.data["pilot_id"]
 
 
-def one_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, **settings: Any
-                  ) -> tuple[Pilot, Recording, WorkArea]:
+def one_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, client: Recording | None = None,
+                  **settings: Any) -> tuple[Pilot, Recording, WorkArea]:
     slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
                                cpus=1)
     work = WorkArea(tmp_path)
     work.open()
-    client = Recording(matchmaker.url, matchmaker.pilot_token())
+    client = client or Recording(matchmaker.url, matchmaker.pilot_token())
     return Pilot(client, slot, work, PilotSettings(idle_timeout=0.5, **settings)), client, work
 
 
@@ -166,21 +167,6 @@ def test_a_pilot_told_not_to_prefetch_never_queues(matchmaker: LiveMatchmaker, t
     assert all(not ask.in_series for ask in client.asks), client.asks
 
 
-def test_the_queue_is_sized_from_the_recent_tasks_wall_times(tmp_path):
-    slot = measure(lifetime=3600, scratch=tmp_path, gpu_source=None)
-    work = WorkArea(tmp_path)
-    work.open()
-    pilot = Pilot(Matchmaker("http://127.0.0.1:9"), slot, work, PilotSettings())
-    try:
-        assert pilot._series_size() == 1  # nothing known yet
-        for seconds, size in ((0.3, 3), (0.001, 64), (0.05, 20), (0.6, 1), (30.0, 1)):
-            pilot._durations.clear()
-            pilot._durations.extend([seconds] * 5)
-            assert pilot._series_size() == size, seconds
-    finally:
-        work.close()
-
-
 def test_a_kill_for_a_queued_attempt_drops_it_and_the_others_go_on_waiting(
         matchmaker: LiveMatchmaker, tmp_path):
     voided = matchmaker.submit({"jobs": 1, "tasks": [NULL]})
@@ -190,14 +176,14 @@ def test_a_kill_for_a_queued_attempt_drops_it_and_the_others_go_on_waiting(
         pilot._register(pilot.clock())
         answer = client.ask(pilot.pilot_id, Ask(FREE, max_tasks=3, in_series=True))
         pilot._answered(answer, pilot.clock(), pilot.clock(), Ask(FREE, 3, True), 3600)
-        assert len(pilot._queue) == 3
+        assert len(pilot.lanes.queue) == 3
         status, _ = matchmaker.api("POST", f"/datasets/{voided}/reset", {"scope": "all"})
         assert status == 200
 
-        pilot._next_heartbeat = 0.0
+        pilot.heartbeat.due = 0.0
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 1
-        assert sorted(held.label.split()[1] for held in pilot._queue) == [str(kept)] * 2
+        assert sorted(held.label.split()[1] for held in pilot.lanes.queue) == [str(kept)] * 2
         assert pilot.counts["void"] == 1
     finally:
         work.close()
@@ -208,13 +194,13 @@ def test_an_idle_registered_pilot_keeps_itself_alive_with_an_empty_heartbeat(
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
     try:
         pilot._register(pilot.clock())
-        assert pilot._next_heartbeat > pilot.clock()
+        assert pilot.heartbeat.due > pilot.clock()
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 0  # not yet due
-        pilot._next_heartbeat = 0.0
+        pilot.heartbeat.due = 0.0
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 1
-        assert pilot._next_heartbeat > pilot.clock()
+        assert pilot.heartbeat.due > pilot.clock()
     finally:
         work.close()
 
@@ -244,11 +230,10 @@ def test_an_attempt_whose_report_waits_is_held_in_the_heartbeat_and_its_result_k
     """The matchmaker resets an attempt that the pilot's heartbeat does not hold: one that has
     ended and whose report cannot get through yet is held, in `reporting`."""
     dataset = matchmaker.submit({"jobs": 1, "tasks": [NULL]})
-    pilot, _, work = one_cpu_pilot(matchmaker, tmp_path)
     interval = 5  # tests.pilot.live.SETTINGS
     client = ReportsLostForAWhile(matchmaker.url, matchmaker.pilot_token(),
                                   until=time.monotonic() + 2.5 * interval)
-    pilot.client = client
+    pilot, _, work = one_cpu_pilot(matchmaker, tmp_path, client=client)
     run_to_the_end(pilot, work)
     (attempt,) = matchmaker.attempts(dataset)
     assert attempt["state"] == "complete"

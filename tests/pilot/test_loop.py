@@ -11,9 +11,12 @@ from config.states import ErrorClass
 from pilot.claims import Claim
 from pilot.client import Matchmaker
 from pilot.gpus import Gpu
+from pilot.lanes import Finished, attempt_of
 from pilot.limits import Overuse
-from pilot.loop import Finished, Pilot, PilotSettings, report_of
+from pilot.loop import Pilot
+from pilot.reports import report_of
 from pilot.runner import Scratch, TaskResult, run_task
+from pilot.settings import PilotSettings
 from pilot.slot import measure
 from pilot.workarea import WorkArea
 
@@ -50,7 +53,7 @@ def requeued_as_lost(matchmaker: LiveMatchmaker, pilot: Pilot, attempt: dict) ->
 def test_an_attempt_larger_than_the_free_slot_is_given_back_and_requeued(
         matchmaker: LiveMatchmaker, tmp_path):
     pilot, attempt = pilot_with_an_attempt(matchmaker, tmp_path, memory=16 * MIB)
-    pilot._start(pilot._hold(attempt, pilot.clock()))
+    pilot._take(attempt, pilot.clock(), in_series=False)
     assert not pilot.claims.busy
     assert "needs more than the pilot has free: 64MiB memory (16MiB free)" in \
         requeued_as_lost(matchmaker, pilot, attempt)
@@ -61,7 +64,7 @@ def test_an_attempt_that_arrives_as_the_pilot_drains_is_given_back_not_run(
         matchmaker: LiveMatchmaker, tmp_path):
     pilot, attempt = pilot_with_an_attempt(matchmaker, tmp_path, memory=GIB)
     pilot.drain("SIGTERM received")
-    pilot._start(pilot._hold(attempt, pilot.clock()))
+    pilot._take(attempt, pilot.clock(), in_series=False)
     assert not pilot.claims.busy
     assert "told to stop" in requeued_as_lost(matchmaker, pilot, attempt)
     pilot.work.close()
@@ -105,23 +108,24 @@ def test_a_lane_takes_the_next_queued_task_only_if_its_claim_holds_it(tmp_path):
     work.open()
     pilot = Pilot(Matchmaker("http://127.0.0.1:9"), slot, work, PilotSettings())
     try:
-        big, small = pilot._hold(synthetic_attempt(1, 2), 0.0), pilot._hold(
-            synthetic_attempt(2, 1), 0.0)
-        pilot._queue.extend([big, small])
+        lanes = pilot.lanes
+        big, small = (lanes.hold(attempt_of(synthetic_attempt(n, cpus), 0.0, {}))
+                      for n, cpus in ((1, 2), (2, 1)))
+        lanes.queue.extend([big, small])
         lane = Claim(cpus=1, memory=GIB // 2, disk=GIB // 2)
         succeeded = Finished(small, run_task({"task": {"name": "null", "modules": [
             {"command": "true"}]}}, tmp_path / "done"), {}, {}, 0.0)
         scratch = Scratch(tmp_path / "lane")
         # The two-CPU task at the head waits for the lane to end, not for every small one
         # behind it to have run.
-        assert pilot._next_in_lane(succeeded, lane, scratch) is None
-        pilot._queue.rotate(-1)
-        assert pilot._next_in_lane(succeeded, lane, scratch) is small
-        assert list(pilot._queue) == [big]
+        assert lanes.next_in_lane(succeeded, lane, scratch) is None
+        lanes.queue.rotate(-1)
+        assert lanes.next_in_lane(succeeded, lane, scratch) is small
+        assert list(lanes.queue) == [big]
         failed = dataclasses.replace(succeeded, result=dataclasses.replace(
             succeeded.result, error_class=ErrorClass.TASK_ERROR))
-        pilot._queue.appendleft(pilot._hold(synthetic_attempt(3, 1), 0.0))
-        assert pilot._next_in_lane(failed, lane, scratch) is None
+        lanes.queue.appendleft(lanes.hold(attempt_of(synthetic_attempt(3, 1), 0.0, {})))
+        assert lanes.next_in_lane(failed, lane, scratch) is None
     finally:
         work.close()
 
@@ -134,11 +138,13 @@ def test_a_task_in_a_lane_sees_only_as_many_of_its_gpus_as_it_asked_for(tmp_path
     work.open()
     pilot = Pilot(Matchmaker("http://127.0.0.1:9"), slot, work, PilotSettings())
     try:
-        both = pilot.claims.claim(pilot._hold(synthetic_attempt(1, 1, gpus=2), 0.0).requirements)
-        later = pilot._hold(synthetic_attempt(2, 1, gpus=1), 0.0)
-        assert [gpu.uuid for gpu in pilot._task_run(later, both, Scratch(tmp_path)).gpus] == \
+        lanes = pilot.lanes
+        both = pilot.claims.claim(attempt_of(synthetic_attempt(1, 1, gpus=2), 0.0,
+                                             {}).requirements)
+        later = attempt_of(synthetic_attempt(2, 1, gpus=1), 0.0, {})
+        assert [gpu.uuid for gpu in lanes.task_run(later, both, Scratch(tmp_path)).gpus] == \
             ["GPU-aaaa"]
-        none = pilot._hold(synthetic_attempt(3, 1), 0.0)
-        assert pilot._task_run(none, both, Scratch(tmp_path)).gpus == ()
+        none = attempt_of(synthetic_attempt(3, 1), 0.0, {})
+        assert lanes.task_run(none, both, Scratch(tmp_path)).gpus == ()
     finally:
         work.close()

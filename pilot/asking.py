@@ -1,0 +1,104 @@
+"""When the pilot asks for work, and for how much: a pure policy, numbers in and a decision out,
+as the factory's top-up policy is (no clock, no matchmaker, no threads: a test drives it).
+
+While the pilot's recent tasks are short it prefetches: it asks for tasks to run one after
+another ("series"), about `prefetch_horizon` seconds of them at their recent mean wall time,
+and asks again once the queue is down to half. Otherwise it asks for tasks to start side by side
+("side") in what is free, as many as its free CPUs could hold. It stops asking when the slot's
+time is too short for a task, when it has had no work for `idle_timeout`, or when the slot
+offers nothing a task could use.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+MAX_ASK = 64
+"""The most tasks one ask is for, side by side or in series."""
+SERIES = "series"
+SIDE = "side"
+
+
+def series_size(durations: Sequence[float], horizon: float) -> int:
+    """How many tasks to queue: about `horizon` seconds of them at their recent mean wall time
+    (1 while no task has ended, when tasks are long, or with no horizon)."""
+    if horizon <= 0 or not durations:
+        return 1
+    mean = max(statistics.fmean(durations), 1e-6)
+    return max(1, min(MAX_ASK, int(horizon / mean)))
+
+
+@dataclass(frozen=True)
+class Situation:
+    """What the pilot knows when it may ask."""
+
+    now: float
+    seconds_left: int
+    """Seconds left in the slot."""
+    idle: bool
+    """No lane runs and no attempt is held."""
+    asked_since_busy: bool
+    """It has asked at least once since it was last busy (an idle pilot leaves only then)."""
+    last_busy: float
+    next_ask: float
+    """When it may ask again (after an empty answer's wait, or a backoff)."""
+    series_size: int
+    queued: int
+    """Attempts queued in series, not yet started."""
+    time_after_queue: int
+    """Seconds left once the queued attempts have run their walltimes."""
+    can_offer_series: bool
+    """The slot offers a task something beside the attempts running longer than the horizon."""
+    can_offer_side: bool
+    """Something is free for a task to start now."""
+    free_cpus: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_seconds: float
+    """Stop asking with less time left than this, whatever the tasks' walltimes."""
+    idle_timeout: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Ask for `count` tasks of `kind` (series or side), or not now (kind None); or stop asking
+    for good (`stop`: "lifetime", "idle" or "empty slot")."""
+
+    kind: str | None = None
+    count: int = 0
+    stop: str | None = None
+
+
+def wants(situation: Situation) -> str | None:
+    """SERIES when short tasks are to be queued, SIDE when tasks are to start side by side in
+    what is free, None when the pilot has all it can take now."""
+    if situation.series_size > 1:
+        if situation.queued > situation.series_size // 2 or situation.time_after_queue <= 0:
+            return None
+        return SERIES if situation.can_offer_series else None
+    if situation.queued or not situation.can_offer_side:
+        return None
+    return SIDE
+
+
+def decide(situation: Situation, limits: Limits) -> Decision:
+    """Whether to ask now, and for how many tasks of which kind; or why to stop asking."""
+    if situation.seconds_left < limits.min_seconds:
+        return Decision(stop="lifetime")
+    if situation.idle and situation.asked_since_busy \
+            and situation.now - situation.last_busy >= limits.idle_timeout:
+        return Decision(stop="idle")
+    if situation.now < situation.next_ask:
+        return Decision()
+    kind = wants(situation)
+    if kind is None:
+        if situation.idle and not situation.can_offer_side:
+            return Decision(stop="empty slot")
+        return Decision()
+    if kind == SERIES:
+        return Decision(SERIES, situation.series_size - situation.queued)
+    return Decision(SIDE, max(1, min(MAX_ASK, situation.free_cpus)))

@@ -1,0 +1,361 @@
+"""The attempts a pilot holds and the lanes that run them.
+
+A lane is a thread that holds one claim on the slot and runs a task in it, then the next queued
+task if the same claim holds it and the last one succeeded, and so on, in one scratch directory
+that it reuses while the tasks leave it clean (every lane under one `Supervisor` that applies the
+headroom policy across the slot). Attempts handed out to run side by side start a lane each;
+those handed out in series wait in the queue, in order, until a lane takes them or what is free
+holds the next one (a later one never overtakes it, so a large task is not starved by small
+ones). What a lane finished waits in `finished` for the loop to collect; the loop sleeps on a
+`Wakeup` that lanes and signal handlers write to.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from config.dataset import job_args
+from config.resources import Requirements
+from config.states import ErrorClass
+from pilot.claims import Claim, ClaimError, Claims
+from pilot.gpus import GpuSource
+from pilot.guardian import Guardian
+from pilot.outbox import Outbox
+from pilot.reports import lost_report, report_of
+from pilot.runner import Assignment, RunnerSettings, Scratch, TaskResult, TaskRun
+from pilot.supervisor import Supervisor
+from pilot.workarea import WorkArea
+
+log = logging.getLogger("floe.pilot")
+
+
+class Wakeup:
+    """Wakes the loop from lanes and from signal handlers. A pipe, because writing to it takes
+    no lock, and a signal handler may interrupt the loop while it holds one."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def notify(self) -> None:
+        # A full pipe means a wake-up is pending already; a closed one, that nobody waits.
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"x")
+
+    def wait(self, timeout: float) -> None:
+        ready, _, _ = select.select([self._read], [], [], max(0.0, timeout))
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._read, 256):
+                    pass
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+@dataclass(eq=False)
+class Attempt:
+    """An attempt the matchmaker handed this pilot: queued until a lane runs it (`run` is set
+    from then on), heartbeated until it ends."""
+
+    attempt_id: int
+    passkey: str
+    task_id: int
+    label: str
+    assignment: Assignment
+    requirements: Requirements
+    asked_at: float
+    run: TaskRun | None = None
+    claim: Claim | None = None
+    void: str | None = None
+
+
+@dataclass
+class Finished:
+    """A task a lane has run: its report (None when the attempt is void), the full logs moved
+    into the outbox for it, and when it ended (on the pilot's clock)."""
+
+    attempt: Attempt
+    result: TaskResult | None
+    report: dict[str, Any] | None
+    logs: dict[str, str]
+    at: float
+
+
+def attempt_of(answer: Mapping[str, Any], asked_at: float,
+               system: Mapping[str, Any]) -> Attempt:
+    """An attempt from the matchmaker's answer (one item of "attempts")."""
+    attempt_id = int(answer["id"])
+    # The attempt's requirements, not the spec's, are the ones in force: they have grown if an
+    # earlier attempt was killed for overuse.
+    spec = dict(answer["spec"], requirements=answer["requirements"])
+    assignment = Assignment(
+        task=spec, steering=dict(answer.get("steering") or {}), system=system,
+        args=job_args(answer["job"], answer["dataset"], answer["jobs_submitted"],
+                      answer["task"], attempt_id))
+    return Attempt(attempt_id, str(answer["passkey"]), int(answer["task_id"]),
+                   f"dataset {answer.get('dataset')} job {answer.get('job')} task "
+                   f"{answer.get('task')}", assignment,
+                   Requirements.from_dict(answer["requirements"]), asked_at)
+
+
+class Lanes:
+    """The attempts a pilot holds (`held`, by id), its queue of attempts to run in series, and
+    its lanes. The loop's thread calls everything here; lane threads share `queue`, `finished`
+    and the wake-up marks with it, under `lock`."""
+
+    def __init__(self, work: WorkArea, claims: Claims, outbox: Outbox, wake: Wakeup,
+                 settings: RunnerSettings, supervisor: Supervisor,
+                 gpu_source: GpuSource | None, clock: Callable[[], float]) -> None:
+        self.work = work
+        self.claims = claims
+        self.outbox = outbox
+        self.wake = wake
+        self.settings = settings
+        self.supervisor = supervisor
+        self.gpu_source = gpu_source
+        self.clock = clock
+        self.guardian: Guardian | None = None
+        self.held: dict[int, Attempt] = {}
+        self.lock = threading.Lock()
+        self.queue: collections.deque[Attempt] = collections.deque()
+        self.finished: collections.deque[Finished] = collections.deque()
+        self._ended: collections.deque[tuple[int, Claim]] = collections.deque()
+        self._chain = True  # lanes may take queued attempts
+        self._wake_on_finish = True
+        self._wake_below = -1  # wake the loop once the queue is this short
+        self._threads: dict[int, threading.Thread] = {}
+        self._numbers = itertools.count()
+
+    # ------------------------------------------------------------ what the loop asks
+
+    @property
+    def running(self) -> bool:
+        """Some lane runs (or has ended and waits to be collected)."""
+        return bool(self._threads)
+
+    @property
+    def busy(self) -> bool:
+        """Some lane runs or some attempt is held."""
+        return bool(self._threads or self.held)
+
+    def beating(self) -> list[Attempt]:
+        """The attempts to heartbeat: every one held that is not void."""
+        return [attempt for attempt in self.held.values() if attempt.void is None]
+
+    def time_after_queue(self, seconds_left: int) -> int:
+        """Seconds left in the slot once the queued attempts have run their walltimes."""
+        # A copy: lanes take from the queue meanwhile.
+        return seconds_left - sum(int(a.requirements.walltime) for a in tuple(self.queue))
+
+    def long_claims(self, horizon: float) -> list[Claim]:
+        """The claims of running tasks that are not short: what a queued task cannot expect to
+        have soon."""
+        return [a.claim for a in self.held.values()
+                if a.run is not None and a.claim is not None
+                and a.run.usage().wall_time > horizon]
+
+    def wake_for(self, on_finish: bool, below: int) -> bool:
+        """What lanes should wake the loop for while it sleeps: a finished task (`on_finish`),
+        and a queue run down to `below` (-1: never). True when a finished task already waits
+        to be collected and the loop should not sleep."""
+        with self.lock:
+            self._wake_on_finish = on_finish
+            self._wake_below = below
+            return bool(self.finished) and on_finish
+
+    # ------------------------------------------------------------ taking attempts
+
+    def hold(self, attempt: Attempt) -> Attempt:
+        self.held[attempt.attempt_id] = attempt
+        return attempt
+
+    def let_go(self, attempt: Attempt) -> None:
+        """No longer hold an attempt (its report is the loop's now)."""
+        self.held.pop(attempt.attempt_id, None)
+
+    def enqueue(self, attempt: Attempt) -> None:
+        with self.lock:
+            self.queue.append(attempt)
+
+    def start(self, attempt: Attempt) -> str | None:
+        """Start an attempt in a lane of its own in what is free; why not, if it cannot."""
+        try:
+            claim = self.claims.claim(attempt.requirements)
+        except ClaimError as err:
+            return str(err)
+        self._start_lane(attempt, claim)
+        return None
+
+    def pack(self) -> list[Attempt]:
+        """Start queued attempts, in their order, in lanes of their own while what is free holds
+        the next one; returns those that no lane of this slot could ever hold (taken out of the
+        queue, to be given back)."""
+        if not self.queue or not self.claims.can_offer():
+            return []
+        unfit = []
+        with self.lock:
+            if not self._chain:
+                return []
+            for attempt in list(self.queue):
+                if not self.claims.fits_slot(attempt.requirements):
+                    unfit.append(attempt)
+                    self.queue.remove(attempt)
+                    continue
+                if not self.claims.free().holds(attempt.requirements):
+                    break
+                self.queue.remove(attempt)
+                self._start_lane(attempt, self.claims.claim(attempt.requirements))
+        return unfit
+
+    def stop(self) -> tuple[list[Attempt], list[Attempt]]:
+        """No lane takes another attempt: the queued ones (taken out of the queue) and the
+        running ones."""
+        with self.lock:
+            self._chain = False
+            queued = list(self.queue)
+            self.queue.clear()
+            running = [a for a in self.held.values() if a.run is not None]
+        return queued, running
+
+    def void(self, attempt: Attempt, why: str) -> bool:
+        """The matchmaker says the attempt is void: drop it if it waits (True), or kill it."""
+        attempt.void = why
+        with self.lock:
+            queued = attempt in self.queue
+            if queued:
+                self.queue.remove(attempt)
+        if queued:
+            self.let_go(attempt)
+        elif attempt.run is not None:
+            attempt.run.stop(ErrorClass.RESET, f"void on the matchmaker: {why}")
+        return queued
+
+    def collect(self) -> tuple[int, list[Finished]]:
+        """Join the lanes that ended (their claims released) and take what they finished: how
+        many lanes ended, and the finished attempts, no longer held."""
+        ended = 0
+        while self._ended:
+            number, claim = self._ended.popleft()
+            self._threads.pop(number).join()
+            self.claims.release(claim)
+            ended += 1
+        finished = []
+        while self.finished:
+            done = self.finished.popleft()
+            self.let_go(done.attempt)
+            finished.append(done)
+        return ended, finished
+
+    def abandon(self, why: str) -> list[Finished]:
+        """Only when the loop itself failed: stop the tasks rather than leave them orphaned;
+        the reports of what finished, for the outbox."""
+        if not self._threads:
+            return []
+        with self.lock:
+            self._chain = False
+            self.queue.clear()
+            running = [a.run for a in self.held.values() if a.run is not None]
+        for run in running:
+            run.stop(ErrorClass.PILOT_LOST, why)
+        for lane in self._threads.values():
+            lane.join(self.settings.kill_grace + 5)
+        return [done for done in self.finished if done.report is not None]
+
+    # ------------------------------------------------------------ the lanes
+
+    def task_run(self, attempt: Attempt, claim: Claim, scratch: Scratch) -> TaskRun:
+        attempt.claim = claim
+        return TaskRun(attempt.assignment, scratch, gpus=claim.gpus[:attempt.requirements.gpus],
+                       gpu_source=self.gpu_source, settings=self.settings,
+                       supervisor=self.supervisor, guardian=self.guardian)
+
+    def _start_lane(self, attempt: Attempt, claim: Claim) -> None:
+        number = next(self._numbers)
+        scratch = Scratch(self.work.lane_dir(number))
+        attempt.run = self.task_run(attempt, claim, scratch)
+        lane = threading.Thread(target=self._lane, args=(number, attempt, claim, scratch),
+                                daemon=True, name=f"lane-{number}")
+        self._threads[number] = lane
+        lane.start()
+
+    def _lane(self, number: int, attempt: Attempt | None, claim: Claim,
+              scratch: Scratch) -> None:
+        """A lane's thread: run the task, then the next queued ones while the same claim holds
+        them and they succeed (a failure goes through the loop, which keeps the black-hole
+        streak)."""
+        try:
+            while attempt is not None:
+                done = self._execute(attempt, scratch)
+                with self.lock:
+                    self.finished.append(done)
+                    attempt = self.next_in_lane(done, claim, scratch)
+                    wake = attempt is not None and (self._wake_on_finish
+                                                    or len(self.queue) <= self._wake_below)
+                    if wake:
+                        self._wake_on_finish = False
+                        self._wake_below = -1
+                if wake:
+                    self.wake.notify()
+        finally:
+            scratch.remove()
+            self._ended.append((number, claim))
+            self.wake.notify()
+
+    def next_in_lane(self, done: Finished, claim: Claim, scratch: Scratch) -> Attempt | None:
+        """The next queued attempt, taken out of the queue, when the lane may run it in its
+        claim (it holds it, and the last task succeeded); else None, and the lane ends. Called
+        under the lock."""
+        if not self._chain or done.result is None or not done.result.ok or not self.queue:
+            return None
+        attempt = self.queue[0]
+        if not claim.holds(attempt.requirements):
+            return None
+        self.queue.popleft()
+        attempt.run = self.task_run(attempt, claim, scratch)
+        return attempt
+
+    def _execute(self, attempt: Attempt, scratch: Scratch) -> Finished:
+        """Run one attempt in a lane; its report, with its full logs moved into the outbox."""
+        assert attempt.run is not None and attempt.claim is not None
+        log.debug("attempt %s (%s): started in %s%s", attempt.attempt_id, attempt.label,
+                  threading.current_thread().name,
+                  f" on GPUs {', '.join(g.uuid for g in attempt.run.gpus)}"
+                  if attempt.run.gpus else "")
+        result: TaskResult | None = None
+        logs: dict[str, str] = {}
+        try:
+            result = attempt.run.run()
+            report = report_of(result)
+        except Exception as err:  # a fault of the pilot, not of the task: requeue it
+            log.exception("attempt %s: the pilot failed running it", attempt.attempt_id)
+            report = lost_report(f"the pilot failed while running it: {err}")
+        if attempt.void is None and result is not None:
+            logs = self._adopt_long_logs(attempt.attempt_id, result)
+        if not scratch.reusable():
+            scratch.remove()
+        return Finished(attempt, result, report if attempt.void is None else None, logs,
+                        self.clock())
+
+    def _adopt_long_logs(self, attempt_id: int, result: TaskResult) -> dict[str, str]:
+        """The logs too long for the report's tails, moved into the outbox to go up whole."""
+        logs = {}
+        for stream, path in (("stdout", result.stdout_path), ("stderr", result.stderr_path)):
+            try:
+                if os.path.getsize(path) > self.settings.tail_bytes:
+                    logs[stream] = self.outbox.adopt_log(attempt_id, stream, path)
+            except OSError as err:
+                log.warning("attempt %s: its full %s stays behind (%s); the report has its "
+                            "tail", attempt_id, stream, err.strerror or err)
+        return logs

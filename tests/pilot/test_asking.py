@@ -1,0 +1,59 @@
+"""The pilot's asking policy, driven with numbers: how many short tasks it queues, when it asks
+in series or side by side, and when it stops asking for good."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pilot import asking
+from pilot.asking import SERIES, SIDE, Decision, Limits, Situation
+
+LIMITS = Limits(min_seconds=10, idle_timeout=300)
+BUSY = Situation(now=1000.0, seconds_left=3600, idle=False, asked_since_busy=False,
+                 last_busy=990.0, next_ask=0.0, series_size=1, queued=0, time_after_queue=3600,
+                 can_offer_series=True, can_offer_side=True, free_cpus=4)
+
+
+def test_the_queue_is_sized_from_the_recent_tasks_wall_times():
+    assert asking.series_size([], 1.0) == 1  # nothing known yet
+    for seconds, size in ((0.3, 3), (0.001, 64), (0.05, 20), (0.6, 1), (30.0, 1)):
+        assert asking.series_size([seconds] * 5, 1.0) == size, seconds
+    assert asking.series_size([0.001] * 5, 0.0) == 1  # told not to prefetch
+
+
+def test_long_tasks_are_asked_for_side_by_side_as_many_as_the_free_cpus_hold():
+    assert asking.decide(BUSY, LIMITS) == Decision(SIDE, 4)
+    assert asking.decide(dataclasses.replace(BUSY, free_cpus=200), LIMITS) == \
+        Decision(SIDE, asking.MAX_ASK)
+    assert asking.decide(dataclasses.replace(BUSY, can_offer_side=False), LIMITS) == Decision()
+
+
+def test_short_tasks_are_queued_in_series_and_asked_for_again_at_half_the_queue():
+    short = dataclasses.replace(BUSY, series_size=20)
+    assert asking.decide(short, LIMITS) == Decision(SERIES, 20)
+    assert asking.decide(dataclasses.replace(short, queued=11), LIMITS) == Decision()
+    assert asking.decide(dataclasses.replace(short, queued=10), LIMITS) == Decision(SERIES, 10)
+    # Nothing to offer beside the long-running tasks, or no time after the queue: no ask.
+    assert asking.decide(dataclasses.replace(short, can_offer_series=False), LIMITS) == \
+        Decision()
+    assert asking.decide(dataclasses.replace(short, time_after_queue=0), LIMITS) == Decision()
+
+
+def test_no_ask_before_its_time():
+    assert asking.decide(dataclasses.replace(BUSY, next_ask=1001.0), LIMITS) == Decision()
+
+
+@pytest.mark.parametrize("change, stop", [
+    ({"seconds_left": 9}, "lifetime"),
+    ({"idle": True, "asked_since_busy": True, "last_busy": 700.0}, "idle"),
+    ({"idle": True, "can_offer_side": False}, "empty slot"),
+])
+def test_the_pilot_stops_asking_when_there_is_no_point(change, stop):
+    assert asking.decide(dataclasses.replace(BUSY, **change), LIMITS) == Decision(stop=stop)
+
+
+def test_an_idle_pilot_that_has_not_asked_since_it_was_busy_asks_before_it_leaves():
+    idle = dataclasses.replace(BUSY, idle=True, asked_since_busy=False, last_busy=0.0)
+    assert asking.decide(idle, LIMITS) == Decision(SIDE, 4)
