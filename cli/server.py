@@ -147,9 +147,17 @@ def _configure_site(parser: argparse.ArgumentParser) -> None:
     token = sub.add_parser("token", help="replace a site's factory token")
     token.add_argument("name")
     _db_option(token)
+    pilot = sub.add_parser("pilot-token", help="a pilot token of the site, for a pilot started "
+                                               "by hand (`floe pilot --token-file`)")
+    pilot.add_argument("name")
+    pilot.add_argument("--lifetime", default="1d", metavar="DURATION",
+                       help="until it expires (default 1d; at most the server's "
+                            "pilot_token_max_lifetime, 14d by default)")
+    _db_option(pilot)
 
 
 def _run_site(args: argparse.Namespace) -> int:
+    from config.resources import ResourceError, parse_duration
     from matchmaker.errors import ApiError
     from matchmaker.storage.database import StorageError
 
@@ -159,6 +167,9 @@ def _run_site(args: argparse.Namespace) -> int:
                 site, token = await auth.add_site(args.name)
                 return {"site": site.name, "token": token}
             site = await auth.site_by_name(args.name)
+            if args.site_command == "pilot-token":
+                token, expires = await auth.pilot_token(site, parse_duration(args.lifetime))
+                return {"site": site.name, "token": token, "expires": expires}
             return {"site": site.name, "token": await auth.new_site_token(site)}
 
     try:
@@ -166,8 +177,14 @@ def _run_site(args: argparse.Namespace) -> int:
     except (ApiError, StorageError) as exc:
         print(f"floe site: {exc}", file=sys.stderr)
         return 1
+    except ResourceError as exc:
+        print(f"floe site: --lifetime: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result, indent=2))
+    elif "expires" in result:
+        print(f"pilot token of site {result['site']}, valid for {args.lifetime} (shown only "
+              f"now; give it to `floe pilot --token-file`):\n{result['token']}")
     else:
         print(f"factory token of site {result['site']} (shown only now; put it in the site's "
               f"factory config):\n{result['token']}")
@@ -178,6 +195,6 @@ SUBCOMMANDS = {
     "server": ("run the matchmaker", _configure_server, _run_server),
     "user": ("add users, replace their tokens, set shares (on the server host)",
              _configure_user, _run_user),
-    "site": ("add sites and replace their factory tokens (on the server host)",
+    "site": ("add sites, replace their factory tokens, make pilot tokens (on the server host)",
              _configure_site, _run_site),
 }

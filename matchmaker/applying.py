@@ -69,7 +69,9 @@ def _rows(batch: Batch, engine: Engine, dataset: DatasetState, active: ActiveAtt
     task_index = dataset.locate(task_id)[1]
     for moved_id, old, new in decided.moves:
         record = None
-        if moved_id == task_id and not ended.success:
+        if moved_id == task_id:
+            # Its record says why it last changed: a completed task keeps no earlier reason
+            # (a reset's, a retry's) that no longer holds.
             grown = decided.grown if decided.grown is not None else dataset.overrides.get(task_id)
             record = writes.TaskRecord(decided.failures, decided.lost, grown, decided.reason)
         elif new == TaskState.FAILED:

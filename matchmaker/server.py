@@ -24,7 +24,7 @@ from .api.framework import AUTH, ENGINE
 from .auth import Auth
 from .engine import Engine
 from .storage import files
-from .storage.database import Database
+from .storage.database import CLOSE_GRACE, Database
 from .web import add_routes as add_pages
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,32 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
         log.info("matchmaker ready: %s, %s, database %s", counted(len(engine.datasets), "dataset"),
                  counted(len(engine.active), "running attempt"), settings.database)
         yield
-        try:
-            await engine.stop()
-        finally:
-            await db.close()
-        log.info("matchmaker stopped: its state saved, database %s closed cleanly",
+        saved = await _save_state(engine)
+        await db.close()
+        log.info("matchmaker stopped: %s, database %s closed cleanly",
+                 "its state saved" if saved else "its state in memory NOT saved",
                  settings.database)
 
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def _save_state(engine: Engine) -> bool:
+    """Stop the background loops and store what is kept in memory (heartbeats, fair-share
+    usage), waiting `CLOSE_GRACE` at most for the writer: a writer that does not answer must
+    not keep the server from stopping. Whether it was saved."""
+    try:
+        await asyncio.wait_for(engine.stop(), CLOSE_GRACE)
+    except TimeoutError:
+        log.error("the state kept in memory (heartbeats, fair-share usage) could not be saved "
+                  "within %.0fs: the database writer does not answer; the next start rebuilds "
+                  "it from what was committed", CLOSE_GRACE)
+        return False
+    except Exception:
+        log.exception("saving the state kept in memory failed; the next start rebuilds it "
+                      "from what was committed")
+        return False
+    return True
 
 
 def ssl_context(settings: ServerSettings, self_signed: bool) -> ssl.SSLContext | None:
@@ -115,9 +132,21 @@ def run(settings: ServerSettings, self_signed: bool = False) -> None:
 
 def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:
     """SIGINT and SIGTERM stop the server gracefully, as aiohttp's own handlers would, and the
-    log says which one came (the cleanup then says that the database was closed)."""
+    log says which one came (the cleanup then says that the database was closed). A signal
+    while the server is stopping is said and otherwise ignored: raised in the middle of the
+    cleanup, it would leave the database open and the process unable to exit."""
+    stopping = []
+
     def stop(signum: int) -> None:
-        log.info("%s received: stopping the matchmaker", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stopping:
+            log.warning("%s received again: the matchmaker is already stopping (within %.0fs "
+                        "for the requests in flight and %.0fs for each of the database's "
+                        "last writes; SIGKILL ends it at once, losing what memory holds)",
+                        name, SHUTDOWN_GRACE, CLOSE_GRACE)
+            return
+        stopping.append(signum)
+        log.info("%s received: stopping the matchmaker", name)
         raise web.GracefulExit
 
     for signum in (signal.SIGINT, signal.SIGTERM):

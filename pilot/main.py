@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pilot import offline, online
-from pilot.slot import measure
+from pilot.slot import SlotError, measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.matchmaker is not None:
         return online.main(args)
     if args.probe:
-        slot = measure(site=args.site, lifetime=args.lifetime, scratch=args.scratch)
+        try:
+            slot = measure(site=args.site, lifetime=args.lifetime, scratch=args.scratch)
+        except SlotError as err:
+            print(f"pilot: {err}", file=sys.stderr)
+            return 2
         json.dump(slot.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0

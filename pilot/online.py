@@ -22,7 +22,7 @@ from pilot.loop import Pilot
 from pilot.offline import OfflineError, system_values
 from pilot.runner import RunnerSettings
 from pilot.settings import EXIT_ERROR, PilotSettings
-from pilot.slot import measure
+from pilot.slot import SlotError, measure
 from pilot.supervisor import WALLTIME_GRACE
 from pilot.workarea import WorkArea, WorkAreaError
 
@@ -114,8 +114,12 @@ def main(args: argparse.Namespace) -> int:
             print(f"pilot: --scratch {args.scratch}: {err.strerror or err}", file=sys.stderr)
             return EXIT_USAGE
     gpu_source, _ = open_nvml()
-    slot = measure(site=args.site, lifetime=args.lifetime, scratch=args.scratch,
-                   gpu_source=gpu_source)
+    try:
+        slot = measure(site=args.site, lifetime=args.lifetime, scratch=args.scratch,
+                       gpu_source=gpu_source)
+    except SlotError as err:
+        print(f"pilot: {err}", file=sys.stderr)
+        return EXIT_USAGE
     work = WorkArea(slot.scratch)
     try:
         work.open()

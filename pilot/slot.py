@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.resources import Slot, format_duration, parse_duration
+from config.resources import Slot, format_duration, parse_duration, parse_size
 from pilot.gpus import Gpu, assigned_gpus, open_nvml
 
 MIB = 2**20
@@ -214,15 +214,31 @@ def _whole(text: str | None) -> int | None:
     return int(match.group(1))
 
 
+class SlotError(ValueError):
+    """A setting of the slot that cannot be read; the message names it and the fix."""
+
+
 def _shape(env: Mapping[str, str], name: str, minimum: int = 1) -> dict[str, float]:
     """The factory's pilot shape (FLOE_SHAPE_CPUS, ...): where the batch system enforces
     nothing (the local plugin) or gives more than asked (the memory headroom), the pilot offers
-    tasks what its shape serves and no more."""
+    tasks what its shape serves and no more. MEMORY and DISK are sizes ("1GiB", or bytes),
+    CPUS and GPUS whole numbers; an unset or empty variable limits nothing."""
     variable = f"FLOE_SHAPE_{name}"
     text = env.get(variable, "").strip()
-    if not text.isdigit() or int(text) < minimum:
+    if not text:
         return {}
-    return {variable: int(text)}
+    if name in ("MEMORY", "DISK"):
+        try:
+            value = parse_size(text)
+        except ValueError as err:
+            raise SlotError(f"{variable}={text!r}: {err}") from None
+    elif text.isdigit():
+        value = int(text)
+    else:
+        raise SlotError(f"{variable}={text!r}: expected a whole number, such as 4")
+    if value < minimum:
+        raise SlotError(f"{variable}={text!r}: must be at least {minimum}")
+    return {variable: value}
 
 
 def _batch_cpus(env: Mapping[str, str], ad: Mapping[str, Any]) -> dict[str, float]:

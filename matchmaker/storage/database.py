@@ -203,14 +203,16 @@ class Database:
         self._closing = True
         self._pending.append(_Pending(asyncio.get_running_loop().create_future(), stop=True))
         self._wakeup.set()
-        await self._task
-        self._watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._watchdog
-        await self.reader.close()
-        await self._in_thread(WriterProcess.close, self._process.detach())
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
-        self._thread.shutdown()
+        try:
+            await self._task
+        finally:  # whatever happened, nothing is left open to keep the process from exiting
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            await self.reader.close()
+            await self._in_thread(WriterProcess.close, self._process.detach())
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
+            self._thread.shutdown()
 
     async def write(self, batch: Batch) -> None:
         """Commit `batch` (shared with concurrent batches); raises StaleWrite if a guard failed.

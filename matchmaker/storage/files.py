@@ -8,8 +8,9 @@ file to WAL mode and floe would add its tables beside the other program's). A fl
 before the stamp (schema version 1 or more, with floe's tables) is stamped when it is next
 migrated or opened for writing.
 
-One server at a time: `floe server` holds an exclusive lock (flock) on `<database>.lock` for as
-long as it runs, and a second one on the same file is refused, naming the first one's process.
+One server at a time: `floe server` holds an exclusive lock (flock) on the database file for as
+long as it runs, and a second one on the same file (by whatever path) is refused, naming the
+first one's process.
 The admin commands (`floe user`, `floe site`) do not take it: they are meant to run beside the
 server.
 """
@@ -65,12 +66,15 @@ def stamp(conn: sqlite3.Connection) -> None:
 
 def check(path: Path) -> None:
     """Refuse, with one sentence, a `path` the server could not use as its database; a path
-    that does not exist yet is fine (the database is made there)."""
+    that does not exist yet is fine (the database is made there). A refused file is left as it
+    was: the `-wal` and `-shm` files that SQLite makes beside it to read it go again."""
     if path.is_dir():
         raise StorageError(f"{path} is a directory; give --db a file, such as "
                            f"{path / 'floe.sqlite'}")
     if not path.exists():
         return
+    sidecars = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
+    made = [sidecar for sidecar in sidecars if not sidecar.exists()]
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -78,43 +82,58 @@ def check(path: Path) -> None:
                            "readable") from None
     try:
         schema_version(conn, path)
-    finally:
+    except StorageError:
         conn.close()
+        for sidecar in made:
+            sidecar.unlink(missing_ok=True)
+        raise
+    conn.close()
 
 
 class ServerLock:
-    """The lock that makes a server the only one on its database (see the module docstring)."""
+    """The lock that makes a server the only one on its database (see the module docstring).
+
+    The lock is taken on the database file itself (flock, which SQLite's own locks do not
+    touch), so that a second server is refused however it names the file: through a symbolic
+    link, or another hard link. Who holds it is written to `<database>.lock` beside the file the
+    links lead to, for the refusal to name it."""
 
     def __init__(self, database: Path) -> None:
-        self.path = Path(f"{database}.lock")
+        self.database = database
+        self.note = Path(f"{os.path.realpath(database)}.lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock, or raise StorageError naming the server that holds it."""
+        """Take the lock (making the database file when it does not exist yet), or raise
+        StorageError naming the server that holds it."""
         import fcntl
 
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.database, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StorageError(f"cannot make the lock file {self.path}: {exc.strerror}; check "
-                               "that its directory is writable") from None
+            raise StorageError(f"cannot open the database {self.database}: {exc.strerror}; "
+                               "check that its directory is writable") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            database = str(self.path)[:-len(".lock")]
-            raise StorageError(f"the database {database} is in use by another floe server "
-                               f"({holder}); stop that one, or give this one another --db"
-                               ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            try:
+                holder = self.note.read_text().strip()
+            except OSError:
+                holder = ""
+            raise StorageError(f"the database {self.database} is in use by another floe server "
+                               f"({holder or 'another process'}); stop that one, or give this "
+                               "one another --db") from None
         self._fd = fd
+        try:
+            self.note.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        except OSError as exc:  # only the refusal's words depend on it
+            log.warning("cannot write %s: %s", self.note, exc.strerror)
 
     def release(self) -> None:
-        """Let the lock go. The file stays (removing it would let a server starting meanwhile
-        lock a file that the next one no longer finds)."""
+        """Let the lock go (at the server's end: closing the file drops this process's SQLite
+        locks on it too). The note stays: removing it would race with a server starting."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -274,3 +274,15 @@ async def test_statistics_aggregate_sum_mean_and_standard_deviation(engine):
     assert events["count"] == 4 and events["sum"] == 12.0 and events["mean"] == 3.0
     assert events["stddev"] == pytest.approx((((1 - 3) ** 2 + 1 + 0 + 9) / 4) ** 0.5)
     assert any(r["name"] == "wall_time" and r["kind"] == "resource" for r in rows)
+
+
+async def test_a_completed_task_keeps_no_reason_of_an_earlier_retry_or_reset(engine):
+    alice, dataset, p = await setup(engine, s.config(jobs=1, max_retries=2))
+    await s.finish(engine, await s.ask(engine, p), s.failure())
+    row = await engine.db.fetchone("SELECT reason FROM tasks WHERE dataset_id = ?",
+                                   (dataset.id,))
+    assert row["reason"].startswith("retry 1 of 2 after task_error")
+    await s.finish(engine, await s.ask(engine, p), s.success())
+    row = await engine.db.fetchone("SELECT state, reason, failures FROM tasks"
+                                   " WHERE dataset_id = ?", (dataset.id,))
+    assert (row["state"], row["reason"], row["failures"]) == ("complete", "", 1)

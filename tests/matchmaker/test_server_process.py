@@ -145,3 +145,68 @@ def test_adding_a_user_to_a_file_that_does_not_exist_says_so(tmp_path):
     assert "did not exist; created a new matchmaker database" in made.stderr
     again = floe("user", "add", "fred", "--db", str(tmp_path / "elsewhere.sqlite"))
     assert "did not exist" not in again.stderr
+
+
+def pilot_registered(port: int, db: Path) -> None:
+    """A site, a pilot token and a registered pilot: the server then has state to save."""
+    site = json.loads(floe("site", "add", "s1", "--db", str(db), "--json").stdout)
+    token = json.loads(floe("site", "pilot-token", "s1", "--db", str(db), "--json").stdout)
+    assert site["site"] == token["site"] == "s1"
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/pilots", data=json.dumps({"host": "n1"}).encode(),
+        headers={"Authorization": f"Bearer {token['token']}",
+                 "Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 201
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_server_even_when_its_writer_process_does_not_answer(served, tmp_path):
+    import psutil
+
+    from matchmaker.server import SHUTDOWN_GRACE
+    from matchmaker.storage.database import CLOSE_GRACE
+
+    db = tmp_path / "floe.sqlite"
+    port, process = served("--db", str(db))
+    pilot_registered(port, db)
+    (writer,) = psutil.Process(process.pid).children()
+    writer.suspend()
+    try:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(SHUTDOWN_GRACE + 2 * CLOSE_GRACE + 10) == 0
+    finally:
+        if writer.is_running():
+            writer.resume()
+    log = process.stdout.read()
+    assert "could not be saved within 10s: the database writer does not answer" in log
+    assert "matchmaker stopped: its state in memory NOT saved, database" in log
+    assert not writer.is_running()
+
+
+def test_a_second_signal_while_the_server_stops_is_said_and_ignored(served, tmp_path):
+    db = tmp_path / "floe.sqlite"
+    port, process = served("--db", str(db))
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        # A request in flight that the shutdown waits for: its body never comes.
+        slow.sendall(b"POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+                     b"Content-Type: application/json\r\n\r\n{")
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    log = process.stdout.read()
+    assert "SIGTERM received again: the matchmaker is already stopping" in log
+    assert "SIGINT received again" in log
+    assert log.rstrip().endswith(f"database {db} closed cleanly")
+
+
+def test_a_pilot_token_made_on_the_command_line_lets_a_pilot_register(served, tmp_path):
+    db = tmp_path / "floe.sqlite"
+    port, _ = served("--db", str(db))
+    pilot_registered(port, db)
+    bad = floe("site", "pilot-token", "s1", "--db", str(db), "--lifetime", "soon", check=False)
+    assert (bad.returncode, bad.stderr) == (
+        1, "floe site: --lifetime: expected a duration like \"2h30m\", got 'soon'\n")

@@ -79,6 +79,38 @@ async def test_a_floe_database_from_before_the_stamp_is_stamped_and_kept(tmp_pat
         assert conn.execute("SELECT name FROM sites").fetchall() == [("a",)]
 
 
+@pytest.mark.parametrize("name", ["symbolic link", "hard link"])
+def test_a_second_server_lock_through_another_name_of_the_file_is_refused(tmp_path, name):
+    path = tmp_path / "floe.sqlite"
+    first = files.ServerLock(path)
+    first.acquire()
+    other = tmp_path / "other.sqlite"
+    if name == "symbolic link":
+        other.symlink_to(path)
+    else:
+        os.link(path, other)
+    # Through a hard link the note naming the first server is not found: it is refused all the
+    # same.
+    holder = rf"pid {os.getpid()} on .*" if name == "symbolic link" else "another process"
+    try:
+        with pytest.raises(StorageError, match=rf"in use by another floe server \({holder}\)"):
+            files.ServerLock(other).acquire()
+    finally:
+        first.release()
+
+
+async def test_another_programs_wal_database_is_refused_without_files_left_beside_it(tmp_path):
+    path = tmp_path / "notes.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE notes (text)")
+    conn.close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(StorageError, match="is not a floe database"):
+        await Database.open(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_second_server_lock_on_one_database_is_refused_naming_the_first(tmp_path):
     path = tmp_path / "floe.sqlite"
     first = files.ServerLock(path)

@@ -3,12 +3,20 @@ and /proc, all given as a fake filesystem root and environment."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from config.resources import GIB, MIB
-from pilot.slot import SAFETY_MARGIN, detect_batch, measure, os_names, read_classad
+from pilot.slot import (
+    SAFETY_MARGIN,
+    SlotError,
+    detect_batch,
+    measure,
+    os_names,
+    read_classad,
+)
 
 NOW = 1_800_000_000.0
 
@@ -254,10 +262,27 @@ def test_the_factory_shape_caps_what_a_pilot_offers_where_nothing_enforces_it(tm
 
 def test_a_batch_allocation_smaller_than_the_shape_wins(tmp_path):
     env = {"SLURM_JOB_ID": "9", "SLURM_CPUS_ON_NODE": "1", "FLOE_SHAPE_CPUS": "4",
-           "FLOE_SHAPE_MEMORY": "junk"}
+           "FLOE_SHAPE_MEMORY": ""}
     slot = probe(node(tmp_path), env, tmp_path)
     assert (slot.cpus, slot.sources["cpus"]) == (1, "SLURM_CPUS_ON_NODE")
     assert "FLOE_SHAPE_MEMORY" not in slot.limits["memory"]
+
+
+def test_a_shape_set_by_hand_takes_sizes_as_the_configs_write_them(tmp_path):
+    env = {"FLOE_SHAPE_MEMORY": "1GiB", "FLOE_SHAPE_DISK": "512MiB", "FLOE_SHAPE_GPUS": "0"}
+    slot = probe(node(tmp_path), env, tmp_path)
+    assert (slot.memory, slot.disk) == (GIB, 512 * MIB)
+
+
+@pytest.mark.parametrize("variable, value, said", [
+    ("FLOE_SHAPE_MEMORY", "lots", "FLOE_SHAPE_MEMORY='lots': expected a size like \"4GB\""),
+    ("FLOE_SHAPE_CPUS", "2.5", "FLOE_SHAPE_CPUS='2.5': expected a whole number, such as 4"),
+    ("FLOE_SHAPE_CPUS", "0", "FLOE_SHAPE_CPUS='0': must be at least 1"),
+])
+def test_a_shape_that_cannot_be_read_is_refused_naming_its_variable(tmp_path, variable, value,
+                                                                    said):
+    with pytest.raises(SlotError, match=re.escape(said)):
+        probe(node(tmp_path), {variable: value}, tmp_path)
 
 
 # What each plugin's pilot finds in its environment: the factory's two variables (set as the
