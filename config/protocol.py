@@ -16,6 +16,10 @@ MAX_CPUS = 4096
 """The most CPUs a pilot offers in one ask (a larger slot offers this many)."""
 MAX_GPUS = 64
 """The most GPUs a pilot offers in one ask."""
+MAX_ERROR_MESSAGE = 20_000
+"""The most characters of a report's error message."""
+MAX_REPORTS_BYTES = 16 * 2**20
+"""The largest bulk report body (a pilot keeps well below it)."""
 MAX_BATCH_IDS = 1000
 """The most batch ids one factory request names (pilots asked about, batch jobs that ended)."""
 
@@ -35,7 +39,8 @@ def cut_utf8(data: bytes, cut: bool, errors: str = "replace") -> str:
 
 def utf8_tail(text: str, limit: int) -> str:
     """The end of `text` that takes at most `limit` bytes in UTF-8, cut between characters (how
-    the pilot cuts the tails it reports, and how the matchmaker keeps them)."""
+    the matchmaker keeps the tails pilots report; a pilot reads the last bytes of its log files
+    and cuts them with `cut_utf8`, the same way)."""
     if len(text) * 4 <= limit:  # no character takes more than 4 bytes
         return text
     end = text[-limit:]  # every character takes at least one byte

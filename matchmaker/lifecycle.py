@@ -173,7 +173,8 @@ def cascade(dataset: DatasetState, task_index: int, name: str, codes: bytearray,
 
 
 def grown_requirements(current: Requirements, outcome: Outcome) -> Requirements:
-    """Requirements after an overuse: the overused resource becomes 1.5x its measured peak."""
+    """Requirements after an overuse: the overused resource becomes `GROWTH` times its measured
+    peak (`Requirements.grown`); which one it was, the pilot says, or its usage shows."""
     usage = outcome.usage
     peaks = {"memory": usage.peak_memory, "disk": usage.peak_disk, "walltime": usage.wall_time}
     resource = (outcome.overuse or {}).get("resource")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from config.protocol import MAX_ERROR_MESSAGE, MAX_REPORTS_BYTES
 from config.states import ErrorClass
 from pilot.backoff import Backoff
 from pilot.client import Ask, Matchmaker, Reply
@@ -28,12 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("floe.pilot")
 
-MAX_ERROR_MESSAGE = 20_000
-"""The report schema's limit on error messages."""
 MAX_BATCH = 500
 """The most reports one request carries."""
-MAX_BATCH_BYTES = 8 * 2**20
-"""About the most bytes of reports one request carries (the matchmaker takes up to 16 MiB)."""
+MAX_BATCH_BYTES = MAX_REPORTS_BYTES // 2
+"""About the most bytes of reports one request carries: well below what the matchmaker takes."""
 
 AskPlan = tuple[Ask, int]
 """An ask to make, with the seconds left in the slot when it was planned."""

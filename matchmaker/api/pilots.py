@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from config.protocol import MAX_REPORTS_BYTES
+
 from .. import dispatch, liveness, pilots, recording
 from ..access import Action
 from ..engine import Pilot
@@ -85,7 +87,7 @@ async def heartbeat(ctx: Context) -> Any:
 @route("POST", "/api/v1/pilots/{pilot_id}/reports", summary="Report how several attempts "
        "ended (and, with `ask`, ask for the pilot's next tasks)", tag="pilots",
        action=Action.PILOT, body=schemas.REPORTS, response=schemas.REPORTED, params=[PILOT_ID],
-       max_body=16 * 2**20, errors=(400, 401, 403, 404, 413),
+       max_body=MAX_REPORTS_BYTES, errors=(400, 401, 403, 404, 413),
        description="Each report is decided on its own, by its passkey, exactly as the report "
                    "route decides it (a repeated one is acknowledged with duplicate=true), and "
                    "must be of an attempt given to this pilot; one that cannot be made is "

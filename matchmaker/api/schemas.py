@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from config import dataset
-from config.protocol import MAX_BATCH_IDS, MAX_TASKS
+from config.protocol import MAX_BATCH_IDS, MAX_ERROR_MESSAGE, MAX_TASKS
 from config.states import ErrorClass
 
 BIG = 2**62
@@ -161,7 +161,7 @@ HEARTBEAT = _obj({"usage": USAGE})
 REPORT = _obj({
     "exit_code": {"type": ["integer", "null"], "minimum": -255, "maximum": 255},
     "error_class": {"type": ["string", "null"], "enum": [e.value for e in ErrorClass] + [None]},
-    "error_message": _str(20_000),
+    "error_message": _str(MAX_ERROR_MESSAGE),
     "usage": USAGE,
     "statistics": {"type": "object", "maxProperties": 1000,
                    "additionalProperties": {"type": "number"},

@@ -277,7 +277,7 @@ async def test_statistics_aggregate_sum_mean_and_standard_deviation(engine):
 
 
 async def test_a_completed_task_keeps_no_reason_of_an_earlier_retry_or_reset(engine):
-    alice, dataset, p = await setup(engine, s.config(jobs=1, max_retries=2))
+    _, dataset, p = await setup(engine, s.config(jobs=1, max_retries=2))
     await s.finish(engine, await s.ask(engine, p), s.failure())
     row = await engine.db.fetchone("SELECT reason FROM tasks WHERE dataset_id = ?",
                                    (dataset.id,))
