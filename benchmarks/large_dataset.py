@@ -43,9 +43,10 @@ async def pilot_loop(server: Server, site_token: str, stop: asyncio.Event,
                                        {"lifetime": 3600},
                                        {"Authorization": f"Bearer {site_token}"})
     assert status == 201, token
-    auth = {"Authorization": f"Bearer {token['token']}"}
-    status, pilot = await conn.request("POST", "/api/v1/pilots", {"host": "bench"}, auth)
+    status, pilot = await conn.request("POST", "/api/v1/pilots", {"host": "bench"},
+                                       {"Authorization": f"Bearer {token['tokens'][0]}"})
     assert status == 201, pilot
+    auth = {"Authorization": f"Bearer {pilot['key']}"}
     while not stop.is_set():
         t0 = time.perf_counter()
         status, answer = await conn.request(

@@ -207,6 +207,7 @@ class Pilot:
         status, me = await self.conn.request("POST", "/api/v1/pilots", {"host": "bench"},
                                              self.auth)
         assert status == 201, me
+        self.auth = {"Authorization": f"Bearer {me['key']}"}  # the pilot token is used up
         self.base = f"/api/v1/pilots/{me['pilot_id']}"
 
     async def run(self, stats: dict, measuring: asyncio.Event, stop: asyncio.Event) -> None:
@@ -341,21 +342,22 @@ async def drive(server: Server, site_token: str, args: argparse.Namespace) -> di
     """Saturation (every pilot as fast as it is answered), then the same pilots offering
     `args.rate` matches per second together, to read latency at that load."""
     conn = Connection("127.0.0.1", server.port)
-    status, answer = await conn.request("POST", "/api/v1/sites/bench/pilot-tokens",
-                                        {"lifetime": 86400},
-                                        {"Authorization": f"Bearer {site_token}"})
-    assert status == 201, answer
-    await conn.close()
     rng = random.Random(7)
     slots = [s for fraction, s in SHAPES for _ in range(round(fraction * args.pilots))]
     rng.shuffle(slots)
     slots = slots[:args.pilots]
-    saturating = [Pilot(server.port, answer["token"], slot, None, rng, args.protocol)
+    status, answer = await conn.request("POST", "/api/v1/sites/bench/pilot-tokens",
+                                        {"lifetime": 86400, "count": 2 * len(slots)},
+                                        {"Authorization": f"Bearer {site_token}"})
+    assert status == 201, answer
+    await conn.close()
+    tokens = iter(answer["tokens"])  # one for each pilot registered below
+    saturating = [Pilot(server.port, next(tokens), slot, None, rng, args.protocol)
                   for slot in slots]
     await asyncio.gather(*(p.register() for p in saturating))
     saturation = await phase(server, saturating, args.warmup, args.seconds)
     period = len(slots) / args.rate
-    paced = [Pilot(server.port, answer["token"], slot, period, rng, args.protocol)
+    paced = [Pilot(server.port, next(tokens), slot, period, rng, args.protocol)
              for slot in slots]
     await asyncio.gather(*(p.register() for p in paced))
     at_rate = await phase(server, paced, args.warmup, args.seconds)

@@ -108,7 +108,7 @@ class Server:
 
     def pilot_token(self) -> str:
         return self.call("POST", "/sites/bench/pilot-tokens", {"lifetime": 3600},
-                         token=self.site_token)["token"]
+                         token=self.site_token)["tokens"][0]
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

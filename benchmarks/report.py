@@ -1,11 +1,12 @@
 """The benchmark summary in README.md, made from the benchmarks' own JSON output.
 
 `make bench` saves what each benchmark prints under docs/bench/ (matchmaker.json,
-large_dataset.json, pilot.json, factory.json) and then runs this script, which writes the
-summary table between the `benchmarks:begin` and `benchmarks:end` markers of README.md: each
-figure read from those files, each target from the issue that set it, and met or missed decided
-from the two. No figure is typed by hand, so the table cannot drift from the runs it reports;
-a test holds README.md to the committed files. `--check` exits 1 if README.md is out of date.
+large_dataset.json, pilot.json, factory.json, submission.json) and then runs this script, which
+writes the summary table between the `benchmarks:begin` and `benchmarks:end` markers of
+README.md: each figure read from those files, each target from the issue that set it, and met or
+missed decided from the two. No figure is typed by hand, so the table cannot drift from the
+runs it reports; a test holds README.md to the committed files. `--check` exits 1 if README.md
+is out of date.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ RESULTS = ROOT / "docs" / "bench"
 README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (made by benchmarks/report.py from docs/bench/*.json) -->"
 END = "<!-- benchmarks:end -->"
-SOURCES = ("matchmaker", "large_dataset", "pilot", "factory")
+SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission")
 
 Results = dict[str, Any]
 
@@ -74,6 +75,18 @@ def _no_slowdown(r: Results) -> bool:
     shallow, deep = (d["cpu_ms_per_task"]["server"] for d in _null(r))
     return (deep <= 1.1 * shallow + 0.01
             and r["factory"]["null_tasks"]["rate_at_10x_depth_relative"] >= 0.95)
+
+
+def _submit(r: Results) -> str:
+    submit = r["submission"]["submit"]
+    if isinstance(submit, str):
+        return submit
+    figures = [f"{n(1000 * submit[k]['seconds_per_pilot'], 1)} ms"
+               for k in ("local_carried", "local_baseline")]
+    ssh = submit.get("ssh_carried")
+    figures.append(f"{n(1000 * ssh['seconds_per_pilot'], 1)} ms (connecting: "
+                   f"{n(1000 * submit['ssh_connect_seconds'])} ms)" if ssh else "not run")
+    return " / ".join(figures)
 
 
 ROWS = [
@@ -142,6 +155,15 @@ ROWS = [
                    + " ms)"),
         "no slowdown: the matchmaker's CPU per task within 10 % (it alone sees the queue), the "
         "rate within 5 %", _no_slowdown),
+    Row("a pilot's job script carrying the pilot and its token / one starting the pilot from a "
+        "shared filesystem",
+        lambda r: (f"{n(r['submission']['script']['carried_bytes'] / 1024)} KiB / "
+                   f"{n(r['submission']['script']['baseline_bytes'] / 1024, 1)} KiB")),
+    Row("job start to the pilot's own code, carried / shared filesystem (median)",
+        lambda r: (f"{n(1000 * r['submission']['start_up_seconds']['carried'])} / "
+                   f"{n(1000 * r['submission']['start_up_seconds']['baseline'])} ms")),
+    Row("sbatch per pilot: carried / shared filesystem / carried over ssh",
+        _submit),
 ]
 
 

@@ -2,7 +2,9 @@
 
 The pilot bundle is built once into the factory's workdir (and rewritten only when floe's pilot
 sources change), so that every pilot starts the same file. `--once` runs one cycle per site and
-exits, for checking a new config; `--check` only validates the config.
+exits, for checking a new config; `--check` validates the config and tries, for each site, the
+matchmaker with the site's token and the batch system (over ssh where the site says so) without
+submitting anything.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--once", action="store_true",
                       help="run one cycle for each site, print what each decided, and exit")
     mode.add_argument("--check", action="store_true",
-                      help="validate the config, check each site's token with the matchmaker, "
-                           "and exit (submits nothing)")
+                      help="validate the config, check each site's token with the matchmaker "
+                           "and its batch system (and ssh connection), and exit (submits "
+                           "nothing)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                         help="how much the factory logs on stderr (default info)")
 
@@ -43,20 +46,26 @@ def bundle_in(workdir: Path) -> Path:
 
 def check(config: Any) -> int:
     """`--check`: the config is valid and each plugin takes its site's settings; now ask the
-    matchmaker with each site's token."""
+    matchmaker with each site's token, and the batch system (through its login node)."""
     from config.factory import site_token
     from factory.matchmaker import MatchmakerError, SiteClient
     from factory.site import build_plugin
-    from plugins import PluginConfigError
+    from plugins import BatchError, PluginConfigError
 
     failed = False
     for site in config.sites:
         try:
-            build_plugin(config, site)
+            _, plugin = build_plugin(config, site)
         except PluginConfigError as exc:
             print(f"site {site.name}: {exc}", file=sys.stderr)
             failed = True
             continue
+        try:
+            for line in plugin.check():
+                print(f"site {site.name}: {line}")
+        except BatchError as exc:
+            print(f"site {site.name}: {exc}", file=sys.stderr)
+            failed = True
         client = SiteClient(config.matchmaker, site.name, site_token(site),
                             cacert=config.cacert, factory=config.factory_id)
         shapes = len(site.shapes)
@@ -78,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from config.factory import load_factory_config, site_token
     from config.schema import ConfigError
     from factory.service import Factory
+    from factory.site import private_dir
     from plugins import PluginConfigError
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -88,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
             site_token(site)
         if args.check:
             return check(config)
-        config.workdir.mkdir(parents=True, exist_ok=True)
-        factory = Factory(args.config, bundle_in(config.workdir))
+        factory = Factory(args.config, bundle_in(private_dir(config.workdir)))
         factory.load()
     except (ConfigError, PluginConfigError) as exc:
         print(f"floe factory: {exc}", file=sys.stderr)

@@ -168,7 +168,8 @@ def _run_site(args: argparse.Namespace) -> int:
                 return {"site": site.name, "token": token}
             site = await auth.site_by_name(args.name)
             if args.site_command == "pilot-token":
-                token, expires = await auth.pilot_token(site, parse_duration(args.lifetime))
+                (token,), expires = await auth.pilot_tokens(site,
+                                                            parse_duration(args.lifetime))
                 return {"site": site.name, "token": token, "expires": expires}
             return {"site": site.name, "token": await auth.new_site_token(site)}
 
@@ -184,7 +185,8 @@ def _run_site(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     elif "expires" in result:
         print(f"pilot token of site {result['site']}, valid for {args.lifetime} (shown only "
-              f"now; give it to `floe pilot --token-file`):\n{result['token']}")
+              f"now; it registers one pilot: give it to `floe pilot --token-file`):\n"
+              f"{result['token']}")
     else:
         print(f"factory token of site {result['site']} (shown only now; put it in the site's "
               f"factory config):\n{result['token']}")

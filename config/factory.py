@@ -67,6 +67,27 @@ SHAPE_SCHEMA = Object([
 ], doc="One kind of pilot the site runs. Each ready task is counted for the smallest shape it "
        "fits.")
 
+SSH_SCHEMA = Object([
+    Field("host", String(r"([A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+|",
+                         "user@host, or a Host name of ~/.ssh/config"),
+          "the login node the batch commands run on, as user@host (empty: this machine)", "",
+          example="icecube@login.cluster.example.edu",
+          details="The factory runs the plugin's commands there through one multiplexed "
+                  "OpenSSH connection, with BatchMode (a key that needs no passphrase, or an "
+                  "ssh-agent), and keeps its pilot scripts and logs in `workdir` there; nothing "
+                  "is installed on the cluster."),
+    Field("port", Integer(1, 65535), "the login node's ssh port", 22),
+    Field("identity", String(), "the private key file (empty: ssh's defaults and agent)", "",
+          example="~/.ssh/floe_ed25519"),
+    Field("known_hosts", String(), "a known_hosts file holding the login node's host key "
+          "(empty: the account's ~/.ssh/known_hosts)", "",
+          details="Given, it is the only one trusted and an unknown host key is refused."),
+    Field("workdir", String(), "the factory's directory on the login node (relative: to the "
+          "account's home)", "", default_text="floe/<factory_id>.<site>"),
+    Field("options", ListOf(String(min_length=1)), "more OpenSSH options, as `-o` takes them",
+          [], example=["ProxyJump=bastion.example.edu"]),
+], doc="Submission over ssh, where the factory runs elsewhere than the login node.")
+
 SITE_SCHEMA = Object([
     Field("name", String(_NAME, "the site's name as registered with `floe site add`"),
           "the site, as the matchmaker knows it", example="uw-slurm"),
@@ -120,10 +141,22 @@ SITE_SCHEMA = Object([
           "5m"),
     Field("scratch", String(), "where pilots run their tasks (empty: the batch system's "
           "scratch directory, else the pilot's working directory)", ""),
-    Field("python", String(min_length=1), "the Python 3.9+ interpreter on the worker nodes",
-          "python3"),
+    Field("python", String(), "the Python 3.9+ interpreter on the worker nodes (empty: the "
+          "newest python3.X on their PATH, else python3)", "",
+          details="The job looks for it on the worker node. With none of 3.9 or newer, the "
+                  "pilot ends at once with one line naming the host and what it found, which "
+                  "the factory reports (where it can read the pilot's log) as the site's "
+                  "failure, and the site is backed off.", example="/opt/python3.11/bin/python3"),
     Field("environment", MapOf(_VALUE, _ENV_NAME), "extra environment variables for every "
           "pilot", {}, example={"APPTAINER_CACHEDIR": "/scratch/cache"}),
+    Field("proxy", String(r"(http://\S+)?", "empty, or an http:// URL"), "the HTTP proxy "
+          "through which this site's worker nodes reach the matchmaker", "",
+          details="Sets `https_proxy` and `http_proxy` for every pilot (and so for its tasks): "
+                  "the pilot reaches the matchmaker through it (CONNECT for https) and stages "
+                  "inputs and outputs through it; `no_proxy` in `environment` exempts hosts. "
+                  "A user and password in the URL go to the proxy as Basic authentication. "
+                  "Empty: pilots use what their worker nodes' environment says.",
+          example="http://squid.example.edu:3128"),
     Field("system", MapOf(_VALUE, _ENV_NAME), "the site's `$system(name)` values for tasks",
           {}, example={"cvmfs": "/cvmfs/icecube.opensciencegrid.org"}),
     Field("memory_headroom", Float(0, 10), "fraction of a shape's memory asked for on top of "
@@ -136,13 +169,17 @@ SITE_SCHEMA = Object([
                   "the batch system's end, to report and leave in time: keep this above that, "
                   "or tasks as long as the shape's walltime will not fit its pilots."),
     Field("command_timeout", Duration(1, 3600), "how long a batch command may take", "60s"),
-    Field("commands_dir", String(), "where the batch commands are when not on PATH", ""),
+    Field("commands_dir", String(), "where the batch commands are when not on PATH (on the "
+          "login node with `ssh`)", ""),
+    Field("ssh", SSH_SCHEMA, "submit through a login node over ssh (`slurm`, `sge`, `pbs`, "
+          "`htcondor`)", {}, details="See \"Running a site's factory\" in README.md."),
     Field("options", MapOf(AnyValue()), "options only this plugin understands", {},
           details="`slurm`: partition, account, qos, request_disk. `sge`: queue, project, "
                   "parallel_environment, memory_resource, gpu_resource, disk_resource. `pbs`: "
                   "flavour (pro or torque), queue, account. `htcondor`: schedd, pool, "
-                  "whole_slots, submit_attributes. `local`: state_dir, kill_grace, "
-                  "keep_finished.", example={"partition": "debug"}),
+                  "whole_slots, submit_attributes, output (return or discard). `local`: "
+                  "state_dir, kill_grace, keep_finished, run_as (another account for the "
+                  "pilots).", example={"partition": "debug"}),
 ], doc="One site the factory serves: one batch system, its pilot shapes and limits.")
 
 FACTORY_SCHEMA = Object([
@@ -156,8 +193,9 @@ FACTORY_SCHEMA = Object([
           "own id; keep it across restarts, so that a restarted factory finds its pilots."),
     Field("workdir", String(min_length=1), "where the factory keeps its state, pilot scripts, "
           "logs and the pilot bundle", "var/factory",
-          details="It must be readable from the worker nodes (a shared file system) for every "
-                  "plugin but `local`: pilots start the bundle from there."),
+          details="Only the factory reads it: each pilot's job carries the pilot itself, and "
+                  "no worker node needs to see this directory. The factory makes it readable "
+                  "by its own account only (it holds the pilot scripts, each with a token)."),
     Field("sites", ListOf(SITE_SCHEMA, min_length=1), "the sites this factory serves"),
 ], doc="The factory's config (site.toml).")
 
@@ -202,12 +240,14 @@ class SiteConfig:
     scratch: str
     python: str
     environment: Mapping[str, str]
+    proxy: str
     system: Mapping[str, str]
     memory_headroom: float
     memory_headroom_min: int
     walltime_overhead: int
     command_timeout: int
     commands_dir: str
+    ssh: Mapping[str, Any]
     options: Mapping[str, Any]
 
     @classmethod

@@ -2,17 +2,15 @@
 pilot shape, what became of its pilots' batch jobs (it tells which ended, and asks which of its
 pilots registered), and short-lived pilot tokens for the pilots it submits.
 
-A pilot token is asked for with a lifetime that covers the longest pilot the site submits plus
-its time in the queue (the site's `queue_allowance`), and reused for every submission until less
-than that lifetime is left; the site's own token never leaves the factory.
+Each pilot gets a pilot token of its own (it registers that pilot and nothing else), asked for
+with a lifetime that covers the pilot's walltime plus its time in the queue (the site's
+`queue_allowance`); the site's own token never leaves the factory.
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,8 +37,6 @@ class SiteClient:
         self.timeout = timeout
         self._token = token
         self._context = ssl.create_default_context(cafile=cacert) if cacert else None
-        self._pilot_token: tuple[str, float] | None = None
-        self._lock = threading.Lock()
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
         request = urllib.request.Request(
@@ -82,21 +78,18 @@ class SiteClient:
                           {"batch_system": batch_system, "factory": self.factory,
                            "pilots": list(pilots), "ended": list(ended)})
 
-    def pilot_token(self, needed: float, now: float | None = None) -> str:
-        """A pilot token valid for at least `needed` more seconds."""
-        now = time.time() if now is None else now
-        with self._lock:
-            if self._pilot_token and self._pilot_token[1] - now >= needed:
-                return self._pilot_token[0]
-            quoted = urllib.parse.quote(self.site, safe="")
-            path = f"/api/v1/sites/{quoted}/pilot-tokens"
-            try:
-                # Twice what is needed, so that one token serves many cycles.
-                answer = self._post(path, {"lifetime": int(2 * needed)})
-            except MatchmakerError as exc:
-                if exc.status != 400:
-                    raise
-                # Longer than the server's pilot_token_max_lifetime: ask for what is needed.
-                answer = self._post(path, {"lifetime": int(needed) + 60})
-            self._pilot_token = (answer["token"], float(answer["expires"]))
-            return answer["token"]
+    def pilot_tokens(self, count: int, needed: float) -> list[str]:
+        """`count` pilot tokens (each registers one pilot) valid for at least `needed` more
+        seconds."""
+        quoted = urllib.parse.quote(self.site, safe="")
+        path = f"/api/v1/sites/{quoted}/pilot-tokens"
+        try:
+            answer = self._post(path, {"lifetime": int(needed) + 60, "count": count})
+        except MatchmakerError as exc:
+            if exc.status == 400 and "lifetime" in str(exc):
+                raise MatchmakerError(f"{exc}: the matchmaker's pilot_token_max_lifetime must "
+                                      "cover the site's longest shape walltime, "
+                                      "walltime_overhead and queue_allowance together",
+                                      exc.status) from None
+            raise
+        return list(answer["tokens"])

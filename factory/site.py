@@ -52,6 +52,8 @@ from plugins import (
     PluginSettings,
     create_plugin,
 )
+from plugins.hosts import SshHost, SshSettings
+from plugins.jobs import PilotJob
 
 log = logging.getLogger("floe.factory")
 
@@ -159,6 +161,13 @@ class SiteRunner:
             return self._cycle(self.clock())
 
     def _cycle(self, now: float) -> Decision | None:
+        try:
+            self._settle(now)
+        except BatchError as exc:
+            self._failure(now, f"cannot learn whether {counted(len(self.plugin.doubts), 'pilot')}"
+                               f" submitted as the connection dropped went into the queue: {exc}")
+            self._save(now)
+            return None
         try:
             infos = self.plugin.status()
         except BatchError as exc:
@@ -318,7 +327,7 @@ class SiteRunner:
         about is judged by its life: one that has run `min_pilot_life` proves the site, one
         that ended sooner is a failure."""
         min_life = self.site.min_pilot_life
-        logs = self.workdir / "logs"
+        logs = self.plugin.logs_where()
         answered = set(asked) if registered is not None else set()
         seen = set(registered or ())
         for pilot in self.pilots.values():
@@ -342,12 +351,17 @@ class SiteRunner:
                     self.counters.ended_unregistered += 1
                     self._failure(now, f"pilot {pilot.batch_id} ended without registering with "
                                        f"the matchmaker at {self.config.matchmaker} ({end.life:.0f}"
-                                       f" s after it started): see its log under {logs}")
+                                       f" s after it started): {self._why(pilot, logs)}")
             elif not pilot.proven and end.life < min_life:
                 self.counters.died_at_start += 1
                 self._failure(now, f"pilot {pilot.batch_id} ended {end.life:.0f} s after it "
-                                   f"started (min_pilot_life {min_life} s); see its log under "
-                                   f"{logs}")
+                                   f"started (min_pilot_life {min_life} s): "
+                                   f"{self._why(pilot, logs)}")
+
+    def _why(self, pilot: Tracked, logs: str) -> str:
+        """What a pilot that ended too soon last said, where its log can be read here."""
+        said = self.plugin.last_words(pilot.batch_id)
+        return f"its log ends: {said}" if said else f"see its log under {logs}"
 
     def _away(self, error: MatchmakerError, now: float) -> None:
         """The matchmaker cannot be reached: said at once, then every AWAY_REPEAT seconds, not
@@ -380,7 +394,8 @@ class SiteRunner:
                     "its node lost, or the matchmaker unreachable as it left); what they still "
                     "ran is requeued. See their logs under %s",
                     self.name, counted(len(batch_ids), "pilot"),
-                    f"batch id{'' if len(batch_ids) == 1 else 's'} {shown}", self.workdir / "logs")
+                    f"batch id{'' if len(batch_ids) == 1 else 's'} {shown}",
+                    self.plugin.logs_where())
 
     def _unfit(self, unfit: Mapping[str, Any], served: bool, now: float) -> None:
         """Say which ready tasks that may run here fit none of the site's shapes: when that, or
@@ -415,16 +430,28 @@ class SiteRunner:
                       "(last: %s)", self.name, counted(self.health.failures, "failure"),
                       self.health.until - now, why)
 
+    def _settle(self, now: float) -> None:
+        """Track the pilots whose submission was in doubt (the connection to the login node
+        dropped during it) and that the batch system took after all; raises BatchError while
+        that cannot be known, so that nothing else is submitted or removed meanwhile."""
+        if not self.plugin.doubts:
+            return
+        for shape, batch_id in self.plugin.settle():
+            self.pilots[batch_id] = Tracked(batch_id, shape, now)
+            self.counters.submitted += 1
+            log.info("site %s: pilot %s was submitted before the connection dropped; tracking "
+                     "it", self.name, batch_id)
+        self._save(now)
+
     def _submit(self, shape: PilotShape, count: int, now: float) -> None:
         try:
-            token = self.client.pilot_token(self.plugin.walltime_request(shape)
-                                            + self.site.queue_allowance, now)
+            tokens = self.client.pilot_tokens(count, self.plugin.walltime_request(shape)
+                                              + self.site.queue_allowance)
         except MatchmakerError as exc:
-            log.warning("site %s: no pilot token, nothing submitted: %s", self.name, exc)
+            log.warning("site %s: no pilot tokens, nothing submitted: %s", self.name, exc)
             return
-        command, env = self.pilot_command(shape, token)
         try:
-            batch_ids = self.plugin.submit(shape, count, command, env)
+            batch_ids = self.plugin.submit(shape, self.pilot_job(shape, tokens))
         except BatchError as exc:
             batch_ids = exc.submitted
             self.counters.submit_failures += 1
@@ -437,22 +464,24 @@ class SiteRunner:
             log.info("site %s: submitted %s", self.name,
                      counted(len(batch_ids), f"{shape.name} pilot"))
 
-    def pilot_command(self, shape: PilotShape, token: str) -> tuple[list[str], dict[str, str]]:
-        """The command and environment every pilot of `shape` starts with."""
+    def pilot_job(self, shape: PilotShape, tokens: list[str]) -> PilotJob:
+        """What the pilots of `shape` run, one per token: the pilot carried in the job (no
+        worker node reads the factory's workdir), its arguments, its environment."""
         site = self.site
-        command = [site.python, str(self.bundle), "--matchmaker", self.config.matchmaker,
-                   "--site", self.name,
-                   # What the batch system grants; the pilot keeps its own safety margin.
-                   "--lifetime", str(self.plugin.walltime_request(shape)),
-                   "--idle-timeout", str(site.idle_timeout)]
+        arguments = ["--matchmaker", self.config.matchmaker, "--site", self.name,
+                     # What the batch system grants; the pilot keeps its own safety margin.
+                     "--lifetime", str(self.plugin.walltime_request(shape)),
+                     "--idle-timeout", str(site.idle_timeout)]
         if site.scratch:
-            command += ["--scratch", site.scratch]
-        if self.config.cacert:
-            command += ["--cacert", str(Path(self.config.cacert).resolve())]
+            arguments += ["--scratch", site.scratch]
         for key, value in sorted(site.system.items()):
-            command += ["--system", f"{key}={value}"]
-        env = {**site.environment, "FLOE_PILOT_TOKEN": token, "FLOE_SITE": self.name}
-        return command, env
+            arguments += ["--system", f"{key}={value}"]
+        env = {**site.environment, "FLOE_SITE": self.name}
+        if site.proxy:
+            env.update(https_proxy=site.proxy, http_proxy=site.proxy)
+        cacert = Path(self.config.cacert).read_bytes() if self.config.cacert else b""
+        return PilotJob(self.bundle.read_bytes(), arguments, tokens, env, python=site.python,
+                        cacert=cacert)
 
     def _remove_queued(self, shape: str, count: int) -> None:
         try:
@@ -516,7 +545,14 @@ class SiteRunner:
     # ------------------------------------------------------------------ stopping
 
     def stop(self) -> None:
-        """What `on_stop` says: remove queued pilots, all of them, or none."""
+        """What `on_stop` says: remove queued pilots, all of them, or none; then close the
+        connection to the login node, if any."""
+        try:
+            self._stop()
+        finally:
+            self.plugin.close()
+
+    def _stop(self) -> None:
         policy = self.site.on_stop
         if policy == "keep" or not self.pilots:
             if self.pilots:
@@ -557,13 +593,16 @@ class SiteRunner:
         by_shape: dict[str, int] = {}
         for pilot in self.pilots.values():
             by_shape[pilot.shape] = by_shape.get(pilot.shape, 0) + 1
+        ssh = self.plugin.host.where if isinstance(self.plugin.host, SshHost) else None
         return {"site": self.name, "plugin": self.site.plugin, "time": now,
+                **({"ssh": ssh} if ssh else {}),
                 "tracked": len(self.pilots), "tracked_by_shape": by_shape,
                 "health": self.health.to_dict(now), "counters": asdict(self.counters),
                 **self.last}
 
     def _save(self, now: float) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.config.workdir)
+        private_dir(self.workdir)
         write_atomic(self.workdir / "pilots.json",
                      {"pilots": [asdict(p) for p in self.pilots.values()]})
         write_atomic(self.workdir / "status.json", self.status(now))
@@ -582,8 +621,19 @@ def build_plugin(config: FactoryConfig, site: SiteConfig
         memory_headroom_min=site.memory_headroom_min,
         walltime_overhead=site.walltime_overhead, command_timeout=site.command_timeout,
         commands_dir=Path(site.commands_dir) if site.commands_dir else None,
-        options=site.options))
+        options=site.options, ssh=ssh_settings(site)))
     return shapes, plugin
+
+
+def ssh_settings(site: SiteConfig) -> SshSettings | None:
+    """The login node of a site that submits over ssh; None for one that submits here."""
+    ssh = site.ssh
+    if not ssh.get("host"):
+        return None
+    return SshSettings(host=ssh["host"], port=ssh["port"], identity=ssh["identity"],
+                       known_hosts=ssh["known_hosts"], workdir=ssh["workdir"],
+                       options=tuple(ssh["options"]),
+                       connect_timeout=max(1, min(30, site.command_timeout // 2)))
 
 
 def plugin_factory_id(factory_id: str, site: str) -> str:
@@ -592,6 +642,14 @@ def plugin_factory_id(factory_id: str, site: str) -> str:
     if len(full) <= 40:
         return full
     return f"{full[:33]}.{hashlib.sha256(full.encode()).hexdigest()[:6]}"
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, made if missing and readable by this account only: the factory's workdir holds
+    pilot scripts, each with a token, and no worker node needs to read it."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
 
 
 def write_atomic(path: Path, document: Any) -> None:

@@ -1,11 +1,14 @@
 """Who is calling: users, sites (their factories) and pilots, proved by bearer tokens.
 
-Tokens are 256 random bits with a prefix that says their kind (`floe_u_`, `floe_s_`, `floe_p_`),
-shown once when made and stored only as SHA-256 hashes. Users and sites hold long-lived tokens;
-pilots hold short-lived, site-scoped tokens that a site's factory obtains for the pilots it
-submits. Known tokens are cached in memory for a few seconds at a time: a token made by another
-process (`floe user add` on the server host) is found in the database on first use, and one that
-another process revoked (`floe user token`) stops working once its cached check runs out.
+Tokens are 256 random bits with a prefix that says their kind (`floe_u_`, `floe_s_`, `floe_p_`,
+`floe_k_`), shown once when made and stored only as SHA-256 hashes. Users and sites hold
+long-lived tokens. A pilot token (short-lived, site-scoped, one for each pilot a site's factory
+submits) registers one pilot and nothing else; the registration answers the pilot's own key,
+which speaks for that pilot alone from then on: a token copied out of a job cannot register a
+second pilot, and no credential of a site's other pilots can act as this one. Known tokens are
+cached in memory for a few seconds at a time: a token made by another process (`floe user add`
+on the server host) is found in the database on first use, and one that another process revoked
+(`floe user token`) stops working once its cached check runs out.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .passkeys import hash_secret
 from .storage import queries, writes
 
-PREFIX = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_"}
+PREFIX = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_", "pilot-key": "floe_k_"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 NAME_HINT = "1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
 
@@ -35,6 +38,9 @@ class Principal:
     user: User | None = None
     site: Site | None = None
     expires: float | None = None
+    pilot_id: int | None = None
+    """The pilot a pilot key speaks for; None for a pilot token (which only registers one)."""
+    token_hash: str = ""
 
     @property
     def name(self) -> str:
@@ -102,8 +108,17 @@ class Auth:
         if row["kind"] == "user":
             user = await self._user(row["user_id"])
             return Principal(user.role, user=user)
+        if row["kind"] == "pilot" and row["used"] is not None:
+            raise Unauthorized(used_message(row["pilot_id"]))
         site = await self._site(row["site_id"])
-        return Principal(row["kind"], site=site, expires=row["expires"])
+        if row["kind"] == "site":
+            return Principal("site", site=site)
+        return Principal("pilot", site=site, expires=row["expires"], pilot_id=row["pilot_id"],
+                         token_hash=digest)
+
+    def forget(self, principal: Principal) -> None:
+        """Stop trusting the cached check of a pilot token that has registered its pilot."""
+        self._known.pop(principal.token_hash, None)
 
     async def _user(self, user_id: int) -> User:
         user = self.engine.users.get(user_id)
@@ -198,19 +213,38 @@ class Auth:
                        if not (v[0].role == "site" and v[0].site is site)}
         return token
 
-    async def pilot_token(self, site: Site, lifetime: float) -> tuple[str, float]:
-        """A pilot token for `site` that expires after `lifetime` seconds."""
+    async def pilot_tokens(self, site: Site, lifetime: float, count: int = 1
+                           ) -> tuple[list[str], float]:
+        """`count` pilot tokens for `site`, each to register one pilot, that expire after
+        `lifetime` seconds (as does the key each pilot gets when it registers)."""
         limit = self.engine.settings.pilot_token_max_lifetime
         if not 60 <= lifetime <= limit:
             raise BadRequest(f"lifetime: expected 60 to {limit} seconds, got {lifetime}")
-        token = new_token("pilot")
+        tokens = [new_token("pilot") for _ in range(count)]
         now = self.engine.clock()
         expires = now + lifetime
-        digest = hash_secret(token)
+        digests = [hash_secret(token) for token in tokens]
         await self.engine.db.exclusive(
-            lambda conn: writes.add_pilot_token(conn, site.site_id, digest, now, expires))
-        self._remember(digest, Principal("pilot", site=site, expires=expires))
-        return token, expires
+            lambda conn: writes.add_pilot_tokens(conn, site.site_id, digests, now, expires))
+        return tokens, expires
+
+
+def used_message(pilot_id: int | None) -> str:
+    """Why a pilot token that registered its pilot (`pilot_id`, where known) is refused."""
+    which = f"pilot {pilot_id}" if pilot_id is not None else "a pilot"
+    return (f"this pilot token has registered {which} already, and a pilot token registers one "
+            "pilot: that pilot speaks with the key its registration answered")
+
+
+def not_its_key(speaker: int | None, pilot_id: int) -> str | None:
+    """Why a caller whose credential speaks for pilot `speaker` (None: a pilot token, or no
+    pilot) may not act as pilot `pilot_id`; None when it may."""
+    if speaker is None:
+        return ("a pilot token only registers its pilot (POST /api/v1/pilots); the pilot then "
+                "speaks with the key its registration answered")
+    if speaker != pilot_id:
+        return f"this key speaks for pilot {speaker}, not for pilot {pilot_id}"
+    return None
 
 
 def _unknown_token_message(token: str) -> str:

@@ -314,13 +314,19 @@ def _count_on_commit(engine: Engine, pilot: Pilot, batch: Batch, matches: int) -
     batch.on_commit(committed)
 
 
+def pilot_ended(pilot_id: int) -> NotFound:
+    """The refusal of a request of pilot `pilot_id`, which has ended."""
+    return NotFound(f"pilot {pilot_id} has ended (the matchmaker counted it lost, or it signed "
+                    "off); a new pilot registers with a pilot token of its own")
+
+
 async def ask(engine: Engine, pilot: Pilot, offer: Slot | Offer) -> Answer:
     """Give `pilot` the best task (or, with an offer of `max_tasks`, tasks) that fits, committed
     before this returns. Raises NotFound if the pilot ended while the ask waited its turn."""
     if engine.db.gated:
         await engine.db.turn()
         if engine.pilots.get(pilot.pilot_id) is not pilot:
-            raise NotFound(f"pilot {pilot.pilot_id} has ended; register again")
+            raise pilot_ended(pilot.pilot_id)
     batch = Batch()
     offer = offer if isinstance(offer, Offer) else Offer(offer)
     answer = reserve_offer(engine, pilot, offer, batch)

@@ -11,25 +11,39 @@ from typing import Any
 from config.states import ErrorClass
 
 from . import recording
+from .auth import Principal, new_token, used_message
 from .engine import Engine, Pilot, Site
+from .errors import Forbidden
+from .passkeys import hash_secret
 from .storage import writes
-from .storage.database import Batch
+from .storage.database import Batch, StaleWrite
 
 
-async def register(engine: Engine, site: Site, host: str, batch_system: str = "none",
-                   batch_id: str = "", resources: dict[str, Any] | None = None) -> Pilot:
-    """Record a new pilot at `site` and return it."""
+async def register(engine: Engine, token: Principal, host: str, batch_system: str = "none",
+                   batch_id: str = "", resources: dict[str, Any] | None = None
+                   ) -> tuple[Pilot, str]:
+    """Record a new pilot at the site of `token` (a pilot token, which this uses up) and return
+    it with its key, which speaks for it from then on; Forbidden when the token registered a
+    pilot already."""
     now = engine.clock()
     pilot_id = engine.next_pilot_id
     engine.next_pilot_id += 1
     resources = resources or {}
     batch_system = batch_system or "none"
-    await engine.db.write(writes.insert_pilot(
-        Batch(), pilot_id, site_id=site.site_id, host=host, batch_system=batch_system,
-        batch_id=batch_id, resources=resources, now=now))
+    site = token.site
+    key = new_token("pilot-key")
+    batch = writes.insert_pilot(Batch(), pilot_id, site_id=site.site_id, host=host,
+                                batch_system=batch_system, batch_id=batch_id,
+                                resources=resources, now=now)
+    writes.pilot_key(batch, pilot_id, token_hash=token.token_hash, key_hash=hash_secret(key),
+                     site_id=site.site_id, now=now, expires=token.expires)
+    try:
+        await engine.db.write(batch)
+    except StaleWrite:
+        raise Forbidden(used_message(None)) from None
     pilot = engine.pilots[pilot_id] = Pilot(pilot_id, site, host, batch_id, now, now, resources,
                                             batch_system)
-    return pilot
+    return pilot, key
 
 
 async def sign_off(engine: Engine, pilot: Pilot, reason: str, message: str = "",

@@ -28,7 +28,8 @@ from config.resources import Usage
 from config.states import AttemptState, ErrorClass
 
 from . import applying, dispatch, passkeys
-from .engine import ActiveAttempt, Engine, Pilot, Site
+from .auth import not_its_key
+from .engine import ActiveAttempt, Engine, Pilot
 from .errors import ApiError, BadRequest, Conflict, Forbidden, NotFound
 from .lifecycle import Outcome, Plan
 from .storage import queries
@@ -51,11 +52,12 @@ class Report:
 
 @dataclass
 class Asking:
-    """An ask riding on reports: the pilot that asks, the site its token speaks for, and the ask
-    (the ask route's body, which `dispatch.Offer` parses)."""
+    """An ask riding on reports: the pilot that asks, the pilot the caller's key speaks for
+    (None: a pilot token, which speaks for no registered pilot), and the ask (the ask route's
+    body, which `dispatch.Offer` parses)."""
 
     pilot_id: int
-    site: Site | None
+    speaker: int | None
     ask: Mapping[str, Any]
 
 
@@ -146,13 +148,10 @@ def _ask_of(engine: Engine, asking: Asking | None
 
 
 def _asker(engine: Engine, asking: Asking) -> Pilot | ApiError:
-    pilot = engine.pilots.get(asking.pilot_id)
-    if pilot is None:
-        return NotFound(f"pilot {asking.pilot_id} is not registered or has ended; register "
-                        "again")
-    if asking.site is None or pilot.site.site_id != asking.site.site_id:
-        return Forbidden(f"pilot {asking.pilot_id} belongs to another site")
-    return pilot
+    refusal = not_its_key(asking.speaker, asking.pilot_id)
+    if refusal is not None:
+        return Forbidden(refusal)
+    return engine.pilots.get(asking.pilot_id) or dispatch.pilot_ended(asking.pilot_id)
 
 
 async def ask_for(engine: Engine, asking: Asking) -> Next:
@@ -213,30 +212,30 @@ async def report(engine: Engine, attempt_id: int, passkey: str,
 
 
 async def report_and_ask(engine: Engine, attempt_id: int, passkey: str, outcome: Outcome,
-                         ask: Mapping[str, Any], site: Site | None
+                         ask: Mapping[str, Any], speaker: int | None
                          ) -> tuple[dict[str, Any], Next]:
     """A final report that also asks, with `ask` (the ask route's body), for the next task of the
-    pilot the attempt was given to, which a pilot token of `site` speaks for: the report's
+    pilot the attempt was given to, whose key the caller must hold (`speaker`): the report's
     answer, and the ask's (or why that pilot may not ask). A report the passkey cannot make is
     refused (raised) before anything is asked."""
     active = engine.active.get(attempt_id)
     if active is None:
         answer, pilot_id = await _stale(engine, attempt_id, passkey)
-        return answer, await ask_for(engine, Asking(pilot_id, site, ask))
+        return answer, await ask_for(engine, Asking(pilot_id, speaker, ask))
     passkeys.check(attempt_id, active.passkey_hash, passkey)
     (answer,), following = await record(engine, [Report(attempt_id, outcome, passkey)],
-                                        asking=Asking(active.pilot_id, site, ask))
+                                        asking=Asking(active.pilot_id, speaker, ask))
     if isinstance(answer, ApiError):
         raise answer
     return answer, following
 
 
-async def report_many(engine: Engine, pilot_id: int, site: Site | None,
-                      reports: Sequence[Mapping[str, Any]], ask: Mapping[str, Any] | None
+async def report_many(engine: Engine, pilot_id: int, reports: Sequence[Mapping[str, Any]],
+                      ask: Mapping[str, Any] | None
                       ) -> tuple[list[dict[str, Any]], Next | None]:
     """Reports of `pilot_id`'s attempts (each a report body with "attempt_id" and "passkey"),
-    and, with `ask`, the ask of that pilot, which a pilot token of `site` speaks for: what each
-    report is answered (as the single report route answers it, or why it cannot be made:
+    sent with that pilot's key, and, with `ask`, the ask of that pilot: what each report is
+    answered (as the single report route answers it, or why it cannot be made:
     {"attempt_id", "error", "status"}), in order, and the ask's answer (None without `ask`)."""
     parsed: list[Report | ApiError] = []
     for item in reports:
@@ -247,7 +246,7 @@ async def report_many(engine: Engine, pilot_id: int, site: Site | None,
     wanted = [item for item in parsed if isinstance(item, Report)]
     answers, following = await record(
         engine, wanted, owner=pilot_id,
-        asking=Asking(pilot_id, site, ask) if ask is not None else None)
+        asking=Asking(pilot_id, pilot_id, ask) if ask is not None else None)
     given = iter(answers)
     results = []
     for item, body in zip(parsed, reports, strict=True):

@@ -6,6 +6,11 @@ the per-task overhead). Answers come back as a `Reply` with the status and the d
 anything worth trying again later (no connection, a timeout, a 5xx from the server or a proxy
 before it) raises `Unreachable` instead, so callers only decide about 2xx and 4xx answers.
 
+Where the environment names a proxy for the matchmaker's scheme (`https_proxy`, `http_proxy`,
+also in capitals; `no_proxy` exempts hosts), the connection goes through it: CONNECT for https,
+an absolute request target for http, with the proxy's user and password as Basic
+Proxy-Authorization when its URL carries them.
+
 A registered pilot speaks for all of its attempts at once: one heartbeat for every attempt it
 holds, and the reports of many finished attempts in one request that may carry the ask for the
 next tasks (an `Ask`, for several tasks side by side or one after another); `next_reply` gives
@@ -16,11 +21,13 @@ reports left by an earlier pilot, and a pilot whose token was refused.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
 import ssl
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -101,14 +108,20 @@ class Matchmaker:
                 raise MatchmakerSettingError(f"--cacert {cacert}: cannot load it as PEM "
                                              f"certificates: {err}") from None
         self._connection: http.client.HTTPConnection | None = None
+        self.proxy = proxy_for(parts)
 
     # ------------------------------------------------------------ the pilot's calls
 
     def register(self, *, host: str, batch_system: str, batch_id: str, version: str,
                  resources: Mapping[str, Any]) -> Reply:
-        return self.call("POST", "/pilots", {
+        """Register with the pilot token, which that uses up: from an answer with the pilot's
+        key on, this client speaks with the key."""
+        reply = self.call("POST", "/pilots", {
             "host": host, "batch_system": batch_system, "batch_id": batch_id,
             "version": version, "resources": dict(resources)})
+        if reply.ok and isinstance(reply.data, Mapping) and reply.data.get("key"):
+            self.token = str(reply.data["key"])
+        return reply
 
     def ask(self, pilot_id: int, offer: Slot | Ask) -> Reply:
         """One task that fits a `Slot` ({"attempt": ...}), or the list form for an `Ask`
@@ -177,6 +190,9 @@ class Matchmaker:
         elif raw is not None:
             headers["Content-Type"] = "text/plain; charset=utf-8"
         target = self._prefix + path
+        if self.proxy is not None and not self._https:  # a plain-http proxy takes whole URLs
+            target = f"http://{self._host}:{self._port or 80}{target}"
+            headers.update(self.proxy.headers)
         for _ in range(2):
             reused = self._connection is not None
             try:
@@ -204,11 +220,16 @@ class Matchmaker:
     def _connect(self, timeout: float) -> http.client.HTTPConnection:
         connection = self._connection
         if connection is None:
+            proxy = self.proxy
+            host, port = (proxy.host, proxy.port) if proxy is not None else (self._host,
+                                                                             self._port)
             if self._https:
-                connection = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                connection = http.client.HTTPSConnection(host, port, timeout=timeout,
                                                          context=self._tls)
+                if proxy is not None:
+                    connection.set_tunnel(self._host, self._port or 443, proxy.headers)
             else:
-                connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+                connection = http.client.HTTPConnection(host, port, timeout=timeout)
             connection.connect()
             # Small requests and answers go out at once instead of waiting for an ACK.
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -221,12 +242,45 @@ class Matchmaker:
         text = str(err) or type(err).__name__
         if isinstance(err, socket.timeout):
             text = "no answer in time"
-        return f"cannot reach the matchmaker at {self.url}: {text}"
+        through = f" through the proxy {self.proxy.name}" if self.proxy is not None else \
+            " (no proxy is set: https_proxy / http_proxy)"
+        return f"cannot reach the matchmaker at {self.url}{through}: {text}"
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An HTTP proxy to reach the matchmaker through, with the headers it is to be given."""
+
+    host: str
+    port: int
+    headers: dict[str, str]
+    name: str
+
+
+def proxy_for(url: urllib.parse.SplitResult) -> Proxy | None:
+    """The proxy the environment names for `url` (`https_proxy` or `http_proxy` by its scheme,
+    `no_proxy` honoured), or None; MatchmakerSettingError for one that cannot be used."""
+    if urllib.request.proxy_bypass(url.hostname or ""):
+        return None
+    named = urllib.request.getproxies().get(url.scheme)
+    if not named:
+        return None
+    proxy = urllib.parse.urlsplit(named if "://" in named else f"http://{named}")
+    if proxy.scheme != "http" or not proxy.hostname:
+        raise MatchmakerSettingError(f"{url.scheme}_proxy {named!r}: expected an http:// proxy "
+                                     "URL, like http://proxy.example.org:3128")
+    headers = {}
+    if proxy.username:
+        secret = f"{urllib.parse.unquote(proxy.username)}:" \
+                 f"{urllib.parse.unquote(proxy.password or '')}"
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
+    port = proxy.port or 80
+    return Proxy(proxy.hostname, port, headers, f"{proxy.hostname}:{port}")
 
 
 def next_reply(reply: Reply) -> Reply | None:

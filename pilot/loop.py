@@ -332,10 +332,8 @@ class Pilot:
             self._token_refused = True
             self._stop_asking("token expired", reply.error)
         elif reply.status == 404:
-            log.warning("the matchmaker no longer knows pilot %s (%s); registering again",
-                        self.pilot_id, reply.error)
-            self.pilot_id = None
-            self._unregistered_since = now
+            self._stop_asking("ended", f"the matchmaker ended pilot {self.pilot_id}: "
+                                       f"{reply.error}")
         else:
             self._stop_asking("error", f"the matchmaker refused to match: {reply.error}",
                               EXIT_ERROR)
@@ -535,7 +533,7 @@ class Pilot:
             f"{statistics.median(t.overhead for t in self.timings) * 1000:.1f} ms" \
             if self.timings else ""
         who = f"pilot {self.pilot_id}" if self.pilot_id is not None else "the pilot"
-        log.info("%s leaves (%s): %d attempts (%s)%s", who, stop.reason, ran,
+        log.info("%s leaves (%s: %s): %d attempts (%s)%s", who, stop.reason, stop.message, ran,
                  ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items())) or "none",
                  median)
         return stop.exit_code

@@ -2,8 +2,8 @@
 matchmaker until it runs out of work, of time, or of reasons to trust its node.
 
 This module turns the command line into a `Pilot` (see `pilot.loop`): it reads the pilot token
-(from `--token-file` or FLOE_PILOT_TOKEN, and takes it out of the environment that tasks
-inherit), measures the slot, opens the work area on the scratch directory and runs the loop.
+from `--token-file` and deletes the file, makes the pilot's memory unreadable to its tasks,
+measures the slot, opens the work area on the scratch directory and runs the loop.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def duration_argument(text: str) -> int:
 def add_arguments(group: argparse._ActionsContainer) -> None:
     """The options of the online pilot (`--matchmaker` itself is in the mode group)."""
     group.add_argument("--token-file", type=Path, metavar="FILE",
-                       help=f"file holding the pilot token (default: ${TOKEN_VARIABLE})")
+                       help="file holding the pilot token; deleted once read (each token "
+                            "registers one pilot)")
     group.add_argument("--cacert", metavar="FILE", default=os.environ.get("FLOE_CACERT"),
                        help="CA certificate(s) to trust for an https matchmaker (PEM; default "
                             "$FLOE_CACERT, else the system's)")
@@ -59,28 +60,44 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
 
 
 def read_token(token_file: Path | None) -> str:
-    """The pilot token; raises ValueError with the fix when there is none."""
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as err:
-            raise ValueError(f"--token-file {token_file}: {err.strerror or err}") from None
-        if not token:
-            raise ValueError(f"--token-file {token_file} is empty; write the pilot token "
-                             "into it")
-        return token
-    token = os.environ.get(TOKEN_VARIABLE, "").strip()
-    if not token and os.environ.get(f"{TOKEN_VARIABLE}_FILE"):
-        # Where the batch system cannot keep the environment private (HTCondor), the token
-        # comes as a file transferred beside the pilot: read, then out of the tasks' reach.
-        path = Path(os.environ[f"{TOKEN_VARIABLE}_FILE"])
-        token = read_token(path)
-        path.unlink(missing_ok=True)
-        return token
+    """The pilot token, read from `token_file`, which is then deleted: a pilot token registers
+    one pilot, and no task of this pilot finds it. Raises ValueError with the fix when there is
+    none, or when it sits in the environment (where every task of the pilot could read it)."""
+    if os.environ.get(TOKEN_VARIABLE):
+        raise ValueError(f"{TOKEN_VARIABLE} is set: a token in the environment can be read by "
+                         "every task the pilot runs; write it into a file and give "
+                         "--token-file FILE (the pilot deletes the file once it has read it)")
+    if token_file is None:
+        raise ValueError("no pilot token: give --token-file FILE (`floe site pilot-token` "
+                         "makes one; each registers one pilot)")
+    try:
+        token = token_file.read_text().strip()
+    except OSError as err:
+        raise ValueError(f"--token-file {token_file}: {err.strerror or err}") from None
     if not token:
-        raise ValueError(f"no pilot token: give --token-file FILE or set {TOKEN_VARIABLE} "
-                         f"(or {TOKEN_VARIABLE}_FILE)")
+        raise ValueError(f"--token-file {token_file} is empty; write the pilot token into it")
+    try:
+        token_file.unlink()
+    except OSError as err:
+        raise ValueError(f"--token-file {token_file} cannot be deleted ({err.strerror or err}); "
+                         "the pilot will not leave its token where its tasks can read it") \
+            from None
     return token
+
+
+def keep_memory_private() -> None:
+    """Make this process unreadable to other processes of the same user (Linux: not dumpable):
+    its tasks run as the same user, and must not read the pilot's key or passkeys from its
+    memory or /proc/<pid>/environ. Tasks are started by exec, which makes them dumpable again."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError) as err:
+        logging.getLogger("floe.pilot").warning(
+            "cannot make the pilot's memory private from its tasks: %s", err)
 
 
 def version() -> str:
@@ -103,9 +120,13 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s floe pilot: %(message)s")
-    # Tasks inherit the pilot's environment: no token may go with it (nor a site's or user's
-    # token that a careless batch system passed on from the factory).
-    for name in (TOKEN_VARIABLE, f"{TOKEN_VARIABLE}_FILE", "FLOE_SITE_TOKEN", "FLOE_TOKEN"):
+    if client.proxy is not None:
+        logging.getLogger("floe.pilot").info("reaching the matchmaker through the proxy %s",
+                                             client.proxy.name)
+    keep_memory_private()
+    # Tasks inherit the pilot's environment: no site's or user's token that a careless batch
+    # system passed on from the factory may go with it.
+    for name in ("FLOE_SITE_TOKEN", "FLOE_TOKEN"):
         os.environ.pop(name, None)
     if args.scratch is not None:
         try:

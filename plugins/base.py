@@ -16,30 +16,26 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import json
 import math
-import os
 import re
 import shlex
 import shutil
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from config.factory import SITE_TOKEN_VARIABLE
 from config.resources import GIB, MIB
+from plugins.hosts import SSH_FAILED, Host, HostError, LocalHost, SshHost, SshSettings
+from plugins.jobs import Job
 
 _FACTORY_ID_RE = re.compile(r"^[A-Za-z0-9_.]{1,40}$")
 _SHAPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STDERR_LIMIT = 2000
-FACTORY_SECRETS = (SITE_TOKEN_VARIABLE, "FLOE_TOKEN", "FLOE_PILOT_TOKEN")
-"""Variables of the factory's own environment that never reach a batch command (or a job)."""
-SECRET_VARIABLES = ("FLOE_PILOT_TOKEN",)
-"""Pilot variables a plugin must not put where other users of the batch system can read them;
-a plugin that cannot keep them private passes `<NAME>_FILE`, naming a file, instead."""
+_TAIL_BYTES = 8192
 
 
 class PilotState(enum.StrEnum):
@@ -117,6 +113,8 @@ class PluginSettings:
     command_timeout: float = 60.0
     commands_dir: Path | None = None  # where the batch commands live when not on PATH
     options: Mapping[str, Any] = field(default_factory=dict)
+    ssh: SshSettings | None = None
+    """The login node the batch commands run on (None: this machine)."""
 
     def __post_init__(self) -> None:
         if not _FACTORY_ID_RE.match(self.factory_id):
@@ -138,13 +136,15 @@ class BatchError(RuntimeError):
     """The batch system failed: its command is missing, refused, timed out or said nonsense.
 
     `submitted` holds the ids that a `submit` got into the queue before the failure, so that the
-    caller can still track them.
+    caller can still track them; `in_doubt` counts the pilots whose submission may have
+    happened (the connection to the login node dropped during it), which `settle` resolves.
     """
 
     def __init__(self, summary: str, command: Sequence[str] = (), returncode: int | None = None,
                  stderr: str = "", submitted: Sequence[str] = (),
-                 stdout: str | None = None) -> None:
+                 stdout: str | None = None, in_doubt: int = 0) -> None:
         self.summary = summary
+        self.in_doubt = in_doubt
         self.command = list(command)
         self.returncode = returncode
         self.stderr = stderr.strip()[-_STDERR_LIMIT:]
@@ -162,12 +162,15 @@ class BatchError(RuntimeError):
             lines.append(f"  output: {stdout.strip()[-_STDERR_LIMIT:]}")
         if self.submitted:
             lines.append(f"  submitted before the failure: {', '.join(self.submitted)}")
+        if in_doubt:
+            lines.append(f"  in doubt: {in_doubt} (the next cycle asks the batch system)")
         super().__init__("\n".join(lines))
 
-    def with_submitted(self, submitted: Sequence[str]) -> BatchError:
-        """The same failure, recording the pilots that did get into the queue."""
+    def with_submitted(self, submitted: Sequence[str], in_doubt: int = 0) -> BatchError:
+        """The same failure, recording the pilots that did get into the queue (and those that
+        may have)."""
         return BatchError(self.summary, self.command, self.returncode, self.stderr, submitted,
-                          self.stdout)
+                          self.stdout, in_doubt)
 
 
 def parse_options(options_type: type, options: Mapping[str, Any], system: str) -> Any:
@@ -202,14 +205,19 @@ class BatchPlugin(abc.ABC):
         self.settings = settings
         self.tag_prefix = f"floe-{settings.factory_id}-"
         self.options = parse_options(self.Options, settings.options, self.system)
+        self.host: Host = SshHost(settings.ssh, settings.factory_id) if settings.ssh \
+            else LocalHost(Path(settings.workdir))
+        self._doubts_file = Path(settings.workdir) / "in-doubt.json"
+        self.doubts: dict[str, dict[str, str]] = self._read_doubts()
+        """Submissions whose outcome is in doubt, by key: {"shape", "argv", "log"}."""
 
     # The verbs.
 
     @abc.abstractmethod
-    def submit(self, shape: PilotShape, count: int, command: list[str],
-               env: dict[str, str]) -> list[str]:
-        """Queues `count` pilots of `shape` that each run `command` with `env` added to their
-        environment; returns their batch ids."""
+    def submit(self, shape: PilotShape, job: Job) -> list[str]:
+        """Queues the `job.count` pilots of `job` with the resources of `shape`, each running its
+        script (`job.script(index)`) with `job.environment` added to its environment; returns
+        their batch ids."""
 
     @abc.abstractmethod
     def status(self) -> dict[str, PilotInfo]:
@@ -259,6 +267,70 @@ class BatchPlugin(abc.ABC):
                    for batch_id in batch_ids):
                 raise
 
+    def check(self) -> list[str]:
+        """Tries the host and the batch system without submitting anything (`floe factory
+        --check`): what worked, in lines; raises BatchError naming what failed."""
+        said = []
+        if isinstance(self.host, SshHost):
+            workdir = self.pilot_dir("logs").parent
+            said.append(f"ssh to {self.host.where} works; the factory's directory there is "
+                        f"{workdir}")
+        pilots = self.status()
+        said.append(f"{self.system} answers on {self.host.where}: {len(pilots)} pilot"
+                    f"{'' if len(pilots) == 1 else 's'} of this factory listed")
+        return said
+
+    def close(self) -> None:
+        """Lets go of what the plugin holds open (the connection to a login node)."""
+        self.host.close()
+
+    def settle(self) -> list[tuple[str, str]]:
+        """Resolves the submissions left in doubt by a dropped connection: (shape, batch id)
+        of each that the batch system took, which the caller tracks from now on; the others
+        never started. Raises BatchError while the login node cannot say."""
+        taken = []
+        for key, doubt in sorted(self.doubts.items()):
+            try:
+                output = self.host.settle(key, self.settings.command_timeout)
+            except HostError as exc:
+                raise self._batch_error(exc, doubt["argv"]) from exc
+            if output is not None:
+                taken += [(doubt["shape"], batch_id) for batch_id in
+                          self.parse_submitted(doubt["argv"], output, doubt.get("log", ""))]
+            self.host.remove([PurePosixPath(path) for path in doubt.get("leftovers", ())])
+            del self.doubts[key]
+            self._write_doubts()
+        return taken
+
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
+        """The batch ids in what a submit command (`argv`) printed; `log` is the stem of the
+        pilot's output files. Plugins whose submissions can be in doubt implement it."""
+        raise NotImplementedError
+
+    def doubt(self, key: str, shape: PilotShape, argv: Sequence[str], log: str,
+              leftovers: Sequence[PurePosixPath]) -> None:
+        """Records a submission (`key`, with the files to delete once it is settled) whose
+        outcome is in doubt."""
+        self.doubts[key] = {"shape": shape.name, "argv": list(argv), "log": log,
+                            "leftovers": [str(path) for path in leftovers]}
+        self._write_doubts()
+
+    def _read_doubts(self) -> dict[str, dict[str, Any]]:
+        try:
+            doubts = json.loads(self._doubts_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise PluginConfigError(f"{self._doubts_file} cannot be read ({exc}): it lists "
+                                    "submissions in doubt; fix or delete it") from exc
+        return doubts if isinstance(doubts, dict) else {}
+
+    def _write_doubts(self) -> None:
+        self._doubts_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._doubts_file.with_suffix(".part")
+        partial.write_text(json.dumps(self.doubts))
+        partial.replace(self._doubts_file)
+
     # What the plugins share.
 
     def tag(self, shape: PilotShape) -> str:
@@ -282,38 +354,37 @@ class BatchPlugin(abc.ABC):
         return shape.walltime + self.settings.walltime_overhead
 
     def command_path(self, name: str) -> str:
-        """The batch command to run: from `commands_dir` when set, else as found on PATH."""
+        """The batch command to run: from `commands_dir` when set, else as found on PATH (the
+        login node's, over ssh)."""
         if self.settings.commands_dir is not None:
-            return str(Path(self.settings.commands_dir) / name)
+            return str(PurePosixPath(self.settings.commands_dir) / name)
+        if isinstance(self.host, SshHost):
+            return name
         return shutil.which(name) or name
 
-    def run(self, argv: Sequence[str]) -> str:
-        """Runs one batch command and returns its standard output; any failure is a BatchError."""
+    def run(self, argv: Sequence[str], once: str = "") -> str:
+        """Runs one batch command (in the working dir, on the plugin's host) and returns its
+        standard output; any failure is a BatchError. `once`: see `plugins.hosts`."""
         argv = [self.command_path(argv[0]), *argv[1:]]
-        name = Path(argv[0]).name
-        workdir = Path(self.settings.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
         try:
-            # Run in the working dir so that whatever a batch system writes relative to the
-            # submit directory lands there, not wherever the factory was started.
-            done = subprocess.run(argv, capture_output=True, text=True, cwd=workdir,
-                                  env=command_environment(),
-                                  timeout=self.settings.command_timeout, check=False)
-        except FileNotFoundError as exc:
-            raise BatchError(
-                f"{name} was not found: install the {self.system} client commands or set "
-                "commands_dir to where they are.", argv) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise BatchError(
-                f"{name} did not answer within {self.settings.command_timeout:g} s "
-                "(command_timeout); the batch system may be overloaded or down.", argv,
-                stderr=_text(exc.stderr)) from exc
-        except OSError as exc:
-            raise BatchError(f"{name} could not be run: {exc}.", argv) from exc
-        if done.returncode != 0:
-            raise BatchError(f"{name} failed with exit code {done.returncode}.", argv,
-                             done.returncode, done.stderr, stdout=done.stdout)
-        return done.stdout
+            return self.host.run(argv, self.settings.command_timeout, once)
+        except HostError as exc:
+            raise self._batch_error(exc, argv) from exc
+
+    def _batch_error(self, exc: HostError, argv: Sequence[str]) -> BatchError:
+        """The BatchError for a failure on the plugin's host, with the fix where one is known."""
+        name = PurePosixPath(argv[0]).name if argv else "the command"
+        summary = exc.summary
+        if exc.returncode == SSH_FAILED and isinstance(self.host, SshHost):
+            summary += (": check that the login node is up, the ssh settings (host, port, "
+                        "identity, known_hosts), and `floe factory --check`")
+        elif summary.endswith(" was not found") or exc.returncode == 127:
+            summary = (f"{name} was not found on {self.host.where}: install the {self.system} "
+                       "client commands or set commands_dir to where they are")
+        elif exc.returncode is None and " did not answer within " in summary:
+            summary += " (command_timeout); the batch system may be overloaded or down"
+        return BatchError(summary + ".", argv, exc.returncode, exc.stderr, stdout=exc.stdout,
+                          in_doubt=int(exc.in_doubt))
 
     def unparsable(self, argv: Sequence[str], what: str, output: str) -> BatchError:
         """The error for batch-command output this plugin cannot read."""
@@ -321,10 +392,54 @@ class BatchPlugin(abc.ABC):
         return BatchError(f"{name} printed {what} that the {self.system} plugin cannot read: "
                           f"{output.strip()[:200]!r}", argv)
 
-    def pilot_dir(self, kind: str) -> Path:
-        """A directory under the working dir for this factory's `kind` ("scripts", "logs")."""
-        path = Path(self.settings.workdir) / kind
-        path.mkdir(parents=True, exist_ok=True)
+    def user(self) -> str:
+        """The account whose jobs this factory's pilots are (the login node's, over ssh)."""
+        try:
+            return self.host.user()
+        except HostError as exc:
+            raise self._batch_error(exc, ["id", "-un"]) from exc
+
+    def pilot_logs(self, batch_id: str) -> list[PurePosixPath]:
+        """Glob patterns of the pilot's output files on the plugin's host (stderr first), where
+        the batch system writes or returns them into the workdir's logs."""
+        logs = self.pilot_dir("logs")
+        return [logs / f"*-{batch_id}.err", logs / f"*-{batch_id}.out"]
+
+    def logs_where(self) -> str:
+        """Where the pilots' logs are, for messages (asks the host nothing)."""
+        if isinstance(self.host, SshHost):
+            return f"{self.host.settings.host}:{self.host.known_workdir()}/logs"
+        return str(Path(self.settings.workdir) / "logs")
+
+    def last_words(self, batch_id: str, limit: int = 400) -> str:
+        """The last line the pilot (or its launcher) wrote that says why it stopped, or ""
+        (also when its logs cannot be read)."""
+        for pattern in self.pilot_logs(batch_id):
+            try:
+                tail = self.host.tail(pattern, _TAIL_BYTES)
+            except HostError:
+                return ""
+            if tail is None:
+                continue
+            said = [line.strip() for line in tail.decode(errors="replace").splitlines()
+                    if line.strip()]
+            for line in reversed(said):
+                if "pilot:" in line:
+                    return line[-limit:]
+            if said:
+                return said[-1][-limit:]
+        return ""
+
+    def pilot_dir(self, kind: str) -> PurePosixPath:
+        """A directory under the working dir on the plugin's host for this factory's `kind`
+        ("scripts", "logs"); made where it is local (the remote ones are made by what writes
+        there)."""
+        try:
+            path = self.host.workdir() / kind
+        except HostError as exc:
+            raise self._batch_error(exc, ["mkdir", kind]) from exc
+        if isinstance(self.host, LocalHost):
+            Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
 
     def pilot_environment(self, shape: PilotShape) -> dict[str, str]:
@@ -345,13 +460,6 @@ class BatchPlugin(abc.ABC):
 
 
 
-def command_environment() -> dict[str, str]:
-    """The factory's environment less its secrets, for the batch commands: some submit
-    commands hand the submitter's whole environment to the job (Slurm's qsub wrapper does), and
-    no task may ever see the site's token."""
-    return {name: value for name, value in os.environ.items() if name not in FACTORY_SECRETS}
-
-
 def check_environment_name(name: str) -> None:
     """Refuses an environment variable name that a shell could not export."""
     if not _ENV_NAME_RE.match(name):
@@ -368,8 +476,3 @@ def megabytes(nbytes: int) -> int:
 def _natural_key(batch_id: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", batch_id))
 
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data.decode(errors="replace") if isinstance(data, bytes) else data

@@ -13,9 +13,15 @@ falling back to the shape where a static slot lacks them), and `requirements` ke
 off slots smaller than the shape. The pilot then measures and offers the whole slot.
 
 `submit_attributes` adds site-specific submit commands (accounting group, requirements, ...),
-`schedd` and `pool` name a schedd other than the local one. The pilot token never goes into the
-job ad (any user of the schedd can read those): it travels as a file of this user's, transferred
-into the pilot's scratch directory.
+`schedd` and `pool` name a schedd other than the local one. With the site's `ssh`, the plugin
+runs HTCondor's own commands on the login node instead (`condor_submit -terse`, `condor_q
+-long`, `condor_rm`), with the same submit description and the same reading of the job ads.
+
+Nothing of the factory's workdir need be readable on the execute nodes: HTCondor transfers each
+pilot's launcher (its executable, which holds its own pilot token: the job ad, which any user of
+the schedd can read, never does) and the pilot itself (`transfer_input_files`) into the job's
+scratch directory, and brings the pilot's output back when it ends (`output`: "return", or
+"discard").
 
 Each bindings call runs in a child process that is killed when it does not answer within
 `command_timeout`: the bindings keep Python's global lock while they wait on the network, so a
@@ -32,18 +38,18 @@ import math
 import multiprocessing
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
 import classad2
 import htcondor2
 
 from plugins.base import (
-    FACTORY_SECRETS,
-    SECRET_VARIABLES,
     BatchError,
     BatchPlugin,
     PilotInfo,
@@ -54,6 +60,8 @@ from plugins.base import (
     check_environment_name,
     megabytes,
 )
+from plugins.hosts import FACTORY_SECRETS, HostError, SshHost
+from plugins.jobs import Job
 
 STATES = {
     1: PilotState.QUEUED,    # Idle
@@ -67,6 +75,7 @@ STATES = {
 _PROJECTION = ["ClusterId", "ProcId", "JobStatus", "FloeShape", "QDate", "JobCurrentStartDate",
                "HoldReason"]
 _COMMAND_RE = re.compile(r"^\+?[A-Za-z_][\w.]*$")  # a submit command or +Attribute name
+_TERSE_RE = re.compile(r"^(\d+)\.(\d+)\s*-\s*(\d+)\.(\d+)$")
 # A fresh interpreter for each call: forking the factory, which runs threads, could copy a lock
 # that another thread holds into a child that then waits on it forever.
 _SPAWN = multiprocessing.get_context("spawn")
@@ -75,12 +84,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class HTCondorOptions:
-    """Site options for HTCondor."""
+    """Site options for HTCondor. `output`: "return" brings each pilot's stdout and stderr back
+    into the factory's logs when it ends, "discard" keeps nothing."""
 
     schedd: str = ""
     pool: str = ""
     whole_slots: bool = False
     submit_attributes: Mapping[str, str] = field(default_factory=dict)
+    output: str = "return"
 
 
 def quote_argument(text: str) -> str:
@@ -98,44 +109,43 @@ class HTCondorPlugin(BatchPlugin):
         if not isinstance(self.options.submit_attributes, Mapping):
             raise PluginConfigError("htcondor option submit_attributes must map submit "
                                     "commands to values, e.g. {'+AccountingGroup': '\"g.u\"'}")
+        if self.options.output not in ("return", "discard"):
+            raise PluginConfigError(f"htcondor option output: expected \"return\" or "
+                                    f"\"discard\", got {self.options.output!r}")
+        self._written: set[PurePosixPath] = set()  # the carried files written on the host
 
-    def description(self, shape: PilotShape, command: list[str],
-                    env: dict[str, str]) -> htcondor2.Submit:
-        """The submit description for pilots of `shape` running `command` with `env`."""
-        if not command:
-            raise PluginConfigError("the pilot command is empty: give the program and arguments")
-        program = command[0]
-        # A bare program name is found on the execute node's PATH through env.
-        executable, arguments = (program, command[1:]) if os.path.isabs(program) \
-            else ("/usr/bin/env", command)
-        pilot_env = {**self.pilot_environment(shape), **env,
+    def description(self, shape: PilotShape, job: Job) -> htcondor2.Submit:
+        """The submit description for the pilots of `job`, of `shape`: each runs its own script
+        (`$(script)`, one item per pilot), and the files the job carries (the pilot) are
+        transferred beside it; no file of the factory's is read on the execute node."""
+        pilot_env = {**self.pilot_environment(shape), **job.environment,
                      "FLOE_BATCH_ID": "$(ClusterId).$(ProcId)"}
         for name in pilot_env:
             check_environment_name(name)
         logs = self.pilot_dir("logs")
         stem = logs / self.tag(shape)
-        secrets = self._secret_files(shape, pilot_env)
         memory = megabytes(self.memory_request(shape))
         disk_kib = max(1, math.ceil(shape.disk / 1024))
+        returned = self.options.output == "return"
         commands = {
             "universe": "vanilla",
-            "executable": executable,
-            "transfer_executable": "false",
-            "arguments": '"' + " ".join(quote_argument(a) for a in arguments) + '"',
+            "executable": "$(script)",
+            "transfer_executable": "true",
+            "should_transfer_files": "YES",
+            "when_to_transfer_output": "ON_EXIT_OR_EVICT",
             "environment": '"' + " ".join(f"{name}={quote_argument(value)}"
                                           for name, value in sorted(pilot_env.items())) + '"',
-            "output": f"{stem}-$(ClusterId).$(ProcId).out",
-            "error": f"{stem}-$(ClusterId).$(ProcId).err",
+            "output": f"{stem}-$(ClusterId).$(ProcId).out" if returned else "/dev/null",
+            "error": f"{stem}-$(ClusterId).$(ProcId).err" if returned else "/dev/null",
             "log": f"{stem}.log",
             "batch_name": self.tag(shape),
             "+FloeFactory": classad2.quote(self.settings.factory_id),
             "+FloeShape": classad2.quote(shape.name),
             "allowed_job_duration": str(self.walltime_request(shape)),
         }
-        if secrets:
-            commands.update({"should_transfer_files": "YES",
-                             "when_to_transfer_output": "ON_EXIT",
-                             "transfer_input_files": ",".join(str(p) for p in secrets)})
+        carried = self._carried(job)
+        if carried:
+            commands["transfer_input_files"] = ",".join(str(path) for path in carried)
         if self.options.whole_slots:
             commands.update(self._whole_slot_requests(shape, memory, disk_kib))
         else:
@@ -156,24 +166,35 @@ class HTCondorPlugin(BatchPlugin):
             commands["requirements"] = " && ".join(f"({r})" for r in requirements)
         return htcondor2.Submit(commands)
 
-    def _secret_files(self, shape: PilotShape, pilot_env: dict[str, str]) -> list[Path]:
-        """Move secrets out of the environment, which every user of the schedd can read in the
-        job ad, into files only this user reads, transferred to the pilot's scratch directory;
-        the pilot finds each through `<NAME>_FILE`. Returns the files."""
-        files = []
-        for name in SECRET_VARIABLES:
-            if name not in pilot_env:
-                continue
-            value = pilot_env.pop(name)
-            digest = hashlib.sha256(value.encode()).hexdigest()[:16]
-            path = self.pilot_dir("secrets") / f"{self.tag(shape)}-{name.lower()}-{digest}"
-            if not path.exists():
-                path.touch(mode=0o600)
-                path.chmod(0o600)
-                path.write_text(value)
-            pilot_env[f"{name}_FILE"] = path.name
-            files.append(path)
-        return files
+    def _carried(self, job: Job) -> list[PurePosixPath]:
+        """The files the job carries, kept under the workdir by their content (the same pilot
+        is written once) for HTCondor to transfer."""
+        paths = []
+        for name, content in job.files().items():
+            digest = hashlib.sha256(content).hexdigest()[:16]
+            path = self.pilot_dir("transfer") / digest / name
+            if path not in self._written:
+                self._put(path, content)
+                self._written.add(path)
+            paths.append(path)
+        return paths
+
+    def scripts(self, stem: str, job: Job) -> list[PurePosixPath]:
+        """One executable per pilot, its launcher (it holds the pilot's token: this user's
+        only; HTCondor transfers it, the job ad never holds the token)."""
+        paths = []
+        for index in range(job.count):
+            path = self.pilot_dir("scripts") / f"{stem}-{index}.sh"
+            self._put(path, ("#!/bin/sh\n" + job.script(index, bundle_beside=True) + "\n")
+                      .encode())
+            paths.append(path)
+        return paths
+
+    def _put(self, path: PurePosixPath, content: bytes) -> None:
+        try:
+            self.host.put(path, content)
+        except HostError as exc:
+            raise self._batch_error(exc, ["put", str(path)]) from exc
 
     @staticmethod
     def _directive(shape: PilotShape, line: str) -> tuple[str, str]:
@@ -199,18 +220,58 @@ class HTCondorPlugin(BatchPlugin):
             for name, least in wanted.items())
         return commands
 
-    def submit(self, shape: PilotShape, count: int, command: list[str],
-               env: dict[str, str]) -> list[str]:
-        if count <= 0:
+    def submit(self, shape: PilotShape, job: Job) -> list[str]:
+        if job.count <= 0:
             return []
         # As text: a Submit object cannot be pickled for the child, and its text reads back
         # to the same description.
-        description = str(self.description(shape, command, env))
+        description = str(self.description(shape, job))
+        stem = f"{self.tag(shape)}-{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
+        scripts = self.scripts(stem, job)
+        if isinstance(self.host, SshHost):
+            return self._submit_remotely(shape, stem, description, scripts)
+        items = [{"script": str(path)} for path in scripts]
         cluster, first, procs = self._call("submit", "submit pilots", _schedd_submit,
-                                           description, count)
+                                           description, items)
         return [f"{cluster}.{first + index}" for index in range(procs)]
 
+    def _submit_remotely(self, shape: PilotShape, stem: str, description: str,
+                         scripts: list[PurePosixPath]) -> list[str]:
+        """condor_submit on the login node, of the description with one item per script; its
+        outcome is settled later when the connection drops during it."""
+        path = self.pilot_dir("submit") / f"{stem}.sub"
+        body = description.rstrip()
+        body = body[:-len("queue")].rstrip() if body.endswith("queue") else body
+        items = "\n".join(str(script) for script in scripts)
+        self._put(path, f"{body}\nqueue script from (\n{items}\n)\n".encode())
+        argv = ["condor_submit", "-terse", *self._where(), str(path)]
+        try:
+            output = self.run(argv, once=stem)
+        except BatchError as exc:
+            if exc.in_doubt:
+                self.doubt(stem, shape, argv, "", [path, path.parent.parent / "submits" /
+                                                   f"{stem}.d"])
+            raise exc.with_submitted([], len(scripts) if exc.in_doubt else 0) from exc
+        return self.parse_submitted(argv, output, "")
+
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
+        """The ids condor_submit -terse printed: "12.0 - 12.3"."""
+        match = _TERSE_RE.match(output.strip())
+        if not match or match.group(1) != match.group(3):
+            raise self.unparsable(argv, "a range of job ids", output)
+        cluster, first, last = match.group(1), int(match.group(2)), int(match.group(4))
+        return [f"{cluster}.{proc}" for proc in range(first, last + 1)]
+
     def status(self) -> dict[str, PilotInfo]:
+        if isinstance(self.host, SshHost):
+            argv = ["condor_q", *self._where(), "-constraint", self._constraint(),
+                    "-attributes", ",".join(_PROJECTION), "-long"]
+            output = self.run(argv)
+            try:
+                ads = list(classad2.parseAds(output, classad2.ParserType.Old))
+            except (ValueError, classad2.ClassAdException) as exc:
+                raise self.unparsable(argv, "job ads", output) from exc
+            return pilots_from_ads(ads)
         return pilots_from_ads(self._call("query", "list pilots", _schedd_query,
                                           self._constraint()))
 
@@ -219,7 +280,15 @@ class HTCondorPlugin(BatchPlugin):
         wanted = " || ".join(f"(ClusterId == {cluster} && ProcId == {proc})"
                              for cluster, proc in (i.split(".") for i in batch_ids))
         constraint = f"{self._constraint()} && ({wanted})"
+        if isinstance(self.host, SshHost):
+            self.run(["condor_rm", *self._where(), "-constraint", constraint])
+            return
         self._call("act", "remove pilots", _schedd_remove, constraint)
+
+    def _where(self) -> list[str]:
+        """The options of HTCondor's commands that name the schedd and the pool."""
+        where = ["-name", self.options.schedd] if self.options.schedd else []
+        return where + (["-pool", self.options.pool] if self.options.pool else [])
 
     def _constraint(self) -> str:
         return f"FloeFactory == {classad2.quote(self.settings.factory_id)}"
@@ -338,8 +407,8 @@ def _locate(schedd: str, pool: str) -> htcondor2.Schedd:
 
 
 def _schedd_submit(schedd: Callable[[], htcondor2.Schedd], description: str,
-                   count: int) -> tuple[int, int, int]:
-    result = schedd().submit(htcondor2.Submit(description), count=count)
+                   items: list[dict[str, str]]) -> tuple[int, int, int]:
+    result = schedd().submit(htcondor2.Submit(description), itemdata=iter(items))
     return result.cluster(), result.first_proc(), result.num_procs()
 
 

@@ -12,6 +12,11 @@ system keeps them for a while, then their records go.
 There is no queue and no enforcement here: a pilot starts at once, and it learns its shape's
 limits from the FLOE_SHAPE_* variables. It gets a small environment (PATH, HOME, the locale) plus
 what the caller gives, not the whole environment of the factory.
+
+With `run_as`, each pilot runs as that other account (through `runuser` when the factory runs
+as root, else `sudo -n`, which needs a sudoers rule), in that account's home: the factory's
+workdir and its records stay this account's only, and nothing of them need be readable by the
+pilots, as on a cluster without a shared filesystem.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -37,10 +45,16 @@ from plugins.base import (
     PluginSettings,
     check_environment_name,
 )
+from plugins.jobs import Job
 
-# Runs the pilot and records how it ended: "$1" is the exit file, the rest the command.
-_WRAPPER = 'exit_file=$1; shift; "$@"; echo $? > "$exit_file"'
+# Runs the pilot's script in a subshell and records how it ended in "$1", the exit file.
+_WRAPPER = 'floe_exit_file=$1\n(\n{body}\n)\necho $? > "$floe_exit_file"\n'
+# The same, the script run by a shell of another account (`{switch}`), which reads it from this
+# here-document: it never sits in a file or a command line.
+_AS_ACCOUNT = ('floe_exit_file=$1\n{switch} /bin/sh -s <<\'FLOE_PILOT_END\'\ncd || exit 97\n'
+               '{exports}\n{body}\nFLOE_PILOT_END\necho $? > "$floe_exit_file"\n')
 _KILL_WAIT = 10.0  # seconds for SIGKILLed processes to be gone
+_ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _PASSED_ON = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "SHELL")
 
 
@@ -51,6 +65,7 @@ class LocalOptions:
     state_dir: str = ""
     kill_grace: float = 5.0
     keep_finished: float = 300.0
+    run_as: str = ""
 
 
 def process_start(pid: int) -> int | None:
@@ -88,20 +103,23 @@ class LocalPlugin(BatchPlugin):
 
     def __init__(self, settings: PluginSettings) -> None:
         super().__init__(settings)
+        if settings.ssh is not None:
+            raise PluginConfigError("the local plugin starts pilots on this machine: ssh is for "
+                                    "the slurm, sge, pbs and htcondor plugins")
         if self.options.kill_grace < 0 or self.options.keep_finished < 0:
             raise PluginConfigError("local options kill_grace and keep_finished must not be "
                                     "negative")
+        if self.options.run_as and not _ACCOUNT_RE.match(self.options.run_as):
+            raise PluginConfigError(f"local option run_as: {self.options.run_as!r} is not an "
+                                    "account name")
         self.state_dir = Path(self.options.state_dir or Path(settings.workdir) / "local")
         # Our own children, so that they are reaped and do not linger as zombies.
         self._children: dict[str, subprocess.Popen] = {}
 
-    def submit(self, shape: PilotShape, count: int, command: list[str],
-               env: dict[str, str]) -> list[str]:
-        if count <= 0:
+    def submit(self, shape: PilotShape, job: Job) -> list[str]:
+        if job.count <= 0:
             return []
-        if not command:
-            raise PluginConfigError("the pilot command is empty: give the program and arguments")
-        for name in env:
+        for name in job.environment:
             check_environment_name(name)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -111,19 +129,21 @@ class LocalPlugin(BatchPlugin):
                              f"pilots keep their records and logs: {exc.strerror}.") from exc
         base = {name: os.environ[name] for name in _PASSED_ON if name in os.environ}
         batch_ids: list[str] = []
-        for _ in range(count):
+        for index in range(job.count):
             batch_id = secrets.token_hex(6)
-            pilot_env = {**base, **self.pilot_environment(shape), **env,
+            pilot_env = {**base, **self.pilot_environment(shape), **job.environment,
                          "FLOE_BATCH_ID": batch_id}
-            argv = ["/bin/sh", "-c", _WRAPPER, "floe-pilot",
-                    str(self._path(batch_id, "exit")), *command]
+            argv = ["/bin/sh", "-s", str(self._path(batch_id, "exit"))]
             log = logs / f"{self.tag(shape)}-{batch_id}.out"
             try:
                 with open(log, "wb") as output:
                     child = subprocess.Popen(
-                        argv, env=pilot_env, stdin=subprocess.DEVNULL, stdout=output,
+                        argv, env=pilot_env, stdin=subprocess.PIPE, stdout=output,
                         stderr=subprocess.STDOUT, cwd=self.settings.workdir,
                         start_new_session=True)
+                # The script on the shell's input, not in a file: it holds the pilot's token.
+                with child.stdin:
+                    child.stdin.write(self._wrapped(job.script(index), pilot_env).encode())
             except (OSError, ValueError) as exc:  # ValueError: a NUL in the command or env
                 raise BatchError(f"the pilot could not be started: {exc}.", argv,
                                  submitted=batch_ids) from exc
@@ -142,6 +162,19 @@ class LocalPlugin(BatchPlugin):
             self._children[batch_id] = child
             batch_ids.append(batch_id)
         return batch_ids
+
+    def _wrapped(self, body: str, env: dict[str, str]) -> str:
+        """The wrapper's script around a pilot's `body` (as the `run_as` account, if set)."""
+        account = self.options.run_as
+        if not account:
+            return _WRAPPER.format(body=body)
+        where = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin:/sbin:/bin"
+        switch = f"{shutil.which('runuser', path=where) or 'runuser'} -u {account} --" \
+            if os.geteuid() == 0 else \
+            f"{shutil.which('sudo', path=where) or 'sudo'} -n -H -u {account} --"
+        exports = "\n".join(f"export {name}={shlex.quote(value)}"
+                            for name, value in sorted(env.items()) if name != "HOME")
+        return _AS_ACCOUNT.format(switch=switch, exports=exports, body=body)
 
     def status(self) -> dict[str, PilotInfo]:
         for child in self._children.values():

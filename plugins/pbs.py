@@ -15,11 +15,11 @@ those: on a busy site that is much less than the full record of every job.
 
 from __future__ import annotations
 
-import getpass
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from plugins.base import (
     BatchError,
@@ -27,6 +27,7 @@ from plugins.base import (
     PilotShape,
     PilotState,
     PluginConfigError,
+    PluginSettings,
     megabytes,
 )
 from plugins.script import ScriptPlugin
@@ -152,6 +153,10 @@ class PbsPlugin(ScriptPlugin):
     system = "pbs"
     Options = PbsOptions
     options: PbsOptions
+
+    def __init__(self, settings: PluginSettings) -> None:
+        super().__init__(settings)
+        self._logs: dict[str, str] = {}  # batch id -> the stem of its output files
     template = "pbs.sh"
     directive_prefix = "#PBS"
 
@@ -167,7 +172,7 @@ class PbsPlugin(ScriptPlugin):
             select += f":ngpus={shape.gpus}"
         return f"{select},walltime={walltime}"
 
-    def directives(self, shape: PilotShape, log_stem: Path) -> list[str]:
+    def directives(self, shape: PilotShape, log_stem: PurePosixPath) -> list[str]:
         lines = [f"-N {self.tag(shape)}", f"-l {self.resource_list(shape)}"]
         if self.options.queue:
             lines.append(f"-q {self.options.queue}")
@@ -175,15 +180,24 @@ class PbsPlugin(ScriptPlugin):
             lines.append(f"-A {self.options.account}")
         return lines
 
-    def submit_one(self, script: Path, shape: PilotShape, log_stem: Path, index: int) -> str:
-        # PBS cannot put the job id into these names, so each pilot of a submit call gets its own.
-        argv = ["qsub", "-o", f"{log_stem}-{index}.out", "-e", f"{log_stem}-{index}.err",
-                str(script)]
-        output = self.run(argv)
+    def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:
+        # PBS cannot put the job id into these names, so each pilot gets its own.
+        return ["qsub", "-o", f"{log}.out", "-e", f"{log}.err", str(script)]
+
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
         batch_id = output.strip()
         if not _JOB_ID_RE.match(batch_id):
             raise self.unparsable(argv, "a job id", output)
-        return batch_id
+        self._logs[batch_id] = log
+        return [batch_id]
+
+    def pilot_logs(self, batch_id: str) -> list[PurePosixPath]:
+        """The pilot's output files, by the names given at submission (while this factory
+        process remembers them)."""
+        stem = self._logs.get(batch_id)
+        if stem is None:
+            return []
+        return [PurePosixPath(f"{stem}.err"), PurePosixPath(f"{stem}.out")]
 
     def could_be_ours(self, name: str) -> bool:
         """Whether a name in the short listing, possibly cut short, may be one of our tags."""
@@ -204,7 +218,7 @@ class PbsPlugin(ScriptPlugin):
             rows = parse_qstat(output)
         except ValueError as exc:
             raise self.unparsable(argv, "a listing", str(exc)) from exc
-        user = getpass.getuser()
+        user = self.user()
         candidates = [row.batch_id.split(".")[0] for row in rows
                       if row.user == user and self.could_be_ours(row.name)]
         if not candidates:

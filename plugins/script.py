@@ -1,28 +1,33 @@
 """What the batch systems that take a shell script share (SLURM, SGE, PBS): the plugin renders
 its template (templates/<system>.sh, a string.Template) with the submit options in header lines
-(`#SBATCH ...`), the environment as `export` lines and the pilot command, and submits the one
-script `count` times. Scripts and logs go under the factory's working dir.
+(`#SBATCH ...`), the environment as `export` lines and the pilot's script (`plugins.jobs`: it
+carries the pilot itself, so the batch system's copy of the script is all a worker node needs),
+and submits one script per pilot (each holds that pilot's own token). Scripts and logs go under
+the working dir on the plugin's host (this machine, or the login node over ssh); each script is
+deleted once the batch system has taken its copy.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import secrets
 import shlex
 import string
 import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import ClassVar
 
 from plugins.base import (
     BatchError,
     BatchPlugin,
     PilotShape,
-    PluginConfigError,
     check_environment_name,
 )
+from plugins.hosts import HostError
+from plugins.jobs import Job
 
 
 class ScriptPlugin(BatchPlugin):
@@ -33,46 +38,59 @@ class ScriptPlugin(BatchPlugin):
     directive_prefix: ClassVar[str]
 
     @abc.abstractmethod
-    def directives(self, shape: PilotShape, log_stem: Path) -> list[str]:
+    def directives(self, shape: PilotShape, log_stem: PurePosixPath) -> list[str]:
         """The submit options (without the `#SBATCH`-style prefix) for one pilot of `shape`."""
 
     @abc.abstractmethod
-    def submit_one(self, script: Path, shape: PilotShape, log_stem: Path, index: int) -> str:
-        """Submits the script for the `index`-th pilot of one submit call; returns its batch id."""
+    def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:
+        """The command that submits `script`, whose pilot's output files are `log`.out and
+        `log`.err where the batch system lets the command choose them."""
 
-    def submit(self, shape: PilotShape, count: int, command: list[str],
-               env: dict[str, str]) -> list[str]:
-        if count <= 0:
+    @abc.abstractmethod
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
+        """The batch id (one) in what the submit command printed."""
+
+    def submit(self, shape: PilotShape, job: Job) -> list[str]:
+        if job.count <= 0:
             return []
-        if not command:
-            raise PluginConfigError("the pilot command is empty: give the program and arguments")
-        # One script per submit call, named uniquely: floe-f1-small-<ms>-<random>.
+        # One script per pilot, named uniquely: floe-f1-small-<ms>-<random>-<index>.
         stem = f"{self.tag(shape)}-{time.time_ns() // 1_000_000}-{secrets.token_hex(3)}"
-        log_stem = self.pilot_dir("logs") / stem
-        script = self.pilot_dir("scripts") / f"{stem}.sh"
-        # The script holds the pilot token: readable by this user only.
-        script.touch(mode=0o700)
-        script.chmod(0o700)
-        script.write_text(self.render(shape, log_stem, command, env))
+        scripts, log_stem = self.pilot_dir("scripts"), self.pilot_dir("logs") / stem
         batch_ids: list[str] = []
-        for index in range(count):
-            try:
-                batch_ids.append(self.submit_one(script, shape, log_stem, index))
-            except BatchError as exc:
-                raise exc.with_submitted(batch_ids) from exc
+        taken: list[PurePosixPath] = []  # scripts (each holds its token) and submit records
+        try:
+            for index in range(job.count):
+                key = f"{stem}-{index}"
+                script, log = scripts / f"{key}.sh", f"{log_stem}-{index}"
+                leftovers = [script, scripts.parent / "submits" / f"{key}.d"]
+                argv = self.submit_argv(script, log)
+                try:
+                    self.host.put(script, self.render(shape, log_stem, job, index).encode())
+                    output = self.run(argv, once=key)
+                except HostError as exc:
+                    raise self._batch_error(exc, ["put", str(script)]).with_submitted(
+                        batch_ids) from exc
+                except BatchError as exc:
+                    if exc.in_doubt:
+                        self.doubt(key, shape, argv, log, leftovers)
+                    raise exc.with_submitted(batch_ids, exc.in_doubt) from exc
+                batch_ids += self.parse_submitted(argv, output, log)
+                taken += leftovers
+        finally:
+            with contextlib.suppress(HostError):  # what is left is deleted by a later submit
+                self.host.remove(taken)
         return batch_ids
 
-    def render(self, shape: PilotShape, log_stem: Path, command: Sequence[str],
-               env: Mapping[str, str]) -> str:
-        """The submit script for one pilot of `shape` running `command` with `env`."""
+    def render(self, shape: PilotShape, log_stem: PurePosixPath, job: Job, index: int) -> str:
+        """The submit script of pilot `index` of `job`, of `shape`."""
         prefix = self.directive_prefix
         header = [f"{prefix} {line}" for line in self.directives(shape, log_stem)]
         header += [f"{prefix} {line}" for line in shape.directives]
         source = resources.files("plugins.templates").joinpath(self.template).read_text()
         return string.Template(source).substitute(
             directives="\n".join(header),
-            environment=environment_lines({**self.pilot_environment(shape), **env}),
-            command=shlex.join(command),
+            environment=environment_lines({**self.pilot_environment(shape), **job.environment}),
+            body=job.script(index),
             tag=self.tag(shape),
         )
 

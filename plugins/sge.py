@@ -13,12 +13,12 @@ Output paths are absolute: a relative one would put the job into error (Eqw).
 
 from __future__ import annotations
 
-import getpass
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from plugins.base import (
     PilotInfo,
@@ -66,7 +66,7 @@ class SgePlugin(ScriptPlugin):
     template = "sge.sh"
     directive_prefix = "#$"
 
-    def directives(self, shape: PilotShape, log_stem: Path) -> list[str]:
+    def directives(self, shape: PilotShape, log_stem: PurePosixPath) -> list[str]:
         options = self.options
         per_slot = math.ceil(megabytes(self.memory_request(shape)) / shape.cpus)
         lines = [
@@ -89,16 +89,17 @@ class SgePlugin(ScriptPlugin):
             lines.append(f"-P {options.project}")
         return lines
 
-    def submit_one(self, script: Path, shape: PilotShape, log_stem: Path, index: int) -> str:
-        argv = ["qsub", "-terse", str(script)]
-        output = self.run(argv)
+    def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:
+        return ["qsub", "-terse", str(script)]
+
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
         batch_id = output.strip()
         if not _JOB_ID_RE.match(batch_id):
             raise self.unparsable(argv, "a job id", output)
-        return batch_id.split(".")[0]
+        return [batch_id.split(".")[0]]
 
     def status(self) -> dict[str, PilotInfo]:
-        argv = ["qstat", "-xml", "-u", getpass.getuser()]
+        argv = ["qstat", "-xml", "-u", self.user()]
         output = self.run(argv)
         try:
             root = ET.fromstring(output)

@@ -9,11 +9,11 @@ factory's, so nothing of the factory's own environment (its site token) leaks in
 
 from __future__ import annotations
 
-import getpass
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from plugins.base import (
     PilotInfo,
@@ -56,7 +56,7 @@ class SlurmPlugin(ScriptPlugin):
     template = "slurm.sh"
     directive_prefix = "#SBATCH"
 
-    def directives(self, shape: PilotShape, log_stem: Path) -> list[str]:
+    def directives(self, shape: PilotShape, log_stem: PurePosixPath) -> list[str]:
         lines = [
             f"--job-name={self.tag(shape)}",
             "--nodes=1",
@@ -78,17 +78,18 @@ class SlurmPlugin(ScriptPlugin):
                 lines.append(f"--{name}={value}")
         return lines
 
-    def submit_one(self, script: Path, shape: PilotShape, log_stem: Path, index: int) -> str:
-        argv = ["sbatch", "--parsable", str(script)]
-        output = self.run(argv)
+    def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:
+        return ["sbatch", "--parsable", str(script)]
+
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
         # --parsable prints "id" or "id;cluster" on a federation.
         batch_id = output.strip().split(";")[0]
         if not _JOB_ID_RE.match(batch_id):
             raise self.unparsable(argv, "a job id", output)
-        return batch_id
+        return [batch_id]
 
     def status(self) -> dict[str, PilotInfo]:
-        argv = ["squeue", "--noheader", "--states=all", f"--user={getpass.getuser()}",
+        argv = ["squeue", "--noheader", "--states=all", f"--user={self.user()}",
                 f"--format={_FIELDS}"]
         output = self.run(argv)
         pilots = {}

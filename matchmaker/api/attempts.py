@@ -54,7 +54,7 @@ async def report(ctx: Context) -> Any:
         answer = await recording.report(engine, attempt_id, ctx.passkey, outcome)
         return dict(answer, next={"error": refusal.message, "status": refusal.status})
     answer, following = await recording.report_and_ask(engine, attempt_id, ctx.passkey, outcome,
-                                                      ask, ctx.principal.site)
+                                                      ask, ctx.principal.pilot_id)
     if isinstance(following, ApiError):
         return dict(answer, next={"error": following.message, "status": following.status})
     recorded = json.dumps(answer, separators=(",", ":")).encode()

@@ -1,8 +1,9 @@
 """API of pilots: register, ask for tasks, heartbeat and report all their attempts, sign off.
 
-A pilot proves itself with its site-scoped pilot token; its site comes from the token, never
-from what it says. Its attempts are each proved by their passkeys, in the bodies of its bulk
-heartbeat and bulk reports.
+A pilot registers with a site-scoped pilot token, which registers it and nothing else (its site
+comes from the token, never from what it says); the registration answers the pilot's own key,
+which every later request of the pilot carries and which speaks for no other pilot. Its attempts
+are each proved by their passkeys, in the bodies of its bulk heartbeat and bulk reports.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from config.protocol import MAX_REPORTS_BYTES
 
 from .. import dispatch, liveness, pilots, recording
 from ..access import Action
+from ..auth import not_its_key
 from ..engine import Pilot
-from ..errors import ApiError, Forbidden, NotFound
-from ..storage import queries
+from ..errors import ApiError, Forbidden
 from . import schemas
 from .framework import Context, Param, route
 
@@ -26,28 +27,40 @@ PILOT_ID = Param("pilot_id", int, where="path", doc="the id the pilot got when i
 
 
 def own_pilot(ctx: Context) -> Pilot:
-    pilot = ctx.engine.pilots.get(ctx.params["pilot_id"])
+    """The pilot of the path, which must be the one the caller's key speaks for."""
+    pilot_id = ctx.params["pilot_id"]
+    speaks_for(ctx, pilot_id)
+    pilot = ctx.engine.pilots.get(pilot_id)
     if pilot is None:
-        raise NotFound(f"pilot {ctx.params['pilot_id']} is not registered or has ended; "
-                       "register again")
-    _check_site(ctx, pilot)
+        raise dispatch.pilot_ended(pilot_id)
     return pilot
 
 
-def _check_site(ctx: Context, pilot: Pilot) -> None:
-    if ctx.principal.site is None or pilot.site.site_id != ctx.principal.site.site_id:
-        raise Forbidden(f"pilot {pilot.pilot_id} belongs to another site")
+def speaks_for(ctx: Context, pilot_id: int) -> None:
+    """Refuse a caller whose credential is not pilot `pilot_id`'s key: a pilot token (which
+    only registers its pilot), or the key of another pilot."""
+    refusal = not_its_key(ctx.principal.pilot_id, pilot_id)
+    if refusal is not None:
+        raise Forbidden(refusal)
 
 
 @route("POST", "/api/v1/pilots", summary="Register a pilot", tag="pilots", action=Action.PILOT,
        body=schemas.REGISTER, response=schemas.REGISTERED, status=201)
 async def register(ctx: Context) -> Any:
     body = ctx.body
-    pilot = await pilots.register(ctx.engine, ctx.principal.site, body["host"],
-                                  body.get("batch_system") or "none", body.get("batch_id") or "",
-                                  body.get("resources") or {})
+    token = ctx.principal
+    if token.pilot_id is not None:
+        raise Forbidden(f"this is the key of pilot {token.pilot_id}, which has registered; a "
+                        "new pilot registers with a pilot token of its own")
+    try:
+        pilot, key = await pilots.register(ctx.engine, token, body["host"],
+                                           body.get("batch_system") or "none",
+                                           body.get("batch_id") or "",
+                                           body.get("resources") or {})
+    finally:
+        ctx.auth.forget(token)  # it has registered its pilot, or it had already
     settings = ctx.engine.settings
-    return {"pilot_id": pilot.pilot_id, "site": pilot.site.name,
+    return {"pilot_id": pilot.pilot_id, "key": key, "site": pilot.site.name,
             "heartbeat_interval": settings.heartbeat_interval,
             "heartbeat_timeout": settings.heartbeat_timeout, "tail_bytes": settings.tail_bytes}
 
@@ -94,26 +107,17 @@ async def heartbeat(ctx: Context) -> Any:
                    "answered with `error` and `status` in its place in `results`, and never "
                    "fails the others. With `ask`, `next` is what the ask route would answer, "
                    "decided once these outcomes are applied; an ask of a pilot that has ended "
-                   "is `next` with `error` and `status` 404 (register again), and leaves the "
-                   "reports recorded. A pilot id that never registered is refused whole "
-                   "(404), as the heartbeat route refuses it; one that has ended (exited or "
-                   "lost) may still report. A token of another site than the pilot's is "
-                   "refused whole (403). All are committed, in one group commit, before the "
-                   "answer.")
+                   "is `next` with `error` and `status` 404, and leaves the reports "
+                   "recorded: a pilot that has ended (exited or lost) may still report. Any "
+                   "credential but the pilot's own key is refused whole (403). All are "
+                   "committed, in one group commit, before the answer.")
 async def reports(ctx: Context) -> Any:
     engine = ctx.engine
     pilot_id = ctx.params["pilot_id"]
-    # One that has ended is no longer in memory but may still report what it ran: only an id
-    # that never registered is refused.
-    registered = engine.pilots.get(pilot_id)
-    if registered is not None:
-        _check_site(ctx, registered)
-    elif not await queries.pilot_registered(engine.db, pilot_id):
-        raise NotFound(f"there is no pilot {pilot_id}; a pilot gets its id when it registers "
-                       "(POST /api/v1/pilots)")
+    speaks_for(ctx, pilot_id)  # one that has ended may still report what it ran
     ask = ctx.body.get("ask")
-    results, following = await recording.report_many(
-        engine, pilot_id, ctx.principal.site, ctx.body["reports"], ask)
+    results, following = await recording.report_many(engine, pilot_id, ctx.body["reports"],
+                                                      ask)
     answer = json.dumps({"results": results}, separators=(",", ":")).encode()
     if following is None:
         return web.Response(body=answer, content_type="application/json")

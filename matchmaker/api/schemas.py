@@ -88,13 +88,16 @@ HEARTBEAT_TIMEOUT = _int(doc="seconds without a heartbeat after which an attempt
 
 REGISTERED = _obj({
     "pilot_id": _int(1, doc="the pilot's id, in the paths of its other routes"),
+    "key": _str(128, description="the pilot's own key: every later request of the pilot "
+                                 "carries it (Authorization: Bearer), and it speaks for this "
+                                 "pilot alone; the pilot token is used up"),
     "site": _str(64, description="the site of the pilot token, the pilot's site"),
     "heartbeat_interval": HEARTBEAT_INTERVAL,
     "heartbeat_timeout": HEARTBEAT_TIMEOUT,
     "tail_bytes": _int(1, doc="the most of each stream's end the server keeps with an "
                                  "attempt (bytes of UTF-8): a longer log goes up whole, "
                                  "through the log route"),
-}, ("pilot_id", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes"))
+}, ("pilot_id", "key", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes"))
 
 _NAMES = {"type": "array", "items": {"type": "string"}}
 
@@ -258,7 +261,12 @@ USER_SHARE = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}
 NEW_USER = _obj({"name": NAME, "admin": {"type": "boolean"}, "share": USER_SHARE}, ("name",))
 SHARE = _obj({"share": USER_SHARE}, ("share",))
 NEW_SITE = _obj({"name": NAME}, ("name",))
-PILOT_TOKEN = _obj({"lifetime": _int(60, 366 * 86400, "seconds until the token expires")})
+PILOT_TOKEN = _obj({"lifetime": _int(60, 366 * 86400, "seconds until the tokens expire"),
+                    "count": _int(1, MAX_BATCH_IDS, "how many tokens: one for each pilot")})
+PILOT_TOKENS = _obj({
+    "tokens": {"type": "array", "items": {"type": "string"},
+               "description": "each registers one pilot"},
+    "expires": {"type": "number"}, "site": {"type": "string"}}, ("tokens", "expires", "site"))
 
 SHAPE = _obj({
     "name": _str(64),

@@ -37,13 +37,18 @@ async def sites(ctx: Context) -> Any:
     return {"sites": result}
 
 
-@route("POST", "/api/v1/sites/{name}/pilot-tokens", summary="A short-lived pilot token for "
-       "this site", tag="sites", action=Action.SITE, params=[SITE], body=schemas.PILOT_TOKEN,
-       status=201)
-async def pilot_token(ctx: Context) -> Any:
+@route("POST", "/api/v1/sites/{name}/pilot-tokens", summary="Pilot tokens for this site, one "
+       "for each pilot", tag="sites", action=Action.SITE, params=[SITE],
+       body=schemas.PILOT_TOKEN, response=schemas.PILOT_TOKENS, status=201,
+       description="Each token registers one pilot (POST /api/v1/pilots), and nothing else: "
+                   "the registration answers the pilot's own key, with which it speaks from "
+                   "then on. `count` tokens (default 1) expire after `lifetime` seconds, and "
+                   "so do their pilots' keys.")
+async def pilot_tokens(ctx: Context) -> Any:
     site = await own_site(ctx)
-    token, expires = await ctx.auth.pilot_token(site, float(ctx.body.get("lifetime", 86400)))
-    return {"token": token, "expires": expires, "site": site.name}
+    tokens, expires = await ctx.auth.pilot_tokens(site, float(ctx.body.get("lifetime", 86400)),
+                                                  int(ctx.body.get("count", 1)))
+    return {"tokens": tokens, "expires": expires, "site": site.name}
 
 
 @route("POST", "/api/v1/sites/{name}/demand", summary="Ready tasks that pilots of each shape "

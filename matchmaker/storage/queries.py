@@ -298,10 +298,11 @@ async def pilots(db: Database, *, site_id: int | None, state: str | None, after:
 
 
 async def token(db: Database, token_hash: str) -> dict[str, Any] | None:
-    """The stored facts of a token: kind, user_id or site_id, expires, revoked."""
+    """The stored facts of a token: kind, user_id or site_id, pilot_id, expires, revoked, and
+    when a pilot token was used to register its pilot."""
     row = await db.fetchone(
-        "SELECT kind, user_id, site_id, expires, revoked FROM tokens WHERE token_hash = ?",
-        (token_hash,))
+        "SELECT kind, user_id, site_id, pilot_id, expires, revoked, used FROM tokens"
+        " WHERE token_hash = ?", (token_hash,))
     return dict(row) if row else None
 
 

@@ -160,6 +160,27 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX pilots_site_batch ON pilots(site_id, batch_id);
     """,
+    # 3: a pilot token registers one pilot (`used`, and `pilot_id` once it has); the pilot then
+    # speaks with a key of its own ('pilot-key', for `pilot_id` alone). The kind's CHECK
+    # changes, so the table is made anew.
+    """
+    CREATE TABLE tokens_new (
+        token_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('user', 'site', 'pilot', 'pilot-key')),
+        user_id INTEGER REFERENCES users(user_id),
+        site_id INTEGER REFERENCES sites(site_id),
+        pilot_id INTEGER,
+        created REAL NOT NULL,
+        expires REAL,
+        revoked REAL,
+        used REAL
+    );
+    INSERT INTO tokens_new (token_hash, kind, user_id, site_id, created, expires, revoked)
+        SELECT token_hash, kind, user_id, site_id, created, expires, revoked FROM tokens;
+    DROP TABLE tokens;
+    ALTER TABLE tokens_new RENAME TO tokens;
+    CREATE INDEX tokens_expiry ON tokens(kind, expires);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -41,6 +41,20 @@ END_PILOT = Statement(
     " WHERE pilot_id = ? AND state = 'running'",
     order=12)
 
+# A pilot token registers one pilot: used (guarded) in the registration's own batch, which
+# also stores the key the pilot speaks with from then on.
+USE_PILOT_TOKEN = Statement(
+    "use pilot token",
+    "UPDATE tokens SET used = ?, pilot_id = ? WHERE token_hash = ? AND kind = 'pilot'"
+    " AND used IS NULL AND revoked IS NULL",
+    order=13, guarded=True)
+
+INSERT_PILOT_KEY = Statement(
+    "pilot key",
+    "INSERT INTO tokens (token_hash, kind, site_id, pilot_id, created, expires)"
+    " VALUES (?, 'pilot-key', ?, ?, ?, ?)",
+    order=14)
+
 INSERT_ATTEMPT = Statement(
     "dispatch attempt",
     "INSERT INTO attempts (attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id,"
@@ -151,6 +165,14 @@ def insert_pilot(batch: Batch, pilot_id: int, *, site_id: int, host: str, batch_
                  batch_id: str, resources: Mapping[str, Any], now: float) -> Batch:
     return batch.add(INSERT_PILOT, (pilot_id, site_id, host, batch_system, batch_id,
                                     json.dumps(resources), now, now))
+
+
+def pilot_key(batch: Batch, pilot_id: int, *, token_hash: str, key_hash: str, site_id: int,
+              now: float, expires: float | None) -> Batch:
+    """The registration of `pilot_id` uses its pilot token (refused, StaleWrite, if it was
+    used already) and gives it its key."""
+    batch.add(USE_PILOT_TOKEN, (now, pilot_id, token_hash))
+    return batch.add(INSERT_PILOT_KEY, (key_hash, site_id, pilot_id, now, expires))
 
 
 def pilot_seen(batch: Batch, pilot_id: int, now: float) -> Batch:
@@ -301,12 +323,15 @@ def new_site_token(conn: sqlite3.Connection, site_id: int, token_hash: str, now:
                  (token_hash, site_id, now))
 
 
-def add_pilot_token(conn: sqlite3.Connection, site_id: int, token_hash: str, now: float,
-                    expires: float) -> None:
-    """Insert a pilot token, and drop those that have expired."""
-    conn.execute("INSERT INTO tokens (token_hash, kind, site_id, created, expires)"
-                 " VALUES (?, 'pilot', ?, ?, ?)", (token_hash, site_id, now, expires))
-    conn.execute("DELETE FROM tokens WHERE kind = 'pilot' AND expires < ?", (now,))
+def add_pilot_tokens(conn: sqlite3.Connection, site_id: int, token_hashes: Iterable[str],
+                     now: float, expires: float) -> None:
+    """Insert pilot tokens (each registers one pilot), and drop the pilot tokens and keys that
+    have expired."""
+    conn.executemany("INSERT INTO tokens (token_hash, kind, site_id, created, expires)"
+                     " VALUES (?, 'pilot', ?, ?, ?)",
+                     ((token_hash, site_id, now, expires) for token_hash in token_hashes))
+    conn.execute("DELETE FROM tokens WHERE kind IN ('pilot', 'pilot-key') AND expires < ?",
+                 (now,))
 
 
 def add_dataset(conn: sqlite3.Connection, *, user_id: int, description: str, config: str,

@@ -4,4 +4,4 @@ ${directives}
 ${environment}
 # Slurm's PBS wrappers set PBS_JOBID only with its spank_pbs plugin; SLURM_JOB_ID always.
 export FLOE_BATCH_ID="$${PBS_JOBID:-$$SLURM_JOB_ID}"
-exec ${command}
+${body}

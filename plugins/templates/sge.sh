@@ -3,4 +3,4 @@ ${directives}
 # A floe pilot (${tag}) written by the factory's sge plugin; qsub reads the lines above.
 ${environment}
 export FLOE_BATCH_ID="$$JOB_ID"
-exec ${command}
+${body}

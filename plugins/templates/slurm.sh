@@ -3,4 +3,4 @@ ${directives}
 # A floe pilot (${tag}) written by the factory's slurm plugin; sbatch reads the lines above.
 ${environment}
 export FLOE_BATCH_ID="$$SLURM_JOB_ID"
-exec ${command}
+${body}

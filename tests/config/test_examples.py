@@ -1,5 +1,6 @@
-"""The example datasets in examples/: they validate and have the shape the demo promises.
-tests/pilot/test_examples.py runs them through the real pilot runner."""
+"""The examples in examples/: the datasets validate and have the shape the demo promises
+(tests/pilot/test_examples.py runs them through the real pilot runner), and so do the factory
+configs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from config import dataset, expressions
+from config.factory import load_factory_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -30,3 +32,15 @@ def test_the_demo_uses_every_expression_function_but_system():
     text = (EXAMPLES / "demo.json").read_text()
     for function in set(expressions.FUNCTIONS) - {"system"}:
         assert f"${function}(" in text, function
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_factory_config_validates(path):
+    config = load_factory_config(path)
+    assert config.sites and all(site.shapes for site in config.sites)
+
+
+def test_the_ssh_example_names_a_login_node_a_proxy_and_a_python():
+    (site,) = load_factory_config(EXAMPLES / "cluster-over-ssh.toml").sites
+    assert site.ssh["host"] == "icecube@login.cluster.example.edu" and site.ssh["port"] == 22
+    assert site.proxy.startswith("http://") and site.python.endswith("python3")

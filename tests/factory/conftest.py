@@ -4,12 +4,13 @@ admin would, DAG datasets, and a real `floe factory` process."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,24 @@ def make_runner(matchmaker: LiveMatchmaker, bundle: Path) -> Iterator[Any]:
     for site in made:
         with contextlib.suppress(BatchError):   # a test's deliberately dead batch system
             site.plugin.remove_orphans(set())   # every live pilot tagged as this factory's
+
+
+def record_path(name: str, status: Mapping[str, Any], matchmaker: LiveMatchmaker,
+                dataset: int) -> dict[str, Any]:
+    """What one kind of site did in a test (pilots submitted and registered, tasks completed;
+    `status` is the site's status.json), kept in test-artifacts/sites/<name>.json for the
+    record of the run; returned too."""
+    pilots = matchmaker.get("/pilots?site=site-a&limit=1000")["pilots"]
+    states = matchmaker.states(dataset)
+    record = {"path": name, "pilots_submitted": status["counters"]["submitted"],
+              "pilots_registered": len(pilots), "tasks_completed": states.count("complete"),
+              "tasks": len(states),
+              "ended_unregistered": status["counters"]["ended_unregistered"],
+              "last_error": status["health"]["last_error"]}
+    folder = ROOT / "test-artifacts" / "sites"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(record, indent=1))
+    return record
 
 
 class FactoryProcess:

@@ -19,7 +19,7 @@ from factory.site import plugin_factory_id
 from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 
-from .conftest import dag_dataset, site_document, write_toml
+from .conftest import dag_dataset, record_path, site_document, write_toml
 
 SYSTEMS = [
     pytest.param("slurm", id="slurm", marks=pytest.mark.slurm),
@@ -68,6 +68,7 @@ def test_a_factory_runs_100_dag_tasks_through_the_batch_system_and_leaves_nothin
         raise AssertionError(f"factory log:\n{factory.text()[-2000:]}\nunfinished: "
                              f"{failed}") from None
     submitted = status_file(workdir)["counters"]["submitted"]
+    record_path(f"{system}-shared-filesystem", status_file(workdir), matchmaker, dataset)
     time.sleep(5)
     assert status_file(workdir)["counters"]["submitted"] == submitted  # none after the work
     assert factory.stop() == 0

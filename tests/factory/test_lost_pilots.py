@@ -36,7 +36,8 @@ def test_a_killed_pilots_task_is_requeued_as_soon_as_the_factory_sees_its_batch_
         (batch_id,) = live_pilots(site)
         record = json.loads((site.plugin.state_dir / f"{batch_id}.json").read_text())
         wrapper = psutil.Process(record["pid"])
-        (pilot,) = [p for p in wrapper.children() if "python" in p.name()]
+        (pilot,) = [p for p in wrapper.children(recursive=True)
+                    if "--token-file" in p.cmdline()]  # the pilot its launcher started
         pilot.kill()
 
         def lost() -> bool:

@@ -57,7 +57,8 @@ def test_pilots_that_cannot_reach_the_matchmaker_fail_however_long_they_ran(
     status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
     assert status["health"]["failing"] is True
     assert status["counters"]["ended_unregistered"] == 4
-    assert "see its log under" in status["health"]["last_error"]
+    assert "its log ends: " in status["health"]["last_error"]
+    assert "cannot reach the matchmaker at" in status["health"]["last_error"]
     assert matchmaker.get("/pilots?site=site-a")["pilots"] == []
 
     # The site admin fixes the nodes' network; once the backoff is over, pilots that register

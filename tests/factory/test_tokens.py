@@ -29,8 +29,13 @@ WALLTIME = 20 * 60          # the shape of site_document
 OVERHEAD = 5 * 60
 ALLOWANCE = 3600
 NEEDED = WALLTIME + OVERHEAD + ALLOWANCE
-# A worker node's "python" that records what the pilot was started with, then leaves.
-RECORDING_PYTHON = 'env > "{seen}/$$.tmp" && mv "{seen}/$$.tmp" "{seen}/$$.env"'
+# A worker node's "python" that records the pilot's environment and token file (its launcher
+# runs `python pilot.pyz --token-file FILE ...`), then leaves; its other uses (`-c`, the
+# launcher's version check and file writes) go to the real one.
+RECORDING_PYTHON = """
+if [ "$1" = -c ]; then exec /usr/bin/env python3 "$@"; fi
+cp "$3" "{seen}/$$.token" && env > "{seen}/$$.tmp" && mv "{seen}/$$.tmp" "{seen}/$$.env"
+"""
 # A SLURM whose jobs stay pending (or run, once the test writes RUNNING into <id>.state).
 FAKE_SLURM = {
     "sbatch": """
@@ -75,14 +80,14 @@ def handed_token(matchmaker: LiveMatchmaker, make_runner: Any,
     after = time.time()
     [record] = wait_for(lambda: list(seen.glob("*.env")), 30, "the pilot to start")
     env = dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line)
-    return env["FLOE_PILOT_TOKEN"], env, before, after
+    return record.with_suffix(".token").read_text(), env, before, after
 
 
 def test_a_pilot_gets_a_pilot_token_of_its_site_that_outlives_walltime_and_queue_allowance(
         matchmaker: LiveMatchmaker, make_runner: Any, tmp_path: Path) -> None:
     token, env, before, after = handed_token(matchmaker, make_runner, tmp_path)
     assert token.startswith("floe_p_")
-    assert matchmaker.site_token not in env.values()
+    assert matchmaker.site_token not in env.values() and token not in env.values()
     row = token_row(matchmaker, token)
     assert (row["kind"], row["site"], row["revoked"]) == ("pilot", "site-a", None)
     # Valid for the walltime asked of the batch system plus the queue allowance from the

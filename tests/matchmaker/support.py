@@ -67,7 +67,12 @@ async def site(engine: Engine, name: str = "site-a") -> Site:
 
 
 async def pilot(engine: Engine, where: Site, host: str = "node1") -> Pilot:
-    return await pilots.register(engine, where, host, "test", "1")
+    """A pilot registered at `where` with a pilot token of its own."""
+    auth = Auth(engine)
+    (token,), _ = await auth.pilot_tokens(where, 3600)
+    registered, _ = await pilots.register(engine, await auth.authenticate(token), host, "test",
+                                          "1")
+    return registered
 
 
 async def submit(engine: Engine, owner: User, document: dict[str, Any]) -> DatasetState:

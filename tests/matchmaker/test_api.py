@@ -114,21 +114,22 @@ class World:
         self.site_a, self.site_token = await auth.add_site("site-a")
         self.site_b, self.other_site_token = await auth.add_site("site-b")
         await auth.add_site("site-c")  # whose factory token the matrix replaces
-        self.pilot_token, _ = await auth.pilot_token(self.site_a, 3600)
-        self.other_pilot_token, _ = await auth.pilot_token(self.site_b, 3600)
+        self.keys: dict[int, str] = {}  # each registered pilot's key
         status, dataset = await self.api.call("POST", "/api/v1/datasets", self.owner,
                                               s.config(jobs=20))
         assert status == 201, dataset
         self.dataset = dataset["id"]
         await self.wait_created(self.dataset)
-        status, pilot = await self.api.call("POST", "/api/v1/pilots", self.pilot_token,
-                                            {"host": "node1", "batch_system": "slurm",
-                                             "batch_id": "42"})
-        assert status == 201, pilot
-        self.pilot = pilot["pilot_id"]
-        status, pilot = await self.api.call("POST", "/api/v1/pilots", self.other_pilot_token,
-                                            {"host": "node9"})
-        self.other_pilot = pilot["pilot_id"]
+        self.pilot = await self.new_pilot(batch_system="slurm", batch_id="42")
+        self.sibling = await self.new_pilot(host="node3")  # another pilot of site-a
+        self.other_pilot = await self.new_pilot(self.site_b, host="node9")
+        self.pilot_key = self.keys[self.pilot]
+        self.other_pilot_key = self.keys[self.other_pilot]
+
+    async def registration_token(self, site=None) -> str:
+        """A fresh pilot token, which registers one pilot."""
+        (token,), _ = await self.app[AUTH].pilot_tokens(site or self.site_a, 3600)
+        return token
 
     async def wait_created(self, dataset_id: int) -> None:
         for _ in range(500):
@@ -150,15 +151,20 @@ class World:
             assert status == 200, answer
         return dataset["id"]
 
-    async def new_pilot(self) -> int:
-        status, pilot = await self.api.call("POST", "/api/v1/pilots", self.pilot_token,
-                                            {"host": "node2"})
+    async def new_pilot(self, site=None, host: str = "node2", **body: str) -> int:
+        """A pilot registered with a token of its own (at site-a unless `site`); its key is
+        kept in `keys`."""
+        status, pilot = await self.api.call("POST", "/api/v1/pilots",
+                                            await self.registration_token(site),
+                                            {"host": host, **body})
         assert status == 201, pilot
+        self.keys[pilot["pilot_id"]] = pilot["key"]
         return pilot["pilot_id"]
 
     async def ask(self, token=None, pilot=None):
-        return await self.api.call("POST", f"/api/v1/pilots/{pilot or self.pilot}/ask",
-                                   token or self.pilot_token,
+        pilot = pilot or self.pilot
+        return await self.api.call("POST", f"/api/v1/pilots/{pilot}/ask",
+                                   token or self.keys[pilot],
                                    {"cpus": 1, "memory": 4 * 2**30, "disk": 10 * 2**30,
                                     "seconds": 86400})
 
@@ -172,15 +178,21 @@ class World:
             "a database write waited longer than the watchdog allows"
 
 
-ROLES = ("anonymous", "admin", "owner", "other_user", "site", "other_site", "pilot",
-         "other_pilot")
+# pilot_token: a fresh pilot token of site-a (it registers one pilot); pilot: the key of the
+# pilot the path names (pilot 1 where it names none); sibling_pilot: another site-a pilot's key;
+# other_pilot: the key of a pilot of site-b.
+ROLES = ("anonymous", "admin", "owner", "other_user", "site", "other_site", "pilot_token",
+         "pilot", "sibling_pilot", "other_pilot")
 
 
-def token_of(world: World, role: str) -> str | None:
+async def token_of(world: World, role: str, pilot: int | None = None) -> str | None:
+    if role == "pilot_token":
+        return await world.registration_token()
     return {"anonymous": None, "admin": world.admin, "owner": world.owner,
             "other_user": world.other, "site": world.site_token,
-            "other_site": world.other_site_token, "pilot": world.pilot_token,
-            "other_pilot": world.other_pilot_token}[role]
+            "other_site": world.other_site_token, "pilot": world.keys[pilot or world.pilot],
+            "sibling_pilot": world.keys[world.sibling],
+            "other_pilot": world.other_pilot_key}[role]
 
 
 EVERYONE = set(ROLES)
@@ -231,7 +243,7 @@ MATRIX = {
                             "ended": ["44"]}, {"admin", "site"}),
     "list pilots": ("GET", "/api/v1/pilots", None, USERS),
     "read metrics": ("GET", "/metrics", None, USERS),
-    "register a pilot": ("POST", "/api/v1/pilots", {"host": "n"}, {"pilot", "other_pilot"}),
+    "register a pilot": ("POST", "/api/v1/pilots", {"host": "n"}, {"pilot_token"}),
     "ask for a task": ("POST", "/api/v1/pilots/{pilot}/ask",
                        {"cpus": 1, "memory": 2**32, "disk": 2**34}, {"pilot"}),
     "sign off a pilot": ("POST", "/api/v1/pilots/{new_pilot}/exit", {"reason": "done"},
@@ -276,7 +288,9 @@ async def test_authorization_matrix(world, action):
         payload = body
         if isinstance(body, dict) and "name" in body:
             payload = {"name": body["name"].format(role=role).replace("_", "-")}
-        status, answer = await world.api.call(method, target, token_of(world, role), payload)
+        named = re.search(r"/pilots/(\d+)/", target)
+        token = await token_of(world, role, int(named.group(1)) if named else None)
+        status, answer = await world.api.call(method, target, token, payload)
         if role in allowed:
             assert status in (200, 201), (role, status, answer)
         else:
@@ -313,15 +327,15 @@ async def send_as_attempt(world: World, action: str, attempt_id: int, token: str
 async def test_only_the_attempts_own_passkey_speaks_for_it(world, action):
     _, given = await world.ask()
     attempt = given["attempt"]
-    _, elsewhere = await world.ask(world.other_pilot_token, world.other_pilot)
+    _, elsewhere = await world.ask(world.other_pilot_key, world.other_pilot)
     others_passkey = elsewhere["attempt"]["passkey"]
     for role in ROLES:  # a token of any kind is no passkey
         status, answer = await send_as_attempt(world, action, attempt["id"],
-                                               token_of(world, role), None)
+                                               await token_of(world, role), None)
         assert status == 401 and "passkey" in answer["error"], (role, status, answer)
     for role in ROLES:  # another pilot's attempt's passkey, whatever token comes with it
         status, answer = await send_as_attempt(world, action, attempt["id"],
-                                               token_of(world, role), others_passkey)
+                                               await token_of(world, role), others_passkey)
         assert status == 403, (role, status, answer)
         assert answer["error"] == (f"wrong passkey for attempt {attempt['id']}: only the pilot "
                                    "that was given this attempt may speak for it")
@@ -329,7 +343,7 @@ async def test_only_the_attempts_own_passkey_speaks_for_it(world, action):
     answers = []
     for role in ROLES:  # the attempt's passkey is the proof; a valid token beside it is ignored
         status, answer = await send_as_attempt(world, action, attempt["id"],
-                                               token_of(world, role), attempt["passkey"])
+                                               await token_of(world, role), attempt["passkey"])
         assert status == 200, (role, status, answer)
         answers.append(answer)
     if action == "report":
@@ -399,10 +413,10 @@ async def test_pilot_reports_only_on_its_own_attempts(world):
     attempt = given["attempt"]
     report = {"exit_code": 0, "usage": {"wall_time": 3.0}}
     path = f"/api/v1/attempts/{attempt['id']}/report"
-    status, answer = await world.api.call("POST", path, world.other_pilot_token, report,
+    status, answer = await world.api.call("POST", path, world.other_pilot_key, report,
                                           passkey="not-the-passkey")
     assert status == 403 and "wrong passkey" in answer["error"]
-    status, answer = await world.api.call("POST", path, world.pilot_token, report)
+    status, answer = await world.api.call("POST", path, world.pilot_key, report)
     assert status == 401 and "passkey" in answer["error"]
     status, answer = await world.api.call("POST", path, None, report, passkey=attempt["passkey"])
     assert status == 200 and answer["recorded"] and not answer["duplicate"]
@@ -503,7 +517,8 @@ async def test_request_bodies_are_size_capped(world):
     huge = b'{"description": "' + b"x" * (world.settings.max_request_bytes + 10) + b'"}'
     status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, data=huge)
     assert status == 413 and "at most" in answer["error"]
-    status, answer = await world.api.call("POST", "/api/v1/pilots", world.pilot_token,
+    status, answer = await world.api.call("POST", "/api/v1/pilots",
+                                          await world.registration_token(),
                                           {"host": "h" * 1000})
     assert status == 400 and answer["error"].startswith("host: must have at most 256")
 
@@ -526,7 +541,7 @@ async def test_a_chunked_body_over_the_limit_is_refused_as_one_that_says_its_siz
         assert chunked == refusal, size
     # A route with a larger limit of its own takes a chunked body up to it.
     status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/reports",
-                                          world.pilot_token, data=chunks(3 * limit))
+                                          world.pilot_key, data=chunks(3 * limit))
     assert (status, answer["error"][:27]) == (400, "the body is not valid JSON:")
 
 
@@ -546,7 +561,7 @@ async def test_a_body_field_is_named_by_its_path_with_the_bounds_the_docs_give(w
 
 async def test_unknown_keys_in_bodies_are_refused_with_a_suggestion(world):
     status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/ask",
-                                          world.pilot_token,
+                                          world.pilot_key,
                                           {"cpus": 1, "memory": 1, "disk": 1, "gpu": 1})
     assert status == 400 and 'gpu: unknown key; did you mean "gpus"?' in answer["error"]
 
@@ -605,7 +620,7 @@ async def test_a_pilot_whose_batch_job_ended_is_lost_at_once_with_what_it_ran(wo
     # The task is ready again at once, and its passkey is void.
     status, again = await world.ask(pilot=await world.new_pilot())
     assert again["attempt"]["task_id"] == given["task_id"], again
-    status, answer = await send_as_attempt(world, "heartbeat", attempt, world.pilot_token,
+    status, answer = await send_as_attempt(world, "heartbeat", attempt, world.pilot_key,
                                            given["passkey"])
     assert status == 409 and f"is void (the batch job of pilot {world.pilot}" in answer["error"]
     # Told again (a factory that did not hear the answer), nothing more happens.
@@ -657,12 +672,16 @@ async def test_every_route_takes_what_its_schema_takes_and_refuses_an_unknown_ke
     for method, path, body, role in actions:
         handed_out = dict(attempt)
         target = await path_for(world, path, handed_out)
-        token = None if role == "passkey" else token_of(world, role)
+        named = re.search(r"/pilots/(\d+)/", target)
+        pilot = int(named.group(1)) if named else None
+        token = None if role == "passkey" else await token_of(world, role, pilot)
         passkey = attempt["passkey"] if role == "passkey" else None
         if "name" in body:
             body = {"name": body["name"].format(role="schema")}
         status, answer = await world.api.call(method, target, token, body, passkey=passkey)
         assert status in (200, 201), (path, answer)
+        if role == "pilot_token":  # it has registered its pilot
+            token = await token_of(world, role)
         surplus = dict(body, surplus_key=1)
         status, answer = await world.api.call(method, target, token, surplus, passkey=passkey)
         assert status == 400 and "surplus_key" in answer["error"], (path, answer)
@@ -697,15 +716,18 @@ def exactly_declared(answer, schema: dict) -> list[str]:
 async def test_pilot_answers_are_exactly_what_the_openapi_document_declares(world):
     _, document = await world.api.call("GET", "/api/v1/openapi.json")
 
+    token = await world.registration_token()
+
     async def check(method, path, body, status=200):
-        got, answer = await world.api.call(method, path, world.pilot_token, body)
+        got, answer = await world.api.call(method, path, token, body)
         assert got == status, answer
         pattern = re.sub(r"/\d+/", "/{pilot_id}/", path)
         assert exactly_declared(answer, declared_answer(document, method, pattern, status)) \
             == [], (path, answer)
         return answer
 
-    pilot = (await check("POST", "/api/v1/pilots", {"host": "node3"}, 201))["pilot_id"]
+    registered = await check("POST", "/api/v1/pilots", {"host": "node3"}, 201)
+    pilot, token = registered["pilot_id"], registered["key"]
     ask = f"/api/v1/pilots/{pilot}/ask"
     assert (await check("POST", ask, s.FREE))["attempt"]
     assert len((await check("POST", ask, dict(s.FREE, cpus=2, max_tasks=2)))["attempts"]) == 2
@@ -740,7 +762,7 @@ async def test_submit_answers_before_a_large_dataset_is_created_and_work_starts_
 
 async def test_text_and_numbers_that_json_loads_takes_but_json_has_not_are_refused(world):
     status, given = await world.api.call(
-        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_token,
+        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
         {"cpus": 2, "memory": 8 * 2**30, "disk": 10 * 2**30, "seconds": 86400, "max_tasks": 2})
     first, second = given["attempts"]
     path = f"/api/v1/pilots/{world.pilot}/reports"
@@ -752,27 +774,27 @@ async def test_text_and_numbers_that_json_loads_takes_but_json_has_not_are_refus
         return json.dumps(body).replace('"CPU"', cpu).replace("TAIL", tail).encode()
 
     # A lone half of a surrogate pair reached SQLite in the writer process (500 there).
-    status, answer = await world.api.call("POST", path, world.pilot_token,
+    status, answer = await world.api.call("POST", path, world.pilot_key,
                                           data=reports(first, "ok \\ud800 then"))
     assert status == 400, answer
     assert answer["error"].startswith("reports[0].stdout_tail: holds a \\u escape of half a "
                                       "UTF-16 surrogate pair")
-    status, answer = await world.api.call("POST", path, world.pilot_token,
+    status, answer = await world.api.call("POST", path, world.pilot_key,
                                           data=reports(first, "ok", cpu="NaN"))
     assert status == 400 and "NaN is no JSON value" in answer["error"], answer
     # The same half written as UTF-8 bytes (which json.loads lets through) is not UTF-8.
     status, answer = await world.api.call(
-        "POST", path, world.pilot_token,
+        "POST", path, world.pilot_key,
         data=reports(first, "ok").replace(b'"ok"', b'"ok \xed\xa0\x80"'))
     assert status == 400 and answer["error"].startswith("the body is not UTF-8"), answer
     # A whole pair is a character like any other, and nothing refused was recorded.
-    status, answer = await world.api.call("POST", path, world.pilot_token,
+    status, answer = await world.api.call("POST", path, world.pilot_key,
                                           data=reports(first, "ok \\ud83d\\ude00"))
     assert status == 200 and answer["results"][0]["recorded"], answer
     status, attempt = await world.api.call("GET", f"/api/v1/attempts/{first['id']}",
                                            world.owner)
     assert attempt["stdout_tail"] == "ok \U0001F600"
-    status, answer = await world.api.call("POST", path, world.pilot_token,
+    status, answer = await world.api.call("POST", path, world.pilot_key,
                                           data=reports(second, "fine"))
     assert status == 200 and answer["results"][0]["recorded"], answer
 
@@ -830,12 +852,13 @@ async def test_health_says_stalled_while_a_write_waits_beyond_the_watchdog(world
 
 
 async def test_a_write_the_writer_dies_in_the_middle_of_is_refused_503_retryable(world, caplog):
+    token = await world.registration_token()
     process = world.engine.db._process._process
     os.kill(process.pid, signal.SIGSTOP)  # the registration reaches the pipe, never a commit
 
     async def register():
         async with world.session.post(world.api.base + "/api/v1/pilots", json={"host": "n"},
-                                      headers={"Authorization": f"Bearer {world.pilot_token}"}
+                                      headers={"Authorization": f"Bearer {token}"}
                                       ) as reply:
             return reply.status, await reply.json(), reply.headers
 
@@ -848,6 +871,5 @@ async def test_a_write_the_writer_dies_in_the_middle_of_is_refused_503_retryable
                                       "writer process ended in the middle of a write")
     assert answer["error"].endswith("nothing of it was kept: try again in a moment")
     assert not [r for r in caplog.records if r.exc_info]  # no traceback: a known fault
-    status, again = await world.api.call("POST", "/api/v1/pilots", world.pilot_token,
-                                         {"host": "n"})
-    assert status == 201, again  # a new writer takes the retry
+    status, again = await world.api.call("POST", "/api/v1/pilots", token, {"host": "n"})
+    assert status == 201, again  # a new writer takes the retry, and the token is not spent

@@ -26,7 +26,7 @@ from .test_api import declared_answer, exactly_declared
 
 async def ask_many(world, count, token=None, pilot=None, **free):
     status, answer = await world.api.call(
-        "POST", f"/api/v1/pilots/{pilot or world.pilot}/ask", token or world.pilot_token,
+        "POST", f"/api/v1/pilots/{pilot or world.pilot}/ask", token or world.pilot_key,
         dict(FREE, max_tasks=count, **free))
     assert status == 200, answer
     return answer["attempts"]
@@ -38,12 +38,12 @@ async def send_reports(world, reports, ask=None, token: str | None = "", pilot=N
     if ask is not None:
         body["ask"] = ask
     return await world.api.call("POST", f"/api/v1/pilots/{pilot or world.pilot}/reports",
-                                world.pilot_token if token == "" else token, body)
+                                world.pilot_key if token == "" else token, body)
 
 
 async def send_heartbeat(world, attempts, token: str | None = "", pilot=None):
     return await world.api.call("POST", f"/api/v1/pilots/{pilot or world.pilot}/heartbeat",
-                                world.pilot_token if token == "" else token,
+                                world.pilot_key if token == "" else token,
                                 {"attempts": attempts})
 
 
@@ -76,7 +76,7 @@ async def test_an_ask_with_max_tasks_answers_the_list_form_each_as_the_single_fo
     assert len(await ask_many(world, 5)) == 1
     # Nothing fits: the list form says why, as the single form does.
     status, answer = await world.api.call(
-        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_token,
+        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
         dict(FREE, memory=2**20, max_tasks=4))
     assert status == 200 and answer["attempts"] == [] and answer["wait"] > 0
     assert "none fits this slot" in answer["reason"] and "shortest_walltime" in answer
@@ -99,7 +99,7 @@ async def test_the_single_form_is_unchanged_and_the_list_form_repeats_it_byte_fo
 async def test_max_tasks_is_checked_against_its_limits(world):
     for bad in (0, 1001, "2"):
         status, answer = await world.api.call(
-            "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_token,
+            "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
             dict(FREE, max_tasks=bad))
         assert status == 400 and "max_tasks" in answer["error"], answer
 
@@ -155,7 +155,7 @@ async def test_bulk_reports_decide_each_report_and_commit_all_before_the_answer(
     engine = world.engine
     # `untouched` is given out with the others and not reported: it stays in flight.
     first, second, failed, stale, untouched = await ask_many(world, 5, cpus=5, memory=8 * GIB)
-    _, elsewhere = await world.ask(world.other_pilot_token, world.other_pilot)
+    _, elsewhere = await world.ask(world.other_pilot_key, world.other_pilot)
     elsewhere = elsewhere["attempt"]
     # `stale` is voided behind the pilot's back (its task reset and handed out again).
     await recording.lose(engine, engine.active[stale["id"]], ErrorClass.PILOT_LOST,
@@ -216,7 +216,7 @@ async def test_a_report_repeated_in_the_same_request_is_recorded_once(world):
 async def test_the_bulk_routes_refuse_user_tokens_and_other_sites_pilots(world):
     attempt, = await ask_many(world, 1)
     for token, expected in ((None, 401), (world.owner, 403), (world.admin, 403),
-                            (world.site_token, 403), (world.other_pilot_token, 403)):
+                            (world.site_token, 403), (world.other_pilot_key, 403)):
         status, answer = await send_heartbeat(
             world, [{"attempt_id": attempt["id"], "passkey": attempt["passkey"]}], token)
         assert status == expected, (token, answer)
@@ -235,18 +235,20 @@ async def test_reports_of_a_pilot_that_has_ended_are_recorded_and_its_ask_refuse
     finally:
         world.engine.pilots[world.pilot] = pilot
     assert status == 200 and answer["results"][0]["task_state"] == "complete"
-    assert answer["next"] == {"error": f"pilot {world.pilot} is not registered or has ended; "
-                                       "register again", "status": 404}
+    assert answer["next"] == {"error": f"pilot {world.pilot} has ended (the matchmaker counted "
+                                       "it lost, or it signed off); a new pilot registers with "
+                                       "a pilot token of its own", "status": 404}
 
 
-async def test_reports_for_a_pilot_id_that_never_registered_are_refused_whole_with_404(world):
+async def test_reports_for_a_pilot_id_that_never_registered_are_refused_whole_with_403(world):
     attempt, = await ask_many(world, 1)
     unknown = world.other_pilot + 100
     status, answer = await send_reports(world, [done(attempt)], ask=FREE, pilot=unknown)
-    assert (status, answer) == (404, {"error": f"there is no pilot {unknown}; a pilot gets its "
-                                               "id when it registers (POST /api/v1/pilots)"})
+    assert (status, answer) == (403, {"error": f"this key speaks for pilot {world.pilot}, not "
+                                               f"for pilot {unknown}"})
     status, _ = await send_heartbeat(world, [], pilot=unknown)
-    assert status == 404  # as the heartbeat route answers it
+    assert status == 403  # as the heartbeat route answers it
+    assert world.engine.active[attempt["id"]]  # nothing of it was recorded
     assert attempt["id"] in world.engine.active  # nothing was recorded
 
 
@@ -255,7 +257,7 @@ async def test_a_pilot_that_exited_may_still_report_what_it_ran(world):
     status, answer = await send_reports(world, [done(reported)])
     assert status == 200 and answer["results"][0]["task_state"] == "complete"
     status, _ = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/exit",
-                                     world.pilot_token, {"reason": "idle"})
+                                     world.pilot_key, {"reason": "idle"})
     assert status == 200 and world.pilot not in world.engine.pilots
     status, answer = await send_reports(world, [done(reported), done(held)])
     assert status == 200, answer
@@ -331,7 +333,7 @@ async def test_a_stale_write_of_one_report_falls_back_alone(world):
 async def test_a_single_reports_ask_may_take_the_list_form(world):
     attempt, = await ask_many(world, 1)
     status, answer = await world.api.call(
-        "POST", f"/api/v1/attempts/{attempt['id']}/report", world.pilot_token,
+        "POST", f"/api/v1/attempts/{attempt['id']}/report", world.pilot_key,
         {"exit_code": 0, "ask": dict(FREE, cpus=2, max_tasks=2)}, passkey=attempt["passkey"])
     assert status == 200 and answer["task_state"] == "complete"
     assert len(answer["next"]["attempts"]) == 2
@@ -494,7 +496,7 @@ async def test_a_failed_report_that_asks_may_be_given_its_own_retry_in_the_same_
     given = await s.ask(engine, p)
     commits = engine.db.commits
     answer, following = await recording.report_and_ask(
-        engine, given.attempt_id, given.passkey, s.failure(), s.slot().to_dict(), site)
+        engine, given.attempt_id, given.passkey, s.failure(), s.slot().to_dict(), p.pilot_id)
     assert answer["task_state"] == "ready"
     assert isinstance(following, dispatch.Dispatch) and following.task_id == given.task_id
     assert engine.db.commits == commits + 1
@@ -517,9 +519,9 @@ async def test_bulk_reports_needing_the_same_jobs_in_opposite_orders_do_not_dead
     for holder in holders:  # other reports hold both jobs while the bulk reports arrive
         await holder.__aenter__()
     first = asyncio.create_task(recording.report_many(
-        engine, p.pilot_id, site, [report(0, 0), report(1, 0)], None))
+        engine, p.pilot_id, [report(0, 0), report(1, 0)], None))
     second = asyncio.create_task(recording.report_many(
-        engine, p.pilot_id, site, [report(1, 1), report(0, 1)], None))
+        engine, p.pilot_id, [report(1, 1), report(0, 1)], None))
     await asyncio.sleep(0.01)
     for holder in holders:
         await holder.__aexit__(None, None, None)

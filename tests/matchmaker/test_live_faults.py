@@ -33,12 +33,6 @@ def dataset(jobs: int, command: list[str] | str, walltime: str = "1m") -> dict[s
                        "modules": [{"command": command}]}]}
 
 
-def register(live: LiveMatchmaker, token: str) -> int:
-    status, pilot = live.api("POST", "/pilots", {"host": "node1"}, token=token)
-    assert status == 201, pilot
-    return pilot["pilot_id"]
-
-
 def ask(live: LiveMatchmaker, token: str, pilot: int) -> dict[str, Any]:
     status, answer = live.api("POST", f"/pilots/{pilot}/ask", FREE, token=token)
     assert status == 200 and answer["attempts"], answer
@@ -49,7 +43,7 @@ def report(attempt: dict[str, Any]) -> dict[str, Any]:
     return {"attempt_id": attempt["id"], "passkey": attempt["passkey"], "exit_code": 0}
 
 
-def answered_at_once(live: LiveMatchmaker, token: str) -> None:
+def answered_at_once(live: LiveMatchmaker) -> None:
     """A submit, a pilot token, a registration, an ask and a report, each answered within
     `QUICK` (urllib gives up after it: a stalled write path fails here, not later)."""
     status, made = live.api("POST", "/datasets", dataset(1, ["true"]), timeout=QUICK)
@@ -57,12 +51,15 @@ def answered_at_once(live: LiveMatchmaker, token: str) -> None:
     status, issued = live.api("POST", "/sites/site-a/pilot-tokens", {"lifetime": 600},
                               token=live.site_token, timeout=QUICK)
     assert status == 201, issued
-    pilot = register(live, issued["token"])
+    status, pilot = live.api("POST", "/pilots", {"host": "node1"}, token=issued["tokens"][0],
+                             timeout=QUICK)
+    assert status == 201, pilot
+    pilot, key = pilot["pilot_id"], pilot["key"]
     attempt = wait_for(lambda: live.api("POST", f"/pilots/{pilot}/ask", FREE,
-                                        token=issued["token"], timeout=QUICK)[1]["attempts"],
+                                        token=key, timeout=QUICK)[1]["attempts"],
                        10, "a task of the new dataset")[0]
     status, done = live.api("POST", f"/pilots/{pilot}/reports", {"reports": [report(attempt)]},
-                            token=issued["token"], timeout=QUICK)
+                            token=key, timeout=QUICK)
     assert status == 200 and done["results"][0]["recorded"], done
 
 
@@ -108,29 +105,27 @@ def test_a_repeated_bulk_report_leaves_every_write_answered_at_once(matchmaker):
     """Regression: the repeat of a recorded bulk report (what a pilot sends when the first
     answer was lost) handed the writer an empty batch that it never answered; every later
     submit, token, ask and report waited forever, and SIGTERM no longer stopped the server."""
-    token = matchmaker.pilot_token()
     matchmaker.submit(dataset(1, ["true"]))
-    pilot = register(matchmaker, token)
+    pilot, token = matchmaker.register_pilot()
     body = {"reports": [report(ask(matchmaker, token, pilot))]}
     first = matchmaker.api("POST", f"/pilots/{pilot}/reports", body, token=token)
     again = matchmaker.api("POST", f"/pilots/{pilot}/reports", body, token=token)
     assert first[1]["results"][0]["duplicate"] is False
     assert again[1]["results"][0]["duplicate"] is True
-    answered_at_once(matchmaker, token)
+    answered_at_once(matchmaker)
     stop_within_grace(matchmaker)
 
 
 def test_an_all_void_bulk_report_leaves_every_write_answered_at_once(matchmaker):
-    token = matchmaker.pilot_token()
     dataset_id = matchmaker.submit(dataset(1, ["true"]))
-    pilot = register(matchmaker, token)
+    pilot, token = matchmaker.register_pilot()
     attempt = ask(matchmaker, token, pilot)
     status, _ = matchmaker.api("POST", f"/datasets/{dataset_id}/reset", {"scope": "all"})
     assert status == 200
     status, void = matchmaker.api("POST", f"/pilots/{pilot}/reports",
                                   {"reports": [report(attempt)]}, token=token)
     assert status == 200 and void["results"][0]["status"] == 409, void
-    answered_at_once(matchmaker, token)
+    answered_at_once(matchmaker)
     stop_within_grace(matchmaker)
 
 
@@ -138,9 +133,8 @@ def test_a_dropped_ask_answer_frees_its_task_within_a_heartbeat_interval(matchma
     """The ask is answered with an attempt, but the answer never reaches the pilot: its next
     heartbeats do not name the attempt, and it is reset after one heartbeat interval instead
     of the heartbeat timeout; its late report is refused as void, and a real pilot runs it."""
-    token = matchmaker.pilot_token()
     dataset_id = matchmaker.submit(dataset(1, ["true"]))
-    pilot = register(matchmaker, token)
+    pilot, token = matchmaker.register_pilot()
     body = json.dumps(FREE).encode()
     with socket.create_connection(("127.0.0.1", matchmaker.port)) as connection:
         connection.sendall(
@@ -177,9 +171,8 @@ def test_a_dropped_ask_answer_frees_its_task_within_a_heartbeat_interval(matchma
 def test_a_pilot_holding_a_finished_attempts_report_keeps_it(matchmaker):
     """An attempt whose report waits in the pilot's outbox is held, not lost: named in
     `reporting`, it stays processing and its report is taken."""
-    token = matchmaker.pilot_token()
     dataset_id = matchmaker.submit(dataset(1, ["true"]))
-    pilot = register(matchmaker, token)
+    pilot, token = matchmaker.register_pilot()
     attempt = ask(matchmaker, token, pilot)
     time.sleep(5.5)  # past one heartbeat interval (tests.pilot.live.SETTINGS)
     status, _ = matchmaker.api("POST", f"/pilots/{pilot}/heartbeat",
@@ -285,6 +278,6 @@ def test_a_client_that_gives_up_in_the_middle_of_its_body_costs_no_traceback(mat
             f"{matchmaker.user_token}\r\nContent-Type: application/json\r\nContent-Length: "
             f"1000\r\n\r\n{{\"descr".encode())
         time.sleep(0.3)
-    answered_at_once(matchmaker, matchmaker.pilot_token())
+    answered_at_once(matchmaker)
     said = server_log(matchmaker)
     assert "Traceback" not in said and " ERROR " not in said, said

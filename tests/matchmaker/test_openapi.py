@@ -78,10 +78,10 @@ async def send(world, client: Recorder, token: str | None, expected: int = 200):
 
 async def test_the_document_takes_every_body_floes_pilot_sends(world):
     client = Recorder()
-    token = world.pilot_token
     client.register(host=SLOT.host, batch_system=SLOT.batch_system,
                     batch_id=SLOT.batch_job_id, version="0.1.0", resources=SLOT.to_dict())
-    pilot = (await send(world, client, token, 201))["pilot_id"]
+    registered = await send(world, client, await world.registration_token(), 201)
+    pilot, token = registered["pilot_id"], registered["key"]
     offer = SLOT.offer(cpus=1, memory=4 * GIB, disk=10 * GIB)
     client.ask(pilot, offer)
     first = (await send(world, client, token))["attempt"]
@@ -209,6 +209,6 @@ async def test_a_pilot_body_the_server_refuses_is_refused_by_the_document(world,
     template, body = REFUSED_PILOT_BODIES[name]
     schema = await documented(world, "POST", template)
     path = template.format(pilot_id=world.pilot)
-    status, answer = await world.api.call("POST", path, world.pilot_token, body)
+    status, answer = await world.api.call("POST", path, world.pilot_key, body)
     assert (status, answer) == (400, {"error": schema_refusal(schema, body)})
     assert not schema.is_valid(body)

@@ -26,7 +26,7 @@ from .support import FREE, Clock
 async def report(world, attempt, body, token: str | None = ""):
     """Report on `attempt` with its passkey and (unless told otherwise) the pilot's token."""
     return await world.api.call("POST", f"/api/v1/attempts/{attempt['id']}/report",
-                                world.pilot_token if token == "" else token, body,
+                                world.pilot_key if token == "" else token, body,
                                 passkey=attempt["passkey"])
 
 
@@ -68,7 +68,7 @@ async def test_a_stale_or_wrong_passkey_refuses_both_the_report_and_the_ask(worl
     attempt = given["attempt"]
     matches = world.engine.metrics.matches
     status, answer = await world.api.call(
-        "POST", f"/api/v1/attempts/{attempt['id']}/report", world.pilot_token,
+        "POST", f"/api/v1/attempts/{attempt['id']}/report", world.pilot_key,
         {"exit_code": 0, "ask": FREE}, passkey="not-the-passkey")
     assert status == 403 and "wrong passkey" in answer["error"] and "next" not in answer
     status, _ = await world.api.call("POST", f"/api/v1/datasets/{world.dataset}/reset",
@@ -121,7 +121,7 @@ async def test_the_next_part_says_no_work_as_the_ask_route_does(world):
 
 async def test_the_ask_part_needs_the_pilots_own_token_and_the_report_is_recorded_anyway(world):
     refusals = []
-    for token in (None, "floe_p_nonsense", world.other_pilot_token, world.owner):
+    for token in (None, "floe_p_nonsense", world.other_pilot_key, world.owner):
         _, given = await world.ask()
         status, answer = await report(world, given["attempt"], {"exit_code": 0, "ask": FREE},
                                       token)
@@ -130,8 +130,9 @@ async def test_the_ask_part_needs_the_pilots_own_token_and_the_report_is_recorde
         refusals.append(answer["next"]["status"])
     assert refusals == [401, 401, 403, 403]
     # An expired token: the report is recorded, the ask refused as the ask route refuses it.
-    with_expiry, _ = await world.app[AUTH].pilot_token(world.site_a, 60)
-    status, pilot = await world.api.call("POST", "/api/v1/pilots", with_expiry, {"host": "n3"})
+    (token,), _ = await world.app[AUTH].pilot_tokens(world.site_a, 60)
+    status, pilot = await world.api.call("POST", "/api/v1/pilots", token, {"host": "n3"})
+    with_expiry = pilot["key"]  # which expires with the token it registered with
     status, given = await world.ask(with_expiry, pilot["pilot_id"])
     world.engine.clock = lambda: time.time() + 120
     status, answer = await report(world, given["attempt"], {"exit_code": 0, "ask": FREE},
@@ -140,17 +141,18 @@ async def test_the_ask_part_needs_the_pilots_own_token_and_the_report_is_recorde
     assert answer["next"]["status"] == 401 and "expired" in answer["next"]["error"]
 
 
-async def test_a_signed_off_pilots_duplicate_report_says_register_again(world):
+async def test_a_signed_off_pilots_duplicate_report_says_it_has_ended(world):
     _, given = await world.ask()
     attempt = given["attempt"]
     status, answer = await report(world, attempt, {"exit_code": 0})
     assert status == 200
     status, _ = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/exit",
-                                     world.pilot_token, {"reason": "idle"})
+                                     world.pilot_key, {"reason": "idle"})
     assert status == 200
     status, answer = await report(world, attempt, {"exit_code": 0, "ask": FREE})
     assert status == 200 and answer["duplicate"] is True
-    assert answer["next"]["status"] == 404 and "register again" in answer["next"]["error"]
+    assert answer["next"]["status"] == 404
+    assert f"pilot {world.pilot} has ended" in answer["next"]["error"]
 
 
 async def test_the_openapi_document_describes_ask_and_next(world):
@@ -185,7 +187,8 @@ async def run_pilots(engine: Engine, clock: Clock, combined: bool, hours: float)
         outcome = None if running is None else s.success(durations[running.dataset.id])
         if running is not None and combined:
             _, given = await recording.report_and_ask(
-                engine, running.attempt_id, running.passkey, outcome, s.slot().to_dict(), site)
+                engine, running.attempt_id, running.passkey, outcome, s.slot().to_dict(),
+                pilots[index].pilot_id)
         else:
             if running is not None:
                 await recording.report(engine, running.attempt_id, running.passkey, outcome)
@@ -269,7 +272,7 @@ async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
     given = await s.ask(engine, p)
     commits = engine.db.commits
     answer, following = await recording.report_and_ask(
-        engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site)
+        engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), p.pilot_id)
     assert answer["task_state"] == "complete" and isinstance(following, dispatch.Dispatch)
     assert engine.db.commits == commits + 1
     row = await engine.db.fetchone("SELECT state FROM attempts WHERE attempt_id = ?",
@@ -291,15 +294,16 @@ async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(e
     before = picture(engine)
     with failing_writes(engine), pytest.raises(StorageError, match="database or disk is full"):
         await recording.report_and_ask(engine, given.attempt_id, given.passkey,
-                                      s.success(events=2.0), s.slot().to_dict(), site)
+                                      s.success(events=2.0), s.slot().to_dict(), p.pilot_id)
     assert picture(engine) == before
     # The pilot sends the same report again: recorded once, and the ask answered.
     answer, following = await recording.report_and_ask(
         engine, given.attempt_id, given.passkey, s.success(events=2.0), s.slot().to_dict(),
-        site)
+        p.pilot_id)
     assert answer["duplicate"] is False and isinstance(following, dispatch.Dispatch)
     answer, _ = await recording.report_and_ask(engine, given.attempt_id, given.passkey,
-                                              s.success(events=2.0), s.slot().to_dict(), site)
+                                              s.success(events=2.0), s.slot().to_dict(),
+                                              p.pilot_id)
     assert answer["duplicate"] is True
     from matchmaker.storage import queries
     rows = await queries.statistics(engine.db, dataset.id)
@@ -320,7 +324,8 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     before = picture(engine)
     with failing_writes(engine, hold=0.2):
         report = asyncio.create_task(recording.report_and_ask(
-            engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(), site))
+            engine, given.attempt_id, given.passkey, s.success(), s.slot().to_dict(),
+            small.pilot_id))
         await asyncio.sleep(0.05)  # the report's group is being written
         assert s.state_of(dataset, 0, 1) == "ready"
         other = asyncio.create_task(dispatch.ask(engine, big, s.slot(cpus=2)))
@@ -330,7 +335,7 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     assert s.state_of(dataset, 0, 1) == "waiting"
     # Everything goes on: the report again, then the big pilot gets the second task.
     answer, _ = await recording.report_and_ask(engine, given.attempt_id, given.passkey,
-                                              s.success(), s.slot().to_dict(), site)
+                                              s.success(), s.slot().to_dict(), small.pilot_id)
     assert answer["task_state"] == "complete"
     taken = await s.ask(engine, big, s.slot(cpus=2))
     assert taken.task_id == dataset.task_id(0, 1)
@@ -352,7 +357,7 @@ async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engin
         asyncio.get_running_loop().call_later(0.1, writer.resume)
         results = await asyncio.gather(
             recording.report_and_ask(engine, given.attempt_id, given.passkey, s.success(),
-                                    s.slot().to_dict(), site),
+                                    s.slot().to_dict(), small.pilot_id),
             dispatch.ask(engine, big, s.slot(cpus=2)), return_exceptions=True)
     # The ask shared the report's group, so it failed with it (alone, its guard would have
     # found the task waiting in the file: StaleWrite).
@@ -373,7 +378,7 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
     with failing_writes(engine, hold=0.2):
         report = asyncio.create_task(recording.report_and_ask(
             engine, given.attempt_id, given.passkey, s.failure(), dict(FREE, memory=2**20),
-            site))
+            first.pilot_id))
         await asyncio.sleep(0.05)
         assert s.state_of(dataset, 0) == "ready"
         other = asyncio.create_task(dispatch.ask(engine, second, s.slot()))
@@ -382,5 +387,6 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
     assert picture(engine) == before
     assert engine.active[given.attempt_id].task_id == given.task_id
     answer, _ = await recording.report_and_ask(engine, given.attempt_id, given.passkey,
-                                              s.failure(), dict(FREE, memory=2**20), site)
+                                              s.failure(), dict(FREE, memory=2**20),
+                                              first.pilot_id)
     assert answer["task_state"] == "ready" and "retry 1 of" in answer["reason"]

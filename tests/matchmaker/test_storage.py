@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.storage import files, queries
+from matchmaker.storage import files, queries, writes
 from matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
 from matchmaker.storage.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -151,7 +151,41 @@ async def test_a_database_of_schema_1_gains_the_index_factories_ask_registration
     finally:
         await db.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_database_of_schema_2_keeps_its_tokens_and_its_pilot_tokens_register_once(
+        tmp_path):
+    path = tmp_path / "floe.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(MIGRATIONS[0] + MIGRATIONS[1])
+        conn.execute("INSERT INTO sites (site_id, name, created) VALUES (1, 'a', 0)")
+        conn.executemany("INSERT INTO tokens (token_hash, kind, site_id, created, expires)"
+                         " VALUES (?, ?, 1, 0, ?)", [("s", "site", None), ("p", "pilot", 9e9)])
+        conn.execute("PRAGMA user_version = 2")
+    db = await Database.open(path)
+    try:
+        rows = {row["token_hash"]: dict(row) for row in await db.fetchall(
+            "SELECT token_hash, kind, site_id, expires, pilot_id, used FROM tokens")}
+        assert rows == {
+            "s": {"token_hash": "s", "kind": "site", "site_id": 1, "expires": None,
+                  "pilot_id": None, "used": None},
+            "p": {"token_hash": "p", "kind": "pilot", "site_id": 1, "expires": 9e9,
+                  "pilot_id": None, "used": None}}
+        # The pilot token now registers one pilot: its first use takes it, a second is stale.
+        for attempt in range(2):
+            batch = Batch()
+            writes.pilot_key(batch, 7 + attempt, token_hash="p", key_hash=f"k{attempt}",
+                             site_id=1, now=1.0, expires=9e9)
+            if attempt == 0:
+                await db.write(batch)
+            else:
+                with pytest.raises(StaleWrite):
+                    await db.write(batch)
+        row = await db.fetchone("SELECT pilot_id, used FROM tokens WHERE token_hash = 'p'")
+        assert (row["pilot_id"], row["used"]) == (7, 1.0)
+    finally:
+        await db.close()
 
 
 async def test_an_unwritable_place_is_a_clear_error(tmp_path):

@@ -138,10 +138,18 @@ class LiveMatchmaker:
         return data
 
     def pilot_token(self, lifetime: int = 3600) -> str:
+        """A fresh pilot token of site-a, which registers one pilot."""
         status, data = self.api("POST", "/sites/site-a/pilot-tokens", {"lifetime": lifetime},
                                 token=self.site_token)
         assert status == 201, data
-        return data["token"]
+        (token,) = data["tokens"]
+        return token
+
+    def register_pilot(self, host: str = "node1") -> tuple[int, str]:
+        """A pilot of site-a registered by hand: its id and the key it speaks with."""
+        status, pilot = self.api("POST", "/pilots", {"host": host}, token=self.pilot_token())
+        assert status == 201, pilot
+        return pilot["pilot_id"], pilot["key"]
 
     def submit(self, config: dict[str, Any]) -> int:
         status, data = self.api("POST", "/datasets", config)
@@ -180,7 +188,8 @@ class LiveMatchmaker:
     def start_pilot(self, scratch: Path, *options: str, env: dict[str, str] | None = None,
                     command: list[str] | None = None, token: str | None = None,
                     log_name: str = "pilot.log") -> subprocess.Popen:
-        """A pilot subprocess for site-a (its token in a file unless `env` carries it)."""
+        """A pilot subprocess for site-a, its pilot token (a fresh one unless `token`) in a
+        file beside the log."""
         environment = {k: v for k, v in os.environ.items()
                        if not k.startswith(("SLURM_", "PBS_", "SGE_", "_CONDOR_", "FLOE_",
                                             "CUDA_VISIBLE_DEVICES"))}
@@ -188,10 +197,9 @@ class LiveMatchmaker:
         arguments = list(options)
         if self.tls:
             arguments += ["--cacert", str(self.cacert)]
-        if "FLOE_PILOT_TOKEN" not in environment:
-            token_file = scratch.parent / f"{log_name}.token"
-            token_file.write_text(token or self.pilot_token())
-            arguments += ["--token-file", str(token_file)]
+        token_file = scratch.parent / f"{log_name}.token"
+        token_file.write_text(token or self.pilot_token())
+        arguments += ["--token-file", str(token_file)]
         with open(scratch.parent / log_name, "ab") as log:
             process = subprocess.Popen(
                 [*(command or [sys.executable, "-m", "cli.main", "pilot"]), "--matchmaker",

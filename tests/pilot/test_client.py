@@ -38,8 +38,15 @@ def test_a_stopped_matchmaker_is_unreachable_not_an_error(matchmaker: LiveMatchm
 def test_a_refusal_comes_back_with_the_matchmakers_sentence(matchmaker: LiveMatchmaker):
     client = Matchmaker(matchmaker.url, matchmaker.pilot_token())
     reply = client.ask(999, Slot(cpus=1, memory=GIB, disk=GIB))
+    assert reply.status == 403
+    assert reply.error.startswith("a pilot token only registers its pilot")
+    pilot = client.register(host="node1", batch_system="none", batch_id="", version="test",
+                            resources={}).data["pilot_id"]
+    assert client.sign_off(pilot, "idle", "no work").ok
+    reply = client.ask(pilot, Slot(cpus=1, memory=GIB, disk=GIB))
     assert reply.status == 404
-    assert reply.error == "pilot 999 is not registered or has ended; register again"
+    assert reply.error.startswith(f"pilot {pilot} has ended (the matchmaker counted it lost, "
+                                  "or it signed off)")
 
 
 def test_an_unknown_token_is_refused_at_registration(matchmaker: LiveMatchmaker):

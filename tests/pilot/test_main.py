@@ -66,7 +66,15 @@ def test_run_mode_needs_a_job(tmp_path, capsys):
 def test_the_online_pilot_needs_a_token(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
     assert main(["--matchmaker", "http://127.0.0.1:9", "--scratch", str(tmp_path)]) == 2
-    assert "no pilot token: give --token-file FILE or set FLOE_PILOT_TOKEN" in \
+    assert "no pilot token: give --token-file FILE" in capsys.readouterr().err
+
+
+def test_the_online_pilot_refuses_a_token_in_its_environment(tmp_path, capsys, monkeypatch):
+    (tmp_path / "token").write_text("floe_p_x\n")
+    monkeypatch.setenv("FLOE_PILOT_TOKEN", "floe_p_x")
+    assert main(["--matchmaker", "http://127.0.0.1:9", "--token-file",
+                 str(tmp_path / "token")]) == 2
+    assert "FLOE_PILOT_TOKEN is set: a token in the environment can be read by every task" in \
         capsys.readouterr().err
 
 
@@ -91,6 +99,5 @@ def test_a_token_transferred_as_a_file_is_read_and_taken_out_of_the_tasks_reach(
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
     (tmp_path / "pilot.token").write_text("floe_p_secret\n")
-    monkeypatch.setenv("FLOE_PILOT_TOKEN_FILE", "pilot.token")
-    assert read_token(None) == "floe_p_secret"
+    assert read_token(Path("pilot.token")) == "floe_p_secret"
     assert not (tmp_path / "pilot.token").exists()

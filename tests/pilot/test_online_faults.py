@@ -221,7 +221,7 @@ def test_a_pilot_whose_token_expired_reports_what_it_ran_and_stops_asking(
     # Time passes for the token while the matchmaker is down.
     matchmaker.stop()
     with sqlite3.connect(matchmaker.db) as db:
-        db.execute("UPDATE tokens SET expires = 1 WHERE kind = 'pilot'")
+        db.execute("UPDATE tokens SET expires = 1 WHERE kind IN ('pilot', 'pilot-key')")
     matchmaker.start()
 
     assert pilot.wait(60) == 0, (tmp_path / "pilot.log").read_text()

@@ -66,7 +66,7 @@ def test_a_one_cpu_pilot_runs_tasks_one_after_another_from_the_bundle(
         tmp_path / "scratch", "--idle-timeout", "1s", "--system", "data=/cvmfs/ice",
         "--system", f"lock={tmp_path / 'running'}",
         command=[BARE_PYTHON, "-I", "-S", str(bundle)],
-        env={"SLURM_CPUS_ON_NODE": "1", "FLOE_PILOT_TOKEN": token})
+        env={"SLURM_CPUS_ON_NODE": "1"}, token=token)
     assert pilot.wait(60) == 0, (tmp_path / "pilot.log").read_text()
 
     assert matchmaker.states(dataset_id) == ["complete"] * 6

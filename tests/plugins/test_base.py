@@ -11,6 +11,7 @@ import pytest
 from config.resources import GIB, MIB
 from plugins import SYSTEMS, create_plugin
 from plugins.base import BatchError, PilotShape, PluginConfigError, PluginSettings
+from plugins.jobs import CommandJob
 from plugins.slurm import SlurmPlugin
 from tests.plugins.pilots import fake_command
 
@@ -66,7 +67,7 @@ def test_every_system_is_created_by_name(tmp_path: Path) -> None:
 def test_the_scripts_environment_survives_the_shell_unchanged(tmp_path: Path) -> None:
     tricky = {"FLOE_A": "it's \"quoted\"", "FLOE_B": "$HOME `id` $(id)", "FLOE_C": "two\nlines"}
     script = SlurmPlugin(settings(tmp_path)).render(
-        PilotShape("s"), tmp_path / "log", ["/usr/bin/env", "-0"], tricky)
+        PilotShape("s"), tmp_path / "log", CommandJob(["/usr/bin/env", "-0"], 1, tricky), 0)
     path = tmp_path / "pilot.sh"
     path.write_text(script)
     output = subprocess.run(["/bin/sh", str(path)], capture_output=True, text=True,
@@ -79,7 +80,8 @@ def test_the_scripts_environment_survives_the_shell_unchanged(tmp_path: Path) ->
 
 def test_an_environment_name_a_shell_cannot_export_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PluginConfigError, match="'BAD-NAME' is not valid in a shell"):
-        SlurmPlugin(settings(tmp_path)).submit(PilotShape("s"), 1, ["true"], {"BAD-NAME": "x"})
+        SlurmPlugin(settings(tmp_path)).submit(PilotShape("s"),
+                                               CommandJob(["true"], 1, {"BAD-NAME": "x"}))
 
 
 @pytest.mark.parametrize(("system", "command"), [
@@ -92,8 +94,8 @@ def test_a_missing_batch_command_is_a_batch_error_naming_it(
     with pytest.raises(BatchError) as caught:
         plugin.status()
     assert caught.value.summary == (
-        f"{command} was not found: install the {system} client commands or set commands_dir "
-        "to where they are.")
+        f"{command} was not found on this machine: install the {system} client commands or set "
+        "commands_dir to where they are.")
     assert caught.value.command == [str(empty / command), *caught.value.command[1:]]
 
 
@@ -127,7 +129,7 @@ fi
 touch {tmp_path}/accepted; echo 101""")
     plugin = SlurmPlugin(settings(tmp_path, commands_dir=bin_dir))
     with pytest.raises(BatchError) as caught:
-        plugin.submit(PilotShape("s"), 3, ["true"], {})
+        plugin.submit(PilotShape("s"), CommandJob(["true"], 3, {}))
     assert caught.value.submitted == ["101"]
     assert "submitted before the failure: 101" in str(caught.value)
     assert "QOSMaxSubmitJobPerUserLimit" in str(caught.value)

@@ -5,6 +5,7 @@ so nothing here submits for real)."""
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import os
 import pickle
@@ -21,7 +22,6 @@ import pytest
 
 from config.resources import GIB, MIB
 from plugins.base import (
-    FACTORY_SECRETS,
     BatchError,
     PilotInfo,
     PilotShape,
@@ -29,7 +29,9 @@ from plugins.base import (
     PluginConfigError,
     PluginSettings,
 )
+from plugins.hosts import FACTORY_SECRETS
 from plugins.htcondor import HTCondorPlugin, pilots_from_ads, quote_argument
+from plugins.jobs import BUNDLE_NAME, CommandJob, PilotJob
 
 SHAPE = PilotShape("pair", cpus=2, memory=512 * MIB, disk=GIB, gpus=1, walltime=600)
 
@@ -50,11 +52,15 @@ def silent_collector() -> Iterator[socket.socket]:
         yield server
 
 
+PILOT = b"the one-file pilot"
+JOB = PilotJob(PILOT, ["--site", "wisc"], ["floe_p_first", "floe_p_second"],
+               {"FLOE_SITE": "wisc"})
+
+
 def rendered(plugin: HTCondorPlugin, shape: PilotShape = SHAPE,
-             command: tuple[str, ...] = ("/opt/floe/pilot.pyz", "--site", "wisc"),
-             env: dict[str, str] | None = None) -> dict[str, str]:
+             job: PilotJob | CommandJob = JOB) -> dict[str, str]:
     """The submit description as the bindings render it, as command -> value."""
-    text = str(plugin.description(shape, list(command), env or {}))
+    text = str(plugin.description(shape, job))
     lines = [line.split(" = ", 1) for line in text.splitlines() if " = " in line]
     return {name: value for name, value in lines}
 
@@ -69,19 +75,37 @@ def test_the_description_asks_for_the_shape_and_carries_the_tag(tmp_path: Path) 
     assert submit["MY.FloeFactory"] == '"f1"'
     assert submit["MY.FloeShape"] == '"pair"'
     assert submit["batch_name"] == "floe-f1-pair"
-    assert submit["executable"] == "/opt/floe/pilot.pyz"
-    assert submit["arguments"] == "\"'--site' 'wisc'\""
     assert submit["output"] == f"{tmp_path}/logs/floe-f1-pair-$(ClusterId).$(ProcId).out"
 
 
-def test_arguments_and_environment_use_the_new_quoting(tmp_path: Path) -> None:
-    submit = rendered(make_plugin(tmp_path), command=("python3", "pilot.pyz", "it's \"x\""),
-                      env={"FLOE_TOKEN_FILE": "/tmp/a b"})
-    assert submit["executable"] == "/usr/bin/env"  # a bare name is looked up on the node
-    assert submit["arguments"] == "\"'python3' 'pilot.pyz' 'it''s \"\"x\"\"'\""
+def test_the_job_carries_the_pilot_and_each_pilot_its_own_token(tmp_path: Path) -> None:
+    """No shared filesystem: the pilot and its launcher are transferred into the job's scratch
+    directory, and the output comes back; each token is in its own pilot's launcher only,
+    readable by this user, never in the job ad."""
+    plugin = make_plugin(tmp_path)
+    submit = rendered(plugin)
+    assert (submit["executable"], submit["transfer_executable"]) == ("$(script)", "true")
+    assert (submit["should_transfer_files"], submit["when_to_transfer_output"]) == (
+        "YES", "ON_EXIT_OR_EVICT")
+    [carried] = submit["transfer_input_files"].split(",")
+    assert Path(carried).name == BUNDLE_NAME and Path(carried).read_bytes() == PILOT
+    assert "floe_p_" not in "".join(submit.values())
+    first, second = plugin.scripts(SHAPE, JOB)
+    assert first.read_text().startswith("#!/bin/sh\n")
+    assert base64.encodebytes(b"floe_p_first").decode() in first.read_text()
+    assert base64.encodebytes(b"floe_p_first").decode() not in second.read_text()
+    assert all(path.stat().st_mode & 0o077 == 0 for path in (first, second))
+    assert f"cp {BUNDLE_NAME} " in first.read_text()  # the transferred one, not a copy inside
+    discarded = rendered(make_plugin(tmp_path, output="discard"))
+    assert (discarded["output"], discarded["error"]) == ("/dev/null", "/dev/null")
+
+
+def test_the_environment_uses_the_new_quoting(tmp_path: Path) -> None:
+    submit = rendered(make_plugin(tmp_path), job=CommandJob(["true"], 1,
+                                                            {"FLOE_X": "it's \"x\" /tmp/a b"}))
     environment = submit["environment"]
     assert environment.startswith('"') and environment.endswith('"')
-    assert "FLOE_TOKEN_FILE='/tmp/a b'" in environment
+    assert "FLOE_X='it''s \"\"x\"\" /tmp/a b'" in environment
     assert "FLOE_BATCH_ID='$(ClusterId).$(ProcId)'" in environment
     assert quote_argument("a'b\"c") == "'a''b\"\"c'"
 
@@ -112,14 +136,14 @@ def test_site_submit_attributes_add_to_and_replace_the_defaults(tmp_path: Path) 
 def test_a_directive_that_is_not_a_submit_command_is_refused(tmp_path: Path) -> None:
     shape = PilotShape("pair", directives=("--constraint=avx2",))
     with pytest.raises(PluginConfigError, match="write it as 'name = value'"):
-        make_plugin(tmp_path).description(shape, ["/bin/true"], {})
+        make_plugin(tmp_path).description(shape, CommandJob(["/bin/true"]))
 
 
 @pytest.mark.parametrize("verb", ["submit", "status", "remove", "orphans"])
 def test_no_local_schedd_is_a_batch_error_not_a_crash(tmp_path: Path, verb: str) -> None:
     plugin = make_plugin(tmp_path)
     calls = {
-        "submit": lambda: plugin.submit(SHAPE, 2, ["/bin/true"], {}),
+        "submit": lambda: plugin.submit(SHAPE, CommandJob(["/bin/true"], 2, {})),
         "status": plugin.status,
         "remove": lambda: plugin.remove(["12.0"]),
         "orphans": lambda: plugin.orphans(set()),
@@ -139,17 +163,6 @@ def test_a_pool_whose_collector_does_not_answer_is_a_batch_error(tmp_path: Path)
     assert "through submit.example.org of pool 127.0.0.1:1." in caught.value.summary
 
 
-def test_the_pilot_token_travels_as_a_private_file_never_in_the_job_ad(tmp_path: Path) -> None:
-    submit = rendered(make_plugin(tmp_path), env={"FLOE_PILOT_TOKEN": "floe_p_secret"})
-    assert "floe_p_secret" not in "".join(submit.values())
-    [secret] = (tmp_path / "secrets").iterdir()
-    assert secret.read_text() == "floe_p_secret"
-    assert secret.stat().st_mode & 0o077 == 0
-    assert submit["transfer_input_files"] == str(secret)
-    assert submit["should_transfer_files"] == "YES"
-    assert f"FLOE_PILOT_TOKEN_FILE='{secret.name}'" in submit["environment"]
-
-
 @pytest.mark.parametrize(("verb", "call"), [("submit", "submit pilots through .*: "
                                                         "htcondor2.Schedd.submit"),
                                             ("status", "list pilots through .*: "
@@ -158,7 +171,7 @@ def test_a_collector_that_never_answers_is_a_batch_error_after_command_timeout(
         tmp_path: Path, silent_collector: socket.socket, verb: str, call: str) -> None:
     address = f"127.0.0.1:{silent_collector.getsockname()[1]}"
     plugin = make_plugin(tmp_path, command_timeout=3, pool=address)
-    calls = {"submit": lambda: plugin.submit(SHAPE, 2, ["/bin/true"], {}),
+    calls = {"submit": lambda: plugin.submit(SHAPE, CommandJob(["/bin/true"], 2, {})),
              "status": plugin.status}
     started = time.monotonic()
     with pytest.raises(BatchError, match=call) as caught:
@@ -264,6 +277,5 @@ def test_what_crosses_from_the_call_process_reads_back_the_same(tmp_path: Path) 
     ads = [classad2.ClassAd('[ClusterId = 7; ProcId = 0; JobStatus = 5; QDate = 1700000000; '
                             'FloeShape = "pair"; HoldReason = "held by the admin"]')]
     assert pilots_from_ads(pickle.loads(pickle.dumps(ads))) == pilots_from_ads(ads)
-    description = make_plugin(tmp_path).description(
-        SHAPE, ["python3", "pilot.pyz", "it's \"x\""], {"FLOE_PILOT_TOKEN": "floe_p_secret"})
+    description = make_plugin(tmp_path).description(SHAPE, JOB)
     assert str(htcondor2.Submit(str(description))) == str(description)

@@ -12,6 +12,7 @@ import pytest
 
 from config.resources import MIB
 from plugins.base import BatchPlugin, PilotShape, PilotState, PluginSettings
+from plugins.jobs import CommandJob
 from plugins.pbs import PbsPlugin, parse_qstat_full
 from plugins.sge import SgePlugin
 from plugins.slurm import SlurmPlugin
@@ -102,9 +103,9 @@ def test_status_follows_a_pilot_from_queued_to_running_to_finished(
         cluster: Cluster, plugin: BatchPlugin, pilot_dir: Path) -> None:
     command = pilot_command(pilot_dir)
     [blocker] = plugin.submit(PilotShape("whole", cpus=cluster.capacity, memory=256 * MIB),
-                              1, command, {})
+                              CommandJob(command, 1, {}))
     wait_for(lambda: state_of(plugin, blocker) is PilotState.RUNNING, "the blocker to run")
-    [pilot] = plugin.submit(SMALL, 1, command, {})
+    [pilot] = plugin.submit(SMALL, CommandJob(command, 1, {}))
 
     queued = plugin.status()[pilot]
     assert queued.state is PilotState.QUEUED
@@ -124,7 +125,7 @@ def test_status_follows_a_pilot_from_queued_to_running_to_finished(
 
 
 def test_remove_stops_a_running_pilot(plugin: BatchPlugin, pilot_dir: Path) -> None:
-    [pilot, other] = plugin.submit(SMALL, 2, pilot_command(pilot_dir), {})
+    [pilot, other] = plugin.submit(SMALL, CommandJob(pilot_command(pilot_dir), 2, {}))
     pid = pilot_env(pilot_dir, pilot)["FLOE_TEST_PID"]
 
     assert plugin.remove([pilot]) == [pilot]
@@ -139,10 +140,10 @@ def test_remove_stops_a_running_pilot(plugin: BatchPlugin, pilot_dir: Path) -> N
 def test_orphans_are_only_this_factorys_untracked_pilots(
         cluster: Cluster, plugin: BatchPlugin, pilot_dir: Path, tmp_path: Path) -> None:
     command = pilot_command(pilot_dir)
-    tracked, untracked = plugin.submit(SMALL, 2, command, {})
+    tracked, untracked = plugin.submit(SMALL, CommandJob(command, 2, {}))
     # A factory whose id starts with ours must not be mistaken for us.
     neighbour = cluster.make(plugin.settings.factory_id + "x", tmp_path / "neighbour")
-    [theirs] = neighbour.submit(SMALL, 1, command, {})
+    [theirs] = neighbour.submit(SMALL, CommandJob(command, 1, {}))
     untagged = _output(cluster.untagged).strip()
     try:
         assert plugin.orphans({tracked}) == [untracked]

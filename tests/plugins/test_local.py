@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from plugins.base import BatchError, PilotShape, PilotState, PluginSettings
+from plugins.jobs import CommandJob
 from plugins.local import LocalPlugin, group_alive
 from tests.plugins.pilots import cleanup, pilot_command, pilot_env, state_of, wait_for
 
@@ -31,7 +32,8 @@ def local(factory_id: str, tmp_path: Path, pilot_dir: Path) -> Iterator[LocalPlu
 def test_pilots_start_at_once_with_their_environment(
         local: LocalPlugin, pilot_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOE_TEST_FACTORY_SECRET", "site-token")
-    ids = local.submit(SHAPE, 2, pilot_command(pilot_dir), {"FLOE_TOKEN_FILE": "/tmp/a b"})
+    ids = local.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 2,
+                                         {"FLOE_TOKEN_FILE": "/tmp/a b"}))
     assert {batch_id: info.state for batch_id, info in local.status().items()} == {
         batch_id: PilotState.RUNNING for batch_id in ids}
     for batch_id in ids:
@@ -48,7 +50,7 @@ def test_pilots_start_at_once_with_their_environment(
 
 
 def test_a_pilot_that_ends_is_finished_with_its_exit_status(local: LocalPlugin) -> None:
-    [pilot] = local.submit(SHAPE, 1, ["/bin/sh", "-c", "exit 3"], {})
+    [pilot] = local.submit(SHAPE, CommandJob(["/bin/sh", "-c", "exit 3"], 1, {}))
     wait_for(lambda: state_of(local, pilot) is PilotState.FINISHED, "the pilot to end")
     assert local.status()[pilot].detail == "exit status 3"
     assert local.orphans(set()) == []
@@ -57,7 +59,7 @@ def test_a_pilot_that_ends_is_finished_with_its_exit_status(local: LocalPlugin) 
 def test_remove_kills_the_pilots_whole_process_group(local: LocalPlugin, tmp_path: Path) -> None:
     child_pid = tmp_path / "child.pid"
     command = ["/bin/sh", "-c", f'sleep 300 & echo $! > {child_pid}; wait']
-    [pilot] = local.submit(SHAPE, 1, command, {})
+    [pilot] = local.submit(SHAPE, CommandJob(command, 1, {}))
     wait_for(child_pid.exists, "the pilot to start its child")
     pgid = os.getpgid(int(child_pid.read_text()))
 
@@ -72,9 +74,9 @@ def test_a_pilot_that_ignores_sigterm_is_killed_after_the_grace(
         factory_id: str, tmp_path: Path) -> None:
     plugin = make_plugin(tmp_path, factory_id, kill_grace=0.5)
     ready = tmp_path / "ready"
-    [pilot] = plugin.submit(SHAPE, 1, ["/bin/sh", "-c", f"trap '' TERM; echo $$ > {ready}.tmp; "
-                                       f"mv {ready}.tmp {ready}; while :; do sleep 0.1; done"],
-                            {})
+    [pilot] = plugin.submit(SHAPE, CommandJob(
+        ["/bin/sh", "-c", f"trap '' TERM; echo $$ > {ready}.tmp; mv {ready}.tmp {ready}; "
+                          "while :; do sleep 0.1; done"]))
     wait_for(ready.exists, "the pilot to ignore SIGTERM")
     pgid = os.getpgid(int(ready.read_text()))
 
@@ -89,8 +91,8 @@ def test_orphans_are_only_this_factorys_untracked_pilots(
     ours = make_plugin(tmp_path / "ours", factory_id, state_dir=str(shared))
     neighbour = make_plugin(tmp_path / "neighbour", factory_id + "x", state_dir=str(shared))
     command = pilot_command(pilot_dir)
-    tracked, untracked = ours.submit(SHAPE, 2, command, {})
-    [theirs] = neighbour.submit(SHAPE, 1, command, {})
+    tracked, untracked = ours.submit(SHAPE, CommandJob(command, 2, {}))
+    [theirs] = neighbour.submit(SHAPE, CommandJob(command, 1, {}))
     (shared / "stray.json").write_text("not a pilot record")
     try:
         assert ours.orphans({tracked}) == [untracked]
@@ -109,7 +111,7 @@ def test_orphans_are_only_this_factorys_untracked_pilots(
 
 def test_a_restarted_factory_finds_and_removes_its_pilots(
         local: LocalPlugin, pilot_dir: Path) -> None:
-    [pilot] = local.submit(SHAPE, 1, pilot_command(pilot_dir), {})
+    [pilot] = local.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 1, {}))
     restarted = LocalPlugin(local.settings)
 
     assert restarted.orphans(set()) == [pilot]
@@ -119,7 +121,7 @@ def test_a_restarted_factory_finds_and_removes_its_pilots(
 
 def test_a_pilot_killed_from_outside_is_finished_as_lost(
         local: LocalPlugin, pilot_dir: Path) -> None:
-    [pilot] = local.submit(SHAPE, 1, pilot_command(pilot_dir), {})
+    [pilot] = local.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 1, {}))
     pid = int(pilot_env(pilot_dir, pilot)["FLOE_TEST_PID"])
     os.killpg(os.getpgid(pid), signal.SIGKILL)
     wait_for(lambda: state_of(local, pilot) is PilotState.FINISHED, "the pilot to be seen gone")
@@ -129,7 +131,7 @@ def test_a_pilot_killed_from_outside_is_finished_as_lost(
 def test_finished_pilots_are_forgotten_after_keep_finished(
         factory_id: str, tmp_path: Path) -> None:
     plugin = make_plugin(tmp_path, factory_id, keep_finished=0)
-    [pilot] = plugin.submit(SHAPE, 1, ["true"], {})
+    [pilot] = plugin.submit(SHAPE, CommandJob(["true"], 1, {}))
     wait_for(lambda: pilot not in plugin.status(), "the finished pilot to be forgotten")
     assert list(plugin.state_dir.iterdir()) == []
 
@@ -147,7 +149,7 @@ def test_a_state_dir_that_cannot_be_created_fails_the_submit_with_a_batch_error(
     before = our_processes()
 
     with pytest.raises(BatchError) as failure:
-        plugin.submit(SHAPE, 2, pilot_command(pilot_dir), {})
+        plugin.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 2, {}))
 
     assert f"cannot create {blocker / 'local'}" in str(failure.value)
     assert "no pilot was started" in str(failure.value)
@@ -157,7 +159,7 @@ def test_a_state_dir_that_cannot_be_created_fails_the_submit_with_a_batch_error(
     # Once the directory can be made, the same plugin starts and tracks pilots as usual.
     blocker.unlink()
     try:
-        [pilot] = plugin.submit(SHAPE, 1, pilot_command(pilot_dir), {})
+        [pilot] = plugin.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 1, {}))
         assert plugin.status()[pilot].state is PilotState.RUNNING
     finally:
         cleanup(plugin, pilot_dir)
@@ -172,12 +174,12 @@ def test_a_pilot_whose_log_cannot_be_created_is_not_started(
     before = our_processes()
 
     with pytest.raises(BatchError) as failure:
-        local.submit(SHAPE, 2, pilot_command(pilot_dir), {})
+        local.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 2, {}))
 
     message = str(failure.value)
     assert message.startswith("the pilot could not be started: ")
     assert f"'{logs / local.tag(SHAPE)}-" in message  # the log file that could not be created
-    assert "command: /bin/sh -c" in message
+    assert "command: /bin/sh -s" in message
     assert failure.value.submitted == []
     assert our_processes() <= before
     assert local.status() == {}
@@ -187,7 +189,7 @@ def test_a_nul_in_the_pilot_environment_is_a_batch_error_and_starts_nothing(
         local: LocalPlugin, pilot_dir: Path) -> None:
     before = our_processes()
     with pytest.raises(BatchError, match="the pilot could not be started: embedded null byte"):
-        local.submit(SHAPE, 1, pilot_command(pilot_dir), {"FLOE_X": "a\0b"})
+        local.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 1, {"FLOE_X": "a\0b"}))
     assert our_processes() <= before
     assert local.status() == {}
 
@@ -200,7 +202,7 @@ def test_a_pilot_whose_record_cannot_be_written_is_stopped_and_not_reported(
     before = our_processes()
 
     with pytest.raises(BatchError) as failure:
-        plugin.submit(SHAPE, 2, pilot_command(pilot_dir), {})
+        plugin.submit(SHAPE, CommandJob(pilot_command(pilot_dir), 2, {}))
 
     message = str(failure.value)
     assert "was stopped as it started: its record cannot be written" in message

@@ -14,6 +14,7 @@ import pytest
 
 from config.resources import GIB, MIB
 from plugins.base import BatchError, PilotShape, PilotState, PluginConfigError, PluginSettings
+from plugins.jobs import CommandJob
 from plugins.pbs import PbsPlugin, parse_qstat, parse_qstat_full, pbs_time
 from tests.plugins.pilots import cleanup, fake_command, pilot_command, pilot_env
 
@@ -169,7 +170,7 @@ def test_a_listing_that_cannot_be_read_is_a_batch_error(tmp_path: Path, listing:
 
 
 def resource_line(plugin: PbsPlugin, shape: PilotShape) -> str:
-    script = plugin.render(shape, Path("/logs/x"), ["true"], {})
+    script = plugin.render(shape, Path("/logs/x"), CommandJob(["true"]), 0)
     [line] = [line for line in script.splitlines() if line.startswith("#PBS -l ")]
     return line.removeprefix("#PBS -l ")
 
@@ -187,7 +188,7 @@ def test_torque_asks_for_nodes_and_processors_per_node(tmp_path: Path) -> None:
     plugin = make_plugin(tmp_path, flavour="torque", queue="long", account="icecube")
     shape = PilotShape("g", cpus=2, memory=512 * MIB, gpus=1, walltime=600)
     assert resource_line(plugin, shape) == "nodes=1:ppn=2:gpus=1,mem=768mb,walltime=00:15:00"
-    script = plugin.render(shape, Path("/logs/x"), ["true"], {})
+    script = plugin.render(shape, Path("/logs/x"), CommandJob(["true"]), 0)
     assert "#PBS -q long" in script and "#PBS -A icecube" in script
 
 
@@ -214,7 +215,8 @@ def pbs(request: pytest.FixtureRequest, pbs_factory: tuple[Path, str, Path],
 def test_pilots_get_the_cpus_memory_and_walltime_of_either_flavour(
         pbs: PbsPlugin, pilot_dir: Path) -> None:
     shape = PilotShape("pair", cpus=2, memory=512 * MIB, walltime=600)
-    ids = pbs.submit(shape, 2, pilot_command(pilot_dir), {"FLOE_TOKEN_FILE": "/tmp/a b"})
+    ids = pbs.submit(shape, CommandJob(pilot_command(pilot_dir), 2,
+                                       {"FLOE_TOKEN_FILE": "/tmp/a b"}))
     for batch_id in ids:
         env = pilot_env(pilot_dir, batch_id)
         assert env["FLOE_BATCH_ID"] == batch_id
@@ -236,7 +238,7 @@ def test_a_queue_that_does_not_exist_is_a_batch_error_naming_qsub(
     commands, factory_id, workdir = pbs_factory
     plugin = make_plugin(workdir, factory_id, commands, queue="nosuch")
     with pytest.raises(BatchError) as caught:
-        plugin.submit(PilotShape("small"), 1, ["true"], {})
+        plugin.submit(PilotShape("small"), CommandJob(["true"], 1, {}))
     message = str(caught.value)
     assert message.startswith("qsub failed with exit code 1.")
     assert "invalid partition specified: nosuch" in message

@@ -1,6 +1,7 @@
 """The factory's secrets stay in the factory: its site token (and any user or pilot token in its
 environment) reaches neither the batch commands nor the pilots, while the pilot token it is
-given does reach the pilot, through the private submit script.
+given reaches its pilot as a private file (through the private submit script), never in an
+environment.
 
 The batch system here is the worst kind: a fake submit command (first of `commands_dir`) that,
 as Slurm's qsub wrapper or `qsub -V` would, hands the submitter's whole environment to the job.
@@ -11,12 +12,14 @@ task runs (pilot/online.py), so only a test at this level sees a leak from the f
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
 
 from plugins import create_plugin
 from plugins.base import PilotShape, PluginSettings
+from plugins.jobs import PilotJob
 from tests.plugins.pilots import fake_command
 
 SITE_TOKEN = "floe_s_site-secret-of-the-factory"
@@ -31,8 +34,17 @@ out={out}
 eval script=\\"\\${{$#}}\\"
 env > "$out/submit.env"
 cp "$script" "$out/script.sh"
+stat -c %a "$script" > "$out/script.mode"
 /bin/sh "$script" >"$out/job.log" 2>&1
 echo 101
+"""
+# Runs what the launcher runs with -c (writing the pilot and its token), and stands for the
+# pilot otherwise: records its environment, its token file and that file's mode.
+RECORDING_PYTHON = """
+if [ "$1" = -c ] || [ "$1" = -I ]; then exec /usr/bin/env python3 "$@"; fi
+env > {out}/job.env
+cat "$3" > {out}/token.seen
+stat -c %a "$3" > {out}/token.mode
 """
 
 
@@ -50,10 +62,12 @@ def test_the_site_token_reaches_neither_the_batch_command_nor_the_pilot(
     workdir = tmp_path / "factory"
     plugin = create_plugin(system, PluginSettings(factory_id="f1", workdir=workdir,
                                                   commands_dir=bin_dir))
-    recorder = ["/bin/sh", "-c", 'env > "$1"', "pilot", str(out / "job.env")]
+    # A Python that runs the launcher's own snippets, and records what the pilot would get.
+    python = fake_command(tmp_path / "python", "python3", RECORDING_PYTHON.format(out=out))
+    job = PilotJob(b"not a real pilot", ["--site", "s"], [PILOT_TOKEN],
+                   python=str(python / "python3"))
 
-    assert plugin.submit(PilotShape("small"), 1, recorder,
-                         {"FLOE_PILOT_TOKEN": PILOT_TOKEN}) == ["101"]
+    assert plugin.submit(PilotShape("small"), job) == ["101"]
 
     submit_env = (out / "submit.env").read_text().splitlines()
     script = (out / "script.sh").read_text()
@@ -66,9 +80,12 @@ def test_the_site_token_reaches_neither_the_batch_command_nor_the_pilot(
         assert secret not in script
         assert not any(secret in line for line in job_env), f"{secret} reached the pilot"
     assert not any(line.startswith(("FLOE_SITE_TOKEN=", "FLOE_TOKEN=")) for line in job_env)
-    # The pilot token travels in the script, which only this user can read, and nowhere else.
-    assert f"export FLOE_PILOT_TOKEN={PILOT_TOKEN}" in script.splitlines()
-    assert f"FLOE_PILOT_TOKEN={PILOT_TOKEN}" in job_env
-    assert not any(PILOT_TOKEN in line for line in submit_env)
-    [written] = (workdir / "scripts").glob("*.sh")
-    assert written.stat().st_mode & 0o077 == 0
+    # The pilot token travels in the script, which only this user can read, and reaches the
+    # pilot as a file of its own, in no environment.
+    assert base64.encodebytes(PILOT_TOKEN.encode()).decode() in script
+    assert (out / "token.seen").read_text() == PILOT_TOKEN
+    assert (out / "token.mode").read_text().strip() == "600"
+    assert not any(PILOT_TOKEN in line for line in submit_env + job_env)
+    # Only this user could read the script while the batch system took it; none is kept.
+    assert int((out / "script.mode").read_text(), 8) & 0o077 == 0
+    assert not list((workdir / "scripts").glob("*.sh"))

@@ -12,6 +12,7 @@ import pytest
 
 from config.resources import GIB, MIB
 from plugins.base import BatchError, PilotShape, PilotState, PluginSettings
+from plugins.jobs import CommandJob
 from plugins.sge import SgePlugin, pilot_state
 from tests.plugins.pilots import (
     cleanup,
@@ -36,7 +37,7 @@ def sge(sge_cluster: None, factory_id: str, tmp_path: Path,
 
 
 def header(plugin: SgePlugin, shape: PilotShape) -> list[str]:
-    script = plugin.render(shape, Path("/logs/x"), ["true"], {})
+    script = plugin.render(shape, Path("/logs/x"), CommandJob(["true"]), 0)
     return [line.removeprefix("#$ ") for line in script.splitlines() if line.startswith("#$ ")]
 
 
@@ -75,7 +76,8 @@ def test_qstat_state_letters_map_to_pilot_states(letters: str, state: PilotState
 @pytest.mark.sge
 def test_pilots_get_their_slots_and_memory_limit(sge: SgePlugin, pilot_dir: Path) -> None:
     shape = PilotShape("pair", cpus=2, memory=512 * MIB, walltime=600)
-    ids = sge.submit(shape, 2, pilot_command(pilot_dir), {"FLOE_TOKEN_FILE": "/tmp/a b"})
+    ids = sge.submit(shape, CommandJob(pilot_command(pilot_dir), 2,
+                                       {"FLOE_TOKEN_FILE": "/tmp/a b"}))
     for batch_id in ids:
         env = pilot_env(pilot_dir, batch_id)
         assert env["JOB_ID"] == env["FLOE_BATCH_ID"] == batch_id
@@ -91,7 +93,7 @@ def test_pilots_get_their_slots_and_memory_limit(sge: SgePlugin, pilot_dir: Path
 def test_a_pilot_in_error_is_held(sge: SgePlugin) -> None:
     # A working directory that does not exist puts the job into Eqw when it is dispatched.
     shape = PilotShape("broken", memory=256 * MIB, directives=("-wd /nonexistent/floe",))
-    [pilot] = sge.submit(shape, 1, ["true"], {})
+    [pilot] = sge.submit(shape, CommandJob(["true"], 1, {}))
     wait_for(lambda: state_of(sge, pilot) is PilotState.HELD, "the pilot to go into error")
     assert sge.status()[pilot].detail == "Eqw"
     assert sge.remove([pilot]) == [pilot]
@@ -103,7 +105,7 @@ def test_a_queue_that_does_not_exist_is_a_batch_error_naming_qsub(
         sge_cluster: None, factory_id: str, tmp_path: Path) -> None:
     plugin = make_plugin(tmp_path, factory_id, queue="nosuch.q")
     with pytest.raises(BatchError) as caught:
-        plugin.submit(PilotShape("small"), 1, ["true"], {})
+        plugin.submit(PilotShape("small"), CommandJob(["true"], 1, {}))
     message = str(caught.value)
     assert message.startswith("qsub failed with exit code 1.")
     assert 'unknown queue "nosuch.q"' in message

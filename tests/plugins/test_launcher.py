@@ -1,0 +1,149 @@
+"""The launcher every plugin's job runs (plugins.jobs.PilotJob): it finds a Python 3.9 or newer
+(the site's, else the newest python3.X on the PATH, else python3), ends with one line naming the
+host and what it found when there is none, writes the pilot and its token into a private
+directory that goes when the pilot ends, and passes a batch system's SIGTERM on to the pilot.
+
+The worker node here is this machine with a PATH of the test's making: the real Python under
+the names a node would have, and stand-ins for the old ones (EL8's python3 is 3.6), which answer
+the launcher's version questions as those would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipapp
+from pathlib import Path
+
+import pytest
+
+from plugins.jobs import LAUNCH_FAILED, PilotJob
+from tests.pilot.live import wait_for
+
+TOOLS = ("mktemp", "rm", "hostname", "uname", "cat", "sleep", "cp")
+# A pilot that reports what it was started with, then waits for a signal when asked to.
+PILOT = """\
+import json, os, signal, stat, sys, time
+token = sys.argv[sys.argv.index("--token-file") + 1]
+seen = {"python": "%d.%d" % sys.version_info[:2], "args": sys.argv[1:],
+        "token": open(token).read(), "token_mode": oct(stat.S_IMODE(os.stat(token).st_mode)),
+        "dir_mode": oct(stat.S_IMODE(os.stat(os.path.dirname(token)).st_mode)),
+        "dir": os.path.dirname(token), "env": dict(os.environ)}
+with open(os.environ["SEEN"], "w") as out:
+    json.dump(seen, out)
+if "--wait" in sys.argv:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(43))
+    time.sleep(60)
+"""
+
+
+def old_python(bin_dir: Path, name: str, version: str) -> None:
+    """A stand-in for an old interpreter: it prints its version and fails the version check."""
+    path = bin_dir / name
+    path.write_text(f'#!/bin/sh\ncase "$2" in *print*) echo {version};; *) exit 1;; esac\n')
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Path:
+    """A bin directory with the tools a launcher uses and no Python yet."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in TOOLS:
+        found = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        (bin_dir / tool).symlink_to(found)
+    return bin_dir
+
+
+@pytest.fixture
+def bundle(tmp_path: Path) -> bytes:
+    source = tmp_path / "pilot-source"
+    source.mkdir()
+    (source / "__main__.py").write_text(PILOT)
+    zipapp.create_archive(source, tmp_path / "pilot.pyz")
+    return (tmp_path / "pilot.pyz").read_bytes()
+
+
+def launch(node: Path, tmp_path: Path, job: PilotJob, **popen: object) -> subprocess.Popen:
+    env = {"PATH": str(node), "SEEN": str(tmp_path / "seen.json"), "TMPDIR": str(tmp_path)}
+    return subprocess.Popen(["/bin/sh", "-c", job.script(0)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def real_python(node: Path, name: str) -> None:
+    (node / name).symlink_to(sys.executable)
+
+
+def test_the_newest_python3_x_on_the_path_runs_the_pilot_with_its_token_file(
+        node: Path, bundle: bytes, tmp_path: Path) -> None:
+    real_python(node, f"python3.{sys.version_info[1]}")
+    old_python(node, "python3", "3.6")
+    old_python(node, "python3.8", "3.8")
+    job = PilotJob(bundle, ["--site", "s p"], ["floe_p_token"], cacert=b"PEM")
+    launched = launch(node, tmp_path, job)
+    _, err = launched.communicate(timeout=60)
+    assert launched.returncode == 0, err
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
+    assert seen["token"] == "floe_p_token"
+    assert (seen["token_mode"], seen["dir_mode"]) == ("0o600", "0o700")
+    assert seen["args"][-4:] == ["--site", "s p", "--cacert", f"{seen['dir']}/ca.pem"]
+    assert not any("floe_p_token" in value for value in seen["env"].values())
+    assert not Path(seen["dir"]).exists()  # gone with the pilot, token and all
+
+
+@pytest.mark.parametrize(("site_python", "olds", "expected"), [
+    ("", [("python3", "3.6"), ("python3.8", "3.8"), ("python3.9", "broken")],
+     "no Python 3.9 or newer to run the pilot: python3.9 (broken), python3 (3.6); set the "
+     "site's python setting to one"),
+    ("", [], "no Python 3.9 or newer to run the pilot: no python3 on the PATH; set the site's "
+             "python setting to one"),
+    ("python3", [("python3", "3.6")],
+     "no Python 3.9 or newer to run the pilot: python3 (3.6); set the site's python setting "
+     "to a newer one"),
+    ("/opt/python/bin/python3", [],
+     "no Python 3.9 or newer to run the pilot: no /opt/python/bin/python3; set the site's "
+     "python setting to a newer one"),
+])
+def test_without_a_python_3_9_the_launcher_ends_with_one_line_naming_host_and_finds(
+        node: Path, bundle: bytes, tmp_path: Path, site_python: str,
+        olds: list[tuple[str, str]], expected: str) -> None:
+    for name, version in olds:
+        old_python(node, name, version)
+    launched = launch(node, tmp_path, PilotJob(bundle, [], ["floe_p_x"], python=site_python))
+    _, err = launched.communicate(timeout=60)
+    assert launched.returncode == LAUNCH_FAILED
+    assert err == f"floe pilot: {expected} (on {socket.gethostname()})\n"
+    assert not list(tmp_path.glob("floe-pilot.*"))  # its private directory went too
+
+
+def test_a_batch_systems_sigterm_reaches_the_pilot_and_its_status_comes_back(
+        node: Path, bundle: bytes, tmp_path: Path) -> None:
+    real_python(node, "python3")
+    launched = launch(node, tmp_path, PilotJob(bundle, ["--wait"], ["floe_p_x"]),
+                      start_new_session=True)
+    wait_for(lambda: (tmp_path / "seen.json").exists(), 30, "the pilot to start")
+    time.sleep(0.2)
+    os.kill(launched.pid, signal.SIGTERM)
+    launched.communicate(timeout=30)
+    assert launched.returncode == 43  # the pilot's own exit status, after its SIGTERM
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert not Path(seen["dir"]).exists()
+
+
+def test_a_launcher_that_cannot_make_its_directory_says_where(
+        node: Path, bundle: bytes, tmp_path: Path) -> None:
+    real_python(node, "python3")
+    env = {"PATH": str(node), "TMPDIR": str(tmp_path / "missing")}
+    done = subprocess.run(["/bin/sh", "-c", PilotJob(bundle, [], ["floe_p_x"]).script(0)],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == LAUNCH_FAILED
+    assert done.stderr.splitlines()[-1] == (f"floe pilot: cannot make a directory under "
+                                            f"{tmp_path / 'missing'} (on "
+                                            f"{socket.gethostname()})")
