@@ -5,14 +5,18 @@ carries the launcher, the one-file pilot (base64) and its own token (plugins/job
 against the way a shared-filesystem site could do it, in the same run (the baseline: a script
 that starts the pilot.pyz from the factory's workdir, as floe did before):
 
-- script: the bytes of one SLURM job script, carried and baseline;
+Between the two, a site's `shared_filesystem` mode: the launcher (its Python check, its private
+directory and token file) starting the workdir's pilot.pyz, which the job does not carry.
+
+- script: the bytes of one SLURM job script, carried, shared and baseline;
 - start-up: seconds from starting the job's script to the pilot's own code having run (the
   pilot is started with `--help`, which it answers and leaves), median of 15 runs each: the
-  launcher looks for a Python, makes its private directory, decodes and writes the pilot and
-  the token, and removes the directory afterwards;
+  launcher looks for a Python, makes its private directory, decodes and writes the pilot (when
+  carried) and the token, and removes the directory afterwards;
 - submit (when scripts/batch/slurm.sh runs a SLURM here): seconds per pilot for 20 pilots
-  submitted through sbatch, carried and baseline, from this machine; and carried over ssh (when
-  scripts/net/login-node.sh runs its login node here) through one multiplexed connection, with
+  submitted through sbatch, carried, shared and baseline, from this machine; and carried over
+  ssh (when scripts/net/login-node.sh runs its login node here) through one multiplexed
+  connection, with
   the first command (which opens the connection) counted apart; and one squeue, here and over
   ssh. The jobs end at once (`--help`).
 
@@ -47,13 +51,14 @@ LOGIN_NODE = Path("/var/tmp/floe-batch/login-node")
 PYTHON = "/usr/bin/python3"  # what a worker (and the login node's account) runs
 
 
-def jobs(bundle: Path, count: int) -> tuple[PilotJob, CommandJob]:
-    """The carried job and its shared-filesystem baseline, both starting the pilot with
-    --help."""
-    carried = PilotJob(bundle.read_bytes(), ["--help"],
-                       [f"floe_p_bench{index:04d}" for index in range(count)], python=PYTHON)
+def jobs(bundle: Path, count: int) -> tuple[PilotJob, PilotJob, CommandJob]:
+    """The carried job, the shared-filesystem one and the baseline, all starting the pilot
+    with --help."""
+    tokens = [f"floe_p_bench{index:04d}" for index in range(count)]
+    carried = PilotJob(bundle.read_bytes(), ["--help"], tokens, python=PYTHON)
+    shared = PilotJob(b"", ["--help"], tokens, python=PYTHON, bundle_path=str(bundle))
     baseline = CommandJob([PYTHON, str(bundle), "--help"], count=count)
-    return carried, baseline
+    return carried, shared, baseline
 
 
 def start_up(job: PilotJob | CommandJob, runs: int) -> float:
@@ -108,18 +113,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="floe-bench-") as scratch:
         work = Path(scratch)
         bundle = build(work / "pilot.pyz")
-        carried, baseline = jobs(bundle, count)
+        carried, shared, baseline = jobs(bundle, count)
         local = SlurmPlugin(PluginSettings(factory_id="benchsub", workdir=work / "factory"))
         result["script"] = {
             "bundle_bytes": bundle.stat().st_size,
             "carried_bytes": len(local.render(SHAPE, work / "logs", carried, 0)),
+            "shared_bytes": len(local.render(SHAPE, work / "logs", shared, 0)),
             "baseline_bytes": len(local.render(SHAPE, work / "logs", baseline, 0))}
         result["start_up_seconds"] = {"carried": start_up(carried, runs),
+                                      "shared": start_up(shared, runs),
                                       "baseline": start_up(baseline, runs)}
         if not slurm_up():
             result["submit"] = "not run: no SLURM here (scripts/batch/slurm.sh up)"
         else:
             result["submit"] = {"local_carried": submit_rate(local, carried),
+                                "local_shared": submit_rate(local, shared),
                                 "local_baseline": submit_rate(local, baseline),
                                 "squeue_seconds_local": status_seconds(local)}
             ssh = login_node()

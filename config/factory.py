@@ -22,6 +22,7 @@ from config.protocol import BATCH_SYSTEMS
 from config.schema import (
     OMIT,
     AnyValue,
+    Bool,
     ConfigError,
     Duration,
     Enum,
@@ -147,6 +148,15 @@ SITE_SCHEMA = Object([
                   "pilot ends at once with one line naming the host and what it found, which "
                   "the factory reports (where it can read the pilot's log) as the site's "
                   "failure, and the site is backed off.", example="/opt/python3.11/bin/python3"),
+    Field("shared_filesystem", Bool(), "the worker nodes read the factory's workdir at the "
+          "same path: pilots start its pilot.pyz instead of carrying it in every job", False,
+          details="By default each job carries the pilot (about 220 KiB of job script) and "
+                  "writes it to the node's disk, so that no node needs to see the factory's "
+                  "workdir. On a cluster whose login node the factory runs on, with the "
+                  "workdir on a filesystem the nodes mount, this saves that and the pilot's "
+                  "decoding at start. A node that cannot read the pilot there ends its job at "
+                  "once with one line that says so. Not with `ssh`, and not with the "
+                  "`htcondor` plugin, which transfers the pilot."),
     Field("environment", MapOf(_VALUE, _ENV_NAME), "extra environment variables for every "
           "pilot", {}, example={"APPTAINER_CACHEDIR": "/scratch/cache"}),
     Field("proxy", String(r"(http://\S+)?", "empty, or an http:// URL"), "the HTTP proxy "
@@ -239,6 +249,7 @@ class SiteConfig:
     idle_timeout: int
     scratch: str
     python: str
+    shared_filesystem: bool
     environment: Mapping[str, str]
     proxy: str
     system: Mapping[str, str]
@@ -292,6 +303,11 @@ def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> Fac
         shapes = [shape["name"] for shape in site["shapes"]]
         for name in sorted({n for n in shapes if shapes.count(n) > 1}):
             problems.append(f"{where}: sites[{i}].shapes: the shape {name!r} is listed twice")
+        if site["shared_filesystem"] and (site["ssh"]["host"] or site["plugin"] == "htcondor"):
+            why = ("a site reached over ssh shares no filesystem with the factory"
+                   if site["ssh"]["host"] else "the htcondor plugin transfers the pilot")
+            problems.append(f"{where}: sites[{i}].shared_filesystem: {why}; remove "
+                            "shared_filesystem")
         if site["max_total"] < site["max_queued"]:
             problems.append(f"{where}: sites[{i}].max_total: {site['max_total']} is below "
                             f"max_queued ({site['max_queued']}); raise max_total")

@@ -466,7 +466,8 @@ class SiteRunner:
 
     def pilot_job(self, shape: PilotShape, tokens: list[str]) -> PilotJob:
         """What the pilots of `shape` run, one per token: the pilot carried in the job (no
-        worker node reads the factory's workdir), its arguments, its environment."""
+        worker node reads the factory's workdir) or, where the site's `shared_filesystem` says
+        they do, the workdir's; its arguments, its environment."""
         site = self.site
         arguments = ["--matchmaker", self.config.matchmaker, "--site", self.name,
                      # What the batch system grants; the pilot keeps its own safety margin.
@@ -480,6 +481,9 @@ class SiteRunner:
         if site.proxy:
             env.update(https_proxy=site.proxy, http_proxy=site.proxy)
         cacert = Path(self.config.cacert).read_bytes() if self.config.cacert else b""
+        if site.shared_filesystem:
+            return PilotJob(b"", arguments, tokens, env, python=site.python, cacert=cacert,
+                            bundle_path=str(self.bundle.resolve()))
         return PilotJob(self.bundle.read_bytes(), arguments, tokens, env, python=site.python,
                         cacert=cacert)
 

@@ -16,7 +16,9 @@ A `PilotJob`'s script is the launcher:
 - it writes the pilot (`pilot.pyz`, carried in the script as base64, or beside it where the
   batch system transfers files: HTCondor), the CA certificate to trust, and its own pilot token
   into that directory, readable by this user only: the token never enters an environment, and
-  the pilot reads and deletes its file before it runs any task;
+  the pilot reads and deletes its file before it runs any task. Where the worker nodes read the
+  factory's workdir (a site's `shared_filesystem`), the job carries no pilot and starts the
+  workdir's instead;
 - it runs the pilot and passes SIGTERM, SIGINT and SIGHUP on to it (a batch system's stop).
 
 `CommandJob` runs a plain command instead, for the plugins' own tests and tools.
@@ -25,6 +27,7 @@ A `PilotJob`'s script is the launcher:
 from __future__ import annotations
 
 import base64
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ LAUNCH_FAILED = 97
 no directory to put it in)."""
 BUNDLE_NAME = "pilot.pyz"
 _NEWEST_MINOR = 20  # python3.20 down to python3.9 are looked for, newest first
+_TOKEN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class Job(Protocol):
@@ -81,27 +85,36 @@ class PilotJob:
     """The site's Python; empty: the newest python3.X on the worker's PATH, else python3."""
     cacert: bytes = b""
     """A PEM certificate the pilot trusts for the matchmaker (passed as --cacert)."""
+    bundle_path: str = ""
+    """Where every worker node reads the pilot (a shared filesystem): then the job carries no
+    pilot, and `bundle` is not used."""
 
     @property
     def count(self) -> int:
         return len(self.tokens)
 
     def files(self) -> Mapping[str, bytes]:
-        return {BUNDLE_NAME: self.bundle}
+        return {} if self.bundle_path else {BUNDLE_NAME: self.bundle}
 
     def script(self, index: int, bundle_beside: bool = False) -> str:
         lines = [_PREAMBLE, _finder(self.python)]
-        if bundle_beside:
+        pilot = f'"$floe_dir/{BUNDLE_NAME}"'
+        if self.bundle_path:
+            pilot = shlex.quote(self.bundle_path)
+            lines.append(f'[ -r {pilot} ] || floe_fail "cannot read the pilot at {pilot}: is the '
+                         "factory's workdir on a filesystem this node reads? If not, set the "
+                         'site\'s shared_filesystem to false"')
+        elif bundle_beside:
             lines.append(f'cp {BUNDLE_NAME} "$floe_dir/{BUNDLE_NAME}" || '
                          f'floe_fail "no {BUNDLE_NAME} was transferred into $(pwd)"')
         else:
             lines.append(_file(BUNDLE_NAME, self.bundle))
-        lines.append(_file("token", self.tokens[index].encode()))
+        lines.append(_token(self.tokens[index]))
         words = [shlex.quote(argument) for argument in self.arguments]
         if self.cacert:
-            lines.append(_file("ca.pem", self.cacert))
+            lines.append(_text("ca.pem", self.cacert.decode("ascii")))
             words.append('--cacert "$floe_dir/ca.pem"')
-        lines.append(_RUN.replace("ARGUMENTS", " ".join(words)))
+        lines.append(_RUN.replace("PILOT", pilot).replace("ARGUMENTS", " ".join(words)))
         return "\n".join(lines)
 
 
@@ -114,6 +127,22 @@ def _finder(python: str) -> str:
             .replace("NONE", f"no {python}" if python else "no python3 on the PATH")
             .replace("SETTING", "set the site's python setting to one" if not python else
                      "set the site's python setting to a newer one"))
+
+
+def _token(token: str) -> str:
+    """The line that writes the pilot's token into the launcher's directory: with the shell's
+    own printf, so that the token is in no process's arguments."""
+    if not _TOKEN.fullmatch(token):
+        raise ValueError("a pilot token holds only letters, digits, '_', '-' and '.'")
+    return (f"printf '%s' '{token}' > \"$floe_dir/token\" || "
+            f'floe_fail "cannot write $floe_dir/token"')
+
+
+def _text(name: str, text: str) -> str:
+    """Lines that write `text` (a PEM certificate) to `name` in the launcher's directory."""
+    marker = "FLOE_END_OF_FILE"
+    return (f'cat > "$floe_dir/{name}" <<\'{marker}\' || floe_fail "cannot write '
+            f'$floe_dir/{name}"\n{text.rstrip()}\n{marker}')
 
 
 def _file(name: str, content: bytes) -> str:
@@ -142,14 +171,13 @@ floe_python=
 floe_found=
 for floe_candidate in CANDIDATES; do
     command -v "$floe_candidate" >/dev/null 2>&1 || continue
-    floe_version=$("$floe_candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' \\
-        2>/dev/null) || floe_version="does not run"
-    floe_found="$floe_found, $floe_candidate ($floe_version)"
-    if "$floe_candidate" -c 'import sys; sys.exit(sys.version_info < (WANTED_TUPLE))' \\
-            2>/dev/null; then
+    if floe_version=$("$floe_candidate" -c 'import sys
+print("%d.%d" % sys.version_info[:2])
+sys.exit(sys.version_info < (WANTED_TUPLE))' 2>/dev/null); then
         floe_python=$floe_candidate
         break
     fi
+    floe_found="$floe_found, $floe_candidate (${floe_version:-does not run})"
 done
 if [ -z "$floe_python" ]; then
     floe_found=${floe_found#, }
@@ -157,7 +185,7 @@ if [ -z "$floe_python" ]; then
 fi"""
 
 _RUN = """\
-"$floe_python" "$floe_dir/pilot.pyz" --token-file "$floe_dir/token" ARGUMENTS &
+"$floe_python" PILOT --token-file "$floe_dir/token" ARGUMENTS &
 floe_pilot=$!
 trap 'kill -TERM "$floe_pilot" 2>/dev/null' TERM INT HUP
 while :; do

@@ -96,3 +96,20 @@ def test_a_nul_in_what_reaches_the_pilots_environment_is_refused(tmp_path):
         'passed to a program: remove it from "a\\u0000b"',
         f'{path}: sites[0].system.cvmfs: holds a NUL character (\\u0000), which cannot be '
         'passed to a program: remove it from "\\u0000"']
+
+
+@pytest.mark.parametrize(("site", "why"), [
+    ({"plugin": "slurm", "ssh": {"host": "icecube@login"}},
+     "a site reached over ssh shares no filesystem with the factory"),
+    ({"plugin": "htcondor"}, "the htcondor plugin transfers the pilot"),
+])
+def test_a_shared_filesystem_is_refused_where_the_nodes_cannot_share_one(site, why):
+    document = {"matchmaker": "http://127.0.0.1:8080",
+                "sites": [{"name": "a", "shapes": [{"name": "s"}], "shared_filesystem": True,
+                           **site}]}
+    with pytest.raises(ConfigError) as caught:
+        factory_config(document)
+    assert caught.value.problems == [
+        f"site.toml: sites[0].shared_filesystem: {why}; remove shared_filesystem"]
+    del document["sites"][0]["shared_filesystem"]
+    assert not factory_config(document).sites[0].shared_filesystem

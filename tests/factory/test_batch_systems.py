@@ -52,8 +52,9 @@ def test_a_factory_runs_100_dag_tasks_through_the_batch_system_and_leaves_nothin
         start_factory):
     site = batch_site(request, system)
     workdir = tmp_path / "factory"
+    # The nodes read the factory's workdir: the jobs start its pilot.pyz and carry none.
     document = site_document(matchmaker, workdir, **site, max_queued=3, max_total=3,
-                             idle_timeout="4s", cycle="2s")
+                             idle_timeout="4s", cycle="2s", shared_filesystem=True)
     config = write_toml(tmp_path / "site.toml", document)
     dataset = matchmaker.submit(dag_dataset(50))
     factory = start_factory(config, matchmaker.site_token)

@@ -91,7 +91,7 @@ def test_a_worker_whose_python_is_too_old_is_named_and_the_site_backed_off(
         matchmaker: LiveMatchmaker, make_runner: Any, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     old = fake_command(tmp_path / "bin", "python3",
-                       'case "$2" in *print*) echo 3.6;; *) exit 1;; esac') / "python3"
+                       'case "$2" in *print*) echo 3.6;; esac; exit 1') / "python3"
     site = make_runner(site_document(matchmaker, tmp_path / "factory", python=str(old),
                                      failing_after=2, backoff="60s"))
     dataset = matchmaker.submit(dag_dataset(2))

@@ -45,7 +45,7 @@ if "--wait" in sys.argv:
 def old_python(bin_dir: Path, name: str, version: str) -> None:
     """A stand-in for an old interpreter: it prints its version and fails the version check."""
     path = bin_dir / name
-    path.write_text(f'#!/bin/sh\ncase "$2" in *print*) echo {version};; *) exit 1;; esac\n')
+    path.write_text(f'#!/bin/sh\ncase "$2" in *print*) echo {version};; esac; exit 1\n')
     path.chmod(0o755)
 
 
@@ -147,3 +147,27 @@ def test_a_launcher_that_cannot_make_its_directory_says_where(
     assert done.stderr.splitlines()[-1] == (f"floe pilot: cannot make a directory under "
                                             f"{tmp_path / 'missing'} (on "
                                             f"{socket.gethostname()})")
+
+
+def test_on_a_shared_filesystem_the_job_starts_the_workdirs_pilot_and_carries_none(
+        node: Path, bundle: bytes, tmp_path: Path) -> None:
+    real_python(node, "python3")
+    shared = tmp_path / "workdir" / "pilot.pyz"
+    shared.parent.mkdir()
+    shared.write_bytes(bundle)
+    job = PilotJob(b"", ["--site", "s"], ["floe_p_token"], bundle_path=str(shared))
+    assert len(job.script(0)) < 3000 and job.files() == {}
+    launched = launch(node, tmp_path, job)
+    _, err = launched.communicate(timeout=60)
+    assert launched.returncode == 0, err
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["token"] == "floe_p_token"
+    assert seen["args"][-2:] == ["--site", "s"]
+
+    shared.unlink()   # a node that does not mount the workdir
+    launched = launch(node, tmp_path, job)
+    _, err = launched.communicate(timeout=60)
+    assert launched.returncode == LAUNCH_FAILED
+    assert err == (f"floe pilot: cannot read the pilot at {shared}: is the factory's workdir on a "
+                   "filesystem this node reads? If not, set the site's shared_filesystem to "
+                   f"false (on {socket.gethostname()})\n")

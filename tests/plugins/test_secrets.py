@@ -12,7 +12,6 @@ task runs (pilot/online.py), so only a test at this level sees a leak from the f
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
@@ -82,7 +81,7 @@ def test_the_site_token_reaches_neither_the_batch_command_nor_the_pilot(
     assert not any(line.startswith(("FLOE_SITE_TOKEN=", "FLOE_TOKEN=")) for line in job_env)
     # The pilot token travels in the script, which only this user can read, and reaches the
     # pilot as a file of its own, in no environment.
-    assert base64.encodebytes(PILOT_TOKEN.encode()).decode() in script
+    assert PILOT_TOKEN in script
     assert (out / "token.seen").read_text() == PILOT_TOKEN
     assert (out / "token.mode").read_text().strip() == "600"
     assert not any(PILOT_TOKEN in line for line in submit_env + job_env)
