@@ -14,7 +14,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from factory.service import Factory
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -107,14 +110,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"floe factory: {exc}", file=sys.stderr)
         return 1
     if args.once:
-        for runner in list(factory.runners.values()):
-            decision = runner.cycle()
-            print(json.dumps(runner.status(runner.clock()), indent=1))
-            if decision is None:
-                return 1
-        return 0
+        return once(factory)
     factory.install_signals()
     return factory.run()
+
+
+def once(factory: Factory) -> int:
+    """One cycle of each site, each site's status printed: 0 when every site's cycle went
+    without a failure, 1 (and the failure on stderr) when one did not."""
+    status = 0
+    for runner in list(factory.runners.values()):
+        before = (runner.health.failures, runner.health.last_error)
+        decision = runner.cycle()
+        print(json.dumps(runner.status(runner.clock()), indent=1))
+        failed = (runner.health.failures, runner.health.last_error) != before
+        if decision is None or (failed and runner.health.last_error):
+            why = runner.health.last_error or runner.last.get("matchmaker_error", "")
+            print(f"floe factory: site {runner.name}: {why}", file=sys.stderr)
+            status = 1
+    return status
 
 
 SUBCOMMANDS = {"factory": ("keep a site's batch queue topped up with pilots", configure, run)}

@@ -128,7 +128,14 @@ SITE_SCHEMA = Object([
                   "pilot that finds no work leaves after that long, which is no failure."),
     Field("backoff", Duration(1, 86400), "wait after the first failure (a refused submit, a "
           "held pilot, a pilot that ended without registering); doubled for each failure in a "
-          "row", "30s"),
+          "row", "30s",
+          details="A failure seen while the site waits (the batch system or login node still "
+                  "cannot be queried, a pilot submitted before the wait ends without "
+                  "registering) counts in the row (`failing_after`) and becomes `last_error` "
+                  "in `status.json`, but does not lengthen the wait: the wait doubles with "
+                  "each try, not each cycle. Editing the site's settings "
+                  "(the factory rereads its config on a change or SIGHUP) ends the wait and "
+                  "forgets the failures: the site is tried again at once."),
     Field("max_backoff", Duration(1, 7 * 86400), "longest wait between tries on a failing "
           "site", "30m"),
     Field("failing_after", Integer(1, 1000), "failures in a row after which the site is "

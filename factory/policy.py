@@ -20,6 +20,7 @@ how many running pilots found no work, and whether the site is backing off after
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -63,8 +64,9 @@ class Decision:
 
 def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
            surplus_since: Mapping[str, float] | None = None, empty_pilots: int = 0,
-           backing_off: bool = False) -> Decision:
-    """What to do this cycle; `surplus_since` is the previous decision's."""
+           backing_off: float = 0.0) -> Decision:
+    """What to do this cycle; `surplus_since` is the previous decision's; `backing_off`, the
+    seconds the site still waits after failures (0: it does not)."""
     previous = dict(surplus_since or {})
     reasons: list[str] = []
     submit = {s.name: 0 for s in shapes}
@@ -92,7 +94,8 @@ def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
     if not shortfall:
         return Decision(submit, remove, remove_held, since, reasons)
     if backing_off:
-        reasons.append("backing off after failures: nothing submitted")
+        reasons.append(f"backing off after failures: nothing submitted for another "
+                       f"{math.ceil(backing_off)} s")
         return Decision(submit, remove, remove_held, since, reasons)
 
     queued = sum(s.queued for s in shapes) - sum(remove.values())

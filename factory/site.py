@@ -138,9 +138,13 @@ class SiteRunner:
         """Take a new config for this site; PluginConfigError, with nothing changed, when the
         plugin refuses its settings."""
         shapes, plugin = build_plugin(config, site)
+        old = getattr(self, "site", None)
         if getattr(self, "plugin", None) is not None and plugin.settings == self.plugin.settings:
             plugin = self.plugin  # unchanged: keep what it knows (the local plugin's children)
         with self.lock:
+            if old is not None and old != site and self.health.clear():
+                log.info("site %s: its config changed; the failures before are forgotten and "
+                         "it is tried again now", site.name)
             self.config, self.site, self.token = config, site, token
             self.shapes, self.plugin = shapes, plugin
             self.shape_info = {s.name: s for s in site.shapes}
@@ -165,13 +169,14 @@ class SiteRunner:
             self._settle(now)
         except BatchError as exc:
             self._failure(now, f"cannot learn whether {counted(len(self.plugin.doubts), 'pilot')}"
-                               f" submitted as the connection dropped went into the queue: {exc}")
+                               f" submitted as the connection dropped went into the queue: {exc}",
+                          recurring=True)
             self._save(now)
             return None
         try:
             infos = self.plugin.status()
         except BatchError as exc:
-            self._failure(now, f"cannot query the batch system: {exc}")
+            self._failure(now, f"cannot query the batch system: {exc}", recurring=True)
             self._save(now)
             return None
         ended = self._follow(infos, now)
@@ -212,7 +217,7 @@ class SiteRunner:
         decision = top_up(views, self.limits, now=now, surplus_since=self.surplus_since,
                           empty_pilots=answer["pilots"]["idle"]
                           + answer["pilots"].get("ended_empty", 0),
-                          backing_off=self.health.backing_off(now))
+                          backing_off=max(0.0, self.health.until - now))
         self.surplus_since = decision.surplus_since
         for reason in decision.reasons:
             log.info("site %s: %s", self.name, reason)
@@ -423,8 +428,14 @@ class SiteRunner:
         if self.health.success():
             log.warning("site %s works again: %s", self.name, why)
 
-    def _failure(self, now: float, why: str) -> None:
-        log.warning("site %s: %s", self.name, why)
+    def _failure(self, now: float, why: str, recurring: bool = False) -> None:
+        """One failure, logged (a `recurring` one, a query that fails every cycle, in one line
+        while the site waits: status.json has it all) and counted."""
+        if recurring and self.health.backing_off(now):
+            log.info("site %s: still failing (%.0f s left to wait): %s", self.name,
+                     self.health.until - now, why.splitlines()[0])
+        else:
+            log.warning("site %s: %s", self.name, why)
         if self.health.failure(now, why):
             log.error("site %s is failing: %s in a row; backing off %.0f s at a time "
                       "(last: %s)", self.name, counted(self.health.failures, "failure"),

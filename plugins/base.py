@@ -272,12 +272,18 @@ class BatchPlugin(abc.ABC):
         --check`): what worked, in lines; raises BatchError naming what failed."""
         said = []
         if isinstance(self.host, SshHost):
+            try:
+                self.host.login(self.settings.command_timeout)
+            except HostError as exc:
+                raise self._batch_error(exc, ["ssh", self.host.settings.host],
+                                        checking=True) from exc
             workdir = self.pilot_dir("logs").parent
             said.append(f"ssh to {self.host.where} works; the factory's directory there is "
                         f"{workdir}")
         pilots = self.status()
-        said.append(f"{self.system} answers on {self.host.where}: {len(pilots)} pilot"
-                    f"{'' if len(pilots) == 1 else 's'} of this factory listed")
+        said.append(f"{self.system} answers on {self.host.where}: it knows {len(pilots)} "
+                    f"job{'' if len(pilots) == 1 else 's'} of this factory (queued, running, "
+                    "or ended lately)")
         return said
 
     def close(self) -> None:
@@ -371,13 +377,16 @@ class BatchPlugin(abc.ABC):
         except HostError as exc:
             raise self._batch_error(exc, argv) from exc
 
-    def _batch_error(self, exc: HostError, argv: Sequence[str]) -> BatchError:
-        """The BatchError for a failure on the plugin's host, with the fix where one is known."""
+    def _batch_error(self, exc: HostError, argv: Sequence[str],
+                     checking: bool = False) -> BatchError:
+        """The BatchError for a failure on the plugin's host, with the fix where one is known
+        (`checking`: said by `floe factory --check`, which it need not recommend)."""
         name = PurePosixPath(argv[0]).name if argv else "the command"
         summary = exc.summary
         if exc.returncode == SSH_FAILED and isinstance(self.host, SshHost):
-            summary += (": check that the login node is up, the ssh settings (host, port, "
-                        "identity, known_hosts), and `floe factory --check`")
+            summary += (": check that the login node is up and the ssh settings (host, port, "
+                        "identity, known_hosts)"
+                        + ("" if checking else ", then run `floe factory --check`"))
         elif summary.endswith(" was not found") or exc.returncode == 127:
             summary = (f"{name} was not found on {self.host.where}: install the {self.system} "
                        "client commands or set commands_dir to where they are")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import getpass
 import hashlib
+import math
 import os
 import shlex
 import subprocess
@@ -223,21 +224,29 @@ class SshHost(Host):
         self._failures = 0
         self._retry_at = 0.0
         self._last_error: HostError | None = None
-        # The master's socket: short (sun_path holds ~100 bytes), private, one per factory
-        # and login node.
-        key = hashlib.sha256(f"{factory_id}\0{settings.host}\0{settings.port}".encode())
+        # The master's socket: short (sun_path holds ~100 bytes), private, one per factory,
+        # login node and way of logging in (a new key or known_hosts opens a connection of its
+        # own instead of riding on one opened with the old).
+        key = hashlib.sha256("\0".join([factory_id, settings.host, str(settings.port),
+                                        settings.identity, settings.known_hosts,
+                                        *settings.options]).encode())
         self.control_dir = Path(tempfile.gettempdir()) / f"floe-ssh-{os.getuid()}"
         self.control_path = self.control_dir / key.hexdigest()[:16]
 
-    def ssh_argv(self, remote: str) -> list[str]:
-        """The ssh command line that runs the shell command `remote` on the login node."""
+    def ssh_argv(self, remote: str, shared: bool = True) -> list[str]:
+        """The ssh command line that runs the shell command `remote` on the login node:
+        through the shared connection, or (not `shared`) through a login of its own."""
         s = self.settings
         argv = ["ssh", "-p", str(s.port),
                 "-o", "BatchMode=yes",            # never ask for a password or a passphrase
                 "-o", f"ConnectTimeout={s.connect_timeout}",
                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=3",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}",
-                "-o", "ControlPersist=600", "-o", "LogLevel=ERROR"]
+                "-o", "LogLevel=ERROR"]
+        if shared:
+            argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_path}",
+                     "-o", "ControlPersist=600"]
+        else:
+            argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
         if s.identity:
             argv += ["-i", os.path.expanduser(s.identity), "-o", "IdentitiesOnly=yes"]
         if s.known_hosts:
@@ -314,15 +323,20 @@ class SshHost(Host):
         subprocess.run(["ssh", "-o", f"ControlPath={self.control_path}", "-O", "exit",
                         self.settings.host], capture_output=True, timeout=30, check=False)
 
+    def login(self, timeout: float) -> None:
+        """Logs in afresh, riding on no connection already open (`floe factory --check`: what
+        it says holds for the settings as they are now); HostError with ssh's words if not."""
+        self._ssh("true", ["ssh", self.settings.host, "true"], timeout, shared=False)
+
     def _ssh(self, remote: str, argv: Sequence[str], timeout: float, data: bytes | None = None,
-             in_doubt: bool = False, binary: bool = False) -> Any:
+             in_doubt: bool = False, binary: bool = False, shared: bool = True) -> Any:
         now = time.monotonic()
-        if now < self._retry_at and self._last_error is not None:
+        if shared and now < self._retry_at and self._last_error is not None:
             raise HostError(f"{self._last_error.summary}; not tried again for another "
-                            f"{self._retry_at - now:.0f} s", argv, SSH_FAILED,
+                            f"{math.ceil(self._retry_at - now)} s", argv, SSH_FAILED,
                             self._last_error.stderr)
         _private(self.control_dir)
-        command = self.ssh_argv(remote)
+        command = self.ssh_argv(remote, shared)
         try:
             done = subprocess.run(command, input=data if data is not None else b"",
                                   capture_output=True, timeout=timeout, check=False,

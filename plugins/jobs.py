@@ -124,9 +124,9 @@ def _finder(python: str) -> str:
     return (_FIND.replace("CANDIDATES", " ".join(shlex.quote(c) for c in candidates))
             .replace("WANTED_TUPLE", f"{MIN_PYTHON[0]}, {MIN_PYTHON[1]}")
             .replace("WANTED", f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]}")
-            .replace("NONE", f"no {python}" if python else "no python3 on the PATH")
+            .replace("NONE", f"{python} was not found" if python else "no python3 on the PATH")
             .replace("SETTING", "set the site's python setting to one" if not python else
-                     "set the site's python setting to a newer one"))
+                     "set the site's python setting to a Python 3.9 or newer on the nodes"))
 
 
 def _token(token: str) -> str:
@@ -173,11 +173,11 @@ for floe_candidate in CANDIDATES; do
     command -v "$floe_candidate" >/dev/null 2>&1 || continue
     if floe_version=$("$floe_candidate" -c 'import sys
 print("%d.%d" % sys.version_info[:2])
-sys.exit(sys.version_info < (WANTED_TUPLE))' 2>/dev/null); then
+sys.exit(sys.version_info < (WANTED_TUPLE))' 2>/dev/null) && [ -n "$floe_version" ]; then
         floe_python=$floe_candidate
         break
     fi
-    floe_found="$floe_found, $floe_candidate (${floe_version:-does not run})"
+    floe_found="$floe_found, $floe_candidate (${floe_version:-not a Python: it printed no version})"
 done
 if [ -z "$floe_python" ]; then
     floe_found=${floe_found#, }

@@ -68,16 +68,19 @@ class ScriptPlugin(BatchPlugin):
                     self.host.put(script, self.render(shape, log_stem, job, index).encode())
                     output = self.run(argv, once=key)
                 except HostError as exc:
+                    taken += leftovers
                     raise self._batch_error(exc, ["put", str(script)]).with_submitted(
                         batch_ids) from exc
                 except BatchError as exc:
-                    if exc.in_doubt:
+                    if exc.in_doubt:  # kept until the next cycle learns what became of it
                         self.doubt(key, shape, argv, log, leftovers)
+                    else:  # refused: its script, and the token in it, go too
+                        taken += leftovers
                     raise exc.with_submitted(batch_ids, exc.in_doubt) from exc
                 batch_ids += self.parse_submitted(argv, output, log)
                 taken += leftovers
         finally:
-            with contextlib.suppress(HostError):  # what is left is deleted by a later submit
+            with contextlib.suppress(HostError):  # unreachable: left in the private workdir
                 self.host.remove(taken)
         return batch_ids
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cli.main import main as floe
 from factory.site import plugin_factory_id
 from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
@@ -157,6 +158,23 @@ def test_a_refused_submission_is_reported_with_its_command_and_backed_off(
     again = site.cycle()
     assert again.submit == {"small": 0} and site.counters.submit_failures == 1
     assert site.pilots == {}
+    # The refused script, with the unused token in it, is not kept.
+    assert not list((tmp_path / "factory" / "site-a" / "scripts").glob("*.sh"))
+
+
+@pytest.mark.slurm
+def test_floe_factory_once_exits_1_when_a_submission_is_refused(
+        slurm_cluster, matchmaker: LiveMatchmaker, tmp_path: Path, capsys, monkeypatch):
+    matchmaker.submit(dag_dataset(1))
+    config = write_toml(tmp_path / "site.toml", site_document(
+        matchmaker, tmp_path / "factory", plugin="slurm",
+        options={"partition": f"nosuch{secrets.token_hex(2)}"}))
+    monkeypatch.setenv("FLOE_SITE_TOKEN", matchmaker.site_token)
+    assert floe(["factory", "--config", str(config), "--once"]) == 1
+    said = capsys.readouterr()
+    assert json.loads(said.out)["counters"]["submit_failures"] == 1
+    assert said.err.startswith("floe factory: site site-a: submitting 1 small pilot failed: ")
+    assert "invalid partition" in said.err.lower()
 
 
 @pytest.mark.slurm

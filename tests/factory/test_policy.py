@@ -38,14 +38,14 @@ def test_submissions(case, shape, limits, empty, submit):
 
 
 def test_held_pilots_are_removed_even_while_the_site_backs_off():
-    decision = top_up([ShapeCounts("s", needed=4, held=2)], LIMITS, now=0.0, backing_off=True)
+    decision = top_up([ShapeCounts("s", needed=4, held=2)], LIMITS, now=0.0, backing_off=30.0)
     assert decision.remove_held == {"s": 2} and decision.submit == {"s": 0}
     assert decision.changes
     assert "2 held pilots removed" in decision.reasons
 
 
 def test_a_site_backing_off_submits_nothing_however_large_the_backlog():
-    decision = top_up([ShapeCounts("s", needed=500)], LIMITS, now=0.0, backing_off=True)
+    decision = top_up([ShapeCounts("s", needed=500)], LIMITS, now=0.0, backing_off=30.0)
     assert decision.submit == {"s": 0}
     assert any("backing off" in reason for reason in decision.reasons)
 
@@ -79,7 +79,7 @@ def test_demand_that_returns_within_the_grace_period_resets_the_clock():
 
 def test_a_failing_site_still_removes_surplus_pilots():
     shape = ShapeCounts("s", needed=0, queued=3)
-    decision = top_up([shape], LIMITS, now=500.0, surplus_since={"s": 0.0}, backing_off=True)
+    decision = top_up([shape], LIMITS, now=500.0, surplus_since={"s": 0.0}, backing_off=30.0)
     assert decision.remove == {"s": 3}
 
 

@@ -98,7 +98,7 @@ def test_a_worker_whose_python_is_too_old_is_named_and_the_site_backed_off(
     cycle_until(site, lambda: site.health.failing, 60, "the site to be failing")
     record_path("python-too-old", site.status(site.clock()), matchmaker, dataset)
     said = f"floe pilot: no Python 3.9 or newer to run the pilot: {old} (3.6); set the " \
-           "site's python setting to a newer one (on "
+           "site's python setting to a Python 3.9 or newer on the nodes (on "
     assert said in status_of(tmp_path)["health"]["last_error"]
     assert said in caplog.text and "site site-a is failing" in caplog.text
     submitted = site.counters.submitted

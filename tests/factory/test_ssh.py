@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from config.factory import factory_config
 from factory.site import SiteRunner
 from tests.conftest import LoginNode
 from tests.pilot.live import ROOT, LiveMatchmaker
@@ -135,7 +136,7 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
         login_node: LoginNode, matchmaker: LiveMatchmaker, make_runner: Any,
         tmp_path: Path) -> None:
     document = site_document(matchmaker, tmp_path / "factory",
-                             **ssh_site(login_node, "slurm"), failing_after=2)
+                             **ssh_site(login_node, "slurm"), failing_after=1)
     document["sites"][0]["ssh"]["port"] = 1  # nothing listens there: the node is down
     site = make_runner(document)
     dataset = matchmaker.submit(dag_dataset(1))
@@ -144,6 +145,8 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
     record_path("ssh-down", site.status(site.clock()), matchmaker, dataset)
     status = site.status(site.clock())
     assert status["health"]["failing"] and site.health.backing_off(site.clock())
+    # Each cycle's query failed again while the site waited: counted, the wait not lengthened.
+    assert site.health.failures == 3 and status["health"]["backoff_left"] <= 30
     assert status["health"]["last_error"].startswith(
         f"cannot query the batch system: cannot reach {login_node.account}@127.0.0.1 (port 1) "
         "over ssh")
@@ -165,6 +168,23 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
     assert f"site site-a: ssh to {login_node.account}@127.0.0.1 (port {login_node.port}) " \
            "works" in checked.stdout
     assert "site site-a: slurm answers on" in checked.stdout
+
+    # The running factory takes the fixed config: the wait is forgotten, the site tried now.
+    fixed = factory_config(document)
+    site.reconfigure(fixed, fixed.sites[0], site.token)
+    assert not site.health.backing_off(site.clock()) and site.cycle() is not None
+
+    # A new key is tried by a login of its own, not on the connection the factory holds open.
+    stranger = tmp_path / "stranger_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True)
+    document["sites"][0]["ssh"]["identity"] = str(stranger)
+    write_toml(config, document)
+    checked = subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config",
+                              str(config), "--check"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120, env=check_env(matchmaker))
+    assert checked.returncode == 1
+    assert "Permission denied" in checked.stderr and "floe factory --check" not in checked.stderr
 
 
 def check_env(matchmaker: LiveMatchmaker) -> dict[str, str]:

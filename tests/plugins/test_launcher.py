@@ -106,10 +106,13 @@ def test_the_newest_python3_x_on_the_path_runs_the_pilot_with_its_token_file(
              "python setting to one"),
     ("python3", [("python3", "3.6")],
      "no Python 3.9 or newer to run the pilot: python3 (3.6); set the site's python setting "
-     "to a newer one"),
+     "to a Python 3.9 or newer on the nodes"),
     ("/opt/python/bin/python3", [],
-     "no Python 3.9 or newer to run the pilot: no /opt/python/bin/python3; set the site's "
-     "python setting to a newer one"),
+     "no Python 3.9 or newer to run the pilot: /opt/python/bin/python3 was not found; set the "
+     "site's python setting to a Python 3.9 or newer on the nodes"),
+    ("true", [],  # a wrapper that succeeds but runs no Python
+     "no Python 3.9 or newer to run the pilot: true (not a Python: it printed no version); set "
+     "the site's python setting to a Python 3.9 or newer on the nodes"),
 ])
 def test_without_a_python_3_9_the_launcher_ends_with_one_line_naming_host_and_finds(
         node: Path, bundle: bytes, tmp_path: Path, site_python: str,
