@@ -126,7 +126,8 @@ def once(factory: Factory) -> int:
         failed = (runner.health.failures, runner.health.last_error) != before
         if decision is None or (failed and runner.health.last_error):
             why = runner.health.last_error or runner.last.get("matchmaker_error", "")
-            print(f"floe factory: site {runner.name}: {why}", file=sys.stderr)
+            print(f"floe factory: site {runner.name} failed in this cycle: "
+                  f"{why or 'see the log above'}", file=sys.stderr)
             status = 1
     return status
 

@@ -585,6 +585,15 @@ class Object(Kind):
     def accepts(self, value: Any) -> bool:
         return isinstance(value, Mapping)
 
+    def _belongs(self, key: str) -> str:
+        """`; it belongs inside "x"` for a key that is one of field x's own keys (a table
+        written a level too high), else ""."""
+        for name, spec in self.fields.items():
+            inner = spec.kind.item if isinstance(spec.kind, ListOf) else spec.kind
+            if isinstance(inner, Object) and key in inner.fields:
+                return f"; it belongs inside {show(name)}"
+        return ""
+
     def check(self, value: Any, path: str, problems: Problems) -> Any:
         if not isinstance(value, Mapping):
             return self.wrong(value, path, problems)
@@ -592,7 +601,8 @@ class Object(Kind):
             if key not in self.fields:
                 known = list(self.fields)
                 text = key if isinstance(key, str) else repr(key)
-                problems.add(join_path(path, text), "unknown key" + suggestion(text, known))
+                problems.add(join_path(path, text), "unknown key" + (
+                    self._belongs(text) or suggestion(text, known)))
         result = {}
         for name, spec in self.fields.items():
             child = join_path(path, name)

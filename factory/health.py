@@ -25,6 +25,7 @@ class Health:
     failing_after: int = 5
     failures: int = 0
     tries: int = 0  # the failures that began a wait
+    wait: float = 0.0  # the length of the current wait
     until: float = 0.0
     last_error: str = ""
 
@@ -39,7 +40,8 @@ class Health:
         self.last_error = why
         if not self.backing_off(now):
             self.tries += 1
-            self.until = now + min(self.backoff * 2 ** (self.tries - 1), self.max_backoff)
+            self.wait = min(self.backoff * 2 ** (self.tries - 1), self.max_backoff)
+            self.until = now + self.wait
         return self.failures == self.failing_after
 
     def success(self) -> bool:

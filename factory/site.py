@@ -120,6 +120,7 @@ class SiteRunner:
         self._untold: list[str] = []  # ended pilots the matchmaker has not been told of yet
         self._unfit_said: tuple[Any, float] | None = None  # what _unfit last logged, and when
         self._away_said = 0.0  # when _away last logged
+        self._unqueried = False  # the last cycle could not query the batch system
         self.reconfigure(self.config, self.site, self.token)
         self._load()
         self._orphans_checked = False
@@ -177,8 +178,14 @@ class SiteRunner:
             infos = self.plugin.status()
         except BatchError as exc:
             self._failure(now, f"cannot query the batch system: {exc}", recurring=True)
+            self._unqueried = True
             self._save(now)
             return None
+        if self._unqueried:  # what the site waited on is over: try it now
+            self._unqueried = False
+            if self.health.clear():
+                log.warning("site %s: the batch system answers again; the wait is over",
+                            self.name)
         ended = self._follow(infos, now)
         if not self._orphans_checked or any(
                 batch_id not in self.pilots and info.state is not PilotState.FINISHED
@@ -439,7 +446,7 @@ class SiteRunner:
         if self.health.failure(now, why):
             log.error("site %s is failing: %s in a row; backing off %.0f s at a time "
                       "(last: %s)", self.name, counted(self.health.failures, "failure"),
-                      self.health.until - now, why)
+                      self.health.wait, why)
 
     def _settle(self, now: float) -> None:
         """Track the pilots whose submission was in doubt (the connection to the login node

@@ -43,7 +43,7 @@ SSH_FAILED = 255
 NOT_STARTED = 75
 """The exit status of `settle` for a key whose command never started on the host."""
 _BACKOFF_FIRST = 5.0
-_BACKOFF_MAX = 300.0
+_BACKOFF_MAX = 60.0  # a login node back up is found within a minute
 _STDERR_LIMIT = 2000
 
 # Runs "$@" at most once for the key directory "$2" (relative to the working dir), detached

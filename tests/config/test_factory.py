@@ -113,3 +113,14 @@ def test_a_shared_filesystem_is_refused_where_the_nodes_cannot_share_one(site, w
         f"site.toml: sites[0].shared_filesystem: {why}; remove shared_filesystem"]
     del document["sites"][0]["shared_filesystem"]
     assert not factory_config(document).sites[0].shared_filesystem
+
+
+def test_a_table_written_a_level_too_high_is_told_where_it_belongs():
+    document = {"matchmaker": "http://127.0.0.1:8080", "ssh": {"host": "icecube@login"},
+                "sites": [{"name": "a", "plugin": "local", "cpus": 2,
+                           "shapes": [{"name": "s"}]}]}
+    with pytest.raises(ConfigError) as caught:
+        factory_config(document)
+    assert caught.value.problems == [
+        'site.toml: ssh: unknown key; it belongs inside "sites"',
+        'site.toml: sites[0].cpus: unknown key; it belongs inside "shapes"']

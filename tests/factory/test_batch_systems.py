@@ -173,7 +173,8 @@ def test_floe_factory_once_exits_1_when_a_submission_is_refused(
     assert floe(["factory", "--config", str(config), "--once"]) == 1
     said = capsys.readouterr()
     assert json.loads(said.out)["counters"]["submit_failures"] == 1
-    assert said.err.startswith("floe factory: site site-a: submitting 1 small pilot failed: ")
+    assert "floe factory: site site-a failed in this cycle: submitting 1 small pilot failed: " \
+        in said.err
     assert "invalid partition" in said.err.lower()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
+from tests.plugins.pilots import fake_command
 
 from .conftest import dag_dataset, site_document
 
@@ -172,3 +173,20 @@ def test_a_dead_batch_system_is_a_clear_error_and_a_backoff_not_a_crash(
         status = json.loads((tmp_path / plugin / "site-a" / "status.json").read_text())
         assert message in status["health"]["last_error"]
         assert site.counters.submitted == 0
+
+
+def test_a_batch_system_that_answers_again_ends_the_sites_wait_at_once(
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
+    matchmaker.submit(dag_dataset(2))
+    commands = tmp_path / "commands"
+    commands.mkdir()
+    site = make_runner(site_document(matchmaker, tmp_path / "factory", plugin="slurm",
+                                     backoff="10m", commands_dir=str(commands)))
+    for _ in range(3):
+        assert site.cycle() is None  # squeue missing: one wait of 10 minutes, not lengthened
+    assert site.health.failures == 3 and site.health.wait == 600
+    fake_command(commands, "squeue", "exit 0")  # the batch system is back (sbatch is not)
+    decision = site.cycle()
+    assert decision is not None and decision.submit == {"small": 2}
+    assert "the batch system answers again; the wait is over" in caplog.text
+    assert "sbatch was not found" in site.health.last_error  # tried at once
