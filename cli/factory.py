@@ -121,7 +121,10 @@ def once(factory: Factory) -> int:
     status = 0
     for runner in list(factory.runners.values()):
         before = (runner.health.failures, runner.health.last_error)
-        decision = runner.cycle()
+        try:
+            decision = runner.cycle()
+        finally:
+            runner.plugin.close()  # no connection to a login node outlives the run
         print(json.dumps(runner.status(runner.clock()), indent=1))
         failed = (runner.health.failures, runner.health.last_error) != before
         if decision is None or (failed and runner.health.last_error):

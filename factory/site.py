@@ -139,9 +139,11 @@ class SiteRunner:
         """Take a new config for this site; PluginConfigError, with nothing changed, when the
         plugin refuses its settings."""
         shapes, plugin = build_plugin(config, site)
-        old = getattr(self, "site", None)
-        if getattr(self, "plugin", None) is not None and plugin.settings == self.plugin.settings:
-            plugin = self.plugin  # unchanged: keep what it knows (the local plugin's children)
+        old, current = getattr(self, "site", None), getattr(self, "plugin", None)
+        if current is not None and plugin.settings == current.settings:
+            plugin = current  # unchanged: keep what it knows (the local plugin's children)
+        elif current is not None:
+            current.close()  # the connection made with the old settings goes
         with self.lock:
             if old is not None and old != site and self.health.clear():
                 log.info("site %s: its config changed; the failures before are forgotten and "

@@ -173,6 +173,14 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
     fixed = factory_config(document)
     site.reconfigure(fixed, fixed.sites[0], site.token)
     assert not site.health.backing_off(site.clock()) and site.cycle() is not None
+    assert site.plugin.host.control_path.exists()  # its connection, open
+
+    # `--once` (the same settings, so the same connection) leaves no connection open.
+    once = subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config",
+                           str(config), "--once"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=check_env(matchmaker))
+    assert once.returncode == 0, once.stderr
+    assert not site.plugin.host.control_path.exists()
 
     # A new key is tried by a login of its own, not on the connection the factory holds open.
     stranger = tmp_path / "stranger_ed25519"
