@@ -207,9 +207,9 @@ class BatchPlugin(abc.ABC):
         self.options = parse_options(self.Options, settings.options, self.system)
         self.host: Host = SshHost(settings.ssh, settings.factory_id) if settings.ssh \
             else LocalHost(Path(settings.workdir))
-        self._doubts_file = Path(settings.workdir) / "in-doubt.json"
-        self.doubts: dict[str, dict[str, str]] = self._read_doubts()
-        """Submissions whose outcome is in doubt, by key: {"shape", "argv", "log"}."""
+        self.doubts: dict[str, dict[str, Any]] = {}
+        """Submissions whose outcome is in doubt, by key: {"shape", "argv", "log",
+        "leftovers"} (only a CommandSubmitter's can be)."""
 
     # The verbs.
 
@@ -292,50 +292,9 @@ class BatchPlugin(abc.ABC):
 
     def settle(self) -> list[tuple[str, str]]:
         """Resolves the submissions left in doubt by a dropped connection: (shape, batch id)
-        of each that the batch system took, which the caller tracks from now on; the others
-        never started. Raises BatchError while the login node cannot say."""
-        taken = []
-        for key, doubt in sorted(self.doubts.items()):
-            try:
-                output = self.host.settle(key, self.settings.command_timeout)
-            except HostError as exc:
-                raise self._batch_error(exc, doubt["argv"]) from exc
-            if output is not None:
-                taken += [(doubt["shape"], batch_id) for batch_id in
-                          self.parse_submitted(doubt["argv"], output, doubt.get("log", ""))]
-            self.host.remove([PurePosixPath(path) for path in doubt.get("leftovers", ())])
-            del self.doubts[key]
-            self._write_doubts()
-        return taken
-
-    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
-        """The batch ids in what a submit command (`argv`) printed; `log` is the stem of the
-        pilot's output files. Plugins whose submissions can be in doubt implement it."""
-        raise NotImplementedError
-
-    def doubt(self, key: str, shape: PilotShape, argv: Sequence[str], log: str,
-              leftovers: Sequence[PurePosixPath]) -> None:
-        """Records a submission (`key`, with the files to delete once it is settled) whose
-        outcome is in doubt."""
-        self.doubts[key] = {"shape": shape.name, "argv": list(argv), "log": log,
-                            "leftovers": [str(path) for path in leftovers]}
-        self._write_doubts()
-
-    def _read_doubts(self) -> dict[str, dict[str, Any]]:
-        try:
-            doubts = json.loads(self._doubts_file.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise PluginConfigError(f"{self._doubts_file} cannot be read ({exc}): it lists "
-                                    "submissions in doubt; fix or delete it") from exc
-        return doubts if isinstance(doubts, dict) else {}
-
-    def _write_doubts(self) -> None:
-        self._doubts_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._doubts_file.with_suffix(".part")
-        partial.write_text(json.dumps(self.doubts))
-        partial.replace(self._doubts_file)
+        of each that the batch system took, which the caller tracks from now on. None is ever
+        in doubt here (see CommandSubmitter)."""
+        return []
 
     # What the plugins share.
 
@@ -467,6 +426,64 @@ class BatchPlugin(abc.ABC):
             "FLOE_SHAPE_WALLTIME": str(shape.walltime),
         }
 
+
+class CommandSubmitter(BatchPlugin):
+    """A plugin that submits by running a command on its host (the login node, over ssh): a
+    submission cut off by a dropped connection is recorded as in doubt, in a journal
+    (`<workdir>/in-doubt.json`) that outlives a restart, until `settle` learns what the
+    command did."""
+
+    def __init__(self, settings: PluginSettings) -> None:
+        super().__init__(settings)
+        self._doubts_file = Path(settings.workdir) / "in-doubt.json"
+        self.doubts = self._read_doubts()
+
+    def settle(self) -> list[tuple[str, str]]:
+        """Resolves the submissions left in doubt by a dropped connection: (shape, batch id)
+        of each that the batch system took, which the caller tracks from now on; the others
+        never started. Raises BatchError while the login node cannot say."""
+        taken = []
+        for key, doubt in sorted(self.doubts.items()):
+            try:
+                output = self.host.settle(key, self.settings.command_timeout)
+            except HostError as exc:
+                raise self._batch_error(exc, doubt["argv"]) from exc
+            if output is not None:
+                taken += [(doubt["shape"], batch_id) for batch_id in
+                          self.parse_submitted(doubt["argv"], output, doubt.get("log", ""))]
+            self.host.remove([PurePosixPath(path) for path in doubt.get("leftovers", ())])
+            del self.doubts[key]
+            self._write_doubts()
+        return taken
+
+    @abc.abstractmethod
+    def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
+        """The batch ids in what a submit command (`argv`) printed; `log` is the stem of the
+        pilot's output files."""
+
+    def doubt(self, key: str, shape: PilotShape, argv: Sequence[str], log: str,
+              leftovers: Sequence[PurePosixPath]) -> None:
+        """Records a submission (`key`, with the files to delete once it is settled) whose
+        outcome is in doubt."""
+        self.doubts[key] = {"shape": shape.name, "argv": list(argv), "log": log,
+                            "leftovers": [str(path) for path in leftovers]}
+        self._write_doubts()
+
+    def _read_doubts(self) -> dict[str, dict[str, Any]]:
+        try:
+            doubts = json.loads(self._doubts_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise PluginConfigError(f"{self._doubts_file} cannot be read ({exc}): it lists "
+                                    "submissions in doubt; fix or delete it") from exc
+        return doubts if isinstance(doubts, dict) else {}
+
+    def _write_doubts(self) -> None:
+        self._doubts_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._doubts_file.with_suffix(".part")
+        partial.write_text(json.dumps(self.doubts))
+        partial.replace(self._doubts_file)
 
 
 def check_environment_name(name: str) -> None:

@@ -51,7 +51,7 @@ import htcondor2
 
 from plugins.base import (
     BatchError,
-    BatchPlugin,
+    CommandSubmitter,
     PilotInfo,
     PilotShape,
     PilotState,
@@ -99,7 +99,7 @@ def quote_argument(text: str) -> str:
     return "'" + text.replace("'", "''").replace('"', '""') + "'"
 
 
-class HTCondorPlugin(BatchPlugin):
+class HTCondorPlugin(CommandSubmitter):
     system = "htcondor"
     Options = HTCondorOptions
     options: HTCondorOptions

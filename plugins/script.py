@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from plugins.base import (
     BatchError,
-    BatchPlugin,
+    CommandSubmitter,
     PilotShape,
     check_environment_name,
 )
@@ -30,7 +30,7 @@ from plugins.hosts import HostError
 from plugins.jobs import Job
 
 
-class ScriptPlugin(BatchPlugin):
+class ScriptPlugin(CommandSubmitter):
     """A batch system that takes a shell script with its options in header lines (SLURM, SGE,
     PBS): the plugin renders its template beside the module and submits it `count` times."""
 
