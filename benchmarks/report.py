@@ -1,12 +1,12 @@
 """The benchmark summary in README.md, made from the benchmarks' own JSON output.
 
 `make bench` saves what each benchmark prints under docs/bench/ (matchmaker.json,
-large_dataset.json, pilot.json, factory.json, submission.json) and then runs this script, which
-writes the summary table between the `benchmarks:begin` and `benchmarks:end` markers of
-README.md: each figure read from those files, each target from the issue that set it, and met or
-missed decided from the two. No figure is typed by hand, so the table cannot drift from the
-runs it reports; a test holds README.md to the committed files. `--check` exits 1 if README.md
-is out of date.
+large_dataset.json, pilot.json, factory.json, submission.json, hostile.json) and then runs this
+script, which writes the summary table between the `benchmarks:begin` and `benchmarks:end`
+markers of README.md: each figure read from those files, each target from the issue that set it,
+and met or missed decided from the two. No figure is typed by hand, so the table cannot drift
+from the runs it reports; a test holds README.md to the committed files. `--check` exits 1 if
+README.md is out of date.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ RESULTS = ROOT / "docs" / "bench"
 README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (made by benchmarks/report.py from docs/bench/*.json) -->"
 END = "<!-- benchmarks:end -->"
-SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission")
+SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission", "hostile")
 
 Results = dict[str, Any]
 
@@ -165,6 +165,11 @@ ROWS = [
                              ("carried", "shared", "baseline")) + " ms"),
     Row("sbatch per pilot: carried / `shared_filesystem` / bare command / carried over ssh",
         _submit),
+    Row("server memory while 8 clients send 60 MiB log uploads with a wrong passkey (server "
+        "defaults): growth at the peak, this build / the build before (baseline)",
+        lambda r: f"+{n(r['hostile']['this_build']['grown_at_peak_mib'], 1)} MiB / "
+                  f"+{n(r['hostile']['baseline']['grown_at_peak_mib'], 1)} MiB",
+        "nothing unproved held", lambda r: r["hostile"]["this_build"]["grown_at_peak_mib"] < 32),
 ]
 
 

@@ -124,7 +124,7 @@ def once(factory: Factory) -> int:
         try:
             decision = runner.cycle()
         finally:
-            runner.plugin.close()  # no connection to a login node outlives the run
+            runner.end_cycles()  # its claim and its connection to a login node end with it
         print(json.dumps(runner.status(runner.clock()), indent=1))
         failed = (runner.health.failures, runner.health.last_error) != before
         if decision is None or (failed and runner.health.last_error):

@@ -12,6 +12,9 @@ MAX_TASKS = 1000
 """The most tasks one ask may take, and the most items of a bulk request (reports, heartbeat)."""
 MAX_STATISTICS = 1000
 """The most user statistics one report carries (a task's modules together)."""
+MAX_STATISTIC = 1e100
+"""The largest magnitude of a statistic's value: sums and squared deviations of millions of
+them stay finite (a double holds about 1.8e308)."""
 MAX_CPUS = 4096
 """The most CPUs a pilot offers in one ask (a larger slot offers this many)."""
 MAX_GPUS = 64
@@ -20,6 +23,9 @@ MAX_ERROR_MESSAGE = 20_000
 """The most characters of a report's error message."""
 MAX_REPORTS_BYTES = 16 * 2**20
 """The largest bulk report body (a pilot keeps well below it)."""
+QUEUED_TTL = 600
+"""Seconds the matchmaker believes what a factory said it has queued, unless it says again or
+withdraws it."""
 MAX_BATCH_IDS = 1000
 """The most batch ids one factory request names (pilots asked about, batch jobs that ended)."""
 

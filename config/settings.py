@@ -66,12 +66,28 @@ SERVER_SCHEMA = Object([
     Field("idle_wait", Duration(1, 3600), "how long a pilot is told to wait when nothing "
           "fits", "30s"),
     Field("max_request_bytes", Size(1024, 2**30), "largest accepted request body", "4MiB"),
+    Field("max_connections_per_address", Integer(1, 1_000_000), "most connections one client "
+          "address may hold open at once", 4096,
+          details="Further connections from that address are closed at once (and logged once "
+                  "a minute), so that one client cannot use up the server's open files. Pilots "
+                  "behind one NAT or proxy share an address: each holds one or two connections. "
+                  "The server raises its open-files limit to the hard limit (`ulimit -Hn`) when "
+                  "it starts, and logs it."),
     Field("max_log_bytes", Size(1024, 2**31), "largest stored log of one attempt stream",
           "8MiB"),
     Field("tail_bytes", Size(1024, 2**24), "how much of stdout/stderr is kept with each "
           "attempt", "64KiB",
           details="The end of each stream is kept: at most this many bytes of its UTF-8 text, "
                   "cut between two characters."),
+    Field("max_jobs_per_dataset", Integer(1, 10_000_000), "most jobs one submitted dataset may "
+          "have", 10_000_000,
+          details="A dataset config asking for more is refused with this limit in the answer. "
+                  "A production larger than this is submitted as several datasets."),
+    Field("max_queued_tasks_per_user", Integer(1, 1_000_000_000), "most unfinished tasks one "
+          "user may have, over all their datasets", 20_000_000,
+          details="A submission that would take a user past this is refused, saying how many "
+                  "tasks the user has unfinished. Each unfinished task costs the matchmaker "
+                  "some memory (tens of bytes) for as long as it waits."),
     Field("materialize_chunk", Integer(1, 1_000_000), "tasks created per transaction when a "
           "dataset is submitted", 2000),
     Field("pilot_token_max_lifetime", Duration(60, 366 * 86400), "longest lifetime a factory "
@@ -103,8 +119,11 @@ class ServerSettings:
     runtime_guess: int
     idle_wait: int
     max_request_bytes: int
+    max_connections_per_address: int
     max_log_bytes: int
     tail_bytes: int
+    max_jobs_per_dataset: int
+    max_queued_tasks_per_user: int
     materialize_chunk: int
     pilot_token_max_lifetime: int
     flush_interval: int

@@ -1,6 +1,7 @@
 """What the factory asks the matchmaker, over HTTP with the site's token: the demand for each
 pilot shape, what became of its pilots' batch jobs (it tells which ended, and asks which of its
-pilots registered), and short-lived pilot tokens for the pilots it submits.
+pilots registered), short-lived pilot tokens for the pilots it submits, and, when it stops,
+that the pilots it said it had queued no longer count.
 
 Each pilot gets a pilot token of its own (it registers that pilot and nothing else), asked for
 with a lifetime that covers the pilot's walltime plus its time in the queue (the site's
@@ -16,6 +17,9 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+WITHDRAW_TIMEOUT = 5.0
+"""Seconds a stopping factory waits for the matchmaker to take its withdrawal."""
 
 
 class MatchmakerError(RuntimeError):
@@ -38,13 +42,14 @@ class SiteClient:
         self._token = token
         self._context = ssl.create_default_context(cafile=cacert) if cacert else None
 
-    def _post(self, path: str, body: Mapping[str, Any]) -> Any:
+    def _post(self, path: str, body: Mapping[str, Any] | None, method: str = "POST",
+              timeout: float | None = None) -> Any:
         request = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), method="POST",
-            headers={"Content-Type": "application/json",
-                     "Authorization": f"Bearer {self._token}"})
+            self.url + path, data=None if body is None else json.dumps(body).encode(),
+            method=method, headers={"Content-Type": "application/json",
+                                    "Authorization": f"Bearer {self._token}"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout,
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout,
                                         context=self._context) as reply:
                 return json.loads(reply.read() or b"null")
         except urllib.error.HTTPError as exc:
@@ -66,6 +71,15 @@ class SiteClient:
         quoted = urllib.parse.quote(self.site, safe="")
         return self._post(f"/api/v1/sites/{quoted}/demand",
                           {"shapes": list(shapes), "factory": self.factory})
+
+    def withdraw(self) -> int:
+        """Withdraw what this factory said it has queued (it stops): other factories' demand
+        no longer counts those pilots. Returns how many they were."""
+        quoted = urllib.parse.quote(self.site, safe="")
+        factory = urllib.parse.quote(self.factory, safe="")
+        answer = self._post(f"/api/v1/sites/{quoted}/demand?factory={factory}", None, "DELETE",
+                            timeout=WITHDRAW_TIMEOUT)
+        return int(answer["withdrawn"])
 
     def batch_jobs(self, batch_system: str, *, pilots: Sequence[str] = (),
                    ended: Sequence[str] = ()) -> dict[str, Any]:

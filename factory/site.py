@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from config.factory import FactoryConfig, SiteConfig
-from config.protocol import MAX_BATCH_IDS
+from config.protocol import MAX_BATCH_IDS, QUEUED_TTL
 from config.resources import format_duration
 from config.schema import counted
 from factory.health import Health
@@ -569,10 +569,26 @@ class SiteRunner:
     # ------------------------------------------------------------------ stopping
 
     def stop(self) -> None:
-        """What `on_stop` says: remove queued pilots, all of them, or none; then close the
-        connection to the login node, if any."""
+        """What `on_stop` says: remove queued pilots, all of them, or none; then withdraw what
+        this factory said it had queued, and close the connection to the login node, if any."""
         try:
             self._stop()
+        finally:
+            self.end_cycles()
+
+    def end_cycles(self) -> None:
+        """No cycle follows (the factory stops, or `--once` ends): withdraw what this factory
+        said it had queued, so that the other factories' demand no longer waits for those
+        pilots, and close the connection to the login node, if any."""
+        try:
+            withdrawn = self.client.withdraw()
+            if withdrawn:
+                log.info("site %s: withdrew the %s this factory said it had queued", self.name,
+                         counted(withdrawn, "pilot"))
+        except MatchmakerError as exc:
+            log.warning("site %s: could not withdraw the pilots this factory said it had "
+                        "queued (they lapse after %d minutes): %s", self.name,
+                        QUEUED_TTL // 60, exc)
         finally:
             self.plugin.close()
 

@@ -155,6 +155,7 @@ async def resume(engine: Engine, dataset: DatasetState, user: User) -> int:
                           if s == TaskState.SUSPENDED else None, reason)
     dataset.rebuild_queue()
     await _settle(engine, dataset, user, "resume", f"{changed} tasks released")
+    engine.materializing.set()  # its jobs not yet created are created again
     return changed
 
 

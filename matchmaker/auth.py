@@ -57,7 +57,7 @@ def new_token(kind: str) -> str:
 
 
 def check_name(name: str, what: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise BadRequest(f"{what} name {name!r} is not valid: use {NAME_HINT}")
     return name
 

@@ -4,8 +4,11 @@ Each ready task is counted once, for the smallest of the factory's shapes it fit
 with the resources it needs, so the factory can size its submissions (its top-up policy lives in
 `factory/`). Factories also say what they have queued; the queued pilots of *other* factories
 are subtracted first, each as the tasks it can hold, so that two factories serving the same
-matchmaker do not both submit pilots for the same tasks. What a factory said it queued lapses
-when it has not asked for `QUEUED_TTL` seconds. Ready tasks that may run at the site but fit
+matchmaker do not both submit pilots for the same tasks. What a factory says it queued is
+believed only up to the site's pilot tokens that have registered no pilot yet (each queued
+pilot carries one), so that no factory can hide demand from the others by claiming pilots it
+does not have; it lapses when the factory has not asked for `QUEUED_TTL` seconds, and is
+withdrawn when the factory stops. Ready tasks that may run at the site but fit
 none of its shapes (too long, too large, another OS) are reported as `unfit`, with the reason
 for each shape, so that a site admin learns why they are not served. Pure logic on the working
 state: no I/O.
@@ -17,12 +20,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from config.protocol import QUEUED_TTL
 from config.resources import Requirements, Slot, allowed_at, fits, why_not
 
 from .engine import Engine
 from .model import DatasetStatus
 
-QUEUED_TTL = 600.0
 UNFIT_SHOWN = 3
 """The most kinds of unfit tasks (by requirements) the demand answer describes."""
 EMPTY_WINDOW = 600.0
@@ -42,6 +45,19 @@ class QueuedPilots:
 
     time: float
     shapes: list[Shape]
+
+
+def bound_claims(shapes: list[Shape], most: int) -> None:
+    """Believe at most `most` queued pilots in all, in the order the shapes come."""
+    for shape in shapes:
+        shape.queued = min(shape.queued, most)
+        most -= shape.queued
+
+
+def withdraw(engine: Engine, site: str, factory: str) -> int:
+    """Forget what a factory said it has queued at a site; returns how many pilots it was."""
+    claim = engine.queued_pilots.pop((site, factory), None)
+    return sum(shape.queued for shape in claim.shapes) if claim else 0
 
 
 def per_pilot(requirements: Requirements, slot: Slot) -> int:

@@ -187,6 +187,8 @@ class Engine:
         self.empty_endings: dict[str, collections.deque[float]] = {}
         self._background: list[asyncio.Task] = []
         self.materializing: asyncio.Event = asyncio.Event()
+        # Tasks of datasets being submitted, by user, until they are stored (submission.py).
+        self.submitting: dict[int, int] = {}
         self.started = now
         self.stopped = False
         self.last_sweep: float | None = None

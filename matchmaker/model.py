@@ -197,6 +197,10 @@ class DatasetState:
         counts[TaskState.WAITING.value] += (self.jobs - self.materialized) * self.ntasks
         return counts
 
+    def unfinished(self) -> int:
+        """Tasks that have not ended (complete or failed), created or not."""
+        return self.total_tasks - self.counts[COMPLETE] - self.counts[FAILED]
+
     def finished(self) -> bool:
         """Every task of every job has ended (complete or failed)."""
         return (self.materialized == self.jobs

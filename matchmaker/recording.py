@@ -178,6 +178,20 @@ def recorded(decided: Plan) -> dict[str, Any]:
             "reason": decided.reason or None}
 
 
+async def prove_passkey(engine: Engine, attempt_id: int, passkey: str) -> None:
+    """Refuse (403, or 404 for no such attempt) a passkey that is not the one attempt
+    `attempt_id` was handed out with, from memory or the record: checked before a large body is
+    read, so that no one without it can make the server hold that body."""
+    active = engine.active.get(attempt_id)
+    if active is not None:
+        passkeys.check(attempt_id, active.passkey_hash, passkey)
+        return
+    row = await queries.ended_attempt(engine.db, attempt_id)
+    if row is None:
+        raise NotFound(f"there is no attempt {attempt_id}")
+    passkeys.check(attempt_id, row["passkey_hash"], passkey)
+
+
 async def stale_answer(engine: Engine, attempt_id: int, passkey: str) -> dict[str, Any]:
     """Answer a report, heartbeat or upload for an attempt that is no longer in flight: a
     repeated report of a recorded result is acknowledged again; anything else is refused with

@@ -4,6 +4,7 @@ state, start the background loops), shutdown (flush and close), and `run` for `f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -12,13 +13,15 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from config.schema import counted
 from config.settings import ServerSettings
 
-from . import liveness, submission, tls
+from . import connections, liveness, submission, tls
 from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
@@ -122,12 +125,73 @@ def run(settings: ServerSettings, self_signed: bool = False) -> None:
               f"(database {settings.database})", flush=True)
         app = create_app(settings)
         app.on_startup.append(_tune_garbage_collector)  # after the engine's load (cleanup_ctx)
+        logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
         loop = new_event_loop()
         _stop_on_signals(loop)
-        web.run_app(app, sock=listening, ssl_context=context, print=None, access_log=None,
-                    handle_signals=False, loop=loop, shutdown_timeout=SHUTDOWN_GRACE)
+        _run(loop, _serve(app, listening, context, settings))
     finally:
         lock.release()
+
+
+async def _serve(app: web.Application, listening: socket.socket,
+                 context: ssl.SSLContext | None, settings: ServerSettings) -> None:
+    """Serve `app` on the listening socket until cancelled, then stop it gracefully: what
+    aiohttp's run_app does, with each client address's connections counted."""
+    files = connections.raise_open_files_limit()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_GRACE)
+    await runner.setup()
+    try:
+        counts = connections.Counts(settings.max_connections_per_address)
+        await connections.GuardedSite(runner, listening, counts, ssl_context=context,
+                                      shutdown_timeout=SHUTDOWN_GRACE).start()
+        log.info("serving: at most %d connections per client address, %d open files",
+                 counts.per_address, files)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run(loop: asyncio.AbstractEventLoop, main: Any) -> None:
+    """Run the coroutine `main` on `loop` until it ends or a signal stops it (GracefulExit,
+    raised by `_stop_on_signals`), then cancel it, let it clean up, and close the loop."""
+    task = loop.create_task(main)
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(task)
+        finally:
+            rest = asyncio.all_tasks(loop)
+            for other in rest:
+                other.cancel()
+            if rest:
+                loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a NUL byte in a header, a broken request line) as
+    an ERROR with a traceback, and answers it 400 itself: the client's fault, said in one info
+    line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        if not logging.getLogger(__name__).isEnabledFor(logging.INFO):
+            return False
+        record.levelno, record.levelname, record.exc_info = logging.INFO, "INFO", None
+        record.msg, record.args = "%s: refused (400): %s", (record.getMessage(),
+                                                            str(error).splitlines()[0])
+        return True
 
 
 def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:

@@ -31,6 +31,7 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
         check_sample_jobs(config)
     except ConfigError as exc:
         raise BadRequest("the dataset config is not valid:\n" + str(exc)) from exc
+    check_limits(engine, user, config.jobs, len(config.tasks))
     now = engine.clock()
     base = engine.next_task_id
     engine.next_task_id += config.jobs * len(config.tasks)
@@ -40,13 +41,37 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
                              DatasetStatus.PROCESSING, config.priority)
         engine.add_dataset(state)
 
-    dataset_id = await engine.db.exclusive(lambda conn: writes.add_dataset(
-        conn, user_id=user.user_id, description=config.description,
-        config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
-        task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
-        now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks"), after=register)
+    tasks = config.jobs * len(config.tasks)
+    engine.submitting[user.user_id] = engine.submitting.get(user.user_id, 0) + tasks
+    try:
+        dataset_id = await engine.db.exclusive(lambda conn: writes.add_dataset(
+            conn, user_id=user.user_id, description=config.description,
+            config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
+            task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
+            now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks"), after=register)
+    finally:
+        engine.submitting[user.user_id] -= tasks
     engine.materializing.set()
     return engine.datasets[dataset_id]
+
+
+def check_limits(engine: Engine, user: User, jobs: int, tasks_per_job: int) -> None:
+    """Refuse (400) a dataset larger than the server's settings allow one dataset, or one
+    that would take its user past their unfinished tasks."""
+    settings = engine.settings
+    if jobs > settings.max_jobs_per_dataset:
+        raise BadRequest(f"jobs: this server takes at most {settings.max_jobs_per_dataset:,} "
+                         f"jobs per dataset (max_jobs_per_dataset), got {jobs:,}; submit the "
+                         "production as several datasets")
+    unfinished = engine.submitting.get(user.user_id, 0) + sum(
+        d.unfinished() for d in engine.datasets.values() if d.user_id == user.user_id)
+    limit = settings.max_queued_tasks_per_user
+    if unfinished + jobs * tasks_per_job > limit:
+        raise BadRequest(
+            f"this dataset has {jobs * tasks_per_job:,} tasks ({jobs:,} jobs of "
+            f"{tasks_per_job}), and {user.name} has {unfinished:,} unfinished already: this "
+            f"server holds at most {limit:,} unfinished tasks per user "
+            "(max_queued_tasks_per_user); submit it when more have finished, or in parts")
 
 
 async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) -> int:
@@ -74,9 +99,11 @@ async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) ->
 
 
 async def materialize_loop(engine: Engine) -> None:
-    """Create pending jobs of every dataset, a chunk of each in turn, forever."""
+    """Create pending jobs of every dataset, a chunk of each in turn, forever. A suspended
+    dataset's jobs wait: suspending stops the creation of a dataset submitted by mistake."""
     while True:
-        pending = [d for d in engine.datasets.values() if d.materialized < d.jobs]
+        pending = [d for d in engine.datasets.values()
+                   if d.materialized < d.jobs and d.status != DatasetStatus.SUSPENDED]
         if not pending:
             engine.materializing.clear()
             await engine.materializing.wait()

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from config.protocol import MAX_STATISTICS
+from config.protocol import MAX_STATISTIC, MAX_STATISTICS
 from pilot.gpus import Gpu, visible_devices
 
 SECRET_PREFIXES = ("FLOE_TOKEN", "FLOE_PILOT_TOKEN", "FLOE_PASSKEY")
@@ -95,7 +95,10 @@ def read_statistics(path: Path) -> dict[str, float]:
             raise StatisticsError(f"{where}: names must have 1 to {STATS_NAME_LENGTH} "
                                   f"characters, got {name[:40]!r}")
         if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value)):
+                or not math.isfinite(value) or abs(value) > MAX_STATISTIC):
             raise StatisticsError(f"{where}: {name!r} is {json.dumps(value)[:40]}; every value "
-                                  "must be a finite number")
-    return data
+                                  f"must be a number from -{MAX_STATISTIC:g} to "
+                                  f"{MAX_STATISTIC:g}")
+    # A whole number past 64 bits is no integer the matchmaker stores: send it as a double.
+    return {name: float(value) if isinstance(value, int) and abs(value) > 2**53 else value
+            for name, value in data.items()}

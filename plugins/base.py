@@ -79,7 +79,7 @@ class PilotShape:
     directives: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _SHAPE_NAME_RE.match(self.name):
+        if not _SHAPE_NAME_RE.fullmatch(self.name):
             raise PluginConfigError(
                 f"pilot shape name {self.name!r} is not usable in a job name: use up to 40 "
                 "letters, digits, '_', '.' or '-'")
@@ -117,7 +117,7 @@ class PluginSettings:
     """The login node the batch commands run on (None: this machine)."""
 
     def __post_init__(self) -> None:
-        if not _FACTORY_ID_RE.match(self.factory_id):
+        if not _FACTORY_ID_RE.fullmatch(self.factory_id):
             raise PluginConfigError(
                 f"factory id {self.factory_id!r} cannot tag jobs: use up to 40 letters, digits, "
                 "'_' or '.' (no '-', which separates the parts of a pilot's job name)")
@@ -488,7 +488,7 @@ class CommandSubmitter(BatchPlugin):
 
 def check_environment_name(name: str) -> None:
     """Refuses an environment variable name that a shell could not export."""
-    if not _ENV_NAME_RE.match(name):
+    if not _ENV_NAME_RE.fullmatch(name):
         raise PluginConfigError(
             f"environment variable name {name!r} is not valid in a shell: use letters, "
             "digits and '_', not starting with a digit")

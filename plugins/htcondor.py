@@ -199,7 +199,7 @@ class HTCondorPlugin(CommandSubmitter):
     @staticmethod
     def _directive(shape: PilotShape, line: str) -> tuple[str, str]:
         name, sep, value = line.partition("=")
-        if not sep or not _COMMAND_RE.match(name.strip()):
+        if not sep or not _COMMAND_RE.fullmatch(name.strip()):
             raise PluginConfigError(
                 f"htcondor directive {line!r} of shape {shape.name!r} is not a submit command: "
                 "write it as 'name = value'")

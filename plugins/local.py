@@ -109,7 +109,7 @@ class LocalPlugin(BatchPlugin):
         if self.options.kill_grace < 0 or self.options.keep_finished < 0:
             raise PluginConfigError("local options kill_grace and keep_finished must not be "
                                     "negative")
-        if self.options.run_as and not _ACCOUNT_RE.match(self.options.run_as):
+        if self.options.run_as and not _ACCOUNT_RE.fullmatch(self.options.run_as):
             raise PluginConfigError(f"local option run_as: {self.options.run_as!r} is not an "
                                     "account name")
         self.state_dir = Path(self.options.state_dir or Path(settings.workdir) / "local")

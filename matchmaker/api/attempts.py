@@ -65,7 +65,7 @@ async def report(ctx: Context) -> Any:
 
 @route("PUT", "/api/v1/attempts/{attempt_id}/logs/{stream}", summary="Upload an attempt's full "
        "stdout or stderr (plain text)", tag="attempts", passkey=True, params=[ATTEMPT_ID, STREAM],
-       raw_body=True, max_body=64 * 2**20, errors=(400, 401, 403, 404, 409, 413))
+       raw_body=True, max_body="max_log_bytes", errors=(400, 401, 403, 404, 409, 413))
 async def upload_log(ctx: Context) -> Any:
     stored = await logs.save(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
                              ctx.params["stream"], ctx.body)

@@ -15,6 +15,7 @@ It returns plain data (sent as JSON) or a `Reply`. Every error leaves the server
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -25,10 +26,12 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import bounds
 from ..access import Action, authorize
 from ..auth import Auth, Principal
 from ..engine import Engine
 from ..errors import ApiError, BadRequest, PayloadTooLarge, Unauthorized, Unavailable
+from ..recording import prove_passkey
 from ..storage.database import StorageError
 from .validation import problems
 
@@ -36,10 +39,20 @@ log = logging.getLogger(__name__)
 
 ENGINE = web.AppKey("engine", Engine)
 AUTH = web.AppKey("auth", Auth)
+LARGE_TURNS = web.AppKey("large_turns", asyncio.Semaphore)
 
 PASSKEY_HEADER = "X-Floe-Passkey"
 RETRY_AFTER = "1"
 """Seconds a client is told to wait before it tries again a request the database refused."""
+LARGE_BODY = 2**20
+"""A body this large (or of unknown length) is read only once its passkey is proved, and only
+`LARGE_BODIES` such bodies are read at once: no one can make the server hold memory unproved,
+and those who can hold only so much."""
+LARGE_BODIES = 4
+LARGE_BODY_WAIT = 30.0
+"""Seconds a large body waits for its turn before the request is answered 503."""
+MAX_ERROR = 10_000
+"""The longest error message an answer carries (the OpenAPI document's Error.error)."""
 
 
 def unavailable(error: StorageError) -> str:
@@ -117,7 +130,9 @@ class Route:
     response: dict[str, Any] | None
     status: int
     tag: str
-    max_body: int | None
+    max_body: int | str | None
+    """The largest body, in bytes or as the name of the server setting that says it; None for
+    the `max_request_bytes` setting."""
     raw_body: bool = False
     description: str = ""
     errors: tuple[int, ...] = field(default=(400, 401, 403))
@@ -132,7 +147,7 @@ ROUTES: list[Route] = []
 def route(method: str, path: str, *, summary: str, tag: str, action: Action | None = None,
           passkey: bool = False, body: dict[str, Any] | None = None,
           params: list[Param] | None = None, response: dict[str, Any] | None = None,
-          status: int = 200, max_body: int | None = None, raw_body: bool = False,
+          status: int = 200, max_body: int | str | None = None, raw_body: bool = False,
           description: str = "", errors: tuple[int, ...] = (400, 401, 403, 404),
           check_body: bool = True, text: str | None = None) -> Callable[[Handler], Handler]:
     """Declare an API route (see the module docstring)."""
@@ -149,6 +164,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
+def error_response(message: str, status: int) -> web.Response:
+    """`{"error": message}`, the message cut to `MAX_ERROR` characters with a word on the cut."""
+    if len(message) > MAX_ERROR:
+        more = f" ... ({len(message) - MAX_ERROR + 40} more characters)"
+        message = message[:MAX_ERROR - len(more)] + more
+    return json_response({"error": message}, status)
+
+
 def _parse_param(param: Param, raw: str | None) -> Any:
     if raw is None:
         return param.default
@@ -157,9 +180,16 @@ def _parse_param(param: Param, raw: str | None) -> Any:
             if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError
             value: Any = raw.lower() in ("1", "true", "yes")
+        elif param.kind is int:
+            value = bounds.whole(raw)
+            if value is None:
+                raise ValueError
         else:
             value = param.kind(raw)
     except ValueError:
+        if param.kind is int:
+            raise BadRequest(f"{param.name}: expected a whole number in ASCII digits from "
+                             f"{bounds.MIN_INT} to {bounds.MAX_INT}, got {raw[:40]!r}") from None
         raise BadRequest(f"{param.name}: expected {param.schema()['type']}, got {raw!r}") from None
     if param.choices and value not in param.choices:
         raise BadRequest(f"{param.name}: expected one of {', '.join(param.choices)}, "
@@ -187,19 +217,25 @@ async def _read_at_most(request: web.Request, limit: int) -> bytes:
             if len(body) > limit:
                 raise too_large
     except ConnectionError:  # the client gave up (or its proxy did) in the middle of the body
+        log.info("%s %s from %s: the client closed the connection after %d bytes of its body",
+                 request.method, request.path, request.remote, len(body))
         raise Unavailable(f"the request body was cut off after {len(body)} bytes (the "
                           "connection closed); send it again") from None
     return bytes(body)
 
 
 async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
-    raw = await _read_at_most(request, limit)
+    raw = await _read_large(request, limit) if request.content_length is None or \
+        request.content_length > LARGE_BODY else await _read_at_most(request, limit)
     if spec.raw_body:
         return raw
     if not raw:
         if spec.body is None:
             return None
         raise BadRequest("this route needs a JSON body")
+    if bounds.too_deep(raw):
+        raise BadRequest(f"the body nests lists and objects more than {bounds.MAX_DEPTH} deep; "
+                         "send a flatter document")
     try:
         # Strict UTF-8: json.loads would let bytes of a lone surrogate through (surrogatepass).
         body = _DECODER.decode(raw.decode("utf-8-sig"))
@@ -220,13 +256,38 @@ async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
     return body
 
 
+async def _read_large(request: web.Request, limit: int) -> bytes:
+    """A body that may be large, read when its turn comes among `LARGE_BODIES`."""
+    turns = request.app[LARGE_TURNS]
+    try:
+        await asyncio.wait_for(turns.acquire(), LARGE_BODY_WAIT)
+    except TimeoutError:
+        raise Unavailable(f"{LARGE_BODIES} large request bodies are being received already; "
+                          "send it again in a moment") from None
+    try:
+        return await _read_at_most(request, limit)
+    finally:
+        turns.release()
+
+
 def _no_constant(name: str) -> Any:
     raise BadRequest(f"the body is not valid JSON: {name} is no JSON value; send a number, or "
                      "null")
 
 
-# Built once: json.loads with any argument builds a decoder per call.
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+def _finite(text: str) -> float:
+    """A number with a fraction or an exponent, refused where it overflows a double (json would
+    take it as infinity, which is no JSON value and no number a sum can hold)."""
+    value = float(text)
+    if value - value != 0.0:
+        raise BadRequest(f"the body is not valid here: the number {text[:40]} is too large for "
+                         "a double (at most about 1.8e308)")
+    return value
+
+
+# Built once: json.loads with any argument builds a decoder per call. Its float hook costs about
+# 0.1 us a number.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 # A JSON escape of a UTF-16 surrogate: json.loads joins a pair into one character but keeps a
 # lone one as a string that cannot be encoded (SQLite, the log, the answer would all fail on it).
@@ -293,13 +354,17 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
                 if not passkey:
                     raise Unauthorized(f"this needs the attempt's passkey in the {PASSKEY_HEADER}"
                                        " header")
+                if "attempt_id" in params and (request.content_length is None
+                                               or request.content_length > LARGE_BODY):
+                    await prove_passkey(engine, params["attempt_id"], passkey)
             elif spec.action is not None:
                 if principal is None:
                     raise Unauthorized("this needs a token: send 'Authorization: Bearer <token>'")
                 authorize(principal, spec.action)
-            limit = spec.max_body or engine.settings.max_request_bytes
+            limit = getattr(engine.settings, spec.max_body) if isinstance(spec.max_body, str) \
+                else spec.max_body or engine.settings.max_request_bytes
             body = await _read_body(request, spec, limit) if request.can_read_body or \
-                spec.body is not None else None
+                spec.body is not None or spec.raw_body else None
             context = Context(request, engine, auth, principal, body, params, passkey, refused)
             result = await spec.handler(context)
             if isinstance(result, web.StreamResponse):
@@ -308,11 +373,11 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
                 return json_response(result.data, result.status)
             return json_response(result, spec.status)
         except ApiError as exc:
-            return json_response({"error": exc.message}, exc.status)
+            return error_response(exc.message, exc.status)
         except web.HTTPException as exc:  # from aiohttp itself
             if exc.status < 400:
                 raise
-            return json_response({"error": exc.text or exc.reason}, exc.status)
+            return error_response(exc.text or exc.reason, exc.status)
         except StorageError as exc:
             log.warning("%s %s: %s", request.method, request.path, exc)
             answer = json_response({"error": unavailable(exc)}, 503)

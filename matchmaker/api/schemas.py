@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from config import dataset
-from config.protocol import MAX_BATCH_IDS, MAX_ERROR_MESSAGE, MAX_TASKS
+from config.protocol import MAX_BATCH_IDS, MAX_ERROR_MESSAGE, MAX_STATISTIC, MAX_TASKS
 from config.states import ErrorClass
 
 BIG = 2**62
@@ -72,13 +72,33 @@ USAGE = _obj({
     "peak_gpu_memory": _int(), "gpu_time": _num(),
 })
 
+GPU = _obj({
+    "index": _int(0, 1024), "uuid": _str(128), "name": _str(256), "memory": _int(),
+    "compute_capability": {"type": ["array", "null"], "items": _int(0, 1000), "maxItems": 2},
+    "mig_enabled": {"type": ["boolean", "null"]}, "parent_uuid": {"type": ["string", "null"],
+                                                                  "maxLength": 128},
+}, extra=True)
+
+RESOURCES = _obj({
+    "cpus": _int(0, 1_000_000), "memory": _int(), "disk": _int(),
+    "gpus": {"type": "array", "items": GPU, "maxItems": 1024},
+    "deadline": {"type": ["number", "null"], "minimum": 0, "maximum": 1e12},
+    "seconds_left": _int(), "os": {"type": "array", "items": _str(64), "maxItems": 16},
+    "arch": _str(32), "python": _str(64), "host": _str(256), "site": _str(64),
+    "batch_system": _str(32), "batch_job_id": _str(256), "scratch": _str(4096),
+    "sources": {"type": "object", "maxProperties": 64, "additionalProperties": _str(4096)},
+    "limits": {"type": "object", "maxProperties": 64, "additionalProperties": {
+        "type": "object", "maxProperties": 64, "additionalProperties": {"type": "number"}}},
+}, extra=True)
+RESOURCES.update(maxProperties=64, description="what the pilot measured (floe pilot --probe "
+                 "prints it); the pages show a stored entry only when it conforms")
+
 REGISTER = _obj({
     "host": _str(256),
     "batch_system": _str(32),
     "batch_id": _str(256),
     "version": _str(64),
-    "resources": {"type": "object", "maxProperties": 64,
-                  "description": "what the pilot measured (floe pilot --probe prints it)"},
+    "resources": RESOURCES,
 }, ("host",))
 
 HEARTBEAT_INTERVAL = _int(doc="seconds between the pilot's heartbeats (one for all its "
@@ -167,7 +187,8 @@ REPORT = _obj({
     "error_message": _str(MAX_ERROR_MESSAGE),
     "usage": USAGE,
     "statistics": {"type": "object", "maxProperties": 1000,
-                   "additionalProperties": {"type": "number"},
+                   "additionalProperties": {"type": "number", "minimum": -MAX_STATISTIC,
+                                            "maximum": MAX_STATISTIC},
                    "description": "user statistics: name -> number"},
     "outputs": {"type": "array", "maxItems": 10_000, "items": _obj({
         "url": _str(4096), "local": _str(4096), "sha256": _str(64), "size": _int()})},

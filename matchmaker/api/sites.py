@@ -55,7 +55,9 @@ async def pilot_tokens(ctx: Context) -> Any:
        "could run at this site", tag="sites", action=Action.SITE, params=[SITE],
        body=schemas.DEMAND,
        description="Each ready task is counted once, for the smallest shape it fits, after "
-                   "the pilots other factories have queued are subtracted: `tasks` (with the "
+                   "the pilots other factories have queued are subtracted (each factory "
+                   "believed up to the site's pilot tokens that have registered no pilot "
+                   "yet): `tasks` (with the "
                    "cpus, memory and gpus they need, and `pilots_needed` to hold them), and "
                    "`fitting` (every shape a task fits), and `room`: how many of those pilots the "
                    "free room of the site's running pilots makes up for. `unfit` counts the "
@@ -70,8 +72,23 @@ async def demand(ctx: Context) -> Any:
         cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
         seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
         site=site.name), s.get("queued", 0)) for s in ctx.body["shapes"]]
+    if any(shape.queued for shape in shapes):
+        pilot_demand.bound_claims(shapes, await queries.unused_pilot_tokens(
+            ctx.engine.db, site.site_id, ctx.engine.clock()))
     return pilot_demand.demand(ctx.engine, site.name, ctx.body.get("factory") or "default",
                                shapes)
+
+
+@route("DELETE", "/api/v1/sites/{name}/demand", summary="Withdraw what this factory said it "
+       "has queued", tag="sites", action=Action.SITE,
+       params=[SITE, Param("factory", str, "default", doc="the factory's id, as its demand "
+                                                          "requests give it")],
+       description="A factory that stops (or ends a `--once` cycle) says so here: the pilots "
+                   "it said it had queued are no longer subtracted from other factories' "
+                   "demand. `withdrawn` is how many they were.")
+async def withdraw(ctx: Context) -> Any:
+    site = await own_site(ctx)
+    return {"withdrawn": pilot_demand.withdraw(ctx.engine, site.name, ctx.params["factory"])}
 
 
 @route("POST", "/api/v1/sites/{name}/batch-jobs", summary="What a factory saw of its pilots' "

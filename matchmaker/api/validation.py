@@ -24,6 +24,8 @@ from typing import Any
 
 from config.schema import counted, number
 
+from ..bounds import MAX_INT, MIN_INT
+
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
     "integer": (int,), "number": (int, float), "null": (type(None),),
@@ -53,6 +55,16 @@ def problems(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
     return found
 
 
+def conforming(value: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """The entries of the object `value` that conform to their property's schema in `schema`
+    ({} when `value` is no object): a stored record shown whatever an older server let in."""
+    if not isinstance(value, dict):
+        return {}
+    properties = schema.get("properties", {})
+    return {name: item for name, item in value.items()
+            if name in properties and not problems(item, properties[name])}
+
+
 def compile_valid(schema: dict[str, Any]) -> Valid:
     """A predicate: does a value conform to `schema`? (The same verdict as `compile_schema`'s
     checker finding nothing, decided without building paths or messages.)"""
@@ -68,6 +80,8 @@ def compile_valid(schema: dict[str, Any]) -> Valid:
             tests.append(lambda v: isinstance(v, allowed) and v is not True and v is not False)
         else:
             tests.append(lambda v: isinstance(v, allowed))
+        if ("integer" in kinds or "number" in kinds) and not _held(schema):
+            tests.append(lambda v: type(v) is not int or MIN_INT <= v <= MAX_INT)
     if "enum" in schema:
         options = schema["enum"]
         tests.append(lambda v: v in options)
@@ -83,7 +97,7 @@ def compile_valid(schema: dict[str, Any]) -> Valid:
                      or not v <= above)
     if {"minLength", "maxLength", "pattern"} & set(schema):
         shortest, longest = schema.get("minLength"), schema.get("maxLength")
-        search = re.compile(schema["pattern"]).search if "pattern" in schema else None
+        search = _regex(schema["pattern"]).search if "pattern" in schema else None
 
         def string(v: Any) -> bool:
             if not isinstance(v, str):
@@ -183,11 +197,27 @@ def _leaf_valid(schema: dict[str, Any]) -> Valid | None:
             if type(v) in exact:
                 return low <= v <= high or v != v  # NaN passes a range check, as in the checker
             return isinstance(v, exact) and not isinstance(v, bool) and not (v < low or v > high)
-        return number
+        if _held(schema):
+            return number
+        return lambda v: (type(v) is not int or MIN_INT <= v <= MAX_INT) and number(v)
     if kind == "string" and keys == {"type", "maxLength"}:
         longest = schema["maxLength"]
         return lambda v: isinstance(v, str) and len(v) <= longest
     return None
+
+
+def _regex(pattern: str) -> re.Pattern[str]:
+    """A schema's pattern as JSON Schema means it: its `$` ends the text, where Python's `$`
+    also matches before a final newline ("name\\n" would pass)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + "\\Z"
+    return re.compile(pattern)
+
+
+def _held(schema: dict[str, Any]) -> bool:
+    """Whether the schema's own bounds keep a whole number within what SQLite stores."""
+    return schema.get("minimum", MIN_INT - 1) >= MIN_INT and \
+        schema.get("maximum", MAX_INT + 1) <= MAX_INT
 
 
 def _where(path: str) -> str:
@@ -208,6 +238,9 @@ def _type_check(kinds: list[str]) -> Check:
         if not isinstance(value, allowed) or (
                 numeric and isinstance(value, bool) and "boolean" not in kinds):
             found.append(f"{_where(path)}: expected {expected}, got {_show(value)}")
+        elif type(value) is int and not MIN_INT <= value <= MAX_INT:
+            found.append(f"{_where(path)}: must be from {MIN_INT} to {MAX_INT} (what storage "
+                         f"holds), got a number of {len(str(abs(value)))} digits")
 
     return check
 
@@ -242,7 +275,7 @@ def _range_check(minimum: float | None, maximum: float | None,
 
 def _string_check(schema: dict[str, Any]) -> Check:
     low, high = schema.get("minLength"), schema.get("maxLength")
-    pattern = re.compile(schema["pattern"]) if "pattern" in schema else None
+    pattern = _regex(schema["pattern"]) if "pattern" in schema else None
 
     def check(value: Any, path: str, found: list[str]) -> None:
         if not isinstance(value, str):
@@ -253,7 +286,7 @@ def _string_check(schema: dict[str, Any]) -> Check:
             found.append(f"{_where(path)}: must have at most {counted(high, 'character')}, "
                          f"got {len(value)}")
         if pattern is not None and not pattern.search(value):
-            found.append(f"{_where(path)}: {_show(value)} does not match {pattern.pattern}")
+            found.append(f"{_where(path)}: {_show(value)} does not match {schema['pattern']}")
 
     return check
 

@@ -110,6 +110,13 @@ async def registered_batch_ids(db: Database, site_id: int, batch_system: str,
     return [batch_id for batch_id in wanted if batch_id in found]
 
 
+async def unused_pilot_tokens(db: Database, site_id: int, now: float) -> int:
+    """How many of the site's pilot tokens have not expired and registered no pilot yet."""
+    row = await db.fetchone("SELECT count(*) AS n FROM tokens WHERE site_id = ? AND expires > ?"
+                            " AND kind = 'pilot' AND used IS NULL", (site_id, now))
+    return row["n"] if row else 0
+
+
 # -- what the API shows ---------------------------------------------------------------------------
 
 def _attempt(row: Any, tails: bool) -> dict[str, Any]:

@@ -181,6 +181,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE tokens_new RENAME TO tokens;
     CREATE INDEX tokens_expiry ON tokens(kind, expires);
     """,
+    # 4: a site's pilot tokens that have registered no pilot yet: each is a pilot its factory
+    # may have queued, the most that the factory's demand request may say it has queued.
+    """
+    CREATE INDEX tokens_unused ON tokens(site_id, expires) WHERE kind = 'pilot' AND used IS NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,6 +13,9 @@ from config.states import JOB_STATES, TaskState
 
 from .. import actions
 from ..access import Action
+from ..api.schemas import RESOURCES
+from ..api.validation import conforming
+from ..bounds import record_id, whole
 from ..errors import BadRequest, NotFound
 from ..model import DatasetState, DatasetStatus
 from ..storage import queries, reports
@@ -36,9 +39,11 @@ DONE = {
 
 
 def find(view: View, dataset_id: str) -> DatasetState:
-    dataset = view.engine.datasets.get(int(dataset_id)) if dataset_id.isdigit() else None
+    wanted = record_id(dataset_id)
+    dataset = view.engine.datasets.get(wanted) if wanted is not None else None
     if dataset is None:
-        raise NotFound(f"There is no dataset {dataset_id}. The overview lists every dataset.")
+        raise NotFound(f"There is no dataset {dataset_id[:40]}. The overview lists every "
+                       "dataset.")
     return dataset
 
 
@@ -74,13 +79,15 @@ async def overview(view: View) -> web.StreamResponse:
             ago(now - dataset.dataset.created), f"{rates.get(dataset.id, 0):,}/h"])
     sites = []
     for site in sorted(engine.sites.values(), key=lambda s: s.name):
+        measured = [conforming(p.resources, RESOURCES) for p in engine.pilots.values()
+                    if p.site is site]
         pilots = [p for p in engine.pilots.values() if p.site is site]
         sites.append([
             link(href("/pilots", site=site.name), site.name, class_="nowrap"), len(pilots),
             sum(1 for p in pilots if p.attempts),
-            sum(int(p.resources.get("cpus") or 0) for p in pilots),
-            size(sum(int(p.resources.get("memory") or 0) for p in pilots)),
-            sum(len(p.resources.get("gpus") or ()) for p in pilots),
+            sum(m.get("cpus", 0) for m in measured),
+            size(sum(m.get("memory", 0) for m in measured)),
+            sum(len(m.get("gpus", ())) for m in measured),
             sum(len(p.attempts) for p in pilots)])
     return view.render(
         "Overview",
@@ -329,10 +336,9 @@ def _select(name: str, label: str, choices: Any, chosen: str | None) -> Markup:
 
 
 def _whole(text: str, name: str, maximum: int | None, minimum: int = 0) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise BadRequest(f"{name}: expected a whole number, got {text!r}") from None
+    value = whole(text)
+    if value is None:
+        raise BadRequest(f"{name}: expected a whole number, got {text[:40]!r}")
     if value < minimum or (maximum is not None and value > maximum):
         limit = f" and at most {maximum}" if maximum is not None else ""
         raise BadRequest(f"{name}: expected a number of at least {minimum}{limit}, got {value}")

@@ -24,7 +24,7 @@ from ..access import Action, authorize
 from ..api.framework import AUTH, ENGINE, RETRY_AFTER, unavailable
 from ..auth import Auth, Principal
 from ..engine import Engine
-from ..errors import ApiError, Forbidden, Unauthorized
+from ..errors import ApiError, Forbidden, Unauthorized, Unavailable
 from ..model import DatasetState
 from ..storage.database import StorageError
 from .html import Child, Markup, join, link, tag
@@ -127,6 +127,18 @@ def href(path: str, **params: object) -> str:
 Handler = Callable[[View], Awaitable[web.StreamResponse]]
 
 
+async def read_form(request: web.Request) -> Any:
+    """The posted form; a client that closes the connection in the middle of it is one info
+    line in the log (Unavailable), not an error with a traceback."""
+    try:
+        return await request.post()
+    except ConnectionError:
+        log.info("%s %s from %s: the client closed the connection in the middle of its form",
+                 request.method, request.path, request.remote)
+        raise Unavailable("the form was cut off (the connection closed); send it again") \
+            from None
+
+
 def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """The aiohttp handler for a page of signed-in users (see the module docstring)."""
 
@@ -138,7 +150,7 @@ def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRespon
                 target = request.path_qs if request.method == "GET" else "/"
                 return redirect(f"/signin?next={quote(target, safe='')}")
             if request.method == "POST":
-                view.form = await request.post()
+                view.form = await read_form(request)
                 if not same_secret(view.session.csrf, view.form.get(CSRF_FIELD)):
                     return message(view, 403, CSRF_REFUSED)
             return await handler(view)

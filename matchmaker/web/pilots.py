@@ -7,6 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
+from ..api.schemas import RESOURCES
+from ..api.validation import conforming
+from ..bounds import record_id
 from ..errors import BadRequest
 from ..storage import queries, reports
 from . import history
@@ -31,11 +34,11 @@ async def pilots_page(view: View) -> web.StreamResponse:
                          f"{', '.join(PILOT_STATES)} or any")
     site_id = (await view.auth.site_by_name(site_name)).site_id if site_name else None
     after_text = view.query("after") or "0"
-    if not after_text.isdigit():
-        raise BadRequest(f"after: expected a pilot id, got {after_text!r}")
+    after = record_id(after_text)
+    if after is None:
+        raise BadRequest(f"after: expected a pilot id, got {after_text[:40]!r}")
     rows = await queries.pilots(engine.db, site_id=site_id,
-                                state=None if state == "any" else state,
-                                after=int(after_text), limit=PAGE)
+                                state=None if state == "any" else state, after=after, limit=PAGE)
     counts: dict[str, dict[str, int]] = {}
     for row in await queries.pilot_counts(engine.db):
         counts.setdefault(row["site"], {})[row["state"]] = row["count"]
@@ -84,7 +87,7 @@ async def pilots_page(view: View) -> web.StreamResponse:
 
 
 def _pilot_row(view: View, row: dict[str, Any]) -> list[Any]:
-    resources = row["resources"]
+    resources = conforming(row["resources"], RESOURCES)
     gpus = resources.get("gpus") or []
     measured = [f"{resources.get('cpus', '?')} CPU", size(resources.get("memory")) + " memory",
                 size(resources.get("disk")) + " disk"]

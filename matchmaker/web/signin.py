@@ -9,9 +9,9 @@ from aiohttp import web
 
 from ..access import Action, authorize
 from ..api.framework import AUTH
-from ..errors import Forbidden, Unauthorized
+from ..errors import Forbidden, Unauthorized, Unavailable
 from .html import Markup, join, tag
-from .page import SESSIONS, View, html_response, message, page, redirect
+from .page import SESSIONS, View, html_response, message, page, read_form, redirect
 from .sessions import (
     CSRF_FIELD,
     LIFETIME,
@@ -75,7 +75,10 @@ async def signin_form(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/signin")
 async def signin(request: web.Request) -> web.StreamResponse:
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except Unavailable as exc:
+        return message(None, exc.status, exc.message)
     nonce = request.cookies.get(SIGNIN_COOKIE, "")
     if not nonce or not same_secret(nonce, form.get(CSRF_FIELD)):
         return message(None, 403, "This sign-in form did not come from this server's sign-in "

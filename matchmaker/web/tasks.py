@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..bounds import record_id
 from ..errors import NotFound
 from ..storage import queries
 from .datasets import resource_value, state_badge
@@ -25,9 +26,10 @@ TAIL_LINES = 60
 
 def _id(view: View, name: str, what: str) -> int:
     text = view.request.match_info[name]
-    if not text.isdigit():
-        raise NotFound(f"There is no {what} {text!r}: {what} ids are whole numbers.")
-    return int(text)
+    number = record_id(text)
+    if number is None:
+        raise NotFound(f"There is no {what} {text[:40]!r}: {what} ids are whole numbers.")
+    return number
 
 
 @routes.get("/tasks/{task_id}")

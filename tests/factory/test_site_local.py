@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+from factory.matchmaker import SiteClient
+from factory.policy import ShapeCounts
 from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.plugins.pilots import fake_command
@@ -190,3 +192,24 @@ def test_a_batch_system_that_answers_again_ends_the_sites_wait_at_once(
     assert decision is not None and decision.submit == {"small": 2}
     assert "the batch system answers again; the wait is over" in caplog.text
     assert "sbatch was not found" in site.health.last_error  # tried at once
+
+
+def test_a_factory_that_stops_withdraws_the_pilots_it_said_it_had_queued(
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
+    """What a factory said it had queued is subtracted from the other factories' demand; once
+    it stops (or its --once cycle ends), it no longer is: before, the claim held for 10
+    minutes with no pilot anywhere."""
+    matchmaker.submit(dag_dataset(4))
+    site = make_runner(site_document(matchmaker, tmp_path / "factory", factory_id="first"))
+    other = SiteClient(matchmaker.url, "site-a", matchmaker.site_token, factory="second")
+
+    def needed(client: SiteClient, queued: int) -> int:
+        shapes = site._shapes_queued({"small": ShapeCounts("small", queued=queued)})
+        return client.demand(shapes)["shapes"][0]["pilots_needed"]
+
+    assert needed(other, 0) == 4
+    site.client.pilot_tokens(3, 600)  # each pilot it queues carries one
+    needed(site.client, 10**9)  # believed up to the tokens that registered no pilot
+    assert needed(other, 0) == 1
+    site.stop()
+    assert needed(other, 0) == 4
