@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from config import expressions
 from config.json_schema import json_schema as schema_of
+from config.protocol import MAX_CPUS, MAX_GPUS
 from config.resources import Requirements
 from config.schema import (
     NO_NUL_SCHEMA,
@@ -48,6 +49,10 @@ from config.schema import (
 )
 
 MAX_JOBS = 10_000_000
+MAX_TASK_BYTES = 2**50
+"""The most memory or disk one task may ask for (1 PiB): a larger number is a mistake."""
+MAX_WALLTIME = 366 * 86400
+"""The longest walltime one task may ask for (366 days)."""
 MAX_TASKS = 1000
 MAX_RETRIES = 100
 
@@ -122,14 +127,14 @@ def _url(schemes: tuple[str, ...], absolute_path: bool) -> String:
 
 
 REQUIREMENTS = Object([
-    Field("cpus", Integer(minimum=1), "CPU cores the task uses.", default=1),
-    Field("memory", Size(), "Memory the task may use; more gets it killed and retried with more.",
-          default="1GiB", example="4GB"),
-    Field("disk", Size(), "Scratch disk the task may fill (inputs, outputs, temporary files).",
-          default="1GiB", example="20GB"),
-    Field("gpus", Integer(minimum=0), "GPUs the task uses.", default=0),
-    Field("walltime", Duration(minimum=1), "Longest time one attempt may run.", default="1h",
-          example="2h30m"),
+    Field("cpus", Integer(minimum=1, maximum=MAX_CPUS), "CPU cores the task uses.", default=1),
+    Field("memory", Size(maximum=MAX_TASK_BYTES), "Memory the task may use; more gets it killed "
+          "and retried with more.", default="1GiB", example="4GB"),
+    Field("disk", Size(maximum=MAX_TASK_BYTES), "Scratch disk the task may fill (inputs, "
+          "outputs, temporary files).", default="1GiB", example="20GB"),
+    Field("gpus", Integer(minimum=0, maximum=MAX_GPUS), "GPUs the task uses.", default=0),
+    Field("walltime", Duration(minimum=1, maximum=MAX_WALLTIME), "Longest time one attempt may "
+          "run.", default="1h", example="2h30m"),
     Field("os", ListOf(String(min_length=1)),
           "Operating systems the task runs on, as fnmatch patterns; empty means any.",
           default=[], example=["debian12", "el9"]),

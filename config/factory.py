@@ -39,13 +39,14 @@ from config.schema import (
 )
 
 SITE_TOKEN_VARIABLE = "FLOE_SITE_TOKEN"
-_ID = r"[A-Za-z0-9_.]{1,24}"
-_NAME = r"[A-Za-z0-9_.-]{1,40}"
+FACTORY_ID = r"[A-Za-z0-9_.]{1,24}"
+LABEL = r"[A-Za-z0-9_.-]{1,40}"
+"""A shape's or a site's name in a factory config (it goes into batch job names)."""
 _ENV_NAME = String(r"[A-Za-z_][A-Za-z0-9_]*", "a shell variable name")
 _VALUE = String(rule=no_nul)  # reaches the pilots' environment
 
 SHAPE_SCHEMA = Object([
-    Field("name", String(_NAME, "up to 40 letters, digits, '_', '.' or '-'"),
+    Field("name", String(LABEL, "up to 40 letters, digits, '_', '.' or '-'"),
           "the shape's name, part of its pilots' job names", example="small"),
     Field("cpus", Integer(1, 4096), "CPUs each pilot asks for", 1),
     Field("memory", Size(1), "memory each pilot offers to tasks", "2GiB",
@@ -90,7 +91,7 @@ SSH_SCHEMA = Object([
 ], doc="Submission over ssh, where the factory runs elsewhere than the login node.")
 
 SITE_SCHEMA = Object([
-    Field("name", String(_NAME, "the site's name as registered with `floe site add`"),
+    Field("name", String(LABEL, "the site's name as registered with `floe site add`"),
           "the site, as the matchmaker knows it", example="uw-slurm"),
     Field("plugin", Enum(BATCH_SYSTEMS), "the batch system", example="slurm"),
     Field("token_file", String(), "file holding the site's factory token", "",
@@ -204,7 +205,7 @@ FACTORY_SCHEMA = Object([
           "the matchmaker's address", example="https://floe.example.org:8443"),
     Field("cacert", String(), "CA or self-signed certificate to trust for an https "
           "matchmaker, for the factory and its pilots (empty: the system's)", ""),
-    Field("factory_id", String(_ID, "up to 24 letters, digits, '_' or '.'"), "tags this "
+    Field("factory_id", String(FACTORY_ID, "up to 24 letters, digits, '_' or '.'"), "tags this "
           "factory's batch jobs so that no other factory touches them", OMIT,
           default_text="the host name", details="Give each factory sharing a batch system its "
           "own id; keep it across restarts, so that a restarted factory finds its pilots."),

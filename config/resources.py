@@ -96,10 +96,11 @@ def parse_duration(value: Any) -> int:
 
 
 def format_size(nbytes: float) -> str:
-    """A short human size in binary units: 4294967296 -> "4GiB"."""
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+    """A short human size in binary units: 4294967296 -> "4GiB". A whole number past 2**80 (no
+    real size, and maybe past what a double holds) shows as 2**80."""
+    value = float(min(nbytes, 2**80)) if not isinstance(nbytes, float) else nbytes
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
             text = f"{value:.1f}".rstrip("0").rstrip(".")
             return f"{text}{unit}"
         value /= 1024

@@ -33,6 +33,9 @@ RULES: dict[Action, frozenset[str]] = {
 }
 
 _WHO = {"admin": "an admin", "user": "a user", "site": "a site's factory", "pilot": "a pilot"}
+_DOING = {Action.READ: "read", Action.SUBMIT: "submit datasets",
+          Action.CHANGE_DATASET: "change datasets", Action.MANAGE: "manage users and sites",
+          Action.SITE: "act for a site", Action.PILOT: "act as a pilot"}
 
 
 def authorize(principal: Principal, action: Action, *, owner_id: int | None = None,
@@ -44,7 +47,7 @@ def authorize(principal: Principal, action: Action, *, owner_id: int | None = No
         needed = " or ".join(_WHO[r] for r in sorted(allowed))
         who = principal.name if principal.user is None else \
             f"{principal.name} ({_WHO[principal.role]})"
-        raise Forbidden(f"{who} may not {action.value}: that needs {needed}")
+        raise Forbidden(f"{who} may not {_DOING[action]}: that needs {needed}")
     if action == Action.CHANGE_DATASET and owner_id is not None and principal.role == "user" \
             and principal.user is not None and principal.user.user_id != owner_id:
         raise Forbidden(f"{principal.name} may only change their own datasets; ask the owner "

@@ -159,8 +159,7 @@ class Auth:
                        share: float = 1.0) -> tuple[User, str]:
         """Create a user and return it with its first token (shown only now)."""
         check_name(name, "user")
-        if not share > 0:
-            raise BadRequest(f"share: must be greater than 0, got {number(share)}")
+        check_share(share)
         token = new_token("user")
         role = "admin" if admin else "user"
         now = self.engine.clock()
@@ -184,8 +183,7 @@ class Auth:
         return token
 
     async def set_share(self, user: User, share: float) -> None:
-        if not share > 0:
-            raise BadRequest(f"share: must be greater than 0, got {number(share)}")
+        check_share(share)
         await self.engine.db.exclusive(lambda conn: writes.set_share(conn, user.user_id, share))
         user.share = share
         self.engine.user_usage.rerank(user.user_id)
@@ -219,7 +217,8 @@ class Auth:
         `lifetime` seconds (as does the key each pilot gets when it registers)."""
         limit = self.engine.settings.pilot_token_max_lifetime
         if not 60 <= lifetime <= limit:
-            raise BadRequest(f"lifetime: expected 60 to {limit} seconds, got {lifetime}")
+            raise BadRequest(f"lifetime: expected 60 to {number(limit)} seconds (the server's "
+                             f"pilot_token_max_lifetime), got {number(lifetime)}")
         tokens = [new_token("pilot") for _ in range(count)]
         now = self.engine.clock()
         expires = now + lifetime
@@ -227,6 +226,17 @@ class Auth:
         await self.engine.db.exclusive(
             lambda conn: writes.add_pilot_tokens(conn, site.site_id, digests, now, expires))
         return tokens, expires
+
+
+MAX_SHARE = 1e6
+"""The largest fair share a user may have (the smallest is anything above 0)."""
+
+
+def check_share(share: float) -> None:
+    """Refuse (400) a share that is not above 0 and at most `MAX_SHARE` (nor NaN)."""
+    if not 0 < share <= MAX_SHARE:
+        raise BadRequest(f"share: must be greater than 0 and at most {number(MAX_SHARE)}, got "
+                         f"{number(share)}")
 
 
 def used_message(pilot_id: int | None) -> str:

@@ -36,6 +36,12 @@ class Conflict(ApiError):
     status = 409
 
 
+class RequestTimeout(ApiError):
+    """A body that comes too slowly."""
+
+    status = 408
+
+
 class PayloadTooLarge(ApiError):
     status = 413
 

@@ -219,8 +219,13 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop) -> None:
 
 def listen(host: str, port: int) -> socket.socket:
     """A TCP socket bound to `host` (its first address) and `port`."""
-    family, kind, protocol, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise OSError(f"host: cannot listen on {host!r}: {exc.strerror}; set host to an "
+                      "address of this machine (127.0.0.1, 0.0.0.0 for all) or a name it "
+                      "resolves") from None
     listening = socket.socket(family, kind, protocol)
     try:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

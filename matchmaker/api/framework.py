@@ -30,7 +30,14 @@ from .. import bounds
 from ..access import Action, authorize
 from ..auth import Auth, Principal
 from ..engine import Engine
-from ..errors import ApiError, BadRequest, PayloadTooLarge, Unauthorized, Unavailable
+from ..errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    Unavailable,
+)
 from ..recording import prove_passkey
 from ..storage.database import StorageError
 from .validation import problems
@@ -51,6 +58,11 @@ and those who can hold only so much."""
 LARGE_BODIES = 4
 LARGE_BODY_WAIT = 30.0
 """Seconds a large body waits for its turn before the request is answered 503."""
+LARGE_BODY_RATE = 64 * 1024
+LARGE_BODY_GRACE = 10.0
+"""A large body holding its turn must keep coming at `LARGE_BODY_RATE` bytes a second on
+average after its first `LARGE_BODY_GRACE` seconds, or it is refused (408): a client that
+trickles its bodies cannot hold every turn."""
 MAX_ERROR = 10_000
 """The longest error message an answer carries (the OpenAPI document's Error.error)."""
 
@@ -201,21 +213,33 @@ def _parse_param(param: Param, raw: str | None) -> Any:
     return value
 
 
-async def _read_at_most(request: web.Request, limit: int) -> bytes:
-    """The body, refused with one message as soon as it is known to be over `limit` bytes: by
-    its Content-Length, or (a chunked body, which has none) once more than that has arrived.
-    Read here rather than by `request.read()`, whose cap (the application's client_max_size)
-    is not the route's and is refused in aiohttp's words."""
+async def _read_at_most(request: web.Request, limit: int, setting: str = "",
+                        paced: bool = False) -> bytes:
+    """The body, refused with one message as soon as it is known to be over `limit` bytes (the
+    server setting `setting`, when one says it): by its Content-Length, or (a chunked body,
+    which has none) once more than that has arrived. Read here rather than by
+    `request.read()`, whose cap (the application's client_max_size) is not the route's and is
+    refused in aiohttp's words. A `paced` body must come at `LARGE_BODY_RATE` (408 if not)."""
     too_large = PayloadTooLarge(f"the request body is too large: this route accepts at most "
-                                f"{limit} bytes")
+                                f"{limit} bytes" + (f" (the server's {setting})" if setting
+                                                    else ""))
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     body = bytearray()
     try:
-        while chunk := await request.content.readany():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        async with asyncio.timeout(LARGE_BODY_GRACE if paced else None) as pace:
+            started = asyncio.get_running_loop().time()
+            while chunk := await request.content.readany():
+                body += chunk
+                if len(body) > limit:
+                    raise too_large
+                if paced:  # the next bytes are due when the average would fall below the rate
+                    pace.reschedule(started + LARGE_BODY_GRACE + len(body) / LARGE_BODY_RATE)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body came too slowly ({len(body)} bytes in "
+                             f"{asyncio.get_running_loop().time() - started:.0f}s; a body over "
+                             f"{LARGE_BODY // 2**20} MiB must come at {LARGE_BODY_RATE // 1024} "
+                             "KiB/s or more); send it again faster") from None
     except ConnectionError:  # the client gave up (or its proxy did) in the middle of the body
         log.info("%s %s from %s: the client closed the connection after %d bytes of its body",
                  request.method, request.path, request.remote, len(body))
@@ -225,8 +249,10 @@ async def _read_at_most(request: web.Request, limit: int) -> bytes:
 
 
 async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
-    raw = await _read_large(request, limit) if request.content_length is None or \
-        request.content_length > LARGE_BODY else await _read_at_most(request, limit)
+    setting = spec.max_body if isinstance(spec.max_body, str) else \
+        "" if spec.max_body else "max_request_bytes"
+    raw = await _read_large(request, limit, setting) if request.content_length is None or \
+        request.content_length > LARGE_BODY else await _read_at_most(request, limit, setting)
     if spec.raw_body:
         return raw
     if not raw:
@@ -242,6 +268,9 @@ async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequest(f"the body is not UTF-8: {exc}; send JSON as UTF-8 text") from None
     except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's limit, in Python's words
+            raise BadRequest("the body holds a whole number of more than 4,300 digits; no value "
+                             "floe takes is that long") from None
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if _SURROGATE_ESCAPE.search(raw):
         where = _lone_surrogate(body, "")
@@ -256,8 +285,8 @@ async def _read_body(request: web.Request, spec: Route, limit: int) -> Any:
     return body
 
 
-async def _read_large(request: web.Request, limit: int) -> bytes:
-    """A body that may be large, read when its turn comes among `LARGE_BODIES`."""
+async def _read_large(request: web.Request, limit: int, setting: str) -> bytes:
+    """A body that may be large, read when its turn comes among `LARGE_BODIES`, at a pace."""
     turns = request.app[LARGE_TURNS]
     try:
         await asyncio.wait_for(turns.acquire(), LARGE_BODY_WAIT)
@@ -265,7 +294,7 @@ async def _read_large(request: web.Request, limit: int) -> bytes:
         raise Unavailable(f"{LARGE_BODIES} large request bodies are being received already; "
                           "send it again in a moment") from None
     try:
-        return await _read_at_most(request, limit)
+        return await _read_at_most(request, limit, setting, paced=True)
     finally:
         turns.release()
 

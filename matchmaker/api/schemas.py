@@ -10,8 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from config import dataset
+from config.factory import FACTORY_ID, LABEL
 from config.protocol import MAX_BATCH_IDS, MAX_ERROR_MESSAGE, MAX_STATISTIC, MAX_TASKS
 from config.states import ErrorClass
+
+from ..auth import MAX_SHARE
 
 BIG = 2**62
 
@@ -278,7 +281,7 @@ PRIORITY = _obj({"priority": {key: value for key, value in
                               DATASET_CONFIG["properties"]["priority"].items()
                               if key != "default"}}, ("priority",))
 # Any share above 0, as `floe user add --share` and `floe user share` take.
-USER_SHARE = {"type": "number", "exclusiveMinimum": 0, "maximum": 1e6}
+USER_SHARE = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SHARE}
 NEW_USER = _obj({"name": NAME, "admin": {"type": "boolean"}, "share": USER_SHARE}, ("name",))
 SHARE = _obj({"share": USER_SHARE}, ("share",))
 NEW_SITE = _obj({"name": NAME}, ("name",))
@@ -290,15 +293,16 @@ PILOT_TOKENS = _obj({
     "expires": {"type": "number"}, "site": {"type": "string"}}, ("tokens", "expires", "site"))
 
 SHAPE = _obj({
-    "name": _str(64),
+    "name": _str(40, pattern=f"^{LABEL}$"),
     "cpus": _int(1, 4096), "memory": _int(), "disk": _int(), "gpus": _int(0, 64),
     "walltime": _int(1), "os": {"type": "array", "items": _str(64), "maxItems": 16},
     "arch": _str(32),
     "queued": _int(doc="pilots of this shape this factory has queued now"),
 }, ("name", "cpus", "memory", "disk", "walltime"))
+FACTORY = _str(24, pattern=f"^{FACTORY_ID}$", description="the factory's `factory_id`")
 DEMAND = _obj({
-    "shapes": {"type": "array", "items": SHAPE, "maxItems": 64},
-    "factory": _str(128),
+    "shapes": {"type": "array", "items": SHAPE, "minItems": 1, "maxItems": 64},
+    "factory": FACTORY,
 }, ("shapes",))
 
 _BATCH_IDS = {"type": "array", "items": _str(256, minLength=1), "maxItems": MAX_BATCH_IDS}
@@ -306,7 +310,7 @@ BATCH_JOBS = _obj({
     "batch_system": _str(32, description="the batch system the factory submits its pilots to, "
                                          "as they register with it (slurm, pbs, sge, "
                                          "htcondor, local)"),
-    "factory": _str(128),
+    "factory": FACTORY,
     "pilots": dict(_BATCH_IDS, description="batch ids of this factory's pilots whose "
                    "registration it has not seen yet; the answer's `registered` says which "
                    "of them registered at this site with `batch_system`"),

@@ -18,6 +18,7 @@ problem, run only when the predicate says no. A test holds the two to the same v
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -162,7 +163,8 @@ def compile_schema(schema: dict[str, Any]) -> Check:
     checks: list[Check] = []
     kinds = schema.get("type")
     if kinds is not None:
-        checks.append(_type_check([kinds] if isinstance(kinds, str) else list(kinds)))
+        checks.append(_type_check([kinds] if isinstance(kinds, str) else list(kinds),
+                                  _held(schema)))
     if "enum" in schema:
         checks.append(_enum_check(schema["enum"]))
     if {"minimum", "exclusiveMinimum", "maximum"} & set(schema):
@@ -229,7 +231,9 @@ def _child(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _type_check(kinds: list[str]) -> Check:
+def _type_check(kinds: list[str], held: bool = True) -> Check:
+    """The check of `kinds`; with `held` False, also of a whole number's 64-bit range (which
+    a schema's own bounds, when they are within it, check with their own words)."""
     allowed = tuple(t for k in kinds for t in _TYPES[k])
     numeric = "integer" in kinds or "number" in kinds
     expected = " or ".join(_NAMES[k] for k in kinds)
@@ -238,9 +242,9 @@ def _type_check(kinds: list[str]) -> Check:
         if not isinstance(value, allowed) or (
                 numeric and isinstance(value, bool) and "boolean" not in kinds):
             found.append(f"{_where(path)}: expected {expected}, got {_show(value)}")
-        elif type(value) is int and not MIN_INT <= value <= MAX_INT:
+        elif type(value) is int and not MIN_INT <= value <= MAX_INT and not held:
             found.append(f"{_where(path)}: must be from {MIN_INT} to {MAX_INT} (what storage "
-                         f"holds), got a number of {len(str(abs(value)))} digits")
+                         f"holds), got {_show(value)}")
 
     return check
 
@@ -352,5 +356,15 @@ def _object_check(schema: dict[str, Any]) -> Check:
 
 
 def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    """`value` as JSON writes it (null, true, [1, 2], "text" unescaped), cut to 60 characters;
+    a whole number of more than 40 digits by its count of digits."""
+    if type(value) is int and abs(value) >= 10**40:
+        return f"a whole number of {len(str(abs(value)))} digits"
+    if isinstance(value, str):
+        text = f'"{value}"'
+    else:
+        try:
+            text = json.dumps(value)
+        except ValueError:  # a whole number too long to write, deep inside
+            text = f"a {type(value).__name__} holding a very long number"
     return text if len(text) <= 60 else text[:57] + "..."

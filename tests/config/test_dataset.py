@@ -132,8 +132,8 @@ def test_misspelled_task_key_suggests_the_right_one():
 def test_requirement_with_a_wrong_size_names_path_value_and_form():
     data = document()
     data["tasks"][1]["requirements"] = {"memory": "lots"}
-    assert problems_of(data) == ['tasks[1].requirements.memory: expected a size like "4GB", '
-                                 'got "lots"']
+    assert problems_of(data) == ['tasks[1].requirements.memory: expected a size like "4GB" of '
+                                 'at most 1PiB, got "lots"']
 
 
 def test_all_problems_of_a_document_are_reported_together():
@@ -303,7 +303,7 @@ def test_per_job_functions_are_refused_in_requirements(function, text):
 def test_a_requirement_resolving_to_a_wrong_value_is_reported_once():
     problems = problems_of(document(steering={"mem": "lots"},
                                     tasks=[task("t", requirements={"memory": "$steering(mem)"})]))
-    assert problems == ['tasks[0].requirements.memory: expected a size like "4GB", got "lots"']
+    assert problems == ['tasks[0].requirements.memory: expected a size like "4GB" of at most 1PiB, got "lots"']
 
 
 def test_a_requirement_naming_an_undefined_steering_value_is_reported_once():

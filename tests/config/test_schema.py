@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from config.resources import format_size
 from config.schema import (
     OMIT,
     AnyValue,
@@ -273,3 +274,10 @@ def test_nan_and_infinity_are_refused_although_json_loads_takes_them(constant):
         parse_json('{"steering": {"x": ' + constant + "}}", "d.json")
     assert str(caught.value) == (f"d.json: {constant} is not a JSON value; write a number, or "
                                  "a string if it is meant as text")
+
+
+def test_a_size_past_what_a_double_holds_is_shown_not_raised():
+    """A page showed a stored requirement of 2**4000 bytes (which an older server let in) by
+    raising OverflowError."""
+    assert format_size(2**4000) == format_size(2**80) == "1073741824PiB"
+    assert format_size(2**50) == "1PiB" and format_size(4 * 2**30) == "4GiB"

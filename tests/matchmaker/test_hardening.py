@@ -6,8 +6,10 @@ pilot's record cannot break a page. Each case is one that a fuzzer or an attack 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import http.cookiejar
+import io
 import json
 import re
 import socket
@@ -23,6 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
+from cli.main import main as floe
 from matchmaker.bounds import MAX_DEPTH
 from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
 
@@ -102,7 +105,7 @@ def test_numbers_beyond_what_storage_holds_are_refused_with_a_sentence(live):
     status, answer = raw(live, "POST", f"/api/v1/pilots/{pilot}/reports", json.dumps(
         {"reports": [{"attempt_id": int(HUGE), "passkey": "x", "exit_code": 0}]}).encode(),
         token=key)
-    assert status == 400 and "what storage holds" in answer["error"], answer
+    assert status == 400 and "attempt_id: must be at most" in answer["error"], answer
     status, answer = raw(live, "POST", f"/api/v1/attempts/{attempt['id']}/report",
                          b'{"exit_code": 0, "usage": {"cpu_time": 1e400}}',
                          {"X-Floe-Passkey": attempt["passkey"]})
@@ -140,6 +143,28 @@ def test_bodies_nested_too_deep_are_refused_before_parsing(live):
     assert status == 201, answer
 
 
+def test_numbers_no_task_or_user_could_have_are_refused(live):
+    for requirements, field in [({"memory": "$eval(2**4000)"}, "memory"),
+                                ({"disk": 10**400}, "disk"), ({"cpus": 2**63}, "cpus"),
+                                ({"walltime": "99999999999999999999d"}, "walltime")]:
+        status, answer = live.api("POST", "/datasets", dataset(requirements=requirements))
+        assert status == 400 and f"requirements.{field}: expected" in answer["error"], answer
+    status, answer = raw(live, "POST", "/api/v1/datasets",
+                         b'{"jobs": ' + b"1" * 100_000 + b"}", token=live.user_token)
+    assert status == 400 and "more than 4,300 digits" in answer["error"], answer
+    status, answer = live.api("POST", "/sites/site-a/pilot-tokens", {"lifetime": 2_000_000},
+                              token=live.site_token)
+    assert status == 400 and "pilot_token_max_lifetime" in answer["error"], answer
+    assert "got 2,000,000" in answer["error"], answer
+    status, answer = live.api("POST", "/sites/site-a/demand", {"shapes": []},
+                              token=live.user_token)
+    assert status == 403 and "may not act for a site" in answer["error"], answer
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        assert floe(["user", "share", "alice", "inf", "--db", str(live.db)]) != 0
+    assert "at most 1,000,000" in said.getvalue(), said.getvalue()
+
+
 def test_error_messages_fit_the_documented_length(live):
     pilot, key = live.register_pilot()
     wrong = {f"{i}{'x' * 4000}": 1 for i in range(10)}
@@ -153,6 +178,12 @@ def test_names_with_a_trailing_newline_are_refused(live):
     for path in ("/users", "/sites"):
         status, answer = live.api("POST", path, {"name": "bob\n"}, token=live.admin_token)
         assert status == 400 and "does not match" in answer["error"], answer
+    shape = {"name": "small", "cpus": 1, "memory": 2**30, "disk": 2**30, "walltime": 600}
+    for body, where in [({"shapes": [shape], "factory": "f1\n"}, "factory"),
+                        ({"shapes": [dict(shape, name="small\n")]}, "shapes[0].name"),
+                        ({"shapes": []}, "shapes")]:
+        status, answer = live.api("POST", "/sites/site-a/demand", body, token=live.site_token)
+        assert status == 400 and answer["error"].startswith(where), answer
 
 
 def signed_in(live: LiveMatchmaker) -> urllib.request.OpenerDirector:
@@ -225,7 +256,26 @@ def test_a_large_body_is_not_read_without_its_passkey(live):
     assert grown < 32 * 2**20, f"the server grew by {grown / 2**20:.0f} MiB"
     status, answer = raw(live, "PUT", f"/api/v1/attempts/{attempt['id']}/logs/stdout",
                          b"y" * (9 * 2**20), {"X-Floe-Passkey": attempt["passkey"]})
-    assert status == 413 and "8388608 bytes" in answer["error"], answer
+    assert status == 413 and "8388608 bytes (the server's max_log_bytes)" in answer["error"]
+
+
+def test_a_trickled_body_cannot_hold_a_turn(live):
+    """Four bodies trickled a byte at a time held every turn for large bodies, for ever."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", live.port), timeout=60) as sock:
+        sock.sendall(f"POST /api/v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     f"{live.user_token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        answer = b""
+        while not answer:
+            sock.sendall(b"1\r\n \r\n")
+            time.sleep(0.5)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                answer = sock.recv(4096)
+            sock.setblocking(True)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"came too slowly" in answer and b"64 KiB/s" in answer, answer
+    assert time.monotonic() - started < 20
 
 
 def test_a_client_that_gives_up_mid_body_is_one_line_in_the_log(live):
