@@ -159,7 +159,7 @@ def unfit(classes: dict[Requirements, int], site: str, shapes: list[Shape]) -> d
             "kinds": [{"tasks": count,
                        "why": "; ".join(f"shape {shape.name}: "
                                         f"{why_not(req, shape.slot, 'the shape')}"
-                                        for shape in shapes)}
+                                        for shape in shapes) or "the request named no shape"}
                       for count, req in kinds[:UNFIT_SHOWN]]}
 
 

@@ -301,7 +301,7 @@ SHAPE = _obj({
 }, ("name", "cpus", "memory", "disk", "walltime"))
 FACTORY = _str(24, pattern=f"^{FACTORY_ID}$", description="the factory's `factory_id`")
 DEMAND = _obj({
-    "shapes": {"type": "array", "items": SHAPE, "minItems": 1, "maxItems": 64},
+    "shapes": {"type": "array", "items": SHAPE, "maxItems": 64},
     "factory": FACTORY,
 }, ("shapes",))
 

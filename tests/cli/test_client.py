@@ -163,7 +163,8 @@ def test_an_invalid_config_is_refused_locally_with_the_path_of_the_problem(
                            f"http://127.0.0.1:{free_port()}", "--token", matchmaker.user_token)
     assert status == 1 and out == ""
     assert err.startswith(f"floe submit: {path} is not a valid dataset config:")
-    assert 'tasks[0].requirements.memory: expected a size like "4GB", got "lots"' in err
+    assert ('tasks[0].requirements.memory: expected a size like "4GB" of at most 1PiB, got '
+            '"lots"') in err
     assert "cannot reach" not in err
     status, _, err = run(capsys, "submit", str(path), *as_user(matchmaker))
     assert status == 1 and "tasks[0].requirements.memory" in err

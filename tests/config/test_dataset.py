@@ -303,7 +303,8 @@ def test_per_job_functions_are_refused_in_requirements(function, text):
 def test_a_requirement_resolving_to_a_wrong_value_is_reported_once():
     problems = problems_of(document(steering={"mem": "lots"},
                                     tasks=[task("t", requirements={"memory": "$steering(mem)"})]))
-    assert problems == ['tasks[0].requirements.memory: expected a size like "4GB" of at most 1PiB, got "lots"']
+    assert problems == ['tasks[0].requirements.memory: expected a size like "4GB" of at most '
+                        '1PiB, got "lots"']
 
 
 def test_a_requirement_naming_an_undefined_steering_value_is_reported_once():

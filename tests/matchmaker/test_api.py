@@ -501,8 +501,8 @@ async def test_invalid_config_is_refused_with_the_path_value_and_fix(world):
     document["tasks"][0]["requirements"]["memory"] = "lots"
     status, answer = await world.api.call("POST", "/api/v1/datasets", world.owner, document)
     assert status == 400
-    assert 'tasks[0].requirements.memory: expected a size like "4GB", got "lots"' in \
-        answer["error"]
+    assert ('tasks[0].requirements.memory: expected a size like "4GB" of at most 1PiB, got '
+            '"lots"') in answer["error"]
 
 
 async def test_a_command_whose_expression_fails_for_every_job_is_refused_at_submit(world):
@@ -534,7 +534,7 @@ async def chunks(size: int):
 async def test_a_chunked_body_over_the_limit_is_refused_as_one_that_says_its_size(world):
     limit = world.settings.max_request_bytes
     refusal = (413, {"error": "the request body is too large: this route accepts at most "
-                              f"{limit} bytes"})
+                              f"{limit} bytes (the server's max_request_bytes)"})
     sized = await world.api.call("POST", "/api/v1/datasets", world.owner, data=b"x" * (limit + 1))
     assert sized == refusal
     for size in (limit + 1, 3 * limit):  # 3 * limit is over aiohttp's own cap, client_max_size

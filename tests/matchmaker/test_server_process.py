@@ -116,8 +116,8 @@ def test_admin_commands_explain_their_errors(tmp_path):
     assert missing.returncode == 1 and "floe site add nowhere" in missing.stderr
     # Named as `floe priority` names a priority out of range: the argument, the bound, the value.
     share = floe("user", "share", "alice", "0", "--db", db, check=False)
-    assert (share.returncode, share.stderr) == (1, "floe user: share: must be greater than 0, "
-                                                   "got 0\n")
+    assert (share.returncode, share.stderr) == (1, "floe user: share: must be greater than 0 "
+                                                   "and at most 1,000,000, got 0\n")
 
 
 def test_a_bad_settings_file_stops_the_server_with_the_reason(tmp_path):
