@@ -64,7 +64,19 @@ SERVER_SCHEMA = Object([
           details="Fair share charges each dispatch this (at most the task's walltime) until "
                   "real runtimes are known, then corrects to what was used."),
     Field("idle_wait", Duration(1, 3600), "how long a pilot is told to wait when nothing "
-          "fits", "30s"),
+          "fits", "30s", details="A pilot that can wait is held instead (`hold_asks`): it is "
+                                 "told this only by a server that holds no ask."),
+    Field("hold_asks", Duration(0, 300), "longest an idle pilot's ask is held open, waiting "
+          "for work it can run, before it is answered with none", "25s",
+          details="An ask with nothing to give is answered the moment a task it fits becomes "
+                  "ready (a submission, a dependency released, a resume, a reset, a retry), "
+                  "so that work starts within milliseconds on idle pilots. Only pilots that "
+                  "say they can wait are held (floe's pilots do, when they run nothing), for "
+                  "at most this long and for no longer than they say. 0 holds none: each "
+                  "ask is answered at once."),
+    Field("max_held_asks", Integer(0, 1_000_000), "most asks held open at once", 20000,
+          details="Past it, an ask is answered at once, as with `hold_asks` 0. Each held ask "
+                  "keeps one connection and a few kilobytes."),
     Field("max_request_bytes", Size(1024, 2**30), "largest accepted request body", "4MiB"),
     Field("max_connections_per_address", Integer(1, 1_000_000), "most connections one client "
           "address may hold open at once", 4096,
@@ -118,6 +130,8 @@ class ServerSettings:
     gpu_weight: float
     runtime_guess: int
     idle_wait: int
+    hold_asks: int
+    max_held_asks: int
     max_request_bytes: int
     max_connections_per_address: int
     max_log_bytes: int

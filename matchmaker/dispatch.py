@@ -16,6 +16,7 @@ its walltime from the slot's time left.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -123,6 +124,20 @@ class Offer:
         most = data.get("max_tasks")
         return cls(Slot.from_dict(dict(data, site=site)), None if most is None else int(most),
                    bool(data.get("in_series", False)))
+
+
+def nothing_in(answer: Answer) -> bool:
+    """Whether `answer` hands out no task."""
+    return isinstance(answer, NoWork) or (isinstance(answer, Given) and not answer.attempts)
+
+
+def ask_again(answer: Answer) -> Answer:
+    """An answer of no task that says to ask again at once (the ask was held its whole time)."""
+    if isinstance(answer, NoWork):
+        return dataclasses.replace(answer, wait=0)
+    if isinstance(answer, Given) and answer.nothing is not None:
+        return Given([], dataclasses.replace(answer.nothing, wait=0))
+    return answer
 
 
 def answer_json(engine: Engine, answer: Answer) -> bytes:

@@ -27,6 +27,7 @@ from config.settings import ServerSettings
 from config.states import TaskState
 
 from .fairshare import Ledger
+from .holding import Holding
 from .metrics import Metrics
 from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
 from .storage import queries, writes
@@ -187,6 +188,7 @@ class Engine:
         self.empty_endings: dict[str, collections.deque[float]] = {}
         self._background: list[asyncio.Task] = []
         self.materializing: asyncio.Event = asyncio.Event()
+        self.holding = Holding(settings.max_held_asks)
         # Tasks of datasets being submitted, by user, until they are stored (submission.py).
         self.submitting: dict[int, int] = {}
         self.started = now
@@ -197,6 +199,7 @@ class Engine:
     # -- lookups ------------------------------------------------------------------------------
     def add_dataset(self, dataset: DatasetState) -> None:
         self.datasets[dataset.id] = dataset
+        dataset.queue.on_ready = self.holding.poke
         self.by_user.setdefault(dataset.user_id, []).append(dataset)
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)

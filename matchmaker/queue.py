@@ -40,6 +40,8 @@ class DatasetQueue:
         self.classes: dict[ClassKey, TaskClass] = {}
         self.ready = 0
         self.gpu_ready = 0  # of `ready`, tasks that need GPUs: lets a GPU phase skip us fast
+        self.on_ready: Callable[[Requirements, int], None] | None = None
+        """Told of every task that becomes ready (holding.Holding.poke wakes held asks)."""
 
     def push(self, task_id: int, task_index: int, requirements: Requirements,
              continuing: bool) -> None:
@@ -52,6 +54,8 @@ class DatasetQueue:
         self.ready += 1
         if requirements.gpus:
             self.gpu_ready += 1
+        if self.on_ready is not None:
+            self.on_ready(requirements, 1)
 
     def push_many(self, task_ids: list[int], task_index: int, requirements: Requirements) -> None:
         """Append fresh tasks in bulk (a newly materialized chunk of jobs)."""
@@ -64,6 +68,8 @@ class DatasetQueue:
         self.ready += len(task_ids)
         if requirements.gpus:
             self.gpu_ready += len(task_ids)
+        if self.on_ready is not None:
+            self.on_ready(requirements, len(task_ids))
 
     def left_ready(self, task_index: int, requirements: Requirements) -> None:
         """Count a task of this class that stopped being ready without being taken."""

@@ -72,7 +72,14 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
                  settings.database)
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(_release_held_asks)
     return app
+
+
+async def _release_held_asks(app: web.Application) -> None:
+    """Before the requests in flight are waited for: the held asks are answered at once."""
+    if ENGINE in app:
+        app[ENGINE].holding.close()
 
 
 async def _save_state(engine: Engine) -> bool:

@@ -22,6 +22,7 @@ reports left by an earlier pilot, and a pilot whose token was refused.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
@@ -79,9 +80,14 @@ class Ask:
     offer: Slot
     max_tasks: int = 1
     in_series: bool = False
+    hold: int = 0
+    """Seconds the pilot can wait for an answer while nothing fits (0: answer at once)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(_free(self.offer), max_tasks=self.max_tasks, in_series=self.in_series)
+        body = dict(_free(self.offer), max_tasks=self.max_tasks, in_series=self.in_series)
+        if self.hold:
+            body["hold"] = self.hold
+        return body
 
 
 class Matchmaker:
@@ -125,9 +131,20 @@ class Matchmaker:
 
     def ask(self, pilot_id: int, offer: Slot | Ask) -> Reply:
         """One task that fits a `Slot` ({"attempt": ...}), or the list form for an `Ask`
-        ({"attempts": [...]})."""
+        ({"attempts": [...]}); an ask that may be held waits that much longer for its answer."""
         body = offer.to_dict() if isinstance(offer, Ask) else _free(offer)
-        return self.call("POST", f"/pilots/{pilot_id}/ask", body)
+        hold = offer.hold if isinstance(offer, Ask) else 0
+        return self.call("POST", f"/pilots/{pilot_id}/ask", body,
+                         timeout=self.timeout + hold if hold else None)
+
+    def interrupt(self) -> None:
+        """End the request in flight (a held ask), from a signal handler or another thread: it
+        fails as Unreachable at once."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def heartbeats(self, pilot_id: int, attempts: Sequence[Mapping[str, Any]],
                    reporting: Sequence[int] | None = None, timeout: float | None = None

@@ -110,6 +110,8 @@ class Pilot:
         self._ask_backoff = Backoff(cap=self.settings.max_backoff)
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
+        self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
+        self._asking = False
 
     @property
     def timings(self) -> collections.deque:
@@ -123,6 +125,8 @@ class Pilot:
         pilot_lost), deliver, leave."""
         self._drain_asked = why
         self._wake.notify()
+        if self._asking:  # a held ask would keep the loop from draining until it is answered
+            self.client.interrupt()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.drain(f"{signal.Signals(signum).name} received")
@@ -306,15 +310,33 @@ class Pilot:
         ask, seconds = plan
         asked = self.clock()
         self._asked_since_busy = True
+        hold = self._hold_for(now)
+        if hold:
+            ask = dataclasses.replace(ask, hold=hold)
+        self._asking = True
         try:
             reply = self.client.ask(self.pilot_id, ask)
         except Unreachable as err:
+            if self._drain_asked is not None:
+                return  # the held ask was ended to drain
+
             delay = self._ask_backoff.next()
             self._next_ask = now + delay
             log.warning("%s; asking again in %.1fs", err, delay)
             return
+        finally:
+            self._asking = False
         self._ask_backoff.reset()
-        self._answered(reply, now, asked, ask, seconds)
+        self._answered(reply, self.clock() if hold else now, asked, ask, seconds)
+
+    def _hold_for(self, now: float) -> int:
+        """Seconds the matchmaker may hold this ask: while the pilot runs and delivers nothing,
+        up to the server's `hold_asks`, its next heartbeat and the end of its idle time."""
+        if not self._hold_asks or self.lanes.busy or self.reports.pending \
+                or self.reports.unkept or self._drain_asked is not None:
+            return 0
+        until = min(self.heartbeat.due, self._last_busy + self.settings.idle_timeout)
+        return max(0, int(min(self._hold_asks, until - now)))
 
     def _answered(self, reply: Reply, now: float, asked: float, ask: Ask, seconds: int) -> None:
         """Act on the answer to an ask (its own, or the one riding on reports)."""
@@ -327,7 +349,7 @@ class Pilot:
                 for answer in attempts:
                     self._take(answer, asked, ask.in_series)
                 return
-            self._no_work(now, reply.data, seconds)
+            self._no_work(now, reply.data, seconds, held=ask.hold > 0)
         elif reply.status == 401:
             self._token_refused = True
             self._stop_asking("token expired", reply.error)
@@ -338,13 +360,18 @@ class Pilot:
             self._stop_asking("error", f"the matchmaker refused to match: {reply.error}",
                               EXIT_ERROR)
 
-    def _no_work(self, now: float, answer: Mapping[str, Any], seconds: int) -> None:
+    def _no_work(self, now: float, answer: Mapping[str, Any], seconds: int,
+                 held: bool = False) -> None:
         shortest = answer.get("shortest_walltime")
         if shortest is not None and seconds < shortest:
             self._stop_asking("lifetime", f"{format_duration(seconds)} left, and the shortest "
                                           f"ready task needs {format_duration(shortest)}")
             return
-        wait = float(answer.get("wait") or 30)
+        if not held and self._hold_for(now):
+            self._next_ask = now  # an ask that the matchmaker holds until there is work
+            return
+        wait = answer.get("wait")
+        wait = 30.0 if wait is None else float(wait)
         self._next_ask = now + jittered(wait)
         log.debug("no work: %s; asking again in about %ss", answer.get("reason"), wait)
 
@@ -370,6 +397,7 @@ class Pilot:
                                          f"{reply.error}", EXIT_ERROR)
             return
         self.pilot_id = int(reply.data["pilot_id"])
+        self._hold_asks = int(reply.data.get("hold_asks") or 0)
         self.heartbeat.set_interval(reply.data.get("heartbeat_interval"))
         self.heartbeat.due = now + self.heartbeat.interval
         kept = reply.data.get("tail_bytes")

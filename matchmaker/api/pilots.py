@@ -8,6 +8,7 @@ are each proved by their passkeys, in the bodies of its bulk heartbeat and bulk 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -62,7 +63,8 @@ async def register(ctx: Context) -> Any:
     settings = ctx.engine.settings
     return {"pilot_id": pilot.pilot_id, "key": key, "site": pilot.site.name,
             "heartbeat_interval": settings.heartbeat_interval,
-            "heartbeat_timeout": settings.heartbeat_timeout, "tail_bytes": settings.tail_bytes}
+            "heartbeat_timeout": settings.heartbeat_timeout, "tail_bytes": settings.tail_bytes,
+            "hold_asks": settings.hold_asks}
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/ask", summary="Ask for the best task that fits",
@@ -74,13 +76,36 @@ async def register(ctx: Context) -> Any:
                    "`max_tasks`, the list form: {\"attempts\": [{...}, ...]} (each as "
                    "\"attempt\" above, chosen in the fair-share order as single asks would "
                    "be), or {\"attempts\": [], \"wait\": ..., \"reason\": ..., "
-                   "\"shortest_walltime\": ...}.")
+                   "\"shortest_walltime\": ...}. With `hold`, an ask with nothing to give "
+                   "is held open (at most `hold` and the server's `hold_asks` seconds) and "
+                   "answered as soon as a task it fits becomes ready; held to its end with "
+                   "nothing, it is answered with none and `wait` 0: ask again.")
 async def ask(ctx: Context) -> Any:
     pilot = own_pilot(ctx)
     offer = dispatch.Offer.from_dict(ctx.body, pilot.site.name)
     answer = await dispatch.ask(ctx.engine, pilot, offer)
+    hold = min(ctx.body.get("hold", 0), ctx.engine.settings.hold_asks)
+    if hold and dispatch.nothing_in(answer):
+        answer = await _held(ctx, pilot, offer, answer, hold)
     return web.Response(body=dispatch.answer_json(ctx.engine, answer),
                         content_type="application/json")
+
+
+async def _held(ctx: Context, pilot: Pilot, offer: dispatch.Offer, answer: dispatch.Answer,
+                seconds: float) -> dispatch.Answer:
+    """Hold an ask that got nothing until work it fits is ready (then ask again) or `seconds`
+    have passed (then the answer says to ask again at once). Not past its pilot's end, nor for
+    a client that has gone."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while dispatch.nothing_in(answer):
+        if not await ctx.engine.holding.hold(pilot.pilot_id, offer.slot, until - loop.time()):
+            return dispatch.ask_again(answer) if loop.time() >= until - 0.01 else answer
+        transport = ctx.request.transport
+        if transport is None or transport.is_closing():
+            return answer  # nobody to give a task to
+        answer = await dispatch.ask(ctx.engine, pilot, offer)
+    return answer
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/heartbeat", summary="Report that the pilot and all "

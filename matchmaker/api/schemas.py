@@ -64,6 +64,9 @@ ASK = dict(SLOT, properties=dict(
     SLOT["properties"],
     max_tasks=_int(1, MAX_TASKS, "the most tasks to hand out at once; when given, the answer "
                    "has the list form {\"attempts\": [...]}"),
+    hold=_int(0, 300, "seconds the pilot can wait for an answer: an ask with nothing to give "
+              "is held open that long at most (and at most the server's `hold_asks`, which "
+              "its registration answered), and answered as soon as work it fits is ready"),
     in_series={"type": "boolean", "default": False,
                "description": "false: the tasks run side by side, so together they must fit "
                               "the free resources; true: one after another, so each must fit "
@@ -120,6 +123,8 @@ REGISTERED = _obj({
     "tail_bytes": _int(1, doc="the most of each stream's end the server keeps with an "
                                  "attempt (bytes of UTF-8): a longer log goes up whole, "
                                  "through the log route"),
+    "hold_asks": _int(0, 300, doc="the longest the server holds an ask (`hold`) that has "
+                                  "nothing to give yet; 0: it holds none"),
 }, ("pilot_id", "key", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes"))
 
 _NAMES = {"type": "array", "items": {"type": "string"}}

@@ -1,0 +1,113 @@
+"""Held asks: an idle pilot that can wait is answered the moment work it can run is ready, not
+after `idle_wait`; only pilots that can run the new work are woken; the held asks are bounded;
+and a real pilot uses them. The API is served in this process (real aiohttp, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
+
+from . import support as s
+
+IDLE = {"cpus": 1, "memory": 2**30, "disk": 2**30, "seconds": 3600, "max_tasks": 1}
+
+
+async def emptied(world) -> None:
+    """No ready task anywhere: the world's own dataset suspended."""
+    status, answer = await world.api.call("POST", f"/api/v1/datasets/{world.dataset}/suspend",
+                                          world.owner)
+    assert status == 200, answer
+
+
+async def held_ask(world, pilot: int, hold: int, **offer):
+    started = time.monotonic()
+    status, answer = await world.api.call("POST", f"/api/v1/pilots/{pilot}/ask",
+                                          world.keys[pilot], dict(IDLE, hold=hold, **offer))
+    assert status == 200, answer
+    return answer, time.monotonic() - started
+
+
+async def until_held(world, count: int) -> None:
+    for _ in range(500):
+        if len(world.engine.holding.held) == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} asks were not held")
+
+
+async def test_a_held_ask_is_answered_when_a_task_it_fits_is_submitted(world):
+    await emptied(world)
+    asking = asyncio.create_task(held_ask(world, world.pilot, 20))
+    await until_held(world, 1)
+    status, made = await world.api.call("POST", "/api/v1/datasets", world.other,
+                                        s.config(jobs=1))
+    assert status == 201, made
+    answer, took = await asking
+    assert [a["task_id"] for a in answer["attempts"]] == \
+        [world.engine.datasets[made["id"]].base], answer
+    assert took < 10, "answered when the task was ready, not at the end of the hold"
+    assert not world.engine.holding.held
+
+
+async def test_only_pilots_that_can_run_the_new_work_are_woken(world):
+    await emptied(world)
+    cpu_only = asyncio.create_task(held_ask(world, world.pilot, 3))
+    with_gpu = asyncio.create_task(held_ask(world, world.sibling, 20, gpus=1))
+    await until_held(world, 2)
+    gpu_task = s.config(jobs=1, tasks=[{"name": "gpu", "requirements": {
+        "cpus": 1, "gpus": 1, "memory": "1GiB", "walltime": "1h"},
+        "modules": [{"command": ["true"]}]}])
+    status, made = await world.api.call("POST", "/api/v1/datasets", world.other, gpu_task)
+    assert status == 201, made
+    answer, took = await with_gpu
+    assert len(answer["attempts"]) == 1 and took < 10, answer
+    answer, took = await cpu_only  # not woken: held to its end, then told to ask again at once
+    assert answer["attempts"] == [] and answer["wait"] == 0, answer
+    assert took >= 2.9
+
+
+async def test_held_asks_are_bounded(world):
+    await emptied(world)
+    world.engine.holding.limit = 1
+    first = asyncio.create_task(held_ask(world, world.pilot, 2))
+    await until_held(world, 1)
+    answer, took = await held_ask(world, world.sibling, 20)  # over the limit: answered at once
+    assert answer["attempts"] == [] and answer["wait"] == world.settings.idle_wait, answer
+    assert took < 2
+    answer, _ = await first
+    assert answer["wait"] == 0
+
+
+async def test_an_ask_without_hold_is_answered_at_once_as_before(world):
+    await emptied(world)
+    status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/ask",
+                                          world.pilot_key, IDLE)
+    assert status == 200 and answer["attempts"] == [], answer
+    assert answer["wait"] == world.settings.idle_wait and not world.engine.holding.held
+
+
+def test_an_idle_real_pilot_starts_new_work_at_once(tmp_path: Path):
+    """With `idle_wait` at 30 s, an idle pilot that was told to wait would start a task
+    submitted now up to 36 s later; held, it starts it as soon as it is ready."""
+    directory = tmp_path / "matchmaker"
+    directory.mkdir()
+    live = LiveMatchmaker(directory, settings=SETTINGS.replace('idle_wait = "1s"',
+                                                               'idle_wait = "30s"'))
+    live.start()
+    try:
+        scratch = tmp_path / "pilot"
+        scratch.mkdir()
+        live.start_pilot(scratch, "--idle-timeout", "10m")
+        wait_for(lambda: live.get("/pilots")["pilots"], 30, "the pilot to register")
+        time.sleep(2.0)  # it has asked, found nothing, and is held (or about to be again)
+        dataset = live.submit({"description": "now", "jobs": 3, "tasks": [
+            {"name": "t", "requirements": {"walltime": "1m"}, "modules": [{"command": "true"}]}]})
+        started = time.monotonic()
+        wait_for(lambda: live.get(f"/datasets/{dataset}")["status"] == "complete", 60,
+                 "the tasks to complete")
+        assert time.monotonic() - started < 20
+    finally:
+        live.close()
