@@ -92,7 +92,8 @@ def null_task(command: list[str]) -> dict[str, Any]:
 class Server:
     """`floe server` on a fresh database, with a user and the given sites."""
 
-    def __init__(self, workdir: Path, sites: list[str]) -> None:
+    def __init__(self, workdir: Path, sites: list[str], settings_text: str = SERVER_SETTINGS
+                 ) -> None:
         workdir.mkdir(parents=True)
         self.workdir = workdir
         self.db = workdir / "floe.sqlite"
@@ -101,7 +102,7 @@ class Server:
         self.user_token = self._floe("user", "add", "bench")["token"]
         self.site_tokens = {site: self._floe("site", "add", site)["token"] for site in sites}
         settings = workdir / "server.toml"
-        settings.write_text(SERVER_SETTINGS)
+        settings.write_text(settings_text)
         with open(workdir / "server.log", "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",

@@ -1,12 +1,12 @@
 """The benchmark summary in README.md, made from the benchmarks' own JSON output.
 
 `make bench` saves what each benchmark prints under docs/bench/ (matchmaker.json,
-large_dataset.json, pilot.json, factory.json, submission.json, hostile.json) and then runs this
-script, which writes the summary table between the `benchmarks:begin` and `benchmarks:end`
-markers of README.md: each figure read from those files, each target from the issue that set it,
-and met or missed decided from the two. No figure is typed by hand, so the table cannot drift
-from the runs it reports; a test holds README.md to the committed files. `--check` exits 1 if
-README.md is out of date.
+large_dataset.json, pilot.json, factory.json, submission.json, hostile.json, defaults.json) and
+then runs this script, which writes the summary table between the `benchmarks:begin` and
+`benchmarks:end` markers of README.md: each figure read from those files, each target from the
+issue that set it, and met or missed decided from the two. No figure is typed by hand, so the
+table cannot drift from the runs it reports; a test holds README.md to the committed files.
+`--check` exits 1 if README.md is out of date.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ RESULTS = ROOT / "docs" / "bench"
 README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (made by benchmarks/report.py from docs/bench/*.json) -->"
 END = "<!-- benchmarks:end -->"
-SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission", "hostile")
+SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission", "hostile",
+           "defaults")
 
 Results = dict[str, Any]
 
@@ -170,6 +171,19 @@ ROWS = [
         lambda r: f"+{n(r['hostile']['this_build']['grown_at_peak_mib'], 1)} MiB / "
                   f"+{n(r['hostile']['baseline']['grown_at_peak_mib'], 1)} MiB",
         "nothing unproved held", lambda r: r["hostile"]["this_build"]["grown_at_peak_mib"] < 32),
+    Row("at the defaults (server and factory, local plugin, 2 pilots of 1 CPU, no walltime "
+        "declared): one task, submit to seen complete, median (p90)",
+        lambda r: f"{n(r['defaults']['single_task_ms']['median'], 1)} ms "
+                  f"({n(r['defaults']['single_task_ms']['p90'], 1)} ms)",
+        "≤ 5 ms", lambda r: r["defaults"]["single_task_ms"]["median"] <= 5),
+    Row("the same: 2,000 / 10,000 tasks submitted, tasks per second until seen complete "
+        "(fraction of the bare spawn loops)",
+        lambda r: " / ".join(f"{n(r['defaults']['tasks_per_second'][k])} "
+                             f"({r['defaults']['of_bare_spawn_rate'][k]:.2f})"
+                             for k in ("2000", "10000")),
+        "≥ 1,400 and ≥ 0.5", lambda r: all(
+            r["defaults"]["tasks_per_second"][k] >= 1400
+            and r["defaults"]["of_bare_spawn_rate"][k] >= 0.5 for k in ("2000", "10000"))),
 ]
 
 

@@ -114,6 +114,7 @@ class Matchmaker:
                 raise MatchmakerSettingError(f"--cacert {cacert}: cannot load it as PEM "
                                              f"certificates: {err}") from None
         self._connection: http.client.HTTPConnection | None = None
+        self._interrupted = False
         self.proxy = proxy_for(parts)
 
     # ------------------------------------------------------------ the pilot's calls
@@ -140,6 +141,7 @@ class Matchmaker:
     def interrupt(self) -> None:
         """End the request in flight (a held ask), from a signal handler or another thread: it
         fails as Unreachable at once."""
+        self._interrupted = True
         connection = self._connection
         sock = connection.sock if connection is not None else None
         if sock is not None:
@@ -210,6 +212,7 @@ class Matchmaker:
         if self.proxy is not None and not self._https:  # a plain-http proxy takes whole URLs
             target = f"http://{self._host}:{self._port or 80}{target}"
             headers.update(self.proxy.headers)
+        self._interrupted = False
         for _ in range(2):
             reused = self._connection is not None
             try:
@@ -219,7 +222,7 @@ class Matchmaker:
                 data = response.read()
             except _STALE_CONNECTION as err:
                 self.close()
-                if reused:
+                if reused and not self._interrupted:  # not a stale connection: ended here
                     continue
                 raise Unreachable(self._why(err)) from None
             except (OSError, http.client.HTTPException) as err:

@@ -125,7 +125,8 @@ REGISTERED = _obj({
                                  "through the log route"),
     "hold_asks": _int(0, 300, doc="the longest the server holds an ask (`hold`) that has "
                                   "nothing to give yet; 0: it holds none"),
-}, ("pilot_id", "key", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes"))
+}, ("pilot_id", "key", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes",
+    "hold_asks"))
 
 _NAMES = {"type": "array", "items": {"type": "string"}}
 

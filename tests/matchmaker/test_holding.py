@@ -5,6 +5,7 @@ and a real pilot uses them. The API is served in this process (real aiohttp, rea
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 
@@ -109,5 +110,27 @@ def test_an_idle_real_pilot_starts_new_work_at_once(tmp_path: Path):
         wait_for(lambda: live.get(f"/datasets/{dataset}")["status"] == "complete", 60,
                  "the tasks to complete")
         assert time.monotonic() - started < 20
+    finally:
+        live.close()
+
+
+def test_a_signal_ends_a_held_ask_at_once(tmp_path: Path):
+    """A batch system's SIGTERM reaches an idle pilot in the middle of a held ask: it leaves at
+    once, not when the hold ends (SLURM's pilots stayed COMPLETING for the rest of it)."""
+    directory = tmp_path / "matchmaker"
+    directory.mkdir()
+    live = LiveMatchmaker(directory, settings=SETTINGS.replace('heartbeat_interval = "5s"',
+                                                               'heartbeat_interval = "60s"'))
+    live.start()
+    try:
+        scratch = tmp_path / "pilot"
+        scratch.mkdir()
+        pilot = live.start_pilot(scratch, "--idle-timeout", "10m")
+        wait_for(lambda: live.get("/pilots")["pilots"], 30, "the pilot to register")
+        time.sleep(2.0)  # its ask is held now (for up to 25 s)
+        started = time.monotonic()
+        pilot.send_signal(signal.SIGTERM)
+        assert pilot.wait(20) == 0
+        assert time.monotonic() - started < 10
     finally:
         live.close()

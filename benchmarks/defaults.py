@@ -1,0 +1,92 @@
+"""Benchmark of what a new user gets at the defaults: the protocol that Parsl, Work Queue, Dask
+and Celery were measured with on this machine (issue 16), run on floe.
+
+`floe server` with no settings (every default), `floe factory` with the local plugin and one
+1-CPU shape, at most 2 pilots (as README's site example, with `max_total = 2`), every other
+site setting at its default. Tasks are `true` with no requirement declared (so the default
+walltime, 1h). Measured, all in one run:
+
+- single-task latency: one dataset of one task at a time on the idle system, from the submit
+  request to the client seeing the dataset complete (polling its status every 2 ms), 30 times
+  after a warm-up: median and p90;
+- submit-and-wait: one dataset of N tasks, from the submit to the client seeing it complete
+  (polled every 20 ms), for N = 2,000 and 10,000: tasks per second;
+- the floor: two bare loops starting `/bin/true` (one per core) for 5 s, in the same run.
+
+Prints one JSON object. `--small` measures 10 single tasks and N = 2,000 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.factory import Factory, Server, wait_for  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
+
+SITE = "bench-defaults"
+SHAPE = {"name": "one", "cpus": 1, "memory": "1GiB", "disk": "1GiB", "walltime": "1h"}
+
+
+def dataset(jobs: int) -> dict[str, Any]:
+    return {"description": "defaults benchmark", "jobs": jobs,
+            "tasks": [{"name": "true", "modules": [{"command": ["true"]}]}]}
+
+
+def submit_and_wait(server: Server, jobs: int, every: float) -> float:
+    """Seconds from the submit to the client seeing every task complete."""
+    started = time.perf_counter()
+    made = server.call("POST", "/datasets", dataset(jobs))["id"]
+    while server.dataset(made)["status"] != "complete":
+        time.sleep(every)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="fewer runs")
+    args = parser.parse_args()
+    singles, sizes = (10, (2000,)) if args.small else (30, (2000, 10000))
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        server = Server(root / "server", [SITE], settings_text="")
+        factory = None
+        try:
+            factory = Factory(root / "factory", server, {
+                "name": SITE, "plugin": "local", "python": sys.executable, "max_total": 2,
+                "max_queued": 2, "shapes": [dict(SHAPE)]})
+            submit_and_wait(server, 2, 0.05)  # warm-up: the pilots start and register
+            wait_for(lambda: server.site(SITE)["pilots"] == 2, 120, "both pilots", 0.1)
+            time.sleep(1.0)
+            latencies = [submit_and_wait(server, 1, 0.002) for _ in range(singles)]
+            rates = {str(n): round(n / submit_and_wait(server, n, 0.02), 1) for n in sizes}
+        finally:
+            if factory is not None:
+                factory.stop()
+            server.stop()
+    machine = describe(spawn=True)
+    floor = machine["bare_spawn_per_second"]
+    ordered = sorted(latencies)
+    print(json.dumps({
+        "benchmark": "defaults", "machine": machine,
+        "settings": "floe server and factory at their defaults; local plugin, 2 pilots of 1 "
+                    "CPU; tasks `true` with no requirement declared (walltime 1h)",
+        "single_task_ms": {"median": round(1000 * statistics.median(latencies), 1),
+                           "p90": round(1000 * ordered[int(0.9 * (len(ordered) - 1))], 1),
+                           "runs": len(latencies)},
+        "tasks_per_second": rates,
+        "of_bare_spawn_rate": {n: round(rate / floor, 3) for n, rate in rates.items()},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
