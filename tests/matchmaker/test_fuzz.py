@@ -49,7 +49,9 @@ def fuzz(live: LiveMatchmaker, role: str, headers: dict[str, str], parameters: d
 def test_no_request_of_any_role_gets_a_server_error(tmp_path):
     directory = tmp_path / "matchmaker"
     directory.mkdir()
-    live = LiveMatchmaker(directory, settings=SETTINGS + "max_queued_tasks_per_user = 100000\n")
+    # Asks are held at most a second: the fuzzer's asks with `hold` would each wait 25 s.
+    live = LiveMatchmaker(directory, settings=SETTINGS + "max_queued_tasks_per_user = 100000\n"
+                                                         'hold_asks = "1s"\n')
     admin = live._floe("user", "token", "root")["token"]
     live.start()
     try:
