@@ -5,8 +5,11 @@ and a real pilot uses them. The API is served in this process (real aiohttp, rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
@@ -90,47 +93,45 @@ async def test_an_ask_without_hold_is_answered_at_once_as_before(world):
     assert answer["wait"] == world.settings.idle_wait and not world.engine.holding.held
 
 
-def test_an_idle_real_pilot_starts_new_work_at_once(tmp_path: Path):
-    """With `idle_wait` at 30 s, an idle pilot that was told to wait would start a task
-    submitted now up to 36 s later; held, it starts it as soon as it is ready."""
+@contextlib.contextmanager
+def idle_pilot(tmp_path: Path, old: str, new: str) -> Iterator[tuple[LiveMatchmaker,
+                                                                  subprocess.Popen]]:
+    """A matchmaker (its test settings with `old` replaced by `new`) and one real pilot that
+    has registered and found nothing to do: its ask is held (or about to be again)."""
     directory = tmp_path / "matchmaker"
     directory.mkdir()
-    live = LiveMatchmaker(directory, settings=SETTINGS.replace('idle_wait = "1s"',
-                                                               'idle_wait = "30s"'))
-    live.start()
-    try:
-        scratch = tmp_path / "pilot"
-        scratch.mkdir()
-        live.start_pilot(scratch, "--idle-timeout", "10m")
-        wait_for(lambda: live.get("/pilots")["pilots"], 30, "the pilot to register")
-        time.sleep(2.0)  # it has asked, found nothing, and is held (or about to be again)
-        dataset = live.submit({"description": "now", "jobs": 3, "tasks": [
-            {"name": "t", "requirements": {"walltime": "1m"}, "modules": [{"command": "true"}]}]})
-        started = time.monotonic()
-        wait_for(lambda: live.get(f"/datasets/{dataset}")["status"] == "complete", 60,
-                 "the tasks to complete")
-        assert time.monotonic() - started < 20
-    finally:
-        live.close()
-
-
-def test_a_signal_ends_a_held_ask_at_once(tmp_path: Path):
-    """A batch system's SIGTERM reaches an idle pilot in the middle of a held ask: it leaves at
-    once, not when the hold ends (SLURM's pilots stayed COMPLETING for the rest of it)."""
-    directory = tmp_path / "matchmaker"
-    directory.mkdir()
-    live = LiveMatchmaker(directory, settings=SETTINGS.replace('heartbeat_interval = "5s"',
-                                                               'heartbeat_interval = "60s"'))
+    live = LiveMatchmaker(directory, settings=SETTINGS.replace(old, new))
     live.start()
     try:
         scratch = tmp_path / "pilot"
         scratch.mkdir()
         pilot = live.start_pilot(scratch, "--idle-timeout", "10m")
         wait_for(lambda: live.get("/pilots")["pilots"], 30, "the pilot to register")
-        time.sleep(2.0)  # its ask is held now (for up to 25 s)
+        time.sleep(2.0)
+        yield live, pilot
+    finally:
+        live.close()
+
+
+def test_an_idle_real_pilot_starts_new_work_at_once(tmp_path: Path):
+    """With `idle_wait` at 30 s, an idle pilot that was told to wait would start a task
+    submitted now up to 36 s later; held, it starts it as soon as it is ready."""
+    with idle_pilot(tmp_path, 'idle_wait = "1s"', 'idle_wait = "30s"') as (live, _):
+        dataset = live.submit({"description": "now", "jobs": 3, "tasks": [
+            {"name": "t", "requirements": {"walltime": "1m"}, "modules": [{"command": "true"}]}]})
+        started = time.monotonic()
+        wait_for(lambda: live.get(f"/datasets/{dataset}")["status"] == "complete", 60,
+                 "the tasks to complete")
+        assert time.monotonic() - started < 20
+
+
+def test_a_signal_ends_a_held_ask_at_once(tmp_path: Path):
+    """A batch system's SIGTERM reaches an idle pilot in the middle of a held ask (up to 25 s):
+    it leaves at once, not when the hold ends (SLURM's pilots stayed COMPLETING for the rest of
+    it)."""
+    with idle_pilot(tmp_path, 'heartbeat_interval = "5s"',
+                    'heartbeat_interval = "60s"') as (_, pilot):
         started = time.monotonic()
         pilot.send_signal(signal.SIGTERM)
         assert pilot.wait(20) == 0
         assert time.monotonic() - started < 10
-    finally:
-        live.close()
