@@ -7,10 +7,10 @@ site setting at its default. Tasks are `true` with no requirement declared (so t
 walltime, 1h). Measured, all in one run:
 
 - single-task latency: one dataset of one task at a time on the idle system, from the submit
-  request to the client seeing the dataset complete (polling its status every 2 ms), 30 times
-  after a warm-up: median and p90;
+  request to the client seeing the dataset complete (waiting as `floe wait` does, on a request
+  the matchmaker answers when the dataset ends), 30 times after a warm-up: median and p90;
 - submit-and-wait: one dataset of N tasks, from the submit to the client seeing it complete
-  (polled every 20 ms), for N = 2,000 and 10,000: tasks per second;
+  (waiting the same way), for N = 2,000 and 10,000: tasks per second;
 - the floor: two bare loops starting `/bin/true` (one per core) for 5 s, in the same run.
 
 Prints one JSON object. `--small` measures 10 single tasks and N = 2,000 only.
@@ -42,12 +42,14 @@ def dataset(jobs: int) -> dict[str, Any]:
             "tasks": [{"name": "true", "modules": [{"command": ["true"]}]}]}
 
 
-def submit_and_wait(server: Server, jobs: int, every: float) -> float:
-    """Seconds from the submit to the client seeing every task complete."""
+def submit_and_wait(server: Server, jobs: int) -> float:
+    """Seconds from the submit to the client seeing every task complete, waiting as `floe wait`
+    does: a request the matchmaker answers when the dataset ends."""
     started = time.perf_counter()
     made = server.call("POST", "/datasets", dataset(jobs))["id"]
-    while server.dataset(made)["status"] != "complete":
-        time.sleep(every)
+    while server.call("GET", f"/datasets/{made}/progress?until=end&wait=30")["status"] \
+            != "complete":
+        pass
     return time.perf_counter() - started
 
 
@@ -64,11 +66,11 @@ def main() -> None:
             factory = Factory(root / "factory", server, {
                 "name": SITE, "plugin": "local", "python": sys.executable, "max_total": 2,
                 "max_queued": 2, "shapes": [dict(SHAPE)]})
-            submit_and_wait(server, 2, 0.05)  # warm-up: the pilots start and register
+            submit_and_wait(server, 2)  # warm-up: the pilots start and register
             wait_for(lambda: server.site(SITE)["pilots"] == 2, 120, "both pilots", 0.1)
             time.sleep(1.0)
-            latencies = [submit_and_wait(server, 1, 0.002) for _ in range(singles)]
-            rates = {str(n): round(n / submit_and_wait(server, n, 0.02), 1) for n in sizes}
+            latencies = [submit_and_wait(server, 1) for _ in range(singles)]
+            rates = {str(n): round(n / submit_and_wait(server, n), 1) for n in sizes}
         finally:
             if factory is not None:
                 factory.stop()

@@ -135,9 +135,9 @@ def _run_status(args: argparse.Namespace) -> int:
 def _configure_wait(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser)
     parser.add_argument("--interval", type=float, metavar="SECONDS",
-                        help="how often to ask the matchmaker and show the progress (default: "
-                             "every second on a terminal, redrawn in place; else a line every "
-                             "5 seconds)")
+                        help="how often to show the progress (default: every second on a "
+                             "terminal, redrawn in place; else a line every 5 seconds when it "
+                             "changed); the end is shown the moment it comes, whatever this is")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up after this long, with exit status 1")
     add_json(parser)
@@ -150,27 +150,37 @@ def _progress_line(dataset: dict[str, Any]) -> str:
             f"{percent_ended(counts):>5}% ended ({tally})")
 
 
+MAX_WAIT = 20
+"""The most seconds one request waits for the dataset to end (under the client's timeout)."""
+
+
 def _run_wait(args: argparse.Namespace) -> int:
     """Exit status 0 once every task is complete, 1 if the dataset ended with failed tasks (or
-    on a timeout or an error)."""
+    on a timeout or an error). Each request waits on the matchmaker for the dataset to end, up
+    to the interval, so the end is seen at once without asking again and again."""
     terminal = sys.stdout.isatty() and not args.json
     interval = args.interval or (1.0 if terminal else 5.0)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     path = f"/api/v1/datasets/{args.dataset}"
+    shown = None
     try:
         client = Client.from_args(args)
         while True:
-            dataset = client.get(path)
-            if not args.json:
-                line = _progress_line(dataset)
+            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+            wait = max(0.0, min(MAX_WAIT, wait))
+            dataset = client.get(f"{path}/progress?until=end&wait={wait:.3f}")
+            line = _progress_line(dataset)
+            if not args.json and (terminal or line != shown):
                 print(f"\r{line}\x1b[K" if terminal else line, end="" if terminal else "\n",
                       flush=True)
+                shown = line
             if dataset["status"] in ENDED:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise ClientError(f"dataset {args.dataset} is still {dataset['status']} after "
                                   f"{args.timeout:g} s; gave up waiting (--timeout)")
-            time.sleep(interval)
+        if args.json:
+            dataset = client.get(path)
     except ClientError as exc:
         if terminal:
             print()

@@ -38,10 +38,12 @@ class ErrorClass(str, enum.Enum):
     PILOT_LOST = "pilot_lost"              # the pilot went away (drain, heartbeat timeout)
     STAGING_ERROR = "staging_error"        # an input could not be fetched or an output stored
     RESET = "reset"                        # voided on purpose by an owner or admin
+    NOT_RUN = "not_run"                    # given back unstarted by its pilot (drain, time short)
 
 
 # Which error classes use up one of the dataset's retries. A lost pilot is not the task's fault:
 # the task is requeued, up to LOST_LIMIT times so that a task that kills its node cannot loop.
+# A task given back unstarted (NOT_RUN) is requeued at no cost at all.
 COUNTS_AS_FAILURE = frozenset(
     {ErrorClass.TASK_ERROR, ErrorClass.RESOURCE_OVERUSE, ErrorClass.STAGING_ERROR}
 )

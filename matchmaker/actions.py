@@ -119,6 +119,7 @@ async def _set_status(engine: Engine, dataset: DatasetState, user: User, status:
 
     def apply(_: None) -> None:
         dataset.status = status
+        dataset.watch.changed()
 
     await engine.db.exclusive(lambda conn: writes.set_dataset_status(
         conn, dataset.id, status, dataset.priority, now, (user.user_id, action, detail)),
@@ -151,6 +152,7 @@ async def resume(engine: Engine, dataset: DatasetState, user: User) -> int:
         raise Conflict(f"dataset {dataset.id} is not suspended (it is {dataset.status})")
     reason = f"resumed by {user.name}"
     dataset.status = DatasetStatus.PROCESSING
+    dataset.watch.changed()
     changed = await _bulk(engine, dataset, lambda d, t, s: ready_or_waiting(d, t)
                           if s == TaskState.SUSPENDED else None, reason)
     dataset.rebuild_queue()

@@ -140,6 +140,7 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
         counted = metrics.delivered.get(dataset.user_id, _MISSING)
         previous = dataset.runtimes[task_index]
         dataset.runtimes[task_index] = wall if previous is None else 0.8 * previous + 0.2 * wall
+        unlearn = dataset.learn(task_index, wall)
         metrics.completions += 1
         metrics.delivered[dataset.user_id] = metrics.delivered.get(dataset.user_id, 0.0) + \
             active.requirements.cpus * wall
@@ -162,6 +163,7 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
         engine.dataset_usage.charge(dataset.id, -correction, now)
         dataset.runtimes[task_index] = runtime
         if error is None:
+            unlearn()
             metrics.completions -= 1
             _put(metrics.delivered, dataset.user_id, counted)
         else:

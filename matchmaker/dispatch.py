@@ -11,7 +11,8 @@ with its new attempt in a shared group commit, and only then answered.
 An ask may take several tasks at once (`Offer.max_tasks`): they are chosen one after another,
 each in the fair-share order left by charging the one before, from what the slot has left:
 side by side, each takes its CPUs, memory, disk and GPUs from the slot; in series, each takes
-its walltime from the slot's time left.
+its expected runtime from the slot's time left (its learned runtime, see `runtimes`, or else its
+walltime), and each one's walltime must fit what the ones before it left.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class Dispatch:
     passkey: str
     dataset: DatasetState
     task_id: int
+    expected: float
+    """Seconds it is expected to run (its learned runtime, at most its walltime)."""
 
     def to_json(self, engine: Engine) -> bytes:
         """The answer's JSON: {"attempt": {...}} with the task, its scope and its passkey."""
@@ -72,7 +75,7 @@ class Dispatch:
                                                          separators=(",", ":"))
         return (f'{{"id":{self.attempt_id},"passkey":"{self.passkey}",'
                 f'"task_id":{self.task_id},"job":{job_index},"requirements":{needs},'
-                f'{shared}')
+                f'"expected_seconds":{self.expected!r},{shared}')
 
 
 @dataclass
@@ -232,6 +235,7 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     given: list[Dispatch] = []
     most = offer.max_tasks or 1
     misses: set[tuple[int, bool | None]] = set()  # the slot only shrinks task by task
+    series_left = float(slot.seconds)
     while len(given) < most:
         one = _take(engine, pilot, left, batch, now, misses)
         if one is None:
@@ -239,8 +243,11 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
         given.append(one)
         needs = one.dataset.requirements(one.task_id)
         if offer.in_series:
-            left = Slot(left.cpus, left.memory, left.disk, left.gpus,
-                        left.seconds - needs.walltime, left.os, left.arch, left.site)
+            # Each task's walltime must fit the time left once those before it have run their
+            # expected times (learned ones where known: see `runtimes`).
+            series_left -= one.expected
+            left = Slot(left.cpus, left.memory, left.disk, left.gpus, int(series_left),
+                        left.os, left.arch, left.site)
             if left.seconds < 1:  # every walltime is at least a second
                 break
         else:
@@ -316,7 +323,8 @@ def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
             dataset.move(task_id, TaskState.READY)
 
     batch.on_failure(undo)
-    return Dispatch(attempt_id, passkey, dataset, task_id)
+    return Dispatch(attempt_id, passkey, dataset, task_id,
+                    dataset.expected_seconds(task_id, requirements))
 
 
 def _count_on_commit(engine: Engine, pilot: Pilot, batch: Batch, matches: int) -> None:

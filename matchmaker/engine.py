@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .fairshare import Ledger
 from .holding import Holding
 from .metrics import Metrics
 from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
+from .runtimes import Learned
 from .storage import queries, writes
 from .storage.database import Batch, Database
 
@@ -263,10 +265,13 @@ class Engine:
                 self.user_usage.restore(int(key), row["value"], row["updated"])
             elif int(key) in self.datasets:
                 self.dataset_usage.restore(int(key), row["value"], row["updated"])
-        for row in await queries.mean_wall_times(db):
+        for row in await queries.wall_times(db):
             dataset = self.datasets.get(row["dataset_id"])
             if dataset is not None and row["task_index"] < dataset.ntasks:
                 dataset.runtimes[row["task_index"]] = row["mean"]
+                learned = dataset.learned[row["task_index"]] = Learned()
+                learned.seed(row["mean"], math.sqrt(max(row["m2"], 0.0) / row["count"]),
+                             row["max"], row["count"])
         self.next_attempt_id, self.next_pilot_id = await queries.next_ids(db)
         for dataset in self.datasets.values():
             dataset.rebuild_queue()

@@ -11,7 +11,8 @@ working state and returns a `Plan`, which `recording` writes and applies.
   `config.resources.GROWTH` times its measured peak, never shrinking (`grown_requirements`);
 - pilot lost (drain, heartbeat timeout, an answer that never reached it): the task is requeued
   without using a retry, up to `LOST_LIMIT` times so that a task that kills its node cannot
-  loop forever.
+  loop forever;
+- not run (its pilot gave it back before starting it): the task is requeued, nothing counted.
 """
 
 from __future__ import annotations
@@ -200,6 +201,6 @@ def overuse_sentence(old: Requirements, new: Requirements) -> str:
 
 
 def attempt_state_of(outcome: Outcome) -> AttemptState:
-    if outcome.error_class in (ErrorClass.PILOT_LOST, ErrorClass.RESET):
+    if outcome.error_class in (ErrorClass.PILOT_LOST, ErrorClass.RESET, ErrorClass.NOT_RUN):
         return AttemptState.RESET
     return AttemptState.COMPLETE if outcome.success else AttemptState.FAILED

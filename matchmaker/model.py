@@ -10,6 +10,7 @@ table, keeps the per-state counts exact, and keeps the ready queue in step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.dataset import DatasetConfig
@@ -17,6 +18,8 @@ from config.resources import Requirements
 from config.states import TASK_TRANSITIONS, TaskState, check_task
 
 from .queue import DatasetQueue
+from .runtimes import Learned, expected_seconds
+from .watching import Watch
 
 STATES = tuple(TaskState)
 CODE = {state: code for code, state in enumerate(STATES)}
@@ -67,8 +70,10 @@ class DatasetState:
         self.lost: dict[int, int] = {}
         self.overrides: dict[int, Requirements] = {}
         self.queue = DatasetQueue()
-        self.runtimes: list[float | None] = [None] * self.ntasks
+        self.runtimes: list[float | None] = [None] * self.ntasks  # mean wall, for fair share
+        self.learned: list[Learned | None] = [None] * self.ntasks  # for packing in series
         self.fragments: dict[object, str] = {}  # cached JSON of what every ask answer repeats
+        self.watch = Watch()  # requests waiting for this dataset's progress to change
         self._roots = [not t.depends for t in dataset.config.tasks]
 
     # -- addressing ---------------------------------------------------------------------------
@@ -93,6 +98,19 @@ class DatasetState:
         if grown is not None:
             return grown
         return self.config.tasks[(task_id - self.base) % self.ntasks].requirements
+
+    def expected_seconds(self, task_id: int, requirements: Requirements) -> float:
+        """How long the task is expected to run: its task name's learned runtime, at most its
+        walltime (see `runtimes`)."""
+        return expected_seconds(self.learned[(task_id - self.base) % self.ntasks],
+                                requirements.walltime)
+
+    def learn(self, task_index: int, wall: float) -> Callable[[], None]:
+        """Learn a successful attempt's wall time; returns what undoes it."""
+        learned = self.learned[task_index]
+        if learned is None:
+            learned = self.learned[task_index] = Learned()
+        return learned.add(wall)
 
     @property
     def total_tasks(self) -> int:
@@ -127,6 +145,8 @@ class DatasetState:
             (SUSPENDED if suspended else READY) if root else WAITING for root in self._roots)
         self.states.extend(pattern * count)
         self.materialized = first_job + count
+        if self.watch:
+            self.watch.changed()
 
     def move(self, task_id: int, new: TaskState, *, continuing: bool = True) -> TaskState:
         """Change one task's state (checked against the transition table); returns the old one."""
@@ -141,6 +161,8 @@ class DatasetState:
         self.states[offset] = new_code
         self.counts[old_code] -= 1
         self.counts[new_code] += 1
+        if self.watch:
+            self.watch.changed()
         task_index = offset % self.ntasks
         if old_code == READY:
             self.queue.left_ready(task_index, self.requirements(task_id))
@@ -196,6 +218,11 @@ class DatasetState:
         counts = {state.value: self.counts[CODE[state]] for state in STATES}
         counts[TaskState.WAITING.value] += (self.jobs - self.materialized) * self.ntasks
         return counts
+
+    def version(self) -> str:
+        """The dataset's progress as an opaque string that changes whenever its status or its
+        tasks' states do (what a client waiting for a change compares)."""
+        return f"{self.status}:{self.materialized}:{':'.join(map(str, self.counts))}"
 
     def unfinished(self) -> int:
         """Tasks that have not ended (complete or failed), created or not."""

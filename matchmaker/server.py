@@ -77,9 +77,13 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
 
 
 async def _release_held_asks(app: web.Application) -> None:
-    """Before the requests in flight are waited for: the held asks are answered at once."""
+    """Before the requests in flight are waited for: the held asks and the requests waiting
+    for a dataset's progress are answered at once."""
     if ENGINE in app:
-        app[ENGINE].holding.close()
+        engine = app[ENGINE]
+        engine.holding.close()
+        for dataset in engine.datasets.values():
+            dataset.watch.close()
 
 
 async def _save_state(engine: Engine) -> bool:

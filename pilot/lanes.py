@@ -6,7 +6,8 @@ that it reuses while the tasks leave it clean (every lane under one `Supervisor`
 headroom policy across the slot). Attempts handed out to run side by side start a lane each;
 those handed out in series wait in the queue, in order, until a lane takes them or what is free
 holds the next one (a later one never overtakes it, so a large task is not starved by small
-ones). What a lane finished waits in `finished` for the loop to collect; the loop sleeps on a
+ones), and while its walltime fits the slot's time left (one that no longer does is given back
+unstarted). What a lane finished waits in `finished` for the loop to collect; the loop sleeps on a
 `Wakeup` that lanes and signal handlers write to.
 """
 
@@ -76,6 +77,8 @@ class Attempt:
     assignment: Assignment
     requirements: Requirements
     asked_at: float
+    expected: float = 0.0
+    """Seconds the matchmaker expects it to run (its learned runtime, at most its walltime)."""
     run: TaskRun | None = None
     claim: Claim | None = None
     void: str | None = None
@@ -104,10 +107,12 @@ def attempt_of(answer: Mapping[str, Any], asked_at: float,
         task=spec, steering=dict(answer.get("steering") or {}), system=system,
         args=job_args(answer["job"], answer["dataset"], answer["jobs_submitted"],
                       answer["task"], attempt_id))
+    requirements = Requirements.from_dict(answer["requirements"])
+    expected = answer.get("expected_seconds")
     return Attempt(attempt_id, str(answer["passkey"]), int(answer["task_id"]),
                    f"dataset {answer.get('dataset')} job {answer.get('job')} task "
-                   f"{answer.get('task')}", assignment,
-                   Requirements.from_dict(answer["requirements"]), asked_at)
+                   f"{answer.get('task')}", assignment, requirements, asked_at,
+                   float(requirements.walltime if expected is None else expected))
 
 
 class Lanes:
@@ -117,7 +122,8 @@ class Lanes:
 
     def __init__(self, work: WorkArea, claims: Claims, outbox: Outbox, wake: Wakeup,
                  settings: RunnerSettings, supervisor: Supervisor,
-                 gpu_source: GpuSource | None, clock: Callable[[], float]) -> None:
+                 gpu_source: GpuSource | None, clock: Callable[[], float],
+                 seconds_left: Callable[[], int]) -> None:
         self.work = work
         self.claims = claims
         self.outbox = outbox
@@ -126,6 +132,7 @@ class Lanes:
         self.supervisor = supervisor
         self.gpu_source = gpu_source
         self.clock = clock
+        self.seconds_left = seconds_left
         self.guardian: Guardian | None = None
         self.held: dict[int, Attempt] = {}
         self.lock = threading.Lock()
@@ -155,9 +162,9 @@ class Lanes:
         return [attempt for attempt in self.held.values() if attempt.void is None]
 
     def time_after_queue(self, seconds_left: int) -> int:
-        """Seconds left in the slot once the queued attempts have run their walltimes."""
+        """Seconds left in the slot once the queued attempts have run their expected times."""
         # A copy: lanes take from the queue meanwhile.
-        return seconds_left - sum(int(a.requirements.walltime) for a in tuple(self.queue))
+        return int(seconds_left - sum(a.expected for a in tuple(self.queue)))
 
     def long_claims(self, horizon: float) -> list[Claim]:
         """The claims of running tasks that are not short: what a queued task cannot expect to
@@ -198,26 +205,32 @@ class Lanes:
         self._start_lane(attempt, claim)
         return None
 
-    def pack(self) -> list[Attempt]:
+    def pack(self) -> tuple[list[Attempt], list[Attempt]]:
         """Start queued attempts, in their order, in lanes of their own while what is free holds
-        the next one; returns those that no lane of this slot could ever hold (taken out of the
-        queue, to be given back)."""
+        the next one; returns, taken out of the queue to be given back, those that no lane of
+        this slot could ever hold and those whose walltime no longer fits the slot's time left
+        (the tasks before them ran longer than expected)."""
         if not self.queue or not self.claims.can_offer():
-            return []
-        unfit = []
+            return [], []
+        unfit, late = [], []
         with self.lock:
             if not self._chain:
-                return []
+                return [], []
+            seconds_left = self.seconds_left()
             for attempt in list(self.queue):
                 if not self.claims.fits_slot(attempt.requirements):
                     unfit.append(attempt)
+                    self.queue.remove(attempt)
+                    continue
+                if attempt.requirements.walltime > seconds_left:
+                    late.append(attempt)
                     self.queue.remove(attempt)
                     continue
                 if not self.claims.free().holds(attempt.requirements):
                     break
                 self.queue.remove(attempt)
                 self._start_lane(attempt, self.claims.claim(attempt.requirements))
-        return unfit
+        return unfit, late
 
     def stop(self) -> tuple[list[Attempt], list[Attempt]]:
         """No lane takes another attempt: the queued ones (taken out of the queue) and the
@@ -315,12 +328,13 @@ class Lanes:
 
     def next_in_lane(self, done: Finished, claim: Claim, scratch: Scratch) -> Attempt | None:
         """The next queued attempt, taken out of the queue, when the lane may run it in its
-        claim (it holds it, and the last task succeeded); else None, and the lane ends. Called
-        under the lock."""
+        claim (it holds it, its walltime fits the time left, and the last task succeeded); else
+        None, and the lane ends. Called under the lock."""
         if not self._chain or done.result is None or not done.result.ok or not self.queue:
             return None
         attempt = self.queue[0]
-        if not claim.holds(attempt.requirements):
+        if not claim.holds(attempt.requirements) \
+                or attempt.requirements.walltime > self.seconds_left():
             return None
         self.queue.popleft()
         attempt.run = self.task_run(attempt, claim, scratch)

@@ -5,8 +5,8 @@ lanes (`pilot.lanes`), reports wait in the outbox until they are delivered (`pil
 and when to ask and for how much is a pure policy (`pilot.asking`). Each turn of the loop:
 
 1. drain, once, if a signal asked for it: stop asking, stop every running task and give back
-   every queued one (all reported pilot_lost, so the matchmaker requeues them at once without
-   counting a failure);
+   every queued one (reported pilot_lost and not_run, so the matchmaker requeues them at once
+   without counting a failure);
 2. collect finished tasks and ended lanes: release their claims, update the black-hole streak;
 3. deliver the reports that wait, together in one request, carrying the ask for more work when
    asking is due;
@@ -61,7 +61,7 @@ QUICK_TIMEOUT = 2.0
 MAX_SLEEP = 60.0
 RECENT_TASKS = 20
 """How many of the last tasks' wall times say whether tasks are short."""
-_NOT_RECORDED = (ErrorClass.PILOT_LOST, ErrorClass.RESET)
+_NOT_RECORDED = (ErrorClass.PILOT_LOST, ErrorClass.RESET, ErrorClass.NOT_RUN)
 """Ends that say nothing of how long a task takes: the pilot stopped it."""
 
 
@@ -92,7 +92,7 @@ class Pilot:
         self.lanes = Lanes(work, self.claims, self.outbox, self._wake, self.settings.runner,
                            Supervisor(memory=slot.memory, disk=slot.disk,
                                       walltime_grace=self.settings.walltime_grace),
-                           gpu_source, clock)
+                           gpu_source, clock, slot.seconds_left)
         self.reports = Reports(self.outbox, client, clock, self.settings.max_backoff)
         self.pilot_id: int | None = None
         self.heartbeat = Heartbeat(client)
@@ -198,7 +198,7 @@ class Pilot:
                                                     "running it; the task is requeued")
         for attempt in queued:
             self._give_back(attempt, f"the pilot was stopped ({why}) before it ran it; the "
-                                     "task is requeued")
+                                     "task is requeued", ErrorClass.NOT_RUN)
         if running or queued:
             log.info("%s: stopping %d running tasks, giving back %d queued", why, len(running),
                      len(queued))
@@ -425,7 +425,8 @@ class Pilot:
         if in_series:
             self.lanes.enqueue(attempt)
         elif self._drain_asked:
-            self._give_back(attempt, "the pilot was told to stop as it got it")
+            self._give_back(attempt, "the pilot was told to stop as it got it",
+                            ErrorClass.NOT_RUN)
         else:
             refused = self.lanes.start(attempt)
             if refused is not None:
@@ -433,19 +434,28 @@ class Pilot:
         return attempt
 
     def _pack(self) -> None:
-        for attempt in self.lanes.pack():
+        unfit, late = self.lanes.pack()
+        for attempt in unfit:
             needs = attempt.requirements
             self._give_back(attempt, "the task needs more than this pilot's whole slot: "
                                      f"{needs.cpus} CPUs, {needs.memory} bytes of memory, "
                                      f"{needs.disk} bytes of disk, {needs.gpus} GPUs")
+        for attempt in late:
+            walltime = format_duration(attempt.requirements.walltime)
+            left = format_duration(self.slot.seconds_left())
+            self._give_back(attempt, f"its walltime of {walltime} no longer fits the {left} "
+                                     "left in the slot (the tasks before it ran longer than "
+                                     "expected)", ErrorClass.NOT_RUN)
 
-    def _give_back(self, attempt: Attempt, why: str) -> None:
-        """Report an attempt the pilot will not run as lost, so that it is requeued at once."""
+    def _give_back(self, attempt: Attempt, why: str,
+                   error: ErrorClass = ErrorClass.PILOT_LOST) -> None:
+        """Report an attempt the pilot will not run, so that it is requeued at once: as lost, or
+        (`NOT_RUN`) as given back unstarted, which costs the task nothing."""
         log.warning("attempt %s (%s): not run: %s", attempt.attempt_id, attempt.label, why)
-        self.counts[ErrorClass.PILOT_LOST.value] += 1
+        self.counts[error.value] += 1
         self.lanes.let_go(attempt)
         self.reports.add(Finished(attempt, None, lost_report(
-            f"pilot {self.pilot_id} could not run it: {why}"), {}, self.clock()))
+            f"pilot {self.pilot_id} could not run it: {why}", error), {}, self.clock()))
 
     def _collect(self, now: float) -> None:
         ended, finished = self.lanes.collect()
@@ -483,7 +493,8 @@ class Pilot:
             self._stop_asking("suspect node", self.streak.describe(), EXIT_SUSPECT)
             queued, _ = self.lanes.stop()
             for waiting in queued:
-                self._give_back(waiting, f"this node looks broken: {self.streak.describe()}")
+                self._give_back(waiting, f"this node looks broken: {self.streak.describe()}",
+                                ErrorClass.NOT_RUN)
 
     # ------------------------------------------------------------ talking
 

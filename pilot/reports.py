@@ -230,7 +230,8 @@ def report_of(result: TaskResult) -> dict[str, Any]:
     return report
 
 
-def lost_report(message: str) -> dict[str, Any]:
-    """The report for an attempt the pilot could not see through: the task is requeued."""
-    return {"exit_code": None, "error_class": ErrorClass.PILOT_LOST.value,
+def lost_report(message: str, error: ErrorClass = ErrorClass.PILOT_LOST) -> dict[str, Any]:
+    """The report for an attempt the pilot could not see through (or, `NOT_RUN`, gave back
+    unstarted): the task is requeued."""
+    return {"exit_code": None, "error_class": error.value,
             "error_message": message[:MAX_ERROR_MESSAGE]}

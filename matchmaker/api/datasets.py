@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from config.states import JOB_STATES, TaskState
@@ -66,6 +67,47 @@ async def get_dataset(ctx: Context) -> Any:
     data["config"] = dataset.config.raw
     data["events"] = await queries.events(ctx.engine.db, dataset.id, 50)
     return data
+
+
+MAX_PROGRESS_WAIT = 60
+
+
+@route("GET", "/api/v1/datasets/{dataset_id}/progress", summary="A dataset's progress, answered "
+       "when it changes", tag="datasets", action=Action.READ, response=schemas.PROGRESS,
+       params=[DATASET_ID,
+               Param("wait", float, 0, "seconds the request may wait for the answer",
+                     minimum=0, maximum=MAX_PROGRESS_WAIT),
+               Param("until", str, "change", "answer at the first change after `since` (or "
+                     "after the request arrived, without `since`), or only once the dataset "
+                     "has ended (`end`)", choices=("change", "end")),
+               Param("since", str, doc="the `version` of an earlier answer")],
+       description="A long poll: the answer comes when the dataset's status or task counts "
+                   "change (`until=change`) or when it ends (`until=end`), or once `wait` "
+                   "seconds have passed, with its progress as it is then. An ended dataset is "
+                   "answered at once.")
+async def progress(ctx: Context) -> Any:
+    dataset = find(ctx)
+    since, until = ctx.params["since"], ctx.params["until"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ctx.params["wait"]
+    while True:
+        version = dataset.version()
+        if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED):
+            break
+        if until == "change":
+            if since is None:
+                since = version
+            elif version != since:
+                break
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        await dataset.watch.next_change(left)
+        if dataset.watch.closed:
+            break
+    return {"id": dataset.id, "status": dataset.status, "jobs": dataset.jobs,
+            "jobs_created": dataset.materialized, "tasks": dataset.summary(),
+            "version": dataset.version()}
 
 
 @route("POST", "/api/v1/datasets/{dataset_id}/suspend", summary="Suspend a dataset (voids its "

@@ -196,6 +196,10 @@ def _parse_param(param: Param, raw: str | None) -> Any:
             value = bounds.whole(raw)
             if value is None:
                 raise ValueError
+        elif param.kind is float:
+            value = float(raw)
+            if value - value != 0.0:  # nan and the infinities
+                raise ValueError
         else:
             value = param.kind(raw)
     except ValueError:

@@ -154,8 +154,12 @@ GIVEN_ATTEMPT = _obj({
     "steering": {"type": "object", "description": "the dataset's steering values"},
     "heartbeat_interval": HEARTBEAT_INTERVAL,
     "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+    "expected_seconds": {"type": "number", "minimum": 0,
+                         "description": "how long the task is expected to run: its task "
+                                        "name's learned runtime in this dataset, at most its "
+                                        "walltime (which stays the limit)"},
 }, ("id", "passkey", "task_id", "job", "requirements", "task", "dataset", "jobs_submitted",
-    "spec", "steering", "heartbeat_interval", "heartbeat_timeout"))
+    "spec", "steering", "heartbeat_interval", "heartbeat_timeout", "expected_seconds"))
 
 _NO_WORK = {
     "wait": _int(doc="seconds to wait before asking again"),
@@ -331,3 +335,15 @@ BATCH_JOBS_ANSWER = _obj({
     "lost": {"type": "array", "items": {"type": "string"},
              "description": "those of `ended` whose pilots were ended as lost now"},
 }, ("registered", "lost"))
+
+
+PROGRESS = _obj({
+    "id": _int(1, doc="the dataset's id"),
+    "status": {"type": "string", "enum": ["processing", "suspended", "complete", "failed"]},
+    "jobs": _int(1),
+    "jobs_created": _int(),
+    "tasks": {"type": "object", "additionalProperties": _int(),
+              "description": "tasks per state; tasks of jobs not yet created count as waiting"},
+    "version": _str(10_000, description="changes whenever the status or a count does: give it "
+                                        "back as `since` to wait for the next change"),
+}, ("id", "status", "jobs", "jobs_created", "tasks", "version"))

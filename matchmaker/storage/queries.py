@@ -61,10 +61,10 @@ async def usage(db: Database) -> list[Any]:
     return await db.fetchall("SELECT entity, value, updated FROM usage")
 
 
-async def mean_wall_times(db: Database) -> list[Any]:
-    """(dataset_id, task_index, mean) of each task's recorded wall time."""
+async def wall_times(db: Database) -> list[Any]:
+    """(dataset_id, task_index, count, mean, m2, max) of each task name's recorded wall time."""
     return await db.fetchall(
-        "SELECT dataset_id, task_index, mean FROM statistics"
+        "SELECT dataset_id, task_index, count, mean, m2, max FROM statistics"
         " WHERE kind = 'resource' AND name = 'wall_time'")
 
 

@@ -214,6 +214,8 @@ MATRIX = {
     "read a dataset's statistics": ("GET", "/api/v1/datasets/{dataset}/statistics", None,
                                     USERS),
     "read a dataset's events": ("GET", "/api/v1/datasets/{dataset}/events", None, USERS),
+    "wait for a dataset's progress": ("GET", "/api/v1/datasets/{dataset}/progress", None,
+                                      USERS),
     "read a task": ("GET", "/api/v1/tasks/{task}", None, USERS),
     "read an attempt": ("GET", "/api/v1/attempts/{attempt}", None, USERS),
     "read an attempt's log": ("GET", "/api/v1/attempts/{attempt}/logs/stdout", None, USERS),

@@ -432,7 +432,8 @@ async def test_side_by_side_tasks_together_fit_the_offer(engine):
     picture(engine)
 
 
-async def test_tasks_in_series_each_fit_and_their_walltimes_add_up_within_the_time_left(engine):
+async def test_tasks_in_series_each_fit_the_time_the_ones_before_them_are_expected_to_leave(
+        engine):
     p = await mixed_work(engine)
     rng = random.Random(7)
     handed = 0
@@ -443,12 +444,16 @@ async def test_tasks_in_series_each_fit_and_their_walltimes_add_up_within_the_ti
         given = await dispatch.ask(engine, p, dispatch.Offer(offer, most, in_series=True))
         needs = [d.dataset.requirements(d.task_id) for d in given.attempts]
         assert len(needs) <= most
-        assert sum(n.walltime for n in needs) <= offer.seconds
+        before = 0.0
+        for given_one, n in zip(given.attempts, needs, strict=True):
+            assert n.walltime <= offer.seconds - before
+            assert given_one.expected <= n.walltime
+            before += given_one.expected
         assert all(n.cpus <= offer.cpus and n.memory <= offer.memory and n.gpus <= offer.gpus
                    for n in needs)
         if len(needs) < most:
             left = s.slot(cpus=offer.cpus, memory=offer.memory, gpus=offer.gpus,
-                          seconds=offer.seconds - sum(n.walltime for n in needs))
+                          seconds=int(offer.seconds - before))
             assert nothing_else_fits(engine, left)
         handed += len(needs)
         for d in given.attempts:

@@ -40,13 +40,16 @@ def pilot_with_an_attempt(matchmaker: LiveMatchmaker, tmp_path,
     return pilot, attempt["attempt"]
 
 
-def requeued_as_lost(matchmaker: LiveMatchmaker, pilot: Pilot, attempt: dict) -> str:
-    """Deliver what the pilot kept; the attempt's error message once it is recorded as lost."""
+def requeued_as(matchmaker: LiveMatchmaker, pilot: Pilot, attempt: dict, error_class: str
+                ) -> str:
+    """Deliver what the pilot kept; the attempt's error message once it is recorded as ended
+    with `error_class` (pilot_lost, or not_run for one given back unstarted) and its task
+    requeued."""
     pilot._deliver(pilot.clock())
     [task] = matchmaker.tasks(attempt["dataset"])
     assert task["state"] == "ready" and task["failures"] == 0
     [recorded] = task["attempts"]
-    assert (recorded["state"], recorded["error_class"]) == ("reset", "pilot_lost")
+    assert (recorded["state"], recorded["error_class"]) == ("reset", error_class)
     return recorded["error_message"]
 
 
@@ -56,7 +59,7 @@ def test_an_attempt_larger_than_the_free_slot_is_given_back_and_requeued(
     pilot._take(attempt, pilot.clock(), in_series=False)
     assert not pilot.claims.busy
     assert "needs more than the pilot has free: 64MiB memory (16MiB free)" in \
-        requeued_as_lost(matchmaker, pilot, attempt)
+        requeued_as(matchmaker, pilot, attempt, "pilot_lost")
     pilot.work.close()
 
 
@@ -66,7 +69,7 @@ def test_an_attempt_that_arrives_as_the_pilot_drains_is_given_back_not_run(
     pilot.drain("SIGTERM received")
     pilot._take(attempt, pilot.clock(), in_series=False)
     assert not pilot.claims.busy
-    assert "told to stop" in requeued_as_lost(matchmaker, pilot, attempt)
+    assert "told to stop" in requeued_as(matchmaker, pilot, attempt, "not_run")
     pilot.work.close()
 
 

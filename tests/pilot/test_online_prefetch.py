@@ -1,7 +1,8 @@
 """The online pilot with a queue of prefetched tasks and one heartbeat for all its attempts, as a
 real subprocess against a real matchmaker: queued attempts are kept alive while they wait and
-given back when the pilot is stopped, a kill for one attempt kills that one only, and reports
-that piled up while the matchmaker was away all arrive, once each."""
+given back when the pilot is stopped, a kill for one attempt kills that one only, reports that
+piled up while the matchmaker was away all arrive, once each, and tasks packed by their learned
+runtime behind one that overran it are given back, not run late."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def behind_a_slow_one(slow: str, jobs: int = 10) -> dict:
         "modules": [{"command": f"if [ $args(job) -eq 3 ]; then {slow}; fi"}]}]}
 
 
-def one_cpu(matchmaker: LiveMatchmaker, scratch: Path, *options: str):
-    return matchmaker.start_pilot(scratch, *options, env={"SLURM_CPUS_ON_NODE": "1"})
+def one_cpu(matchmaker: LiveMatchmaker, scratch: Path, *options: str, log_name: str = "pilot.log"):
+    return matchmaker.start_pilot(scratch, *options, env={"SLURM_CPUS_ON_NODE": "1"},
+                                  log_name=log_name)
 
 
 def heartbeats_since_dispatch(matchmaker: LiveMatchmaker) -> list[float]:
@@ -59,9 +61,11 @@ def test_queued_attempts_are_heartbeated_and_given_back_on_sigterm(
     requeued = [task for task in tasks if task["state"] == "ready"]
     assert all(task["failures"] == 0 and len(task["attempts"]) == 1 for task in requeued)
     lost = [task["attempts"][0] for task in requeued]
-    assert {(a["state"], a["error_class"]) for a in lost} == {("reset", "pilot_lost")}
-    said = Counter("while running it" in a["error_message"] for a in lost)
-    assert said == {True: 1, False: 6}, [a["error_message"] for a in lost]
+    # The running one was lost with its pilot; the queued ones were given back unstarted.
+    said = Counter((a["state"], a["error_class"], "while running it" in a["error_message"])
+                   for a in lost)
+    assert said == {("reset", "pilot_lost", True): 1, ("reset", "not_run", False): 6}, \
+        [a["error_message"] for a in lost]
     assert all("SIGTERM" in a["error_message"] for a in lost)
     assert not list(outbox(tmp_path / "scratch").glob("*.json"))
 
@@ -130,3 +134,33 @@ def kept_reports(directory: Path) -> int:
         except (OSError, ValueError, KeyError):
             continue  # removed, or being written, as we looked
     return count
+
+
+def test_tasks_queued_behind_one_that_overran_its_learned_runtime_are_given_back_unharmed(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # A walltime of 45 s, a slot of 54 s (a 1m lifetime less its safety margin): by walltime
+    # one task at a time; once 5 have run in a blink, the rest are packed by that. Job 12
+    # then runs 12 s, within its walltime but far past what was learned, and the tasks
+    # queued behind it no longer have 45 s left.
+    dataset_id = matchmaker.submit({"jobs": 30, "max_retries": 0, "tasks": [{
+        "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "45s"},
+        "modules": [{"command": "if [ $args(job) -eq 12 ]; then sleep 12; fi"}]}]})
+    first = one_cpu(matchmaker, tmp_path / "first", "--lifetime", "1m")
+    assert first.wait(90) == 0, (tmp_path / "pilot.log").read_text()
+    log = (tmp_path / "pilot.log").read_text()
+    assert "no longer fits" in log
+
+    tasks = {task["job"]: task for task in matchmaker.tasks(dataset_id)}
+    assert tasks[12]["state"] == "complete"  # it overran what was learned, not its walltime
+    given_back = [task for task in tasks.values() if task["state"] == "ready"]
+    assert given_back and all(task["job"] > 12 for task in given_back)
+    for task in given_back:
+        [attempt] = task["attempts"]
+        assert (attempt["state"], attempt["error_class"]) == ("reset", "not_run")
+        assert task["failures"] == 0
+
+    one_cpu(matchmaker, tmp_path / "second", "--idle-timeout", "2s", log_name="second.log")
+    wait_for(lambda: matchmaker.states(dataset_id) == ["complete"] * 30, 60,
+             "the given-back tasks to run on the next pilot")
+    attempts = matchmaker.attempts(dataset_id)
+    assert Counter(a["state"] for a in attempts) == {"complete": 30, "reset": len(given_back)}

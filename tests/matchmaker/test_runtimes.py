@@ -1,0 +1,117 @@
+"""Learned runtimes: short tasks are packed in series by how long their task name really runs
+in the dataset (a high percentile of recent successful attempts), not by the walltime users
+declare, once enough attempts have been seen; the declared walltime still has to fit the time
+each task will have left. What is learned survives a restart, and a task given back unstarted
+is requeued at no cost."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.resources import GIB
+from config.states import TaskState
+from matchmaker import dispatch
+from matchmaker.runtimes import MARGIN, TRUSTED_AFTER, WINDOW, Learned
+
+from . import support as s
+
+HOUR_SLOT = s.slot(cpus=1, memory=4 * GIB, seconds=3900)  # a 1h walltime fits once
+
+
+def test_the_declared_walltime_counts_until_enough_attempts_are_seen():
+    learned = Learned()
+    for _ in range(TRUSTED_AFTER - 1):
+        learned.add(0.01)
+    assert learned.seconds(3600) == 3600.0
+    learned.add(0.01)
+    assert learned.seconds(3600) == pytest.approx(0.01 * MARGIN)
+
+
+def test_the_estimate_is_a_high_percentile_of_the_recent_window_never_past_the_walltime():
+    learned = Learned()
+    for wall in [1.0] * 95 + [50.0] * 5:  # the window keeps the last 64: 59 ones, 5 fifties
+        learned.add(wall)
+    assert learned.seconds(3600) == pytest.approx(50.0 * MARGIN)
+    for _ in range(WINDOW):  # the slow ones leave the window
+        learned.add(1.0)
+    assert learned.seconds(3600) == pytest.approx(1.0 * MARGIN)
+    assert learned.seconds(1) == 1.0
+
+
+def test_undoing_an_addition_restores_the_estimate():
+    learned = Learned()
+    for _ in range(WINDOW):
+        learned.add(2.0)
+    before = learned.seconds(3600)
+    undo = learned.add(1000.0)
+    undo()
+    assert learned.seconds(3600) == before and learned.seen == WINDOW
+    learned.add(2.0)  # the slot the undone one took is written again, not skipped
+    assert learned.seconds(3600) == before
+
+
+async def finish_quickly(engine, p, count: int, wall: float = 0.02) -> None:
+    for _ in range(count):
+        given = await s.ask(engine, p, HOUR_SLOT)
+        await s.finish(engine, given, s.success(wall_time=wall))
+
+
+async def series(engine, p, most: int = 64, seconds: int = 3900) -> list[dispatch.Dispatch]:
+    offer = dispatch.Offer(s.slot(cpus=1, memory=4 * GIB, seconds=seconds), most,
+                           in_series=True)
+    return (await dispatch.ask(engine, p, offer)).attempts
+
+
+async def test_short_tasks_are_packed_by_their_learned_runtime_within_the_time_left(engine):
+    owner, site = await s.user(engine, "alice"), await s.site(engine)
+    await s.submit(engine, owner, s.config(jobs=200))  # walltime 1h, as declared
+    p = await s.pilot(engine, site)
+    await finish_quickly(engine, p, TRUSTED_AFTER - 1)
+    untrusted = await series(engine, p)
+    assert len(untrusted) == 1 and untrusted[0].expected == 3600.0  # by the declared walltime
+    await s.finish(engine, untrusted[0], s.success(wall_time=0.02))
+
+    packed = await series(engine, p)
+    assert len(packed) == 64
+    assert all(d.expected == pytest.approx(0.02 * MARGIN) for d in packed)
+    before = 0.0
+    for given in packed:  # each walltime fits what those before it are expected to leave
+        assert given.dataset.requirements(given.task_id).walltime <= 3900 - before
+        before += given.expected
+
+    # A slot with less time left than the declared walltime gets none: it stays the limit.
+    assert await series(engine, p, seconds=3599) == []
+
+
+async def test_the_answer_tells_the_pilot_the_expected_runtime(world):
+    status, answer = await world.ask()
+    assert status == 200, answer
+    attempt = answer["attempt"]
+    assert attempt["expected_seconds"] == attempt["requirements"]["walltime"] == 3600
+
+
+async def test_what_was_learned_survives_a_restart(engine, reopen):
+    owner, site = await s.user(engine, "alice"), await s.site(engine)
+    await s.submit(engine, owner, s.config(jobs=200))
+    p = await s.pilot(engine, site)
+    await finish_quickly(engine, p, 2 * TRUSTED_AFTER, wall=0.02)
+    engine = await reopen(engine)
+    packed = await series(engine, engine.pilots[p.pilot_id])
+    assert len(packed) == 64
+    assert all(0.02 <= d.expected <= 0.02 * MARGIN for d in packed)
+
+
+async def test_a_task_given_back_unstarted_is_requeued_at_no_cost(engine):
+    owner, site = await s.user(engine, "alice"), await s.site(engine)
+    dataset = await s.submit(engine, owner, s.config(jobs=1, max_retries=0))
+    p = await s.pilot(engine, site)
+    for _ in range(20):  # more often than a lost pilot may lose it, and past max_retries
+        given = await s.ask(engine, p, HOUR_SLOT)
+        await s.finish(engine, given, s.failure("not_run", "its walltime no longer fits",
+                                                exit_code=None))
+        assert s.state_of(dataset, 0) == TaskState.READY.value
+    task_id = dataset.task_id(0, 0)
+    assert task_id not in dataset.failures and task_id not in dataset.lost
+    given = await s.ask(engine, p, HOUR_SLOT)
+    await s.finish(engine, given)
+    assert s.state_of(dataset, 0) == TaskState.COMPLETE.value
