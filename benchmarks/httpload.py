@@ -15,14 +15,19 @@ from typing import Any
 
 
 class Connection:
-    def __init__(self, host: str, port: int) -> None:
+    """One keep-alive connection, from the address `local` when given (a loopback address
+    other than 127.0.0.1 stands for another host: the server counts connections by address)."""
+
+    def __init__(self, host: str, port: int, local: str | None = None) -> None:
         self.host = host
         self.port = port
+        self.local = local
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> None:
-        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.reader, self.writer = await asyncio.open_connection(
+            self.host, self.port, local_addr=None if self.local is None else (self.local, 0))
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -81,12 +84,15 @@ def dataset_config(index: int, tasks: int) -> dict:
 class Server:
     """`floe server` in its own process, as production runs it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, open_files: int | None = None) -> None:
         self.workdir = workdir
         self.db = workdir / "floe.sqlite"
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.peak_rss = 0
+        self.open_files = open_files
+        """The hard open-files limit to start the server with (as root), as a site would set
+        it with `ulimit -Hn` or systemd's LimitNOFILE=; None keeps this process's."""
 
     def admin_token(self) -> str:
         out = subprocess.run([sys.executable, "-m", "cli.main", "user", "add", "root", "--admin",
@@ -94,11 +100,14 @@ class Server:
                              capture_output=True, text=True).stdout
         return json.loads(out)["token"]
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        files = self.open_files
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
-             str(self.port), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL)
-        deadline = time.time() + 30
+             str(self.port), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL,
+            preexec_fn=None if files is None else
+            lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files)))
+        deadline = time.time() + timeout
         while time.time() < deadline:
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", self.port)) == 0:
@@ -121,6 +130,19 @@ class Server:
 
     def cpu_seconds(self) -> float:
         return sum(sum(p.cpu_times()[:2]) for p in self.processes())
+
+    def kill(self) -> None:
+        """kill -9 the server and its database writer, as a crash of the machine would."""
+        for process in reversed(self.processes()):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        self.process.wait()
+
+    def open_fds(self) -> int:
+        return sum(p.num_fds() for p in self.processes())
+
+    def rss(self) -> int:
+        return sum(p.memory_info().rss for p in self.processes())
 
     def stop(self) -> None:
         if self.process is not None:
@@ -401,9 +423,11 @@ async def main_async(args: argparse.Namespace) -> dict:
         }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--small", action="store_true", help="a smaller run, under a minute")
+def load_options(description: str, small: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that fills a server and drives pilots at it (`small`: what
+    --small does)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--small", action="store_true", help=small)
     parser.add_argument("--tasks", type=int)
     parser.add_argument("--datasets", type=int)
     parser.add_argument("--users", type=int)
@@ -412,6 +436,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0,
                         help="matches per second offered in the paced phase (default 2000)")
     parser.add_argument("--warmup", type=float)
+    return parser
+
+
+def main() -> None:
+    parser = load_options(__doc__.split("\n\n")[0], "a smaller run, under a minute")
     parser.add_argument("--protocol", choices=("bulk", "single"), default="bulk",
                         help="bulk: pilots ask for, heartbeat and report all the tasks their "
                              "slots hold at once, as floe's pilot does (default); single: the "
@@ -421,6 +450,12 @@ def main() -> None:
                  "warmup": 2.0} if args.small else
                 {"tasks": 1_000_000, "datasets": 200, "users": 50, "pilots": 500,
                  "seconds": 60.0, "warmup": 5.0})
+    run_and_print(main_async, args, defaults)
+
+
+def run_and_print(main_async: Any, args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+    """Fill the options left unset from `defaults`, run `main_async(args)` (on uvloop where it
+    is installed) and print its result as JSON."""
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -67,6 +67,13 @@ class Auth:
 
     NEGATIVE_TTL = 10.0
     POSITIVE_TTL = 10.0
+    """A user's or site's token can be replaced by another process (`floe user token`): its
+    check is trusted this long."""
+    MAX_KNOWN = 100_000
+    """Checks kept before the expired ones are dropped."""
+    PILOT_KEY_TTL = 600.0
+    """A pilot's key is made and ended by the server alone, never by another process: its check
+    is trusted longer, so idle pilots asking again every `hold_asks` cost no lookup."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -98,7 +105,11 @@ class Auth:
         return principal
 
     def _remember(self, digest: str, principal: Principal) -> Principal:
-        self._known[digest] = (principal, time.monotonic() + self.POSITIVE_TTL)
+        ttl = self.PILOT_KEY_TTL if principal.pilot_id is not None else self.POSITIVE_TTL
+        now = time.monotonic()
+        if len(self._known) >= self.MAX_KNOWN:  # ended pilots' keys are never asked again
+            self._known = {k: v for k, v in self._known.items() if v[1] > now}
+        self._known[digest] = (principal, now + ttl)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:

@@ -7,7 +7,9 @@ other client's connection was reset.
 
 `GuardedSite` is aiohttp's socket site with each connection's protocol wrapped in a `Guard`,
 which counts the connections of each address and forwards every event to aiohttp's own
-protocol unchanged.
+protocol unchanged. The server says when its open-files limit is too low for the pilots it
+serves: at start, when the limit is below what `max_held_asks` idle pilots need, and while it
+runs, when its connections come near the limit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,22 @@ log = logging.getLogger(__name__)
 
 REFUSAL_LOG_INTERVAL = 60.0
 """Seconds between two log lines about one address's refused connections."""
+SPARE_FILES = 256
+"""Open files the server keeps for itself beyond its connections (database, logs, sockets)."""
+NEAR_LIMIT = 0.9
+"""Connections past this part of the open-files limit are logged (once a minute at most)."""
+
+
+def check_open_files_limit(files: int, held_asks: int) -> str | None:
+    """Why `files` open files are too few for a server that may hold `held_asks` idle pilots'
+    asks (each a connection), or None."""
+    needed = held_asks + SPARE_FILES
+    if files >= needed:
+        return None
+    return (f"the open-files limit is {files}, and max_held_asks = {held_asks} idle pilots "
+            f"hold a connection each: raise the hard limit to at least {needed} (ulimit -Hn in "
+            "the shell that starts the server, LimitNOFILE= in a systemd unit), or lower "
+            "max_held_asks")
 
 
 def raise_open_files_limit() -> int:
@@ -43,12 +61,23 @@ def raise_open_files_limit() -> int:
 class Counts:
     """Open connections by client address, and when each address was last told refused."""
 
-    def __init__(self, per_address: int) -> None:
+    def __init__(self, per_address: int, files: int | None = None) -> None:
         self.per_address = per_address
         self.open: dict[str, int] = {}
         self.refused: dict[str, float] = {}
+        self.total = 0
+        self.near = None if files is None else int(NEAR_LIMIT * files)
+        self.files = files
+        self._warned = -REFUSAL_LOG_INTERVAL
 
     def admit(self, address: str) -> bool:
+        if self.near is not None and self.total >= self.near:
+            now = time.monotonic()
+            if now - self._warned >= REFUSAL_LOG_INTERVAL:
+                self._warned = now
+                log.warning("%d connections are open, near the open-files limit of %d: raise "
+                            "it (ulimit -Hn, LimitNOFILE=) or new pilots' connections will "
+                            "fail", self.total, self.files)
         held = self.open.get(address, 0)
         if held >= self.per_address:
             now = time.monotonic()
@@ -59,9 +88,11 @@ class Counts:
                             "closed until it closes some", address, held)
             return False
         self.open[address] = held + 1
+        self.total += 1
         return True
 
     def release(self, address: str) -> None:
+        self.total -= 1
         left = self.open[address] - 1
         if left:
             self.open[address] = left

@@ -30,6 +30,7 @@ from . import passkeys
 from .engine import ActiveAttempt, Engine, Pilot
 from .errors import NotFound
 from .fairshare import expected_runtime, weight
+from .holding import shape_of
 from .model import DatasetState, DatasetStatus
 from .storage import writes
 from .storage.database import Batch
@@ -167,18 +168,35 @@ def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | No
     processing = DatasetStatus.PROCESSING
     datasets = engine.datasets
     ranked = engine.dataset_usage.ranked
+    shape = shape_of(slot)
+    missed = engine.missed.get(shape)
+    if missed is None:
+        if len(engine.missed) >= MAX_EXPLAINED:
+            engine.missed.clear()
+        missed = engine.missed[shape] = {}
+    seconds = slot.seconds
     for gpu_tasks in (True, False) if slot.gpus > 0 else (None,):
         for user_id in engine.user_usage.ranked():
             for dataset_id in ranked(user_id):
                 dataset = datasets[dataset_id]
-                if dataset.queue.ready and dataset.status == processing:
-                    if misses is not None and (dataset_id, gpu_tasks) in misses:
+                queue = dataset.queue
+                if queue.ready and dataset.status == processing:
+                    key = (dataset_id, gpu_tasks)
+                    if misses is not None and key in misses:
                         continue
-                    taken = dataset.queue.take(slot, gpu_tasks, dataset.is_ready)
+                    # A queue that had nothing for this shape with as much time left has
+                    # nothing now if no task became ready in it since (most asks of idle
+                    # pilots that fit no queued work stop here, dataset by dataset).
+                    seen = missed.get(key)
+                    if seen is not None and seen[0] == queue.epoch and seconds <= seen[1]:
+                        continue
+                    taken = queue.take(slot, gpu_tasks, dataset.is_ready)
                     if taken is not None:
                         return dataset, taken[0]
+                    missed[key] = (queue.epoch, seconds if seen is None or seen[0] != queue.epoch
+                                   else max(seconds, seen[1]))
                     if misses is not None:
-                        misses.add((dataset_id, gpu_tasks))
+                        misses.add(key)
     return None
 
 
@@ -269,19 +287,58 @@ def reserve_offer(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> A
     return reserve_many(engine, pilot, offer, batch)
 
 
+EXPLAINED_FOR = 1.0
+"""Seconds one explanation of why nothing fits serves every empty ask of a slot alike (to the
+minute of its time left): it looks at every dataset, and thousands of idle pilots of one
+shape ask in a second."""
+MAX_EXPLAINED = 4096
+
+
+def explained(engine: Engine, slot: Slot, now: float) -> NoWork:
+    """`explain` for `slot`, its time left rounded down to the minute, at most `EXPLAINED_FOR`
+    seconds old."""
+    key = dataclasses.replace(slot, seconds=slot.seconds // 60 * 60)
+    cached = engine.explained.get(key)
+    if cached is not None and now - cached[0] < EXPLAINED_FOR:
+        return cached[1]
+    if len(engine.explained) >= MAX_EXPLAINED:
+        engine.explained.clear()
+    answer = explain(engine, key)
+    engine.explained[key] = (now, answer)
+    return answer
+
+
 def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float) -> NoWork:
     pilot.free, pilot.free_since = slot, now
     pilot.empty_asks += 1
     engine.metrics.empty_asks += 1
-    return explain(engine, slot)
+    return explained(engine, slot, now)
+
+
+def _barren(engine: Engine, slot: Slot) -> bool:
+    """Nothing fitted a slot of this shape, with at least this much time left, and no task that
+    fits the shape has become ready since: nothing fits it now either (an idle pilot of a shape
+    that no queued work fits asks without a walk through the datasets)."""
+    seen = engine.holding.barren.get(shape_of(slot))
+    return seen is not None and slot.seconds <= seen
+
+
+def _found_barren(engine: Engine, slot: Slot) -> None:
+    barren, shape = engine.holding.barren, shape_of(slot)
+    if shape not in barren and len(barren) >= MAX_EXPLAINED:
+        barren.clear()
+    barren[shape] = max(barren.get(shape, 0), slot.seconds)
 
 
 def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
           misses: set[tuple[int, bool | None]] | None = None) -> Dispatch | None:
     """Reserve the best task for `slot` (see `reserve`), or None when none fits; `misses` as
     `choose` takes it."""
+    if _barren(engine, slot):
+        return None
     picked = choose(engine, slot, misses)
     if picked is None:
+        _found_barren(engine, slot)
         return None
     dataset, task_id = picked
     requirements = dataset.requirements(task_id)

@@ -191,6 +191,11 @@ class Engine:
         self._background: list[asyncio.Task] = []
         self.materializing: asyncio.Event = asyncio.Event()
         self.holding = Holding(settings.max_held_asks)
+        # Why nothing fits, by slot (its time left in whole minutes): (when, dispatch.NoWork).
+        self.explained: dict[Slot, tuple[float, Any]] = {}
+        # By shape, the (dataset, GPU phase) queues that had nothing for it: (the queue's
+        # epoch then, the most time left that was looked at). See dispatch.choose.
+        self.missed: dict[Slot, dict[tuple[int, bool | None], tuple[int, int]]] = {}
         # Tasks of datasets being submitted, by user, until they are stored (submission.py).
         self.submitting: dict[int, int] = {}
         self.started = now

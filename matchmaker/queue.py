@@ -42,6 +42,9 @@ class DatasetQueue:
         self.gpu_ready = 0  # of `ready`, tasks that need GPUs: lets a GPU phase skip us fast
         self.on_ready: Callable[[Requirements, int], None] | None = None
         """Told of every task that becomes ready (holding.Holding.poke wakes held asks)."""
+        self.epoch = 0
+        """Counts the times tasks became ready here: a slot this queue had nothing for has
+        nothing here until it changes (see dispatch.choose)."""
 
     def push(self, task_id: int, task_index: int, requirements: Requirements,
              continuing: bool) -> None:
@@ -54,6 +57,7 @@ class DatasetQueue:
         self.ready += 1
         if requirements.gpus:
             self.gpu_ready += 1
+        self.epoch += 1
         if self.on_ready is not None:
             self.on_ready(requirements, 1)
 
@@ -68,6 +72,7 @@ class DatasetQueue:
         self.ready += len(task_ids)
         if requirements.gpus:
             self.gpu_ready += len(task_ids)
+        self.epoch += 1
         if self.on_ready is not None:
             self.on_ready(requirements, len(task_ids))
 

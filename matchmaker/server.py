@@ -149,11 +149,14 @@ async def _serve(app: web.Application, listening: socket.socket,
     """Serve `app` on the listening socket until cancelled, then stop it gracefully: what
     aiohttp's run_app does, with each client address's connections counted."""
     files = connections.raise_open_files_limit()
+    too_few = connections.check_open_files_limit(files, settings.max_held_asks)
+    if too_few:
+        log.warning("%s", too_few)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     try:
-        counts = connections.Counts(settings.max_connections_per_address)
+        counts = connections.Counts(settings.max_connections_per_address, files)
         await connections.GuardedSite(runner, listening, counts, ssl_context=context,
                                       shutdown_timeout=SHUTDOWN_GRACE).start()
         log.info("serving: at most %d connections per client address, %d open files",

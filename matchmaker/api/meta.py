@@ -29,7 +29,7 @@ async def health(ctx: Context) -> Any:
     db = engine.db
     answer = {"status": "ok", "version": version(), "uptime": engine.clock() - engine.started,
               "datasets": len(engine.datasets), "running_attempts": len(engine.active),
-              "pilots": len(engine.pilots),
+              "pilots": len(engine.pilots), "held_asks": len(engine.holding.held),
               "database": {"commits": db.commits, "writes": db.batches_committed,
                            "stalls": db.stalls}}
     if db.stalled is not None:

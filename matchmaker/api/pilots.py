@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from typing import Any
 
 from aiohttp import web
@@ -84,7 +85,9 @@ async def ask(ctx: Context) -> Any:
     pilot = own_pilot(ctx)
     offer = dispatch.Offer.from_dict(ctx.body, pilot.site.name)
     answer = await dispatch.ask(ctx.engine, pilot, offer)
-    hold = min(ctx.body.get("hold", 0), ctx.engine.settings.hold_asks)
+    # A random 80-100 % of hold_asks: pilots that began holding together (a restart, a burst
+    # of registrations) then do not all ask again in the same moment.
+    hold = min(ctx.body.get("hold", 0), ctx.engine.settings.hold_asks * random.uniform(0.8, 1))
     if hold and dispatch.nothing_in(answer):
         answer = await _held(ctx, pilot, offer, answer, hold)
     return web.Response(body=dispatch.answer_json(ctx.engine, answer),

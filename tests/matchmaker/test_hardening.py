@@ -26,6 +26,7 @@ import psutil
 import pytest
 
 from cli.main import main as floe
+from matchmaker import connections
 from matchmaker.bounds import MAX_DEPTH
 from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
 
@@ -373,3 +374,23 @@ def test_a_factory_cannot_claim_more_pilots_than_it_holds_tokens_for(live):
                               token=live.site_token)
     assert (status, answer) == (200, {"withdrawn": 4})
     assert demand(live, "honest", 0)["pilots_needed"] == 10
+
+
+def test_the_server_says_when_its_open_files_are_too_few_for_its_idle_pilots():
+    assert connections.check_open_files_limit(65536, 20000) is None
+    why = connections.check_open_files_limit(1024, 20000)
+    assert why.startswith("the open-files limit is 1024, and max_held_asks = 20000 idle pilots")
+    assert "at least 20256" in why and "LimitNOFILE=" in why
+
+
+def test_connections_near_the_open_files_limit_are_logged_once_a_minute(caplog):
+    counts = connections.Counts(per_address=100, files=20)
+    with caplog.at_level("WARNING", logger="matchmaker.connections"):
+        for number in range(30):
+            assert counts.admit(f"10.0.0.{number}")
+    near = [r.getMessage() for r in caplog.records if "near the open-files limit" in r.message]
+    assert near == ["18 connections are open, near the open-files limit of 20: raise it "
+                    "(ulimit -Hn, LimitNOFILE=) or new pilots' connections will fail"]
+    for number in range(30):
+        counts.release(f"10.0.0.{number}")
+    assert counts.total == 0 and counts.open == {}
