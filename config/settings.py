@@ -74,6 +74,11 @@ SERVER_SCHEMA = Object([
                   "say they can wait are held (floe's pilots do, when they run nothing), for "
                   "at most this long and for no longer than they say. 0 holds none: each "
                   "ask is answered at once."),
+    Field("max_progress_wait", Duration(0, 60), "longest a client's request for a dataset's "
+          "progress is held open, waiting for it to change", "60s",
+          details="`GET /api/v1/datasets/{id}/progress` (what `floe wait` uses) is answered "
+                  "the moment the dataset changes or ends, or after the `wait` it asks for, "
+                  "at most this long."),
     Field("max_held_asks", Integer(0, 1_000_000), "most asks held open at once", 20000,
           details="Past it, an ask is answered at once, as with `hold_asks` 0. Each held ask "
                   "keeps one connection and a few kilobytes."),
@@ -131,6 +136,7 @@ class ServerSettings:
     runtime_guess: int
     idle_wait: int
     hold_asks: int
+    max_progress_wait: int
     max_held_asks: int
     max_request_bytes: int
     max_connections_per_address: int

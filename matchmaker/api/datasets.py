@@ -83,13 +83,13 @@ MAX_PROGRESS_WAIT = 60
                Param("since", str, doc="the `version` of an earlier answer")],
        description="A long poll: the answer comes when the dataset's status or task counts "
                    "change (`until=change`) or when it ends (`until=end`), or once `wait` "
-                   "seconds have passed, with its progress as it is then. An ended dataset is "
-                   "answered at once.")
+                   "seconds (at most the server's `max_progress_wait`) have passed, with its "
+                   "progress as it is then. An ended dataset is answered at once.")
 async def progress(ctx: Context) -> Any:
     dataset = find(ctx)
     since, until = ctx.params["since"], ctx.params["until"]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + ctx.params["wait"]
+    deadline = loop.time() + min(ctx.params["wait"], ctx.engine.settings.max_progress_wait)
     while True:
         version = dataset.version()
         if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED):

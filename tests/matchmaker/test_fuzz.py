@@ -49,9 +49,11 @@ def fuzz(live: LiveMatchmaker, role: str, headers: dict[str, str], parameters: d
 def test_no_request_of_any_role_gets_a_server_error(tmp_path):
     directory = tmp_path / "matchmaker"
     directory.mkdir()
-    # Asks are held at most a second: the fuzzer's asks with `hold` would each wait 25 s.
+    # Asks and progress requests are held at most a second: the fuzzer's asks with `hold` and
+    # its requests for progress with `wait` would each wait up to 25 s and 60 s.
     live = LiveMatchmaker(directory, settings=SETTINGS + "max_queued_tasks_per_user = 100000\n"
-                                                         'hold_asks = "1s"\n')
+                                                         'hold_asks = "1s"\n'
+                                                         'max_progress_wait = "1s"\n')
     admin = live._floe("user", "token", "root")["token"]
     live.start()
     try:

@@ -4,6 +4,7 @@ the request until the dataset changes (or ends, with `until=end`), up to `wait` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from . import support as s
 
@@ -85,3 +86,11 @@ async def test_an_unknown_dataset_and_a_wait_out_of_bounds_are_refused(world):
         status, answer = await world.api.call(
             "GET", f"/api/v1/datasets/{world.dataset}/progress?wait={wait}", world.owner)
         assert status == 400 and answer["error"].startswith("wait: "), answer
+
+
+async def test_the_server_holds_a_progress_request_at_most_max_progress_wait(world):
+    world.engine.settings = dataclasses.replace(world.engine.settings, max_progress_wait=1)
+    now = await progress(world, world.dataset)
+    again = await asyncio.wait_for(progress(world, world.dataset, wait=60,
+                                            since=now["version"]), 10)
+    assert again["version"] == now["version"]
