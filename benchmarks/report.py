@@ -189,14 +189,14 @@ ROWS = [
         lambda r: f"+{n(r['hostile']['this_build']['grown_at_peak_mib'], 1)} MiB / "
                   f"+{n(r['hostile']['baseline']['grown_at_peak_mib'], 1)} MiB",
         "nothing unproved held", lambda r: r["hostile"]["this_build"]["grown_at_peak_mib"] < 32),
-    Row("at the defaults (server and factory, local plugin, 2 pilots of 1 CPU, no walltime "
-        "declared): one task, submit to seen complete (waiting as `floe wait` does), median "
-        "(p90)",
+    Row("at the defaults (server and factory, local plugin, 2 pilots of 1 CPU kept by the "
+        "factory's default 5-minute idle_timeout, no walltime declared): one task, submit to "
+        "seen complete (waiting as `floe wait` does), median (p90)",
         lambda r: f"{n(r['defaults']['single_task_ms']['median'], 1)} ms "
                   f"({n(r['defaults']['single_task_ms']['p90'], 1)} ms)",
         "≤ 5 ms", lambda r: r["defaults"]["single_task_ms"]["median"] <= 5),
     Row("the same: 2,000 / 10,000 tasks submitted, tasks per second until seen complete, "
-        "median of 3 runs (fraction of the bare spawn loops)",
+        "median of 3 runs (fraction of the bare spawn loops measured in the same run)",
         lambda r: " / ".join(f"{n(r['defaults']['tasks_per_second'][k])} "
                              f"({r['defaults']['of_bare_spawn_rate'][k]:.2f})"
                              for k in ("2000", "10000")),

@@ -9,7 +9,7 @@ from typing import Any
 
 from config.resources import format_duration, format_size
 from config.schema import counted
-from config.states import JOB_STATES, AttemptState
+from config.states import JOB_STATES, AttemptState, ErrorClass
 
 from .client import STATES
 from .command import Command, add_dataset, add_paging, age, moment, next_page, subcommands, table
@@ -124,8 +124,9 @@ def _logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
-    states = {a["attempt_id"]: a["state"]
-              for a in client.get(f"/api/v1/tasks/{args.task}")["attempts"]}
+    attempts = client.get(f"/api/v1/tasks/{args.task}")["attempts"]
+    states = {a["attempt_id"]: a["state"] for a in attempts}
+    classes = {a["attempt_id"]: a.get("error_class") for a in attempts}
     if not states:
         raise ClientError(f"task {args.task} has not run yet, so it has no logs")
     attempt = list(states)[-1] if args.attempt is None else args.attempt
@@ -134,7 +135,7 @@ def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
                           f"{', '.join(map(str, states))})")
     text = client.request("GET", f"/api/v1/attempts/{attempt}/logs/{args.stream}", raw=True)
     return {"task_id": args.task, "attempt_id": attempt, "state": states[attempt],
-            "stream": args.stream, "text": text}
+            "error_class": classes[attempt], "stream": args.stream, "text": text}
 
 
 def _logs_show(data: Any, args: argparse.Namespace) -> None:
@@ -143,6 +144,9 @@ def _logs_show(data: Any, args: argparse.Namespace) -> None:
         print(f"attempt {data['attempt_id']} is still running; the pilot uploads its "
               f"{data['stream']} when it ends (see `floe attempts {data['task_id']}`)",
               file=sys.stderr)
+    elif not data["text"] and data.get("error_class") == ErrorClass.NOT_RUN.value:
+        print(f"attempt {data['attempt_id']} never ran: its pilot gave it back unstarted "
+              f"(not_run; see `floe attempts {data['task_id']}`)", file=sys.stderr)
     elif not data["text"]:
         print(f"attempt {data['attempt_id']} wrote nothing to {data['stream']}", file=sys.stderr)
     sys.stdout.write(data["text"])

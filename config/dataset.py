@@ -211,7 +211,9 @@ DATASET = Object([
     Field("max_retries", Integer(minimum=0, maximum=MAX_RETRIES),
           "Failed attempts a task may have before it is failed.", default=3,
           details="Only failures that are the task's own count (task_error, resource_overuse, "
-                  "staging_error); a lost pilot does not."),
+                  "staging_error); a lost pilot (pilot_lost) does not, nor a task its pilot "
+                  "gave back before starting it (not_run: the pilot was stopped, or the tasks "
+                  "queued before it ran longer than expected and its walltime no longer fit)."),
     Field("debug", Bool(),
           "Suspend a failing task instead of retrying it, so its owner can inspect it.",
           default=False, details="A suspended task can be run by hand with `floe run` and "

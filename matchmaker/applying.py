@@ -39,7 +39,9 @@ def outcome(engine: Engine, active: ActiveAttempt, ended: Outcome, now: float
     current = dataset.requirements(task_id)
     if decided.grown is not None and decided.grown != current:
         decided.reason += overuse_sentence(current, decided.grown)
-    wall = ended.usage.wall_time or max(now - active.started, 0.0)
+    # An attempt given back unstarted ran for no time at all (and is charged none).
+    wall = 0.0 if ended.error_class == ErrorClass.NOT_RUN else \
+        ended.usage.wall_time or max(now - active.started, 0.0)
     batch = Batch()
     _rows(batch, engine, dataset, active, ended, decided, wall, now)
     undo, status = _apply(engine, dataset, active, ended, decided, wall, now)

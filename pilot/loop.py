@@ -195,10 +195,10 @@ class Pilot:
         queued, running = self.lanes.stop()
         for attempt in running:
             attempt.run.stop(ErrorClass.PILOT_LOST, f"the pilot was stopped ({why}) while "
-                                                    "running it; the task is requeued")
+                                                    "running it")
         for attempt in queued:
-            self._give_back(attempt, f"the pilot was stopped ({why}) before it ran it; the "
-                                     "task is requeued", ErrorClass.NOT_RUN)
+            self._give_back(attempt, f"the pilot was stopped ({why}) before it ran it",
+                            ErrorClass.NOT_RUN)
         if running or queued:
             log.info("%s: stopping %d running tasks, giving back %d queued", why, len(running),
                      len(queued))

@@ -185,11 +185,24 @@ def test_logs_prints_the_latest_attempts_stdout_or_stderr(capsys, matchmaker, ra
     assert (status, out) == (0, "Traceback: fit diverged\n")
     assert run_json(capsys, "logs", str(ran.done_task), *as_user(matchmaker)) == {
         "task_id": ran.done_task, "attempt_id": ran.done_attempt, "state": "complete",
-        "stream": "stdout", "text": "generated 100 events\n"}
+        "error_class": None, "stream": "stdout", "text": "generated 100 events\n"}
     status, out, err = run(capsys, "logs", str(ran.done_task), "--stream", "stderr",
                            *as_user(matchmaker))
     assert (status, out) == (0, "")  # an empty log is said on stderr, out of a pipe's way
     assert err == f"attempt {ran.done_attempt} wrote nothing to stderr\n"
+
+
+def test_logs_of_an_attempt_given_back_unstarted_say_that_it_never_ran(capsys, matchmaker):
+    matchmaker.submit({"jobs": 1, "tasks": [{"name": "work", "modules": [
+        {"command": ["true"]}]}]})
+    pilot = ScriptedPilot(matchmaker)
+    attempt = pilot.take()
+    pilot.report(attempt, None, error_class="not_run",
+                 error_message="the pilot was stopped (SIGTERM received) before it ran it")
+    status, out, err = run(capsys, "logs", str(attempt["task_id"]), *as_user(matchmaker))
+    assert (status, out) == (0, "")
+    assert err == (f"attempt {attempt['id']} never ran: its pilot gave it back unstarted "
+                   f"(not_run; see `floe attempts {attempt['task_id']}`)\n")
 
 
 def test_logs_of_a_running_attempt_say_that_it_is_running_not_that_it_wrote_nothing(

@@ -101,7 +101,7 @@ async def test_what_was_learned_survives_a_restart(engine, reopen):
     assert all(0.02 <= d.expected <= 0.02 * MARGIN for d in packed)
 
 
-async def test_a_task_given_back_unstarted_is_requeued_at_no_cost(engine):
+async def test_a_task_given_back_unstarted_is_requeued_at_no_cost(engine, clock):
     owner, site = await s.user(engine, "alice"), await s.site(engine)
     dataset = await s.submit(engine, owner, s.config(jobs=1, max_retries=0))
     p = await s.pilot(engine, site)
@@ -110,8 +110,10 @@ async def test_a_task_given_back_unstarted_is_requeued_at_no_cost(engine):
         await s.finish(engine, given, s.failure("not_run", "its walltime no longer fits",
                                                 exit_code=None))
         assert s.state_of(dataset, 0) == TaskState.READY.value
+        clock.advance(30)  # held a while before it was given back: still no time charged
     task_id = dataset.task_id(0, 0)
     assert task_id not in dataset.failures and task_id not in dataset.lost
+    assert engine.user_usage.value(owner.user_id, clock()) == pytest.approx(0, abs=1e-9)
     given = await s.ask(engine, p, HOUR_SLOT)
     await s.finish(engine, given)
     assert s.state_of(dataset, 0) == TaskState.COMPLETE.value
