@@ -154,8 +154,8 @@ def answer_json(engine: Engine, answer: Answer) -> bytes:
     return answer.to_json(engine)
 
 
-def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | None = None
-           ) -> tuple[DatasetState, int] | None:
+def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | None = None,
+           shape: Slot | None = None) -> tuple[DatasetState, int] | None:
     """Pop the best ready task for `slot`, or None: users most deserving first (lowest decayed
     usage per share), and each user's datasets most deserving first (usage per priority); both
     orders are kept up to date by the ledgers, and walked in place (nothing is charged while
@@ -168,10 +168,10 @@ def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | No
     processing = DatasetStatus.PROCESSING
     datasets = engine.datasets
     ranked = engine.dataset_usage.ranked
-    shape = shape_of(slot)
+    shape = shape or shape_of(slot)
     missed = engine.missed.get(shape)
     if missed is None:
-        if len(engine.missed) >= MAX_EXPLAINED:
+        if len(engine.missed) >= MAX_REMEMBERED_SHAPES:
             engine.missed.clear()
         missed = engine.missed[shape] = {}
     seconds = slot.seconds
@@ -291,7 +291,9 @@ EXPLAINED_FOR = 1.0
 """Seconds one explanation of why nothing fits serves every empty ask of a slot alike (to the
 minute of its time left): it looks at every dataset, and thousands of idle pilots of one
 shape ask in a second."""
-MAX_EXPLAINED = 4096
+MAX_REMEMBERED_SHAPES = 4096
+"""Slot shapes whose explanation, barrenness or missed queues are kept before all are forgotten
+(idle pilots come in few shapes; this bounds what odd ones can add)."""
 
 
 def explained(engine: Engine, slot: Slot, now: float) -> NoWork:
@@ -301,7 +303,7 @@ def explained(engine: Engine, slot: Slot, now: float) -> NoWork:
     cached = engine.explained.get(key)
     if cached is not None and now - cached[0] < EXPLAINED_FOR:
         return cached[1]
-    if len(engine.explained) >= MAX_EXPLAINED:
+    if len(engine.explained) >= MAX_REMEMBERED_SHAPES:
         engine.explained.clear()
     answer = explain(engine, key)
     engine.explained[key] = (now, answer)
@@ -315,30 +317,31 @@ def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float) -> NoWork:
     return explained(engine, slot, now)
 
 
-def _barren(engine: Engine, slot: Slot) -> bool:
-    """Nothing fitted a slot of this shape, with at least this much time left, and no task that
-    fits the shape has become ready since: nothing fits it now either (an idle pilot of a shape
-    that no queued work fits asks without a walk through the datasets)."""
-    seen = engine.holding.barren.get(shape_of(slot))
-    return seen is not None and slot.seconds <= seen
+def _barren(engine: Engine, shape: Slot, seconds: int) -> bool:
+    """Nothing fitted a slot of this shape, with at least `seconds` left, and no task that fits
+    the shape has become ready since: nothing fits it now either (an idle pilot of a shape that
+    no queued work fits asks without a walk through the datasets)."""
+    seen = engine.holding.barren.get(shape)
+    return seen is not None and seconds <= seen
 
 
-def _found_barren(engine: Engine, slot: Slot) -> None:
-    barren, shape = engine.holding.barren, shape_of(slot)
-    if shape not in barren and len(barren) >= MAX_EXPLAINED:
+def _found_barren(engine: Engine, shape: Slot, seconds: int) -> None:
+    barren = engine.holding.barren
+    if shape not in barren and len(barren) >= MAX_REMEMBERED_SHAPES:
         barren.clear()
-    barren[shape] = max(barren.get(shape, 0), slot.seconds)
+    barren[shape] = max(barren.get(shape, 0), seconds)
 
 
 def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
           misses: set[tuple[int, bool | None]] | None = None) -> Dispatch | None:
     """Reserve the best task for `slot` (see `reserve`), or None when none fits; `misses` as
     `choose` takes it."""
-    if _barren(engine, slot):
+    shape = shape_of(slot)  # once: every check below is by shape
+    if _barren(engine, shape, slot.seconds):
         return None
-    picked = choose(engine, slot, misses)
+    picked = choose(engine, slot, misses, shape)
     if picked is None:
-        _found_barren(engine, slot)
+        _found_barren(engine, shape, slot.seconds)
         return None
     dataset, task_id = picked
     requirements = dataset.requirements(task_id)
