@@ -495,12 +495,18 @@ class Database:
     async def _watch(self) -> None:
         """Say once when the oldest write has waited longer than `stall_after`, and again when
         the writes flow."""
+        interval = min(1.0, self.stall_after / 2)
         while True:
-            await asyncio.sleep(min(1.0, self.stall_after / 2))
+            slept_from = time.monotonic()
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - slept_from > interval + self.stall_after:
+                # This process itself did not run (frozen, stopped, starved): the writer's
+                # answers wait unread in the pipe, and are no stall of its; judge next time.
+                continue
             waiting = [queue[0].since for queue in (self._inflight, self._pending) if queue]
             if self._running is not None:
                 waiting.append(self._running.since)
-            now = time.monotonic()
             oldest = min(waiting, default=now)
             if now - oldest > self.stall_after:
                 if self.stalled is None:
