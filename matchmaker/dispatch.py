@@ -167,37 +167,71 @@ def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | No
     fit the larger one, and no task became ready meanwhile)."""
     processing = DatasetStatus.PROCESSING
     datasets = engine.datasets
+    owners = engine.owners
     ranked = engine.dataset_usage.ranked
     shape = shape or shape_of(slot)
-    missed = engine.missed.get(shape)
-    if missed is None:
-        if len(engine.missed) >= MAX_REMEMBERED_SHAPES:
-            engine.missed.clear()
-        missed = engine.missed[shape] = {}
+    missed = _remembered(engine.missed, shape)
+    missed_users = _remembered(engine.missed_users, shape)
     seconds = slot.seconds
     for gpu_tasks in (True, False) if slot.gpus > 0 else (None,):
         for user_id in engine.user_usage.ranked():
+            owner = owners.get(user_id)
+            # GPU tasks are all a GPU phase takes, and they fit no other (a slot without GPUs
+            # has only the phase None).
+            if owner is None or not owner.ready or (
+                    not owner.gpu_ready if gpu_tasks else owner.gpu_ready == owner.ready):
+                continue
+            user_key = (user_id, gpu_tasks)
+            seen = missed_users.get(user_key)
+            if seen is not None and seen[0] == owner.epoch and seconds <= seen[1]:
+                continue  # none of this user's queues had anything, and none has changed
+            all_missed = True
             for dataset_id in ranked(user_id):
                 dataset = datasets[dataset_id]
                 queue = dataset.queue
-                if queue.ready and dataset.status == processing:
-                    key = (dataset_id, gpu_tasks)
-                    if misses is not None and key in misses:
-                        continue
-                    # A queue that had nothing for this shape with as much time left has
-                    # nothing now if no task became ready in it since (most asks of idle
-                    # pilots that fit no queued work stop here, dataset by dataset).
-                    seen = missed.get(key)
-                    if seen is not None and seen[0] == queue.epoch and seconds <= seen[1]:
-                        continue
-                    taken = queue.take(slot, gpu_tasks, dataset.is_ready)
-                    if taken is not None:
-                        return dataset, taken[0]
-                    missed[key] = (queue.epoch, seconds if seen is None or seen[0] != queue.epoch
-                                   else max(seconds, seen[1]))
-                    if misses is not None:
-                        misses.add(key)
+                if not queue.ready:
+                    continue
+                if dataset.status != processing:
+                    all_missed = False  # it may have something when it is resumed
+                    continue
+                key = (dataset_id, gpu_tasks)
+                if misses is not None and key in misses:
+                    all_missed = False  # missed a larger slot: not known to miss this one
+                    continue
+                # A queue that had nothing for this shape with as much time left has
+                # nothing now if no task became ready in it since (most asks of idle
+                # pilots that fit no queued work stop here, dataset by dataset).
+                seen = missed.get(key)
+                if seen is not None and seen[0] == queue.epoch and seconds <= seen[1]:
+                    continue
+                taken = queue.take(slot, gpu_tasks, dataset.is_ready)
+                if taken is not None:
+                    return dataset, taken[0]
+                missed[key] = _widened(seen, queue.epoch, seconds)
+                if misses is not None:
+                    misses.add(key)
+            if all_missed:
+                missed_users[user_key] = _widened(missed_users.get(user_key), owner.epoch,
+                                                  seconds)
     return None
+
+
+def _remembered(by_shape: dict[Slot, dict], shape: Slot) -> dict:
+    """The misses remembered for `shape` (all shapes' are forgotten past a bound)."""
+    found = by_shape.get(shape)
+    if found is None:
+        if len(by_shape) >= MAX_REMEMBERED_SHAPES:
+            by_shape.clear()
+        found = by_shape[shape] = {}
+    return found
+
+
+def _widened(seen: tuple[int, int] | None, epoch: int, seconds: int) -> tuple[int, int]:
+    """A miss at `epoch` with `seconds` left, joined with what was `seen` at the same epoch
+    (nothing fitted the most time left that was looked at)."""
+    if seen is None or seen[0] != epoch:
+        return epoch, seconds
+    return epoch, max(seconds, seen[1])
 
 
 def explain(engine: Engine, slot: Slot) -> NoWork:

@@ -31,6 +31,7 @@ from .fairshare import Ledger
 from .holding import Holding
 from .metrics import Metrics
 from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
+from .queue import Owner
 from .runtimes import Learned
 from .storage import queries, writes
 from .storage.database import Batch, Database
@@ -196,6 +197,10 @@ class Engine:
         # By shape, the (dataset, GPU phase) queues that had nothing for it: (the queue's
         # epoch then, the most time left that was looked at). See dispatch.choose.
         self.missed: dict[Slot, dict[tuple[int, bool | None], tuple[int, int]]] = {}
+        # The same by user, for users none of whose datasets had anything for the shape (the
+        # epoch of their queues together: queue.Owner).
+        self.missed_users: dict[Slot, dict[tuple[int, bool | None], tuple[int, int]]] = {}
+        self.owners: dict[int, Owner] = {}  # by user: the ready counts of their queues
         # Tasks of datasets being submitted, by user, until they are stored (submission.py).
         self.submitting: dict[int, int] = {}
         self.started = now
@@ -207,6 +212,10 @@ class Engine:
     def add_dataset(self, dataset: DatasetState) -> None:
         self.datasets[dataset.id] = dataset
         dataset.queue.on_ready = self.holding.poke
+        owner = self.owners.get(dataset.user_id)
+        if owner is None:
+            owner = self.owners[dataset.user_id] = Owner()
+        dataset.queue.adopt(owner)
         self.by_user.setdefault(dataset.user_id, []).append(dataset)
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)

@@ -33,6 +33,19 @@ class TaskClass:
         self.ready = 0
 
 
+class Owner:
+    """The ready counts and epoch of all the queues of one user together: a slot that none of
+    a user's datasets had anything for skips the user at once until one of them changes (see
+    dispatch.choose)."""
+
+    __slots__ = ("epoch", "gpu_ready", "ready")
+
+    def __init__(self) -> None:
+        self.ready = 0
+        self.gpu_ready = 0
+        self.epoch = 0
+
+
 class DatasetQueue:
     """Ready tasks of one dataset by class."""
 
@@ -45,6 +58,15 @@ class DatasetQueue:
         self.epoch = 0
         """Counts the times tasks became ready here: a slot this queue had nothing for has
         nothing here until it changes (see dispatch.choose)."""
+        self.owner = Owner()
+        """The counts of all the queues of this dataset's user (`adopt`); its own until then."""
+
+    def adopt(self, owner: Owner) -> None:
+        """Count this queue in `owner` (its user's), from now on."""
+        owner.ready += self.ready
+        owner.gpu_ready += self.gpu_ready
+        owner.epoch += 1
+        self.owner = owner
 
     def push(self, task_id: int, task_index: int, requirements: Requirements,
              continuing: bool) -> None:
@@ -55,9 +77,13 @@ class DatasetQueue:
         (task_class.continuing if continuing else task_class.fresh).append(task_id)
         task_class.ready += 1
         self.ready += 1
+        owner = self.owner
+        owner.ready += 1
         if requirements.gpus:
             self.gpu_ready += 1
+            owner.gpu_ready += 1
         self.epoch += 1
+        owner.epoch += 1
         if self.on_ready is not None:
             self.on_ready(requirements, 1)
 
@@ -68,21 +94,28 @@ class DatasetQueue:
         if task_class is None:
             task_class = self.classes[key] = TaskClass(task_index, requirements)
         task_class.fresh.extend(task_ids)
-        task_class.ready += len(task_ids)
-        self.ready += len(task_ids)
+        count = len(task_ids)
+        task_class.ready += count
+        self.ready += count
+        owner = self.owner
+        owner.ready += count
         if requirements.gpus:
-            self.gpu_ready += len(task_ids)
+            self.gpu_ready += count
+            owner.gpu_ready += count
         self.epoch += 1
+        owner.epoch += 1
         if self.on_ready is not None:
-            self.on_ready(requirements, len(task_ids))
+            self.on_ready(requirements, count)
 
     def left_ready(self, task_index: int, requirements: Requirements) -> None:
         """Count a task of this class that stopped being ready without being taken."""
         task_class = self.classes[(task_index, requirements)]
         task_class.ready -= 1
         self.ready -= 1
+        self.owner.ready -= 1
         if requirements.gpus:
             self.gpu_ready -= 1
+            self.owner.gpu_ready -= 1
 
     def take(self, slot: Slot, gpu_tasks: bool | None,
              is_ready: Callable[[int], bool]) -> tuple[int, TaskClass] | None:
@@ -133,6 +166,8 @@ class DatasetQueue:
 
     def clear(self) -> None:
         self.classes.clear()
+        self.owner.ready -= self.ready
+        self.owner.gpu_ready -= self.gpu_ready
         self.ready = 0
         self.gpu_ready = 0
 

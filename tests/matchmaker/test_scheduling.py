@@ -218,3 +218,40 @@ async def test_a_dataset_that_had_nothing_for_a_slot_is_skipped_for_the_rest_of_
     # Her 4-CPU tasks would fit this slot, but she was already found to have nothing for it.
     assert dispatch.choose(engine, s.slot(cpus=4), misses)[0] is small
     assert dispatch.choose(engine, s.slot(cpus=4))[0] is big
+
+
+async def test_a_user_with_nothing_for_a_slot_is_skipped_until_a_queue_of_theirs_changes(
+        engine, clock):
+    """A user none of whose datasets had anything for a slot is passed over in one step by the
+    next asks of that shape, until a task of theirs becomes ready: a dependency released, or a
+    new dataset. The counts behind the step stay those of the user's queues."""
+    site = await s.site(engine)
+    alice, bob = await s.user(engine, "alice"), await s.user(engine, "bob")
+    dag = await s.submit(engine, alice, s.config(jobs=2, tasks=[
+        s.task("gen", cpus=4), s.task("reco", depends=["gen"])]))
+    await s.submit(engine, alice, s.config(jobs=2, tasks=[s.task("wide", cpus=4)]))
+    mine = await s.submit(engine, bob, s.config(jobs=9, tasks=[s.task("small")]))
+    small, wide = await s.pilot(engine, site), await s.pilot(engine, site, "node2")
+    engine.user_usage.charge(bob.user_id, 1000.0, clock.now)  # alice is served first
+
+    def counted() -> tuple[int, int]:
+        owner = engine.owners[alice.user_id]
+        return owner.ready, sum(d.queue.ready for d in engine.by_user[alice.user_id])
+
+    assert (await s.ask(engine, small)).dataset is mine
+    shape = dispatch.shape_of(s.slot())
+    assert (alice.user_id, None) in engine.missed_users[shape]
+    assert (await s.ask(engine, small)).dataset is mine  # alice passed over in one step
+    assert counted() == (4, 4)
+
+    gen = await s.ask(engine, wide, s.slot(cpus=4))
+    assert gen.dataset is dag and counted() == (3, 3)
+    await s.finish(engine, gen)  # releases its reco: a 1-CPU task of alice's
+    released = await s.ask(engine, small)
+    assert released.dataset is dag and dag.locate(released.task_id)[1] == 1
+    assert counted() == (3, 3)
+
+    assert (await s.ask(engine, small)).dataset is mine
+    later = await s.submit(engine, alice, s.config(jobs=1, tasks=[s.task("late")]))
+    assert (await s.ask(engine, small)).dataset is later
+    assert counted() == (3, 3)
