@@ -112,6 +112,9 @@ def _attempts_show(task: dict[str, Any], args: argparse.Namespace) -> None:
                      (a["error_message"] or "")[:60]])
     print(table(["ATTEMPT", "STATE", "SITE", "HOST", "PILOT", "STARTED", "WALL", "CPUS",
                  "MEMORY", "PEAK", "EXIT", "ERROR", "MESSAGE"], rows))
+    for a in task["attempts"]:
+        for warning in a.get("warnings") or ():
+            print(f"attempt {a['attempt_id']}: warning: {warning}")
 
 
 def _logs_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +130,7 @@ def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
     attempts = client.get(f"/api/v1/tasks/{args.task}")["attempts"]
     states = {a["attempt_id"]: a["state"] for a in attempts}
     classes = {a["attempt_id"]: a.get("error_class") for a in attempts}
+    warnings = {a["attempt_id"]: a.get("warnings") or [] for a in attempts}
     if not states:
         raise ClientError(f"task {args.task} has not run yet, so it has no logs")
     attempt = list(states)[-1] if args.attempt is None else args.attempt
@@ -135,11 +139,14 @@ def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
                           f"{', '.join(map(str, states))})")
     text = client.request("GET", f"/api/v1/attempts/{attempt}/logs/{args.stream}", raw=True)
     return {"task_id": args.task, "attempt_id": attempt, "state": states[attempt],
-            "error_class": classes[attempt], "stream": args.stream, "text": text}
+            "error_class": classes[attempt], "warnings": warnings[attempt],
+            "stream": args.stream, "text": text}
 
 
 def _logs_show(data: Any, args: argparse.Namespace) -> None:
     # Said on stderr: stdout stays the log itself, for pipes.
+    for warning in data.get("warnings") or ():
+        print(f"attempt {data['attempt_id']}: warning: {warning}", file=sys.stderr)
     if not data["text"] and data["state"] == AttemptState.PROCESSING:
         print(f"attempt {data['attempt_id']} is still running; the pilot uploads its "
               f"{data['stream']} when it ends (see `floe attempts {data['task_id']}`)",

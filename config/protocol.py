@@ -15,6 +15,11 @@ MAX_STATISTICS = 1000
 MAX_STATISTIC = 1e100
 """The largest magnitude of a statistic's value: sums and squared deviations of millions of
 them stay finite (a double holds about 1.8e308)."""
+MAX_WARNINGS = 20
+"""The most warnings one report carries (what was left out of it and why); more are counted in
+the last one."""
+MAX_WARNING_LENGTH = 500
+"""The longest warning, in characters."""
 MAX_CPUS = 4096
 """The most CPUs a pilot offers in one ask (a larger slot offers this many)."""
 MAX_GPUS = 64

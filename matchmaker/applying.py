@@ -66,7 +66,7 @@ def _rows(batch: Batch, engine: Engine, dataset: DatasetState, active: ActiveAtt
         error_class=ended.error_class.value if ended.error_class else None,
         error_message=ended.error_message[:4000] or None, statistics=ended.statistics,
         outputs=ended.outputs, stdout_tail=utf8_tail(ended.stdout_tail, tail) or None,
-        stderr_tail=utf8_tail(ended.stderr_tail, tail) or None)
+        stderr_tail=utf8_tail(ended.stderr_tail, tail) or None, warnings=ended.warnings)
     task_id = active.task_id
     task_index = dataset.locate(task_id)[1]
     for moved_id, old, new in decided.moves:

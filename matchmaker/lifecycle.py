@@ -17,12 +17,13 @@ working state and returns a `Plan`, which `recording` writes and applies.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.protocol import MAX_STATISTICS
+from config.protocol import MAX_STATISTIC, MAX_STATISTICS, MAX_WARNING_LENGTH, MAX_WARNINGS
 from config.resources import Requirements, Usage, format_duration, format_size
 from config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
 
@@ -47,6 +48,8 @@ class Outcome:
     stdout_tail: str = ""
     stderr_tail: str = ""
     overuse: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What was left out of the report and why: recorded on the attempt, no failure."""
 
     @property
     def success(self) -> bool:
@@ -60,12 +63,15 @@ class Outcome:
         if len(statistics) > MAX_STATISTICS:
             raise BadRequest(f"statistics: at most {MAX_STATISTICS} entries, got "
                              f"{len(statistics)}")
+        warnings = [str(w)[:MAX_WARNING_LENGTH] for w in data.get("warnings") or ()]
         numbers = {}
         for name, value in statistics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value):
-                raise BadRequest(f"statistics.{name}: expected a finite number, got {value!r}")
-            numbers[str(name)] = float(value)
+                    or not math.isfinite(value) or abs(value) > MAX_STATISTIC:
+                warnings.append(f"statistics: {str(name)[:40]!r} is {json.dumps(value)[:40]}, "
+                                "not a number in range: left out")
+            else:
+                numbers[str(name)] = float(value)
         outcome = cls(
             exit_code=data.get("exit_code"),
             error_class=ErrorClass(error) if error else None,
@@ -76,6 +82,7 @@ class Outcome:
             stdout_tail=str(data.get("stdout_tail") or ""),
             stderr_tail=str(data.get("stderr_tail") or ""),
             overuse=data.get("overuse"),
+            warnings=warnings[:MAX_WARNINGS],
         )
         if outcome.error_class is None and outcome.exit_code != 0:
             outcome.error_class = ErrorClass.TASK_ERROR

@@ -66,39 +66,43 @@ def task_environment(
     return env
 
 
-class StatisticsError(ValueError):
-    """A statistics file that is not a JSON object of names to numbers."""
-
-
-def read_statistics(path: Path) -> dict[str, float]:
-    """The statistics a module wrote to FLOE_STATS ({} when it wrote none)."""
+def read_statistics(path: Path, have: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
+    """The statistics a module wrote to FLOE_STATS ({} when it wrote none), and a warning for
+    each thing left out: a file that is not a JSON object of names to numbers loses all of
+    them, an entry that is not a finite number in range (or has no fitting name) loses itself,
+    and names past MAX_STATISTICS together with `have` (the modules' before) are left out.
+    Never raises: a task's finished work is not failed for what it said about itself."""
+    where = "the statistics file FLOE_STATS"
     try:
         size = path.stat().st_size
+        if size > STATS_LIMIT_BYTES:
+            return {}, [f"{where} is {size} bytes, over {STATS_LIMIT_BYTES}: all of it left out"]
+        data = json.loads(path.read_bytes())
     except FileNotFoundError:
-        return {}
-    where = f"the statistics file FLOE_STATS ({path.name})"
-    if size > STATS_LIMIT_BYTES:
-        raise StatisticsError(f"{where} is {size} bytes; keep it under {STATS_LIMIT_BYTES}")
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise StatisticsError(f"{where} is not JSON ({err}); write an object like "
-                              '{"events": 1000}') from None
+        return {}, []
+    except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
+        return {}, [f"{where} is not JSON ({err}): all of it left out; write an object like "
+                    '{"events": 1000}']
     if not isinstance(data, dict):
-        raise StatisticsError(f"{where} holds {type(data).__name__}; write an object like "
-                              '{"events": 1000}')
-    if len(data) > MAX_STATISTICS:
-        raise StatisticsError(f"{where} has {len(data)} entries; keep it to "
-                              f"{MAX_STATISTICS}")
+        return {}, [f"{where} holds a JSON {type(data).__name__}: all of it left out; write an "
+                    'object like {"events": 1000}']
+    kept: dict[str, float] = {}
+    warnings = []
+    crowded = 0
     for name, value in data.items():
         if not name or len(name) > STATS_NAME_LENGTH:
-            raise StatisticsError(f"{where}: names must have 1 to {STATS_NAME_LENGTH} "
-                                  f"characters, got {name[:40]!r}")
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
+            warnings.append(f"{where}: the name {name[:40]!r} left out: names have 1 to "
+                            f"{STATS_NAME_LENGTH} characters")
+        elif (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not math.isfinite(value) or abs(value) > MAX_STATISTIC):
-            raise StatisticsError(f"{where}: {name!r} is {json.dumps(value)[:40]}; every value "
-                                  f"must be a number from -{MAX_STATISTIC:g} to "
-                                  f"{MAX_STATISTIC:g}")
-    # A whole number past 64 bits is no integer the matchmaker stores: send it as a double.
-    return {name: float(value) if isinstance(value, int) and abs(value) > 2**53 else value
-            for name, value in data.items()}
+            warnings.append(f"{where}: {name[:40]!r} is {json.dumps(value)[:40]}, not a number "
+                            f"from -{MAX_STATISTIC:g} to {MAX_STATISTIC:g}: left out")
+        elif name not in have and name not in kept and len(have) + len(kept) >= MAX_STATISTICS:
+            crowded += 1
+        else:
+            # A whole number past 64 bits is no integer the matchmaker stores: a double.
+            kept[name] = float(value) if isinstance(value, int) and abs(value) > 2**53 else value
+    if crowded:
+        warnings.append(f"{where}: {crowded} statistics left out: a task's modules report "
+                        f"{MAX_STATISTICS} at most together")
+    return kept, warnings

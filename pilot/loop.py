@@ -488,6 +488,8 @@ class Pilot:
         else:
             log.info("attempt %s (%s): %s: %s", attempt.attempt_id, attempt.label, error.value,
                      message)
+        for warning in result.warnings if result is not None else ():
+            log.warning("attempt %s (%s): %s", attempt.attempt_id, attempt.label, warning)
         self.reports.add(done)
         if self.streak.suspect and self.stop is None:
             self._stop_asking("suspect node", self.streak.describe(), EXIT_SUSPECT)

@@ -193,6 +193,7 @@ def summary(result: TaskResult) -> str:
     ]
     if result.statistics:
         lines.append(f"  statistics: {json.dumps(result.statistics)}")
+    lines.extend(f"  warning: {warning}" for warning in result.warnings)
     for output in result.outputs:
         lines.append(f"  output {output['local']} -> {output['url']} "
                      f"({format_size(output['size'])}, sha256 {output['sha256'][:16]}...)")

@@ -227,6 +227,8 @@ def report_of(result: TaskResult) -> dict[str, Any]:
     }
     if result.overuse is not None:
         report["overuse"] = result.overuse.to_dict()
+    if result.warnings:
+        report["warnings"] = list(result.warnings)
     return report
 
 

@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from config.expressions import ExpressionError, evaluate_tree
-from config.protocol import MAX_STATISTICS, cut_utf8
+from config.protocol import MAX_WARNING_LENGTH, MAX_WARNINGS, cut_utf8
 from config.resources import Requirements, Usage
 from config.states import ErrorClass
 from pilot import staging
 from pilot.environment import (
-    StatisticsError,
     read_statistics,
     task_environment,
 )
@@ -111,6 +110,8 @@ class TaskResult:
     scratch: str
     stdout_path: str
     stderr_path: str
+    warnings: list[str] = field(default_factory=list)
+    """What was left out of the result and why (a statistic that is not a number...)."""
 
     @property
     def ok(self) -> bool:
@@ -122,7 +123,8 @@ class TaskResult:
             "error_class": self.error_class.value if self.error_class else None,
             "error_message": self.error_message, "usage": self.usage.to_dict(),
             "overuse": self.overuse.to_dict() if self.overuse else None,
-            "statistics": dict(self.statistics), "stdout_tail": self.stdout_tail,
+            "statistics": dict(self.statistics), "warnings": list(self.warnings),
+            "stdout_tail": self.stdout_tail,
             "stderr_tail": self.stderr_tail, "outputs": [dict(o) for o in self.outputs],
             "start_time": self.start_time, "end_time": self.end_time, "scratch": self.scratch,
             "stdout_path": self.stdout_path, "stderr_path": self.stderr_path,
@@ -252,6 +254,9 @@ class TaskRun:
         self._usage = Usage()
         self._cpu_done = 0.0  # CPU seconds of the modules that have finished
         self._last_gpu_sample = 0.0
+        self.warnings: list[str] = []
+        """What was left out of the result and why (reported with it, never a failure)."""
+        self._unsaid = 0
 
     # ------------------------------------------------------------ other threads
 
@@ -328,7 +333,8 @@ class TaskRun:
             error_class=failure.error_class if failure else None,
             error_message=failure.message if failure else "",
             usage=self._usage, overuse=failure.overuse if failure else None,
-            statistics=statistics, stdout_tail=tails[0], stderr_tail=tails[1],
+            statistics=statistics, warnings=self._said(), stdout_tail=tails[0],
+            stderr_tail=tails[1],
             outputs=outputs, start_time=start, end_time=time.time(), scratch=str(self.scratch),
             stdout_path=str(self.stdout_path), stderr_path=str(self.stderr_path),
         )
@@ -445,24 +451,29 @@ class TaskRun:
             # that the task is requeued rather than failed.
             self._await_stop(EXTERNAL_SIGNAL_GRACE)
         self._check_stopped_with(code)
-        try:
-            written = read_statistics(self.stats_path)
+        written, warnings = read_statistics(self.stats_path, statistics)
+        with contextlib.suppress(OSError):
             self.stats_path.unlink(missing_ok=True)
-        except StatisticsError as error:
-            raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: {error}", code) from None
-        merged = {**statistics, **written}
-        if len(merged) > MAX_STATISTICS:
-            # One report carries at most this many (the matchmaker refuses more, and a refused
-            # report would end the attempt lost, again at each retry): this module's are left out.
-            raise _Failed(ErrorClass.TASK_ERROR, f"module {name}: the task's modules wrote "
-                          f"{len(merged)} statistics together; keep them to "
-                          f"{MAX_STATISTICS}", code)
         statistics.update(written)
+        for warning in warnings:
+            self._warn(f"module {name}: {warning}")
         if code < 0:
             raise _Failed(ErrorClass.TASK_ERROR,
                           f"module {name} was killed by signal {_signal_name(-code)}", code)
         if code > 0:
             raise _Failed(ErrorClass.TASK_ERROR, f"module {name} exited with code {code}", code)
+
+    def _warn(self, warning: str) -> None:
+        """Note something left out of the result (past MAX_WARNINGS, only counted)."""
+        if len(self.warnings) < MAX_WARNINGS - 1:
+            self.warnings.append(warning[:MAX_WARNING_LENGTH])
+        else:
+            self._unsaid += 1
+
+    def _said(self) -> list[str]:
+        """The warnings as reported: those noted, and how many more there were."""
+        more = [f"{self._unsaid} more warnings like these"] if self._unsaid else []
+        return self.warnings + more
 
     def _await_stop(self, seconds: float) -> None:
         """Wait until `stop()` is called or `seconds` pass."""

@@ -11,7 +11,14 @@ from typing import Any
 
 from config import dataset
 from config.factory import FACTORY_ID, LABEL
-from config.protocol import MAX_BATCH_IDS, MAX_ERROR_MESSAGE, MAX_STATISTIC, MAX_TASKS
+from config.protocol import (
+    MAX_BATCH_IDS,
+    MAX_ERROR_MESSAGE,
+    MAX_STATISTIC,
+    MAX_TASKS,
+    MAX_WARNING_LENGTH,
+    MAX_WARNINGS,
+)
 from config.states import ErrorClass
 
 from ..auth import MAX_SHARE
@@ -200,9 +207,15 @@ REPORT = _obj({
     "error_message": _str(MAX_ERROR_MESSAGE),
     "usage": USAGE,
     "statistics": {"type": "object", "maxProperties": 1000,
-                   "additionalProperties": {"type": "number", "minimum": -MAX_STATISTIC,
-                                            "maximum": MAX_STATISTIC},
+                   "additionalProperties": {"description": (
+                       f"a number from -{MAX_STATISTIC:g} to {MAX_STATISTIC:g}; anything else "
+                       "is left out, with a warning recorded on the attempt")},
                    "description": "user statistics: name -> number"},
+    "warnings": {"type": "array", "maxItems": MAX_WARNINGS,
+                 "items": _str(MAX_WARNING_LENGTH),
+                 "description": "what the pilot left out of this report and why (a statistic "
+                                "that is not a number...): recorded on the attempt, which "
+                                "keeps its outcome"},
     "outputs": {"type": "array", "maxItems": 10_000, "items": _obj({
         "url": _str(4096), "local": _str(4096), "sha256": _str(64), "size": _int()})},
     "stdout_tail": _str(1_000_000),

@@ -17,7 +17,7 @@ ATTEMPT_COLUMNS = (
     "attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id, state, started,"
     " last_heartbeat, ended, req_cpus, req_memory, req_disk, req_gpus, req_walltime, gpus,"
     " cpu_time, wall_time, peak_memory, peak_disk, peak_gpu_memory, gpu_time, exit_code,"
-    " error_class, error_message, statistics, outputs")
+    " error_class, error_message, statistics, outputs, warnings")
 
 
 # -- what the engine loads at start ------------------------------------------------------------
@@ -126,6 +126,7 @@ def _attempt(row: Any, tails: bool) -> dict[str, Any]:
     for key in ("statistics", "outputs", "gpus"):
         if data.get(key):
             data[key] = json.loads(data[key])
+    data["warnings"] = json.loads(data["warnings"]) if data.get("warnings") else []
     data["requested"] = {k[4:]: data.pop(k) for k in list(data) if k.startswith("req_")}
     data["used"] = {k: data.pop(k) for k in ("cpu_time", "wall_time", "peak_memory", "peak_disk",
                                              "peak_gpu_memory", "gpu_time")}

@@ -186,6 +186,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX tokens_unused ON tokens(site_id, expires) WHERE kind = 'pilot' AND used IS NULL;
     """,
+    # 5: what a report left out and why (a statistic that was not a number...): a JSON list.
+    """
+    ALTER TABLE attempts ADD COLUMN warnings TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

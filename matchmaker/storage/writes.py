@@ -72,7 +72,7 @@ END_ATTEMPT = Statement(
     "UPDATE attempts SET state = ?, ended = ?, last_heartbeat = ?, cpu_time = ?, wall_time = ?,"
     " peak_memory = ?, peak_disk = ?, peak_gpu_memory = ?, gpu_time = ?, exit_code = ?,"
     " error_class = ?, error_message = ?, statistics = ?, outputs = ?, stdout_tail = ?,"
-    " stderr_tail = ? WHERE attempt_id = ? AND state = 'processing'",
+    " stderr_tail = ?, warnings = ? WHERE attempt_id = ? AND state = 'processing'",
     order=30, guarded=True)
 
 HEARTBEAT = Statement(
@@ -209,13 +209,15 @@ class Used:
 def end_attempt(batch: Batch, attempt_id: int, *, state: AttemptState, now: float, used: Used,
                 exit_code: int | None, error_class: str | None, error_message: str | None,
                 statistics: Mapping[str, float], outputs: Sequence[Any],
-                stdout_tail: str | None, stderr_tail: str | None) -> Batch:
+                stdout_tail: str | None, stderr_tail: str | None,
+                warnings: Sequence[str] = ()) -> Batch:
     """An attempt in flight ended (guarded: refused if it had already ended)."""
     return batch.add(END_ATTEMPT, (
         state.value, now, now, used.cpu_time, used.wall_time, used.peak_memory, used.peak_disk,
         used.peak_gpu_memory, used.gpu_time, exit_code, error_class, error_message,
         json.dumps(dict(statistics)) if statistics else None,
-        json.dumps(list(outputs)) if outputs else None, stdout_tail, stderr_tail, attempt_id))
+        json.dumps(list(outputs)) if outputs else None, stdout_tail, stderr_tail,
+        json.dumps(list(warnings)) if warnings else None, attempt_id))
 
 
 def attempt_heartbeat(batch: Batch, attempt_id: int, *, now: float, used: Used) -> Batch:

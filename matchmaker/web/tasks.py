@@ -80,6 +80,8 @@ async def _attempt(view: View, summary: dict[str, Any]) -> Markup:
              ("Error class", tag("code", attempt["error_class"])
               if attempt["error_class"] else "–"),
              ("Error", attempt["error_message"] or "–")]
+    if attempt["warnings"]:
+        where.append(("Left out", tag("ul", *(tag("li", w) for w in attempt["warnings"]))))
     requested, used = attempt["requested"], attempt["used"]
     resources = table(
         ["Resource", "Requested", "Used"],

@@ -185,11 +185,26 @@ def test_logs_prints_the_latest_attempts_stdout_or_stderr(capsys, matchmaker, ra
     assert (status, out) == (0, "Traceback: fit diverged\n")
     assert run_json(capsys, "logs", str(ran.done_task), *as_user(matchmaker)) == {
         "task_id": ran.done_task, "attempt_id": ran.done_attempt, "state": "complete",
-        "error_class": None, "stream": "stdout", "text": "generated 100 events\n"}
+        "error_class": None, "warnings": [], "stream": "stdout",
+        "text": "generated 100 events\n"}
     status, out, err = run(capsys, "logs", str(ran.done_task), "--stream", "stderr",
                            *as_user(matchmaker))
     assert (status, out) == (0, "")  # an empty log is said on stderr, out of a pipe's way
     assert err == f"attempt {ran.done_attempt} wrote nothing to stderr\n"
+
+
+def test_what_a_report_left_out_is_said_by_attempts_and_logs(capsys, matchmaker):
+    matchmaker.submit({"jobs": 1, "tasks": [{"name": "photons", "modules": [
+        {"command": ["true"]}]}]})
+    attempt = ScriptedPilot(matchmaker).run_one(
+        0, stdout_tail="done\n", statistics={"events": 3, "gpu": "NVIDIA H200"})
+    task = str(attempt["task_id"])
+    left_out = "statistics: 'gpu' is \"NVIDIA H200\", not a number in range: left out"
+    status, out, _ = run(capsys, "attempts", task, *as_user(matchmaker))
+    assert status == 0 and f"attempt {attempt['id']}: warning: {left_out}\n" in out
+    status, out, err = run(capsys, "logs", task, *as_user(matchmaker))
+    assert (status, out) == (0, "done\n")  # the log alone on stdout, for pipes
+    assert err == f"attempt {attempt['id']}: warning: {left_out}\n"
 
 
 def test_logs_of_an_attempt_given_back_unstarted_say_that_it_never_ran(capsys, matchmaker):

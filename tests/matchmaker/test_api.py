@@ -471,6 +471,31 @@ async def test_a_repeated_report_is_acknowledged_but_recorded_once(world):
     assert events[0]["count"] == 1
 
 
+async def test_a_statistic_that_is_no_number_is_left_out_and_the_work_kept(world):
+    """What the pilot left out and what the matchmaker leaves out are warnings on the attempt,
+    which completes: finished work is not failed (and retried) for its statistics."""
+    _, given = await world.ask()
+    attempt = given["attempt"]
+    report = {"exit_code": 0, "usage": {"wall_time": 6.0},
+              "statistics": {"events": 5, "name": "NVIDIA H200", "huge": 1e300},
+              "warnings": ["module gen: the statistics file FLOE_STATS: 'x' is null, not a "
+                           "number from -1e+100 to 1e+100: left out"]}
+    status, answer = await world.api.call("POST", f"/api/v1/attempts/{attempt['id']}/report",
+                                          None, report, passkey=attempt["passkey"])
+    assert status == 200 and answer["task_state"] == "complete", answer
+    _, task = await world.api.call("GET", f"/api/v1/tasks/{attempt['task_id']}", world.owner)
+    recorded = task["attempts"][-1]
+    assert recorded["state"] == "complete" and recorded["statistics"] == {"events": 5}
+    assert recorded["warnings"] == [
+        report["warnings"][0],
+        "statistics: 'name' is \"NVIDIA H200\", not a number in range: left out",
+        "statistics: 'huge' is 1e+300, not a number in range: left out"]
+    _, second = await world.ask()
+    _, other = await world.api.call("GET", f"/api/v1/tasks/{second['attempt']['task_id']}",
+                                    world.owner)
+    assert all(a["warnings"] == [] for a in other["attempts"])
+
+
 async def test_passkeys_are_long_random_and_stored_hashed(world):
     _, first = await world.ask()
     _, second = await world.ask()

@@ -166,9 +166,9 @@ REFUSED_PILOT_BODIES = {
     "a report with an unknown error class": (
         REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 1,
                                "error_class": "bogus"}]}),
-    "a report with a statistic that is not a number": (
+    "a report with a warning that is not a string": (
         REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 0,
-                               "statistics": {"events": "many"}}]}),
+                               "warnings": [5]}]}),
     "reports with an incomplete ask": (
         REPORTS, {"reports": [{"attempt_id": 1, "passkey": "x", "exit_code": 0}],
                   "ask": {"cpus": 1}}),
