@@ -197,7 +197,10 @@ SITE_SCHEMA = Object([
                   "flavour (pro or torque), queue, account. `htcondor`: schedd, pool, "
                   "whole_slots, submit_attributes, output (return or discard). `local`: "
                   "state_dir, kill_grace, keep_finished, run_as (another account for the "
-                  "pilots).", example={"partition": "debug"}),
+                  "pilots), gpus (the machine's GPUs to give pilots, no two live pilots the "
+                  "same: \"auto\", those NVML lists, or a list of device UUIDs or indices; a "
+                  "GPU shape waits, as status.json's `waiting` says, until enough are free).",
+          example={"partition": "debug"}),
 ], doc="One site the factory serves: one batch system, its pilot shapes and limits.")
 
 FACTORY_SCHEMA = Object([

@@ -42,6 +42,7 @@ from config.protocol import MAX_BATCH_IDS, QUEUED_TTL
 from config.resources import format_duration
 from config.schema import counted
 from factory.health import Health
+from factory.holds import Holds, describe, likely_fix
 from factory.matchmaker import MatchmakerError, SiteClient
 from factory.policy import Decision, Limits, ShapeCounts, top_up
 from plugins import (
@@ -115,6 +116,7 @@ class SiteRunner:
 
     def __post_init__(self) -> None:
         self.health = Health()
+        self.holds = Holds()
         self.lock = threading.RLock()  # a cycle and a reconfiguration never overlap
         self._held: set[str] = set()  # tracked pilots the batch system holds
         self._untold: list[str] = []  # ended pilots the matchmaker has not been told of yet
@@ -148,6 +150,9 @@ class SiteRunner:
             if old is not None and old != site and self.health.clear():
                 log.info("site %s: its config changed; the failures before are forgotten and "
                          "it is tried again now", site.name)
+            if old is not None and old != site and self.holds.clear():
+                log.info("site %s: its config changed; its held shapes are tried again now",
+                         site.name)
             self.config, self.site, self.token = config, site, token
             self.shapes, self.plugin = shapes, plugin
             self.shape_info = {s.name: s for s in site.shapes}
@@ -157,6 +162,7 @@ class SiteRunner:
             self.health.backoff = site.backoff
             self.health.max_backoff = site.max_backoff
             self.health.failing_after = site.failing_after
+            self.holds.backoff, self.holds.max_backoff = site.backoff, site.max_backoff
             self.client = SiteClient(config.matchmaker, site.name, token,
                                      cacert=config.cacert, factory=config.factory_id)
 
@@ -206,6 +212,7 @@ class SiteRunner:
                                               ended=self._untold)
                 registered, self._untold = told["registered"], []
                 self._lost(told["lost"])
+                self._findings(registered, told.get("short") or {}, ended, now)
             answer = self.client.demand(self._shapes_queued(counts))
         except MatchmakerError as exc:
             self._judge(ended, asked, registered, now)
@@ -239,6 +246,8 @@ class SiteRunner:
         for shape in self.shapes:
             if decision.submit[shape.name]:
                 self._submit(shape, decision.submit[shape.name], now)
+            else:  # none wanted: none waits
+                self.last.get("waiting", {}).pop(shape.name, None)
         if self.counters.submitted != submitted:
             # Tell of the new pilots at once, so that other factories asking before our next
             # cycle do not submit pilots for the same tasks.
@@ -372,6 +381,32 @@ class SiteRunner:
                                    f"started (min_pilot_life {min_life} s): "
                                    f"{self._why(pilot, logs)}")
 
+    def _findings(self, registered: Collection[str], short: Mapping[str, list],
+                  ended: list[Ended], now: float) -> None:
+        """Hold back a shape whose newly registered pilot found less than the shape promises
+        (see holds.py); release one whose pilot found all of it."""
+        shapes = {p.batch_id: p.shape for p in self.pilots.values()}
+        shapes.update((e.pilot.batch_id, e.pilot.shape) for e in ended)
+        for batch_id in registered:
+            shape = shapes.get(batch_id)
+            if shape is None:
+                continue
+            findings = short.get(batch_id)
+            if not findings:
+                if self.holds.release(shape):
+                    log.warning("site %s: pilot %s found all that the %s shape promises; its "
+                                "pilots are submitted again", self.name, batch_id, shape)
+                continue
+            fixes = dict.fromkeys(likely_fix(f.get("resource", "?"), self.site.plugin)
+                                  for f in findings)
+            why = (f"pilot {batch_id} found less than the {shape} shape promises: "
+                   f"{'; '.join(describe(f) for f in findings)}. Likely: {'; '.join(fixes)}")
+            hold = self.holds.hold(shape, why, now)
+            if hold is not None:
+                log.warning("site %s: %s. No %s pilot is submitted for %.0f s, then one to try "
+                            "again (at once when the site's config changes)", self.name, why,
+                            shape, hold.wait)
+
     def _why(self, pilot: Tracked, logs: str) -> str:
         """What a pilot that ended too soon last said, where its log can be read here."""
         said = self.plugin.last_words(pilot.batch_id)
@@ -464,6 +499,10 @@ class SiteRunner:
         self._save(now)
 
     def _submit(self, shape: PilotShape, count: int, now: float) -> None:
+        count = self._room(shape, count)
+        count = self.holds.allowed(shape.name, count, now) if count else 0
+        if not count:
+            return
         try:
             tokens = self.client.pilot_tokens(count, self.plugin.walltime_request(shape)
                                               + self.site.queue_allowance)
@@ -483,6 +522,22 @@ class SiteRunner:
         if batch_ids:
             log.info("site %s: submitted %s", self.name,
                      counted(len(batch_ids), f"{shape.name} pilot"))
+
+    def _room(self, shape: PilotShape, count: int) -> int:
+        """`count`, or fewer where the batch system can start no more of `shape` now (the local
+        plugin, out of free GPUs): said in the log when that begins or its reason changes, and
+        in status.json (`waiting`) while it lasts."""
+        room, why = self.plugin.room(shape)
+        waiting = self.last.setdefault("waiting", {})
+        if room is None or room >= count:
+            if waiting.pop(shape.name, None) is not None:
+                log.info("site %s: %s pilots can start again", self.name, shape.name)
+            return count
+        if waiting.get(shape.name) != why:
+            log.warning("site %s: %s of %s wanted started now, the others %s", self.name,
+                        room, counted(count, f"{shape.name} pilot"), why)
+        waiting[shape.name] = why
+        return room
 
     def pilot_job(self, shape: PilotShape, tokens: list[str]) -> PilotJob:
         """What the pilots of `shape` run, one per token: the pilot carried in the job (no
@@ -638,6 +693,7 @@ class SiteRunner:
                 **({"ssh": ssh} if ssh else {}),
                 "tracked": len(self.pilots), "tracked_by_shape": by_shape,
                 "health": self.health.to_dict(now), "counters": asdict(self.counters),
+                "held_shapes": self.holds.to_dict(now),
                 **self.last}
 
     def _save(self, now: float) -> None:

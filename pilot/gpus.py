@@ -1,5 +1,10 @@
 """The node's NVIDIA GPUs as NVML reports them, and which of them belong to this slot.
 
+Where NVML cannot list them (no driver library in reach, another vendor's devices, a test), the
+node's devices may be declared instead: `FLOE_NODE_GPUS`, a JSON list of objects with `uuid` and
+optionally `name`, `memory` (bytes) and `compute_capability` ([major, minor]). A declaration
+wins over NVML; nothing is measured on declared devices (their memory in use reads as none).
+
 NVML lists every GPU of the node whatever the batch system assigned (measured on an H100 node:
 one GPU reported with CUDA_VISIBLE_DEVICES empty), so the slot's GPUs are only those that a batch
 assignment variable names, matched against the NVML device list by index or UUID. NVML is reached
@@ -9,6 +14,7 @@ rules work on plain lists of `Gpu` and tests can give them any device list they 
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -166,6 +172,66 @@ def open_nvml() -> tuple[NvmlSource | None, str]:
     except (pynvml.NVMLError, OSError) as err:
         return None, f"NVML cannot be used: {err}"
     return source, f"NVML driver {source.driver_version}"
+
+
+DECLARED = "FLOE_NODE_GPUS"
+
+
+class DeclaredSource:
+    """`GpuSource` over devices declared in `FLOE_NODE_GPUS`: listed, never measured."""
+
+    def __init__(self, devices: list[Gpu]) -> None:
+        self._devices = devices
+
+    def devices(self) -> list[Gpu]:
+        return list(self._devices)
+
+    def process_memory(self, gpus: Sequence[Gpu], pids: Collection[int]) -> dict[str, int]:
+        return {}
+
+    def device_memory(self, gpus: Sequence[Gpu]) -> dict[str, int]:
+        return {}
+
+
+def declared_gpus(text: str) -> list[Gpu]:
+    """The devices a `FLOE_NODE_GPUS` value declares; raises ValueError naming what is wrong."""
+    try:
+        items = json.loads(text)
+    except ValueError as err:
+        raise ValueError(f"{DECLARED} is not JSON ({err})") from None
+    if not isinstance(items, list):
+        raise ValueError(f"{DECLARED} must be a JSON list of devices, "
+                         '[{"uuid": "GPU-...", "memory": 17179869184}, ...]')
+    devices = []
+    for index, item in enumerate(items):
+        where = f"{DECLARED}[{index}]"
+        uuid = item.get("uuid") if isinstance(item, dict) else None
+        if not isinstance(uuid, str) or not re.match(r"(GPU|MIG)-\S+\Z", uuid, re.IGNORECASE):
+            raise ValueError(f"{where} needs a \"uuid\" that starts with GPU- (as nvidia-smi -L "
+                             "prints it)")
+        memory = item.get("memory", 0)
+        capability = item.get("compute_capability")
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+            raise ValueError(f"{where}: \"memory\" is a number of bytes")
+        if capability is not None and not (
+                isinstance(capability, list) and len(capability) == 2
+                and all(isinstance(c, int) and not isinstance(c, bool) for c in capability)):
+            raise ValueError(f"{where}: \"compute_capability\" is [major, minor], as [9, 0]")
+        devices.append(Gpu(index, uuid, str(item.get("name") or "declared GPU"), memory,
+                           tuple(capability) if capability else None))
+    return devices
+
+
+def open_gpus(environ: Mapping[str, str]) -> tuple[GpuSource | None, str]:
+    """The node's devices: those `FLOE_NODE_GPUS` declares, else NVML's; or None and why."""
+    text = environ.get(DECLARED)
+    if text is None or not text.strip():
+        return open_nvml()
+    try:
+        devices = declared_gpus(text)
+    except ValueError as err:
+        return None, str(err)
+    return DeclaredSource(devices), f"{len(devices)} GPUs declared in {DECLARED}"
 
 
 def _text(value: Any) -> str:

@@ -413,6 +413,10 @@ class Pilot:
         log.info("registered as pilot %s at site %s: %d CPUs, %.1f GiB memory, %d GPUs, %s left",
                  self.pilot_id, reply.data.get("site"), slot.cpus, slot.memory / 2**30,
                  len(slot.gpus), format_duration(slot.seconds_left()))
+        for item in slot.short:
+            log.warning("this slot is short of what its shape promised (the factory is told): "
+                        "%s: promised %s, found %s (%s)", item["resource"], item["promised"],
+                        item["found"], item["source"])
 
     # ------------------------------------------------------------ running
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from typing import Any, Callable
 from config.dataset import DatasetConfig, TaskSpec, job_args, load
 from config.resources import format_duration, format_size
 from config.schema import ConfigError
-from pilot.gpus import Gpu, GpuSource, open_nvml
+from pilot.gpus import Gpu, GpuSource, open_gpus
 from pilot.runner import STDOUT_NAME, Assignment, RunnerSettings, TaskResult, TaskRun
 from pilot.slot import MeasuredSlot, measure
 from pilot.supervisor import Supervisor
@@ -77,9 +78,10 @@ def main(config_path: Path, args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"floe run: --workdir {args.workdir}: {err.strerror}", file=sys.stderr)
         return 2
-    gpu_source, _ = open_nvml()
+    gpu_source, gpu_note = open_gpus(os.environ)
     slot = measure(site=getattr(args, "site", None), lifetime=getattr(args, "lifetime", None),
-                   scratch=args.workdir, gpu_source=gpu_source, unassigned_gpus_are_ours=True)
+                   scratch=args.workdir, gpu_source=gpu_source, gpu_note=gpu_note,
+                   unassigned_gpus_are_ours=True)
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
         results = run_job(config, args.job, slot=slot, workdir=args.workdir, task=args.task,

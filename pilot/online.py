@@ -17,7 +17,7 @@ from pathlib import Path
 
 from config.resources import ResourceError, parse_duration
 from pilot.client import Matchmaker
-from pilot.gpus import open_nvml
+from pilot.gpus import open_gpus
 from pilot.loop import Pilot
 from pilot.offline import OfflineError, system_values
 from pilot.runner import RunnerSettings
@@ -134,10 +134,10 @@ def main(args: argparse.Namespace) -> int:
         except OSError as err:
             print(f"pilot: --scratch {args.scratch}: {err.strerror or err}", file=sys.stderr)
             return EXIT_USAGE
-    gpu_source, _ = open_nvml()
+    gpu_source, gpu_note = open_gpus(os.environ)
     try:
         slot = measure(site=args.site, lifetime=args.lifetime, scratch=args.scratch,
-                       gpu_source=gpu_source)
+                       gpu_source=gpu_source, gpu_note=gpu_note)
     except SlotError as err:
         print(f"pilot: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from config.resources import Slot, format_duration, parse_duration, parse_size
-from pilot.gpus import Gpu, assigned_gpus, open_nvml
+from pilot.gpus import Gpu, assigned_gpus, open_gpus
 
 MIB = 2**20
 # cgroup v1 writes "no limit" as a huge page-rounded number (9223372036854771712).
@@ -53,6 +53,10 @@ class MeasuredSlot:
     scratch: str
     sources: dict[str, str] = field(default_factory=dict)
     limits: dict[str, dict[str, float]] = field(default_factory=dict)
+    promised: dict[str, int] = field(default_factory=dict)
+    """What the factory's shape promised (FLOE_SHAPE_*): cpus, memory, gpus, walltime."""
+    short: list[dict[str, Any]] = field(default_factory=list)
+    """Each resource found short of the promise: resource, promised, found, source."""
 
     def seconds_left(self, now: float | None = None) -> int:
         """Seconds until the pilot must stop taking work; 2**31 when no end is known."""
@@ -81,6 +85,7 @@ class MeasuredSlot:
             "site": self.site, "batch_system": self.batch_system,
             "batch_job_id": self.batch_job_id, "scratch": self.scratch,
             "sources": dict(self.sources), "limits": {k: dict(v) for k, v in self.limits.items()},
+            "promised": dict(self.promised), "short": [dict(item) for item in self.short],
         }
 
 
@@ -92,6 +97,7 @@ def measure(
     lifetime: float | None = None,
     scratch: str | Path | None = None,
     gpu_source: Any = _OPEN,
+    gpu_note: str = "",
     unassigned_gpus_are_ours: bool = False,
     now: float | None = None,
 ) -> MeasuredSlot:
@@ -99,7 +105,8 @@ def measure(
 
     `lifetime` (seconds, the --lifetime option) wins over the batch system's walltime;
     `scratch` (the --scratch option) wins over the batch system's scratch directory. Pass
-    `gpu_source=None` for a node without NVML, or any `GpuSource`.
+    `gpu_source=None` for a node without NVML, or any `GpuSource` (with `gpu_note`, what
+    `open_gpus` said of it).
     """
     env = dict(os.environ if environ is None else environ)
     root = Path(root)
@@ -119,9 +126,9 @@ def measure(
                      limits, sources)
 
     if gpu_source is _OPEN:
-        gpu_source, nvml_note = open_nvml()
+        gpu_source, nvml_note = open_gpus(env)
     else:
-        nvml_note = "NVML given by the caller" if gpu_source else "no NVML"
+        nvml_note = gpu_note or ("NVML given by the caller" if gpu_source else "no NVML")
     if gpu_source is None:
         gpus: list[Gpu] = []
         sources["gpus"] = f"no GPUs: {nvml_note}"
@@ -138,13 +145,59 @@ def measure(
     deadline, sources["seconds"] = _deadline(env, ad, lifetime, now)
     batch_system, batch_job_id = detect_batch(env)
     sources["site"] = "--site" if site else ("FLOE_SITE" if env.get("FLOE_SITE") else "unset")
+    promised = _promised(env)
+    found = {"cpus": int(cpus), "memory": int(memory), "gpus": len(gpus)}
+    granted, why = _batch_seconds(env, ad, now)
+    if granted is not None:
+        found["walltime"], sources["walltime"] = int(granted), why
     return MeasuredSlot(
         cpus=int(cpus), memory=int(memory), disk=int(disk), gpus=tuple(gpus),
         deadline=deadline, os=os_names(root), arch=platform.machine(),
         python=platform.python_version(), host=socket.gethostname(),
         site=site or env.get("FLOE_SITE", ""), batch_system=batch_system,
         batch_job_id=batch_job_id, scratch=str(scratch_dir), sources=sources, limits=limits,
+        promised=promised, short=shortfall(promised, found, sources),
     )
+
+
+SHORT_OF = {"cpus": 1.0, "gpus": 1.0, "memory": 0.9, "walltime": 0.75}
+"""A resource is short of its shape's promise below this fraction of it: memory allows for what
+a kernel or a cgroup keeps back, time for the job's wait to start and the pilot's own start."""
+
+
+def _promised(env: Mapping[str, str]) -> dict[str, int]:
+    """What the factory's shape promised this pilot (FLOE_SHAPE_*), by resource."""
+    promised = {}
+    for name in ("CPUS", "MEMORY", "GPUS"):
+        value = _shape(env, name, minimum=0).get(f"FLOE_SHAPE_{name}")
+        if value is not None:
+            promised[name.lower()] = int(value)
+    walltime = env.get("FLOE_SHAPE_WALLTIME", "").strip()
+    if walltime.isdigit():
+        promised["walltime"] = int(walltime)
+    return promised
+
+
+def shortfall(promised: Mapping[str, int], found: Mapping[str, int],
+              sources: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The resources found short of what was promised, each with where the finding came from."""
+    short = []
+    for resource, fraction in SHORT_OF.items():
+        if resource in promised and resource in found \
+                and found[resource] < fraction * promised[resource]:
+            short.append({"resource": resource, "promised": promised[resource],
+                          "found": found[resource], "source": sources.get(resource, "")})
+    return short
+
+
+def _batch_seconds(env: Mapping[str, str], ad: Mapping[str, Any], now: float
+                   ) -> tuple[float | None, str]:
+    """The seconds the batch system itself gives the job from now, where it says (the
+    --lifetime the factory passes is what it asked for, not what it got)."""
+    deadline, why = _deadline(env, ad, None, now)
+    if deadline is None:
+        return None, why
+    return max(0.0, deadline - now), why
 
 
 def _smallest(resource: str, found: dict[str, float], limits: dict[str, dict[str, float]],

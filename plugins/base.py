@@ -410,6 +410,12 @@ class BatchPlugin(abc.ABC):
             Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
 
+    def room(self, shape: PilotShape) -> tuple[int | None, str]:
+        """How many more pilots of `shape` can start now (None: as many as are asked for), and,
+        when that is a limit, why: a batch system queues what it cannot start, but the local
+        plugin starts pilots at once and counts the machine's free GPUs."""
+        return None, ""
+
     def pilot_environment(self, shape: PilotShape) -> dict[str, str]:
         """Variables every pilot gets besides the caller's: who started it, and the shape it
         serves, so that it offers tasks the shape's resources and not the headroom above them.

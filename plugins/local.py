@@ -13,6 +13,12 @@ There is no queue and no enforcement here: a pilot starts at once, and it learns
 limits from the FLOE_SHAPE_* variables. It gets a small environment (PATH, HOME, the locale) plus
 what the caller gives, not the whole environment of the factory.
 
+A pilot of a shape with GPUs gets its own: the machine's devices are those the `gpus` option
+lists (UUIDs as `nvidia-smi -L` prints them, or indices), or by default those NVML reports;
+each pilot's record names the devices it was given, and its CUDA_VISIBLE_DEVICES names them.
+No two live pilots (of any factory sharing the state directory) hold the same device: a shape
+that needs more than are free is not started (`room`) until a pilot holding some ends.
+
 With `run_as`, each pilot runs as that other account (through `runuser` when the factory runs
 as root, else `sudo -n`, which needs a sudoers rule), in that account's home: the factory's
 workdir and its records stay this account's only, and nothing of them need be readable by the
@@ -22,6 +28,7 @@ pilots, as on a cluster without a shared filesystem.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -31,7 +38,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +74,9 @@ class LocalOptions:
     kill_grace: float = 5.0
     keep_finished: float = 300.0
     run_as: str = ""
+    gpus: object = "auto"
+    """The machine's GPUs to give pilots: a list of device UUIDs or indices, or "auto" (those
+    NVML reports; none where it cannot be used)."""
 
 
 def process_start(pid: int) -> int | None:
@@ -79,6 +90,28 @@ def process_start(pid: int) -> int | None:
     if fields[0] == "Z":
         return None
     return int(fields[19])
+
+
+def nvml_devices() -> tuple[list[str], str]:
+    """The UUIDs of the GPUs NVML reports on this machine, and a few words on where they come
+    from (or why there are none)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecated distribution's import warning
+            import pynvml
+    except ImportError:
+        return [], "pynvml is not importable"
+    try:
+        pynvml.nvmlInit()
+        try:
+            uuids = [pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(index))
+                     for index in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except (pynvml.NVMLError, OSError) as err:
+        return [], f"NVML cannot be used: {err}"
+    uuids = [uuid.decode() if isinstance(uuid, bytes) else str(uuid) for uuid in uuids]
+    return uuids, f"NVML: {len(uuids)} GPUs"
 
 
 def group_alive(pgid: int) -> bool:
@@ -113,12 +146,70 @@ class LocalPlugin(BatchPlugin):
             raise PluginConfigError(f"local option run_as: {self.options.run_as!r} is not an "
                                     "account name")
         self.state_dir = Path(self.options.state_dir or Path(settings.workdir) / "local")
+        gpus = self.options.gpus
+        if gpus != "auto" and not (isinstance(gpus, list) and all(
+                isinstance(g, str) and g.strip() and "," not in g for g in gpus)):
+            raise PluginConfigError('local option gpus: "auto" or a list of device UUIDs or '
+                                    'indices, as ["GPU-8a3f...", "GPU-51c2..."]')
+        self._devices: tuple[list[str], str] | None = None
         # Our own children, so that they are reaped and do not linger as zombies.
         self._children: dict[str, subprocess.Popen] = {}
+
+    def devices(self) -> tuple[list[str], str]:
+        """The machine's GPUs to give pilots, and where that list comes from."""
+        if self._devices is None:
+            listed = self.options.gpus
+            self._devices = ((list(listed), "the local plugin's gpus option")
+                             if isinstance(listed, list) else nvml_devices())
+        return self._devices
+
+    def room(self, shape: PilotShape) -> tuple[int | None, str]:
+        if not shape.gpus:
+            return None, ""
+        devices, source = self.devices()
+        if not devices:
+            return 0, (f"waiting for GPUs: this machine has none to give ({source}); list "
+                       "them in the local plugin's gpus option")
+        held = self._held_gpus() & set(devices)
+        return (len(devices) - len(held)) // shape.gpus, (
+            f"waiting for GPUs: of the machine's {len(devices)} ({source}), {len(held)} are "
+            f"held by live pilots, and a {shape.name} pilot needs {shape.gpus}")
+
+    def _held_gpus(self) -> set[str]:
+        """The devices that live pilots hold, of every factory sharing the state directory."""
+        held: set[str] = set()
+        for path in self.state_dir.glob("*.json"):
+            record = self._record(path)
+            if not record or not record.get("gpus") or self._path(path.stem, "exit").exists():
+                continue
+            if record.get("start") is not None \
+                    and process_start(int(record["pid"])) == record["start"]:
+                held.update(record["gpus"])
+        return held
 
     def submit(self, shape: PilotShape, job: Job) -> list[str]:
         if job.count <= 0:
             return []
+        if shape.gpus:
+            with self._gpu_lock():
+                return self._submit(shape, job)
+        return self._submit(shape, job)
+
+    @contextlib.contextmanager
+    def _gpu_lock(self) -> Iterator[None]:
+        """Held while GPUs are chosen and their pilots recorded, against other factories."""
+        path = self.state_dir / "gpus.lock"
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError as exc:
+            raise BatchError(f"no pilot was started: cannot create {exc.filename}, where local "
+                             f"pilots keep their records: {exc.strerror}.") from exc
+        with open(path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _submit(self, shape: PilotShape, job: Job) -> list[str]:
         for name in job.environment:
             check_environment_name(name)
         try:
@@ -129,10 +220,20 @@ class LocalPlugin(BatchPlugin):
                              f"pilots keep their records and logs: {exc.strerror}.") from exc
         base = {name: os.environ[name] for name in _PASSED_ON if name in os.environ}
         batch_ids: list[str] = []
+        devices, source = self.devices() if shape.gpus else ([], "")
+        held = self._held_gpus() if shape.gpus else set()
+        free = [device for device in devices if device not in held]
         for index in range(job.count):
             batch_id = secrets.token_hex(6)
             pilot_env = {**base, **self.pilot_environment(shape), **job.environment,
                          "FLOE_BATCH_ID": batch_id}
+            gpus, free = free[:shape.gpus], free[shape.gpus:]
+            if shape.gpus and len(gpus) < shape.gpus:
+                raise BatchError(f"{len(batch_ids)} of {job.count} {shape.name} pilots started: "
+                                 f"the machine's other GPUs ({source}) are held by live "
+                                 "pilots", submitted=batch_ids)
+            if gpus:
+                pilot_env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
             argv = ["/bin/sh", "-s", str(self._path(batch_id, "exit"))]
             log = logs / f"{self.tag(shape)}-{batch_id}.out"
             try:
@@ -149,7 +250,7 @@ class LocalPlugin(BatchPlugin):
                                  submitted=batch_ids) from exc
             record = {"factory": self.settings.factory_id, "shape": shape.name,
                       "pid": child.pid, "start": process_start(child.pid),
-                      "submitted": time.time(), "log": str(log)}
+                      "submitted": time.time(), "log": str(log), "gpus": gpus}
             try:
                 self._path(batch_id, "json").write_text(json.dumps(record))
             except OSError as exc:

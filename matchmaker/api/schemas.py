@@ -347,6 +347,11 @@ BATCH_JOBS_ANSWER = _obj({
                    "description": "those of `pilots` a pilot registered with, in their order"},
     "lost": {"type": "array", "items": {"type": "string"},
              "description": "those of `ended` whose pilots were ended as lost now"},
+    "short": {"type": "object", "additionalProperties": {"type": "array", "items": _obj({
+        "resource": {"type": "string", "enum": ["cpus", "memory", "gpus", "walltime"]},
+        "promised": _num(), "found": _num(), "source": _str(1000)})},
+              "description": "by batch id, of those registered: what the pilot found short of "
+                             "what its shape promised (FLOE_SHAPE_*), and where it read that"},
 }, ("registered", "lost"))
 
 

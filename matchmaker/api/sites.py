@@ -108,7 +108,8 @@ async def batch_jobs(ctx: Context) -> Any:
                                                     ctx.body.get("pilots") or [])
     lost = await batch_jobs_ended(ctx.engine, site, system, ctx.body.get("ended") or [],
                                   ctx.body.get("factory") or "default")
-    return {"registered": registered, "lost": lost}
+    return {"registered": list(registered), "lost": lost,
+            "short": {batch_id: short for batch_id, short in registered.items() if short}}
 
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",

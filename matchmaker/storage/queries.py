@@ -91,23 +91,27 @@ async def pilot_registered(db: Database, pilot_id: int) -> bool:
 # -- what factories ask ---------------------------------------------------------------------------
 
 REGISTERED_BATCH_IDS = (
-    "SELECT DISTINCT batch_id FROM pilots WHERE site_id = ? AND batch_system = ?"
-    " AND batch_id IN ({})")
+    "SELECT batch_id, json_extract(resources, '$.short') AS short FROM pilots"
+    " WHERE site_id = ? AND batch_system = ? AND batch_id IN ({})")
 _IDS_PER_QUERY = 500  # bound parameters per statement: older SQLite takes at most 999
 
 
 async def registered_batch_ids(db: Database, site_id: int, batch_system: str,
-                               batch_ids: Sequence[str]) -> list[str]:
+                               batch_ids: Sequence[str]) -> dict[str, list[Any]]:
     """Those of `batch_ids` that a pilot registered with at this site under this batch system,
-    ever (whatever its state now), in the order given, each once."""
+    ever (whatever its state now), in the order given, each once: with what each pilot found
+    short of its shape's promise (`short` of what it measured; empty when nothing)."""
     wanted = list(dict.fromkeys(batch_ids))
-    found: set[str] = set()
+    found: dict[str, list[Any]] = {}
     for start in range(0, len(wanted), _IDS_PER_QUERY):
         chunk = wanted[start:start + _IDS_PER_QUERY]
         rows = await db.fetchall(REGISTERED_BATCH_IDS.format(", ".join("?" * len(chunk))),
                                  (site_id, batch_system, *chunk))
-        found.update(row["batch_id"] for row in rows)
-    return [batch_id for batch_id in wanted if batch_id in found]
+        for row in rows:
+            short = json.loads(row["short"]) if row["short"] else []
+            found[row["batch_id"]] = found.get(row["batch_id"], []) + (
+                short if isinstance(short, list) else [])
+    return {batch_id: found[batch_id] for batch_id in wanted if batch_id in found}
 
 
 async def unused_pilot_tokens(db: Database, site_id: int, now: float) -> int:

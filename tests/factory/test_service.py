@@ -133,7 +133,7 @@ def test_floe_factory_check_and_once(matchmaker: LiveMatchmaker, tmp_path, capsy
         matchmaker, tmp_path / "factory", options={"partition": "short"}))
     assert floe(["factory", "--config", str(slurm_option), "--check"]) == 1
     assert ("site site-a: unknown local option 'partition'; the local plugin knows: "
-            "keep_finished, kill_grace, run_as, state_dir") in capsys.readouterr().err
+            "gpus, keep_finished, kill_grace, run_as, state_dir") in capsys.readouterr().err
     matchmaker.submit(dag_dataset(1))
     assert floe(["factory", "--config", str(path), "--once"]) == 0
     status = json.loads(capsys.readouterr().out)

@@ -141,9 +141,9 @@ async def test_a_database_of_schema_1_gains_the_index_factories_ask_registration
     db = await Database.open(path)
     try:
         ids = [str(n) for n in range(1200)]  # more than one statement's worth
-        assert await queries.registered_batch_ids(db, 1, "slurm", ids) == ["7"]
-        assert await queries.registered_batch_ids(db, 1, "sge", ["9", "8"]) == ["8"]
-        assert await queries.registered_batch_ids(db, 2, "slurm", ["7", "9", "9"]) == ["9"]
+        assert await queries.registered_batch_ids(db, 1, "slurm", ids) == {"7": []}
+        assert await queries.registered_batch_ids(db, 1, "sge", ["9", "8"]) == {"8": []}
+        assert await queries.registered_batch_ids(db, 2, "slurm", ["7", "9", "9"]) == {"9": []}
         sql = queries.REGISTERED_BATCH_IDS.format("?, ?")
         plan = " ".join(row["detail"] for row in await db.fetchall(
             f"EXPLAIN QUERY PLAN {sql}", (1, "slurm", "7", "8")))

@@ -4,6 +4,8 @@ list, no assignment or no NVML meaning no GPUs; and, on a node with an NVIDIA GP
 from __future__ import annotations
 
 import ctypes
+import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from pilot.gpus import Gpu, assigned_gpus, open_nvml, visible_devices
+from pilot.gpus import (
+    Gpu,
+    assigned_gpus,
+    declared_gpus,
+    open_gpus,
+    open_nvml,
+    visible_devices,
+)
 from pilot.runner import RunnerSettings, run_task
 from pilot.slot import measure
 
@@ -98,6 +107,36 @@ def test_without_pynvml_open_nvml_says_why():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)
     assert done.stdout.strip() == "None pynvml is not importable"
+
+
+def test_declared_devices_stand_in_for_nvml_and_the_assignment_still_decides(tmp_path):
+    declared = json.dumps([{"uuid": A.uuid, "name": "NVIDIA H100", "memory": A.memory,
+                            "compute_capability": [9, 0]}, {"uuid": B.uuid}])
+    env = {"FLOE_NODE_GPUS": declared, "CUDA_VISIBLE_DEVICES": B.uuid}
+    slot = measure(env, scratch=tmp_path)
+    assert [g.uuid for g in slot.gpus] == [B.uuid]
+    assert slot.gpus[0].name == "declared GPU" and slot.gpus[0].memory == 0
+    assert slot.sources["gpus"] == (f"CUDA_VISIBLE_DEVICES={B.uuid}; 2 GPUs declared in "
+                                    "FLOE_NODE_GPUS")
+    source, _ = open_gpus({"FLOE_NODE_GPUS": declared})
+    assert source.devices()[0] == A and source.device_memory([A]) == {}
+    unassigned = measure({"FLOE_NODE_GPUS": declared}, scratch=tmp_path)
+    assert unassigned.gpus == ()  # declared, but not this slot's
+
+
+@pytest.mark.parametrize(("declared", "problem"), [
+    ("GPU-aaaa", "FLOE_NODE_GPUS is not JSON"),
+    ('{"uuid": "GPU-aaaa"}', "must be a JSON list of devices"),
+    ('[{"uuid": "0"}]', 'FLOE_NODE_GPUS[0] needs a "uuid" that starts with GPU-'),
+    ('[{"uuid": "GPU-a", "memory": "16GiB"}]', '"memory" is a number of bytes'),
+    ('[{"uuid": "GPU-a", "compute_capability": "9.0"}]', '"compute_capability" is [major'),
+])
+def test_a_wrong_declaration_leaves_no_gpus_and_says_what_is_wrong(tmp_path, declared,
+                                                                     problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        declared_gpus(declared)
+    slot = measure({"FLOE_NODE_GPUS": declared, "CUDA_VISIBLE_DEVICES": "0"}, scratch=tmp_path)
+    assert slot.gpus == () and problem in slot.sources["gpus"]
 
 
 def test_cuda_visible_devices_for_a_task_names_its_gpus_by_uuid():

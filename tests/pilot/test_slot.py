@@ -311,3 +311,30 @@ def test_without_both_factory_variables_the_batch_systems_own_say_it(tmp_path):
     assert detect_batch({**slurm, "FLOE_BATCH_SYSTEM": "pbs"}) == ("slurm", "77")
     assert detect_batch({**slurm, "FLOE_BATCH_ID": "1"}) == ("slurm", "77")
     assert detect_batch({"FLOE_BATCH_SYSTEM": "local", "FLOE_BATCH_ID": ""}) == ("none", "")
+
+
+def test_a_slot_that_keeps_its_shapes_promise_reports_no_shortfall(tmp_path):
+    env = {"FLOE_SHAPE_CPUS": "4", "FLOE_SHAPE_MEMORY": str(4 * GIB), "FLOE_SHAPE_GPUS": "0",
+           "FLOE_SHAPE_WALLTIME": "3600", "SLURM_JOB_ID": "3",
+           "SLURM_JOB_END_TIME": str(int(NOW + 3700))}
+    slot = probe(node(tmp_path), env, tmp_path, lifetime=3700)
+    assert slot.promised == {"cpus": 4, "memory": 4 * GIB, "gpus": 0, "walltime": 3600}
+    assert slot.short == []
+    assert probe(node(tmp_path), {}, tmp_path).short == []  # no shape: nothing promised
+
+
+def test_a_slot_short_of_its_shape_says_what_and_where_it_read_it(tmp_path):
+    """What the factory needs to stop sending pilots that cannot serve their shape: each
+    resource found short, promised beside found, with the finding's source."""
+    env = {"FLOE_SHAPE_CPUS": "8", "FLOE_SHAPE_MEMORY": str(32 * GIB), "FLOE_SHAPE_GPUS": "1",
+           "FLOE_SHAPE_WALLTIME": "14400", "SLURM_JOB_ID": "3", "SLURM_CPUS_ON_NODE": "2",
+           "SLURM_JOB_END_TIME": str(int(NOW + 3600))}
+    slot = probe(node(tmp_path, memory_kib=16 * 2**20), env, tmp_path, lifetime=14400)
+    assert slot.short == [
+        {"resource": "cpus", "promised": 8, "found": 2, "source": "SLURM_CPUS_ON_NODE"},
+        {"resource": "gpus", "promised": 1, "found": 0, "source": "no GPUs: no NVML"},
+        {"resource": "memory", "promised": 32 * GIB, "found": 16 * GIB,
+         "source": "/proc/meminfo MemTotal"},
+        {"resource": "walltime", "promised": 14400, "found": 3600 - SAFETY_MARGIN,
+         "source": f"SLURM_JOB_END_TIME, less a {SAFETY_MARGIN // 60}m safety margin"}]
+    assert slot.to_dict()["short"] == slot.short
