@@ -1,13 +1,16 @@
-"""Pilot shapes held back: a shape whose pilots find less than it promises is not submitted again
-until a back-off passes, and then one pilot at a time.
+"""Pilot shapes held back: a shape whose pilots find less than it promises, or keep ending without
+a task while the work the demand counted for them waits, is not submitted again until a back-off
+passes, and then one pilot at a time.
 
 A pilot reports what its shape promised (FLOE_SHAPE_*) beside what it measured; the matchmaker
-hands the shortfall to the factory with the pilot's registration. Each finding that begins a wait
+hands the shortfall to the factory with the pilot's registration, and says which ended pilots
+were never handed a task (`empty`). Each finding that begins a wait
 doubles it (from the site's `backoff` up to `max_backoff`); one seen during the wait leaves it as
 it is. When the wait is over, one pilot of the shape may go to try again, and the next only after
 another wait, so that a shape that stays short costs at most one pilot per wait; what that
 pilot finds begins the next, longer wait. A pilot of the
-shape that finds its promise kept ends the hold, and so does a change of the site's config.
+shape that finds its promise kept ends a hold for a shortfall, one that runs a task ends a hold
+for emptiness, and a change of the site's config ends both.
 Times are given by the caller: no clock is read here.
 """
 
@@ -67,6 +70,7 @@ class Hold:
     tries: int
     wait: float
     until: float
+    kind: str = "short"  # or "empty": what `release` ends
     tried: bool = False  # a pilot went to try again since the wait began
 
 
@@ -77,21 +81,26 @@ class Holds:
         self.backoff, self.max_backoff = backoff, max_backoff
         self.held: dict[str, Hold] = {}
 
-    def hold(self, shape: str, why: str, now: float) -> Hold | None:
-        """A pilot of `shape` found it short: the Hold when this begins a wait (to be said),
-        None when the shape already waits."""
+    def hold(self, shape: str, why: str, now: float, kind: str = "short") -> Hold | None:
+        """A pilot of `shape` found it short (or, `kind` "empty", ended without a task): the
+        Hold when this begins a wait (to be said), None when the shape already waits."""
         hold = self.held.get(shape)
         if hold is not None and now < hold.until and not hold.tried:
-            hold.why = why
+            hold.why, hold.kind = why, kind
             return None
         tries = 1 if hold is None else hold.tries + 1
         wait = min(self.backoff * 2 ** (tries - 1), self.max_backoff)
-        self.held[shape] = hold = Hold(why, tries, wait, now + wait)
+        self.held[shape] = hold = Hold(why, tries, wait, now + wait, kind)
         return hold
 
-    def release(self, shape: str) -> bool:
-        """A pilot of `shape` found what it promised: True when the shape was held."""
-        return self.held.pop(shape, None) is not None
+    def release(self, shape: str, kind: str = "short") -> bool:
+        """A pilot of `shape` found what it promised (`kind` "short") or ran a task ("empty"):
+        True when that ended a hold of this kind."""
+        hold = self.held.get(shape)
+        if hold is None or hold.kind != kind:
+            return False
+        del self.held[shape]
+        return True
 
     def clear(self) -> bool:
         """Forget every hold (the site's config changed); True when there was one."""
@@ -111,5 +120,6 @@ class Holds:
         return 1
 
     def to_dict(self, now: float) -> dict[str, Any]:
-        return {shape: {"why": hold.why, "wait_left": max(0.0, round(hold.until - now, 1)),
-                        "tries": hold.tries} for shape, hold in self.held.items()}
+        return {shape: {"why": hold.why, "kind": hold.kind, "tries": hold.tries,
+                        "wait_left": max(0.0, round(hold.until - now, 1))}
+                for shape, hold in self.held.items()}

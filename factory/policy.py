@@ -4,14 +4,14 @@ A pure function of numbers, so that a test can drive it without a batch system o
 the matchmaker's demand for each shape (pilots needed to hold the ready tasks that fit it first,
 after other factories' queued pilots are subtracted), the part of that demand the free room of
 running pilots will take anyway, this factory's queued and running pilots, the site's limits,
-how many running pilots found no work, and whether the site is backing off after failures.
+and whether the site is backing off after failures.
 
 - Nothing is submitted for a shape without demand, and nothing while the site backs off.
 - Under backlog the whole shortfall is submitted at once, within `max_per_cycle`, `max_queued`
   and `max_total`; a short budget is shared out one pilot at a time to each shape in turn,
   so that no shape with demand waits for another's backlog.
-- Running pilots that found no work mean the demand is not what it seems (tasks the pilots
-  cannot take after all): each such pilot divides the cycle's budget.
+- Pilots that find no work although the demand counted work for them are the site's business,
+  shape by shape (holds.py), not this function's.
 - Queued pilots beyond the demand are removed once the surplus has lasted `removal_grace`
   seconds, so that a lull between two datasets does not throw the queue away.
 - Held pilots will not run: they are removed, serve no demand and take no place in the limits
@@ -63,7 +63,7 @@ class Decision:
 
 
 def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
-           surplus_since: Mapping[str, float] | None = None, empty_pilots: int = 0,
+           surplus_since: Mapping[str, float] | None = None,
            backing_off: float = 0.0) -> Decision:
     """What to do this cycle; `surplus_since` is the previous decision's; `backing_off`, the
     seconds the site still waits after failures (0: it does not)."""
@@ -100,14 +100,9 @@ def top_up(shapes: Sequence[ShapeCounts], limits: Limits, *, now: float,
 
     queued = sum(s.queued for s in shapes) - sum(remove.values())
     total = queued + sum(s.running for s in shapes)
-    budget = min(limits.max_per_cycle // (1 + max(0, empty_pilots)),
-                 limits.max_queued - queued, limits.max_total - total)
-    if empty_pilots > 0:
-        pilots = "pilot" if empty_pilots == 1 else "pilots"
-        reasons.append(f"{empty_pilots} recent {pilots} found no work (idle now, or ended "
-                       f"empty): at most {max(budget, 0)} submitted")
+    budget = min(limits.max_per_cycle, limits.max_queued - queued, limits.max_total - total)
     if budget <= 0:
-        if sum(shortfall.values()) and empty_pilots == 0:
+        if sum(shortfall.values()):
             reasons.append(f"limits reached (queued {queued}/{limits.max_queued}, total "
                            f"{total}/{limits.max_total})")
         return Decision(submit, remove, remove_held, since, reasons)

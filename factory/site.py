@@ -60,6 +60,9 @@ log = logging.getLogger("floe.factory")
 
 AWAY_REPEAT = 600.0
 """How often, in seconds, the factory says again that the matchmaker cannot be reached."""
+EMPTY_IN_A_ROW = 3
+"""Pilots of a shape that end without a task, in a row, while work counted for it waits, before
+the shape is held back (fewer are the ordinary race of pilots for the last tasks)."""
 UNFIT_REPEAT = 600.0
 """How often, in seconds, the factory says again that ready tasks fit none of a site's shapes."""
 
@@ -119,7 +122,8 @@ class SiteRunner:
         self.holds = Holds()
         self.lock = threading.RLock()  # a cycle and a reconfiguration never overlap
         self._held: set[str] = set()  # tracked pilots the batch system holds
-        self._untold: list[str] = []  # ended pilots the matchmaker has not been told of yet
+        self._untold: dict[str, Tracked] = {}  # ended pilots the matchmaker was not told of
+        self._empty_row: dict[str, int] = {}  # pilots of each shape that ended empty in a row
         self._unfit_said: tuple[Any, float] | None = None  # what _unfit last logged, and when
         self._away_said = 0.0  # when _away last logged
         self._unqueried = False  # the last cycle could not query the batch system
@@ -204,15 +208,20 @@ class SiteRunner:
         asked = self._unregistered(ended)
         # Kept until the matchmaker hears of them; beyond one request's worth, the oldest are
         # left to its heartbeat timeout.
-        self._untold = (self._untold + [e.pilot.batch_id for e in ended])[-MAX_BATCH_IDS:]
+        self._untold.update((e.pilot.batch_id, e.pilot) for e in ended)
+        for batch_id in list(self._untold)[:-MAX_BATCH_IDS]:
+            del self._untold[batch_id]
         registered: list[str] | None = None
+        told_ended: dict[str, Tracked] = {}
+        empty: list[str] = []
         try:
             if asked or self._untold:  # first, so that the demand counts the tasks requeued
                 told = self.client.batch_jobs(self.plugin.system, pilots=asked,
-                                              ended=self._untold)
-                registered, self._untold = told["registered"], []
+                                              ended=list(self._untold))
+                registered, told_ended, self._untold = told["registered"], self._untold, {}
                 self._lost(told["lost"])
                 self._findings(registered, told.get("short") or {}, ended, now)
+                empty = told.get("empty") or []
             answer = self.client.demand(self._shapes_queued(counts))
         except MatchmakerError as exc:
             self._judge(ended, asked, registered, now)
@@ -227,12 +236,11 @@ class SiteRunner:
         self._back(now)
         self.last.pop("matchmaker_error", None)
         demand = {entry["name"]: entry for entry in answer["shapes"]}
+        self._empties(told_ended, set(empty), registered or (), demand, now)
         views = [ShapeCounts(name, needed=demand[name]["pilots_needed"],
                              room=demand[name].get("room", 0), queued=c.queued,
                              running=c.running, held=c.held) for name, c in counts.items()]
         decision = top_up(views, self.limits, now=now, surplus_since=self.surplus_since,
-                          empty_pilots=answer["pilots"]["idle"]
-                          + answer["pilots"].get("ended_empty", 0),
                           backing_off=max(0.0, self.health.until - now))
         self.surplus_since = decision.surplus_since
         for reason in decision.reasons:
@@ -402,6 +410,38 @@ class SiteRunner:
             why = (f"pilot {batch_id} found less than the {shape} shape promises: "
                    f"{'; '.join(describe(f) for f in findings)}. Likely: {'; '.join(fixes)}")
             hold = self.holds.hold(shape, why, now)
+            if hold is not None:
+                log.warning("site %s: %s. No %s pilot is submitted for %.0f s, then one to try "
+                            "again (at once when the site's config changes)", self.name, why,
+                            shape, hold.wait)
+
+    def _empties(self, ended: Mapping[str, Tracked], empty: Collection[str],
+                 registered: Collection[str], demand: Mapping[str, Any], now: float) -> None:
+        """Hold back a shape whose pilots keep ending without a task while the work the demand
+        counts for the shape still waits (EMPTY_IN_A_ROW of them); a pilot of it that ran a
+        task ends that."""
+        registered = set(registered)
+        for batch_id, pilot in ended.items():
+            shape = pilot.shape
+            if batch_id not in empty:
+                if pilot.registered or batch_id in registered:  # it ran a task
+                    self._empty_row.pop(shape, None)
+                    if self.holds.release(shape, "empty"):
+                        log.warning("site %s: pilot %s of the %s shape ran tasks; its pilots "
+                                    "are submitted again", self.name, batch_id, shape)
+                continue
+            waiting = demand.get(shape, {}).get("tasks", 0)
+            if not waiting:
+                continue  # the work went elsewhere, or there was none: nothing is wrong
+            row = self._empty_row[shape] = self._empty_row.get(shape, 0) + 1
+            if row < EMPTY_IN_A_ROW:
+                continue
+            why = (f"{row} {shape} pilots in a row ended without a task while "
+                   f"{counted(waiting, 'ready task')} that the demand counts for the shape "
+                   "waited: the tasks may need what its pilots do not offer (an OS, an "
+                   "architecture or a site that the shape names but its nodes do not have: see "
+                   "a pilot's log for the matchmaker's reason)")
+            hold = self.holds.hold(shape, why, now, kind="empty")
             if hold is not None:
                 log.warning("site %s: %s. No %s pilot is submitted for %.0f s, then one to try "
                             "again (at once when the site's config changes)", self.name, why,

@@ -347,6 +347,9 @@ BATCH_JOBS_ANSWER = _obj({
                    "description": "those of `pilots` a pilot registered with, in their order"},
     "lost": {"type": "array", "items": {"type": "string"},
              "description": "those of `ended` whose pilots were ended as lost now"},
+    "empty": {"type": "array", "items": {"type": "string"},
+              "description": "those of `ended` whose pilots registered and were never handed "
+                             "a task"},
     "short": {"type": "object", "additionalProperties": {"type": "array", "items": _obj({
         "resource": {"type": "string", "enum": ["cpus", "memory", "gpus", "walltime"]},
         "promised": _num(), "found": _num(), "source": _str(1000)})},

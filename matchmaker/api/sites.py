@@ -106,9 +106,11 @@ async def batch_jobs(ctx: Context) -> Any:
     system = ctx.body["batch_system"]
     registered = await queries.registered_batch_ids(ctx.engine.db, site.site_id, system,
                                                     ctx.body.get("pilots") or [])
-    lost = await batch_jobs_ended(ctx.engine, site, system, ctx.body.get("ended") or [],
+    ended = ctx.body.get("ended") or []
+    lost = await batch_jobs_ended(ctx.engine, site, system, ended,
                                   ctx.body.get("factory") or "default")
-    return {"registered": list(registered), "lost": lost,
+    empty = await queries.empty_batch_ids(ctx.engine.db, site.site_id, system, ended)
+    return {"registered": list(registered), "lost": lost, "empty": empty,
             "short": {batch_id: short for batch_id, short in registered.items() if short}}
 
 

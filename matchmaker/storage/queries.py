@@ -114,6 +114,25 @@ async def registered_batch_ids(db: Database, site_id: int, batch_system: str,
     return {batch_id: found[batch_id] for batch_id in wanted if batch_id in found}
 
 
+EMPTY_BATCH_IDS = (
+    "SELECT batch_id, EXISTS (SELECT 1 FROM attempts a WHERE a.pilot_id = p.pilot_id) AS ran"
+    " FROM pilots p WHERE site_id = ? AND batch_system = ? AND batch_id IN ({})")
+
+
+async def empty_batch_ids(db: Database, site_id: int, batch_system: str,
+                          batch_ids: Sequence[str]) -> list[str]:
+    """Those of `batch_ids` whose pilots registered at this site and were never handed a
+    task, in the order given, each once."""
+    wanted = list(dict.fromkeys(batch_ids))
+    ran: dict[str, bool] = {}
+    for start in range(0, len(wanted), _IDS_PER_QUERY):
+        chunk = wanted[start:start + _IDS_PER_QUERY]
+        for row in await db.fetchall(EMPTY_BATCH_IDS.format(", ".join("?" * len(chunk))),
+                                     (site_id, batch_system, *chunk)):
+            ran[row["batch_id"]] = ran.get(row["batch_id"], False) or bool(row["ran"])
+    return [batch_id for batch_id in wanted if batch_id in ran and not ran[batch_id]]
+
+
 async def unused_pilot_tokens(db: Database, site_id: int, now: float) -> int:
     """How many of the site's pilot tokens have not expired and registered no pilot yet."""
     row = await db.fetchone("SELECT count(*) AS n FROM tokens WHERE site_id = ? AND expires > ?"

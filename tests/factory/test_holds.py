@@ -21,7 +21,9 @@ def test_a_held_shape_gets_one_pilot_per_wait_and_the_wait_doubles():
     second = holds.hold("gpu", "pilot 3 found no GPU", now=70)
     assert second.wait == 60 and holds.hold("gpu", "again", now=200).wait == 100  # capped
     assert holds.allowed("cpu", 2, 70) == 2   # other shapes go on
-    assert holds.to_dict(250) == {"gpu": {"why": "again", "wait_left": 50, "tries": 3}}
+    assert holds.to_dict(250) == {"gpu": {"why": "again", "kind": "short", "tries": 3,
+                                          "wait_left": 50}}
+    assert not holds.release("gpu", "empty")  # a task ran: that ends no shortfall
     assert holds.release("gpu") and not holds.release("gpu")
     assert holds.allowed("gpu", 4, 251) == 4
     holds.hold("gpu", "x", now=300)

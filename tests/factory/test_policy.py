@@ -10,28 +10,24 @@ from factory.policy import Limits, ShapeCounts, top_up
 LIMITS = Limits(max_queued=20, max_total=100, max_per_cycle=10, removal_grace=300)
 
 
-@pytest.mark.parametrize(("case", "shape", "limits", "empty", "submit"), [
-    ("backlog ramps at the per-cycle limit", ShapeCounts("s", needed=500), LIMITS, 0, 10),
-    ("a small backlog is met at once", ShapeCounts("s", needed=3), LIMITS, 0, 3),
-    ("queued pilots already cover the demand", ShapeCounts("s", needed=5, queued=5), LIMITS, 0,
-     0),
-    ("queued pilots cover part of it", ShapeCounts("s", needed=8, queued=5), LIMITS, 0, 3),
-    ("no demand, nothing submitted", ShapeCounts("s", needed=0), LIMITS, 0, 0),
+@pytest.mark.parametrize(("case", "shape", "limits", "submit"), [
+    ("backlog ramps at the per-cycle limit", ShapeCounts("s", needed=500), LIMITS, 10),
+    ("a small backlog is met at once", ShapeCounts("s", needed=3), LIMITS, 3),
+    ("queued pilots already cover the demand", ShapeCounts("s", needed=5, queued=5), LIMITS, 0),
+    ("queued pilots cover part of it", ShapeCounts("s", needed=8, queued=5), LIMITS, 3),
+    ("no demand, nothing submitted", ShapeCounts("s", needed=0), LIMITS, 0),
     ("free room of running pilots takes the work", ShapeCounts("s", needed=6, room=6,
-                                                               running=2), LIMITS, 0, 0),
-    ("free room takes part of it", ShapeCounts("s", needed=6, room=2, running=1), LIMITS, 0, 4),
-    ("max_queued caps the queue", ShapeCounts("s", needed=500, queued=15), LIMITS, 0, 5),
-    ("max_total caps queued plus running", ShapeCounts("s", needed=500, running=95), LIMITS, 0,
-     5),
-    ("at max_total nothing more", ShapeCounts("s", needed=500, running=100), LIMITS, 0, 0),
-    ("one empty pilot halves the budget", ShapeCounts("s", needed=500), LIMITS, 1, 5),
-    ("many empty pilots stop submission", ShapeCounts("s", needed=500), LIMITS, 10, 0),
-    ("held pilots serve no demand", ShapeCounts("s", needed=3, held=3), LIMITS, 0, 3),
+                                                               running=2), LIMITS, 0),
+    ("free room takes part of it", ShapeCounts("s", needed=6, room=2, running=1), LIMITS, 4),
+    ("max_queued caps the queue", ShapeCounts("s", needed=500, queued=15), LIMITS, 5),
+    ("max_total caps queued plus running", ShapeCounts("s", needed=500, running=95), LIMITS, 5),
+    ("at max_total nothing more", ShapeCounts("s", needed=500, running=100), LIMITS, 0),
+    ("held pilots serve no demand", ShapeCounts("s", needed=3, held=3), LIMITS, 3),
     ("held pilots take no place in the limits", ShapeCounts("s", needed=50, queued=18, held=5),
-     LIMITS, 0, 2),
+     LIMITS, 2),
 ])
-def test_submissions(case, shape, limits, empty, submit):
-    decision = top_up([shape], limits, now=1000.0, empty_pilots=empty)
+def test_submissions(case, shape, limits, submit):
+    decision = top_up([shape], limits, now=1000.0)
     assert decision.submit == {"s": submit}, case
     assert decision.remove == {"s": 0}, case
     assert decision.remove_held == {"s": shape.held}, case

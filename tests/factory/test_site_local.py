@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.plugins.pilots import fake_command
 
-from .conftest import dag_dataset, site_document
+from .conftest import SHAPE, dag_dataset, site_document
 
 
 def live_pilots(site) -> list[str]:
@@ -213,3 +214,32 @@ def test_a_factory_that_stops_withdraws_the_pilots_it_said_it_had_queued(
     assert needed(other, 0) == 1
     site.stop()
     assert needed(other, 0) == 4
+
+
+def test_a_shape_whose_pilots_keep_ending_empty_beside_its_work_is_held_back(
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
+    """The shape says its nodes run el9; they run Debian. The demand counts the el9 tasks for
+    the shape, its pilots find nothing they can take and leave: after three in a row the shape
+    is held back (one pilot per wait), instead of being resubmitted every cycle."""
+    config = dag_dataset(3)
+    config["tasks"] = config["tasks"][:1]
+    config["tasks"][0]["requirements"]["os"] = ["el9"]
+    matchmaker.submit(config)
+    site = make_runner(site_document(matchmaker, tmp_path / "factory", backoff="60s",
+                                     shapes=[dict(SHAPE, os=["el9"])]))
+    with caplog.at_level(logging.WARNING, logger="factory.site"):
+        cycle_until(site, lambda: "small" in site.holds.held, 90, "the shape to be held")
+        held_at = site.counters.submitted
+        for _ in range(6):
+            site.cycle()
+            time.sleep(0.5)
+    assert site.counters.submitted == held_at <= 4 + 3  # max_total, then those that replaced
+    hold = site.holds.held["small"]
+    assert hold.kind == "empty" and hold.wait == 60
+    assert re.match(r"[34] small pilots in a row ended without a task while 3 ready tasks that "
+                    "the demand counts for the shape waited: the tasks may need what its "
+                    "pilots do not offer", hold.why)
+    assert ("3 small pilots in a row ended without a task while 3 ready tasks" in caplog.text
+            and "No small pilot is submitted for 60 s, then one to try again" in caplog.text)
+    status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
+    assert status["held_shapes"]["small"]["kind"] == "empty"
