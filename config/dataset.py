@@ -146,6 +146,16 @@ REQUIREMENTS = Object([
           default=[], example=["uw-*"]),
     Field("exclude_sites", ListOf(String(min_length=1)),
           "Sites the task must not run at, as fnmatch patterns.", default=[]),
+    Field("gpu_memory", Size(maximum=MAX_TASK_BYTES), "Least memory each of its GPUs has; 0 "
+          "means any.", default=0, example="40GiB",
+          details="As NVML reports a device's total memory (an H100 has 80GiB)."),
+    Field("gpu_model", String(), "The model each of its GPUs is, as an fnmatch pattern of the "
+          "name NVML reports (case does not matter); empty means any.", default="",
+          example="*H100*"),
+    Field("compute_capability", String(pattern=r"^(\d{1,3}(\.\d{1,3})?)?$",
+                                       hint='a version such as "8.0"'),
+          "Least CUDA compute capability of each of its GPUs; empty means any.", default="",
+          example="8.0"),
 ], doc="What one attempt of the task needs. Resolved at submit time: values may use "
        "`$steering`, `$eval` and `$sprintf`, never `$args`, `$system` or `$choice`.")
 
@@ -342,6 +352,7 @@ def validate(data: Any) -> DatasetConfig:
     # only look at the parts that have the right shape.
     if isinstance(tasks, list):
         _name_modules(tasks, problems)
+        _check_gpu_kinds(tasks, problems)
         edges = _check_dependencies(tasks, problems)
         _check_expressions(raw, problems)
     problems.raise_if_any()
@@ -478,6 +489,18 @@ def _name_modules(tasks: list, problems: Problems) -> None:
                              "module names must be unique in a task")
             elif isinstance(name, str):
                 seen[name] = position
+
+
+def _check_gpu_kinds(tasks: list, problems: Problems) -> None:
+    """Refuse a GPU kind (gpu_memory, gpu_model, compute_capability) on a task without GPUs."""
+    for index, task in enumerate(tasks):
+        needs = task.get("requirements") if isinstance(task, dict) else None
+        if not isinstance(needs, dict) or needs.get("gpus"):
+            continue
+        for name in ("gpu_memory", "gpu_model", "compute_capability"):
+            if needs.get(name):
+                problems.add(f"tasks[{index}].requirements.{name}",
+                             "describes the task's GPUs, and it asks for none: set gpus too")
 
 
 def _check_dependencies(tasks: list, problems: Problems) -> list[list[int]]:

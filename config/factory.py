@@ -61,6 +61,15 @@ SHAPE_SCHEMA = Object([
           "nodes offer, as tasks name them (empty: any)", [], example=["el9", "linux"]),
     Field("arch", String(), "CPU architecture of the worker nodes (empty: any)", "",
           example="x86_64"),
+    Field("gpu_memory", Size(0), "memory of each of its GPUs (0: not said)", 0,
+          example="80GiB", details="With `gpu_model` and `compute_capability`, what the "
+          "demand counts this shape for: tasks that ask for more, another model or a higher "
+          "capability are counted for another shape, or as fitting none. What a shape does not "
+          "say does not keep a task off it; the pilots report what their GPUs really are."),
+    Field("gpu_model", String(), "the model name of its GPUs, as NVML reports it (empty: not "
+          "said)", "", example="NVIDIA H100 80GB HBM3"),
+    Field("compute_capability", String(r"^(\d{1,3}(\.\d{1,3})?)?$", 'a version such as "9.0"'),
+          "its GPUs' CUDA compute capability (empty: not said)", "", example="9.0"),
     Field("directives", ListOf(String(min_length=1)), "extra submit options, exactly as the "
           "batch system takes them", [],
           details="Command-line options of sbatch/qsub (`\"--constraint=avx2\"`, "
@@ -234,6 +243,9 @@ class ShapeConfig:
     walltime: int
     os: tuple[str, ...]
     arch: str
+    gpu_memory: int
+    gpu_model: str
+    compute_capability: str
     directives: tuple[str, ...]
 
 

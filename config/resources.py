@@ -145,12 +145,25 @@ class Requirements:
     arch: tuple[str, ...] = ()
     sites: tuple[str, ...] = ()
     exclude_sites: tuple[str, ...] = ()
+    gpu_memory: int = 0
+    """Least memory of each of its GPUs, in bytes (0: any)."""
+    gpu_model: str = ""
+    """A pattern the name of each of its GPUs matches, as `os` takes them ("*H100*"; "": any)."""
+    compute_capability: tuple[int, int] = (0, 0)
+    """Least CUDA compute capability of each of its GPUs ((0, 0): any)."""
+
+    @property
+    def gpu_kind(self) -> bool:
+        """Whether it asks for GPUs of some kind, not only for a count."""
+        return bool(self.gpu_memory or self.gpu_model or self.compute_capability != (0, 0))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "gpus": self.gpus,
             "walltime": self.walltime, "os": list(self.os), "arch": list(self.arch),
             "sites": list(self.sites), "exclude_sites": list(self.exclude_sites),
+            "gpu_memory": self.gpu_memory, "gpu_model": self.gpu_model,
+            "compute_capability": format_capability(self.compute_capability),
         }
 
     @classmethod
@@ -161,6 +174,9 @@ class Requirements:
             walltime=int(data.get("walltime", 3600)), os=_names(data.get("os")),
             arch=_names(data.get("arch")), sites=_names(data.get("sites")),
             exclude_sites=_names(data.get("exclude_sites")),
+            gpu_memory=int(data.get("gpu_memory") or 0),
+            gpu_model=str(data.get("gpu_model") or ""),
+            compute_capability=parse_capability(data.get("compute_capability")),
         )
 
     def grown(self, **peaks: float) -> Requirements:
@@ -176,8 +192,28 @@ class Requirements:
 
 
 @dataclass(frozen=True)
+class GpuKind:
+    """What matching knows of one free GPU; a property left at its zero is not known, and
+    then does not keep a task off it (a factory's shape that does not describe its GPUs)."""
+
+    memory: int = 0
+    name: str = ""
+    compute_capability: tuple[int, int] = (0, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"memory": self.memory, "name": self.name,
+                "compute_capability": format_capability(self.compute_capability)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GpuKind:
+        return cls(int(data.get("memory") or 0), str(data.get("name") or ""),
+                   parse_capability(data.get("compute_capability")))
+
+
+@dataclass(frozen=True)
 class Slot:
-    """What a pilot offers right now: its free resources, time left, and where it is."""
+    """What a pilot offers right now: its free resources, time left, and where it is; with
+    `gpu_kinds`, what each of its free GPUs is (none given: nothing is known of them)."""
 
     cpus: int
     memory: int
@@ -187,12 +223,16 @@ class Slot:
     os: tuple[str, ...] = ()
     arch: str = ""
     site: str = ""
+    gpu_kinds: tuple[GpuKind, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "cpus": self.cpus, "memory": self.memory, "disk": self.disk, "gpus": self.gpus,
             "seconds": self.seconds, "os": list(self.os), "arch": self.arch, "site": self.site,
         }
+        if self.gpu_kinds:
+            data["gpu_kinds"] = [kind.to_dict() for kind in self.gpu_kinds]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Slot:
@@ -201,7 +241,62 @@ class Slot:
             gpus=int(data.get("gpus", 0)), seconds=int(data.get("seconds", 2**31)),
             os=_names(data.get("os")), arch=str(data.get("arch", "")),
             site=str(data.get("site", "")),
+            gpu_kinds=tuple(GpuKind.from_dict(k) for k in data.get("gpu_kinds") or ()),
         )
+
+    def less(self, req: Requirements) -> Slot:
+        """What is left of this slot once a task of `req` holds its share (the GPUs it takes:
+        those that fit it, the least of them first)."""
+        kinds = self.gpu_kinds
+        if kinds and req.gpus:
+            taken = sorted((k for k in kinds if gpu_fits(req, k)),
+                           key=lambda k: (k.memory, k.compute_capability))[:req.gpus]
+            left = list(kinds)
+            for kind in taken:
+                left.remove(kind)
+            kinds = tuple(left)
+        return Slot(self.cpus - req.cpus, self.memory - req.memory, self.disk - req.disk,
+                    self.gpus - req.gpus, self.seconds, self.os, self.arch, self.site, kinds)
+
+
+def parse_capability(value: Any) -> tuple[int, int]:
+    """A compute capability from "8.0", 8.0, 9 or [8, 6]; (0, 0) for none. ValueError when it
+    is none of these."""
+    if value is None or value == "":
+        return (0, 0)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        major, minor = value
+    else:
+        match = re.fullmatch(r"\s*(\d{1,3})(?:\.(\d{1,3}))?\s*", str(value), re.ASCII)
+        if match is None or isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a compute capability like \"8.0\"")
+        major, minor = match.group(1), match.group(2) or 0
+    return (int(major), int(minor))
+
+
+def format_capability(capability: tuple[int, int]) -> str:
+    """"8.0", or "" for none."""
+    return "" if capability == (0, 0) else f"{capability[0]}.{capability[1]}"
+
+
+def gpu_fits(req: Requirements, kind: GpuKind) -> bool:
+    """Whether one GPU of this kind is what the task asks for (what is not known of it passes)."""
+    return ((not req.gpu_memory or not kind.memory or kind.memory >= req.gpu_memory)
+            and (not req.gpu_model or not kind.name or _matches((req.gpu_model,), [kind.name]))
+            and (req.compute_capability == (0, 0) or kind.compute_capability == (0, 0)
+                 or kind.compute_capability >= req.compute_capability))
+
+
+def describe_gpu_kind(req: Requirements) -> str:
+    """The GPU kind a task asks for, as a phrase: "at least 40GiB memory, a model *H100*"."""
+    parts = []
+    if req.gpu_memory:
+        parts.append(f"at least {format_size(req.gpu_memory)} memory")
+    if req.gpu_model:
+        parts.append(f"a model {req.gpu_model}")
+    if req.compute_capability != (0, 0):
+        parts.append(f"compute capability {format_capability(req.compute_capability)} or more")
+    return ", ".join(parts)
 
 
 def _matches(patterns: tuple[str, ...], names: Iterable[str]) -> bool:
@@ -227,6 +322,12 @@ def why_not(req: Requirements, slot: Slot, what: str = "slot") -> str | None:
         return f"needs {format_size(req.disk)} disk, {what} has {format_size(slot.disk)}"
     if req.gpus > slot.gpus:
         return f"needs {req.gpus} GPUs, {what} has {slot.gpus}"
+    if req.gpus and req.gpu_kind and slot.gpu_kinds:
+        fitting = sum(1 for kind in slot.gpu_kinds if gpu_fits(req, kind))
+        if fitting < req.gpus:
+            names = "/".join(dict.fromkeys(k.name or "an undescribed GPU" for k in slot.gpu_kinds))
+            return (f"needs {req.gpus} GPUs with {describe_gpu_kind(req)}, {what} has "
+                    f"{fitting} such ({names})")
     if req.walltime > slot.seconds:
         return (f"needs {format_duration(req.walltime)} walltime, {what} has "
                 f"{format_duration(slot.seconds)}{' left' if what == 'slot' else ''}")

@@ -278,9 +278,10 @@ class SiteRunner:
         """The shapes as the demand request describes them, with this factory's queued pilots."""
         return [{"name": shape.name, "cpus": shape.cpus, "memory": shape.memory,
                  "disk": shape.disk, "gpus": shape.gpus, "walltime": shape.walltime,
-                 "os": list(self.shape_info[shape.name].os),
-                 "arch": self.shape_info[shape.name].arch,
-                 "queued": counts[shape.name].queued} for shape in self.shapes]
+                 "os": list(info.os), "arch": info.arch, "gpu_memory": info.gpu_memory,
+                 "gpu_model": info.gpu_model, "compute_capability": info.compute_capability,
+                 "queued": counts[shape.name].queued}
+                for shape in self.shapes for info in [self.shape_info[shape.name]]]
 
     def _counts(self, infos: Mapping[str, Any]) -> dict[str, ShapeCounts]:
         queued = {s.name: 0 for s in self.shapes}

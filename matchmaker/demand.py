@@ -16,12 +16,20 @@ state: no I/O.
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from config.protocol import QUEUED_TTL
-from config.resources import Requirements, Slot, allowed_at, fits, why_not
+from config.resources import (
+    GpuKind,
+    Requirements,
+    Slot,
+    allowed_at,
+    fits,
+    parse_capability,
+    why_not,
+)
 
 from .engine import Engine
 from .model import DatasetStatus
@@ -45,6 +53,14 @@ class QueuedPilots:
 
     time: float
     shapes: list[Shape]
+
+
+def shape_gpus(shape: Mapping[str, Any]) -> tuple[GpuKind, ...]:
+    """What a factory's shape says of its GPUs (as the demand route takes it): one kind for
+    each, or nothing when it says nothing of them (then any GPU task is counted for it)."""
+    kind = GpuKind(int(shape.get("gpu_memory") or 0), str(shape.get("gpu_model") or ""),
+                   parse_capability(shape.get("compute_capability")))
+    return (kind,) * int(shape.get("gpus") or 0) if kind != GpuKind() else ()
 
 
 def bound_claims(shapes: list[Shape], most: int) -> None:
@@ -112,13 +128,11 @@ def absorb(classes: dict[Requirements, int], room: list[Slot]) -> dict[Requireme
     them by requirements."""
     taken: dict[Requirements, int] = {}
     for slot in room:
-        cpus, memory, gpus = slot.cpus, slot.memory, slot.gpus
         for req in sorted(classes, key=lambda r: (-r.gpus, -r.cpus, -r.memory)):
-            while classes[req] and fits(req, dataclasses.replace(
-                    slot, cpus=cpus, memory=memory, gpus=gpus)):
+            while classes[req] and fits(req, slot):
                 classes[req] -= 1
                 taken[req] = taken.get(req, 0) + 1
-                cpus, memory, gpus = cpus - req.cpus, memory - req.memory, gpus - req.gpus
+                slot = slot.less(req)
     return taken
 
 

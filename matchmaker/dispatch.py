@@ -299,13 +299,11 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
             # expected times (learned ones where known: see `runtimes`).
             series_left -= one.expected
             left = Slot(left.cpus, left.memory, left.disk, left.gpus, int(series_left),
-                        left.os, left.arch, left.site)
+                        left.os, left.arch, left.site, left.gpu_kinds)
             if left.seconds < 1:  # every walltime is at least a second
                 break
         else:
-            left = Slot(left.cpus - needs.cpus, left.memory - needs.memory,
-                        left.disk - needs.disk, left.gpus - needs.gpus, left.seconds, left.os,
-                        left.arch, left.site)
+            left = left.less(needs)
             if left.cpus < 1:  # every task needs a CPU
                 break
     if not given:

@@ -44,7 +44,7 @@ class Held:
 def shape_of(slot: Slot) -> Slot:
     """The slot but for its time left: what held asks are grouped by."""
     return Slot(slot.cpus, slot.memory, slot.disk, slot.gpus, 2**31, slot.os, slot.arch,
-                slot.site)  # not dataclasses.replace: this runs for every task handed out
+                slot.site, slot.gpu_kinds)  # not dataclasses.replace: it runs for every task
 
 
 class Holding:

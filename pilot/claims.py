@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from config.protocol import MAX_CPUS, MAX_GPUS
-from config.resources import Requirements, Slot, format_size
-from pilot.gpus import Gpu
+from config.resources import Requirements, Slot, describe_gpu_kind, format_size, gpu_fits
+from pilot.gpus import Gpu, kind_of
 from pilot.slot import MeasuredSlot
 
 
@@ -33,7 +33,17 @@ class Claim:
     def holds(self, requirements: Requirements) -> bool:
         """Whether a task with these requirements fits in what this claim holds."""
         return (requirements.cpus <= self.cpus and requirements.memory <= self.memory
-                and requirements.disk <= self.disk and requirements.gpus <= len(self.gpus))
+                and requirements.disk <= self.disk
+                and requirements.gpus <= len(fitting_gpus(requirements, self.gpus)))
+
+
+def fitting_gpus(requirements: Requirements, gpus: Sequence[Gpu]) -> list[Gpu]:
+    """Those of `gpus` that are of the kind the task asks for (all, when it names none), the
+    least of them first, so that a larger GPU stays free for a task that needs one."""
+    if not requirements.gpu_kind:
+        return list(gpus)
+    return sorted((gpu for gpu in gpus if gpu_fits(requirements, kind_of(gpu))),
+                  key=lambda gpu: (gpu.memory, gpu.compute_capability or (0, 0)))
 
 
 class Claims:
@@ -67,8 +77,7 @@ class Claims:
         free = self.free(held)
         # A larger node offers as much as one ask may carry.
         return self.slot.offer(cpus=min(free.cpus, MAX_CPUS), memory=max(0, free.memory),
-                               disk=max(0, free.disk), gpus=min(len(free.gpus), MAX_GPUS),
-                               now=now)
+                               disk=max(0, free.disk), gpus=free.gpus[:MAX_GPUS], now=now)
 
     def can_offer(self, held: Sequence[Claim] | None = None) -> bool:
         """Whether anything could still fit: a CPU, some memory and some disk are free (or
@@ -93,12 +102,14 @@ class Claims:
         if requirements.disk > free.disk:
             short.append(f"{format_size(requirements.disk)} disk "
                          f"({format_size(max(0, free.disk))} free)")
-        if requirements.gpus > len(free.gpus):
-            short.append(f"{requirements.gpus} GPUs ({len(free.gpus)} free)")
+        gpus = fitting_gpus(requirements, free.gpus)
+        if requirements.gpus > len(gpus):
+            kind = f" with {describe_gpu_kind(requirements)}" if requirements.gpu_kind else ""
+            short.append(f"{requirements.gpus} GPUs{kind} ({len(gpus)} free)")
         if short:
             raise ClaimError("the task needs more than the pilot has free: " + ", ".join(short))
         claim = Claim(requirements.cpus, requirements.memory, requirements.disk,
-                      tuple(free.gpus[:requirements.gpus]))
+                      tuple(gpus[:requirements.gpus]))
         self._held.append(claim)
         return claim
 

@@ -21,6 +21,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from config.resources import GpuKind
+
 # In the order they are trusted. Unambiguous names (HTCondor's UUIDs, SLURM's node-wide ids)
 # come before CUDA_VISIBLE_DEVICES, whose indices are renumbered when the batch system hides
 # devices from the job.
@@ -58,6 +60,11 @@ class Gpu:
                                    if self.compute_capability else None),
             "mig_enabled": self.mig_enabled, "parent_uuid": self.parent_uuid,
         }
+
+
+def kind_of(gpu: Gpu) -> GpuKind:
+    """What matching knows of a device: its memory, model name and compute capability."""
+    return GpuKind(gpu.memory, gpu.name, gpu.compute_capability or (0, 0))
 
 
 class GpuSource(Protocol):

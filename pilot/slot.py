@@ -16,13 +16,13 @@ import platform
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from config.resources import Slot, format_duration, parse_duration, parse_size
-from pilot.gpus import Gpu, assigned_gpus, open_gpus
+from pilot.gpus import Gpu, assigned_gpus, kind_of, open_gpus
 
 MIB = 2**20
 # cgroup v1 writes "no limit" as a huge page-rounded number (9223372036854771712).
@@ -65,15 +65,17 @@ class MeasuredSlot:
         return max(0, int(self.deadline - (time.time() if now is None else now)))
 
     def offer(self, *, cpus: int | None = None, memory: int | None = None,
-              disk: int | None = None, gpus: int | None = None,
+              disk: int | None = None, gpus: Sequence[Gpu] | None = None,
               now: float | None = None) -> Slot:
-        """What to ask the matchmaker for: the given free amounts (default: the whole slot)."""
+        """What to ask the matchmaker for: the given free amounts and devices (default: the
+        whole slot), each free GPU described for tasks that ask for a kind."""
+        devices = self.gpus if gpus is None else gpus
         return Slot(
             cpus=self.cpus if cpus is None else cpus,
             memory=self.memory if memory is None else memory,
-            disk=self.disk if disk is None else disk,
-            gpus=len(self.gpus) if gpus is None else gpus,
+            disk=self.disk if disk is None else disk, gpus=len(devices),
             seconds=self.seconds_left(now), os=self.os, arch=self.arch, site=self.site,
+            gpu_kinds=tuple(kind_of(gpu) for gpu in devices),
         )
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:

@@ -64,6 +64,11 @@ SLOT = _obj({
            "description": "names of the node's OS, most specific first (e.g. debian12, linux)"},
     "arch": _str(32),
     "site": _str(64, description="ignored: the site comes from the pilot token"),
+    "gpu_kinds": {"type": "array", "maxItems": 64, "items": _obj({
+        "memory": _int(doc="bytes (0: not known)"), "name": _str(256),
+        "compute_capability": _str(8, pattern=r"^(\d{1,3}(\.\d{1,3})?)?$")}),
+        "description": "what each free GPU is, for tasks that ask for a GPU memory, model or "
+                       "compute capability (absent: nothing is known of them)"},
 }, ("cpus", "memory", "disk"))
 
 
@@ -144,6 +149,10 @@ REQUIREMENTS = _obj({
     "arch": dict(_NAMES, description="architectures (patterns); empty: any"),
     "sites": dict(_NAMES, description="sites it may run at (patterns); empty: any"),
     "exclude_sites": dict(_NAMES, description="sites it may not run at (patterns)"),
+    "gpu_memory": _int(doc="least memory of each of its GPUs, bytes (0: any)"),
+    "gpu_model": _str(256, description="pattern of each of its GPUs' model names (\"\": any)"),
+    "compute_capability": _str(8, description="least compute capability of each of its GPUs, "
+                                              "as \"8.0\" (\"\": any)"),
 }, ("cpus", "memory", "disk", "gpus", "walltime", "os", "arch", "sites", "exclude_sites"))
 
 GIVEN_ATTEMPT = _obj({
@@ -320,6 +329,10 @@ SHAPE = _obj({
     "cpus": _int(1, 4096), "memory": _int(), "disk": _int(), "gpus": _int(0, 64),
     "walltime": _int(1), "os": {"type": "array", "items": _str(64), "maxItems": 16},
     "arch": _str(32),
+    "gpu_memory": _int(doc="memory of each of its GPUs, bytes (0: not said)"),
+    "gpu_model": _str(256, description="the model name of its GPUs (\"\": not said)"),
+    "compute_capability": _str(8, pattern=r"^(\d{1,3}(\.\d{1,3})?)?$",
+                               description="its GPUs' compute capability (\"\": not said)"),
     "queued": _int(doc="pilots of this shape this factory has queued now"),
 }, ("name", "cpus", "memory", "disk", "walltime"))
 FACTORY = _str(24, pattern=f"^{FACTORY_ID}$", description="the factory's `factory_id`")

@@ -71,7 +71,8 @@ async def demand(ctx: Context) -> Any:
     shapes = [pilot_demand.Shape(s["name"], Slot(
         cpus=s["cpus"], memory=s["memory"], disk=s["disk"], gpus=s.get("gpus", 0),
         seconds=s["walltime"], os=tuple(s.get("os") or ()), arch=s.get("arch", ""),
-        site=site.name), s.get("queued", 0)) for s in ctx.body["shapes"]]
+        site=site.name, gpu_kinds=pilot_demand.shape_gpus(s)), s.get("queued", 0))
+        for s in ctx.body["shapes"]]
     if any(shape.queued for shape in shapes):
         pilot_demand.bound_claims(shapes, await queries.unused_pilot_tokens(
             ctx.engine.db, site.site_id, ctx.engine.clock()))

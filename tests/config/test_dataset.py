@@ -47,7 +47,8 @@ def test_a_minimal_document_gets_every_default():
     assert only.raw == {
         "name": "only",
         "requirements": {"cpus": 1, "memory": GIB, "disk": GIB, "gpus": 0, "walltime": 3600,
-                         "os": [], "arch": [], "sites": [], "exclude_sites": []},
+                         "os": [], "arch": [], "sites": [], "exclude_sites": [],
+                         "gpu_memory": 0, "gpu_model": "", "compute_capability": ""},
         "depends": [], "env": {}, "inputs": [], "outputs": [],
         "modules": [{"name": "module0", "command": "true", "env": {}}],
     }

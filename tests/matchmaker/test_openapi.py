@@ -201,7 +201,8 @@ async def test_a_batch_jobs_body_the_server_refuses_is_refused_by_the_document(w
     accepted = {"batch_system": "slurm", "pilots": ["1", "2"]}
     status, answer = await world.api.call("POST", template.format(name="site-a"),
                                           world.site_token, accepted)
-    assert status == 200 and answer == {"registered": [], "lost": [], "empty": [], "short": {}}, answer
+    assert status == 200, answer
+    assert answer == {"registered": [], "lost": [], "empty": [], "short": {}}
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED_PILOT_BODIES))
