@@ -27,8 +27,10 @@ THREAD_VARIABLES = (
     "RAYON_NUM_THREADS",
 )
 
-# The pilot's own GPU assignment speaks for the whole slot; a task gets CUDA_VISIBLE_DEVICES only.
-SLOT_GPU_VARIABLES = ("_CONDOR_AssignedGPUs", "GPU_DEVICE_ORDINAL")
+# The pilot's own GPU assignment speaks for the whole slot; a task gets its own devices only:
+# CUDA_VISIBLE_DEVICES (NVIDIA), or ROCR_VISIBLE_DEVICES (AMD).
+SLOT_GPU_VARIABLES = ("_CONDOR_AssignedGPUs", "GPU_DEVICE_ORDINAL", "ROCR_VISIBLE_DEVICES",
+                      "HIP_VISIBLE_DEVICES")
 
 STATS_LIMIT_BYTES = 1 << 20
 STATS_NAME_LENGTH = 200
@@ -52,8 +54,15 @@ def task_environment(
     env["TMPDIR"] = str(scratch)
     env.update({name: str(value) for name, value in task_env.items()})
     env.update({name: str(value) for name, value in module_env.items()})
+    amd = [gpu for gpu in gpus if gpu.vendor == "amd"]
+    if amd:
+        # ROCr shows the task its devices; HIP and CUDA_VISIBLE_DEVICES (which HIP reads as
+        # its own) would then count within those, so they are left unset.
+        env["ROCR_VISIBLE_DEVICES"] = visible_devices(amd)
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    if len(amd) < len(gpus) or not amd:
+        env["CUDA_VISIBLE_DEVICES"] = visible_devices([g for g in gpus if g.vendor != "amd"])
     env.update({
-        "CUDA_VISIBLE_DEVICES": visible_devices(gpus),
         "FLOE_SCRATCH": str(scratch),
         "FLOE_STATS": str(stats_file),
         "FLOE_CPUS": str(cpus),

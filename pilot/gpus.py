@@ -31,8 +31,12 @@ ASSIGNMENT_VARIABLES = (
     "SLURM_STEP_GPUS",
     "SLURM_JOB_GPUS",
     "CUDA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
     "GPU_DEVICE_ORDINAL",
 )
+VISIBILITY_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+"""Set but empty, each of these means that the job has no GPU, whatever the others say."""
 
 _INDEX_RE = re.compile(r"(?:CUDA|OCL)?(\d+)\Z", re.IGNORECASE)
 
@@ -48,6 +52,8 @@ class Gpu:
     compute_capability: tuple[int, int] | None = None
     mig_enabled: bool = False
     parent_uuid: str | None = None
+    vendor: str = "nvidia"
+    """"nvidia" or "amd": which runtime's variable names it for a task."""
 
     @property
     def is_mig_instance(self) -> bool:
@@ -59,6 +65,7 @@ class Gpu:
             "compute_capability": (list(self.compute_capability)
                                    if self.compute_capability else None),
             "mig_enabled": self.mig_enabled, "parent_uuid": self.parent_uuid,
+            "vendor": self.vendor,
         }
 
 
@@ -224,16 +231,25 @@ def declared_gpus(text: str) -> list[Gpu]:
                 isinstance(capability, list) and len(capability) == 2
                 and all(isinstance(c, int) and not isinstance(c, bool) for c in capability)):
             raise ValueError(f"{where}: \"compute_capability\" is [major, minor], as [9, 0]")
+        vendor = item.get("vendor", "nvidia")
+        if vendor not in ("nvidia", "amd"):
+            raise ValueError(f"{where}: \"vendor\" is \"nvidia\" or \"amd\"")
         devices.append(Gpu(index, uuid, str(item.get("name") or "declared GPU"), memory,
-                           tuple(capability) if capability else None))
+                           tuple(capability) if capability else None, vendor=vendor))
     return devices
 
 
 def open_gpus(environ: Mapping[str, str]) -> tuple[GpuSource | None, str]:
-    """The node's devices: those `FLOE_NODE_GPUS` declares, else NVML's; or None and why."""
+    """The node's devices: those `FLOE_NODE_GPUS` declares, else NVML's, else rocm-smi's (AMD);
+    or None and why."""
     text = environ.get(DECLARED)
     if text is None or not text.strip():
-        return open_nvml()
+        source, why = open_nvml()
+        if source is not None:
+            return source, why
+        from pilot.rocm import open_rocm  # only where NVML cannot be used
+        amd, amd_why = open_rocm()
+        return (amd, amd_why) if amd is not None else (None, f"{why}; {amd_why}")
     try:
         devices = declared_gpus(text)
     except ValueError as err:
@@ -259,11 +275,12 @@ def assigned_gpus(
     CUDA_VISIBLE_DEVICES means no GPUs whatever the others say. With no variable set the slot
     has no GPUs, unless `unassigned_means_all` (for `floe run` on a workstation).
     """
-    visible = environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and not visible.strip():
-        return [], "CUDA_VISIBLE_DEVICES is set and empty"
+    for name in VISIBILITY_VARIABLES:
+        visible = environ.get(name)
+        if visible is not None and not visible.strip():
+            return [], f"{name} is set and empty"
     if not devices:
-        return [], "NVML reports no GPUs"
+        return [], "the node lists no GPUs"
     for name, value in _assignments(environ, machine_ad_gpus):
         chosen, unmatched = _match(value, devices)
         source = f"{name}={value}"
@@ -272,9 +289,9 @@ def assigned_gpus(
         return chosen, source
     if unassigned_means_all:
         return ([gpu for gpu in devices if not gpu.mig_enabled],
-                "no GPU assignment variable is set; all GPUs NVML reports")
+                "no GPU assignment variable is set; all GPUs the node lists")
     return [], (f"no GPU assignment variable ({', '.join(ASSIGNMENT_VARIABLES)}) is set, "
-                f"so none of the {len(devices)} devices NVML reports belong to this slot")
+                f"so none of the {len(devices)} devices the node lists belong to this slot")
 
 
 def _assignments(environ: Mapping[str, str],
@@ -315,6 +332,7 @@ def _find(token: str, devices: Sequence[Gpu]) -> Gpu | None:
 
 
 def visible_devices(gpus: Sequence[Gpu]) -> str:
-    """CUDA_VISIBLE_DEVICES naming exactly these devices, by UUID so that the value means the
-    same device even where the batch system renumbers what a job sees."""
+    """CUDA_VISIBLE_DEVICES (or, for AMD devices, ROCR_VISIBLE_DEVICES) naming exactly these
+    devices, by UUID so that the value means the same device even where the batch system
+    renumbers what a job sees."""
     return ",".join(gpu.uuid for gpu in gpus)
