@@ -53,6 +53,9 @@ LEFTOVER_WAIT = 15.0
 """Seconds pilots get to end after the factory has stopped, before the demo removes them."""
 LINE_EVERY = 5.0
 """Seconds between progress lines when the output is not a terminal."""
+MAX_DEMO_GPUS = 16
+"""With --gpu, pilots of the GPU shape the factory may run besides the CPU ones (the local plugin
+starts no more than the machine has GPUs free)."""
 
 
 class DemoError(Exception):
@@ -63,14 +66,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", choices=("local", "slurm"), default="local",
                         help="where pilots run: processes on this machine (default), or the "
                              "single-node SLURM of scripts/batch/slurm.sh")
-    parser.add_argument("--dataset", type=Path, default=Path("examples/demo.json"),
-                        help="the dataset config to run (default examples/demo.json)")
+    parser.add_argument("--dataset", type=Path,
+                        help="the dataset config to run (default examples/demo.json; with "
+                             "--gpu, examples/gpu.json)")
     parser.add_argument("--workdir", type=Path, default=Path("var/demo"),
                         help="where the database, configs and logs go (default var/demo)")
     parser.add_argument("--port", type=int, help="the matchmaker's port (default: a free one)")
     parser.add_argument("--jobs", type=int, help="run this many jobs instead of the dataset's")
     parser.add_argument("--pilots", type=int, default=4,
                         help="most pilots at once (default 4)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="add a shape of 1-GPU pilots, each given a GPU of this machine of "
+                             "its own (the local plugin: those NVML lists)")
+    parser.add_argument("--gpu-devices", type=Path, metavar="FILE",
+                        help="with --gpu, this machine's GPUs as a JSON list, as FLOE_NODE_GPUS "
+                             "takes it, where NVML cannot list them (and for tests)")
 
 
 def free_port() -> int:
@@ -126,6 +136,7 @@ class Demo:
         self.factory: subprocess.Popen | None = None
         self.client = Client(self.url, None)  # with the user's token once there is one
         self.dataset = 0
+        self.gpu_devices: list[dict[str, Any]] = []
         self.started = time.monotonic()
         self.elapsed = 0.0
 
@@ -137,6 +148,17 @@ class Demo:
 
         if self.site == "slurm":
             self.check_slurm()
+        if self.args.gpu and self.site != "local":
+            raise DemoError("--gpu runs GPU pilots with the local plugin: leave --site out")
+        if self.args.gpu_devices is not None:
+            self.gpu_devices = self.read_gpu_devices(self.args.gpu_devices)
+        elif self.args.gpu:
+            from plugins.local import nvml_devices
+
+            found, source = nvml_devices()
+            if not found:
+                raise DemoError(f"--gpu: NVML lists no GPU on this machine ({source}); list "
+                                "its GPUs in a file for --gpu-devices where NVML cannot")
         try:
             document = copy.deepcopy(load(self.args.dataset).raw)
         except ConfigError as exc:
@@ -159,6 +181,20 @@ class Demo:
                 path.unlink(missing_ok=True)
         (self.workdir / "flaky").mkdir()
         return document
+
+    @staticmethod
+    def read_gpu_devices(path: Path) -> list[dict[str, Any]]:
+        """The --gpu-devices list, checked as the pilots will read it."""
+        from pilot.gpus import declared_gpus
+
+        try:
+            text = path.read_text()
+            declared_gpus(text)
+        except OSError as exc:
+            raise DemoError(f"cannot read --gpu-devices {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise DemoError(f"--gpu-devices {path}: {exc}") from None
+        return json.loads(text)
 
     def check_slurm(self) -> None:
         if not SLURM_SCRIPT.exists():
@@ -210,17 +246,23 @@ class Demo:
     def site_toml(self, token_file: Path) -> Path:
         """The factory's config: quick cycles, short-lived idle pilots, all removed on stop."""
         pilots = self.args.pilots
-        document = {
-            "matchmaker": self.url, "factory_id": self.factory_id,
-            "workdir": str(self.workdir / "factory"),
-            "sites": [{"name": self.site, "plugin": self.site, "token_file": str(token_file),
-                       "python": sys.executable, "max_queued": pilots, "max_total": pilots,
-                       "max_per_cycle": pilots, "cycle": "2s", "backoff": "2s",
-                       "removal_grace": "10s", "idle_timeout": "15s", "min_pilot_life": "1s",
-                       "on_stop": "remove-all",
-                       "shapes": [{"name": "small", "cpus": 1, "memory": "1GiB",
-                                   "disk": "2GiB", "walltime": "30m"}]}],
-        }
+        site: dict[str, Any] = {
+            "name": self.site, "plugin": self.site, "token_file": str(token_file),
+            "python": sys.executable, "max_queued": pilots, "max_total": pilots,
+            "max_per_cycle": pilots, "cycle": "2s", "backoff": "2s", "removal_grace": "10s",
+            "idle_timeout": "15s", "min_pilot_life": "1s", "on_stop": "remove-all",
+            "shapes": [{"name": "small", "cpus": 1, "memory": "1GiB", "disk": "2GiB",
+                        "walltime": "30m"}]}
+        if self.args.gpu:
+            site["shapes"].append({"name": "gpu", "cpus": 1, "memory": "8GiB", "disk": "2GiB",
+                                   "gpus": 1, "walltime": "30m"})
+            site["max_total"] = site["max_queued"] = pilots + MAX_DEMO_GPUS
+            site["options"] = {"gpus": "auto"}
+            if self.gpu_devices:
+                site["options"] = {"gpus": [device["uuid"] for device in self.gpu_devices]}
+                site["environment"] = {"FLOE_NODE_GPUS": json.dumps(self.gpu_devices)}
+        document = {"matchmaker": self.url, "factory_id": self.factory_id,
+                    "workdir": str(self.workdir / "factory"), "sites": [site]}
         path = self.workdir / "site.toml"
         path.write_text("# Written by `floe demo`; every key is documented in docs/factory.md.\n"
                         + to_toml(document))
@@ -431,6 +473,11 @@ def run(args: argparse.Namespace) -> int:
     if args.pilots < 1 or (args.jobs is not None and args.jobs < 1):
         print("floe demo: --pilots and --jobs must be at least 1", file=sys.stderr)
         return 2
+    if args.gpu_devices is not None and not args.gpu:
+        print("floe demo: --gpu-devices goes with --gpu", file=sys.stderr)
+        return 2
+    if args.dataset is None:
+        args.dataset = Path("examples/gpu.json" if args.gpu else "examples/demo.json")
     demo = Demo(args)
     previous = {signum: signal.signal(signum, _interrupt)
                 for signum in (signal.SIGTERM, signal.SIGHUP)}

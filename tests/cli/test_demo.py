@@ -5,6 +5,7 @@ site); Ctrl-C in the middle stops everything. None leaves a process or a pilot b
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -101,6 +102,32 @@ def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
     assert processes_in(workdir) == []
     # The record stays: a second run starts afresh in the same workdir.
     assert (workdir / "floe.sqlite").exists()
+
+
+def test_the_gpu_demo_gives_each_gpu_pilot_its_own_device(tmp_path):
+    """`floe demo --gpu` as scripts/gpu-check.sh runs it on a GPU node, here with two declared
+    devices: the GPU tasks run on the pilots given them, each CPU task sees none."""
+    devices = tmp_path / "gpus.json"
+    devices.write_text(json.dumps([
+        {"uuid": f"GPU-5e1f0c2a-0000-4000-8000-00000000000{i}", "name": "Test GPU",
+         "memory": 16 * 2**30, "compute_capability": [8, 0]} for i in (1, 2)]))
+    workdir = tmp_path / "demo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "demo", "--gpu", "--gpu-devices", str(devices),
+         "--workdir", str(workdir), "--jobs", "3", "--pilots", "1"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=BARE_ENV)
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode == 0, out
+    assert "3 jobs of 2 tasks (compute, check)" in out
+    assert re.search(r"^  tasks\s+6 done, 0 failed, of 6$", out, re.M), out
+    given = re.search(r"^\s+user\s+devices_given\s+3\s+3\s", out, re.M)
+    assert given, out  # each of the 3 GPU tasks was given one device
+    assert re.search(r"^\s+user\s+cpu_task_gpus\s+3\s+0\s", out, re.M), out
+    site = tomllib.loads((workdir / "site.toml").read_text())["sites"][0]
+    assert [s["name"] for s in site["shapes"]] == ["small", "gpu"]
+    assert site["options"]["gpus"] == [d["uuid"] for d in json.loads(devices.read_text())]
+    assert processes_in(workdir) == []
 
 
 def slurm_jobs_named(part: str) -> list[str]:
