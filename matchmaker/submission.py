@@ -1,8 +1,9 @@
 """Submitting a dataset, and creating its jobs and tasks a chunk at a time in the background.
 
-A submit stores only the dataset row (with its validated config) and reserves a block of task
-ids, so it answers at once however many jobs the dataset has. The materializer then inserts
-jobs and tasks in chunks of a few thousand rows, each its own short transaction interleaved with
+A submit stores the dataset row (with its validated config) and its first jobs (at most
+INLINE_TASKS tasks) and reserves a block of task ids, so it answers at once however many jobs
+the dataset has. The materializer then inserts the rest,
+in chunks of a few thousand rows, each its own short transaction interleaved with
 the pilots' commits, and makes each chunk's first tasks matchable as soon as it commits: a
 million-job dataset starts running within a second and never blocks other requests.
 """
@@ -23,6 +24,10 @@ from .storage import writes
 
 log = logging.getLogger(__name__)
 
+INLINE_TASKS = 1000
+"""Tasks stored with the dataset itself, at most (the first jobs'): a submit's transaction stays
+short however large the dataset, and a small one needs no second commit to start."""
+
 
 async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     """Validate and store a dataset config; its jobs are created in the background."""
@@ -36,22 +41,36 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     base = engine.next_task_id
     engine.next_task_id += config.jobs * len(config.tasks)
 
+    # The first jobs are stored with the dataset, in its transaction: a small dataset's tasks
+    # are matchable the moment the submit commits (one commit, not two, before a held ask of
+    # an idle pilot is answered); the rest are created in the background.
+    first = min(config.jobs, max(1, INLINE_TASKS // len(config.tasks)))
+    rows = DatasetState(Dataset(0, user.user_id, config, base, now), DatasetStatus.PROCESSING,
+                        config.priority).add_jobs(0, first, False)
+
+    def store(conn: Any) -> int:
+        dataset_id = writes.add_dataset(
+            conn, user_id=user.user_id, description=config.description,
+            config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
+            task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
+            now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks")
+        writes.add_jobs(conn, dataset_id, 0, first, rows, now)
+        return dataset_id
+
     def register(dataset_id: int) -> None:
         state = DatasetState(Dataset(dataset_id, user.user_id, config, base, now),
                              DatasetStatus.PROCESSING, config.priority)
         engine.add_dataset(state)
+        state.commit_jobs(0, first, False)
 
     tasks = config.jobs * len(config.tasks)
     engine.submitting[user.user_id] = engine.submitting.get(user.user_id, 0) + tasks
     try:
-        dataset_id = await engine.db.exclusive(lambda conn: writes.add_dataset(
-            conn, user_id=user.user_id, description=config.description,
-            config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
-            task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
-            now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks"), after=register)
+        dataset_id = await engine.db.exclusive(store, after=register)
     finally:
         engine.submitting[user.user_id] -= tasks
-    engine.materializing.set()
+    if first < config.jobs:
+        engine.materializing.set()
     return engine.datasets[dataset_id]
 
 
