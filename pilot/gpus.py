@@ -191,8 +191,9 @@ def open_nvml() -> tuple[NvmlSource | None, str]:
 DECLARED = "FLOE_NODE_GPUS"
 
 
-class DeclaredSource:
-    """`GpuSource` over devices declared in `FLOE_NODE_GPUS`: listed, never measured."""
+class ListedSource:
+    """`GpuSource` over a list of devices (declared in `FLOE_NODE_GPUS`, or from rocm-smi):
+    listed, never measured."""
 
     def __init__(self, devices: list[Gpu]) -> None:
         self._devices = devices
@@ -254,7 +255,7 @@ def open_gpus(environ: Mapping[str, str]) -> tuple[GpuSource | None, str]:
         devices = declared_gpus(text)
     except ValueError as err:
         return None, str(err)
-    return DeclaredSource(devices), f"{len(devices)} GPUs declared in {DECLARED}"
+    return ListedSource(devices), f"{len(devices)} GPUs declared in {DECLARED}"
 
 
 def _text(value: Any) -> str:

@@ -13,29 +13,12 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Collection, Sequence
 from typing import Any
 
-from pilot.gpus import Gpu
+from pilot.gpus import Gpu, ListedSource
 
 COMMAND = ["rocm-smi", "--showuniqueid", "--showproductname", "--showmeminfo", "vram", "--json"]
 TIMEOUT = 20.0
-
-
-class RocmSource:
-    """`GpuSource` over the devices rocm-smi listed: listed, never measured."""
-
-    def __init__(self, devices: list[Gpu]) -> None:
-        self._devices = devices
-
-    def devices(self) -> list[Gpu]:
-        return list(self._devices)
-
-    def process_memory(self, gpus: Sequence[Gpu], pids: Collection[int]) -> dict[str, int]:
-        return {}
-
-    def device_memory(self, gpus: Sequence[Gpu]) -> dict[str, int]:
-        return {}
 
 
 def parse_rocm_smi(text: str) -> list[Gpu]:
@@ -58,7 +41,7 @@ def parse_rocm_smi(text: str) -> list[Gpu]:
     return devices
 
 
-def open_rocm() -> tuple[RocmSource | None, str]:
+def open_rocm() -> tuple[ListedSource | None, str]:
     """The AMD GPUs rocm-smi lists, or None and why there are none."""
     if shutil.which(COMMAND[0]) is None:
         return None, "no rocm-smi on the PATH"
@@ -68,7 +51,7 @@ def open_rocm() -> tuple[RocmSource | None, str]:
         devices = parse_rocm_smi(done.stdout)
     except (OSError, subprocess.TimeoutExpired, ValueError) as err:
         return None, f"rocm-smi cannot list the GPUs: {err}"
-    return RocmSource(devices), f"rocm-smi: {len(devices)} AMD GPUs"
+    return ListedSource(devices), f"rocm-smi: {len(devices)} AMD GPUs"
 
 
 def _field(card: dict[str, Any], words: str) -> Any:
