@@ -157,8 +157,10 @@ class Demo:
 
             found, source = nvml_devices()
             if not found:
-                raise DemoError(f"--gpu: NVML lists no GPU on this machine ({source}); list "
-                                "its GPUs in a file for --gpu-devices where NVML cannot")
+                raise DemoError(f"--gpu: NVML lists no GPU on this machine ({source}); "
+                                "where NVML cannot list them, give them with --gpu-devices "
+                                "FILE, a JSON list as FLOE_NODE_GPUS takes it (README, \"GPU "
+                                "nodes\")")
         try:
             document = copy.deepcopy(load(self.args.dataset).raw)
         except ConfigError as exc:
@@ -302,6 +304,10 @@ class Demo:
         print(f"  matchmaker  {self.url} on {shown(self.db)}, log "
               f"{shown(self.workdir / 'server.log')}")
         print(f"  factory     up to {counted(self.args.pilots, 'pilot')} of 1 CPU, as {where}")
+        if self.args.gpu:
+            devices = (f"the {len(self.gpu_devices)} declared in {shown(self.args.gpu_devices)}"
+                       if self.gpu_devices else "those NVML lists")
+            print(f"              and 1-GPU pilots, each given a GPU of its own: {devices}")
         print(f"              config {shown(config)}, log "
               f"{shown(self.workdir / 'factory.log')}")
         print("  follow it from another terminal too:")

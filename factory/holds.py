@@ -31,9 +31,10 @@ FIXES = {
                      "its GPUs by",
     ("gpus", "pbs"): "the queue's nodes give no GPU: choose a GPU queue (options.queue), or "
                      "add the cluster's GPU request to the site's directives",
-    ("gpus", "local"): "this machine has no free device for it: list its GPUs in the local "
-                       "plugin's gpus option, or declare them with FLOE_NODE_GPUS where NVML "
-                       "cannot be reached",
+    ("gpus", "local"): "the pilot found none of the GPUs it was given: where NVML cannot be "
+                       "used (the finding says), declare the machine's GPUs with "
+                       "FLOE_NODE_GPUS in the site's environment; where the plugin gave it "
+                       "none, list them in the local plugin's gpus option",
     ("memory", None): "the nodes (or the batch system's limit) give less memory than the "
                       "shape: lower the shape's memory, or choose a partition or queue of "
                       "bigger nodes",

@@ -142,6 +142,8 @@ class Judging:
             if shape is None:
                 continue
             findings = short.get(batch_id)
+            if findings:
+                self._short_pilots.add(batch_id)  # its ending empty says nothing more
             if not findings:
                 if self.holds.release(shape):
                     log.warning("site %s: pilot %s found all that the %s shape promises; its "
@@ -165,6 +167,9 @@ class Judging:
         registered = set(registered)
         for batch_id, pilot in ended.items():
             shape = pilot.shape
+            if batch_id in self._short_pilots:
+                self._short_pilots.discard(batch_id)
+                continue  # it could not take the shape's work: said, and held, already
             if batch_id not in empty:
                 if pilot.registered or batch_id in registered:  # it ran a task
                     self._empty_row.pop(shape, None)
@@ -181,8 +186,9 @@ class Judging:
             why = (f"{row} {shape} pilots in a row ended without a task while "
                    f"{counted(waiting, 'ready task')} that the demand counts for the shape "
                    "waited: the tasks may need what its pilots do not offer (an OS, an "
-                   "architecture or a site that the shape names but its nodes do not have: see "
-                   "a pilot's log for the matchmaker's reason)")
+                   "architecture or a site that the shape names but its nodes do not have, or "
+                   "a GPU memory, model or compute capability the shape does not describe: "
+                   "a pilot's log ends with the matchmaker's reason)")
             hold = self.holds.hold(shape, why, now, kind="empty")
             if hold is not None:
                 log.warning("site %s: %s. No %s pilot is submitted for %.0f s, then one to try "

@@ -101,6 +101,7 @@ class SiteRunner(Judging):
         self._held: set[str] = set()  # tracked pilots the batch system holds
         self._untold: dict[str, Tracked] = {}  # ended pilots the matchmaker was not told of
         self._empty_row: dict[str, int] = {}  # pilots of each shape that ended empty in a row
+        self._short_pilots: set[str] = set()  # live pilots that found less than their shape
         self._unfit_said: tuple[Any, float] | None = None  # what _unfit last logged, and when
         self._away_said = 0.0  # when _away last logged
         self._unqueried = False  # the last cycle could not query the batch system
@@ -362,8 +363,8 @@ class SiteRunner(Judging):
         self._save(now)
 
     def _submit(self, shape: PilotShape, count: int, now: float) -> None:
-        count = self._room(shape, count)
-        count = self.holds.allowed(shape.name, count, now) if count else 0
+        count = self.holds.allowed(shape.name, count, now)
+        count = self._room(shape, count) if count else 0
         if not count:
             return
         try:
@@ -389,14 +390,14 @@ class SiteRunner(Judging):
     def _room(self, shape: PilotShape, count: int) -> int:
         """`count`, or fewer where the batch system can start no more of `shape` now (the local
         plugin, out of free GPUs): said in the log when that begins or its reason changes, and
-        in status.json (`waiting`) while it lasts."""
+        in status.json (`waiting`, its reason as of the last cycle) while it lasts."""
         room, why = self.plugin.room(shape)
         waiting = self.last.setdefault("waiting", {})
         if room is None or room >= count:
             if waiting.pop(shape.name, None) is not None:
                 log.info("site %s: %s pilots can start again", self.name, shape.name)
             return count
-        if waiting.get(shape.name) != why:
+        if shape.name not in waiting:  # said when the wait begins; status.json keeps it fresh
             log.warning("site %s: %s of %s wanted started now, the others %s", self.name,
                         room, counted(count, f"{shape.name} pilot"), why)
         waiting[shape.name] = why

@@ -111,6 +111,7 @@ class Pilot:
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
         self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
+        self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
 
     @property
@@ -294,7 +295,8 @@ class Pilot:
         if reason == "lifetime":
             return f"{situation.seconds_left}s left in the slot, too little for a task"
         if reason == "idle":
-            return f"no work for {format_duration(self.settings.idle_timeout)}"
+            said = f"; the matchmaker said: {self._idle_reason}" if self._idle_reason else ""
+            return f"no work for {format_duration(self.settings.idle_timeout)}{said}"
         free = self.claims.free()
         return (f"the slot offers nothing a task could use ({free.cpus} CPUs, {free.memory} "
                 f"bytes of memory, {free.disk} bytes of disk); see floe pilot --probe")
@@ -362,6 +364,8 @@ class Pilot:
 
     def _no_work(self, now: float, answer: Mapping[str, Any], seconds: int,
                  held: bool = False) -> None:
+        if answer.get("reason"):
+            self._idle_reason = str(answer["reason"])
         shortest = answer.get("shortest_walltime")
         if shortest is not None and seconds < shortest:
             self._stop_asking("lifetime", f"{format_duration(seconds)} left, and the shortest "

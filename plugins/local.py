@@ -172,8 +172,8 @@ class LocalPlugin(BatchPlugin):
                        "them in the local plugin's gpus option")
         held = self._held_gpus() & set(devices)
         return (len(devices) - len(held)) // shape.gpus, (
-            f"waiting for GPUs: of the machine's {len(devices)} ({source}), {len(held)} are "
-            f"held by live pilots, and a {shape.name} pilot needs {shape.gpus}")
+            f"waiting for GPUs: the machine has {len(devices)} ({source}), live pilots hold "
+            f"{len(held)}, and a {shape.name} pilot needs {shape.gpus}")
 
     def _held_gpus(self) -> set[str]:
         """The devices that live pilots hold, of every factory sharing the state directory."""
