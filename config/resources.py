@@ -12,7 +12,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
@@ -152,10 +152,17 @@ class Requirements:
     compute_capability: tuple[int, int] = (0, 0)
     """Least CUDA compute capability of each of its GPUs ((0, 0): any)."""
 
-    @property
-    def gpu_kind(self) -> bool:
-        """Whether it asks for GPUs of some kind, not only for a count."""
-        return bool(self.gpu_memory or self.gpu_model or self.compute_capability != (0, 0))
+    gpu_kind: bool = field(init=False, repr=False, compare=False)
+    """Whether it asks for GPUs of some kind, not only for a count."""
+    patterned: bool = field(init=False, repr=False, compare=False)
+    """Whether fitting it takes more than comparing numbers (patterns, GPU kinds)."""
+
+    def __post_init__(self) -> None:
+        # Decided once, not at each of the many fits a matchmaker checks.
+        kind = bool(self.gpu_memory or self.gpu_model or self.compute_capability != (0, 0))
+        object.__setattr__(self, "gpu_kind", kind)
+        object.__setattr__(self, "patterned", bool(
+            kind or self.os or self.arch or self.sites or self.exclude_sites))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -138,8 +138,7 @@ class DatasetQueue:
             if (req.cpus > slot.cpus or req.memory > slot.memory or req.gpus > slot.gpus
                     or req.walltime > slot.seconds or req.disk > slot.disk):
                 continue
-            if (req.os or req.arch or req.sites or req.exclude_sites or req.gpu_kind) \
-                    and not fits(req, slot):
+            if req.patterned and not fits(req, slot):
                 continue
             candidates.append(task_class)
         if not candidates:

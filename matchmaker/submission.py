@@ -2,10 +2,10 @@
 
 A submit stores the dataset row (with its validated config) and its first jobs (at most
 INLINE_TASKS tasks) and reserves a block of task ids, so it answers at once however many jobs
-the dataset has. The materializer then inserts the rest,
-in chunks of a few thousand rows, each its own short transaction interleaved with
-the pilots' commits, and makes each chunk's first tasks matchable as soon as it commits: a
-million-job dataset starts running within a second and never blocks other requests.
+the dataset has. The materializer then inserts the rest in chunks of a few thousand rows, each
+its own short transaction interleaved with the pilots' commits, and makes each chunk's first
+tasks matchable as soon as it commits: a million-job dataset starts running within a second and
+never blocks other requests.
 """
 
 from __future__ import annotations

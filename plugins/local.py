@@ -92,6 +92,12 @@ def process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
+def _alive(record: dict) -> bool:
+    """Whether the pilot a record names is still running (the same process: pid and start)."""
+    return record.get("start") is not None \
+        and process_start(int(record["pid"])) == record["start"]
+
+
 def nvml_devices() -> tuple[list[str], str]:
     """The UUIDs of the GPUs NVML reports on this machine, and a few words on where they come
     from (or why there are none)."""
@@ -180,10 +186,8 @@ class LocalPlugin(BatchPlugin):
         held: set[str] = set()
         for path in self.state_dir.glob("*.json"):
             record = self._record(path)
-            if not record or not record.get("gpus") or self._path(path.stem, "exit").exists():
-                continue
-            if record.get("start") is not None \
-                    and process_start(int(record["pid"])) == record["start"]:
+            if record and record.get("gpus") and not self._path(path.stem, "exit").exists() \
+                    and _alive(record):
                 held.update(record["gpus"])
         return held
 
@@ -294,8 +298,7 @@ class LocalPlugin(BatchPlugin):
     def _info(self, batch_id: str, record: dict) -> PilotInfo | None:
         exit_file = self._path(batch_id, "exit")
         pid = int(record["pid"])
-        alive = record.get("start") is not None and process_start(pid) == record["start"]
-        if not exit_file.exists() and not alive:
+        if not exit_file.exists() and not _alive(record):
             # Ended without its wrapper seeing it: killed from outside, or the machine restarted.
             exit_file.write_text("lost\n")
         if exit_file.exists():
