@@ -409,7 +409,8 @@ def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
         outcome that had made the task ready takes it back itself (and drops this attempt)."""
         pilot.attempts.discard(attempt_id)
         engine.user_usage.charge(dataset.user_id, -charge, now)
-        engine.dataset_usage.charge(dataset.id, -charge, now)
+        if dataset.id in engine.datasets:  # not when its submit failed to commit as well
+            engine.dataset_usage.charge(dataset.id, -charge, now)
         if engine.active.pop(attempt_id, None) is active \
                 and dataset.state(task_id) == TaskState.PROCESSING:
             dataset.move(task_id, TaskState.READY)

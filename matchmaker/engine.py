@@ -184,6 +184,7 @@ class Engine:
         self.next_attempt_id = 1
         self.next_pilot_id = 1
         self.next_task_id = 1
+        self.next_dataset_id = 1
         self._job_locks: dict[JobKey, collections.deque[asyncio.Future]] = {}
         # What each factory said it has queued at each site (demand.py).
         self.queued_pilots: dict[tuple[str, str], Any] = {}
@@ -201,8 +202,6 @@ class Engine:
         # epoch of their queues together: queue.Owner).
         self.missed_users: dict[Slot, dict[tuple[int, bool | None], tuple[int, int]]] = {}
         self.owners: dict[int, Owner] = {}  # by user: the ready counts of their queues
-        # Tasks of datasets being submitted, by user, until they are stored (submission.py).
-        self.submitting: dict[int, int] = {}
         self.started = now
         self.stopped = False
         self.last_sweep: float | None = None
@@ -220,6 +219,18 @@ class Engine:
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)
         self.next_task_id = max(self.next_task_id, dataset.base + dataset.total_tasks)
+
+    def forget_dataset(self, dataset: DatasetState) -> None:
+        """Take a dataset out of memory again (its submit did not commit)."""
+        dataset.queue.clear()
+        self.dataset_usage.forget(dataset.id)  # while its group (its user) is still known
+        self.datasets.pop(dataset.id, None)
+        mine = self.by_user.get(dataset.user_id, [])
+        if dataset in mine:
+            mine.remove(dataset)
+        # Its user's counts no longer see it, whatever is still undone into its queue later.
+        dataset.queue.owner.epoch += 1
+        dataset.queue.adopt(Owner())
 
     def dataset_of(self, task_id: int) -> DatasetState | None:
         for dataset in self.datasets.values():
@@ -286,7 +297,8 @@ class Engine:
                 learned = dataset.learned[row["task_index"]] = Learned()
                 learned.seed(row["mean"], math.sqrt(max(row["m2"], 0.0) / row["count"]),
                              row["max"], row["count"])
-        self.next_attempt_id, self.next_pilot_id = await queries.next_ids(db)
+        self.next_attempt_id, self.next_pilot_id, self.next_dataset_id = \
+            await queries.next_ids(db)
         for dataset in self.datasets.values():
             dataset.rebuild_queue()
 

@@ -88,6 +88,14 @@ class Ledger:
         self._scaled[key] = value * 2.0 ** ((at - self._t0) / self.half_life)
         self.rerank(key)
 
+    def forget(self, key: Hashable) -> None:
+        """Drop `key` and its usage."""
+        self._scaled.pop(key, None)
+        rank = self._rank.pop(key, None)
+        if rank is not None:
+            order = self._order[self._group(key)]
+            del order[bisect.bisect_left(order, (rank, key))]
+
     def _rescale(self, now: float) -> None:
         factor = 2.0 ** (-(now - self._t0) / self.half_life)
         self._scaled = {k: v * factor for k, v in self._scaled.items()}

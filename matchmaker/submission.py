@@ -1,11 +1,11 @@
 """Submitting a dataset, and creating its jobs and tasks a chunk at a time in the background.
 
 A submit stores the dataset row (with its validated config) and its first jobs (at most
-INLINE_TASKS tasks) and reserves a block of task ids, so it answers at once however many jobs
-the dataset has. The materializer then inserts the rest in chunks of a few thousand rows, each
-its own short transaction interleaved with the pilots' commits, and makes each chunk's first
-tasks matchable as soon as it commits: a million-job dataset starts running within a second and
-never blocks other requests.
+INLINE_TASKS tasks) in one batch of the group commit and reserves a block of task ids, so it
+answers at once however many jobs the dataset has. The materializer then inserts the rest in
+chunks of a few thousand rows, each its own short transaction interleaved with the pilots'
+commits, and makes each chunk's first tasks matchable as soon as it commits: a million-job
+dataset starts running within a second and never blocks other requests.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .engine import Engine, User
 from .errors import BadRequest
 from .model import Dataset, DatasetState, DatasetStatus
 from .storage import writes
+from .storage.database import Batch
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +37,35 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
         check_sample_jobs(config)
     except ConfigError as exc:
         raise BadRequest("the dataset config is not valid:\n" + str(exc)) from exc
+    if engine.db.gated:
+        await engine.db.turn()
     check_limits(engine, user, config.jobs, len(config.tasks))
     now = engine.clock()
     base = engine.next_task_id
     engine.next_task_id += config.jobs * len(config.tasks)
+    dataset_id = engine.next_dataset_id
+    engine.next_dataset_id += 1
 
-    # The first jobs are stored with the dataset, in its transaction: a small dataset's tasks
-    # are matchable the moment the submit commits (one commit, not two, before a held ask of
-    # an idle pilot is answered); the rest are created in the background.
+    # The first jobs are stored with the dataset, in its batch, and are matchable at once: a
+    # held ask of an idle pilot is answered with one of them in the same group commit as the
+    # submit (its attempt's rows come after the dataset's), not one commit after it; the rest
+    # are created in the background. Should the commit fail, the dataset leaves memory again.
     first = min(config.jobs, max(1, INLINE_TASKS // len(config.tasks)))
-    rows = DatasetState(Dataset(0, user.user_id, config, base, now), DatasetStatus.PROCESSING,
-                        config.priority).add_jobs(0, first, False)
-
-    def store(conn: Any) -> int:
-        dataset_id = writes.add_dataset(
-            conn, user_id=user.user_id, description=config.description,
-            config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
-            task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING,
-            now=now, detail=f"{config.jobs} jobs of {len(config.tasks)} tasks")
-        writes.add_jobs(conn, dataset_id, 0, first, rows, now)
-        return dataset_id
-
-    def register(dataset_id: int) -> None:
-        state = DatasetState(Dataset(dataset_id, user.user_id, config, base, now),
-                             DatasetStatus.PROCESSING, config.priority)
-        engine.add_dataset(state)
-        state.commit_jobs(0, first, False)
-
-    tasks = config.jobs * len(config.tasks)
-    engine.submitting[user.user_id] = engine.submitting.get(user.user_id, 0) + tasks
-    try:
-        dataset_id = await engine.db.exclusive(store, after=register)
-    finally:
-        engine.submitting[user.user_id] -= tasks
+    state = DatasetState(Dataset(dataset_id, user.user_id, config, base, now),
+                         DatasetStatus.PROCESSING, config.priority)
+    rows = state.add_jobs(0, first, False)
+    batch = writes.add_dataset(
+        Batch(), dataset_id, user_id=user.user_id, description=config.description,
+        config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
+        task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING, now=now,
+        detail=f"{config.jobs} jobs of {len(config.tasks)} tasks", first_jobs=first, tasks=rows)
+    engine.add_dataset(state)
+    state.commit_jobs(0, first, False)
+    batch.on_failure(lambda: engine.forget_dataset(state))
+    await engine.db.write(batch, gather=bool(engine.holding.held))
     if first < config.jobs:
         engine.materializing.set()
-    return engine.datasets[dataset_id]
+    return state
 
 
 def check_limits(engine: Engine, user: User, jobs: int, tasks_per_job: int) -> None:
@@ -82,7 +76,7 @@ def check_limits(engine: Engine, user: User, jobs: int, tasks_per_job: int) -> N
         raise BadRequest(f"jobs: this server takes at most {settings.max_jobs_per_dataset:,} "
                          f"jobs per dataset (max_jobs_per_dataset), got {jobs:,}; submit the "
                          "production as several datasets")
-    unfinished = engine.submitting.get(user.user_id, 0) + sum(
+    unfinished = sum(
         d.unfinished() for d in engine.datasets.values() if d.user_id == user.user_id)
     limit = settings.max_queued_tasks_per_user
     if unfinished + jobs * tasks_per_job > limit:

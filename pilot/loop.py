@@ -512,7 +512,7 @@ class Pilot:
         """Keep the collected reports when they are due, and deliver what waits, with the ask
         riding on the last request when asking is due."""
         if self.reports.due(now, self._linger(now)):
-            self.reports.keep()
+            self.reports.keep(sending=True)
         pilot_id = None if self._token_refused else self.pilot_id
 
         def plan() -> AskPlan | None:

@@ -1,12 +1,13 @@
 """The reports of a pilot's finished attempts, from the moment a lane hands them over until the
 matchmaker acknowledges them.
 
-Finished tasks' reports are kept in the outbox as one batch (one file, one `fdatasync`) before
-they are sent, in one bulk report per request that carries the pilot's next ask when asking is
-due; the reports of short tasks may wait up to `report_linger` for others to go with them. A
-report the matchmaker cannot be reached for waits (on disk) with a backoff; one it refuses is set
-aside in the outbox; reports an earlier pilot left on the same scratch go one by one, by their
-passkeys. Until it is acknowledged, a report's attempt is still held: the heartbeat names it.
+Finished tasks' reports are kept in the outbox as one batch (one file) before they are sent,
+made durable on disk (its syncs) only if they are still there when the sending is over, in one
+bulk report per request that carries the pilot's next ask when asking is due; the reports of
+short tasks may wait up to `report_linger` for others to go with them. A report the matchmaker
+cannot be reached for waits (on disk) with a backoff; one it refuses is set aside in the outbox;
+reports an earlier pilot left on the same scratch go one by one, by their passkeys. Until it is
+acknowledged, a report's attempt is still held: the heartbeat names it.
 """
 
 from __future__ import annotations
@@ -122,14 +123,17 @@ class Reports:
             return True
         return now >= self.unkept[0].at + linger
 
-    def keep(self) -> None:
-        """Keep the collected reports in the outbox, as one batch."""
+    def keep(self, sending: bool = False) -> None:
+        """Keep the collected reports in the outbox, as one batch; `sending`: `deliver` is
+        called next, and makes them durable if they are still there after it (while a backoff
+        holds the sending back, they are made durable now)."""
         if not self.unkept:
             return
         deliveries = [Delivery(done.attempt.attempt_id, done.attempt.passkey, done.report,
                                done.logs) for done in self.unkept]
         try:
-            self.outbox.put_many(deliveries)
+            self.outbox.put_many(deliveries,
+                                 durable=not sending or self.clock() < self._deliver_after)
         except OSError as err:
             log.error("attempts %s: cannot keep their reports in %s (%s); they will be sent "
                       "from memory only", ", ".join(str(d.attempt_id) for d in deliveries),
@@ -143,7 +147,19 @@ class Reports:
                 plan_ask: Callable[[], AskPlan | None]) -> Answered | None:
         """Send what waits in the outbox, if its backoff allows: an earlier pilot's reports one
         by one, this pilot's in bulk (all one by one while it has no pilot id or token); the
-        last bulk request carries the ask `plan_ask` plans, whose answer is returned."""
+        last bulk request carries the ask `plan_ask` plans, whose answer is returned. What
+        is still in the outbox after it is made durable there."""
+        try:
+            return self._deliver(now, pilot_id, plan_ask)
+        finally:
+            try:
+                self.outbox.sync()
+            except OSError as err:
+                log.error("reports waiting in %s may not survive a crash of this node: %s",
+                          self.outbox.directory, err.strerror or err)
+
+    def _deliver(self, now: float, pilot_id: int | None,
+                 plan_ask: Callable[[], AskPlan | None]) -> Answered | None:
         if not self.pending or now < self._deliver_after:
             return None
         theirs = [p for p in self.pending.values() if p.asked_at is None]

@@ -125,6 +125,7 @@ class _Pending:
     after: Callable[[Any], None] | None = None
     stop: bool = False
     alone: bool = False
+    gather: bool = False
     since: float = field(default_factory=time.monotonic)
 
 
@@ -214,12 +215,15 @@ class Database:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._writer.close)
             self._thread.shutdown()
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: Batch, gather: bool = False) -> None:
         """Commit `batch` (shared with concurrent batches); raises StaleWrite if a guard failed.
-        A batch that cannot be queued (the database is closing) is undone and refused."""
+        A batch that cannot be queued (the database is closing) is undone and refused. With
+        `gather`, it goes to the writer a turn of the event loop later, in one group with the
+        batches of the requests it has just woken (a held ask given a task it made ready)."""
         if not batch:
             return
-        await self._enqueue(_Pending(asyncio.get_running_loop().create_future(), batch=batch))
+        await self._enqueue(_Pending(asyncio.get_running_loop().create_future(), batch=batch,
+                                     gather=gather))
 
     async def write_each(self, batches: Sequence[Batch]) -> list[Exception | None]:
         """Commit several batches, each all or nothing on its own but queued together, so that
@@ -326,7 +330,7 @@ class Database:
             self._refuse(items, f"the database {self.path} is closed")
             raise
         if (not self._pending and not self._holding and self._process.alive
-                and all(item.batch is not None for item in items)):
+                and all(item.batch is not None and not item.gather for item in items)):
             self._hand_over(items)
             return
         self._pending.extend(items)
@@ -351,6 +355,10 @@ class Database:
                         self._pending.popleft()
                         await self._run_planned(head)
                         continue
+                    if head.gather:
+                        # Those it woke are a turn away from queueing theirs (see write).
+                        head.gather = False
+                        await asyncio.sleep(0)
                     taken = []
                     while (self._pending and self._pending[0].batch is not None
                            and len(taken) < self._max_group):

@@ -68,11 +68,12 @@ async def wall_times(db: Database) -> list[Any]:
         " WHERE kind = 'resource' AND name = 'wall_time'")
 
 
-async def next_ids(db: Database) -> tuple[int, int]:
-    """The next free attempt id and pilot id."""
+async def next_ids(db: Database) -> tuple[int, int, int]:
+    """The next free attempt id, pilot id and dataset id."""
     attempts = await db.fetchone("SELECT max(attempt_id) AS a FROM attempts")
     pilots = await db.fetchone("SELECT max(pilot_id) AS p FROM pilots")
-    return (attempts["a"] or 0) + 1, (pilots["p"] or 0) + 1
+    datasets = await db.fetchone("SELECT max(dataset_id) AS d FROM datasets")
+    return (attempts["a"] or 0) + 1, (pilots["p"] or 0) + 1, (datasets["d"] or 0) + 1
 
 
 async def ended_attempt(db: Database, attempt_id: int) -> Any:

@@ -24,6 +24,25 @@ from config.states import AttemptState, TaskState
 
 from .database import Batch, StaleWrite, Statement
 
+# A submit's rows run first in their group commit: a dispatch of one of its tasks may share it.
+ADD_DATASET = Statement(
+    "submit dataset",
+    "INSERT INTO datasets (dataset_id, user_id, description, config, jobs, tasks_per_job,"
+    " task_id_base, jobs_materialized, priority, status, created, updated)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    order=1)
+
+ADD_JOB = Statement(
+    "add job",
+    "INSERT INTO jobs (dataset_id, job_index, state) VALUES (?, ?, 'waiting')",
+    order=2)
+
+ADD_TASK = Statement(
+    "add task",
+    "INSERT INTO tasks (task_id, dataset_id, job_index, task_index, state, updated)"
+    " VALUES (?, ?, ?, ?, ?, ?)",
+    order=3)
+
 INSERT_PILOT = Statement(
     "register pilot",
     "INSERT INTO pilots (pilot_id, site_id, host, batch_system, batch_id, resources, state,"
@@ -336,30 +355,28 @@ def add_pilot_tokens(conn: sqlite3.Connection, site_id: int, token_hashes: Itera
                  (now,))
 
 
-def add_dataset(conn: sqlite3.Connection, *, user_id: int, description: str, config: str,
+def add_dataset(batch: Batch, dataset_id: int, *, user_id: int, description: str, config: str,
                 jobs: int, tasks_per_job: int, task_id_base: int, priority: float, status: str,
-                now: float, detail: str) -> int:
-    """Insert a dataset (`config` is its JSON text) with its "submit" event; returns its id."""
-    cursor = conn.execute(
-        "INSERT INTO datasets (user_id, description, config, jobs, tasks_per_job,"
-        " task_id_base, priority, status, created, updated)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (user_id, description, config, jobs, tasks_per_job, task_id_base, priority, status,
-         now, now))
-    conn.execute(ADD_EVENT.sql, (now, cursor.lastrowid, user_id, "submit", detail))
-    return cursor.lastrowid
+                now: float, detail: str, first_jobs: int,
+                tasks: Iterable[tuple[int, int, int, str]]) -> Batch:
+    """A new dataset (`config` is its JSON text) with its "submit" event and its first
+    `first_jobs` jobs, waiting, with their tasks given as (task_id, job_index, task_index,
+    state)."""
+    batch.add(ADD_DATASET, (dataset_id, user_id, description, config, jobs, tasks_per_job,
+                            task_id_base, first_jobs, priority, status, now, now))
+    batch.add(ADD_EVENT, (now, dataset_id, user_id, "submit", detail))
+    batch.extend(ADD_JOB, ((dataset_id, job) for job in range(first_jobs)))
+    return batch.extend(ADD_TASK, ((task_id, dataset_id, job, index, state, now)
+                                   for task_id, job, index, state in tasks))
 
 
 def add_jobs(conn: sqlite3.Connection, dataset_id: int, first: int, count: int,
              tasks: Iterable[tuple[int, int, int, str]], now: float) -> None:
     """Insert jobs [first, first + count) of a dataset, waiting, with their tasks given as
     (task_id, job_index, task_index, state)."""
-    conn.executemany("INSERT INTO jobs (dataset_id, job_index, state) VALUES (?, ?, 'waiting')",
-                     ((dataset_id, j) for j in range(first, first + count)))
-    conn.executemany("INSERT INTO tasks (task_id, dataset_id, job_index, task_index, state,"
-                     " updated) VALUES (?, ?, ?, ?, ?, ?)",
-                     ((task_id, dataset_id, job, index, state, now)
-                      for task_id, job, index, state in tasks))
+    conn.executemany(ADD_JOB.sql, ((dataset_id, j) for j in range(first, first + count)))
+    conn.executemany(ADD_TASK.sql, ((task_id, dataset_id, job, index, state, now)
+                                    for task_id, job, index, state in tasks))
     conn.execute("UPDATE datasets SET jobs_materialized = ? WHERE dataset_id = ?",
                  (first + count, dataset_id))
 

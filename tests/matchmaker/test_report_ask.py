@@ -390,3 +390,87 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
                                               s.failure(), dict(FREE, memory=2**20),
                                               first.pilot_id)
     assert answer["task_state"] == "ready" and "retry 1 of" in answer["reason"]
+
+
+async def test_a_submitted_task_is_handed_out_before_the_submit_has_committed(engine):
+    """A submit's rows go to the group commit like a dispatch's: a pilot's ask is given its
+    task while the submit still waits for the disk, and both are recorded."""
+    from matchmaker import submission
+    from matchmaker.storage import queries
+
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    p = await s.pilot(engine, site)
+    conn = sqlite3.connect(engine.db.path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")  # the writer waits for the file's lock until COMMIT
+    try:
+        submitting = asyncio.create_task(submission.submit(engine, alice, s.config(jobs=1)))
+        await asyncio.sleep(0.01)
+        assert not submitting.done()
+        asking = asyncio.create_task(s.ask(engine, p))
+        await asyncio.sleep(0.01)
+        assert engine.active, "the task is handed out from memory before anything committed"
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+    dataset = await submitting
+    given = await asking
+    assert given is not None and given.task_id == dataset.task_id(0, 0)
+    assert (await queries.ended_attempt(engine.db, given.attempt_id))["state"] == "processing"
+    picture(engine)
+
+
+async def test_a_submit_whose_commit_fails_leaves_nothing_behind(engine):
+    """The disk refuses the submit's rows: the dataset leaves memory again (a pilot that took
+    one of its tasks meanwhile is refused), its user's counts are as before, and the next
+    submit goes through."""
+    from matchmaker import submission
+    from matchmaker.storage.database import StaleWrite, StorageError
+
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    p = await s.pilot(engine, site)
+    before = picture(engine)
+    conn = sqlite3.connect(engine.db.path, isolation_level=None)
+    conn.execute("CREATE TRIGGER test_disk_full BEFORE INSERT ON datasets"
+                 " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")
+    conn.execute("BEGIN IMMEDIATE")
+    asyncio.get_running_loop().call_later(0.1, conn.execute, "COMMIT")
+    try:
+        submitting = asyncio.create_task(submission.submit(engine, alice, s.config(jobs=1)))
+        await asyncio.sleep(0.01)
+        asking = asyncio.create_task(dispatch.ask(engine, p, s.slot()))
+        results = await asyncio.gather(submitting, asking, return_exceptions=True)
+    finally:
+        conn.execute("DROP TRIGGER test_disk_full")
+        conn.close()
+    assert isinstance(results[0], StorageError) and "disk is full" in str(results[0])
+    assert isinstance(results[1], (StaleWrite, StorageError))
+    after = picture(engine)
+    assert after.pop("usage") == [(alice.user_id, 0.0)]  # charged for the task, then not
+    assert after == {k: v for k, v in before.items() if k != "usage"}
+    assert engine.owners[alice.user_id].ready == 0 and not engine.active
+    dataset = await s.submit(engine, alice, s.config(jobs=1))
+    assert (await s.ask(engine, p)).task_id == dataset.task_id(0, 0)
+    picture(engine)
+
+
+async def test_a_held_ask_given_a_submitted_task_shares_the_submits_commit(engine):
+    from matchmaker import submission
+
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    p = await s.pilot(engine, site)
+
+    async def held_ask() -> dispatch.Dispatch | None:
+        assert await engine.holding.hold(p.pilot_id, s.slot(), 5.0)
+        return await s.ask(engine, p)
+
+    asking = asyncio.create_task(held_ask())
+    await asyncio.sleep(0.01)
+    commits = engine.db.commits
+    dataset = await submission.submit(engine, alice, s.config(jobs=1))
+    given = await asking
+    assert given is not None and given.task_id == dataset.task_id(0, 0)
+    assert engine.db.commits == commits + 1
+    picture(engine)

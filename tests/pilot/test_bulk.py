@@ -239,3 +239,24 @@ def test_an_attempt_whose_report_waits_is_held_in_the_heartbeat_and_its_result_k
     assert attempt["state"] == "complete"
     assert [attempt["attempt_id"]] in client.reporting
     assert matchmaker.states(dataset) == ["complete"]
+
+
+def test_reports_acknowledged_at_once_cost_no_sync_and_those_that_wait_are_synced(
+        matchmaker: LiveMatchmaker, tmp_path, monkeypatch):
+    from .test_outbox import Syncs
+    syncs = Syncs(monkeypatch)
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    dataset = matchmaker.submit({"jobs": 3, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path / "first")
+    run_to_the_end(pilot, work)
+    assert matchmaker.states(dataset) == ["complete"] * 3
+    assert (syncs.files, syncs.directories) == ([], 0)
+
+    dataset = matchmaker.submit({"jobs": 1, "tasks": [NULL]})
+    client = ReportsLostForAWhile(matchmaker.url, matchmaker.pilot_token(),
+                                  until=time.monotonic() + 1.0)
+    pilot, _, work = one_cpu_pilot(matchmaker, tmp_path / "second", client=client)
+    run_to_the_end(pilot, work)
+    assert matchmaker.states(dataset) == ["complete"]
+    assert len(syncs.files) == 1 and syncs.files[0].endswith(".json") and syncs.directories == 1

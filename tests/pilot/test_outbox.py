@@ -144,3 +144,48 @@ def test_a_full_log_goes_up_before_the_report(matchmaker: LiveMatchmaker, tmp_pa
     with urllib.request.urlopen(request) as answer:
         assert answer.headers["X-Floe-Log-Complete"] == "1"
         assert answer.read().decode() == "".join(f"event {n}\n" for n in range(50_000))
+
+
+class Syncs:
+    """Counts the outbox's file and directory syncs (and still makes them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import pilot.outbox as outbox_module
+        self.files: list[str] = []
+        self.directories = 0
+        datasync, sync_directory = outbox_module._datasync, outbox_module._sync_directory
+
+        def counted_datasync(handle: int) -> None:
+            self.files.append(os.path.basename(os.readlink(f"/proc/self/fd/{handle}")))
+            datasync(handle)
+
+        def counted_sync_directory(directory) -> None:
+            self.directories += 1
+            sync_directory(directory)
+
+        monkeypatch.setattr(outbox_module, "_datasync", counted_datasync)
+        monkeypatch.setattr(outbox_module, "_sync_directory", counted_sync_directory)
+
+
+def test_a_batch_written_for_sending_is_synced_only_if_it_is_still_kept(tmp_path, monkeypatch):
+    syncs = Syncs(monkeypatch)
+    outbox = Outbox(tmp_path / "outbox")
+    sent = [Delivery(n, f"pk-{n}", REPORT) for n in (1, 2)]
+    outbox.put_many(sent, durable=False)
+    assert [d.attempt_id for d in Outbox(tmp_path / "outbox").pending()] == [1, 2]
+    for delivery in sent:
+        outbox.remove(delivery)
+    outbox.sync()
+    assert (syncs.files, syncs.directories) == ([], 0)
+
+    waiting = [Delivery(n, f"pk-{n}", REPORT) for n in (3, 4)]
+    outbox.put_many(waiting, durable=False)
+    outbox.remove(waiting[0])  # one of the two is acknowledged, the other waits
+    outbox.sync()
+    assert (syncs.files, syncs.directories) == (["3.json"], 1)
+    outbox.sync()  # nothing new to sync
+    assert (syncs.files, syncs.directories) == (["3.json"], 1)
+    assert [d.attempt_id for d in Outbox(tmp_path / "outbox").pending()] == [3, 4]
+
+    outbox.put_many([Delivery(5, "pk-5", REPORT)])  # durable: synced before it is called kept
+    assert syncs.files[-1].startswith(".5.") and syncs.directories == 2  # the temporary file
