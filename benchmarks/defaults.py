@@ -3,7 +3,8 @@ and Celery were measured with on this machine (issue 16), run on floe.
 
 `floe server` with no settings (every default), `floe factory` with the local plugin and one
 1-CPU shape, at most 2 pilots (as README's site example, with `max_total = 2`), every other
-site setting at its default. Tasks are `true` with no requirement declared (so the default
+site setting at its default but `on_stop = "remove-all"`, which only decides what the factory
+leaves behind when the benchmark stops it (no pilot outlives the run). Tasks are `true` with no requirement declared (so the default
 walltime, 1h). Measured, all in one run:
 
 - single-task latency: one dataset of one task at a time on the idle system, from the submit
@@ -68,7 +69,7 @@ def main() -> None:
         try:
             factory = Factory(root / "factory", server, {
                 "name": SITE, "plugin": "local", "python": sys.executable, "max_total": 2,
-                "max_queued": 2, "shapes": [dict(SHAPE)]})
+                "max_queued": 2, "on_stop": "remove-all", "shapes": [dict(SHAPE)]})
             submit_and_wait(server, 2)  # warm-up: the pilots start and register
             wait_for(lambda: server.site(SITE)["pilots"] == 2, 120, "both pilots", 0.1)
             time.sleep(1.0)

@@ -97,14 +97,21 @@ SERVER_SCHEMA = Object([
           details="The end of each stream is kept: at most this many bytes of its UTF-8 text, "
                   "cut between two characters."),
     Field("max_jobs_per_dataset", Integer(1, 10_000_000), "most jobs one submitted dataset may "
-          "have", 10_000_000,
+          "have", 1_000_000,
           details="A dataset config asking for more is refused with this limit in the answer. "
-                  "A production larger than this is submitted as several datasets."),
+                  "A production larger than this is submitted as several datasets. The "
+                  "default takes the largest datasets collaborations run (IceCube's biggest "
+                  "simulation datasets have about a million jobs), where HTCondor's 20,000 "
+                  "jobs per submission would make a production manager cut one dataset into "
+                  "fifty."),
     Field("max_queued_tasks_per_user", Integer(1, 1_000_000_000), "most unfinished tasks one "
-          "user may have, over all their datasets", 20_000_000,
+          "user may have, over all their datasets", 5_000_000,
           details="A submission that would take a user past this is refused, saying how many "
                   "tasks the user has unfinished. Each unfinished task costs the matchmaker "
-                  "some memory (tens of bytes) for as long as it waits."),
+                  "about 100 bytes of memory for as long as it waits (10 million queued tasks "
+                  "take about 1 GB in the scale benchmark), so the default keeps one user to "
+                  "about half a gigabyte: a few full productions at once, where HTCondor's "
+                  "100,000 jobs per owner would not hold one."),
     Field("materialize_chunk", Integer(1, 1_000_000), "tasks created per transaction when a "
           "dataset is submitted", 2000),
     Field("pilot_token_max_lifetime", Duration(60, 366 * 86400), "longest lifetime a factory "
