@@ -2,10 +2,10 @@
 and Celery were measured with on this machine (issue 16), run on floe.
 
 `floe server` with no settings (every default), `floe factory` with the local plugin and one
-1-CPU shape, at most 2 pilots (as README's site example, with `max_total = 2`), every other
-site setting at its default but `on_stop = "remove-all"`, which only decides what the factory
-leaves behind when the benchmark stops it (no pilot outlives the run). Tasks are `true` with no requirement declared (so the default
-walltime, 1h). Measured, all in one run:
+1-CPU shape, at most 2 pilots (as README's site example, with `max_total = 2`), every other site
+setting at its default but `on_stop = "remove-all"`, which only decides what the factory leaves
+behind when the benchmark stops it (no pilot outlives the run). Tasks are `true` with no
+requirement declared (so the default walltime, 1h). Measured, all in one run:
 
 - single-task latency: one dataset of one task at a time on the idle system, from the submit
   request to the client seeing the dataset complete (waiting as `floe wait` does, on a request

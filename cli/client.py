@@ -97,6 +97,8 @@ def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
           f"{counted(d['tasks_per_job'], 'task')} each: {', '.join(d['task_names'])}")
     print(f"  {progress_bar(counts, 40)} {percent_ended(counts)}% ended")
     print("  tasks: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
+    for kind in d.get("waiting") or []:
+        print(f"  {counted(kind['tasks'], kind['task'] + ' task')} ready: {kind['why']}")
     overall = [s for s in statistics if s["task"] is None]
     if overall:
         print("  statistics (all tasks):")

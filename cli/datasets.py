@@ -74,9 +74,9 @@ def _tasks_show(data: Any, args: argparse.Namespace) -> None:
     if not data["tasks"]:
         print(f"dataset {args.dataset} has no tasks that match")
         return
-    print(table(["ID", "JOB", "TASK", "STATE", "FAILURES", "LOST", "UPDATED", "REASON"],
+    print(table(["ID", "JOB", "TASK", "STATE", "FAILURES", "LOST", "UPDATED", "WHY"],
                 [[t["task_id"], t["job"], t["task"], t["state"], t["failures"], t["lost"],
-                  age(t["updated"]), t["reason"] or ""] for t in data["tasks"]]))
+                  age(t["updated"]), t.get("why") or t["reason"] or ""] for t in data["tasks"]]))
     next_page(args, data["next"])
 
 
@@ -99,6 +99,8 @@ def _attempts_show(task: dict[str, Any], args: argparse.Namespace) -> None:
           f"{task['lost']} lost; needs {counted(needs['cpus'], 'CPU')}, "
           f"{format_size(needs['memory'])} memory, {counted(needs['gpus'], 'GPU')}, "
           f"{format_duration(needs['walltime'])}")
+    if task.get("why"):
+        print(f"why it waits: {task['why']}")
     if not task["attempts"]:
         print("no attempts yet")
         return

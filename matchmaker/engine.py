@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from config.dataset import validate
@@ -75,6 +75,16 @@ class Pilot:
     free: Slot | None = None
     """What the pilot offered when it last asked and got nothing (None once it got a task)."""
     free_since: float = 0.0
+    slot: Slot | None = field(init=False, default=None)
+    """Its whole slot as it registered it, time left then included (None: it registered none
+    that reads as one)."""
+    kind: Slot | None = field(init=False, default=None)
+    """The same without the time (0): what pilots of one shape have in common."""
+
+    def __post_init__(self) -> None:
+        with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
+            self.slot = Slot.from_dict({**self.resources, "site": self.site.name})
+            self.kind = replace(self.slot, seconds=0)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from ..errors import BadRequest, NotFound
 from ..model import DatasetState, DatasetStatus
 from ..storage import queries
 from ..views import summary
+from ..waiting import Explainer
 from . import schemas
 from .framework import Context, Param, Reply, route
 
@@ -60,10 +61,13 @@ async def list_datasets(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/datasets/{dataset_id}", summary="One dataset with its config",
-       tag="datasets", action=Action.READ, params=[DATASET_ID])
+       tag="datasets", action=Action.READ, params=[DATASET_ID],
+       description="`waiting` lists the dataset's ready tasks by task and requirements, with "
+                   "how many and why they wait.")
 async def get_dataset(ctx: Context) -> Any:
     dataset = find(ctx)
     data = summary(ctx.engine, dataset)
+    data["waiting"] = Explainer(ctx.engine).summary(dataset)
     data["config"] = dataset.config.raw
     data["events"] = await queries.events(ctx.engine.db, dataset.id, 50)
     return data
@@ -161,7 +165,12 @@ async def jobs(ctx: Context) -> Any:
        tag="datasets", action=Action.READ,
        params=[DATASET_ID, Param("state", str, choices=tuple(s.value for s in TaskState)),
                Param("task", str, doc="task name"), Param("job", int, minimum=0),
-               Param("after", int, 0, "show tasks with ids above this", minimum=0), LIMIT])
+               Param("after", int, 0, "show tasks with ids above this", minimum=0), LIMIT],
+       description="Each task that is not running and has not ended has `why`: a sentence "
+                   "saying what it waits for (a pilot that fits it, and whether any site's "
+                   "pilot shapes do; its turn in fair share; its dependencies; a suspended "
+                   "dataset), with its last `reason` (a retry's) after it; null for the "
+                   "others.")
 async def tasks(ctx: Context) -> Any:
     dataset = find(ctx)
     task_index = None
@@ -174,8 +183,10 @@ async def tasks(ctx: Context) -> Any:
     rows = await queries.tasks(ctx.engine.db, dataset.id, state=ctx.params["state"],
                                task_index=task_index, job=ctx.params["job"],
                                after=ctx.params["after"], limit=ctx.params["limit"])
+    explainer = Explainer(ctx.engine)
     for row in rows:
         row["task"] = dataset.config.tasks[row["task_index"]].name
+        row["why"] = explainer.why(dataset, row["task_id"], row["reason"])
     return {"tasks": rows,
             "next": rows[-1]["task_id"] if len(rows) == ctx.params["limit"] else None}
 
@@ -201,7 +212,8 @@ async def events(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/tasks/{task_id}", summary="One task with every attempt", tag="datasets",
-       action=Action.READ, params=[TASK_ID])
+       action=Action.READ, params=[TASK_ID],
+       description="`why` says what the task waits for, as in the tasks list.")
 async def task(ctx: Context) -> Any:
     found = await queries.task(ctx.engine.db, ctx.params["task_id"])
     if found is None:
@@ -209,5 +221,6 @@ async def task(ctx: Context) -> Any:
     dataset = ctx.engine.datasets[found["dataset"]]
     found["task"] = dataset.config.tasks[found["task_index"]].name
     found["requirements"] = dataset.requirements(found["task_id"]).to_dict()
+    found["why"] = Explainer(ctx.engine).why(dataset, found["task_id"], found["reason"])
     found["attempts"] = await queries.attempts_of_task(ctx.engine.db, found["task_id"])
     return Reply(found)

@@ -20,6 +20,7 @@ from ..errors import BadRequest, NotFound
 from ..model import DatasetState, DatasetStatus
 from ..storage import queries, reports
 from ..views import summary
+from ..waiting import Explainer
 from . import charts, history
 from .history import HISTORY
 from .html import Child, Markup, ago, duration, join, link, number, percent, size, table, tag, when
@@ -143,6 +144,7 @@ async def dataset_page(view: View) -> web.StreamResponse:
                 class_="columns"),
             _actions(view, dataset) if view.may_change(dataset) else None,
             class_="summary"),
+        _waiting(view, dataset),
         await _tasks(view, dataset),
         await _errors(view, dataset),
         tag("section", tag("h2", "Completions per hour (UTC)"),
@@ -178,6 +180,17 @@ def _actions(view: View, dataset: DatasetState) -> Markup:
                class_="actions", id="actions")
 
 
+def _waiting(view: View, dataset: DatasetState) -> Markup | None:
+    """Why the dataset's ready tasks wait, by task and requirements (none: no section)."""
+    kinds = Explainer(view.engine).summary(dataset)
+    if not kinds:
+        return None
+    return tag("section", tag("h2", "Why ready tasks wait"), table(
+        ["Task", "Ready", "Why"],
+        ([k["task"], f"{k['tasks']:,}", tag("span", k["why"], class_="reason")] for k in kinds),
+        numeric=(1,)), id="waiting")
+
+
 async def _tasks(view: View, dataset: DatasetState) -> Markup:
     names = [t.name for t in dataset.config.tasks]
     state = view.query("state") or None
@@ -204,11 +217,13 @@ async def _tasks(view: View, dataset: DatasetState) -> Markup:
         tag("button", "Filter"),
         link(f"/datasets/{dataset.id}#tasks", "Clear") if state or name or job_text else None,
         method="get", action=f"/datasets/{dataset.id}#tasks", class_="filters")
+    explainer = Explainer(view.engine)
     body = table(
-        ["Task", "Job", "Name", "State", "Failures", "Lost", "Updated", "Reason"],
+        ["Task", "Job", "Name", "State", "Failures", "Lost", "Updated", "Why"],
         ([link(f"/tasks/{r['task_id']}", r["task_id"]), r["job"], names[r["task_index"]],
           state_badge(r["state"]), r["failures"], r["lost"], when(r["updated"]),
-          tag("span", r["reason"] or "", class_="reason")] for r in rows),
+          tag("span", explainer.why(dataset, r["task_id"], r["reason"]) or r["reason"] or "",
+              class_="reason")] for r in rows),
         empty="No tasks match these filters" + ("" if dataset.materialized
                                                  else " (jobs are still being created)") + ".",
         numeric=(1, 4, 5))

@@ -10,6 +10,7 @@ from aiohttp import web
 from ..bounds import record_id
 from ..errors import NotFound
 from ..storage import queries
+from ..waiting import Explainer
 from .datasets import resource_value, state_badge
 from .html import Markup, duration, join, link, number, size, table, tag, when
 from .page import SECURITY_HEADERS, View, href, page
@@ -54,6 +55,9 @@ async def task_page(view: View) -> web.StreamResponse:
                        f"{req.gpus} GPU, {duration(req.walltime)} walltime"
                        + (" (grown after an overuse)" if found["grown_requirements"] else "")),
              ("Updated", when(found["updated"])), ("Reason", found["reason"] or "–")]
+    why = Explainer(view.engine).why(dataset, task_id)
+    if why:
+        facts.append(("Why it waits", why))
     title = f"Task {task_id}"
     return view.render(
         title,

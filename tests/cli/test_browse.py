@@ -109,7 +109,7 @@ def test_tasks_filters_by_state_and_task_name(capsys, matchmaker, ran):
                          *as_user(matchmaker))
     assert status == 0
     header, row = rows(out)
-    assert header == ["ID", "JOB", "TASK", "STATE", "FAILURES", "LOST", "UPDATED", "REASON"]
+    assert header == ["ID", "JOB", "TASK", "STATE", "FAILURES", "LOST", "UPDATED", "WHY"]
     task = matchmaker.get(f"/tasks/{ran.done_task}")
     assert row[:6] == [str(ran.done_task), str(task["job"]), task["task"], "complete", "0", "0"]
     status, out, _ = run(capsys, "tasks", str(ran.dataset), "--state", "failed",

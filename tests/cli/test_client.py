@@ -109,6 +109,8 @@ def test_status_of_one_dataset_shows_its_tasks_and_statistics(capsys, matchmaker
     assert lines[1].strip() == CONFIG["description"]
     assert lines[2].strip() == "jobs: 3 (3 created), 1 task each: count"
     assert "tasks: waiting 0, ready 2, processing 0, complete 1, failed 0, suspended 0" in out
+    assert "  2 count tasks ready: no running pilot has said it has a slot for it, and no " \
+           "factory has said what pilots it can start" in lines
     [events] = [line.split() for line in lines if " events " in line]
     assert events[:4] == ["user", "events", "n=1", "sum=7"]
     assert "recent events:" in out and "submit" in out
@@ -198,3 +200,17 @@ def test_users_and_shares_changed_on_the_server_host_reach_the_running_server(
         users = {u["name"]: u for u in matchmaker.get("/users")["users"]}
         return "carol" in users and users["alice"]["share"] == 3.0
     wait_for(seen, 15, "the server to take the new user and share")
+
+
+def test_tasks_say_why_a_ready_task_waits(capsys, matchmaker, tmp_path):
+    dataset = submitted(capsys, matchmaker, tmp_path)
+    status, out, _ = run(capsys, "tasks", str(dataset), "--state", "ready", *as_user(matchmaker))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split()[-1] == "WHY" and len(lines) == 4
+    assert all(line.endswith("no pilot has asked yet, and no factory has said what pilots it "
+                             "can start") for line in lines[1:]), out
+    first = lines[1].split()[0]
+    status, out, _ = run(capsys, "attempts", first, *as_user(matchmaker))
+    assert out.splitlines()[1:3] == ["why it waits: no pilot has asked yet, and no factory has "
+                                     "said what pilots it can start", "no attempts yet"]

@@ -318,3 +318,21 @@ def test_over_tls_the_cookies_are_secure(tmp_path):
     finally:
         live.close()
     assert cookie.startswith("floe_signin=") and "Secure" in cookie and "HttpOnly" in cookie
+
+
+async def test_the_dataset_and_task_pages_say_why_tasks_wait(pages: Pages):
+    waits = await s.submit(pages.engine, pages.alice, s.config(
+        jobs=3, tasks=[s.task("gen"), s.task("big", ["gen"], cpus=4096)]))
+    alice = await pages.signed_in(pages.alice_token)
+    status, text, _ = await alice.get(f"/datasets/{waits.id}")
+    assert status == 200, text
+    section = html.unescape(text[text.index('id="waiting"'):text.index('id="tasks"')])
+    assert "Why ready tasks wait" in section and ">gen<" in section and ">3<" in section
+    said = [t for t in re.findall(r'class="reason">([^<]*)<', section)]
+    assert len(said) == 1 and said[0].startswith(("no pilot", "no running pilot", "none of",
+                                                   "next in line", "waiting its turn")), said
+    tasks = html.unescape(text[text.index('id="tasks"'):text.index('id="errors"')])
+    assert "waiting on gen (ready)" in tasks
+    status, text, _ = await alice.get(f"/tasks/{waits.task_id(0, 1)}")
+    assert status == 200 and "Why it waits" in text
+    assert "waiting on gen (ready)" in html.unescape(text)
