@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from config import expressions
+from config import expressions, retries
 from config.json_schema import json_schema as schema_of
 from config.protocol import MAX_CPUS, MAX_GPUS
 from config.resources import Requirements
@@ -224,6 +224,7 @@ DATASET = Object([
                   "staging_error); a lost pilot (pilot_lost) does not, nor a task its pilot "
                   "gave back before starting it (not_run: the pilot was stopped, or the tasks "
                   "queued before it ran longer than expected and its walltime no longer fit)."),
+    retries.FIELD,
     Field("debug", Bool(),
           "Suspend a failing task instead of retrying it, so its owner can inspect it.",
           default=False, details="A suspended task can be run by hand with `floe run` and "
@@ -285,6 +286,7 @@ class DatasetConfig:
     steering: dict
     tasks: list[TaskSpec]
     raw: dict
+    retry_rules: tuple[retries.RetryRule, ...] = ()
 
     def task(self, name: str) -> TaskSpec:
         """The task with this name; KeyError when there is none."""
@@ -674,4 +676,5 @@ def _typed(raw: dict, edges: list[list[int]]) -> DatasetConfig:
     ]
     return DatasetConfig(description=raw["description"], jobs=raw["jobs"],
                          priority=raw["priority"], max_retries=raw["max_retries"],
-                         debug=raw["debug"], steering=raw["steering"], tasks=tasks, raw=raw)
+                         debug=raw["debug"], steering=raw["steering"], tasks=tasks, raw=raw,
+                         retry_rules=retries.rules_of(raw["retry_rules"]))

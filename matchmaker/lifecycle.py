@@ -5,8 +5,10 @@ working state and returns a `Plan`, which `recording` writes and applies.
 - success: the task completes, and each dependent whose dependencies are now all complete
   becomes ready (as a continuing task, ahead of new jobs);
 - task error, staging error, resource overuse: one retry is used; past the dataset's
-  `max_retries` the task fails and every task downstream of it in the job fails with a reason
-  naming it (`cascade`); in debug mode the task is suspended instead, for its owner to inspect;
+  `max_retries` (or the `retries` of the first of its `retry_rules` that matches the failure,
+  which may also grow the task's memory and walltime) the task fails and every task downstream
+  of it in the job fails with a reason naming it (`cascade`); in debug mode the task is
+  suspended instead, for its owner to inspect;
 - resource overuse also grows the task's requirement: the overused resource becomes
   `config.resources.GROWTH` times its measured peak, never shrinking (`grown_requirements`);
 - pilot lost (drain, heartbeat timeout, an answer that never reached it): the task is requeued
@@ -20,11 +22,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from config.dataset import MAX_TASK_BYTES, MAX_WALLTIME
 from config.protocol import MAX_STATISTIC, MAX_STATISTICS, MAX_WARNING_LENGTH, MAX_WARNINGS
 from config.resources import Requirements, Usage, format_duration, format_size
+from config.retries import RetryRule, first_match
 from config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
 
 from .errors import BadRequest
@@ -132,20 +136,28 @@ def plan(dataset: DatasetState, task_id: int, outcome: Outcome,
             result.grown = grown_requirements(dataset.requirements(task_id), outcome)
         if error in COUNTS_AS_FAILURE:
             result.failures += 1
-            retries = dataset.config.max_retries
+            rule = first_match(dataset.config.retry_rules, error, outcome.exit_code,
+                               outcome.stderr_tail, outcome.error_message)
+            retries = rule.retries if rule is not None else dataset.config.max_retries
+            limit = rule.describe() if rule is not None else f"max_retries {retries}"
             if dataset.config.debug:
                 result.reason = f"suspended for debugging after {error.value}: " \
                                 f"{outcome.error_message}"
                 move(task_index, TaskState.SUSPENDED)
             elif result.failures > retries:
                 times = "once" if result.failures == 1 else f"{result.failures} times"
-                result.reason = (f"failed {times} (max_retries {retries}); "
+                allows = f"; it allows {retries} failures" if rule is not None else ""
+                result.reason = (f"failed {times} ({limit}{allows}); "
                                  f"last: {error.value}: {outcome.error_message}")
                 move(task_index, TaskState.FAILED)
                 cascade(dataset, task_index, name, codes, move)
             else:
-                result.reason = f"retry {result.failures} of {retries} after {error.value}: " \
-                                f"{outcome.error_message}"
+                by = f" ({limit})" if rule is not None else ""
+                result.reason = f"retry {result.failures} of {retries}{by} after " \
+                                f"{error.value}: {outcome.error_message}"
+                if rule is not None and (rule.grow_memory > 1 or rule.grow_walltime > 1):
+                    result.grown = grown_by_rule(
+                        result.grown or dataset.requirements(task_id), rule)
                 move(task_index, TaskState.READY)
         else:
             if error == ErrorClass.PILOT_LOST:
@@ -178,6 +190,14 @@ def cascade(dataset: DatasetState, task_index: int, name: str, codes: bytearray,
                             CODE[TaskState.SUSPENDED]):
             move(index, TaskState.FAILED)
         pending.extend(dataset.config.tasks[index].dependents)
+
+
+def grown_by_rule(current: Requirements, rule: RetryRule) -> Requirements:
+    """Requirements after a failure a retry rule grows: memory and walltime times its factors,
+    up to the most a task may ask for."""
+    return replace(current,
+                   memory=min(MAX_TASK_BYTES, math.ceil(current.memory * rule.grow_memory)),
+                   walltime=min(MAX_WALLTIME, math.ceil(current.walltime * rule.grow_walltime)))
 
 
 def grown_requirements(current: Requirements, outcome: Outcome) -> Requirements:
