@@ -95,7 +95,7 @@ def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
         print(f"  {d['description']}")
     print(f"  jobs: {d['jobs']} ({d['jobs_created']} created), "
           f"{counted(d['tasks_per_job'], 'task')} each: {', '.join(d['task_names'])}")
-    print(f"  {progress_bar(counts, 40)} {percent_ended(counts)}% ended")
+    print(f"  {progress_bar(counts, 40)} {percent_ended(counts)}% done")
     print("  tasks: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
     for kind in d.get("waiting") or []:
         print(f"  {counted(kind['tasks'], kind['task'] + ' task')} ready: {kind['why']}")
@@ -138,44 +138,59 @@ def _configure_wait(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser)
     parser.add_argument("--interval", type=float, metavar="SECONDS",
                         help="how often to show the progress (default: every second on a "
-                             "terminal, redrawn in place; else a line every 5 seconds when it "
-                             "changed); the end is shown the moment it comes, whatever this is")
+                             "terminal, a bar redrawn in place; else a line for each change, "
+                             "at most one every 5 seconds); the end is shown the moment it "
+                             "comes, whatever this is")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="give up after this long, with exit status 1")
     add_json(parser)
 
 
-def _progress_line(dataset: dict[str, Any]) -> str:
+def _progress_line(dataset: dict[str, Any], bar: bool) -> str:
+    """The dataset's progress in one line, with a bar for a terminal (a log gets the numbers)."""
     counts = dataset["tasks"]
     tally = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])
-    return (f"dataset {dataset['id']} {dataset['status']}: {progress_bar(counts)} "
-            f"{percent_ended(counts):>5}% ended ({tally})")
+    shown = f"{progress_bar(counts)} {percent_ended(counts):>5}" if bar else percent_ended(counts)
+    return f"dataset {dataset['id']} {dataset['status']}: {shown}% done ({tally})"
 
 
 MAX_WAIT = 20
-"""The most seconds one request waits for the dataset to end (under the client's timeout)."""
+"""The most seconds one request waits for the dataset to end or change (under the client's
+timeout)."""
 
 
 def _run_wait(args: argparse.Namespace) -> int:
     """Exit status 0 once every task is complete, 1 if the dataset ended with failed tasks (or
     on a timeout or an error). Each request waits on the matchmaker for the dataset to end, up
-    to the interval, so the end is seen at once without asking again and again."""
+    to the interval, so the end is seen at once without asking again and again. Not on a
+    terminal, once the interval has passed since the last line, the next request waits for the
+    next change instead: a line for each change, none repeated, and no more than one an
+    interval."""
     terminal = sys.stdout.isatty() and not args.json
     interval = args.interval or (1.0 if terminal else 5.0)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     path = f"/api/v1/datasets/{args.dataset}"
-    shown = None
+    shown, version, printed = None, None, 0.0
     try:
         client = Client.from_args(args)
         while True:
-            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
-            wait = max(0.0, min(MAX_WAIT, wait))
-            dataset = client.get(f"{path}/progress?until=end&wait={wait:.3f}")
-            line = _progress_line(dataset)
+            since = time.monotonic() - printed
+            if version is None:  # the progress as it is now, at once
+                query = {"until": "end", "wait": 0.0}
+            elif terminal or since < interval:
+                query = {"until": "end", "wait": interval - (0 if terminal else since)}
+            else:
+                query = {"until": "change", "since": version, "wait": MAX_WAIT}
+            if deadline is not None:
+                query["wait"] = min(query["wait"], deadline - time.monotonic())
+            query["wait"] = f"{max(0.0, min(MAX_WAIT, query['wait'])):.3f}"
+            dataset = client.get(f"{path}/progress", **query)
+            version = dataset["version"]
+            line = _progress_line(dataset, terminal)
             if not args.json and (terminal or line != shown):
                 print(f"\r{line}\x1b[K" if terminal else line, end="" if terminal else "\n",
                       flush=True)
-                shown = line
+                shown, printed = line, time.monotonic()
             if dataset["status"] in ENDED:
                 break
             if deadline is not None and time.monotonic() >= deadline:

@@ -27,8 +27,19 @@ def print_json(data: Any) -> None:
 
 
 def fail(args: argparse.Namespace, message: object) -> int:
-    """Print `floe COMMAND: message` on stderr; returns the exit status of a failure."""
-    print(f"floe {args.command}: {message}", file=sys.stderr)
+    """Print `floe COMMAND: message` on stderr; returns the exit status of a failure.
+
+    The matchmaker starts a refusal of a request's field with the field's name ("priority: must
+    be greater than 0"): said here with the user's words for it, an option as it is typed
+    (`--limit`), and a field named as the command is once, not twice."""
+    text = str(message)
+    field, colon, rest = text.partition(": ")
+    options = getattr(args, "_options", {})
+    if colon and field == args.command:
+        text = rest
+    elif colon and field in options:
+        text = f"{options[field]}: {rest}"
+    print(f"floe {args.command}: {text}", file=sys.stderr)
     return 1
 
 

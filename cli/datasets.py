@@ -124,7 +124,8 @@ def _logs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", choices=("stdout", "stderr"), default="stdout",
                         help="which output (default: stdout)")
     parser.add_argument("--attempt", type=int, metavar="ID",
-                        help="this attempt's log (default: the task's latest attempt; "
+                        help="this attempt's log (default: the task's latest attempt, and "
+                             "where that wrote nothing, the stderr of the last that failed; "
                              "see `floe attempts TASK`)")
 
 
@@ -140,27 +141,71 @@ def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
         raise ClientError(f"task {args.task} has no attempt {attempt} (its attempts: "
                           f"{', '.join(map(str, states))})")
     text = client.request("GET", f"/api/v1/attempts/{attempt}/logs/{args.stream}", raw=True)
-    return {"task_id": args.task, "attempt_id": attempt, "state": states[attempt],
+    data = {"task_id": args.task, "attempt_id": attempt, "state": states[attempt],
             "error_class": classes[attempt], "warnings": warnings[attempt],
             "stream": args.stream, "text": text}
+    failed = _last_failure(client, attempts, attempt, args.stream) \
+        if not text and args.attempt is None else None
+    if failed:
+        data["failed"] = failed
+    return data
+
+
+def _last_failure(client: Client, attempts: list[dict[str, Any]], latest: int,
+                  stream: str) -> dict[str, Any] | None:
+    """The task's last failed attempt with its stderr, where it wrote some: what a user asking
+    for the log of a retried task needs when the latest attempt wrote nothing (yet)."""
+    failed = [a for a in attempts if a["state"] == AttemptState.FAILED]
+    if not failed or (failed[-1]["attempt_id"] == latest and stream == "stderr"):
+        return None
+    attempt = failed[-1]
+    text = client.request("GET", f"/api/v1/attempts/{attempt['attempt_id']}/logs/stderr",
+                          raw=True)
+    if not text:
+        return None
+    return {"attempt_id": attempt["attempt_id"], "error_class": attempt["error_class"],
+            "exit_code": attempt["exit_code"], "error_message": attempt["error_message"],
+            "stream": "stderr", "text": text}
+
+
+def _failure(attempt: dict[str, Any]) -> str:
+    """How an attempt failed, in a few words: "task_error, exit 2: fit diverged"."""
+    words = [attempt["error_class"] or "failed"]
+    if attempt["exit_code"] is not None:
+        words.append(f"exit {attempt['exit_code']}")
+    said = ", ".join(words)
+    message = (attempt["error_message"] or "").strip().splitlines()
+    return f"{said}: {message[0][:100]}" if message else said
 
 
 def _logs_show(data: Any, args: argparse.Namespace) -> None:
     # Said on stderr: stdout stays the log itself, for pipes.
     for warning in data.get("warnings") or ():
         print(f"attempt {data['attempt_id']}: warning: {warning}", file=sys.stderr)
-    if not data["text"] and data["state"] == AttemptState.PROCESSING:
-        print(f"attempt {data['attempt_id']} is still running; the pilot uploads its "
-              f"{data['stream']} when it ends (see `floe attempts {data['task_id']}`)",
-              file=sys.stderr)
-    elif not data["text"] and data.get("error_class") == ErrorClass.NOT_RUN.value:
-        print(f"attempt {data['attempt_id']} never ran: its pilot gave it back unstarted "
-              f"(not_run; see `floe attempts {data['task_id']}`)", file=sys.stderr)
-    elif not data["text"]:
-        print(f"attempt {data['attempt_id']} wrote nothing to {data['stream']}", file=sys.stderr)
-    sys.stdout.write(data["text"])
-    if data["text"] and not data["text"].endswith("\n"):
+    text = data["text"] or _empty(data)
+    sys.stdout.write(text)
+    if text and not text.endswith("\n"):
         sys.stdout.write("\n")
+
+
+def _empty(data: dict[str, Any]) -> str:
+    """Says on stderr why an attempt's log is empty, and which earlier failure is shown
+    instead; the text to show ("" for none)."""
+    attempt, failed = data["attempt_id"], data.get("failed")
+    latest = f"attempt {attempt}{' (the latest)' if failed else ''}"
+    if data["state"] == AttemptState.PROCESSING:
+        said = (f"{latest} is still running; the pilot uploads its {data['stream']} when it "
+                f"ends (see `floe attempts {data['task_id']}`)")
+    elif data.get("error_class") == ErrorClass.NOT_RUN.value:
+        said = (f"{latest} never ran: its pilot gave it back unstarted (not_run; see `floe "
+                f"attempts {data['task_id']}`)")
+    else:
+        said = f"{latest} wrote nothing to {data['stream']}"
+    if failed:
+        which = "it" if failed["attempt_id"] == attempt else f"attempt {failed['attempt_id']}"
+        said += f"; {which} failed ({_failure(failed)}) and wrote this to its stderr:"
+    print(said, file=sys.stderr)
+    return failed["text"] if failed else ""
 
 
 SUBCOMMANDS = subcommands({

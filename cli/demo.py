@@ -9,7 +9,8 @@ it ends, then stops the factory (which removes its pilots), prints a summary (ta
 pilots per site, statistics, how to look at the record again) and stops the matchmaker. Ctrl-C
 stops everything the same way at any point.
 
-Every run starts afresh in its workdir: the database, the factory's state and the logs of the
+Every run starts afresh in its workdir (the user's own, floe/demo in their cache directory,
+unless --workdir says otherwise): the database, the factory's state and the logs of the
 previous run are removed, and the dataset's `store` and `flaky_dir` steering values, where it
 has them, are pointed into the workdir so that no earlier run's files change what this one does.
 The exit status is 0 when every task completed.
@@ -22,6 +23,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -69,8 +71,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path,
                         help="the dataset config to run (default examples/demo.json; with "
                              "--gpu, examples/gpu.json)")
-    parser.add_argument("--workdir", type=Path, default=Path("var/demo"),
-                        help="where the database, configs and logs go (default var/demo)")
+    parser.add_argument("--workdir", type=Path,
+                        help="where the database, configs and logs go (default: floe/demo in "
+                             "your cache directory, $XDG_CACHE_HOME or ~/.cache)")
     parser.add_argument("--port", type=int, help="the matchmaker's port (default: a free one)")
     parser.add_argument("--jobs", type=int, help="run this many jobs instead of the dataset's")
     parser.add_argument("--pilots", type=int, default=4,
@@ -81,6 +84,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-devices", type=Path, metavar="FILE",
                         help="with --gpu, this machine's GPUs as a JSON list, as FLOE_NODE_GPUS "
                              "takes it, where NVML cannot list them (and for tests)")
+
+
+def default_workdir() -> Path:
+    """The demo's directory, the user's own: floe/demo under $XDG_CACHE_HOME (~/.cache). Not a
+    fixed path that two users of one machine or checkout would share and clear for each other."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    return base / "floe" / "demo"
 
 
 def free_port() -> int:
@@ -125,7 +136,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.site = args.site
-        self.workdir = args.workdir.absolute()
+        self.workdir = (args.workdir or default_workdir()).absolute()
         self.db = self.workdir / "floe.sqlite"
         # Its own per workdir: two demos sharing a batch system must not take each other's
         # pilots for orphans; a rerun in the same workdir clears what the last one left.
@@ -273,7 +284,9 @@ class Demo:
     def start_factory(self, config: Path) -> None:
         with open(self.workdir / "factory.log", "ab") as output:
             self.factory = subprocess.Popen(
-                [*FLOE, "factory", "--config", str(config)], cwd=ROOT,
+                # --matchmaker: a FLOE_URL the user exported (an earlier demo's closing lines
+                # say to) would take the factory to another matchmaker
+                [*FLOE, "factory", "--config", str(config), "--matchmaker", self.url], cwd=ROOT,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -296,6 +309,8 @@ class Demo:
         where = ("processes on this machine" if self.site == "local"
                  else "jobs in the local SLURM cluster")
         print(f"floe demo: {shown(self.args.dataset.absolute())} on the {self.site} site")
+        print(f"  files       {shown(self.workdir)}/: this run's database, configs and logs "
+              "(the next run clears them; --workdir puts them elsewhere)")
         print(f"  dataset     {self.dataset}: {counted(dataset['jobs'], 'job')} of "
               f"{counted(dataset['tasks_per_job'], 'task')} "
               f"({', '.join(dataset['task_names'])}), submitted as user {USER!r}")
@@ -443,7 +458,7 @@ class Demo:
         from factory.site import build_plugin
         from plugins import BatchError, PilotState
 
-        config = load_factory_config(config_path)
+        config = load_factory_config(config_path, self.url)
         _, plugin = build_plugin(config, config.sites[0])
         deadline = time.monotonic() + LEFTOVER_WAIT
         try:

@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="validate the config, check each site's token with the matchmaker "
                            "and its batch system (and ssh connection), and exit (submits "
                            "nothing)")
+    parser.add_argument("--matchmaker", metavar="URL",
+                        help="the matchmaker's address, over FLOE_URL and the config's "
+                             "`matchmaker` (the log's first line says which it uses)")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                         help="how much the factory logs on stderr (default info)")
 
@@ -79,7 +82,7 @@ def check(config: Any) -> int:
             failed = True
             continue
         print(f"site {site.name}: {site.plugin}, {shapes} shape{'s' * (shapes != 1)}; "
-              f"the matchmaker at {config.matchmaker} knows it "
+              f"the matchmaker at {config.matchmaker} (from {config.matchmaker_source}) knows it "
               f"({answer['pilots']['running']} pilots running there)")
     if not failed:
         print(f"{config.path}: valid")
@@ -96,12 +99,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s floe factory: %(message)s")
     try:
-        config = load_factory_config(args.config)
+        config = load_factory_config(args.config, args.matchmaker)
         for site in config.sites:
             site_token(site)
         if args.check:
             return check(config)
-        factory = Factory(args.config, bundle_in(private_dir(config.workdir)))
+        factory = Factory(args.config, bundle_in(private_dir(config.workdir)),
+                          matchmaker=args.matchmaker)
         factory.load()
     except (ConfigError, PluginConfigError) as exc:
         print(f"floe factory: {exc}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Where to connect and as whom come from, in order: command-line options, the environment
 (`FLOE_URL`, `FLOE_TOKEN`, `FLOE_CACERT`), then `~/.config/floe/client.toml` (keys `url`, `token`,
-`cacert`; `FLOE_CONFIG` names another file). Failures become `ClientError` with one sentence.
+`cacert`; `FLOE_CONFIG` names another file). Failures become `ClientError` with one sentence,
+with the hint that fits when the matchmaker could not be reached (config.connecting).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from config.connecting import address_problem, unreachable_hint
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -37,8 +40,12 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cacert", help="CA or self-signed certificate to trust (FLOE_CACERT)")
 
 
+def _file_path() -> Path:
+    return Path(os.environ.get("FLOE_CONFIG") or Path.home() / ".config" / "floe" / "client.toml")
+
+
 def _file_settings() -> dict[str, str]:
-    path = Path(os.environ.get("FLOE_CONFIG") or Path.home() / ".config" / "floe" / "client.toml")
+    path = _file_path()
     if not path.exists():
         return {}
     try:
@@ -62,7 +69,12 @@ class Client:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Client:
         file = _file_settings()
-        url = args.url or os.environ.get("FLOE_URL") or file.get("url") or DEFAULT_URL
+        url, where = next((value, where) for value, where in (
+            (args.url, "--url "), (os.environ.get("FLOE_URL"), "FLOE_URL="),
+            (file.get("url"), f"url in {_file_path()}: "), (DEFAULT_URL, "")) if value)
+        problem = address_problem(url)
+        if problem:
+            raise ClientError(f"{where}{url} {problem}")
         token = args.token or os.environ.get("FLOE_TOKEN") or file.get("token")
         cacert = args.cacert or os.environ.get("FLOE_CACERT") or file.get("cacert")
         return cls(url.rstrip("/"), token, cacert)
@@ -97,9 +109,10 @@ class Client:
                 message += " (no token given: use --token, FLOE_TOKEN or client.toml)"
             raise ClientError(message, exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ClientError(f"cannot reach the matchmaker at {self.url}: {reason} (is `floe "
-                              "server` running? set --url or FLOE_URL)") from None
+            hint = unreachable_hint(self.url, exc, "--cacert (or FLOE_CACERT)")
+            said = hint or (f"{getattr(exc, 'reason', exc)} (is `floe server` running? set --url "
+                            "or FLOE_URL)")
+            raise ClientError(f"cannot reach the matchmaker at {self.url}: {said}") from None
         if raw:
             return payload.decode(errors="replace")
         try:

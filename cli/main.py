@@ -28,8 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
         for name, (help_text, configure, run) in module.SUBCOMMANDS.items():
             command = sub.add_parser(name, help=help_text, description=help_text)
             configure(command)
-            command.set_defaults(_run=run)
+            command.set_defaults(_run=run, _options=_options(command))
     return parser
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's destination and the option as a user types it (`limit` -> `--limit`), for
+    messages that name the field an option gave (cli.command.fail)."""
+    return {action.dest: max(action.option_strings, key=len)
+            for action in parser._actions if action.option_strings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 from config.resources import format_duration, format_size
 
-from .command import Command, add_paging, age, next_page, subcommands, table
+from .command import Command, add_paging, age, moment, next_page, subcommands, table
 from .http import Client
 
 
@@ -68,21 +68,35 @@ def _sites_show(data: Any, args: argparse.Namespace) -> None:
         return
     print(table(["SITE", "PILOTS", "RUNNING"],
                 [[s["name"], s["pilots"], s["attempts"]] for s in data["sites"]]))
+    kept_out = [(s["name"], hole) for s in data["sites"] for hole in s.get("black_holes", [])]
+    if kept_out:
+        print("\nhosts that get no work (black holes):")
+        print(table(["SITE", "HOST", "UNTIL", "WHY"],
+                    [[site, hole["host"], moment(hole["until"]), hole["why"]]
+                     for site, hole in kept_out]))
+
+
+def _core_hours(core_seconds: float) -> float:
+    """The API's (weighted) core-seconds as the core-hours the tables show."""
+    return round(core_seconds / 3600, 2)
 
 
 def _users_show(data: Any, args: argparse.Namespace) -> None:
-    print(table(["USER", "ROLE", "SHARE", "USAGE", "DATASETS"],
-                [[u["name"], u["role"], u["share"], round(u["usage"], 1), u["datasets"]]
+    print(table(["USER", "ROLE", "SHARE (WEIGHT)", "RECENT USAGE (CORE-H)", "DATASETS"],
+                [[u["name"], u["role"], u["share"], _core_hours(u["usage"]), u["datasets"]]
                  for u in data["users"]]))
 
 
 def _shares_show(data: Any, args: argparse.Namespace) -> None:
-    print(table(["USER", "SHARE", "% OF SHARES", "RECENT USAGE", "% OF USAGE", "CORE-HOURS"],
+    print(table(["USER", "SHARE (WEIGHT)", "% OF SHARES", "RECENT USAGE (CORE-H)",
+                 "% OF USAGE", "DELIVERED (CORE-H)"],
                 [[s["user"], s["share"], round(100 * s["share_fraction"], 1),
-                  round(s["usage"], 1), round(100 * s["usage_fraction"], 1),
-                  round(s["delivered_core_seconds"] / 3600, 2)] for s in data["shares"]]))
-    print(f"(recent usage decays with a half-life of {format_duration(data['half_life'])}; "
-          "core-hours delivered count since the matchmaker started)")
+                  _core_hours(s["usage"]), round(100 * s["usage_fraction"], 1),
+                  _core_hours(s["delivered_core_seconds"])] for s in data["shares"]]))
+    print(f"(share: a weight, against the other users' shares; recent usage: core-hours, a GPU "
+          f"counted as the server's gpu_weight cores, decaying with a half-life of "
+          f"{format_duration(data['half_life'])}; delivered: core-hours run since the "
+          "matchmaker started)")
 
 
 SUBCOMMANDS = subcommands({

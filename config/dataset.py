@@ -23,7 +23,7 @@ from typing import Any, Callable
 from config import expressions, retries
 from config.json_schema import json_schema as schema_of
 from config.protocol import MAX_CPUS, MAX_GPUS
-from config.resources import Requirements
+from config.resources import SMALLEST_SIZE, Requirements
 from config.schema import (
     NO_NUL_SCHEMA,
     OMIT,
@@ -51,6 +51,7 @@ from config.schema import (
 MAX_JOBS = 10_000_000
 MAX_TASK_BYTES = 2**50
 """The most memory or disk one task may ask for (1 PiB): a larger number is a mistake."""
+_TASK_SIZE = Size(maximum=MAX_TASK_BYTES, smallest=SMALLEST_SIZE)
 MAX_WALLTIME = 366 * 86400
 """The longest walltime one task may ask for (366 days)."""
 MAX_TASKS = 1000
@@ -128,9 +129,9 @@ def _url(schemes: tuple[str, ...], absolute_path: bool) -> String:
 
 REQUIREMENTS = Object([
     Field("cpus", Integer(minimum=1, maximum=MAX_CPUS), "CPU cores the task uses.", default=1),
-    Field("memory", Size(maximum=MAX_TASK_BYTES), "Memory the task may use; more gets it killed "
+    Field("memory", _TASK_SIZE, "Memory the task may use; more gets it killed "
           "and retried with more.", default="1GiB", example="4GB"),
-    Field("disk", Size(maximum=MAX_TASK_BYTES), "Scratch disk the task may fill (inputs, "
+    Field("disk", _TASK_SIZE, "Scratch disk the task may fill (inputs, "
           "outputs, temporary files).", default="1GiB", example="20GB"),
     Field("gpus", Integer(minimum=0, maximum=MAX_GPUS), "GPUs the task uses.", default=0),
     Field("walltime", Duration(minimum=1, maximum=MAX_WALLTIME), "Longest time one attempt may "
@@ -146,7 +147,7 @@ REQUIREMENTS = Object([
           default=[], example=["uw-*"]),
     Field("exclude_sites", ListOf(String(min_length=1)),
           "Sites the task must not run at, as fnmatch patterns.", default=[]),
-    Field("gpu_memory", Size(maximum=MAX_TASK_BYTES), "Least memory each of its GPUs has; 0 "
+    Field("gpu_memory", _TASK_SIZE, "Least memory each of its GPUs has; 0 "
           "means any.", default=0, example="40GiB",
           details="As NVML reports a device's total memory (an H100 has 80GiB)."),
     Field("gpu_model", String(), "The model each of its GPUs is, as an fnmatch pattern of the "
@@ -225,6 +226,8 @@ DATASET = Object([
                   "gave back before starting it (not_run: the pilot was stopped, or the tasks "
                   "queued before it ran longer than expected and its walltime no longer fit)."),
     retries.FIELD,
+    retries.DELAY_FIELD,
+    retries.ELSEWHERE_FIELD,
     Field("debug", Bool(),
           "Suspend a failing task instead of retrying it, so its owner can inspect it.",
           default=False, details="A suspended task can be run by hand with `floe run` and "
@@ -287,6 +290,8 @@ class DatasetConfig:
     tasks: list[TaskSpec]
     raw: dict
     retry_rules: tuple[retries.RetryRule, ...] = ()
+    retry_delay: int = 0
+    retry_elsewhere: int = 0
 
     def task(self, name: str) -> TaskSpec:
         """The task with this name; KeyError when there is none."""
@@ -677,4 +682,5 @@ def _typed(raw: dict, edges: list[list[int]]) -> DatasetConfig:
     return DatasetConfig(description=raw["description"], jobs=raw["jobs"],
                          priority=raw["priority"], max_retries=raw["max_retries"],
                          debug=raw["debug"], steering=raw["steering"], tasks=tasks, raw=raw,
-                         retry_rules=retries.rules_of(raw["retry_rules"]))
+                         retry_rules=retries.rules_of(raw["retry_rules"]),
+                         retry_delay=raw["retry_delay"], retry_elsewhere=raw["retry_elsewhere"])

@@ -110,8 +110,11 @@ def dataset_reference() -> str:
     intro = (GENERATED.format(topic="config", source="config/dataset.py") + "\n\n"
              + "A dataset is submitted as one JSON document. Only `jobs` and `tasks` (each with a "
              "`name` and `modules`) are required; the rest has defaults. Sizes are written like "
-             '`"4GB"` (powers of 10), `"4GiB"` or `"4G"` (powers of 2) or as bytes; durations '
-             'like `"2h30m"`, `"1-12:00:00"` or seconds. `examples/` holds complete datasets. '
+             '`"4GB"` (powers of 10), `"4GiB"` or `"4G"` (powers of 2) or as bytes (a number '
+             "without a unit); a task's `memory`, `disk` and `gpu_memory` are 0 or at least 1MB, "
+             'so that `"memory": 1024` (1KiB, surely meant as `"1024MiB"`) is refused. Durations '
+             'are written like `"2h30m"`, `"1-12:00:00"` or seconds. `examples/` holds complete '
+             "datasets. "
              "The matchmaker publishes this schema as JSON Schema too: the body of "
              "`POST /api/v1/datasets` in its OpenAPI document, `/api/v1/openapi.json`.")
     return markdown(dataset.DATASET, "Dataset configuration", intro,

@@ -13,12 +13,15 @@ import json
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.protocol import BATCH_SYSTEMS
+from config.connecting import address_problem
+from config.protocol import BATCH_SYSTEMS, TOKEN_PREFIXES, token_kind
+from config.resources import SMALLEST_SIZE
 from config.schema import (
     OMIT,
     AnyValue,
@@ -36,23 +39,26 @@ from config.schema import (
     String,
     no_nul,
     read_toml,
+    show,
 )
 
 SITE_TOKEN_VARIABLE = "FLOE_SITE_TOKEN"
+MATCHMAKER_VARIABLE = "FLOE_URL"
 FACTORY_ID = r"[A-Za-z0-9_.]{1,24}"
 LABEL = r"[A-Za-z0-9_.-]{1,40}"
 """A shape's or a site's name in a factory config (it goes into batch job names)."""
 _ENV_NAME = String(r"[A-Za-z_][A-Za-z0-9_]*", "a shell variable name")
 _VALUE = String(rule=no_nul)  # reaches the pilots' environment
+_SIZE = Size(0, smallest=SMALLEST_SIZE)
 
 SHAPE_SCHEMA = Object([
     Field("name", String(LABEL, "up to 40 letters, digits, '_', '.' or '-'"),
           "the shape's name, part of its pilots' job names", example="small"),
     Field("cpus", Integer(1, 4096), "CPUs each pilot asks for", 1),
-    Field("memory", Size(1), "memory each pilot offers to tasks", "2GiB",
+    Field("memory", Size(1, smallest=SMALLEST_SIZE), "memory each pilot offers to tasks", "2GiB",
           details="The batch system is asked for this plus the site's memory headroom, so that "
                   "a task slightly over its request is not killed by the batch system first."),
-    Field("disk", Size(0), "scratch disk each pilot asks for", "10GiB"),
+    Field("disk", _SIZE, "scratch disk each pilot asks for", "10GiB"),
     Field("gpus", Integer(0, 64), "GPUs each pilot asks for", 0),
     Field("walltime", Duration(60), "how long each pilot offers to run tasks", "4h",
           details="The batch system is asked for this plus the site's `walltime_overhead`; the "
@@ -61,7 +67,7 @@ SHAPE_SCHEMA = Object([
           "nodes offer, as tasks name them (empty: any)", [], example=["el9", "linux"]),
     Field("arch", String(), "CPU architecture of the worker nodes (empty: any)", "",
           example="x86_64"),
-    Field("gpu_memory", Size(0), "memory of each of its GPUs (0: not said)", 0,
+    Field("gpu_memory", _SIZE, "memory of each of its GPUs (0: not said)", 0,
           example="80GiB", details="With `gpu_model` and `compute_capability`, what the "
           "demand counts this shape for: tasks that ask for more, another model or a higher "
           "capability are counted for another shape, or as fitting none. What a shape does not "
@@ -188,7 +194,7 @@ SITE_SCHEMA = Object([
           {}, example={"cvmfs": "/cvmfs/icecube.opensciencegrid.org"}),
     Field("memory_headroom", Float(0, 10), "fraction of a shape's memory asked for on top of "
           "it", 0.10),
-    Field("memory_headroom_min", Size(0), "least memory asked for on top of a shape's",
+    Field("memory_headroom_min", _SIZE, "least memory asked for on top of a shape's",
           "256MiB"),
     Field("walltime_overhead", Duration(0, 86400), "walltime asked for on top of a shape's, "
           "for the pilot to start and report", "10m",
@@ -212,9 +218,19 @@ SITE_SCHEMA = Object([
           example={"partition": "debug"}),
 ], doc="One site the factory serves: one batch system, its pilot shapes and limits.")
 
+
+def _address(text: str) -> str | None:
+    problem = address_problem(text)
+    return None if problem is None else f"{show(text)} {problem}"
+
+
 FACTORY_SCHEMA = Object([
-    Field("matchmaker", String(r"https?://\S+", "an http:// or https:// address"),
-          "the matchmaker's address", example="https://floe.example.org:8443"),
+    Field("matchmaker", String(hint="an http:// or https:// address", rule=_address,
+                               rule_schema={"pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://\S+$"}),
+          "the matchmaker's address", example="https://floe.example.org:8443",
+          details=f"`floe factory --matchmaker URL`, else the environment variable "
+                  f"`{MATCHMAKER_VARIABLE}`, replaces it (the log's first line says which "
+                  "the factory uses); given either, the file may leave it out."),
     Field("cacert", String(), "CA or self-signed certificate to trust for an https "
           "matchmaker, for the factory and its pilots (empty: the system's)", ""),
     Field("factory_id", String(FACTORY_ID, "up to 24 letters, digits, '_' or '.'"), "tags this "
@@ -303,6 +319,9 @@ class FactoryConfig:
     workdir: Path
     sites: tuple[SiteConfig, ...]
     path: str = ""
+    matchmaker_source: str = ""
+    """Where `matchmaker` came from, for the log: the file's path, "--matchmaker" or "FLOE_URL"
+    (and what the file said, when that is not the one used)."""
 
 
 def default_factory_id() -> str:
@@ -311,13 +330,41 @@ def default_factory_id() -> str:
     return name[:24] or "factory"
 
 
-def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> FactoryConfig:
-    """Validate a factory config document (every problem at once, as ConfigError)."""
+def matchmaker_override(option: str | None) -> tuple[str, str] | None:
+    """The matchmaker address that replaces the file's, and where it comes from: `option`
+    (`floe factory --matchmaker`), else FLOE_URL; None when neither is given."""
+    if option:
+        return option, "--matchmaker"
+    variable = os.environ.get(MATCHMAKER_VARIABLE, "").strip()
+    return (variable, MATCHMAKER_VARIABLE) if variable else None
+
+
+def factory_config(document: Mapping[str, Any], where: str = "site.toml",
+                   matchmaker: tuple[str, str] | None = None) -> FactoryConfig:
+    """Validate a factory config document (every problem at once, as ConfigError).
+    `matchmaker`, as `matchmaker_override` gives it, replaces the document's address."""
+    document = dict(document)
+    source = where
+    if matchmaker is not None:
+        url, given = matchmaker
+        problem = address_problem(url)
+        if problem:
+            shown = f"{given}={url}" if given == MATCHMAKER_VARIABLE else f"{given} {url}"
+            raise ConfigError([f"{shown} {problem}"])
+        in_file = document.get("matchmaker")
+        source = given if in_file in (None, url) else f"{given}, not {where}'s {in_file}"
+        document["matchmaker"] = url
     try:
-        values = FACTORY_SCHEMA.validate(dict(document))
+        values = FACTORY_SCHEMA.validate(document)
     except ConfigError as exc:
         raise ConfigError([f"{where}: {p}" for p in exc.problems]) from None
     problems = []
+    if values["cacert"]:
+        try:
+            ssl.create_default_context(cafile=os.path.expanduser(values["cacert"]))
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"{where}: cacert: cannot load {values['cacert']} as a CA "
+                            f"certificate (PEM): {getattr(exc, 'strerror', None) or exc}")
     names = [site["name"] for site in values["sites"]]
     for name in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{where}: sites: the site {name!r} is listed twice; give each site "
@@ -342,15 +389,17 @@ def factory_config(document: Mapping[str, Any], where: str = "site.toml") -> Fac
         matchmaker=values["matchmaker"].rstrip("/"), cacert=values["cacert"],
         factory_id=values.get("factory_id") or default_factory_id(),
         workdir=(workdir if workdir.is_absolute() else base / workdir).absolute(),
-        sites=tuple(SiteConfig.from_values(site) for site in values["sites"]), path=where)
+        sites=tuple(SiteConfig.from_values(site) for site in values["sites"]), path=where,
+        matchmaker_source=source)
 
 
-def load_factory_config(path: str | Path) -> FactoryConfig:
+def load_factory_config(path: str | Path, matchmaker: str | None = None) -> FactoryConfig:
     """A factory config from its TOML file; relative `workdir`s are taken from the file's
-    directory."""
+    directory. The matchmaker's address is `matchmaker` (`floe factory --matchmaker`) where
+    given, else FLOE_URL where set, else the file's."""
     path = str(path)
     document = read_toml(path, "the factory config")
-    return factory_config(document, path)
+    return factory_config(document, path, matchmaker_override(matchmaker))
 
 
 def to_toml(document: Mapping[str, Any]) -> str:
@@ -385,7 +434,7 @@ def _toml_value(value: Any) -> str:
 
 def site_token(site: SiteConfig) -> str:
     """The site's factory token, from its `token_file` or FLOE_SITE_TOKEN; ConfigError naming
-    the fix when there is none."""
+    the fix when there is none, or when it is another kind of token (a user's)."""
     if site.token_file:
         path = Path(os.path.expanduser(site.token_file))
         try:
@@ -396,11 +445,26 @@ def site_token(site: SiteConfig) -> str:
         if not token:
             raise ConfigError([f"site {site.name}: token_file {path} is empty; write the "
                                "token `floe site add` printed into it"])
-        return token
+        return _of_a_site(token, site.name, f"token_file {path}")
     token = os.environ.get(SITE_TOKEN_VARIABLE, "").strip()
     if not token:
         raise ConfigError([f"site {site.name}: no site token: set token_file, or "
                            f"{SITE_TOKEN_VARIABLE}"])
+    return _of_a_site(token, site.name, SITE_TOKEN_VARIABLE)
+
+
+_TOKEN_NAMES = {"user": "a user's token", "pilot": "a pilot token", "pilot-key": "a pilot's key"}
+
+
+def _of_a_site(token: str, site: str, where: str) -> str:
+    """`token`, unless its prefix says it is not a site's factory token: said before the
+    matchmaker is asked, which refuses a user's (or takes an admin's for any site)."""
+    kind = token_kind(token)
+    if kind in _TOKEN_NAMES:
+        raise ConfigError([
+            f"site {site}: {where} holds {_TOKEN_NAMES[kind]} ({TOKEN_PREFIXES[kind]}...), not "
+            f"the site's factory token (floe_s_...): on the matchmaker's host, `floe site add "
+            f"{site}` prints it once, and `floe site token {site}` replaces a lost one"])
     return token
 
 
@@ -411,7 +475,10 @@ def reference() -> str:
     intro = (GENERATED.format(topic="factory", source="config/factory.py") + "\n\n"
              "`floe factory --config site.toml` reads this TOML file. Only `matchmaker` and "
              "`sites` (each with `name`, `plugin` and `shapes`) are required. Durations are "
-             "written like `\"90s\"`, `\"10m\"` or `\"4h\"`, sizes like `\"2GiB\"`. The factory "
+             "written like `\"90s\"`, `\"10m\"` or `\"4h\"`, sizes like `\"2GiB\"` (a number "
+             "without a unit counts bytes: a shape's `memory`, `disk` and `gpu_memory` and a "
+             "site's `memory_headroom_min` are 0 or at least 1MB, so that `memory = 2048` is "
+             "refused, not taken for 2KiB). The factory "
              "picks up a changed file without a restart (on SIGHUP, and when the file changes); "
              "a file that does not validate is refused with its problems and the old config "
              "stays in force. `examples/site.toml` is a complete example.")

@@ -119,8 +119,12 @@ class _Writer:
             return {"type": "boolean"}
         if isinstance(kind, Size):
             # A number of bytes is a whole number, never negative.
-            return _bounded({"type": ["integer", "string"], "pattern": SIZE_PATTERN},
+            node = _bounded({"type": ["integer", "string"], "pattern": SIZE_PATTERN},
                             max(kind.minimum or 0, 0), kind.maximum)
+            if kind.smallest:  # a string's bytes are beyond a pattern: the validator says
+                node["not"] = {"type": "integer", "exclusiveMinimum": 0,
+                               "exclusiveMaximum": kind.smallest}
+            return node
         if isinstance(kind, Duration):
             # Seconds are truncated to whole ones before the bounds apply: 3600.5 is 3600.
             node = {"type": ["number", "string"], "pattern": DURATION_PATTERN,

@@ -37,6 +37,17 @@ MAX_BATCH_IDS = 1000
 BATCH_SYSTEMS = ("local", "slurm", "sge", "pbs", "htcondor")
 """Every batch system floe submits pilots to (the plugins' registry holds one plugin each)."""
 
+TOKEN_PREFIXES = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_", "pilot-key": "floe_k_"}
+"""The start of each kind of token (the matchmaker makes them): a part handed a token of the
+wrong kind says so before it asks with it."""
+
+
+def token_kind(token: str) -> str | None:
+    """The kind of token `token` is by its prefix ("user", "site", ...); None for no floe
+    token."""
+    return next((kind for kind, prefix in TOKEN_PREFIXES.items() if token.startswith(prefix)),
+                None)
+
 
 def cut_utf8(data: bytes, cut: bool, errors: str = "replace") -> str:
     """The text of `data`, the end of something longer when `cut`: what is left of a character

@@ -17,6 +17,9 @@ from typing import Any
 
 KB, MB, GB, TB = 10**3, 10**6, 10**9, 10**12
 KIB, MIB, GIB, TIB = 2**10, 2**20, 2**30, 2**40
+SMALLEST_SIZE = MB
+"""The least memory, disk or GPU memory a task or a pilot shape may name other than 0: below it
+a size is a mistake, most often a number meant in MiB that, without a unit, counts bytes."""
 
 _SIZE_UNITS = {
     "b": 1,

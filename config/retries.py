@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.schema import OMIT, Enum, Field, Float, Integer, ListOf, Object, String
+from config.schema import OMIT, Duration, Enum, Field, Float, Integer, ListOf, Object, String
 from config.states import COUNTS_AS_FAILURE, ErrorClass
 
 MAX_RULES = 20
@@ -58,6 +58,34 @@ FIELD = Field(
             "argument will not get better); `grow_memory` and `grow_walltime` multiply the "
             "task's requirement for the next attempt, up to the largest a task may ask for. "
             "Overused resources grow anyway (see `max_retries`).")
+
+
+MAX_DELAY = 86400
+"""The longest a retry waits (a day), however many failures came before it."""
+
+DELAY_FIELD = Field(
+    "retry_delay", Duration(0, MAX_DELAY),
+    "How long a failed task waits before its first retry; each later retry waits twice as long "
+    "as the one before, up to a day. 0 retries at once.", default="0s", example="1m",
+    details="A failure that depends on the moment (a busy file server, a full disk that gets "
+            "cleaned) gets time to go away. `floe tasks` and the dataset page say when a task "
+            "that backs off may run again.")
+ELSEWHERE_FIELD = Field(
+    "retry_elsewhere", Duration(0, MAX_DELAY),
+    "For this long after a failure, the task is not given to pilots on the host where it "
+    "failed, while pilots run on more than one host. 0 lets it go back there at once.",
+    default="10m",
+    details="A node with a broken library, a full scratch disk or a bad GPU fails every task "
+            "it runs; the retry goes to another node. Where all the pilots run on one host (a "
+            "single machine, `floe demo`), the retry goes back to it at once.")
+
+
+def retry_delay(first: int, failures: int) -> int:
+    """Seconds the retry after the `failures`-th failure waits: `first` doubled for each
+    failure before it, at most MAX_DELAY."""
+    if first <= 0 or failures <= 0:
+        return 0
+    return min(MAX_DELAY, first * 2 ** min(failures - 1, 17))
 
 
 @dataclass(frozen=True)

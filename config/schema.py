@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from config.resources import (
+    GB,
+    KB,
+    MB,
     ResourceError,
     format_duration,
     format_size,
@@ -327,19 +330,35 @@ class Bool(Kind):
 
 
 class Size(Kind):
-    """An amount of memory or disk: "4GB", "512MiB", "2G" (GiB) or bytes; normalized to bytes."""
+    """An amount of memory or disk: "4GB", "512MiB", "2G" (GiB) or bytes; normalized to bytes.
+
+    With `smallest`, a size other than 0 is at least that. Below it (1MB for what a task or a
+    pilot shape asks for) a size is a mistake, most often a number meant in MiB that, written
+    without a unit, counts bytes: such a number gets a sentence that says so and how to write
+    it. The bound holds for sizes with units too, so that a normalized document (bytes) is
+    valid again."""
 
     name = "size"
 
-    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
+    def __init__(self, minimum: int | None = None, maximum: int | None = None,
+                 smallest: int | None = None) -> None:
         self.minimum = minimum
         self.maximum = maximum
+        self.smallest = smallest
 
     def expectation(self) -> str:
-        return _described('a size like "4GB"', self.constraints())
+        return _described('a size like "4GB"',
+                          _bounds(self.minimum, self.maximum, shown=format_size))
 
     def constraints(self) -> str:
-        return _bounds(self.minimum, self.maximum, shown=format_size)
+        if not self.smallest:
+            return _bounds(self.minimum, self.maximum, shown=format_size)
+        most = "" if self.maximum is None else f" and at most {format_size(self.maximum)}"
+        return self._least() + most
+
+    def _least(self) -> str:
+        least = f"at least {_written(self.smallest or 0)}"
+        return f"0 or {least}" if self.minimum is None or self.minimum <= 0 else least
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, (int, str)) and not isinstance(value, bool)
@@ -351,7 +370,29 @@ class Size(Kind):
             return self.wrong(value, path, problems)
         if not _within(size, self.minimum, self.maximum):
             return self.wrong(value, path, problems)
+        if self.smallest and 0 < size < self.smallest:
+            if _without_unit(value):
+                written = str(value).strip()
+                problems.add(path, f"{show(value)} is {format_size(size)}: a size without a unit "
+                                   f"counts bytes, and here it must be {self._least()}; write "
+                                   f'"{written}MiB" or "{written}MB" for that many megabytes')
+            else:
+                problems.add(path, f"{show(value)} is less than {_written(self.smallest)}: here "
+                                   f"a size must be {self._least()}")
         return size
+
+
+def _without_unit(value: Any) -> bool:
+    """Whether a size is written as a bare number (512, "512"): a number of bytes."""
+    return isinstance(value, int) or not re.search(r"[A-Za-z]", str(value))
+
+
+def _written(nbytes: int) -> str:
+    """A size bound as a config would write it: "1MB" for 10**6, else as format_size shows it."""
+    for unit, size in (("GB", GB), ("MB", MB), ("KB", KB)):
+        if nbytes % size == 0 and nbytes % 1024:
+            return f"{nbytes // size}{unit}"
+    return format_size(nbytes)
 
 
 class Duration(Kind):

@@ -96,6 +96,17 @@ SERVER_SCHEMA = Object([
           "attempt", "64KiB",
           details="The end of each stream is kept: at most this many bytes of its UTF-8 text, "
                   "cut between two characters."),
+    Field("black_hole_failures", Integer(0, 1000), "failures of different tasks, each soon "
+          "after its start, that make a host a black hole", 5,
+          details="Counted on one host since its last success, across its pilots and their "
+                  "factories, for tasks of datasets that have completed tasks elsewhere (a "
+                  "dataset broken everywhere makes no host a black hole). A black hole gets no "
+                  "work for `black_hole_cooldown`; its pilots are told why, and it is listed by "
+                  "`floe sites`, on the sites page and in /metrics. 0 turns this off."),
+    Field("black_hole_quick", Duration(1, 86400), "how soon after its start a failure counts "
+          "towards making its host a black hole", "2m"),
+    Field("black_hole_cooldown", Duration(60, 30 * 86400), "how long a black-hole host gets "
+          "no work", "1h"),
     Field("max_jobs_per_dataset", Integer(1, 10_000_000), "most jobs one submitted dataset may "
           "have", 1_000_000,
           details="A dataset config asking for more is refused with this limit in the answer. "
@@ -149,6 +160,9 @@ class ServerSettings:
     max_connections_per_address: int
     max_log_bytes: int
     tail_bytes: int
+    black_hole_failures: int
+    black_hole_quick: int
+    black_hole_cooldown: int
     max_jobs_per_dataset: int
     max_queued_tasks_per_user: int
     materialize_chunk: int

@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from config.connecting import unreachable_hint
+
 WITHDRAW_TIMEOUT = 5.0
 """Seconds a stopping factory waits for the matchmaker to take its withdrawal."""
 
@@ -63,8 +65,9 @@ class SiteClient:
             raise MatchmakerError(f"the matchmaker refused {path}: {message}{hint}",
                                   exc.code) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise MatchmakerError(f"cannot reach the matchmaker at {self.url}: {reason}") from None
+            said = (unreachable_hint(self.url, exc, "`cacert` in the factory's config")
+                    or getattr(exc, "reason", exc))
+            raise MatchmakerError(f"cannot reach the matchmaker at {self.url}: {said}") from None
 
     def demand(self, shapes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """The demand answer for these shapes (each with its `queued` count)."""

@@ -32,8 +32,9 @@ class Factory:
     """Runs the sites of one config file until `stop()`."""
 
     def __init__(self, config_path: str | Path, bundle: Path, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, matchmaker: str | None = None) -> None:
         self.config_path = Path(config_path)
+        self.matchmaker = matchmaker  # `floe factory --matchmaker`, over FLOE_URL and the file
         self.bundle = bundle
         self.clock = clock
         self.config: FactoryConfig | None = None
@@ -50,7 +51,7 @@ class Factory:
         """Read and validate the config file and every site's token; ConfigError when any of
         it is wrong (nothing changes then)."""
         self._mtime = self._file_mtime()
-        config = load_factory_config(self.config_path)
+        config = load_factory_config(self.config_path, self.matchmaker)
         tokens = {site.name: site_token(site) for site in config.sites}
         self._apply(config, tokens)
         return config
@@ -101,8 +102,9 @@ class Factory:
         """Run until stopped; returns the exit status."""
         if self.config is None:
             self.load()
-        log.info("factory %s started for %s with %s; workdir %s (SIGHUP rereads %s, SIGTERM "
-                 "stops)", self.config.factory_id, self.config.matchmaker,
+        log.info("factory %s started for %s (from %s) with %s; workdir %s (SIGHUP rereads %s, "
+                 "SIGTERM stops)", self.config.factory_id, self.config.matchmaker,
+                 self.config.matchmaker_source,
                  "; ".join(f"site {r.name} ({r.site.plugin}, a cycle every "
                            f"{r.site.cycle:g} s)" for r in self.runners.values()),
                  self.config.workdir, self.config_path)

@@ -10,18 +10,21 @@ lock and then finds it ended.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from config.protocol import utf8_tail
-from config.states import AttemptState, ErrorClass, TaskState
+from config.retries import retry_delay
+from config.states import COUNTS_AS_FAILURE, AttemptState, ErrorClass, TaskState
 
 from .engine import ActiveAttempt, Engine
 from .fairshare import weight
 from .lifecycle import RESOURCE_STATISTICS, Outcome, Plan, attempt_state_of, overuse_sentence, plan
-from .model import DatasetState
+from .model import CODE, DatasetState, Later
 from .storage import writes
 from .storage.database import Batch
 
@@ -46,6 +49,13 @@ def outcome(engine: Engine, active: ActiveAttempt, ended: Outcome, now: float
     _rows(batch, engine, dataset, active, ended, decided, wall, now)
     undo, status = _apply(engine, dataset, active, ended, decided, wall, now)
     batch.on_failure(undo)
+    error = None if ended.success else ended.error_class or ErrorClass.TASK_ERROR
+    suspect = engine.black_holes.ended(
+        active.host, active.site, task_id, error, ended.stderr_tail or ended.error_message,
+        wall, now, proven=dataset.counts[CODE[TaskState.COMPLETE]] > 0)
+    if suspect is not None:
+        writes.add_event(batch, None, None, "black hole", f"host {suspect.host} at "
+                         f"{suspect.site}: {suspect.why}", now)
     if status is not None:
         writes.set_dataset(batch, dataset.id, status=status, priority=dataset.priority, now=now)
     batch.on_commit(partial(_committed, engine, active, decided, ended))
@@ -115,6 +125,24 @@ def _put(records: dict, key: Any, saved: Any) -> None:
         records[key] = saved
 
 
+def _hold_back(engine: Engine, dataset: DatasetState, active: ActiveAttempt, decided: Plan,
+               now: float) -> None:
+    """A task retried after a failure of its own backs off (`retry_delay`, doubling) and
+    avoids the host it failed on (`retry_elsewhere`); held asks are poked when it may run."""
+    task_id = active.task_id
+    if not any(moved == task_id and new == TaskState.READY for moved, _, new in decided.moves):
+        return
+    config = dataset.config
+    delay = retry_delay(config.retry_delay, decided.failures)
+    if not delay and not config.retry_elsewhere:
+        return
+    dataset.later[task_id] = Later(now + delay, active.host, now + config.retry_elsewhere)
+    if delay:
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing is held to wake
+            asyncio.get_running_loop().call_later(
+                delay, engine.holding.poke, dataset.requirements(task_id), 1)
+
+
 def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: Outcome,
            decided: Plan, wall: float, now: float) -> tuple[Callable[[], None], str | None]:
     """Apply a planned outcome to what the scheduler decides from. Returns a function that
@@ -123,7 +151,7 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
     task_index = dataset.locate(task_id)[1]
     before = (dataset.failures.get(task_id, _MISSING), dataset.lost.get(task_id, _MISSING),
               dataset.overrides.get(task_id, _MISSING), dataset.runtimes[task_index],
-              dataset.status)
+              dataset.status, dataset.later.get(task_id, _MISSING))
     if decided.failures:
         dataset.failures[task_id] = decided.failures
     if decided.lost:
@@ -132,6 +160,8 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
         dataset.overrides[task_id] = decided.grown
     for moved_id, _old, new in decided.moves:
         dataset.move(moved_id, new, continuing=True)
+    if not ended.success and (ended.error_class or ErrorClass.TASK_ERROR) in COUNTS_AS_FAILURE:
+        _hold_back(engine, dataset, active, decided, now)
     rate = weight(active.requirements.cpus, active.requirements.gpus, engine.settings.gpu_weight)
     correction = rate * wall - active.charge
     engine.user_usage.charge(dataset.user_id, correction, now)
@@ -155,7 +185,8 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
     dataset.status = status
 
     def undo() -> None:
-        failures, lost, grown, runtime, old_status = before
+        failures, lost, grown, runtime, old_status, later = before
+        _put(dataset.later, task_id, later)
         _put(dataset.failures, task_id, failures)
         _put(dataset.lost, task_id, lost)
         _put(dataset.overrides, task_id, grown)

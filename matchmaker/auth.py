@@ -18,6 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from config.protocol import TOKEN_PREFIXES
 from config.schema import number
 
 from .engine import Engine, Site, User
@@ -25,7 +26,7 @@ from .errors import BadRequest, Conflict, NotFound, Unauthorized
 from .passkeys import hash_secret
 from .storage import queries, writes
 
-PREFIX = {"user": "floe_u_", "site": "floe_s_", "pilot": "floe_p_", "pilot-key": "floe_k_"}
+PREFIX = TOKEN_PREFIXES
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 NAME_HINT = "1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import Slot, format_size
+from config.resources import Slot, format_duration, format_size
 from config.states import TaskState
 
 from . import passkeys
@@ -87,6 +87,8 @@ class NoWork:
     reason: str
     wait: int
     shortest_walltime: int | None = None
+    final: bool = False
+    """Not to be held: work that comes would not go to this pilot (its host is a black hole)."""
 
 
 @dataclass
@@ -135,6 +137,12 @@ def nothing_in(answer: Answer) -> bool:
     return isinstance(answer, NoWork) or (isinstance(answer, Given) and not answer.attempts)
 
 
+def may_hold(answer: Answer) -> bool:
+    """Whether an ask answered with no task may be held until work comes."""
+    nothing = answer if isinstance(answer, NoWork) else getattr(answer, "nothing", None)
+    return nothing_in(answer) and not (nothing is not None and nothing.final)
+
+
 def ask_again(answer: Answer) -> Answer:
     """An answer of no task that says to ask again at once (the ask was held its whole time)."""
     if isinstance(answer, NoWork):
@@ -154,8 +162,14 @@ def answer_json(engine: Engine, answer: Answer) -> bytes:
     return answer.to_json(engine)
 
 
+HELD = "held"
+"""What `choose` answers when the only tasks that fit were retried ones held back (they back off,
+or avoid the asking pilot's host): nothing now, yet the shape is not barren."""
+
+
 def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | None = None,
-           shape: Slot | None = None) -> tuple[DatasetState, int] | None:
+           shape: Slot | None = None, host: str = ""
+           ) -> tuple[DatasetState, int] | str | None:
     """Pop the best ready task for `slot`, or None: users most deserving first (lowest decayed
     usage per share), and each user's datasets most deserving first (usage per priority); both
     orders are kept up to date by the ledgers, and walked in place (nothing is charged while
@@ -164,8 +178,12 @@ def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | No
     `misses`, when given, collects the (dataset, GPU phase) pairs that had nothing for `slot`
     and skips those already in it: a caller asking again for a part of the same slot, with no
     await in between, need not look at them twice (nothing fits a smaller slot that did not
-    fit the larger one, and no task became ready meanwhile)."""
+    fit the larger one, and no task became ready meanwhile). `host` is the asking pilot's:
+    a retried task may avoid it (`model.Later`); HELD when only such tasks fitted."""
     processing = DatasetStatus.PROCESSING
+    now = engine.clock()
+    hosts = len(engine.hosts)
+    held_any = False
     datasets = engine.datasets
     owners = engine.owners
     ranked = engine.dataset_usage.ranked
@@ -204,16 +222,30 @@ def choose(engine: Engine, slot: Slot, misses: set[tuple[int, bool | None]] | No
                 seen = missed.get(key)
                 if seen is not None and seen[0] == queue.epoch and seconds <= seen[1]:
                     continue
-                taken = queue.take(slot, gpu_tasks, dataset.is_ready)
+                later = dataset.later
+                held = None
+                if later:
+                    def held(task_id: int, later: dict = later) -> bool:
+                        nonlocal held_any
+                        waits = later.get(task_id)
+                        if waits is None or not waits.holds(host, now, hosts):
+                            return False
+                        held_any = True
+                        return True
+                before = held_any
+                taken = queue.take(slot, gpu_tasks, dataset.is_ready, held)
                 if taken is not None:
                     return dataset, taken[0]
+                if held_any and not before:
+                    all_missed = False  # it has a task for this shape, later or elsewhere
+                    continue
                 missed[key] = _widened(seen, queue.epoch, seconds)
                 if misses is not None:
                     misses.add(key)
             if all_missed:
                 missed_users[user_key] = _widened(missed_users.get(user_key), owner.epoch,
                                                   seconds)
-    return None
+    return HELD if held_any else None
 
 
 def _remembered(by_shape: dict[Slot, dict], shape: Slot) -> dict:
@@ -272,8 +304,8 @@ def reserve(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch) -> Dispatch 
     now = engine.clock()
     pilot.last_seen = now
     given = _take(engine, pilot, slot, batch, now)
-    if given is None:
-        return _no_work(engine, pilot, slot, now)
+    if given is None or given == HELD:
+        return _no_work(engine, pilot, slot, now, held=given == HELD)
     _count_on_commit(engine, pilot, batch, 1)
     return given
 
@@ -288,9 +320,11 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     most = offer.max_tasks or 1
     misses: set[tuple[int, bool | None]] = set()  # the slot only shrinks task by task
     series_left = float(slot.seconds)
+    held = False
     while len(given) < most:
         one = _take(engine, pilot, left, batch, now, misses)
-        if one is None:
+        if one is None or one == HELD:
+            held = one == HELD
             break
         given.append(one)
         needs = one.dataset.requirements(one.task_id)
@@ -307,13 +341,22 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
             if left.cpus < 1:  # every task needs a CPU
                 break
     if not given:
-        return Given([], _no_work(engine, pilot, slot, now))
+        return Given([], _no_work(engine, pilot, slot, now, held))
     _count_on_commit(engine, pilot, batch, len(given))
     return Given(given)
 
 
 def reserve_offer(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Answer:
-    """`reserve` or `reserve_many`, as the offer asks for the single or the list form."""
+    """`reserve` or `reserve_many`, as the offer asks for the single or the list form; no task
+    for a pilot on a black-hole host."""
+    now = engine.clock()
+    suspect = engine.black_holes.kept_out(pilot.host, now)
+    if suspect is not None:
+        left = max(1, int(suspect.until - now))
+        nothing = NoWork(f"this host ({pilot.host}) gets no work for {format_duration(left)}: "
+                         f"it looks like a black hole: {suspect.why}",
+                         min(left, engine.settings.idle_wait), final=True)
+        return nothing if offer.max_tasks is None else Given([], nothing)
     if offer.max_tasks is None:
         return reserve(engine, pilot, offer.slot, batch)
     return reserve_many(engine, pilot, offer, batch)
@@ -342,10 +385,15 @@ def explained(engine: Engine, slot: Slot, now: float) -> NoWork:
     return answer
 
 
-def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float) -> NoWork:
+def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float,
+             held: bool = False) -> NoWork:
     pilot.free, pilot.free_since = slot, now
     pilot.empty_asks += 1
     engine.metrics.empty_asks += 1
+    if held:
+        return NoWork("the ready tasks that fit this slot are retries that back off "
+                      f"(retry_delay) or avoid this host, {pilot.host}, where they failed "
+                      "(retry_elsewhere)", min(engine.settings.idle_wait, 10))
     return explained(engine, slot, now)
 
 
@@ -365,17 +413,20 @@ def _found_barren(engine: Engine, shape: Slot, seconds: int) -> None:
 
 
 def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
-          misses: set[tuple[int, bool | None]] | None = None) -> Dispatch | None:
-    """Reserve the best task for `slot` (see `reserve`), or None when none fits; `misses` as
-    `choose` takes it."""
+          misses: set[tuple[int, bool | None]] | None = None) -> Dispatch | str | None:
+    """Reserve the best task for `slot` (see `reserve`), or None when none fits (HELD when
+    only retried tasks held back did); `misses` as `choose` takes it."""
     shape = shape_of(slot)  # once: every check below is by shape
     if _barren(engine, shape, slot.seconds):
         return None
-    picked = choose(engine, slot, misses, shape)
+    picked = choose(engine, slot, misses, shape, pilot.host)
     if picked is None:
         _found_barren(engine, shape, slot.seconds)
         return None
+    if picked == HELD:
+        return HELD
     dataset, task_id = picked
+    dataset.later.pop(task_id, None)
     requirements = dataset.requirements(task_id)
     job_index, task_index = dataset.locate(task_id)
     job_before = dataset.job_state(job_index)

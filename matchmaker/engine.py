@@ -27,6 +27,7 @@ from config.resources import Requirements, Slot
 from config.settings import ServerSettings
 from config.states import TaskState
 
+from .blackholes import BlackHoles
 from .fairshare import Ledger
 from .holding import Holding
 from .metrics import Metrics
@@ -184,6 +185,7 @@ class Engine:
         self.users_by_name: dict[str, User] = {}
         self.sites: dict[int, Site] = {}
         self.pilots: dict[int, Pilot] = {}
+        self.hosts: collections.Counter[str] = collections.Counter()  # running pilots by host
         self.active: dict[int, ActiveAttempt] = {}
         self.voided: collections.OrderedDict[int, str] = collections.OrderedDict()
         self.user_usage = Ledger(settings.fair_share_half_life, now, weight=self.share_of)
@@ -191,6 +193,7 @@ class Engine:
                                     weight=lambda d: self.datasets[d].priority,
                                     group=lambda d: self.datasets[d].user_id)
         self.metrics = Metrics()
+        self.black_holes = BlackHoles(settings)
         self.next_attempt_id = 1
         self.next_pilot_id = 1
         self.next_task_id = 1
@@ -229,6 +232,17 @@ class Engine:
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)
         self.next_task_id = max(self.next_task_id, dataset.base + dataset.total_tasks)
+
+    def add_pilot(self, pilot: Pilot) -> Pilot:
+        self.pilots[pilot.pilot_id] = pilot
+        self.hosts[pilot.host] += 1
+        return pilot
+
+    def drop_pilot(self, pilot: Pilot) -> None:
+        if self.pilots.pop(pilot.pilot_id, None) is not None:
+            self.hosts[pilot.host] -= 1
+            if self.hosts[pilot.host] <= 0:
+                del self.hosts[pilot.host]
 
     def forget_dataset(self, dataset: DatasetState) -> None:
         """Take a dataset out of memory again (its submit did not commit)."""
@@ -289,10 +303,10 @@ class Engine:
             await self._load_tasks(state)
             state.status = self.dataset_status_after(state)
         for row in await queries.running_pilots(db):
-            self.pilots[row["pilot_id"]] = Pilot(
+            self.add_pilot(Pilot(
                 row["pilot_id"], self.sites[row["site_id"]], row["host"], row["batch_id"],
                 row["registered"], max(row["last_seen"], now), json.loads(row["resources"]),
-                row["batch_system"])
+                row["batch_system"]))
         await self._load_attempts(now)
         for row in await queries.usage(db):
             kind, _, key = row["entity"].partition(":")

@@ -49,6 +49,23 @@ class Dataset:
     created: float
 
 
+@dataclass(frozen=True)
+class Later:
+    """When a retried task may run, and where not: it is not handed out before `not_before`,
+    nor to a pilot on `host` (where it failed) before `elsewhere_until` while pilots run on
+    more than one host. Memory only: a restarted matchmaker retries at once, anywhere."""
+
+    not_before: float
+    host: str
+    elsewhere_until: float
+
+    def holds(self, host: str, now: float, hosts: int) -> bool:
+        """Whether the task must not go to a pilot on `host` now (`hosts`: how many hosts run
+        pilots)."""
+        return now < self.not_before or (
+            host == self.host and now < self.elsewhere_until and hosts > 1)
+
+
 class DatasetState:
     """One dataset's tasks, their states and its ready queue."""
 
@@ -69,6 +86,7 @@ class DatasetState:
         self.failures: dict[int, int] = {}
         self.lost: dict[int, int] = {}
         self.overrides: dict[int, Requirements] = {}
+        self.later: dict[int, Later] = {}  # retried tasks that back off or avoid a host
         self.queue = DatasetQueue()
         self.runtimes: list[float | None] = [None] * self.ntasks  # mean wall, for fair share
         self.learned: list[Learned | None] = [None] * self.ntasks  # for packing in series

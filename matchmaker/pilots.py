@@ -41,8 +41,8 @@ async def register(engine: Engine, token: Principal, host: str, batch_system: st
         await engine.db.write(batch)
     except StaleWrite:
         raise Forbidden(used_message(None)) from None
-    pilot = engine.pilots[pilot_id] = Pilot(pilot_id, site, host, batch_id, now, now, resources,
-                                            batch_system)
+    pilot = engine.add_pilot(Pilot(pilot_id, site, host, batch_id, now, now, resources,
+                                   batch_system))
     return pilot, key
 
 
@@ -87,4 +87,4 @@ async def end(engine: Engine, pilot: Pilot, state: str, reason: str, suspect: bo
             await recording.lose(engine, active, ErrorClass.PILOT_LOST, why_lost or reason)
     await engine.db.write(writes.end_pilot(Batch(), pilot.pilot_id, state=state,
                                            now=engine.clock(), reason=reason, suspect=suspect))
-    engine.pilots.pop(pilot.pilot_id, None)
+    engine.drop_pilot(pilot)

@@ -117,12 +117,14 @@ class DatasetQueue:
             self.gpu_ready -= 1
             self.owner.gpu_ready -= 1
 
-    def take(self, slot: Slot, gpu_tasks: bool | None,
-             is_ready: Callable[[int], bool]) -> tuple[int, TaskClass] | None:
+    def take(self, slot: Slot, gpu_tasks: bool | None, is_ready: Callable[[int], bool],
+             held: Callable[[int], bool] | None = None) -> tuple[int, TaskClass] | None:
         """Pop the best ready task that fits `slot`: continuing before fresh. The caller must
         move the task out of the ready state at once (which updates the counts).
 
         `gpu_tasks` True/False restricts to classes that do/don't need GPUs; None allows both.
+        A task `held` says may not go to this slot now stays where it is in the queue; `held`
+        is only asked of retried tasks that wait or avoid a host (continuing ones).
         """
         if (gpu_tasks and not self.gpu_ready) or (gpu_tasks is False
                                                   and self.ready == self.gpu_ready):
@@ -147,10 +149,18 @@ class DatasetQueue:
         for attr in ("continuing", "fresh"):
             for task_class in candidates:
                 queue = getattr(task_class, attr)
-                while queue:
-                    task_id = queue.popleft()
-                    if is_ready(task_id):  # the caller moves it on, which counts it out
-                        return task_id, task_class
+                kept: list[int] = []
+                try:
+                    while queue:
+                        task_id = queue.popleft()
+                        if not is_ready(task_id):
+                            continue
+                        if held is not None and attr == "continuing" and held(task_id):
+                            kept.append(task_id)
+                            continue
+                        return task_id, task_class  # the caller moves it on, counting it out
+                finally:
+                    queue.extendleft(reversed(kept))
         return None
 
     def count_fitting(self, slot: Slot) -> int:

@@ -3,21 +3,23 @@
 A ready task waits for a pilot that fits it. Whether one can come is read from what the
 matchmaker knows now: the running pilots' slots (as they registered them, with the time that has
 passed since), and the pilot shapes each site's factory offered in its last demand request
-(`engine.queued_pilots`, fresh for `QUEUED_TTL`). A task that fits none of them is told so, shape
-by shape as the factory's log says it; one that a site could start a pilot for waits for that
-pilot; one that running pilots fit waits its turn, behind the users (and the owner's own
-datasets) that fair share serves first. A waiting task names the dependencies it waits for, a
-suspended one why it is held. Running, complete and failed tasks have no `why` (a failed one
-has its reason). Pure logic on the working state: no I/O.
+(`engine.queued_pilots`, fresh for `QUEUED_TTL`). A task that fits none of them is told so,
+shape by shape as the factory's log says it; one that a site could start a pilot for waits for
+that pilot; one that running pilots fit waits its turn, behind the users (and the owner's own
+datasets) that fair share serves first; a retried one may back off first, or avoid the host it
+failed on. A waiting task names the dependencies it waits for, a suspended one why it is held.
+Running, complete and failed tasks have no `why` (a failed one has its reason). Pure logic on
+the working state: no I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from config.protocol import QUEUED_TTL
-from config.resources import Requirements, Slot, allowed_at, fits, why_not
+from config.resources import Requirements, Slot, allowed_at, fits, format_duration, why_not
 from config.states import TaskState
 
 from .engine import Engine
@@ -49,7 +51,17 @@ class Explainer:
     def _why(self, dataset: DatasetState, task_id: int) -> str | None:
         state = dataset.state(task_id)
         if state is TaskState.READY:
-            return self.ready(dataset, dataset.requirements(task_id))
+            said = self.ready(dataset, dataset.requirements(task_id))
+            later = dataset.later.get(task_id)
+            if later is None:
+                return said
+            if self.now < later.not_before:
+                wait = format_duration(math.ceil(later.not_before - self.now))
+                return f"backing off before its retry: it may run again in {wait}"
+            if later.holds(later.host, self.now, len(self.engine.hosts)):
+                wait = format_duration(math.ceil(later.elsewhere_until - self.now))
+                return f"not on {later.host}, where it failed, for {wait}; {said}"
+            return said
         if state is TaskState.WAITING:
             return self._dependencies(dataset, task_id)
         if state is TaskState.SUSPENDED:

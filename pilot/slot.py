@@ -155,7 +155,7 @@ def measure(
     return MeasuredSlot(
         cpus=int(cpus), memory=int(memory), disk=int(disk), gpus=tuple(gpus),
         deadline=deadline, os=os_names(root), arch=platform.machine(),
-        python=platform.python_version(), host=socket.gethostname(),
+        python=platform.python_version(), host=node_name(env),
         site=site or env.get("FLOE_SITE", ""), batch_system=batch_system,
         batch_job_id=batch_job_id, scratch=str(scratch_dir), sources=sources, limits=limits,
         promised=promised, short=shortfall(promised, found, sources),
@@ -178,6 +178,13 @@ def _promised(env: Mapping[str, str]) -> dict[str, int]:
     if walltime.isdigit():
         promised["walltime"] = int(walltime)
     return promised
+
+
+def node_name(env: Mapping[str, str]) -> str:
+    """The node's name as the pilot reports it: `FLOE_HOST` when set (a container's host name
+    is not its node's), else SLURM's name for the node, else the host name. The matchmaker
+    keeps black-hole hosts out by this name, and a factory excludes them by it."""
+    return env.get("FLOE_HOST") or env.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def shortfall(promised: Mapping[str, int], found: Mapping[str, int],

@@ -139,6 +139,14 @@ def render(engine: Engine, pilot_counts: Iterable[Mapping[str, Any]]) -> str:
     out.family("floe_empty_pilots_total", "counter", "Pilots that signed off without ever "
                "being given a task, by site.",
                (({"site": site}, count) for site, count in sorted(metrics.empty_pilots.items())))
+    kept_out: dict[str, int] = {}
+    for suspect in engine.black_holes.current(engine.clock()):
+        kept_out[suspect.site] = kept_out.get(suspect.site, 0) + 1
+    out.family("floe_black_hole_hosts", "gauge", "Hosts that get no work now because tasks "
+               "failed there one after another (black holes), by site.",
+               (({"site": site}, count) for site, count in sorted(kept_out.items())))
+    out.family("floe_black_holes_found_total", "counter", "Hosts found to be black holes.",
+               [({}, engine.black_holes.found)])
 
     out.histogram("floe_request_duration_seconds", "Time to answer API requests, by route.",
                   "route", metrics.latency)

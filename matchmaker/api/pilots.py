@@ -88,7 +88,7 @@ async def ask(ctx: Context) -> Any:
     # A random 80-100 % of hold_asks: pilots that began holding together (a restart, a burst
     # of registrations) then do not all ask again in the same moment.
     hold = min(ctx.body.get("hold", 0), ctx.engine.settings.hold_asks * random.uniform(0.8, 1))
-    if hold and dispatch.nothing_in(answer):
+    if hold and dispatch.may_hold(answer):
         answer = await _held(ctx, pilot, offer, answer, hold)
     return web.Response(body=dispatch.answer_json(ctx.engine, answer),
                         content_type="application/json")
@@ -101,7 +101,7 @@ async def _held(ctx: Context, pilot: Pilot, offer: dispatch.Offer, answer: dispa
     a client that has gone."""
     loop = asyncio.get_running_loop()
     until = loop.time() + seconds
-    while dispatch.nothing_in(answer):
+    while dispatch.may_hold(answer):
         if not await ctx.engine.holding.hold(pilot.pilot_id, offer.slot, until - loop.time()):
             return dispatch.ask_again(answer) if loop.time() >= until - 0.01 else answer
         transport = ctx.request.transport

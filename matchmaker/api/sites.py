@@ -26,14 +26,20 @@ async def own_site(ctx: Context) -> Site:
 
 
 @route("GET", "/api/v1/sites", summary="Sites with their running pilots", tag="sites",
-       action=Action.READ)
+       action=Action.READ,
+       description="`black_holes` lists the site's hosts that get no work now: where tasks of "
+                   "`black_hole_failures` different tasks failed soon after their start, with "
+                   "when that was found, until when, and why.")
 async def sites(ctx: Context) -> Any:
     engine = ctx.engine
+    now = engine.clock()
     result = []
     for site in sorted(engine.sites.values(), key=lambda s: s.name):
         pilots = [p for p in engine.pilots.values() if p.site is site]
         result.append({"name": site.name, "pilots": len(pilots),
-                       "attempts": sum(len(p.attempts) for p in pilots)})
+                       "attempts": sum(len(p.attempts) for p in pilots),
+                       "black_holes": [suspect.to_dict() for suspect
+                                       in engine.black_holes.current(now, site.name)]})
     return {"sites": result}
 
 

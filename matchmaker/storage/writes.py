@@ -180,6 +180,13 @@ SAVE_USAGE = Statement(
 
 # -- row writers: a change added to a batch, by name ------------------------------------------
 
+def add_event(batch: Batch, dataset_id: int | None, user_id: int | None, action: str,
+              detail: str, now: float) -> Batch:
+    """Something that happened, for the history (a dataset's, or the server's with no
+    dataset)."""
+    return batch.add(ADD_EVENT, (now, dataset_id, user_id, action, detail))
+
+
 def insert_pilot(batch: Batch, pilot_id: int, *, site_id: int, host: str, batch_system: str,
                  batch_id: str, resources: Mapping[str, Any], now: float) -> Batch:
     return batch.add(INSERT_PILOT, (pilot_id, site_id, host, batch_system, batch_id,

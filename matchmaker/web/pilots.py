@@ -83,7 +83,19 @@ async def pilots_page(view: View) -> web.StreamResponse:
             tag("p", f"Empty pilots: of the last {reports.RECENT_PILOTS:,} pilots, those that "
                      "ended without being given a task. Failed and lost attempts: of those "
                      "that ended in the last 24 hours.", class_="hint")),
+        _black_holes(view),
         tag("section", tag("h2", "Pilots"), filters, listing, paging, id="pilots"))
+
+
+def _black_holes(view: View) -> Markup | None:
+    """The hosts that get no work now (none: no section)."""
+    holes = view.engine.black_holes.current(view.now)
+    if not holes:
+        return None
+    return tag("section", tag("h2", "Hosts that get no work (black holes)"), table(
+        ["Site", "Host", "Since", "Until", "Why"],
+        ([h.site, h.host, when(h.since), when(h.until), tag("span", h.why, class_="reason")]
+         for h in holes)), id="black-holes")
 
 
 def _pilot_row(view: View, row: dict[str, Any]) -> list[Any]:

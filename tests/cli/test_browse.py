@@ -137,7 +137,7 @@ def test_tasks_of_an_unknown_task_name_is_one_sentence(capsys, matchmaker, ran):
     status, out, err = run(capsys, "tasks", str(ran.dataset), "--task", "plot",
                            *as_user(matchmaker))
     assert status == 1 and out == ""
-    assert err == (f"floe tasks: task: dataset {ran.dataset} has no task named 'plot' (it has "
+    assert err == (f"floe tasks: --task: dataset {ran.dataset} has no task named 'plot' (it has "
                    "gen, fit)\n")
 
 
@@ -250,3 +250,39 @@ def test_what_does_not_exist_is_named_in_one_sentence(capsys, matchmaker, args):
     assert status == 1 and out == ""
     what = "dataset" if args[0] in ("jobs", "tasks") else "task"
     assert err == f"floe {args[0]}: there is no {what} {args[1]}\n"
+
+
+def test_logs_of_a_retried_task_show_the_last_failures_stderr_when_the_latest_wrote_nothing(
+        capsys, matchmaker):
+    matchmaker.submit({"jobs": 1, "max_retries": 2, "tasks": [{"name": "fit", "modules": [
+        {"command": ["true"]}]}]})
+    pilot = ScriptedPilot(matchmaker)
+    first = pilot.take()
+    pilot.report(first, exit_code=3, error_message="fit diverged",
+                 stderr_tail="Traceback: fit diverged\n")
+    latest = pilot.take()  # the retry, running: nothing uploaded yet
+    task = str(latest["task_id"])
+    failure = (f"attempt {first['id']} failed (task_error, exit 3: fit diverged) and wrote "
+               "this to its stderr:\n")
+    status, out, err = run(capsys, "logs", task, *as_user(matchmaker))
+    assert (status, out) == (0, "Traceback: fit diverged\n")
+    assert err == (f"attempt {latest['id']} (the latest) is still running; the pilot uploads "
+                   f"its stdout when it ends (see `floe attempts {task}`); {failure}")
+    pilot.report(latest)  # complete, and it wrote nothing
+    status, out, err = run(capsys, "logs", task, *as_user(matchmaker))
+    assert (status, out) == (0, "Traceback: fit diverged\n")
+    assert err == f"attempt {latest['id']} (the latest) wrote nothing to stdout; {failure}"
+    assert run_json(capsys, "logs", task, *as_user(matchmaker))["failed"]["attempt_id"] == \
+        first["id"]
+    # An attempt asked for by its id shows its own log only.
+    status, out, err = run(capsys, "logs", task, "--attempt", str(latest["id"]),
+                           *as_user(matchmaker))
+    assert (status, out, err) == (0, "", f"attempt {latest['id']} wrote nothing to stdout\n")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--limit", "0"], "--limit: must be at least 1, got 0"),
+    (["--job", "-1"], "--job: must be at least 0, got -1")])
+def test_a_refused_option_is_named_as_it_is_typed(capsys, matchmaker, ran, args, said):
+    status, out, err = run(capsys, "tasks", str(ran.dataset), *args, *as_user(matchmaker))
+    assert (status, out, err) == (1, "", f"floe tasks: {said}\n")

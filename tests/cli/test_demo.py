@@ -30,13 +30,14 @@ BARE_ENV = {**os.environ, "PATH": os.pathsep.join(
     if p and Path(p).resolve() != VENV_BIN.resolve())}
 
 
-def demo(workdir: Path, site: str = "local") -> subprocess.Popen:
+def demo(workdir: Path | None, site: str = "local", **env: str) -> subprocess.Popen:
+    """`floe demo` in `workdir` (None: where it puts its files by default)."""
     return subprocess.Popen(
         [sys.executable, "-m", "cli.main", "demo", "--site", site, "--dataset",
-         str(ROOT / "examples/demo.json"), "--workdir", str(workdir), "--jobs", str(JOBS),
-         "--pilots", "2"],
+         str(ROOT / "examples/demo.json"), *(["--workdir", str(workdir)] if workdir else []),
+         "--jobs", str(JOBS), "--pilots", "2"],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=BARE_ENV,
+        text=True, env={**BARE_ENV, **env},
         # Ctrl-C must work even where the test runner was started with SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -94,10 +95,13 @@ def check_closing_hint_works_as_printed(out: str) -> None:
 
 
 def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
-    workdir = tmp_path / "demo"
-    process = demo(workdir)
+    # By default in the user's own cache directory, said at the start; and a FLOE_URL left
+    # exported by an earlier demo (its closing lines say to) does not lead its factory astray.
+    process = demo(None, XDG_CACHE_HOME=str(tmp_path / "cache"), FLOE_URL="http://127.0.0.1:9")
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 0, out
+    workdir = tmp_path / "cache" / "floe" / "demo"
+    assert f"\n  files       {workdir}/: this run's database, configs and logs" in out
     check_summary(out, "local")
     assert processes_in(workdir) == []
     # The record stays: a second run starts afresh in the same workdir.

@@ -3,6 +3,8 @@ pilots: tables, filters, paging, --json, and the sentence for an unknown site.""
 
 from __future__ import annotations
 
+import re
+
 from config.resources import GIB
 from tests.cli.support import as_user, run, run_json
 from tests.pilot.scripted import ScriptedPilot
@@ -86,7 +88,8 @@ def test_users_lists_roles_shares_and_datasets(capsys, matchmaker):
     status, out, _ = run(capsys, "users", *as_user(matchmaker))
     assert status == 0
     header, alice, root = [line.split() for line in out.strip().splitlines()]
-    assert header == ["USER", "ROLE", "SHARE", "USAGE", "DATASETS"]
+    assert header == ["USER", "ROLE", "SHARE", "(WEIGHT)", "RECENT", "USAGE", "(CORE-H)",
+                      "DATASETS"]
     assert (alice[:3], alice[4]) == (["alice", "user", "1.0"], "1")
     assert (root[:3], root[4]) == (["root", "admin", "1.0"], "0")
     assert run_json(capsys, "users", *as_user(matchmaker))["users"][0]["name"] == "alice"
@@ -98,12 +101,16 @@ def test_shares_set_each_users_share_against_recent_usage(capsys, matchmaker):
     status, out, _ = run(capsys, "shares", *as_user(matchmaker))
     assert status == 0
     lines = out.strip().splitlines()
-    assert lines[0].split() == ["USER", "SHARE", "%", "OF", "SHARES", "RECENT", "USAGE", "%",
-                                "OF", "USAGE", "CORE-HOURS"]
+    # Each number's unit is in its column's header, and what each is below the table.
+    assert re.split(r"\s{2,}", lines[0]) == ["USER", "SHARE (WEIGHT)", "% OF SHARES",
+                                             "RECENT USAGE (CORE-H)", "% OF USAGE",
+                                             "DELIVERED (CORE-H)"]
     alice, root = lines[1].split(), lines[2].split()
-    assert alice[:3] == ["alice", "1.0", "50.0"] and alice[4:] == ["100.0", "1.0"]
+    assert alice == ["alice", "1.0", "50.0", "1.0", "100.0", "1.0"]  # an hour of one core
     assert root == ["root", "1.0", "50.0", "0.0", "0.0", "0.0"]
-    assert lines[3] == ("(recent usage decays with a half-life of 1d; core-hours delivered "
-                        "count since the matchmaker started)")
+    assert lines[3] == ("(share: a weight, against the other users' shares; recent usage: "
+                        "core-hours, a GPU counted as the server's gpu_weight cores, decaying "
+                        "with a half-life of 1d; delivered: core-hours run since the matchmaker "
+                        "started)")
     shares = run_json(capsys, "shares", *as_user(matchmaker))
     assert shares["shares"][0]["delivered_core_seconds"] == 3600.0

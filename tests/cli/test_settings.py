@@ -1,14 +1,19 @@
 """Where the `floe` commands find the matchmaker and the token: options, then the environment,
-then the client file; and the sentences for a bad certificate or a server that is no floe."""
+then the client file; and the sentences for a bad certificate or a server that is no floe, and
+the hints for an address without a scheme, a certificate not trusted, and http:// and https://
+mixed up."""
 
 from __future__ import annotations
 
 import http.server
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 from tests.pilot.live import LiveMatchmaker
 
-from .support import run
+from .support import as_user, run
 
 
 def test_the_environment_names_the_server_and_the_token(matchmaker: LiveMatchmaker, capsys,
@@ -68,3 +73,53 @@ def test_a_server_that_is_not_floe_is_named(capsys):
         server.shutdown()
         server.server_close()
     assert status == 1 and "is not JSON: is it a floe matchmaker?" in err
+
+
+@pytest.fixture
+def tls_matchmaker(tmp_path) -> Iterator[LiveMatchmaker]:
+    """A matchmaker serving TLS with its self-signed certificate (`floe server --self-signed`)."""
+    (tmp_path / "tls").mkdir()
+    live = LiveMatchmaker(tmp_path / "tls", tls=True)
+    live.start()
+    yield live
+    live.close()
+
+
+def test_a_url_without_a_scheme_is_refused_with_how_to_write_it(capsys, monkeypatch):
+    status, out, err = run(capsys, "datasets", "--url", "localhost:8080", "--token", "t")
+    assert (status, out) == (1, "")
+    assert err == ("floe datasets: --url localhost:8080 has no scheme; write "
+                   "http://localhost:8080 (or https://localhost:8080 where the matchmaker serves "
+                   "TLS)\n")
+    monkeypatch.setenv("FLOE_URL", "127.0.0.1:8080")
+    status, _, err = run(capsys, "status", "--token", "t")
+    assert status == 1 and err.startswith("floe status: FLOE_URL=127.0.0.1:8080 has no scheme; "
+                                          "write http://127.0.0.1:8080 ")
+
+
+def test_a_certificate_not_trusted_says_to_give_its_ca(capsys, tls_matchmaker):
+    status, _, err = run(capsys, "datasets", *as_user(tls_matchmaker))
+    assert status == 1
+    assert err == (f"floe datasets: cannot reach the matchmaker at {tls_matchmaker.url}: its "
+                   "certificate is not trusted here (self-signed certificate); give --cacert (or "
+                   "FLOE_CACERT) the CA certificate that signed it (a `floe server "
+                   "--self-signed` writes its own beside its database, as "
+                   "floe-selfsigned.crt)\n")
+    status, _, err = run(capsys, "datasets", *as_user(tls_matchmaker), "--cacert",
+                         str(tls_matchmaker.cacert))
+    assert status == 0, err
+
+
+def test_http_to_a_tls_matchmaker_and_https_to_a_plain_one_say_which_to_write(
+        capsys, matchmaker, tls_matchmaker):
+    tls_as_plain = tls_matchmaker.url.replace("https://", "http://")
+    status, _, err = run(capsys, "datasets", *as_user(tls_matchmaker), "--url", tls_as_plain)
+    assert status == 1
+    assert err == (f"floe datasets: cannot reach the matchmaker at {tls_as_plain}: it closed the "
+                   f"connection without an answer: if it serves TLS, write "
+                   f"{tls_matchmaker.url}\n")
+    plain_as_tls = matchmaker.url.replace("http://", "https://")
+    status, _, err = run(capsys, "datasets", *as_user(matchmaker), "--url", plain_as_tls)
+    assert status == 1
+    assert err == (f"floe datasets: cannot reach the matchmaker at {plain_as_tls}: it does not "
+                   f"speak TLS: if it is a plain http:// server, write {matchmaker.url}\n")

@@ -41,7 +41,7 @@ def test_suspend_and_resume_json_are_the_api_answers(capsys, matchmaker, dataset
     answer = run_json(capsys, "suspend", str(dataset), *as_user(matchmaker))
     assert answer["changed"] == 2 and answer["dataset"]["status"] == "suspended"
     assert answer["dataset"] == {k: v for k, v in matchmaker.get(f"/datasets/{dataset}").items()
-                                 if k not in ("config", "events")}
+                                 if k not in ("config", "events", "waiting")}
     answer = run_json(capsys, "resume", str(dataset), *as_user(matchmaker))
     assert answer["changed"] == 2 and answer["dataset"]["tasks"]["ready"] == 2
 
@@ -65,10 +65,11 @@ def test_priority_changes_the_datasets_priority(capsys, matchmaker, dataset):
     assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 7
 
 
+# The matchmaker names the field ("priority: must be ..."), the command too: said once.
 @pytest.mark.parametrize(("value", "message"), [
-    ("0", "priority: must be greater than 0, got 0"),
-    ("-2.5", "priority: must be greater than 0, got -2.5"),
-    ("1500", "priority: must be at most 1,000, got 1,500")])
+    ("0", "must be greater than 0, got 0"),
+    ("-2.5", "must be greater than 0, got -2.5"),
+    ("1500", "must be at most 1,000, got 1,500")])
 def test_a_priority_out_of_range_is_refused_with_the_allowed_range(capsys, matchmaker, dataset,
                                                                    value, message):
     status, out, err = run(capsys, "priority", str(dataset), value, *as_user(matchmaker))

@@ -1,6 +1,7 @@
 """`floe wait` against a real matchmaker process: it follows a real pilot's work to the end
-(exit status 0), redraws its bar in place on a terminal, and fails with one sentence when tasks
-failed, when it gives up, or when the dataset is not there."""
+(exit status 0), redraws its bar in place on a terminal and writes a line for each change
+elsewhere, and fails with one sentence when tasks failed, when it gives up, or when the dataset
+is not there."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import pty
 import subprocess
+import time
 import tty
 
 import pytest
@@ -29,17 +31,37 @@ def test_wait_follows_a_real_pilot_until_every_task_is_complete(matchmaker, tmp_
                             *as_user(matchmaker), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     first = waiting.stdout.readline()  # the pilot starts once floe wait is watching
-    assert first == (f"dataset {dataset} processing: [{'.' * 30}]   0.0% ended (3 ready)\n")
+    assert first == f"dataset {dataset} processing: 0.0% done (3 ready)\n"
     pilot = matchmaker.start_pilot(tmp_path / "scratch", "--idle-timeout", "1s")
     out, err = waiting.communicate(timeout=60)
     assert waiting.returncode == 0, (out, err, (tmp_path / "pilot.log").read_text())
     assert err == ""
     lines = out.splitlines()  # one line per change (stdout is no terminal here)
     assert len(lines) == len(set(lines))
-    assert lines[-1] == (f"dataset {dataset} complete: [{'#' * 30}] 100.0% ended "
-                         "(3 complete)")
+    assert lines[-1] == f"dataset {dataset} complete: 100.0% done (3 complete)"
     assert pilot.wait(60) == 0
     assert matchmaker.states(dataset) == ["complete"] * 3
+
+
+def test_wait_not_on_a_terminal_writes_a_line_for_each_change_without_a_bar(matchmaker,
+                                                                              tmp_path):
+    dataset = matchmaker.submit(config("true", jobs=2))
+    waiting = start_process(tmp_path, "wait", str(dataset), "--interval", "0.2",
+                            *as_user(matchmaker), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    said = f"dataset {dataset} processing: "
+    assert waiting.stdout.readline() == f"{said}0.0% done (2 ready)\n"
+    pilot = ScriptedPilot(matchmaker)
+    attempt = pilot.take()
+    assert waiting.stdout.readline() == f"{said}0.0% done (1 ready, 1 processing)\n"
+    pilot.report(attempt)
+    assert waiting.stdout.readline() == f"{said}50.0% done (1 ready, 1 complete)\n"
+    time.sleep(1)  # nothing changes: nothing is written
+    pilot.run_one()
+    out, err = waiting.communicate(timeout=60)
+    assert (waiting.returncode, err) == (0, "")
+    assert out.splitlines()[-1] == f"dataset {dataset} complete: 100.0% done (2 complete)"
+    assert len(out.splitlines()) <= 2  # the last task's take, maybe, and its end
 
 
 def test_wait_shows_the_few_tasks_ended_of_a_large_dataset_as_more_than_none(capsys, matchmaker):
@@ -47,8 +69,8 @@ def test_wait_shows_the_few_tasks_ended_of_a_large_dataset_as_more_than_none(cap
     ScriptedPilot(matchmaker).run_one()
     status, out, _ = run(capsys, "wait", str(dataset), "--timeout", "0", *as_user(matchmaker))
     assert status == 1
-    assert out.splitlines()[0] == (f"dataset {dataset} processing: [{'.' * 30}]  0.01% ended "
-                                   "(9999 ready, 1 complete)")
+    assert out.splitlines()[0] == (f"dataset {dataset} processing: 0.01% done (9999 ready, "
+                                   "1 complete)")
 
 
 def test_wait_redraws_one_line_in_place_on_a_terminal(matchmaker, tmp_path):
@@ -64,10 +86,10 @@ def test_wait_redraws_one_line_in_place_on_a_terminal(matchmaker, tmp_path):
         nonlocal screen
         screen += os.read(primary, 65536)
         return screen
-    wait_for(lambda: b"0.0% ended" in read_some(), 30, "the first progress line")
+    wait_for(lambda: b"0.0% done" in read_some(), 30, "the first progress line")
     pilot = ScriptedPilot(matchmaker)
     pilot.run_one()
-    wait_for(lambda: b"50.0% ended" in read_some(), 30, "the bar to move")
+    wait_for(lambda: b"50.0% done" in read_some(), 30, "the bar to move")
     pilot.run_one()
     assert waiting.wait(30) == 0, waiting.stderr.read()
     try:
@@ -78,7 +100,7 @@ def test_wait_redraws_one_line_in_place_on_a_terminal(matchmaker, tmp_path):
     os.close(primary)
     text = screen.decode()
     assert text.count("\r") >= 3 and text.count("\x1b[K") == text.count("\r")
-    assert text.endswith("100.0% ended (2 complete)\x1b[K\n")
+    assert text.endswith(f"[{'#' * 30}] 100.0% done (2 complete)\x1b[K\n")
     assert text.count("\n") == 1  # every look redrew the same line
 
 
@@ -90,7 +112,7 @@ def test_wait_fails_with_one_sentence_when_tasks_failed(capsys, matchmaker, jobs
         pilot.run_one(exit_code=1)
     status, out, err = run(capsys, "wait", str(dataset), *as_user(matchmaker))
     assert status == 1
-    assert out.splitlines()[-1].startswith(f"dataset {dataset} failed: [")
+    assert out.splitlines()[-1] == f"dataset {dataset} failed: 100.0% done ({jobs} failed)"
     assert err == (f"floe wait: dataset {dataset} ended with {failed}; see "
                    f"`floe tasks {dataset} --state failed`\n")
 

@@ -79,7 +79,7 @@ def test_the_normalized_document_validates_to_the_same_config():
 
 
 def test_validation_does_not_change_the_submitted_document():
-    source = document(tasks=[task("t", requirements={"memory": "$steering(seed)"})])
+    source = document(tasks=[task("t", requirements={"cpus": "$steering(seed)"})])
     kept = copy.deepcopy(source)
     dataset.validate(source)
     assert source == kept
@@ -135,6 +135,28 @@ def test_requirement_with_a_wrong_size_names_path_value_and_form():
     data["tasks"][1]["requirements"] = {"memory": "lots"}
     assert problems_of(data) == ['tasks[1].requirements.memory: expected a size like "4GB" of '
                                  'at most 1PiB, got "lots"']
+
+
+def test_a_bare_memory_of_1024_is_refused_as_1kib_with_the_unit_to_write():
+    data = document()
+    data["tasks"][1]["requirements"] = {"memory": 1024, "disk": "4096"}
+    assert problems_of(data) == [
+        'tasks[1].requirements.memory: 1024 is 1KiB: a size without a unit counts bytes, and '
+        'here it must be 0 or at least 1MB; write "1024MiB" or "1024MB" for that many megabytes',
+        'tasks[1].requirements.disk: "4096" is 4KiB: a size without a unit counts bytes, and '
+        'here it must be 0 or at least 1MB; write "4096MiB" or "4096MB" for that many megabytes']
+
+
+def test_a_task_size_below_1mb_is_refused_and_bytes_from_1mb_stay_valid_once_normalized():
+    data = document()
+    data["tasks"][1]["requirements"] = {"memory": "512KiB"}
+    assert problems_of(data) == ['tasks[1].requirements.memory: "512KiB" is less than 1MB: here '
+                                 'a size must be 0 or at least 1MB']
+    data["tasks"][1]["requirements"] = {"memory": "1MB", "disk": 0, "gpus": 1,
+                                        "gpu_memory": 2**30}
+    normalized = dataset.validate(data).raw
+    assert normalized["tasks"][1]["requirements"]["memory"] == 10**6
+    assert dataset.validate(normalized).raw == normalized  # as the matchmaker reloads it
 
 
 def test_all_problems_of_a_document_are_reported_together():

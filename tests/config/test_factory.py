@@ -59,6 +59,90 @@ def test_a_site_token_comes_from_its_file_or_the_environment(tmp_path, monkeypat
         site_token(a_site(""))
 
 
+def test_a_bare_shape_memory_is_refused_naming_bytes_and_the_fix():
+    document = {"matchmaker": "http://127.0.0.1:8080",
+                "sites": [{"name": "a", "plugin": "local", "memory_headroom_min": 256,
+                           "shapes": [{"name": "s", "memory": 2048, "disk": "10GiB"}]}]}
+    with pytest.raises(ConfigError) as caught:
+        factory_config(document)
+    assert sorted(caught.value.problems) == [
+        'site.toml: sites[0].memory_headroom_min: 256 is 256B: a size without a unit counts '
+        'bytes, and here it must be 0 or at least 1MB; write "256MiB" or "256MB" for that many '
+        'megabytes',
+        'site.toml: sites[0].shapes[0].memory: 2048 is 2KiB: a size without a unit counts '
+        'bytes, and here it must be at least 1MB; write "2048MiB" or "2048MB" for that many '
+        'megabytes']
+
+
+def test_a_users_or_a_pilots_token_given_as_the_site_token_is_refused_naming_the_fix(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_u_abc")
+    with pytest.raises(ConfigError) as caught:
+        site_token(a_site(""))
+    assert str(caught.value) == (
+        "site a: FLOE_SITE_TOKEN holds a user's token (floe_u_...), not the site's factory "
+        "token (floe_s_...): on the matchmaker's host, `floe site add a` prints it once, and "
+        "`floe site token a` replaces a lost one")
+    token_file = tmp_path / "token"
+    token_file.write_text("floe_p_abc\n")
+    with pytest.raises(ConfigError, match=f"token_file {token_file} holds a pilot token "):
+        site_token(a_site(str(token_file)))
+
+
+def a_document(**more: object) -> dict:
+    return {"matchmaker": "http://file.example:8080",
+            "sites": [{"name": "a", "plugin": "local", "shapes": [{"name": "s"}]}], **more}
+
+
+def test_the_matchmaker_is_the_option_else_floe_url_else_the_files(tmp_path, monkeypatch):
+    path = tmp_path / "site.toml"
+    path.write_text(to_toml(a_document()))
+    monkeypatch.delenv("FLOE_URL", raising=False)
+    config = load_factory_config(path)
+    assert (config.matchmaker, config.matchmaker_source) == ("http://file.example:8080",
+                                                             str(path))
+    monkeypatch.setenv("FLOE_URL", "https://env.example:8443/")
+    config = load_factory_config(path)
+    assert (config.matchmaker, config.matchmaker_source) == (
+        "https://env.example:8443", f"FLOE_URL, not {path}'s http://file.example:8080")
+    config = load_factory_config(path, "http://option.example:8080")
+    assert (config.matchmaker, config.matchmaker_source) == (
+        "http://option.example:8080", f"--matchmaker, not {path}'s http://file.example:8080")
+    path.write_text(to_toml({k: v for k, v in a_document().items() if k != "matchmaker"}))
+    assert load_factory_config(path).matchmaker_source == "FLOE_URL"  # the file may leave it out
+
+
+@pytest.mark.parametrize(("option", "said"), [
+    ("localhost:8080", "--matchmaker localhost:8080 has no scheme; write http://localhost:8080 "
+                       "(or https://localhost:8080 where the matchmaker serves TLS)"),
+    (None, "FLOE_URL=ftp://x is not an http:// or https:// address")])
+def test_a_matchmaker_address_that_cannot_be_used_is_refused_naming_where_it_came_from(
+        tmp_path, monkeypatch, option, said):
+    monkeypatch.setenv("FLOE_URL", "ftp://x")
+    path = tmp_path / "site.toml"
+    path.write_text(to_toml(a_document()))
+    with pytest.raises(ConfigError) as caught:
+        load_factory_config(path, option)
+    assert str(caught.value) == said
+
+
+def test_a_matchmaker_without_a_scheme_in_the_file_is_refused_with_how_to_write_it():
+    with pytest.raises(ConfigError) as caught:
+        factory_config(a_document(matchmaker="floe.example.org:8443"))
+    assert str(caught.value) == (
+        'site.toml: matchmaker: "floe.example.org:8443" has no scheme; write '
+        "http://floe.example.org:8443 (or https://floe.example.org:8443 where the matchmaker "
+        "serves TLS)")
+
+
+def test_a_cacert_that_is_no_certificate_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=f"site.toml: cacert: cannot load {bad} as a CA "
+                                          r"certificate \(PEM\): "):
+        factory_config(a_document(cacert=str(bad)))
+
+
 def test_the_typed_site_and_shape_settings_have_exactly_the_schemas_fields():
     assert [f.name for f in dataclasses.fields(SiteConfig)] == list(SITE_SCHEMA.fields)
     assert [f.name for f in dataclasses.fields(ShapeConfig)] == list(SHAPE_SCHEMA.fields)

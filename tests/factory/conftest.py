@@ -25,6 +25,13 @@ from tests.pilot.live import ROOT, LiveMatchmaker
 SHAPE = {"name": "small", "cpus": 1, "memory": "512MiB", "disk": "1GiB", "walltime": "20m"}
 
 
+@pytest.fixture(autouse=True)
+def matchmaker_of_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factories under test go to the matchmaker their config names: a FLOE_URL in the
+    environment of the test run would replace it."""
+    monkeypatch.delenv("FLOE_URL", raising=False)
+
+
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(tmp_path_factory.mktemp("bundle") / "pilot.pyz")

@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from config.factory import load_factory_config
 from config.schema import ConfigError
 from factory import service
 from factory.service import Factory
-from tests.pilot.live import LiveMatchmaker, wait_for
+from tests.pilot.live import ROOT, LiveMatchmaker, wait_for
 
 from .conftest import dag_dataset, site_document, write_toml
 
@@ -113,7 +115,7 @@ def test_a_config_with_mistakes_names_each_of_them(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_factory_config(path)
     text = str(caught.value)
-    for fragment in ("matchmaker: expected an http:// or https:// address",
+    for fragment in ('matchmaker: "ftp://x" is not an http:// or https:// address',
                      "sites[0].plugin", "sites[0].shapes[0].memory", "sites[0].colour"):
         assert fragment in text
 
@@ -144,3 +146,66 @@ def test_floe_factory_check_and_once(matchmaker: LiveMatchmaker, tmp_path, capsy
     status = json.loads(capsys.readouterr().out)
     assert status["health"]["failures"] == 1
     assert "refused" in status["health"]["last_error"]
+
+
+def run_factory(config: Path, *options: str, **env: str) -> subprocess.CompletedProcess:
+    """`floe factory --config CONFIG OPTIONS...` as a real process that must end by itself."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FLOE_")}
+    return subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config", str(config),
+                           *options], cwd=ROOT, env={**environment, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_users_token_as_the_site_token_is_refused_at_start_and_by_check(matchmaker, tmp_path):
+    token_file = tmp_path / "site.token"
+    token_file.write_text(matchmaker.user_token + "\n")
+    path = write_toml(tmp_path / "site.toml", site_document(
+        matchmaker, tmp_path / "factory", token_file=str(token_file)))
+    said = (f"floe factory: site site-a: token_file {token_file} holds a user's token "
+            "(floe_u_...), not the site's factory token (floe_s_...): on the matchmaker's host, "
+            "`floe site add site-a` prints it once, and `floe site token site-a` replaces a "
+            "lost one\n")
+    for mode in (["--check"], []):  # a factory that took it would run on, to the timeout
+        done = run_factory(path, *mode)
+        assert (done.returncode, done.stderr) == (2, said)
+
+
+def test_the_matchmaker_given_on_the_command_line_or_in_floe_url_wins_and_the_log_says_so(
+        matchmaker, tmp_path, start_factory):
+    nowhere = "http://127.0.0.1:9"
+    document = dict(site_document(matchmaker, tmp_path / "factory"), matchmaker=nowhere)
+    path = write_toml(tmp_path / "site.toml", document)
+    checked = run_factory(path, "--check", FLOE_SITE_TOKEN=matchmaker.site_token,
+                          FLOE_URL=matchmaker.url)
+    assert checked.returncode == 0, checked.stderr
+    assert (f"the matchmaker at {matchmaker.url} (from FLOE_URL, not {path}'s {nowhere}) "
+            "knows it") in checked.stdout
+    checked = run_factory(path, "--check", "--matchmaker", matchmaker.url,
+                          FLOE_SITE_TOKEN=matchmaker.site_token, FLOE_URL=nowhere)
+    assert checked.returncode == 0, checked.stderr
+    assert f"(from --matchmaker, not {path}'s {nowhere})" in checked.stdout
+    factory = start_factory(path, matchmaker.site_token, {"FLOE_URL": matchmaker.url})
+    wait_for(lambda: "started for" in factory.text(), 30, "the factory's start line")
+    assert (f"started for {matchmaker.url} (from FLOE_URL, not {path}'s {nowhere}) with site "
+            "site-a") in factory.text()
+    status = tmp_path / "factory" / "site-a" / "status.json"
+    wait_for(lambda: status.exists() and "demand" in json.loads(status.read_text()), 30,
+             "a cycle that asked that matchmaker")
+
+
+def test_a_tls_matchmaker_whose_certificate_is_not_trusted_is_said_with_the_fix(tmp_path):
+    (tmp_path / "tls").mkdir()
+    live = LiveMatchmaker(tmp_path / "tls", tls=True)
+    live.start()
+    try:
+        path = write_toml(tmp_path / "site.toml", site_document(live, tmp_path / "factory"))
+        done = run_factory(path, "--check", FLOE_SITE_TOKEN=live.site_token)
+        assert done.returncode == 1
+        assert (f"site site-a: cannot reach the matchmaker at {live.url}: its certificate is "
+                "not trusted here (self-signed certificate); give `cacert` in the factory's "
+                "config the CA certificate that signed it") in done.stderr
+        trusted = dict(site_document(live, tmp_path / "factory"), cacert=str(live.cacert))
+        done = run_factory(write_toml(path, trusted), "--check", FLOE_SITE_TOKEN=live.site_token)
+        assert done.returncode == 0, done.stderr
+    finally:
+        live.close()

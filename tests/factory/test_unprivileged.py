@@ -169,7 +169,8 @@ def test_an_ordinary_user_runs_the_factory_and_it_writes_only_in_its_own_directo
     assert factory.stop() == 0, factory.text()[-3000:]
     assert "Traceback" not in factory.text(), factory.text()[-3000:]
     said = factory.text()  # what a site admin reads: when it started, on what, and its stop
-    assert f"started for {matchmaker.url} with site site-a ({plugin}, a cycle every" in said
+    assert (f"started for {matchmaker.url} (from {config}) with site site-a ({plugin}, a cycle "
+            "every") in said
     assert " stopping\n" in said and " stopped\n" in said
 
     pilots = matchmaker.get("/pilots?site=site-a")["pilots"]

@@ -88,3 +88,47 @@ def test_rules_are_checked_when_the_dataset_is_submitted():
     assert 'retry_rules[1].error_class[0]: expected one of "resource_overuse", ' \
            '"staging_error", "task_error", got "pilot_lost"' in said
     assert "retry_rules[1].grow_memory: expected a number from 1 to 16, got 0.5" in said
+
+
+async def test_a_retry_backs_off_doubling_and_says_until_when(engine, clock):
+    from matchmaker.waiting import Explainer
+
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    dataset = await s.submit(engine, alice, s.config(jobs=1, retry_delay="30s"))
+    pilot = await s.pilot(engine, site)
+    given = await s.ask(engine, pilot)
+    await s.finish(engine, given, failed(1))
+    assert await s.ask(engine, pilot) is None  # backing off: nothing for 30 s
+    assert Explainer(engine).why(dataset, given.task_id).startswith(
+        "backing off before its retry: it may run again in 30s")
+    clock.advance(29)
+    assert await s.ask(engine, pilot) is None
+    clock.advance(1)
+    given = await s.ask(engine, pilot)
+    assert given is not None
+    await s.finish(engine, given, failed(1))  # the second retry waits twice as long
+    clock.advance(59)
+    assert await s.ask(engine, pilot) is None
+    clock.advance(1)
+    assert (await s.ask(engine, pilot)).task_id == given.task_id
+
+
+async def test_a_retry_goes_to_another_host_while_there_is_one(engine, clock):
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    await s.submit(engine, alice, s.config(jobs=1))  # retry_elsewhere: 10m by default
+    first = await s.pilot(engine, site, "node1")
+    given = await s.ask(engine, first)
+    await s.finish(engine, given, failed(1, "ImportError: libcuda.so.1"))
+    # The only host: the retry goes back to it at once.
+    again = await s.ask(engine, first)
+    assert again is not None and again.task_id == given.task_id
+    await s.finish(engine, again, failed(1, "ImportError: libcuda.so.1"))
+    second = await s.pilot(engine, site, "node2")
+    assert await s.ask(engine, first) is None  # not on node1 while node2 runs a pilot ...
+    taken = await s.ask(engine, second)  # ... which is not told that nothing fits its shape
+    assert taken is not None and taken.task_id == given.task_id
+    await s.finish(engine, taken, failed(1, "out of disk"))
+    clock.advance(600)  # node2 failed it too; after 10 minutes node2 may have it again
+    assert (await s.ask(engine, second)).task_id == given.task_id

@@ -336,3 +336,17 @@ async def test_the_dataset_and_task_pages_say_why_tasks_wait(pages: Pages):
     status, text, _ = await alice.get(f"/tasks/{waits.task_id(0, 1)}")
     assert status == 200 and "Why it waits" in text
     assert "waiting on gen (ready)" in html.unescape(text)
+
+
+async def test_the_pilots_page_lists_the_hosts_that_get_no_work(pages: Pages):
+    from config.states import ErrorClass
+
+    now = pages.engine.clock()
+    for task_id in range(5):
+        pages.engine.black_holes.ended("wn042", "site-a", task_id, ErrorClass.TASK_ERROR,
+                                       "ImportError: libcuda.so.1", 3.0, now, proven=True)
+    alice = await pages.signed_in(pages.alice_token)
+    status, text, _ = await alice.get("/pilots")
+    assert status == 200, text
+    section = html.unescape(text[text.index('id="black-holes"'):])
+    assert "wn042" in section and "5 different tasks failed here within 2m" in section
