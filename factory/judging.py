@@ -93,16 +93,21 @@ class Judging:
         return ids[:MAX_BATCH_IDS]
 
     def _judge(self, ended: list[Ended], asked: Collection[str],
-               registered: Collection[str] | None, now: float) -> None:
+               registered: Collection[str] | None, now: float,
+               suspect: Collection[str] = ()) -> None:
         """Apply what the matchmaker said about the `asked` pilots (`registered`: those that
         registered; None when it could not say): a pilot that registered proves the site
         works, one that ended without registering is a failure. A pilot it could not say
         about is judged by its life: one that has run `min_pilot_life` proves the site, one
-        that ended sooner is a failure."""
+        that ended sooner is a failure. A `suspect` pilot (registered on a host the matchmaker
+        keeps out as a black hole) proves nothing and is no failure."""
         min_life = self.site.min_pilot_life
         logs = self.plugin.logs_where()
         answered = set(asked) if registered is not None else set()
-        seen = set(registered or ())
+        for batch_id in set(suspect) & answered:
+            log.warning("site %s: pilot %s registered on a black-hole host: no proof that the "
+                        "site works", self.name, batch_id)
+        seen = set(registered or ()) - set(suspect)
         for pilot in self.pilots.values():
             if pilot.registered or pilot.started is None:
                 continue
@@ -115,7 +120,7 @@ class Judging:
                 self._works(f"pilot {pilot.batch_id} registered with the matchmaker")
         for end in ended:
             pilot = end.pilot
-            if pilot.registered:
+            if pilot.registered or pilot.batch_id in suspect:
                 continue
             if pilot.batch_id in answered:
                 if pilot.batch_id in seen:
@@ -130,6 +135,27 @@ class Judging:
                 self._failure(now, f"pilot {pilot.batch_id} ended {end.life:.0f} s after it "
                                    f"started (min_pilot_life {min_life} s): "
                                    f"{self._why(pilot, logs)}")
+
+    def _keep_off(self, black_holes: list[Mapping[str, Any]]) -> None:
+        """Keep new pilots off the hosts the matchmaker keeps out (where the batch system can),
+        saying so when that set changes."""
+        hosts = sorted({str(hole.get("host", "")) for hole in black_holes} - {""})
+        if hosts == self.last.get("black_holes", []):
+            return
+        if hosts:
+            self.last["black_holes"] = hosts
+        else:
+            self.last.pop("black_holes", None)
+        if not hosts:
+            log.info("site %s: no host is kept out as a black hole any more", self.name)
+        elif self.plugin.keeps_off_hosts:
+            log.warning("site %s: new pilots are kept off %s: the matchmaker gives them no "
+                        "work (black holes)", self.name, ", ".join(hosts))
+        else:
+            log.warning("site %s: the matchmaker gives %s no work (black holes); the %s "
+                        "plugin cannot keep new pilots off hosts, so pilots landing there "
+                        "leave when idle", self.name, ", ".join(hosts), self.plugin.system)
+        self.plugin.avoid(hosts if self.plugin.keeps_off_hosts else ())
 
     def _findings(self, registered: Collection[str], short: Mapping[str, list],
                   ended: list[Ended], now: float) -> None:

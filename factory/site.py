@@ -190,6 +190,7 @@ class SiteRunner(Judging):
         for batch_id in list(self._untold)[:-MAX_BATCH_IDS]:
             del self._untold[batch_id]
         registered: list[str] | None = None
+        suspect: set[str] = set()
         told_ended: dict[str, Tracked] = {}
         empty: list[str] = []
         try:
@@ -197,12 +198,13 @@ class SiteRunner(Judging):
                 told = self.client.batch_jobs(self.plugin.system, pilots=asked,
                                               ended=list(self._untold))
                 registered, told_ended, self._untold = told["registered"], self._untold, {}
+                suspect = set(told.get("suspect") or ())
                 self._lost(told["lost"])
                 self._findings(registered, told.get("short") or {}, ended, now)
                 empty = told.get("empty") or []
             answer = self.client.demand(self._shapes_queued(counts))
         except MatchmakerError as exc:
-            self._judge(ended, asked, registered, now)
+            self._judge(ended, asked, registered, now, suspect)
             self.last["matchmaker_error"] = str(exc)
             if exc.status is not None and exc.status < 500:  # refused (a wrong token or
                 self._failure(now, f"no demand this cycle: {exc}")  # site name): the site fails
@@ -210,7 +212,8 @@ class SiteRunner(Judging):
                 self._away(exc, now)
             self._save(now)
             return None
-        self._judge(ended, asked, registered, now)
+        self._judge(ended, asked, registered, now, suspect)
+        self._keep_off(answer.get("black_holes") or [])
         self._back(now)
         self.last.pop("matchmaker_error", None)
         demand = {entry["name"]: entry for entry in answer["shapes"]}

@@ -195,6 +195,7 @@ def demand(engine: Engine, site: str, factory: str, shapes: list[Shape]) -> dict
     pilots = [p for p in engine.pilots.values() if p.site.name == site]
     endings = engine.empty_endings.get(site, ())
     return {"site": site, "factory": factory, "shapes": result, "unfit": misfits,
+            "black_holes": [suspect.to_dict() for suspect in engine.black_holes.current(now, site)],
             "pilots": {"running": len(pilots),
                        "idle": sum(1 for p in pilots if not p.attempts and p.empty_asks),
                        "ended_empty": sum(1 for t in endings if now - t <= EMPTY_WINDOW)}}

@@ -21,7 +21,7 @@ import math
 import re
 import shlex
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -193,6 +193,11 @@ def timestamp(text: str) -> float | None:
         return None
 
 
+HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+"""A host name safe to put in a batch system's host list (nothing a shell or a submit
+description could read otherwise)."""
+
+
 class BatchPlugin(abc.ABC):
     """Talks to one batch system for one factory. Subclasses implement submit, status, remove."""
 
@@ -210,6 +215,17 @@ class BatchPlugin(abc.ABC):
         self.doubts: dict[str, dict[str, Any]] = {}
         """Submissions whose outcome is in doubt, by key: {"shape", "argv", "log",
         "leftovers"} (only a CommandSubmitter's can be)."""
+        self.avoid_hosts: frozenset[str] = frozenset()
+        """Hosts new pilots are kept off (the matchmaker's black holes at this site), where
+        `keeps_off_hosts`; only names of letters, digits, `.`, `_` and `-` are set here."""
+
+    keeps_off_hosts: ClassVar[bool] = False
+    """Whether this batch system can be told to keep a pilot off some hosts."""
+
+    def avoid(self, hosts: Collection[str]) -> frozenset[str]:
+        """Keep new pilots off `hosts` (those with safe names); the hosts now avoided."""
+        self.avoid_hosts = frozenset(h for h in hosts if HOST_NAME.fullmatch(h))
+        return self.avoid_hosts
 
     # The verbs.
 

@@ -101,6 +101,7 @@ def quote_argument(text: str) -> str:
 
 class HTCondorPlugin(CommandSubmitter):
     system = "htcondor"
+    keeps_off_hosts = True
     Options = HTCondorOptions
     options: HTCondorOptions
 
@@ -161,6 +162,7 @@ class HTCondorPlugin(CommandSubmitter):
                 requirements.append(value)
             else:
                 commands[name] = value
+        requirements += [f'Machine =!= "{host}"' for host in sorted(self.avoid_hosts)]
         requirements = [r for r in requirements if r]
         if requirements:
             commands["requirements"] = " && ".join(f"({r})" for r in requirements)

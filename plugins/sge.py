@@ -65,6 +65,7 @@ class SgePlugin(ScriptPlugin):
     options: SgeOptions
     template = "sge.sh"
     directive_prefix = "#$"
+    keeps_off_hosts = True
 
     def directives(self, shape: PilotShape, log_stem: PurePosixPath) -> list[str]:
         options = self.options
@@ -87,6 +88,8 @@ class SgePlugin(ScriptPlugin):
             lines.append(f"-q {options.queue}")
         if options.project:
             lines.append(f"-P {options.project}")
+        if self.avoid_hosts:  # a resource expression: none of these hosts
+            lines.append(f"-l h=!({'|'.join(sorted(self.avoid_hosts))})")
         return lines
 
     def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:

@@ -55,6 +55,7 @@ class SlurmPlugin(ScriptPlugin):
     options: SlurmOptions
     template = "slurm.sh"
     directive_prefix = "#SBATCH"
+    keeps_off_hosts = True
 
     def directives(self, shape: PilotShape, log_stem: PurePosixPath) -> list[str]:
         lines = [
@@ -76,6 +77,8 @@ class SlurmPlugin(ScriptPlugin):
             value = getattr(self.options, name)
             if value:
                 lines.append(f"--{name}={value}")
+        if self.avoid_hosts:
+            lines.append(f"--exclude={','.join(sorted(self.avoid_hosts))}")
         return lines
 
     def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:

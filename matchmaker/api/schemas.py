@@ -368,6 +368,9 @@ BATCH_JOBS_ANSWER = _obj({
         "promised": _num(), "found": _num(), "source": _str(1000)})},
               "description": "by batch id, of those registered: what the pilot found short of "
                              "what its shape promised (FLOE_SHAPE_*), and where it read that"},
+    "suspect": {"type": "array", "items": {"type": "string"},
+                "description": "those of `registered` whose pilots run on a host kept out as "
+                               "a black hole: no proof that the site works"},
 }, ("registered", "lost"))
 
 

@@ -70,6 +70,8 @@ async def pilot_tokens(ctx: Context) -> Any:
                    "ready tasks that may run at the site but fit none of the shapes, with the "
                    "reasons shape by shape for the most numerous kinds. `pilots` counts the "
                    "site's running and idle pilots and those that ended lately without a task. "
+                   "`black_holes` lists the site's hosts that get no work now, for the "
+                   "factory to keep new pilots off them where its batch system can. "
                    "The factory's own `queued` counts are remembered for the other factories' "
                    "answers.")
 async def demand(ctx: Context) -> Any:
@@ -117,8 +119,13 @@ async def batch_jobs(ctx: Context) -> Any:
     lost = await batch_jobs_ended(ctx.engine, site, system, ended,
                                   ctx.body.get("factory") or "default")
     empty = await queries.empty_batch_ids(ctx.engine.db, site.site_id, system, ended)
+    now = ctx.engine.clock()
+    on_black_holes = {p.batch_id for p in ctx.engine.pilots.values()
+                      if p.site is site and p.batch_system == system
+                      and ctx.engine.black_holes.kept_out(p.host, now)}
     return {"registered": list(registered), "lost": lost, "empty": empty,
-            "short": {batch_id: short for batch_id, short in registered.items() if short}}
+            "short": {batch_id: short for batch_id, short in registered.items() if short},
+            "suspect": [batch_id for batch_id in registered if batch_id in on_black_holes]}
 
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",

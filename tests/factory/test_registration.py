@@ -207,3 +207,35 @@ def test_pilots_that_end_while_the_matchmaker_is_away_are_judged_by_their_life(
     site.cycle()
     assert "site site-a: the matchmaker answers again, after " in caplog.text
     assert "matchmaker_away_since" not in site.last
+
+
+def test_a_black_hole_host_is_reported_to_the_factory_and_its_pilots_prove_nothing(
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
+    """A node that fails every task (`BROKEN`, named bad-node) after a good node proved the
+    dataset: the matchmaker keeps it out at the fifth failure; the factory's next cycles say
+    so (the local plugin cannot keep pilots off a host), keep it in status.json, and a pilot
+    that registers there later is no proof that the site works."""
+    caplog.set_level(logging.INFO, logger="floe.factory")
+    dataset = matchmaker.submit({"jobs": 30, "max_retries": 5, "tasks": [{
+        "name": "work", "requirements": {"walltime": "1m", "memory": "64MiB", "disk": "1MiB"},
+        "modules": [{"command": ["sh", "-c", 'test -z "$BROKEN"']}]}]})
+    (tmp_path / "good").mkdir()
+    good = matchmaker.start_pilot(tmp_path / "good", "--idle-timeout", "1s",
+                                  env={"FLOE_HOST": "good-node"}, log_name="good.log")
+    wait_for(lambda: "complete" in matchmaker.states(dataset), 60, "a first task done")
+    good.terminate()  # it drains: most tasks are left for the bad node
+    good.wait(60)
+    assert matchmaker.states(dataset).count("complete") < 20
+    document = site_document(matchmaker, tmp_path / "factory", max_total=1, max_queued=1,
+                             max_per_cycle=1,
+                             environment={"FLOE_HOST": "bad-node", "BROKEN": "1"})
+    site = make_runner(document)
+    cycle_until(site, lambda: site.last.get("black_holes") == ["bad-node"], 120,
+                "the factory to hear of the black hole")
+    assert "the matchmaker gives bad-node no work (black holes); the local plugin cannot " \
+           "keep new pilots off hosts" in caplog.text
+    status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
+    assert status["black_holes"] == ["bad-node"]
+    cycle_until(site, lambda: "registered on a black-hole host: no proof that the site works"
+                in caplog.text, 120, "a pilot on the black hole to be judged")
+    assert not site.health.failing

@@ -278,3 +278,11 @@ def test_what_crosses_from_the_call_process_reads_back_the_same(tmp_path: Path) 
     assert pilots_from_ads(pickle.loads(pickle.dumps(ads))) == pilots_from_ads(ads)
     description = make_plugin(tmp_path).description(SHAPE, JOB)
     assert str(htcondor2.Submit(str(description))) == str(description)
+
+
+def test_hosts_kept_out_as_black_holes_join_the_requirements(tmp_path: Path) -> None:
+    plugin = make_plugin(tmp_path, submit_attributes={"requirements": 'OpSysMajorVer == 9'})
+    plugin.avoid(["wn042.example.org"])
+    submit = rendered(plugin)
+    assert submit["requirements"] == ('(OpSysMajorVer == 9) && '
+                                      '(Machine =!= "wn042.example.org")')

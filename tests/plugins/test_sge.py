@@ -116,3 +116,9 @@ def test_qstat_output_that_is_not_xml_is_a_batch_error(tmp_path: Path) -> None:
     plugin = SgePlugin(PluginSettings("f1", tmp_path, commands_dir=bin_dir))
     with pytest.raises(BatchError, match="qstat printed XML that the sge plugin cannot read"):
         plugin.status()
+
+
+def test_hosts_kept_out_as_black_holes_are_a_host_resource_expression(tmp_path: Path) -> None:
+    plugin = make_plugin(tmp_path)
+    plugin.avoid(["wn042", "wn007"])
+    assert "-l h=!(wn007|wn042)" in header(plugin, PilotShape("small"))

@@ -109,3 +109,14 @@ def test_an_unknown_option_is_refused_naming_the_known_ones(tmp_path: Path) -> N
     with pytest.raises(PluginConfigError,
                        match=r"unknown slurm option 'partiton'; .* knows: .*partition"):
         make_plugin(tmp_path, partiton="short")
+
+
+def test_hosts_kept_out_as_black_holes_are_excluded_and_odd_names_never_reach_the_script(
+        tmp_path: Path) -> None:
+    plugin = make_plugin(tmp_path)
+    assert plugin.keeps_off_hosts
+    kept = plugin.avoid(["wn042", "c12.cluster.edu", "evil;rm -rf /", "$(reboot)"])
+    assert kept == {"wn042", "c12.cluster.edu"}
+    assert "--exclude=c12.cluster.edu,wn042" in header(plugin, PilotShape("small"))
+    plugin.avoid([])
+    assert not any(line.startswith("--exclude") for line in header(plugin, PilotShape("small")))
