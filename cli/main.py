@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 
 # Modules in the order their subcommands appear in `floe --help`.
-MODULES = ("cli.server", "cli.client", "cli.datasets", "cli.steer", "cli.pool", "cli.pilot",
-           "cli.factory", "cli.demo", "cli.docs")
+MODULES = ("cli.server", "cli.database", "cli.client", "cli.datasets", "cli.steer", "cli.pool",
+           "cli.pilot", "cli.factory", "cli.demo", "cli.docs")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,104 @@
+"""`floe db backup`: an online, consistent copy of the matchmaker's database.
+
+The copy is made with SQLite's backup API while the server runs: a few hundred pages at a time,
+so the server's writer never waits long, starting over by itself if a commit changes pages it
+has copied (SQLite's own rule), into a temporary file renamed into place once it is complete
+and passes SQLite's quick check. The copy is a database on its own (no WAL beside it): to
+restore, stop the server, put the copy where `--db` points (removing any `-wal` and `-shm`
+files of the old one) and start the server again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from config.settings import SERVER_SCHEMA
+
+DEFAULT_DB = SERVER_SCHEMA.fields["database"].default
+PAGES_PER_STEP = 256
+"""Pages copied per step of the backup; the server's writer may commit between steps."""
+
+
+class BackupError(Exception):
+    """The backup could not be made; the message says why and what to do."""
+
+
+def backup(source: Path, target: Path, force: bool = False) -> dict[str, Any]:
+    """Copy the database `source` to `target` (refused if it exists, unless `force`); what was
+    copied."""
+    if not source.is_file():
+        raise BackupError(f"{source} does not exist: give --db the file `floe server` uses")
+    if target.exists() and not force:
+        raise BackupError(f"{target} exists already: choose another name, or --force to "
+                          "replace it")
+    if target.resolve() == source.resolve():
+        raise BackupError(f"{target} is the database itself: choose another name")
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    started = time.monotonic()
+    reader = writer = None
+    try:
+        reader = sqlite3.connect(source)
+        if not reader.execute("SELECT 1 FROM sqlite_master WHERE name = 'datasets'").fetchone():
+            raise BackupError(f"{source} is not a floe matchmaker database")
+        writer = sqlite3.connect(partial)
+        reader.backup(writer, pages=PAGES_PER_STEP, sleep=0.001)
+        checked = writer.execute("PRAGMA quick_check").fetchone()[0]
+        if checked != "ok":
+            raise BackupError(f"the copy failed SQLite's quick check ({checked}); {source} "
+                              f"itself may be damaged: run `sqlite3 {source} 'PRAGMA "
+                              "integrity_check'`")
+        datasets = writer.execute("SELECT count(*) FROM datasets").fetchone()[0]
+        attempts = writer.execute("SELECT count(*) FROM attempts").fetchone()[0]
+        writer.close()
+        writer = None
+        os.replace(partial, target)
+    except sqlite3.Error as err:
+        raise BackupError(f"copying {source} failed: {err}") from None
+    finally:
+        for connection in (reader, writer):
+            if connection is not None:
+                connection.close()
+        partial.unlink(missing_ok=True)
+    return {"database": str(source), "backup": str(target), "bytes": target.stat().st_size,
+            "datasets": datasets, "attempts": attempts,
+            "seconds": round(time.monotonic() - started, 3)}
+
+
+def _configure_db(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    copy = sub.add_parser("backup", help="copy the database while the server runs (consistent, "
+                                         "online)")
+    copy.add_argument("target", type=Path, help="the file to write the copy to")
+    copy.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH",
+                      help=f"the matchmaker's SQLite file (default {DEFAULT_DB})")
+    copy.add_argument("--force", action="store_true", help="replace TARGET if it exists")
+    copy.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_db(args: argparse.Namespace) -> int:
+    try:
+        done = backup(args.db, args.target, args.force)
+    except BackupError as err:
+        print(f"floe db backup: {err}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(done, indent=2))
+    else:
+        print(f"{done['backup']}: a copy of {done['database']} ({done['bytes']:,} bytes, "
+              f"{done['datasets']:,} datasets, {done['attempts']:,} attempts) in "
+              f"{done['seconds']} s; to restore it, stop the server, put it where --db points "
+              "(removing the old file's -wal and -shm), and start the server")
+    return 0
+
+
+SUBCOMMANDS = {
+    "db": ("back up the matchmaker's database while it runs (on the server host)", _configure_db,
+           _run_db),
+}
