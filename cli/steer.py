@@ -1,5 +1,6 @@
-"""`floe suspend`, `resume`, `reset` and `priority`: the actions a dataset's owner (or an admin)
-takes on it. Anyone else is refused by the matchmaker, and gets its sentence."""
+"""`floe suspend`, `resume`, `reset`, `priority`, `add-jobs` and `abort`: the actions a
+dataset's owner (or an admin) takes on it. Anyone else is refused by the matchmaker, and gets
+its sentence."""
 
 from __future__ import annotations
 
@@ -15,6 +16,14 @@ def _reset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all", action="store_true",
                         help="start every task over, voiding running attempts (default: only "
                              "failed tasks)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--job", type=int, metavar="N", help="only the tasks of job N")
+    only.add_argument("--task", type=int, metavar="ID", help="only the task with this id")
+
+
+def _add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset(parser)
+    parser.add_argument("jobs", type=int, help="how many jobs to add (the next job indices)")
 
 
 def _priority_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +41,22 @@ def _action(verb: str) -> Fetch:
 
 
 def _reset_fetch(client: Client, args: argparse.Namespace) -> Any:
-    return client.post(f"/api/v1/datasets/{args.dataset}/reset",
-                       {"scope": "all" if args.all else "failed"})
+    body: dict[str, Any] = {"scope": "all" if args.all else "failed"}
+    if args.job is not None:
+        body["job"] = args.job
+    if args.task is not None:
+        body["task"] = args.task
+    return client.post(f"/api/v1/datasets/{args.dataset}/reset", body)
+
+
+def _add_jobs_fetch(client: Client, args: argparse.Namespace) -> Any:
+    return client.post(f"/api/v1/datasets/{args.dataset}/jobs", {"jobs": args.jobs})
+
+
+def _add_jobs_show(answer: Any, args: argparse.Namespace) -> None:
+    dataset = answer["dataset"]
+    print(f"dataset {dataset['id']} now has {answer['jobs']:,} jobs ({args.jobs:,} added, "
+          f"created in the background); it is {dataset['status']}")
 
 
 def _priority_fetch(client: Client, args: argparse.Namespace) -> Any:
@@ -57,8 +80,13 @@ SUBCOMMANDS = subcommands({
                        add_dataset, _action("suspend"), _changed("suspended")),
     "resume": Command("release a suspended dataset", add_dataset, _action("resume"),
                       _changed("resumed")),
-    "reset": Command("start a dataset's failed tasks (or --all) over", _reset_arguments,
-                     _reset_fetch, _changed("reset")),
+    "reset": Command("start a dataset's failed tasks (or --all) over, or one job's or task's",
+                     _reset_arguments, _reset_fetch, _changed("reset")),
+    "add-jobs": Command("add jobs to a dataset (an ended one runs again)", _add_jobs_arguments,
+                        _add_jobs_fetch, _add_jobs_show),
+    "abort": Command("end a dataset: its unfinished tasks fail, running attempts are stopped, "
+                     "jobs not yet created never are", add_dataset, _action("abort"),
+                     _changed("aborted")),
     "priority": Command("change a dataset's priority", _priority_arguments, _priority_fetch,
                         _priority_show),
 })

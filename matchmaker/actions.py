@@ -1,4 +1,5 @@
-"""What owners and admins do to a dataset: suspend, resume, reset, change priority.
+"""What owners and admins do to a dataset: suspend, resume, reset (all of it, a job or a task),
+change priority, add jobs, abort.
 
 Bulk changes run a range of jobs at a time, each range its own short transaction interleaved
 with the pilots' commits, so acting on a million-job dataset never stalls matching. Each range
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from config.dataset import MAX_JOBS
 from config.states import TaskState
 
 from .engine import ActiveAttempt, Engine, User
@@ -22,6 +24,7 @@ from .fairshare import weight
 from .model import CODE, STATES, DatasetState, DatasetStatus, job_state
 from .storage import writes
 from .storage.database import Job
+from .submission import check_limits
 
 JOBS_PER_STEP = 5000
 
@@ -105,10 +108,12 @@ def _forget(engine: Engine, active: ActiveAttempt, reason: str, now: float) -> N
 
 
 async def _bulk(engine: Engine, dataset: DatasetState, decide: Decide, reason: str,
-                clear_record: bool = False) -> int:
+                clear_record: bool = False, jobs: range | None = None) -> int:
+    """Apply `decide` to the tasks of `jobs` (every created job), a step at a time."""
+    jobs = jobs if jobs is not None else range(dataset.materialized)
     total = 0
-    for first in range(0, dataset.materialized, JOBS_PER_STEP):
-        last = min(first + JOBS_PER_STEP, dataset.materialized)
+    for first in range(jobs.start, min(jobs.stop, dataset.materialized), JOBS_PER_STEP):
+        last = min(first + JOBS_PER_STEP, jobs.stop, dataset.materialized)
         total += await _apply_range(engine, dataset, first, last, decide, reason, clear_record)
     return total
 
@@ -161,27 +166,112 @@ async def resume(engine: Engine, dataset: DatasetState, user: User) -> int:
     return changed
 
 
-async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str) -> int:
+async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
+                job: int | None = None, task_id: int | None = None) -> int:
     """Start tasks over with their retries restored: only failed ones ("failed") or every task
-    ("all", which voids running attempts). Grown requirements are kept. Returns tasks changed."""
+    ("all", which voids running attempts), of the whole dataset, of one `job`, or one task
+    (`task_id`). Grown requirements are kept. Returns tasks changed."""
     if scope not in ("failed", "all"):
         raise BadRequest(f'scope: expected "failed" or "all", got {scope!r}')
-    reason = f"reset ({scope}) by {user.name}"
-    if scope == "failed":
-        def decide(d: DatasetState, task_id: int, state: TaskState) -> TaskState | None:
-            return TaskState.WAITING if state == TaskState.FAILED else None
-    else:
-        def decide(d: DatasetState, task_id: int, state: TaskState) -> TaskState | None:
-            return TaskState.WAITING
     if dataset.status == DatasetStatus.SUSPENDED:
         raise Conflict(f"dataset {dataset.id} is suspended; resume it before resetting")
+    jobs, what = None, "tasks"
+    if task_id is not None:
+        if not dataset.base <= task_id < dataset.base + dataset.materialized * dataset.ntasks:
+            raise BadRequest(f"task: dataset {dataset.id} has no task {task_id}")
+        located = dataset.locate(task_id)[0]
+        jobs, what = range(located, located + 1), f"task {task_id}"
+    elif job is not None:
+        if not 0 <= job < dataset.materialized:
+            raise BadRequest(f"job: dataset {dataset.id} has jobs 0 to "
+                             f"{max(dataset.materialized - 1, 0)} created, not {job}")
+        jobs, what = range(job, job + 1), f"job {job}"
+    reason = f"reset ({scope}{'' if jobs is None else ', ' + what}) by {user.name}"
+    wanted = TaskState.FAILED if scope == "failed" else None
+
+    def decide(d: DatasetState, tid: int, state: TaskState) -> TaskState | None:
+        if task_id is not None and tid != task_id:
+            return None
+        return TaskState.WAITING if wanted is None or state == wanted else None
+
     # First everything chosen goes back to waiting, then each job's tasks whose dependencies
     # are complete become ready: a reset child of a reset parent must wait for it again.
-    changed = await _bulk(engine, dataset, decide, reason, clear_record=True)
+    changed = await _bulk(engine, dataset, decide, reason, clear_record=True, jobs=jobs)
     await _bulk(engine, dataset, lambda d, t, s: TaskState.READY
                 if s == TaskState.WAITING and ready_or_waiting(d, t) == TaskState.READY
-                else None, reason)
-    await _settle(engine, dataset, user, f"reset {scope}", f"{changed} tasks reset")
+                else None, reason, jobs=jobs)
+    await _settle(engine, dataset, user, f"reset {scope}",
+                  f"{changed} tasks reset" + ("" if jobs is None else f" ({what})"))
+    return changed
+
+
+async def add_jobs(engine: Engine, dataset: DatasetState, user: User, count: int) -> int:
+    """Grow the dataset by `count` jobs, created in the background like a submit's; an ended
+    dataset runs again. Returns its jobs now."""
+    settings = engine.settings
+    if count < 1:
+        raise BadRequest(f"jobs: expected at least 1, got {count}")
+    total = dataset.jobs + count
+    if total > min(settings.max_jobs_per_dataset, MAX_JOBS):
+        raise BadRequest(f"jobs: dataset {dataset.id} has {dataset.jobs:,} jobs, and this "
+                         f"server takes at most {min(settings.max_jobs_per_dataset, MAX_JOBS):,} "
+                         "per dataset (max_jobs_per_dataset); submit the rest as a new dataset")
+    following = [d.base for d in engine.datasets.values() if d.base > dataset.base]
+    if following and dataset.base + total * dataset.ntasks > min(following):
+        raise Conflict(f"dataset {dataset.id} was submitted before datasets kept room to grow "
+                       "(its task ids are followed by another dataset's); submit the new jobs "
+                       "as a new dataset")
+    check_limits(engine, user, count, dataset.ntasks)
+    now = engine.clock()
+    status = DatasetStatus.PROCESSING if dataset.status in (
+        DatasetStatus.COMPLETE, DatasetStatus.FAILED) else dataset.status
+    grown = {"total": total}
+
+    def plan() -> Job[None]:  # at its turn: another addition before it is counted
+        before = dataset.jobs
+        after = grown["total"] = before + count
+        detail = f"{count:,} jobs added by {user.name}: {before:,} -> {after:,}"
+        return lambda conn: writes.set_dataset_jobs(conn, dataset.id, after, status, now,
+                                                    (user.user_id, "add jobs", detail))
+
+    def apply(_: None) -> None:
+        dataset.grow(grown["total"])
+        dataset.status = status
+        engine.materializing.set()
+
+    await engine.db.planned(plan, after=apply)
+    return grown["total"]
+
+
+async def abort(engine: Engine, dataset: DatasetState, user: User) -> int:
+    """End a dataset for good: its jobs not yet created never will be, every task that has not
+    ended fails (running attempts are voided, their pilots told to kill them), and what is
+    recorded stays. Returns tasks changed."""
+    if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED) \
+            and dataset.materialized == dataset.jobs:
+        raise Conflict(f"dataset {dataset.id} has ended ({dataset.status}); there is nothing "
+                       "to abort")
+    reason = f"aborted by {user.name}"
+    now = engine.clock()
+    asked = dataset.jobs
+    cut = {"created": dataset.materialized}
+
+    def plan() -> Job[None]:  # at its turn: every chunk of jobs created before it is counted
+        created = cut["created"] = dataset.materialized
+        return lambda conn: writes.set_dataset_jobs(conn, dataset.id, created,
+                                                    DatasetStatus.PROCESSING, now, None)
+
+    def apply(_: None) -> None:
+        dataset.grow(cut["created"])  # no more jobs are created
+        dataset.status = DatasetStatus.PROCESSING  # until the tasks say what it ends as
+
+    await engine.db.planned(plan, after=apply)
+    created = cut["created"]
+    unfinished = (TaskState.WAITING, TaskState.READY, TaskState.PROCESSING, TaskState.SUSPENDED)
+    changed = await _bulk(engine, dataset, lambda d, t, s: TaskState.FAILED
+                          if s in unfinished else None, reason)
+    await _settle(engine, dataset, user, "abort", f"{changed} tasks failed, "
+                  f"{asked - created:,} of {asked:,} jobs never created ({reason})")
     return changed
 
 

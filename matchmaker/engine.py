@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from config.dataset import validate
+from config.dataset import MAX_JOBS, validate
 from config.resources import Requirements, Slot
 from config.settings import ServerSettings
 from config.states import TaskState
@@ -231,7 +231,8 @@ class Engine:
         self.by_user.setdefault(dataset.user_id, []).append(dataset)
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)
-        self.next_task_id = max(self.next_task_id, dataset.base + dataset.total_tasks)
+        # Each dataset keeps room for the most jobs a dataset may have, to grow into.
+        self.next_task_id = max(self.next_task_id, dataset.base + MAX_JOBS * dataset.ntasks)
 
     def add_pilot(self, pilot: Pilot) -> Pilot:
         self.pilots[pilot.pilot_id] = pilot
@@ -299,6 +300,7 @@ class Engine:
                               row["created"])
             state = DatasetState(dataset, row["status"], row["priority"],
                                  row["jobs_materialized"])
+            state.jobs = row["jobs"]  # grown, or cut by an abort, since it was submitted
             self.add_dataset(state)
             await self._load_tasks(state)
             state.status = self.dataset_status_after(state)

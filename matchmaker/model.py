@@ -237,6 +237,14 @@ class DatasetState:
         counts[TaskState.WAITING.value] += (self.jobs - self.materialized) * self.ntasks
         return counts
 
+    def grow(self, jobs: int) -> None:
+        """Make the dataset `jobs` jobs long (more, or down to those created); what every ask
+        answer repeats (`jobs_submitted`) is made again."""
+        self.jobs = jobs
+        self.fragments.clear()
+        if self.watch:
+            self.watch.changed()
+
     def version(self) -> str:
         """The dataset's progress as an opaque string that changes whenever its status or its
         tasks' states do (what a client waiting for a change compares)."""

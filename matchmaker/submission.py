@@ -41,8 +41,7 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
         await engine.db.turn()
     check_limits(engine, user, config.jobs, len(config.tasks))
     now = engine.clock()
-    base = engine.next_task_id
-    engine.next_task_id += config.jobs * len(config.tasks)
+    base = engine.next_task_id  # add_dataset moves it past the room the dataset may grow into
     dataset_id = engine.next_dataset_id
     engine.next_dataset_id += 1
 

@@ -134,10 +134,38 @@ async def resume(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/datasets/{dataset_id}/reset", summary="Reset failed tasks, or all tasks",
        tag="datasets", action=Action.CHANGE_DATASET, body=schemas.RESET, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409))
+       errors=(400, 401, 403, 404, 409),
+       description="Of the whole dataset, or only of one `job`, or only one `task` (its id).")
 async def reset(ctx: Context) -> Any:
     dataset = changeable(ctx)
-    changed = await actions.reset(ctx.engine, dataset, ctx.principal.user, ctx.body["scope"])
+    changed = await actions.reset(ctx.engine, dataset, ctx.principal.user, ctx.body["scope"],
+                                  job=ctx.body.get("job"), task_id=ctx.body.get("task"))
+    return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
+
+
+@route("POST", "/api/v1/datasets/{dataset_id}/jobs", summary="Add jobs to a dataset",
+       tag="datasets", action=Action.CHANGE_DATASET, body=schemas.ADD_JOBS, params=[DATASET_ID],
+       errors=(400, 401, 403, 404, 409),
+       description="The new jobs run the same tasks with the next job indices, and are created "
+                   "in the background as a submit's are; a dataset that had ended runs again. "
+                   "Refused past the server's limits, and for a dataset submitted before "
+                   "datasets kept room to grow whose task ids another dataset follows.")
+async def add_jobs(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    jobs = await actions.add_jobs(ctx.engine, dataset, ctx.principal.user, ctx.body["jobs"])
+    return {"jobs": jobs, "dataset": summary(ctx.engine, dataset)}
+
+
+@route("POST", "/api/v1/datasets/{dataset_id}/abort", summary="Abort a dataset",
+       tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
+       errors=(400, 401, 403, 404, 409),
+       description="Its jobs not yet created never will be; every task that has not ended "
+                   "fails (`changed` of them), running attempts are voided and their pilots "
+                   "told to kill them at their next heartbeat; every attempt and log recorded "
+                   "stays. A reset brings failed tasks back; adding jobs, new jobs.")
+async def abort(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    changed = await actions.abort(ctx.engine, dataset, ctx.principal.user)
     return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
 
 

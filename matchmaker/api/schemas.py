@@ -307,7 +307,10 @@ REPORTED = _obj({
 DATASET_CONFIG = dataset.json_schema()
 """Generated from the schema that `config.dataset.validate` checks submitted datasets with."""
 
-RESET = _obj({"scope": {"type": "string", "enum": ["failed", "all"]}}, ("scope",))
+RESET = _obj({"scope": {"type": "string", "enum": ["failed", "all"]},
+              "job": _int(0, doc="only this job's tasks"),
+              "task": _int(1, doc="only this task (its id)")}, ("scope",))
+ADD_JOBS = _obj({"jobs": _int(1, dataset.MAX_JOBS, doc="how many jobs to add")}, ("jobs",))
 # The range a submitted dataset's priority may have, from the same schema.
 PRIORITY = _obj({"priority": {key: value for key, value in
                               DATASET_CONFIG["properties"]["priority"].items()

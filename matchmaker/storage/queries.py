@@ -24,8 +24,8 @@ ATTEMPT_COLUMNS = (
 
 async def datasets_to_load(db: Database) -> list[Any]:
     return await db.fetchall(
-        "SELECT dataset_id, user_id, config, task_id_base, jobs_materialized, priority, status,"
-        " created FROM datasets")
+        "SELECT dataset_id, user_id, config, task_id_base, jobs, jobs_materialized, priority,"
+        " status, created FROM datasets")
 
 
 async def task_states(db: Database, dataset_id: int) -> list[str]:

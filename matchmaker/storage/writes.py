@@ -405,6 +405,16 @@ def change_tasks(conn: sqlite3.Connection, moves: Sequence[tuple[int, TaskState,
     conn.executemany(SET_JOB.sql, ((state, dataset_id, job) for dataset_id, job, state in jobs))
 
 
+def set_dataset_jobs(conn: sqlite3.Connection, dataset_id: int, jobs: int, status: str,
+                     now: float, event: tuple[int, str, str] | None) -> None:
+    """Store how many jobs a dataset has (grown, or cut to those created) and its status, with
+    the event (user_id, action, detail) that changed them, if any."""
+    conn.execute("UPDATE datasets SET jobs = ?, status = ?, updated = ? WHERE dataset_id = ?",
+                 (jobs, status, now, dataset_id))
+    if event is not None:
+        conn.execute(ADD_EVENT.sql, (now, dataset_id, *event))
+
+
 def set_dataset_status(conn: sqlite3.Connection, dataset_id: int, status: str, priority: float,
                        now: float, event: tuple[int, str, str]) -> None:
     """Store a dataset's status and priority with the event (user_id, action, detail) that

@@ -36,6 +36,9 @@ DONE = {
     "reset-failed": "Reset {n} failed tasks; they run again with their retries restored.",
     "reset-all": "Reset all {n} tasks; they run again from the start.",
     "priority": "The priority is now {priority}.",
+    "add-jobs": "The dataset now has {n} jobs; the new ones are created in the background.",
+    "abort": "Aborted: {n} tasks failed, running attempts were stopped, and jobs not yet "
+             "created never will be; everything recorded stays.",
 }
 
 
@@ -170,6 +173,15 @@ def _actions(view: View, dataset: DatasetState) -> Markup:
                                           tag("button", "Reset failed tasks")))
         buttons.append(view.post_form(f"{base}/reset-all",
                                       tag("button", "Reset all tasks", class_="danger")))
+    buttons.append(view.post_form(
+        f"{base}/add-jobs",
+        tag("label", "Jobs to add", for_="add-jobs"),
+        tag("input", type="number", id="add-jobs", name="jobs", min="1", step="1",
+            required=True),
+        tag("button", "Add"), class_="inline"))
+    if status not in (DatasetStatus.COMPLETE, DatasetStatus.FAILED) \
+            or dataset.materialized < dataset.jobs:
+        buttons.append(view.post_form(f"{base}/abort", tag("button", "Abort", class_="danger")))
     buttons.append(view.post_form(
         f"{base}/priority",
         tag("label", "Priority", for_="priority"),
@@ -392,9 +404,20 @@ async def _priority(view: View, dataset: DatasetState) -> int:
     return 0
 
 
+async def _add_jobs(view: View, dataset: DatasetState) -> int:
+    text = str(view.form.get("jobs") or "").strip()
+    if not text.isdigit():
+        raise BadRequest(f"jobs: expected a whole number of jobs to add, got {text!r}")
+    return await actions.add_jobs(view.engine, dataset, view.principal.user, int(text))
+
+
+async def _abort(view: View, dataset: DatasetState) -> int:
+    return await actions.abort(view.engine, dataset, view.principal.user)
+
+
 ACTIONS: dict[str, Act] = {"suspend": _suspend, "resume": _resume,
                            "reset-failed": _reset_failed, "reset-all": _reset_all,
-                           "priority": _priority}
+                           "add-jobs": _add_jobs, "abort": _abort, "priority": _priority}
 
 
 @routes.post("/datasets/{dataset_id}/{action}")

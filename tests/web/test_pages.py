@@ -140,7 +140,7 @@ async def test_only_the_owner_and_admins_see_the_action_buttons(pages: Pages):
         assert ("<h2>Actions</h2>" in text) is shown
 
 
-ACTIONS = ("suspend", "resume", "priority", "reset-all")
+ACTIONS = ("suspend", "resume", "priority", "reset-all", "add-jobs", "abort")
 
 
 @pytest.mark.parametrize("role, allowed", [("owner", True), ("admin", True),
@@ -154,7 +154,7 @@ async def test_who_may_act_on_a_dataset_and_that_the_server_refuses_the_others(
     csrf = await browser.csrf()
     for action in ACTIONS:
         status, text, _ = await browser.post(f"/datasets/{fresh.id}/{action}",
-                                             {"csrf": csrf, "priority": "7"})
+                                             {"csrf": csrf, "priority": "7", "jobs": "3"})
         if allowed:
             assert status == 200 and 'role="status"' in text, (action, text)
         else:
@@ -165,9 +165,10 @@ async def test_who_may_act_on_a_dataset_and_that_the_server_refuses_the_others(
     assert status == (200 if allowed else 403)
     if allowed:
         assert "Reset 1 failed tasks" in text
-        assert fresh.priority == 7 and fresh.status == DatasetStatus.PROCESSING
+        assert fresh.priority == 7 and fresh.status == DatasetStatus.FAILED  # aborted last
     else:
         assert fresh.priority == 1 and pages.dataset.summary()["failed"] == 1
+        assert fresh.jobs == 2 and fresh.status == DatasetStatus.PROCESSING
 
 
 async def test_a_post_without_its_sessions_csrf_token_is_refused_and_changes_nothing(

@@ -1,0 +1,61 @@
+"""A dataset changed while a real pilot runs it, through the command line: grown by 100,000
+jobs, which are created while it runs and run after the first ones; then aborted, which stops
+the pilot's running task at its next heartbeat and loses nothing already recorded."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.cli.support import as_user, run
+from tests.pilot.live import LiveMatchmaker, wait_for
+
+SLOW = {"description": "grown, then aborted", "jobs": 100, "max_retries": 0, "tasks": [{
+    "name": "step", "requirements": {"walltime": "1m", "memory": "64MiB", "disk": "1MiB"},
+    "modules": [{"command": ["sh", "-c", "sleep 0.05; echo done job $FLOE_JOB"]}]}]}
+
+
+def test_a_running_dataset_grows_by_100000_jobs_and_is_aborted_with_nothing_lost(
+        matchmaker: LiveMatchmaker, tmp_path: Path, capsys):
+    dataset = matchmaker.submit(SLOW)
+    (tmp_path / "pilot").mkdir()
+    pilot = matchmaker.start_pilot(tmp_path / "pilot", "--idle-timeout", "2s")
+    wait_for(lambda: matchmaker.get(f"/datasets/{dataset}")["tasks"]["complete"] >= 5, 60,
+             "five tasks done")
+    status, out, err = run(capsys, "add-jobs", str(dataset), "100000", *as_user(matchmaker))
+    assert status == 0, err
+    assert out == (f"dataset {dataset} now has 100,100 jobs (100,000 added, created in the "
+                   "background); it is processing\n")
+    wait_for(lambda: matchmaker.get(f"/datasets/{dataset}")["jobs_created"] == 100_100, 120,
+             "the new jobs to be created")
+    wait_for(lambda: any(t["job"] >= 100 and t["state"] == "complete" for t in matchmaker.get(
+        f"/datasets/{dataset}/tasks?state=complete&limit=1000")["tasks"]), 120,
+        "a new job to run")
+
+    status, out, err = run(capsys, "abort", str(dataset), *as_user(matchmaker))
+    assert status == 0, err
+    assert out.startswith(f"dataset {dataset} aborted: ") and out.endswith("it is now failed\n")
+    assert pilot.wait(60) == 0
+    log = (tmp_path / "pilot.log").read_text()
+    after = matchmaker.get(f"/datasets/{dataset}")
+    assert after["status"] == "failed" and after["jobs"] == 100_100
+    counts = after["tasks"]
+    assert counts["complete"] + counts["failed"] == 100_100 and counts["complete"] >= 6
+    # Nothing lost: every complete task has its complete attempt and its output, and the
+    # attempt that was running when the dataset was aborted was voided, not failed.
+    with sqlite3.connect(matchmaker.db) as conn:
+        complete_tasks = conn.execute("SELECT count(*) FROM tasks WHERE dataset_id = ? AND "
+                                      "state = 'complete'", (dataset,)).fetchone()[0]
+        complete_attempts = conn.execute(
+            "SELECT count(*) FROM attempts WHERE dataset_id = ? AND state = 'complete' AND "
+            "stdout_tail LIKE 'done job %'", (dataset,)).fetchone()[0]
+        voided = conn.execute("SELECT state, count(*) FROM attempts WHERE dataset_id = ? AND "
+                              "error_message = 'aborted by alice' GROUP BY state",
+                              (dataset,)).fetchall()
+    assert complete_tasks == complete_attempts == counts["complete"]
+    # The pilot's running attempt and those it held queued (short tasks go in series).
+    [(state, count)] = voided
+    assert state == "reset" and count >= 1
+    assert "aborted by alice" in log
+    events = matchmaker.get(f"/datasets/{dataset}")["events"]
+    assert [e["action"] for e in events][:2] == ["abort", "add jobs"]
