@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from config import expressions, retries
+from config import expressions, notify, retries
 from config.json_schema import json_schema as schema_of
 from config.protocol import MAX_CPUS, MAX_GPUS
 from config.resources import SMALLEST_SIZE, Requirements
@@ -228,6 +228,7 @@ DATASET = Object([
     retries.FIELD,
     retries.DELAY_FIELD,
     retries.ELSEWHERE_FIELD,
+    notify.FIELD,
     Field("debug", Bool(),
           "Suspend a failing task instead of retrying it, so its owner can inspect it.",
           default=False, details="A suspended task can be run by hand with `floe run` and "
@@ -292,6 +293,7 @@ class DatasetConfig:
     retry_rules: tuple[retries.RetryRule, ...] = ()
     retry_delay: int = 0
     retry_elsewhere: int = 0
+    notify: tuple[notify.Hook, ...] = ()
 
     def task(self, name: str) -> TaskSpec:
         """The task with this name; KeyError when there is none."""
@@ -683,4 +685,5 @@ def _typed(raw: dict, edges: list[list[int]]) -> DatasetConfig:
                          priority=raw["priority"], max_retries=raw["max_retries"],
                          debug=raw["debug"], steering=raw["steering"], tasks=tasks, raw=raw,
                          retry_rules=retries.rules_of(raw["retry_rules"]),
-                         retry_delay=raw["retry_delay"], retry_elsewhere=raw["retry_elsewhere"])
+                         retry_delay=raw["retry_delay"], retry_elsewhere=raw["retry_elsewhere"],
+                         notify=notify.hooks_of(raw["notify"]))

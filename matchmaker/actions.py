@@ -123,8 +123,11 @@ async def _set_status(engine: Engine, dataset: DatasetState, user: User, status:
     now = engine.clock()
 
     def apply(_: None) -> None:
+        changed = status != dataset.status
         dataset.status = status
         dataset.watch.changed()
+        if changed and engine.notifier is not None:
+            engine.notifier.ended(dataset, status)
 
     await engine.db.exclusive(lambda conn: writes.set_dataset_status(
         conn, dataset.id, status, dataset.priority, now, (user.user_id, action, detail)),

@@ -58,7 +58,7 @@ def outcome(engine: Engine, active: ActiveAttempt, ended: Outcome, now: float
                          f"{suspect.site}: {suspect.why}", now)
     if status is not None:
         writes.set_dataset(batch, dataset.id, status=status, priority=dataset.priority, now=now)
-    batch.on_commit(partial(_committed, engine, active, decided, ended))
+    batch.on_commit(partial(_committed, engine, active, decided, ended, status))
     return batch, decided
 
 
@@ -100,10 +100,18 @@ def _rows(batch: Batch, engine: Engine, dataset: DatasetState, active: ActiveAtt
             name: getattr(used, name) for name in RESOURCE_STATISTICS})
 
 
-def _committed(engine: Engine, active: ActiveAttempt, decided: Plan, ended: Outcome) -> None:
+def _committed(engine: Engine, active: ActiveAttempt, decided: Plan, ended: Outcome,
+               status: str | None) -> None:
     release(engine, active)
     if decided.attempt_state == AttemptState.RESET:
         engine.void(active.attempt_id, ended.error_message or "reported lost by its pilot")
+    notifier = engine.notifier
+    dataset = engine.datasets.get(active.dataset_id)
+    if notifier is not None and dataset is not None:
+        if decided.attempt_state != AttemptState.RESET:
+            notifier.attempt_ended(dataset, decided.attempt_state == AttemptState.FAILED)
+        if status is not None:
+            notifier.ended(dataset, status)
 
 
 def release(engine: Engine, active: ActiveAttempt) -> None:

@@ -194,6 +194,8 @@ class Engine:
                                     group=lambda d: self.datasets[d].user_id)
         self.metrics = Metrics()
         self.black_holes = BlackHoles(settings)
+        self.notifier: Any = None
+        """What sends the datasets' webhooks (`notify.Notifier`; the server sets it)."""
         self.next_attempt_id = 1
         self.next_pilot_id = 1
         self.next_task_id = 1
@@ -376,6 +378,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._background.clear()
+        if self.notifier is not None:
+            await self.notifier.close()
         await self.flush()
 
     async def flush(self) -> None:

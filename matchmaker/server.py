@@ -26,6 +26,7 @@ from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
 from .engine import Engine
+from .notify import Notifier, load_key
 from .storage import files
 from .storage.database import CLOSE_GRACE, Database
 from .web import add_routes as add_pages
@@ -57,6 +58,7 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
             raise
         app[ENGINE] = engine
         app[AUTH] = Auth(engine)
+        engine.notifier = Notifier(engine, load_key(settings.database))
         if background:
             engine.start_background(
                 ("materializer", submission.materialize_loop(engine)),

@@ -7,6 +7,8 @@ import time
 from importlib import metadata
 from typing import Any
 
+from ..errors import NotFound
+from ..notify import public_pem
 from . import openapi
 from .framework import Context, Reply, route
 
@@ -41,3 +43,15 @@ async def health(ctx: Context) -> Any:
 @route("GET", "/api/v1/openapi.json", summary="This document", tag="meta")
 async def openapi_json(ctx: Context) -> Any:
     return openapi.document(version())
+
+
+@route("GET", "/api/v1/notifications/key", summary="The public key that signs the datasets' "
+       "webhook calls", tag="meta",
+       description="`key`: the matchmaker's Ed25519 public key, PEM. A webhook call carries "
+                   "`X-Floe-Signature: ed25519=<base64>`, the signature of `X-Floe-Timestamp`, "
+                   "a dot, and the body.")
+async def notifications_key(ctx: Context) -> Any:
+    notifier = ctx.engine.notifier
+    if notifier is None:
+        raise NotFound("this matchmaker sends no notifications")
+    return {"key": public_pem(notifier.key), "algorithm": "ed25519"}

@@ -206,6 +206,7 @@ OWNER = {"admin", "owner"}
 MATRIX = {
     "health": ("GET", "/api/v1/health", None, EVERYONE),
     "read the API document": ("GET", "/api/v1/openapi.json", None, EVERYONE),
+    "read the notifications' key": ("GET", "/api/v1/notifications/key", None, EVERYONE),
     "who am I": ("GET", "/api/v1/whoami", None, EVERYONE - {"anonymous"}),
     "list datasets": ("GET", "/api/v1/datasets", None, USERS),
     "read a dataset": ("GET", "/api/v1/datasets/{dataset}", None, USERS),
