@@ -140,7 +140,9 @@ def test_the_exposition_is_valid_text_format_with_every_family_typed(matchmaker)
         "floe_completions_total": "counter", "floe_failures_total": "counter",
         "floe_heartbeats_total": "counter", "floe_delivered_core_seconds_total": "counter",
         "floe_pilots": "gauge", "floe_idle_pilots": "gauge", "floe_empty_asks_total": "counter",
-        "floe_empty_pilots_total": "counter", "floe_request_duration_seconds": "histogram"}
+        "floe_empty_pilots_total": "counter", "floe_black_hole_hosts": "gauge",
+        "floe_black_holes_found_total": "counter",
+        "floe_request_duration_seconds": "histogram"}
     # Every error class has its series from the start, so rates work from the first scrape.
     for error in ("task_error", "resource_overuse", "pilot_lost", "staging_error", "reset"):
         assert parsed.value("floe_failures_total", error_class=error) == 0
