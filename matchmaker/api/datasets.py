@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from config.states import JOB_STATES, TaskState
@@ -118,18 +119,14 @@ async def progress(ctx: Context) -> Any:
        "running attempts)", tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
        errors=(400, 401, 403, 404, 409))
 async def suspend(ctx: Context) -> Any:
-    dataset = changeable(ctx)
-    changed = await actions.suspend(ctx.engine, dataset, ctx.principal.user)
-    return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
+    return await _changed(ctx, actions.suspend)
 
 
 @route("POST", "/api/v1/datasets/{dataset_id}/resume", summary="Resume a suspended dataset",
        tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
        errors=(400, 401, 403, 404, 409))
 async def resume(ctx: Context) -> Any:
-    dataset = changeable(ctx)
-    changed = await actions.resume(ctx.engine, dataset, ctx.principal.user)
-    return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
+    return await _changed(ctx, actions.resume)
 
 
 @route("POST", "/api/v1/datasets/{dataset_id}/reset", summary="Reset failed tasks, or all tasks",
@@ -164,8 +161,13 @@ async def add_jobs(ctx: Context) -> Any:
                    "told to kill them at their next heartbeat; every attempt and log recorded "
                    "stays. A reset brings failed tasks back; adding jobs, new jobs.")
 async def abort(ctx: Context) -> Any:
+    return await _changed(ctx, actions.abort)
+
+
+async def _changed(ctx: Context, act: Callable[..., Awaitable[int]]) -> dict[str, Any]:
+    """Do `act` to the dataset as the caller: how many tasks it changed, and the dataset."""
     dataset = changeable(ctx)
-    changed = await actions.abort(ctx.engine, dataset, ctx.principal.user)
+    changed = await act(ctx.engine, dataset, ctx.principal.user)
     return {"changed": changed, "dataset": summary(ctx.engine, dataset)}
 
 
