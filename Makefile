@@ -33,7 +33,7 @@ docs: $(STAMP)
 
 # Each benchmark's JSON goes to docs/bench/ (kept only when the run succeeds); report.py then
 # writes the summary table of README.md from those files.
-BENCHMARKS := matchmaker large_dataset pilot factory submission hostile defaults
+BENCHMARKS := matchmaker large_dataset pilot factory submission hostile defaults record
 
 bench: $(STAMP)
 	@mkdir -p var docs/bench

@@ -1,7 +1,8 @@
 """The benchmark summary in README.md, made from the benchmarks' own JSON output.
 
 `make bench` saves what each benchmark prints under docs/bench/ (matchmaker.json,
-large_dataset.json, pilot.json, factory.json, submission.json, hostile.json, defaults.json;
+large_dataset.json, pilot.json, factory.json, submission.json, hostile.json, defaults.json,
+record.json;
 `make bench-scale`, scale.json) and then runs this script, which writes the summary table
 between the `benchmarks:begin` and `benchmarks:end` markers of README.md: each figure read
 from those files, each target from the issue that set it, and met or missed decided from the
@@ -26,7 +27,7 @@ README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (made by benchmarks/report.py from docs/bench/*.json) -->"
 END = "<!-- benchmarks:end -->"
 SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission", "hostile",
-           "defaults", "scale")
+           "defaults", "record", "scale")
 
 Results = dict[str, Any]
 
@@ -203,6 +204,11 @@ ROWS = [
         "≥ 1,400 and ≥ 0.5", lambda r: all(
             r["defaults"]["tasks_per_second"][k] >= 1400
             and r["defaults"]["of_bare_spawn_rate"][k] >= 0.5 for k in ("2000", "10000"))),
+    Row("the record: database bytes per attempt without logs (reports with usage and 5 "
+        "statistics), and per task of the dataset, at attempts recorded",
+        lambda r: (f"{n(r['record']['bytes_per_attempt'])} B; {n(r['record']['bytes_per_task'])}"
+                   f" B; at {n(r['record']['attempts'])}"),
+        "≤ 1,024 B per attempt", lambda r: r["record"]["bytes_per_attempt"] <= 1024),
     Row("scale: matches per second at saturation (tasks queued in datasets; pilots, of them "
         "idle and holding asks)",
         lambda r: (f"{n(r['scale']['saturation']['matches_per_second'])} "
