@@ -184,9 +184,11 @@ def _run_site(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     elif "expires" in result:
+        # The token alone on stdout, so that `... > pilot.token` makes a file a pilot reads.
         print(f"pilot token of site {result['site']}, valid for {args.lifetime} (shown only "
-              f"now; it registers one pilot: give it to `floe pilot --token-file`):\n"
-              f"{result['token']}")
+              "now; it registers one pilot: give it to `floe pilot --token-file`):",
+              file=sys.stderr)
+        print(result["token"])
     else:
         print(f"factory token of site {result['site']} (shown only now; put it in the site's "
               f"factory config):\n{result['token']}")

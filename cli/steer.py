@@ -66,8 +66,10 @@ def _priority_fetch(client: Client, args: argparse.Namespace) -> Any:
 def _changed(done: str) -> Show:
     def show(answer: Any, args: argparse.Namespace) -> None:
         dataset, changed = answer["dataset"], answer["changed"]
+        hint = "" if changed or done != "reset" or getattr(args, "all", True) else \
+            " (without --all only failed tasks are reset)"
         print(f"dataset {dataset['id']} {done}: {changed} task{'' if changed == 1 else 's'} "
-              f"changed; it is now {dataset['status']}")
+              f"changed; it is now {dataset['status']}{hint}")
     return show
 
 

@@ -84,6 +84,7 @@ async def _apply_range(engine: Engine, dataset: DatasetState, first: int, last: 
             for task_id, _, _ in step.moves:
                 dataset.failures.pop(task_id, None)
                 dataset.lost.pop(task_id, None)
+                dataset.later.pop(task_id, None)  # a reset task backs off no more
         for active in step.voided:
             _forget(engine, active, reason, now)
         for task_id, _, new in step.moves:
@@ -197,6 +198,10 @@ async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
             return None
         return TaskState.WAITING if wanted is None or state == wanted else None
 
+    if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED):
+        # Matchable from the moment its tasks are ready (an ask woken by them finds the dataset
+        # processing, and no shape is called barren); _settle records the status.
+        dataset.status = DatasetStatus.PROCESSING
     # First everything chosen goes back to waiting, then each job's tasks whose dependencies
     # are complete become ready: a reset child of a reset parent must wait for it again.
     changed = await _bulk(engine, dataset, decide, reason, clear_record=True, jobs=jobs)

@@ -80,11 +80,24 @@ class Explainer:
 
     def summary(self, dataset: DatasetState) -> list[dict[str, Any]]:
         """The dataset's ready tasks by task and requirements, with why each kind waits, most
-        numerous first."""
+        numerous first; retried tasks that back off are a kind of their own."""
         names = [t.name for t in dataset.config.tasks]
-        kinds = [{"task": names[c.task_index], "tasks": c.ready,
-                  "why": self.ready(dataset, c.requirements)}
-                 for c in dataset.queue.classes.values() if c.ready > 0]
+        backing: dict[tuple[int, Requirements], list[float]] = {}
+        for task_id, later in dataset.later.items():
+            if self.now < later.not_before and dataset.is_ready(task_id):
+                key = (dataset.locate(task_id)[1], dataset.requirements(task_id))
+                backing.setdefault(key, []).append(later.not_before)
+        kinds = []
+        for c in dataset.queue.classes.values():
+            waits = backing.get((c.task_index, c.requirements), [])
+            if c.ready > len(waits):
+                kinds.append({"task": names[c.task_index], "tasks": c.ready - len(waits),
+                              "why": self.ready(dataset, c.requirements)})
+            if waits:
+                first = format_duration(math.ceil(min(waits) - self.now))
+                kinds.append({"task": names[c.task_index], "tasks": len(waits),
+                              "why": f"backing off before their retry: the first may run "
+                                     f"again in {first}"})
         return sorted(kinds, key=lambda kind: -kind["tasks"])
 
     # -- ready tasks ------------------------------------------------------------------------------
@@ -123,7 +136,8 @@ class Explainer:
         if self.engine.pilots:
             return ("no running pilot has said it has a slot for it, and no factory has said "
                     "what pilots it can start")
-        return "no pilot has asked yet, and no factory has said what pilots it can start"
+        return ("no pilot is running, and no factory has said what pilots it can start (start "
+                "`floe factory` for a site, or `floe pilot`)")
 
     def _turn(self, dataset: DatasetState, requirements: Requirements, pilots: int) -> str:
         """Ready tasks that running pilots fit: who fair share serves first."""

@@ -15,6 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from config.protocol import TOKEN_PREFIXES, token_kind
 from config.resources import ResourceError, parse_duration
 from pilot.client import Matchmaker
 from pilot.gpus import open_gpus
@@ -76,6 +77,15 @@ def read_token(token_file: Path | None) -> str:
         raise ValueError(f"--token-file {token_file}: {err.strerror or err}") from None
     if not token:
         raise ValueError(f"--token-file {token_file} is empty; write the pilot token into it")
+    kind = token_kind(token)
+    if kind != "pilot" or any(c.isspace() for c in token):
+        # Left where it is: it is not one this pilot could use up.
+        what = "more than the token (the file must hold the token alone)" \
+            if kind == "pilot" or any(c.isspace() for c in token) else \
+            f"a {kind} token, not a pilot token" if kind else "no floe token"
+        raise ValueError(f"--token-file {token_file} holds {what}; write a pilot token "
+                         f"({TOKEN_PREFIXES['pilot']}...) into it: `floe site pilot-token "
+                         "SITE > FILE` prints one on the matchmaker's host")
     try:
         token_file.unlink()
     except OSError as err:

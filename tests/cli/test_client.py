@@ -208,9 +208,11 @@ def test_tasks_say_why_a_ready_task_waits(capsys, matchmaker, tmp_path):
     assert status == 0
     lines = out.splitlines()
     assert lines[0].split()[-1] == "WHY" and len(lines) == 4
-    assert all(line.endswith("no pilot has asked yet, and no factory has said what pilots it "
-                             "can start") for line in lines[1:]), out
+    assert all(line.endswith("no pilot is running, and no factory has said what pilots it "
+                             "can start (start `floe factory` for a site, or `floe pilot`)")
+               for line in lines[1:]), out
     first = lines[1].split()[0]
     status, out, _ = run(capsys, "attempts", first, *as_user(matchmaker))
-    assert out.splitlines()[1:3] == ["why it waits: no pilot has asked yet, and no factory has "
-                                     "said what pilots it can start", "no attempts yet"]
+    assert out.splitlines()[1:3] == [
+        "why it waits: no pilot is running, and no factory has said what pilots it can start "
+        "(start `floe factory` for a site, or `floe pilot`)", "no attempts yet"]

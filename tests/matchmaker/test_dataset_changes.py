@@ -100,3 +100,24 @@ async def test_one_job_or_one_task_is_reset_alone(engine):
         await actions.reset(engine, dataset, alice, "failed", job=7)
     with pytest.raises(BadRequest, match=r"task: dataset \d+ has no task 99999999999"):
         await actions.reset(engine, dataset, alice, "failed", task_id=99_999_999_999)
+
+
+async def test_a_held_ask_is_given_a_task_that_a_reset_of_an_ended_dataset_makes_ready(engine):
+    import asyncio
+
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    dataset = await s.submit(engine, alice, s.config(jobs=1))
+    pilot = await s.pilot(engine, site)
+    await run_all(engine, pilot, dataset)
+    assert dataset.status == "complete" and await s.ask(engine, pilot) is None
+
+    async def held_ask():
+        assert await engine.holding.hold(pilot.pilot_id, s.slot(), 5.0)
+        return await s.ask(engine, pilot)
+
+    asking = asyncio.create_task(held_ask())
+    await asyncio.sleep(0.01)
+    assert await actions.reset(engine, dataset, alice, "all") == 1
+    given = await asking
+    assert given is not None and given.task_id == dataset.task_id(0, 0)

@@ -102,6 +102,9 @@ async def test_a_retry_backs_off_doubling_and_says_until_when(engine, clock):
     assert await s.ask(engine, pilot) is None  # backing off: nothing for 30 s
     assert Explainer(engine).why(dataset, given.task_id).startswith(
         "backing off before its retry: it may run again in 30s")
+    assert Explainer(engine).summary(dataset) == [{
+        "task": "work", "tasks": 1,
+        "why": "backing off before their retry: the first may run again in 30s"}]
     clock.advance(29)
     assert await s.ask(engine, pilot) is None
     clock.advance(1)

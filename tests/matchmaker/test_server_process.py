@@ -152,6 +152,9 @@ def pilot_registered(port: int, db: Path) -> None:
     site = json.loads(floe("site", "add", "s1", "--db", str(db), "--json").stdout)
     token = json.loads(floe("site", "pilot-token", "s1", "--db", str(db), "--json").stdout)
     assert site["site"] == token["site"] == "s1"
+    plain = floe("site", "pilot-token", "s1", "--db", str(db))  # `> pilot.token` holds it alone
+    assert plain.stdout.startswith("floe_p_") and plain.stdout.count("\n") == 1
+    assert "pilot token of site s1" in plain.stderr
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/api/v1/pilots", data=json.dumps({"host": "n1"}).encode(),
         headers={"Authorization": f"Bearer {token['token']}",

@@ -34,8 +34,9 @@ async def test_a_ready_task_says_whether_any_pilot_or_shape_can_ever_run_it(engi
     site = await s.site(engine)
     alice = await s.user(engine, "alice")
     wide = await s.submit(engine, alice, s.config(jobs=2, tasks=[s.task("wide", cpus=8)]))
-    assert why(engine, wide) == ("no pilot has asked yet, and no factory has said what "
-                                 "pilots it can start")
+    assert why(engine, wide) == ("no pilot is running, and no factory has said what pilots "
+                                 "it can start (start `floe factory` for a site, or `floe "
+                                 "pilot`)")
 
     demand.demand(engine, "site-a", "f1", [shape("small", 1), shape("medium", 4)])
     assert why(engine, wide) == (
@@ -91,6 +92,6 @@ async def test_waiting_and_suspended_tasks_say_what_they_wait_for(engine):
         s.task("gen"), s.task("sim", depends=["gen"]), s.task("merge", depends=["gen", "sim"])]))
     assert why(engine, dataset, 0, 1) == "waiting on gen (ready)"
     assert why(engine, dataset, 0, 2) == "waiting on gen (ready), sim (waiting)"
-    assert why(engine, dataset, 0, 0).startswith("no pilot has asked yet")
+    assert why(engine, dataset, 0, 0).startswith("no pilot is running")
     await actions.suspend(engine, dataset, alice)
     assert why(engine, dataset, 1, 0) == "suspended: its dataset is suspended (resume it to go on)"

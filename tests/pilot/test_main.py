@@ -101,3 +101,22 @@ def test_a_token_transferred_as_a_file_is_read_and_taken_out_of_the_tasks_reach(
     (tmp_path / "pilot.token").write_text("floe_p_secret\n")
     assert read_token(Path("pilot.token")) == "floe_p_secret"
     assert not (tmp_path / "pilot.token").exists()
+
+
+def test_a_token_file_that_holds_no_pilot_token_alone_is_refused_and_left_alone(
+        tmp_path, monkeypatch):
+    from pilot.online import read_token
+
+    monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
+    token_file = tmp_path / "pilot.token"
+    for text, said in (("pilot token of site s1 (shown only now):\nfloe_p_secret\n",
+                        "holds more than the token (the file must hold the token alone)"),
+                       ("floe_u_mine\n", "holds a user token, not a pilot token"),
+                       ("floe_s_site\n", "holds a site token, not a pilot token"),
+                       ("secret\n", "holds no floe token")):
+        token_file.write_text(text)
+        with pytest.raises(ValueError) as refused:
+            read_token(token_file)
+        assert said in str(refused.value) and "floe site pilot-token SITE > FILE" in \
+            str(refused.value)
+        assert token_file.read_text() == text  # not used up: it is left where it was
