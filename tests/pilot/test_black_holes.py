@@ -39,7 +39,9 @@ def test_a_black_hole_is_kept_out_across_its_pilots_within_five_failures(
     # failed after).
     on_bad = [a for a in matchmaker.attempts(dataset) if a["host"] == "bad-node"]
     failed = [a for a in on_bad if a["state"] == "failed"]
-    assert len([a for a in failed if a["ended"] <= hole["since"]]) == 5
+    # (its reports come in bulk: a sixth that ran beside the fifth may end in the same moment)
+    assert len([a for a in failed if a["ended"] < hole["since"]]) <= 4
+    assert len([a for a in failed if a["ended"] <= hole["since"]]) >= 5
     assert all(a["started"] <= hole["since"] for a in on_bad)
     assert len({a["pilot_id"] for a in on_bad}) == 1
     second = (tmp_path / "bad2.log").read_text()
