@@ -47,6 +47,7 @@ def backup(source: Path, target: Path, force: bool = False) -> dict[str, Any]:
         reader = sqlite3.connect(source)
         if not reader.execute("SELECT 1 FROM sqlite_master WHERE name = 'datasets'").fetchone():
             raise BackupError(f"{source} is not a floe matchmaker database")
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # like the db
         writer = sqlite3.connect(partial)
         reader.backup(writer, pages=PAGES_PER_STEP, sleep=0.001)
         checked = writer.execute("PRAGMA quick_check").fetchone()[0]

@@ -38,6 +38,7 @@ def test_a_backup_taken_while_pilots_report_restores_into_a_working_server(
     assert f"{copies[0]}: a copy of {matchmaker.db}" in said and "to restore it, stop the " \
                                                                "server" in said
     for copy in copies:
+        assert copy.stat().st_mode & 0o777 == 0o600  # readable by the server's user only
         with sqlite3.connect(copy) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             # Consistent: every complete task has its complete attempt, and the other way.
