@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from config.settings import SERVER_SCHEMA
+from .server import DEFAULT_DB
 
-DEFAULT_DB = SERVER_SCHEMA.fields["database"].default
 PAGES_PER_STEP = 256
 """Pages copied per step of the backup; the server's writer may commit between steps."""
 
