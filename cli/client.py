@@ -1,17 +1,25 @@
 """`floe submit`, `floe status` and `floe wait`: the commands production managers and analysts
-start with."""
+start with. `floe submit` reads the dataset config from a file or, given `-`, from stdin, and
+with `--dry-run` shows what the matchmaker would create (its own checks and limits, as for a
+submit) without creating anything."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from config.schema import counted
+from config.resources import format_duration, format_size
+from config.schema import ConfigError, counted
 
 from .command import add_dataset, add_json, fail, print_json
 from .http import Client, ClientError
+
+if TYPE_CHECKING:
+    from config.dataset import DatasetConfig
 
 STATES = ("waiting", "ready", "processing", "complete", "failed", "suspended")
 ENDED = ("complete", "failed")
@@ -43,22 +51,62 @@ def percent_ended(counts: dict[str, int], decimals: int = 1) -> str:
 
 
 def _configure_submit(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="dataset config (JSON); see docs/config.md")
+    parser.add_argument("config", help="dataset config (JSON; see docs/config.md), or - to "
+                                       "read it from stdin")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config on the matchmaker, as a submit, and show what "
+                             "it would create (jobs, tasks, job 0's commands), creating nothing")
     add_json(parser)
 
 
-def _run_submit(args: argparse.Namespace) -> int:
-    from config.dataset import ConfigError, load
+def _read_stdin() -> DatasetConfig:
+    """The dataset config piped in on stdin; ConfigError saying what is wrong when there is
+    none, or when it is no JSON document."""
+    from config.dataset import validate
+    from config.schema import parse_json
 
+    if sys.stdin.isatty():
+        print("floe submit: reading the dataset config from stdin (end it with Ctrl-D)",
+              file=sys.stderr)
+    data = sys.stdin.buffer.read()
     try:
-        config = load(args.config)  # the same checks as the server, with file positions
-        client = Client.from_args(args)
-        dataset = client.post("/api/v1/datasets", config.raw)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"stdin: not UTF-8 text (byte {err.start}); send the dataset "
+                           "config as UTF-8"]) from None
+    if not text.strip():
+        raise ConfigError(["stdin is empty: pipe the dataset config in (`floe submit - < "
+                           "dataset.json`), or give its file name instead of -"])
+    try:
+        document = parse_json(text, "stdin")
     except ConfigError as exc:
-        return fail(args, f"{args.config} is not a valid dataset config:\n{exc}")
+        raise ConfigError([f"{exc} (stdin is not one JSON document; send the dataset config "
+                           "as JSON, see docs/config.md)"]) from None
+    return validate(document)
+
+
+def _run_submit(args: argparse.Namespace) -> int:
+    from config.dataset import load
+
+    source = "stdin" if args.config == "-" else args.config
+    try:
+        # The same checks as the server's, with positions in the file.
+        config = _read_stdin() if args.config == "-" else load(args.config)
+        client = Client.from_args(args)
+        if args.dry_run:
+            preview = client.post("/api/v1/datasets", config.raw, dry_run="true")
+        else:
+            dataset = client.post("/api/v1/datasets", config.raw)
+    except ConfigError as exc:
+        return fail(args, f"{source} is not a valid dataset config:\n{exc}")
     except (ClientError, OSError) as exc:
         return fail(args, exc)
-    if args.json:
+    if args.dry_run:
+        if args.json:
+            print_json(preview)
+        else:
+            _print_preview(preview, client.url)
+    elif args.json:
         print_json(dataset)
     else:
         names = ", ".join(dataset["task_names"])
@@ -67,6 +115,60 @@ def _run_submit(args: argparse.Namespace) -> int:
               f"{counted(tasks, 'task')} ({names}); follow it with "
               f"`floe status {dataset['id']}`")
     return 0
+
+
+def _requirements(needs: dict[str, Any]) -> str:
+    """A task's requirements in a few words: "2 CPUs, 4 GiB memory, 1 GiB disk, 1h"."""
+    words = [counted(needs["cpus"], "CPU"), f"{format_size(needs['memory'])} memory",
+             f"{format_size(needs['disk'])} disk"]
+    if needs["gpus"]:
+        words.append(counted(needs["gpus"], "GPU"))
+    words.append(format_duration(needs["walltime"]))
+    for key in ("os", "arch", "sites", "exclude_sites"):
+        if needs[key]:
+            words.append(f"{key.replace('_', ' ')} {', '.join(needs[key])}")
+    for key in ("gpu_model", "compute_capability"):
+        if needs.get(key):
+            words.append(f"{key.replace('_', ' ')} {needs[key]}")
+    if needs.get("gpu_memory"):
+        words.append(f"{format_size(needs['gpu_memory'])} per GPU")
+    return ", ".join(words)
+
+
+def _shown(value: Any) -> str:
+    """A value of a task as a command line shows it: strings as they are, others as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _print_preview(preview: dict[str, Any], url: str) -> None:
+    """What a dry run of a submit says the matchmaker would create."""
+    jobs, per_job = preview["jobs"], preview["tasks_per_job"]
+    print(f"dry run: the matchmaker at {url} takes this dataset of {preview['owner']}; nothing "
+          "was submitted")
+    if preview["description"]:
+        print(f"  {preview['description']}")
+    print(f"  {counted(jobs, 'job')} of {counted(per_job, 'task')} "
+          f"({', '.join(preview['task_names'])}): {counted(preview['total_tasks'], 'task')} in "
+          f"all; priority {preview['priority']:g}, max_retries {preview['max_retries']}"
+          f"{', debug' if preview['debug'] else ''}")
+    print("job 0 (expressions that need the site, the dataset's id or the attempt stay as "
+          "written):")
+    for task in preview["first_job"]:
+        after = f" (after {', '.join(task['depends'])})" if task["depends"] else ""
+        print(f"  {task['task']}{after}: {_requirements(task['requirements'])}")
+        for name, value in task["env"].items():
+            print(f"    env {name}={_shown(value)}")
+        for entry in task["inputs"]:
+            print(f"    input  {entry['url']} -> {entry['local']}")
+        for module in task["modules"]:
+            command = module["command"]
+            line = _shown(command) if isinstance(command, str) else \
+                shlex.join(_shown(word) for word in command)
+            print(f"    {module['name']}: {line}")
+            for name, value in module["env"].items():
+                print(f"      env {name}={_shown(value)}")
+        for entry in task["outputs"]:
+            print(f"    output {entry['local']} -> {entry['url']}")
 
 
 def _configure_status(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -40,6 +39,7 @@ from config.schema import counted
 
 from .client import percent_ended, progress_bar
 from .http import Client, ClientError
+from .places import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_SCRIPT = ROOT / "scripts" / "batch" / "slurm.sh"
@@ -89,9 +89,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def default_workdir() -> Path:
     """The demo's directory, the user's own: floe/demo under $XDG_CACHE_HOME (~/.cache). Not a
     fixed path that two users of one machine or checkout would share and clear for each other."""
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
-    return base / "floe" / "demo"
+    return cache_dir() / "demo"
 
 
 def free_port() -> int:

@@ -1,9 +1,13 @@
 """A small JSON client for the matchmaker API, used by the `floe` commands that talk to a server.
 
 Where to connect and as whom come from, in order: command-line options, the environment
-(`FLOE_URL`, `FLOE_TOKEN`, `FLOE_CACERT`), then `~/.config/floe/client.toml` (keys `url`, `token`,
-`cacert`; `FLOE_CONFIG` names another file). Failures become `ClientError` with one sentence,
-with the hint that fits when the matchmaker could not be reached (config.connecting).
+(`FLOE_URL`, `FLOE_TOKEN`, `FLOE_CACERT`), then the client file, `client.toml` in floe's settings
+folder (`$XDG_CONFIG_HOME/floe`, else `~/.config/floe`; keys `url`, `token`, `cacert`;
+`FLOE_CONFIG` names another file). The token is the first of `--token`, `--token-file FILE`,
+`FLOE_TOKEN`, `FLOE_TOKEN_FILE` and the file's `token`: a token file keeps it off the command
+line, where `ps` shows it to everyone, and must be readable by its owner alone. Failures become
+`ClientError` with one sentence, with the hint that fits when the matchmaker could not be
+reached (config.connecting).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import json
 import os
 import ssl
+import stat
 import tomllib
 import urllib.error
 import urllib.parse
@@ -21,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from config.connecting import address_problem, unreachable_hint
+
+from .places import config_dir
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -36,12 +43,55 @@ class ClientError(Exception):
 def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     group.add_argument("--url", help=f"matchmaker address (FLOE_URL; default {DEFAULT_URL})")
-    group.add_argument("--token", help="your token (FLOE_TOKEN)")
+    group.add_argument("--token", help="your token (FLOE_TOKEN); `ps` shows it to everyone "
+                                       "on this machine: prefer --token-file")
+    group.add_argument("--token-file", metavar="FILE",
+                       help="a file readable by you alone that holds your token "
+                            "(FLOE_TOKEN_FILE)")
     group.add_argument("--cacert", help="CA or self-signed certificate to trust (FLOE_CACERT)")
 
 
 def _file_path() -> Path:
-    return Path(os.environ.get("FLOE_CONFIG") or Path.home() / ".config" / "floe" / "client.toml")
+    return Path(os.environ.get("FLOE_CONFIG") or config_dir() / "client.toml")
+
+
+def read_token_file(path: str, where: str) -> str:
+    """The token in the file at `path` (`where` names how it was given: "--token-file ");
+    ClientError with the fix when the file cannot be read, is empty, holds more than one word,
+    or is a file that other users can read (as ssh refuses such a private key)."""
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as stream:
+            mode = os.fstat(stream.fileno()).st_mode
+            if stat.S_ISREG(mode) and mode & 0o044:
+                raise ClientError(f"{where}{path} can be read by other users (mode "
+                                  f"{stat.S_IMODE(mode):04o}); make it yours alone: chmod 600 "
+                                  f"{path}")
+            token = stream.read().strip()
+    except OSError as exc:
+        raise ClientError(f"{where}{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ClientError(f"{where}{path} is not text; write your token into it") from None
+    if not token:
+        raise ClientError(f"{where}{path} is empty; write your token into it (`floe user add` "
+                          "printed it)")
+    if len(token.split()) > 1:
+        raise ClientError(f"{where}{path} holds more than a token; the file must hold your "
+                          "token alone")
+    return token
+
+
+def _token(args: argparse.Namespace, file: dict[str, str]) -> str | None:
+    """The first token given of --token, --token-file, FLOE_TOKEN, FLOE_TOKEN_FILE and the
+    client file's; a token file is read only when it is the one that counts."""
+    if args.token:
+        return args.token
+    if args.token_file:
+        return read_token_file(args.token_file, "--token-file ")
+    if os.environ.get("FLOE_TOKEN"):
+        return os.environ["FLOE_TOKEN"]
+    if os.environ.get("FLOE_TOKEN_FILE"):
+        return read_token_file(os.environ["FLOE_TOKEN_FILE"], "FLOE_TOKEN_FILE=")
+    return file.get("token")
 
 
 def _file_settings() -> dict[str, str]:
@@ -75,7 +125,7 @@ class Client:
         problem = address_problem(url)
         if problem:
             raise ClientError(f"{where}{url} {problem}")
-        token = args.token or os.environ.get("FLOE_TOKEN") or file.get("token")
+        token = _token(args, file)
         cacert = args.cacert or os.environ.get("FLOE_CACERT") or file.get("cacert")
         return cls(url.rstrip("/"), token, cacert)
 
@@ -106,7 +156,8 @@ class Client:
             except (ValueError, KeyError, TypeError):
                 message = text.strip() or exc.reason
             if exc.code == 401 and not self.token:
-                message += " (no token given: use --token, FLOE_TOKEN or client.toml)"
+                message += (" (no token given: use --token-file or --token, FLOE_TOKEN_FILE "
+                            "or FLOE_TOKEN, or the token of client.toml)")
             raise ClientError(message, exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             hint = unreachable_hint(self.url, exc, "--cacert (or FLOE_CACERT)")
@@ -124,8 +175,8 @@ class Client:
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query)
 
-    def post(self, path: str, body: Any = None) -> Any:
-        return self.request("POST", path, body if body is not None else {})
+    def post(self, path: str, body: Any = None, **query: Any) -> Any:
+        return self.request("POST", path, body if body is not None else {}, query=query)
 
     def put(self, path: str, body: Any) -> Any:
         return self.request("PUT", path, body)

@@ -6,6 +6,9 @@ answers at once however many jobs the dataset has. The materializer then inserts
 chunks of a few thousand rows, each its own short transaction interleaved with the pilots'
 commits, and makes each chunk's first tasks matchable as soon as it commits: a million-job
 dataset starts running within a second and never blocks other requests.
+
+A dry run (`preview`) validates and checks the limits exactly as a submit does, and says what
+the submit would create without storing anything.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import json
 import logging
 from typing import Any
 
-from config.dataset import ConfigError, check_sample_jobs, validate
+from config import expressions
+from config.dataset import ConfigError, DatasetConfig, check_sample_jobs, job_args, validate
 
 from .engine import Engine, User
 from .errors import BadRequest
@@ -30,13 +34,19 @@ INLINE_TASKS = 1000
 short however large the dataset, and a small one needs no second commit to start."""
 
 
-async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
-    """Validate and store a dataset config; its jobs are created in the background."""
+def checked(document: Any) -> DatasetConfig:
+    """The validated dataset config in `document`; BadRequest listing every problem."""
     try:
         config = validate(document)
         check_sample_jobs(config)
     except ConfigError as exc:
         raise BadRequest("the dataset config is not valid:\n" + str(exc)) from exc
+    return config
+
+
+async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
+    """Validate and store a dataset config; its jobs are created in the background."""
+    config = checked(document)
     if engine.db.gated:
         await engine.db.turn()
     check_limits(engine, user, config.jobs, len(config.tasks))
@@ -84,6 +94,60 @@ def check_limits(engine: Engine, user: User, jobs: int, tasks_per_job: int) -> N
             f"{tasks_per_job}), and {user.name} has {unfinished:,} unfinished already: this "
             f"server holds at most {limit:,} unfinished tasks per user "
             "(max_queued_tasks_per_user); submit it when more have finished, or in parts")
+
+
+def preview(engine: Engine, user: User, document: Any) -> dict[str, Any]:
+    """What a submit of `document` by `user` would create, refused as that submit would be
+    (an invalid config, a limit of the server), storing nothing: the dataset's shape, and the
+    first job's tasks with their requirements and every expression evaluated that needs
+    nothing known only where the job runs (the site's `$system` values, the dataset's id, the
+    attempt, and so what `$choice` picks), which stay as written."""
+    config = checked(document)
+    check_limits(engine, user, config.jobs, len(config.tasks))
+    tasks = []
+    for spec in config.tasks:
+        scope = {"steering": config.steering, "system": expressions.UNKNOWN,
+                 "args": job_args(0, expressions.UNKNOWN, config.jobs, spec.name,
+                                  expressions.UNKNOWN)}
+        task = {"task": spec.name, "depends": [config.tasks[i].name for i in spec.depends],
+                "requirements": spec.requirements.to_dict()}
+        # The parts of a task that its pilot evaluates (pilot.runner), as check_sample_jobs
+        # has evaluated them for job 0 already: none fails here.
+        for part in ("env", "inputs", "outputs", "modules"):
+            task[part] = _as_far_as_known(spec.raw[part], scope)
+        tasks.append(task)
+    return {"dry_run": True, "owner": user.name, "description": config.description,
+            "priority": config.priority, "max_retries": config.max_retries,
+            "debug": config.debug, "jobs": config.jobs, "tasks_per_job": len(config.tasks),
+            "total_tasks": config.jobs * len(config.tasks),
+            "task_names": [spec.name for spec in config.tasks], "first_job": tasks}
+
+
+def _as_far_as_known(value: Any, scope: dict[str, Any]) -> Any:
+    """`value` with each string evaluated in `scope`; in a string that needs a value not known
+    yet, each call that needs none is evaluated and the others are left as written."""
+    if isinstance(value, list):
+        return [_as_far_as_known(item, scope) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_far_as_known(item, scope) for key, item in value.items()}
+    if not isinstance(value, str):
+        return value
+    try:
+        return expressions.evaluate(value, **scope)
+    except expressions.NotKnownYet:
+        pass
+    pieces = []
+    for part in expressions.parse(value).parts:
+        if isinstance(part, expressions.Text):
+            pieces.append(part.value)
+            continue
+        try:
+            # After a character of text, the call's value is written as the pilot writes it
+            # inside a longer string (a number as JSON); the character is then dropped.
+            pieces.append(expressions.evaluate("_" + part.text, **scope)[1:])
+        except expressions.NotKnownYet:
+            pieces.append(part.text)
+    return "".join(pieces)
 
 
 async def materialize_chunk(engine: Engine, dataset: DatasetState, jobs: int) -> int:

@@ -36,9 +36,15 @@ def changeable(ctx: Context) -> DatasetState:
 
 @route("POST", "/api/v1/datasets", summary="Submit a dataset", tag="datasets",
        action=Action.SUBMIT, body=schemas.DATASET_CONFIG, check_body=False, status=201,
+       params=[Param("dry_run", bool, False, "check the config as a submit does, limits "
+                     "included, and answer (200) what it would create, storing nothing")],
+       answers={200: ("with `dry_run`: what the submit would create; nothing was stored",
+                      schemas.DATASET_PREVIEW)},
        description="The body is a dataset config (docs/config.md). Jobs are created in the "
                    "background; the answer comes at once with the new dataset's summary.")
 async def submit(ctx: Context) -> Any:
+    if ctx.params["dry_run"]:
+        return Reply(submission.preview(ctx.engine, ctx.principal.user, ctx.body))
     dataset = await submission.submit(ctx.engine, ctx.principal.user, ctx.body)
     return summary(ctx.engine, dataset)
 

@@ -151,6 +151,8 @@ class Route:
     check_body: bool = True
     text: str | None = None
     """The media type of a success answer that is text, not JSON (a log, the metrics)."""
+    answers: dict[int, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """Success answers other than `status`'s: status -> (when it comes, its JSON schema)."""
 
 
 ROUTES: list[Route] = []
@@ -161,12 +163,14 @@ def route(method: str, path: str, *, summary: str, tag: str, action: Action | No
           params: list[Param] | None = None, response: dict[str, Any] | None = None,
           status: int = 200, max_body: int | str | None = None, raw_body: bool = False,
           description: str = "", errors: tuple[int, ...] = (400, 401, 403, 404),
-          check_body: bool = True, text: str | None = None) -> Callable[[Handler], Handler]:
+          check_body: bool = True, text: str | None = None,
+          answers: dict[int, tuple[str, dict[str, Any]]] | None = None,
+          ) -> Callable[[Handler], Handler]:
     """Declare an API route (see the module docstring)."""
     def register(handler: Handler) -> Handler:
         ROUTES.append(Route(method, path, handler, summary, action, passkey, body,
                             params or [], response, status, tag, max_body, raw_body,
-                            description, errors, check_body, text))
+                            description, errors, check_body, text, answers or {}))
         return handler
     return register
 

@@ -34,6 +34,9 @@ def _operation(route: Route) -> dict[str, Any]:
             {route.text.split(";")[0]: {"schema": {"type": "string"}}} if route.text else
             {"application/json": {"schema": route.response or {"type": "object"}}})}},
     }
+    for status, (when, schema) in route.answers.items():
+        op["responses"][str(status)] = {"description": when,
+                                        "content": {"application/json": {"schema": schema}}}
     if route.description:
         op["description"] = route.description
     if route.passkey:

@@ -307,6 +307,32 @@ REPORTED = _obj({
 DATASET_CONFIG = dataset.json_schema()
 """Generated from the schema that `config.dataset.validate` checks submitted datasets with."""
 
+_ANY_OBJECT = {"type": "object", "additionalProperties": True}
+DATASET_PREVIEW = _obj({
+    "dry_run": {"type": "boolean", "enum": [True]},
+    "owner": NAME,
+    "description": {"type": "string"},
+    "priority": {"type": "number"},
+    "max_retries": _int(),
+    "debug": {"type": "boolean"},
+    "jobs": _int(1),
+    "tasks_per_job": _int(1),
+    "total_tasks": _int(1, doc="jobs times tasks_per_job"),
+    "task_names": _NAMES,
+    "first_job": {"type": "array", "description": (
+        "job 0's tasks, in the config's order; in env, inputs, outputs and modules every "
+        "expression is evaluated that needs nothing known only where the job runs ($system, "
+        "$args(dataset), $args(attempt), $choice), which stay as written"),
+        "items": _obj({
+            "task": _str(64), "depends": _NAMES, "requirements": REQUIREMENTS,
+            "env": _ANY_OBJECT, "inputs": {"type": "array", "items": _ANY_OBJECT},
+            "outputs": {"type": "array", "items": _ANY_OBJECT},
+            "modules": {"type": "array", "items": _ANY_OBJECT},
+        }, ("task", "depends", "requirements", "env", "inputs", "outputs", "modules"))},
+}, ("dry_run", "owner", "description", "priority", "max_retries", "debug", "jobs",
+    "tasks_per_job", "total_tasks", "task_names", "first_job"))
+"""What a submit with `dry_run` answers: what the submit would create."""
+
 RESET = _obj({"scope": {"type": "string", "enum": ["failed", "all"]},
               "job": _int(0, doc="only this job's tasks"),
               "task": _int(1, doc="only this task (its id)")}, ("scope",))

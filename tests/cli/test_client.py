@@ -152,7 +152,8 @@ def test_no_token_at_all_says_where_a_token_comes_from(capsys, matchmaker):
     status, _, err = run(capsys, "status", "--url", matchmaker.url)
     assert status == 1
     assert err.count("\n") == 1
-    assert "(no token given: use --token, FLOE_TOKEN or client.toml)" in err
+    assert ("(no token given: use --token-file or --token, FLOE_TOKEN_FILE or FLOE_TOKEN, or "
+            "the token of client.toml)") in err
 
 
 def test_an_invalid_config_is_refused_locally_with_the_path_of_the_problem(
