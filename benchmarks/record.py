@@ -4,9 +4,13 @@ The matchmaker's engine (its real database file, group commits and all) runs in 
 one dataset of `--attempts` one-task jobs (default 1,000,000) is submitted and every job's task
 is handed out and reported complete, 500 to a request, as a busy pilot's bulk asks and reports
 would; a report carries its usage and five statistics, as a typical task's does, and no stdout
-or stderr (logs are what part 6 of issue 18 moves out of the file). Measured: the database's
-size (after a checkpoint) before the attempts and after them, per attempt; and the same for the
-tasks and jobs the dataset itself adds. Prints one JSON object; `--small` runs 100,000.
+or stderr (full logs live in the log store beside the file, not in it). Measured: the
+database's size (after a checkpoint) before the attempts and after them, per attempt; and the
+same for the tasks and jobs the dataset itself adds. Then the dataset is archived
+(`floe archive`): how long it takes, the archive's bytes per attempt, the database pages it
+frees, how long other writes waited meanwhile (a small write every 10 ms, as pilots' reports
+keep coming), and how long reading one task's attempts and one attempt back from the archive
+takes. Prints one JSON object; `--small` runs 100,000.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
 from config.resources import Slot  # noqa: E402
 from config.settings import server_settings  # noqa: E402
-from matchmaker import dispatch, pilots, recording, submission  # noqa: E402
+from matchmaker import dispatch, pilots, recording, records, retiring, submission  # noqa: E402
 from matchmaker.auth import Auth  # noqa: E402
 from matchmaker.engine import Engine  # noqa: E402
+from matchmaker.storage import writes  # noqa: E402
 from matchmaker.storage.database import Batch, Database  # noqa: E402
 
 BATCH = 500
@@ -80,9 +85,14 @@ async def run(attempts: int) -> dict[str, Any]:
             await recording.report_many(engine, pilot.pilot_id, reports, None)
             done += len(reports)
         seconds = time.perf_counter() - started
+        recorded = size(path)
+        archived = await _archive(engine, dataset, user)
         await engine.stop()
         await db.close()
-        recorded = size(path)
+        with sqlite3.connect(path) as conn:
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0] * conn.execute(
+                "PRAGMA page_size").fetchone()[0]
+        archived["database_bytes_freed"] = free
     return {"benchmark": "record", "machine": describe(), "attempts": attempts,
             "settings": "server defaults; reports with usage and 5 statistics, no stdout or "
                         "stderr; one task per job",
@@ -91,7 +101,44 @@ async def run(attempts: int) -> dict[str, Any]:
             "bytes_per_task": round((submitted - empty) / attempts, 1),
             "bytes_per_attempt": round((recorded - submitted) / attempts, 1),
             "attempts_recorded_per_second": round(attempts / seconds),
+            "archive": archived,
             "targets": {"bytes_per_attempt": "<= 1024"}}
+
+
+async def _archive(engine: Engine, dataset: Any, user: Any) -> dict[str, Any]:
+    """Archive the dataset while a small write goes in every 10 ms; what it took."""
+    waits: list[float] = []
+    stop = asyncio.Event()
+
+    async def other_writes() -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            await engine.db.write(writes.save_usage(Batch(), "bench", 1.0, engine.clock()))
+            waits.append(time.perf_counter() - began)
+            await asyncio.sleep(0.01)
+
+    writer = asyncio.create_task(other_writes())
+    started = time.perf_counter()
+    row = await retiring.archive_dataset(engine, dataset, user)
+    seconds = time.perf_counter() - started
+    stop.set()
+    await writer
+    waits.sort()
+    began = time.perf_counter()
+    task = await records.attempts_of_task(engine.db, engine.archived, dataset.id,
+                                          dataset.task_id(dataset.jobs // 2, 0))
+    by_task = time.perf_counter() - began
+    began = time.perf_counter()
+    one = await records.attempt(engine.db, engine.archived, task[0]["attempt_id"])
+    by_id = time.perf_counter() - began
+    assert one is not None and one["state"] == "complete"
+    return {"seconds": round(seconds, 1), "bytes": row["bytes"],
+            "bytes_per_attempt": round(row["bytes"] / row["attempts"], 1),
+            "other_writes_ms": {"p50": round(waits[len(waits) // 2] * 1000, 1),
+                                "p99": round(waits[int(len(waits) * 0.99)] * 1000, 1),
+                                "max": round(waits[-1] * 1000, 1), "count": len(waits)},
+            "read_ms": {"one_task's_attempts": round(by_task * 1000, 1),
+                        "one_attempt_by_id": round(by_id * 1000, 1)}}
 
 
 def main() -> None:

@@ -6,6 +6,12 @@ has copied (SQLite's own rule), into a temporary file renamed into place once it
 and passes SQLite's quick check. The copy is a database on its own (no WAL beside it): to
 restore, stop the server, put the copy where `--db` points (removing any `-wal` and `-shm`
 files of the old one) and start the server again.
+
+The full logs (`<db>.logs/`) and the archives (`<db>.archive/`) live beside the database: they
+are copied after it, beside the copy under the same suffixes. Their files are only ever
+replaced whole (written aside, then renamed), so each file copied is whole; a log uploaded
+after the database was copied is copied too, and is harmless (the copy does not know its
+attempt).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import time
@@ -66,9 +73,31 @@ def backup(source: Path, target: Path, force: bool = False) -> dict[str, Any]:
             if connection is not None:
                 connection.close()
         partial.unlink(missing_ok=True)
+    files = sum(_copy_beside(source, target, suffix) for suffix in SIDE_DIRECTORIES)
     return {"database": str(source), "backup": str(target), "bytes": target.stat().st_size,
-            "datasets": datasets, "attempts": attempts,
+            "datasets": datasets, "attempts": attempts, "log_and_archive_files": files,
             "seconds": round(time.monotonic() - started, 3)}
+
+
+SIDE_DIRECTORIES = (".logs", ".archive")
+"""What lives beside the database: the log store and the archives."""
+
+
+def _copy_beside(source: Path, target: Path, suffix: str) -> int:
+    """Copy `<source><suffix>/` to `<target><suffix>/` (files written aside and not yet
+    renamed into place are left out); returns the files copied."""
+    origin, copy = Path(f"{source}{suffix}"), Path(f"{target}{suffix}")
+    if not origin.is_dir():
+        return 0
+    copied = []
+    try:
+        shutil.copytree(origin, copy, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.partial"),
+                        copy_function=lambda a, b: copied.append(shutil.copy2(a, b)))
+    except (OSError, shutil.Error) as err:
+        raise BackupError(f"the database was copied to {target}, but copying {origin} to "
+                          f"{copy} failed: {err}") from None
+    return len(copied)
 
 
 def _configure_db(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +121,8 @@ def _run_db(args: argparse.Namespace) -> int:
         print(json.dumps(done, indent=2))
     else:
         print(f"{done['backup']}: a copy of {done['database']} ({done['bytes']:,} bytes, "
-              f"{done['datasets']:,} datasets, {done['attempts']:,} attempts) in "
+              f"{done['datasets']:,} datasets, {done['attempts']:,} attempts; "
+              f"{done['log_and_archive_files']:,} log and archive files beside it) in "
               f"{done['seconds']} s; to restore it, stop the server, put it where --db points "
               "(removing the old file's -wal and -shm), and start the server")
     return 0

@@ -1,14 +1,16 @@
-"""`floe suspend`, `resume`, `reset`, `priority`, `add-jobs` and `abort`: the actions a
-dataset's owner (or an admin) takes on it. Anyone else is refused by the matchmaker, and gets
-its sentence."""
+"""`floe suspend`, `resume`, `reset`, `priority`, `add-jobs`, `steering`, `abort`, `archive` and
+`delete`: the actions a dataset's owner (or an admin) takes on it. Anyone else is refused by the
+matchmaker, and gets its sentence."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from typing import Any
 
 from .command import Command, Fetch, Show, add_dataset, subcommands
-from .http import Client
+from .http import Client, ClientError
 
 
 def _reset_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +61,90 @@ def _add_jobs_show(answer: Any, args: argparse.Namespace) -> None:
           f"created in the background); it is {dataset['status']}")
 
 
+def _steering_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset(parser)
+    parser.add_argument("values", nargs="*", metavar="NAME=VALUE",
+                        help="steering values to change for the jobs not yet created (VALUE is "
+                             "read as JSON where it is JSON, else as text); none: show the "
+                             "dataset's config versions")
+
+
+def _steering_fetch(client: Client, args: argparse.Namespace) -> Any:
+    if not args.values:
+        return {"versions": client.get(f"/api/v1/datasets/{args.dataset}")["config_versions"]}
+    values: dict[str, Any] = {}
+    for given in args.values:
+        name, equals, text = given.partition("=")
+        if not equals or not name:
+            raise ClientError(f"{given!r} is not NAME=VALUE (for example seed=42 or "
+                              "gcd=\"/data/gcd-2.i3\")", 2)
+        try:
+            values[name] = json.loads(text)
+        except ValueError:
+            values[name] = text
+    return client.post(f"/api/v1/datasets/{args.dataset}/steering", {"steering": values})
+
+
+def _steering_show(answer: Any, args: argparse.Namespace) -> None:
+    if "versions" in answer:
+        for version in answer["versions"]:
+            changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in version["changed"].items())
+            print(f"version {version['version']}: from job {version['first_job']:,}"
+                  + (f", {changed}" if changed else " (as submitted)")
+                  + (f", by {version['by']}" if version["by"] and version["version"] > 1
+                     else ""))
+        return
+    used = answer["jobs_using_it"]
+    print(f"dataset {answer['dataset']['id']}: steering version {answer['version']} applies "
+          f"from job {answer['first_job']:,} on ("
+          + (f"{used:,} of its jobs, not created yet" if used else
+             "every job is created already: jobs added with floe add-jobs use it") + ")")
+
+
+def _delete_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset(parser)
+    parser.add_argument("--yes", action="store_true",
+                        help="delete for good (without it nothing is deleted and floe says what "
+                             "would be)")
+
+
+def _delete_fetch(client: Client, args: argparse.Namespace) -> Any:
+    if not args.yes:
+        raise ClientError(f"this removes dataset {args.dataset} and every attempt, log and "
+                          "statistic of it for good (`floe archive` keeps them readable "
+                          "instead); run again with --yes to delete it", 2)
+    return client.request("DELETE", f"/api/v1/datasets/{args.dataset}")
+
+
+def _delete_show(answer: Any, args: argparse.Namespace) -> None:
+    row = answer["deleted"]
+    print(f"dataset {row['dataset_id']} deleted, with its {row['attempts']:,} attempts")
+
+
+ARCHIVE_POLL = 0.5
+"""Seconds between two looks at a dataset being archived."""
+
+
+def _archive_fetch(client: Client, args: argparse.Namespace) -> Any:
+    """Start the archive, and wait until the matchmaker has made it (Ctrl-C stops waiting, not
+    the archive)."""
+    dataset = client.post(f"/api/v1/datasets/{args.dataset}/archive")
+    while dataset["archiving"]:
+        time.sleep(ARCHIVE_POLL)
+        dataset = client.get(f"/api/v1/datasets/{args.dataset}")
+    if dataset["archive_error"] or not dataset["archived"]:
+        raise ClientError(f"archiving dataset {args.dataset} failed: "
+                          f"{dataset['archive_error'] or 'see the server log'}")
+    return dataset
+
+
+def _archive_show(dataset: Any, args: argparse.Namespace) -> None:
+    done = dataset["archived"]
+    print(f"dataset {dataset['id']} archived: its {done['attempts']:,} attempts and logs left "
+          f"the database for {done['path']} ({done['bytes']:,} bytes); floe attempts, logs and "
+          "the pages still read them")
+
+
 def _priority_fetch(client: Client, args: argparse.Namespace) -> Any:
     return client.put(f"/api/v1/datasets/{args.dataset}/priority", {"priority": args.priority})
 
@@ -86,9 +172,17 @@ SUBCOMMANDS = subcommands({
                      _reset_arguments, _reset_fetch, _changed("reset")),
     "add-jobs": Command("add jobs to a dataset (an ended one runs again)", _add_jobs_arguments,
                         _add_jobs_fetch, _add_jobs_show),
+    "steering": Command("change steering values for a dataset's jobs not yet created, or show "
+                        "its config versions", _steering_arguments, _steering_fetch,
+                        _steering_show),
     "abort": Command("end a dataset: its unfinished tasks fail, running attempts are stopped, "
                      "jobs not yet created never are", add_dataset, _action("abort"),
                      _changed("aborted")),
+    "archive": Command("move an ended dataset's attempts and logs out of the database into a "
+                       "compressed archive that floe still reads", add_dataset,
+                       _archive_fetch, _archive_show),
+    "delete": Command("remove an ended dataset and everything recorded of it (--yes)",
+                      _delete_arguments, _delete_fetch, _delete_show),
     "priority": Command("change a dataset's priority", _priority_arguments, _priority_fetch,
                         _priority_show),
 })

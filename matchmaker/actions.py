@@ -1,5 +1,5 @@
 """What owners and admins do to a dataset: suspend, resume, reset (all of it, a job or a task),
-change priority, add jobs, abort.
+change priority, add jobs, abort (archive and delete: `retiring`).
 
 Bulk changes run a range of jobs at a time, each range its own short transaction interleaved
 with the pilots' commits, so acting on a million-job dataset never stalls matching. Each range
@@ -22,6 +22,7 @@ from .engine import ActiveAttempt, Engine, User
 from .errors import BadRequest, Conflict
 from .fairshare import weight
 from .model import CODE, STATES, DatasetState, DatasetStatus, job_state
+from .retiring import check_open
 from .storage import writes
 from .storage.database import Job
 from .submission import check_limits
@@ -144,6 +145,7 @@ async def _settle(engine: Engine, dataset: DatasetState, user: User, action: str
 
 async def suspend(engine: Engine, dataset: DatasetState, user: User) -> int:
     """Hold every unfinished task; running attempts are voided. Returns tasks changed."""
+    check_open(engine, dataset, "be suspended")
     if dataset.status == DatasetStatus.SUSPENDED:
         raise Conflict(f"dataset {dataset.id} is already suspended")
     if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED):
@@ -157,6 +159,7 @@ async def suspend(engine: Engine, dataset: DatasetState, user: User) -> int:
 
 async def resume(engine: Engine, dataset: DatasetState, user: User) -> int:
     """Release suspended tasks (also those suspended by debug mode). Returns tasks changed."""
+    check_open(engine, dataset, "be resumed")
     if dataset.status != DatasetStatus.SUSPENDED and not dataset.counts[CODE[TaskState.SUSPENDED]]:
         raise Conflict(f"dataset {dataset.id} is not suspended (it is {dataset.status})")
     reason = f"resumed by {user.name}"
@@ -177,6 +180,7 @@ async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
     (`task_id`). Grown requirements are kept. Returns tasks changed."""
     if scope not in ("failed", "all"):
         raise BadRequest(f'scope: expected "failed" or "all", got {scope!r}')
+    check_open(engine, dataset, "be reset")
     if dataset.status == DatasetStatus.SUSPENDED:
         raise Conflict(f"dataset {dataset.id} is suspended; resume it before resetting")
     jobs, what = None, "tasks"
@@ -217,6 +221,7 @@ async def add_jobs(engine: Engine, dataset: DatasetState, user: User, count: int
     """Grow the dataset by `count` jobs, created in the background like a submit's; an ended
     dataset runs again. Returns its jobs now."""
     settings = engine.settings
+    check_open(engine, dataset, "grow")
     if count < 1:
         raise BadRequest(f"jobs: expected at least 1, got {count}")
     total = dataset.jobs + count
@@ -255,6 +260,7 @@ async def abort(engine: Engine, dataset: DatasetState, user: User) -> int:
     """End a dataset for good: its jobs not yet created never will be, every task that has not
     ended fails (running attempts are voided, their pilots told to kill them), and what is
     recorded stays. Returns tasks changed."""
+    check_open(engine, dataset, "be aborted")
     if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED) \
             and dataset.materialized == dataset.jobs:
         raise Conflict(f"dataset {dataset.id} has ended ({dataset.status}); there is nothing "

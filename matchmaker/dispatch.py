@@ -55,18 +55,22 @@ class Dispatch:
         """The attempt's object of the answer: the task, its scope and its passkey.
 
         The parts every attempt of a task definition shares (its spec and the steering, often
-        large) are serialized once per dataset and reused; only ids and the passkey vary.
+        large) are serialized once per dataset and steering version and reused; only ids and
+        the passkey vary.
         """
         dataset = self.dataset
         job_index, task_index = dataset.locate(self.task_id)
         requirements = dataset.requirements(self.task_id)
         fragments = dataset.fragments
-        shared = fragments.get(task_index)
+        version = dataset.version_of(job_index)
+        key = task_index if version.version == 1 else (task_index, version.version)
+        shared = fragments.get(key)
         if shared is None:
             spec = dataset.config.tasks[task_index]
-            shared = fragments[task_index] = json.dumps({
+            shared = fragments[key] = json.dumps({
                 "task": spec.name, "dataset": dataset.id, "jobs_submitted": dataset.jobs,
-                "spec": spec.raw, "steering": dataset.config.steering,
+                "spec": spec.raw, "steering": version.steering,
+                "config_version": version.version,
                 "heartbeat_interval": engine.settings.heartbeat_interval,
                 "heartbeat_timeout": engine.settings.heartbeat_timeout,
             }, separators=(",", ":"))[1:]
@@ -450,7 +454,8 @@ def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
     writes.insert_attempt(batch, attempt_id, task_id=task_id, dataset_id=dataset.id,
                           pilot_id=pilot.pilot_id, site=pilot.site.name, host=pilot.host,
                           batch_id=pilot.batch_id, passkey_hash=active.passkey_hash, now=now,
-                          requirements=requirements)
+                          requirements=requirements,
+                          config_version=dataset.version_of(job_index).version)
     writes.move_task(batch, task_id, TaskState.READY, TaskState.PROCESSING, now)
     if job_before != "processing":  # a job with a task processing is processing
         writes.set_job(batch, dataset.id, job_index, "processing")

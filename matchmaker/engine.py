@@ -31,11 +31,14 @@ from .blackholes import BlackHoles
 from .fairshare import Ledger
 from .holding import Holding
 from .metrics import Metrics
-from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus
+from .model import CODE, STATES, Dataset, DatasetState, DatasetStatus, SteeringVersion
 from .queue import Owner
+from .records import Archived
 from .runtimes import Learned
 from .storage import queries, writes
+from .storage.archive import archive_file
 from .storage.database import Batch, Database
+from .storage.logstore import LogStore
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +196,13 @@ class Engine:
                                     weight=lambda d: self.datasets[d].priority,
                                     group=lambda d: self.datasets[d].user_id)
         self.metrics = Metrics()
+        self.logs = LogStore.beside(settings.database)
+        self.archived = Archived()
+        """Where archived datasets keep their attempts (`records`)."""
+        self.retired: set[int] = set()
+        """Datasets being archived or deleted (`retiring`): every other action is refused."""
+        self.retire_errors: dict[int, str] = {}
+        """Why a dataset's archive, made in the background, failed (`retiring`)."""
         self.black_holes = BlackHoles(settings)
         self.notifier: Any = None
         """What sends the datasets' webhooks (`notify.Notifier`; the server sets it)."""
@@ -296,7 +306,15 @@ class Engine:
         db = self.db
         now = self.clock()
         await self.refresh_accounts()
+        for row in await queries.retired(db):
+            if row["kind"] == "archived":  # where it is now (a restored copy moves it)
+                self.archived.add({**row, "path": str(archive_file(self.settings.database,
+                                                                   row["dataset_id"]))})
         for row in await queries.datasets_to_load(db):
+            if row["status"] == "deleted":  # its ids stay taken
+                self.next_task_id = max(self.next_task_id,
+                                        row["task_id_base"] + MAX_JOBS * row["tasks_per_job"])
+                continue
             config = validate(json.loads(row["config"]))
             dataset = Dataset(row["dataset_id"], row["user_id"], config, row["task_id_base"],
                               row["created"])
@@ -306,6 +324,12 @@ class Engine:
             self.add_dataset(state)
             await self._load_tasks(state)
             state.status = self.dataset_status_after(state)
+        for row in await queries.steering_versions(db):
+            dataset = self.datasets.get(row["dataset_id"])
+            if dataset is not None:
+                dataset.add_version(SteeringVersion(row["version"], row["first_job"],
+                                                    json.loads(row["steering"]),
+                                                    row["created"], row["user_id"]))
         for row in await queries.running_pilots(db):
             self.add_pilot(Pilot(
                 row["pilot_id"], self.sites[row["site_id"]], row["host"], row["batch_id"],

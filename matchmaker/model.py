@@ -10,8 +10,10 @@ table, keeps the per-state counts exact, and keeps the ready queue in step.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from config.dataset import DatasetConfig
 from config.resources import Requirements
@@ -47,6 +49,22 @@ class Dataset:
     config: DatasetConfig
     task_id_base: int
     created: float
+
+
+@dataclass(frozen=True)
+class SteeringVersion:
+    """A dataset's steering values from job `first_job` on: version 1 is the submitted config's;
+    each change after submission makes the next, for the jobs not yet created."""
+
+    version: int
+    first_job: int
+    steering: dict[str, Any]
+    created: float
+    user_id: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "first_job": self.first_job,
+                "steering": self.steering, "created": self.created}
 
 
 @dataclass(frozen=True)
@@ -92,6 +110,9 @@ class DatasetState:
         self.learned: list[Learned | None] = [None] * self.ntasks  # for packing in series
         self.fragments: dict[object, str] = {}  # cached JSON of what every ask answer repeats
         self.watch = Watch()  # requests waiting for this dataset's progress to change
+        self.versions = [SteeringVersion(1, 0, dataset.config.steering, dataset.created,
+                                         dataset.user_id)]
+        self._version_starts = [0]
         self._roots = [not t.depends for t in dataset.config.tasks]
 
     # -- addressing ---------------------------------------------------------------------------
@@ -107,6 +128,16 @@ class DatasetState:
 
     def state(self, task_id: int) -> TaskState:
         return STATES[self.states[task_id - self.base]]
+
+    def version_of(self, job_index: int) -> SteeringVersion:
+        """The steering version that job `job_index` runs with."""
+        if len(self.versions) == 1:
+            return self.versions[0]
+        return self.versions[bisect_right(self._version_starts, job_index) - 1]
+
+    def add_version(self, version: SteeringVersion) -> None:
+        self.versions.append(version)
+        self._version_starts.append(version.first_job)
 
     def is_ready(self, task_id: int) -> bool:
         return self.states[task_id - self.base] == READY

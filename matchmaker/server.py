@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from config.schema import counted
 from config.settings import ServerSettings
 
-from . import connections, liveness, submission, tls
+from . import connections, liveness, retiring, submission, tls
 from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
@@ -63,7 +63,8 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
             engine.start_background(
                 ("materializer", submission.materialize_loop(engine)),
                 ("sweeper", liveness.sweep_loop(engine)),
-                ("flusher", engine.flush_loop()))
+                ("flusher", engine.flush_loop()),
+                ("purger", retiring.resume(engine)))
         log.info("matchmaker ready: %s, %s, database %s", counted(len(engine.datasets), "dataset"),
                  counted(len(engine.active), "running attempt"), settings.database)
         yield

@@ -26,7 +26,18 @@ def summary(engine: Engine, dataset: DatasetState) -> dict[str, Any]:
         "created": dataset.dataset.created,
         "max_retries": dataset.config.max_retries,
         "debug": dataset.config.debug,
+        "archived": archived(engine, dataset.id),
+        "archiving": dataset.id in engine.retired,
+        "archive_error": engine.retire_errors.get(dataset.id),
     }
+
+
+def archived(engine: Engine, dataset_id: int) -> dict[str, Any] | None:
+    """Where an archived dataset's attempts are, or None."""
+    row = engine.archived.info.get(dataset_id)
+    if row is None:
+        return None
+    return {key: row[key] for key in ("path", "time", "attempts", "bytes")}
 
 
 def share_table(engine: Engine) -> dict[str, Any]:

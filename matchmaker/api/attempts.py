@@ -8,11 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import dispatch, liveness, logs, recording
+from .. import dispatch, liveness, logs, recording, records
 from ..access import Action
 from ..errors import ApiError, NotFound
 from ..lifecycle import Outcome
-from ..storage import queries
 from . import schemas
 from .framework import Context, Param, route
 
@@ -75,7 +74,7 @@ async def upload_log(ctx: Context) -> Any:
 @route("GET", "/api/v1/attempts/{attempt_id}", summary="One attempt with its log tails",
        tag="attempts", action=Action.READ, params=[ATTEMPT_ID])
 async def attempt(ctx: Context) -> Any:
-    found = await queries.attempt(ctx.engine.db, ctx.params["attempt_id"])
+    found = await records.attempt(ctx.engine.db, ctx.engine.archived, ctx.params["attempt_id"])
     if found is None:
         raise NotFound(f"there is no attempt {ctx.params['attempt_id']}")
     return found
@@ -85,8 +84,9 @@ async def attempt(ctx: Context) -> Any:
        "text (its tail if the pilot did not upload it)", tag="attempts", action=Action.READ,
        params=[ATTEMPT_ID, STREAM], text="text/plain")
 async def log_text(ctx: Context) -> Any:
-    found = await queries.log_text(ctx.engine.db, ctx.params["attempt_id"], ctx.params["stream"],
-                                    ctx.engine.settings.tail_bytes)
+    found = await records.log_text(ctx.engine.db, ctx.engine.archived, ctx.engine.logs,
+                                   ctx.params["attempt_id"], ctx.params["stream"],
+                                   ctx.engine.settings.tail_bytes)
     if found is None:
         raise NotFound(f"there is no attempt {ctx.params['attempt_id']}")
     text, complete = found

@@ -8,7 +8,7 @@ from typing import Any
 
 from config.states import JOB_STATES, TaskState
 
-from .. import actions, submission
+from .. import actions, records, retiring, steering, submission
 from ..access import Action
 from ..errors import BadRequest, NotFound
 from ..model import DatasetState, DatasetStatus
@@ -76,6 +76,7 @@ async def get_dataset(ctx: Context) -> Any:
     data = summary(ctx.engine, dataset)
     data["waiting"] = Explainer(ctx.engine).summary(dataset)
     data["config"] = dataset.config.raw
+    data["config_versions"] = steering.versions(ctx.engine, dataset)
     data["events"] = await queries.events(ctx.engine.db, dataset.id, 50)
     return data
 
@@ -170,6 +171,50 @@ async def abort(ctx: Context) -> Any:
     return await _changed(ctx, actions.abort)
 
 
+@route("POST", "/api/v1/datasets/{dataset_id}/steering", summary="Change steering values for "
+       "the jobs not yet created", tag="datasets", action=Action.CHANGE_DATASET,
+       body=schemas.STEERING_CHANGE, params=[DATASET_ID], errors=(400, 401, 403, 404, 409),
+       description="Makes the dataset's next config version, for the jobs not yet created "
+                   "(`first_job` on: those the server has still to create, and jobs added "
+                   "later); jobs already created keep theirs, and each attempt records the "
+                   "version it ran (`config_version`). The changed config is checked as a "
+                   "submit's is; requirements stay as the submit resolved them.")
+async def change_steering(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    version = await steering.change(ctx.engine, dataset, ctx.principal.user,
+                                    ctx.body["steering"])
+    return {**version.to_dict(), "jobs_using_it": max(dataset.jobs - version.first_job, 0),
+            "dataset": summary(ctx.engine, dataset)}
+
+
+@route("POST", "/api/v1/datasets/{dataset_id}/archive", summary="Archive an ended dataset",
+       tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID], status=202,
+       errors=(400, 401, 403, 404, 409),
+       description="Its attempts and full logs leave the database for a compressed archive "
+                   "beside it, which the API, the pages and `floe` still read; the dataset, its "
+                   "tasks, statistics and history stay. Only an ended dataset (complete, or "
+                   "failed: abort one first); an archived dataset cannot be reset or grown. "
+                   "The archive is made in the background (a million attempts take minutes): "
+                   "the dataset says `archiving` meanwhile, then `archived` (where, how many "
+                   "attempts, bytes) or `archive_error`.")
+async def archive(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    retiring.begin_archive(ctx.engine, dataset, ctx.principal.user)
+    return Reply(summary(ctx.engine, dataset), 202)
+
+
+@route("DELETE", "/api/v1/datasets/{dataset_id}", summary="Delete an ended dataset",
+       tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
+       errors=(400, 401, 403, 404, 409),
+       description="Removes the dataset and everything recorded of it (attempts, logs, tasks, "
+                   "statistics, its archive); its history keeps who deleted it, and its ids are "
+                   "never given out again. Only an ended dataset (abort one first). Answered "
+                   "once decided; the rows are removed in the background.")
+async def delete(ctx: Context) -> Any:
+    dataset = changeable(ctx)
+    return {"deleted": await retiring.delete_dataset(ctx.engine, dataset, ctx.principal.user)}
+
+
 async def _changed(ctx: Context, act: Callable[..., Awaitable[int]]) -> dict[str, Any]:
     """Do `act` to the dataset as the caller: how many tasks it changed, and the dataset."""
     dataset = changeable(ctx)
@@ -254,9 +299,12 @@ async def task(ctx: Context) -> Any:
     found = await queries.task(ctx.engine.db, ctx.params["task_id"])
     if found is None:
         raise NotFound(f"there is no task {ctx.params['task_id']}")
-    dataset = ctx.engine.datasets[found["dataset"]]
+    dataset = ctx.engine.datasets.get(found["dataset"])
+    if dataset is None:
+        raise NotFound(f"there is no task {ctx.params['task_id']}: its dataset was deleted")
     found["task"] = dataset.config.tasks[found["task_index"]].name
     found["requirements"] = dataset.requirements(found["task_id"]).to_dict()
     found["why"] = Explainer(ctx.engine).why(dataset, found["task_id"], found["reason"])
-    found["attempts"] = await queries.attempts_of_task(ctx.engine.db, found["task_id"])
+    found["attempts"] = await records.attempts_of_task(ctx.engine.db, ctx.engine.archived,
+                                                       dataset.id, found["task_id"])
     return Reply(found)

@@ -167,7 +167,10 @@ GIVEN_ATTEMPT = _obj({
     "jobs_submitted": _int(1, doc="how many jobs the dataset has"),
     "spec": {"type": "object", "description": "the task's part of the dataset config, "
                                               "normalized (docs/config.md)"},
-    "steering": {"type": "object", "description": "the dataset's steering values"},
+    "steering": {"type": "object", "description": "the dataset's steering values, as the "
+                                                  "job's config version has them"},
+    "config_version": _int(1, doc="the config version the job runs with: 1 as submitted, "
+                                  "each steering change after submission the next"),
     "heartbeat_interval": HEARTBEAT_INTERVAL,
     "heartbeat_timeout": HEARTBEAT_TIMEOUT,
     "expected_seconds": {"type": "number", "minimum": 0,
@@ -336,6 +339,10 @@ DATASET_PREVIEW = _obj({
 RESET = _obj({"scope": {"type": "string", "enum": ["failed", "all"]},
               "job": _int(0, doc="only this job's tasks"),
               "task": _int(1, doc="only this task (its id)")}, ("scope",))
+STEERING_CHANGE = _obj({"steering": {
+    "type": "object", "minProperties": 1, "maxProperties": 1000,
+    "description": "the steering values to change, by name, with their new values (JSON "
+                   "values, or expressions as in the config)"}}, ("steering",))
 ADD_JOBS = _obj({"jobs": _int(1, dataset.MAX_JOBS, doc="how many jobs to add")}, ("jobs",))
 # The range a submitted dataset's priority may have, from the same schema.
 PRIORITY = _obj({"priority": {key: value for key, value in

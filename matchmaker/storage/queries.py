@@ -17,15 +17,21 @@ ATTEMPT_COLUMNS = (
     "attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id, state, started,"
     " last_heartbeat, ended, req_cpus, req_memory, req_disk, req_gpus, req_walltime, gpus,"
     " cpu_time, wall_time, peak_memory, peak_disk, peak_gpu_memory, gpu_time, exit_code,"
-    " error_class, error_message, statistics, outputs, warnings")
+    " error_class, error_message, statistics, outputs, warnings, config_version")
 
 
 # -- what the engine loads at start ------------------------------------------------------------
 
 async def datasets_to_load(db: Database) -> list[Any]:
     return await db.fetchall(
-        "SELECT dataset_id, user_id, config, task_id_base, jobs, jobs_materialized, priority,"
-        " status, created FROM datasets")
+        "SELECT dataset_id, user_id, config, task_id_base, tasks_per_job, jobs,"
+        " jobs_materialized, priority, status, created FROM datasets")
+
+
+async def steering_versions(db: Database) -> list[Any]:
+    """Every steering change made after submission, by dataset and version."""
+    return await db.fetchall("SELECT dataset_id, version, first_job, steering, user_id, created"
+                             " FROM steering_versions ORDER BY dataset_id, version")
 
 
 async def task_states(db: Database, dataset_id: int) -> list[str]:
@@ -70,7 +76,8 @@ async def wall_times(db: Database) -> list[Any]:
 
 async def next_ids(db: Database) -> tuple[int, int, int]:
     """The next free attempt id, pilot id and dataset id."""
-    attempts = await db.fetchone("SELECT max(attempt_id) AS a FROM attempts")
+    attempts = await db.fetchone("SELECT max(a) AS a FROM (SELECT max(attempt_id) AS a FROM"
+                                 " attempts UNION ALL SELECT max(last_attempt) FROM retired)")
     pilots = await db.fetchone("SELECT max(pilot_id) AS p FROM pilots")
     datasets = await db.fetchone("SELECT max(dataset_id) AS d FROM datasets")
     return (attempts["a"] or 0) + 1, (pilots["p"] or 0) + 1, (datasets["d"] or 0) + 1
@@ -79,7 +86,7 @@ async def next_ids(db: Database) -> tuple[int, int, int]:
 async def ended_attempt(db: Database, attempt_id: int) -> Any:
     """What a late report or heartbeat of an attempt no longer in flight is answered from."""
     return await db.fetchone(
-        "SELECT state, passkey_hash, error_message, pilot_id FROM attempts"
+        "SELECT state, passkey_hash, error_message, pilot_id, dataset_id FROM attempts"
         " WHERE attempt_id = ?", (attempt_id,))
 
 
@@ -143,7 +150,8 @@ async def unused_pilot_tokens(db: Database, site_id: int, now: float) -> int:
 
 # -- what the API shows ---------------------------------------------------------------------------
 
-def _attempt(row: Any, tails: bool) -> dict[str, Any]:
+def attempt_record(row: Any, tails: bool) -> dict[str, Any]:
+    """An attempt's row as the API shows it (with its log tails if `tails`)."""
     data = dict(row)
     data.pop("stdout_tail", None)
     data.pop("stderr_tail", None)
@@ -151,6 +159,7 @@ def _attempt(row: Any, tails: bool) -> dict[str, Any]:
         if data.get(key):
             data[key] = json.loads(data[key])
     data["warnings"] = json.loads(data["warnings"]) if data.get("warnings") else []
+    data["config_version"] = data.get("config_version") or 1
     data["requested"] = {k[4:]: data.pop(k) for k in list(data) if k.startswith("req_")}
     data["used"] = {k: data.pop(k) for k in ("cpu_time", "wall_time", "peak_memory", "peak_disk",
                                              "peak_gpu_memory", "gpu_time")}
@@ -226,31 +235,27 @@ async def task(db: Database, task_id: int) -> dict[str, Any] | None:
 async def attempts_of_task(db: Database, task_id: int) -> list[dict[str, Any]]:
     rows = await db.fetchall(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE task_id = ?"
                              " ORDER BY attempt_id", (task_id,))
-    return [_attempt(r, tails=False) for r in rows]
+    return [attempt_record(r, tails=False) for r in rows]
 
 
 async def attempt(db: Database, attempt_id: int) -> dict[str, Any] | None:
     row = await db.fetchone(f"SELECT {ATTEMPT_COLUMNS}, stdout_tail, stderr_tail FROM attempts"
                             " WHERE attempt_id = ?", (attempt_id,))
-    return _attempt(row, tails=True) if row else None
+    return attempt_record(row, tails=True) if row else None
 
 
-async def log_text(db: Database, attempt_id: int, stream: str, tail_limit: int
-                   ) -> tuple[str, bool] | None:
-    """The full log of an attempt if the pilot uploaded it, else its tail: (text, complete).
-    Pilots upload only logs longer than a tail, so a tail shorter than `tail_limit` (the
-    server's tail_bytes) is the whole log."""
-    row = await db.fetchone("SELECT text FROM logs WHERE attempt_id = ? AND stream = ?",
-                            (attempt_id, stream))
-    if row is not None:
-        return row["text"], True
-    row = await db.fetchone(f"SELECT {stream}_tail AS tail FROM attempts WHERE attempt_id = ?",
-                            (attempt_id,))
-    if row is None:
-        return None
-    tail = row["tail"] or ""
-    # A few bytes short of the limit: a cut may have split a character.
-    return tail, len(tail.encode()) < tail_limit - 4
+async def attempt_log(db: Database, attempt_id: int, stream: str) -> Any:
+    """An attempt's dataset and the tail of one of its logs, with the full log that builds
+    before the log store kept in the database (null since)."""
+    return await db.fetchone(
+        f"SELECT a.dataset_id, a.{stream}_tail AS tail, l.text AS text FROM attempts a"
+        " LEFT JOIN logs l ON l.attempt_id = a.attempt_id AND l.stream = ?"
+        " WHERE a.attempt_id = ?", (stream, attempt_id))
+
+
+async def retired(db: Database) -> list[Any]:
+    """The datasets archived or deleted, with where their attempts went."""
+    return await db.fetchall("SELECT * FROM retired ORDER BY dataset_id")
 
 
 async def statistics(db: Database, dataset_id: int) -> list[dict[str, Any]]:

@@ -190,6 +190,35 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE attempts ADD COLUMN warnings TEXT;
     """,
+    # 6: datasets change after submission and leave the hot database. A steering change makes
+    # a new config version for the jobs created from `first_job` on (version 1 is the
+    # submitted config), and each attempt records the version it ran (NULL: 1). A dataset
+    # archived or deleted keeps a row here: where its attempts went, and the highest attempt id
+    # it had, so that ids are never given out twice; `purged` is set once its rows are gone.
+    """
+    ALTER TABLE attempts ADD COLUMN config_version INTEGER;
+    CREATE TABLE steering_versions (
+        dataset_id INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        first_job INTEGER NOT NULL,
+        steering TEXT NOT NULL,
+        user_id INTEGER,
+        created REAL NOT NULL,
+        PRIMARY KEY (dataset_id, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE retired (
+        dataset_id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('archived', 'deleted')),
+        time REAL NOT NULL,
+        user_id INTEGER,
+        attempts INTEGER NOT NULL,
+        first_attempt INTEGER,
+        last_attempt INTEGER,
+        path TEXT,
+        bytes INTEGER,
+        purged REAL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -78,13 +78,9 @@ INSERT_ATTEMPT = Statement(
     "dispatch attempt",
     "INSERT INTO attempts (attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id,"
     " passkey_hash, state, started, last_heartbeat, req_cpus, req_memory, req_disk, req_gpus,"
-    " req_walltime, gpus) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'processing', ?, ?, ?, ?, ?, ?, ?, ?)",
+    " req_walltime, gpus, config_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'processing', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     order=20)
-
-SAVE_LOG = Statement(
-    "upload log",
-    "INSERT OR REPLACE INTO logs (attempt_id, stream, text) VALUES (?, ?, ?)",
-    order=25)
 
 END_ATTEMPT = Statement(
     "record attempt result",
@@ -213,11 +209,11 @@ def end_pilot(batch: Batch, pilot_id: int, *, state: str, now: float, reason: st
 
 def insert_attempt(batch: Batch, attempt_id: int, *, task_id: int, dataset_id: int,
                    pilot_id: int, site: str, host: str, batch_id: str, passkey_hash: str,
-                   now: float, requirements: Requirements) -> Batch:
+                   now: float, requirements: Requirements, config_version: int) -> Batch:
     return batch.add(INSERT_ATTEMPT, (
         attempt_id, task_id, dataset_id, pilot_id, site, host, batch_id, passkey_hash, now, now,
         requirements.cpus, requirements.memory, requirements.disk, requirements.gpus,
-        requirements.walltime, None))
+        requirements.walltime, None, config_version))
 
 
 @dataclass(frozen=True)
@@ -297,10 +293,6 @@ def set_dataset(batch: Batch, dataset_id: int, *, status: str, priority: float,
 def save_usage(batch: Batch, entity: str, value: float, now: float) -> Batch:
     """A fair-share ledger's value for `entity` ("user:N" or "dataset:N")."""
     return batch.add(SAVE_USAGE, (entity, value, now))
-
-
-def save_log(batch: Batch, attempt_id: int, stream: str, text: str) -> Batch:
-    return batch.add(SAVE_LOG, (attempt_id, stream, text))
 
 
 # -- transactions of their own ----------------------------------------------------------------
@@ -421,3 +413,67 @@ def set_dataset_status(conn: sqlite3.Connection, dataset_id: int, status: str, p
     changed them."""
     conn.execute(SET_DATASET.sql, (status, priority, now, dataset_id))
     conn.execute(ADD_EVENT.sql, (now, dataset_id, *event))
+
+
+def attempt_span(conn: sqlite3.Connection, low: int, high: int) -> tuple[int, int | None,
+                                                                          int | None]:
+    """(count, first id, last id) of the attempts of the tasks with ids in [low, high)."""
+    count, first, last = conn.execute(
+        "SELECT count(*), min(attempt_id), max(attempt_id) FROM attempts"
+        " WHERE task_id >= ? AND task_id < ?", (low, high)).fetchone()
+    return count, first, last
+
+
+def retire_dataset(conn: sqlite3.Connection, dataset_id: int, *, kind: str, now: float,
+                   user_id: int, attempts: int, first: int | None, last: int | None,
+                   path: str | None, size: int | None, detail: str) -> dict[str, Any]:
+    """Record that a dataset was archived or deleted (a deleted one's row stays as a tombstone,
+    so its id is never given out again); returns the `retired` row."""
+    row = {"dataset_id": dataset_id, "kind": kind, "time": now, "user_id": user_id,
+           "attempts": attempts, "first_attempt": first, "last_attempt": last, "path": path,
+           "bytes": size, "purged": None}
+    conn.execute("INSERT OR REPLACE INTO retired (dataset_id, kind, time, user_id, attempts,"
+                 " first_attempt, last_attempt, path, bytes, purged) VALUES (:dataset_id, :kind,"
+                 " :time, :user_id, :attempts, :first_attempt, :last_attempt, :path, :bytes,"
+                 " :purged)", row)
+    if kind == "deleted":
+        conn.execute("UPDATE datasets SET status = 'deleted', updated = ? WHERE dataset_id = ?",
+                     (now, dataset_id))
+    conn.execute(ADD_EVENT.sql, (now, dataset_id, user_id, kind.removesuffix("d"), detail))
+    return row
+
+
+def purge_tasks(conn: sqlite3.Connection, low: int, high: int, everything: bool) -> int:
+    """Remove the attempts and full logs of the tasks with ids in [low, high), and with
+    `everything` the tasks and their jobs too; returns the attempts removed."""
+    conn.execute("DELETE FROM logs WHERE attempt_id IN (SELECT attempt_id FROM attempts"
+                 " WHERE task_id >= ? AND task_id < ?)", (low, high))
+    removed = conn.execute("DELETE FROM attempts WHERE task_id >= ? AND task_id < ?",
+                           (low, high)).rowcount
+    if everything:
+        rows = conn.execute("DELETE FROM tasks WHERE task_id >= ? AND task_id < ?"
+                            " RETURNING dataset_id, job_index", (low, high)).fetchall()
+        conn.executemany("DELETE FROM jobs WHERE dataset_id = ? AND job_index = ?",
+                         set(rows))
+    return removed
+
+
+def purged(conn: sqlite3.Connection, dataset_id: int, now: float, everything: bool) -> None:
+    """A dataset's rows are gone: with `everything` (deleted), its statistics, fair-share usage
+    and steering versions too."""
+    if everything:
+        conn.execute("DELETE FROM statistics WHERE dataset_id = ?", (dataset_id,))
+        conn.execute("DELETE FROM usage WHERE entity = ?", (f"dataset:{dataset_id}",))
+        conn.execute("DELETE FROM steering_versions WHERE dataset_id = ?", (dataset_id,))
+    conn.execute("UPDATE retired SET purged = ? WHERE dataset_id = ?", (now, dataset_id))
+
+
+def add_steering_version(conn: sqlite3.Connection, dataset_id: int, *, version: int,
+                         first_job: int, steering: Mapping[str, Any], user_id: int, now: float,
+                         detail: str) -> None:
+    """A dataset's steering values from job `first_job` on, with the event that says who
+    changed what."""
+    conn.execute("INSERT INTO steering_versions (dataset_id, version, first_job, steering,"
+                 " user_id, created) VALUES (?, ?, ?, ?, ?, ?)",
+                 (dataset_id, version, first_job, json.dumps(steering), user_id, now))
+    conn.execute(ADD_EVENT.sql, (now, dataset_id, user_id, "steering", detail))

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from config.states import JOB_STATES, TaskState
 
-from .. import actions
+from .. import actions, retiring, steering
 from ..access import Action
 from ..api.schemas import RESOURCES
 from ..api.validation import conforming
@@ -39,6 +39,10 @@ DONE = {
     "add-jobs": "The dataset now has {n} jobs; the new ones are created in the background.",
     "abort": "Aborted: {n} tasks failed, running attempts were stopped, and jobs not yet "
              "created never will be; everything recorded stays.",
+    "steering": "The steering change is the dataset's next config version, for its jobs from "
+                "{n} on (those not created yet, and jobs added later).",
+    "archive": "Archiving: its attempts and logs leave the database for an archive that this "
+               "page still reads; this page says when it is done.",
 }
 
 
@@ -93,9 +97,12 @@ async def overview(view: View) -> web.StreamResponse:
             size(sum(m.get("memory", 0) for m in measured)),
             sum(len(m.get("gpus", ())) for m in measured),
             sum(len(p.attempts) for p in pilots)])
+    deleted = record_id(view.query("deleted") or "")
     return view.render(
         "Overview",
         tag("h1", "Overview"),
+        tag("p", f"Dataset {deleted} was deleted, with everything recorded of it.",
+            class_="notice", role="status") if deleted is not None else None,
         tag("section",
             tag("h2", "Datasets"), charts.legend(),
             table(["", "Description", "Status", "Progress", "Owner", "Priority", "Age",
@@ -132,6 +139,23 @@ async def dataset_page(view: View) -> web.StreamResponse:
                                  f" ({ago(now - dataset.dataset.created)} ago)"])),
              ("Retries", dataset.config.max_retries),
              ("Debug mode", "on" if dataset.config.debug else "off")]
+    if len(dataset.versions) > 1:
+        facts.append(("Config versions", join(
+            tag("div", f"{v['version']}: from job {v['first_job']:,}" + (
+                ", " + ", ".join(f"{k}={json.dumps(x)}" for k, x in v["changed"].items())
+                if v["changed"] else " (as submitted)") + (f", by {v['by']}" if v["by"] and
+                                                           v["version"] > 1 else ""))
+            for v in steering.versions(engine, dataset))))
+    if info["archived"]:
+        archived = info["archived"]
+        facts.append(("Archived", join([when(archived["time"]), f": {archived['attempts']:,} "
+                                        f"attempts in {archived['path']} "
+                                        f"({size(archived['bytes'])})"])))
+    elif info["archiving"]:
+        facts.append(("Archive", "being made: its attempts are read from the database until "
+                                 "it is done"))
+    elif info["archive_error"]:
+        facts.append(("Archive", f"failed: {info['archive_error']}"))
     state_rows = [[state_badge(s), f"{counts[s]:,}", percent(counts[s], dataset.total_tasks)]
                   for s in TASK_STATES]
     title = f"Dataset {dataset.id}"
@@ -162,6 +186,16 @@ async def dataset_page(view: View) -> web.StreamResponse:
 def _actions(view: View, dataset: DatasetState) -> Markup:
     base = f"/datasets/{dataset.id}"
     status = dataset.status
+    ended = status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED) \
+        and dataset.materialized == dataset.jobs
+    delete = view.post_form(
+        f"{base}/delete", tag("input", type="checkbox", id="confirm-delete", name="confirm",
+                              value="yes", required=True),
+        tag("label", "Remove it and everything recorded of it", for_="confirm-delete"),
+        tag("button", "Delete", class_="danger"), class_="inline") if ended else None
+    if dataset.id in view.engine.archived.info:
+        return tag("div", tag("h2", "Actions"), tag("div", delete, class_="buttons"),
+                   class_="actions", id="actions")
     buttons = []
     if status not in (DatasetStatus.SUSPENDED, DatasetStatus.COMPLETE, DatasetStatus.FAILED):
         buttons.append(view.post_form(f"{base}/suspend", tag("button", "Suspend")))
@@ -188,6 +222,18 @@ def _actions(view: View, dataset: DatasetState) -> Markup:
         tag("input", type="number", id="priority", name="priority", min="0.001", max="1000",
             step="any", value=number(dataset.priority).replace(",", ""), required=True),
         tag("button", "Set"), class_="inline"))
+    names = sorted(dataset.versions[-1].steering)
+    if names:
+        buttons.append(view.post_form(
+            f"{base}/steering",
+            tag("label", "Steering value", for_="steering-name"),
+            tag("select", (tag("option", name, value=name) for name in names),
+                id="steering-name", name="name"),
+            tag("label", "New value (JSON, or text)", for_="steering-value"),
+            tag("input", type="text", id="steering-value", name="value", required=True),
+            tag("button", "Change for jobs not yet created"), class_="inline"))
+    if ended:
+        buttons += [view.post_form(f"{base}/archive", tag("button", "Archive")), delete]
     return tag("div", tag("h2", "Actions"), tag("div", buttons, class_="buttons"),
                class_="actions", id="actions")
 
@@ -415,9 +461,33 @@ async def _abort(view: View, dataset: DatasetState) -> int:
     return await actions.abort(view.engine, dataset, view.principal.user)
 
 
+async def _steering(view: View, dataset: DatasetState) -> int:
+    name, text = str(view.form.get("name") or ""), str(view.form.get("value") or "")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    version = await steering.change(view.engine, dataset, view.principal.user, {name: value})
+    return version.first_job
+
+
+async def _archive(view: View, dataset: DatasetState) -> int:
+    retiring.begin_archive(view.engine, dataset, view.principal.user)
+    return 0
+
+
+async def _delete(view: View, dataset: DatasetState) -> int:
+    if view.form.get("confirm") != "yes":
+        raise BadRequest("Tick the box beside Delete to say you mean it: deleting removes the "
+                         "dataset and everything recorded of it for good.")
+    return (await retiring.delete_dataset(view.engine, dataset, view.principal.user)
+            )["attempts"]
+
+
 ACTIONS: dict[str, Act] = {"suspend": _suspend, "resume": _resume,
                            "reset-failed": _reset_failed, "reset-all": _reset_all,
-                           "add-jobs": _add_jobs, "abort": _abort, "priority": _priority}
+                           "add-jobs": _add_jobs, "abort": _abort, "priority": _priority,
+                           "steering": _steering, "archive": _archive, "delete": _delete}
 
 
 @routes.post("/datasets/{dataset_id}/{action}")
@@ -431,4 +501,6 @@ async def act(view: View) -> web.StreamResponse:
                        f"{', '.join(ACTIONS)}.")
     view.authorize(Action.CHANGE_DATASET, owner_id=dataset.user_id)
     changed = await action(view, dataset)
+    if name == "delete":
+        return redirect(href("/", deleted=dataset.id))
     return redirect(href(f"/datasets/{dataset.id}", done=name, changed=changed))

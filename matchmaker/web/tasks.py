@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import records
 from ..bounds import record_id
 from ..errors import NotFound
 from ..storage import queries
@@ -43,7 +44,8 @@ async def task_page(view: View) -> web.StreamResponse:
         raise NotFound(f"There is no task {task_id}. Tasks are listed on their dataset's page.")
     name = dataset.config.tasks[found["task_index"]].name
     req = dataset.requirements(task_id)
-    attempts = await queries.attempts_of_task(view.engine.db, task_id)
+    attempts = await records.attempts_of_task(view.engine.db, view.engine.archived, dataset.id,
+                                              task_id)
     cards = [await _attempt(view, a) for a in reversed(attempts)]
     facts = [("Dataset", link(f"/datasets/{dataset.id}", f"#{dataset.id} "
                               f"{dataset.config.description}")),
@@ -69,7 +71,8 @@ async def task_page(view: View) -> web.StreamResponse:
 
 
 async def _attempt(view: View, summary: dict[str, Any]) -> Markup:
-    attempt = await queries.attempt(view.engine.db, summary["attempt_id"])
+    attempt = await records.attempt(view.engine.db, view.engine.archived,
+                                    summary["attempt_id"])
     attempt_id = attempt["attempt_id"]
     ran = (attempt["ended"] or view.now) - attempt["started"]
     where = [("Site", link(href("/pilots", site=attempt["site"]), attempt["site"])),
@@ -121,8 +124,8 @@ async def log_text(view: View) -> web.StreamResponse:
     stream = view.request.match_info["stream"]
     if stream not in ("stdout", "stderr"):
         raise NotFound(f"An attempt has two logs, stdout and stderr; there is no {stream!r}.")
-    found = await queries.log_text(view.engine.db, attempt_id, stream,
-                                    view.engine.settings.tail_bytes)
+    found = await records.log_text(view.engine.db, view.engine.archived, view.engine.logs,
+                                   attempt_id, stream, view.engine.settings.tail_bytes)
     if found is None:
         raise NotFound(f"There is no attempt {attempt_id}.")
     text, complete = found

@@ -59,3 +59,39 @@ def test_a_running_dataset_grows_by_100000_jobs_and_is_aborted_with_nothing_lost
     assert "aborted by alice" in log
     events = matchmaker.get(f"/datasets/{dataset}")["events"]
     assert [e["action"] for e in events][:2] == ["abort", "add jobs"]
+
+
+GREETING = {"description": "steered", "jobs": 2, "steering": {"greeting": "hello"}, "tasks": [{
+    "name": "say", "requirements": {"walltime": "1m", "memory": "64MiB", "disk": "1MiB"},
+    "modules": [{"command": ["echo", "$steering(greeting) from job $args(job)"]}]}]}
+
+
+def test_steering_changed_after_submission_runs_in_the_jobs_added_after_it(
+        matchmaker: LiveMatchmaker, tmp_path: Path, capsys):
+    user = as_user(matchmaker)
+    dataset = matchmaker.submit(GREETING)
+    for run_index in (1, 2):
+        if run_index == 2:
+            status, out, err = run(capsys, "steering", str(dataset), "greeting=bye", *user)
+            assert status == 0, err
+            assert out == (f"dataset {dataset}: steering version 2 applies from job 2 on "
+                           "(every job is created already: jobs added with floe add-jobs use "
+                           "it)\n")
+            assert run(capsys, "add-jobs", str(dataset), "2", *user)[0] == 0
+        (tmp_path / f"pilot{run_index}").mkdir()
+        pilot = matchmaker.start_pilot(tmp_path / f"pilot{run_index}", "--idle-timeout", "2s",
+                                       log_name=f"pilot{run_index}.log")
+        assert pilot.wait(60) == 0
+    attempts = {a["task_id"]: a for a in matchmaker.attempts(dataset)}
+    tasks = matchmaker.tasks(dataset)
+    assert [t["state"] for t in tasks] == ["complete"] * 4
+    for task in tasks:
+        attempt = matchmaker.get(f"/attempts/{attempts[task['task_id']]['attempt_id']}")
+        word, version = ("hello", 1) if task["job"] < 2 else ("bye", 2)
+        assert attempt["stdout_tail"] == f"{word} from job {task['job']}\n"
+        assert attempt["config_version"] == version
+    status, out, err = run(capsys, "steering", str(dataset), *user)
+    assert (status, out) == (0, 'version 1: from job 0 (as submitted)\n'
+                                'version 2: from job 2, greeting="bye", by alice\n'), err
+    status, _, err = run(capsys, "steering", str(dataset), "greeting", *user)
+    assert status == 1 and "'greeting' is not NAME=VALUE" in err

@@ -139,16 +139,18 @@ class World:
             await asyncio.sleep(0.01)
         raise AssertionError("jobs were not created")
 
-    async def new_dataset(self, suspended: bool = False) -> int:
-        """A fresh dataset of alice's (suspended by her when asked), for actions that change it."""
+    async def new_dataset(self, suspended: bool = False, ended: bool = False) -> int:
+        """A fresh dataset of alice's (suspended, or aborted, by her when asked), for actions
+        that change it."""
         status, dataset = await self.api.call("POST", "/api/v1/datasets", self.owner,
-                                              s.config(jobs=2))
+                                              s.config(jobs=2, steering={"seed": 1}))
         assert status == 201, dataset
         await self.wait_created(dataset["id"])
-        if suspended:
-            status, answer = await self.api.call(
-                "POST", f"/api/v1/datasets/{dataset['id']}/suspend", self.owner)
-            assert status == 200, answer
+        for wanted, verb in ((suspended, "suspend"), (ended, "abort")):
+            if wanted:
+                status, answer = await self.api.call(
+                    "POST", f"/api/v1/datasets/{dataset['id']}/{verb}", self.owner)
+                assert status == 200, answer
         return dataset["id"]
 
     async def new_pilot(self, site=None, host: str = "node2", **body: str) -> int:
@@ -201,8 +203,9 @@ OWNER = {"admin", "owner"}
 
 # action: (method, path, body, roles that are allowed). Everyone else is refused with 401
 # (no token) or 403 (a token that may not do this). In paths, {fresh} is a new dataset of the
-# owner's for each role, {suspended} the same but suspended, and {new_pilot} a new pilot of
-# site-a for each role, so that one role's success does not change what the next one meets.
+# owner's for each role, {suspended} the same but suspended, {ended} the same but aborted, and
+# {new_pilot} a new pilot of site-a for each role, so that one role's success does not change
+# what the next one meets.
 MATRIX = {
     "health": ("GET", "/api/v1/health", None, EVERYONE),
     "read the API document": ("GET", "/api/v1/openapi.json", None, EVERYONE),
@@ -230,6 +233,10 @@ MATRIX = {
                       OWNER),
     "add jobs": ("POST", "/api/v1/datasets/{fresh}/jobs", {"jobs": 2}, OWNER),
     "abort a dataset": ("POST", "/api/v1/datasets/{fresh}/abort", None, OWNER),
+    "change steering": ("POST", "/api/v1/datasets/{fresh}/steering", {"steering": {"seed": 2}},
+                        OWNER),
+    "archive a dataset": ("POST", "/api/v1/datasets/{ended}/archive", None, OWNER),
+    "delete a dataset": ("DELETE", "/api/v1/datasets/{ended}", None, OWNER),
     "change priority": ("PUT", "/api/v1/datasets/{dataset}/priority", {"priority": 2}, OWNER),
     "read users": ("GET", "/api/v1/users", None, USERS),
     "read shares": ("GET", "/api/v1/shares", None, USERS),
@@ -283,6 +290,8 @@ async def path_for(world: World, path: str, handed_out: dict) -> str:
         values["fresh"] = await world.new_dataset()
     if "{suspended}" in path:
         values["suspended"] = await world.new_dataset(suspended=True)
+    if "{ended}" in path:
+        values["ended"] = await world.new_dataset(ended=True)
     if "{new_pilot}" in path:
         values["new_pilot"] = await world.new_pilot()
     return path.format(**values)
@@ -301,7 +310,7 @@ async def test_authorization_matrix(world, action):
         token = await token_of(world, role, int(named.group(1)) if named else None)
         status, answer = await world.api.call(method, target, token, payload)
         if role in allowed:
-            assert status in (200, 201), (role, status, answer)
+            assert status in (200, 201, 202), (role, status, answer)
         else:
             expected = 401 if role == "anonymous" else 403
             assert status == expected, (role, status, answer)

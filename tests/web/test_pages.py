@@ -4,6 +4,7 @@ and the indexes that the pages' queries read through."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import ssl
@@ -140,7 +141,8 @@ async def test_only_the_owner_and_admins_see_the_action_buttons(pages: Pages):
         assert ("<h2>Actions</h2>" in text) is shown
 
 
-ACTIONS = ("suspend", "resume", "priority", "reset-all", "add-jobs", "abort")
+ACTIONS = ("suspend", "resume", "priority", "reset-all", "add-jobs", "abort", "archive",
+           "delete")
 
 
 @pytest.mark.parametrize("role, allowed", [("owner", True), ("admin", True),
@@ -153,8 +155,11 @@ async def test_who_may_act_on_a_dataset_and_that_the_server_refuses_the_others(
     fresh = await s.submit(pages.engine, pages.alice, s.config(jobs=2))
     csrf = await browser.csrf()
     for action in ACTIONS:
+        while fresh.id in pages.engine.retired:  # the archive, made in the background
+            await asyncio.sleep(0.01)
         status, text, _ = await browser.post(f"/datasets/{fresh.id}/{action}",
-                                             {"csrf": csrf, "priority": "7", "jobs": "3"})
+                                             {"csrf": csrf, "priority": "7", "jobs": "3",
+                                              "confirm": "yes"})
         if allowed:
             assert status == 200 and 'role="status"' in text, (action, text)
         else:
@@ -165,7 +170,8 @@ async def test_who_may_act_on_a_dataset_and_that_the_server_refuses_the_others(
     assert status == (200 if allowed else 403)
     if allowed:
         assert "Reset 1 failed tasks" in text
-        assert fresh.priority == 7 and fresh.status == DatasetStatus.FAILED  # aborted last
+        assert fresh.priority == 7 and fresh.status == DatasetStatus.FAILED  # aborted
+        assert fresh.id not in pages.engine.datasets  # then archived, then deleted
     else:
         assert fresh.priority == 1 and pages.dataset.summary()["failed"] == 1
         assert fresh.jobs == 2 and fresh.status == DatasetStatus.PROCESSING
@@ -190,6 +196,9 @@ async def test_an_action_the_dataset_cannot_take_now_says_why(pages: Pages):
     status, text, _ = await alice.post(f"/datasets/{pages.dataset.id}/priority",
                                        {"csrf": csrf, "priority": "lots"})
     assert status == 400 and "priority: expected a number above 0" in text
+    status, text, _ = await alice.post(f"/datasets/{pages.dataset.id}/delete", {"csrf": csrf})
+    assert status == 400 and "Tick the box beside Delete" in text
+    assert pages.dataset.id in pages.engine.datasets
     status, text, _ = await alice.post(f"/datasets/{pages.dataset.id}/explode", {"csrf": csrf})
     assert status == 404 and "There is no action 'explode'" in html.unescape(text)
 
@@ -351,3 +360,20 @@ async def test_the_pilots_page_lists_the_hosts_that_get_no_work(pages: Pages):
     assert status == 200, text
     section = html.unescape(text[text.index('id="black-holes"'):])
     assert "wn042" in section and "5 different tasks failed here within 2m" in section
+
+
+async def test_the_owner_changes_steering_on_the_page_and_sees_the_config_versions(pages: Pages):
+    alice = await pages.signed_in(pages.alice_token)
+    fresh = await s.submit(pages.engine, pages.alice, s.config(jobs=2, steering={"gcd": "a"}))
+    _, text, _ = await alice.get(f"/datasets/{fresh.id}")
+    assert '<option value="gcd">gcd</option>' in text and "Config versions" not in text
+    status, text, _ = await alice.post(f"/datasets/{fresh.id}/steering",
+                                       {"csrf": await alice.csrf(), "name": "gcd",
+                                        "value": '"b"'})
+    assert status == 200
+    assert "next config version, for its jobs from 2 on" in text
+    assert "2: from job 2, gcd=&quot;b&quot;, by alice" in text
+    status, text, _ = await alice.post(f"/datasets/{fresh.id}/steering",
+                                       {"csrf": await alice.csrf(), "name": "colour",
+                                        "value": "red"})
+    assert status == 400 and "has no steering value colour" in text
