@@ -112,8 +112,14 @@ def _attempts_show(task: dict[str, Any], args: argparse.Namespace) -> None:
                      a["requested"]["cpus"], _size(a["requested"]["memory"]),
                      _size(a["used"]["peak_memory"]), a["exit_code"], a["error_class"],
                      (a["error_message"] or "")[:60]])
-    print(table(["ATTEMPT", "STATE", "SITE", "HOST", "PILOT", "STARTED", "WALL", "CPUS",
-                 "MEMORY", "PEAK", "EXIT", "ERROR", "MESSAGE"], rows))
+    headers = ["ATTEMPT", "STATE", "SITE", "HOST", "PILOT", "STARTED", "WALL", "CPUS",
+               "MEMORY", "PEAK", "EXIT", "ERROR", "MESSAGE"]
+    versions = [a.get("config_version") or 1 for a in task["attempts"]]
+    if any(v > 1 for v in versions):  # its dataset's steering changed after submission
+        headers.insert(2, "CONFIG")
+        for row, version in zip(rows, versions, strict=True):
+            row.insert(2, version)
+    print(table(headers, rows))
     for a in task["attempts"]:
         for warning in a.get("warnings") or ():
             print(f"attempt {a['attempt_id']}: warning: {warning}")

@@ -90,6 +90,10 @@ def test_steering_changed_after_submission_runs_in_the_jobs_added_after_it(
         word, version = ("hello", 1) if task["job"] < 2 else ("bye", 2)
         assert attempt["stdout_tail"] == f"{word} from job {task['job']}\n"
         assert attempt["config_version"] == version
+    later = next(t for t in tasks if t["job"] == 3)
+    status, out, err = run(capsys, "attempts", str(later["task_id"]), *user)
+    assert status == 0 and out.splitlines()[1].split()[:3] == ["ATTEMPT", "STATE", "CONFIG"]
+    assert out.splitlines()[2].split()[1:3] == ["complete", "2"]
     status, out, err = run(capsys, "steering", str(dataset), *user)
     assert (status, out) == (0, 'version 1: from job 0 (as submitted)\n'
                                 'version 2: from job 2, greeting="bye", by alice\n'), err
