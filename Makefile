@@ -21,6 +21,7 @@ endif
 	$(VENV)/bin/floe demo --site $(SITE)
 
 test: $(STAMP)
+	scripts/fetch-promtool.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

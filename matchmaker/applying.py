@@ -3,9 +3,9 @@ state, applied ahead of the commit with the undo that takes them back if the wri
 
 `outcome` plans (`lifecycle.plan`), builds the batch of guarded rows, and applies the plan to
 what the scheduler decides from: the tasks' states and records, the fair-share ledgers, the
-runtimes, the metrics and the dataset's status. The attempt itself stays in flight until its
-batch commits (`release`), so that a report for it that arrives meanwhile waits on the job's
-lock and then finds it ended.
+runtimes and the dataset's status. The attempt itself stays in flight until its batch commits
+(`release`), so that a report for it that arrives meanwhile waits on the job's lock and then
+finds it ended; the metrics count the outcome then too (a counter is never taken back).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 def outcome(engine: Engine, active: ActiveAttempt, ended: Outcome, now: float
             ) -> tuple[Batch, Plan]:
     """Plan how `active` ended, apply it to memory, and return the batch that records it (its
-    undo on failure; on commit, the attempt is released) with the plan. The caller holds the
-    job's lock and writes the batch before it answers."""
+    undo on failure; on commit, the attempt is released and counted) with the plan. The
+    caller holds the job's lock and writes the batch before it answers."""
     dataset = engine.datasets[active.dataset_id]
     task_id = active.task_id
     decided = plan(dataset, task_id, ended, attempt_state_of(ended))
@@ -59,6 +59,9 @@ def outcome(engine: Engine, active: ActiveAttempt, ended: Outcome, now: float
     if status is not None:
         writes.set_dataset(batch, dataset.id, status=status, priority=dataset.priority, now=now)
     batch.on_commit(partial(_committed, engine, active, decided, ended, status))
+    batch.on_commit(partial(engine.metrics.attempt_ended, active.site, dataset.user_id,
+                            None if error is None else error.value,
+                            active.requirements.cpus * wall))
     return batch, decided
 
 
@@ -174,20 +177,10 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
     correction = rate * wall - active.charge
     engine.user_usage.charge(dataset.user_id, correction, now)
     engine.dataset_usage.charge(dataset.id, correction, now)
-    metrics = engine.metrics
-    error = None
     if ended.success:
-        counted = metrics.delivered.get(dataset.user_id, _MISSING)
         previous = dataset.runtimes[task_index]
         dataset.runtimes[task_index] = wall if previous is None else 0.8 * previous + 0.2 * wall
         unlearn = dataset.learn(task_index, wall)
-        metrics.completions += 1
-        metrics.delivered[dataset.user_id] = metrics.delivered.get(dataset.user_id, 0.0) + \
-            active.requirements.cpus * wall
-    else:
-        error = (ended.error_class or ErrorClass.TASK_ERROR).value
-        counted = metrics.failures.get(error, _MISSING)
-        metrics.failures[error] = metrics.failures.get(error, 0) + 1
     status = engine.dataset_status_after(dataset)
     changed = status if status != dataset.status else None
     dataset.status = status
@@ -203,12 +196,8 @@ def _apply(engine: Engine, dataset: DatasetState, active: ActiveAttempt, ended: 
         engine.user_usage.charge(dataset.user_id, -correction, now)
         engine.dataset_usage.charge(dataset.id, -correction, now)
         dataset.runtimes[task_index] = runtime
-        if error is None:
+        if ended.success:
             unlearn()
-            metrics.completions -= 1
-            _put(metrics.delivered, dataset.user_id, counted)
-        else:
-            _put(metrics.failures, error, counted)
         dataset.status = old_status
 
     return undo, changed

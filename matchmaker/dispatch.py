@@ -393,7 +393,7 @@ def _no_work(engine: Engine, pilot: Pilot, slot: Slot, now: float,
              held: bool = False) -> NoWork:
     pilot.free, pilot.free_since = slot, now
     pilot.empty_asks += 1
-    engine.metrics.empty_asks += 1
+    engine.metrics.asked_empty(pilot.site.name)
     if held:
         return NoWork("the ready tasks that fit this slot are retries that back off "
                       f"(retry_delay) or avoid this host, {pilot.host}, where they failed "
@@ -481,7 +481,7 @@ def _count_on_commit(engine: Engine, pilot: Pilot, batch: Batch, matches: int) -
         pilot.empty_asks = 0
         pilot.free = None
         pilot.dispatched += matches
-        engine.metrics.matches += matches
+        engine.metrics.matched(pilot.site.name, matches)
 
     batch.on_commit(committed)
 

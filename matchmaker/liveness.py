@@ -56,7 +56,7 @@ def _beat(engine: Engine, active: ActiveAttempt, usage: Mapping[str, float], now
     pilot = engine.pilots.get(active.pilot_id)
     if pilot is not None:
         pilot.last_seen = now
-    engine.metrics.heartbeats += 1
+    engine.metrics.heartbeat(active.site)
 
 
 _CONTINUE = {"action": "continue"}

@@ -52,8 +52,7 @@ async def sign_off(engine: Engine, pilot: Pilot, reason: str, message: str = "",
     await end(engine, pilot, "exited", f"{reason}: {message}" if message else reason, suspect,
               f"pilot {pilot.pilot_id} exited ({reason}) while running it")
     if not pilot.dispatched:
-        empty = engine.metrics.empty_pilots
-        empty[pilot.site.name] = empty.get(pilot.site.name, 0) + 1
+        engine.metrics.empty_pilot(pilot.site.name)
         endings = engine.empty_endings.setdefault(pilot.site.name, collections.deque(maxlen=1000))
         endings.append(engine.clock())
 
@@ -87,4 +86,6 @@ async def end(engine: Engine, pilot: Pilot, state: str, reason: str, suspect: bo
             await recording.lose(engine, active, ErrorClass.PILOT_LOST, why_lost or reason)
     await engine.db.write(writes.end_pilot(Batch(), pilot.pilot_id, state=state,
                                            now=engine.clock(), reason=reason, suspect=suspect))
+    if engine.pilots.get(pilot.pilot_id) is pilot:  # counted once, by the first end
+        engine.metrics.pilot_ended(pilot.site.name, state)
     engine.drop_pilot(pilot)

@@ -369,9 +369,19 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     query_params = [p for p in spec.params if p.where == "query"]
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        metrics = request.app[ENGINE].metrics
+        started = time.perf_counter()
+        try:
+            response = await respond(request)
+        except web.HTTPException as exc:  # a redirect, which aiohttp answers itself
+            metrics.observe(spec.path, spec.method, exc.status, time.perf_counter() - started)
+            raise
+        metrics.observe(spec.path, spec.method, response.status, time.perf_counter() - started)
+        return response
+
+    async def respond(request: web.Request) -> web.StreamResponse:
         engine = request.app[ENGINE]
         auth = request.app[AUTH]
-        started = time.perf_counter()
         try:
             token = _token(request)
             principal, refused = None, None
@@ -424,8 +434,6 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             return json_response({"error": "internal server error; the server log has the "
                                            "details"}, 500)
-        finally:
-            engine.metrics.observe(spec.path, time.perf_counter() - started)
 
     return handle
 

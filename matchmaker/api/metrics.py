@@ -1,5 +1,8 @@
-"""GET /metrics: the matchmaker's counters and gauges in the Prometheus text format (version
-0.0.4), rendered here from `metrics.Metrics` and the working state.
+"""GET /metrics: the matchmaker's metrics in the Prometheus text format (version 0.0.4), written
+by `prometheus_client`: what the server counted (`metrics.Metrics`, with the process, garbage
+collector and platform collectors), then what is read from the working state at scrape time,
+gauges that say how things are now (tasks of the datasets still running, live pilots, black-hole
+hosts), and the floe and Python versions. A scrape reads memory only, never the database.
 
 Access: any user's or admin's token (the READ rule), not an open page. The matchmaker is not on
 a trusted network: pilots reach it from every site, so it faces the internet, and the metrics
@@ -10,147 +13,107 @@ made for it (`floe user add prometheus`) is all a site needs; pilot and factory 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+import platform
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
-
-from config.states import ErrorClass
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 
 from ..access import Action
 from ..engine import Engine
-from ..metrics import Histogram
-from ..storage import queries
+from ..model import DatasetStatus
 from .framework import Context, route
+from .meta import version
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LIVE_PILOT_STATES = ("busy", "idle")
+"""What a live pilot is doing: running at least one attempt, or none."""
 
 
 @route("GET", "/metrics", summary="Counters and gauges in the Prometheus text format "
        f"({CONTENT_TYPE})", tag="meta", action=Action.READ, errors=(401, 403),
        text=CONTENT_TYPE)
 async def prometheus(ctx: Context) -> Any:
-    counts = await queries.pilot_counts(ctx.engine.db)
-    return web.Response(body=render(ctx.engine, counts).encode(),
-                        headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=exposition(ctx.engine), headers={"Content-Type": CONTENT_TYPE})
 
 
-def escape_label(value: str) -> str:
-    """A label value as the text format quotes it: backslash, double quote and newline escaped."""
-    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+def exposition(engine: Engine) -> bytes:
+    """Everything /metrics shows, in the text format."""
+    for site in engine.sites.values():
+        engine.metrics.add_site(site.name)
+    return generate_latest(Exposed(engine))
 
 
-def format_value(value: float) -> str:
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+class Exposed:
+    """What one scrape exposes (a `prometheus_client` collector): the server's registry,
+    then the working state's."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.engine.metrics.registry.collect()
+        yield from working_state(self.engine)
 
 
-Labels = Mapping[str, str]
+def working_state(engine: Engine) -> Iterator[Metric]:
+    """The families read from the working state now, with the build."""
+    build = InfoMetricFamily("floe_build", "The floe and Python versions this matchmaker runs.")
+    build.add_metric([], {"version": version(), "python": platform.python_version()})
+    yield build
 
-
-class Exposition:
-    """Metric families written one after another in the Prometheus text format (version 0.0.4):
-    a HELP and a TYPE line per family, then its samples."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[Labels, float]]) -> None:
-        self._header(name, kind, help_text)
-        for labels, value in samples:
-            self._sample(name, labels, value)
-
-    def histogram(self, name: str, help_text: str, label: str,
-                  histograms: Mapping[str, Histogram]) -> None:
-        """One histogram per value of `label`: cumulative _bucket lines up to le="+Inf", then
-        _sum and _count."""
-        self._header(name, "histogram", help_text)
-        for key in sorted(histograms):
-            histogram = histograms[key]
-            cumulative = 0
-            for bound, count in zip((*histogram.buckets, math.inf), histogram.counts, strict=True):
-                cumulative += count
-                self._sample(f"{name}_bucket", {label: key, "le": format_value(float(bound))},
-                             cumulative)
-            self._sample(f"{name}_sum", {label: key}, histogram.total)
-            self._sample(f"{name}_count", {label: key}, histogram.count)
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-    def _header(self, name: str, kind: str, help_text: str) -> None:
-        help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def _sample(self, name: str, labels: Labels, value: float) -> None:
-        inside = ",".join(f'{key}="{escape_label(str(text))}"' for key, text in labels.items())
-        self.lines.append(f"{name}{{{inside}}} {format_value(value)}" if inside
-                          else f"{name} {format_value(value)}")
-
-
-def render(engine: Engine, pilot_counts: Iterable[Mapping[str, Any]]) -> str:
-    """Everything /metrics shows; `pilot_counts` are rows of (site, state, count) from the
-    database, the only figures that outlive the pilots the engine holds."""
-    metrics = engine.metrics
-    out = Exposition()
-
-    tasks: dict[tuple[str, str], int] = {}
+    tasks: dict[tuple[str, ...], int] = {}
     for dataset in engine.datasets.values():
+        if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED):
+            continue
         name = _user_name(engine, dataset.user_id)
         for state, count in dataset.summary().items():
             tasks[name, state] = tasks.get((name, state), 0) + count
-    out.family("floe_tasks", "gauge", "Tasks by owner and state (tasks of jobs not yet created "
-               "count as waiting).",
-               (({"user": user, "state": state}, count)
-                for (user, state), count in sorted(tasks.items())))
-    out.family("floe_matches_total", "counter", "Tasks handed to pilots.",
-               [({}, metrics.matches)])
-    out.family("floe_completions_total", "counter", "Attempts that ended in success.",
-               [({}, metrics.completions)])
-    failures = {error.value: 0 for error in ErrorClass} | metrics.failures
-    out.family("floe_failures_total", "counter", "Attempts that did not complete, by error "
-               "class.", (({"error_class": error}, count)
-                          for error, count in sorted(failures.items())))
-    out.family("floe_heartbeats_total", "counter", "Heartbeats of running attempts.",
-               [({}, metrics.heartbeats)])
-    out.family("floe_delivered_core_seconds_total", "counter", "CPU cores times wall seconds "
-               "of completed attempts, by owner.",
-               (({"user": _user_name(engine, user_id)}, seconds)
-                for user_id, seconds in sorted(metrics.delivered.items())))
+    yield _gauge("floe_tasks", "Tasks of the datasets that have not ended, by owner and state "
+                 "(tasks of jobs not yet created count as waiting).", ["user", "state"], tasks)
 
-    out.family("floe_pilots", "gauge", "Pilots by site and state (running, exited, lost), "
-               "as recorded.", (({"site": row["site"], "state": row["state"]}, row["count"])
-                                for row in pilot_counts))
-    idle: dict[str, int] = {site.name: 0 for site in engine.sites.values()}
+    delivered = CounterMetricFamily("floe_delivered_core_seconds", "CPU cores times wall "
+                                    "seconds of completed attempts, by owner.", labels=["user"])
+    for user_id, seconds in sorted(engine.metrics.delivered.items()):
+        delivered.add_metric([_user_name(engine, user_id)], seconds)
+    yield delivered
+
+    sites = sorted(site.name for site in engine.sites.values())
+    pilots = {(site, state): 0 for site in sites for state in LIVE_PILOT_STATES}
+    idle = {(site,): 0 for site in sites}
     for pilot in engine.pilots.values():
+        site = pilot.site.name
+        key = site, "busy" if pilot.attempts else "idle"
+        pilots[key] = pilots.get(key, 0) + 1
         if pilot.free is not None:
-            idle[pilot.site.name] = idle.get(pilot.site.name, 0) + 1
-    out.family("floe_idle_pilots", "gauge", "Running pilots whose last ask got no task, by "
-               "site.", (({"site": site}, count) for site, count in sorted(idle.items())))
-    out.family("floe_empty_asks_total", "counter", "Asks of pilots answered with no task.",
-               [({}, metrics.empty_asks)])
-    out.family("floe_empty_pilots_total", "counter", "Pilots that signed off without ever "
-               "being given a task, by site.",
-               (({"site": site}, count) for site, count in sorted(metrics.empty_pilots.items())))
-    kept_out: dict[str, int] = {}
-    for suspect in engine.black_holes.current(engine.clock()):
-        kept_out[suspect.site] = kept_out.get(suspect.site, 0) + 1
-    out.family("floe_black_hole_hosts", "gauge", "Hosts that get no work now because tasks "
-               "failed there one after another (black holes), by site.",
-               (({"site": site}, count) for site, count in sorted(kept_out.items())))
-    out.family("floe_black_holes_found_total", "counter", "Hosts found to be black holes.",
-               [({}, engine.black_holes.found)])
+            idle[site,] = idle.get((site,), 0) + 1
+    yield _gauge("floe_pilots", "Live pilots by site and state (busy: running an attempt; "
+                 "idle: running none).", ["site", "state"], pilots)
+    yield _gauge("floe_idle_pilots", "Live pilots whose last ask got no task, by site (busy "
+                 "ones with room left among them).", ["site"], idle)
 
-    out.histogram("floe_request_duration_seconds", "Time to answer API requests, by route.",
-                  "route", metrics.latency)
-    return out.text()
+    kept_out = {(site,): 0 for site in sites}
+    for suspect in engine.black_holes.current(engine.clock()):
+        kept_out[suspect.site,] = kept_out.get((suspect.site,), 0) + 1
+    yield _gauge("floe_black_hole_hosts", "Hosts that get no work now because tasks failed "
+                 "there one after another (black holes), by site.", ["site"], kept_out)
+    yield CounterMetricFamily("floe_black_holes_found", "Hosts found to be black holes.",
+                              value=engine.black_holes.found)
+
+
+def _gauge(name: str, help_text: str, labels: list[str],
+           counts: dict[tuple[str, ...], int]) -> Metric:
+    family = GaugeMetricFamily(name, help_text, labels=labels)
+    for values, count in sorted(counts.items()):
+        family.add_metric(list(values), count)
+    return family
 
 
 def _user_name(engine: Engine, user_id: int) -> str:
