@@ -199,6 +199,17 @@ def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
           f"{counted(d['tasks_per_job'], 'task')} each: {', '.join(d['task_names'])}")
     print(f"  {progress_bar(counts, 40)} {percent_ended(counts)}% done")
     print("  tasks: " + ", ".join(f"{s} {counts[s]}" for s in STATES))
+    archived = d.get("archived")
+    if archived:
+        print(f"  archived: {archived['attempts']:,} attempts in {archived['path']} "
+              f"({archived['bytes']:,} bytes); it cannot be reset, grown or steered")
+    elif d.get("archiving"):
+        print("  being archived")
+    elif d.get("archive_error"):
+        print(f"  its archive failed: {d['archive_error']}")
+    if len(d.get("config_versions") or ()) > 1:
+        print(f"  config version {d['config_versions'][-1]['version']} for new jobs "
+              f"(floe steering {d['id']} lists them)")
     for kind in d.get("waiting") or []:
         print(f"  {counted(kind['tasks'], kind['task'] + ' task')} ready: {kind['why']}")
     overall = [s for s in statistics if s["task"] is None]

@@ -46,6 +46,9 @@ def backup(source: Path, target: Path, force: bool = False) -> dict[str, Any]:
                           "replace it")
     if target.resolve() == source.resolve():
         raise BackupError(f"{target} is the database itself: choose another name")
+    if not target.parent.is_dir():
+        raise BackupError(f"{target.parent} is not a folder: make it first, or choose another "
+                          "place for the copy")
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     started = time.monotonic()
     reader = writer = None
@@ -124,7 +127,8 @@ def _run_db(args: argparse.Namespace) -> int:
               f"{done['datasets']:,} datasets, {done['attempts']:,} attempts; "
               f"{done['log_and_archive_files']:,} log and archive files beside it) in "
               f"{done['seconds']} s; to restore it, stop the server, put it where --db points "
-              "(removing the old file's -wal and -shm), and start the server")
+              "(removing the old file's -wal and -shm) with its .logs and .archive folders "
+              "beside it under the database's name, and start the server")
     return 0
 
 

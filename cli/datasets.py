@@ -26,6 +26,13 @@ def _datasets_fetch(client: Client, args: argparse.Namespace) -> Any:
     return client.get("/api/v1/datasets", owner=args.owner, status=args.status)
 
 
+def _status(dataset: dict[str, Any]) -> str:
+    """Its status, and whether its attempts are archived (or being archived)."""
+    if dataset.get("archived"):
+        return f"{dataset['status']}, archived"
+    return f"{dataset['status']}, archiving" if dataset.get("archiving") else dataset["status"]
+
+
 def _datasets_show(data: Any, args: argparse.Namespace) -> None:
     if not data["datasets"]:
         print("no datasets match" if args.owner or args.status else
@@ -33,7 +40,7 @@ def _datasets_show(data: Any, args: argparse.Namespace) -> None:
         return
     print(table(["ID", "OWNER", "STATUS", "PRIORITY", "JOBS", *(s.upper() for s in STATES),
                  "AGE", "DESCRIPTION"],
-                [[d["id"], d["owner"], d["status"], d["priority"], d["jobs"],
+                [[d["id"], d["owner"], _status(d), d["priority"], d["jobs"],
                   *(d["tasks"][s] for s in STATES), age(d["created"]), d["description"][:40]]
                  for d in data["datasets"]]))
 

@@ -78,6 +78,8 @@ def _steering_fetch(client: Client, args: argparse.Namespace) -> Any:
         if not equals or not name:
             raise ClientError(f"{given!r} is not NAME=VALUE (for example seed=42 or "
                               "gcd=\"/data/gcd-2.i3\")", 2)
+        if name in values:
+            raise ClientError(f"{name} is given twice; give each steering value once", 2)
         try:
             values[name] = json.loads(text)
         except ValueError:
@@ -87,12 +89,14 @@ def _steering_fetch(client: Client, args: argparse.Namespace) -> Any:
 
 def _steering_show(answer: Any, args: argparse.Namespace) -> None:
     if "versions" in answer:
-        for version in answer["versions"]:
+        versions = answer["versions"]
+        for version in versions:
             changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in version["changed"].items())
             print(f"version {version['version']}: from job {version['first_job']:,}"
                   + (f", {changed}" if changed else " (as submitted)")
                   + (f", by {version['by']}" if version["by"] and version["version"] > 1
-                     else ""))
+                     else "") + (" (current: new jobs get it)" if len(versions) > 1 and
+                                 version is versions[-1] else ""))
         return
     used = answer["jobs_using_it"]
     print(f"dataset {answer['dataset']['id']}: steering version {answer['version']} applies "
@@ -110,9 +114,17 @@ def _delete_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _delete_fetch(client: Client, args: argparse.Namespace) -> Any:
     if not args.yes:
+        dataset = client.get(f"/api/v1/datasets/{args.dataset}")
+        if dataset["status"] not in ("complete", "failed") \
+                or dataset["jobs_created"] < dataset["jobs"]:
+            raise ClientError(f"dataset {args.dataset} is {dataset['status']}: only an ended "
+                              f"dataset can be deleted; abort it first (floe abort "
+                              f"{args.dataset})")
+        keep = "" if dataset.get("archived") else \
+            " (`floe archive` keeps them readable instead)"
         raise ClientError(f"this removes dataset {args.dataset} and every attempt, log and "
-                          "statistic of it for good (`floe archive` keeps them readable "
-                          "instead); run again with --yes to delete it", 2)
+                          f"statistic of it for good{keep}; run again with --yes to delete it",
+                          2)
     return client.request("DELETE", f"/api/v1/datasets/{args.dataset}")
 
 

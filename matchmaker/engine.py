@@ -43,6 +43,13 @@ from .storage.logstore import LogStore
 log = logging.getLogger(__name__)
 
 
+def deleted_by(engine: Engine, row: Any) -> str:
+    """"deleted by alice at 2026-12-06 09:00 UTC", from a dataset's `retired` row."""
+    user = engine.users.get(row["user_id"])
+    return (f"deleted by {user.name if user else 'a removed user'} at "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(row['time']))}")
+
+
 @dataclass
 class User:
     user_id: int
@@ -201,6 +208,8 @@ class Engine:
         """Where archived datasets keep their attempts (`records`)."""
         self.retired: set[int] = set()
         """Datasets being archived or deleted (`retiring`): every other action is refused."""
+        self.deleted: dict[int, str] = {}
+        """Datasets deleted: who deleted them, and when, for the answer to a later request."""
         self.retire_errors: dict[int, str] = {}
         """Why a dataset's archive, made in the background, failed (`retiring`)."""
         self.black_holes = BlackHoles(settings)
@@ -307,6 +316,8 @@ class Engine:
         now = self.clock()
         await self.refresh_accounts()
         for row in await queries.retired(db):
+            if row["kind"] == "deleted":
+                self.deleted[row["dataset_id"]] = deleted_by(self, row)
             if row["kind"] == "archived":  # where it is now (a restored copy moves it)
                 self.archived.add({**row, "path": str(archive_file(self.settings.database,
                                                                    row["dataset_id"]))})

@@ -18,7 +18,7 @@ from typing import Any
 
 from config.dataset import MAX_JOBS
 
-from .engine import Engine, User
+from .engine import Engine, User, deleted_by
 from .errors import Conflict
 from .model import DatasetState, DatasetStatus
 from .storage import archive, queries, writes
@@ -98,12 +98,13 @@ async def _archive(engine: Engine, dataset: DatasetState, user: User) -> dict[st
         written = await asyncio.to_thread(archive.write, engine.settings.database, dataset.id,
                                           engine.logs)
         low, high = _span(dataset)
-        detail = (f"{written.attempts:,} attempts and {written.logs:,} full logs archived by "
-                  f"{user.name} into {written.path} ({written.bytes:,} bytes)")
+        detail = (f"{written.attempts:,} attempts and {written.logs:,} full logs moved into "
+                  f"{written.path} ({written.bytes:,} bytes)")
 
         def job(conn: Any) -> dict[str, Any]:
-            held = writes.attempt_span(conn, low, high)
-            if held != (written.attempts, written.first_attempt, written.last_attempt):
+            # Attempts come only by dispatch, which an ended dataset has none of: the highest
+            # id proves that none came after the archive's snapshot.
+            if writes.last_attempt(conn, dataset.id) != written.last_attempt:
                 raise Conflict(f"dataset {dataset.id} gained attempts while it was archived; "
                                "try again")
             return writes.retire_dataset(
@@ -117,7 +118,7 @@ async def _archive(engine: Engine, dataset: DatasetState, user: User) -> dict[st
         except BaseException:
             written.path.unlink(missing_ok=True)
             raise
-        log.info("dataset %d: %s", dataset.id, detail)
+        log.info("dataset %d archived by %s: %s", dataset.id, user.name, detail)
         dataset.watch.changed()
         await _purge(engine, dataset.id, low, high, everything=False)
         return row
@@ -133,12 +134,17 @@ async def delete_dataset(engine: Engine, dataset: DatasetState, user: User,
     _claim(engine, dataset, "deleted")
     low, high = _span(dataset)
     was = engine.archived.info.get(dataset.id)
+    try:  # counted on the reader: an ended dataset gains no attempts
+        count, first, last = await queries.attempt_span(engine.db, dataset.id)
+    except BaseException:
+        _release(engine, dataset.id)
+        raise
 
     def plan() -> Any:  # at its turn, from what memory then says
         _check_still_ended(dataset)
 
         def job(conn: Any) -> dict[str, Any]:
-            count, first, last = writes.attempt_span(conn, low, high)
+            nonlocal count, first, last
             if was is not None:  # its archived attempts count, and keep their ids taken
                 count += was["attempts"]
                 firsts = [x for x in (first, was["first_attempt"]) if x is not None]
@@ -147,10 +153,11 @@ async def delete_dataset(engine: Engine, dataset: DatasetState, user: User,
             return writes.retire_dataset(
                 conn, dataset.id, kind="deleted", now=engine.clock(), user_id=user.user_id,
                 attempts=count, first=first, last=last, path=None, size=None,
-                detail=f"deleted by {user.name}, with its {count:,} attempts")
+                detail=f"with its {count:,} attempts")
         return job
 
-    def forget(_: Any) -> None:
+    def forget(row: dict[str, Any]) -> None:
+        engine.deleted[dataset.id] = deleted_by(engine, row)
         engine.forget_dataset(dataset)
         engine.archived.drop(dataset.id)
         dataset.watch.changed()

@@ -48,8 +48,7 @@ async def change(engine: Engine, dataset: DatasetState, user: User,
         version = SteeringVersion(dataset.versions[-1].version + 1, dataset.materialized,
                                   steering, now, user.user_id)
         made["version"] = version
-        detail = (f"version {version.version} from job {version.first_job:,}: {said} "
-                  f"(by {user.name})")
+        detail = f"version {version.version} from job {version.first_job:,}: {said}"
         return lambda conn: writes.add_steering_version(
             conn, dataset.id, version=version.version, first_job=version.first_job,
             steering=steering, user_id=user.user_id, now=now, detail=detail)

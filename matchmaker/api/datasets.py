@@ -24,7 +24,9 @@ LIMIT = Param("limit", int, 100, "page size", minimum=1, maximum=1000)
 def find(ctx: Context) -> DatasetState:
     dataset = ctx.engine.datasets.get(ctx.params["dataset_id"])
     if dataset is None:
-        raise NotFound(f"there is no dataset {ctx.params['dataset_id']}")
+        wanted = ctx.params["dataset_id"]
+        gone = ctx.engine.deleted.get(wanted)
+        raise NotFound(f"there is no dataset {wanted}" + (f": it was {gone}" if gone else ""))
     return dataset
 
 

@@ -18,6 +18,7 @@ import asyncio
 import gzip
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,9 +76,13 @@ class LogStore:
     @staticmethod
     def _save(path: Path, data: bytes) -> int:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        # A name of its own: two uploads of one log (a pilot's retry beside an outbox's
+        # delivery) each write theirs, and the last renamed in place wins, whole.
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial",
+                                        dir=path.parent)
+        partial = Path(name)
         try:
-            with open(partial, "wb") as raw:
+            with os.fdopen(handle, "wb") as raw:
                 with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=LEVEL, mtime=0) as out:
                     out.write(data)
                 raw.flush()

@@ -253,6 +253,13 @@ async def attempt_log(db: Database, attempt_id: int, stream: str) -> Any:
         " WHERE a.attempt_id = ?", (stream, attempt_id))
 
 
+async def attempt_span(db: Database, dataset_id: int) -> tuple[int, int | None, int | None]:
+    """(count, first id, last id) of a dataset's attempts."""
+    row = await db.fetchone("SELECT count(*) AS n, min(attempt_id) AS first, max(attempt_id)"
+                            " AS last FROM attempts WHERE dataset_id = ?", (dataset_id,))
+    return row["n"], row["first"], row["last"]
+
+
 async def retired(db: Database) -> list[Any]:
     """The datasets archived or deleted, with where their attempts went."""
     return await db.fetchall("SELECT * FROM retired ORDER BY dataset_id")

@@ -415,13 +415,11 @@ def set_dataset_status(conn: sqlite3.Connection, dataset_id: int, status: str, p
     conn.execute(ADD_EVENT.sql, (now, dataset_id, *event))
 
 
-def attempt_span(conn: sqlite3.Connection, low: int, high: int) -> tuple[int, int | None,
-                                                                          int | None]:
-    """(count, first id, last id) of the attempts of the tasks with ids in [low, high)."""
-    count, first, last = conn.execute(
-        "SELECT count(*), min(attempt_id), max(attempt_id) FROM attempts"
-        " WHERE task_id >= ? AND task_id < ?", (low, high)).fetchone()
-    return count, first, last
+def last_attempt(conn: sqlite3.Connection, dataset_id: int) -> int | None:
+    """The highest attempt id of a dataset (read off the attempts' dataset index at once,
+    however many it has)."""
+    return conn.execute("SELECT max(attempt_id) FROM attempts WHERE dataset_id = ?",
+                        (dataset_id,)).fetchone()[0]
 
 
 def retire_dataset(conn: sqlite3.Connection, dataset_id: int, *, kind: str, now: float,

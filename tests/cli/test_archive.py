@@ -87,6 +87,8 @@ def test_logs_leave_the_database_and_an_archived_dataset_reads_as_before(
         summary = matchmaker.get(f"/datasets/{dataset}")
         assert summary["archived"]["attempts"] == 3 and summary["archived"]["path"] == \
             str(archive)
+        status, out, _ = run(capsys, "datasets", *user)
+        assert "failed, archived" in out
     # An archived dataset is not run again, and its attempt ids stay taken.
     status, _, err = run(capsys, "reset", str(dataset), "--all", *user)
     assert status == 1 and f"dataset {dataset} is archived" in err
@@ -102,8 +104,10 @@ def test_logs_leave_the_database_and_an_archived_dataset_reads_as_before(
     assert status == 1 and "run again with --yes" in err
     answer = run_json(capsys, "delete", str(dataset), "--yes", *user)
     assert answer["deleted"]["attempts"] == 3
-    status, _ = matchmaker.api("GET", f"/datasets/{dataset}")
+    status, answer = matchmaker.api("GET", f"/datasets/{dataset}")
     assert status == 404
+    assert answer["error"].startswith(f"there is no dataset {dataset}: it was deleted by alice "
+                                      "at 20")
     wait_for(lambda: not archive.exists(), 30, "the archive to be removed")
     for table in ("tasks", "jobs", "statistics"):
         wait_for(lambda table=table: _rows(matchmaker.db, f"SELECT count(*) FROM {table} WHERE"
@@ -118,8 +122,7 @@ def test_logs_leave_the_database_and_an_archived_dataset_reads_as_before(
 def test_only_an_ended_dataset_leaves_and_only_its_owner_or_an_admin_removes_it(
         matchmaker: LiveMatchmaker, capsys):
     dataset = matchmaker.submit(ONE)  # no pilot: it stays processing
-    for verb in ("archive", "delete"):
-        extra = ["--yes"] if verb == "delete" else []
+    for verb, extra in (("archive", []), ("delete", ["--yes"]), ("delete", [])):
         status, _, err = run(capsys, verb, str(dataset), *extra, *as_user(matchmaker))
         assert status == 1
         assert f"dataset {dataset} is processing: only an ended dataset can be" in err

@@ -68,6 +68,10 @@ def test_wrong_input_is_one_sentence(tmp_path: Path, capsys):
                                        "the file `floe server` uses\n")
     other = tmp_path / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    nowhere = tmp_path / "no-such-folder" / "copy.sqlite"
+    assert floe(["db", "backup", str(nowhere), "--db", str(other)]) == 1
+    assert capsys.readouterr().err == (f"floe db backup: {nowhere.parent} is not a folder: make "
+                                       "it first, or choose another place for the copy\n")
     assert floe(["db", "backup", str(tmp_path / "y.sqlite"), "--db", str(other)]) == 1
     assert "is not a floe matchmaker database" in capsys.readouterr().err
     existing = tmp_path / "exists.sqlite"

@@ -96,6 +96,11 @@ def test_steering_changed_after_submission_runs_in_the_jobs_added_after_it(
     assert out.splitlines()[2].split()[1:3] == ["complete", "2"]
     status, out, err = run(capsys, "steering", str(dataset), *user)
     assert (status, out) == (0, 'version 1: from job 0 (as submitted)\n'
-                                'version 2: from job 2, greeting="bye", by alice\n'), err
+                                'version 2: from job 2, greeting="bye", by alice (current: new '
+                                'jobs get it)\n'), err
     status, _, err = run(capsys, "steering", str(dataset), "greeting", *user)
     assert status == 1 and "'greeting' is not NAME=VALUE" in err
+    status, _, err = run(capsys, "steering", str(dataset), "greeting=a", "greeting=b", *user)
+    assert status == 1 and "greeting is given twice" in err
+    status, out, _ = run(capsys, "status", str(dataset), *user)
+    assert "config version 2 for new jobs" in out

@@ -11,6 +11,7 @@ import pytest
 
 from matchmaker.storage import files, queries, writes
 from matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
+from matchmaker.storage.logstore import LogStore
 from matchmaker.storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
@@ -403,3 +404,11 @@ async def test_the_watchdog_says_when_writes_stall_and_when_they_flow_again(tmp_
         assert any(m.startswith("database writes flow again after") for m in said)
     finally:
         await db.close()
+
+
+async def test_uploads_of_one_log_at_once_leave_one_whole_log(tmp_path):
+    store = LogStore(tmp_path / "floe.sqlite.logs")
+    texts = [bytes([65 + n]) * (200_000 + n) for n in range(8)]
+    await asyncio.gather(*(store.save(3, 42, "stdout", text) for text in texts))
+    assert await store.read(3, 42, "stdout") in texts
+    assert sorted(p.name for p in store.dataset_dir(3).rglob("*")) == ["0", "42.stdout.gz"]
