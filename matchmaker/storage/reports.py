@@ -1,5 +1,6 @@
-"""Read-only aggregates behind the web pages: attempts ended per hour, completion rates, error
-summaries, and how each site's pilots and attempts have fared (run on the reader).
+"""Read-only aggregates behind the web pages: attempts ended per hour, completion rates, a
+dataset's latest attempts for its charts, and how each site's pilots have fared (run on the
+reader).
 
 Each query reads a bounded slice through an index: a time window through `attempts_ended`, the
 most recent attempts of a dataset through `attempts_dataset`, the most recent pilots through the
@@ -12,7 +13,7 @@ from typing import Any
 
 from .database import Database
 
-RECENT_ATTEMPTS = 100_000
+RECENT_ATTEMPTS = 20_000
 RECENT_PILOTS = 10_000
 
 
@@ -35,17 +36,18 @@ async def completed_since(db: Database, since: float) -> dict[int, int]:
     return {row["dataset_id"]: row["n"] for row in rows}
 
 
-async def errors(db: Database, dataset_id: int, limit: int = 20,
-                 recent: int = RECENT_ATTEMPTS) -> list[dict[str, Any]]:
-    """The dataset's most common (error class, message) pairs among its `recent` latest
-    attempts, with a count and the task of the latest attempt that had each."""
-    # A bare column beside max() comes from the row that holds the maximum (SQLite's rule).
+async def recent_attempts(db: Database, dataset_id: int,
+                          recent: int = RECENT_ATTEMPTS) -> list[dict[str, Any]]:
+    """The dataset's `recent` latest attempts, newest first, as the dataset page's charts need
+    them: where each ran, its state and end, its wall time and peak memory, and for those that
+    did not complete, the error class, message and the end of stderr (its last 400 characters:
+    enough for the last line, without reading every tail whole)."""
     rows = await db.fetchall(
-        "SELECT error_class, error_message, count(*) AS count, max(attempt_id) AS attempt_id,"
-        " task_id FROM (SELECT attempt_id, task_id, error_class, error_message FROM attempts"
-        " WHERE dataset_id = ? ORDER BY attempt_id DESC LIMIT ?) WHERE error_class IS NOT NULL"
-        " GROUP BY error_class, error_message ORDER BY count DESC, attempt_id DESC LIMIT ?",
-        (dataset_id, recent, limit))
+        "SELECT attempt_id, task_id, site, host, state, started, ended, wall_time, peak_memory,"
+        " error_class, CASE WHEN error_class IS NOT NULL THEN error_message END AS error_message,"
+        " CASE WHEN error_class IS NOT NULL THEN substr(stderr_tail, -400) END AS stderr_end"
+        " FROM attempts WHERE dataset_id = ? ORDER BY attempt_id DESC LIMIT ?",
+        (dataset_id, recent))
     return [dict(r) for r in rows]
 
 

@@ -1,9 +1,13 @@
-"""The overview of every dataset, one dataset's page (config, tasks, jobs, statistics, errors,
-completion chart), and the actions its owner or an admin takes there."""
+"""The overview of every dataset, one dataset's page, and the actions its owner or an admin takes
+there. A dataset's page opens with its state, its progress over time and when it would be done,
+then what went wrong (grouped by what stderr said, by site and by host) and how long its tasks
+ran and how much memory they used against what they asked for; its tables (tasks, statistics,
+jobs, config, history) follow, paged."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +25,7 @@ from ..model import DatasetState, DatasetStatus
 from ..storage import queries, reports
 from ..views import summary
 from ..waiting import Explainer
-from . import charts, history
+from . import charts, history, outcomes
 from .history import HISTORY
 from .html import Child, Markup, ago, duration, join, link, number, percent, size, table, tag, when
 from .page import View, href, page, redirect
@@ -158,29 +162,207 @@ async def dataset_page(view: View) -> web.StreamResponse:
         facts.append(("Archive", f"failed: {info['archive_error']}"))
     state_rows = [[state_badge(s), f"{counts[s]:,}", percent(counts[s], dataset.total_tasks)]
                   for s in TASK_STATES]
+    # An archived dataset's attempts are in its zip: its charts are not drawn from there.
+    rows = [] if info["archived"] else await reports.recent_attempts(engine.db, dataset.id)
     title = f"Dataset {dataset.id}"
     return view.render(
         title,
         tag("h1", title, tag("span", dataset.config.description, class_="sub")),
         tag("p", notice, class_="notice", role="status") if notice else None,
         tag("section",
+            _headline(view, dataset, counts, rows),
             charts.progress(counts), charts.legend(),
-            tag("div", tag("dl", ((tag("dt", k), tag("dd", v)) for k, v in facts),
-                           class_="facts"),
-                table(["State", "Tasks", "Share"], state_rows, numeric=(1, 2)),
+            tag("div", _over_time(view, dataset, counts, rows, info["archived"]),
+                tag("div", tag("dl", ((tag("dt", k), tag("dd", v)) for k, v in facts),
+                               class_="facts"),
+                    table(["State", "Tasks", "Share"], state_rows, numeric=(1, 2))),
                 class_="columns"),
             _actions(view, dataset) if view.may_change(dataset) else None,
             class_="summary"),
         _waiting(view, dataset),
+        _errors(dataset, rows, info["archived"]),
+        _resources(dataset, rows, info["archived"]),
         await _tasks(view, dataset),
-        await _errors(view, dataset),
-        tag("section", tag("h2", "Completions per hour (UTC)"),
-            charts.per_hour(history.by_state(
-                await view.request.app[HISTORY].last_day(engine.db, now), dataset.id), now)),
         await _statistics(view, dataset),
         await _jobs(view, dataset),
         _config(dataset),
         await _events(view, dataset))
+
+
+# -- what the latest attempts say -------------------------------------------------------------
+
+def _ended(dataset: DatasetState) -> bool:
+    return dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED) \
+        and dataset.materialized == dataset.jobs
+
+
+def _remaining(counts: dict[str, int]) -> int:
+    return sum(counts[s] for s in ("waiting", "ready", "processing", "suspended"))
+
+
+def _estimate(view: View, dataset: DatasetState, counts: dict[str, int],
+              rows: list[dict[str, Any]]) -> outcomes.Estimate:
+    return outcomes.estimate(outcomes.ends(rows)["complete"], _remaining(counts), view.now,
+                             dataset.dataset.created)
+
+
+def _headline(view: View, dataset: DatasetState, counts: dict[str, int],
+              rows: list[dict[str, Any]]) -> Markup:
+    """The state, the share done, and when the rest would be done."""
+    total = dataset.total_tasks
+    complete = counts["complete"]
+    done = f"{complete:,} of {total:,} tasks complete ({percent(complete, total)})"
+    if counts["failed"]:
+        done += f", {counts['failed']:,} failed"
+    if _ended(dataset):
+        last = max((r["ended"] for r in rows if r["ended"] is not None), default=None)
+        finish: Child = join(["Ended", [" ", when(last)] if last else None, "."])
+    elif dataset.status == DatasetStatus.SUSPENDED:
+        finish = "No estimate: the dataset is suspended."
+    elif not _remaining(counts):
+        finish = "Nothing is left to run."
+    else:
+        guess = _estimate(view, dataset, counts, rows)
+        finish = f"No estimate: {guess.why}." if guess.seconds is None else join([
+            f"About {duration(guess.seconds)} to go (done around ",
+            when(view.now + guess.seconds), f" UTC), at {number(guess.per_hour)} tasks an "
+            f"hour, the rate of the last {duration(guess.window)}."])
+    return tag("div", state_badge(dataset.status), tag("strong", done),
+               tag("span", finish, class_="eta"), class_="headline")
+
+
+def _archived_note(archived: dict[str, Any]) -> Markup:
+    return tag("p", f"Its {archived['attempts']:,} attempts are archived in {archived['path']}, "
+                    "where this page does not read them for its charts; each task's page reads "
+                    "its attempts from there.", class_="hint archived")
+
+
+def _from_rows(rows: list[dict[str, Any]]) -> str:
+    """Which attempts a chart is drawn from."""
+    if len(rows) >= reports.RECENT_ATTEMPTS:
+        return (f"From the dataset's latest {len(rows):,} attempts, since "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(rows[-1]['started']))} UTC; "
+                "older ones are left out.")
+    return f"From all {len(rows):,} attempts of the dataset."
+
+
+def _over_time(view: View, dataset: DatasetState, counts: dict[str, int],
+               rows: list[dict[str, Any]], archived: dict[str, Any] | None) -> Markup:
+    heading = tag("h2", "Progress over time")
+    if archived:
+        return tag("div", heading, _archived_note(archived), id="progress")
+    ended = outcomes.ends(rows)
+    if not ended["complete"] and not ended["failed"]:
+        return tag("div", heading, tag("p", "No attempt has ended yet.", class_="empty"),
+                   id="progress")
+    now = view.now
+    start = dataset.dataset.created if len(rows) < reports.RECENT_ATTEMPTS \
+        else rows[-1]["started"]
+    if _ended(dataset):
+        last = max(ended["complete"][-1:] + ended["failed"][-1:])
+        chart = charts.over_time(ended, start, last + (last - start) / 50, dataset.total_tasks)
+    else:
+        guess = _estimate(view, dataset, counts, rows)
+        finish, end = None, now
+        if guess.seconds is not None and dataset.status != DatasetStatus.SUSPENDED:
+            finish = (now + guess.seconds, len(ended["complete"]) + _remaining(counts))
+            end = now + min(guess.seconds, (now - start) / 2)
+        chart = charts.over_time(ended, start, end, dataset.total_tasks, now, finish)
+    return tag("div", heading, chart, tag("p", _from_rows(rows), class_="hint"), id="progress")
+
+
+def _errors(dataset: DatasetState, rows: list[dict[str, Any]],
+            archived: dict[str, Any] | None) -> Markup:
+    heading = tag("h2", "Errors")
+    if archived:
+        return tag("section", heading, _archived_note(archived), id="errors")
+    groups, found = outcomes.error_groups(rows)
+    listing = table(
+        ["What it said", "Error class", "Attempts", "Tasks", "Hosts", "Example"],
+        ([join([tag("code", g.said, class_="said"),
+                tag("small", "e.g. ", g.example) if g.example != g.said else None]),
+          tag("code", g.error_class), f"{g.count:,}", f"{len(g.tasks):,}", f"{len(g.hosts):,}",
+          link(f"/tasks/{g.task_id}#attempt-{g.attempt_id}", f"attempt {g.attempt_id}",
+               class_="nowrap")] for g in groups),
+        empty="No attempt of this dataset has failed.", numeric=(2, 3, 4), class_="cards errors")
+    more = f" The {len(groups)} most common of {found} are shown." if found > len(groups) else ""
+    sites = outcomes.failures_by(rows, lambda r: r["site"])
+    hosts = outcomes.failures_by(rows, lambda r: r["host"])
+    failing = [h for h in hosts if h.failed]
+    shown = failing[:10]
+    note = _other_hosts(len(failing) - len(shown), len(hosts) - len(failing))
+    return tag(
+        "section", heading, listing,
+        tag("p", "Grouped by the last line that stderr said (the error message where it said "
+                 "nothing), with numbers, paths and hex values written as <n>, <path> and "
+                 f"<hex>. {_from_rows(rows)}{more}", class_="hint") if groups else None,
+        tag("div",
+            tag("div", tag("h3", "Failures by site"), _places("Site", sites)),
+            tag("div", tag("h3", "Failures by host"), _places("Host", shown, "No host has "
+                                                             "had a failure."),
+                tag("p", note, class_="hint") if note else None),
+            class_="columns places"),
+        id="errors")
+
+
+def _other_hosts(failing: int, fine: int) -> str | None:
+    """What the hosts table leaves out: hosts with fewer failures, and hosts with none."""
+    said = [f"{failing:,} more {'host' if failing == 1 else 'hosts'} with fewer failures"
+            if failing else "",
+            f"{fine:,} {'host' if fine == 1 else 'hosts'} with none" if fine else ""]
+    return "Not shown: " + " and ".join(s for s in said if s) + "." if any(said) else None
+
+
+def _places(what: str, places: list[outcomes.Place], empty: str = "No attempt has ended yet."
+            ) -> Markup:
+    return table(
+        [what, "Ended", "Failed", "Share failed"],
+        ([tag("span", p.name, class_="nowrap"), f"{p.ended:,}", f"{p.failed:,}",
+          join([charts.fraction(p.failed / p.ended if p.ended else 0.0),
+                percent(p.failed, p.ended)])] for p in places),
+        empty=empty, numeric=(1, 2, 3))
+
+
+def _resources(dataset: DatasetState, rows: list[dict[str, Any]],
+               archived: dict[str, Any] | None) -> Markup:
+    heading = tag("h2", "Runtime and memory per task")
+    if archived:
+        return tag("section", heading, _archived_note(archived), id="resources")
+
+    def task_index(task_id: int) -> int:
+        return dataset.locate(task_id)[1]
+    runtimes = outcomes.spread(rows, task_index, outcomes.runtime)
+    memory = outcomes.spread(rows, task_index, outcomes.peak_memory)
+    if not runtimes and not memory:
+        return tag("section", heading, tag("p", "No attempt has ended yet.", class_="empty"),
+                   id="resources")
+    parts: list[Child] = [heading]
+    for index, spec in enumerate(dataset.config.tasks):
+        req = spec.requirements
+        figures = [_figure("Runtime", runtimes.get(index), req.walltime, "seconds", spec.name),
+                   _figure("Peak memory", memory.get(index), req.memory, "bytes", spec.name)]
+        parts.append(tag("h3", spec.name))
+        parts.append(tag("div", figures, class_="columns"))
+    parts.append(tag("p", "Attempts that completed (green) and failed (red, stacked above); the "
+                          "dashed line is what the task asked for. " + _from_rows(rows),
+                     class_="hint"))
+    return tag("section", parts, id="resources")
+
+
+def _figure(what: str, values: dict[str, list[float]] | None, requested: float, unit: str,
+            task: str) -> Markup:
+    fmt = size if unit == "bytes" else duration
+    if not values:
+        return tag("figure", tag("figcaption", what),
+                   tag("p", f"No attempt of {task} has measured it yet.", class_="empty"))
+    every = sorted(v for found in values.values() for v in found)
+    largest = every[-1]
+    summary = (f"{len(every):,} attempts; median {fmt(every[len(every) // 2])}, 95% at most "
+               f"{fmt(every[min(len(every) - 1, int(0.95 * len(every)))])}, largest "
+               f"{fmt(largest)}: {percent(largest, requested)} of the {fmt(requested)} asked")
+    return tag("figure", tag("figcaption", what),
+               charts.histogram(values, requested, unit, f"{what.lower()} of {task}"),
+               tag("p", summary, class_="hint"))
 
 
 def _actions(view: View, dataset: DatasetState) -> Markup:
@@ -246,7 +428,7 @@ def _waiting(view: View, dataset: DatasetState) -> Markup | None:
     return tag("section", tag("h2", "Why ready tasks wait"), table(
         ["Task", "Ready", "Why"],
         ([k["task"], f"{k['tasks']:,}", tag("span", k["why"], class_="reason")] for k in kinds),
-        numeric=(1,)), id="waiting")
+        numeric=(1,), class_="cards waiting"), id="waiting")
 
 
 async def _tasks(view: View, dataset: DatasetState) -> Markup:
@@ -284,7 +466,7 @@ async def _tasks(view: View, dataset: DatasetState) -> Markup:
               class_="reason")] for r in rows),
         empty="No tasks match these filters" + ("" if dataset.materialized
                                                  else " (jobs are still being created)") + ".",
-        numeric=(1, 4, 5))
+        numeric=(1, 4, 5), class_="cards tasks")
     more = {"state": state, "task": name, "job": job_text}
     paging = tag("p",
                  link(href(f"/datasets/{dataset.id}", **more) + "#tasks", "First page")
@@ -318,16 +500,6 @@ async def _jobs(view: View, dataset: DatasetState) -> Markup:
     return tag("section", tag("h2", "Jobs"), filters, body, paging, id="jobs")
 
 
-async def _errors(view: View, dataset: DatasetState) -> Markup:
-    rows = await reports.errors(view.engine.db, dataset.id)
-    return tag("section", tag("h2", "Errors"), table(
-        ["Error class", "Message", "Attempts", "Latest"],
-        ([tag("code", r["error_class"]), tag("span", r["error_message"] or "", class_="reason"),
-          f"{r['count']:,}", link(f"/tasks/{r['task_id']}#attempt-{r['attempt_id']}",
-                                 f"task {r['task_id']}")] for r in rows),
-        empty="No attempt of this dataset has failed.", numeric=(2,)), id="errors")
-
-
 def resource_value(name: str, value: float | None) -> str:
     """A resource statistic in its unit: sizes for memory and disk, durations for times."""
     if "memory" in name or "disk" in name:
@@ -355,7 +527,7 @@ async def _statistics(view: View, dataset: DatasetState) -> Markup:
              for r in sorted(shown, key=lambda r: (r["name"], r["task_index"] is None,
                                                    r["task_index"] or 0))),
             empty="Nothing yet: statistics come with completed attempts.",
-            numeric=range(2, 8)))
+            numeric=range(2, 8), class_="cards"))
     return tag("section", parts, id="statistics")
 
 

@@ -70,7 +70,7 @@ async def pilots_page(view: View) -> web.StreamResponse:
          "Last seen", "Exit"],
         (_pilot_row(view, r) for r in rows),
         empty=f"No {'' if state == 'any' else state + ' '}pilots"
-              + (f" at {site_name}" if site_name else "") + ".")
+              + (f" at {site_name}" if site_name else "") + ".", class_="cards pilots")
     paging = tag("p", link(href("/pilots", site=site_name, state=state, after=rows[-1]["pilot_id"])
                            + "#pilots", "Next page") if len(rows) == PAGE else None,
                  class_="paging")
@@ -79,7 +79,8 @@ async def pilots_page(view: View) -> web.StreamResponse:
         tag("h1", "Pilots and sites"),
         tag("section", tag("h2", "Sites"),
             table(["Site", "Running", "Exited", "Lost", "Empty pilots", "Failed attempts",
-                   "Lost attempts"], sites, empty="No sites yet.", numeric=range(1, 7)),
+                   "Lost attempts"], sites, empty="No sites yet.", numeric=range(1, 7),
+                  class_="cards"),
             tag("p", f"Empty pilots: of the last {reports.RECENT_PILOTS:,} pilots, those that "
                      "ended without being given a task. Failed and lost attempts: of those "
                      "that ended in the last 24 hours.", class_="hint")),

@@ -185,12 +185,15 @@ class Chromium:
     async def cookies(self) -> list[dict[str, Any]]:
         return (await self.send("Network.getCookies"))["cookies"]
 
-    async def screenshot(self, path: Path, width: int = 1280) -> Path:
-        """The whole page as it looks in a window `width` CSS pixels wide, as a PNG."""
+    async def screenshot(self, path: Path, width: int = 1280, height: int | None = None
+                         ) -> Path:
+        """The whole page (its first `height` CSS pixels, where given) as it looks in a window
+        `width` CSS pixels wide, as a PNG."""
         await self.send("Emulation.setDeviceMetricsOverride", width=width, height=800,
                         deviceScaleFactor=1, mobile=width < 600)
         metrics = await self.send("Page.getLayoutMetrics")
-        height = int(metrics["cssContentSize"]["height"])
+        whole = int(metrics["cssContentSize"]["height"])
+        height = min(whole, height) if height else whole
         shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
                                clip={"x": 0, "y": 0, "width": width, "height": height,
                                      "scale": 1})

@@ -76,7 +76,8 @@ async def test_every_page_renders_with_nothing_from_outside_the_server(pages: Pa
     expected = {
         "/": ["Datasets", "test dataset", "5 of 6 complete, 1 failed", "site-a", "<svg"],
         f"/datasets/{dataset}": ["check: 3 events out of range", "task_error", "Steering",
-                                 "events", "all tasks", "Completions per hour"],
+                                 "events", "all tasks", "Progress over time",
+                                 "Runtime and memory per task", "Failures by host"],
         f"/tasks/{pages.failed_task}": ["Attempt", "node7", "task_error", "full stderr",
                                         "Exit code"],
         "/pilots?state=any": ["site-a", "node7", "Empty pilots", "running"],
@@ -232,7 +233,7 @@ async def test_tasks_filter_by_state_and_name_and_page_by_id(pages: Pages):
     async def listed(query: str) -> tuple[list[int], str]:
         status, text, _ = await alice.get(path + query)
         assert status == 200, text
-        section = text[text.index('id="tasks"'):text.index('id="errors"')]
+        section = text[text.index('id="tasks"'):text.index('id="statistics"')]
         return [int(t) for t in re.findall(r'href="/tasks/(\d+)"', section)], section
 
     ids, section = await listed("")
@@ -336,12 +337,12 @@ async def test_the_dataset_and_task_pages_say_why_tasks_wait(pages: Pages):
     alice = await pages.signed_in(pages.alice_token)
     status, text, _ = await alice.get(f"/datasets/{waits.id}")
     assert status == 200, text
-    section = html.unescape(text[text.index('id="waiting"'):text.index('id="tasks"')])
+    section = html.unescape(text[text.index('id="waiting"'):text.index('id="errors"')])
     assert "Why ready tasks wait" in section and ">gen<" in section and ">3<" in section
     said = [t for t in re.findall(r'class="reason">([^<]*)<', section)]
     assert len(said) == 1 and said[0].startswith(("no pilot", "no running pilot", "none of",
                                                    "next in line", "waiting its turn")), said
-    tasks = html.unescape(text[text.index('id="tasks"'):text.index('id="errors"')])
+    tasks = html.unescape(text[text.index('id="tasks"'):text.index('id="statistics"')])
     assert "waiting on gen (ready)" in tasks
     status, text, _ = await alice.get(f"/tasks/{waits.task_id(0, 1)}")
     assert status == 200 and "Why it waits" in text
