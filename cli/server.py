@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import sys
@@ -33,6 +32,10 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
                         help="serve TLS with a self-signed certificate made next to the database")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--check", action="store_true",
+                        help="check the settings, the database (read-only), the TLS files, the "
+                             "log files and the port, print a summary and exit: 0 when the "
+                             "server would start, 1 with the reason")
 
 
 def settings_from(args: argparse.Namespace):
@@ -47,22 +50,26 @@ def settings_from(args: argparse.Namespace):
 def _run_server(args: argparse.Namespace) -> int:
     from config.schema import ConfigError
     from matchmaker import server
+    from matchmaker.preflight import CheckFailed, port_problem, preflight
     from matchmaker.storage.errors import StorageError
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    name = "floe server --check" if args.check else "floe server"
     try:
         settings = settings_from(args)
-        server.run(settings, self_signed=args.self_signed)
+        if args.check:
+            said = preflight(settings, self_signed=args.self_signed)
+            print(f"{name}: the server would start, with the settings "
+                  f"{'of ' + args.settings if args.settings else 'by default'}", *said,
+                  sep="\n  ")
+            return 0
+        server.run(settings, self_signed=args.self_signed, reread=lambda: settings_from(args))
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            print(f"floe server: port {settings.port} of {settings.host} is in use (another "
-                  "floe server?); stop that one or pick another with --port", file=sys.stderr)
-        else:
-            print(f"floe server: {exc}", file=sys.stderr)
+        print(f"{name}: {port_problem(settings, exc)}", file=sys.stderr)
         return 1
-    except (ConfigError, ValueError, StorageError) as exc:
-        print(f"floe server: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, StorageError, CheckFailed) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -7,6 +7,7 @@ the schema below, so the documentation and the checks never disagree.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -18,11 +19,31 @@ from config.schema import (
     Field,
     Float,
     Integer,
+    ListOf,
     Object,
     Size,
     String,
     read_toml,
 )
+
+
+def _network_problem(text: str) -> str | None:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return (f"{text!r} is not an address or network; write one like \"127.0.0.1\", "
+                "\"::1\" or \"10.0.0.0/8\"")
+    return None
+
+
+def base_path_problem(text: str) -> str | None:
+    """What is wrong with `text` as a path to publish the pages under; None if nothing."""
+    if text and (not text.startswith("/") or text.endswith("/") or "//" in text
+                 or any(c in text for c in "?#\\\"' ") or not text.isprintable()):
+        return (f"{text!r} is not a path to publish under; write it like \"/floe\" (a "
+                "leading /, no trailing /), or leave it empty for the root")
+    return None
+
 
 SERVER_SCHEMA = Object([
     Field("host", String(), "address to listen on", "127.0.0.1",
@@ -131,6 +152,36 @@ SERVER_SCHEMA = Object([
           "written to the database", "15s"),
     Field("sweep_interval", Duration(1, 3600), "how often silent attempts and pilots are "
           "looked for", "5s"),
+    Field("trusted_proxies", ListOf(String(rule=_network_problem)), "addresses or networks "
+          "of the reverse proxies whose X-Forwarded-* headers are believed", [],
+          example=["127.0.0.1", "10.0.0.0/8"],
+          details="A request from one of them is taken as the proxy says: its scheme from "
+                  "`X-Forwarded-Proto` (cookies are `Secure` when it was https), its client "
+                  "from the last address of `X-Forwarded-For` that is not itself a trusted "
+                  "proxy (the access and audit logs show it), and the path the pages are "
+                  "published under from `X-Forwarded-Prefix` (instead of `base_path`). From "
+                  "any other address these headers are ignored."),
+    Field("base_path", String(rule=base_path_problem), "the path a reverse proxy publishes "
+          "the server under, such as \"/floe\"; empty for the root", "",
+          details="The proxy strips it before passing a request on (nginx: `location /floe/ "
+                  "{ proxy_pass http://127.0.0.1:8080/; }`); the pages put it in front of "
+                  "their links, redirects and cookie paths. A trusted proxy's "
+                  "`X-Forwarded-Prefix` wins over it."),
+    Field("access_log", Enum(("off", "text", "json")), "one line per request: its time, "
+          "client address, who it was, method, path, status, bytes and milliseconds", "off",
+          details="`text` is one readable line, `json` one JSON object per line. Pilots ask "
+                  "and report often: at scale this is many lines. Tokens, passkeys and "
+                  "bodies are never logged; query strings are left out."),
+    Field("access_log_file", String(), "file the access log is appended to; empty for the "
+          "server's standard error", ""),
+    Field("audit_log", Enum(("off", "text", "json")), "one line per change made by a user "
+          "or an admin: who, what, which dataset, user or site, from where", "text",
+          details="Every successful API request other than GET, HEAD and OPTIONS by a user "
+                  "or admin token, every page form that changed something, and signing in "
+                  "and out. What pilots and factories send (asks, reports, demand) is the "
+                  "machines' own traffic, kept in the database and the access log instead."),
+    Field("audit_log_file", String(), "file the audit log is appended to; empty for the "
+          "server's standard error", ""),
 ], doc="The matchmaker's settings (server.toml). Every key is optional.")
 
 
@@ -169,6 +220,20 @@ class ServerSettings:
     pilot_token_max_lifetime: int
     flush_interval: int
     sweep_interval: int
+    trusted_proxies: list[str]
+    base_path: str
+    access_log: str
+    access_log_file: str
+    audit_log: str
+    audit_log_file: str
+
+
+RELOADABLE = ("tls_cert", "tls_key", "trusted_proxies", "base_path", "access_log",
+              "access_log_file", "audit_log", "audit_log_file", "idle_wait", "hold_asks",
+              "max_progress_wait", "max_log_bytes", "max_jobs_per_dataset",
+              "max_queued_tasks_per_user", "materialize_chunk", "pilot_token_max_lifetime")
+"""The settings that SIGHUP applies to a running server (matchmaker.reload); a change to
+any other one is logged as waiting for a restart."""
 
 
 def server_settings(document: Mapping[str, Any] | None = None,
@@ -198,5 +263,10 @@ def reference() -> str:
     intro = (GENERATED.format(topic="server", source="config/settings.py") + "\n\n"
              "`floe server --settings server.toml` reads these from a TOML file; every key is "
              "optional, and `--db`, `--host`, `--port`, `--cert` and `--key` override the file. "
-             "Durations are written like `\"90s\"`, `\"10m\"` or `\"1d\"`, sizes like `\"4MiB\"`.")
+             "Durations are written like `\"90s\"`, `\"10m\"` or `\"1d\"`, sizes like `\"4MiB\"`."
+             "\n\nSIGHUP (`systemctl reload floe-server`) reads the file again and applies "
+             "these at once: " + ", ".join(f"`{name}`" for name in RELOADABLE) + " (the "
+             "certificate and key files are read again even when their names did not change, "
+             "and the log files are reopened). A change to any other setting is logged as "
+             "waiting for a restart; a file with a mistake changes nothing.")
     return markdown(SERVER_SCHEMA, "Matchmaker server settings", intro)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.protocol import TOKEN_PREFIXES
@@ -29,6 +30,8 @@ from .storage import queries, writes
 PREFIX = TOKEN_PREFIXES
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 NAME_HINT = "1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit"
+SESSION_TOKEN_GONE = ("the token this session was signed in with no longer works (it was "
+                      "replaced or revoked); sign in with the new one")
 
 
 @dataclass(frozen=True)
@@ -83,21 +86,28 @@ class Auth:
 
     async def authenticate(self, token: str) -> Principal:
         """The caller behind `token`; raises Unauthorized with the reason."""
-        digest = hash_secret(token)
+        return await self._authenticate(hash_secret(token), lambda: _unknown_token_message(token))
+
+    async def authenticate_session(self, digest: str) -> Principal:
+        """The user behind a web session, which keeps only the SHA-256 digest of the token it
+        was signed in with (web.sessions); raises Unauthorized once that token is replaced."""
+        return await self._authenticate(digest, lambda: SESSION_TOKEN_GONE)
+
+    async def _authenticate(self, digest: str, unknown: Callable[[], str]) -> Principal:
         known = self._known.get(digest)
         now = self.engine.clock()
         if known is not None and known[1] > time.monotonic():
             principal = known[0]
         else:  # never seen, or seen long enough ago that another process may have revoked it
             if self._unknown.get(digest, 0.0) > time.monotonic():
-                raise Unauthorized(_unknown_token_message(token))
+                raise Unauthorized(unknown())
             found = await self._lookup(digest)
             if found is None:
                 self._known.pop(digest, None)
                 if len(self._unknown) > 10_000:
                     self._unknown.clear()
                 self._unknown[digest] = time.monotonic() + self.NEGATIVE_TTL
-                raise Unauthorized(_unknown_token_message(token))
+                raise Unauthorized(unknown())
             principal = self._remember(digest, found)
         if principal.expires is not None and principal.expires < now:
             self._known.pop(digest, None)

@@ -26,13 +26,17 @@ from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
 from .engine import Engine
+from .frontdoor import FrontDoor
 from .notify import Notifier, load_key
+from .reload import Reloader
 from .storage import files
 from .storage.database import CLOSE_GRACE, Database
 from .web import add_routes as add_pages
+from .web.page import SESSIONS
 
 log = logging.getLogger(__name__)
 
+FRONT_DOOR = web.AppKey("front door", FrontDoor)
 SHUTDOWN_GRACE = 10.0
 """Seconds a stopping server gives the requests in flight to be answered before it cancels
 them; the database is then closed (storage.database.CLOSE_GRACE more at most)."""
@@ -43,7 +47,10 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
     """The application; `background=False` leaves the loops off (tests drive them)."""
     # aiohttp's own cap on a body, for the pages' forms only: each API route reads its body
     # itself, capped at its own limit (api.framework), so that the refusal is floe's.
-    app = web.Application(client_max_size=settings.max_request_bytes)
+    front = FrontDoor(settings)
+    app = web.Application(client_max_size=settings.max_request_bytes,
+                          middlewares=[front.middleware])
+    app[FRONT_DOOR] = front
     add_routes(app)
     add_pages(app)
 
@@ -58,7 +65,12 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
             raise
         app[ENGINE] = engine
         app[AUTH] = Auth(engine)
-        engine.notifier = Notifier(engine, load_key(settings.database))
+        try:
+            app[SESSIONS].open(settings.database)
+            engine.notifier = Notifier(engine, load_key(settings.database))
+        except BaseException:
+            await db.close()
+            raise
         if background:
             engine.start_background(
                 ("materializer", submission.materialize_loop(engine)),
@@ -73,6 +85,7 @@ def create_app(settings: ServerSettings, clock: Callable[[], float] = time.time,
         log.info("matchmaker stopped: %s, database %s closed cleanly",
                  "its state saved" if saved else "its state in memory NOT saved",
                  settings.database)
+        front.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(_release_held_asks)
@@ -119,10 +132,13 @@ def ssl_context(settings: ServerSettings, self_signed: bool) -> ssl.SSLContext |
     return None
 
 
-def run(settings: ServerSettings, self_signed: bool = False) -> None:
+def run(settings: ServerSettings, self_signed: bool = False,
+        reread: Callable[[], ServerSettings] | None = None) -> None:
     """Serve until interrupted (`floe server`). The port is taken first: a port in use is an
     OSError before the database is opened or anything is announced; then the database, which
-    must be floe's and used by no other server (StorageError, before anything is announced)."""
+    must be floe's and used by no other server (StorageError, before anything is announced).
+    SIGHUP applies `reread()` (the settings as their file now says; by default the same
+    settings, so that only the TLS files and the logs are opened again)."""
     listening = listen(settings.host, settings.port)
     lock = files.ServerLock(Path(settings.database))
     try:
@@ -142,6 +158,9 @@ def run(settings: ServerSettings, self_signed: bool = False) -> None:
         logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
         loop = new_event_loop()
         _stop_on_signals(loop)
+        reloader = Reloader(settings, reread or (lambda: settings), app[FRONT_DOOR], context,
+                            self_signed)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
         _run(loop, _serve(app, listening, context, settings))
     finally:
         lock.release()

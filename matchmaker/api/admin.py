@@ -21,7 +21,8 @@ def _user(ctx: Context, user) -> dict[str, Any]:
             "datasets": len(engine.by_user.get(user.user_id, ()))}
 
 
-@route("GET", "/api/v1/whoami", summary="Who the token belongs to", tag="users")
+@route("GET", "/api/v1/whoami", summary="Who the token belongs to", tag="users",
+       response=schemas.WHOAMI)
 async def whoami(ctx: Context) -> Any:
     principal = ctx.principal
     if principal is None:
@@ -34,7 +35,7 @@ async def whoami(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/users", summary="Add a user; the answer holds its token, shown once",
        tag="users", action=Action.MANAGE, body=schemas.NEW_USER, status=201,
-       errors=(400, 401, 403, 409))
+       errors=(400, 401, 403, 409), response=schemas.NEW_USER_TOKEN)
 async def add_user(ctx: Context) -> Any:
     user, token = await ctx.auth.add_user(ctx.body["name"], bool(ctx.body.get("admin")),
                                           float(ctx.body.get("share", 1.0)))
@@ -42,21 +43,22 @@ async def add_user(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/users", summary="Users with their roles, shares and recent usage",
-       tag="users", action=Action.READ)
+       tag="users", action=Action.READ, response=schemas.USERS)
 async def users(ctx: Context) -> Any:
     return {"users": [_user(ctx, u) for u in sorted(ctx.engine.users.values(),
                                                     key=lambda u: u.name)]}
 
 
 @route("POST", "/api/v1/users/{name}/token", summary="Replace a user's token (the old one stops "
-       "working)", tag="users", action=Action.MANAGE, params=[NAME], status=201)
+       "working)", tag="users", action=Action.MANAGE, params=[NAME], status=201,
+       response=schemas.USER_TOKEN)
 async def user_token(ctx: Context) -> Any:
     user = await ctx.auth.user_by_name(ctx.params["name"])
     return {"user": user.name, "token": await ctx.auth.new_user_token(user)}
 
 
 @route("PUT", "/api/v1/users/{name}/share", summary="Set a user's fair share", tag="users",
-       action=Action.MANAGE, params=[NAME], body=schemas.SHARE)
+       action=Action.MANAGE, params=[NAME], body=schemas.SHARE, response=schemas.USER)
 async def set_share(ctx: Context) -> Any:
     user = await ctx.auth.user_by_name(ctx.params["name"])
     await ctx.auth.set_share(user, float(ctx.body["share"]))
@@ -64,21 +66,22 @@ async def set_share(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/shares", summary="Each user's share against recent usage", tag="users",
-       action=Action.READ)
+       action=Action.READ, response=schemas.SHARES)
 async def shares(ctx: Context) -> Any:
     return share_table(ctx.engine)
 
 
 @route("POST", "/api/v1/sites", summary="Add a site; the answer holds its factory token, shown "
        "once", tag="sites", action=Action.MANAGE, body=schemas.NEW_SITE, status=201,
-       errors=(400, 401, 403, 409))
+       errors=(400, 401, 403, 409), response=schemas.TOKEN_OF_SITE)
 async def add_site(ctx: Context) -> Any:
     site, token = await ctx.auth.add_site(ctx.body["name"])
     return Reply({"site": site.name, "token": token}, 201)
 
 
 @route("POST", "/api/v1/sites/{name}/token", summary="Replace a site's factory token",
-       tag="sites", action=Action.MANAGE, params=[NAME], status=201)
+       tag="sites", action=Action.MANAGE, params=[NAME], status=201,
+       response=schemas.TOKEN_OF_SITE)
 async def site_token(ctx: Context) -> Any:
     site = await ctx.auth.site_by_name(ctx.params["name"])
     return {"site": site.name, "token": await ctx.auth.new_site_token(site)}

@@ -22,6 +22,7 @@ STREAM = Param("stream", str, where="path", choices=("stdout", "stderr"))
 @route("POST", "/api/v1/attempts/{attempt_id}/heartbeat", summary="Report that an attempt is "
        "alive, with its current resource use", tag="attempts", passkey=True,
        body=schemas.HEARTBEAT, params=[ATTEMPT_ID], errors=(400, 401, 403, 404, 409),
+       response=schemas.ATTEMPT_ALIVE,
        description="409 means the attempt was voided (reset, suspended, timed out): kill it.")
 async def heartbeat(ctx: Context) -> Any:
     return await liveness.heartbeat(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
@@ -64,7 +65,8 @@ async def report(ctx: Context) -> Any:
 
 @route("PUT", "/api/v1/attempts/{attempt_id}/logs/{stream}", summary="Upload an attempt's full "
        "stdout or stderr (plain text)", tag="attempts", passkey=True, params=[ATTEMPT_ID, STREAM],
-       raw_body=True, max_body="max_log_bytes", errors=(400, 401, 403, 404, 409, 413))
+       raw_body=True, max_body="max_log_bytes", errors=(400, 401, 403, 404, 409, 413),
+       response=schemas.LOG_STORED)
 async def upload_log(ctx: Context) -> Any:
     stored = await logs.save(ctx.engine, ctx.params["attempt_id"], ctx.passkey,
                              ctx.params["stream"], ctx.body)
@@ -72,7 +74,7 @@ async def upload_log(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/attempts/{attempt_id}", summary="One attempt with its log tails",
-       tag="attempts", action=Action.READ, params=[ATTEMPT_ID])
+       tag="attempts", action=Action.READ, params=[ATTEMPT_ID], response=schemas.ATTEMPT)
 async def attempt(ctx: Context) -> Any:
     found = await records.attempt(ctx.engine.db, ctx.engine.archived, ctx.params["attempt_id"])
     if found is None:

@@ -38,6 +38,7 @@ def changeable(ctx: Context) -> DatasetState:
 
 @route("POST", "/api/v1/datasets", summary="Submit a dataset", tag="datasets",
        action=Action.SUBMIT, body=schemas.DATASET_CONFIG, check_body=False, status=201,
+       response=schemas.DATASET,
        params=[Param("dry_run", bool, False, "check the config as a submit does, limits "
                      "included, and answer (200) what it would create, storing nothing")],
        answers={200: ("with `dry_run`: what the submit would create; nothing was stored",
@@ -52,6 +53,7 @@ async def submit(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/datasets", summary="List datasets", tag="datasets", action=Action.READ,
+       response=schemas.DATASETS,
        params=[Param("owner", str, doc="only this user's datasets"),
                Param("status", str, choices=DatasetStatus.ALL)])
 async def list_datasets(ctx: Context) -> Any:
@@ -70,7 +72,7 @@ async def list_datasets(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/datasets/{dataset_id}", summary="One dataset with its config",
-       tag="datasets", action=Action.READ, params=[DATASET_ID],
+       tag="datasets", action=Action.READ, params=[DATASET_ID], response=schemas.DATASET_DETAIL,
        description="`waiting` lists the dataset's ready tasks by task and requirements, with "
                    "how many and why they wait.")
 async def get_dataset(ctx: Context) -> Any:
@@ -126,21 +128,21 @@ async def progress(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/datasets/{dataset_id}/suspend", summary="Suspend a dataset (voids its "
        "running attempts)", tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409))
+       errors=(400, 401, 403, 404, 409), response=schemas.CHANGED)
 async def suspend(ctx: Context) -> Any:
     return await _changed(ctx, actions.suspend)
 
 
 @route("POST", "/api/v1/datasets/{dataset_id}/resume", summary="Resume a suspended dataset",
        tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409))
+       errors=(400, 401, 403, 404, 409), response=schemas.CHANGED)
 async def resume(ctx: Context) -> Any:
     return await _changed(ctx, actions.resume)
 
 
 @route("POST", "/api/v1/datasets/{dataset_id}/reset", summary="Reset failed tasks, or all tasks",
        tag="datasets", action=Action.CHANGE_DATASET, body=schemas.RESET, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409),
+       errors=(400, 401, 403, 404, 409), response=schemas.CHANGED,
        description="Of the whole dataset, or only of one `job`, or only one `task` (its id).")
 async def reset(ctx: Context) -> Any:
     dataset = changeable(ctx)
@@ -151,7 +153,7 @@ async def reset(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/datasets/{dataset_id}/jobs", summary="Add jobs to a dataset",
        tag="datasets", action=Action.CHANGE_DATASET, body=schemas.ADD_JOBS, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409),
+       errors=(400, 401, 403, 404, 409), response=schemas.JOBS_ADDED,
        description="The new jobs run the same tasks with the next job indices, and are created "
                    "in the background as a submit's are; a dataset that had ended runs again. "
                    "Refused past the server's limits, and for a dataset submitted before "
@@ -164,7 +166,7 @@ async def add_jobs(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/datasets/{dataset_id}/abort", summary="Abort a dataset",
        tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409),
+       errors=(400, 401, 403, 404, 409), response=schemas.CHANGED,
        description="Its jobs not yet created never will be; every task that has not ended "
                    "fails (`changed` of them), running attempts are voided and their pilots "
                    "told to kill them at their next heartbeat; every attempt and log recorded "
@@ -176,6 +178,7 @@ async def abort(ctx: Context) -> Any:
 @route("POST", "/api/v1/datasets/{dataset_id}/steering", summary="Change steering values for "
        "the jobs not yet created", tag="datasets", action=Action.CHANGE_DATASET,
        body=schemas.STEERING_CHANGE, params=[DATASET_ID], errors=(400, 401, 403, 404, 409),
+       response=schemas.STEERED,
        description="Makes the dataset's next config version, for the jobs not yet created "
                    "(`first_job` on: those the server has still to create, and jobs added "
                    "later); jobs already created keep theirs, and each attempt records the "
@@ -191,7 +194,7 @@ async def change_steering(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/datasets/{dataset_id}/archive", summary="Archive an ended dataset",
        tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID], status=202,
-       errors=(400, 401, 403, 404, 409),
+       errors=(400, 401, 403, 404, 409), response=schemas.DATASET,
        description="Its attempts and full logs leave the database for a compressed archive "
                    "beside it, which the API, the pages and `floe` still read; the dataset, its "
                    "tasks, statistics and history stay. Only an ended dataset (complete, or "
@@ -207,7 +210,7 @@ async def archive(ctx: Context) -> Any:
 
 @route("DELETE", "/api/v1/datasets/{dataset_id}", summary="Delete an ended dataset",
        tag="datasets", action=Action.CHANGE_DATASET, params=[DATASET_ID],
-       errors=(400, 401, 403, 404, 409),
+       errors=(400, 401, 403, 404, 409), response=schemas.DELETED,
        description="Removes the dataset and everything recorded of it (attempts, logs, tasks, "
                    "statistics, its archive); its history keeps who deleted it, and its ids are "
                    "never given out again. Only an ended dataset (abort one first). Answered "
@@ -225,7 +228,8 @@ async def _changed(ctx: Context, act: Callable[..., Awaitable[int]]) -> dict[str
 
 
 @route("PUT", "/api/v1/datasets/{dataset_id}/priority", summary="Change a dataset's priority",
-       tag="datasets", action=Action.CHANGE_DATASET, body=schemas.PRIORITY, params=[DATASET_ID])
+       tag="datasets", action=Action.CHANGE_DATASET, body=schemas.PRIORITY, params=[DATASET_ID],
+       response=schemas.DATASET)
 async def priority(ctx: Context) -> Any:
     dataset = changeable(ctx)
     await actions.set_priority(ctx.engine, dataset, ctx.principal.user,
@@ -234,7 +238,7 @@ async def priority(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/datasets/{dataset_id}/jobs", summary="A page of a dataset's jobs",
-       tag="datasets", action=Action.READ,
+       tag="datasets", action=Action.READ, response=schemas.JOBS,
        params=[DATASET_ID, Param("state", str, choices=JOB_STATES),
                Param("after", int, -1, "show jobs after this index", minimum=-1), LIMIT])
 async def jobs(ctx: Context) -> Any:
@@ -245,7 +249,7 @@ async def jobs(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/datasets/{dataset_id}/tasks", summary="A page of a dataset's tasks",
-       tag="datasets", action=Action.READ,
+       tag="datasets", action=Action.READ, response=schemas.TASKS,
        params=[DATASET_ID, Param("state", str, choices=tuple(s.value for s in TaskState)),
                Param("task", str, doc="task name"), Param("job", int, minimum=0),
                Param("after", int, 0, "show tasks with ids above this", minimum=0), LIMIT],
@@ -276,7 +280,7 @@ async def tasks(ctx: Context) -> Any:
 
 @route("GET", "/api/v1/datasets/{dataset_id}/statistics", summary="Aggregates of user "
        "statistics and resource use: count, sum, mean, standard deviation", tag="datasets",
-       action=Action.READ, params=[DATASET_ID])
+       action=Action.READ, params=[DATASET_ID], response=schemas.STATISTICS)
 async def statistics(ctx: Context) -> Any:
     dataset = find(ctx)
     rows = await queries.statistics(ctx.engine.db, dataset.id)
@@ -288,14 +292,14 @@ async def statistics(ctx: Context) -> Any:
 
 @route("GET", "/api/v1/datasets/{dataset_id}/events", summary="Who did what to a dataset, "
        "newest first", tag="datasets", action=Action.READ,
-       params=[DATASET_ID, LIMIT])
+       params=[DATASET_ID, LIMIT], response=schemas.EVENTS)
 async def events(ctx: Context) -> Any:
     dataset = find(ctx)
     return {"events": await queries.events(ctx.engine.db, dataset.id, ctx.params["limit"])}
 
 
 @route("GET", "/api/v1/tasks/{task_id}", summary="One task with every attempt", tag="datasets",
-       action=Action.READ, params=[TASK_ID],
+       action=Action.READ, params=[TASK_ID], response=schemas.TASK,
        description="`why` says what the task waits for, as in the tasks list.")
 async def task(ctx: Context) -> Any:
     found = await queries.task(ctx.engine.db, ctx.params["task_id"])

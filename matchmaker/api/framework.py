@@ -38,6 +38,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from ..frontdoor import note_principal
 from ..recording import prove_passkey
 from ..storage.database import StorageError
 from .validation import problems
@@ -387,6 +388,8 @@ def wrap(spec: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
             principal, refused = None, None
             try:
                 principal = await auth.authenticate(token) if token else None
+                if principal is not None:
+                    note_principal(request, principal)
             except Unauthorized as exc:
                 if not spec.passkey:
                     raise
@@ -448,7 +451,9 @@ async def unknown_route(request: web.Request) -> web.StreamResponse:
         _, methods = await resource.resolve(request)
         allowed |= methods
     if allowed:
-        return json_response({"error": f"{request.method} is not allowed on {request.path}; "
-                                       f"it takes {', '.join(sorted(allowed))}"}, 405)
+        answer = json_response({"error": f"{request.method} is not allowed on {request.path}; "
+                                         f"it takes {', '.join(sorted(allowed))}"}, 405)
+        answer.headers["Allow"] = ", ".join(sorted(allowed))  # RFC 9110: a 405 names them
+        return answer
     return json_response({"error": f"there is no API route {request.path}; see "
                                    "/api/v1/openapi.json"}, 404)

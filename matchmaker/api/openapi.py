@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document of /api/v1, generated from the declared routes.
 
-Nothing here is written by hand: paths, parameters, body schemas and access rules come from the
-same `route` declarations that the server runs, so the document cannot drift from the server.
+Nothing here is written by hand: paths, parameters, body and answer schemas and access rules
+come from the same `route` declarations that the server runs, so the document cannot drift from
+the server. The answers' schemas that `schemas.NAMED` names are components, referred to where
+they occur, so that a client generated from the document has one model for each (a Dataset, a
+Task, an Attempt...).
 """
 
 from __future__ import annotations
@@ -25,18 +28,43 @@ def _path(route: Route) -> str:
     return re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", route.path)
 
 
-def _operation(route: Route) -> dict[str, Any]:
+_NAMES = {id(schema): name for name, schema in schemas.NAMED.items()}
+
+
+def _referring(schema: Any, top: bool = True) -> Any:
+    """`schema` with each schema of `schemas.NAMED` inside it (and itself, unless `top`)
+    replaced by a reference to its component."""
+    if not top and id(schema) in _NAMES:
+        return {"$ref": f"#/components/schemas/{_NAMES[id(schema)]}"}
+    if isinstance(schema, dict):
+        return {key: _referring(value, False) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_referring(value, False) for value in schema]
+    return schema
+
+
+def _operation_ids() -> dict[int, str]:
+    """Each route's operationId: its handler's name, or, where routes of several tags share
+    one (the heartbeat of an attempt and of a pilot), the tag and the name."""
+    names = [route.handler.__name__.strip("_") for route in ROUTES]
+    return {id(route): name if names.count(name) == 1 else f"{route.tag}_{name}"
+            for route, name in zip(ROUTES, names, strict=True)}
+
+
+def _operation(route: Route, operation_id: str) -> dict[str, Any]:
     op: dict[str, Any] = {
-        "operationId": route.handler.__name__.strip("_"),
+        "operationId": operation_id,
         "summary": route.summary,
         "tags": [route.tag],
         "responses": {str(route.status): {"description": "success", "content": (
             {route.text.split(";")[0]: {"schema": {"type": "string"}}} if route.text else
-            {"application/json": {"schema": route.response or {"type": "object"}}})}},
+            {"application/json": {"schema": _referring(route.response or {"type": "object"},
+                                                       False)}})}},
     }
     for status, (when, schema) in route.answers.items():
-        op["responses"][str(status)] = {"description": when,
-                                        "content": {"application/json": {"schema": schema}}}
+        op["responses"][str(status)] = {
+            "description": when, "content": {"application/json": {
+                "schema": _referring(schema, False)}}}
     if route.description:
         op["description"] = route.description
     if route.passkey:
@@ -69,9 +97,12 @@ def _operation(route: Route) -> dict[str, Any]:
 
 
 def document(version: str) -> dict[str, Any]:
+    """The OpenAPI document of the declared routes, for a server of `version`."""
     paths: dict[str, dict[str, Any]] = {}
+    operation_ids = _operation_ids()
     for route in ROUTES:
-        paths.setdefault(_path(route), {})[route.method.lower()] = _operation(route)
+        paths.setdefault(_path(route), {})[route.method.lower()] = _operation(
+            route, operation_ids[id(route)])
     return {
         "openapi": "3.1.0",
         "info": {"title": "floe matchmaker API", "version": version,
@@ -79,7 +110,7 @@ def document(version: str) -> dict[str, Any]:
                                 "error is JSON {\"error\": \"...\"} with a 4xx status."},
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": {"Error": schemas.ERROR},
+            "schemas": {name: _referring(schema) for name, schema in schemas.NAMED.items()},
             "securitySchemes": {
                 "token": {"type": "http", "scheme": "bearer",
                           "description": "a user, site or pilot token (floe_u_/floe_s_/floe_p_)"},

@@ -1,4 +1,4 @@
-"""JSON Schemas of the API's request bodies and main responses.
+"""JSON Schemas of the API's request bodies and of its answers.
 
 A request body's schema is used twice: to check requests (api.validation) and in the OpenAPI
 document. A response's is declared for the document (tests check real answers against it); one
@@ -19,9 +19,10 @@ from config.protocol import (
     MAX_WARNING_LENGTH,
     MAX_WARNINGS,
 )
-from config.states import ErrorClass
+from config.states import JOB_STATES, AttemptState, ErrorClass, TaskState
 
 from ..auth import MAX_SHARE
+from ..model import DatasetStatus
 
 BIG = 2**62
 
@@ -195,7 +196,8 @@ ASKED = {"oneOf": [
          ("attempt", "wait", "reason", "shortest_walltime")),
     _obj({"attempts": {"type": "array", "items": GIVEN_ATTEMPT, "minItems": 1,
                        "maxItems": MAX_TASKS}}, ("attempts",)),
-    _obj(dict(_NO_WORK, attempts={"type": "array", "maxItems": 0}),
+    _obj(dict(_NO_WORK, attempts={"type": "array", "items": GIVEN_ATTEMPT,
+                                        "maxItems": 0}),
          ("attempts", "wait", "reason", "shortest_walltime")),
 ], "description": "without `max_tasks`: the task handed out, {\"attempt\": {...}}, or "
                   "{\"attempt\": null, ...} with why none fits and how long to wait; with "
@@ -420,3 +422,207 @@ PROGRESS = _obj({
     "version": _str(10_000, description="changes whenever the status or a count does: give it "
                                         "back as `since` to wait for the next change"),
 }, ("id", "status", "jobs", "jobs_created", "tasks", "version"))
+
+
+# -- answers --------------------------------------------------------------------------------------
+# What the other routes answer, field by field as the server builds them (matchmaker/views.py,
+# the storage queries, the handlers). Every object is closed and requires each field it always
+# has: tests/matchmaker/test_openapi.py checks real answers against these, so a field added or
+# dropped on either side is noticed. Those listed in `NAMED` are components of the OpenAPI
+# document, which a generated client makes one model each.
+
+def _record(properties: dict[str, Any], optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A closed object that always has all of `properties` but the `optional` ones."""
+    return _obj(properties, tuple(name for name in properties if name not in optional))
+
+
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _list(items: dict[str, Any], description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "array", "items": items}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+_TEXT = {"type": "string"}
+_NUMBER = {"type": "number"}
+_BOOLEAN = {"type": "boolean"}
+_TIME = {"type": "number", "description": "seconds since the epoch"}
+_MAYBE_TEXT = {"type": ["string", "null"]}
+_MAYBE_INT = {"type": ["integer", "null"]}
+_MAYBE_NUMBER = {"type": ["number", "null"]}
+_NEXT = {"type": ["integer", "null"], "description": "give it as `after` for the next page; "
+                                                   "null on the last page"}
+
+ARCHIVE = _record({"path": _TEXT, "time": _TIME, "attempts": _int(), "bytes": _int()})
+DATASET = _record({
+    "id": _int(1),
+    "owner": _MAYBE_TEXT,
+    "description": _TEXT,
+    "status": {"type": "string", "enum": list(DatasetStatus.ALL)},
+    "priority": _NUMBER,
+    "jobs": _int(),
+    "jobs_created": _int(),
+    "tasks_per_job": _int(1),
+    "task_names": _NAMES,
+    "tasks": {"type": "object", "additionalProperties": _int(),
+              "description": "tasks per state; tasks of jobs not yet created count as waiting"},
+    "created": _TIME,
+    "max_retries": _int(),
+    "debug": _BOOLEAN,
+    "archived": dict(_or_null(ARCHIVE), description="where its attempts were archived"),
+    "archiving": dict(_BOOLEAN, description="its archive is being made"),
+    "archive_error": dict(_MAYBE_TEXT, description="why its archive could not be made"),
+})
+"""A dataset as listings show it (views.summary)."""
+
+DATASETS = _record({"datasets": _list(DATASET)})
+EVENT = _record({"time": _TIME, "action": _TEXT, "detail": _MAYBE_TEXT, "user": _MAYBE_TEXT})
+EVENTS = _record({"events": _list(EVENT, "newest first")})
+CONFIG_VERSION = _record({
+    "version": _int(1), "first_job": _int(doc="the first job it applies to"),
+    "steering": {"type": "object"}, "created": _TIME,
+    "by": dict(_MAYBE_TEXT, description="who made it"),
+    "changed": {"type": "object", "description": "the steering values it changed"},
+})
+DATASET_DETAIL = _record(dict(
+    DATASET["properties"],
+    waiting=_list(_record({"task": _TEXT, "tasks": _int(1), "why": _TEXT}),
+                  "its ready tasks by task and requirements, most numerous first"),
+    config={"type": "object", "description": "the dataset config as submitted"},
+    config_versions=_list(CONFIG_VERSION),
+    events=_list(EVENT, "the latest 50, newest first"),
+))
+CHANGED = _record({"changed": _int(doc="how many tasks changed"), "dataset": DATASET})
+JOBS_ADDED = _record({"jobs": _int(1, doc="the dataset's jobs now"), "dataset": DATASET})
+STEERED = _record(dict(
+    {name: CONFIG_VERSION["properties"][name]
+     for name in ("version", "first_job", "steering", "created")},
+    jobs_using_it=_int(doc="the dataset's jobs that will run it"), dataset=DATASET))
+RETIRED = _record({
+    "dataset_id": _int(1), "kind": {"type": "string", "enum": ["archived", "deleted"]},
+    "time": _TIME, "user_id": _MAYBE_INT, "attempts": _int(), "first_attempt": _MAYBE_INT,
+    "last_attempt": _MAYBE_INT, "path": _MAYBE_TEXT, "bytes": _MAYBE_INT,
+    "purged": _MAYBE_NUMBER})
+DELETED = _record({"deleted": RETIRED})
+
+JOBS = _record({"jobs": _list(_record({"job": _int(), "state": {
+    "type": "string", "enum": list(JOB_STATES)}})), "next": _NEXT})
+_TASK = {
+    "task_id": _int(1), "job": _int(), "task_index": _int(),
+    "task": _str(64, description="the task's name"),
+    "state": {"type": "string", "enum": [state.value for state in TaskState]},
+    "failures": _int(), "lost": _int(),
+    "grown_requirements": dict(_or_null({"type": "object"}), description=(
+        "its requirements as grown by retries (null: as configured)")),
+    "reason": dict(_MAYBE_TEXT, description="why it last changed state"),
+    "updated": _TIME,
+    "why": dict(_MAYBE_TEXT, description="what it waits for, when it is not running and has "
+                                         "not ended"),
+}
+TASK_ROW = _record(_TASK)
+TASKS = _record({"tasks": _list(TASK_ROW), "next": _NEXT})
+USED = _record({name: _MAYBE_NUMBER for name in (
+    "cpu_time", "wall_time", "peak_memory", "peak_disk", "peak_gpu_memory", "gpu_time")})
+ATTEMPT = _record({
+    "attempt_id": _int(1), "task_id": _int(1), "dataset_id": _int(1),
+    "pilot_id": _MAYBE_INT, "site": _TEXT, "host": _TEXT, "batch_id": _TEXT,
+    "state": {"type": "string", "enum": [state.value for state in AttemptState]},
+    "started": _TIME, "last_heartbeat": _TIME, "ended": _MAYBE_NUMBER,
+    "requested": _record({"cpus": _int(), "memory": _int(), "disk": _int(), "gpus": _int(),
+                          "walltime": _int()}),
+    "used": USED,
+    "gpus": {"type": ["array", "null"], "items": GPU, "description": "the GPUs it ran on"},
+    "exit_code": _MAYBE_INT,
+    "error_class": _or_null({"type": "string", "enum": [e.value for e in ErrorClass]}),
+    "error_message": _MAYBE_TEXT,
+    "statistics": {"type": ["object", "null"], "additionalProperties": _NUMBER},
+    "outputs": {"type": ["array", "null"], "items": {"type": "object"}},
+    "warnings": _list(_TEXT, "what its pilot left out of its report and why"),
+    "config_version": _int(1),
+    "stdout_tail": _MAYBE_TEXT, "stderr_tail": _MAYBE_TEXT,
+}, ("stdout_tail", "stderr_tail"))
+"""One attempt as recorded (queries.attempt_record); with its log tails when read alone (and
+from an archive)."""
+TASK = _record(dict(_TASK, dataset=_int(1), requirements=REQUIREMENTS,
+                    attempts=_list(ATTEMPT, "every attempt, oldest first")))
+STATISTICS = _record({"statistics": _list(_record({
+    "kind": _TEXT, "name": _TEXT,
+    "task": dict(_MAYBE_TEXT, description="the task's name; null: over all its tasks"),
+    "count": _int(), "sum": _NUMBER, "mean": _NUMBER, "stddev": _NUMBER, "min": _NUMBER,
+    "max": _NUMBER}))})
+
+ATTEMPT_ALIVE = _record({"action": {"type": "string", "enum": ["continue"]},
+                         "heartbeat_interval": HEARTBEAT_INTERVAL})
+LOG_STORED = _record({"stored": _int(doc="bytes stored")})
+
+BLACK_HOLE = _record({"host": _TEXT, "site": _TEXT, "since": _TIME, "until": _TIME,
+                      "why": _TEXT})
+SITES = _record({"sites": _list(_record({
+    "name": _TEXT, "pilots": _int(doc="running pilots"),
+    "attempts": _int(doc="attempts they run"), "black_holes": _list(BLACK_HOLE)}))})
+_SHAPE_DEMAND = _record({
+    "name": _TEXT, "tasks": _int(doc="ready tasks counted for this shape"),
+    "cpus": _int(), "memory": _int(), "gpus": _int(),
+    "fitting": _int(doc="ready tasks that fit this shape"),
+    "pilots_needed": _int(), "room": _int(doc="pilots' worth the free room of running "
+                                              "pilots makes up for")})
+SITE_DEMAND = _record({
+    "site": _TEXT, "factory": _TEXT,
+    "shapes": _list(_SHAPE_DEMAND, "in the order of the request's"),
+    "unfit": _record({"tasks": _int(), "kinds": _list(_record({"tasks": _int(1),
+                                                              "why": _TEXT}))}),
+    "black_holes": _list(BLACK_HOLE),
+    "pilots": _record({"running": _int(), "idle": _int(), "ended_empty": _int()}),
+})
+WITHDRAWN = _record({"withdrawn": _int(doc="the pilots it had said it queued")})
+PILOT = _record({
+    "pilot_id": _int(1), "site": _TEXT, "host": _TEXT, "batch_system": _TEXT,
+    "batch_id": _TEXT, "resources": {"type": "object", "description": "what it measured"},
+    "state": {"type": "string", "enum": ["running", "exited", "lost"]},
+    "registered": _TIME, "last_seen": _TIME, "ended": _MAYBE_NUMBER,
+    "exit_reason": _MAYBE_TEXT, "suspect": _BOOLEAN,
+    "attempts_run": _int(doc="attempts it was given in all"),
+    "attempts": _list(_int(1), "the ids of the attempts it runs now")})
+PILOTS = _record({"pilots": _list(PILOT)})
+TOKEN_OF_SITE = _record({"site": _TEXT, "token": _str(256, description="shown once")})
+
+USER = _record({"name": _TEXT, "role": {"type": "string", "enum": ["admin", "user"]},
+                "share": _NUMBER, "usage": _NUMBER, "datasets": _int()})
+USERS = _record({"users": _list(USER)})
+NEW_USER_TOKEN = _record({"user": USER, "token": _str(256, description="shown once")})
+USER_TOKEN = _record({"user": _TEXT, "token": _str(256, description="shown once")})
+SHARES = _record({"half_life": _NUMBER, "shares": _list(_record({
+    "user": _TEXT, "share": _NUMBER, "share_fraction": _NUMBER, "usage": _NUMBER,
+    "usage_fraction": _NUMBER, "delivered_core_seconds": _NUMBER}))})
+WHOAMI = _record({"role": {"type": "string", "enum": ["admin", "user", "site", "pilot"]},
+                  "name": _TEXT, "user": _MAYBE_TEXT, "site": _MAYBE_TEXT,
+                  "expires": dict(_MAYBE_NUMBER, description="when the token expires")})
+
+HEALTH = _record({
+    "status": {"type": "string", "enum": ["ok", "stalled", "writer_down", "unreadable"]},
+    "version": _TEXT, "uptime": _NUMBER, "datasets": _int(), "running_attempts": _int(),
+    "pilots": _int(), "held_asks": _int(),
+    "database": _record({
+        "commits": _int(), "writes": _int(), "stalls": _int(), "writer_alive": _BOOLEAN,
+        "writer_pid": _MAYBE_INT,
+        "last_write_age": dict(_MAYBE_NUMBER, description="seconds since the writer last "
+                                                          "answered a write")}),
+    "reason": dict(_TEXT, description="what keeps the database from working (not ok)"),
+    "stalled_for": dict(_NUMBER, description="seconds the write has waited (stalled)"),
+}, ("reason", "stalled_for"))
+NOTIFICATIONS_KEY = _record({"key": _str(10_000, description="PEM"),
+                             "algorithm": {"type": "string", "enum": ["ed25519"]}})
+OPENAPI = _obj({"openapi": _TEXT, "info": {"type": "object"}, "paths": {"type": "object"},
+                "components": {"type": "object"}}, ("openapi", "info", "paths"), extra=True)
+
+NAMED = {"Error": ERROR, "Dataset": DATASET, "DatasetDetail": DATASET_DETAIL,
+         "Archive": ARCHIVE, "Event": EVENT, "ConfigVersion": CONFIG_VERSION,
+         "TaskRow": TASK_ROW, "Task": TASK, "Attempt": ATTEMPT, "BlackHole": BLACK_HOLE,
+         "Pilot": PILOT, "User": USER}
+"""The schemas the OpenAPI document names (components/schemas), by name: answers' records
+only, so that the schemas of request bodies and of the pilot's answers (which the dry-run
+preview shares) stand alone, with no reference into the document."""

@@ -26,7 +26,7 @@ async def own_site(ctx: Context) -> Site:
 
 
 @route("GET", "/api/v1/sites", summary="Sites with their running pilots", tag="sites",
-       action=Action.READ,
+       action=Action.READ, response=schemas.SITES,
        description="`black_holes` lists the site's hosts that get no work now: where tasks of "
                    "`black_hole_failures` different tasks failed soon after their start, with "
                    "when that was found, until when, and why.")
@@ -59,7 +59,7 @@ async def pilot_tokens(ctx: Context) -> Any:
 
 @route("POST", "/api/v1/sites/{name}/demand", summary="Ready tasks that pilots of each shape "
        "could run at this site", tag="sites", action=Action.SITE, params=[SITE],
-       body=schemas.DEMAND,
+       body=schemas.DEMAND, response=schemas.SITE_DEMAND,
        description="Each ready task is counted once, for the smallest shape it fits, after "
                    "the pilots other factories have queued are subtracted (each factory "
                    "believed up to the site's pilot tokens that have registered no pilot "
@@ -89,7 +89,7 @@ async def demand(ctx: Context) -> Any:
 
 
 @route("DELETE", "/api/v1/sites/{name}/demand", summary="Withdraw what this factory said it "
-       "has queued", tag="sites", action=Action.SITE,
+       "has queued", tag="sites", action=Action.SITE, response=schemas.WITHDRAWN,
        params=[SITE, Param("factory", str, "default", doc="the factory's id, as its demand "
                                                           "requests give it")],
        description="A factory that stops (or ends a `--once` cycle) says so here: the pilots "
@@ -129,7 +129,7 @@ async def batch_jobs(ctx: Context) -> Any:
 
 
 @route("GET", "/api/v1/pilots", summary="Pilots, by site and state", tag="sites",
-       action=Action.READ,
+       action=Action.READ, response=schemas.PILOTS,
        description="Each pilot with what it measured, `attempts` (the ids of those it runs "
                    "now) and `attempts_run` (how many it was given in all, 0 for an empty "
                    "pilot).",

@@ -160,7 +160,19 @@ class Database:
         self.stalled: float | None = None
         """Since when (time.monotonic) the oldest write has waited beyond `stall_after`."""
         self.stalls = 0
+        self.last_answer: float | None = None
+        """When (time.monotonic) the writer process last answered a write; None: not yet."""
         self._watchdog = asyncio.create_task(self._watch(), name="floe-db-watchdog")
+
+    @property
+    def writer_alive(self) -> bool:
+        """Whether the writer process runs (one that died is started again by the next
+        write)."""
+        return self._process.alive
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._process.pid
 
     @classmethod
     async def open(cls, path: str | Path, *, durability: str = "full", cache: int = 64 * 2**20,
@@ -466,6 +478,7 @@ class Database:
         """The writer's answer for the oldest `len(results)` batches in flight."""
         group = [self._inflight.popleft() for _ in results]
         self.commits += commits
+        self.last_answer = time.monotonic()
         if results and all(r is not None and r[0] == "error" for r in results):
             log.error("database write failed: %s", results[0][1])
             self._refuse(group, f"the database write failed: {results[0][1]}")

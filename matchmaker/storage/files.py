@@ -64,15 +64,17 @@ def stamp(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
 
-def check(path: Path) -> None:
+def check(path: Path, integrity: bool = False) -> int | None:
     """Refuse, with one sentence, a `path` the server could not use as its database; a path
     that does not exist yet is fine (the database is made there). A refused file is left as it
-    was: the `-wal` and `-shm` files that SQLite makes beside it to read it go again."""
+    was: the `-wal` and `-shm` files that SQLite makes beside it to read it go again. With
+    `integrity`, SQLite's quick check of the file must pass too (`floe server --check`). The
+    file's schema version; None where there is no file yet."""
     if path.is_dir():
         raise StorageError(f"{path} is a directory; give --db a file, such as "
                            f"{path / 'floe.sqlite'}")
     if not path.exists():
-        return
+        return None
     sidecars = [Path(f"{path}{suffix}") for suffix in ("-wal", "-shm")]
     made = [sidecar for sidecar in sidecars if not sidecar.exists()]
     try:
@@ -81,13 +83,27 @@ def check(path: Path) -> None:
         raise StorageError(f"cannot open the database {path}: {exc}; check that it is "
                            "readable") from None
     try:
-        schema_version(conn, path)
+        version = schema_version(conn, path)
+        if integrity:
+            _quick_check(conn, path)
     except StorageError:
         conn.close()
         for sidecar in made:
             sidecar.unlink(missing_ok=True)
         raise
     conn.close()
+    return version
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        found = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    if found != ["ok"]:
+        raise StorageError(f"{path} fails SQLite's quick check ({'; '.join(found)}); stop "
+                           "the server and restore the database from a copy made with `floe "
+                           "db backup`")
 
 
 class ServerLock:

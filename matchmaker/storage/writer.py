@@ -230,6 +230,10 @@ class WriterProcess:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> None:
         """Start the child and wait for it to open the database; raises WriterGone if it
         cannot."""

@@ -38,7 +38,8 @@ async def _add_fallback(app: web.Application) -> None:
 
 
 def add_routes(app: web.Application) -> None:
-    """Serve the pages from `app` (the matchmaker's application)."""
+    """Serve the pages from `app` (the matchmaker's application); its startup opens
+    `app[SESSIONS]` on the database."""
     app[SESSIONS] = Sessions()
     app[HISTORY] = History()
     for module in (signin, datasets, tasks, pilots, shares):

@@ -10,6 +10,10 @@ from collections.abc import Iterable
 
 from config.resources import format_duration, format_size
 
+from ..frontdoor import PREFIX
+
+URL_ATTRIBUTES = frozenset({"href", "action", "src"})
+
 
 class Markup(str):
     """Text that is already HTML, safe to include as it is."""
@@ -48,6 +52,10 @@ def tag(name: str, /, *children: Child, **attrs: object) -> Markup:
         if value is None or value is False:
             continue
         key = key.rstrip("_").replace("_", "-")
+        # Root-absolute links go under the path the pages are published at (frontdoor).
+        if key in URL_ATTRIBUTES and isinstance(value, str) and value.startswith("/") \
+                and not value.startswith("//"):
+            value = PREFIX.get() + value
         rendered.append(f" {key}" if value is True else f' {key}="{escape(value)}"')
     opening = f"<{name}{''.join(rendered)}>"
     if name in VOID:

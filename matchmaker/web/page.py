@@ -25,9 +25,10 @@ from ..api.framework import AUTH, ENGINE, RETRY_AFTER, unavailable
 from ..auth import Auth, Principal
 from ..engine import Engine
 from ..errors import ApiError, Forbidden, Unauthorized, Unavailable
+from ..frontdoor import PREFIX, note_principal
 from ..model import DatasetState
 from ..storage.database import StorageError
-from .html import Child, Markup, join, link, tag
+from .html import Child, Markup, escape, join, link, tag
 from .sessions import CSRF_FIELD, SESSION_COOKIE, Session, Sessions, same_secret
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ class View:
 
 
 def html_response(title: str, nav: Markup, body: Markup, status: int = 200) -> web.Response:
-    text = LAYOUT.substitute(title=tag("title", f"{title} · floe"), nav=nav, body=body)
+    text = LAYOUT.substitute(title=tag("title", f"{title} · floe"), nav=nav, body=body,
+                             root=escape(PREFIX.get()))
     return web.Response(text=text, status=status, content_type="text/html",
                         headers=SECURITY_HEADERS)
 
@@ -114,8 +116,10 @@ def message(view: View | None, status: int, text: str) -> web.Response:
 
 
 def redirect(location: str) -> web.Response:
-    """See the result of a POST at `location` (303: the browser GETs it)."""
-    return web.Response(status=303, headers={**SECURITY_HEADERS, "Location": location})
+    """See the result of a POST at `location`, a path of the pages (303: the browser GETs
+    it), under the path they are published at."""
+    return web.Response(status=303, headers={**SECURITY_HEADERS,
+                                             "Location": PREFIX.get() + location})
 
 
 def href(path: str, **params: object) -> str:
@@ -175,15 +179,14 @@ def page(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
 async def _view(request: web.Request) -> View | None:
     """The signed-in user of `request`, or None (no session, or its token stopped working)."""
-    session_id = request.cookies.get(SESSION_COOKIE)
-    session = request.app[SESSIONS].find(session_id)
+    session = request.app[SESSIONS].find(request.cookies.get(SESSION_COOKIE))
     if session is None:
         return None
     auth = request.app[AUTH]
     try:
-        principal = await auth.authenticate(session.token)
+        principal = await auth.authenticate_session(session.token_digest)
     except Unauthorized:
-        request.app[SESSIONS].end(session_id)
         return None
+    note_principal(request, principal)
     authorize(principal, Action.READ)
     return View(request, request.app[ENGINE], auth, principal, session)

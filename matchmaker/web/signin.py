@@ -10,6 +10,8 @@ from aiohttp import web
 from ..access import Action, authorize
 from ..api.framework import AUTH
 from ..errors import Forbidden, Unauthorized, Unavailable
+from ..frontdoor import note_principal
+from ..passkeys import hash_secret
 from .html import Markup, join, tag
 from .page import SESSIONS, View, html_response, message, page, read_form, redirect
 from .sessions import (
@@ -96,9 +98,10 @@ async def signin(request: web.Request) -> web.StreamResponse:
     except Forbidden:
         return _form(request, fresh, "That is not a user token: sign in with a user's token "
                                      "(floe_u_…), not a site's or a pilot's.", 403)
-    session_id = request.app[SESSIONS].create(token)
+    note_principal(request, principal)
+    cookie = request.app[SESSIONS].create(hash_secret(token))
     response = redirect(safe_next(str(form.get("next") or "")))
-    set_cookie(response, request, SESSION_COOKIE, session_id, int(LIFETIME))
+    set_cookie(response, request, SESSION_COOKIE, cookie, LIFETIME)
     clear_cookie(response, request, SIGNIN_COOKIE, path="/signin")
     return response
 
@@ -106,7 +109,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
 @routes.post("/signout")
 @page
 async def signout(view: View) -> web.StreamResponse:
-    view.request.app[SESSIONS].end(view.request.cookies.get(SESSION_COOKIE))
+    view.request.app[SESSIONS].end(view.session)
     response = redirect("/signin?why=signedout")
     clear_cookie(response, view.request, SESSION_COOKIE)
     return response

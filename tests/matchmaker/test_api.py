@@ -32,13 +32,19 @@ class Api:
     """Calls to the server. Every JSON body the server takes (a 2xx answer) is checked, with the
     jsonschema library, against the schema that the server's own OpenAPI document declares for
     that route: the document must take whatever the server takes. `checked` holds the routes
-    (method, documented path) whose bodies were so checked."""
+    (method, documented path) whose bodies were so checked. Likewise every JSON answer is
+    checked against the schema the document declares for that route and status (closed
+    objects: a field added or dropped on either side fails), and a success must be declared;
+    `conformed` holds the (method, documented path, status) of the answers so checked."""
 
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self.session = session
         self.base = base
         self.documented: list[tuple[str, str, re.Pattern, Draft202012Validator]] | None = None
         self.checked: set[tuple[str, str]] = set()
+        self.declared: list[tuple[str, str, re.Pattern, dict[str, Draft202012Validator]]] | \
+            None = None
+        self.conformed: set[tuple[str, str, int]] = set()
 
     async def call(self, method: str, path: str, token: str | None = None, body=None,
                    passkey: str | None = None, data: bytes | None = None):
@@ -55,9 +61,31 @@ class Api:
             except ValueError:
                 payload = text
             status = reply.status
+            answered_json = reply.content_type == "application/json"
         if body is not None and 200 <= status < 300:
             await self.check_taken_body(method, path, body)
+        if answered_json and path.startswith("/api/"):
+            await self.check_answer(method, path, status, payload)
         return status, payload
+
+    async def check_answer(self, method: str, path: str, status: int, answer) -> None:
+        if self.declared is None:
+            async with self.session.get(self.base + "/api/v1/openapi.json") as reply:
+                self.declared = answer_schemas(await reply.json())
+        path = path.partition("?")[0]
+        verb, template, _, validators = next(
+            (found for found in self.declared
+             if found[0] == method.upper() and found[2].fullmatch(path)),
+            (method, path, None, {}))
+        if str(status) not in validators and not 200 <= status < 300:
+            return  # an error the route does not declare: no route, 405, 5xx
+        assert str(status) in validators, \
+            f"{method} {path} answered {status}, which its OpenAPI document does not declare"
+        errors = [f"{'/'.join(map(str, e.absolute_path)) or '(answer)'}: {e.message}"
+                  for e in validators[str(status)].iter_errors(answer)]
+        assert not errors, (f"the server's {status} answer to {method} {path} is not what its "
+                            f"OpenAPI document declares: {errors[:5]}")
+        self.conformed.add((verb, template, status))
 
     async def check_taken_body(self, method: str, path: str, body) -> None:
         if self.documented is None:
@@ -84,6 +112,23 @@ def body_schemas(document: dict) -> list[tuple[str, str, re.Pattern, Draft202012
             if "application/json" in content:
                 found.append((method.upper(), template, pattern,
                               Draft202012Validator(content["application/json"]["schema"])))
+    return found
+
+
+def answer_schemas(document: dict) -> list[
+        tuple[str, str, re.Pattern, dict[str, Draft202012Validator]]]:
+    """(method, path, path pattern, {status: validator}) of each route, for its JSON answers
+    that the OpenAPI `document` declares (their references into it resolved)."""
+    found = []
+    for template, ops in document["paths"].items():
+        pattern = re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(template)))
+        for method, op in ops.items():
+            validators = {
+                status: Draft202012Validator({"allOf": [content["application/json"]["schema"]],
+                                              "components": document["components"]})
+                for status, answer in op["responses"].items()
+                if "application/json" in (content := answer.get("content", {}))}
+            found.append((method.upper(), template, pattern, validators))
     return found
 
 
@@ -535,6 +580,19 @@ async def test_errors_are_json_with_a_4xx_status(world):
         status, answer = await world.api.call(method, path, token, body)
         assert status == expected, (path, answer)
         assert set(answer) == {"error"} and answer["error"], (path, answer)
+
+
+async def test_a_method_a_route_does_not_take_is_answered_405_with_allow(world):
+    for method, path, allowed in (
+            ("DELETE", "/api/v1/datasets", "GET, POST"),
+            ("PATCH", f"/api/v1/datasets/{world.dataset}", "DELETE, GET"),
+            ("GET", f"/api/v1/pilots/{world.pilot}/ask", "POST")):
+        async with world.session.request(method, world.api.base + path,
+                                         headers={"Authorization": f"Bearer {world.owner}"}
+                                         ) as reply:
+            assert reply.status == 405, (method, path)
+            assert reply.headers["Allow"] == allowed, (method, path)
+            assert (await reply.json())["error"].endswith(f"it takes {allowed}")
 
 
 async def test_invalid_config_is_refused_with_the_path_value_and_fix(world):

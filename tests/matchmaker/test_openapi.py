@@ -1,17 +1,20 @@
 """The OpenAPI document against the server that serves it, on the bodies that matter most: what
 floe's own pilot sends (built by its client and its report code, sent to a real server), the
-dataset configs users submit, and bodies that the server refuses. Api.call checks every body
-that the server takes against the document's schema for its route (with the jsonschema
-library); these tests check that they exercise the routes they name, and that the document
-refuses what the server refuses."""
+dataset configs users submit, and bodies that the server refuses; and on every answer. Api.call
+checks every body that the server takes, and every JSON answer it gives, against the
+document's schema for its route (with the jsonschema library); these tests check that they
+exercise the routes they name, that the document refuses what the server refuses, and that it
+is a valid OpenAPI document."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
 
 from config.resources import GIB, Usage
 from config.states import ErrorClass
@@ -23,7 +26,8 @@ from pilot.runner import TaskResult
 from pilot.slot import MeasuredSlot
 from tests.config.test_json_schema import INVALID, VALID
 
-from .test_api import body_schemas
+from . import support as s
+from .test_api import MATRIX, PASSKEY_ACTIONS, answer_schemas, body_schemas, path_for, token_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -213,3 +217,59 @@ async def test_a_pilot_body_the_server_refuses_is_refused_by_the_document(world,
     status, answer = await world.api.call("POST", path, world.pilot_key, body)
     assert (status, answer) == (400, {"error": schema_refusal(schema, body)})
     assert not schema.is_valid(body)
+
+
+async def test_the_document_is_valid_openapi_with_unique_operation_ids(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    validate(document)  # raises on the first fault (a repeated operationId is one)
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)) > 30
+    # Every JSON answer is typed: a record, one of several, or a named component's.
+    untyped = [(method, path, status) for path, ops in document["paths"].items()
+               for method, op in ops.items() for status, answer in op["responses"].items()
+               if not {"properties", "oneOf", "$ref"} & set(
+                   answer["content"].get("application/json", {"schema": {"$ref": ""}})["schema"])]
+    assert untyped == []
+
+
+async def test_every_json_answer_is_declared_and_the_answers_are_what_it_declares(world):
+    # Every route called once as a role that may call it, after an attempt that reported
+    # statistics and outputs; Api.call checks each JSON answer against its declared schema.
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    _, given = await world.ask()
+    done = given["attempt"]
+    status, answer = await world.api.call(
+        "POST", f"/api/v1/attempts/{done['id']}/report", None,
+        {"exit_code": 0, "statistics": {"events": 1000}, "usage": {"cpu_time": 2.0},
+         "outputs": [{"local": "out.txt", "url": "file:///data/out.txt", "size": 3}]},
+        passkey=done["passkey"])
+    assert status == 200 and answer["task_state"] == "complete", answer
+    handed_out: dict = {}
+    for method, path, body, allowed in MATRIX.values():
+        role = sorted(allowed)[0]
+        target = await path_for(world, path, handed_out)
+        named = re.search(r"/pilots/(\d+)/", target)
+        token = await token_of(world, role, int(named.group(1)) if named else None)
+        if isinstance(body, dict) and "name" in body:
+            body = {"name": body["name"].format(role="answers")}
+        status, answer = await world.api.call(method, target, token, body)
+        assert 200 <= status < 300, (target, answer)
+    for method, path, body in PASSKEY_ACTIONS.values():
+        target = await path_for(world, path, handed_out)
+        status, answer = await world.api.call(
+            method, target, None, body if isinstance(body, dict) else None,
+            passkey=handed_out["passkey"], data=body if isinstance(body, bytes) else None)
+        assert status == 200, (target, answer)
+    status, answer = await world.api.call("POST", "/api/v1/datasets?dry_run=true", world.owner,
+                                          s.config(jobs=3))
+    assert status == 200 and answer["dry_run"], answer
+    _, task = await world.api.call("GET", f"/api/v1/tasks/{done['task_id']}", world.owner)
+    _, attempt = await world.api.call("GET", f"/api/v1/attempts/{done['id']}", world.owner)
+    assert task["attempts"][0]["statistics"] == attempt["statistics"] == {"events": 1000}
+    _, statistics = await world.api.call(
+        "GET", f"/api/v1/datasets/{world.dataset}/statistics", world.owner)
+    assert {"events"} <= {row["name"] for row in statistics["statistics"]}
+    declared = {(method, template, int(status))
+                for method, template, _, validators in answer_schemas(document)
+                for status in validators if status.startswith("2")}
+    assert declared == {answer for answer in world.api.conformed if 200 <= answer[2] < 300}
