@@ -137,7 +137,7 @@ async def _archive(engine: Engine, dataset: Any, user: Any) -> dict[str, Any]:
             "other_writes_ms": {"p50": round(waits[len(waits) // 2] * 1000, 1),
                                 "p99": round(waits[int(len(waits) * 0.99)] * 1000, 1),
                                 "max": round(waits[-1] * 1000, 1), "count": len(waits)},
-            "read_ms": {"one_task's_attempts": round(by_task * 1000, 1),
+            "read_ms": {"one_task_attempts": round(by_task * 1000, 1),
                         "one_attempt_by_id": round(by_id * 1000, 1)}}
 
 

@@ -209,6 +209,13 @@ ROWS = [
         lambda r: (f"{n(r['record']['bytes_per_attempt'])} B; {n(r['record']['bytes_per_task'])}"
                    f" B; at {n(r['record']['attempts'])}"),
         "≤ 1,024 B per attempt", lambda r: r["record"]["bytes_per_attempt"] <= 1024),
+    Row("the same dataset archived (floe archive): seconds, archive bytes per attempt, other "
+        "writes' wait meanwhile p99 (max), one task's attempts read back",
+        lambda r: (f"{n(r['record']['archive']['seconds'], 1)} s; "
+                   f"{n(r['record']['archive']['bytes_per_attempt'], 1)} B; "
+                   f"{n(r['record']['archive']['other_writes_ms']['p99'], 1)} ms "
+                   f"({n(r['record']['archive']['other_writes_ms']['max'], 1)} ms); "
+                   f"{n(r['record']['archive']['read_ms']['one_task_attempts'], 1)} ms")),
     Row("scale: matches per second at saturation (tasks queued in datasets; pilots, of them "
         "idle and holding asks)",
         lambda r: (f"{n(r['scale']['saturation']['matches_per_second'])} "
