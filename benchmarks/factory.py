@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe  # noqa: E402
-from cli.main import main as floe  # noqa: E402
-from config.factory import to_toml  # noqa: E402
+from floe.cli.main import main as floe  # noqa: E402
+from floe.config.factory import to_toml  # noqa: E402
 
 SERVER_SETTINGS = 'idle_wait = "2s"\n'
 """Server defaults but one: a pilot that finds nothing waits 2 s before it asks again, not 30 s,
@@ -105,7 +105,7 @@ class Server:
         settings.write_text(settings_text)
         with open(workdir / "server.log", "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
+                [sys.executable, "-m", "floe.cli.main", "server", "--db", str(self.db), "--port",
                  str(self.port), "--settings", str(settings), "--log-level", "warning"],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.psutil = psutil.Process(self.process.pid)
@@ -206,7 +206,7 @@ class Factory:
         self.log = workdir / "factory.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "factory", "--config", str(config)],
+                [sys.executable, "-m", "floe.cli.main", "factory", "--config", str(config)],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.psutil = psutil.Process(self.process.pid)
         wait_for(lambda: self._alive() and self.status(), 60, "the factory's first cycle")

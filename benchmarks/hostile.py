@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 def floe(tree: Path, *args: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "cli.main", *args, "--json"], cwd=tree,
+    done = subprocess.run([sys.executable, "-m", "floe.cli.main", *args, "--json"], cwd=tree,
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
@@ -88,7 +88,7 @@ def measure(tree: Path) -> dict[str, Any]:
         site = floe(tree, "site", "add", "site-a", "--db", db)["token"]
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--db", db,
+        server = subprocess.Popen([sys.executable, "-m", "floe.cli.main", "server", "--db", db,
                                    "--port", str(port), "--log-level", "error"], cwd=tree,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

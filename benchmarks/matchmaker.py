@@ -95,15 +95,15 @@ class Server:
         it with `ulimit -Hn` or systemd's LimitNOFILE=; None keeps this process's."""
 
     def admin_token(self) -> str:
-        out = subprocess.run([sys.executable, "-m", "cli.main", "user", "add", "root", "--admin",
-                              "--db", str(self.db), "--json"], cwd=ROOT, check=True,
+        out = subprocess.run([sys.executable, "-m", "floe.cli.main", "user", "add", "root",
+                              "--admin", "--db", str(self.db), "--json"], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout
         return json.loads(out)["token"]
 
     def start(self, timeout: float = 30.0) -> None:
         files = self.open_files
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
+            [sys.executable, "-m", "floe.cli.main", "server", "--db", str(self.db), "--port",
              str(self.port), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL,
             preexec_fn=None if files is None else
             lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (files, files)))

@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe  # noqa: E402
-from cli.main import main as floe  # noqa: E402
-from pilot.client import Matchmaker  # noqa: E402
-from pilot.loop import Pilot  # noqa: E402
-from pilot.settings import PilotSettings  # noqa: E402
-from pilot.slot import measure  # noqa: E402
-from pilot.workarea import WorkArea  # noqa: E402
+from floe.cli.main import main as floe  # noqa: E402
+from floe.pilot.client import Matchmaker  # noqa: E402
+from floe.pilot.loop import Pilot  # noqa: E402
+from floe.pilot.settings import PilotSettings  # noqa: E402
+from floe.pilot.slot import measure  # noqa: E402
+from floe.pilot.workarea import WorkArea  # noqa: E402
 
 NULL_TASK = {"name": "null", "requirements": {"cpus": 1, "memory": "64MiB", "disk": "16MiB",
                                               "walltime": "1m"},
@@ -73,7 +73,7 @@ class Server:
         self.site_token = self._floe("site", "add", "bench")["token"]
         self.user_token = self._floe("user", "add", "bench")["token"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
+            [sys.executable, "-m", "floe.cli.main", "server", "--db", str(self.db), "--port",
              str(self.port), "--log-level", "warning"], cwd=ROOT, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:

@@ -29,13 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe  # noqa: E402
-from config.resources import Slot  # noqa: E402
-from config.settings import server_settings  # noqa: E402
-from matchmaker import dispatch, pilots, recording, records, retiring, submission  # noqa: E402
-from matchmaker.auth import Auth  # noqa: E402
-from matchmaker.engine import Engine  # noqa: E402
-from matchmaker.storage import writes  # noqa: E402
-from matchmaker.storage.database import Batch, Database  # noqa: E402
+from floe.config.resources import Slot  # noqa: E402
+from floe.config.settings import server_settings  # noqa: E402
+from floe.matchmaker import dispatch, pilots, recording, records, retiring, submission  # noqa: E402
+from floe.matchmaker.auth import Auth  # noqa: E402
+from floe.matchmaker.engine import Engine  # noqa: E402
+from floe.matchmaker.storage import writes  # noqa: E402
+from floe.matchmaker.storage.database import Batch, Database  # noqa: E402
 
 BATCH = 500
 SLOT = Slot(cpus=BATCH, memory=2**50, disk=2**50, seconds=86400, os=("linux",), arch="x86_64",

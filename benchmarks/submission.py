@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import describe  # noqa: E402
-from pilot.bundle import build  # noqa: E402
-from plugins.base import BatchError, PilotShape, PluginSettings  # noqa: E402
-from plugins.hosts import SshSettings  # noqa: E402
-from plugins.jobs import CommandJob, PilotJob  # noqa: E402
-from plugins.slurm import SlurmPlugin  # noqa: E402
+from floe.pilot.bundle import build  # noqa: E402
+from floe.plugins.base import BatchError, PilotShape, PluginSettings  # noqa: E402
+from floe.plugins.hosts import SshSettings  # noqa: E402
+from floe.plugins.jobs import CommandJob, PilotJob  # noqa: E402
+from floe.plugins.slurm import SlurmPlugin  # noqa: E402
 
 SHAPE = PilotShape("bench", memory=256 * 2**20, walltime=600)
 LOGIN_NODE = Path("/var/tmp/floe-batch/login-node")

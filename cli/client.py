@@ -12,14 +12,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from config.resources import format_duration, format_size
-from config.schema import ConfigError, counted
+from floe.config.resources import format_duration, format_size
+from floe.config.schema import ConfigError, counted
 
 from .command import add_dataset, add_json, fail, print_json
 from .http import Client, ClientError
 
 if TYPE_CHECKING:
-    from config.dataset import DatasetConfig
+    from floe.config.dataset import DatasetConfig
 
 STATES = ("waiting", "ready", "processing", "complete", "failed", "suspended")
 ENDED = ("complete", "failed")
@@ -62,8 +62,8 @@ def _configure_submit(parser: argparse.ArgumentParser) -> None:
 def _read_stdin() -> DatasetConfig:
     """The dataset config piped in on stdin; ConfigError saying what is wrong when there is
     none, or when it is no JSON document."""
-    from config.dataset import validate
-    from config.schema import parse_json
+    from floe.config.dataset import validate
+    from floe.config.schema import parse_json
 
     if sys.stdin.isatty():
         print("floe submit: reading the dataset config from stdin (end it with Ctrl-D)",
@@ -86,7 +86,7 @@ def _read_stdin() -> DatasetConfig:
 
 
 def _run_submit(args: argparse.Namespace) -> int:
-    from config.dataset import load
+    from floe.config.dataset import load
 
     source = "stdin" if args.config == "-" else args.config
     try:

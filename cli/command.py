@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import format_duration
+from floe.config.resources import format_duration
 
 from .http import Client, ClientError, add_options
 

@@ -7,9 +7,9 @@ import argparse
 import sys
 from typing import Any
 
-from config.resources import format_duration, format_size
-from config.schema import counted
-from config.states import JOB_STATES, AttemptState, ErrorClass
+from floe.config.resources import format_duration, format_size
+from floe.config.schema import counted
+from floe.config.states import JOB_STATES, AttemptState, ErrorClass
 
 from .client import STATES
 from .command import Command, add_dataset, add_paging, age, moment, next_page, subcommands, table

@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from config.factory import to_toml
-from config.schema import counted
+from floe.config.factory import to_toml
+from floe.config.schema import counted
 
 from .client import percent_ended, progress_bar
 from .http import Client, ClientError
@@ -43,7 +43,7 @@ from .places import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_SCRIPT = ROOT / "scripts" / "batch" / "slurm.sh"
-FLOE = [sys.executable, "-m", "cli.main"]
+FLOE = [sys.executable, "-m", "floe.cli.main"]
 USER = "demo"
 # What each run makes in its workdir, removed at the start of the next one.
 RUN_FILES = ("floe.sqlite", "floe.sqlite-wal", "floe.sqlite-shm", "server.toml", "server.log",
@@ -153,7 +153,7 @@ class Demo:
 
     def prepare(self) -> dict[str, Any]:
         """Check what the run needs, clear the previous run; the dataset to submit."""
-        from config.dataset import ConfigError, load
+        from floe.config.dataset import ConfigError, load
 
         if self.site == "slurm":
             self.check_slurm()
@@ -162,7 +162,7 @@ class Demo:
         if self.args.gpu_devices is not None:
             self.gpu_devices = self.read_gpu_devices(self.args.gpu_devices)
         elif self.args.gpu:
-            from plugins.local import nvml_devices
+            from floe.plugins.local import nvml_devices
 
             found, source = nvml_devices()
             if not found:
@@ -196,7 +196,7 @@ class Demo:
     @staticmethod
     def read_gpu_devices(path: Path) -> list[dict[str, Any]]:
         """The --gpu-devices list, checked as the pilots will read it."""
-        from pilot.gpus import declared_gpus
+        from floe.pilot.gpus import declared_gpus
 
         try:
             text = path.read_text()
@@ -452,9 +452,9 @@ class Demo:
         """Remove the pilots of the demo's factory that are still there once it has stopped (a
         factory killed mid-way). Pilots it has just removed may take a few seconds to end
         (SLURM's COMPLETING): only those still there after LEFTOVER_WAIT are removed here."""
-        from config.factory import load_factory_config
-        from factory.site import build_plugin
-        from plugins import BatchError, PilotState
+        from floe.config.factory import load_factory_config
+        from floe.factory.site import build_plugin
+        from floe.plugins import BatchError, PilotState
 
         config = load_factory_config(config_path, self.url)
         _, plugin = build_plugin(config, config.sites[0])

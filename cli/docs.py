@@ -10,9 +10,9 @@ from pathlib import Path
 # topic -> (what it documents, module, function returning the Markdown); imported only when asked.
 TOPICS = {
     "config": ("the dataset config: every parameter and the expression functions",
-               "config.docs", "dataset_reference"),
-    "server": ("the matchmaker's settings (server.toml)", "config.settings", "reference"),
-    "factory": ("the factory's config (site.toml)", "config.factory", "reference"),
+               "floe.config.docs", "dataset_reference"),
+    "server": ("the matchmaker's settings (server.toml)", "floe.config.settings", "reference"),
+    "factory": ("the factory's config (site.toml)", "floe.config.factory", "reference"),
 }
 
 

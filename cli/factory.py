@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from factory.service import Factory
+    from floe.factory.service import Factory
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def bundle_in(workdir: Path) -> Path:
     """`workdir/pilot.pyz`, built now unless it already holds the same bytes."""
-    from pilot.bundle import build
+    from floe.pilot.bundle import build
 
     target = workdir / "pilot.pyz"
     fresh = build(workdir / ".pilot.pyz.new")
@@ -53,10 +53,10 @@ def bundle_in(workdir: Path) -> Path:
 def check(config: Any) -> int:
     """`--check`: the config is valid and each plugin takes its site's settings; now ask the
     matchmaker with each site's token, and the batch system (through its login node)."""
-    from config.factory import site_token
-    from factory.matchmaker import MatchmakerError, SiteClient
-    from factory.site import build_plugin
-    from plugins import BatchError, PluginConfigError
+    from floe.config.factory import site_token
+    from floe.factory.matchmaker import MatchmakerError, SiteClient
+    from floe.factory.site import build_plugin
+    from floe.plugins import BatchError, PluginConfigError
 
     failed = False
     for site in config.sites:
@@ -90,11 +90,11 @@ def check(config: Any) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from config.factory import load_factory_config, site_token
-    from config.schema import ConfigError
-    from factory.service import Factory
-    from factory.site import private_dir
-    from plugins import PluginConfigError
+    from floe.config.factory import load_factory_config, site_token
+    from floe.config.schema import ConfigError
+    from floe.factory.service import Factory
+    from floe.factory.site import private_dir
+    from floe.plugins import PluginConfigError
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s floe factory: %(message)s")

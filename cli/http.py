@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.connecting import address_problem, unreachable_hint
+from floe.config.connecting import address_problem, unreachable_hint
 
 from .places import config_dir
 

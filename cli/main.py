@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 # Modules in the order their subcommands appear in `floe --help`.
-MODULES = ("cli.server", "cli.database", "cli.client", "cli.datasets", "cli.steer", "cli.pool",
-           "cli.pilot", "cli.factory", "cli.demo", "cli.docs")
+MODULES = ("floe.cli.server", "floe.cli.database", "floe.cli.client", "floe.cli.datasets",
+           "floe.cli.steer", "floe.cli.pool", "floe.cli.pilot", "floe.cli.factory",
+           "floe.cli.demo", "floe.cli.docs")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 
 def _configure_pilot(parser: argparse.ArgumentParser) -> None:
-    from pilot.main import add_arguments
+    from floe.pilot.main import add_arguments
 
     add_arguments(parser)
 
 
 def _run_pilot(args: argparse.Namespace) -> int:
-    from pilot.main import run
+    from floe.pilot.main import run
 
     return run(args)
 
@@ -30,7 +30,7 @@ def _configure_bundle(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_bundle(args: argparse.Namespace) -> int:
-    from pilot.bundle import build, pynvml_file
+    from floe.pilot.bundle import build, pynvml_file
 
     path = build(args.output)
     if pynvml_file() is None:
@@ -41,14 +41,14 @@ def _run_bundle(args: argparse.Namespace) -> int:
 
 
 def _configure_run(parser: argparse.ArgumentParser) -> None:
-    from pilot.offline import add_arguments
+    from floe.pilot.offline import add_arguments
 
     parser.add_argument("config", type=Path, metavar="CONFIG.json", help="the dataset config")
     add_arguments(parser)
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from pilot.offline import main
+    from floe.pilot.offline import main
 
     return main(args.config, args)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from config.resources import format_duration, format_size
+from floe.config.resources import format_duration, format_size
 
 from .command import Command, add_paging, age, moment, next_page, subcommands, table
 from .http import Client

@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from config.settings import SERVER_SCHEMA
+from floe.config.settings import SERVER_SCHEMA
 
 DEFAULT_DB = SERVER_SCHEMA.fields["database"].default
 
@@ -39,7 +39,7 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace):
-    from config.settings import load_server_settings
+    from floe.config.settings import load_server_settings
 
     overrides = {"database": args.db, "host": args.host, "port": args.port,
                  "tls_cert": args.cert, "tls_key": args.key}
@@ -48,10 +48,10 @@ def settings_from(args: argparse.Namespace):
 
 
 def _run_server(args: argparse.Namespace) -> int:
-    from config.schema import ConfigError
-    from matchmaker import server
-    from matchmaker.preflight import CheckFailed, port_problem, preflight
-    from matchmaker.storage.errors import StorageError
+    from floe.config.schema import ConfigError
+    from floe.matchmaker import server
+    from floe.matchmaker.preflight import CheckFailed, port_problem, preflight
+    from floe.matchmaker.storage.errors import StorageError
 
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -77,10 +77,10 @@ def _run_server(args: argparse.Namespace) -> int:
 @contextlib.asynccontextmanager
 async def _admin(db_path: str) -> AsyncIterator:
     """An Auth over the database file, without starting a server."""
-    from config.settings import server_settings
-    from matchmaker.auth import Auth
-    from matchmaker.engine import Engine
-    from matchmaker.storage.database import Database
+    from floe.config.settings import server_settings
+    from floe.matchmaker.auth import Auth
+    from floe.matchmaker.engine import Engine
+    from floe.matchmaker.storage.database import Database
 
     if not Path(db_path).exists():
         # Say so: a user or site added to a new file is unknown to a server using another.
@@ -117,8 +117,8 @@ def _configure_user(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_user(args: argparse.Namespace) -> int:
-    from matchmaker.errors import ApiError
-    from matchmaker.storage.database import StorageError
+    from floe.matchmaker.errors import ApiError
+    from floe.matchmaker.storage.database import StorageError
 
     async def act() -> dict:
         async with _admin(args.db) as auth:
@@ -164,9 +164,9 @@ def _configure_site(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_site(args: argparse.Namespace) -> int:
-    from config.resources import ResourceError, parse_duration
-    from matchmaker.errors import ApiError
-    from matchmaker.storage.database import StorageError
+    from floe.config.resources import ResourceError, parse_duration
+    from floe.matchmaker.errors import ApiError
+    from floe.matchmaker.storage.database import StorageError
 
     async def act() -> dict:
         async with _admin(args.db) as auth:

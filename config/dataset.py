@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from config import expressions, notify, retries
-from config.json_schema import json_schema as schema_of
-from config.protocol import MAX_CPUS, MAX_GPUS
-from config.resources import SMALLEST_SIZE, Requirements
-from config.schema import (
+from floe.config import expressions, notify, retries
+from floe.config.json_schema import json_schema as schema_of
+from floe.config.protocol import MAX_CPUS, MAX_GPUS
+from floe.config.resources import SMALLEST_SIZE, Requirements
+from floe.config.schema import (
     NO_NUL_SCHEMA,
     OMIT,
     AnyValue,

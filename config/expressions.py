@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, NoReturn, Union
 
-from config.schema import counted
+from floe.config.schema import counted
 
 MAX_DEPTH = 32
 """How deeply calls, lists and steering parameters may nest inside one another."""

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.connecting import address_problem
-from config.protocol import BATCH_SYSTEMS, TOKEN_PREFIXES, token_kind
-from config.resources import SMALLEST_SIZE
-from config.schema import (
+from floe.config.connecting import address_problem
+from floe.config.protocol import BATCH_SYSTEMS, TOKEN_PREFIXES, token_kind
+from floe.config.resources import SMALLEST_SIZE
+from floe.config.schema import (
     OMIT,
     AnyValue,
     Bool,
@@ -470,7 +470,7 @@ def _of_a_site(token: str, site: str, where: str) -> str:
 
 def reference() -> str:
     """docs/factory.md: every factory setting, generated from FACTORY_SCHEMA."""
-    from config.docs import GENERATED, markdown
+    from floe.config.docs import GENERATED, markdown
 
     intro = (GENERATED.format(topic="factory", source="config/factory.py") + "\n\n"
              "`floe factory --config site.toml` reads this TOML file. Only `matchmaker` and "

@@ -23,8 +23,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from config.resources import DURATION_PATTERN, SIZE_PATTERN
-from config.schema import (
+from floe.config.resources import DURATION_PATTERN, SIZE_PATTERN
+from floe.config.schema import (
     OMIT,
     REQUIRED,
     Bool,

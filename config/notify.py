@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.schema import Enum, Field, Float, ListOf, Object, String
+from floe.config.schema import Enum, Field, Float, ListOf, Object, String
 
 EVENTS = ("complete", "failed", "failure_rate")
 MAX_HOOKS = 5

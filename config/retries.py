@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.schema import OMIT, Duration, Enum, Field, Float, Integer, ListOf, Object, String
-from config.states import COUNTS_AS_FAILURE, ErrorClass
+from floe.config.schema import OMIT, Duration, Enum, Field, Float, Integer, ListOf, Object, String
+from floe.config.states import COUNTS_AS_FAILURE, ErrorClass
 
 MAX_RULES = 20
 """The most retry rules one dataset may have."""

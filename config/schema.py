@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from config.resources import (
+from floe.config.resources import (
     GB,
     KB,
     MB,

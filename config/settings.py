@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from config.schema import (
+from floe.config.schema import (
     ConfigError,
     Duration,
     Enum,
@@ -258,7 +258,7 @@ def load_server_settings(path: str | None, overrides: Mapping[str, Any] | None =
 
 def reference() -> str:
     """docs/server.md: every server setting, generated from SERVER_SCHEMA."""
-    from config.docs import GENERATED, markdown
+    from floe.config.docs import GENERATED, markdown
 
     intro = (GENERATED.format(topic="server", source="config/settings.py") + "\n\n"
              "`floe server --settings server.toml` reads these from a TOML file; every key is "

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import format_duration, format_size
+from floe.config.resources import format_duration, format_size
 
 FIXES = {
     ("gpus", "slurm"): "the partition has no GPUs, or its nodes need a --gres request: choose "

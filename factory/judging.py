@@ -16,10 +16,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.protocol import MAX_BATCH_IDS
-from config.schema import counted
-from factory.holds import describe, likely_fix
-from plugins import PilotState
+from floe.config.protocol import MAX_BATCH_IDS
+from floe.config.schema import counted
+from floe.factory.holds import describe, likely_fix
+from floe.plugins import PilotState
 
 log = logging.getLogger("floe.factory")
 

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from config.connecting import unreachable_hint
+from floe.config.connecting import unreachable_hint
 
 WITHDRAW_TIMEOUT = 5.0
 """Seconds a stopping factory waits for the matchmaker to take its withdrawal."""

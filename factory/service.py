@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from config.factory import FactoryConfig, SiteConfig, load_factory_config, site_token
-from config.schema import ConfigError
-from factory.site import SiteRunner, build_plugin
-from plugins import PluginConfigError
+from floe.config.factory import FactoryConfig, SiteConfig, load_factory_config, site_token
+from floe.config.schema import ConfigError
+from floe.factory.site import SiteRunner, build_plugin
+from floe.plugins import PluginConfigError
 
 log = logging.getLogger("floe.factory")
 

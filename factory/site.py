@@ -37,16 +37,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.factory import FactoryConfig, SiteConfig
-from config.protocol import MAX_BATCH_IDS, QUEUED_TTL
-from config.resources import format_duration
-from config.schema import counted
-from factory.health import Health
-from factory.holds import Holds
-from factory.judging import Judging, Tracked
-from factory.matchmaker import MatchmakerError, SiteClient
-from factory.policy import Decision, Limits, ShapeCounts, top_up
-from plugins import (
+from floe.config.factory import FactoryConfig, SiteConfig
+from floe.config.protocol import MAX_BATCH_IDS, QUEUED_TTL
+from floe.config.resources import format_duration
+from floe.config.schema import counted
+from floe.factory.health import Health
+from floe.factory.holds import Holds
+from floe.factory.judging import Judging, Tracked
+from floe.factory.matchmaker import MatchmakerError, SiteClient
+from floe.factory.policy import Decision, Limits, ShapeCounts, top_up
+from floe.plugins import (
     BatchError,
     BatchPlugin,
     PilotShape,
@@ -54,8 +54,8 @@ from plugins import (
     PluginSettings,
     create_plugin,
 )
-from plugins.hosts import SshHost, SshSettings
-from plugins.jobs import PilotJob
+from floe.plugins.hosts import SshHost, SshSettings
+from floe.plugins.jobs import PilotJob
 
 log = logging.getLogger("floe.factory")
 

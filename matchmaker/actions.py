@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from config.dataset import MAX_JOBS
-from config.states import TaskState
+from floe.config.dataset import MAX_JOBS
+from floe.config.states import TaskState
 
 from .engine import ActiveAttempt, Engine, User
 from .errors import BadRequest, Conflict

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from config.protocol import utf8_tail
-from config.retries import retry_delay
-from config.states import COUNTS_AS_FAILURE, AttemptState, ErrorClass, TaskState
+from floe.config.protocol import utf8_tail
+from floe.config.retries import retry_delay
+from floe.config.states import COUNTS_AS_FAILURE, AttemptState, ErrorClass, TaskState
 
 from .engine import ActiveAttempt, Engine
 from .fairshare import weight

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from config.protocol import TOKEN_PREFIXES
-from config.schema import number
+from floe.config.protocol import TOKEN_PREFIXES
+from floe.config.schema import number
 
 from .engine import Engine, Site, User
 from .errors import BadRequest, Conflict, NotFound, Unauthorized

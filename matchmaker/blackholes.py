@@ -23,9 +23,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import format_duration
-from config.settings import ServerSettings
-from config.states import ErrorClass
+from floe.config.resources import format_duration
+from floe.config.settings import ServerSettings
+from floe.config.states import ErrorClass
 
 log = logging.getLogger(__name__)
 

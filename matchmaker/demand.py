@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.protocol import QUEUED_TTL
-from config.resources import (
+from floe.config.protocol import QUEUED_TTL
+from floe.config.resources import (
     GpuKind,
     Requirements,
     Slot,

@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import Slot, format_duration, format_size
-from config.states import TaskState
+from floe.config.resources import Slot, format_duration, format_size
+from floe.config.states import TaskState
 
 from . import passkeys
 from .engine import ActiveAttempt, Engine, Pilot

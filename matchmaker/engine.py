@@ -22,10 +22,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from config.dataset import MAX_JOBS, validate
-from config.resources import Requirements, Slot
-from config.settings import ServerSettings
-from config.states import TaskState
+from floe.config.dataset import MAX_JOBS, validate
+from floe.config.resources import Requirements, Slot
+from floe.config.settings import ServerSettings
+from floe.config.states import TaskState
 
 from .blackholes import BlackHoles
 from .fairshare import Ledger

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from config.settings import ServerSettings, base_path_problem
+from floe.config.settings import ServerSettings, base_path_problem
 
 PREFIX: contextvars.ContextVar[str] = contextvars.ContextVar("floe_prefix", default="")
 """The path the pages are published under, for the request being answered ("" for the root):

@@ -25,7 +25,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass, field
 
-from config.resources import Requirements, Slot, fits
+from floe.config.resources import Requirements, Slot, fits
 
 MAX_REMEMBERED_FITS = 100_000
 """(requirements, shape) verdicts kept before they are forgotten and checked afresh."""

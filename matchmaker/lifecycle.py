@@ -25,11 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from config.dataset import MAX_TASK_BYTES, MAX_WALLTIME
-from config.protocol import MAX_STATISTIC, MAX_STATISTICS, MAX_WARNING_LENGTH, MAX_WARNINGS
-from config.resources import Requirements, Usage, format_duration, format_size
-from config.retries import RetryRule, first_match
-from config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
+from floe.config.dataset import MAX_TASK_BYTES, MAX_WALLTIME
+from floe.config.protocol import MAX_STATISTIC, MAX_STATISTICS, MAX_WARNING_LENGTH, MAX_WARNINGS
+from floe.config.resources import Requirements, Usage, format_duration, format_size
+from floe.config.retries import RetryRule, first_match
+from floe.config.states import COUNTS_AS_FAILURE, LOST_LIMIT, AttemptState, ErrorClass, TaskState
 
 from .errors import BadRequest
 from .model import CODE, COMPLETE, STATES, WAITING, DatasetState, job_state

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from config.resources import format_duration
-from config.states import ErrorClass
+from floe.config.resources import format_duration
+from floe.config.states import ErrorClass
 
 from . import passkeys, pilots
 from .engine import ActiveAttempt, Engine, Pilot

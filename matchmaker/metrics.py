@@ -20,7 +20,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 
-from config.states import ErrorClass
+from floe.config.states import ErrorClass
 
 # The text format has no place for a counter's creation time: prometheus_client would add a
 # `_created` gauge beside every counter and histogram, doubling the series for nothing. (A

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from config.dataset import DatasetConfig
-from config.resources import Requirements
-from config.states import TASK_TRANSITIONS, TaskState, check_task
+from floe.config.dataset import DatasetConfig
+from floe.config.resources import Requirements
+from floe.config.states import TASK_TRANSITIONS, TaskState, check_task
 
 from .queue import DatasetQueue
 from .runtimes import Learned, expected_seconds

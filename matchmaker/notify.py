@@ -24,7 +24,7 @@ import aiohttp
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from config.notify import MIN_ENDED, Hook
+from floe.config.notify import MIN_ENDED, Hook
 
 from .storage import writes
 from .storage.database import Batch

@@ -8,7 +8,7 @@ import collections
 from collections.abc import Sequence
 from typing import Any
 
-from config.states import ErrorClass
+from floe.config.states import ErrorClass
 
 from . import recording
 from .auth import Principal, new_token, used_message

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from config.settings import ServerSettings
+from floe.config.settings import ServerSettings
 
 from . import tls
 from .frontdoor import FrontDoor

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from config.resources import Requirements, Slot, fits, why_not
+from floe.config.resources import Requirements, Slot, fits, why_not
 
 ClassKey = tuple[int, Requirements]
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import Usage
-from config.states import AttemptState, ErrorClass
+from floe.config.resources import Usage
+from floe.config.states import AttemptState, ErrorClass
 
 from . import applying, dispatch, passkeys
 from .auth import not_its_key

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
-from config.schema import ConfigError
-from config.settings import RELOADABLE, ServerSettings
+from floe.config.schema import ConfigError
+from floe.config.settings import RELOADABLE, ServerSettings
 
 from . import tls
 from .frontdoor import FrontDoor

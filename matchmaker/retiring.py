@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from config.dataset import MAX_JOBS
+from floe.config.dataset import MAX_JOBS
 
 from .engine import Engine, User, deleted_by
 from .errors import Conflict

@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from config.schema import counted
-from config.settings import ServerSettings
+from floe.config.schema import counted
+from floe.config.settings import ServerSettings
 
 from . import connections, liveness, retiring, submission, tls
 from .api import add_routes

@@ -18,8 +18,8 @@ import json
 import logging
 from typing import Any
 
-from config import expressions
-from config.dataset import ConfigError, DatasetConfig, check_sample_jobs, job_args, validate
+from floe.config import expressions
+from floe.config.dataset import ConfigError, DatasetConfig, check_sample_jobs, job_args, validate
 
 from .engine import Engine, User
 from .errors import BadRequest

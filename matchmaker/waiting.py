@@ -18,9 +18,9 @@ import dataclasses
 import math
 from typing import Any
 
-from config.protocol import QUEUED_TTL
-from config.resources import Requirements, Slot, allowed_at, fits, format_duration, why_not
-from config.states import TaskState
+from floe.config.protocol import QUEUED_TTL
+from floe.config.resources import Requirements, Slot, allowed_at, fits, format_duration, why_not
+from floe.config.states import TaskState
 
 from .engine import Engine
 from .model import DatasetState, DatasetStatus

@@ -1,10 +1,11 @@
 """Build pilot.pyz: the pilot as one file that any python3 (3.9 or newer) runs with no install.
 
-The zip holds the modules of pilot/ and config/ that the pilot imports (found by following its
-imports from pilot/main.py, so nothing else of the project rides along), a `__main__` that calls
-`pilot.main.main`, and NVIDIA's pure-ctypes `pynvml.py` when the build environment has the
-nvidia-ml-py distribution, so that nodes with a driver but no pynvml still report their GPUs.
-Entries have fixed dates, so the same sources give the same bytes.
+The zip holds the modules of floe.pilot and floe.config that the pilot imports (found by
+following its imports from floe/pilot/main.py, so nothing else of the project rides along), as
+floe/pilot/... and floe/config/... beside floe/__init__.py, the same tree as an installed floe;
+a `__main__` that calls `floe.pilot.main.main`; and NVIDIA's pure-ctypes `pynvml.py` when the
+build environment has the nvidia-ml-py distribution, so that nodes with a driver but no pynvml
+still report their GPUs. Entries have fixed dates, so the same sources give the same bytes.
 """
 
 from __future__ import annotations
@@ -16,38 +17,50 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import floe
+
 PROJECT = Path(__file__).resolve().parent.parent
+"""Where the subpackages are: the checkout's root, or the installed floe package."""
 PACKAGES = ("pilot", "config")
-ENTRY = "pilot/main.py"
-MAIN = "import sys\n\nfrom pilot.main import main\n\nsys.exit(main())\n"
+ENTRY = "floe/pilot/main.py"
+MAIN = "import sys\n\nfrom floe.pilot.main import main\n\nsys.exit(main())\n"
 SHEBANG = b"#!/usr/bin/env python3\n"
 _DATE = (1980, 1, 1, 0, 0, 0)
+_ROOT_INIT = "floe/__init__.py"
 
 
-def pilot_modules(project: Path = PROJECT) -> list[str]:
-    """The project files the pilot imports, as paths relative to `project`, sorted."""
+def pilot_modules() -> list[str]:
+    """The files the pilot imports, named as in the bundle (floe/pilot/main.py, ...), sorted."""
     found: set[str] = set()
     pending = [ENTRY]
     while pending:
-        relative = pending.pop()
-        if relative in found:
+        name = pending.pop()
+        if name in found:
             continue
-        found.add(relative)
-        package_init = str(Path(relative).parent / "__init__.py")
-        if package_init != relative and (project / package_init).exists():
-            pending.append(package_init)
-        tree = ast.parse((project / relative).read_text(), relative)
+        found.add(name)
+        package = Path(name).parent
+        while package != Path("."):  # every package above a module runs its __init__ first
+            pending.append(str(package / "__init__.py"))
+            package = package.parent
+        tree = ast.parse(source_file(name).read_text(), name)
         for node in ast.walk(tree):
-            for name in _imported(node):
-                path = _module_file(project, name)
+            for imported in _imported(node):
+                path = _module_file(imported)
                 if path is not None:
                     pending.append(path)
     return sorted(found)
 
 
+def source_file(name: str) -> Path:
+    """The file of the checkout or installation that a bundle entry is made from."""
+    if name == _ROOT_INIT:
+        return Path(floe.__file__)
+    return PROJECT / Path(name).relative_to("floe")
+
+
 def _imported(node: ast.AST) -> list[str]:
-    """The dotted names an import statement may load: `from config import dataset` can load
-    config/dataset.py as well as config/__init__.py."""
+    """The dotted names an import statement may load: `from floe.config import dataset` can
+    load floe/config/dataset.py as well as floe/config/__init__.py."""
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if isinstance(node, ast.ImportFrom) and node.module and not node.level:
@@ -55,12 +68,14 @@ def _imported(node: ast.AST) -> list[str]:
     return []
 
 
-def _module_file(project: Path, name: str) -> str | None:
+def _module_file(name: str) -> str | None:
     parts = name.split(".")
-    if parts[0] not in PACKAGES:
+    if parts == ["floe"]:
+        return _ROOT_INIT
+    if parts[0] != "floe" or len(parts) < 2 or parts[1] not in PACKAGES:
         return None
     for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
-        if (project / candidate).is_file():
+        if source_file(candidate).is_file():
             return candidate
     return None
 
@@ -79,7 +94,7 @@ def build(output_path: str | Path) -> Path:
     """Write pilot.pyz at `output_path` (made executable) and return its path."""
     output = Path(output_path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    entries = [(name, (PROJECT / name).read_bytes()) for name in pilot_modules()]
+    entries = [(name, source_file(name).read_bytes()) for name in pilot_modules()]
     nvml = pynvml_file()
     if nvml is not None:
         entries.append(("pynvml.py", nvml.read_bytes()))

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from config.protocol import MAX_CPUS, MAX_GPUS
-from config.resources import Requirements, Slot, describe_gpu_kind, format_size, gpu_fits
-from pilot.gpus import Gpu, kind_of
-from pilot.slot import MeasuredSlot
+from floe.config.protocol import MAX_CPUS, MAX_GPUS
+from floe.config.resources import Requirements, Slot, describe_gpu_kind, format_size, gpu_fits
+from floe.pilot.gpus import Gpu, kind_of
+from floe.pilot.slot import MeasuredSlot
 
 
 class ClaimError(ValueError):

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import Slot
+from floe.config.resources import Slot
 
 API = "/api/v1"
 PASSKEY_HEADER = "X-Floe-Passkey"

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from config.protocol import MAX_STATISTIC, MAX_STATISTICS
-from pilot.gpus import Gpu, visible_devices
+from floe.config.protocol import MAX_STATISTIC, MAX_STATISTICS
+from floe.pilot.gpus import Gpu, visible_devices
 
 SECRET_PREFIXES = ("FLOE_TOKEN", "FLOE_PILOT_TOKEN", "FLOE_PASSKEY")
 

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from config.resources import GpuKind
+from floe.config.resources import GpuKind
 
 # In the order they are trusted. Unambiguous names (HTCondor's UUIDs, SLURM's node-wide ids)
 # come before CUDA_VISIBLE_DEVICES, whose indices are renumbered when the batch system hides
@@ -248,7 +248,7 @@ def open_gpus(environ: Mapping[str, str]) -> tuple[GpuSource | None, str]:
         source, why = open_nvml()
         if source is not None:
             return source, why
-        from pilot.rocm import open_rocm  # only where NVML cannot be used
+        from floe.pilot.rocm import open_rocm  # only where NVML cannot be used
         amd, amd_why = open_rocm()
         return (amd, amd_why) if amd is not None else (None, f"{why}; {amd_why}")
     try:

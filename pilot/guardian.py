@@ -38,7 +38,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pilot.proctree import ProcessTable, family, kill_all
+import floe
+from floe.pilot.proctree import ProcessTable, family, kill_all
 
 log = logging.getLogger("floe.pilot")
 
@@ -48,9 +49,9 @@ READ_PAUSE = 0.05
 """Seconds the guardian waits after reading before it reads again (the pipe holds 64 KiB)."""
 _FAREWELL = b".\n"
 _ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-"""The directory (or pilot.pyz) that holds the pilot package, for the guardian's interpreter."""
-_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from pilot.guardian import main; "
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(floe.__file__)))
+"""The directory (or pilot.pyz) that holds the floe package, for the guardian's interpreter."""
+_BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); from floe.pilot.guardian import main; "
          "sys.exit(main(sys.argv[2:]))")
 
 

@@ -15,8 +15,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pilot.client import Matchmaker, Unreachable
-from pilot.lanes import Attempt
+from floe.pilot.client import Matchmaker, Unreachable
+from floe.pilot.lanes import Attempt
 
 log = logging.getLogger("floe.pilot")
 

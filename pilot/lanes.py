@@ -24,17 +24,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from config.dataset import job_args
-from config.resources import Requirements
-from config.states import ErrorClass
-from pilot.claims import Claim, ClaimError, Claims
-from pilot.gpus import GpuSource
-from pilot.guardian import Guardian
-from pilot.outbox import Outbox
-from pilot.reports import lost_report, report_of
-from pilot.runner import Assignment, RunnerSettings, Scratch, TaskResult, TaskRun
-from pilot.supervisor import Supervisor
-from pilot.workarea import WorkArea
+from floe.config.dataset import job_args
+from floe.config.resources import Requirements
+from floe.config.states import ErrorClass
+from floe.pilot.claims import Claim, ClaimError, Claims
+from floe.pilot.gpus import GpuSource
+from floe.pilot.guardian import Guardian
+from floe.pilot.outbox import Outbox
+from floe.pilot.reports import lost_report, report_of
+from floe.pilot.runner import Assignment, RunnerSettings, Scratch, TaskResult, TaskRun
+from floe.pilot.supervisor import Supervisor
+from floe.pilot.workarea import WorkArea
 
 log = logging.getLogger("floe.pilot")
 

@@ -13,7 +13,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import format_duration, format_size
+from floe.config.resources import format_duration, format_size
 
 RESOURCES = ("memory", "disk")
 

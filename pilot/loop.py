@@ -36,23 +36,23 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from config.resources import format_duration
-from config.states import ErrorClass
-from pilot import asking
-from pilot.backoff import Backoff, jittered
-from pilot.claims import Claims
-from pilot.client import Ask, Matchmaker, Reply, Unreachable
-from pilot.gpus import GpuSource
-from pilot.guardian import Guardian
-from pilot.heartbeat import Heartbeat
-from pilot.lanes import Attempt, Finished, Lanes, Wakeup, attempt_of
-from pilot.outbox import Outbox
-from pilot.reports import MAX_BATCH, AskPlan, Reports, lost_report
-from pilot.settings import EXIT_ERROR, EXIT_OK, EXIT_SUSPECT, PilotSettings, Stop
-from pilot.slot import MeasuredSlot
-from pilot.streak import FailureStreak
-from pilot.supervisor import Supervisor
-from pilot.workarea import WorkArea
+from floe.config.resources import format_duration
+from floe.config.states import ErrorClass
+from floe.pilot import asking
+from floe.pilot.backoff import Backoff, jittered
+from floe.pilot.claims import Claims
+from floe.pilot.client import Ask, Matchmaker, Reply, Unreachable
+from floe.pilot.gpus import GpuSource
+from floe.pilot.guardian import Guardian
+from floe.pilot.heartbeat import Heartbeat
+from floe.pilot.lanes import Attempt, Finished, Lanes, Wakeup, attempt_of
+from floe.pilot.outbox import Outbox
+from floe.pilot.reports import MAX_BATCH, AskPlan, Reports, lost_report
+from floe.pilot.settings import EXIT_ERROR, EXIT_OK, EXIT_SUSPECT, PilotSettings, Stop
+from floe.pilot.slot import MeasuredSlot
+from floe.pilot.streak import FailureStreak
+from floe.pilot.supervisor import Supervisor
+from floe.pilot.workarea import WorkArea
 
 log = logging.getLogger("floe.pilot")
 

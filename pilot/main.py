@@ -15,8 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pilot import offline, online
-from pilot.slot import SlotError, measure
+from floe.pilot import offline, online
+from floe.pilot.slot import SlotError, measure
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,13 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
-from config.dataset import DatasetConfig, TaskSpec, job_args, load
-from config.resources import format_duration, format_size
-from config.schema import ConfigError
-from pilot.gpus import Gpu, GpuSource, open_gpus
-from pilot.runner import STDOUT_NAME, Assignment, RunnerSettings, TaskResult, TaskRun
-from pilot.slot import MeasuredSlot, measure
-from pilot.supervisor import Supervisor
+from floe.config.dataset import DatasetConfig, TaskSpec, job_args, load
+from floe.config.resources import format_duration, format_size
+from floe.config.schema import ConfigError
+from floe.pilot.gpus import Gpu, GpuSource, open_gpus
+from floe.pilot.runner import STDOUT_NAME, Assignment, RunnerSettings, TaskResult, TaskRun
+from floe.pilot.slot import MeasuredSlot, measure
+from floe.pilot.supervisor import Supervisor
 
 
 class OfflineError(ValueError):

@@ -15,17 +15,17 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from config.protocol import TOKEN_PREFIXES, token_kind
-from config.resources import ResourceError, parse_duration
-from pilot.client import Matchmaker
-from pilot.gpus import open_gpus
-from pilot.loop import Pilot
-from pilot.offline import OfflineError, system_values
-from pilot.runner import RunnerSettings
-from pilot.settings import EXIT_ERROR, PilotSettings
-from pilot.slot import SlotError, measure
-from pilot.supervisor import WALLTIME_GRACE
-from pilot.workarea import WorkArea, WorkAreaError
+from floe.config.protocol import TOKEN_PREFIXES, token_kind
+from floe.config.resources import ResourceError, parse_duration
+from floe.pilot.client import Matchmaker
+from floe.pilot.gpus import open_gpus
+from floe.pilot.loop import Pilot
+from floe.pilot.offline import OfflineError, system_values
+from floe.pilot.runner import RunnerSettings
+from floe.pilot.settings import EXIT_ERROR, PilotSettings
+from floe.pilot.slot import SlotError, measure
+from floe.pilot.supervisor import WALLTIME_GRACE
+from floe.pilot.workarea import WorkArea, WorkAreaError
 
 TOKEN_VARIABLE = "FLOE_PILOT_TOKEN"
 EXIT_USAGE = 2

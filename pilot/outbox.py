@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pilot.client import MAX_LOG_BYTES, Ask, Matchmaker, Reply, Unreachable, next_reply
+from floe.pilot.client import MAX_LOG_BYTES, Ask, Matchmaker, Reply, Unreachable, next_reply
 
 log = logging.getLogger("floe.pilot")
 

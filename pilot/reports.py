@@ -18,15 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from config.protocol import MAX_ERROR_MESSAGE, MAX_REPORTS_BYTES
-from config.states import ErrorClass
-from pilot.backoff import Backoff
-from pilot.client import Ask, Matchmaker, Reply
-from pilot.outbox import Delivery, Outbox, Verdict, deliver, deliver_many
-from pilot.runner import TaskResult
+from floe.config.protocol import MAX_ERROR_MESSAGE, MAX_REPORTS_BYTES
+from floe.config.states import ErrorClass
+from floe.pilot.backoff import Backoff
+from floe.pilot.client import Ask, Matchmaker, Reply
+from floe.pilot.outbox import Delivery, Outbox, Verdict, deliver, deliver_many
+from floe.pilot.runner import TaskResult
 
 if TYPE_CHECKING:
-    from pilot.lanes import Finished
+    from floe.pilot.lanes import Finished
 
 log = logging.getLogger("floe.pilot")
 

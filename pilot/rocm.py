@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from pilot.gpus import Gpu, ListedSource
+from floe.pilot.gpus import Gpu, ListedSource
 
 COMMAND = ["rocm-smi", "--showuniqueid", "--showproductname", "--showmeminfo", "vram", "--json"]
 TIMEOUT = 20.0

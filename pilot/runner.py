@@ -31,20 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.expressions import ExpressionError, evaluate_tree
-from config.protocol import MAX_WARNING_LENGTH, MAX_WARNINGS, cut_utf8
-from config.resources import Requirements, Usage
-from config.states import ErrorClass
-from pilot import staging
-from pilot.environment import (
+from floe.config.expressions import ExpressionError, evaluate_tree
+from floe.config.protocol import MAX_WARNING_LENGTH, MAX_WARNINGS, cut_utf8
+from floe.config.resources import Requirements, Usage
+from floe.config.states import ErrorClass
+from floe.pilot import staging
+from floe.pilot.environment import (
     read_statistics,
     task_environment,
 )
-from pilot.gpus import Gpu, GpuSource
-from pilot.guardian import Guardian
-from pilot.limits import Overuse, TaskLoad
-from pilot.proctree import SHARED_TABLE, ProcessTable, ProcessTree
-from pilot.supervisor import Supervisor
+from floe.pilot.gpus import Gpu, GpuSource
+from floe.pilot.guardian import Guardian
+from floe.pilot.limits import Overuse, TaskLoad
+from floe.pilot.proctree import SHARED_TABLE, ProcessTable, ProcessTree
+from floe.pilot.supervisor import Supervisor
 
 STDOUT_NAME = "floe.stdout.log"
 STDERR_NAME = "floe.stderr.log"

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilot.runner import RunnerSettings
-from pilot.supervisor import WALLTIME_GRACE
+from floe.pilot.runner import RunnerSettings
+from floe.pilot.supervisor import WALLTIME_GRACE
 
 EXIT_OK = 0
 EXIT_ERROR = 1

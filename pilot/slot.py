@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config.resources import Slot, format_duration, parse_duration, parse_size
-from pilot.gpus import Gpu, assigned_gpus, kind_of, open_gpus
+from floe.config.resources import Slot, format_duration, parse_duration, parse_size
+from floe.pilot.gpus import Gpu, assigned_gpus, kind_of, open_gpus
 
 MIB = 2**20
 # cgroup v1 writes "no limit" as a huge page-rounded number (9223372036854771712).

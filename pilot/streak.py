@@ -11,7 +11,7 @@ counts nor breaks the streak. A success ends it.
 
 from __future__ import annotations
 
-from config.states import ErrorClass
+from floe.config.states import ErrorClass
 
 NODE_FAILURES = (ErrorClass.TASK_ERROR, ErrorClass.STAGING_ERROR)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from config.resources import Requirements
-from config.states import ErrorClass
-from pilot.limits import Overuse, TaskLoad, overused
+from floe.config.resources import Requirements
+from floe.config.states import ErrorClass
+from floe.pilot.limits import Overuse, TaskLoad, overused
 
 WALLTIME_GRACE = 60.0
 """Seconds a task may run past its requested walltime before it is killed."""

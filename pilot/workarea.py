@@ -22,7 +22,7 @@ import socket
 import stat
 from pathlib import Path
 
-from pilot.outbox import Outbox
+from floe.pilot.outbox import Outbox
 
 
 class WorkAreaError(OSError):

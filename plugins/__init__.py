@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from plugins.base import (
+from floe.plugins.base import (
     BatchError,
     BatchPlugin,
     PilotInfo,
@@ -20,11 +20,11 @@ from plugins.base import (
 
 # system name -> (module, class)
 SYSTEMS = {
-    "local": ("plugins.local", "LocalPlugin"),
-    "slurm": ("plugins.slurm", "SlurmPlugin"),
-    "sge": ("plugins.sge", "SgePlugin"),
-    "pbs": ("plugins.pbs", "PbsPlugin"),
-    "htcondor": ("plugins.htcondor", "HTCondorPlugin"),
+    "local": ("floe.plugins.local", "LocalPlugin"),
+    "slurm": ("floe.plugins.slurm", "SlurmPlugin"),
+    "sge": ("floe.plugins.sge", "SgePlugin"),
+    "pbs": ("floe.plugins.pbs", "PbsPlugin"),
+    "htcondor": ("floe.plugins.htcondor", "HTCondorPlugin"),
 }
 
 

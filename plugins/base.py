@@ -27,9 +27,9 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
-from config.resources import GIB, MIB
-from plugins.hosts import SSH_FAILED, Host, HostError, LocalHost, SshHost, SshSettings
-from plugins.jobs import Job
+from floe.config.resources import GIB, MIB
+from floe.plugins.hosts import SSH_FAILED, Host, HostError, LocalHost, SshHost, SshSettings
+from floe.plugins.jobs import Job
 
 _FACTORY_ID_RE = re.compile(r"^[A-Za-z0-9_.]{1,40}$")
 _SHAPE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from config.factory import SITE_TOKEN_VARIABLE
+from floe.config.factory import SITE_TOKEN_VARIABLE
 
 FACTORY_SECRETS = (SITE_TOKEN_VARIABLE, "FLOE_TOKEN", "FLOE_PILOT_TOKEN")
 """Variables of the factory's own environment that never reach a batch command (or a job)."""

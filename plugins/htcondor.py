@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import classad2
 import htcondor2
 
-from plugins.base import (
+from floe.plugins.base import (
     BatchError,
     CommandSubmitter,
     PilotInfo,
@@ -60,8 +60,8 @@ from plugins.base import (
     check_environment_name,
     megabytes,
 )
-from plugins.hosts import FACTORY_SECRETS, HostError, SshHost
-from plugins.jobs import Job
+from floe.plugins.hosts import FACTORY_SECRETS, HostError, SshHost
+from floe.plugins.jobs import Job
 
 STATES = {
     1: PilotState.QUEUED,    # Idle

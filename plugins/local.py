@@ -43,7 +43,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from plugins.base import (
+from floe.plugins.base import (
     BatchError,
     BatchPlugin,
     PilotInfo,
@@ -53,7 +53,7 @@ from plugins.base import (
     PluginSettings,
     check_environment_name,
 )
-from plugins.jobs import Job
+from floe.plugins.jobs import Job
 
 # Runs the pilot's script in a subshell and records how it ended in "$1", the exit file.
 _WRAPPER = 'floe_exit_file=$1\n(\n{body}\n)\necho $? > "$floe_exit_file"\n'

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from plugins.base import (
+from floe.plugins.base import (
     BatchError,
     PilotInfo,
     PilotShape,
@@ -30,7 +30,7 @@ from plugins.base import (
     PluginSettings,
     megabytes,
 )
-from plugins.script import ScriptPlugin
+from floe.plugins.script import ScriptPlugin
 
 STATES = {
     "Q": PilotState.QUEUED,    # queued

@@ -20,14 +20,14 @@ from importlib import resources
 from pathlib import PurePosixPath
 from typing import ClassVar
 
-from plugins.base import (
+from floe.plugins.base import (
     BatchError,
     CommandSubmitter,
     PilotShape,
     check_environment_name,
 )
-from plugins.hosts import HostError
-from plugins.jobs import Job
+from floe.plugins.hosts import HostError
+from floe.plugins.jobs import Job
 
 
 class ScriptPlugin(CommandSubmitter):
@@ -89,7 +89,7 @@ class ScriptPlugin(CommandSubmitter):
         prefix = self.directive_prefix
         header = [f"{prefix} {line}" for line in self.directives(shape, log_stem)]
         header += [f"{prefix} {line}" for line in shape.directives]
-        source = resources.files("plugins.templates").joinpath(self.template).read_text()
+        source = resources.files("floe.plugins.templates").joinpath(self.template).read_text()
         return string.Template(source).substitute(
             directives="\n".join(header),
             environment=environment_lines({**self.pilot_environment(shape), **job.environment}),

@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from plugins.base import (
+from floe.plugins.base import (
     PilotInfo,
     PilotShape,
     PilotState,
     megabytes,
     timestamp,
 )
-from plugins.script import ScriptPlugin
+from floe.plugins.script import ScriptPlugin
 
 _JOB_ID_RE = re.compile(r"^\d+(\.[\d:-]+)?$")
 

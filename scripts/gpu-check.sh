@@ -59,7 +59,7 @@ if [ "$gpus" -eq 0 ]; then
 fi
 jobs=${JOBS:-$(( gpus * 2 > 4 ? gpus * 2 : 4 ))}
 started=$(date +%s)
-if ! "$PYTHON" -m cli.main demo --gpu "${declared[@]}" --workdir "$WORKDIR" --jobs "$jobs" \
+if ! "$PYTHON" -m floe.cli.main demo --gpu "${declared[@]}" --workdir "$WORKDIR" --jobs "$jobs" \
         --pilots 2; then
     echo "the GPU demo FAILED: see $WORKDIR/factory.log and $WORKDIR/factory/local/logs/" >&2
     failed=1

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from config.states import JOB_STATES, TaskState
+from floe.config.states import JOB_STATES, TaskState
 
 from .. import actions, records, retiring, steering, submission
 from ..access import Action

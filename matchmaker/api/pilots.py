@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from config.protocol import MAX_REPORTS_BYTES
+from floe.config.protocol import MAX_REPORTS_BYTES
 
 from .. import dispatch, liveness, pilots, recording
 from ..access import Action

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from config import dataset
-from config.factory import FACTORY_ID, LABEL
-from config.protocol import (
+from floe.config import dataset
+from floe.config.factory import FACTORY_ID, LABEL
+from floe.config.protocol import (
     MAX_BATCH_IDS,
     MAX_ERROR_MESSAGE,
     MAX_STATISTIC,
@@ -19,7 +19,7 @@ from config.protocol import (
     MAX_WARNING_LENGTH,
     MAX_WARNINGS,
 )
-from config.states import JOB_STATES, AttemptState, ErrorClass, TaskState
+from floe.config.states import JOB_STATES, AttemptState, ErrorClass, TaskState
 
 from ..auth import MAX_SHARE
 from ..model import DatasetStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.resources import Slot
+from floe.config.resources import Slot
 
 from .. import demand as pilot_demand
 from ..access import Action

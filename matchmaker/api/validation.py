@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from config.schema import counted, number
+from floe.config.schema import counted, number
 
 from ..bounds import MAX_INT, MIN_INT
 

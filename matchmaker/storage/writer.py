@@ -16,7 +16,7 @@ fixed order) and answers, for each batch in order, "committed", "stale" (a guard
 touched fewer rows than it was given) or the error. A group with a stale batch is rolled back
 and its batches replayed one at a time, so that only the stale one fails.
 
-The child is `python -m matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It
+The child is `python -m floe.matchmaker.storage.writer DATABASE DURABILITY CACHE MAX_GROUP`. It
 opens the file already migrated by the server, says "ready", and exits when its input closes,
 so it never outlives the server, even one that was killed; it ignores SIGTERM and SIGINT, which
 reach it with the server's (a service stopped, Ctrl-C), so that the server closes it last.
@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import floe
+
 T = TypeVar("T")
 # What the child answers for one batch: None once committed, ("stale", statement name) or
 # ("error", text).
@@ -56,7 +58,8 @@ Result = tuple[str, str] | None
 # A batch as it crosses the pipe: (statement id, rows) for each statement it gives rows to.
 WireBatch = list[tuple[int, Sequence[Sequence[Any]]]]
 
-_ROOT = Path(__file__).resolve().parents[2]
+_ROOT = Path(floe.__file__).resolve().parents[1]
+"""Where the `floe` package is, for the child's path: a checkout, or site-packages."""
 CHECKPOINT_INTERVAL = 0.5
 """Seconds between the child's checkpoints of the WAL into the database."""
 WAL_LIMIT = 32 * 2**20
@@ -241,7 +244,7 @@ class WriterProcess:
             [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
         # The path as the server resolves it: a relative one is the server's, not the child's.
         process = subprocess.Popen(
-            [sys.executable, "-m", "matchmaker.storage.writer", str(self.path.resolve()),
+            [sys.executable, "-m", "floe.matchmaker.storage.writer", str(self.path.resolve()),
              self.durability, str(self.cache), str(self.max_group)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
         header = process.stdout.read(_HEADER.size)

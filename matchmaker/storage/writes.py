@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from config.resources import Requirements
-from config.states import AttemptState, TaskState
+from floe.config.resources import Requirements
+from floe.config.states import AttemptState, TaskState
 
 from .database import Batch, StaleWrite, Statement
 

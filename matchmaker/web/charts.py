@@ -9,7 +9,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 
-from config.states import TaskState
+from floe.config.states import TaskState
 
 from .html import Markup, duration, join, number, size, tag
 

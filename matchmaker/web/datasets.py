@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from config.states import JOB_STATES, TaskState
+from floe.config.states import JOB_STATES, TaskState
 
 from .. import actions, retiring, steering
 from ..access import Action

@@ -8,7 +8,7 @@ import html
 import time
 from collections.abc import Iterable
 
-from config.resources import format_duration, format_size
+from floe.config.resources import format_duration, format_size
 
 from ..frontdoor import PREFIX
 

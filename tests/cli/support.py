@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cli.main import main as floe
+from floe.cli.main import main as floe
 from tests.pilot.live import ROOT, LiveMatchmaker
 
 
@@ -31,7 +31,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> Any:
 
 def start_process(tmp_path: Path, *args: str, **options: Any) -> subprocess.Popen:
     """`floe ARGS...` as a real process, with no client settings but its options."""
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "floe.cli.main", *args], cwd=ROOT, text=True,
                             env={"FLOE_CONFIG": str(tmp_path / "no-client.toml"),
                                  "PATH": "/usr/bin:/bin"}, **options)
 

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from cli.main import main as floe
+from floe.cli.main import main as floe
 from tests.pilot.live import LiveMatchmaker
 from tests.pilot.scripted import ScriptedPilot
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from config.resources import GIB
+from floe.config.resources import GIB
 from tests.cli.support import as_user, run, run_json
 from tests.pilot.live import LiveMatchmaker
 from tests.pilot.scripted import ScriptedPilot

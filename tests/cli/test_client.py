@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import percent_ended
+from floe.cli.client import percent_ended
 from tests.cli.support import as_user, config_file, run, run_process
 from tests.pilot.live import LiveMatchmaker, free_port, wait_for
 from tests.pilot.scripted import ScriptedPilot

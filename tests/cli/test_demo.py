@@ -33,7 +33,7 @@ BARE_ENV = {**os.environ, "PATH": os.pathsep.join(
 def demo(workdir: Path | None, site: str = "local", **env: str) -> subprocess.Popen:
     """`floe demo` in `workdir` (None: where it puts its files by default)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "demo", "--site", site, "--dataset",
+        [sys.executable, "-m", "floe.cli.main", "demo", "--site", site, "--dataset",
          str(ROOT / "examples/demo.json"), *(["--workdir", str(workdir)] if workdir else []),
          "--jobs", str(JOBS), "--pilots", "2"],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -117,7 +117,7 @@ def test_the_gpu_demo_gives_each_gpu_pilot_its_own_device(tmp_path):
          "memory": 16 * 2**30, "compute_capability": [8, 0]} for i in (1, 2)]))
     workdir = tmp_path / "demo"
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "demo", "--gpu", "--gpu-devices", str(devices),
+        [sys.executable, "-m", "floe.cli.main", "demo", "--gpu", "--gpu-devices", str(devices),
          "--workdir", str(workdir), "--jobs", "3", "--pilots", "1"],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=BARE_ENV)

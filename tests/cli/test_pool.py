@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from config.resources import GIB
+from floe.config.resources import GIB
 from tests.cli.support import as_user, run, run_json
 from tests.pilot.scripted import ScriptedPilot
 

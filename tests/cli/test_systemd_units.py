@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import build_parser
+from floe.cli.main import build_parser
 
 UNITS = Path(__file__).resolve().parents[2] / "examples" / "systemd"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.places import cache_dir, config_dir
+from floe.cli.places import cache_dir, config_dir
 from tests.pilot.live import LiveMatchmaker
 
 from .support import run

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from config import dataset
-from config.resources import GB, GIB, Requirements
-from config.schema import ConfigError
+from floe.config import dataset
+from floe.config.resources import GB, GIB, Requirements
+from floe.config.schema import ConfigError
 
 SHA = "sha256:" + "0123456789abcdef" * 4
 

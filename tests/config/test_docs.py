@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
-from config import dataset, docs, expressions
-from config.schema import OMIT, Field, Integer, ListOf, Object, String, walk
+from floe.cli.main import main
+from floe.config import dataset, docs, expressions
+from floe.config.schema import OMIT, Field, Integer, ListOf, Object, String, walk
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_floe_docs_config_writes_the_file(tmp_path):
 
 
 def test_floe_docs_config_prints_markdown_without_a_file():
-    result = subprocess.run([sys.executable, "-m", "cli.main", "docs", "config"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "floe.cli.main", "docs", "config"], cwd=ROOT,
                             capture_output=True, text=True, check=True)
     assert result.stdout == docs.dataset_reference()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from config import dataset, expressions
-from config.factory import load_factory_config
+from floe.config import dataset, expressions
+from floe.config.factory import load_factory_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from config.expressions import (
+from floe.config.expressions import (
     MAX_DEPTH,
     UNKNOWN,
     ExpressionError,
@@ -663,7 +663,7 @@ def test_choice_needs_something_to_choose_from(text, problem):
 
 def test_choice_does_not_depend_on_python_hash_randomization():
     code = (
-        "from config.expressions import evaluate; "
+        "from floe.config.expressions import evaluate; "
         "print([evaluate('$choice(a, b, c, d, e, f, g)', args={'dataset': 3, 'job': j})"
         " for j in range(20)])"
     )
@@ -723,7 +723,7 @@ PYTHON39 = next(
 @pytest.mark.skipif(PYTHON39 is None, reason="no Python 3.9 on this machine")
 def test_the_language_runs_on_python_3_9_as_pilots_do():
     code = (
-        "from config.expressions import evaluate, ExpressionError\n"
+        "from floe.config.expressions import evaluate, ExpressionError\n"
         "s = {'base': 1000, 'e': [1, 2, 3]}\n"
         "a = {'job': 7, 'dataset': 1}\n"
         "print(evaluate('$eval($steering(base) + $args(job))', steering=s, args=a))\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from config.factory import (
+from floe.config.factory import (
     SHAPE_SCHEMA,
     SITE_SCHEMA,
     ShapeConfig,
@@ -19,7 +19,7 @@ from config.factory import (
     site_token,
     to_toml,
 )
-from config.schema import ConfigError
+from floe.config.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from config import dataset
-from config.json_schema import json_schema
-from config.resources import (
+from floe.config import dataset
+from floe.config.json_schema import json_schema
+from floe.config.resources import (
     DURATION_PATTERN,
     SIZE_PATTERN,
     ResourceError,
     parse_duration,
     parse_size,
 )
-from config.schema import (
+from floe.config.schema import (
     OMIT,
     AnyValue,
     Bool,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from config import factory
-from config.protocol import BATCH_SYSTEMS, cut_utf8, utf8_tail
-from plugins import SYSTEMS
+from floe.config import factory
+from floe.config.protocol import BATCH_SYSTEMS, cut_utf8, utf8_tail
+from floe.plugins import SYSTEMS
 
 CAP = 1024
 
@@ -67,6 +67,6 @@ def test_every_batch_system_has_one_plugin_and_the_factory_offers_exactly_them()
                                  {"JOB_ID": "7", "SGE_ROOT": "/sge"},
                                  {"_CONDOR_MACHINE_AD": "/nonexistent"}])
 def test_the_batch_system_a_pilot_detects_is_one_floe_knows(env):
-    from pilot.slot import detect_batch
+    from floe.pilot.slot import detect_batch
 
     assert detect_batch(env)[0] in BATCH_SYSTEMS

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.resources import format_size
-from config.schema import (
+from floe.config.resources import format_size
+from floe.config.schema import (
     OMIT,
     AnyValue,
     Bool,

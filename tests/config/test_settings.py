@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from config.schema import ConfigError
-from config.settings import SERVER_SCHEMA, load_server_settings, reference, server_settings
+from floe.config.schema import ConfigError
+from floe.config.settings import SERVER_SCHEMA, load_server_settings, reference, server_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

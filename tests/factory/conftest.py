@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from config.factory import factory_config, to_toml
-from factory.site import SiteRunner
-from pilot.bundle import build
-from plugins import BatchError
+from floe.config.factory import factory_config, to_toml
+from floe.factory.site import SiteRunner
+from floe.pilot.bundle import build
+from floe.plugins import BatchError
 from tests.pilot.live import ROOT, LiveMatchmaker
 
 SHAPE = {"name": "small", "cpus": 1, "memory": "512MiB", "disk": "1GiB", "walltime": "20m"}
@@ -122,7 +122,7 @@ class FactoryProcess:
         environment = {**os.environ, "FLOE_SITE_TOKEN": token, **(env or {})}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [*python, "-m", "cli.main", "factory", "--config", str(config)],
+                [*python, "-m", "floe.cli.main", "factory", "--config", str(config)],
                 cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
 
     def text(self) -> str:

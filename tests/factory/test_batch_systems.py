@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from cli.main import main as floe
-from factory.site import plugin_factory_id
-from plugins import PilotState
+from floe.cli.main import main as floe
+from floe.factory.site import plugin_factory_id
+from floe.plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 
 from .conftest import dag_dataset, record_path, site_document, write_toml

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from config.factory import factory_config
-from plugins import PilotState
+from floe.config.factory import factory_config
+from floe.plugins import PilotState
 from tests.pilot.live import LiveMatchmaker
 
 from .conftest import site_document
@@ -53,7 +53,7 @@ def test_each_pilot_gets_its_own_gpu_and_a_third_waits_for_one(
         matchmaker: LiveMatchmaker, make_runner, tmp_path: Path, caplog):
     dataset = matchmaker.submit(gpu_dataset(3, seconds=4))
     site = make_runner(gpu_site(matchmaker, tmp_path / "factory", DEVICES))
-    with caplog.at_level(logging.WARNING, logger="factory.site"):
+    with caplog.at_level(logging.WARNING, logger="floe.factory.site"):
         decision = site.cycle()
     assert decision is not None and decision.submit == {"gpu": 3}  # what the demand asks for
     assert site.counters.submitted == 2                              # what the GPUs allow
@@ -102,7 +102,7 @@ def test_a_machine_without_gpus_starts_no_gpu_pilot_and_says_why(
 @pytest.mark.parametrize("gpus", ["all", ["GPU-1,GPU-2"], [""], [3]])
 def test_the_gpus_option_is_checked(matchmaker: LiveMatchmaker, make_runner, tmp_path: Path,
                                     gpus):
-    from plugins.base import PluginConfigError
+    from floe.plugins.base import PluginConfigError
 
     with pytest.raises(PluginConfigError, match='local option gpus: "auto" or a list'):
         make_runner(site_document(matchmaker, tmp_path / "factory", options={"gpus": gpus}))
@@ -116,7 +116,7 @@ def test_a_shape_whose_pilots_find_no_gpu_costs_one_pilot_per_back_off_and_says_
     document = gpu_site(matchmaker, tmp_path / "factory", DEVICES, backoff="20s")
     del document["sites"][0]["environment"]
     site = make_runner(document)
-    with caplog.at_level(logging.WARNING, logger="factory.site"):
+    with caplog.at_level(logging.WARNING, logger="floe.factory.site"):
         cycle_until(site, lambda: "gpu" in site.holds.held, 60, "the shape to be held")
         held_at = site.counters.submitted  # those submitted before the first pilot was heard
         for _ in range(8):  # the wait is 20 s: these cycles submit nothing more

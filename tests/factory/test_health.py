@@ -3,7 +3,7 @@ by a pilot that registers."""
 
 from __future__ import annotations
 
-from factory.health import Health
+from floe.factory.health import Health
 
 
 def test_each_failure_in_a_row_doubles_the_wait_up_to_the_maximum():

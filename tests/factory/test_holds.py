@@ -4,7 +4,7 @@ it was promised (or a new config) ends it."""
 
 from __future__ import annotations
 
-from factory.holds import Holds, describe, likely_fix
+from floe.factory.holds import Holds, describe, likely_fix
 
 
 def test_a_held_shape_gets_one_pilot_per_wait_and_the_wait_doubles():

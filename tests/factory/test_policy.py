@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.policy import Limits, ShapeCounts, top_up
+from floe.factory.policy import Limits, ShapeCounts, top_up
 
 LIMITS = Limits(max_queued=20, max_total=100, max_per_cycle=10, removal_grace=300)
 

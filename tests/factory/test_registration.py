@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from config.factory import factory_config
+from floe.config.factory import factory_config
 from tests.pilot.live import LiveMatchmaker, free_port, wait_for
 from tests.plugins.pilots import fake_command
 

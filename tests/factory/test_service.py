@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main as floe
-from config.factory import load_factory_config
-from config.schema import ConfigError
-from factory import service
-from factory.service import Factory
+from floe.cli.main import main as floe
+from floe.config.factory import load_factory_config
+from floe.config.schema import ConfigError
+from floe.factory import service
+from floe.factory.service import Factory
 from tests.pilot.live import ROOT, LiveMatchmaker, wait_for
 
 from .conftest import dag_dataset, site_document, write_toml
@@ -151,8 +151,8 @@ def test_floe_factory_check_and_once(matchmaker: LiveMatchmaker, tmp_path, capsy
 def run_factory(config: Path, *options: str, **env: str) -> subprocess.CompletedProcess:
     """`floe factory --config CONFIG OPTIONS...` as a real process that must end by itself."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("FLOE_")}
-    return subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config", str(config),
-                           *options], cwd=ROOT, env={**environment, **env},
+    return subprocess.run([sys.executable, "-m", "floe.cli.main", "factory", "--config",
+                           str(config), *options], cwd=ROOT, env={**environment, **env},
                           capture_output=True, text=True, timeout=60)
 
 

@@ -11,9 +11,9 @@ import re
 import time
 from pathlib import Path
 
-from factory.matchmaker import SiteClient
-from factory.policy import ShapeCounts
-from plugins import PilotState
+from floe.factory.matchmaker import SiteClient
+from floe.factory.policy import ShapeCounts
+from floe.plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.plugins.pilots import fake_command
 
@@ -227,7 +227,7 @@ def test_a_shape_whose_pilots_keep_ending_empty_beside_its_work_is_held_back(
     matchmaker.submit(config)
     site = make_runner(site_document(matchmaker, tmp_path / "factory", backoff="60s",
                                      shapes=[dict(SHAPE, os=["el9"])]))
-    with caplog.at_level(logging.WARNING, logger="factory.site"):
+    with caplog.at_level(logging.WARNING, logger="floe.factory.site"):
         cycle_until(site, lambda: "small" in site.holds.held, 90, "the shape to be held")
         held_at = site.counters.submitted
         for _ in range(6):

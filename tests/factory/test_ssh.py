@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from config.factory import factory_config
-from factory.site import SiteRunner
+from floe.config.factory import factory_config
+from floe.factory.site import SiteRunner
 from tests.conftest import LoginNode
 from tests.pilot.live import ROOT, LiveMatchmaker
 
@@ -153,7 +153,7 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
     assert "Connection refused" in status["health"]["last_error"]
 
     config = write_toml(tmp_path / "site.toml", document)
-    checked = subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config",
+    checked = subprocess.run([sys.executable, "-m", "floe.cli.main", "factory", "--config",
                               str(config), "--check"], cwd=ROOT, capture_output=True,
                              text=True, timeout=120, env=check_env(matchmaker))
     assert checked.returncode == 1
@@ -161,7 +161,7 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
            "check that the login node is up" in checked.stderr
     document["sites"][0]["ssh"]["port"] = login_node.port
     write_toml(config, document)
-    checked = subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config",
+    checked = subprocess.run([sys.executable, "-m", "floe.cli.main", "factory", "--config",
                               str(config), "--check"], cwd=ROOT, capture_output=True,
                              text=True, timeout=120, env=check_env(matchmaker))
     assert checked.returncode == 0, checked.stderr
@@ -176,7 +176,7 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
     assert site.plugin.host.control_path.exists()  # its connection, open
 
     # `--once` (the same settings, so the same connection) leaves no connection open.
-    once = subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config",
+    once = subprocess.run([sys.executable, "-m", "floe.cli.main", "factory", "--config",
                            str(config), "--once"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env=check_env(matchmaker))
     assert once.returncode == 0, once.stderr
@@ -188,7 +188,7 @@ def test_an_unreachable_login_node_is_backed_off_and_check_says_what_failed(
                    check=True)
     document["sites"][0]["ssh"]["identity"] = str(stranger)
     write_toml(config, document)
-    checked = subprocess.run([sys.executable, "-m", "cli.main", "factory", "--config",
+    checked = subprocess.run([sys.executable, "-m", "floe.cli.main", "factory", "--config",
                               str(config), "--check"], cwd=ROOT, capture_output=True,
                              text=True, timeout=120, env=check_env(matchmaker))
     assert checked.returncode == 1

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from factory.site import SiteRunner
-from matchmaker.passkeys import hash_secret
+from floe.factory.site import SiteRunner
+from floe.matchmaker.passkeys import hash_secret
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.plugins.pilots import fake_command
 

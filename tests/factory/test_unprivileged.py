@@ -28,8 +28,8 @@ from .test_batch_systems import status_file
 
 USER = "floe-test"
 # What the factory and its pilots import: they must be readable by any user of the machine.
-IMPORTS = ("import cli.main, cli.factory, factory.service, plugins.local, plugins.slurm, "
-           "pilot.bundle")
+IMPORTS = ("import floe.cli.main, floe.cli.factory, floe.factory.service, floe.plugins.local, "
+           "floe.plugins.slurm, floe.pilot.bundle")
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import server_settings
-from matchmaker.engine import Engine
-from matchmaker.storage.database import Database
+from floe.config.settings import server_settings
+from floe.matchmaker.engine import Engine
+from floe.matchmaker.storage.database import Database
 
 from .support import Clock
 from .test_api import World

@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from config.resources import GIB, Slot
-from matchmaker import dispatch, pilots, recording, submission
-from matchmaker.auth import Auth
-from matchmaker.engine import Engine, Pilot, Site, User
-from matchmaker.lifecycle import Outcome
-from matchmaker.model import DatasetState
+from floe.config.resources import GIB, Slot
+from floe.matchmaker import dispatch, pilots, recording, submission
+from floe.matchmaker.auth import Auth
+from floe.matchmaker.engine import Engine, Pilot, Site, User
+from floe.matchmaker.lifecycle import Outcome
+from floe.matchmaker.model import DatasetState
 
 # A small ask's free resources, as a pilot sends them.
 FREE = {"cpus": 1, "memory": 4 * GIB, "disk": 10 * GIB, "seconds": 86400}

@@ -17,11 +17,11 @@ import pytest
 from aiohttp.test_utils import TestServer
 from jsonschema import Draft202012Validator
 
-from config import dataset as dataset_config
-from config.settings import server_settings
-from matchmaker.api.framework import AUTH, ENGINE, ROUTES
-from matchmaker.api.validation import problems
-from matchmaker.server import create_app
+from floe.config import dataset as dataset_config
+from floe.config.settings import server_settings
+from floe.matchmaker.api.framework import AUTH, ENGINE, ROUTES
+from floe.matchmaker.api.validation import problems
+from floe.matchmaker.server import create_app
 
 from . import support as s
 
@@ -459,7 +459,7 @@ async def test_a_token_replaced_on_the_server_host_stops_working_in_the_running_
     status, _ = await world.api.call("GET", "/api/v1/whoami", old)
     assert status == 200
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.main", kind, "token", name, "--db",
+        sys.executable, "-m", "floe.cli.main", kind, "token", name, "--db",
         str(world.settings.database), "--json", cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     printed, _ = await process.communicate()
     assert process.returncode == 0
@@ -503,7 +503,7 @@ async def test_stale_passkey_is_refused_after_reset_with_a_sentence(world):
 
 
 async def test_stale_passkey_is_refused_after_a_heartbeat_timeout(world):
-    from matchmaker import liveness
+    from floe.matchmaker import liveness
 
     status, given = await world.ask()
     attempt = given["attempt"]
@@ -740,7 +740,7 @@ async def test_openapi_document_lists_exactly_the_routes_the_server_serves(world
             continue
         path = info.get("path") or info.get("formatter")
         for route in resource:
-            web_page = route.handler.__module__.startswith("matchmaker.web")  # HTML, not API
+            web_page = route.handler.__module__.startswith("floe.matchmaker.web")  # HTML, not API
             if route.method != "HEAD" and not web_page:
                 served.add((route.method, path))
     assert documented == served

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from config.resources import GIB, Slot, fits
-from config.settings import server_settings
-from config.states import ErrorClass
-from matchmaker import dispatch, recording
-from matchmaker.engine import Engine, Pilot
-from matchmaker.storage.database import Database
+from floe.config.resources import GIB, Slot, fits
+from floe.config.settings import server_settings
+from floe.config.states import ErrorClass
+from floe.matchmaker import dispatch, recording
+from floe.matchmaker.engine import Engine, Pilot
+from floe.matchmaker.storage.database import Database
 
 from . import support as s
 from .support import FREE, Clock

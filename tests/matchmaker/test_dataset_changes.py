@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from matchmaker import actions, submission
-from matchmaker.errors import BadRequest, Conflict
-from matchmaker.storage import queries
+from floe.matchmaker import actions, submission
+from floe.matchmaker.errors import BadRequest, Conflict
+from floe.matchmaker.storage import queries
 
 from . import support as s
 

@@ -4,8 +4,8 @@ registered, answered from the database (ended pilots, a restarted matchmaker).""
 
 from __future__ import annotations
 
-from config.resources import GIB, Slot
-from matchmaker import demand
+from floe.config.resources import GIB, Slot
+from floe.matchmaker import demand
 from tests.pilot.live import LiveMatchmaker
 
 from . import support as s
@@ -129,7 +129,7 @@ async def test_a_pilot_that_got_a_task_no_longer_counts_as_free_room(engine, clo
 
 
 async def test_pilots_that_ended_without_a_task_are_reported_for_a_while(engine, clock):
-    from matchmaker import pilots
+    from floe.matchmaker import pilots
 
     site_a = await s.site(engine, "site-a")
     empty = await s.pilot(engine, site_a)

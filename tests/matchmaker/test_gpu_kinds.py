@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from config.dataset import validate
-from config.resources import GIB, GpuKind, Requirements, Slot, parse_capability, why_not
-from matchmaker import demand as pilot_demand
-from matchmaker import dispatch
-from pilot.claims import ClaimError, Claims
-from pilot.gpus import Gpu
-from pilot.slot import MeasuredSlot
+from floe.config.dataset import validate
+from floe.config.resources import GIB, GpuKind, Requirements, Slot, parse_capability, why_not
+from floe.matchmaker import demand as pilot_demand
+from floe.matchmaker import dispatch
+from floe.pilot.claims import ClaimError, Claims
+from floe.pilot.gpus import Gpu
+from floe.pilot.slot import MeasuredSlot
 
 from . import support as s
 

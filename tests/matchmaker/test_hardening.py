@@ -25,9 +25,9 @@ from typing import Any
 import psutil
 import pytest
 
-from cli.main import main as floe
-from matchmaker import connections
-from matchmaker.bounds import MAX_DEPTH
+from floe.cli.main import main as floe
+from floe.matchmaker import connections
+from floe.matchmaker.bounds import MAX_DEPTH
 from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
 
 HUGE = "10000000000000000000000"
@@ -385,7 +385,7 @@ def test_the_server_says_when_its_open_files_are_too_few_for_its_idle_pilots():
 
 def test_connections_near_the_open_files_limit_are_logged_once_a_minute(caplog):
     counts = connections.Counts(per_address=100, files=20)
-    with caplog.at_level("WARNING", logger="matchmaker.connections"):
+    with caplog.at_level("WARNING", logger="floe.matchmaker.connections"):
         for number in range(30):
             assert counts.admit(f"10.0.0.{number}")
     near = [r.getMessage() for r in caplog.records if "near the open-files limit" in r.message]

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from config.resources import GIB, Requirements
-from matchmaker import dispatch, pilots
-from matchmaker.auth import Auth
-from matchmaker.holding import Holding, shape_of
-from matchmaker.passkeys import hash_secret
+from floe.config.resources import GIB, Requirements
+from floe.matchmaker import dispatch, pilots
+from floe.matchmaker.auth import Auth
+from floe.matchmaker.holding import Holding, shape_of
+from floe.matchmaker.passkeys import hash_secret
 
 from . import support as s
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from config.resources import GIB
-from config.states import TaskState, TransitionError, check_task
-from matchmaker import actions, liveness, recording
-from matchmaker.errors import ApiError
-from matchmaker.lifecycle import Outcome
+from floe.config.resources import GIB
+from floe.config.states import TaskState, TransitionError, check_task
+from floe.matchmaker import actions, liveness, recording
+from floe.matchmaker.errors import ApiError
+from floe.matchmaker.lifecycle import Outcome
 
 from . import support as s
 
@@ -264,7 +264,7 @@ async def test_a_restarted_server_rebuilds_the_same_state(engine, reopen, clock)
 
 
 async def test_statistics_aggregate_sum_mean_and_standard_deviation(engine):
-    from matchmaker.storage import queries
+    from floe.matchmaker.storage import queries
 
     _, dataset, p = await setup(engine, s.config(jobs=4))
     for value in (1.0, 2.0, 3.0, 6.0):

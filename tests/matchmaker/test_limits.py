@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from matchmaker import submission
-from matchmaker.errors import BadRequest
+from floe.matchmaker import submission
+from floe.matchmaker.errors import BadRequest
 
 from . import support as s
 

@@ -18,8 +18,8 @@ from typing import Any
 import psutil
 import pytest
 
-from matchmaker.server import SHUTDOWN_GRACE
-from matchmaker.storage.database import CLOSE_GRACE
+from floe.matchmaker.server import SHUTDOWN_GRACE
+from floe.matchmaker.storage.database import CLOSE_GRACE
 from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
 
 FREE = {"cpus": 1, "memory": 2**30, "disk": 2**30, "seconds": 3600, "max_tasks": 1}

@@ -20,9 +20,9 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from matchmaker.api import meta
-from matchmaker.metrics import status_class
-from pilot.client import Matchmaker
+from floe.matchmaker.api import meta
+from floe.matchmaker.metrics import status_class
+from floe.pilot.client import Matchmaker
 from tests.pilot.live import LiveMatchmaker, wait_for
 from tests.pilot.scripted import ScriptedPilot
 

@@ -16,14 +16,14 @@ import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
-from config.resources import GIB, Usage
-from config.states import ErrorClass
-from matchmaker.api.validation import problems
-from pilot.client import Ask, Matchmaker, Reply
-from pilot.limits import Overuse
-from pilot.reports import lost_report, report_of
-from pilot.runner import TaskResult
-from pilot.slot import MeasuredSlot
+from floe.config.resources import GIB, Usage
+from floe.config.states import ErrorClass
+from floe.matchmaker.api.validation import problems
+from floe.pilot.client import Ask, Matchmaker, Reply
+from floe.pilot.limits import Overuse
+from floe.pilot.reports import lost_report, report_of
+from floe.pilot.runner import TaskResult
+from floe.pilot.slot import MeasuredSlot
 from tests.config.test_json_schema import INVALID, VALID
 
 from . import support as s

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from matchmaker import tls
+from floe.matchmaker import tls
 from tests.pilot.live import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
 
 
 def floe(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, text=True,
+    return subprocess.run([sys.executable, "-m", "floe.cli.main", *args], cwd=cwd, text=True,
                           capture_output=True, check=False, timeout=60)
 
 
@@ -49,7 +49,7 @@ class Server:
         started = self.said_so_far().count("serving:")
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
+                [sys.executable, "-m", "floe.cli.main", "server", "--db", str(self.db), "--port",
                  str(self.port), "--log-level", "info", *self.options],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         wait_for(lambda: self.said().count("serving:") > started, 30, "the server to serve")

@@ -13,11 +13,11 @@ import time
 import psutil
 import pytest
 
-from config.settings import server_settings
-from matchmaker import dispatch, recording
-from matchmaker.api.framework import AUTH
-from matchmaker.engine import Engine
-from matchmaker.storage.database import Database
+from floe.config.settings import server_settings
+from floe.matchmaker import dispatch, recording
+from floe.matchmaker.api.framework import AUTH
+from floe.matchmaker.engine import Engine
+from floe.matchmaker.storage.database import Database
 
 from . import support as s
 from .support import FREE, Clock
@@ -285,7 +285,7 @@ async def test_the_outcome_and_the_next_dispatch_are_one_commit(engine):
 
 
 async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(engine):
-    from matchmaker.storage.database import StorageError
+    from floe.matchmaker.storage.database import StorageError
 
     site = await s.site(engine)
     dataset = await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=2))
@@ -305,7 +305,7 @@ async def test_a_failed_commit_undoes_both_and_the_retried_report_records_once(e
                                               s.success(events=2.0), s.slot().to_dict(),
                                               p.pilot_id)
     assert answer["duplicate"] is True
-    from matchmaker.storage import queries
+    from floe.matchmaker.storage import queries
     rows = await queries.statistics(engine.db, dataset.id)
     assert next(r for r in rows if r["name"] == "events")["count"] == 1
     picture(engine)
@@ -315,7 +315,7 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
     """The outcome made the job's second task ready; another pilot's ask reserved it in the
     next group commit. The outcome's write fails: the task is waiting again, and the other
     ask's write is refused (the task was never ready in the database)."""
-    from matchmaker.storage.database import StaleWrite, StorageError
+    from floe.matchmaker.storage.database import StaleWrite, StorageError
 
     site = await s.site(engine)
     dataset = await s.submit(engine, await s.user(engine, "alice"), two_steps())
@@ -343,7 +343,7 @@ async def test_a_failed_commit_takes_back_a_task_it_made_ready_from_a_later_ask(
 
 
 async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engine):
-    from matchmaker.storage.database import StorageError
+    from floe.matchmaker.storage.database import StorageError
 
     site = await s.site(engine)
     dataset = await s.submit(engine, await s.user(engine, "alice"), two_steps())
@@ -368,7 +368,7 @@ async def test_a_failed_group_undoes_a_later_ask_before_the_outcome_it_saw(engin
 async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine):
     """A failure report (a retry: the task ready again) whose write fails, while another
     pilot's ask reserved that very task: the task stays processing, with the reported attempt."""
-    from matchmaker.storage.database import StaleWrite, StorageError
+    from floe.matchmaker.storage.database import StaleWrite, StorageError
 
     site = await s.site(engine)
     dataset = await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=1))
@@ -395,8 +395,8 @@ async def test_a_failed_commit_of_a_retry_keeps_the_task_with_its_attempt(engine
 async def test_a_submitted_task_is_handed_out_before_the_submit_has_committed(engine):
     """A submit's rows go to the group commit like a dispatch's: a pilot's ask is given its
     task while the submit still waits for the disk, and both are recorded."""
-    from matchmaker import submission
-    from matchmaker.storage import queries
+    from floe.matchmaker import submission
+    from floe.matchmaker.storage import queries
 
     site = await s.site(engine)
     alice = await s.user(engine, "alice")
@@ -424,8 +424,8 @@ async def test_a_submit_whose_commit_fails_leaves_nothing_behind(engine):
     """The disk refuses the submit's rows: the dataset leaves memory again (a pilot that took
     one of its tasks meanwhile is refused), its user's counts are as before, and the next
     submit goes through."""
-    from matchmaker import submission
-    from matchmaker.storage.database import StaleWrite, StorageError
+    from floe.matchmaker import submission
+    from floe.matchmaker.storage.database import StaleWrite, StorageError
 
     site = await s.site(engine)
     alice = await s.user(engine, "alice")
@@ -456,7 +456,7 @@ async def test_a_submit_whose_commit_fails_leaves_nothing_behind(engine):
 
 
 async def test_a_held_ask_given_a_submitted_task_shares_the_submits_commit(engine):
-    from matchmaker import submission
+    from floe.matchmaker import submission
 
     site = await s.site(engine)
     alice = await s.user(engine, "alice")

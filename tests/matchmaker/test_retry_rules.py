@@ -4,10 +4,10 @@ memory and walltime; a failure none matches is retried up to max_retries."""
 
 from __future__ import annotations
 
-from config.dataset import ConfigError, validate
-from config.resources import GIB
-from matchmaker.lifecycle import Outcome
-from matchmaker.storage import queries
+from floe.config.dataset import ConfigError, validate
+from floe.config.resources import GIB
+from floe.matchmaker.lifecycle import Outcome
+from floe.matchmaker.storage import queries
 
 from . import support as s
 
@@ -91,7 +91,7 @@ def test_rules_are_checked_when_the_dataset_is_submitted():
 
 
 async def test_a_retry_backs_off_doubling_and_says_until_when(engine, clock):
-    from matchmaker.waiting import Explainer
+    from floe.matchmaker.waiting import Explainer
 
     site = await s.site(engine)
     alice = await s.user(engine, "alice")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from config.resources import GIB
-from config.states import TaskState
-from matchmaker import dispatch
-from matchmaker.runtimes import MARGIN, TRUSTED_AFTER, WINDOW, Learned
+from floe.config.resources import GIB
+from floe.config.states import TaskState
+from floe.matchmaker import dispatch
+from floe.matchmaker.runtimes import MARGIN, TRUSTED_AFTER, WINDOW, Learned
 
 from . import support as s
 

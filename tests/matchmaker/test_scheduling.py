@@ -7,8 +7,8 @@ import heapq
 
 import pytest
 
-from config.resources import GIB
-from matchmaker import dispatch
+from floe.config.resources import GIB
+from floe.matchmaker import dispatch
 
 from . import support as s
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def floe(*args: str, check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, text=True,
+    return subprocess.run([sys.executable, "-m", "floe.cli.main", *args], cwd=cwd, text=True,
                           capture_output=True, check=check, timeout=60)
 
 
@@ -49,7 +49,7 @@ def served(tmp_path):
     def start(*args: str) -> tuple[int, subprocess.Popen]:
         port = free_port()
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "server", "--port", str(port), *args],
+            [sys.executable, "-m", "floe.cli.main", "server", "--port", str(port), *args],
             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         processes.append(process)
@@ -167,8 +167,8 @@ def pilot_registered(port: int, db: Path) -> None:
 def test_sigterm_stops_the_server_even_when_its_writer_process_does_not_answer(served, tmp_path):
     import psutil
 
-    from matchmaker.server import SHUTDOWN_GRACE
-    from matchmaker.storage.database import CLOSE_GRACE
+    from floe.matchmaker.server import SHUTDOWN_GRACE
+    from floe.matchmaker.storage.database import CLOSE_GRACE
 
     db = tmp_path / "floe.sqlite"
     port, process = served("--db", str(db))

@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from matchmaker import steering, submission
-from matchmaker.errors import BadRequest, Conflict
-from matchmaker.storage import queries
+from floe.matchmaker import steering, submission
+from floe.matchmaker.errors import BadRequest, Conflict
+from floe.matchmaker.storage import queries
 
 from . import support as s
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from matchmaker.storage import files, queries, writes
-from matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
-from matchmaker.storage.logstore import LogStore
-from matchmaker.storage.schema import MIGRATIONS, SCHEMA_VERSION
+from floe.matchmaker.storage import files, queries, writes
+from floe.matchmaker.storage.database import Batch, Database, StaleWrite, Statement, StorageError
+from floe.matchmaker.storage.logstore import LogStore
+from floe.matchmaker.storage.schema import MIGRATIONS, SCHEMA_VERSION
 
 INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
 GUARDED = Statement("guarded", "UPDATE users SET share = ? WHERE name = ? AND share = ?", 2,
@@ -257,7 +257,7 @@ async def test_statistics_folded_per_group_store_what_one_row_per_report_would(t
     sum, mean, m2, min and max, and both match the values' own."""
     import random
 
-    from matchmaker.storage.writes import ADD_STATISTIC
+    from floe.matchmaker.storage.writes import ADD_STATISTIC
 
     rng = random.Random(3)
     values = [rng.uniform(-5, 50) for _ in range(60)] + [7.0, 7.0, 1e6]
@@ -399,7 +399,8 @@ async def test_the_watchdog_says_when_writes_stall_and_when_they_flow_again(tmp_
                 break
             await asyncio.sleep(0.05)
         assert db.stalled is None
-        said = [r.getMessage() for r in caplog.records if r.name == "matchmaker.storage.database"]
+        said = [r.getMessage() for r in caplog.records
+                if r.name == "floe.matchmaker.storage.database"]
         assert any(m.startswith("database writes are stalled: the oldest has waited") for m in said)
         assert any(m.startswith("database writes flow again after") for m in said)
     finally:

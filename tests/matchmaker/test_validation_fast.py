@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from matchmaker.api import schemas
-from matchmaker.api.validation import compile_schema, compile_valid, problems
+from floe.matchmaker.api import schemas
+from floe.matchmaker.api.validation import compile_schema, compile_valid, problems
 
 SCHEMAS = {name: value for name, value in vars(schemas).items()
            if isinstance(value, dict) and value.get("type") == "object"}

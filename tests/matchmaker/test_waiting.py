@@ -4,10 +4,10 @@ other users and the owner's other datasets, its dependencies, a suspended datase
 
 from __future__ import annotations
 
-from config.resources import GIB, Slot
-from matchmaker import actions, demand, pilots
-from matchmaker.auth import Auth
-from matchmaker.waiting import Explainer
+from floe.config.resources import GIB, Slot
+from floe.matchmaker import actions, demand, pilots
+from floe.matchmaker.auth import Auth
+from floe.matchmaker.waiting import Explainer
 
 from . import support as s
 

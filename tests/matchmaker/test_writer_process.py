@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from matchmaker.storage.database import Batch, Database, Statement, StorageError
-from matchmaker.storage.writer import CHECKPOINT_INTERVAL, WAL_LIMIT, Checkpointer, configure
+from floe.matchmaker.storage.database import Batch, Database, Statement, StorageError
+from floe.matchmaker.storage.writer import CHECKPOINT_INTERVAL, WAL_LIMIT, Checkpointer, configure
 
 ROOT = Path(__file__).resolve().parents[2]
 INSERT = Statement("insert", "INSERT INTO events (time, action, detail) VALUES (?, ?, ?)", 1)
@@ -84,7 +84,7 @@ def test_the_writer_exits_when_the_server_is_killed(tmp_path):
     script = textwrap.dedent(f"""
         import asyncio, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from matchmaker.storage.database import Database
+        from floe.matchmaker.storage.database import Database
         async def main():
             db = await Database.open({str(tmp_path / "floe.sqlite")!r})
             print("open", flush=True)
@@ -149,7 +149,7 @@ async def test_batches_sent_while_a_group_waits_in_the_writer_share_the_next_com
 async def test_the_writer_process_keeps_the_configured_cache_of_pages(tmp_path):
     import sqlite3
 
-    from matchmaker.storage.writer import configure
+    from floe.matchmaker.storage.writer import configure
 
     conn = sqlite3.connect(tmp_path / "alone.sqlite", isolation_level=None)
     configure(conn, "full", 8 * 2**20)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cli.main import main as floe
+from floe.cli.main import main as floe
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = """\
@@ -82,7 +82,7 @@ class LiveMatchmaker:
     def start(self) -> None:
         with open(self.directory / "server.log", "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli.main", "server", "--db", str(self.db), "--port",
+                [sys.executable, "-m", "floe.cli.main", "server", "--db", str(self.db), "--port",
                  str(self.port), "--settings", str(self.settings), "--log-level", "warning",
                  *(["--self-signed"] if self.tls else [])],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -202,7 +202,7 @@ class LiveMatchmaker:
         arguments += ["--token-file", str(token_file)]
         with open(scratch.parent / log_name, "ab") as log:
             process = subprocess.Popen(
-                [*(command or [sys.executable, "-m", "cli.main", "pilot"]), "--matchmaker",
+                [*(command or [sys.executable, "-m", "floe.cli.main", "pilot"]), "--matchmaker",
                  self.url, "--scratch", str(scratch), "--lifetime", "1h", "--log-level",
                  "debug", *arguments],
                 cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from config.resources import GIB, Slot
-from pilot.client import Matchmaker
+from floe.config.resources import GIB, Slot
+from floe.pilot.client import Matchmaker
 from tests.pilot.live import LiveMatchmaker
 
 SLOT = Slot(cpus=1, memory=4 * GIB, disk=4 * GIB)

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
-from pilot import asking
-from pilot.asking import SERIES, SIDE, Decision, Limits, Situation
+from floe.pilot import asking
+from floe.pilot.asking import SERIES, SIDE, Decision, Limits, Situation
 
 LIMITS = Limits(min_seconds=10, idle_timeout=300)
 BUSY = Situation(now=1000.0, seconds_left=3600, idle=False, asked_since_busy=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from pilot.backoff import Backoff, jittered
+from floe.pilot.backoff import Backoff, jittered
 
 
 def test_delays_double_up_to_the_cap_each_jittered_within_its_step():

@@ -16,7 +16,7 @@ FLAKY_NODE = {"description": "fails on a broken node", "jobs": 40, "max_retries"
 
 def test_a_black_hole_is_kept_out_across_its_pilots_within_five_failures(
         matchmaker: LiveMatchmaker, tmp_path, capsys):
-    from cli.main import main as floe
+    from floe.cli.main import main as floe
 
     dataset = matchmaker.submit(FLAKY_NODE)
     (tmp_path / "good").mkdir()

@@ -10,13 +10,13 @@ import time
 from collections import Counter
 from typing import Any
 
-from config.resources import GIB, Slot
-from pilot.client import Ask, Matchmaker, Reply, Unreachable
-from pilot.loop import Pilot
-from pilot.outbox import Delivery, Outbox, Verdict, deliver_many
-from pilot.settings import PilotSettings
-from pilot.slot import measure
-from pilot.workarea import WorkArea
+from floe.config.resources import GIB, Slot
+from floe.pilot.client import Ask, Matchmaker, Reply, Unreachable
+from floe.pilot.loop import Pilot
+from floe.pilot.outbox import Delivery, Outbox, Verdict, deliver_many
+from floe.pilot.settings import PilotSettings
+from floe.pilot.slot import measure
+from floe.pilot.workarea import WorkArea
 
 from .live import LiveMatchmaker
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main as floe
-from pilot.bundle import build, pilot_modules, pynvml_file
+from floe.cli.main import main as floe
+from floe.pilot.bundle import build, pilot_modules, pynvml_file
 
 PYTHON39 = Path("/root/.pyenv/versions/3.9.18/bin/python3")
 SYSTEM_PYTHON = shutil.which("python3") or "/usr/bin/python3"
@@ -31,11 +31,13 @@ def bundle(tmp_path_factory) -> Path:
 def test_the_bundle_holds_what_the_pilot_imports_and_nothing_else(bundle):
     names = zipfile.ZipFile(bundle).namelist()
     assert "__main__.py" in names
-    assert {"pilot/main.py", "pilot/runner.py", "pilot/slot.py", "config/expressions.py",
-            "config/dataset.py", "config/resources.py"} <= set(names)
-    assert "pilot/bundle.py" not in names
-    assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n
-                or n.startswith(("matchmaker/", "cli/", "factory/", "plugins/"))]
+    assert {"floe/__init__.py", "floe/pilot/__init__.py", "floe/pilot/main.py",
+            "floe/pilot/runner.py", "floe/pilot/slot.py", "floe/config/__init__.py",
+            "floe/config/expressions.py", "floe/config/dataset.py",
+            "floe/config/resources.py"} <= set(names)
+    assert "floe/pilot/bundle.py" not in names
+    assert not [n for n in names if "__pycache__" in n or not n.startswith(
+        ("floe/pilot/", "floe/config/", "floe/__init__.py", "__main__.py", "pynvml.py"))]
     assert ("pynvml.py" in names) == (pynvml_file() is not None)
     assert bundle.read_bytes().startswith(b"#!/usr/bin/env python3\n")
 
@@ -48,7 +50,7 @@ def test_floe_pilot_bundle_writes_the_file(tmp_path, capsys):
     assert floe(["pilot-bundle", "-o", str(tmp_path / "p.pyz")]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "p.pyz")
     assert sorted(n for n in zipfile.ZipFile(tmp_path / "p.pyz").namelist()
-                  if n.startswith(("pilot/", "config/"))) == pilot_modules()
+                  if n.startswith("floe/")) == pilot_modules()
 
 
 @pytest.mark.parametrize("python", PYTHONS)

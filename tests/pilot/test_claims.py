@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from config.resources import GIB, Requirements
-from pilot.claims import ClaimError, Claims
-from pilot.gpus import Gpu
-from pilot.slot import MeasuredSlot
+from floe.config.resources import GIB, Requirements
+from floe.pilot.claims import ClaimError, Claims
+from floe.pilot.gpus import Gpu
+from floe.pilot.slot import MeasuredSlot
 
 GPUS = (Gpu(0, "GPU-aaaa", "A100", 40 * GIB), Gpu(1, "GPU-bbbb", "A100", 40 * GIB))
 

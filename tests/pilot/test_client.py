@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.resources import GIB, Slot
-from pilot.client import Matchmaker, MatchmakerSettingError, Unreachable
+from floe.config.resources import GIB, Slot
+from floe.pilot.client import Matchmaker, MatchmakerSettingError, Unreachable
 
 from .live import LiveMatchmaker
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from config import dataset
-from pilot.runner import Assignment, TaskResult, run_task
+from floe.config import dataset
+from floe.pilot.runner import Assignment, TaskResult, run_task
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DATASET_ID = 7

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pilot.gpus import (
+from floe.pilot.gpus import (
     Gpu,
     assigned_gpus,
     declared_gpus,
@@ -21,8 +21,8 @@ from pilot.gpus import (
     open_nvml,
     visible_devices,
 )
-from pilot.runner import RunnerSettings, run_task
-from pilot.slot import measure
+from floe.pilot.runner import RunnerSettings, run_task
+from floe.pilot.slot import measure
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_a_node_without_nvml_has_no_gpus_even_with_an_assignment(tmp_path):
 
 def test_without_pynvml_open_nvml_says_why():
     code = ("import sys; sys.modules['pynvml'] = None\n"
-            "from pilot.gpus import open_nvml\n"
+            "from floe.pilot.gpus import open_nvml\n"
             "source, why = open_nvml(); print(source, why)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pilot.guardian import Guardian
-from pilot.proctree import read_stat
+from floe.pilot.guardian import Guardian
+from floe.pilot.proctree import read_stat
 
 from .live import ROOT, wait_for
 
@@ -29,7 +29,7 @@ MODULE = "sleep 60 & echo $!; setsid sleep 60 & echo $!; echo $$; wait"
 
 STAND_IN = textwrap.dedent("""
     import json, os, subprocess, sys, time
-    from pilot.guardian import Guardian
+    from floe.pilot.guardian import Guardian
     tasks, how = sys.argv[1], sys.argv[2].split(",")
     guardian = Guardian.start(tasks, grace=1.0)
     env = dict(os.environ)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pilot.limits import Overuse, TaskLoad, overused
+from floe.pilot.limits import Overuse, TaskLoad, overused
 
 MB = 10**6
 

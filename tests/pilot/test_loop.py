@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 
-from config.resources import GIB, MIB, Slot, Usage
-from config.states import ErrorClass
-from pilot.claims import Claim
-from pilot.client import Matchmaker
-from pilot.gpus import Gpu
-from pilot.lanes import Finished, attempt_of
-from pilot.limits import Overuse
-from pilot.loop import Pilot
-from pilot.reports import report_of
-from pilot.runner import Scratch, TaskResult, run_task
-from pilot.settings import PilotSettings
-from pilot.slot import measure
-from pilot.workarea import WorkArea
+from floe.config.resources import GIB, MIB, Slot, Usage
+from floe.config.states import ErrorClass
+from floe.pilot.claims import Claim
+from floe.pilot.client import Matchmaker
+from floe.pilot.gpus import Gpu
+from floe.pilot.lanes import Finished, attempt_of
+from floe.pilot.limits import Overuse
+from floe.pilot.loop import Pilot
+from floe.pilot.reports import report_of
+from floe.pilot.runner import Scratch, TaskResult, run_task
+from floe.pilot.settings import PilotSettings
+from floe.pilot.slot import measure
+from floe.pilot.workarea import WorkArea
 
 from .live import LiveMatchmaker
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main as floe
-from pilot.main import main
-from pilot.slot import SAFETY_MARGIN
+from floe.cli.main import main as floe
+from floe.pilot.main import main
+from floe.pilot.slot import SAFETY_MARGIN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_floe_pilot_takes_the_same_options(tmp_path, capsys):
 def test_probe_reads_the_batch_systems_variables_of_its_process(tmp_path):
     env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_CPUS_ON_NODE": "1",
            "SLURM_MEM_PER_NODE": "256", "FLOE_SITE": "from-env"}
-    done = subprocess.run([sys.executable, "-m", "pilot.main", "--probe"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "floe.pilot.main", "--probe"], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=True)
     probe = json.loads(done.stdout)
     assert (probe["batch_system"], probe["batch_job_id"]) == ("slurm", "4242")
@@ -94,7 +94,7 @@ def test_the_online_pilot_refuses_a_matchmaker_that_is_not_a_url(tmp_path, capsy
 
 def test_a_token_transferred_as_a_file_is_read_and_taken_out_of_the_tasks_reach(
         tmp_path, monkeypatch):
-    from pilot.online import read_token
+    from floe.pilot.online import read_token
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
@@ -105,7 +105,7 @@ def test_a_token_transferred_as_a_file_is_read_and_taken_out_of_the_tasks_reach(
 
 def test_a_token_file_that_holds_no_pilot_token_alone_is_refused_and_left_alone(
         tmp_path, monkeypatch):
-    from pilot.online import read_token
+    from floe.pilot.online import read_token
 
     monkeypatch.delenv("FLOE_PILOT_TOKEN", raising=False)
     token_file = tmp_path / "pilot.token"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main as floe
-from config.expressions import evaluate
+from floe.cli.main import main as floe
+from floe.config.expressions import evaluate
 
 
 def write_config(tmp_path: Path, *, fail_generate: bool = False) -> Path:

@@ -12,8 +12,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from pilot.proctree import read_stat
-from pilot.workarea import directory_name
+from floe.pilot.proctree import read_stat
+from floe.pilot.workarea import directory_name
 
 from .live import LiveMatchmaker, wait_for
 

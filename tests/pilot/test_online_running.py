@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pilot.bundle import build
-from pilot.gpus import open_nvml
-from pilot.workarea import directory_name
+from floe.pilot.bundle import build
+from floe.pilot.gpus import open_nvml
+from floe.pilot.workarea import directory_name
 
 from .live import SETTINGS, LiveMatchmaker
 
@@ -32,7 +32,7 @@ def dataset(command: str, jobs: int = 1, **requirements: object) -> dict:
 
 
 def probe(env: dict[str, str], scratch: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "pilot.main", "--probe", "--scratch",
+    done = subprocess.run([sys.executable, "-m", "floe.pilot.main", "--probe", "--scratch",
                            str(scratch)], env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 

@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
-from config.resources import GIB, Slot
-from pilot.client import Matchmaker
-from pilot.outbox import Delivery, Outbox, Verdict, deliver
+from floe.config.resources import GIB, Slot
+from floe.pilot.client import Matchmaker
+from floe.pilot.outbox import Delivery, Outbox, Verdict, deliver
 
 from .live import LiveMatchmaker
 
@@ -150,7 +150,7 @@ class Syncs:
     """Counts the outbox's file and directory syncs (and still makes them)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import pilot.outbox as outbox_module
+        import floe.pilot.outbox as outbox_module
         self.files: list[str] = []
         self.directories = 0
         datasync, sync_directory = outbox_module._datasync, outbox_module._sync_directory

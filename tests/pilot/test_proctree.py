@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pilot import proctree
-from pilot.proctree import ProcessTable, ProcessTree, last_pid, proc_table, psutil_table
+from floe.pilot import proctree
+from floe.pilot.proctree import ProcessTable, ProcessTree, last_pid, proc_table, psutil_table
 
 try:
     import psutil

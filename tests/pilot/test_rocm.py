@@ -10,10 +10,10 @@ import stat
 
 import pytest
 
-from pilot.environment import task_environment
-from pilot.gpus import assigned_gpus, open_gpus
-from pilot.rocm import parse_rocm_smi
-from pilot.slot import measure
+from floe.pilot.environment import task_environment
+from floe.pilot.gpus import assigned_gpus, open_gpus
+from floe.pilot.rocm import parse_rocm_smi
+from floe.pilot.slot import measure
 
 CARDS = {
     "card0": {"Unique ID": "0x18f68e602b8a790f", "Card series": "AMD Instinct MI250X",

@@ -14,19 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from config.protocol import MAX_STATISTICS, MAX_WARNINGS
-from config.resources import GIB, MIB
-from config.states import ErrorClass
-from pilot.environment import (
+from floe.config.protocol import MAX_STATISTICS, MAX_WARNINGS
+from floe.config.resources import GIB, MIB
+from floe.config.states import ErrorClass
+from floe.pilot.environment import (
     SECRET_PREFIXES,
     SLOT_GPU_VARIABLES,
     STATS_LIMIT_BYTES,
     STATS_NAME_LENGTH,
     task_environment,
 )
-from pilot.gpus import Gpu
-from pilot.reports import report_of
-from pilot.runner import (
+from floe.pilot.gpus import Gpu
+from floe.pilot.reports import report_of
+from floe.pilot.runner import (
     EXTERNAL_SIGNAL_GRACE,
     STATS_NAME,
     Assignment,
@@ -34,7 +34,7 @@ from pilot.runner import (
     TaskRun,
     run_task,
 )
-from pilot.supervisor import Supervisor
+from floe.pilot.supervisor import Supervisor
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from config.resources import GIB, MIB
-from pilot.slot import (
+from floe.config.resources import GIB, MIB
+from floe.pilot.slot import (
     SAFETY_MARGIN,
     SlotError,
     detect_batch,

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from pilot.staging import StagingError, digest, fetch, scratch_path, store, verify
+from floe.pilot.staging import StagingError, digest, fetch, scratch_path, store, verify
 
 
 def test_inputs_come_from_file_urls_and_plain_paths(tmp_path):

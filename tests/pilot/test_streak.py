@@ -3,8 +3,8 @@ failing on its retries, overuse, and requeues do not."""
 
 from __future__ import annotations
 
-from config.states import ErrorClass
-from pilot.streak import FailureStreak
+from floe.config.states import ErrorClass
+from floe.pilot.streak import FailureStreak
 
 ERROR, STAGING = ErrorClass.TASK_ERROR, ErrorClass.STAGING_ERROR
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pilot.workarea import WorkArea, WorkAreaError, directory_name
+from floe.pilot.workarea import WorkArea, WorkAreaError, directory_name
 
 from .live import ROOT
 
 HOLD = """
 import sys, time
-from pilot.workarea import WorkArea, WorkAreaError, directory_name
+from floe.pilot.workarea import WorkArea, WorkAreaError, directory_name
 work = WorkArea(sys.argv[1])
 work.open()
 work.lane_dir(1).mkdir()

@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import pytest
 
-from plugins.base import BatchPlugin, PilotState
+from floe.plugins.base import BatchPlugin, PilotState
 
 T = TypeVar("T")
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from config.resources import GIB, MIB
-from plugins import SYSTEMS, create_plugin
-from plugins.base import BatchError, PilotShape, PluginConfigError, PluginSettings
-from plugins.jobs import CommandJob
-from plugins.slurm import SlurmPlugin
+from floe.config.resources import GIB, MIB
+from floe.plugins import SYSTEMS, create_plugin
+from floe.plugins.base import BatchError, PilotShape, PluginConfigError, PluginSettings
+from floe.plugins.jobs import CommandJob
+from floe.plugins.slurm import SlurmPlugin
 from tests.plugins.pilots import fake_command
 
 

@@ -17,12 +17,12 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from plugins.base import BatchError, PilotShape, PilotState, PluginSettings
-from plugins.hosts import HostError, SshHost, SshSettings
-from plugins.htcondor import HTCondorPlugin
-from plugins.jobs import CommandJob, PilotJob
-from plugins.sge import SgePlugin
-from plugins.slurm import SlurmPlugin
+from floe.plugins.base import BatchError, PilotShape, PilotState, PluginSettings
+from floe.plugins.hosts import HostError, SshHost, SshSettings
+from floe.plugins.htcondor import HTCondorPlugin
+from floe.plugins.jobs import CommandJob, PilotJob
+from floe.plugins.sge import SgePlugin
+from floe.plugins.slurm import SlurmPlugin
 from tests.conftest import LoginNode
 from tests.pilot.live import wait_for
 
@@ -195,8 +195,8 @@ def test_htcondor_over_ssh_writes_what_condor_submit_needs_on_the_login_node(
 
 
 def test_the_local_plugin_takes_no_ssh(login_node: LoginNode, tmp_path: Path) -> None:
-    from plugins.base import PluginConfigError
-    from plugins.local import LocalPlugin
+    from floe.plugins.base import PluginConfigError
+    from floe.plugins.local import LocalPlugin
 
     with pytest.raises(PluginConfigError, match="ssh is for the slurm, sge, pbs and htcondor"):
         ssh_plugin(LocalPlugin, login_node, "f1", tmp_path)

@@ -19,8 +19,8 @@ import classad2
 import htcondor2
 import pytest
 
-from config.resources import GIB, MIB
-from plugins.base import (
+from floe.config.resources import GIB, MIB
+from floe.plugins.base import (
     BatchError,
     PilotInfo,
     PilotShape,
@@ -28,9 +28,9 @@ from plugins.base import (
     PluginConfigError,
     PluginSettings,
 )
-from plugins.hosts import FACTORY_SECRETS
-from plugins.htcondor import HTCondorPlugin, pilots_from_ads, quote_argument
-from plugins.jobs import BUNDLE_NAME, CommandJob, PilotJob
+from floe.plugins.hosts import FACTORY_SECRETS
+from floe.plugins.htcondor import HTCondorPlugin, pilots_from_ads, quote_argument
+from floe.plugins.jobs import BUNDLE_NAME, CommandJob, PilotJob
 
 SHAPE = PilotShape("pair", cpus=2, memory=512 * MIB, disk=GIB, gpus=1, walltime=600)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.jobs import LAUNCH_FAILED, PilotJob
+from floe.plugins.jobs import LAUNCH_FAILED, PilotJob
 from tests.pilot.live import wait_for
 
 TOOLS = ("mktemp", "rm", "hostname", "uname", "cat", "sleep", "cp")

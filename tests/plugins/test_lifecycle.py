@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from config.resources import MIB
-from plugins.base import BatchPlugin, PilotShape, PilotState, PluginSettings
-from plugins.jobs import CommandJob
-from plugins.pbs import PbsPlugin, parse_qstat_full
-from plugins.sge import SgePlugin
-from plugins.slurm import SlurmPlugin
+from floe.config.resources import MIB
+from floe.plugins.base import BatchPlugin, PilotShape, PilotState, PluginSettings
+from floe.plugins.jobs import CommandJob
+from floe.plugins.pbs import PbsPlugin, parse_qstat_full
+from floe.plugins.sge import SgePlugin
+from floe.plugins.slurm import SlurmPlugin
 from tests.plugins.pilots import cleanup, pilot_command, pilot_env, state_of, wait_for
 
 

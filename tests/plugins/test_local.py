@@ -10,9 +10,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from plugins.base import BatchError, PilotShape, PilotState, PluginSettings
-from plugins.jobs import CommandJob
-from plugins.local import LocalPlugin, group_alive
+from floe.plugins.base import BatchError, PilotShape, PilotState, PluginSettings
+from floe.plugins.jobs import CommandJob
+from floe.plugins.local import LocalPlugin, group_alive
 from tests.plugins.pilots import cleanup, pilot_command, pilot_env, state_of, wait_for
 
 SHAPE = PilotShape("small", cpus=2, walltime=600)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from config.resources import GIB, MIB
-from plugins.base import BatchError, PilotShape, PilotState, PluginConfigError, PluginSettings
-from plugins.jobs import CommandJob
-from plugins.pbs import PbsPlugin, parse_qstat, parse_qstat_full, pbs_time
+from floe.config.resources import GIB, MIB
+from floe.plugins.base import BatchError, PilotShape, PilotState, PluginConfigError, PluginSettings
+from floe.plugins.jobs import CommandJob
+from floe.plugins.pbs import PbsPlugin, parse_qstat, parse_qstat_full, pbs_time
 from tests.plugins.pilots import cleanup, fake_command, pilot_command, pilot_env
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from plugins import create_plugin
-from plugins.base import PilotShape, PluginSettings
-from plugins.jobs import PilotJob
+from floe.plugins import create_plugin
+from floe.plugins.base import PilotShape, PluginSettings
+from floe.plugins.jobs import PilotJob
 from tests.plugins.pilots import fake_command
 
 SITE_TOKEN = "floe_s_site-secret-of-the-factory"

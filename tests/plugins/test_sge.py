@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from config.resources import GIB, MIB
-from plugins.base import BatchError, PilotShape, PilotState, PluginSettings
-from plugins.jobs import CommandJob
-from plugins.sge import SgePlugin, pilot_state
+from floe.config.resources import GIB, MIB
+from floe.plugins.base import BatchError, PilotShape, PilotState, PluginSettings
+from floe.plugins.jobs import CommandJob
+from floe.plugins.sge import SgePlugin, pilot_state
 from tests.plugins.pilots import (
     cleanup,
     fake_command,

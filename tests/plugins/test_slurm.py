@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from config.resources import GIB, MIB
-from plugins.base import BatchError, PilotShape, PluginConfigError, PluginSettings
-from plugins.jobs import CommandJob
-from plugins.slurm import SlurmPlugin
+from floe.config.resources import GIB, MIB
+from floe.plugins.base import BatchError, PilotShape, PluginConfigError, PluginSettings
+from floe.plugins.jobs import CommandJob
+from floe.plugins.slurm import SlurmPlugin
 from tests.plugins.pilots import cleanup, fake_command, pilot_command, pilot_env
 
 

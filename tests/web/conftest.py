@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from config.settings import server_settings
-from matchmaker.api.framework import AUTH, ENGINE
-from matchmaker.server import create_app
+from floe.config.settings import server_settings
+from floe.matchmaker.api.framework import AUTH, ENGINE
+from floe.matchmaker.server import create_app
 from tests.matchmaker import support as s
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from config.resources import GIB, MIB
-from config.settings import server_settings
-from matchmaker.api.framework import AUTH, ENGINE
-from matchmaker.lifecycle import Outcome
-from matchmaker.server import create_app
-from matchmaker.web import charts, outcomes
+from floe.config.resources import GIB, MIB
+from floe.config.settings import server_settings
+from floe.matchmaker.api.framework import AUTH, ENGINE
+from floe.matchmaker.lifecycle import Outcome
+from floe.matchmaker.server import create_app
+from floe.matchmaker.web import charts, outcomes
 from tests.matchmaker import support as s
 
 from .cdp import Chromium

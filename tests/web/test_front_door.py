@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from config.settings import server_settings
-from matchmaker.api.framework import AUTH, ENGINE
-from matchmaker.server import create_app
-from matchmaker.web.sessions import LIFETIME, SESSION_COOKIE, Sessions
+from floe.config.settings import server_settings
+from floe.matchmaker.api.framework import AUTH, ENGINE
+from floe.matchmaker.server import create_app
+from floe.matchmaker.web.sessions import LIFETIME, SESSION_COOKIE, Sessions
 from tests.matchmaker import support as s
 from tests.web.conftest import csrf_of
 

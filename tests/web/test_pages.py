@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from yarl import URL
 
-from matchmaker.api.framework import AUTH
-from matchmaker.model import DatasetStatus
-from matchmaker.web.history import History, by_site, by_state
+from floe.matchmaker.api.framework import AUTH
+from floe.matchmaker.model import DatasetStatus
+from floe.matchmaker.web.history import History, by_site, by_state
 from tests.matchmaker import support as s
 from tests.pilot.live import LiveMatchmaker
 
@@ -350,7 +350,7 @@ async def test_the_dataset_and_task_pages_say_why_tasks_wait(pages: Pages):
 
 
 async def test_the_pilots_page_lists_the_hosts_that_get_no_work(pages: Pages):
-    from config.states import ErrorClass
+    from floe.config.states import ErrorClass
 
     now = pages.engine.clock()
     for task_id in range(5):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from matchmaker.web.signin import safe_next
+from floe.matchmaker.web.signin import safe_next
 
 
 @pytest.mark.parametrize("target", [
