@@ -1,6 +1,7 @@
 """The HTCondor plugin: pilots are jobs submitted through the `htcondor2` Python bindings (the
 only module the htcondor 25.x wheel ships), read back with a schedd query and removed with a
-schedd action.
+schedd action. The bindings are the extra `floe[htcondor]` (they have no macOS wheels): this
+module is imported only for a site that uses it, and says so when they are missing.
 
 A pilot's submit description asks for the shape's CPUs, memory with headroom (MiB), disk (KiB)
 and GPUs; `allowed_job_duration` holds the job once it runs past the shape's walltime plus
@@ -46,9 +47,6 @@ from multiprocessing.connection import Connection
 from pathlib import PurePosixPath
 from typing import Any, TypeVar
 
-import classad2
-import htcondor2
-
 from floe.plugins.base import (
     BatchError,
     CommandSubmitter,
@@ -62,6 +60,14 @@ from floe.plugins.base import (
 )
 from floe.plugins.hosts import FACTORY_SECRETS, HostError, SshHost
 from floe.plugins.jobs import Job
+
+try:  # an extra (no macOS wheels): loaded only when a site asks for this plugin
+    import classad2
+    import htcondor2
+except ImportError as exc:
+    raise PluginConfigError(
+        f"the htcondor plugin needs HTCondor's Python bindings, which this Python cannot import "
+        f"({exc}): install them with pip install 'floe[htcondor]'") from exc
 
 STATES = {
     1: PilotState.QUEUED,    # Idle

@@ -10,6 +10,8 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -286,3 +288,21 @@ def test_hosts_kept_out_as_black_holes_join_the_requirements(tmp_path: Path) -> 
     submit = rendered(plugin)
     assert submit["requirements"] == ('(OpSysMajorVer == 9) && '
                                       '(Machine =!= "wn042.example.org")')
+
+
+def test_without_the_bindings_the_plugin_says_which_extra_to_install(tmp_path):
+    """The bindings are the extra floe[htcondor] (no macOS wheels): a factory without them gets
+    one sentence naming it, when a site asks for the htcondor plugin, and not before."""
+    code = ("import sys\n"
+            "sys.modules['htcondor2'] = sys.modules['classad2'] = None\n"
+            "from floe.plugins import PluginConfigError, PluginSettings, create_plugin\n"
+            "create_plugin('local', PluginSettings(factory_id='f1', workdir=sys.argv[1]))\n"
+            "try:\n"
+            "    create_plugin('htcondor', PluginSettings(factory_id='f1', workdir=sys.argv[1]))\n"
+            "except PluginConfigError as exc:\n"
+            "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60, check=True)
+    said = done.stdout.strip()
+    assert said.startswith("the htcondor plugin needs HTCondor's Python bindings"), said
+    assert said.endswith("pip install 'floe[htcondor]'"), said
