@@ -42,8 +42,13 @@ from .http import Client, ClientError
 from .places import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+"""floe's source tree, or the installed floe package (which has no scripts/)."""
+EXAMPLES = ROOT / "examples"
+"""The example configs: the checkout's examples/, or floe/examples where floe is installed."""
 SLURM_SCRIPT = ROOT / "scripts" / "batch" / "slurm.sh"
 FLOE = [sys.executable, "-m", "floe.cli.main"]
+"""floe as a subprocess, run in the demo's workdir: never in an installed floe's folder, where
+`-m` would put its subpackages (config, cli, ...) on the path as top-level modules."""
 USER = "demo"
 # What each run makes in its workdir, removed at the start of the next one.
 RUN_FILES = ("floe.sqlite", "floe.sqlite-wal", "floe.sqlite-shm", "server.toml", "server.log",
@@ -69,8 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="where pilots run: processes on this machine (default), or the "
                              "single-node SLURM of scripts/batch/slurm.sh")
     parser.add_argument("--dataset", type=Path,
-                        help="the dataset config to run (default examples/demo.json; with "
-                             "--gpu, examples/gpu.json)")
+                        help="the dataset config to run (default floe's examples/demo.json; "
+                             "with --gpu, examples/gpu.json)")
     parser.add_argument("--workdir", type=Path,
                         help="where the database, configs and logs go (default: floe/demo in "
                              "your cache directory, $XDG_CACHE_HOME or ~/.cache)")
@@ -225,7 +230,7 @@ class Demo:
     def floe(self, *args: str) -> dict[str, Any]:
         """`floe ARGS... --db DB --json` as a subprocess: what it printed."""
         done = subprocess.run([*FLOE, *args, "--db", str(self.db), "--json"],
-                              capture_output=True, text=True, check=False, cwd=ROOT)
+                              capture_output=True, text=True, check=False, cwd=self.workdir)
         if done.returncode != 0:
             raise DemoError(f"`floe {' '.join(args)}` failed: {done.stderr.strip()}")
         return json.loads(done.stdout)
@@ -238,7 +243,8 @@ class Demo:
             self.server = subprocess.Popen(
                 [*FLOE, "server", "--db", str(self.db), "--port", str(self.port),
                  "--settings", str(settings), "--log-level", "warning"],
-                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT,
                 start_new_session=True)  # stopped by us, in order, not by the terminal's Ctrl-C
         probe = Client(self.url, None, timeout=2.0)
         deadline = time.monotonic() + 30
@@ -284,7 +290,8 @@ class Demo:
             self.factory = subprocess.Popen(
                 # --matchmaker: a FLOE_URL the user exported (an earlier demo's closing lines
                 # say to) would take the factory to another matchmaker
-                [*FLOE, "factory", "--config", str(config), "--matchmaker", self.url], cwd=ROOT,
+                [*FLOE, "factory", "--config", str(config), "--matchmaker", self.url],
+                cwd=self.workdir,
                 stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -496,7 +503,7 @@ def run(args: argparse.Namespace) -> int:
         print("floe demo: --gpu-devices goes with --gpu", file=sys.stderr)
         return 2
     if args.dataset is None:
-        args.dataset = Path("examples/gpu.json" if args.gpu else "examples/demo.json")
+        args.dataset = EXAMPLES / ("gpu.json" if args.gpu else "demo.json")
     demo = Demo(args)
     previous = {signum: signal.signal(signum, _interrupt)
                 for signum in (signal.SIGTERM, signal.SIGHUP)}

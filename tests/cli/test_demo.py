@@ -58,9 +58,10 @@ def processes_in(workdir: Path) -> list[str]:
     return found
 
 
-def check_summary(out: str, site: str) -> None:
+def check_summary(out: str, site: str, venv_bin: Path = VENV_BIN, cwd: Path = ROOT) -> None:
     """The demo's output says that every task of the dataset was done at `site`, by pilots that
-    all exited, with the flaky task of job 6 retried, and the dataset's statistics."""
+    all exited, with the flaky task of job 6 retried, and the dataset's statistics (floe being
+    the one in `venv_bin`, the demo run from `cwd`)."""
     tasks = JOBS * 4
     assert f"{JOBS} jobs of 4 tasks" in out
     assert re.search(rf"^  tasks\s+{tasks} done, 0 failed, of {tasks}$", out, re.M), out
@@ -77,10 +78,11 @@ def check_summary(out: str, site: str) -> None:
     assert re.search(r"export FLOE_URL=http://127\.0\.0\.1:\d+ FLOE_TOKEN=floe_u_\S+$", out,
                      re.M), out
     assert "floe status 1" in out
-    check_closing_hint_works_as_printed(out)
+    check_closing_hint_works_as_printed(out, venv_bin, cwd)
 
 
-def check_closing_hint_works_as_printed(out: str) -> None:
+def check_closing_hint_works_as_printed(out: str, venv_bin: Path = VENV_BIN,
+                                        cwd: Path = ROOT) -> None:
     """The commands of the closing hint run in the shell the demo ran from, where `floe` was
     not on the PATH: what comes before `floe server` makes `floe` this floe."""
     hint = out.split("to look again", 1)[1].splitlines()[1:]
@@ -89,9 +91,9 @@ def check_closing_hint_works_as_printed(out: str) -> None:
     assert setup, "floe is not on the PATH, yet the hint says nothing of it"
     shell = subprocess.run(["bash", "-c", "\n".join([*setup, "command -v floe",
                                                      "floe status --help >/dev/null"])],
-                           cwd=ROOT, env=BARE_ENV, capture_output=True, text=True, timeout=60)
+                           cwd=cwd, env=BARE_ENV, capture_output=True, text=True, timeout=60)
     assert shell.returncode == 0, (setup, shell.stderr)
-    assert Path(shell.stdout.strip()).resolve() == (VENV_BIN / "floe").resolve()
+    assert Path(shell.stdout.strip()).resolve() == (venv_bin / "floe").resolve()
 
 
 def test_the_demo_runs_the_dataset_and_summarizes_it(tmp_path):
