@@ -12,10 +12,12 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+import floe
+
 # Modules in the order their subcommands appear in `floe --help`.
 MODULES = ("floe.cli.server", "floe.cli.database", "floe.cli.client", "floe.cli.datasets",
            "floe.cli.steer", "floe.cli.pool", "floe.cli.pilot", "floe.cli.factory",
-           "floe.cli.demo", "floe.cli.docs")
+           "floe.cli.demo", "floe.cli.docs", "floe.cli.completion")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="floe",
         description="floe: a pull-based pilot factory (matchmaker, pilots, site factories).",
     )
+    parser.add_argument("--version", action="version", version=f"floe {floe.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in MODULES:
         module = importlib.import_module(module_name)
