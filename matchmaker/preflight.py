@@ -1,8 +1,8 @@
 """`floe server --check`: whether `floe server` would start with these settings, without
-starting it: the database file (opened read-only: floe's, a schema this floe reads, SQLite's
-quick check), the TLS certificate and key, the access and audit log files, and the port. Each
-problem is the sentence that `floe server` itself would say; nothing is written to the
-database.
+starting it: the database file (opened read-only: no other server holds it, floe's, a schema
+this floe reads, SQLite's quick check), the TLS certificate and key, the access and audit log
+files, and the port. Each problem is the sentence that `floe server` itself would say; nothing
+is written to the database.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def port_problem(settings: ServerSettings, exc: OSError) -> str:
 
 
 def _database(path: Path) -> str:
+    taken = files.ServerLock(path).in_use()
+    if taken:
+        raise CheckFailed(taken)
     version = files.check(path, integrity=True)
     if version is None:
         return f"database {path}: does not exist yet; the server makes it"

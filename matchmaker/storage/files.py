@@ -119,6 +119,31 @@ class ServerLock:
         self.note = Path(f"{os.path.realpath(database)}.lock")
         self._fd: int | None = None
 
+    def in_use(self) -> str | None:
+        """The refusal a server starting now would meet (another one holds the lock), or None;
+        the file is only opened to read and let go at once (`floe server --check`)."""
+        import fcntl
+
+        try:
+            fd = os.open(self.database, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return self._in_use()
+        finally:
+            os.close(fd)  # which lets go of the lock, had it been taken
+        return None
+
+    def _in_use(self) -> str:
+        try:
+            holder = self.note.read_text().strip()
+        except OSError:
+            holder = ""
+        return (f"the database {self.database} is in use by another floe server "
+                f"({holder or 'another process'}); stop that one, or give this one another --db")
+
     def acquire(self) -> None:
         """Take the lock (making the database file when it does not exist yet), or raise
         StorageError naming the server that holds it."""
@@ -134,13 +159,7 @@ class ServerLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            try:
-                holder = self.note.read_text().strip()
-            except OSError:
-                holder = ""
-            raise StorageError(f"the database {self.database} is in use by another floe server "
-                               f"({holder or 'another process'}); stop that one, or give this "
-                               "one another --db") from None
+            raise StorageError(self._in_use()) from None
         self._fd = fd
         try:
             self.note.write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")

@@ -250,3 +250,11 @@ def test_check_fails_when_the_port_is_taken(tmp_path):
     assert done.returncode == 1
     assert f"port {port} of 127.0.0.1 is in use" in done.stderr, done.stderr
     assert not (tmp_path / "floe.sqlite").exists()
+
+
+def test_check_fails_when_another_server_holds_the_database(matchmaker):
+    done = floe("server", "--check", "--db", str(matchmaker.db), "--port", str(free_port()))
+    assert done.returncode == 1, done.stdout
+    assert f"the database {matchmaker.db} is in use by another floe server (pid " in \
+        done.stderr, done.stderr
+    assert matchmaker.get("/datasets") == {"datasets": []}  # the running one is untouched
