@@ -20,6 +20,7 @@ from typing import Any
 
 from floe.config import expressions
 from floe.config.dataset import ConfigError, DatasetConfig, check_sample_jobs, job_args, validate
+from floe.config.schema import counted
 
 from .engine import Engine, User
 from .errors import BadRequest
@@ -67,7 +68,8 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
         Batch(), dataset_id, user_id=user.user_id, description=config.description,
         config=json.dumps(config.raw), jobs=config.jobs, tasks_per_job=len(config.tasks),
         task_id_base=base, priority=config.priority, status=DatasetStatus.PROCESSING, now=now,
-        detail=f"{config.jobs} jobs of {len(config.tasks)} tasks", first_jobs=first, tasks=rows)
+        detail=f"{counted(config.jobs, 'job')} of {counted(len(config.tasks), 'task')}",
+        first_jobs=first, tasks=rows)
     engine.add_dataset(state)
     state.commit_jobs(0, first, False)
     batch.on_failure(lambda: engine.forget_dataset(state))

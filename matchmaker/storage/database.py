@@ -402,8 +402,9 @@ class Database:
             await asyncio.wait_for(self._answered.wait(), CLOSE_GRACE)
         except TimeoutError:
             process = self._process.detach()
-            self._on_gone(f"the database writer process did not answer {len(self._inflight)} "
-                          f"writes within {CLOSE_GRACE:.0f}s of closing; they are refused")
+            self._refuse_inflight(f"the database writer process did not answer "
+                                  f"{len(self._inflight)} writes within {CLOSE_GRACE:.0f}s of "
+                                  "closing; they are refused")
             if process is not None:
                 process.kill()
                 await self._in_thread(WriterProcess.close, process)
@@ -496,8 +497,20 @@ class Database:
         if not self._inflight:
             self._answered.set()
 
-    def _on_gone(self, reason: str) -> None:
-        """The writer died: every batch in flight is refused."""
+    def _on_gone(self, why: str) -> None:
+        """The writer process died (`why`: its exit code and how it was noticed): every batch
+        in flight is refused; a new one is started for the next write."""
+        if not self._inflight:
+            log.error("the database writer process ended (%s) with no write in flight, so "
+                      "nothing was refused; a new writer starts with the next write", why)
+            self._answered.set()
+            return
+        self._refuse_inflight(f"the database writer process ended in the middle of a write "
+                              f"({why}); the write is refused, and a new writer is started for "
+                              "the next one")
+
+    def _refuse_inflight(self, reason: str) -> None:
+        """Refuse every batch in flight with `reason`, said in the log."""
         log.error("%s", reason)
         group = list(self._inflight)
         self._inflight.clear()

@@ -210,8 +210,8 @@ class WriterProcess:
     `start` and `close` block (call them from a thread); everything else runs on the event
     loop that `attach` names. `send` queues batches without waiting; each answer calls
     `on_results(results, commits)` with as many results as the batches it covers, in the order
-    they were sent; when the process dies or garbles its answer, `on_gone(reason)` is called
-    once, and the batches still unanswered will never be.
+    they were sent; when the process dies or garbles its answer, `on_gone(why)` (its exit code
+    and how it was noticed) is called once, and the batches still unanswered will never be.
     """
 
     def __init__(self, path: Path, durability: str, cache: int, max_group: int) -> None:
@@ -338,9 +338,7 @@ class WriterProcess:
             process.kill()
         code = process.wait()
         self.close(process)
-        self._on_gone(f"the database writer process ended in the middle of a write (exit code "
-                       f"{code}: {why}); the write is refused, and a new writer is started "
-                       "for the next one")
+        self._on_gone(f"exit code {code}: {why}")
 
     def detach(self) -> subprocess.Popen | None:
         """Stop watching the child (on the loop); the process, for `close`."""
