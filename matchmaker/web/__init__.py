@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import datasets, pilots, shares, signin, tasks
+from . import dataset_actions, datasets, pilots, shares, signin, tasks
 from .history import HISTORY, History
 from .page import HERE, SESSIONS, View, page
 from .sessions import Sessions
@@ -42,7 +42,7 @@ def add_routes(app: web.Application) -> None:
     `app[SESSIONS]` on the database."""
     app[SESSIONS] = Sessions()
     app[HISTORY] = History()
-    for module in (signin, datasets, tasks, pilots, shares):
+    for module in (signin, datasets, dataset_actions, tasks, pilots, shares):
         app.router.add_routes(module.routes)
     app.router.add_get("/static/floe.css", stylesheet)
     app.on_startup.append(_add_fallback)

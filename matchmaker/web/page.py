@@ -23,8 +23,9 @@ from multidict import MultiDictProxy
 from ..access import Action, authorize
 from ..api.framework import AUTH, ENGINE, RETRY_AFTER, unavailable
 from ..auth import Auth, Principal
+from ..bounds import record_id
 from ..engine import Engine
-from ..errors import ApiError, Forbidden, Unauthorized, Unavailable
+from ..errors import ApiError, Forbidden, NotFound, Unauthorized, Unavailable
 from ..frontdoor import PREFIX, note_principal
 from ..model import DatasetState
 from ..storage.database import StorageError
@@ -72,6 +73,15 @@ class View:
     def authorize(self, action: Action, **scope: Any) -> None:
         """Raise Forbidden unless this user may do `action` (access.authorize's rules)."""
         authorize(self.principal, action, **scope)
+
+    def dataset(self, dataset_id: str) -> DatasetState:
+        """The dataset a page's path names, or NotFound in a sentence."""
+        wanted = record_id(dataset_id)
+        dataset = self.engine.datasets.get(wanted) if wanted is not None else None
+        if dataset is None:
+            raise NotFound(f"There is no dataset {dataset_id[:40]}. The overview lists every "
+                           "dataset.")
+        return dataset
 
     def may_change(self, dataset: DatasetState) -> bool:
         """Whether this user may suspend, resume, reset or reprioritize `dataset`."""
