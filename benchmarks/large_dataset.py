@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import Connection
 from machine import describe
 
-from floe.matchmaker import Server, latencies  # benchmarks/matchmaker.py, beside this file
+from matchmaker import Server, latencies  # benchmarks/matchmaker.py, beside this file
 
 SLOT = {"cpus": 1, "memory": 2**31, "disk": 2**34, "gpus": 0, "seconds": 86400,
         "os": ["linux"], "arch": "x86_64", "site": "bench"}

@@ -48,7 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from httpload import Connection
 from machine import describe
 
-from floe.matchmaker import SHAPES, Pilot, Server, fill, load_options, phase, run_and_print, sampler
+# benchmarks/matchmaker.py, beside this file
+from matchmaker import SHAPES, Pilot, Server, fill, load_options, phase, run_and_print, sampler
 
 GIB = 2**30
 OPEN_FILES = 65536

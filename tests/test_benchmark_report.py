@@ -4,8 +4,15 @@ each figure against its target from the figure itself."""
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from benchmarks import report
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_readme_table_is_made_from_the_committed_benchmark_runs():
@@ -55,3 +62,14 @@ def test_a_deeper_queue_that_costs_the_matchmaker_more_per_task_is_a_slowdown():
         deep["cpu_ms_per_task"]["server"] = server
         results["factory"]["null_tasks"]["rate_at_10x_depth_relative"] = rate
         assert row_of(report.render(results), deeper)[3] == verdict, (rate, server)
+
+
+@pytest.mark.parametrize("name", sorted(
+    path.stem for path in (ROOT / "benchmarks").glob("*.py")
+    if "__main__" in path.read_text(encoding="utf-8")))
+def test_every_benchmark_starts_as_make_bench_runs_it(name):
+    """Each benchmark's imports resolve when it is run as a script (`--help` stops there)."""
+    done = subprocess.run([sys.executable, f"benchmarks/{name}.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage:")
