@@ -36,6 +36,13 @@ STATS_LIMIT_BYTES = 1 << 20
 STATS_NAME_LENGTH = 200
 
 
+def task_base(environ: Mapping[str, str]) -> dict[str, str]:
+    """What every module's environment starts from: `environ` (the pilot's) without the
+    pilot's secrets and its slot-wide GPU assignment. Worked out once, not for every module."""
+    return {name: value for name, value in environ.items()
+            if not name.startswith(SECRET_PREFIXES) and name not in SLOT_GPU_VARIABLES}
+
+
 def task_environment(
     base: Mapping[str, str],
     *,
@@ -47,9 +54,8 @@ def task_environment(
     task_env: Mapping[str, str],
     module_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """The complete environment of one module."""
-    env = {name: value for name, value in base.items()
-           if not name.startswith(SECRET_PREFIXES) and name not in SLOT_GPU_VARIABLES}
+    """The complete environment of one module; `base` comes from `task_base`."""
+    env = dict(base)
     env.update({name: str(cpus) for name in THREAD_VARIABLES})
     env["TMPDIR"] = str(scratch)
     env.update({name: str(value) for name, value in task_env.items()})

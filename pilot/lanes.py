@@ -107,7 +107,7 @@ def attempt_of(answer: Mapping[str, Any], asked_at: float,
         task=spec, steering=dict(answer.get("steering") or {}), system=system,
         args=job_args(answer["job"], answer["dataset"], answer["jobs_submitted"],
                       answer["task"], attempt_id))
-    requirements = Requirements.from_dict(answer["requirements"])
+    requirements = assignment.requirements
     expected = answer.get("expected_seconds")
     return Attempt(attempt_id, str(answer["passkey"]), int(answer["task_id"]),
                    f"dataset {answer.get('dataset')} job {answer.get('job')} task "

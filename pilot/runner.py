@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from floe.config.states import ErrorClass
 from floe.pilot import staging
 from floe.pilot.environment import (
     read_statistics,
+    task_base,
     task_environment,
 )
 from floe.pilot.gpus import Gpu, GpuSource
@@ -74,14 +76,16 @@ class Assignment:
     def name(self) -> str:
         return str(self.task.get("name", ""))
 
-    @property
+    @cached_property
     def requirements(self) -> Requirements:
         return Requirements.from_dict(self.task.get("requirements") or {})
 
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    """How the runner measures, kills and transfers; `environ` defaults to the pilot's own."""
+    """How the runner measures, kills and transfers. `environ` is the environment modules
+    start from (less the pilot's secrets); by default the pilot's own as it is when the first
+    module starts."""
 
     sample_interval: float = 1.0
     kill_grace: float = 5.0
@@ -89,6 +93,11 @@ class RunnerSettings:
     transfer_retries: int = 2
     tail_bytes: int = 64 * 1024
     environ: Mapping[str, str] | None = None
+
+    @cached_property
+    def base_environment(self) -> dict[str, str]:
+        """`environ` without the pilot's secrets, worked out once (see `task_base`)."""
+        return task_base(os.environ if self.environ is None else self.environ)
 
 
 @dataclass
@@ -416,11 +425,11 @@ class TaskRun:
         command = module.get("command")
         argv = [_text(part) for part in command] if isinstance(command, list) else [
             "/bin/sh", "-c", _text(command)]
+        module_env = {k: _text(v) for k, v in (module.get("env") or {}).items()}
         env = task_environment(
-            os.environ if self.settings.environ is None else self.settings.environ,
-            scratch=self.scratch, cpus=self.requirements.cpus, gpus=self.gpus,
-            stats_file=self.stats_path, args=self.assignment.args, task_env=task_env,
-            module_env={k: _text(v) for k, v in (module.get("env") or {}).items()})
+            self.settings.base_environment, scratch=self.scratch, cpus=self.requirements.cpus,
+            gpus=self.gpus, stats_file=self.stats_path, args=self.assignment.args,
+            task_env=task_env, module_env=module_env)
         started = time.monotonic()
         try:
             process = subprocess.Popen(argv, cwd=self.scratch, env=env, stdin=_devnull(),

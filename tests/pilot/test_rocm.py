@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from floe.pilot.environment import task_environment
+from floe.pilot.environment import task_base, task_environment
 from floe.pilot.gpus import assigned_gpus, open_gpus
 from floe.pilot.rocm import parse_rocm_smi
 from floe.pilot.slot import measure
@@ -70,7 +70,8 @@ def test_a_node_without_nvml_lists_its_amd_gpus_through_rocm_smi(rocm_smi, tmp_p
 
 def test_an_amd_task_sees_its_device_through_rocr_and_a_cpu_task_sees_none(tmp_path):
     gpu = parse_rocm_smi(json.dumps(CARDS))[1]
-    base = {"ROCR_VISIBLE_DEVICES": "0,1", "HIP_VISIBLE_DEVICES": "0,1", "PATH": "/bin"}
+    base = task_base({"ROCR_VISIBLE_DEVICES": "0,1", "HIP_VISIBLE_DEVICES": "0,1",
+                      "PATH": "/bin"})
     common = {"scratch": tmp_path, "cpus": 1, "stats_file": tmp_path / "s", "args": {},
               "task_env": {}, "module_env": {}}
     env = task_environment(base, gpus=[gpu], **common)
