@@ -367,15 +367,18 @@ class Engine:
 
     async def _load_tasks(self, dataset: DatasetState) -> None:
         expected = dataset.materialized * dataset.ntasks
-        rows = await queries.task_states(self.db, dataset.id)
-        if len(rows) != expected:
-            raise RuntimeError(f"dataset {dataset.id} has {len(rows)} task rows, expected "
-                               f"{expected}: the database is inconsistent")
-        codes = {state.value: CODE[state] for state in STATES}
-        dataset.states = bytearray(codes[state] for state in rows)
+        end = dataset.base + expected
+        codes = await queries.task_state_codes(self.db, dataset.base, end,
+                                               [state.value for state in STATES])
+        if len(codes) != expected or 255 in codes:
+            raise RuntimeError(
+                f"dataset {dataset.id} has {len(codes)} task rows, expected {expected}"
+                f"{', some in no known state' if 255 in codes else ''}: the database is "
+                "inconsistent")
+        dataset.states = bytearray(codes)
         for code in range(len(STATES)):
             dataset.counts[code] = dataset.states.count(code)
-        for row in await queries.task_records(self.db, dataset.id):
+        for row in await queries.task_records(self.db, dataset.base, end):
             if row["failures"]:
                 dataset.failures[row["task_id"]] = row["failures"]
             if row["lost"]:

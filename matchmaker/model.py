@@ -13,6 +13,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 from floe.config.dataset import DatasetConfig
@@ -238,16 +239,29 @@ class DatasetState:
             self.queue.push(task_id, task_index, self.requirements(task_id), True)
 
     def rebuild_queue(self) -> None:
-        """Refill the ready queue from the task states (after a bulk change)."""
+        """Refill the ready queue from the task states (after a bulk change, and at start):
+        each task definition's ready tasks in id order, in bulk; one by one only the few with
+        grown requirements or, of first tasks, retries (which continue their job)."""
         self.queue.clear()
-        states = self.states
-        for offset in range(len(states)):
-            if states[offset] == READY:
-                task_id = self.base + offset
-                task_index = offset % self.ntasks
-                continuing = not self._roots[task_index] or task_id in self.failures \
-                    or task_id in self.lost
-                self.queue.push(task_id, task_index, self.requirements(task_id), continuing)
+        states, ntasks, base = self.states, self.ntasks, self.base
+        end = base + len(states)
+        retried = set(self.failures) | set(self.lost)
+        for task_index in range(ntasks):
+            ready = list(compress(range(base + task_index, end, ntasks),
+                                  map(READY.__eq__, states[task_index::ntasks])))
+            root = self._roots[task_index]
+            special = sorted(
+                task_id for task_id in (retried | set(self.overrides) if root else self.overrides)
+                if (task_id - base) % ntasks == task_index and self.is_ready(task_id))
+            if special:
+                chosen = set(special)
+                ready = [task_id for task_id in ready if task_id not in chosen]
+            if ready:
+                self.queue.push_many(ready, task_index, self.config.tasks[task_index].requirements,
+                                     continuing=not root)
+            for task_id in special:
+                self.queue.push(task_id, task_index, self.requirements(task_id),
+                                not root or task_id in retried)
 
     # -- derived facts ------------------------------------------------------------------------
     def dependencies_complete(self, job_index: int, task_index: int) -> bool:

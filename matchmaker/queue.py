@@ -87,13 +87,15 @@ class DatasetQueue:
         if self.on_ready is not None:
             self.on_ready(requirements, 1)
 
-    def push_many(self, task_ids: list[int], task_index: int, requirements: Requirements) -> None:
-        """Append fresh tasks in bulk (a newly materialized chunk of jobs)."""
+    def push_many(self, task_ids: list[int], task_index: int, requirements: Requirements,
+                  continuing: bool = False) -> None:
+        """Append tasks of one class in bulk: fresh ones (a newly materialized chunk of jobs),
+        or continuing ones (the queue rebuilt)."""
         key = (task_index, requirements)
         task_class = self.classes.get(key)
         if task_class is None:
             task_class = self.classes[key] = TaskClass(task_index, requirements)
-        task_class.fresh.extend(task_ids)
+        (task_class.continuing if continuing else task_class.fresh).extend(task_ids)
         count = len(task_ids)
         task_class.ready += count
         self.ready += count

@@ -34,18 +34,35 @@ async def steering_versions(db: Database) -> list[Any]:
                              " FROM steering_versions ORDER BY dataset_id, version")
 
 
-async def task_states(db: Database, dataset_id: int) -> list[str]:
-    """The state of every task of a dataset, in task id order."""
-    rows = await db.reader.execute_fetchall(
-        "SELECT state FROM tasks WHERE dataset_id = ? ORDER BY task_id", (dataset_id,))
-    return [row[0] for row in rows]
+async def task_state_codes(db: Database, first: int, end: int, states: Sequence[str]
+                           ) -> bytes:
+    """The state of every task with an id in [first, end) (one dataset's: ids are arithmetic),
+    in id order, one byte each: a state's position in `states`, 255 for any other. SQLite
+    makes them in one pass over the rows in id order (a table scan of that range of the
+    primary key), 10 million in about a second, instead of a Python object per row."""
+    if end <= first:
+        return b""
+    codes = " ".join(f"WHEN '{state}' THEN '{chr(_FIRST_CODE + code)}'"
+                     for code, state in enumerate(states))
+    row = await db.reader.execute_fetchall(
+        f"SELECT group_concat(CASE state {codes} ELSE '{chr(_UNKNOWN_CODE)}' END, '')"
+        " FROM tasks NOT INDEXED WHERE task_id >= ? AND task_id < ?", (first, end))
+    text = row[0][0] or ""
+    return text.encode("ascii").translate(_DECODE)
 
 
-async def task_records(db: Database, dataset_id: int) -> list[Any]:
-    """A dataset's tasks that carry retry records or grown requirements."""
+_FIRST_CODE = ord("A")
+_UNKNOWN_CODE = ord("~")
+_DECODE = bytes((byte - _FIRST_CODE) % 256 if byte != _UNKNOWN_CODE else 255
+                for byte in range(256))
+
+
+async def task_records(db: Database, first: int, end: int) -> list[Any]:
+    """The tasks with an id in [first, end) that carry retry records or grown requirements."""
     return await db.fetchall(
-        "SELECT task_id, failures, lost, requirements FROM tasks WHERE dataset_id = ?"
-        " AND (failures > 0 OR lost > 0 OR requirements IS NOT NULL)", (dataset_id,))
+        "SELECT task_id, failures, lost, requirements FROM tasks NOT INDEXED"
+        " WHERE task_id >= ? AND task_id < ?"
+        " AND (failures > 0 OR lost > 0 OR requirements IS NOT NULL)", (first, end))
 
 
 async def running_pilots(db: Database) -> list[Any]:

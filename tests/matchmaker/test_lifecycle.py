@@ -263,6 +263,41 @@ async def test_a_restarted_server_rebuilds_the_same_state(engine, reopen, clock)
     assert restarted.next_attempt_id > running.attempt_id
 
 
+def ready_queue(dataset) -> dict:
+    """The ready tasks of each class of a dataset's queue, continuing and fresh apart."""
+    return {key: ({t for t in c.continuing if dataset.is_ready(t)},
+                  {t for t in c.fresh if dataset.is_ready(t)})
+            for key, c in dataset.queue.classes.items() if c.ready}
+
+
+async def test_a_restarted_server_queues_each_ready_task_in_its_class_and_in_id_order(
+        engine, reopen):
+    """After a restart the queue is rebuilt in bulk: retries of first tasks and downstream
+    tasks continue their jobs, a grown requirement is its own class, the rest are fresh."""
+    _, dataset, p = await setup(engine, diamond(jobs=6, max_retries=2))
+    done, retried, grown = [await s.ask(engine, p) for _ in range(3)]  # jobs 0-2's gen
+    await s.finish(engine, done)  # job 0's left and right are ready
+    await s.finish(engine, retried, s.failure())  # a retry, continuing its job
+    await s.finish(engine, grown, Outcome.from_dict({  # a class of its own
+        "exit_code": -9, "error_class": "resource_overuse", "error_message": "memory",
+        "usage": {"peak_memory": 3 * GIB},
+        "overuse": {"resource": "memory", "requested": GIB, "peak": 3 * GIB}}))
+    before = ready_queue(dataset)
+    again = (await reopen(engine)).datasets[dataset.id]
+    assert ready_queue(again) == before
+    gen = dataset.config.tasks[0].requirements
+    continuing, fresh = before[(0, gen)]
+    assert retried.task_id in continuing and grown.task_id not in continuing | fresh
+    assert before[(0, dataset.requirements(grown.task_id))] == ({grown.task_id}, set())
+    assert {dataset.locate(t) for t in before[(1, dataset.config.tasks[1].requirements)][0]} \
+        == {(0, 1)}
+    for task_class in again.queue.classes.values():
+        for ids in (task_class.continuing, task_class.fresh):
+            assert list(ids) == sorted(ids)
+    assert again.queue.ready == dataset.queue.ready == sum(
+        len(c) + len(f) for c, f in before.values())
+
+
 async def test_statistics_aggregate_sum_mean_and_standard_deviation(engine):
     from floe.matchmaker.storage import queries
 
