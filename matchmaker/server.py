@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -21,7 +20,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from floe.config.schema import counted
 from floe.config.settings import ServerSettings
 
-from . import connections, liveness, retiring, submission, tls
+from . import collecting, connections, liveness, retiring, submission, tls
 from .api import add_routes
 from .api.framework import AUTH, ENGINE
 from .auth import Auth
@@ -154,7 +153,7 @@ def run(settings: ServerSettings, self_signed: bool = False,
         print(f"floe matchmaker on {scheme}://{settings.host}:{settings.port} "
               f"(database {settings.database})", flush=True)
         app = create_app(settings)
-        app.on_startup.append(_tune_garbage_collector)  # after the engine's load (cleanup_ctx)
+        app.cleanup_ctx.append(collecting.collect_seldom)  # after the engine's load
         logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
         loop = new_event_loop()
         _stop_on_signals(loop)
@@ -270,22 +269,6 @@ def listen(host: str, port: int) -> socket.socket:
         listening.close()
         raise
     return listening
-
-
-# Objects that survive a collection (a request's batches waiting for their group commit, with
-# their rows and undo closures) are scanned again at each collection until they are promoted:
-# at the default threshold (700 allocations) collections took ~30% of the CPU of a match, and a
-# full collection over the loaded state paused the loop for tens of ms. The requests' own
-# objects are freed by reference counting, so collecting seldom costs a little memory only.
-GC_THRESHOLDS = (50_000, 20, 10)
-
-
-async def _tune_garbage_collector(app: web.Application) -> None:
-    """Once the working state is loaded: keep the collector off it for good (`gc.freeze`: it
-    lives as long as the process) and collect the young generation seldom."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
