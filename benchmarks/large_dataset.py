@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from httpload import Connection
-from machine import describe
-
-from matchmaker import Server, latencies  # benchmarks/matchmaker.py, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.httpload import Connection
+from benchmarks.machine import describe
+from benchmarks.matchmaker import Server, latencies
 
 SLOT = {"cpus": 1, "memory": 2**31, "disk": 2**34, "gpus": 0, "seconds": 86400,
         "os": ["linux"], "arch": "x86_64", "site": "bench"}

@@ -5,7 +5,8 @@ jobs) over 1,000 datasets of 200 users. Of the 20,000 pilots, 19,500 are idle: t
 CPU, 1 GiB) fit none of the queued tasks, as a site's small nodes would, so each holds an ask
 open and asks again when the hold ends, as floe's pilot does. The other 500 ask, heartbeat and
 report null tasks as in the matchmaker benchmark (slots of 4 to 16 CPUs, some with a GPU).
-The server runs at its defaults (hold_asks 25 s, max_held_asks 20,000), started with a hard
+The server runs at its defaults (hold_asks 25 s, max_held_asks 20,000; its first timed garbage
+collection comes 10 minutes after its start, after the run's end), started with a hard
 limit of 65,536 open files as a site serving this many pilots would set it (`ulimit -Hn`,
 systemd's `LimitNOFILE=`); the pilots connect from 17 loopback addresses, as from many hosts.
 Each pilot holds a connection of the server and one of this process, so where the hard limit
@@ -44,12 +45,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from httpload import Connection
-from machine import describe
-
-# benchmarks/matchmaker.py, beside this file
-from matchmaker import SHAPES, Pilot, Server, fill, load_options, phase, run_and_print, sampler
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.httpload import Connection
+from benchmarks.machine import describe
+from benchmarks.matchmaker import (
+    SHAPES,
+    Pilot,
+    Server,
+    fill,
+    load_options,
+    phase,
+    run_and_print,
+    sampler,
+)
 
 GIB = 2**30
 OPEN_FILES = 65536
@@ -272,8 +280,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "scale",
         "small": args.small,
-        "settings": "server defaults (hold_asks 25 s, max_held_asks 20,000); hard open-files "
-                    f"limit {own_files}; pilots from {len(ADDRESSES) + 1} loopback addresses",
+        "settings": "server defaults (hold_asks 25 s, max_held_asks 20,000; its first timed "
+                    "garbage collection 10 minutes after the start, after the run); hard "
+                    f"open-files limit {own_files}; pilots from {len(ADDRESSES) + 1} loopback "
+                    "addresses",
         "users": args.users, "datasets": args.datasets, **filled,
         "pilots": args.pilots, "active_pilots": args.active, "idle_pilots": idle_count,
         "idle_pilots_registered_seconds": round(registered, 1),
