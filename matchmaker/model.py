@@ -252,7 +252,8 @@ class DatasetState:
             root = self._roots[task_index]
             special = sorted(
                 task_id for task_id in (retried | set(self.overrides) if root else self.overrides)
-                if (task_id - base) % ntasks == task_index and self.is_ready(task_id))
+                if (task_id - base) % ntasks == task_index and base <= task_id < end
+                and self.is_ready(task_id))
             if special:
                 chosen = set(special)
                 ready = [task_id for task_id in ready if task_id not in chosen]
