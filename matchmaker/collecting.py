@@ -46,6 +46,7 @@ async def collect_seldom(app: web.Application) -> AsyncIterator[None]:
     """aiohttp cleanup context, after the engine's load: freeze what is loaded, turn
     automatic collection off, collect on the timer until the server stops, and then leave the
     collector as it was."""
+    enabled = gc.isenabled()
     gc.collect()
     gc.freeze()
     gc.disable()
@@ -57,13 +58,17 @@ async def collect_seldom(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         gc.unfreeze()
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 async def _collect_every(seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
-        seconds = next_interval(seconds, collect())
+        try:
+            seconds = next_interval(seconds, collect())
+        except Exception:  # never the end of collecting: the memory would only grow
+            log.exception("garbage collection failed; trying again in %.0f s", seconds)
 
 
 def next_interval(seconds: float, freed: int) -> float:

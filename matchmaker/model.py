@@ -13,6 +13,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from itertools import compress
 from typing import Any
 
@@ -241,28 +242,38 @@ class DatasetState:
     def rebuild_queue(self) -> None:
         """Refill the ready queue from the task states (after a bulk change, and at start):
         each task definition's ready tasks in id order, in bulk; one by one only the few with
-        grown requirements or, of first tasks, retries (which continue their job)."""
+        grown requirements or, of first tasks, retries (which continue their job). Classes
+        are made in the order of their first ready task, as pushing task by task would."""
         self.queue.clear()
         states, ntasks, base = self.states, self.ntasks, self.base
         end = base + len(states)
         retried = set(self.failures) | set(self.lost)
+        special: list[list[int]] = [[] for _ in range(ntasks)]
+        for task_id in retried | set(self.overrides):
+            if not base <= task_id < end or states[task_id - base] != READY:
+                continue
+            task_index = (task_id - base) % ntasks
+            grown = self.overrides.get(task_id)
+            if (grown is not None and grown != self.config.tasks[task_index].requirements) \
+                    or (self._roots[task_index] and task_id in retried):
+                special[task_index].append(task_id)
+        pushes: list[tuple[int, Callable[[], None]]] = []
         for task_index in range(ntasks):
             ready = list(compress(range(base + task_index, end, ntasks),
                                   map(READY.__eq__, states[task_index::ntasks])))
             root = self._roots[task_index]
-            special = sorted(
-                task_id for task_id in (retried | set(self.overrides) if root else self.overrides)
-                if (task_id - base) % ntasks == task_index and base <= task_id < end
-                and self.is_ready(task_id))
-            if special:
-                chosen = set(special)
+            if special[task_index]:
+                chosen = set(special[task_index])
                 ready = [task_id for task_id in ready if task_id not in chosen]
             if ready:
-                self.queue.push_many(ready, task_index, self.config.tasks[task_index].requirements,
-                                     continuing=not root)
-            for task_id in special:
-                self.queue.push(task_id, task_index, self.requirements(task_id),
-                                not root or task_id in retried)
+                pushes.append((ready[0], partial(
+                    self.queue.push_many, ready, task_index,
+                    self.config.tasks[task_index].requirements, continuing=not root)))
+            pushes.extend((task_id, partial(
+                self.queue.push, task_id, task_index, self.requirements(task_id),
+                not root or task_id in retried)) for task_id in special[task_index])
+        for _, push in sorted(pushes, key=lambda pending: pending[0]):
+            push()
 
     # -- derived facts ------------------------------------------------------------------------
     def dependencies_complete(self, job_index: int, task_index: int) -> bool:

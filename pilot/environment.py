@@ -54,7 +54,8 @@ def task_environment(
     task_env: Mapping[str, str],
     module_env: Mapping[str, str],
 ) -> dict[str, str]:
-    """The complete environment of one module; `base` comes from `task_base`."""
+    """The complete environment of one module. `base` must come from `task_base`: the
+    pilot's secrets are not looked for again here."""
     env = dict(base)
     env.update({name: str(cpus) for name in THREAD_VARIABLES})
     env["TMPDIR"] = str(scratch)

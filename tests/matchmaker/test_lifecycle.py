@@ -298,6 +298,29 @@ async def test_a_restarted_server_queues_each_ready_task_in_its_class_and_in_id_
         len(c) + len(f) for c, f in before.values())
 
 
+async def test_a_requirement_grown_back_to_the_definitions_keeps_its_place_in_the_queue(
+        engine):
+    _, dataset, _p = await setup(engine, s.config(jobs=5))
+    middle = dataset.task_id(2, 0)
+    dataset.overrides[middle] = dataset.config.tasks[0].requirements
+    dataset.rebuild_queue()
+    [task_class] = dataset.queue.classes.values()
+    assert list(task_class.fresh) == [dataset.task_id(job, 0) for job in range(5)]
+
+
+async def test_task_states_out_of_id_order_are_refused_at_load(engine):
+    from floe.matchmaker.storage import queries
+
+    _, dataset, p = await setup(engine, s.config(jobs=4))
+    await s.finish(engine, await s.ask(engine, p))  # the first task complete, the rest ready
+    states = [state.value for state in TaskState]
+    first, end = dataset.base, dataset.base + 4
+    assert list(await queries.task_state_codes(engine.db, first, end, states)) == [3, 1, 1, 1]
+    await engine.db.reader.execute("PRAGMA reverse_unordered_selects = 1")
+    with pytest.raises(RuntimeError, match="did not come in id order"):
+        await queries.task_state_codes(engine.db, first, end, states)
+
+
 async def test_statistics_aggregate_sum_mean_and_standard_deviation(engine):
     from floe.matchmaker.storage import queries
 
