@@ -45,7 +45,7 @@ bench: $(STAMP)
 	done
 	$(PY) benchmarks/report.py
 
-# The scale run (10M queued tasks, 20,000 pilots): about 3 minutes, on its own.
+# The scale run (10M queued tasks, 20,000 pilots): about 5 minutes, on its own.
 bench-scale: $(STAMP)
 	@mkdir -p var docs/bench
 	$(PY) benchmarks/scale.py > var/scale.json

@@ -26,7 +26,7 @@ Measured, in order:
   again as its connection fails: seconds until the server listens, until a pilot is handed a
   task, and until the idle pilots hold their asks again.
 
-Prints one JSON object. The full run takes about 3 minutes on the 2-core machine
+Prints one JSON object. The full run takes about 5 minutes on the 2-core machine
 (`make bench-scale`); `--small` (1,000,000 tasks, 100 datasets, 50 users, 2,000 pilots of which
 200 active, 10-second phases) under a minute.
 """
