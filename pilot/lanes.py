@@ -32,7 +32,8 @@ from floe.pilot.gpus import GpuSource
 from floe.pilot.guardian import Guardian
 from floe.pilot.outbox import Outbox
 from floe.pilot.reports import lost_report, report_of
-from floe.pilot.runner import Assignment, RunnerSettings, Scratch, TaskResult, TaskRun
+from floe.pilot.runner import Assignment, RunnerSettings, TaskResult, TaskRun
+from floe.pilot.scratch import Scratch
 from floe.pilot.supervisor import Supervisor
 from floe.pilot.workarea import WorkArea
 

@@ -23,7 +23,8 @@ from floe.config.dataset import DatasetConfig, TaskSpec, job_args, load
 from floe.config.resources import format_duration, format_size
 from floe.config.schema import ConfigError
 from floe.pilot.gpus import Gpu, GpuSource, open_gpus
-from floe.pilot.runner import STDOUT_NAME, Assignment, RunnerSettings, TaskResult, TaskRun
+from floe.pilot.runner import Assignment, RunnerSettings, TaskResult, TaskRun
+from floe.pilot.scratch import STDOUT_NAME
 from floe.pilot.slot import MeasuredSlot, measure
 from floe.pilot.supervisor import Supervisor
 

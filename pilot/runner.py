@@ -10,9 +10,6 @@ config), staging_error (a file could not be moved), resource_overuse (killed for
 The pilot's `Guardian`, when given, watches each module while it runs, so that the module's
 tree is ended even when the pilot is killed (SIGKILL) and cannot end it itself.
 
-A `Scratch` is a task's directory with its two logs open. The tasks that one lane of the pilot
-runs one after another share one while each leaves nothing in it but its logs: making and
-removing a directory and two files would cost a short task more than its own run.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import threading
@@ -46,10 +42,9 @@ from floe.pilot.gpus import Gpu, GpuSource
 from floe.pilot.guardian import Guardian
 from floe.pilot.limits import Overuse, TaskLoad
 from floe.pilot.proctree import SHARED_TABLE, ProcessTable, ProcessTree
+from floe.pilot.scratch import Scratch
 from floe.pilot.supervisor import Supervisor
 
-STDOUT_NAME = "floe.stdout.log"
-STDERR_NAME = "floe.stderr.log"
 STATS_NAME = "floe.stats.json"
 FIRST_SAMPLE = 0.02
 EXTERNAL_SIGNAL_GRACE = 2.0
@@ -138,75 +133,6 @@ class TaskResult:
             "start_time": self.start_time, "end_time": self.end_time, "scratch": self.scratch,
             "stdout_path": self.stdout_path, "stderr_path": self.stderr_path,
         }
-
-
-class Scratch:
-    """A task's scratch directory and its stdout and stderr files, open for appending (and
-    reading, for their tails) from `prepare()` until `close()` or `remove()`."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).absolute()
-        self.stdout_path = self.path / STDOUT_NAME
-        self.stderr_path = self.path / STDERR_NAME
-        self.logs: tuple[int, int] | None = None
-        self._made: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    def prepare(self) -> tuple[int, int]:
-        """The log descriptors for the next task: the directory made and the logs created, or,
-        when they are open already (`reusable()` said so), the logs emptied. Raises OSError."""
-        if self.logs is not None:
-            for fd in self.logs:
-                os.ftruncate(fd, 0)
-            return self.logs
-        self.path.mkdir(parents=True, exist_ok=True)
-        opened: list[int] = []
-        try:
-            for path in (self.stdout_path, self.stderr_path):
-                opened.append(os.open(path, _LOG_FLAGS, 0o666))
-            made = os.stat(self.path)
-            self._made = (made.st_ino, made.st_mode, os.fstat(opened[0]).st_ino,
-                          os.fstat(opened[1]).st_ino)
-        except OSError:
-            for fd in opened:
-                os.close(fd)
-            raise
-        self.logs = (opened[0], opened[1])
-        return self.logs
-
-    def reusable(self) -> bool:
-        """Whether the next task may have this directory as it is: it holds the two logs this
-        object opened and nothing else, with the mode it was made with."""
-        if self.logs is None:
-            return False
-        try:
-            now = os.stat(self.path)
-            with os.scandir(self.path) as entries:
-                found = {entry.name: entry.inode() for entry in entries}
-        except OSError:
-            return False
-        directory, mode, stdout, stderr = self._made
-        return (now.st_ino, now.st_mode) == (directory, mode) and \
-            found == {STDOUT_NAME: stdout, STDERR_NAME: stderr}
-
-    def close(self) -> None:
-        """Close the logs; the directory stays as it is."""
-        if self.logs is not None:
-            for fd in self.logs:
-                os.close(fd)
-            self.logs = None
-
-    def remove(self) -> None:
-        """Close the logs and remove the directory with whatever is in it."""
-        self.close()
-        for path in (self.stdout_path, self.stderr_path):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            shutil.rmtree(self.path, ignore_errors=True)
 
 
 class _Failed(Exception):
@@ -650,7 +576,6 @@ def _tail(fd: int, limit: int) -> str:
     return cut_utf8(data, size > limit)
 
 
-_LOG_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _DEVNULL: list[int] = []
 _DEVNULL_LOCK = threading.Lock()
 

@@ -15,7 +15,8 @@ from floe.pilot.lanes import Finished, attempt_of
 from floe.pilot.limits import Overuse
 from floe.pilot.loop import Pilot
 from floe.pilot.reports import report_of
-from floe.pilot.runner import Scratch, TaskResult, run_task
+from floe.pilot.runner import TaskResult, run_task
+from floe.pilot.scratch import Scratch
 from floe.pilot.settings import PilotSettings
 from floe.pilot.slot import measure
 from floe.pilot.workarea import WorkArea
