@@ -12,6 +12,11 @@ task each gets; one that finds nothing (another took the task) is held again for
 time. Bounded: `max_held_asks` at once (more are answered at once, as before), each at most the
 server's `hold_asks` seconds.
 
+A held ask that nothing wakes ends at its pilot's own moment of a cycle (`hold_seconds`), the
+pilots' moments spread evenly over it: the asks again of many idle pilots come at an even rate
+however they began (together after a restart or a burst of registrations: with a random end
+they still came in waves, a third of them within a few seconds, for minutes).
+
 Waking costs as many checks as there are distinct shapes held (slots alike but for their time
 left), not as many as held asks: 19,100 idle pilots of one shape are one check per kind of new
 task (with every held ask looked at for each, 5,000 matches a second froze the event loop for
@@ -27,8 +32,26 @@ from dataclasses import dataclass, field
 
 from floe.config.resources import Requirements, Slot, fits
 
+SHORTEST_HOLD = 0.1
+"""The shortest hold, as a fraction of the longest: the cycle is the rest."""
+GOLDEN = 0.6180339887498949
+"""Pilot ids times this, modulo 1, spread the pilots' moments evenly over the cycle, whatever
+the ids' range."""
 MAX_REMEMBERED_FITS = 100_000
 """(requirements, shape) verdicts kept before they are forgotten and checked afresh."""
+
+
+def hold_seconds(pilot_id: int, longest: float, now: float) -> float:
+    """How long to hold an ask of `pilot_id` on a server that holds asks up to `longest`
+    seconds, at `now` (any steady clock): until its pilot's moment of a cycle of 90 % of
+    `longest`, at least 10 % of `longest` away. A pilot that asks again as its hold ends is next
+    held one whole cycle."""
+    if longest <= 0:
+        return 0.0
+    cycle = longest * (1 - SHORTEST_HOLD)
+    earliest = now + longest * SHORTEST_HOLD
+    moment = (pilot_id * GOLDEN) % 1.0 * cycle
+    return earliest + (moment - earliest) % cycle - now
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
 import signal
 import statistics
@@ -111,6 +112,7 @@ class Pilot:
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
         self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
+        self._heard = -math.inf  # when the matchmaker last answered an ask
         self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
 
@@ -333,16 +335,18 @@ class Pilot:
 
     def _hold_for(self, now: float) -> int:
         """Seconds the matchmaker may hold this ask: while the pilot runs and delivers nothing,
-        up to the server's `hold_asks`, its next heartbeat and the end of its idle time."""
+        up to the server's `hold_asks` and the end of its idle time (its asks keep it alive
+        meanwhile: `_send_heartbeats`)."""
         if not self._hold_asks or self.lanes.busy or self.reports.pending \
                 or self.reports.unkept or self._drain_asked is not None:
             return 0
-        until = min(self.heartbeat.due, self._last_busy + self.settings.idle_timeout)
-        return max(0, int(min(self._hold_asks, until - now)))
+        return max(0, int(min(self._hold_asks,
+                              self._last_busy + self.settings.idle_timeout - now)))
 
     def _answered(self, reply: Reply, now: float, asked: float, ask: Ask, seconds: int) -> None:
         """Act on the answer to an ask (its own, or the one riding on reports)."""
         if reply.ok:
+            self._heard = now
             attempts = reply.data.get("attempts") or []
             if attempts:
                 self._last_busy = now
@@ -545,6 +549,12 @@ class Pilot:
         if now < self.heartbeat.due or self._drain_started is not None:
             return
         if not self.lanes.held and not self._keeping_alive():
+            return
+        if not self.lanes.held and not self.reports.holding() \
+                and now - self._heard < self.heartbeat.interval:
+            # An idle pilot that has asked within the interval is alive to the matchmaker (an
+            # ask counts as its heartbeat, and a held ask tells that it holds no attempt).
+            self.heartbeat.due = now + self.heartbeat.interval
             return
         speaker = self.pilot_id if self._keeping_alive() else None
         for attempt, why in self.heartbeat.send(now, speaker, self.lanes.beating(),

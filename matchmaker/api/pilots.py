@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from ..access import Action
 from ..auth import not_its_key
 from ..engine import Pilot
 from ..errors import ApiError, Forbidden
+from ..holding import hold_seconds
 from . import schemas
 from .framework import Context, Param, route
 
@@ -84,11 +84,16 @@ async def register(ctx: Context) -> Any:
 async def ask(ctx: Context) -> Any:
     pilot = own_pilot(ctx)
     offer = dispatch.Offer.from_dict(ctx.body, pilot.site.name)
+    if ctx.body.get("hold") and pilot.attempts:
+        # A pilot holds its ask only while it runs and delivers nothing (and then sends no
+        # heartbeat): what it was handed long enough ago never reached it.
+        await liveness.forget_unheld(ctx.engine, pilot, set(), ctx.engine.clock())
     answer = await dispatch.ask(ctx.engine, pilot, offer)
-    # A random 80-100 % of hold_asks: pilots that began holding together (a restart, a burst
-    # of registrations) then do not all ask again in the same moment.
-    hold = min(ctx.body.get("hold", 0), ctx.engine.settings.hold_asks * random.uniform(0.8, 1))
-    if hold and dispatch.may_hold(answer):
+    longest = ctx.engine.settings.hold_asks
+    if ctx.body.get("hold") and longest and dispatch.may_hold(answer):
+        # Not past what the pilot said it can wait.
+        hold = min(ctx.body["hold"], hold_seconds(pilot.pilot_id, longest,
+                                                  asyncio.get_running_loop().time()))
         answer = await _held(ctx, pilot, offer, answer, hold)
     return web.Response(body=dispatch.answer_json(ctx.engine, answer),
                         content_type="application/json")

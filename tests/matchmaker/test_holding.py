@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from floe.matchmaker.holding import hold_seconds
 from tests.pilot.live import SETTINGS, LiveMatchmaker, wait_for
 
 from . import support as s
@@ -85,12 +86,50 @@ async def test_held_asks_are_bounded(world):
     assert answer["wait"] == 0
 
 
+async def test_an_ask_with_hold_resets_what_its_pilot_was_handed_long_ago(world):
+    """A pilot holds its ask only when it holds no attempt (and then sends no heartbeat): one
+    handed to it more than a heartbeat interval before never reached it and is reset at once,
+    one handed out within the interval is not."""
+    status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/ask",
+                                          world.keys[world.pilot], IDLE)
+    assert status == 200, answer
+    (lost,) = answer["attempts"]
+    now = time.time()
+    world.engine.clock = lambda: now + world.settings.heartbeat_interval - 1
+    answer, _ = await held_ask(world, world.pilot, 20)
+    (kept,) = answer["attempts"]
+    assert lost["id"] in world.engine.active
+    world.engine.clock = lambda: now + world.settings.heartbeat_interval + 1
+    answer, _ = await held_ask(world, world.pilot, 20)
+    assert lost["id"] not in world.engine.active and kept["id"] in world.engine.active
+    row = await world.engine.db.fetchone("SELECT state, error_message FROM attempts "
+                                         "WHERE attempt_id = ?", (lost["id"],))
+    assert "never reached pilot" in row["error_message"], dict(row)
+
+
 async def test_an_ask_without_hold_is_answered_at_once_as_before(world):
     await emptied(world)
     status, answer = await world.api.call("POST", f"/api/v1/pilots/{world.pilot}/ask",
                                           world.pilot_key, IDLE)
     assert status == 200 and answer["attempts"] == [], answer
     assert answer["wait"] == world.settings.idle_wait and not world.engine.holding.held
+
+
+def test_held_asks_end_at_their_pilots_own_moments_so_idle_pilots_ask_again_evenly():
+    """10,000 idle pilots whose asks came together (a restart): the holds end spread evenly over
+    the cycle (90 % of `hold_asks`), each between 10 % and all of `hold_asks`; then each pilot,
+    asking again as its hold ends, is held one whole cycle, so the even spread stays."""
+    longest, now = 25.0, 1000.0
+    holds = [hold_seconds(pilot, longest, now) for pilot in range(1, 10_001)]
+    assert min(holds) >= 2.5 and max(holds) <= 25.0
+    per_tenth = [0] * 10
+    for hold in holds:
+        per_tenth[min(9, int((hold - 2.5) / 22.5 * 10))] += 1
+    assert all(950 <= count <= 1050 for count in per_tenth), per_tenth
+    delay = 0.003  # the answer's way to the pilot and its ask's way back
+    again = [hold_seconds(pilot, longest, now + hold + delay)
+             for pilot, hold in enumerate(holds, 1)]
+    assert all(abs(hold - (22.5 - delay)) < 1e-6 for hold in again), (min(again), max(again))
 
 
 @contextlib.contextmanager

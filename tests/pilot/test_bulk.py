@@ -205,6 +205,26 @@ def test_an_idle_registered_pilot_keeps_itself_alive_with_an_empty_heartbeat(
         work.close()
 
 
+def test_an_idle_pilot_that_has_asked_within_the_interval_sends_no_heartbeat(
+        matchmaker: LiveMatchmaker, tmp_path):
+    """Its asks keep it alive (the matchmaker hears an ask as a heartbeat): the empty heartbeat
+    goes out only when no ask was answered for a whole interval."""
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    try:
+        pilot._register(pilot.clock())
+        pilot._register_or_ask(pilot.clock())
+        assert client.sent["ask"] == 1 and not pilot.lanes.busy  # nothing queued
+        pilot.heartbeat.due = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 0 and pilot.heartbeat.due > pilot.clock()
+        pilot._heard -= pilot.heartbeat.interval  # no ask answered for a whole interval
+        pilot.heartbeat.due = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 1
+    finally:
+        work.close()
+
+
 class ReportsLostForAWhile(Recording):
     """A client whose bulk reports do not get through until `until` (a proxy that drops them),
     while its heartbeats do; it keeps what each heartbeat said the pilot was reporting."""
