@@ -4,9 +4,11 @@ It fills the server with 1,000,000 queued tasks across 200 datasets of 50 users 
 multi-core, high-memory and two-step DAG jobs), then drives it over loopback HTTP with 500
 concurrent simulated pilots (slots of 4, 8 and 16 CPUs, some with a GPU) that ask, heartbeat
 and complete null tasks. By default they speak as floe's pilot does: each asks for as many
-tasks as its slot holds side by side, heartbeats them all in one request and reports them all
-in one request that carries the next ask; `--protocol single` uses the per-task routes instead
-(one heartbeat and one report+ask per task). Two phases: saturation (each pilot as fast as it
+tasks as its slot holds side by side, heartbeats them all in one request once per heartbeat
+interval (the server's `heartbeat_interval`, 60 s, which its registration answers; each pilot
+from a random phase) and reports them all in one request that carries the next ask;
+`--protocol single` uses the per-task routes instead (one heartbeat per task, at the same
+cadence, and one report+ask per task). Two phases: saturation (each pilot as fast as it
 is answered: the most matches per second the server can give) and a paced phase where the
 pilots together offer 2,000 matches per second (latency at that load; with every pilot always
 waiting on the server, latency would only measure the queue). Every match and report is
@@ -206,7 +208,8 @@ class Pilot:
     "bulk" (what floe's pilot does): it asks for as many tasks as its slot holds side by side
     (`max_tasks`), heartbeats all of them in one pilot heartbeat, and reports them together in
     one bulk report that carries the next ask. "single" (the per-task routes, which older
-    pilots use): one heartbeat and one report+ask per task, one task at a time.
+    pilots use): one heartbeat and one report+ask per task, one task at a time. Either
+    heartbeats what it holds once per heartbeat interval, as floe's pilot does.
 
     With `period` None it loops as fast as it is answered (saturation); with a period it
     paces its asking requests so that it is handed one task per `period` seconds on average
@@ -224,19 +227,25 @@ class Pilot:
         self.protocol = protocol
         self.period = period
         self.phase = rng.random() * (period or 0.0)
+        self.beat_phase = rng.random()
+        self.beat_interval = 60.0
 
     async def register(self) -> None:
         status, me = await self.conn.request("POST", "/api/v1/pilots", {"host": "bench"},
                                              self.auth)
         assert status == 201, me
         self.auth = {"Authorization": f"Bearer {me['key']}"}  # the pilot token is used up
+        self.beat_interval = float(me["heartbeat_interval"])
         self.base = f"/api/v1/pilots/{me['pilot_id']}"
 
     async def run(self, stats: dict, measuring: asyncio.Event, stop: asyncio.Event) -> None:
         next_start = time.perf_counter() + self.phase
+        next_beat = time.perf_counter() + self.beat_phase * self.beat_interval
         attempts: list[dict] = []
         while not stop.is_set():
-            if attempts:
+            now = time.perf_counter()
+            if attempts and now >= next_beat:  # the beats missed while idle are not made up
+                next_beat += self.beat_interval * (1 + (now - next_beat) // self.beat_interval)
                 t0 = time.perf_counter()
                 ok = await self.heartbeat(attempts)
                 if measuring.is_set():
