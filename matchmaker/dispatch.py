@@ -12,7 +12,10 @@ An ask may take several tasks at once (`Offer.max_tasks`): they are chosen one a
 each in the fair-share order left by charging the one before, from what the slot has left:
 side by side, each takes its CPUs, memory, disk and GPUs from the slot; in series, each takes
 its expected runtime from the slot's time left (its learned runtime, see `runtimes`, or else its
-walltime), and each one's walltime must fit what the ones before it left.
+walltime), and each one's walltime must fit what the ones before it left. In series, a pilot
+takes no more of a dataset's tasks than it leaves ready there: the last tasks of a dataset are
+shared among the pilots that ask (a queue of 64 short tasks left to one pilot kept a dataset
+of 2,000 going on one pilot for a tenth of its run after the other had ended).
 """
 
 from __future__ import annotations
@@ -324,9 +327,11 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     most = offer.max_tasks or 1
     misses: set[tuple[int, bool | None]] = set()  # the slot only shrinks task by task
     series_left = float(slot.seconds)
+    taken: dict[int, int] = {}  # in series: tasks given of each dataset
+    skipped = False  # some dataset is left out of `misses`'s walk though it may fit
     held = False
     while len(given) < most:
-        one = _take(engine, pilot, left, batch, now, misses)
+        one = _take(engine, pilot, left, batch, now, misses, skipped)
         if one is None or one == HELD:
             held = one == HELD
             break
@@ -340,6 +345,14 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
                         left.os, left.arch, left.site, left.gpu_kinds)
             if left.seconds < 1:  # every walltime is at least a second
                 break
+            dataset = one.dataset
+            taken[dataset.id] = count = taken.get(dataset.id, 0) + 1
+            if count > dataset.queue.ready:
+                # At most about half of what is ready in a dataset goes to one pilot's queue:
+                # near its end, its last tasks are shared among the pilots that ask, instead of
+                # one pilot running a full queue of them while the others have ended.
+                misses.update((dataset.id, phase) for phase in (None, True, False))
+                skipped = True
         else:
             left = left.less(needs)
             if left.cpus < 1:  # every task needs a CPU
@@ -417,15 +430,19 @@ def _found_barren(engine: Engine, shape: Slot, seconds: int) -> None:
 
 
 def _take(engine: Engine, pilot: Pilot, slot: Slot, batch: Batch, now: float,
-          misses: set[tuple[int, bool | None]] | None = None) -> Dispatch | str | None:
+          misses: set[tuple[int, bool | None]] | None = None,
+          skipped: bool = False) -> Dispatch | str | None:
     """Reserve the best task for `slot` (see `reserve`), or None when none fits (HELD when
-    only retried tasks held back did); `misses` as `choose` takes it."""
+    only retried tasks held back did); `misses` as `choose` takes it. `skipped`: `misses` also
+    holds datasets passed over though they may fit, so none found does not make the shape
+    barren."""
     shape = shape_of(slot)  # once: every check below is by shape
     if _barren(engine, shape, slot.seconds):
         return None
     picked = choose(engine, slot, misses, shape, pilot.host)
     if picked is None:
-        _found_barren(engine, shape, slot.seconds)
+        if not skipped:
+            _found_barren(engine, shape, slot.seconds)
         return None
     if picked == HELD:
         return HELD

@@ -83,6 +83,20 @@ async def test_short_tasks_are_packed_by_their_learned_runtime_within_the_time_l
     assert await series(engine, p, seconds=3599) == []
 
 
+async def test_a_datasets_last_tasks_are_shared_among_the_pilots_that_ask(engine):
+    """In series a pilot takes no more of a dataset's tasks than it leaves ready there: two
+    pilots asking in turn at a dataset's end get its last tasks about halved each time, not
+    one of them a full queue while the other has none."""
+    owner, site = await s.user(engine, "alice"), await s.site(engine)
+    dataset = await s.submit(engine, owner, s.config(jobs=200))
+    p, q = await s.pilot(engine, site), await s.pilot(engine, site)
+    await finish_quickly(engine, p, TRUSTED_AFTER)
+    assert dataset.queue.ready == 195
+    sizes = [len(await series(engine, pilot)) for pilot in (p, q) * 4]
+    assert sizes == [64, 64, 34, 17, 9, 4, 2, 1]
+    assert dataset.queue.ready == 0
+
+
 async def test_the_answer_tells_the_pilot_the_expected_runtime(world):
     status, answer = await world.ask()
     assert status == 200, answer
