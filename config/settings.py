@@ -72,8 +72,9 @@ SERVER_SCHEMA = Object([
           details="Time the matchmaker itself did not run (stopped, frozen, its loop blocked) "
                   "counts against no attempt: after such a pause every attempt has at least "
                   "one `heartbeat_interval` more to be heard from. An attempt that its pilot's "
-                  "heartbeat does not hold (the answer that handed it out was lost) is reset "
-                  "one `heartbeat_interval` after it was handed out, without waiting for this."),
+                  "heartbeat does not hold, or whose pilot asks with `hold` (which says that "
+                  "it holds none), is reset one `heartbeat_interval` after it was handed out "
+                  "(the answer that handed it out was lost), without waiting for this."),
     Field("pilot_lost_after", Duration(60, 30 * 86400), "an idle pilot not heard from for this "
           "long is marked lost", "30m"),
     Field("fair_share_half_life", Duration(60, 365 * 86400), "half-life of the usage that fair "

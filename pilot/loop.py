@@ -112,7 +112,7 @@ class Pilot:
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
         self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
-        self._heard = -math.inf  # when the matchmaker last answered an ask
+        self._heard = -math.inf  # when its last held ask (answered since) was sent
         self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
 
@@ -346,7 +346,8 @@ class Pilot:
     def _answered(self, reply: Reply, now: float, asked: float, ask: Ask, seconds: int) -> None:
         """Act on the answer to an ask (its own, or the one riding on reports)."""
         if reply.ok:
-            self._heard = now
+            if ask.hold:
+                self._heard = asked  # the matchmaker has heard from it since it asked
             attempts = reply.data.get("attempts") or []
             if attempts:
                 self._last_busy = now
@@ -552,9 +553,10 @@ class Pilot:
             return
         if not self.lanes.held and not self.reports.holding() \
                 and now - self._heard < self.heartbeat.interval:
-            # An idle pilot that has asked within the interval is alive to the matchmaker (an
-            # ask counts as its heartbeat, and a held ask tells that it holds no attempt).
-            self.heartbeat.due = now + self.heartbeat.interval
+            # An idle pilot whose held ask came within the interval is alive to the
+            # matchmaker (an ask counts as its heartbeat, and one with `hold` tells that it
+            # holds no attempt, as the heartbeat's `reporting` would).
+            self.heartbeat.due = self._heard + self.heartbeat.interval
             return
         speaker = self.pilot_id if self._keeping_alive() else None
         for attempt, why in self.heartbeat.send(now, speaker, self.lanes.beating(),

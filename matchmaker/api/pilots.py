@@ -80,7 +80,10 @@ async def register(ctx: Context) -> Any:
                    "\"shortest_walltime\": ...}. With `hold`, an ask with nothing to give "
                    "is held open (at most `hold` and the server's `hold_asks` seconds) and "
                    "answered as soon as a task it fits becomes ready; held to its end with "
-                   "nothing, it is answered with none and `wait` 0: ask again.")
+                   "nothing, it is answered with none and `wait` 0: ask again. A pilot sends "
+                   "`hold` only while it holds no attempt and no report: an attempt given to it "
+                   "more than one heartbeat interval before never reached it and is reset, as "
+                   "its heartbeat's `reporting` would have it.")
 async def ask(ctx: Context) -> Any:
     pilot = own_pilot(ctx)
     offer = dispatch.Offer.from_dict(ctx.body, pilot.site.name)

@@ -79,10 +79,7 @@ ASK = dict(SLOT, properties=dict(
                    "has the list form {\"attempts\": [...]}"),
     hold=_int(0, 300, "seconds the pilot can wait for an answer: an ask with nothing to give "
               "is held open that long at most (and at most the server's `hold_asks`, which "
-              "its registration answered), and answered as soon as work it fits is ready. "
-              "Sent only by a pilot that holds no attempt and no report: an attempt given to "
-              "it more than one heartbeat interval ago never reached it and is reset, as "
-              "its heartbeat's `reporting` would have it"),
+              "its registration answered), and answered as soon as work it fits is ready"),
     in_series={"type": "boolean", "default": False,
                "description": "false: the tasks run side by side, so together they must fit "
                               "the free resources; true: one after another, so each must fit "

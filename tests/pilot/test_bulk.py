@@ -72,7 +72,8 @@ def one_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, client: Recording | None
     work = WorkArea(tmp_path)
     work.open()
     client = client or Recording(matchmaker.url, matchmaker.pilot_token())
-    return Pilot(client, slot, work, PilotSettings(idle_timeout=0.5, **settings)), client, work
+    settings.setdefault("idle_timeout", 0.5)
+    return Pilot(client, slot, work, PilotSettings(**settings)), client, work
 
 
 def run_to_the_end(pilot: Pilot, work: WorkArea) -> None:
@@ -207,20 +208,30 @@ def test_an_idle_registered_pilot_keeps_itself_alive_with_an_empty_heartbeat(
 
 def test_an_idle_pilot_that_has_asked_within_the_interval_sends_no_heartbeat(
         matchmaker: LiveMatchmaker, tmp_path):
-    """Its asks keep it alive (the matchmaker hears an ask as a heartbeat): the empty heartbeat
-    goes out only when no ask was answered for a whole interval."""
-    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    """Its held asks keep it alive (the matchmaker hears an ask as a heartbeat, and `hold` says
+    that the pilot holds no attempt): the empty heartbeat goes out only when no held ask came
+    for a whole interval, and not at all after an ask that was not held."""
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=60)
     try:
         pilot._register(pilot.clock())
+        pilot._hold_asks = 1  # held for a second at most
         pilot._register_or_ask(pilot.clock())
-        assert client.sent["ask"] == 1 and not pilot.lanes.busy  # nothing queued
+        assert client.asks[-1].hold == 1 and not pilot.lanes.busy  # nothing queued
         pilot.heartbeat.due = 0.0
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 0 and pilot.heartbeat.due > pilot.clock()
-        pilot._heard -= pilot.heartbeat.interval  # no ask answered for a whole interval
+        pilot._heard -= pilot.heartbeat.interval  # no held ask for a whole interval
         pilot.heartbeat.due = 0.0
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 1
+
+        pilot._hold_asks = 0  # asks that are not held: the heartbeat is what says it
+        pilot._next_ask = 0.0
+        pilot._register_or_ask(pilot.clock())
+        assert client.sent["ask"] == 2 and client.asks[-1].hold == 0
+        pilot.heartbeat.due = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 2
     finally:
         work.close()
 
