@@ -6,11 +6,12 @@ Work becomes ready in one place: a dataset's ready queue (`queue.DatasetQueue.pu
 made it ready (a submission's jobs created, a dependency released, a resume, a reset, a retry,
 a voided attempt's task requeued). The queue tells `Holding.poke` the requirements and the
 number of tasks; once the code that made them ready has run (`call_soon`), the held asks whose
-slot fits them are woken, as many as the new tasks can use, the longest-held first. A woken ask
-asks again through the normal dispatch, so fair share, not the order of waking, decides which
-task each gets; one that finds nothing (another took the task) is held again for the rest of its
-time. Bounded: `max_held_asks` at once (more are answered at once, as before), each at most the
-server's `hold_asks` seconds.
+slot fits them are woken, as many as the new tasks can use, the longest-held first (passing
+over those whose pilot has gone: a stopped or killed pilot's ask stays held until it ends, and
+would take the wake from a live pilot). A woken ask asks again through the normal dispatch, so
+fair share, not the order of waking, decides which task each gets; one that finds nothing
+(another took the task) is held again for the rest of its time. Bounded: `max_held_asks` at
+once (more are answered at once, as before), each at most the server's `hold_asks` seconds.
 
 A held ask that nothing wakes ends at its pilot's own moment of a cycle (`hold_seconds`), the
 pilots' moments spread evenly over it: the asks again of many idle pilots come at an even rate
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from floe.config.resources import Requirements, Slot, fits
@@ -62,6 +64,8 @@ class Held:
     slot: Slot
     order: int
     woken: asyncio.Future[None] = field(repr=False)
+    gone: Callable[[], bool] = field(repr=False, default=lambda: False)
+    """Whether the client that asked has gone (its connection closed)."""
 
 
 def shape_of(slot: Slot) -> Slot:
@@ -128,7 +132,8 @@ class Holding:
                 self._forget(*oldest)
                 if not oldest[1].woken.done():
                     oldest[1].woken.set_result(None)
-                count -= 1
+                if not oldest[1].gone():  # a pilot that has gone leaves the task to another
+                    count -= 1
                 groups = [group for group in groups if group]
 
     def _forget(self, pilot_id: int, held: Held) -> None:
@@ -150,15 +155,18 @@ class Holding:
         self.held.clear()
         self._shapes.clear()
 
-    async def hold(self, pilot_id: int, slot: Slot, seconds: float) -> bool:
+    async def hold(self, pilot_id: int, slot: Slot, seconds: float,
+                   gone: Callable[[], bool] | None = None) -> bool:
         """Wait up to `seconds` for work that fits `slot`: True when woken, False when the time
-        ran out or no more asks may be held."""
+        ran out or no more asks may be held. `gone` tells whether the asking client has gone
+        (then a wake passes over it to the next held ask)."""
         if seconds <= 0 or (len(self.held) >= self.limit and pilot_id not in self.held):
             return False
         earlier = self.held.get(pilot_id)
         if earlier is not None:
             self._forget(pilot_id, earlier)
-        held = Held(slot, next(self._orders), asyncio.get_running_loop().create_future())
+        held = Held(slot, next(self._orders), asyncio.get_running_loop().create_future(),
+                    *(() if gone is None else (gone,)))
         self.held[pilot_id] = held
         self._shapes.setdefault(shape_of(slot), {})[pilot_id] = held
         try:

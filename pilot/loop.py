@@ -551,11 +551,10 @@ class Pilot:
             return
         if not self.lanes.held and not self._keeping_alive():
             return
-        if not self.lanes.held and not self.reports.holding() \
-                and now - self._heard < self.heartbeat.interval:
-            # An idle pilot whose held ask came within the interval is alive to the
-            # matchmaker (an ask counts as its heartbeat, and one with `hold` tells that it
-            # holds no attempt, as the heartbeat's `reporting` would).
+        if now - self._heard < self.heartbeat.interval:
+            # Its held ask came within the interval: the matchmaker heard from it then (an ask
+            # counts as its heartbeat), and `hold` said that it held no attempt, so what it
+            # holds now was handed out since and needs no heartbeat before an interval after.
             self.heartbeat.due = self._heard + self.heartbeat.interval
             return
         speaker = self.pilot_id if self._keeping_alive() else None

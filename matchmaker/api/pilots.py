@@ -109,11 +109,16 @@ async def _held(ctx: Context, pilot: Pilot, offer: dispatch.Offer, answer: dispa
     a client that has gone."""
     loop = asyncio.get_running_loop()
     until = loop.time() + seconds
-    while dispatch.may_hold(answer):
-        if not await ctx.engine.holding.hold(pilot.pilot_id, offer.slot, until - loop.time()):
-            return dispatch.ask_again(answer) if loop.time() >= until - 0.01 else answer
+
+    def gone() -> bool:
         transport = ctx.request.transport
-        if transport is None or transport.is_closing():
+        return transport is None or transport.is_closing()
+
+    while dispatch.may_hold(answer):
+        if not await ctx.engine.holding.hold(pilot.pilot_id, offer.slot, until - loop.time(),
+                                             gone):
+            return dispatch.ask_again(answer) if loop.time() >= until - 0.01 else answer
+        if gone():
             return answer  # nobody to give a task to
         answer = await dispatch.ask(ctx.engine, pilot, offer)
     return answer

@@ -75,6 +75,29 @@ async def test_only_pilots_that_can_run_the_new_work_are_woken(world):
     assert took >= 1.9
 
 
+async def test_a_wake_passes_over_a_held_ask_whose_pilot_has_gone(world):
+    """A stopped or killed pilot's ask stays held until it ends: new work wakes the next held
+    ask instead of being spent on that one."""
+    await emptied(world)
+    # As `floe server` runs (aiohttp's default): a handler is not cancelled when its client
+    # goes (the test server cancels it).
+    world.server.runner.server.handler_cancellation = False
+    gone = asyncio.create_task(held_ask(world, world.pilot, 20))  # held the longest
+    await until_held(world, 1)
+    live = asyncio.create_task(held_ask(world, world.sibling, 20))
+    await until_held(world, 2)
+    gone.cancel()  # its client closes the connection
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    await asyncio.sleep(0.2)
+    assert len(world.engine.holding.held) == 2  # the server has not noticed by itself
+    status, made = await world.api.call("POST", "/api/v1/datasets", world.other,
+                                        s.config(jobs=1))
+    assert status == 201, made
+    answer, took = await live
+    assert len(answer["attempts"]) == 1 and took < 10, answer
+
+
 async def test_held_asks_are_bounded(world):
     await emptied(world)
     world.engine.holding.limit = 1

@@ -236,6 +236,30 @@ def test_an_idle_pilot_that_has_asked_within_the_interval_sends_no_heartbeat(
         work.close()
 
 
+def test_work_that_a_held_ask_brings_gets_its_first_heartbeat_an_interval_after_that_ask(
+        matchmaker: LiveMatchmaker, tmp_path):
+    """The held ask was heard as the pilot's heartbeat and said that it held nothing: the
+    attempts it brings need no heartbeat at once (one request fewer each time an idle pilot
+    gets work), only an interval after the ask."""
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=60)
+    try:
+        pilot._register(pilot.clock())
+        pilot._hold_asks = 1
+        matchmaker.submit({"jobs": 1, "tasks": [NULL]})
+        pilot._register_or_ask(pilot.clock())
+        assert client.asks[-1].hold == 1 and pilot.lanes.held  # it brought the task
+        pilot.heartbeat.due = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 0
+        assert pilot.heartbeat.due == pilot._heard + pilot.heartbeat.interval
+        pilot._heard -= pilot.heartbeat.interval
+        pilot.heartbeat.due = 0.0
+        pilot._send_heartbeats(pilot.clock())
+        assert client.sent["heartbeats"] == 1
+    finally:
+        work.close()
+
+
 class ReportsLostForAWhile(Recording):
     """A client whose bulk reports do not get through until `until` (a proxy that drops them),
     while its heartbeats do; it keeps what each heartbeat said the pilot was reporting."""
