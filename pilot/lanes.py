@@ -78,6 +78,8 @@ class Attempt:
     assignment: Assignment
     requirements: Requirements
     asked_at: float
+    """When its wait began, on the pilot's clock, for the overhead figure: the ask that brought
+    it (the answer, for a held ask), or the end of the task before it in its lane."""
     expected: float = 0.0
     """Seconds the matchmaker expects it to run (its learned runtime, at most its walltime)."""
     run: TaskRun | None = None
@@ -338,6 +340,7 @@ class Lanes:
                 or attempt.requirements.walltime > self.seconds_left():
             return None
         self.queue.popleft()
+        attempt.asked_at = max(attempt.asked_at, done.at)  # its turn: a queue is no overhead
         attempt.run = self.task_run(attempt, claim, scratch)
         return attempt
 

@@ -353,8 +353,8 @@ class Pilot:
                 self._last_busy = now
                 self._asked_since_busy = False
                 self._next_ask = now
-                for answer in attempts:
-                    self._take(answer, asked, ask.in_series)
+                for answer in attempts:  # a held ask's wait for work is no overhead
+                    self._take(answer, now if ask.hold else asked, ask.in_series)
                 return
             self._no_work(now, reply.data, seconds, held=ask.hold > 0)
         elif reply.status == 401:
