@@ -419,9 +419,11 @@ class Pilot:
         self._last_busy = now
         self._asked_since_busy = False
         self._next_ask = now
-        log.info("registered as pilot %s at site %s: %d CPUs, %.1f GiB memory, %d GPUs, %s left",
+        left = "no end known (no --lifetime, no batch system's limit)" \
+            if slot.deadline is None else f"{format_duration(slot.seconds_left())} left"
+        log.info("registered as pilot %s at site %s: %d CPUs, %.1f GiB memory, %d GPUs, %s",
                  self.pilot_id, reply.data.get("site"), slot.cpus, slot.memory / 2**30,
-                 len(slot.gpus), format_duration(slot.seconds_left()))
+                 len(slot.gpus), left)
         for item in slot.short:
             log.warning("this slot is short of what its shape promised (the factory is told): "
                         "%s: promised %s, found %s (%s)", item["resource"], item["promised"],
