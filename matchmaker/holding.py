@@ -56,6 +56,10 @@ def hold_seconds(pilot_id: int, longest: float, now: float) -> float:
     return earliest + (moment - earliest) % cycle - now
 
 
+def _still_there() -> bool:
+    return False
+
+
 @dataclass
 class Held:
     """One held ask: what its pilot offers, the order it was held in, and the future that wakes
@@ -64,7 +68,7 @@ class Held:
     slot: Slot
     order: int
     woken: asyncio.Future[None] = field(repr=False)
-    gone: Callable[[], bool] = field(repr=False, default=lambda: False)
+    gone: Callable[[], bool] = field(repr=False, default=_still_there)
     """Whether the client that asked has gone (its connection closed)."""
 
 
@@ -166,7 +170,7 @@ class Holding:
         if earlier is not None:
             self._forget(pilot_id, earlier)
         held = Held(slot, next(self._orders), asyncio.get_running_loop().create_future(),
-                    *(() if gone is None else (gone,)))
+                    gone or _still_there)
         self.held[pilot_id] = held
         self._shapes.setdefault(shape_of(slot), {})[pilot_id] = held
         try:
