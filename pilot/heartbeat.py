@@ -34,6 +34,13 @@ class Heartbeat:
         if interval:
             self.interval = float(interval)
 
+    def heard(self, moment: float) -> None:
+        """An ask with `hold`, sent at `moment`, was heard as the pilot's heartbeat (and said
+        that it held no attempt): the next is due an interval after it. So an idle pilot whose
+        asks are held sends none, and the work such an ask brings waits an interval for its
+        first."""
+        self.due = moment + self.interval
+
     def before(self, moment: float) -> None:
         """Be due no later than one interval after `moment` (an attempt handed out then)."""
         self.due = min(self.due, moment + self.interval)

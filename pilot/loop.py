@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import math
 import os
 import signal
 import statistics
@@ -112,7 +111,6 @@ class Pilot:
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
         self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
-        self._heard = -math.inf  # when its last held ask (answered since) was sent
         self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
 
@@ -336,7 +334,7 @@ class Pilot:
     def _hold_for(self, now: float) -> int:
         """Seconds the matchmaker may hold this ask: while the pilot runs and delivers nothing,
         up to the server's `hold_asks` and the end of its idle time (its asks keep it alive
-        meanwhile: `_send_heartbeats`)."""
+        meanwhile: `Heartbeat.heard`)."""
         if not self._hold_asks or self.lanes.busy or self.reports.pending \
                 or self.reports.unkept or self._drain_asked is not None:
             return 0
@@ -347,7 +345,7 @@ class Pilot:
         """Act on the answer to an ask (its own, or the one riding on reports)."""
         if reply.ok:
             if ask.hold:
-                self._heard = asked  # the matchmaker has heard from it since it asked
+                self.heartbeat.heard(asked)
             attempts = reply.data.get("attempts") or []
             if attempts:
                 self._last_busy = now
@@ -552,12 +550,6 @@ class Pilot:
         if now < self.heartbeat.due or self._drain_started is not None:
             return
         if not self.lanes.held and not self._keeping_alive():
-            return
-        if now - self._heard < self.heartbeat.interval:
-            # Its held ask came within the interval: the matchmaker heard from it then (an ask
-            # counts as its heartbeat), and `hold` said that it held no attempt, so what it
-            # holds now was handed out since and needs no heartbeat before an interval after.
-            self.heartbeat.due = self._heard + self.heartbeat.interval
             return
         speaker = self.pilot_id if self._keeping_alive() else None
         for attempt, why in self.heartbeat.send(now, speaker, self.lanes.beating(),

@@ -215,22 +215,21 @@ def test_an_idle_pilot_that_has_asked_within_the_interval_sends_no_heartbeat(
     try:
         pilot._register(pilot.clock())
         pilot._hold_asks = 1  # held for a second at most
+        pilot.heartbeat.due = 0.0  # overdue: but for the held ask, a heartbeat would go now
         pilot._register_or_ask(pilot.clock())
         assert client.asks[-1].hold == 1 and not pilot.lanes.busy  # nothing queued
-        pilot.heartbeat.due = 0.0
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 0 and pilot.heartbeat.due > pilot.clock()
-        pilot._heard -= pilot.heartbeat.interval  # no held ask for a whole interval
-        pilot.heartbeat.due = 0.0
-        pilot._send_heartbeats(pilot.clock())
+        pilot._send_heartbeats(pilot.heartbeat.due)  # no held ask for a whole interval
         assert client.sent["heartbeats"] == 1
 
         pilot._hold_asks = 0  # asks that are not held: the heartbeat is what says it
         pilot._next_ask = 0.0
+        due = pilot.heartbeat.due
         pilot._register_or_ask(pilot.clock())
         assert client.sent["ask"] == 2 and client.asks[-1].hold == 0
-        pilot.heartbeat.due = 0.0
-        pilot._send_heartbeats(pilot.clock())
+        assert pilot.heartbeat.due == due  # not put off by that ask
+        pilot._send_heartbeats(due)
         assert client.sent["heartbeats"] == 2
     finally:
         work.close()
@@ -246,15 +245,13 @@ def test_work_that_a_held_ask_brings_gets_its_first_heartbeat_an_interval_after_
         pilot._register(pilot.clock())
         pilot._hold_asks = 1
         matchmaker.submit({"jobs": 1, "tasks": [NULL]})
+        pilot.heartbeat.due = 0.0  # overdue: but for the held ask, a heartbeat would go now
         pilot._register_or_ask(pilot.clock())
         assert client.asks[-1].hold == 1 and pilot.lanes.held  # it brought the task
-        pilot.heartbeat.due = 0.0
         pilot._send_heartbeats(pilot.clock())
         assert client.sent["heartbeats"] == 0
-        assert pilot.heartbeat.due == pilot._heard + pilot.heartbeat.interval
-        pilot._heard -= pilot.heartbeat.interval
-        pilot.heartbeat.due = 0.0
-        pilot._send_heartbeats(pilot.clock())
+        assert pilot.clock() < pilot.heartbeat.due <= pilot.clock() + pilot.heartbeat.interval
+        pilot._send_heartbeats(pilot.heartbeat.due)
         assert client.sent["heartbeats"] == 1
     finally:
         work.close()
