@@ -73,7 +73,12 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     engine.add_dataset(state)
     state.commit_jobs(0, first, False)
     batch.on_failure(lambda: engine.forget_dataset(state))
-    await engine.db.write(batch, gather=bool(engine.holding.held))
+    woke = bool(engine.holding.held)
+    await engine.db.write(batch, gather=woke)
+    if woke:
+        # The held asks it woke were answered in the same commit: their pilots hear first (a
+        # turn of the event loop), since the tasks start there; the submitter a turn later.
+        await asyncio.sleep(0)
     if first < config.jobs:
         engine.materializing.set()
     return state

@@ -57,6 +57,27 @@ async def test_a_held_ask_is_answered_when_a_task_it_fits_is_submitted(world):
     assert not world.engine.holding.held
 
 
+async def test_the_woken_pilot_is_answered_before_the_submitter(world, monkeypatch):
+    """The task starts on the pilot: its answer goes out a turn of the event loop before the
+    submit's (both wait for the same commit)."""
+    answered = []
+    observe = world.engine.metrics.observe
+
+    def recording(path, method, status, seconds):
+        answered.append(path.rsplit("/", 1)[-1])
+        observe(path, method, status, seconds)
+    await emptied(world)
+    asking = asyncio.create_task(held_ask(world, world.pilot, 20))
+    await until_held(world, 1)
+    monkeypatch.setattr(world.engine.metrics, "observe", recording)
+    status, made = await world.api.call("POST", "/api/v1/datasets", world.other,
+                                        s.config(jobs=1))
+    assert status == 201, made
+    answer, _ = await asking
+    assert len(answer["attempts"]) == 1, answer
+    assert answered == ["ask", "datasets"]
+
+
 async def test_only_pilots_that_can_run_the_new_work_are_woken(world):
     await emptied(world)
     # A hold of 2 s: under 10 % of `hold_asks`, so the pilot's own hold decides its end.
