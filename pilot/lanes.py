@@ -3,7 +3,10 @@
 A lane is a thread that holds one claim on the slot and runs a task in it, then the next queued
 task if the same claim holds it and the last one succeeded, and so on, in one scratch directory
 that it reuses while the tasks leave it clean (every lane under one `Supervisor` that applies the
-headroom policy across the slot). Attempts handed out to run side by side start a lane each;
+headroom policy across the slot). A lane that has nothing more to run gives its claim back and is
+parked, its thread and scratch directory kept for the next attempt to start (starting a thread
+and making a directory cost a short task more than a tenth of its time); one parked for
+`PARKED_SECONDS` ends. Attempts handed out to run side by side start a lane each;
 those handed out in series wait in the queue, in order, until a lane takes them or what is free
 holds the next one (a later one never overtakes it, so a large task is not starved by small
 ones), and while its walltime fits the slot's time left (one that no longer does is given back
@@ -18,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import select
 import threading
 from collections.abc import Callable, Mapping
@@ -38,6 +42,12 @@ from floe.pilot.supervisor import Supervisor
 from floe.pilot.workarea import WorkArea
 
 log = logging.getLogger("floe.pilot")
+
+PARKED_SECONDS = 60.0
+"""How long a parked lane waits for an attempt to start before it ends."""
+STARTING_PATIENCE = 0.05
+"""How long, at most, the loop's next ask waits for lanes just handed attempts to start their
+processes: starting them comes first, and the asking shares the interpreter with it."""
 
 
 class Wakeup:
@@ -82,9 +92,22 @@ class Attempt:
     it (the answer, for a held ask), or the end of the task before it in its lane."""
     expected: float = 0.0
     """Seconds the matchmaker expects it to run (its learned runtime, at most its walltime)."""
+    handed_at: float = 0.0
+    """When it was handed to a lane that starts a run with it (on the pilot's clock)."""
     run: TaskRun | None = None
     claim: Claim | None = None
     void: str | None = None
+
+
+@dataclass(eq=False)
+class Lane:
+    """A lane's thread, its scratch directory, and where it is handed its next attempt (with the
+    claim to run it in; None ends the lane)."""
+
+    number: int
+    scratch: Scratch
+    handed: queue.SimpleQueue[tuple[Attempt, Claim] | None]
+    thread: threading.Thread | None = None
 
 
 @dataclass
@@ -141,11 +164,14 @@ class Lanes:
         self.lock = threading.Lock()
         self.queue: collections.deque[Attempt] = collections.deque()
         self.finished: collections.deque[Finished] = collections.deque()
-        self._ended: collections.deque[tuple[int, Claim]] = collections.deque()
+        self._ended: collections.deque[Claim] = collections.deque()  # of runs that ended
         self._chain = True  # lanes may take queued attempts
         self._wake_on_finish = True
         self._wake_below = -1  # wake the loop once the queue is this short
-        self._threads: dict[int, threading.Thread] = {}
+        self._threads: dict[int, threading.Thread] = {}  # the lanes that run
+        self._parked: list[Lane] = []
+        self._unstarted: set[Attempt] = set()  # handed to lanes, no process started yet
+        self._wake_on_spawn = False
         self._numbers = itertools.count()
 
     # ------------------------------------------------------------ what the loop asks
@@ -153,12 +179,12 @@ class Lanes:
     @property
     def running(self) -> bool:
         """Some lane runs (or has ended and waits to be collected)."""
-        return bool(self._threads)
+        return bool(self._threads or self._ended)
 
     @property
     def busy(self) -> bool:
         """Some lane runs or some attempt is held."""
-        return bool(self._threads or self.held)
+        return bool(self._threads or self._ended or self.held)
 
     def beating(self) -> list[Attempt]:
         """The attempts to heartbeat: every one held that is not void."""
@@ -175,6 +201,16 @@ class Lanes:
         return [a.claim for a in self.held.values()
                 if a.run is not None and a.claim is not None
                 and a.run.usage().wall_time > horizon]
+
+    def ask_after(self) -> float | None:
+        """When the next ask may go while lanes start the attempts just handed to them (until
+        each has started its first process, `STARTING_PATIENCE` at most); None when it need not
+        wait. Lanes wake the loop when the last of them has started."""
+        with self.lock:
+            self._wake_on_spawn = bool(self._unstarted)
+            if not self._unstarted:
+                return None
+            return min(a.handed_at for a in self._unstarted) + STARTING_PATIENCE
 
     def wake_for(self, on_finish: bool, below: int) -> bool:
         """What lanes should wake the loop for while it sleeps: a finished task (`on_finish`),
@@ -205,7 +241,8 @@ class Lanes:
             claim = self.claims.claim(attempt.requirements)
         except ClaimError as err:
             return str(err)
-        self._start_lane(attempt, claim)
+        with self.lock:
+            self._start_lane(attempt, claim)
         return None
 
     def pack(self) -> tuple[list[Attempt], list[Attempt]]:
@@ -259,13 +296,11 @@ class Lanes:
         return queued
 
     def collect(self) -> tuple[int, list[Finished]]:
-        """Join the lanes that ended (their claims released) and take what they finished: how
-        many lanes ended, and the finished attempts, no longer held."""
+        """Release the claims of the lanes that ended their runs (parked now) and take what
+        they finished: how many lanes ended, and the finished attempts, no longer held."""
         ended = 0
         while self._ended:
-            number, claim = self._ended.popleft()
-            self._threads.pop(number).join()
-            self.claims.release(claim)
+            self.claims.release(self._ended.popleft())
             ended += 1
         finished = []
         while self.finished:
@@ -277,57 +312,125 @@ class Lanes:
     def abandon(self, why: str) -> list[Finished]:
         """Only when the loop itself failed: stop the tasks rather than leave them orphaned;
         the reports of what finished, for the outbox."""
-        if not self._threads:
-            return []
         with self.lock:
             self._chain = False
             self.queue.clear()
             running = [a.run for a in self.held.values() if a.run is not None]
+            threads = list(self._threads.values())
+        if not threads:
+            return []
         for run in running:
             run.stop(ErrorClass.PILOT_LOST, why)
-        for lane in self._threads.values():
+        for lane in threads:
             lane.join(self.settings.kill_grace + 5)
         return [done for done in self.finished if done.report is not None]
 
+    def close(self) -> None:
+        """End the parked lanes (each removes its scratch directory); before the wake-up
+        closes, which they write to."""
+        with self.lock:
+            self._chain = False
+            parked, self._parked = self._parked, []
+        for lane in parked:
+            lane.handed.put(None)
+        for lane in parked:
+            assert lane.thread is not None
+            lane.thread.join(5)
+
     # ------------------------------------------------------------ the lanes
 
-    def task_run(self, attempt: Attempt, claim: Claim, scratch: Scratch) -> TaskRun:
+    def task_run(self, attempt: Attempt, claim: Claim, scratch: Scratch,
+                 on_spawn: Callable[[], None] | None = None) -> TaskRun:
         attempt.claim = claim
         return TaskRun(attempt.assignment, scratch, gpus=claim.gpus[:attempt.requirements.gpus],
                        gpu_source=self.gpu_source, settings=self.settings,
-                       supervisor=self.supervisor, guardian=self.guardian)
+                       supervisor=self.supervisor, guardian=self.guardian, on_spawn=on_spawn)
 
     def _start_lane(self, attempt: Attempt, claim: Claim) -> None:
-        number = next(self._numbers)
-        scratch = Scratch(self.work.lane_dir(number))
-        attempt.run = self.task_run(attempt, claim, scratch)
-        lane = threading.Thread(target=self._lane, args=(number, attempt, claim, scratch),
-                                daemon=True, name=f"lane-{number}")
-        self._threads[number] = lane
-        lane.start()
+        """Hand an attempt to the lane parked last, or to a new one. Called under the lock."""
+        if self._parked:
+            lane = self._parked.pop()
+        else:
+            number = next(self._numbers)
+            lane = Lane(number, Scratch(self.work.lane_dir(number)), queue.SimpleQueue())
+            lane.thread = threading.Thread(target=self._lane, args=(lane,), daemon=True,
+                                           name=f"lane-{number}")
+        assert lane.thread is not None
+        attempt.run = self.task_run(attempt, claim, lane.scratch,
+                                    on_spawn=lambda: self._spawned(attempt))
+        attempt.handed_at = self.clock()
+        self._unstarted.add(attempt)
+        self._threads[lane.number] = lane.thread
+        lane.handed.put((attempt, claim))
+        if not lane.thread.is_alive():
+            lane.thread.start()
 
-    def _lane(self, number: int, attempt: Attempt | None, claim: Claim,
-              scratch: Scratch) -> None:
-        """A lane's thread: run the task, then the next queued ones while the same claim holds
-        them and they succeed (a failure goes through the loop, which keeps the black-hole
-        streak)."""
+    def _lane(self, lane: Lane) -> None:
+        """A lane's thread: run the attempt it is handed, then the next queued ones while the
+        same claim holds them and they succeed (a failure goes through the loop, which keeps the
+        black-hole streak); then park until handed another, or end."""
+        try:
+            handed = lane.handed.get()
+            while handed is not None and self._run_lane(lane, *handed):
+                handed = self._park(lane)
+        finally:
+            lane.scratch.remove()
+
+    def _run_lane(self, lane: Lane, attempt: Attempt | None, claim: Claim) -> bool:
+        """Run attempts in the lane's claim until none is left for it; the claim is given back
+        then (or should this fail). True when the lane is parked."""
+        parked = False
         try:
             while attempt is not None:
-                done = self._execute(attempt, scratch)
+                done = self._execute(attempt, lane.scratch)
                 with self.lock:
+                    self._unstarted.discard(attempt)
                     self.finished.append(done)
-                    attempt = self.next_in_lane(done, claim, scratch)
-                    wake = attempt is not None and (self._wake_on_finish
-                                                    or len(self.queue) <= self._wake_below)
-                    if wake:
-                        self._wake_on_finish = False
-                        self._wake_below = -1
+                    attempt = self.next_in_lane(done, claim, lane.scratch)
+                    if attempt is None:
+                        parked = self._chain
+                        if parked:
+                            self._parked.append(lane)
+                        self._ended.append(claim)
+                        del self._threads[lane.number]
+                        wake = True
+                    else:
+                        wake = self._wake_on_finish or len(self.queue) <= self._wake_below
+                        if wake:
+                            self._wake_on_finish = False
+                            self._wake_below = -1
                 if wake:
                     self.wake.notify()
-        finally:
-            scratch.remove()
-            self._ended.append((number, claim))
+        except BaseException:
+            with self.lock:
+                self._unstarted.discard(attempt)
+                self._ended.append(claim)
+                del self._threads[lane.number]
             self.wake.notify()
+            raise
+        return parked
+
+    def _spawned(self, attempt: Attempt) -> None:
+        """A lane started the first process of an attempt handed to it."""
+        with self.lock:
+            self._unstarted.discard(attempt)
+            wake = self._wake_on_spawn and not self._unstarted
+            if wake:
+                self._wake_on_spawn = False
+        if wake:
+            self.wake.notify()
+
+    def _park(self, lane: Lane) -> tuple[Attempt, Claim] | None:
+        """Wait, parked, to be handed the next attempt; None to end (after `PARKED_SECONDS`
+        with nothing, unless an attempt is on its way)."""
+        try:
+            return lane.handed.get(timeout=PARKED_SECONDS)
+        except queue.Empty:
+            with self.lock:
+                if lane in self._parked:
+                    self._parked.remove(lane)
+                    return None
+            return lane.handed.get()  # taken out of the parking meanwhile: handed one now
 
     def next_in_lane(self, done: Finished, claim: Claim, scratch: Scratch) -> Attempt | None:
         """The next queued attempt, taken out of the queue, when the lane may run it in its

@@ -161,6 +161,7 @@ class Pilot:
                 self.lanes.guardian = None
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            self.lanes.close()
             self._wake.close()
             self.client.close()
 
@@ -228,7 +229,7 @@ class Pilot:
             if self.pilot_id is None:
                 due.append(self._next_register)
             elif wants:
-                due.append(self._next_ask)
+                due.append(max(self._next_ask, self.lanes.ask_after() or 0.0))
             if not self.lanes.busy and self._asked_since_busy:
                 due.append(self._last_busy + self.settings.idle_timeout)
         elif self.reports.pending and not self.lanes.running:
@@ -306,6 +307,9 @@ class Pilot:
             if now >= self._next_register:
                 self._register(now)
             return
+        after = self.lanes.ask_after()
+        if after is not None and now < after:
+            return  # the attempts just handed out start first
         plan = self._ask_plan(now)
         if plan is None:
             return

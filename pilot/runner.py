@@ -9,7 +9,6 @@ the attempt's record needs. Errors come back classed: task_error (the task's own
 config), staging_error (a file could not be moved), resource_overuse (killed for its usage).
 The pilot's `Guardian`, when given, watches each module while it runs, so that the module's
 tree is ended even when the pilot is killed (SIGKILL) and cannot end it itself.
-
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,11 +32,7 @@ from floe.config.protocol import MAX_WARNING_LENGTH, MAX_WARNINGS, cut_utf8
 from floe.config.resources import Requirements, Usage
 from floe.config.states import ErrorClass
 from floe.pilot import staging
-from floe.pilot.environment import (
-    read_statistics,
-    task_base,
-    task_environment,
-)
+from floe.pilot.environment import read_statistics, task_base, task_environment
 from floe.pilot.gpus import Gpu, GpuSource
 from floe.pilot.guardian import Guardian
 from floe.pilot.limits import Overuse, TaskLoad
@@ -149,7 +144,8 @@ class TaskRun:
     """One attempt of one task in its scratch directory; `run()` blocks until it is over.
 
     `load()` and `stop()` may be called from other threads while `run()` runs: the supervisor
-    uses them to apply the limits, the online loop to abandon a task.
+    uses them to apply the limits, the online loop to abandon a task. `on_spawn` is called, in
+    the thread of `run()`, once the first module's process has started.
     """
 
     def __init__(
@@ -163,6 +159,7 @@ class TaskRun:
         supervisor: Supervisor | None = None,
         process_table: ProcessTable = SHARED_TABLE,
         guardian: Guardian | None = None,
+        on_spawn: Callable[[], None] | None = None,
     ) -> None:
         self.assignment = assignment
         # A path given is this run's own directory, left in place when the run is over; a
@@ -177,6 +174,7 @@ class TaskRun:
         self.supervisor = supervisor or Supervisor.alone(self.requirements)
         self.process_table = process_table
         self.guardian = guardian
+        self._on_spawn = on_spawn
         self.stdout_path = self.scratch_dir.stdout_path
         self.stderr_path = self.scratch_dir.stderr_path
         self.stats_path = self.scratch / STATS_NAME
@@ -367,6 +365,9 @@ class TaskRun:
                                                  f"{why}", code) from None
         if self.guardian is not None:
             self.guardian.watch(process.pid)
+        if self._on_spawn is not None:
+            on_spawn, self._on_spawn = self._on_spawn, None
+            on_spawn()
         tree = ProcessTree(process.pid, self.process_table, started=started)
         self._last_gpu_sample = 0.0
         status, rusage = self._wait(process.pid, tree)
