@@ -107,8 +107,10 @@ def main() -> None:
             submit_and_wait(client, 2)  # warm-up: the pilots start and register
             wait_for(lambda: server.site(SITE)["pilots"] == 2, 120, "both pilots", 0.1)
             time.sleep(1.0)
-            latencies = [submit_and_wait(client, 1) for _ in range(singles)]
-            unkept = [submit_and_wait(server, 1) for _ in range(singles)]
+            latencies, unkept = [], []
+            for _ in range(singles):  # alternated, so that both see the same moments
+                latencies.append(submit_and_wait(client, 1))
+                unkept.append(submit_and_wait(server, 1))
             runs = {str(n): [round(n / submit_and_wait(client, n), 1) for _ in range(RUNS)]
                     for n in sizes}
             client.close()
