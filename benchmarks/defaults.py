@@ -103,17 +103,19 @@ def main() -> None:
             factory = Factory(root / "factory", server, {
                 "name": SITE, "plugin": "local", "python": sys.executable, "max_total": 2,
                 "max_queued": 2, "on_stop": "remove-all", "shapes": [dict(SHAPE)]})
-            client = Connection(server)
-            submit_and_wait(client, 2)  # warm-up: the pilots start and register
+            submit_and_wait(server, 2)  # warm-up: the pilots start and register
             wait_for(lambda: server.site(SITE)["pilots"] == 2, 120, "both pilots", 0.1)
             time.sleep(1.0)
-            latencies, unkept = [], []
-            for _ in range(singles):  # alternated, so that both see the same moments
-                latencies.append(submit_and_wait(client, 1))
-                unkept.append(submit_and_wait(server, 1))
-            runs = {str(n): [round(n / submit_and_wait(client, n), 1) for _ in range(RUNS)]
-                    for n in sizes}
-            client.close()
+            client = Connection(server)
+            try:
+                latencies, fresh = [], []
+                for _ in range(singles):  # alternated, so that both see the same moments
+                    latencies.append(submit_and_wait(client, 1))
+                    fresh.append(submit_and_wait(server, 1))
+                runs = {str(n): [round(n / submit_and_wait(client, n), 1)
+                                 for _ in range(RUNS)] for n in sizes}
+            finally:
+                client.close()
         finally:
             if factory is not None:
                 factory.stop()
@@ -127,7 +129,7 @@ def main() -> None:
                     "CPU; tasks `true` with no requirement declared (walltime 1h); the client "
                     "on one kept-alive HTTP connection",
         "single_task_ms": latency_ms(latencies),
-        "single_task_ms_new_connections": latency_ms(unkept),
+        "single_task_ms_new_connections": latency_ms(fresh),
         "tasks_per_second": rates,
         "tasks_per_second_runs": runs,
         "of_bare_spawn_rate": {n: round(rate / floor, 3) for n, rate in rates.items()},

@@ -73,11 +73,11 @@ async def submit(engine: Engine, user: User, document: Any) -> DatasetState:
     engine.add_dataset(state)
     state.commit_jobs(0, first, False)
     batch.on_failure(lambda: engine.forget_dataset(state))
-    woke = bool(engine.holding.held)
-    await engine.db.write(batch, gather=woke)
-    if woke:
-        # The held asks it woke were answered in the same commit: their pilots hear first (a
-        # turn of the event loop), since the tasks start there; the submitter a turn later.
+    held = bool(engine.holding.held)
+    await engine.db.write(batch, gather=held)
+    if held:
+        # The held asks that its tasks woke are answered in the same commit: their pilots hear
+        # first (a turn of the event loop), since the tasks start there; the submitter after.
         await asyncio.sleep(0)
     if first < config.jobs:
         engine.materializing.set()

@@ -25,7 +25,7 @@ import queue
 import select
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from floe.config.dataset import job_args
@@ -106,8 +106,9 @@ class Lane:
 
     number: int
     scratch: Scratch
-    handed: queue.SimpleQueue[tuple[Attempt, Claim] | None]
-    thread: threading.Thread | None = None
+    handed: queue.SimpleQueue[tuple[Attempt, Claim] | None] = field(
+        default_factory=queue.SimpleQueue)
+    thread: threading.Thread = field(init=False)
 
 
 @dataclass
@@ -143,8 +144,9 @@ def attempt_of(answer: Mapping[str, Any], asked_at: float,
 
 class Lanes:
     """The attempts a pilot holds (`held`, by id), its queue of attempts to run in series, and
-    its lanes. The loop's thread calls everything here; lane threads share `queue`, `finished`
-    and the wake-up marks with it, under `lock`."""
+    its lanes. The loop's thread calls everything here; lane threads share with it, under
+    `lock`, `queue`, `finished`, the lanes that run and those parked, the claims of runs that
+    ended, the attempts not started yet and the wake-up marks."""
 
     def __init__(self, work: WorkArea, claims: Claims, outbox: Outbox, wake: Wakeup,
                  settings: RunnerSettings, supervisor: Supervisor,
@@ -178,7 +180,7 @@ class Lanes:
 
     @property
     def running(self) -> bool:
-        """Some lane runs (or has ended and waits to be collected)."""
+        """Some lane runs (or has ended a run whose claim waits to be released)."""
         return bool(self._threads or self._ended)
 
     @property
@@ -205,7 +207,8 @@ class Lanes:
     def ask_after(self) -> float | None:
         """When the next ask may go while lanes start the attempts just handed to them (until
         each has started its first process, `STARTING_PATIENCE` at most); None when it need not
-        wait. Lanes wake the loop when the last of them has started."""
+        wait. Lanes wake the loop when the last of them has started. (An ask that rides on
+        reports goes with them.)"""
         with self.lock:
             self._wake_on_spawn = bool(self._unstarted)
             if not self._unstarted:
@@ -296,8 +299,8 @@ class Lanes:
         return queued
 
     def collect(self) -> tuple[int, list[Finished]]:
-        """Release the claims of the lanes that ended their runs (parked now) and take what
-        they finished: how many lanes ended, and the finished attempts, no longer held."""
+        """Release the claims of the lanes that ended their runs and take what they finished:
+        how many runs ended, and the finished attempts, no longer held."""
         ended = 0
         while self._ended:
             self.claims.release(self._ended.popleft())
@@ -317,8 +320,6 @@ class Lanes:
             self.queue.clear()
             running = [a.run for a in self.held.values() if a.run is not None]
             threads = list(self._threads.values())
-        if not threads:
-            return []
         for run in running:
             run.stop(ErrorClass.PILOT_LOST, why)
         for lane in threads:
@@ -326,15 +327,14 @@ class Lanes:
         return [done for done in self.finished if done.report is not None]
 
     def close(self) -> None:
-        """End the parked lanes (each removes its scratch directory); before the wake-up
-        closes, which they write to."""
+        """End the parked lanes and wait for them (each removes its scratch directory); no
+        lane parks after it."""
         with self.lock:
             self._chain = False
             parked, self._parked = self._parked, []
         for lane in parked:
             lane.handed.put(None)
         for lane in parked:
-            assert lane.thread is not None
             lane.thread.join(5)
 
     # ------------------------------------------------------------ the lanes
@@ -348,21 +348,21 @@ class Lanes:
 
     def _start_lane(self, attempt: Attempt, claim: Claim) -> None:
         """Hand an attempt to the lane parked last, or to a new one. Called under the lock."""
-        if self._parked:
-            lane = self._parked.pop()
-        else:
+        new = not self._parked
+        if new:
             number = next(self._numbers)
-            lane = Lane(number, Scratch(self.work.lane_dir(number)), queue.SimpleQueue())
+            lane = Lane(number, Scratch(self.work.lane_dir(number)))
             lane.thread = threading.Thread(target=self._lane, args=(lane,), daemon=True,
                                            name=f"lane-{number}")
-        assert lane.thread is not None
+        else:
+            lane = self._parked.pop()
         attempt.run = self.task_run(attempt, claim, lane.scratch,
                                     on_spawn=lambda: self._spawned(attempt))
         attempt.handed_at = self.clock()
         self._unstarted.add(attempt)
         self._threads[lane.number] = lane.thread
         lane.handed.put((attempt, claim))
-        if not lane.thread.is_alive():
+        if new:
             lane.thread.start()
 
     def _lane(self, lane: Lane) -> None:
@@ -391,6 +391,8 @@ class Lanes:
                         parked = self._chain
                         if parked:
                             self._parked.append(lane)
+                        if not parked or not lane.scratch.reusable():
+                            lane.scratch.remove()  # no disk held while parked or gone
                         self._ended.append(claim)
                         del self._threads[lane.number]
                         wake = True
@@ -402,6 +404,7 @@ class Lanes:
                 if wake:
                     self.wake.notify()
         except BaseException:
+            lane.scratch.remove()
             with self.lock:
                 self._unstarted.discard(attempt)
                 self._ended.append(claim)
@@ -464,8 +467,6 @@ class Lanes:
             report = lost_report(f"the pilot failed while running it: {err}")
         if attempt.void is None and result is not None:
             logs = self._adopt_long_logs(attempt.attempt_id, result)
-        if not scratch.reusable():
-            scratch.remove()
         return Finished(attempt, result, report if attempt.void is None else None, logs,
                         self.clock())
 

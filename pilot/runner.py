@@ -365,10 +365,10 @@ class TaskRun:
                                                  f"{why}", code) from None
         if self.guardian is not None:
             self.guardian.watch(process.pid)
+        tree = ProcessTree(process.pid, self.process_table, started=started)
         if self._on_spawn is not None:
             on_spawn, self._on_spawn = self._on_spawn, None
             on_spawn()
-        tree = ProcessTree(process.pid, self.process_table, started=started)
         self._last_gpu_sample = 0.0
         status, rusage = self._wait(process.pid, tree)
         process.returncode = code = os.waitstatus_to_exitcode(status)

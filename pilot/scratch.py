@@ -29,12 +29,16 @@ class Scratch:
         self._made: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def prepare(self) -> tuple[int, int]:
-        """The log descriptors for the next task: the directory made and the logs created, or,
-        when they are open already (`reusable()` said so), the logs emptied. Raises OSError."""
+        """The log descriptors for the next task: the logs emptied when they are open already
+        and the directory holds nothing else (`reusable()`: checked here, just before the task,
+        so that what a process of an earlier task wrote after that task ended is not seen),
+        else the directory made anew and the logs created. Raises OSError."""
         if self.logs is not None:
-            for fd in self.logs:
-                os.ftruncate(fd, 0)
-            return self.logs
+            if self.reusable():
+                for fd in self.logs:
+                    os.ftruncate(fd, 0)
+                return self.logs
+            self.remove()
         self.path.mkdir(parents=True, exist_ok=True)
         opened: list[int] = []
         try:

@@ -6,6 +6,7 @@ tasks are short, with far fewer requests than tasks and every result recorded on
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -77,10 +78,14 @@ def one_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, client: Recording | None
 
 
 def run_to_the_end(pilot: Pilot, work: WorkArea) -> None:
+    """Run the pilot until it leaves; it leaves no lane behind."""
+    before = set(threading.enumerate())
     try:
         assert pilot.run() == 0
     finally:
         work.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("lane-")
+                and t not in before]
 
 
 def test_reports_in_one_request_are_each_decided_and_the_ask_riding_on_them_is_answered(

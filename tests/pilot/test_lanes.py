@@ -5,8 +5,10 @@ ends; and the pilot's next ask waits while lanes start the attempts just handed 
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import select
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from floe.pilot.settings import PilotSettings
 from floe.pilot.slot import measure
 from floe.pilot.workarea import WorkArea
 
-from .live import wait_for
+from .live import LiveMatchmaker, wait_for
+from .test_bulk import Recording
 from .test_loop import synthetic_attempt
 
 
@@ -38,6 +41,7 @@ def pilot(tmp_path: Path) -> Iterator[Pilot]:
         yield pilot
     finally:
         pilot.lanes.close()
+        pilot._wake.close()
         work.close()
 
 
@@ -83,6 +87,18 @@ def test_a_lane_out_of_work_is_parked_and_runs_the_next_attempt(pilot: Pilot):
     assert lane_threads() == [parked] and second.result.scratch == str(scratch)
 
 
+def test_what_a_process_of_an_earlier_task_writes_later_is_gone_before_the_next_starts(
+        pilot: Pilot):
+    """A process that left the task's session (so outlived it) writes into the parked lane's
+    directory after the task ended: the next attempt there does not see it."""
+    first = run_alone(pilot, 1, """(setsid sh -c 'sleep 0.3; echo late > LATE' &); true""")
+    assert first.result is not None and first.result.ok
+    wait_for(lambda: (Path(first.result.scratch) / "LATE").exists(), what="the late write")
+    second = run_alone(pilot, 2, "ls -A")
+    assert second.result is not None and second.result.scratch == first.result.scratch
+    assert second.result.stdout_tail.split() == ["floe.stderr.log", "floe.stdout.log"]
+
+
 def test_two_attempts_side_by_side_take_two_lanes_and_both_are_parked(pilot: Pilot):
     lanes = pilot.lanes
     for number in (1, 2):
@@ -109,6 +125,14 @@ def test_a_parked_lane_ends_after_a_while_and_removes_its_scratch(
     assert second.result is not None and second.result.ok
 
 
+def test_abandoning_keeps_the_reports_of_attempts_finished_and_not_collected(pilot: Pilot):
+    lanes = pilot.lanes
+    assert lanes.start(lanes.hold(attempt(1))) is None
+    wait_for(lambda: lanes.finished and not lanes._threads, what="the lane to be parked")
+    [kept] = lanes.abandon("the loop failed")
+    assert kept.attempt.attempt_id == 1 and kept.report is not None
+
+
 def test_closing_the_lanes_ends_the_parked_ones(pilot: Pilot):
     first = run_alone(pilot, 1)
     assert first.result is not None and lane_threads()
@@ -131,6 +155,48 @@ def test_the_next_ask_waits_until_lanes_have_started_what_they_were_handed(pilot
     assert ready and lanes.ask_after() is None
     assert lanes.running and not lanes.collect()[1]
     wait_for(lambda: lanes.collect()[1], what="the attempt to end")
+
+
+class SlowInput(http.server.BaseHTTPRequestHandler):
+    """Serves an input only once the test lets it go."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        self.release.wait(30)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_the_loop_asks_again_once_its_patience_with_a_starting_task_is_spent(
+        matchmaker: LiveMatchmaker, pilot: Pilot):
+    """A task still fetching its input holds the next ask up for `STARTING_PATIENCE` only."""
+    pilot.client = Recording(matchmaker.url, matchmaker.pilot_token())
+    pilot._register(pilot.clock())
+    inputs = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowInput)
+    threading.Thread(target=inputs.serve_forever, daemon=True).start()
+    SlowInput.release.clear()
+    try:
+        answer = synthetic_attempt(1, 1)
+        answer["spec"] = {"name": "null", "modules": [{"command": "cat in"}], "inputs": [
+            {"url": f"http://127.0.0.1:{inputs.server_port}/in", "local": "in"}]}
+        lanes = pilot.lanes
+        assert lanes.start(lanes.hold(attempt_of(answer, 0.0, {}))) is None
+        pilot._register_or_ask(pilot.clock())
+        assert pilot.client.asks == [], "asked while the task was starting"
+        time.sleep(lanes_module.STARTING_PATIENCE)
+        pilot._register_or_ask(pilot.clock())
+        assert len(pilot.client.asks) == 1, "the ask waited past its patience"
+    finally:
+        SlowInput.release.set()
+        inputs.shutdown()
+    [done] = wait_for(lambda: lanes.collect()[1], what="the attempt to end")
+    assert done.result is not None and done.result.ok and done.result.stdout_tail == "ok"
 
 
 def test_an_attempt_that_fails_before_its_process_starts_does_not_hold_up_the_asks(
