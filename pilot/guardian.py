@@ -20,7 +20,10 @@ this pilot's own tasks' directory: on Linux the guardian also looks for such pro
 (for half a second, in case the module's program is only starting) and ends their trees too.
 
 When the pilot leaves normally it says so (a "." line) before it closes the pipe; the guardian
-then ends only what is still watched (nothing, when every lane was stopped) and exits at once.
+then ends what is still watched (nothing, when every lane was stopped) and, looking in /proc
+once, any process whose FLOE_SCRATCH lies under the pilot's tasks' directory: one that a task
+started in a session of its own and that outlived the task (no longer in its tree). Then it
+exits.
 The guardian runs the same way everywhere; where there is neither /proc nor psutil it finds no
 trees, and signals to each watched module's process group are all that it sends.
 """
@@ -137,7 +140,10 @@ def main(argv: Sequence[str]) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _ENDING_SIGNALS)
     watched, farewell = listen(0)
     if farewell:
-        end_tasks(watched, grace)
+        ended = end_tasks(watched, grace, tasks_dir=tasks_dir, spawn_wait=0.0)
+        if ended:
+            print(f"floe guardian: the pilot (pid {pilot}) left; ended {len(ended)} processes "
+                  "that its tasks left running", file=sys.stderr, flush=True)
         return 0
     ended = end_tasks(watched, grace, tasks_dir=tasks_dir)
     if ended:
@@ -171,19 +177,24 @@ def listen(fd: int) -> tuple[set[int], bool]:
         time.sleep(READ_PAUSE)
 
 
-def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None) -> set[int]:
+def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None,
+              spawn_wait: float = SPAWN_WAIT) -> set[int]:
     """SIGTERM to the trees of `leaders` (their sessions, process groups and descendants) and,
-    given `tasks_dir`, of every process whose FLOE_SCRATCH lies under it; SIGKILL to what is
-    left after `grace` seconds. Returns the pids it signalled."""
+    given `tasks_dir`, of every process whose FLOE_SCRATCH lies under it (looked for once, and
+    again for `spawn_wait` seconds); SIGKILL to what is left after `grace` seconds. Returns the
+    pids it signalled."""
     table = ProcessTable()
     marker = None if tasks_dir is None else b"\0FLOE_SCRATCH=" + tasks_dir.rstrip(b"/") + b"/"
-    look_until = time.monotonic() + (SPAWN_WAIT if marker is not None else 0.0)
+    look_until = time.monotonic() + (spawn_wait if marker is not None else 0.0)
     marked: set[int] = set()
     me = os.getpid()
+    looked = False
 
     def find() -> set[int]:
+        nonlocal looked
         snapshot = table.get(fresh=True)
-        if marker is not None and time.monotonic() < look_until:
+        if marker is not None and (not looked or time.monotonic() < look_until):
+            looked = True
             marked.update(pid for pid, info in snapshot.items()
                           if pid != me and not info.zombie and _has(pid, marker))
         roots = {pid for pid, info in snapshot.items()

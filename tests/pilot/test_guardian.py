@@ -118,3 +118,20 @@ def test_a_pilot_that_leaves_has_its_guardian_end_what_is_still_watched_and_exit
     started = time.monotonic()
     Guardian.start(tmp_path / "run", grace=1.0).close()
     assert time.monotonic() - started < 2.0
+
+
+def test_a_pilot_that_leaves_has_its_guardian_end_what_its_tasks_left_outside_their_trees(
+        tmp_path, leftovers):
+    """A process that a task started in a session of its own and that outlived the task (no
+    longer in a watched tree) is found by its FLOE_SCRATCH when the pilot leaves."""
+    guardian = Guardian.start(tmp_path / "run", grace=1.0)
+    escaped = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                               env=dict(os.environ, FLOE_SCRATCH=str(tmp_path / "run" / "lane0")))
+    elsewhere = subprocess.Popen(["sleep", "60"], start_new_session=True,
+                                 env=dict(os.environ, FLOE_SCRATCH=str(tmp_path / "other")))
+    leftovers.extend([escaped.pid, elsewhere.pid])
+    wait_for(lambda: b"FLOE_SCRATCH" in Path(f"/proc/{escaped.pid}/environ").read_bytes(), 5,
+             "the process to run with its environment")
+    guardian.close()
+    assert escaped.wait(5) == -signal.SIGTERM
+    assert elsewhere.poll() is None
