@@ -9,7 +9,7 @@ from typing import Any
 
 from floe.config.resources import format_duration, format_size
 from floe.config.schema import counted
-from floe.config.states import JOB_STATES, AttemptState, ErrorClass
+from floe.config.states import JOB_STATES, AttemptState, ErrorClass, TaskState
 
 from .client import STATES
 from .command import Command, add_dataset, add_paging, age, moment, next_page, subcommands, table
@@ -109,7 +109,7 @@ def _attempts_show(task: dict[str, Any], args: argparse.Namespace) -> None:
     if task.get("why"):
         print(f"why it waits: {task['why']}")
     if not task["attempts"]:
-        print("no attempts yet")
+        print(f"no attempts: it {_never_ran(task)}" if _will_not_run(task) else "no attempts yet")
         return
     rows = []
     for a in task["attempts"]:
@@ -142,11 +142,27 @@ def _logs_arguments(parser: argparse.ArgumentParser) -> None:
                              "see `floe attempts TASK`)")
 
 
+def _will_not_run(task: dict[str, Any]) -> bool:
+    """A task that ended without an attempt: failed because a task it depends on failed."""
+    return task["state"] == TaskState.FAILED and not task["attempts"]
+
+
+def _never_ran(task: dict[str, Any]) -> str:
+    """Why a task that ended without an attempt never ran, and how to run it, as a sentence's
+    end: "never ran (dependency gen failed); ..."."""
+    why = task.get("reason") or "it was failed before any attempt"
+    return (f"never ran ({why}) and will not unless started over: `floe reset "
+            f"{task['dataset']}` starts the dataset's failed tasks over, this one with them")
+
+
 def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:
-    attempts = client.get(f"/api/v1/tasks/{args.task}")["attempts"]
+    task = client.get(f"/api/v1/tasks/{args.task}")
+    attempts = task["attempts"]
     states = {a["attempt_id"]: a["state"] for a in attempts}
     classes = {a["attempt_id"]: a.get("error_class") for a in attempts}
     warnings = {a["attempt_id"]: a.get("warnings") or [] for a in attempts}
+    if _will_not_run(task):
+        raise ClientError(f"task {args.task} has no logs: it {_never_ran(task)}")
     if not states:
         raise ClientError(f"task {args.task} has not run yet, so it has no logs")
     attempt = list(states)[-1] if args.attempt is None else args.attempt

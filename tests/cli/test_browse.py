@@ -286,3 +286,29 @@ def test_logs_of_a_retried_task_show_the_last_failures_stderr_when_the_latest_wr
 def test_a_refused_option_is_named_as_it_is_typed(capsys, matchmaker, ran, args, said):
     status, out, err = run(capsys, "tasks", str(ran.dataset), *args, *as_user(matchmaker))
     assert (status, out, err) == (1, "", f"floe tasks: {said}\n")
+
+
+def test_a_task_failed_because_its_dependency_failed_says_it_never_ran_and_how_to_rerun(
+        capsys, matchmaker):
+    dataset = matchmaker.submit({**CONFIG, "jobs": 1})
+    pilot = ScriptedPilot(matchmaker)
+    gen = pilot.take()
+    pilot.report(gen, exit_code=1, error_message="no input")
+    fit = next(t for t in matchmaker.get(f"/datasets/{dataset}/tasks")["tasks"]
+               if t["task_id"] != gen["task_id"])
+    assert fit["state"] == "failed"
+    advice = (f"never ran (dependency gen failed) and will not unless started over: "
+              f"`floe reset {dataset}` starts the dataset's failed tasks over, this one with "
+              "them")
+    status, _, err = run(capsys, "logs", str(fit["task_id"]), *as_user(matchmaker))
+    assert status == 1
+    assert err == f"floe logs: task {fit['task_id']} has no logs: it {advice}\n"
+    status, out, _ = run(capsys, "attempts", str(fit["task_id"]), *as_user(matchmaker))
+    assert status == 0 and out.strip().endswith(f"no attempts: it {advice}")
+    # And the advice works: started over, it runs once its dependency has.
+    status, _, err = run(capsys, "reset", str(dataset), *as_user(matchmaker))
+    assert status == 0, err
+    again = pilot.take()
+    assert again["task_id"] == gen["task_id"]
+    pilot.report(again)
+    assert pilot.take()["task_id"] == fit["task_id"]
