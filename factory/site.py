@@ -44,6 +44,7 @@ from floe.config.schema import counted
 from floe.factory.health import Health
 from floe.factory.holds import Holds
 from floe.factory.judging import Judging, Tracked
+from floe.factory.logs import LogPruning
 from floe.factory.matchmaker import MatchmakerError, SiteClient
 from floe.factory.policy import Decision, Limits, ShapeCounts, top_up
 from floe.plugins import (
@@ -105,6 +106,7 @@ class SiteRunner(Judging):
         self._unfit_said: tuple[Any, float] | None = None  # what _unfit last logged, and when
         self._away_said = 0.0  # when _away last logged
         self._unqueried = False  # the last cycle could not query the batch system
+        self.log_pruning = LogPruning(self.name)
         self.reconfigure(self.config, self.site, self.token)
         self._load()
         self._orphans_checked = False
@@ -182,6 +184,7 @@ class SiteRunner(Judging):
                 for batch_id, info in infos.items()):
             self._remove_orphans()
         self._remove_queued_too_long(infos, now)
+        self.log_pruning.maybe(self.plugin, self.site.keep_pilot_logs, {*self.pilots, *infos}, now)
         counts = self._counts(infos)
         asked = self._unregistered(ended)
         # Kept until the matchmaker hears of them; beyond one request's worth, the oldest are

@@ -389,6 +389,28 @@ class BatchPlugin(abc.ABC):
         logs = self.pilot_dir("logs")
         return [logs / f"*-{batch_id}.err", logs / f"*-{batch_id}.out"]
 
+    def prune_logs(self, seconds: float, tracked: Iterable[str]) -> int:
+        """Remove the pilots' output files in the workdir's logs last written more than
+        `seconds` ago, but those of the pilots in `tracked` (batch ids); how many went."""
+        names: set[str] = set()
+        endings: set[str] = set()  # "-<batch id>.out" of a pattern "*-<batch id>.out"
+        for batch_id in tracked:
+            for pattern in self.pilot_logs(batch_id):
+                if pattern.name.startswith("*-"):
+                    endings.add(pattern.name[1:])
+                else:
+                    names.add(pattern.name)
+        try:
+            stale = self.host.stale(self.pilot_dir("logs"), seconds)
+            gone = [path for path in stale if path.name not in names
+                    and "-" + path.name.rsplit("-", 1)[-1] not in endings]
+            self.host.remove(gone)
+        except HostError as exc:
+            raise self._batch_error(exc, exc.argv) from exc
+        except OSError as exc:  # the local logs directory cannot be made or changed
+            raise BatchError(f"cannot use {exc.filename}: {exc.strerror or exc}") from exc
+        return len(gone)
+
     def logs_where(self) -> str:
         """Where the pilots' logs are, for messages (asks the host nothing)."""
         if isinstance(self.host, SshHost):

@@ -21,6 +21,7 @@ twice.
 from __future__ import annotations
 
 import abc
+import contextlib
 import getpass
 import hashlib
 import math
@@ -45,6 +46,8 @@ NOT_STARTED = 75
 _BACKOFF_FIRST = 5.0
 _BACKOFF_MAX = 60.0  # a login node back up is found within a minute
 _STDERR_LIMIT = 2000
+_REMOVE_AT_ONCE = 500
+"""Paths one `rm` over ssh is given: its command line stays well below any system's limit."""
 
 # Runs "$@" at most once for the key directory "$2" (relative to the working dir), detached
 # from the connection (it ignores SIGHUP, its output goes to files), and prints what it printed
@@ -135,6 +138,11 @@ class Host(abc.ABC):
         """Deletes these files and directories (those already gone are no error)."""
 
     @abc.abstractmethod
+    def stale(self, directory: PurePosixPath, seconds: float) -> list[PurePosixPath]:
+        """The files directly in `directory` last written more than `seconds` ago (none where
+        there is no such directory)."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Lets go of any connection to the host (a later command opens one again)."""
 
@@ -199,6 +207,23 @@ class LocalHost(Host):
 
     def close(self) -> None:
         return  # nothing is held open on this machine
+
+    def stale(self, directory: PurePosixPath, seconds: float) -> list[PurePosixPath]:
+        before = time.time() - seconds
+        found = []
+        try:
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    with contextlib.suppress(OSError):
+                        if entry.is_file(follow_symlinks=False) \
+                                and entry.stat(follow_symlinks=False).st_mtime < before:
+                            found.append(PurePosixPath(entry.path))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HostError(f"cannot list {directory}: {exc.strerror or exc}",
+                            ["ls", str(directory)]) from None
+        return found
 
     def remove(self, paths: Iterable[PurePosixPath]) -> None:
         for path in paths:
@@ -312,10 +337,19 @@ class SshHost(Host):
                 return None
             raise
 
+    def stale(self, directory: PurePosixPath, seconds: float) -> list[PurePosixPath]:
+        where = shlex.quote(str(directory))
+        minutes = max(1, math.ceil(seconds / 60))  # find's -mmin +N: more than N minutes
+        listed = self._ssh(f"[ -d {where} ] || exit 0; exec find {where} -maxdepth 1 -type f "
+                           f"-mmin +{minutes}", ["find", str(directory), "-mmin", f"+{minutes}"],
+                           60.0)
+        return [PurePosixPath(line) for line in listed.splitlines() if line]
+
     def remove(self, paths: Iterable[PurePosixPath]) -> None:
         names = [str(p) for p in paths]
-        if names:
-            self._ssh(shlex.join(["rm", "-rf", "--", *names]), ["rm", "-rf", *names], 60.0)
+        for start in range(0, len(names), _REMOVE_AT_ONCE):  # a command line of bounded length
+            some = names[start:start + _REMOVE_AT_ONCE]
+            self._ssh(shlex.join(["rm", "-rf", "--", *some]), ["rm", "-rf", *some], 60.0)
 
     def close(self) -> None:
         if not self.control_path.exists():

@@ -62,6 +62,22 @@ def test_commands_and_files_run_on_the_login_node_as_its_account(
     assert (failed.value.returncode, failed.value.stderr.strip()) == (3, "why")
 
 
+def test_stale_files_are_listed_and_removed_on_the_login_node(
+        host: SshHost, login_node: LoginNode) -> None:
+    logs = host.workdir() / "logs"
+    assert host.stale(logs / "not-made-yet", 60) == []
+    names = [f"floe-x-small-{n}.out" for n in range(600)]
+    login_node.as_account("sh", "-c", f"mkdir -p {logs} && cd {logs} && touch {' '.join(names)}"
+                          f" && touch -d '2 days ago' {' '.join(names[:550])} && mkdir old-dir"
+                          f" && touch -d '2 days ago' old-dir")
+    stale = host.stale(logs, 86400)
+    assert sorted(p.name for p in stale) == sorted(names[:550])
+    assert all(p.parent == logs for p in stale)
+    host.remove(stale)  # more paths than one rm is given
+    left = login_node.as_account("ls", str(logs)).stdout.split()
+    assert sorted(left) == sorted([*names[550:], "old-dir"])
+
+
 def test_commands_share_one_connection(host: SshHost) -> None:
     host.workdir()
     started = time.perf_counter()

@@ -210,3 +210,24 @@ def test_a_pilot_whose_record_cannot_be_written_is_stopped_and_not_reported(
     assert failure.value.submitted == []
     assert our_processes() <= before  # killed and waited for: not even a zombie is left
     assert plugin.status() == {}
+
+
+def test_old_pilot_logs_go_but_those_of_tracked_pilots_and_recent_ones_stay(
+        local: LocalPlugin) -> None:
+    [ended, tracked] = local.submit(SHAPE, CommandJob(["sh", "-c", "echo hi"], 2, {}))
+    wait_for(lambda: all(state_of(local, p) is PilotState.FINISHED for p in (ended, tracked)),
+             "the pilots to end")
+    logs = Path(local.pilot_dir("logs"))
+    [ended_log] = logs.glob(f"*-{ended}.out")
+    [tracked_log] = logs.glob(f"*-{tracked}.out")
+    recent = logs / "floe-x-small-0123abcd.err"  # a pilot of an earlier factory, recent
+    recent.write_text("")
+    day_old = os.stat(ended_log).st_mtime - 86400
+    for path in (ended_log, tracked_log):
+        os.utime(path, (day_old, day_old))
+    (logs / "a-directory").mkdir()
+    assert local.prune_logs(3600, [tracked]) == 1
+    assert sorted(p.name for p in logs.iterdir()) == sorted(
+        [tracked_log.name, recent.name, "a-directory"])
+    assert local.prune_logs(3600, []) == 1  # untracked now: it goes too
+    assert sorted(p.name for p in logs.iterdir()) == sorted([recent.name, "a-directory"])
