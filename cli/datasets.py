@@ -143,7 +143,8 @@ def _logs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _will_not_run(task: dict[str, Any]) -> bool:
-    """A task that ended without an attempt: failed because a task it depends on failed."""
+    """A task that ended without an attempt: failed because a task it depends on failed (or
+    its dataset was aborted)."""
     return task["state"] == TaskState.FAILED and not task["attempts"]
 
 
@@ -152,7 +153,8 @@ def _never_ran(task: dict[str, Any]) -> str:
     end: "never ran (dependency gen failed); ..."."""
     why = task.get("reason") or "it was failed before any attempt"
     return (f"never ran ({why}) and will not unless started over: `floe reset "
-            f"{task['dataset']}` starts the dataset's failed tasks over, this one with them")
+            f"{task['dataset']} --job {task['job']}` starts its job's failed tasks over, this "
+            "one with them")
 
 
 def _logs_fetch(client: Client, args: argparse.Namespace) -> Any:

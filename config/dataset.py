@@ -220,7 +220,8 @@ DATASET = Object([
           details="A dataset with priority 2 gets twice the slots of a dataset with priority 1 "
                   "of the same owner, while both have ready tasks."),
     Field("max_retries", Integer(minimum=0, maximum=MAX_RETRIES),
-          "Failed attempts a task may have before it is failed.", default=3,
+          "Times a failed task is tried again before it is failed (0: it fails at its first "
+          "failure).", default=3,
           details="Only failures that are the task's own count (task_error, resource_overuse, "
                   "staging_error); a lost pilot (pilot_lost) does not, nor a task its pilot "
                   "gave back before starting it (not_run: the pilot was stopped, or the tasks "

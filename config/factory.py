@@ -163,13 +163,16 @@ SITE_SCHEMA = Object([
                   "also stops the running ones (their tasks are requeued); `keep` leaves all."),
     Field("idle_timeout", Duration(1, 86400), "a pilot with no work for this long leaves",
           "5m"),
-    Field("keep_pilot_logs", Duration(0, 366 * 86400), "how long a pilot's stdout and stderr "
-          "files stay in the workdir's `logs/` after they were last written (0: for ever)",
-          "14d",
+    Field("keep_pilot_logs", Duration(0, 366 * 86400, smallest=3600), "how long a pilot's "
+          "stdout and stderr files stay in the workdir's `logs/` after they were last written "
+          "(0: for ever)", "14d",
           details="The factory removes older ones once an hour (on the login node, for a site "
-                  "reached over ssh), but never those of a pilot it still tracks: a months-long "
-                  "production's thousands of pilots a day would otherwise fill the account's "
-                  "disk quota or its count of files."),
+                  "reached over ssh): the files named for this site's pilots (their job name, "
+                  "`floe-<factory_id>.<site>-<shape>`, then their batch id, ending in `.out` or "
+                  "`.err`), never those of a pilot it still tracks or that ended in that cycle, "
+                  "nor anything else there. "
+                  "A months-long production's thousands of pilots a day would otherwise fill "
+                  "the account's disk quota or its count of files."),
     Field("scratch", String(), "where pilots run their tasks (empty: the batch system's "
           "scratch directory, else the pilot's working directory)", ""),
     Field("python", String(), "the Python 3.9+ interpreter on the worker nodes (empty: the "

@@ -396,19 +396,30 @@ def _written(nbytes: int) -> str:
 
 
 class Duration(Kind):
-    """A span of time: "90s", "2h30m", "1-12:00:00" or seconds; normalized to whole seconds."""
+    """A span of time: "90s", "2h30m", "1-12:00:00" or seconds; normalized to whole seconds.
+
+    With `smallest`, a duration other than 0 is at least that: below it a value is a mistake,
+    most often a number of days or hours written without a unit, which counts seconds; such a
+    number gets a sentence that says so."""
 
     name = "duration"
 
-    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
+    def __init__(self, minimum: int | None = None, maximum: int | None = None,
+                 smallest: int | None = None) -> None:
         self.minimum = minimum
         self.maximum = maximum
+        self.smallest = smallest
 
     def expectation(self) -> str:
+        if self.smallest:
+            return f'a duration like "2h30m" of {self.constraints()}'
         return _described('a duration like "2h30m"', self.constraints())
 
     def constraints(self) -> str:
-        return _bounds(self.minimum, self.maximum, shown=format_duration)
+        if not self.smallest:
+            return _bounds(self.minimum, self.maximum, shown=format_duration)
+        most = "" if self.maximum is None else f" and at most {format_duration(self.maximum)}"
+        return f"0 or at least {format_duration(self.smallest)}{most}"
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, (int, float, str)) and not isinstance(value, bool)
@@ -420,6 +431,11 @@ class Duration(Kind):
             return self.wrong(value, path, problems)
         if not _within(seconds, self.minimum, self.maximum):
             return self.wrong(value, path, problems)
+        if self.smallest and 0 < seconds < self.smallest:
+            said = (f"is {format_duration(seconds)} (a duration without a unit counts seconds)"
+                    if _without_unit(value) else f"is less than {format_duration(self.smallest)}")
+            problems.add(path, f"{show(value)} {said}: here a duration must be "
+                               f'{self.constraints()}, such as "14d" or "12h"')
         return seconds
 
 

@@ -4,7 +4,8 @@ Every pilot leaves its two output files in the workdir's `logs/` (on the login n
 reached over ssh), where the factory reads their last lines for its reports. A production that
 runs for months starts thousands of pilots a day, and their files would fill the account's
 disk quota or its count of files; `LogPruning` removes those last written more than the site's
-`keep_pilot_logs` ago, once an hour, and never those of a pilot the factory still tracks.
+`keep_pilot_logs` ago, once an hour, never those of a pilot the factory still tracks or that
+ended in the cycle (whose last lines it is about to read), nor files of any other name.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ class LogPruning:
     def __init__(self, site: str) -> None:
         self.site = site
         self.due = 0.0
-        self.removed = 0
 
     def maybe(self, plugin: BatchPlugin, keep: float, tracked: Iterable[str], now: float) -> None:
         """Remove the logs older than `keep` seconds (0: none) if an hour has passed since the
@@ -43,7 +43,6 @@ class LogPruning:
                         "in an hour): %s", self.site, format_duration(keep), plugin.logs_where(),
                         exc)
             return
-        self.removed += removed
         if removed:
             log.info("site %s: removed %s last written more than %s ago from %s", self.site,
                      counted(removed, "pilot log file"), format_duration(keep),

@@ -184,7 +184,9 @@ class SiteRunner(Judging):
                 for batch_id, info in infos.items()):
             self._remove_orphans()
         self._remove_queued_too_long(infos, now)
-        self.log_pruning.maybe(self.plugin, self.site.keep_pilot_logs, {*self.pilots, *infos}, now)
+        # Those that ended in this cycle too: their last words are read below.
+        self.log_pruning.maybe(self.plugin, self.site.keep_pilot_logs,
+                               {*self.pilots, *infos, *(e.pilot.batch_id for e in ended)}, now)
         counts = self._counts(infos)
         asked = self._unregistered(ended)
         # Kept until the matchmaker hears of them; beyond one request's worth, the oldest are

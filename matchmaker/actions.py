@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from floe.config.dataset import MAX_JOBS
+from floe.config.schema import counted
 from floe.config.states import TaskState
 
 from .engine import ActiveAttempt, Engine, User
@@ -188,6 +189,7 @@ async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
         if not dataset.base <= task_id < dataset.base + dataset.materialized * dataset.ntasks:
             raise BadRequest(f"task: dataset {dataset.id} has no task {task_id}")
         located = dataset.locate(task_id)[0]
+        _check_upstream(dataset, task_id)
         jobs, what = range(located, located + 1), f"task {task_id}"
     elif job is not None:
         if not 0 <= job < dataset.materialized:
@@ -213,8 +215,28 @@ async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
                 if s == TaskState.WAITING and ready_or_waiting(d, t) == TaskState.READY
                 else None, reason, jobs=jobs)
     await _settle(engine, dataset, user, f"reset {scope}",
-                  f"{changed} tasks reset" + ("" if jobs is None else f" ({what})"))
+                  f"{counted(changed, 'task')} reset" + ("" if jobs is None else f" ({what})"))
     return changed
+
+
+def _check_upstream(dataset: DatasetState, task_id: int) -> None:
+    """Refuse to start one task over while a task it depends on (in its job, at any depth)
+    has failed: it would wait for it for ever, and its dataset never end."""
+    job_index, task_index = dataset.locate(task_id)
+    tasks = dataset.config.tasks
+    pending, seen = list(tasks[task_index].depends), set()
+    while pending:
+        index = pending.pop()
+        if index in seen:
+            continue
+        seen.add(index)
+        upstream = dataset.task_id(job_index, index)
+        if dataset.state(upstream) == TaskState.FAILED:
+            raise Conflict(f"task {task_id} depends on task {upstream} ({tasks[index].name}), "
+                           f"which failed, and would wait for it for ever: start both over "
+                           f"with the failed tasks of their job (`floe reset {dataset.id} --job "
+                           f"{job_index}`)")
+        pending.extend(tasks[index].depends)
 
 
 async def add_jobs(engine: Engine, dataset: DatasetState, user: User, count: int) -> int:

@@ -390,8 +390,11 @@ class BatchPlugin(abc.ABC):
         return [logs / f"*-{batch_id}.err", logs / f"*-{batch_id}.out"]
 
     def prune_logs(self, seconds: float, tracked: Iterable[str]) -> int:
-        """Remove the pilots' output files in the workdir's logs last written more than
-        `seconds` ago, but those of the pilots in `tracked` (batch ids); how many went."""
+        """Remove the output files of this factory's pilots (named `floe-<factory_id>-...`,
+        ending in .out or .err) in the workdir's logs that were last written more than
+        `seconds` ago, but those of the pilots in `tracked` (batch ids); how many went. A PBS
+        pilot's files are known by name only to the factory process that submitted it, but
+        PBS copies them there only once the pilot has ended."""
         names: set[str] = set()
         endings: set[str] = set()  # "-<batch id>.out" of a pattern "*-<batch id>.out"
         for batch_id in tracked:
@@ -400,15 +403,25 @@ class BatchPlugin(abc.ABC):
                     endings.add(pattern.name[1:])
                 else:
                     names.add(pattern.name)
+
+        def ours_untracked(name: str) -> bool:
+            if not name.startswith(self.tag_prefix) or not name.endswith((".out", ".err")) \
+                    or name in names:
+                return False
+            return not any(name[at:] in endings for at, char in enumerate(name) if char == "-")
+
+        logs = None
         try:
-            stale = self.host.stale(self.pilot_dir("logs"), seconds)
-            gone = [path for path in stale if path.name not in names
-                    and "-" + path.name.rsplit("-", 1)[-1] not in endings]
+            logs = self.pilot_dir("logs")
+            gone = [path for path in self.host.stale(logs, seconds)
+                    if ours_untracked(path.name)]
             self.host.remove(gone)
         except HostError as exc:
             raise self._batch_error(exc, exc.argv) from exc
-        except OSError as exc:  # the local logs directory cannot be made or changed
-            raise BatchError(f"cannot use {exc.filename}: {exc.strerror or exc}") from exc
+        except OSError as exc:  # the local logs directory cannot be made or listed
+            raise BatchError(f"cannot use {exc.filename or logs} for the pilots' logs "
+                             f"({exc.strerror or exc}): it must be a directory this account "
+                             "can write; move whatever is there aside.") from exc
         return len(gone)
 
     def logs_where(self) -> str:

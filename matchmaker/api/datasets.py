@@ -143,7 +143,9 @@ async def resume(ctx: Context) -> Any:
 @route("POST", "/api/v1/datasets/{dataset_id}/reset", summary="Reset failed tasks, or all tasks",
        tag="datasets", action=Action.CHANGE_DATASET, body=schemas.RESET, params=[DATASET_ID],
        errors=(400, 401, 403, 404, 409), response=schemas.CHANGED,
-       description="Of the whole dataset, or only of one `job`, or only one `task` (its id).")
+       description="Of the whole dataset, or only of one `job`, or only one `task` (its id; "
+                   "refused with 409 while a task it depends on has failed, which it would "
+                   "wait for for ever: reset its `job` instead).")
 async def reset(ctx: Context) -> Any:
     dataset = changeable(ctx)
     changed = await actions.reset(ctx.engine, dataset, ctx.principal.user, ctx.body["scope"],

@@ -298,15 +298,22 @@ def test_a_task_failed_because_its_dependency_failed_says_it_never_ran_and_how_t
                if t["task_id"] != gen["task_id"])
     assert fit["state"] == "failed"
     advice = (f"never ran (dependency gen failed) and will not unless started over: "
-              f"`floe reset {dataset}` starts the dataset's failed tasks over, this one with "
-              "them")
+              f"`floe reset {dataset} --job 0` starts its job's failed tasks over, this one "
+              "with them")
     status, _, err = run(capsys, "logs", str(fit["task_id"]), *as_user(matchmaker))
     assert status == 1
     assert err == f"floe logs: task {fit['task_id']} has no logs: it {advice}\n"
     status, out, _ = run(capsys, "attempts", str(fit["task_id"]), *as_user(matchmaker))
     assert status == 0 and out.strip().endswith(f"no attempts: it {advice}")
-    # And the advice works: started over, it runs once its dependency has.
-    status, _, err = run(capsys, "reset", str(dataset), *as_user(matchmaker))
+    # Started over alone, it would wait for its failed dependency for ever: refused.
+    status, _, err = run(capsys, "reset", str(dataset), "--task", str(fit["task_id"]),
+                         *as_user(matchmaker))
+    assert status == 1
+    assert err.endswith(f"task {fit['task_id']} depends on task {gen['task_id']} (gen), which "
+                        "failed, and would wait for it for ever: start both over with the "
+                        f"failed tasks of their job (`floe reset {dataset} --job 0`)\n"), err
+    # The advice works: started over, it runs once its dependency has.
+    status, _, err = run(capsys, "reset", str(dataset), "--job", "0", *as_user(matchmaker))
     assert status == 0, err
     again = pilot.take()
     assert again["task_id"] == gen["task_id"]

@@ -74,6 +74,23 @@ def test_a_bare_shape_memory_is_refused_naming_bytes_and_the_fix():
         'megabytes']
 
 
+@pytest.mark.parametrize(("value", "said"), [
+    (14, "14 is 14s (a duration without a unit counts seconds)"),
+    ("30m", '"30m" is less than 1h'),
+])
+def test_keep_pilot_logs_too_short_to_be_meant_is_refused_naming_seconds(value, said):
+    document = {"matchmaker": "http://127.0.0.1:8080",
+                "sites": [{"name": "a", "plugin": "local", "keep_pilot_logs": value,
+                           "shapes": [{"name": "s"}]}]}
+    with pytest.raises(ConfigError) as caught:
+        factory_config(document)
+    assert caught.value.problems == [
+        f"site.toml: sites[0].keep_pilot_logs: {said}: here a duration must be 0 or at least "
+        '1h and at most 366d, such as "14d" or "12h"']
+    document["sites"][0]["keep_pilot_logs"] = 0  # for ever
+    assert factory_config(document).sites[0].keep_pilot_logs == 0
+
+
 def test_a_users_or_a_pilots_token_given_as_the_site_token_is_refused_naming_the_fix(
         tmp_path, monkeypatch):
     monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_u_abc")

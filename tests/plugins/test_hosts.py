@@ -73,7 +73,7 @@ def test_stale_files_are_listed_and_removed_on_the_login_node(
     stale = host.stale(logs, 86400)
     assert sorted(p.name for p in stale) == sorted(names[:550])
     assert all(p.parent == logs for p in stale)
-    host.remove(stale)  # more paths than one rm is given
+    host.remove(stale)  # on rm's stdin, in one round trip
     left = login_node.as_account("ls", str(logs)).stdout.split()
     assert sorted(left) == sorted([*names[550:], "old-dir"])
 

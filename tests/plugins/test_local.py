@@ -220,7 +220,7 @@ def test_old_pilot_logs_go_but_those_of_tracked_pilots_and_recent_ones_stay(
     logs = Path(local.pilot_dir("logs"))
     [ended_log] = logs.glob(f"*-{ended}.out")
     [tracked_log] = logs.glob(f"*-{tracked}.out")
-    recent = logs / "floe-x-small-0123abcd.err"  # a pilot of an earlier factory, recent
+    recent = logs / f"{local.tag_prefix}small-0123abcd.err"  # an untracked pilot's, recent
     recent.write_text("")
     day_old = os.stat(ended_log).st_mtime - 86400
     for path in (ended_log, tracked_log):
