@@ -167,8 +167,8 @@ SITE_SCHEMA = Object([
           "stdout and stderr files stay in the workdir's `logs/` after they were last written "
           "(0: for ever)", "14d",
           details="The factory removes older ones once an hour (on the login node, for a site "
-                  "reached over ssh): the files named for this site's pilots (their job name, "
-                  "`floe-<factory_id>.<site>-<shape>`, then their batch id, ending in `.out` or "
+                  "reached over ssh): the files named for this site's pilots (starting with their "
+                  "job name, `floe-<factory_id>.<site>-<shape>`, ending in `-<batch id>.out` or "
                   "`.err`), never those of a pilot it still tracks or that ended in that cycle, "
                   "nor anything else there. "
                   "A months-long production's thousands of pilots a day would otherwise fill "

@@ -131,6 +131,9 @@ class _Writer:
                     "minimum": max(kind.minimum or 0, 0)}
             if kind.maximum is not None:
                 node["exclusiveMaximum"] = kind.maximum + 1
+            if kind.smallest:  # a string's seconds are beyond a pattern: the validator says
+                node["not"] = {"type": "number", "exclusiveMinimum": 0,
+                               "exclusiveMaximum": kind.smallest}
             return node
         if isinstance(kind, Enum):
             return {"type": "string", "enum": list(kind.values)}

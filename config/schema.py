@@ -431,9 +431,11 @@ class Duration(Kind):
             return self.wrong(value, path, problems)
         if not _within(seconds, self.minimum, self.maximum):
             return self.wrong(value, path, problems)
-        if self.smallest and 0 < seconds < self.smallest:
+        if self.smallest and (0 < seconds < self.smallest
+                              or (seconds == 0 and re.search(r"[1-9]", str(value)))):
+            bare = isinstance(value, (int, float)) or re.fullmatch(r"\s*[\d.]+\s*", value)
             said = (f"is {format_duration(seconds)} (a duration without a unit counts seconds)"
-                    if _without_unit(value) else f"is less than {format_duration(self.smallest)}")
+                    if bare else f"is less than {format_duration(self.smallest)}")
             problems.add(path, f"{show(value)} {said}: here a duration must be "
                                f'{self.constraints()}, such as "14d" or "12h"')
         return seconds

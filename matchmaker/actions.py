@@ -169,7 +169,7 @@ async def resume(engine: Engine, dataset: DatasetState, user: User) -> int:
     changed = await _bulk(engine, dataset, lambda d, t, s: ready_or_waiting(d, t)
                           if s == TaskState.SUSPENDED else None, reason)
     dataset.rebuild_queue()
-    await _settle(engine, dataset, user, "resume", f"{changed} tasks released")
+    await _settle(engine, dataset, user, "resume", f"{counted(changed, 'task')} released")
     engine.materializing.set()  # its jobs not yet created are created again
     return changed
 
@@ -189,7 +189,8 @@ async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
         if not dataset.base <= task_id < dataset.base + dataset.materialized * dataset.ntasks:
             raise BadRequest(f"task: dataset {dataset.id} has no task {task_id}")
         located = dataset.locate(task_id)[0]
-        _check_upstream(dataset, task_id)
+        if scope == "all" or dataset.state(task_id) == TaskState.FAILED:
+            _check_upstream(dataset, task_id)
         jobs, what = range(located, located + 1), f"task {task_id}"
     elif job is not None:
         if not 0 <= job < dataset.materialized:
@@ -220,8 +221,10 @@ async def reset(engine: Engine, dataset: DatasetState, user: User, scope: str,
 
 
 def _check_upstream(dataset: DatasetState, task_id: int) -> None:
-    """Refuse to start one task over while a task it depends on (in its job, at any depth)
-    has failed: it would wait for it for ever, and its dataset never end."""
+    """Refuse to start one task over while it would wait for ever: a task it depends on (in
+    its job, directly or through tasks that wait as well) has failed, so its dataset would
+    never end. A dependency complete, ready, running or suspended (a resume releases it) lets
+    it run in time."""
     job_index, task_index = dataset.locate(task_id)
     tasks = dataset.config.tasks
     pending, seen = list(tasks[task_index].depends), set()
@@ -231,12 +234,14 @@ def _check_upstream(dataset: DatasetState, task_id: int) -> None:
             continue
         seen.add(index)
         upstream = dataset.task_id(job_index, index)
-        if dataset.state(upstream) == TaskState.FAILED:
+        state = dataset.state(upstream)
+        if state == TaskState.FAILED:
             raise Conflict(f"task {task_id} depends on task {upstream} ({tasks[index].name}), "
                            f"which failed, and would wait for it for ever: start both over "
                            f"with the failed tasks of their job (`floe reset {dataset.id} --job "
                            f"{job_index}`)")
-        pending.extend(tasks[index].depends)
+        if state == TaskState.WAITING:
+            pending.extend(tasks[index].depends)
 
 
 async def add_jobs(engine: Engine, dataset: DatasetState, user: User, count: int) -> int:
@@ -306,7 +311,7 @@ async def abort(engine: Engine, dataset: DatasetState, user: User) -> int:
     unfinished = (TaskState.WAITING, TaskState.READY, TaskState.PROCESSING, TaskState.SUSPENDED)
     changed = await _bulk(engine, dataset, lambda d, t, s: TaskState.FAILED
                           if s in unfinished else None, reason)
-    await _settle(engine, dataset, user, "abort", f"{changed} tasks failed, "
+    await _settle(engine, dataset, user, "abort", f"{counted(changed, 'task')} failed, "
                   f"{asked - created:,} of {asked:,} jobs never created ({reason})")
     return changed
 

@@ -410,18 +410,20 @@ class BatchPlugin(abc.ABC):
                 return False
             return not any(name[at:] in endings for at, char in enumerate(name) if char == "-")
 
-        logs = None
         try:
             logs = self.pilot_dir("logs")
+        except OSError as exc:  # the local logs directory cannot be made
+            raise BatchError(f"cannot use {exc.filename} for the pilots' logs "
+                             f"({exc.strerror or exc}): it must be a directory this account "
+                             "can write; move whatever is there aside.") from exc
+        try:
             gone = [path for path in self.host.stale(logs, seconds)
                     if ours_untracked(path.name)]
             self.host.remove(gone)
         except HostError as exc:
             raise self._batch_error(exc, exc.argv) from exc
-        except OSError as exc:  # the local logs directory cannot be made or listed
-            raise BatchError(f"cannot use {exc.filename or logs} for the pilots' logs "
-                             f"({exc.strerror or exc}): it must be a directory this account "
-                             "can write; move whatever is there aside.") from exc
+        except OSError as exc:  # a local file that cannot be removed
+            raise BatchError(f"cannot remove {exc.filename}: {exc.strerror or exc}.") from exc
         return len(gone)
 
     def logs_where(self) -> str:

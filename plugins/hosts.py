@@ -346,7 +346,7 @@ class SshHost(Host):
     def remove(self, paths: Iterable[PurePosixPath]) -> None:
         names = [str(p) for p in paths]
         if names:  # on stdin: any number of them in one round trip, no command line to outgrow
-            shown = ["rm", "-rf", *names[:3], *(["..."] if len(names) > 3 else [])]
+            shown = ["xargs", "-0", "rm", "-rf", *names[:3], *(["..."] if len(names) > 3 else [])]
             self._ssh("xargs -0 rm -rf --", shown, 60.0 + len(names) / 1000,
                       data=b"\0".join(name.encode() for name in names))
 

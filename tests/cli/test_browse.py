@@ -290,15 +290,18 @@ def test_a_refused_option_is_named_as_it_is_typed(capsys, matchmaker, ran, args,
 
 def test_a_task_failed_because_its_dependency_failed_says_it_never_ran_and_how_to_rerun(
         capsys, matchmaker):
-    dataset = matchmaker.submit({**CONFIG, "jobs": 1})
+    dataset = matchmaker.submit({**CONFIG, "jobs": 2})
     pilot = ScriptedPilot(matchmaker)
-    gen = pilot.take()
-    pilot.report(gen, exit_code=1, error_message="no input")
-    fit = next(t for t in matchmaker.get(f"/datasets/{dataset}/tasks")["tasks"]
-               if t["task_id"] != gen["task_id"])
+    while (given := pilot.ask()) is not None:  # job 1's gen fails, everything else completes
+        failing = (given["job"], given["task"]) == (1, "gen")
+        pilot.report(given, exit_code=1 if failing else 0, error_message="no input")
+        if failing:
+            gen = given
+    [fit] = [t for t in matchmaker.get(f"/datasets/{dataset}/tasks")["tasks"]
+             if t["task_id"] == gen["task_id"] + 1]
     assert fit["state"] == "failed"
     advice = (f"never ran (dependency gen failed) and will not unless started over: "
-              f"`floe reset {dataset} --job 0` starts its job's failed tasks over, this one "
+              f"`floe reset {dataset} --job 1` starts its job's failed tasks over, this one "
               "with them")
     status, _, err = run(capsys, "logs", str(fit["task_id"]), *as_user(matchmaker))
     assert status == 1
@@ -311,9 +314,9 @@ def test_a_task_failed_because_its_dependency_failed_says_it_never_ran_and_how_t
     assert status == 1
     assert err.endswith(f"task {fit['task_id']} depends on task {gen['task_id']} (gen), which "
                         "failed, and would wait for it for ever: start both over with the "
-                        f"failed tasks of their job (`floe reset {dataset} --job 0`)\n"), err
+                        f"failed tasks of their job (`floe reset {dataset} --job 1`)\n"), err
     # The advice works: started over, it runs once its dependency has.
-    status, _, err = run(capsys, "reset", str(dataset), "--job", "0", *as_user(matchmaker))
+    status, _, err = run(capsys, "reset", str(dataset), "--job", "1", *as_user(matchmaker))
     assert status == 0, err
     again = pilot.take()
     assert again["task_id"] == gen["task_id"]

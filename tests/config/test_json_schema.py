@@ -88,6 +88,8 @@ VERDICTS = {
                               "01:02:03", " 45 ", "1.5h", "1D", "3 m 2 s"],
                  [-1, "soon", "1.5", "2h30", "1:2:3:4", "1:234", "h", "", True, None]),
     "duration with bounds": (Duration(1, 3600), [1, 3600, 3600.5, "1h"], [0, 0.5, 3601]),
+    "duration of 0 or at least 1h": (Duration(0, 86400, smallest=3600),
+                                     [0, 3600, 3600.5, "1h", "14h"], [0.5, 14, 3599.5]),
     "choice": (Enum(("full", "normal")), ["full", "normal"], ["Full", "", 1, None]),
     "any JSON value": (AnyValue(), [None, 1, "x", [1, {"a": None}], {"b": [True]}], []),
     "list with bounds": (ListOf(Integer(), 1, 2), [[1], [1, 2]], [[], [1, 2, 3], ["a"], "x"]),

@@ -102,6 +102,41 @@ async def test_one_job_or_one_task_is_reset_alone(engine):
         await actions.reset(engine, dataset, alice, "failed", task_id=99_999_999_999)
 
 
+async def test_one_task_is_not_reset_to_wait_for_ever_on_a_failed_dependency(engine):
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    chain = [{"name": "a", "modules": [{"command": "true"}]},
+             {"name": "b", "modules": [{"command": "true"}], "depends": ["a"]},
+             {"name": "c", "modules": [{"command": "true"}], "depends": ["b"]}]
+    dataset = await s.submit(engine, alice, s.config(jobs=1, tasks=chain, max_retries=0))
+    pilot = await s.pilot(engine, site)
+    await s.finish(engine, await s.ask(engine, pilot), s.failure())
+    assert [s.state_of(dataset, 0, i) for i in range(3)] == ["failed"] * 3
+    for task in (1, 2):  # b would wait on a, c on b: both failed
+        upstream = dataset.task_id(0, task - 1)
+        with pytest.raises(Conflict, match=rf"task \d+ depends on task {upstream} "
+                                           rf"\({'ab'[task - 1]}\), which failed, and would wait "
+                                           rf"for it for ever: start both over with the failed "
+                                           rf"tasks of their job \(`floe reset {dataset.id} "
+                                           rf"--job 0`\)"):
+            await actions.reset(engine, dataset, alice, "failed", task_id=dataset.task_id(0, task))
+    assert await actions.reset(engine, dataset, alice, "failed", job=0) == 3
+    assert await run_all(engine, pilot, dataset) == 3
+    # a started over alone and failed again leaves b and c complete: c may start over alone,
+    # since b, which it waits on, is complete; and a reset of failed tasks leaves it be.
+    assert await actions.reset(engine, dataset, alice, "all", task_id=dataset.task_id(0, 0)) == 1
+    await s.finish(engine, await s.ask(engine, pilot), s.failure())
+    assert [s.state_of(dataset, 0, i) for i in range(3)] == ["failed", "complete", "complete"]
+    assert await actions.reset(engine, dataset, alice, "failed",
+                               task_id=dataset.task_id(0, 2)) == 0
+    assert await actions.reset(engine, dataset, alice, "all", task_id=dataset.task_id(0, 2)) == 1
+    assert s.state_of(dataset, 0, 2) == "ready"
+    details = [e["detail"] for e in await queries.events(engine.db, dataset.id, 10)
+               if e["action"].startswith("reset")]
+    assert details[0] == f"1 task reset (task {dataset.task_id(0, 2)})"
+    assert details[-1] == "3 tasks reset (job 0)"
+
+
 async def test_a_held_ask_is_given_a_task_that_a_reset_of_an_ended_dataset_makes_ready(engine):
     import asyncio
 
