@@ -19,6 +19,7 @@ from floe.config.protocol import TOKEN_PREFIXES, token_kind
 from floe.config.resources import ResourceError, parse_duration
 from floe.pilot.client import Matchmaker
 from floe.pilot.gpus import open_gpus
+from floe.pilot.launchdir import LaunchDir
 from floe.pilot.loop import Pilot
 from floe.pilot.offline import OfflineError, system_values
 from floe.pilot.runner import RunnerSettings
@@ -44,6 +45,10 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--token-file", type=Path, metavar="FILE",
                        help="file holding the pilot token; deleted once read (each token "
                             "registers one pilot)")
+    group.add_argument("--launch-dir", type=Path, metavar="DIR",
+                       help="the directory the job script made for this pilot (the launcher "
+                            "gives it): the pilot holds a lock in it while it lives, and removes "
+                            "the ones beside it that killed pilots left")
     group.add_argument("--cacert", metavar="FILE", default=os.environ.get("FLOE_CACERT"),
                        help="CA certificate(s) to trust for an https matchmaker (PEM; default "
                             "$FLOE_CACERT, else the system's)")
@@ -134,6 +139,36 @@ def main(args: argparse.Namespace) -> int:
         logging.getLogger("floe.pilot").info("reaching the matchmaker through the proxy %s",
                                              client.proxy.name)
     keep_memory_private()
+    launch = held_launch_dir(args.launch_dir)
+    try:
+        return _run(args, client, system)
+    finally:
+        if launch is not None:
+            launch.close()
+
+
+def held_launch_dir(path: Path | None) -> LaunchDir | None:
+    """The launcher's directory at `path`, held, with what killed pilots left beside it
+    removed (both said in the log); None without one, or when it cannot be held."""
+    if path is None:
+        return None
+    log = logging.getLogger("floe.pilot")
+    launch = LaunchDir(path)
+    try:
+        launch.hold()
+    except OSError as err:
+        log.warning("cannot hold its launcher's directory %s (%s): should this pilot be "
+                    "killed, the directory stays behind", path, err.strerror or err)
+        return None
+    removed = launch.sweep()
+    if removed:
+        log.info("removed %d launcher %s that killed pilots left: %s", len(removed),
+                 "directory" if len(removed) == 1 else "directories", ", ".join(removed))
+    return launch
+
+
+def _run(args: argparse.Namespace, client: Matchmaker, system: dict[str, str]) -> int:
+    """The pilot from its node's measure to its end: its exit status."""
     # Tasks inherit the pilot's environment: no site's or user's token that a careless batch
     # system passed on from the factory may go with it.
     for name in ("FLOE_SITE_TOKEN", "FLOE_TOKEN"):

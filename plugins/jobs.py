@@ -8,7 +8,9 @@ environment that every pilot gets and that holds no secret.
 A `PilotJob`'s script is the launcher:
 
 - it makes a private directory of its own (under $TMPDIR, else /tmp: the node's local disk, or
-  the batch system's scratch) and removes it when the pilot ends;
+  the batch system's scratch) and removes it when the pilot ends; a launcher killed outright
+  cannot, and the next pilot of this user that starts beside it does (`--launch-dir`, see
+  `floe.pilot.launchdir`);
 - it finds a Python 3.9 or newer: the site's `python` when one is set, else the newest
   `python3.X` on the PATH, else `python3`. With none it ends at once with exit status 97 and one
   line on stderr naming the host and what it found (`floe pilot: no Python 3.9 or newer ...`),
@@ -185,7 +187,7 @@ if [ -z "$floe_python" ]; then
 fi"""
 
 _RUN = """\
-"$floe_python" PILOT --token-file "$floe_dir/token" ARGUMENTS &
+"$floe_python" PILOT --token-file "$floe_dir/token" --launch-dir "$floe_dir" ARGUMENTS &
 floe_pilot=$!
 trap 'kill -TERM "$floe_pilot" 2>/dev/null' TERM INT HUP
 while :; do

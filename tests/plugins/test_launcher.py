@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from floe.pilot import bundle as bundle_module
+from floe.pilot.launchdir import MIN_AGE
 from floe.plugins.jobs import LAUNCH_FAILED, PilotJob
 from tests.pilot.live import wait_for
 
@@ -94,6 +96,7 @@ def test_the_newest_python3_x_on_the_path_runs_the_pilot_with_its_token_file(
     assert seen["token"] == "floe_p_token"
     assert (seen["token_mode"], seen["dir_mode"]) == ("0o600", "0o700")
     assert seen["args"][-4:] == ["--site", "s p", "--cacert", f"{seen['dir']}/ca.pem"]
+    assert seen["args"][2:4] == ["--launch-dir", seen["dir"]]
     assert not any("floe_p_token" in value for value in seen["env"].values())
     assert not Path(seen["dir"]).exists()  # gone with the pilot, token and all
 
@@ -174,3 +177,48 @@ def test_on_a_shared_filesystem_the_job_starts_the_workdirs_pilot_and_carries_no
     assert err == (f"floe pilot: cannot read the pilot at {shared}: is the factory's workdir on a "
                    "filesystem this node reads? If not, set the site's shared_filesystem to "
                    f"false (on {socket.gethostname()})\n")
+
+
+def test_what_a_killed_launcher_left_goes_when_the_next_pilot_starts_beside_it(
+        node: Path, tmp_path: Path) -> None:
+    """Launcher and pilot killed outright (SIGKILL to the job, as a batch system ends one that
+    outlived its grace) leave their directory, pilot and all; the next real pilot of this user
+    that starts under the same $TMPDIR removes it, and never a live pilot's."""
+    real_python(node, "python3")
+    with socket.socket() as sock:  # a matchmaker nobody answers: the pilots keep registering
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job = PilotJob(bundle_module.build(tmp_path / "real.pyz").read_bytes(),
+                   ["--matchmaker", f"http://127.0.0.1:{port}", "--site", "s"],
+                   ["floe_p_first", "floe_p_second"])
+    env = {"PATH": str(node), "TMPDIR": str(tmp_path)}
+
+    def start(index: int) -> tuple[subprocess.Popen, Path]:
+        before = set(tmp_path.glob("floe-pilot.*"))
+        script = tmp_path / f"job{index}.sh"  # carrying the pilot, too long for an argument
+        script.write_text(job.script(index))
+        launched = subprocess.Popen(["/bin/sh", str(script)], env=env, text=True,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    start_new_session=True)
+
+        def held() -> Path | None:
+            return next((path for path in set(tmp_path.glob("floe-pilot.*")) - before
+                         if (path / "lock").exists()), None)
+
+        wait_for(held, 60, "the pilot to hold its launcher's directory")
+        return launched, held()
+
+    first, left = start(0)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=30)
+    assert (left / "pilot.pyz").exists() and (left / "lock").exists()
+    then = time.time() - 2 * MIN_AGE  # long enough ago
+    os.utime(left, (then, then))
+
+    second, own = start(1)
+    wait_for(lambda: not left.exists(), 60, "the killed pilot's directory to go")
+    assert own.exists()
+    second.terminate()
+    _, err = second.communicate(timeout=60)
+    assert f"removed 1 launcher directory that killed pilots left: {left}" in err
+    assert not own.exists()  # its own launcher removed it as the pilot ended
