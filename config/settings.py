@@ -95,7 +95,9 @@ SERVER_SCHEMA = Object([
                   "so that work starts within milliseconds on idle pilots. Only pilots that "
                   "say they can wait are held (floe's pilots do, when they run nothing), for "
                   "at most this long and for no longer than they say. 0 holds none: each "
-                  "ask is answered at once."),
+                  "ask is answered at once. A proxy or load balancer in front of the server "
+                  "must let a request be idle longer than this; a pilot whose held asks "
+                  "something cuts sooner asks for shorter holds from then on."),
     Field("max_progress_wait", Duration(0, 60), "longest a client's request for a dataset's "
           "progress is held open, waiting for it to change", "60s",
           details="`GET /api/v1/datasets/{id}/progress` (what `floe wait` uses) is answered "

@@ -102,3 +102,42 @@ def decide(situation: Situation, limits: Limits) -> Decision:
     if kind == SERIES:
         return Decision(SERIES, situation.series_size - situation.queued)
     return Decision(SIDE, max(1, min(MAX_ASK, situation.free_cpus)))
+
+
+MIN_CUT = 2.0
+"""Seconds a held ask must have lasted before its failure is taken for a cut (sooner: a refused
+connection, a matchmaker that went away, backed off from as any failure)."""
+CUT_MARGIN = 0.8
+"""The part of a cut ask's time that later asks are held for at most."""
+
+
+class HoldLimit:
+    """How long the pilot lets the matchmaker hold its asks, learned from what cuts them.
+
+    Something between the pilot and the matchmaker (an HTTP proxy, a NAT, a load balancer) may
+    end a request that has carried nothing for a while: a held ask then fails after that long,
+    every time, and backing off from it as from an outage left an idle pilot asking minutes
+    apart, deaf to new work. A held ask that fails after `MIN_CUT` seconds or more, over a
+    second before the hold it asked for was over, is taken for such a cut: from then on the
+    pilot asks for holds of at most `CUT_MARGIN` of what that one lasted, and asks again at
+    once.
+    """
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        """The longest hold to ask for; None: what the matchmaker allows."""
+
+    def of(self, hold: int) -> int:
+        """The hold to ask for, where the pilot would ask for `hold` seconds."""
+        return hold if self.limit is None else min(hold, self.limit)
+
+    def cut(self, asked: int, lasted: float, failure: object) -> str | None:
+        """A held ask of `asked` seconds failed (`failure`) after `lasted` seconds: when that
+        was a cut, what the pilot does about it (the limit lowered, to be logged and acted on:
+        ask again at once); else None (back off)."""
+        if asked <= 0 or lasted < MIN_CUT or lasted > asked - 1:
+            return None
+        self.limit = max(1, int(lasted * CUT_MARGIN))
+        return (f"a held ask failed after {lasted:.0f}s ({failure}): something between the "
+                "pilot and the matchmaker (a proxy, a NAT) seems to end requests idle that "
+                f"long; asking again at once, and for holds of at most {self.limit}s from now on")

@@ -111,6 +111,7 @@ class Pilot:
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
         self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
+        self._hold_limit = asking.HoldLimit()  # what cuts held asks short (a proxy) taught
         self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
 
@@ -325,7 +326,11 @@ class Pilot:
         except Unreachable as err:
             if self._drain_asked is not None:
                 return  # the held ask was ended to drain
-
+            said = self._hold_limit.cut(hold, self.clock() - asked, err)
+            if said:
+                log.warning("%s", said)
+                self._next_ask = self.clock()
+                return
             delay = self._ask_backoff.next()
             self._next_ask = now + delay
             log.warning("%s; asking again in %.1fs", err, delay)
@@ -342,8 +347,8 @@ class Pilot:
         if not self._hold_asks or self.lanes.busy or self.reports.pending \
                 or self.reports.unkept or self._drain_asked is not None:
             return 0
-        return max(0, int(min(self._hold_asks,
-                              self._last_busy + self.settings.idle_timeout - now)))
+        return self._hold_limit.of(max(0, int(min(
+            self._hold_asks, self._last_busy + self.settings.idle_timeout - now))))
 
     def _answered(self, reply: Reply, now: float, asked: float, ask: Ask, seconds: int) -> None:
         """Act on the answer to an ask (its own, or the one riding on reports)."""

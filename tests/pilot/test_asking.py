@@ -57,3 +57,21 @@ def test_the_pilot_stops_asking_when_there_is_no_point(change, stop):
 def test_an_idle_pilot_that_has_not_asked_since_it_was_busy_asks_before_it_leaves():
     idle = dataclasses.replace(BUSY, idle=True, asked_since_busy=False, last_busy=0.0)
     assert asking.decide(idle, LIMITS) == Decision(SIDE, 4)
+
+
+def test_a_held_ask_cut_short_lowers_the_holds_asked_for_and_nothing_else_does() -> None:
+    limit = asking.HoldLimit()
+    assert limit.of(25) == 25  # nothing learned yet: what the matchmaker allows
+    assert limit.cut(25, 1.5, "refused") is None  # failed at once: an outage, backed off
+    assert limit.cut(25, 24.5, "timed out") is None  # at its end: not cut short
+    assert limit.cut(0, 20.0, "reset") is None  # not held
+    assert limit.of(25) == 25
+    said = limit.cut(25, 20.2, "the connection was closed")
+    assert said == ("a held ask failed after 20s (the connection was closed): something "
+                    "between the pilot and the matchmaker (a proxy, a NAT) seems to end "
+                    "requests idle that long; asking again at once, and for holds of at most "
+                    "16s from now on")
+    assert (limit.of(25), limit.of(10)) == (16, 10)
+    assert limit.cut(16, 3.0, "reset") is not None  # a shorter cut: shorter holds
+    assert limit.of(25) == 2
+    assert limit.cut(2, 2.0, "reset") is None  # within a second of its end

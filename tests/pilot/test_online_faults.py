@@ -1,21 +1,26 @@
 """The online pilot when things go wrong: a SIGTERM from the batch system, a SIGKILL (whose
 orphans its guardian ends), a matchmaker that goes away and comes back, a pilot killed with a
-report still undelivered, an attempt voided on the server while it runs, and a node on which
-every task fails."""
+report still undelivered, an attempt voided on the server while it runs, a node on which
+every task fails, and a proxy that cuts held asks short."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import sqlite3
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from floe.pilot.proctree import read_stat
 from floe.pilot.workarea import directory_name
 
-from .live import LiveMatchmaker, wait_for
+from .live import LiveMatchmaker, free_port, wait_for
 
 STATISTICS = "sleep 1.5; echo '{\"events\": 7}' > $FLOE_STATS"
 
@@ -239,3 +244,46 @@ def test_a_pilot_with_less_time_left_than_any_task_needs_leaves_at_once(
     reason = matchmaker.pilot_record()["exit_reason"]
     assert reason.startswith("lifetime: ")
     assert reason.endswith("left, and the shortest ready task needs 5m")
+
+
+@pytest.fixture
+def cutting_proxy(proxied_worker: str, tmp_path: Path) -> Iterator[str]:
+    """An HTTP proxy on loopback that ends any request idle for 3 seconds, as some sites' proxies
+    and load balancers do: tinyproxy (installed by the proxied worker's script) with
+    `Timeout 3`. Yields its URL."""
+    port = free_port()
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 3\n"
+                      "MaxClients 20\nDisableViaHeader Yes\n")
+    with open(tmp_path / "tinyproxy.log", "wb") as log:
+        proxy = subprocess.Popen(["tinyproxy", "-d", "-c", str(config)], stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10,
+                 "tinyproxy to listen")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def test_a_pilot_whose_held_asks_a_proxy_cuts_holds_them_shorter_instead_of_backing_off(
+        matchmaker: LiveMatchmaker, cutting_proxy: str, tmp_path):
+    """The matchmaker holds idle asks up to 25 s; the proxy ends them after 3. The pilot takes
+    the first cut for what it is, asks again at once and from then on for holds of 2 s, so it
+    neither backs off (minutes apart, deaf to new work) nor is cut again."""
+    scratch = tmp_path / "scratch"
+    matchmaker.start_pilot(scratch, env={"http_proxy": cutting_proxy, "no_proxy": ""})
+    log = scratch.parent / "pilot.log"
+    said = "a held ask failed after 3s"
+    wait_for(lambda: said in log.read_text(), 60, "the pilot to notice the cut")
+    time.sleep(8)  # four holds of 2 s
+    dataset_id = matchmaker.submit(dataset("true"))
+    wait_for(lambda: matchmaker.tasks(dataset_id)[0]["state"] == "complete", 30,
+             "the task to run")
+    text = log.read_text()
+    assert text.count(said) == 1  # never cut again
+    assert "for holds of at most 2s from now on" in text
+    assert re.search(r"asking again in [0-9]", text) is None  # never backed off
+    after = text[text.index(said):]
+    assert after.count("no work: ") >= 3  # holds the matchmaker ended, answering
