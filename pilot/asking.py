@@ -105,7 +105,7 @@ def decide(situation: Situation, limits: Limits) -> Decision:
 
 
 MIN_CUT = 2.0
-"""Seconds a held ask must have lasted before its failure is taken for a cut (sooner: a refused
+"""Seconds a held ask must have lasted before its failure may be a cut (sooner: a refused
 connection, a matchmaker that went away, backed off from as any failure)."""
 CUT_MARGIN = 0.8
 """The part of a cut ask's time that later asks are held for at most."""
@@ -118,26 +118,38 @@ class HoldLimit:
     end a request that has carried nothing for a while: a held ask then fails after that long,
     every time, and backing off from it as from an outage left an idle pilot asking minutes
     apart, deaf to new work. A held ask that fails after `MIN_CUT` seconds or more, over a
-    second before the hold it asked for was over, is taken for such a cut: from then on the
-    pilot asks for holds of at most `CUT_MARGIN` of what that one lasted, and asks again at
-    once.
+    second before the hold it asked for was over, may have been cut: the pilot asks again at
+    once. When the next one fails so too, after about as long (a matchmaker killed while it
+    held the ask fails it once, and then refuses or answers), it was: from then on the pilot
+    asks for holds of at most `CUT_MARGIN` of that.
     """
 
     def __init__(self) -> None:
         self.limit: int | None = None
         """The longest hold to ask for; None: what the matchmaker allows."""
+        self._cut: float | None = None
+        """How long the last held ask lasted, when it failed as a cut would."""
 
     def of(self, hold: int) -> int:
         """The hold to ask for, where the pilot would ask for `hold` seconds."""
         return hold if self.limit is None else min(hold, self.limit)
 
+    def answered(self) -> None:
+        """An ask was answered: the last failure was no cut."""
+        self._cut = None
+
     def cut(self, asked: int, lasted: float, failure: object) -> str | None:
         """A held ask of `asked` seconds failed (`failure`) after `lasted` seconds: when that
-        was a cut, what the pilot does about it (the limit lowered, to be logged and acted on:
-        ask again at once); else None (back off)."""
+        may have been a cut, what the pilot does about it (to be logged and acted on: ask
+        again at once); else None (back off)."""
         if asked <= 0 or lasted < MIN_CUT or lasted > asked - 1:
+            self._cut = None
             return None
+        earlier, self._cut = self._cut, lasted
+        said = f"a held ask failed after {lasted:.0f}s ({failure})"
+        if earlier is None or abs(lasted - earlier) > max(1.0, earlier / 4):
+            return f"{said}; asking again at once"
         self.limit = max(1, int(lasted * CUT_MARGIN))
-        return (f"a held ask failed after {lasted:.0f}s ({failure}): something between the "
-                "pilot and the matchmaker (a proxy, a NAT) seems to end requests idle that "
-                f"long; asking again at once, and for holds of at most {self.limit}s from now on")
+        return (f"{said}, as the one before it: something between the pilot and the "
+                "matchmaker (a proxy, a NAT) seems to end requests idle that long; asking again "
+                f"at once, and for holds of at most {self.limit}s from now on")

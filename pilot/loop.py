@@ -338,6 +338,7 @@ class Pilot:
         finally:
             self._asking = False
         self._ask_backoff.reset()
+        self._hold_limit.answered()
         self._answered(reply, self.clock() if hold else now, asked, ask, seconds)
 
     def _hold_for(self, now: float) -> int:

@@ -59,19 +59,25 @@ def test_an_idle_pilot_that_has_not_asked_since_it_was_busy_asks_before_it_leave
     assert asking.decide(idle, LIMITS) == Decision(SIDE, 4)
 
 
-def test_a_held_ask_cut_short_lowers_the_holds_asked_for_and_nothing_else_does() -> None:
+def test_held_asks_cut_short_twice_alike_lower_the_holds_asked_for_and_nothing_else_does():
     limit = asking.HoldLimit()
     assert limit.of(25) == 25  # nothing learned yet: what the matchmaker allows
     assert limit.cut(25, 1.5, "refused") is None  # failed at once: an outage, backed off
     assert limit.cut(25, 24.5, "timed out") is None  # at its end: not cut short
     assert limit.cut(0, 20.0, "reset") is None  # not held
+    # Once: perhaps a matchmaker killed while it held the ask; asked again at once.
+    assert limit.cut(25, 12.3, "reset") == "a held ask failed after 12s (reset); asking again " \
+                                           "at once"
+    limit.answered()  # it was: the next ask was answered
+    assert limit.cut(25, 20.2, "the connection was closed") == (
+        "a held ask failed after 20s (the connection was closed); asking again at once")
     assert limit.of(25) == 25
-    said = limit.cut(25, 20.2, "the connection was closed")
-    assert said == ("a held ask failed after 20s (the connection was closed): something "
-                    "between the pilot and the matchmaker (a proxy, a NAT) seems to end "
-                    "requests idle that long; asking again at once, and for holds of at most "
-                    "16s from now on")
+    assert limit.cut(25, 20.6, "closed") == (
+        "a held ask failed after 21s (closed), as the one before it: something between the "
+        "pilot and the matchmaker (a proxy, a NAT) seems to end requests idle that long; asking "
+        "again at once, and for holds of at most 16s from now on")
     assert (limit.of(25), limit.of(10)) == (16, 10)
-    assert limit.cut(16, 3.0, "reset") is not None  # a shorter cut: shorter holds
+    assert limit.cut(16, 3.0, "reset").endswith("asking again at once")  # not alike: once more
+    assert limit.cut(16, 3.2, "reset").endswith("at most 2s from now on")
     assert limit.of(25) == 2
     assert limit.cut(2, 2.0, "reset") is None  # within a second of its end
