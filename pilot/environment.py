@@ -82,6 +82,13 @@ def task_environment(
     return env
 
 
+def process_markers(env: Mapping[str, str]) -> list[bytes]:
+    """What in the environment `env` of a module's process marks every process the module
+    starts as this attempt's, even one that left the module's tree (a session of its own): its
+    scratch directory and its attempt, as b"NAME=value"."""
+    return [f"{name}={env[name]}".encode() for name in ("FLOE_SCRATCH", "FLOE_ATTEMPT")]
+
+
 def read_statistics(path: Path, have: Mapping[str, float]) -> tuple[dict[str, float], list[str]]:
     """The statistics a module wrote to FLOE_STATS ({} when it wrote none), and a warning for
     each thing left out: a file that is not a JSON object of names to numbers loses all of

@@ -22,8 +22,8 @@ this pilot's own tasks' directory: on Linux the guardian also looks for such pro
 When the pilot leaves normally it says so (a "." line) before it closes the pipe; the guardian
 then ends what is still watched (nothing, when every lane was stopped) and, looking in /proc
 once, any process whose FLOE_SCRATCH lies under the pilot's tasks' directory: one that a task
-started in a session of its own and that outlived the task (no longer in its tree). Then it
-exits.
+started in a session of its own and that its module's end missed (it ends those it finds
+carrying the attempt's variables, see `ProcessTree.end`). Then it exits.
 The guardian runs the same way everywhere; where there is neither /proc nor psutil it finds no
 trees, and signals to each watched module's process group are all that it sends.
 """
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import floe
-from floe.pilot.proctree import ProcessTable, family, kill_all
+from floe.pilot.proctree import ProcessTable, environ_has, family, kill_all
 
 log = logging.getLogger("floe.pilot")
 
@@ -196,7 +196,7 @@ def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None,
         if marker is not None and (not looked or time.monotonic() < look_until):
             looked = True
             marked.update(pid for pid, info in snapshot.items()
-                          if pid != me and not info.zombie and _has(pid, marker))
+                          if pid != me and not info.zombie and environ_has(pid, marker))
         roots = {pid for pid, info in snapshot.items()
                  if pid in leaders or info.sid in leaders or info.pgid in leaders}
         return {pid for pid, info in family(snapshot, roots | marked).items()
@@ -221,15 +221,6 @@ def _end_groups(leaders: set[int], grace: float) -> set[int]:
     for leader in groups:
         _signal_group(leader, signal.SIGKILL)
     return set(leaders)
-
-
-def _has(pid: int, marker: bytes) -> bool:
-    """Whether the environment process `pid` started with holds `marker` (b"\\0NAME=...")."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            return marker in b"\0" + handle.read()
-    except OSError:
-        return False
 
 
 def _signal_group(leader: int, signum: int) -> bool:

@@ -200,19 +200,17 @@ class ProcessTable:
         return _read_all((pid for pid in map(int, filter(str.isdigit, names))
                           if any(pid in part for part in window)), "/proc")
 
+    def processes_in(self, window: list[range]) -> dict[int, ProcessInfo]:
+        """The processes whose pids lie in the window: a small window pid by pid (a probed pid
+        may name a thread, which /proc finds though it lists none: as good a sign of its
+        process's session), a larger one from the listing of /proc."""
+        if sum(map(len, window)) > PROBE_WINDOW:
+            return self.in_window(window)
+        return _read_all((pid for part in window for pid in part), "/proc")
+
     def any_in_session(self, session: int, window: list[range]) -> bool:
         """Whether a live process (or thread) of the window is in `session`."""
-        if sum(map(len, window)) > PROBE_WINDOW:
-            return any(not info.zombie and info.sid == session
-                       for info in self.in_window(window).values())
-        # A probed pid may name a thread (/proc finds them, though it lists none): a thread of
-        # the session is as good a sign of a live process of it.
-        for part in window:
-            for pid in part:
-                info = read_stat(pid)
-                if info is not None and not info.zombie and info.sid == session:
-                    return True
-        return False
+        return _any_in(session, self.processes_in(window))
 
     def get(self, fresh: bool = False) -> dict[int, ProcessInfo]:
         with self._lock:
@@ -271,6 +269,11 @@ class ProcessTree:
         has no children). An empty process group answers a signal 0 with ESRCH at once (a group
         that answers may hold only zombies: then `alive()` looks), and a young tree's window
         tells for the rest of the session."""
+        return self._any_alive(self.table.window(self.leader, self.started), None)
+
+    def _any_alive(self, window: list[range] | None,
+                   found: dict[int, ProcessInfo] | None) -> bool:
+        """`any_alive`, given the tree's window and, when looked at already, its processes."""
         try:
             os.killpg(self.leader, 0)
             return bool(self.alive())
@@ -278,16 +281,44 @@ class ProcessTree:
             return bool(self.alive())
         except OSError:
             pass
-        window = self.table.window(self.leader, self.started)
         if window is None or _exists(self.leader):
             return bool(self.alive())
-        return self.table.any_in_session(self.leader, window)
+        return _any_in(self.leader, found if found is not None else
+                       self.table.processes_in(window))
 
     def kill(self, grace: float) -> None:
         """SIGTERM to the whole tree, then SIGKILL to whatever is left after `grace` seconds,
         until nothing of it is left. Every process seen in the tree stays a target even when
         its parent's death takes it out of the tree (a child in a session of its own)."""
         kill_all(lambda: _live(self.members()), grace, self.table, first=self.alive())
+
+    def end(self, markers: Iterable[bytes], grace: float) -> set[int]:
+        """Once the leader has exited: kill what is left of the tree, and what left it (a
+        process in a session of its own, whose parent in the tree is gone) but still holds
+        every one of `markers` (b"NAME=value") in its environment. Returns the pids of the
+        latter, which were ended. A young tree's window is looked at once for both."""
+        wanted = [b"\0" + marker + b"\0" for marker in markers]
+        window = self.table.window(self.leader, self.started)
+        found = None if window is None else self.table.processes_in(window)
+        if self._any_alive(window, found):
+            self.kill(grace)
+            found = None
+        escaped = self._marked(wanted, found)
+        if escaped:
+            kill_all(lambda: self._marked(wanted, None), grace, self.table, first=escaped)
+        return escaped
+
+    def _marked(self, wanted: list[bytes], found: dict[int, ProcessInfo] | None) -> set[int]:
+        """The live processes but this one, forked after the leader (`found` in its window, or
+        looked for there while the tree is young, else anywhere on the node), whose environment
+        holds all of `wanted`."""
+        if found is None:
+            window = self.table.window(self.leader, self.started)
+            found = self.table.get(fresh=True) if window is None else \
+                self.table.processes_in(window)
+        me = os.getpid()
+        return {pid for pid, info in found.items()
+                if pid != me and not info.zombie and environ_has(pid, *wanted)}
 
 
 def family(table: dict[int, ProcessInfo], roots: set[int]) -> dict[int, ProcessInfo]:
@@ -327,6 +358,22 @@ def kill_all(find: Callable[[], set[int]], grace: float, table: ProcessTable,
             signalled |= targets
         time.sleep(0.01)
     return signalled
+
+
+def environ_has(pid: int, *markers: bytes) -> bool:
+    """Whether the environment process `pid` started with holds every one of `markers`
+    (b"\\0NAME=value", with a NUL after the value for an exact one); False when it cannot be
+    read (gone, or another user's)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = b"\0" + handle.read()
+    except OSError:
+        return False
+    return all(marker in environ for marker in markers)
+
+
+def _any_in(session: int, processes: dict[int, ProcessInfo]) -> bool:
+    return any(not info.zombie and info.sid == session for info in processes.values())
 
 
 def _running(pid: int, table: dict[int, ProcessInfo] | None) -> bool:

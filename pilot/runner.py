@@ -32,7 +32,7 @@ from floe.config.protocol import MAX_WARNING_LENGTH, MAX_WARNINGS, cut_utf8
 from floe.config.resources import Requirements, Usage
 from floe.config.states import ErrorClass
 from floe.pilot import staging
-from floe.pilot.environment import read_statistics, task_base, task_environment
+from floe.pilot.environment import process_markers, read_statistics, task_base, task_environment
 from floe.pilot.gpus import Gpu, GpuSource
 from floe.pilot.guardian import Guardian
 from floe.pilot.limits import Overuse, TaskLoad
@@ -373,9 +373,11 @@ class TaskRun:
         status, rusage = self._wait(process.pid, tree)
         process.returncode = code = os.waitstatus_to_exitcode(status)
         self._memory = 0
-        # Whatever the module left running in the background goes with it.
-        if tree.any_alive():
-            tree.kill(self.settings.kill_grace)
+        # Whatever the module left running goes with it, in its session or out of it.
+        escaped = tree.end(process_markers(env), self.settings.kill_grace)
+        if escaped:
+            self._warn(f"module {name}: ended {len(escaped)} of its processes left running in "
+                       f"sessions of their own (pids {', '.join(map(str, sorted(escaped)))})")
         if self.guardian is not None:
             self.guardian.release(process.pid)
         module_cpu = max(tree.peak_cpu_time, rusage.ru_utime + rusage.ru_stime)

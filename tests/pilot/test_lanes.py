@@ -89,14 +89,16 @@ def test_a_lane_out_of_work_is_parked_and_runs_the_next_attempt(pilot: Pilot):
 
 def test_what_a_process_of_an_earlier_task_writes_later_is_gone_before_the_next_starts(
         pilot: Pilot, tmp_path: Path):
-    """A process that left the task's session (so outlived it) writes into the parked lane's
+    """A process that left the task's session and cleared its environment (so outlived the
+    task: what keeps the task's variables is ended with it) writes into the parked lane's
     directory after the task ended: the next attempt there does not see it. The task waits
     until the writer is in its own session (it says so outside the directory, which must look
     unused when the lane parks), or its end could find it still in the task's session, a
     member of its tree, and end it with the task."""
     ready = tmp_path / "ready"
-    first = run_alone(pilot, 1, f"(setsid sh -c 'touch {ready}; sleep 0.3; echo late > LATE' &)"
-                                f"; while [ ! -e {ready} ]; do sleep 0.01; done")
+    first = run_alone(pilot, 1, f"(setsid env -i sh -c 'touch {ready}; sleep 0.3; "
+                                f"echo late > LATE' &); while [ ! -e {ready} ]; do sleep 0.01; "
+                                "done")
     assert first.result is not None and first.result.ok
     wait_for(lambda: (Path(first.result.scratch) / "LATE").exists(), what="the late write")
     second = run_alone(pilot, 2, "ls -A")

@@ -439,6 +439,31 @@ def test_a_process_left_in_a_group_of_its_own_is_ended_too(tmp_path):
     assert gone(int((tmp_path / "scratch" / "bg.pid").read_text()))
 
 
+@pytest.mark.parametrize("then", ["", "; sleep 1.2"])  # looked for in the pids since, or all
+def test_a_process_left_in_a_session_of_its_own_is_ended_with_its_module(tmp_path, then):
+    """Out of the module's tree (its session, its group, its parent gone), it is known by
+    the attempt's FLOE_SCRATCH and FLOE_ATTEMPT in its environment; the result says so. One that
+    cleared its environment is beyond the pilot's reach."""
+    # `$$$$` is the shell's `$$` (a task's commands write a literal `$` as `$$`).
+    escape = ("(setsid sleep 300 > /dev/null 2>&1 & echo $! > kept.pid); "
+              "(setsid env -i sleep 300 > /dev/null 2>&1 & echo $! > cleared.pid); "
+              "for f in kept.pid cleared.pid; do "
+              "while [ \"$(ps -o sid= -p $(cat $f))\" = \"$(ps -o sid= -p $$$$)\" ]; "
+              "do sleep 0.01; done; done" + then)
+    result = run(tmp_path, task([{"name": "start", "command": escape},
+                                 {"name": "after", "command": "true"}]))
+    kept = int((tmp_path / "scratch" / "kept.pid").read_text())
+    cleared = int((tmp_path / "scratch" / "cleared.pid").read_text())
+    try:
+        assert result.ok
+        assert gone(kept)
+        assert result.warnings == [f"module start: ended 1 of its processes left running in "
+                                   f"sessions of their own (pids {kept})"]
+        assert not gone(cleared)
+    finally:
+        os.kill(cleared, 9)
+
+
 def test_stopping_a_run_from_another_thread_ends_it_with_that_error(tmp_path):
     started = tmp_path / "scratch" / "started"
     raw = task([{"command": "touch started; sleep 300"}])
