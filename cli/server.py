@@ -1,8 +1,9 @@
 """`floe server`, `floe user`, `floe site`: run the matchmaker and administer it on its host.
 
-`floe user` and `floe site` work directly on the database file (by default ./var/floe.sqlite),
-so the first admin can be made before anything listens; they are safe to run while the server
-is up (SQLite serializes the writes, and the server finds new tokens on first use).
+`floe user` and `floe site` work directly on the database file (by default ./var/floe.sqlite,
+which must exist; `add` with --db naming a new file makes it, so that the first admin can be
+made before anything listens); they are safe to run while the server is up (SQLite
+serializes the writes, and the server finds new tokens on first use).
 """
 
 from __future__ import annotations
@@ -75,28 +76,36 @@ def _run_server(args: argparse.Namespace) -> int:
 
 
 @contextlib.asynccontextmanager
-async def _admin(db_path: str) -> AsyncIterator:
-    """An Auth over the database file, without starting a server."""
+async def _admin(db_path: str | None, adding: bool) -> AsyncIterator:
+    """An Auth over the database file (`None`: the default), without starting a server. A file
+    that does not exist is made only to `add` to, when --db names it: anywhere else a missing
+    file is a mistake (run from another directory, or a typo), and a user or site added to a
+    new file would be unknown to the server."""
     from floe.config.settings import server_settings
     from floe.matchmaker.auth import Auth
     from floe.matchmaker.engine import Engine
-    from floe.matchmaker.storage.database import Database
+    from floe.matchmaker.storage.database import Database, StorageError
 
-    if not Path(db_path).exists():
-        # Say so: a user or site added to a new file is unknown to a server using another.
-        print(f"note: {db_path} did not exist; created a new matchmaker database there (give "
-              "--db the file `floe server` uses)", file=sys.stderr)
-    db = await Database.open(db_path)
+    path = db_path or DEFAULT_DB
+    if not Path(path).exists():
+        if db_path is None or not adding:
+            raise StorageError(
+                f"{Path(path).absolute()} does not exist: give --db the file `floe server` uses"
+                + (f" (--db {path} makes a new, empty database there)" if adding else ""))
+        print(f"note: {path} did not exist; created a new matchmaker database there (`floe "
+              "server` must use this file)", file=sys.stderr)
+    db = await Database.open(path)
     try:
-        engine = Engine(db, server_settings({"database": db_path}))
+        engine = Engine(db, server_settings({"database": path}))
         yield Auth(engine)
     finally:
         await db.close()
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", default=DEFAULT_DB, metavar="PATH",
-                        help=f"the matchmaker's SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--db", metavar="PATH",
+                        help=f"the matchmaker's SQLite file, the one `floe server` uses "
+                             f"(default {DEFAULT_DB}, which must exist)")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -121,7 +130,7 @@ def _run_user(args: argparse.Namespace) -> int:
     from floe.matchmaker.storage.database import StorageError
 
     async def act() -> dict:
-        async with _admin(args.db) as auth:
+        async with _admin(args.db, args.user_command == "add") as auth:
             if args.user_command == "add":
                 user, token = await auth.add_user(args.name, args.admin, args.share)
                 return {"user": user.name, "role": user.role, "share": user.share,
@@ -169,7 +178,7 @@ def _run_site(args: argparse.Namespace) -> int:
     from floe.matchmaker.storage.database import StorageError
 
     async def act() -> dict:
-        async with _admin(args.db) as auth:
+        async with _admin(args.db, args.site_command == "add") as auth:
             if args.site_command == "add":
                 site, token = await auth.add_site(args.name)
                 return {"site": site.name, "token": token}

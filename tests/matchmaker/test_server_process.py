@@ -147,6 +147,24 @@ def test_adding_a_user_to_a_file_that_does_not_exist_says_so(tmp_path):
     assert "did not exist" not in again.stderr
 
 
+@pytest.mark.parametrize("command", [("user", "add", "bob", "--admin"), ("site", "add", "s1"),
+                                     ("site", "pilot-token", "s1"), ("user", "token", "bob")])
+def test_an_admin_command_makes_no_database_but_where_add_is_told_to(tmp_path, command):
+    """Run from another directory than the server's, the default file is not there: a user or
+    site added to a new one would be unknown to the server, and its tokens refused as unknown.
+    Only `add` with --db naming the file makes one; nothing else looks at a file that is not
+    there."""
+    refused = floe(*command, check=False, cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stdout == ""
+    fix = " (--db var/floe.sqlite makes a new, empty database there)" if "add" in command else ""
+    assert refused.stderr == (f"floe {command[0]}: {tmp_path / 'var' / 'floe.sqlite'} does not "
+                              f"exist: give --db the file `floe server` uses{fix}\n")
+    named = floe(*command, "--db", str(tmp_path / "named.sqlite"), check=False, cwd=tmp_path)
+    assert named.returncode == (0 if "add" in command else 1)
+    assert (tmp_path / "named.sqlite").exists() == ("add" in command)
+    assert not (tmp_path / "var").exists()
+
+
 def pilot_registered(port: int, db: Path) -> None:
     """A site, a pilot token and a registered pilot: the server then has state to save."""
     site = json.loads(floe("site", "add", "s1", "--db", str(db), "--json").stdout)
