@@ -109,19 +109,27 @@ MIN_CUT = 2.0
 connection, a matchmaker that went away, backed off from as any failure)."""
 CUT_MARGIN = 0.8
 """The part of a cut ask's time that later asks are held for at most."""
+MAX_UNLIKE_CUTS = 3
+"""Failures in a row that look like cuts but not alike after which the pilot backs off (a link
+that fails at random, not a timeout)."""
+PROBE_EVERY = 20
+"""Every this many asks under a learned limit, one asks for the whole hold again: answered after
+longer than the cut, the limit is lifted (the proxy was fixed, or the pilot moved behind
+another)."""
 
 
 class HoldLimit:
     """How long the pilot lets the matchmaker hold its asks, learned from what cuts them.
 
-    Something between the pilot and the matchmaker (an HTTP proxy, a NAT, a load balancer) may
-    end a request that has carried nothing for a while: a held ask then fails after that long,
-    every time, and backing off from it as from an outage left an idle pilot asking minutes
-    apart, deaf to new work. A held ask that fails after `MIN_CUT` seconds or more, over a
-    second before the hold it asked for was over, may have been cut: the pilot asks again at
-    once. When the next one fails so too, after about as long (a matchmaker killed while it
-    held the ask fails it once, and then refuses or answers), it was: from then on the pilot
-    asks for holds of at most `CUT_MARGIN` of that.
+    Something between the pilot and the matchmaker (an HTTP proxy, a load balancer) may close a
+    request that has carried nothing for a while: a held ask then fails after that long, every
+    time, and backing off from it as from an outage left an idle pilot asking minutes apart,
+    deaf to new work. A held ask that fails with no answer (or with a proxy's 504) after
+    `MIN_CUT` seconds or more, over a second before the hold it asked for was over, may have
+    been cut: the pilot asks again at once. When the next one fails so too, after about as long
+    (a matchmaker killed while it held the ask fails it once, and then refuses or answers), it
+    was: from then on the pilot asks for holds of at most `CUT_MARGIN` of that, and every
+    `PROBE_EVERY` asks for a whole one, to lift the limit once nothing cuts it any more.
     """
 
     def __init__(self) -> None:
@@ -129,27 +137,50 @@ class HoldLimit:
         """The longest hold to ask for; None: what the matchmaker allows."""
         self._cut: float | None = None
         """How long the last held ask lasted, when it failed as a cut would."""
+        self._unlike = 0
+        self._cut_at = 0.0
+        """How long the cuts that set the limit came after."""
+        self._asks = 0
 
     def of(self, hold: int) -> int:
         """The hold to ask for, where the pilot would ask for `hold` seconds."""
-        return hold if self.limit is None else min(hold, self.limit)
+        if self.limit is None or hold <= self.limit:
+            return hold
+        self._asks += 1
+        return hold if self._asks % PROBE_EVERY == 0 else self.limit
 
-    def answered(self) -> None:
-        """An ask was answered: the last failure was no cut."""
-        self._cut = None
-
-    def cut(self, asked: int, lasted: float, failure: object) -> str | None:
-        """A held ask of `asked` seconds failed (`failure`) after `lasted` seconds: when that
-        may have been a cut, what the pilot does about it (to be logged and acted on: ask
-        again at once); else None (back off)."""
-        if asked <= 0 or lasted < MIN_CUT or lasted > asked - 1:
-            self._cut = None
+    def answered(self, asked: int, lasted: float) -> str | None:
+        """An ask held up to `asked` seconds was answered after `lasted`: the last failure was
+        no cut. When that lifts the limit, what to say."""
+        self._cut, self._unlike = None, 0
+        if self.limit is None or asked <= self.limit or lasted < self._cut_at + 1:
             return None
+        self.limit = None
+        return (f"a held ask was answered after {lasted:.0f}s: nothing cuts held asks after "
+                f"{self._cut_at:.0f}s any more; asking for whole holds again")
+
+    def cut(self, asked: int, lasted: float, failure: BaseException) -> str | None:
+        """A held ask of `asked` seconds failed (`failure`) after `lasted` seconds: when it may
+        have been cut, what to say about it (empty: nothing) and ask again at once; None: back
+        off, as from any failure."""
+        answered = getattr(failure, "status", None)
+        if asked <= 0 or lasted < MIN_CUT or lasted > asked - 1 or answered not in (None, 504):
+            self._cut, self._unlike = None, 0
+            return None
+        if self.limit is not None and asked > self.limit and abs(lasted - self._cut_at) <= \
+                max(1.0, self._cut_at / 4):
+            return ""  # a whole hold asked for, to see: still cut
         earlier, self._cut = self._cut, lasted
         said = f"a held ask failed after {lasted:.0f}s ({failure})"
         if earlier is None or abs(lasted - earlier) > max(1.0, earlier / 4):
+            self._unlike += 1
+            if self._unlike >= MAX_UNLIKE_CUTS:
+                self._cut, self._unlike = None, 0
+                return None
             return f"{said}; asking again at once"
-        self.limit = max(1, int(lasted * CUT_MARGIN))
+        self._unlike = 0
+        self.limit, self._cut_at = max(1, int(lasted * CUT_MARGIN)), lasted
         return (f"{said}, as the one before it: something between the pilot and the "
-                "matchmaker (a proxy, a NAT) seems to end requests idle that long; asking again "
-                f"at once, and for holds of at most {self.limit}s from now on")
+                "matchmaker (a proxy, a load balancer) closes requests idle that long; asking "
+                f"again at once, and for holds of at most {self.limit}s from now on (raise its "
+                "idle timeout above the matchmaker's hold_asks to spare the asks)")

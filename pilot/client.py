@@ -27,6 +27,7 @@ import http.client
 import json
 import socket
 import ssl
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -42,12 +43,20 @@ MAX_LOG_BYTES = 8 * 2**20
 
 # Errors that a kept-alive connection gives when the server closed it while it was idle: the
 # request never reached the server, so it is sent again on a fresh connection.
+STALE_WITHIN = 1.0
+"""Seconds within which a request on a kept connection that fails as closed is sent again on a
+new one (the server had closed the kept one)."""
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                      ConnectionAbortedError)
 
 
 class Unreachable(Exception):
-    """The matchmaker could not be asked, or failed to answer: try again later."""
+    """The matchmaker could not be asked, or failed to answer: try again later. `status` is the
+    HTTP status of a 5xx answer (the matchmaker's, or a proxy's before it), None for none."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MatchmakerSettingError(ValueError):
@@ -215,6 +224,7 @@ class Matchmaker:
         self._interrupted = False
         for _ in range(2):
             reused = self._connection is not None
+            began = time.monotonic()
             try:
                 connection = self._connect(self.timeout if timeout is None else timeout)
                 connection.request(method, target, body=payload, headers=headers)
@@ -222,7 +232,9 @@ class Matchmaker:
                 data = response.read()
             except _STALE_CONNECTION as err:
                 self.close()
-                if reused and not self._interrupted:  # not a stale connection: ended here
+                # A kept connection that the other end had closed fails at once; one closed
+                # after a wait (a held ask cut by a proxy) is no stale one, and was no answer.
+                if reused and not self._interrupted and time.monotonic() - began < STALE_WITHIN:
                     continue
                 raise Unreachable(self._why(err)) from None
             except (OSError, http.client.HTTPException) as err:
@@ -233,7 +245,7 @@ class Matchmaker:
             reply = Reply(response.status, _decode(data, response.getheader("Content-Type")))
             if reply.status >= 500:
                 raise Unreachable(f"the matchmaker at {self.url} answered {method} {path} with "
-                                  f"{reply.status}: {reply.error}")
+                                  f"{reply.status}: {reply.error}", reply.status)
             return reply
         raise Unreachable(f"the matchmaker at {self.url} closed the connection twice")
 

@@ -327,8 +327,9 @@ class Pilot:
             if self._drain_asked is not None:
                 return  # the held ask was ended to drain
             said = self._hold_limit.cut(hold, self.clock() - asked, err)
-            if said:
-                log.warning("%s", said)
+            if said is not None:
+                if said:
+                    log.warning("%s", said)
                 self._next_ask = self.clock()
                 return
             delay = self._ask_backoff.next()
@@ -338,7 +339,8 @@ class Pilot:
         finally:
             self._asking = False
         self._ask_backoff.reset()
-        self._hold_limit.answered()
+        if said := self._hold_limit.answered(hold, self.clock() - asked):
+            log.info("%s", said)
         self._answered(reply, self.clock() if hold else now, asked, ask, seconds)
 
     def _hold_for(self, now: float) -> int:

@@ -157,13 +157,16 @@ def held_launch_dir(path: Path | None) -> LaunchDir | None:
     try:
         launch.hold()
     except OSError as err:
-        log.warning("cannot hold its launcher's directory %s (%s): should this pilot be "
-                    "killed, the directory stays behind", path, err.strerror or err)
+        log.warning("cannot hold its launcher's directory (%s): should this pilot be killed, "
+                    "the directory stays behind", err.strerror or err)
         return None
-    removed = launch.sweep()
+    removed, failed = launch.sweep()
     if removed:
-        log.info("removed %d launcher %s that killed pilots left: %s", len(removed),
-                 "directory" if len(removed) == 1 else "directories", ", ".join(removed))
+        log.info("removed %s left by killed pilots' launchers: %s",
+                 "1 directory" if len(removed) == 1 else f"{len(removed)} directories",
+                 ", ".join(removed))
+    for problem in failed:
+        log.warning("cannot remove a directory left by a killed pilot's launcher, %s", problem)
     return launch
 
 

@@ -292,11 +292,11 @@ class ProcessTree:
         its parent's death takes it out of the tree (a child in a session of its own)."""
         kill_all(lambda: _live(self.members()), grace, self.table, first=self.alive())
 
-    def end(self, markers: Iterable[bytes], grace: float) -> set[int]:
+    def end(self, markers: Iterable[bytes], grace: float) -> dict[int, str]:
         """Once the leader has exited: kill what is left of the tree, and what left it (a
         process in a session of its own, whose parent in the tree is gone) but still holds
-        every one of `markers` (b"NAME=value") in its environment. Returns the pids of the
-        latter, which were ended. A young tree's window is looked at once for both."""
+        every one of `markers` (b"NAME=value") in its environment. Returns the latter, which
+        were ended, by pid with their names. A young tree's window is looked at once for both."""
         wanted = [b"\0" + marker + b"\0" for marker in markers]
         window = self.table.window(self.leader, self.started)
         found = None if window is None else self.table.processes_in(window)
@@ -304,9 +304,11 @@ class ProcessTree:
             self.kill(grace)
             found = None
         escaped = self._marked(wanted, found)
-        if escaped:
-            kill_all(lambda: self._marked(wanted, None), grace, self.table, first=escaped)
-        return escaped
+        if not escaped:
+            return {}
+        names = {pid: process_name(pid) for pid in sorted(escaped)}
+        kill_all(lambda: self._marked(wanted, None), grace, self.table, first=escaped)
+        return names
 
     def _marked(self, wanted: list[bytes], found: dict[int, ProcessInfo] | None) -> set[int]:
         """The live processes but this one, forked after the leader (`found` in its window, or
@@ -358,6 +360,15 @@ def kill_all(find: Callable[[], set[int]], grace: float, table: ProcessTable,
             signalled |= targets
         time.sleep(0.01)
     return signalled
+
+
+def process_name(pid: int) -> str:
+    """The name of process `pid` (its command, as ps shows it), or "?" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as handle:
+            return handle.read().strip().decode(errors="replace") or "?"
+    except OSError:
+        return "?"
 
 
 def environ_has(pid: int, *markers: bytes) -> bool:

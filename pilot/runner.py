@@ -377,7 +377,8 @@ class TaskRun:
         escaped = tree.end(process_markers(env), self.settings.kill_grace)
         if escaped:
             self._warn(f"module {name}: ended {len(escaped)} of its processes left running in "
-                       f"sessions of their own (pids {', '.join(map(str, sorted(escaped)))})")
+                       "sessions of their own: "
+                       + ", ".join(f"{command} (pid {pid})" for pid, command in escaped.items()))
         if self.guardian is not None:
             self.guardian.release(process.pid)
         module_cpu = max(tree.peak_cpu_time, rusage.ru_utime + rusage.ru_stime)

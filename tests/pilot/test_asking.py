@@ -9,6 +9,7 @@ import pytest
 
 from floe.pilot import asking
 from floe.pilot.asking import SERIES, SIDE, Decision, Limits, Situation
+from floe.pilot.client import Unreachable
 
 LIMITS = Limits(min_seconds=10, idle_timeout=300)
 BUSY = Situation(now=1000.0, seconds_left=3600, idle=False, asked_since_busy=False,
@@ -62,22 +63,43 @@ def test_an_idle_pilot_that_has_not_asked_since_it_was_busy_asks_before_it_leave
 def test_held_asks_cut_short_twice_alike_lower_the_holds_asked_for_and_nothing_else_does():
     limit = asking.HoldLimit()
     assert limit.of(25) == 25  # nothing learned yet: what the matchmaker allows
-    assert limit.cut(25, 1.5, "refused") is None  # failed at once: an outage, backed off
-    assert limit.cut(25, 24.5, "timed out") is None  # at its end: not cut short
-    assert limit.cut(0, 20.0, "reset") is None  # not held
+    assert limit.cut(25, 1.5, Unreachable("refused")) is None  # at once: an outage, backed off
+    assert limit.cut(25, 24.5, Unreachable("no answer in time")) is None  # not cut short
+    assert limit.cut(0, 20.0, Unreachable("reset")) is None  # not held
+    assert limit.cut(25, 12.0, Unreachable("answered 503", 503)) is None  # answered: an outage
     # Once: perhaps a matchmaker killed while it held the ask; asked again at once.
-    assert limit.cut(25, 12.3, "reset") == "a held ask failed after 12s (reset); asking again " \
-                                           "at once"
-    limit.answered()  # it was: the next ask was answered
-    assert limit.cut(25, 20.2, "the connection was closed") == (
-        "a held ask failed after 20s (the connection was closed); asking again at once")
+    assert limit.cut(25, 12.3, Unreachable("reset")) == \
+        "a held ask failed after 12s (reset); asking again at once"
+    assert limit.answered(25, 0.5) is None  # it was: the next ask was answered
+    assert limit.cut(25, 20.2, Unreachable("closed")) == \
+        "a held ask failed after 20s (closed); asking again at once"
     assert limit.of(25) == 25
-    assert limit.cut(25, 20.6, "closed") == (
-        "a held ask failed after 21s (closed), as the one before it: something between the "
-        "pilot and the matchmaker (a proxy, a NAT) seems to end requests idle that long; asking "
-        "again at once, and for holds of at most 16s from now on")
+    assert limit.cut(25, 20.6, Unreachable("answered 504", 504)) == (
+        "a held ask failed after 21s (answered 504), as the one before it: something between "
+        "the pilot and the matchmaker (a proxy, a load balancer) closes requests idle that long; "
+        "asking again at once, and for holds of at most 16s from now on (raise its idle timeout "
+        "above the matchmaker's hold_asks to spare the asks)")
     assert (limit.of(25), limit.of(10)) == (16, 10)
-    assert limit.cut(16, 3.0, "reset").endswith("asking again at once")  # not alike: once more
-    assert limit.cut(16, 3.2, "reset").endswith("at most 2s from now on")
-    assert limit.of(25) == 2
-    assert limit.cut(2, 2.0, "reset") is None  # within a second of its end
+
+
+def test_cuts_that_are_not_alike_are_backed_off_from_after_a_few():
+    limit = asking.HoldLimit()
+    assert limit.cut(25, 10.0, Unreachable("reset")) is not None
+    assert limit.cut(25, 5.0, Unreachable("reset")) is not None
+    assert limit.cut(25, 20.0, Unreachable("reset")) is None  # a link failing at random
+    assert limit.limit is None and limit.cut(25, 3.0, Unreachable("reset")) is not None
+
+
+def test_a_learned_limit_is_probed_now_and_then_and_lifted_once_nothing_cuts():
+    limit = asking.HoldLimit()
+    for _ in range(2):
+        limit.cut(25, 3.1, Unreachable("closed"))
+    assert limit.limit == 2
+    asked = [limit.of(25) for _ in range(2 * asking.PROBE_EVERY)]
+    assert asked.count(25) == 2 and set(asked) == {2, 25}  # a whole hold now and then
+    assert limit.cut(25, 3.3, Unreachable("closed")) == ""  # still cut: nothing to say
+    assert limit.answered(2, 2.0) is None and limit.limit == 2
+    assert limit.answered(25, 3.5) is None  # answered early (work came): no sign
+    assert limit.answered(25, 24.0) == ("a held ask was answered after 24s: nothing cuts held "
+                                        "asks after 3s any more; asking for whole holds again")
+    assert limit.limit is None and limit.of(25) == 25

@@ -4,6 +4,10 @@ for refusals, and `Unreachable` for everything worth trying again later."""
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+
 import pytest
 
 from floe.config.resources import GIB, Slot
@@ -83,3 +87,39 @@ def test_a_cacert_that_is_not_pem_is_refused_naming_it(tmp_path):
     bad.write_text("not a certificate")
     with pytest.raises(MatchmakerSettingError, match=f"--cacert {bad}: cannot load it"):
         Matchmaker("https://floe.example.org", cacert=str(bad))
+
+
+def test_a_request_closed_after_a_wait_is_not_sent_again_but_unreachable(tmp_path):
+    """A kept connection closed under a request at once was closed before it (the request goes
+    again, on a new one); one closed after a wait (a held ask that a keep-alive load balancer
+    cut) was closed on it: sent again, it would be cut again, and the pilot would take twice the
+    cut for its length. Here a peer answers the first request, keeps the connection, and closes
+    it 1.5 s into the second; any request on a new connection is answered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    connections: list[float] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+    def serve() -> None:
+        with listener:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                connections.append(time.monotonic())
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                    if len(connections) == 1:
+                        conn.recv(65536)
+                        time.sleep(1.5)
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = Matchmaker(f"http://127.0.0.1:{port}", "floe_p_x")
+    assert client.call("GET", "/health").status == 200
+    with pytest.raises(Unreachable, match=r"closed connection without response|reset by peer"):
+        client.call("POST", "/pilots/1/ask", {"hold": 20})
+    assert len(connections) == 1
+    assert client.call("GET", "/health").status == 200  # a new connection
+    listener.close()

@@ -283,7 +283,7 @@ def test_a_pilot_whose_held_asks_a_proxy_cuts_holds_them_shorter_instead_of_back
     wait_for(lambda: matchmaker.tasks(dataset_id)[0]["state"] == "complete", 30,
              "the task to run")
     text = log.read_text()
-    assert text.count("a held ask failed after 3s") == 2  # never cut again
+    assert len(re.findall(r"a held ask failed after \d+s", text)) == 2  # never cut again
     assert re.search(r"asking again in [0-9]", text) is None  # never backed off
     after = text[text.index(learned):]
     assert after.count("no work: ") >= 3  # holds the matchmaker ended, answering

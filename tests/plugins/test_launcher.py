@@ -220,5 +220,5 @@ def test_what_a_killed_launcher_left_goes_when_the_next_pilot_starts_beside_it(
     assert own.exists()
     second.terminate()
     _, err = second.communicate(timeout=60)
-    assert f"removed 1 launcher directory that killed pilots left: {left}" in err
+    assert f"removed 1 directory left by killed pilots' launchers: {left}" in err
     assert not own.exists()  # its own launcher removed it as the pilot ended
