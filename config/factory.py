@@ -174,7 +174,7 @@ SITE_SCHEMA = Object([
                   "A months-long production's thousands of pilots a day would otherwise fill "
                   "the account's disk quota or its count of files."),
     Field("scratch", String(), "where pilots run their tasks (empty: the batch system's "
-          "scratch directory, else the pilot's working directory)", ""),
+          "scratch directory or $TMPDIR, else the pilot's working directory)", ""),
     Field("python", String(), "the Python 3.9+ interpreter on the worker nodes (empty: the "
           "newest python3.X on their PATH, else python3)", "",
           details="The job looks for it on the worker node. With none of 3.9 or newer, the "

@@ -141,9 +141,11 @@ class HoldLimit:
         self._cut_at = 0.0
         """How long the cuts that set the limit came after."""
         self._asks = 0
+        self._probe_cut: float | None = None
+        """How long the last whole hold asked for to see lasted, when it was cut otherwise."""
 
-    def of(self, hold: int) -> int:
-        """The hold to ask for, where the pilot would ask for `hold` seconds."""
+    def asking(self, hold: int) -> int:
+        """The hold to ask for, where the pilot would ask for `hold` seconds (and now asks)."""
         if self.limit is None or hold <= self.limit:
             return hold
         self._asks += 1
@@ -167,20 +169,33 @@ class HoldLimit:
         if asked <= 0 or lasted < MIN_CUT or lasted > asked - 1 or answered not in (None, 504):
             self._cut, self._unlike = None, 0
             return None
-        if self.limit is not None and asked > self.limit and abs(lasted - self._cut_at) <= \
-                max(1.0, self._cut_at / 4):
-            return ""  # a whole hold asked for, to see: still cut
+        if self.limit is not None and asked > self.limit:  # a whole hold asked for, to see
+            earlier, self._probe_cut = self._probe_cut, lasted
+            if _alike(lasted, self._cut_at) or not _alike(lasted, earlier):
+                return ""  # still cut (or cut otherwise once): the limit stands
+            self._probe_cut = None
+            return self._learn(f"held asks are now cut after {lasted:.0f}s ({failure}), twice",
+                               lasted)
         earlier, self._cut = self._cut, lasted
         said = f"a held ask failed after {lasted:.0f}s ({failure})"
-        if earlier is None or abs(lasted - earlier) > max(1.0, earlier / 4):
+        if not _alike(lasted, earlier):
             self._unlike += 1
             if self._unlike >= MAX_UNLIKE_CUTS:
                 self._cut, self._unlike = None, 0
                 return None
             return f"{said}; asking again at once"
         self._unlike = 0
+        return self._learn(f"{said}, as the one before it", lasted)
+
+    def _learn(self, said: str, lasted: float) -> str:
+        """Hold for less than cuts that come after `lasted` seconds from now on."""
         self.limit, self._cut_at = max(1, int(lasted * CUT_MARGIN)), lasted
-        return (f"{said}, as the one before it: something between the pilot and the "
-                "matchmaker (a proxy, a load balancer) closes requests idle that long; asking "
-                f"again at once, and for holds of at most {self.limit}s from now on (raise its "
-                "idle timeout above the matchmaker's hold_asks to spare the asks)")
+        return (f"{said}: something between the pilot and the matchmaker (a proxy, a load "
+                "balancer) closes requests idle that long; asking again at once, and for holds "
+                f"of at most {self.limit}s from now on (raise its idle timeout above the "
+                "matchmaker's hold_asks to spare the asks)")
+
+
+def _alike(lasted: float, earlier: float | None) -> bool:
+    """Whether two cuts came after about as long."""
+    return earlier is not None and abs(lasted - earlier) <= max(1.0, earlier / 4)

@@ -41,11 +41,11 @@ PASSKEY_HEADER = "X-Floe-Passkey"
 MAX_LOG_BYTES = 8 * 2**20
 """The matchmaker keeps this much of each log by default; the pilot sends the last part."""
 
-# Errors that a kept-alive connection gives when the server closed it while it was idle: the
-# request never reached the server, so it is sent again on a fresh connection.
 STALE_WITHIN = 1.0
 """Seconds within which a request on a kept connection that fails as closed is sent again on a
 new one (the server had closed the kept one)."""
+# Errors that a kept-alive connection gives when the server closed it while it was idle: the
+# request never reached the server, so it is sent again on a fresh connection.
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                      ConnectionAbortedError)
 

@@ -317,7 +317,7 @@ class Pilot:
         ask, seconds = plan
         asked = self.clock()
         self._asked_since_busy = True
-        hold = self._hold_for(now)
+        hold = self._hold_limit.asking(self._hold_for(now))
         if hold:
             ask = dataclasses.replace(ask, hold=hold)
         self._asking = True
@@ -350,8 +350,8 @@ class Pilot:
         if not self._hold_asks or self.lanes.busy or self.reports.pending \
                 or self.reports.unkept or self._drain_asked is not None:
             return 0
-        return self._hold_limit.of(max(0, int(min(
-            self._hold_asks, self._last_busy + self.settings.idle_timeout - now))))
+        return max(0, int(min(self._hold_asks,
+                              self._last_busy + self.settings.idle_timeout - now)))
 
     def _answered(self, reply: Reply, now: float, asked: float, ask: Ask, seconds: int) -> None:
         """Act on the answer to an ask (its own, or the one riding on reports)."""

@@ -61,6 +61,8 @@ class ProcessInfo:
     rss: int
     cpu_time: float
     zombie: bool
+    started: int = 0
+    """When it started, in clock ticks since the boot (0: not known)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def read_stat(pid: int, proc: str = "/proc") -> ProcessInfo | None:
     ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return ProcessInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]),
                        rss=int(fields[21]) * _PAGE_SIZE, cpu_time=ticks / _CLOCK_TICKS,
-                       zombie=fields[0] in _ZOMBIE)
+                       zombie=fields[0] in _ZOMBIE, started=int(fields[19]))
 
 
 def proc_table(proc: str = "/proc") -> dict[int, ProcessInfo]:
@@ -208,10 +210,6 @@ class ProcessTable:
             return self.in_window(window)
         return _read_all((pid for part in window for pid in part), "/proc")
 
-    def any_in_session(self, session: int, window: list[range]) -> bool:
-        """Whether a live process (or thread) of the window is in `session`."""
-        return _any_in(session, self.processes_in(window))
-
     def get(self, fresh: bool = False) -> dict[int, ProcessInfo]:
         with self._lock:
             now = time.monotonic()
@@ -295,32 +293,35 @@ class ProcessTree:
     def end(self, markers: Iterable[bytes], grace: float) -> dict[int, str]:
         """Once the leader has exited: kill what is left of the tree, and what left it (a
         process in a session of its own, whose parent in the tree is gone) but still holds
-        every one of `markers` (b"NAME=value") in its environment. Returns the latter, which
-        were ended, by pid with their names. A young tree's window is looked at once for both."""
+        every one of `markers` (b"NAME=value") in its environment, all in one grace. Returns the
+        latter by pid, with their names. A young tree's window is looked at once for both."""
         wanted = [b"\0" + marker + b"\0" for marker in markers]
         window = self.table.window(self.leader, self.started)
         found = None if window is None else self.table.processes_in(window)
-        if self._any_alive(window, found):
-            self.kill(grace)
-            found = None
-        escaped = self._marked(wanted, found)
-        if not escaped:
+        members = self.alive() if self._any_alive(window, found) else set()
+        escaped = self._marked(wanted, None if members else found) - members
+        if not members and not escaped:
             return {}
         names = {pid: process_name(pid) for pid in sorted(escaped)}
-        kill_all(lambda: self._marked(wanted, None), grace, self.table, first=escaped)
+
+        def find() -> set[int]:
+            return _live(self.members()) | _live(family(self.table.get(), escaped))
+
+        kill_all(find, grace, self.table, first=members | escaped)
         return names
 
     def _marked(self, wanted: list[bytes], found: dict[int, ProcessInfo] | None) -> set[int]:
-        """The live processes but this one, forked after the leader (`found` in its window, or
+        """The live processes but this one, started since the leader (`found` in its window, or
         looked for there while the tree is young, else anywhere on the node), whose environment
-        holds all of `wanted`."""
-        if found is None:
+        holds all of `wanted`. Only those that started after the leader are read."""
+        if found is None:  # the node's table, if needed, was just read for the tree's own
             window = self.table.window(self.leader, self.started)
-            found = self.table.get(fresh=True) if window is None else \
-                self.table.processes_in(window)
+            found = self.table.get() if window is None else self.table.processes_in(window)
+        since = _boot_ticks(self.started)
         me = os.getpid()
         return {pid for pid, info in found.items()
-                if pid != me and not info.zombie and environ_has(pid, *wanted)}
+                if pid != me and not info.zombie and info.started >= since
+                and environ_has(pid, *wanted) and _is_process(pid)}
 
 
 def family(table: dict[int, ProcessInfo], roots: set[int]) -> dict[int, ProcessInfo]:
@@ -360,6 +361,28 @@ def kill_all(find: Callable[[], set[int]], grace: float, table: ProcessTable,
             signalled |= targets
         time.sleep(0.01)
     return signalled
+
+
+def _boot_ticks(started: float | None) -> int:
+    """Clock ticks since the boot at the monotonic moment `started`, less a tick for rounding
+    (0 where that is not known: every process is looked at)."""
+    if started is None or not hasattr(time, "CLOCK_BOOTTIME"):
+        return 0
+    boot = time.clock_gettime(time.CLOCK_BOOTTIME) - (time.monotonic() - started)
+    return max(0, int(boot * _CLOCK_TICKS) - 1)
+
+
+def _is_process(pid: int) -> bool:
+    """Whether `pid` is a process, not another thread of one (a window probed pid by pid finds
+    threads too)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1]) == pid
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
 
 
 def process_name(pid: int) -> str:

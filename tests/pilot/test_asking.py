@@ -62,7 +62,7 @@ def test_an_idle_pilot_that_has_not_asked_since_it_was_busy_asks_before_it_leave
 
 def test_held_asks_cut_short_twice_alike_lower_the_holds_asked_for_and_nothing_else_does():
     limit = asking.HoldLimit()
-    assert limit.of(25) == 25  # nothing learned yet: what the matchmaker allows
+    assert limit.asking(25) == 25  # nothing learned yet: what the matchmaker allows
     assert limit.cut(25, 1.5, Unreachable("refused")) is None  # at once: an outage, backed off
     assert limit.cut(25, 24.5, Unreachable("no answer in time")) is None  # not cut short
     assert limit.cut(0, 20.0, Unreachable("reset")) is None  # not held
@@ -73,13 +73,13 @@ def test_held_asks_cut_short_twice_alike_lower_the_holds_asked_for_and_nothing_e
     assert limit.answered(25, 0.5) is None  # it was: the next ask was answered
     assert limit.cut(25, 20.2, Unreachable("closed")) == \
         "a held ask failed after 20s (closed); asking again at once"
-    assert limit.of(25) == 25
+    assert limit.asking(25) == 25
     assert limit.cut(25, 20.6, Unreachable("answered 504", 504)) == (
         "a held ask failed after 21s (answered 504), as the one before it: something between "
         "the pilot and the matchmaker (a proxy, a load balancer) closes requests idle that long; "
         "asking again at once, and for holds of at most 16s from now on (raise its idle timeout "
         "above the matchmaker's hold_asks to spare the asks)")
-    assert (limit.of(25), limit.of(10)) == (16, 10)
+    assert (limit.asking(25), limit.asking(10)) == (16, 10)
 
 
 def test_cuts_that_are_not_alike_are_backed_off_from_after_a_few():
@@ -95,11 +95,29 @@ def test_a_learned_limit_is_probed_now_and_then_and_lifted_once_nothing_cuts():
     for _ in range(2):
         limit.cut(25, 3.1, Unreachable("closed"))
     assert limit.limit == 2
-    asked = [limit.of(25) for _ in range(2 * asking.PROBE_EVERY)]
+    asked = [limit.asking(25) for _ in range(2 * asking.PROBE_EVERY)]
     assert asked.count(25) == 2 and set(asked) == {2, 25}  # a whole hold now and then
     assert limit.cut(25, 3.3, Unreachable("closed")) == ""  # still cut: nothing to say
     assert limit.answered(2, 2.0) is None and limit.limit == 2
     assert limit.answered(25, 3.5) is None  # answered early (work came): no sign
     assert limit.answered(25, 24.0) == ("a held ask was answered after 24s: nothing cuts held "
                                         "asks after 3s any more; asking for whole holds again")
-    assert limit.limit is None and limit.of(25) == 25
+    assert limit.limit is None and limit.asking(25) == 25
+
+
+def test_a_cut_that_moved_is_learned_from_two_whole_holds_asked_for_to_see():
+    limit = asking.HoldLimit()
+    for _ in range(2):
+        limit.cut(25, 3.1, Unreachable("closed"))
+    assert limit.limit == 2
+    said = []
+    for _ in range(3 * asking.PROBE_EVERY):
+        hold = limit.asking(25)
+        if hold == 25:  # the proxy now closes requests after 20 s
+            said.append(limit.cut(25, 20.0, Unreachable("closed")))
+        else:
+            limit.answered(hold, float(hold))
+    assert said[0] == ""  # once: nothing said, the limit stands
+    assert said[1].startswith("held asks are now cut after 20s (closed), twice: something "
+                              "between the pilot and the matchmaker")
+    assert limit.limit == 16 and len(said) == 3 and said[2] == ""  # still cut there: quietly

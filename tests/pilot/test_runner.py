@@ -446,8 +446,13 @@ def test_a_process_left_in_a_session_of_its_own_is_ended_with_its_module(tmp_pat
     the attempt's FLOE_SCRATCH and FLOE_ATTEMPT in its environment; the result says so. One that
     cleared its environment is beyond the pilot's reach."""
     # `$$$$` is the shell's `$$` (a task's commands write a literal `$` as `$$`).
-    escape = ("(setsid sleep 300 > /dev/null 2>&1 & echo $! > kept.pid); "
+    # The kept one runs three threads (a window probed pid by pid finds them too): one process.
+    threads = ("import threading, time; [threading.Thread(target=time.sleep, args=(300,), "
+               "daemon=True).start() for _ in range(3)]; open('threads', 'w').close(); "
+               "time.sleep(300)")
+    escape = (f"(setsid {PY} -c \"{threads}\" > /dev/null 2>&1 & echo $! > kept.pid); "
               "(setsid env -i sleep 300 > /dev/null 2>&1 & echo $! > cleared.pid); "
+              "while [ ! -e threads ]; do sleep 0.01; done; "
               "for f in kept.pid cleared.pid; do "
               "while [ \"$(ps -o sid= -p $(cat $f))\" = \"$(ps -o sid= -p $$$$)\" ]; "
               "do sleep 0.01; done; done" + then)
@@ -459,7 +464,7 @@ def test_a_process_left_in_a_session_of_its_own_is_ended_with_its_module(tmp_pat
         assert result.ok
         assert gone(kept)
         assert result.warnings == [f"module start: ended 1 of its processes left running in "
-                                   f"sessions of their own: sleep (pid {kept})"]
+                                   f"sessions of their own: {Path(PY).name[:15]} (pid {kept})"]
         assert not gone(cleared)
     finally:  # nothing left behind, whatever failed
         for pid in (kept, cleared):
