@@ -2,11 +2,14 @@
 
 Every module starts as the leader of a new session, so its tree is every process of that session
 or its process group, plus their descendants (which catches children that moved to a session of
-their own while their parent lives). The table of processes comes from /proc where there is
-one (one read of /proc/<pid>/stat gives family, memory and CPU: measured 1.5 ms for 100
-processes against 8.7 ms through psutil, whose children() reads the same files) and from psutil
-elsewhere; one table serves every tree of the pilot for a short while, so that tasks running side
-by side do not each scan the node.
+their own while their parent lives). One that moved out and whose parent then died is no longer
+in the tree: when the module ends (`end`), such processes are known by the attempt's variables
+in their environment, read only for processes started since the leader.
+
+The table of processes comes from /proc where there is one (one read of /proc/<pid>/stat gives
+family, memory and CPU: measured 1.5 ms for 100 processes against 8.7 ms through psutil, whose
+children() reads the same files) and from psutil elsewhere; one table serves every tree of the
+pilot for a short while, so that tasks running side by side do not each scan the node.
 
 A young tree needs no table of the node. Linux hands out pids in increasing order, wrapping at
 pid_max, and /proc/loadavg names the last one it handed out. Every process of the tree is
