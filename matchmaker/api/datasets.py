@@ -306,7 +306,8 @@ async def events(ctx: Context) -> Any:
 async def task(ctx: Context) -> Any:
     found = await queries.task(ctx.engine.db, ctx.params["task_id"])
     if found is None:
-        raise NotFound(f"there is no task {ctx.params['task_id']}")
+        raise NotFound(f"there is no task {ctx.params['task_id']}: a task's id is unique across "
+                       "datasets (`floe tasks DATASET` lists a dataset's)")
     dataset = ctx.engine.datasets.get(found["dataset"])
     if dataset is None:
         raise NotFound(f"there is no task {ctx.params['task_id']}: its dataset was deleted")

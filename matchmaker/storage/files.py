@@ -17,6 +17,7 @@ server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -26,6 +27,10 @@ from pathlib import Path
 from .errors import StorageError
 from .schema import MIGRATIONS, SCHEMA_VERSION
 from .writer import configure, transaction
+
+PRIVATE = 0o600
+"""The mode a new database file is made with: it holds every token's hash, readable by this
+account alone whatever the umask (SQLite gives its -wal and -shm files the same mode)."""
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +156,7 @@ class ServerLock:
 
         try:
             self.database.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.database, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.database, os.O_RDWR | os.O_CREAT, PRIVATE)
         except OSError as exc:
             raise StorageError(f"cannot open the database {self.database}: {exc.strerror}; "
                                "check that its directory is writable") from None
@@ -180,6 +185,8 @@ def connect(path: Path, durability: str) -> sqlite3.Connection:
     check(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, PRIVATE))
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except (OSError, sqlite3.Error) as exc:
         raise StorageError(f"cannot open the database {path}: {exc}; check that the "

@@ -249,7 +249,9 @@ def test_what_does_not_exist_is_named_in_one_sentence(capsys, matchmaker, args):
     status, out, err = run(capsys, *args, *as_user(matchmaker))
     assert status == 1 and out == ""
     what = "dataset" if args[0] in ("jobs", "tasks") else "task"
-    assert err == f"floe {args[0]}: there is no {what} {args[1]}\n"
+    hint = "" if what == "dataset" else \
+        ": a task's id is unique across datasets (`floe tasks DATASET` lists a dataset's)"
+    assert err == f"floe {args[0]}: there is no {what} {args[1]}{hint}\n"
 
 
 def test_logs_of_a_retried_task_show_the_last_failures_stderr_when_the_latest_wrote_nothing(

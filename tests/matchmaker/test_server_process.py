@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import time
@@ -68,6 +69,11 @@ def test_the_default_database_lives_under_var(served, tmp_path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health", timeout=10) as reply:
         assert json.load(reply)["status"] == "ok"
     assert (tmp_path / "var" / "floe.sqlite").exists()
+    # It holds every token's hash: this account's alone, whatever the umask, WAL and all.
+    made = {path.name: oct(stat.S_IMODE(path.stat().st_mode))
+            for path in (tmp_path / "var").glob("floe.sqlite*")}
+    assert {made[name] for name in ("floe.sqlite", "floe.sqlite-wal", "floe.sqlite-shm")} == \
+        {"0o600"}
     process.send_signal(signal.SIGINT)
     assert process.wait(30) == 0
 
@@ -143,6 +149,8 @@ def test_a_port_in_use_is_one_sentence_naming_the_fix(served, tmp_path):
 def test_adding_a_user_to_a_file_that_does_not_exist_says_so(tmp_path):
     made = floe("user", "add", "erin", "--db", str(tmp_path / "elsewhere.sqlite"))
     assert "did not exist; created a new matchmaker database" in made.stderr
+    # It holds every token's hash: this account's alone, whatever the umask.
+    assert stat.S_IMODE((tmp_path / "elsewhere.sqlite").stat().st_mode) == 0o600
     again = floe("user", "add", "fred", "--db", str(tmp_path / "elsewhere.sqlite"))
     assert "did not exist" not in again.stderr
 
