@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import floe
-from floe.pilot.proctree import ProcessTable, environ_has, family, kill_all
+from floe.pilot.proctree import ProcessTable, environ_has, family, kill_all, same
 
 log = logging.getLogger("floe.pilot")
 
@@ -186,7 +186,7 @@ def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None,
     table = ProcessTable()
     marker = None if tasks_dir is None else b"\0FLOE_SCRATCH=" + tasks_dir.rstrip(b"/") + b"/"
     look_until = time.monotonic() + (spawn_wait if marker is not None else 0.0)
-    marked: set[int] = set()
+    marked: dict[int, int] = {}  # pid: when it started, so that a reused pid is not taken
     me = os.getpid()
     looked = False
 
@@ -195,11 +195,11 @@ def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None,
         snapshot = table.get(fresh=True)
         if marker is not None and (not looked or time.monotonic() < look_until):
             looked = True
-            marked.update(pid for pid, info in snapshot.items()
+            marked.update((pid, info.started) for pid, info in snapshot.items()
                           if pid != me and not info.zombie and environ_has(pid, marker))
         roots = {pid for pid, info in snapshot.items()
                  if pid in leaders or info.sid in leaders or info.pgid in leaders}
-        return {pid for pid, info in family(snapshot, roots | marked).items()
+        return {pid for pid, info in family(snapshot, roots | same(marked, snapshot)).items()
                 if not info.zombie}
 
     if not table.get():

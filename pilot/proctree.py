@@ -302,27 +302,31 @@ class ProcessTree:
         window = self.table.window(self.leader, self.started)
         found = None if window is None else self.table.processes_in(window)
         members = self.alive() if self._any_alive(window, found) else set()
-        escaped = self._marked(wanted, None if members else found) - members
+        escaped = {pid: started for pid, started in
+                   self._marked(wanted, None if members else found).items() if pid not in members}
         if not members and not escaped:
             return {}
         names = {pid: process_name(pid) for pid in sorted(escaped)}
 
         def find() -> set[int]:
-            return _live(self.members()) | _live(family(self.table.get(), escaped))
+            table = self.table.get()
+            return _live(self.members()) | _live(family(table, same(escaped, table)))
 
-        kill_all(find, grace, self.table, first=members | escaped)
+        kill_all(find, grace, self.table, first=members | set(escaped))
         return names
 
-    def _marked(self, wanted: list[bytes], found: dict[int, ProcessInfo] | None) -> set[int]:
+    def _marked(self, wanted: list[bytes], found: dict[int, ProcessInfo] | None
+                ) -> dict[int, int]:
         """The live processes but this one, started since the leader (`found` in its window, or
         looked for there while the tree is young, else anywhere on the node), whose environment
-        holds all of `wanted`. Only those that started after the leader are read."""
+        holds all of `wanted`, with when each started. Only those that started after the leader
+        are read."""
         if found is None:  # the node's table, if needed, was just read for the tree's own
             window = self.table.window(self.leader, self.started)
             found = self.table.get() if window is None else self.table.processes_in(window)
         since = _boot_ticks(self.started)
         me = os.getpid()
-        return {pid for pid, info in found.items()
+        return {pid: info.started for pid, info in found.items()
                 if pid != me and not info.zombie and info.started >= since
                 and environ_has(pid, *wanted) and _is_process(pid)}
 
@@ -347,23 +351,42 @@ def kill_all(find: Callable[[], set[int]], grace: float, table: ProcessTable,
     """SIGTERM to the live processes `first` names (default: `find()`), then SIGKILL, once
     `grace` seconds have passed, to whatever is left of them and of what `find()` names later,
     until nothing is left. A process once named stays a target when `find()` no longer names it
-    (a child in a session of its own whose parent died). Returns every pid it signalled."""
-    targets = find() if first is None else first
-    signalled = set(targets)
-    _send(targets, signal.SIGTERM)
+    (a child in a session of its own whose parent died), but only while its pid is still that
+    process's: one that exits and whose pid goes to a new process meanwhile (the pids wrap
+    around within seconds on a node of many cores starting short tasks, where pid_max is
+    32768) is not signalled again. Returns every pid it signalled."""
+    # A handful of targets are looked up one by one where /proc allows.
+    snapshot = table.get(fresh=True) if table.pid_max is None else None
+    born = _births(find() if first is None else first, snapshot)
+    signalled = set(born)
+    _send(born, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for _ in range(1000):
-        # A handful of targets are looked up one by one where /proc allows.
         snapshot = table.get(fresh=True) if table.pid_max is None else None
-        targets = {pid for pid in targets if _running(pid, snapshot)}
-        targets |= find()
-        if not targets:
+        named = find()
+        kept = {pid: first_seen for pid, first_seen in born.items() if pid not in named
+                and _alike(_started(pid, snapshot), first_seen)}
+        born = {**_births(named, snapshot), **kept}
+        if not born:
             break
         if time.monotonic() >= deadline:
-            _send(targets, signal.SIGKILL)
-            signalled |= targets
+            _send(born, signal.SIGKILL)
+            signalled |= set(born)
         time.sleep(0.01)
     return signalled
+
+
+def same(born: dict[int, int], table: dict[int, ProcessInfo]) -> set[int]:
+    """The pids of `born` (pid: when it started, as first seen) that are still those processes
+    in `table`, not new ones given a pid that had ended (a start of 0 is not known: kept)."""
+    return {pid for pid, started in born.items()
+            if pid in table and _alike(table[pid].started, started)}
+
+
+def _alike(started: int | None, first_seen: int) -> bool:
+    """Whether a process that started at `started` (None: gone) is the one first seen to have
+    started at `first_seen` (0 for either: not known, so taken to be)."""
+    return started is not None and (started == first_seen or 0 in (started, first_seen))
 
 
 def _boot_ticks(started: float | None) -> int:
@@ -413,9 +436,21 @@ def _any_in(session: int, processes: dict[int, ProcessInfo]) -> bool:
     return any(not info.zombie and info.sid == session for info in processes.values())
 
 
-def _running(pid: int, table: dict[int, ProcessInfo] | None) -> bool:
+def _started(pid: int, table: dict[int, ProcessInfo] | None) -> int | None:
+    """When the live process `pid` started (0: not known), from `table` or else its stat file;
+    None when it is gone or a zombie."""
     info = read_stat(pid) if table is None else table.get(pid)
-    return info is not None and not info.zombie
+    return None if info is None or info.zombie else info.started
+
+
+def _births(pids: Iterable[int], table: dict[int, ProcessInfo] | None) -> dict[int, int]:
+    """When each live process of `pids` started (see `_started`); the others left out."""
+    found = {}
+    for pid in pids:
+        started = _started(pid, table)
+        if started is not None:
+            found[pid] = started
+    return found
 
 
 def _exists(pid: int) -> bool:

@@ -5,6 +5,7 @@ and one ignoring SIGTERM."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,71 @@ def test_cpu_time_of_reaped_children_counts_for_their_parent(tmp_path):
     finally:
         ProcessTree(root.pid).kill(grace=0.1)
         root.wait()
+
+
+NEXT_PID = Path("/proc/sys/kernel/ns_last_pid")
+"""The pid the kernel handed out last: set just below an ended process's pid, the next process
+gets that pid, as when the pids wrap around on a busy node (checkpoint-restore tools do this)."""
+reusing_pids = pytest.mark.skipif(not os.access(NEXT_PID, os.W_OK),
+                                  reason="cannot set the next pid here (not root in this pid "
+                                         "namespace)")
+
+
+def start_with_pid(pid: int) -> subprocess.Popen:
+    """`sleep` given `pid`, which an ended and reaped process had (another process may take it
+    first on a busy machine: tried again)."""
+    for _ in range(100):
+        NEXT_PID.write_text(str(pid - 1))
+        process = subprocess.Popen(["sleep", "60"])
+        if process.pid == pid:
+            return process
+        process.kill()
+        process.wait()
+    pytest.fail(f"pid {pid} could not be had again")
+
+
+@reusing_pids
+def test_a_target_whose_pid_went_to_a_new_process_is_not_killed():
+    # The target is stopped, so that its SIGTERM waits and it is alive when first looked at
+    # again; then it ends and a new process gets its pid, which must be left alone.
+    ended = subprocess.Popen(["sleep", "60"])
+    os.kill(ended.pid, signal.SIGSTOP)
+    time.sleep(0.05)  # a start one clock tick later at least: the new one is told apart
+    newcomer = None
+
+    def find() -> set[int]:
+        nonlocal newcomer
+        if newcomer is None:
+            os.kill(ended.pid, signal.SIGCONT)  # the SIGTERM kill_all sent now ends it
+            ended.wait(timeout=10)
+            newcomer = start_with_pid(ended.pid)
+        return set()
+
+    try:
+        signalled = proctree.kill_all(find, 0.3, ProcessTable(proc_table, max_age=0),
+                                      first={ended.pid})
+        assert ended.returncode == -signal.SIGTERM
+        assert newcomer is not None and newcomer.poll() is None, "the new process was killed"
+        assert signalled == {ended.pid}
+    finally:
+        if newcomer is not None:
+            newcomer.kill()
+            newcomer.wait()
+
+
+@reusing_pids
+def test_a_pid_named_once_is_the_same_process_only_while_its_start_is():
+    first = subprocess.Popen(["sleep", "60"])
+    time.sleep(0.05)
+    born = {first.pid: proctree.read_stat(first.pid).started}
+    assert proctree.same(born, proc_table()) == {first.pid}
+    first.kill()
+    first.wait()
+    assert proctree.same(born, proc_table()) == set()
+    newcomer = start_with_pid(first.pid)
+    try:
+        assert proctree.same(born, proc_table()) == set()
+        assert proctree.same({first.pid: 0}, proc_table()) == {first.pid}  # start not known
+    finally:
+        newcomer.kill()
+        newcomer.wait()
