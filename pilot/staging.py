@@ -8,10 +8,11 @@ else fails at once. Every failure is a `StagingError` whose message names the fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -95,17 +96,34 @@ def fetch(url: str, destination: Path, *, timeout: float = 60.0, retries: int = 
     _with_retries(f"input {url}", download, retries)
 
 
+def _new_beside(target: Path) -> str:
+    """A new, empty hidden file beside `target`, with the mode the umask gives a new file (as
+    `cp` makes one: a collaboration's group may read what its tasks store), for the copy that
+    then replaces `target`."""
+    for _ in range(100):
+        partial = str(target.with_name(f".{target.name}.{secrets.token_hex(4)}"))
+        try:
+            os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return partial
+    raise FileExistsError(f"no free name beside {target}")
+
+
 def store(source: Path, url: str, *, timeout: float = 60.0, retries: int = 2) -> None:
     """Copy `source` to a file:// URL or path (atomically), or PUT it to an http(s) URL."""
     target = _local_file(url)
     if target is not None:
+        partial = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            handle, partial = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-            os.close(handle)
+            partial = _new_beside(target)
             shutil.copyfile(source, partial)
             os.replace(partial, target)
         except OSError as err:
+            if partial is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
             raise StagingError(f"output {url}: cannot write: {err.strerror or err}") from None
         return
     if not _is_http(url):

@@ -159,6 +159,7 @@ def _file(name: str, content: bytes) -> str:
 
 _PREAMBLE = f"""\
 # The floe pilot's launcher: a private directory, a Python, the pilot, its token.
+floe_umask=$(umask)
 umask 077
 floe_fail() {{
     echo "floe pilot: $* (on $(hostname 2>/dev/null || uname -n))" >&2
@@ -187,6 +188,7 @@ if [ -z "$floe_python" ]; then
 fi"""
 
 _RUN = """\
+umask "$floe_umask"  # the pilot and its tasks make files as the account's own umask says
 "$floe_python" PILOT --token-file "$floe_dir/token" --launch-dir "$floe_dir" ARGUMENTS &
 floe_pilot=$!
 trap 'kill -TERM "$floe_pilot" 2>/dev/null' TERM INT HUP

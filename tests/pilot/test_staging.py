@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 
 import pytest
 
@@ -64,6 +66,21 @@ def test_outputs_are_copied_with_parent_directories_or_put_over_http(tmp_path, f
     assert (tmp_path / "archive" / "2026" / "result.i3").read_bytes() == b"event data"
     assert (file_server.directory / "upload" / "result.i3").read_bytes() == b"event data"
     assert digest(result) == hashlib.sha256(b"event data").hexdigest()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_a_stored_output_has_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mode):
+    result = tmp_path / "result.i3"
+    result.write_bytes(b"event data")
+    result.chmod(0o600)  # the task's own file, whatever its mode, is not what decides
+    previous = os.umask(umask)
+    try:
+        store(result, f"file://{tmp_path}/archive/result.i3")
+        store(result, f"file://{tmp_path}/archive/result.i3")  # replacing one keeps it so
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "archive" / "result.i3").stat().st_mode) == mode
+    assert os.listdir(tmp_path / "archive") == ["result.i3"]
 
 
 def test_unsupported_urls_are_refused(tmp_path):

@@ -35,7 +35,7 @@ token = sys.argv[sys.argv.index("--token-file") + 1]
 seen = {"python": "%d.%d" % sys.version_info[:2], "args": sys.argv[1:],
         "token": open(token).read(), "token_mode": oct(stat.S_IMODE(os.stat(token).st_mode)),
         "dir_mode": oct(stat.S_IMODE(os.stat(os.path.dirname(token)).st_mode)),
-        "dir": os.path.dirname(token), "env": dict(os.environ)}
+        "dir": os.path.dirname(token), "env": dict(os.environ), "umask": oct(os.umask(0))}
 with open(os.environ["SEEN"], "w") as out:
     json.dump(seen, out)
 if "--wait" in sys.argv:
@@ -88,13 +88,14 @@ def test_the_newest_python3_x_on_the_path_runs_the_pilot_with_its_token_file(
     old_python(node, "python3", "3.6")
     old_python(node, "python3.8", "3.8")
     job = PilotJob(bundle, ["--site", "s p"], ["floe_p_token"], cacert=b"PEM")
-    launched = launch(node, tmp_path, job)
+    launched = launch(node, tmp_path, job, umask=0o027)  # the account's, as the job starts
     _, err = launched.communicate(timeout=60)
     assert launched.returncode == 0, err
     seen = json.loads((tmp_path / "seen.json").read_text())
     assert seen["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert seen["token"] == "floe_p_token"
     assert (seen["token_mode"], seen["dir_mode"]) == ("0o600", "0o700")
+    assert seen["umask"] == "0o27"  # the pilot, and so its tasks, make files as it says
     assert seen["args"][-4:] == ["--site", "s p", "--cacert", f"{seen['dir']}/ca.pem"]
     assert seen["args"][2:4] == ["--launch-dir", seen["dir"]]
     assert not any("floe_p_token" in value for value in seen["env"].values())
