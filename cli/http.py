@@ -13,6 +13,7 @@ reached (config.connecting).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import ssl
@@ -91,6 +92,14 @@ def _token(args: argparse.Namespace, file: dict[str, str]) -> str | None:
         return os.environ["FLOE_TOKEN"]
     if os.environ.get("FLOE_TOKEN_FILE"):
         return read_token_file(os.environ["FLOE_TOKEN_FILE"], "FLOE_TOKEN_FILE=")
+    if file.get("token"):
+        path = _file_path()
+        with contextlib.suppress(OSError):  # it was just read
+            mode = path.stat().st_mode
+            if mode & 0o044:
+                raise ClientError(f"{path} holds your token and can be read by other users "
+                                  f"(mode {stat.S_IMODE(mode):04o}); make it yours alone: "
+                                  f"chmod 600 {path}")
     return file.get("token")
 
 

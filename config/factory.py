@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,8 @@ SITE_SCHEMA = Object([
     Field("plugin", Enum(BATCH_SYSTEMS), "the batch system", example="slurm"),
     Field("token_file", String(), "file holding the site's factory token", "",
           details=f"Empty: the token comes from the environment variable "
-                  f"`{SITE_TOKEN_VARIABLE}`. The file should be readable by its owner only.",
+                  f"`{SITE_TOKEN_VARIABLE}`. The file must be readable by its owner alone: "
+                  "one that other users can read is refused (`chmod 600` it).",
           example="~/.floe/uw-slurm.token"),
     Field("shapes", ListOf(SHAPE_SCHEMA, min_length=1, max_length=64), "the pilot shapes"),
     Field("max_queued", Integer(0, 100_000), "most pilots of this site waiting in the batch "
@@ -449,10 +451,17 @@ def site_token(site: SiteConfig) -> str:
     if site.token_file:
         path = Path(os.path.expanduser(site.token_file))
         try:
-            token = path.read_text().strip()
+            with open(path, encoding="utf-8", errors="replace") as stream:
+                mode = os.fstat(stream.fileno()).st_mode
+                token = stream.read().strip()
         except OSError as exc:
             raise ConfigError([f"site {site.name}: token_file {path}: "
                                f"{exc.strerror or exc}"]) from None
+        if stat.S_ISREG(mode) and mode & 0o044:
+            raise ConfigError([f"site {site.name}: token_file {path} can be read by other users "
+                               f"(mode {stat.S_IMODE(mode):04o}), and the token lets anyone "
+                               f"start pilots for the site; make it yours alone: chmod 600 "
+                               f"{path}"])
         if not token:
             raise ConfigError([f"site {site.name}: token_file {path} is empty; write the "
                                "token `floe site add` printed into it"])

@@ -30,6 +30,7 @@ def test_the_environment_names_the_server_and_the_token(matchmaker: LiveMatchmak
 def test_the_client_file_does_when_the_environment_does_not(matchmaker: LiveMatchmaker, capsys,
                                                             monkeypatch, tmp_path):
     client = tmp_path / "client.toml"
+    client.touch(mode=0o600)
     client.write_text(f'url = "{matchmaker.url}"\ntoken = "{matchmaker.user_token}"\n')
     monkeypatch.setenv("FLOE_CONFIG", str(client))
     assert run(capsys, "datasets")[0] == 0

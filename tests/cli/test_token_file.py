@@ -30,6 +30,7 @@ def client_file(tmp_path: Path, matchmaker: LiveMatchmaker, token: str | None = 
     path = tmp_path / "client.toml"
     path.write_text(f'url = "{matchmaker.url}"\n'
                     + (f'token = "{token}"\n' if token is not None else ""))
+    path.chmod(0o600)
     return path
 
 
@@ -80,6 +81,21 @@ def test_a_token_file_other_users_can_read_is_refused_with_the_fix(capsys, tmp_p
     assert (status, out) == (1, "")
     assert err == (f"floe datasets: --token-file {path} can be read by other users (mode "
                    f"{mode:04o}); make it yours alone: chmod 600 {path}\n")
+
+
+def test_a_client_file_other_users_can_read_is_refused_when_its_token_counts(
+        capsys, matchmaker, tmp_path, monkeypatch):
+    path = client_file(tmp_path, matchmaker, matchmaker.user_token)
+    monkeypatch.setenv("FLOE_CONFIG", str(path))
+    path.chmod(0o644)
+    status, out, err = run(capsys, "datasets")
+    assert (status, out) == (1, "")
+    assert err == (f"floe datasets: {path} holds your token and can be read by other users "
+                   f"(mode 0644); make it yours alone: chmod 600 {path}\n")
+    # Its token given another way, or none in it at all: its address is no secret.
+    assert run(capsys, "datasets", "--token", matchmaker.user_token)[0] == 0
+    path.write_text(f'url = "{matchmaker.url}"\n')
+    assert "no token given" in run(capsys, "datasets")[2]
 
 
 def test_a_token_file_that_is_empty_or_holds_more_than_a_token_is_refused(capsys, tmp_path,

@@ -47,6 +47,7 @@ def a_site(token_file: str) -> SiteConfig:
 def test_a_site_token_comes_from_its_file_or_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("FLOE_SITE_TOKEN", raising=False)
     token_file = tmp_path / "token"
+    token_file.touch(mode=0o600)
     token_file.write_text("floe_s_abc\n")
     assert site_token(a_site(str(token_file))) == "floe_s_abc"
     monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_s_env")
@@ -91,6 +92,19 @@ def test_keep_pilot_logs_too_short_to_be_meant_is_refused_naming_seconds(value, 
     assert factory_config(document).sites[0].keep_pilot_logs == 0
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640])
+def test_a_site_token_file_other_users_can_read_is_refused_with_the_fix(tmp_path, mode):
+    token_file = tmp_path / "token"
+    token_file.write_text("floe_s_abc\n")
+    token_file.chmod(mode)
+    with pytest.raises(ConfigError) as refused:
+        site_token(a_site(str(token_file)))
+    assert str(refused.value).endswith(
+        f"site a: token_file {token_file} can be read by other users (mode {mode:04o}), and the "
+        f"token lets anyone start pilots for the site; make it yours alone: chmod 600 "
+        f"{token_file}")
+
+
 def test_a_users_or_a_pilots_token_given_as_the_site_token_is_refused_naming_the_fix(
         tmp_path, monkeypatch):
     monkeypatch.setenv("FLOE_SITE_TOKEN", "floe_u_abc")
@@ -101,6 +115,7 @@ def test_a_users_or_a_pilots_token_given_as_the_site_token_is_refused_naming_the
         "token (floe_s_...): on the matchmaker's host, `floe site add a` prints it once, and "
         "`floe site token a` replaces a lost one")
     token_file = tmp_path / "token"
+    token_file.touch(mode=0o600)
     token_file.write_text("floe_p_abc\n")
     with pytest.raises(ConfigError, match=f"token_file {token_file} holds a pilot token "):
         site_token(a_site(str(token_file)))

@@ -158,6 +158,7 @@ def run_factory(config: Path, *options: str, **env: str) -> subprocess.Completed
 
 def test_a_users_token_as_the_site_token_is_refused_at_start_and_by_check(matchmaker, tmp_path):
     token_file = tmp_path / "site.token"
+    token_file.touch(mode=0o600)
     token_file.write_text(matchmaker.user_token + "\n")
     path = write_toml(tmp_path / "site.toml", site_document(
         matchmaker, tmp_path / "factory", token_file=str(token_file)))
