@@ -2,10 +2,14 @@
 
 For debugging a config or a failed task: the tasks run in the same runner, environment and staging
 as on a pilot, in dependency order, each in its own scratch directory under the work directory
-(WORKDIR/job<N>/<task>/, emptied first when an earlier `floe run` made it). With `--task` only
-that task runs and its dependencies are assumed done: their outputs must already be wherever its
-inputs point. The scope is the production one with attempt 0 and dataset id 0 unless `--dataset`
-gives the real id, so that `$choice` picks what production picks.
+(WORKDIR/job<N>/<task>/, emptied first when an earlier `floe run` made it). Outputs are kept
+under WORKDIR/outputs/ (file/<path> for a file:// URL, <scheme>/<host>/<path> for others)
+instead of being stored at their URLs, so that trying a task out never writes over production's
+files, and an input that an earlier task kept there is read from there; `--store-outputs` stores
+them where production does. With `--task` only that task runs and its dependencies are assumed
+done: their outputs must already be kept there or be wherever its inputs point. The scope is the
+production one with attempt 0 and dataset id 0 unless `--dataset` gives the real id, so that
+`$choice` picks what production picks.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, job_required: bool = True)
                         help="where the tasks' scratch directories go (default ./floe-run)")
     parser.add_argument("--json", action="store_true",
                         help="print the results as one JSON document instead of a summary")
+    parser.add_argument("--store-outputs", action="store_true",
+                        help="store outputs at their URLs, as production does (default: kept "
+                             "under WORKDIR/outputs, where the next tasks' inputs are read "
+                             "from, so that production's files are never written over)")
     parser.add_argument("--system", action="append", default=[], metavar="KEY=VALUE",
                         help="a $system(KEY) value, as the site would give it (repeatable)")
 
@@ -85,8 +93,11 @@ def main(config_path: Path, args: argparse.Namespace) -> int:
                    unassigned_gpus_are_ours=True)
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
+        settings = RunnerSettings(
+            keep_outputs_in=None if args.store_outputs else args.workdir.resolve() / "outputs")
         results = run_job(config, args.job, slot=slot, workdir=args.workdir, task=args.task,
-                          dataset=args.dataset, system=system, gpu_source=gpu_source, say=say)
+                          dataset=args.dataset, system=system, gpu_source=gpu_source,
+                          settings=settings, say=say)
     except OfflineError as err:
         print(f"floe run: {err}", file=sys.stderr)
         return 2
@@ -134,7 +145,9 @@ def run_job(
     if task is not None and specs[0].depends:
         needed = ", ".join(config.tasks[i].name for i in specs[0].depends)
         say(f"running only task {task}; its dependencies ({needed}) are not run: their "
-            "outputs must already be where its inputs point")
+            "outputs must already be where its inputs point"
+            + ("" if settings is None or settings.keep_outputs_in is None else
+               f", or kept in {settings.keep_outputs_in} by an earlier run"))
     results: list[TaskResult] = []
     failed: set[int] = set()
     for spec in specs:
@@ -198,7 +211,9 @@ def summary(result: TaskResult) -> str:
         lines.append(f"  statistics: {json.dumps(result.statistics)}")
     lines.extend(f"  warning: {warning}" for warning in result.warnings)
     for output in result.outputs:
-        lines.append(f"  output {output['local']} -> {output['url']} "
+        where = (f"kept in {output['kept']} (production stores it at {output['url']}; "
+                 "--store-outputs does too)") if "kept" in output else f"-> {output['url']}"
+        lines.append(f"  output {output['local']} {where} "
                      f"({format_size(output['size'])}, sha256 {output['sha256'][:16]}...)")
     lines.append(f"  logs: {result.stdout_path} {result.stderr_path}")
     return "\n".join(lines)

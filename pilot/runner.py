@@ -83,6 +83,10 @@ class RunnerSettings:
     transfer_retries: int = 2
     tail_bytes: int = 64 * 1024
     environ: Mapping[str, str] | None = None
+    keep_outputs_in: Path | None = None
+    """Outputs are kept under this directory (`staging.kept_path`) instead of being stored at
+    their URLs, and inputs found kept there are read from it (`floe run`, trying a task out
+    without writing over production's files)."""
 
     @cached_property
     def base_environment(self) -> dict[str, str]:
@@ -312,7 +316,11 @@ class TaskRun:
             self._check_stopped()
             try:
                 target = staging.scratch_path(self.scratch, entry["local"])
-                staging.fetch(entry["url"], target, timeout=self.settings.transfer_timeout,
+                url = entry["url"]
+                kept = self.settings.keep_outputs_in
+                if kept is not None and staging.kept_path(kept, url).is_file():
+                    url = str(staging.kept_path(kept, url))  # an earlier task's output, kept
+                staging.fetch(url, target, timeout=self.settings.transfer_timeout,
                               retries=self.settings.transfer_retries)
                 if entry.get("checksum"):
                     staging.verify(target, entry["checksum"], f"input {entry['url']}")
@@ -332,12 +340,15 @@ class TaskRun:
                     staging.verify(path, entry["checksum"], f"output {entry['local']}")
                 sha256 = staging.digest(path)
                 size = path.stat().st_size
-                staging.store(path, entry["url"], timeout=self.settings.transfer_timeout,
+                kept = self.settings.keep_outputs_in
+                where = entry["url"] if kept is None else str(staging.kept_path(kept,
+                                                                                entry["url"]))
+                staging.store(path, where, timeout=self.settings.transfer_timeout,
                               retries=self.settings.transfer_retries)
             except staging.StagingError as err:
                 raise _Failed(ErrorClass.STAGING_ERROR, str(err)) from None
             stored.append({"local": entry["local"], "url": entry["url"], "sha256": sha256,
-                           "size": size})
+                           "size": size, **({} if kept is None else {"kept": where})})
         return stored
 
     # ------------------------------------------------------------ modules

@@ -48,6 +48,19 @@ def _local_file(url: str) -> Path | None:
     return Path(urllib.request.url2pathname(parts.path))
 
 
+def kept_path(root: Path, url: str) -> Path:
+    """Where an output for `url` is kept under `root` instead of being stored there (`floe run`
+    keeps them so by default): `file/<path>` for a file:// URL or path, `<scheme>/<host>/<path>`
+    for the others, nothing leading out of `root`."""
+    parts = urllib.parse.urlsplit(url)
+    if url.startswith("/") or parts.scheme.lower() == "file":
+        head, path = ["file"], urllib.request.url2pathname(parts.path if parts.scheme else url)
+    else:
+        head, path = [parts.scheme.lower() or "other", parts.netloc or "-"], parts.path
+    names = [name for name in path.split("/") if name not in ("", ".", "..")]
+    return root.joinpath(*head, *names) if names else root.joinpath(*head, "-")
+
+
 def _is_http(url: str) -> bool:
     return urllib.parse.urlsplit(url).scheme.lower() in ("http", "https")
 

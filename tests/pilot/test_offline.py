@@ -36,7 +36,12 @@ def write_config(tmp_path: Path, *, fail_generate: bool = False) -> Path:
     return path
 
 
-def test_a_job_runs_its_tasks_in_order_and_stores_production_outputs(tmp_path, capsys):
+def kept(tmp_path: Path, production: Path) -> Path:
+    """Where `floe run` keeps an output that production stores at the file `production`."""
+    return tmp_path / "work" / "outputs" / "file" / production.relative_to("/")
+
+
+def test_a_job_runs_its_tasks_in_order_keeping_outputs_out_of_production(tmp_path, capsys):
     config = write_config(tmp_path)
     code = floe(["run", str(config), "--job", "3", "--dataset", "12", "--system",
                  "site_name=uw", "--workdir", str(tmp_path / "work")])
@@ -44,13 +49,27 @@ def test_a_job_runs_its_tasks_in_order_and_stores_production_outputs(tmp_path, c
     assert code == 0, out
     energy = evaluate("$choice($steering(energies))", steering={"energies": [10, 20, 30, 40]},
                       args={"job": 3, "dataset": 12})
-    produced = (tmp_path / "archive" / "12" / "gen_003.txt").read_text()
-    assert produced == f"seed=1003 energy={energy}\n"
-    reco_log = tmp_path / "work" / "job3" / "reco" / "floe.stdout.log"
+    production = tmp_path / "archive" / "12" / "gen_003.txt"
+    assert not production.exists()  # trying a job out writes nothing of production's
+    assert kept(tmp_path, production).read_text() == f"seed=1003 energy={energy}\n"
+    assert (f"output gen.txt kept in {kept(tmp_path, production)} (production stores it at "
+            f"file://{production}; --store-outputs does too)") in out
+    reco_log = tmp_path / "work" / "job3" / "reco" / "floe.stdout.log"  # it read what was kept
     assert reco_log.read_text() == f"seed=1003 energy={energy}\nsite=uw\n"
     assert out.index("generate: ok") < out.index("reco: ok")
     assert 'statistics: {"events": 5}' in out
     assert str(reco_log) in out
+
+
+def test_store_outputs_stores_them_where_production_does(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert floe(["run", str(config), "--job", "3", "--store-outputs", "--system",
+                 "site_name=uw", "--workdir", str(tmp_path / "work")]) == 0
+    production = tmp_path / "archive" / "0" / "gen_003.txt"
+    assert production.read_text().startswith("seed=1003 energy=")
+    assert not (tmp_path / "work" / "outputs").exists()
+    reco_log = tmp_path / "work" / "job3" / "reco" / "floe.stdout.log"
+    assert reco_log.read_text() == production.read_text() + "site=uw\n"
 
 
 def test_a_failed_task_fails_the_run_and_its_dependents_do_not_run(tmp_path, capsys):
@@ -85,6 +104,8 @@ def test_json_output_carries_each_task_result(tmp_path, capsys):
     assert [r["task"] for r in results] == ["generate"]
     assert results[0]["statistics"] == {"events": 5}
     assert results[0]["outputs"][0]["url"].endswith("/archive/0/gen_002.txt")
+    assert results[0]["outputs"][0]["kept"] == str(
+        kept(tmp_path, tmp_path / "archive" / "0" / "gen_002.txt"))
 
 
 def test_running_again_starts_from_an_empty_scratch_directory(tmp_path, capsys):
