@@ -61,27 +61,26 @@ def check(config: Any) -> int:
     failed = False
     for site in config.sites:
         try:
-            _, plugin = build_plugin(config, site)
+            shapes, plugin = build_plugin(config, site)
         except PluginConfigError as exc:
             print(f"site {site.name}: {exc}", file=sys.stderr)
             failed = True
             continue
         try:
-            for line in plugin.check():
+            for line in plugin.check(shapes):
                 print(f"site {site.name}: {line}")
         except BatchError as exc:
             print(f"site {site.name}: {exc}", file=sys.stderr)
             failed = True
         client = SiteClient(config.matchmaker, site.name, site_token(site),
                             cacert=config.cacert, factory=config.factory_id)
-        shapes = len(site.shapes)
         try:
             answer = client.demand([])
         except MatchmakerError as exc:
             print(f"site {site.name}: {exc}", file=sys.stderr)
             failed = True
             continue
-        print(f"site {site.name}: {site.plugin}, {shapes} shape{'s' * (shapes != 1)}; "
+        print(f"site {site.name}: {site.plugin}, {len(shapes)} shape{'s' * (len(shapes) != 1)}; "
               f"the matchmaker at {config.matchmaker} (from {config.matchmaker_source}) knows it "
               f"({answer['pilots']['running']} pilots running there)")
     if not failed:

@@ -283,9 +283,10 @@ class BatchPlugin(abc.ABC):
                    for batch_id in batch_ids):
                 raise
 
-    def check(self) -> list[str]:
+    def check(self, shapes: Sequence[PilotShape] = ()) -> list[str]:
         """Tries the host and the batch system without submitting anything (`floe factory
-        --check`): what worked, in lines; raises BatchError naming what failed."""
+        --check`), and asks it whether it would take a pilot of each of `shapes` where it can
+        tell (`try_shape`): what worked, in lines; raises BatchError naming what failed."""
         said = []
         if isinstance(self.host, SshHost):
             try:
@@ -300,7 +301,17 @@ class BatchPlugin(abc.ABC):
         said.append(f"{self.system} answers on {self.host.where}: it knows {len(pilots)} "
                     f"job{'' if len(pilots) == 1 else 's'} of this factory (queued, running, "
                     "or ended lately)")
+        for shape in shapes:
+            taken = self.try_shape(shape)
+            if taken:
+                said.append(taken)
         return said
+
+    def try_shape(self, shape: PilotShape) -> str | None:
+        """Asks the batch system whether it would take a pilot of `shape` as the factory would
+        submit it (the site's options, such as a partition, included), queueing nothing: a line
+        saying it would, or BatchError with its refusal; None where the system cannot tell."""
+        return None
 
     def close(self) -> None:
         """Lets go of what the plugin holds open (the connection to a login node)."""

@@ -27,7 +27,7 @@ from floe.plugins.base import (
     check_environment_name,
 )
 from floe.plugins.hosts import HostError
-from floe.plugins.jobs import Job
+from floe.plugins.jobs import CommandJob, Job
 
 
 class ScriptPlugin(CommandSubmitter):
@@ -49,6 +49,31 @@ class ScriptPlugin(CommandSubmitter):
     @abc.abstractmethod
     def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
         """The batch id (one) in what the submit command printed."""
+
+    def test_argv(self, script: PurePosixPath) -> list[str] | None:
+        """The command that asks whether `script` would be taken, submitting nothing; None
+        where the batch system has none."""
+        return None
+
+    def try_shape(self, shape: PilotShape) -> str | None:
+        script = self.pilot_dir("scripts") / f"check-{self.tag(shape)}-{secrets.token_hex(3)}.sh"
+        argv = self.test_argv(script)
+        if argv is None:
+            return None
+        try:
+            self.host.put(script, self.render(shape, self.pilot_dir("logs") / "check",
+                                              CommandJob(["true"]), 0).encode())
+            self.run(argv)
+        except HostError as exc:
+            raise self._batch_error(exc, ["put", str(script)]) from exc
+        except BatchError as exc:
+            raise BatchError(f"shape {shape.name}: {exc.summary}", exc.command, exc.returncode,
+                             exc.stderr, stdout=exc.stdout) from exc
+        finally:
+            with contextlib.suppress(HostError):
+                self.host.remove([script])
+        return (f"{shlex.join(argv[:2])} says it would take a pilot of shape {shape.name} "
+                "(nothing was queued)")
 
     def submit(self, shape: PilotShape, job: Job) -> list[str]:
         if job.count <= 0:

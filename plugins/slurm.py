@@ -84,6 +84,9 @@ class SlurmPlugin(ScriptPlugin):
     def submit_argv(self, script: PurePosixPath, log: str) -> list[str]:
         return ["sbatch", "--parsable", str(script)]
 
+    def test_argv(self, script: PurePosixPath) -> list[str]:
+        return ["sbatch", "--test-only", str(script)]
+
     def parse_submitted(self, argv: Sequence[str], output: str, log: str) -> list[str]:
         # --parsable prints "id" or "id;cluster" on a federation.
         batch_id = output.strip().split(";")[0]

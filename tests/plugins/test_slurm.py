@@ -120,3 +120,21 @@ def test_hosts_kept_out_as_black_holes_are_excluded_and_odd_names_never_reach_th
     assert "--exclude=c12.cluster.edu,wn042" in header(plugin, PilotShape("small"))
     plugin.avoid([])
     assert not any(line.startswith("--exclude") for line in header(plugin, PilotShape("small")))
+
+
+@pytest.mark.slurm
+def test_check_asks_sbatch_whether_it_would_take_each_shape_queueing_nothing(
+        slurm_cluster: None, factory_id: str, tmp_path: Path) -> None:
+    shapes = [PilotShape("small", cpus=1, memory=256 * MIB, walltime=600)]
+    said = make_plugin(tmp_path / "good", factory_id).check(shapes)
+    assert said[-1] == ("sbatch --test-only says it would take a pilot of shape small (nothing "
+                        "was queued)")
+    wrong = make_plugin(tmp_path / "wrong", factory_id, partition="no-such-partition")
+    with pytest.raises(BatchError) as refused:
+        wrong.check(shapes)
+    assert str(refused.value).startswith("shape small: sbatch ")
+    assert "invalid partition specified: no-such-partition" in str(refused.value)
+    queued = subprocess.run(["squeue", "-h", "-n", f"floe-{factory_id}-small"],
+                            capture_output=True, text=True, check=True).stdout
+    assert queued == ""
+    assert not list((tmp_path / "wrong" / "scripts").glob("*.sh"))  # the check script went too
