@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,17 @@ class Verdict(enum.Enum):
 
 class Outbox:
     """The directory of reports not yet acknowledged. `adopt_log` may be called from any
-    thread; everything else from one."""
+    thread; everything else from one.
 
-    def __init__(self, directory: str | Path) -> None:
+    Pilots side by side on one scratch directory share it: each batch names the pilot that
+    kept it (`owner`), and `pending()` takes up only those of pilots that `alive` says are
+    gone (or that named none), leaving a live pilot's own reports to it."""
+
+    def __init__(self, directory: str | Path, owner: str = "",
+                 alive: Callable[[str], bool] | None = None) -> None:
         self.directory = Path(directory)
+        self.owner = owner
+        self._alive = alive or (lambda owner: False)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._unsettled: dict[Path, set[int]] = {}  # a batch file: its reports not yet settled
         self._unsynced: set[Path] = set()  # batch files written without their syncs
@@ -125,7 +132,8 @@ class Outbox:
         # `pending()` removes what a killed writer left (names starting with ".").
         partial = self.directory / f".{first}.{os.getpid()}.{threading.get_ident()}"
         data = json.dumps({"reports": [delivery.document() for delivery in deliveries],
-                           "written": time.time()}, separators=(",", ":")).encode()
+                           "written": time.time(), "pilot": self.owner},
+                          separators=(",", ":")).encode()
         handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -173,7 +181,8 @@ class Outbox:
         self._unsynced.clear()
 
     def pending(self) -> list[Delivery]:
-        """The reports kept here, oldest attempt first. Unreadable files are set aside."""
+        """The reports kept here by this pilot or by pilots that are gone, oldest attempt
+        first. Unreadable files are set aside."""
         found: list[Delivery] = []
         try:
             names = sorted(os.listdir(self.directory))
@@ -186,6 +195,9 @@ class Outbox:
             path = self.directory / name
             try:
                 data = json.loads(path.read_text())
+                owner = data.get("pilot") or ""
+                if owner and owner != self.owner and self._alive(owner):
+                    continue  # a live pilot beside this one delivers it
                 # A pilot of the previous release kept one report per file, as the document.
                 documents = data.get("reports", [data])
                 batch = [Delivery(int(document["attempt_id"]), str(document["passkey"]),

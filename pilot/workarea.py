@@ -4,7 +4,8 @@
 is shared by every user of the node, and the outbox holds passkeys, so the directory is private
 (mode 0700) and one that another user owns is refused, never used. Its `outbox/` is shared by
 every pilot of that user that runs on the same scratch directory, one after the other or side by
-side, so that a pilot delivers what a killed one left there.
+side, so that a pilot delivers what a killed one left there (never what a live one beside it
+kept: `alive`).
 Each pilot runs its tasks under `runs/<instance>/` (a directory per lane) and holds an
 exclusive lock on `runs/<instance>.lock` while it lives; a pilot starting removes the run
 directories whose lock nobody holds any more (what killed pilots left), so they do not eat the
@@ -50,7 +51,7 @@ class WorkArea:
         """Make the directories, take this pilot's lock, clear what dead pilots left."""
         self._make_private_root()
         self.runs.mkdir(exist_ok=True)
-        self.outbox = Outbox(self.root / "outbox")
+        self.outbox = Outbox(self.root / "outbox", self.instance, self.alive)
         self._lock = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.remove_dead()
@@ -69,6 +70,26 @@ class WorkArea:
                 "directory")
         if stat.S_IMODE(info.st_mode) != 0o700:
             self.root.chmod(0o700)
+
+    def alive(self, instance: str) -> bool:
+        """Whether the pilot `instance` of this work area still runs: it holds its lock."""
+        if instance == self.instance:
+            return True
+        if "/" in instance or instance.startswith("."):
+            return False  # no pilot's name
+        try:
+            handle = os.open(self.runs / f"{instance}.lock", os.O_RDONLY)
+        except OSError:
+            return False  # gone, its lock removed
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(handle)
+        return False
 
     def lane_dir(self, lane: int) -> Path:
         """The scratch directory of the tasks of one lane of this pilot."""

@@ -21,13 +21,16 @@ from floe.pilot.workarea import WorkArea, WorkAreaError, directory_name
 work = WorkArea(sys.argv[1])
 work.open()
 work.lane_dir(1).mkdir()
+if len(sys.argv) > 2:  # a report it keeps, as if it were being delivered
+    work.outbox.put(int(sys.argv[2]), "pk", {"exit_code": 0})
 print(work.instance, flush=True)
 time.sleep(60)
 """
 
 
-def start_pilot_like(scratch: Path) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(scratch)], cwd=ROOT,
+def start_pilot_like(scratch: Path, report: int | None = None) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(scratch),
+                                *([] if report is None else [str(report)])], cwd=ROOT,
                                stdout=subprocess.PIPE, text=True)
     return process, process.stdout.readline().strip()
 
@@ -51,13 +54,28 @@ def test_a_killed_pilots_run_directory_is_cleared_and_a_live_ones_kept(tmp_path)
         live.wait()
 
 
-def test_the_work_area_holds_the_shared_outbox(tmp_path):
-    first, second = WorkArea(tmp_path), WorkArea(tmp_path)
-    first.open().put(5, "pk", {"exit_code": 0})
-    assert [d.attempt_id for d in second.open().pending()] == [5]
-    assert first.lane_dir(5) != second.lane_dir(5)
-    first.close()
-    second.close()
+def test_the_shared_outbox_gives_a_pilot_what_killed_ones_kept_not_what_live_ones_did(
+        tmp_path):
+    live, _ = start_pilot_like(tmp_path, report=7)
+    killed, _ = start_pilot_like(tmp_path, report=8)
+    try:
+        killed.kill()
+        killed.wait()
+        first = WorkArea(tmp_path)
+        assert [d.attempt_id for d in first.open().pending()] == [8]
+        first.outbox.put(5, "pk", {"exit_code": 0})
+        second = WorkArea(tmp_path)
+        assert [d.attempt_id for d in second.open().pending()] == [8]  # 5 is the first's
+        assert first.lane_dir(5) != second.lane_dir(5)
+        first.close()  # it left 5 undelivered
+        assert [d.attempt_id for d in second.outbox.pending()] == [5, 8]
+        second.close()
+    finally:
+        live.kill()
+        live.wait()
+    third = WorkArea(tmp_path)
+    assert [d.attempt_id for d in third.open().pending()] == [5, 7, 8]
+    third.close()
 
 
 def test_the_work_area_is_private_to_its_user(tmp_path):
