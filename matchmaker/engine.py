@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -94,8 +94,22 @@ class Pilot:
 
     def __post_init__(self) -> None:
         with contextlib.suppress(TypeError, ValueError, KeyError, AttributeError):
-            self.slot = Slot.from_dict({**self.resources, "site": self.site.name})
+            self.slot = registered_slot(self.resources, self.site.name)
             self.kind = replace(self.slot, seconds=0)
+
+
+def registered_slot(resources: Mapping[str, Any], site: str) -> Slot:
+    """A pilot's whole slot from what it registered: floe's pilot gives its GPUs as a list
+    (each with its name, memory and compute capability) and `seconds_left`, where an ask
+    gives a count and `seconds`; either form is read. Raises what `Slot.from_dict` does."""
+    data = {**resources, "site": site}
+    gpus = data.get("gpus")
+    if isinstance(gpus, list):
+        data["gpus"] = len(gpus)
+        data["gpu_kinds"] = [gpu for gpu in gpus if isinstance(gpu, Mapping)]
+    if "seconds" not in data and data.get("seconds_left") is not None:
+        data["seconds"] = data["seconds_left"]
+    return Slot.from_dict(data)
 
 
 @dataclass

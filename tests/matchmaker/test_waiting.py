@@ -4,10 +4,13 @@ other users and the owner's other datasets, its dependencies, a suspended datase
 
 from __future__ import annotations
 
+import time
+
 from floe.config.resources import GIB, Slot
 from floe.matchmaker import actions, demand, pilots
 from floe.matchmaker.auth import Auth
 from floe.matchmaker.waiting import Explainer
+from floe.pilot.slot import MeasuredSlot
 
 from . import support as s
 
@@ -18,11 +21,17 @@ def shape(name: str, cpus: int, memory_gib: int = 4) -> demand.Shape:
 
 
 async def registered(engine, site, cpus: int) -> pilots.Pilot:
-    """A pilot that registered its whole slot, as floe's pilot does."""
+    """A pilot that registered its whole slot as floe's pilot does (its GPUs as a list, its
+    time as `seconds_left`)."""
     auth = Auth(engine)
     (token,), _ = await auth.pilot_tokens(site, 3600)
+    measured = MeasuredSlot(cpus=cpus, memory=4 * GIB, disk=20 * GIB, gpus=(),
+                            deadline=time.time() + 86400, os=("debian12", "linux"),
+                            arch="x86_64", python="3.11", host="node1", site="site-a",
+                            batch_system="slurm", batch_job_id="17", scratch="/tmp")
     pilot, _ = await pilots.register(engine, await auth.authenticate(token), "node1", "test",
-                                     "1", s.slot(cpus=cpus).to_dict())
+                                     "1", measured.to_dict())
+    assert pilot.slot is not None and pilot.slot.cpus == cpus
     return pilot
 
 
