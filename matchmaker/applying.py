@@ -52,7 +52,7 @@ def outcome(engine: Engine, active: ActiveAttempt, ended: Outcome, now: float
     error = None if ended.success else ended.error_class or ErrorClass.TASK_ERROR
     suspect = engine.black_holes.ended(
         active.host, active.site, task_id, error, ended.stderr_tail or ended.error_message,
-        wall, now, proven=dataset.counts[CODE[TaskState.COMPLETE]] > 0)
+        wall, now, proven=dataset.counts[CODE[TaskState.COMPLETE]] > 0, dataset_id=dataset.id)
     if suspect is not None:
         writes.add_event(batch, None, None, "black hole", f"host {suspect.host} at "
                          f"{suspect.site}: {suspect.why}", now)

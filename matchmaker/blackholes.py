@@ -8,7 +8,12 @@ pilots and their factories: `black_hole_failures` attempts of as many different 
 failed (task or staging errors: what a node can cause) within `black_hole_quick` of
 their start, with no success on the host in between, make it a black hole for
 `black_hole_cooldown`. Only tasks of datasets that have completed tasks count: a dataset broken
-everywhere fails fast on every host, and must not make every host a black hole. A black hole's
+everywhere fails fast on every host, and must not make every host a black hole. And a failure
+counts for less the more often its dataset's tasks fail on other hosts (`weight`): five
+failures in a row of a dataset that fails one time in five happen by chance every few thousand
+attempts, on healthy hosts, so that one needs about ten; the chance that a healthy host is
+blamed stays about that of five failures in a row of a dataset failing one time in twenty
+(`RARE`), about 3 in 10 million. A black hole's
 pilots are then answered with no work and the reason (never held), it is logged, counted in
 `/metrics`, listed by `floe sites` and the sites page, and the factories are told, so that a
 suspect host's pilot is no proof that its site works and, where the batch system allows, new
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +40,33 @@ NODE_FAILURES = (ErrorClass.TASK_ERROR, ErrorClass.STAGING_ERROR)
 doing, a lost pilot nobody's failure."""
 MAX_WATCHED = 100_000
 """Hosts whose recent failures are remembered, at most (the oldest are forgotten past it)."""
+RARE = 0.05
+"""A dataset whose tasks fail this seldom (or less) on other hosts: each failure of it counts
+whole."""
+PRIOR = (0.5, 20)
+"""Failures and attempts a dataset is taken to have had before any were seen (its failure rate
+taken to be 2.5 % until its own attempts say otherwise)."""
+
+
+def weight(failed: int, ended: int) -> float:
+    """How much one failure counts when the dataset's tasks failed `failed` times in `ended`
+    attempts elsewhere: 1 for a dataset that fails at most `RARE` of the time, less the more
+    often it fails (its failure rate's logarithm against RARE's)."""
+    rate = (failed + PRIOR[0]) / (ended + PRIOR[1])
+    if rate <= RARE:
+        return 1.0
+    if rate >= 1.0:
+        return 0.0
+    return math.log(rate) / math.log(RARE)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """One failure in a host's streak: its words, its dataset, and how much it counts."""
+
+    message: str
+    dataset_id: int
+    weight: float
 
 
 @dataclass(frozen=True)
@@ -58,20 +91,29 @@ class BlackHoles:
         self.failures = settings.black_hole_failures
         self.quick = settings.black_hole_quick
         self.cooldown = settings.black_hole_cooldown
-        self._streaks: collections.OrderedDict[str, dict[int, str]] = collections.OrderedDict()
+        self._streaks: collections.OrderedDict[str, dict[int, _Failure]] = \
+            collections.OrderedDict()
+        self._datasets: dict[int, list[int]] = {}
+        """Each dataset's attempts ended, and of them the failures a node can cause."""
         self.suspects: dict[str, Suspect] = {}
         self.found = 0
         """Hosts found to be black holes since the server started (for /metrics)."""
 
     def ended(self, host: str, site: str, task_id: int, error: ErrorClass | None,
-              message: str, wall: float, now: float, proven: bool) -> Suspect | None:
-        """Count an ended attempt of `task_id` on `host` (`proven`: its dataset has completed
-        tasks somewhere); the host's new Suspect when this attempt made it one."""
+              message: str, wall: float, now: float, proven: bool,
+              dataset_id: int = 0) -> Suspect | None:
+        """Count an ended attempt of `task_id` (of `dataset_id`) on `host` (`proven`: its
+        dataset has completed tasks somewhere); the host's new Suspect when this attempt made
+        it one."""
         if not host or self.failures <= 0:
             return None
+        counts = self._datasets.setdefault(dataset_id, [0, 0])
+        counts[0] += 1
         if error is None:
             self._streaks.pop(host, None)  # it ran a task to the end: not a black hole
             return None
+        if error in NODE_FAILURES:
+            counts[1] += 1
         if (error not in NODE_FAILURES or wall > self.quick or not proven
                 or self.kept_out(host, now)):
             return None
@@ -80,9 +122,11 @@ class BlackHoles:
             if len(self._streaks) >= MAX_WATCHED:
                 self._streaks.popitem(last=False)
             streak = self._streaks[host] = {}
-        streak[task_id] = message
+        here = sum(1 for failure in streak.values() if failure.dataset_id == dataset_id)
+        ended, failed = counts[0] - here - 1, counts[1] - here - 1  # on other hosts
+        streak[task_id] = _Failure(message, dataset_id, weight(failed, ended))
         self._streaks.move_to_end(host)
-        if len(streak) < self.failures:
+        if sum(failure.weight for failure in streak.values()) < self.failures - 1e-9:
             return None
         del self._streaks[host]
         last = message.strip().splitlines()[-1][:200] if message.strip() else error.value
