@@ -504,7 +504,8 @@ class Pilot:
         error = result.error_class if result is not None else ErrorClass.PILOT_LOST
         message = result.error_message if result is not None else "the pilot failed"
         self.counts["ok" if error is None else error.value] += 1
-        self.streak.record(attempt.task_id, error, message)
+        self.streak.record(attempt.task_id, error, message,
+                           attempt.assignment.args.get("dataset"))
         if result is not None and error not in _NOT_RECORDED:
             self._durations.append(result.usage.wall_time)
         if error is None:

@@ -49,3 +49,16 @@ def test_a_limit_of_zero_never_suspects():
     for task in range(100):
         streak.record(task, ERROR)
     assert not streak.suspect
+
+
+def test_the_failures_of_a_dataset_that_ran_to_the_end_here_no_longer_count():
+    # A dataset failing one time in five: five failures in a row on a healthy node happen by
+    # chance (the production trial's pilots left such nodes as suspect).
+    streak = FailureStreak(3)
+    streak.record(1, None, dataset=12)
+    for task in range(2, 8):
+        streak.record(task, ERROR, "flaky", dataset=12)
+    assert streak.length == 0 and not streak.suspect
+    for task in range(8, 11):  # another dataset, never run to the end here, still counts
+        streak.record(task, ERROR, "libfoo.so: cannot open shared object file", dataset=13)
+    assert streak.suspect
