@@ -209,12 +209,17 @@ class Judging:
             row = self._empty_row[shape] = self._empty_row.get(shape, 0) + 1
             if row < EMPTY_IN_A_ROW:
                 continue
+            holes = self.last.get("black_holes") or []
             why = (f"{row} {shape} pilots in a row ended without a task while "
                    f"{counted(waiting, 'ready task')} that the demand counts for the shape "
-                   "waited: the tasks may need what its pilots do not offer (an OS, an "
-                   "architecture or a site that the shape names but its nodes do not have, or "
-                   "a GPU memory, model or compute capability the shape does not describe: "
-                   "a pilot's log ends with the matchmaker's reason)")
+                   + (f"waited: the matchmaker gives no work to {', '.join(holes)} (kept out "
+                      "as black holes for now, where tasks failed one after another), and its "
+                      "pilots may have landed there (a pilot's log ends with the matchmaker's "
+                      "reason)" if holes else
+                      "waited: the tasks may need what its pilots do not offer (an OS, an "
+                      "architecture or a site that the shape names but its nodes do not have, "
+                      "or a GPU memory, model or compute capability the shape does not "
+                      "describe: a pilot's log ends with the matchmaker's reason)"))
             hold = self.holds.hold(shape, why, now, kind="empty")
             if hold is not None:
                 log.warning("site %s: %s. No %s pilot is submitted for %.0f s, then one to try "

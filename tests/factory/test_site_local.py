@@ -15,6 +15,7 @@ from floe.factory.matchmaker import SiteClient
 from floe.factory.policy import ShapeCounts
 from floe.plugins import PilotState
 from tests.pilot.live import LiveMatchmaker, wait_for
+from tests.pilot.scripted import ScriptedPilot
 from tests.plugins.pilots import fake_command
 
 from .conftest import SHAPE, dag_dataset, site_document
@@ -243,3 +244,23 @@ def test_a_shape_whose_pilots_keep_ending_empty_beside_its_work_is_held_back(
             and "No small pilot is submitted for 60 s, then one to try again" in caplog.text)
     status = json.loads((tmp_path / "factory" / "site-a" / "status.json").read_text())
     assert status["held_shapes"]["small"]["kind"] == "empty"
+
+
+def test_pilots_ending_empty_on_a_black_hole_hold_the_shape_back_naming_the_host(
+        matchmaker: LiveMatchmaker, make_runner, tmp_path: Path):
+    """The site's node is kept out as a black hole (tasks of a dataset that runs elsewhere
+    failed there one after another): its pilots get no work, and the hold says why, not that
+    the tasks may need what the pilots do not offer."""
+    matchmaker.submit(dag_dataset(12))
+    ScriptedPilot(matchmaker, host="good-node").run_one()  # the dataset runs elsewhere
+    broken = ScriptedPilot(matchmaker, host="bad-node")
+    for _ in range(5):
+        broken.run_one(exit_code=1, usage={"wall_time": 1.0})
+    assert [hole["host"] for hole in matchmaker.get("/sites")["sites"][0]["black_holes"]] == [
+        "bad-node"]
+    site = make_runner(site_document(matchmaker, tmp_path / "factory", backoff="60s",
+                                     environment={"FLOE_HOST": "bad-node"}))
+    cycle_until(site, lambda: "small" in site.holds.held, 90, "the shape to be held")
+    assert re.match(r"[34] small pilots in a row ended without a task while \d+ ready tasks "
+                    "that the demand counts for the shape waited: the matchmaker gives no work "
+                    "to bad-node \\(kept out as black holes for now", site.holds.held["small"].why)
