@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -72,6 +73,17 @@ def age(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return format_duration(max(0.0, time.time() - timestamp))
+
+
+def number(text: str) -> float:
+    """An argument that must be a finite number (argparse's `float` takes nan and inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give one like 2.5")
+    return value
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from floe.config.settings import SERVER_SCHEMA
 
+from .command import number
+
 DEFAULT_DB = SERVER_SCHEMA.fields["database"].default
 
 
@@ -114,14 +116,14 @@ def _configure_user(parser: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add", help="add a user and print its token (shown once)")
     add.add_argument("name")
     add.add_argument("--admin", action="store_true", help="may manage users, sites, everything")
-    add.add_argument("--share", type=float, default=1.0, help="fair share (default 1)")
+    add.add_argument("--share", type=number, default=1.0, help="fair share (default 1)")
     _db_option(add)
     token = sub.add_parser("token", help="replace a user's token and print the new one")
     token.add_argument("name")
     _db_option(token)
     share = sub.add_parser("share", help="set a user's fair share")
     share.add_argument("name")
-    share.add_argument("share", type=float)
+    share.add_argument("share", type=number)
     _db_option(share)
 
 

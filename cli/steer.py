@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from .command import Command, Fetch, Show, add_dataset, subcommands
+from .command import Command, Fetch, Show, add_dataset, number, subcommands
 from .http import Client, ClientError
 
 
@@ -30,7 +30,7 @@ def _add_jobs_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _priority_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser)
-    parser.add_argument("priority", type=float,
+    parser.add_argument("priority", type=number,
                         help="the new priority, greater than 0 and at most 1000 (a new "
                              "dataset has 1); it weighs the dataset against its owner's other "
                              "datasets")

@@ -78,6 +78,16 @@ def test_a_priority_out_of_range_is_refused_with_the_allowed_range(capsys, match
     assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 1
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_priority_that_is_no_number_is_refused_by_the_command_itself(matchmaker, tmp_path,
+                                                                       dataset, value):
+    result = run_process(tmp_path, "priority", str(dataset), value, *as_user(matchmaker))
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"floe priority: error: argument priority: {value!r} is not "
+                                  "a number: give one like 2.5\n")
+    assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 1
+
+
 def test_any_priority_above_0_is_taken_as_a_submitted_dataset_may_have_it(capsys, matchmaker,
                                                                          dataset):
     status, out, _ = run(capsys, "priority", str(dataset), "0.0005", *as_user(matchmaker))
