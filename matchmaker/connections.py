@@ -8,8 +8,8 @@ other client's connection was reset.
 `GuardedSite` is aiohttp's socket site with each connection's protocol wrapped in a `Guard`,
 which counts the connections of each address and forwards every event to aiohttp's own
 protocol unchanged. The server says when its open-files limit is too low for the pilots it
-serves: at start, when the limit is below what `max_held_asks` idle pilots need, and while it
-runs, when its connections come near the limit.
+serves: at start (in its log's INFO lines), when the limit is below what `max_held_asks` idle
+pilots need, and with a WARNING while it runs, when its connections come near the limit.
 """
 
 from __future__ import annotations

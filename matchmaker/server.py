@@ -171,8 +171,8 @@ async def _serve(app: web.Application, listening: socket.socket,
     aiohttp's run_app does, with each client address's connections counted."""
     files = connections.raise_open_files_limit()
     too_few = connections.check_open_files_limit(files, settings.max_held_asks)
-    if too_few:
-        log.warning("%s", too_few)
+    if too_few:  # said, not warned of: a site with fewer pilots never comes near it (a
+        log.info("%s", too_few)  # warning comes when the connections do: `Counts.admit`)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
