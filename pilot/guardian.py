@@ -187,6 +187,7 @@ def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None,
     marker = None if tasks_dir is None else b"\0FLOE_SCRATCH=" + tasks_dir.rstrip(b"/") + b"/"
     look_until = time.monotonic() + (spawn_wait if marker is not None else 0.0)
     marked: dict[int, int] = {}  # pid: when it started, so that a reused pid is not taken
+    seen: dict[int, int | None] = {}  # each leader's start when first looked (None: gone)
     me = os.getpid()
     looked = False
 
@@ -197,8 +198,14 @@ def end_tasks(leaders: set[int], grace: float, tasks_dir: bytes | None = None,
             looked = True
             marked.update((pid, info.started) for pid, info in snapshot.items()
                           if pid != me and not info.zombie and environ_has(pid, marker))
+        for pid in leaders:
+            seen.setdefault(pid, snapshot[pid].started if pid in snapshot else None)
+        # A leader gone still names its session and group while they have members; a new
+        # process given its pid (it can be only once they have none) is none of its tree.
+        ours = {pid for pid in leaders if pid not in snapshot
+                or (seen[pid] is not None and same({pid: seen[pid]}, snapshot))}
         roots = {pid for pid, info in snapshot.items()
-                 if pid in leaders or info.sid in leaders or info.pgid in leaders}
+                 if pid in ours or info.sid in ours or info.pgid in ours}
         return {pid for pid, info in family(snapshot, roots | same(marked, snapshot)).items()
                 if not info.zombie}
 

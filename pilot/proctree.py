@@ -237,6 +237,8 @@ class ProcessTree:
         self.table = table
         self.started = started
         self.peak_cpu_time = 0.0
+        self.reaped = False
+        """The leader has been waited for (`end`): its pid may be another process's now."""
 
     def members(self, fresh: bool = False) -> dict[int, ProcessInfo]:
         window = self.table.window(self.leader, self.started)
@@ -247,6 +249,10 @@ class ProcessTree:
                 table[self.leader] = leader
         else:
             table = self.table.get(fresh)
+        if self.reaped and self.leader in table:
+            # Its pid went to another process, which the system allows only once no session
+            # or group is named by it: the tree is gone, and that process is not of it.
+            return {}
         return family(table, {pid for pid, info in table.items()
                               if info.sid == self.leader or info.pgid == self.leader})
 
@@ -294,10 +300,12 @@ class ProcessTree:
         kill_all(lambda: _live(self.members()), grace, self.table, first=self.alive())
 
     def end(self, markers: Iterable[bytes], grace: float) -> dict[int, str]:
-        """Once the leader has exited: kill what is left of the tree, and what left it (a
-        process in a session of its own, whose parent in the tree is gone) but still holds
-        every one of `markers` (b"NAME=value") in its environment, all in one grace. Returns the
-        latter by pid, with their names. A young tree's window is looked at once for both."""
+        """Once the leader has exited and been waited for: kill what is left of the tree, and
+        what left it (a process in a session of its own, whose parent in the tree is gone) but
+        still holds every one of `markers` (b"NAME=value") in its environment, all in one grace.
+        Returns the latter by pid, with their names. A young tree's window is looked at once for
+        both."""
+        self.reaped = True
         wanted = [b"\0" + marker + b"\0" for marker in markers]
         window = self.table.window(self.leader, self.started)
         found = None if window is None else self.table.processes_in(window)

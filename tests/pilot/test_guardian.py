@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -135,3 +136,36 @@ def test_a_pilot_that_leaves_has_its_guardian_end_what_its_tasks_left_outside_th
     guardian.close()
     assert escaped.wait(5) == -signal.SIGTERM
     assert elsewhere.poll() is None
+
+
+@pytest.mark.skipif(not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK),
+                    reason="cannot set the next pid here (not root in this pid namespace)")
+def test_a_new_session_given_an_ended_modules_pid_is_left_alone():
+    from floe.pilot.guardian import end_tasks
+
+    from .test_proctree import start_with_pid
+
+    ending = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal("
+                                 "signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
+                                 "time.sleep(60)"], start_new_session=True,
+                                stdout=subprocess.PIPE, text=True)
+    stubborn.stdout.readline()  # it ignores SIGTERM now: the grace is waited out
+    time.sleep(0.05)
+    newcomer = []
+
+    def reuse() -> None:  # the first module ends, and a new session gets its pid
+        ending.wait(timeout=30)
+        newcomer.append(start_with_pid(ending.pid, session=True))
+
+    thread = threading.Thread(target=reuse)
+    thread.start()
+    try:
+        end_tasks({ending.pid, stubborn.pid}, grace=1.0)
+        thread.join(timeout=30)
+        assert stubborn.wait(timeout=10) == -signal.SIGKILL
+        assert newcomer and newcomer[0].poll() is None, "the new session was killed"
+    finally:
+        for process in [*newcomer, stubborn, ending]:
+            process.kill()
+            process.wait()

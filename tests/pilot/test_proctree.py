@@ -194,12 +194,12 @@ reusing_pids = pytest.mark.skipif(not os.access(NEXT_PID, os.W_OK),
                                          "namespace)")
 
 
-def start_with_pid(pid: int) -> subprocess.Popen:
+def start_with_pid(pid: int, session: bool = False) -> subprocess.Popen:
     """`sleep` given `pid`, which an ended and reaped process had (another process may take it
-    first on a busy machine: tried again)."""
+    first on a busy machine: tried again), in a session of its own with `session`."""
     for _ in range(100):
         NEXT_PID.write_text(str(pid - 1))
-        process = subprocess.Popen(["sleep", "60"])
+        process = subprocess.Popen(["sleep", "60"], start_new_session=session)
         if process.pid == pid:
             return process
         process.kill()
@@ -249,6 +249,24 @@ def test_a_pid_named_once_is_the_same_process_only_while_its_start_is():
     try:
         assert proctree.same(born, proc_table()) == set()
         assert proctree.same({first.pid: 0}, proc_table()) == {first.pid}  # start not known
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+
+
+@reusing_pids
+@pytest.mark.parametrize("young", [True, False], ids=["window", "table"])
+def test_a_new_session_given_an_ended_leaders_pid_is_not_its_tree(young):
+    # As another lane's module would be: it leads a session named by that pid.
+    started = time.monotonic()
+    leader = subprocess.Popen(["true"], start_new_session=True)
+    leader.wait()
+    newcomer = start_with_pid(leader.pid, session=True)
+    try:
+        tree = ProcessTree(leader.pid, ProcessTable(proc_table, max_age=0),
+                           started=started if young else None)
+        assert tree.end([b"FLOE_ATTEMPT=no-such-attempt"], grace=0.3) == {}
+        assert newcomer.poll() is None, "the new session was killed as the ended tree's"
     finally:
         newcomer.kill()
         newcomer.wait()
