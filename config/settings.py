@@ -125,9 +125,10 @@ SERVER_SCHEMA = Object([
           details="Counted on one host since its last success, across its pilots and their "
                   "factories, for tasks of datasets that have completed tasks (a dataset "
                   "broken everywhere makes no host a black hole). A failure counts whole when "
-                  "its dataset's tasks fail at most one time in twenty on other hosts, and for "
-                  "less the more often they do (one time in five: about half), so that a "
-                  "flaky dataset does not blame a healthy host. A black hole gets no "
+                  "its dataset's tasks fail at most one time in twenty otherwise (elsewhere, "
+                  "or on this host before), and for less the more often they do (one time in "
+                  "five: about half), so that a flaky dataset does not blame a healthy host. "
+                  "A black hole gets no "
                   "work for `black_hole_cooldown`; its pilots are told why, and it is listed by "
                   "`floe sites`, on the sites page and in /metrics. 0 turns this off."),
     Field("black_hole_quick", Duration(1, 86400), "how soon after its start a failure counts "

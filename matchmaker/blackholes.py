@@ -9,11 +9,9 @@ failed (task or staging errors: what a node can cause) within `black_hole_quick`
 their start, with no success on the host in between, make it a black hole for
 `black_hole_cooldown`. Only tasks of datasets that have completed tasks count: a dataset broken
 everywhere fails fast on every host, and must not make every host a black hole. And a failure
-counts for less the more often its dataset's tasks fail on other hosts (`weight`): five
-failures in a row of a dataset that fails one time in five happen by chance every few thousand
-attempts, on healthy hosts, so that one needs about ten; the chance that a healthy host is
-blamed stays about that of five failures in a row of a dataset failing one time in twenty
-(`RARE`), about 3 in 10 million. A black hole's
+counts for less the more often its dataset's tasks fail otherwise (`config.failures.weight`:
+its attempts everywhere but those of this host's streak, and but the streaks that made hosts
+black holes, which were the hosts' doing). A black hole's
 pilots are then answered with no work and the reason (never held), it is logged, counted in
 `/metrics`, listed by `floe sites` and the sites page, and the factories are told, so that a
 suspect host's pilot is no proof that its site works and, where the batch system allows, new
@@ -25,10 +23,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from floe.config.failures import weight
 from floe.config.resources import format_duration
 from floe.config.settings import ServerSettings
 from floe.config.states import ErrorClass
@@ -40,33 +38,17 @@ NODE_FAILURES = (ErrorClass.TASK_ERROR, ErrorClass.STAGING_ERROR)
 doing, a lost pilot nobody's failure."""
 MAX_WATCHED = 100_000
 """Hosts whose recent failures are remembered, at most (the oldest are forgotten past it)."""
-RARE = 0.05
-"""A dataset whose tasks fail this seldom (or less) on other hosts: each failure of it counts
-whole."""
-PRIOR = (0.5, 20)
-"""Failures and attempts a dataset is taken to have had before any were seen (its failure rate
-taken to be 2.5 % until its own attempts say otherwise)."""
 
 
-def weight(failed: int, ended: int) -> float:
-    """How much one failure counts when the dataset's tasks failed `failed` times in `ended`
-    attempts elsewhere: 1 for a dataset that fails at most `RARE` of the time, less the more
-    often it fails (its failure rate's logarithm against RARE's)."""
-    rate = (failed + PRIOR[0]) / (ended + PRIOR[1])
-    if rate <= RARE:
-        return 1.0
-    if rate >= 1.0:
-        return 0.0
-    return math.log(rate) / math.log(RARE)
-
-
-@dataclass(frozen=True)
+@dataclass
 class _Failure:
-    """One failure in a host's streak: its words, its dataset, and how much it counts."""
+    """One task's failures in a host's streak: the last one's words, its dataset, how much it
+    counts, and its attempts that failed there (a task retried on the host counts once)."""
 
     message: str
     dataset_id: int
     weight: float
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,7 +76,8 @@ class BlackHoles:
         self._streaks: collections.OrderedDict[str, dict[int, _Failure]] = \
             collections.OrderedDict()
         self._datasets: dict[int, list[int]] = {}
-        """Each dataset's attempts ended, and of them the failures a node can cause."""
+        """Each dataset's attempts that succeeded or failed as a node can make them fail, and
+        of them those that failed."""
         self.suspects: dict[str, Suspect] = {}
         self.found = 0
         """Hosts found to be black holes since the server started (for /metrics)."""
@@ -107,28 +90,38 @@ class BlackHoles:
         it one."""
         if not host or self.failures <= 0:
             return None
-        counts = self._datasets.setdefault(dataset_id, [0, 0])
-        counts[0] += 1
+        counts = self._datasets.setdefault(dataset_id, [0, 0])  # its successes and failures
         if error is None:
+            counts[0] += 1
             self._streaks.pop(host, None)  # it ran a task to the end: not a black hole
             return None
-        if error in NODE_FAILURES:
-            counts[1] += 1
-        if (error not in NODE_FAILURES or wall > self.quick or not proven
-                or self.kept_out(host, now)):
+        if error not in NODE_FAILURES:
+            return None
+        counts[0] += 1
+        counts[1] += 1
+        if wall > self.quick or not proven or self.kept_out(host, now):
             return None
         streak = self._streaks.get(host)
         if streak is None:
             if len(self._streaks) >= MAX_WATCHED:
                 self._streaks.popitem(last=False)
             streak = self._streaks[host] = {}
-        here = sum(1 for failure in streak.values() if failure.dataset_id == dataset_id)
-        ended, failed = counts[0] - here - 1, counts[1] - here - 1  # on other hosts
-        streak[task_id] = _Failure(message, dataset_id, weight(failed, ended))
+        here = sum(f.attempts for f in streak.values() if f.dataset_id == dataset_id) + 1
+        counted = weight(counts[1] - here, counts[0] - here)  # its failures but these
+        failure = streak.get(task_id)
+        if failure is None:
+            streak[task_id] = _Failure(message, dataset_id, counted)
+        else:  # the same task again: still one task, the last words
+            failure.message, failure.attempts = message, failure.attempts + 1
         self._streaks.move_to_end(host)
-        if sum(failure.weight for failure in streak.values()) < self.failures - 1e-9:
+        if sum(f.weight for f in streak.values()) < self.failures - 1e-9:
             return None
         del self._streaks[host]
+        for failure in streak.values():  # the host's doing, not its dataset's: they do not
+            tally = self._datasets.get(failure.dataset_id)  # make its dataset look flaky
+            if tally is not None:
+                tally[0] -= failure.attempts
+                tally[1] -= failure.attempts
         last = message.strip().splitlines()[-1][:200] if message.strip() else error.value
         suspect = Suspect(host, site, now, now + self.cooldown,
                           f"{len(streak)} different tasks failed here within "

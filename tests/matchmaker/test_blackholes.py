@@ -65,3 +65,47 @@ def test_hosts_running_a_flaky_dataset_are_not_blamed_for_its_failures():
         streaks += runs[host] == 5
     assert streaks >= 2  # what counting five in a row alone blamed a host for
     assert black_holes.current(0.0) == [] and black_holes.found == 0
+
+
+def test_a_flaky_dataset_on_a_site_of_one_host_does_not_blame_it():
+    # The production trial's site: one host ran all of it, successes and failures alike.
+    rng = random.Random(4)
+    black_holes = holes()
+    for task_id in range(15_000):
+        black_holes.ended("vm", "local", task_id, FAILED if rng.random() < 0.2 else None,
+                          "flaky", 0.05, 0.0, proven=True, dataset_id=4)
+    assert black_holes.found == 0
+
+
+def test_a_host_that_breaks_again_after_its_cool_down_is_kept_out_as_soon():
+    black_holes = holes()
+    for task_id in range(20):  # a site of one host: it ran the dataset well
+        black_holes.ended("only", "site-a", task_id, None, "", 10.0, 0.0, proven=True,
+                          dataset_id=5)
+    rounds = []
+    for round_ in range(4):  # broken for good: kept out, back after its hour, out again
+        now = round_ * 3601.0
+        for count in range(1, 100):
+            if black_holes.ended("only", "site-a", 1000 * (round_ + 1) + count, FAILED,
+                                 "disk full", 1.0, now, proven=True, dataset_id=5):
+                break
+        rounds.append(count)
+    assert rounds == [5, 5, 5, 5]
+
+
+def test_a_task_retried_on_the_same_broken_host_counts_once_and_not_as_flakiness():
+    black_holes = holes()
+    for task_id in range(20):
+        black_holes.ended("good", "site-a", task_id, None, "", 10.0, 0.0, proven=True,
+                          dataset_id=6)
+    attempts = 0
+    for task_id in range(100, 120):
+        for _ in range(3):  # each task fails there on its retries too
+            attempts += 1
+            if black_holes.ended("bad", "site-a", task_id, FAILED, "no libcuda", 1.0, 0.0,
+                                 proven=True, dataset_id=6):
+                break
+        else:
+            continue
+        break
+    assert (task_id - 99, attempts) == (5, 13)

@@ -3,6 +3,8 @@ failing on its retries, overuse, and requeues do not."""
 
 from __future__ import annotations
 
+import random
+
 from floe.config.states import ErrorClass
 from floe.pilot.streak import FailureStreak
 
@@ -51,14 +53,26 @@ def test_a_limit_of_zero_never_suspects():
     assert not streak.suspect
 
 
-def test_the_failures_of_a_dataset_that_ran_to_the_end_here_no_longer_count():
-    # A dataset failing one time in five: five failures in a row on a healthy node happen by
-    # chance (the production trial's pilots left such nodes as suspect).
-    streak = FailureStreak(3)
-    streak.record(1, None, dataset=12)
-    for task in range(2, 8):
-        streak.record(task, ERROR, "flaky", dataset=12)
-    assert streak.length == 0 and not streak.suspect
-    for task in range(8, 11):  # another dataset, never run to the end here, still counts
-        streak.record(task, ERROR, "libfoo.so: cannot open shared object file", dataset=13)
+def test_a_flaky_dataset_does_not_make_a_healthy_node_suspect():
+    # One task in five fails wherever it runs: five in a row happen by chance (the production
+    # trial's pilots left healthy nodes as suspect); such a dataset needs about ten.
+    rng = random.Random(3)
+    streak = FailureStreak(5)
+    for task in range(15_000):
+        streak.record(task, ERROR if rng.random() < 0.2 else None, "flaky", dataset=12)
+        assert not streak.suspect, f"suspect after task {task}"
+    failures = 0
+    while not streak.suspect:  # the node breaks now
+        failures += 1
+        streak.record(100_000 + failures, ERROR, "disk full", dataset=12)
+    assert 9 <= failures <= 11
+
+
+def test_a_node_that_breaks_after_running_a_healthy_dataset_is_suspect_at_the_fifth():
+    streak = FailureStreak(5)
+    for task in range(50):
+        streak.record(task, None, dataset=7)
+    for task in range(100, 105):
+        assert not streak.suspect
+        streak.record(task, ErrorClass.STAGING_ERROR, "no space left on device", dataset=7)
     assert streak.suspect
