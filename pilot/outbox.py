@@ -128,12 +128,18 @@ class Outbox:
             return
         first = min(delivery.attempt_id for delivery in deliveries)
         path = self.directory / f"{first}.json"
+        self._write(path, {"reports": [delivery.document() for delivery in deliveries],
+                           "written": time.time(), "pilot": self.owner}, durable)
+        for delivery in deliveries:
+            delivery.path = path
+        self._unsettled[path] = {delivery.attempt_id for delivery in deliveries}
+
+    def _write(self, path: Path, document: Mapping[str, Any], durable: bool) -> None:
+        """Write a batch file whole, in place of any before it; OSError when it could not."""
         # One writer per name: no other process or thread writes this temporary file, and
         # `pending()` removes what a killed writer left (names starting with ".").
-        partial = self.directory / f".{first}.{os.getpid()}.{threading.get_ident()}"
-        data = json.dumps({"reports": [delivery.document() for delivery in deliveries],
-                           "written": time.time(), "pilot": self.owner},
-                          separators=(",", ":")).encode()
+        partial = self.directory / f".{path.stem}.{os.getpid()}.{threading.get_ident()}"
+        data = json.dumps(document, separators=(",", ":")).encode()
         handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -159,9 +165,6 @@ class Outbox:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
             raise
-        for delivery in deliveries:
-            delivery.path = path
-        self._unsettled[path] = {delivery.attempt_id for delivery in deliveries}
 
     def sync(self) -> None:
         """Make the batches written without their syncs durable, those still here (a file
@@ -204,6 +207,8 @@ class Outbox:
                                   dict(document["report"]), dict(document.get("logs") or {}),
                                   path)
                          for document in documents]
+                if owner != self.owner and self.owner:
+                    self._take_over(path, documents, data.get("written"))
             except FileNotFoundError:
                 continue  # another pilot on this scratch delivered it meanwhile
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
@@ -219,6 +224,16 @@ class Outbox:
             if name.startswith(".") or (suffix in STREAMS and stem not in reported):
                 self._remove_orphan(self.directory / name)  # left by a killed pilot
         return sorted(found, key=lambda delivery: delivery.attempt_id)
+
+    def _take_over(self, path: Path, documents: list[Any], written: Any) -> None:
+        """Name this pilot in a batch it takes up, so that a pilot starting after it leaves
+        the batch to it (should the rewrite fail, that one may send the reports again, which
+        the matchmaker takes as duplicates)."""
+        try:
+            self._write(path, {"reports": documents, "written": written or time.time(),
+                               "pilot": self.owner}, durable=True)
+        except OSError as err:
+            log.warning("cannot mark %s as this pilot's: %s", path, err.strerror or err)
 
     def remove(self, delivery: Delivery) -> None:
         """Forget a report: it was acknowledged, or will never be recorded."""
