@@ -15,6 +15,7 @@ production one with attempt 0 and dataset id 0 unless `--dataset` gives the real
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from floe.pilot.gpus import Gpu, GpuSource, open_gpus
 from floe.pilot.runner import Assignment, RunnerSettings, TaskResult, TaskRun
 from floe.pilot.scratch import STDOUT_NAME
 from floe.pilot.slot import MeasuredSlot, measure
+from floe.pilot.staging import kept_path
 from floe.pilot.supervisor import Supervisor
 
 
@@ -94,7 +96,7 @@ def main(config_path: Path, args: argparse.Namespace) -> int:
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     try:
         settings = RunnerSettings(
-            keep_outputs_in=None if args.store_outputs else args.workdir.resolve() / "outputs")
+            keep_outputs_in=None if args.store_outputs else kept_outputs(args.workdir))
         results = run_job(config, args.job, slot=slot, workdir=args.workdir, task=args.task,
                           dataset=args.dataset, system=system, gpu_source=gpu_source,
                           settings=settings, say=say)
@@ -106,6 +108,11 @@ def main(config_path: Path, args: argparse.Namespace) -> int:
     ran = {result.task for result in results}
     complete = len(ran) == len(specs) and all(result.ok for result in results)
     return 0 if complete else 1
+
+
+def kept_outputs(workdir: Path) -> Path:
+    """Where `floe run` keeps outputs instead of storing them at their URLs."""
+    return workdir.resolve() / "outputs"
 
 
 def plan(config: DatasetConfig, job: int, task: str | None) -> list[TaskSpec]:
@@ -165,6 +172,10 @@ def run_job(
                                 disk=max(slot.disk, spec.requirements.disk))
         result = TaskRun(assignment, scratch, gpus=gpus, gpu_source=gpu_source,
                          settings=settings, supervisor=supervisor).run()
+        if settings is None or settings.keep_outputs_in is None:
+            for output in result.outputs:  # stored where production's are: a copy that an
+                with contextlib.suppress(OSError):  # earlier run kept would now be stale
+                    kept_path(kept_outputs(workdir), output["url"]).unlink()
         results.append(result)
         if not result.ok:
             failed.add(spec.index)

@@ -320,6 +320,8 @@ class TaskRun:
                 kept = self.settings.keep_outputs_in
                 if kept is not None and staging.kept_path(kept, url).is_file():
                     url = str(staging.kept_path(kept, url))  # an earlier task's output, kept
+                    self._warn(f"input {entry['local']}: read from {url}, kept by an earlier "
+                               f"floe run, not from {entry['url']}")
                 staging.fetch(url, target, timeout=self.settings.transfer_timeout,
                               retries=self.settings.transfer_retries)
                 if entry.get("checksum"):

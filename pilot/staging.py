@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import posixpath
 import secrets
 import shutil
 import time
@@ -50,15 +51,22 @@ def _local_file(url: str) -> Path | None:
 
 def kept_path(root: Path, url: str) -> Path:
     """Where an output for `url` is kept under `root` instead of being stored there (`floe run`
-    keeps them so by default): `file/<path>` for a file:// URL or path, `<scheme>/<host>/<path>`
-    for the others, nothing leading out of `root`."""
-    parts = urllib.parse.urlsplit(url)
-    if url.startswith("/") or parts.scheme.lower() == "file":
-        head, path = ["file"], urllib.request.url2pathname(parts.path if parts.scheme else url)
+    keeps them so by default): `file/<path>` for a file:// URL or path (the path production
+    would write, StagingError for one it would refuse), `<scheme>/<host>/<path>` for the
+    others, the query kept with the last name; each name quoted, so that no two URLs share a
+    file ("%" for an empty path, which no quoted name is), and nothing leads out of `root`."""
+    local = _local_file(url)
+    if local is not None:
+        head, path, query = ["file"], str(local), ""
     else:
-        head, path = [parts.scheme.lower() or "other", parts.netloc or "-"], parts.path
-    names = [name for name in path.split("/") if name not in ("", ".", "..")]
-    return root.joinpath(*head, *names) if names else root.joinpath(*head, "-")
+        parts = urllib.parse.urlsplit(url)
+        head = [parts.scheme.lower() or "other", parts.netloc or "-"]
+        path, query = parts.path, parts.query
+    names = [name for name in posixpath.normpath("/" + path).split("/") if name]
+    if query:
+        names = [*names[:-1], (names[-1] if names else "") + "?" + query]
+    quoted = [urllib.parse.quote(name, safe="") for name in names] or ["%"]
+    return root.joinpath(*(urllib.parse.quote(part, safe="") for part in head), *quoted)
 
 
 def _is_http(url: str) -> bool:

@@ -63,11 +63,14 @@ def test_a_job_runs_its_tasks_in_order_keeping_outputs_out_of_production(tmp_pat
 
 def test_store_outputs_stores_them_where_production_does(tmp_path, capsys):
     config = write_config(tmp_path)
-    assert floe(["run", str(config), "--job", "3", "--store-outputs", "--system",
-                 "site_name=uw", "--workdir", str(tmp_path / "work")]) == 0
+    work = str(tmp_path / "work")
+    assert floe(["run", str(config), "--job", "3", "--task", "generate", "--workdir", work]) == 0
     production = tmp_path / "archive" / "0" / "gen_003.txt"
+    assert kept(tmp_path, production).exists() and not production.exists()
+    assert floe(["run", str(config), "--job", "3", "--store-outputs", "--system",
+                 "site_name=uw", "--workdir", work]) == 0
     assert production.read_text().startswith("seed=1003 energy=")
-    assert not (tmp_path / "work" / "outputs").exists()
+    assert not kept(tmp_path, production).exists()  # it would be read, stale, from now on
     reco_log = tmp_path / "work" / "job3" / "reco" / "floe.stdout.log"
     assert reco_log.read_text() == production.read_text() + "site=uw\n"
 
@@ -93,6 +96,9 @@ def test_one_named_task_runs_alone_and_says_its_dependencies_are_not_run(tmp_pat
     assert code == 0
     assert out.startswith("running only task reco; its dependencies (generate) are not run")
     assert "generate: ok" not in out
+    production = tmp_path / "archive" / "0" / "gen_001.txt"
+    assert (f"warning: input in.txt: read from {kept(tmp_path, production)}, kept by an "
+            f"earlier floe run, not from file://{production}") in out
 
 
 def test_json_output_carries_each_task_result(tmp_path, capsys):

@@ -8,7 +8,15 @@ import stat
 
 import pytest
 
-from floe.pilot.staging import StagingError, digest, fetch, scratch_path, store, verify
+from floe.pilot.staging import (
+    StagingError,
+    digest,
+    fetch,
+    kept_path,
+    scratch_path,
+    store,
+    verify,
+)
 
 
 def test_inputs_come_from_file_urls_and_plain_paths(tmp_path):
@@ -81,6 +89,20 @@ def test_a_stored_output_has_the_mode_the_umask_gives_a_new_file(tmp_path, umask
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "archive" / "result.i3").stat().st_mode) == mode
     assert os.listdir(tmp_path / "archive") == ["result.i3"]
+
+
+def test_outputs_floe_run_keeps_get_a_file_each_inside_its_directory(tmp_path):
+    urls = ["file:///data/a/gen.txt", "/data/a/gen.txt", "/data/x%41", "https://api/up?n=a.i3",
+            "https://api/up?n=b.i3", "https://api/up", "https://h", "https://h/-",
+            "https://h?x=1", "http://h/a b"]
+    kept = [kept_path(tmp_path, url) for url in urls]
+    assert kept[0] == kept[1] == tmp_path / "file" / "data" / "a" / "gen.txt"  # one file
+    assert len(set(kept[1:])) == len(urls) - 1
+    assert all(tmp_path in path.parents for path in kept)
+    escaping = kept_path(tmp_path, "https://h/a/../../../etc/x")
+    assert escaping == tmp_path / "https" / "h" / "etc" / "x"
+    with pytest.raises(StagingError, match="must name a local path"):  # as production says
+        kept_path(tmp_path, "file://otherhost/data/x")
 
 
 def test_unsupported_urls_are_refused(tmp_path):
