@@ -209,7 +209,9 @@ class Judging:
             row = self._empty_row[shape] = self._empty_row.get(shape, 0) + 1
             if row < EMPTY_IN_A_ROW:
                 continue
-            holes = self.last.get("black_holes") or []
+            # Named only where the plugin cannot keep new pilots off them: elsewhere the empty
+            # pilots ran on other hosts, and the cause is another.
+            holes = [] if self.plugin.keeps_off_hosts else self.last.get("black_holes") or []
             why = (f"{row} {shape} pilots in a row ended without a task while "
                    f"{counted(waiting, 'ready task')} that the demand counts for the shape "
                    + (f"waited: the matchmaker gives no work to {', '.join(holes)} (kept out "
