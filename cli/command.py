@@ -82,7 +82,21 @@ def number(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number: give one like 2.5")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number: give one like 2.5")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argument that is a number of seconds, more than 0 (leaving the option out is how to
+    say "no limit")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value == math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: leave the option out to have no limit")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds more than 0")
     return value
 
 

@@ -151,7 +151,9 @@ def _run_user(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     elif "token" in result:
-        print(f"{result['user']}'s token (shown only now; keep it secret):\n{result['token']}")
+        # The token alone on stdout, so that `... > alice.token` makes a token file.
+        print(f"{result['user']}'s token (shown only now; keep it secret):", file=sys.stderr)
+        print(result["token"])
     else:
         print(f"{result['user']}: share {result['share']}")
     return 0
@@ -208,8 +210,10 @@ def _run_site(args: argparse.Namespace) -> int:
               file=sys.stderr)
         print(result["token"])
     else:
-        print(f"factory token of site {result['site']} (shown only now; put it in the site's "
-              f"factory config):\n{result['token']}")
+        print(f"factory token of site {result['site']} (shown only now; put it in the file the "
+              "site's token_file names, readable by the factory's account alone):",
+              file=sys.stderr)
+        print(result["token"])
     return 0
 
 

@@ -465,6 +465,9 @@ def site_token(site: SiteConfig) -> str:
         if not token:
             raise ConfigError([f"site {site.name}: token_file {path} is empty; write the "
                                "token `floe site add` printed into it"])
+        if len(token.split()) > 1:
+            raise ConfigError([f"site {site.name}: token_file {path} holds more than a token; "
+                               "the file must hold the token `floe site add` printed, alone"])
         return _of_a_site(token, site.name, f"token_file {path}")
     token = os.environ.get(SITE_TOKEN_VARIABLE, "").strip()
     if not token:

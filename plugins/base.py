@@ -28,7 +28,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 from floe.config.resources import GIB, MIB
-from floe.plugins.hosts import SSH_FAILED, Host, HostError, LocalHost, SshHost, SshSettings
+from floe.plugins.hosts import (
+    SSH_FAILED,
+    Host,
+    HostError,
+    LocalHost,
+    SshHost,
+    SshSettings,
+    make_private,
+)
 from floe.plugins.jobs import Job
 
 _FACTORY_ID_RE = re.compile(r"^[A-Za-z0-9_.]{1,40}$")
@@ -471,7 +479,7 @@ class BatchPlugin(abc.ABC):
         except HostError as exc:
             raise self._batch_error(exc, ["mkdir", kind]) from exc
         if isinstance(self.host, LocalHost):
-            Path(path).mkdir(parents=True, exist_ok=True, mode=0o700)
+            make_private(Path(path))
         return path
 
     def room(self, shape: PilotShape) -> tuple[int | None, str]:

@@ -98,6 +98,20 @@ class SshSettings:
     connect_timeout: int = 15
 
 
+def make_private(path: Path) -> None:
+    """`path` made, with those of its parents that are missing, readable by this account only
+    (mkdir's `parents` would give the parents the umask's mode: the factory's workdir holds
+    pilot scripts, each with its token)."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.is_dir():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
+
+
 class Host(abc.ABC):
     """The machine a plugin's batch commands run on."""
 
@@ -154,7 +168,7 @@ class LocalHost(Host):
         self._workdir = Path(workdir)
 
     def workdir(self) -> PurePosixPath:
-        (self._workdir / "logs").mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private(self._workdir / "logs")
         return self._workdir.absolute()
 
     def user(self) -> str:

@@ -78,13 +78,25 @@ def test_a_priority_out_of_range_is_refused_with_the_allowed_range(capsys, match
     assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 1
 
 
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--timeout", "-5", "'-5' is not a number of seconds more than 0"),
+    ("--timeout", "inf", "'inf': leave the option out to have no limit"),
+    ("--interval", "0", "'0' is not a number of seconds more than 0"),
+    ("--interval", "nan", "'nan' is not a number of seconds more than 0")])
+def test_waits_seconds_are_more_than_0(matchmaker, tmp_path, dataset, option, value, said):
+    result = run_process(tmp_path, "wait", str(dataset), f"{option}={value}",
+                         *as_user(matchmaker))
+    assert result.returncode == 2
+    assert result.stderr.endswith(f"floe wait: error: argument {option}: {said}\n")
+
+
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_a_priority_that_is_no_number_is_refused_by_the_command_itself(matchmaker, tmp_path,
                                                                        dataset, value):
     result = run_process(tmp_path, "priority", str(dataset), value, *as_user(matchmaker))
     assert result.returncode == 2
     assert result.stderr.endswith(f"floe priority: error: argument priority: {value!r} is not "
-                                  "a number: give one like 2.5\n")
+                                  "a finite number: give one like 2.5\n")
     assert matchmaker.get(f"/datasets/{dataset}")["priority"] == 1
 
 

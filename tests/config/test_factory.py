@@ -92,6 +92,19 @@ def test_keep_pilot_logs_too_short_to_be_meant_is_refused_naming_seconds(value, 
     assert factory_config(document).sites[0].keep_pilot_logs == 0
 
 
+def test_a_site_token_file_holding_more_than_the_token_is_refused_without_echoing_it(
+        tmp_path):
+    token_file = tmp_path / "token"
+    token_file.touch(mode=0o600)
+    token_file.write_text("factory token of site a (shown only now; ...):\nfloe_s_secret\n")
+    with pytest.raises(ConfigError) as refused:
+        site_token(a_site(str(token_file)))
+    assert str(refused.value).endswith(
+        f"site a: token_file {token_file} holds more than a token; the file must hold the "
+        "token `floe site add` printed, alone")
+    assert "floe_s_secret" not in str(refused.value)
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640])
 def test_a_site_token_file_other_users_can_read_is_refused_with_the_fix(tmp_path, mode):
     token_file = tmp_path / "token"

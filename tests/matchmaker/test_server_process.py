@@ -111,6 +111,19 @@ def test_user_added_while_the_server_runs_can_use_its_token(served, tmp_path):
         assert json.load(reply)["user"] == "alice"
 
 
+@pytest.mark.parametrize("command", [("user", "add", "alice"), ("site", "add", "site-a"),
+                                     ("user", "token", "alice"), ("site", "token", "site-a")])
+def test_a_printed_token_is_alone_on_stdout_so_that_a_redirect_makes_a_token_file(tmp_path,
+                                                                                   command):
+    db = str(tmp_path / "floe.sqlite")
+    if command[1] == "token":  # it must be there to get a new token
+        floe(command[0], "add", command[2], "--db", db)
+    made = floe(*command, "--db", db)
+    assert made.stdout.count("\n") == 1 and made.stdout.startswith("floe_")
+    assert len(made.stdout.split()) == 1
+    assert "(shown only now" in made.stderr
+
+
 def test_admin_commands_explain_their_errors(tmp_path):
     db = str(tmp_path / "floe.sqlite")
     floe("user", "add", "alice", "--db", db)

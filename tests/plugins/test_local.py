@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import psutil
 import pytest
 
 from floe.plugins.base import BatchError, PilotShape, PilotState, PluginSettings
+from floe.plugins.hosts import LocalHost
 from floe.plugins.jobs import CommandJob
 from floe.plugins.local import LocalPlugin, group_alive
 from tests.plugins.pilots import cleanup, pilot_command, pilot_env, state_of, wait_for
@@ -231,3 +233,15 @@ def test_old_pilot_logs_go_but_those_of_tracked_pilots_and_recent_ones_stay(
         [tracked_log.name, recent.name, "a-directory"])
     assert local.prune_logs(3600, []) == 1  # untracked now: it goes too
     assert sorted(p.name for p in logs.iterdir()) == sorted([recent.name, "a-directory"])
+
+
+def test_the_working_dir_and_its_missing_parents_are_made_private(tmp_path: Path) -> None:
+    # As `floe factory --check` makes them with umask 022: they hold pilot scripts and tokens.
+    workdir = tmp_path / "factory" / "site-a"
+    previous = os.umask(0o022)
+    try:
+        LocalHost(workdir).workdir()
+    finally:
+        os.umask(previous)
+    for directory in (tmp_path / "factory", workdir, workdir / "logs"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
