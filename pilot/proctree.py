@@ -453,12 +453,7 @@ def _started(pid: int, table: dict[int, ProcessInfo] | None) -> int | None:
 
 def _births(pids: Iterable[int], table: dict[int, ProcessInfo] | None) -> dict[int, int]:
     """When each live process of `pids` started (see `_started`); the others left out."""
-    found = {}
-    for pid in pids:
-        started = _started(pid, table)
-        if started is not None:
-            found[pid] = started
-    return found
+    return {pid: started for pid in pids if (started := _started(pid, table)) is not None}
 
 
 def _exists(pid: int) -> bool:
