@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from floe.config.resources import format_duration, format_size
 from floe.config.schema import ConfigError, counted
 
-from .command import add_dataset, add_json, fail, print_json, seconds
+from .command import add_dataset, add_json, fail, period, print_json, seconds
 from .http import Client, ClientError
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ def _run_status(args: argparse.Namespace) -> int:
 
 def _configure_wait(parser: argparse.ArgumentParser) -> None:
     add_dataset(parser)
-    parser.add_argument("--interval", type=seconds, metavar="SECONDS",
+    parser.add_argument("--interval", type=period, metavar="SECONDS",
                         help="how often to show the progress (default: every second on a "
                              "terminal, a bar redrawn in place; else a line for each change, "
                              "at most one every 5 seconds); the end is shown the moment it "

@@ -87,16 +87,24 @@ def number(text: str) -> float:
 
 
 def seconds(text: str) -> float:
-    """An argument that is a number of seconds, more than 0 (leaving the option out is how to
-    say "no limit")."""
+    """An argument that is a number of seconds, 0 or more (leaving the option out is how to say
+    "no limit")."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if value == math.inf:
         raise argparse.ArgumentTypeError(f"{text!r}: leave the option out to have no limit")
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds more than 0")
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return value
+
+
+def period(text: str) -> float:
+    """An argument that is how often to do something, in seconds: more than 0."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: an interval must be more than 0 seconds")
     return value
 
 

@@ -108,8 +108,11 @@ def make_private(path: Path) -> None:
             break
         missing.append(directory)
     for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        try:
             directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not directory.is_dir():  # a file in the way: said by the caller
+                raise
 
 
 class Host(abc.ABC):
