@@ -100,11 +100,16 @@ def seconds(text: str) -> float:
     return value
 
 
+SHORTEST_PERIOD = 0.1
+"""Seconds: a shorter interval would ask the matchmaker again and again for nothing new."""
+
+
 def period(text: str) -> float:
-    """An argument that is how often to do something, in seconds: more than 0."""
+    """An argument that is how often to do something, in seconds: `SHORTEST_PERIOD` or more."""
     value = seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: an interval must be more than 0 seconds")
+    if value < SHORTEST_PERIOD:
+        raise argparse.ArgumentTypeError(f"{text!r}: an interval must be at least "
+                                         f"{SHORTEST_PERIOD} seconds")
     return value
 
 

@@ -6,9 +6,10 @@ Both the matchmaker (`matchmaker.blackholes`, across a host's pilots) and each p
 suspect once they add up to a limit (5 by default). A failure counts whole when its dataset's
 tasks seldom fail otherwise (`RARE`), and less the more often they do: five failures in a row of
 a dataset that fails one time in five happen by chance every few thousand tasks on healthy
-nodes, so that one needs about ten. The chance that a healthy node is taken for a broken one
-stays about that of five failures in a row of a dataset failing one time in twenty, about 3 in
-10 million.
+nodes, so that one needs about ten. Once a dataset's rate is known, the chance that a streak
+on a healthy node reaches the limit stays about that of five failures in a row of a dataset
+failing one time in twenty, about 3 in 10 million (a few attempts tell little of the rate: see
+`pilot.streak` for how a pilot waits to know it).
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ their start, with no success on the host in between, make it a black hole for
 `black_hole_cooldown`. Only tasks of datasets that have completed tasks count: a dataset broken
 everywhere fails fast on every host, and must not make every host a black hole. And a failure
 counts for less the more often its dataset's tasks fail otherwise (`config.failures.weight`:
-its attempts everywhere but those of this host's streak, and but the streaks that made hosts
-black holes, which were the hosts' doing). A black hole's
+its attempts everywhere but the failures in any host's streak now, those on hosts kept out,
+and those of the streaks that made hosts black holes, which were the hosts' doing). A black
+hole's
 pilots are then answered with no work and the reason (never held), it is logged, counted in
 `/metrics`, listed by `floe sites` and the sites page, and the factories are told, so that a
 suspect host's pilot is no proof that its site works and, where the batch system allows, new
@@ -79,6 +80,9 @@ class BlackHoles:
         """Each dataset's attempts that succeeded or failed as a node can make them fail, and
         of them those that failed."""
         self.suspects: dict[str, Suspect] = {}
+        self._pending: collections.Counter[int] = collections.Counter()
+        """Each dataset's failed attempts in some host's streak now: maybe that host's doing,
+        so they are left out of how often the dataset fails."""
         self.found = 0
         """Hosts found to be black holes since the server started (for /metrics)."""
 
@@ -93,21 +97,25 @@ class BlackHoles:
         counts = self._datasets.setdefault(dataset_id, [0, 0])  # its successes and failures
         if error is None:
             counts[0] += 1
-            self._streaks.pop(host, None)  # it ran a task to the end: not a black hole
+            # It ran a task to the end: not a black hole, and its streak was the datasets'.
+            for failure in (self._streaks.pop(host, None) or {}).values():
+                self._pending[failure.dataset_id] -= failure.attempts
             return None
-        if error not in NODE_FAILURES:
+        if error not in NODE_FAILURES or self.kept_out(host, now):
             return None
         counts[0] += 1
         counts[1] += 1
-        if wall > self.quick or not proven or self.kept_out(host, now):
+        if wall > self.quick or not proven:
             return None
         streak = self._streaks.get(host)
         if streak is None:
             if len(self._streaks) >= MAX_WATCHED:
-                self._streaks.popitem(last=False)
+                for failure in self._streaks.popitem(last=False)[1].values():
+                    self._pending[failure.dataset_id] -= failure.attempts
             streak = self._streaks[host] = {}
-        here = sum(f.attempts for f in streak.values() if f.dataset_id == dataset_id) + 1
-        counted = weight(counts[1] - here, counts[0] - here)  # its failures but these
+        self._pending[dataset_id] += 1
+        here = self._pending[dataset_id]  # this one too
+        counted = weight(counts[1] - here, counts[0] - here)
         failure = streak.get(task_id)
         if failure is None:
             streak[task_id] = _Failure(message, dataset_id, counted)
@@ -119,6 +127,7 @@ class BlackHoles:
         del self._streaks[host]
         for failure in streak.values():  # the host's doing, not its dataset's: they do not
             tally = self._datasets.get(failure.dataset_id)  # make its dataset look flaky
+            self._pending[failure.dataset_id] -= failure.attempts
             if tally is not None:
                 tally[0] -= failure.attempts
                 tally[1] -= failure.attempts

@@ -65,8 +65,16 @@ def kept_path(root: Path, url: str) -> Path:
     names = [name for name in posixpath.normpath("/" + path).split("/") if name]
     if query:
         names = [*names[:-1], (names[-1] if names else "") + "?" + query]
-    quoted = [urllib.parse.quote(name, safe="") for name in names] or ["%"]
+    quoted = [_short(urllib.parse.quote(name, safe="")) for name in names] or ["%"]
     return root.joinpath(*(urllib.parse.quote(part, safe="") for part in head), *quoted)
+
+
+def _short(name: str) -> str:
+    """`name`, or where it is longer than a file's name may be (a presigned URL's query), its
+    start and a hash of all of it."""
+    if len(name) <= 200:
+        return name
+    return f"{name[:150]}%{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
 def _is_http(url: str) -> bool:

@@ -11,7 +11,10 @@ counts nor breaks the streak. A success ends it.
 A failure counts less the more often its dataset's tasks failed on this node before the streak
 (`config.failures.weight`): five failures in a row of a dataset that fails one time in five
 happen by chance every few thousand tasks, so such a dataset takes about ten, while a node that
-breaks after running a healthy dataset well is still suspect at the fifth.
+breaks after running a healthy dataset well is still suspect at the fifth. Until the node has
+run `LEARNING` attempts of a dataset that it has run to the end, that dataset's failures do not
+count at all: a few attempts tell too little of how often it fails (its first five failing in
+a row is no news for a dataset that fails half the time), and the node evidently runs it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from floe.config.failures import weight
 from floe.config.states import ErrorClass
 
 NODE_FAILURES = (ErrorClass.TASK_ERROR, ErrorClass.STAGING_ERROR)
+LEARNING = 50
+"""Attempts of a dataset on this node before its failures there are weighed (see above)."""
 
 
 @dataclass
@@ -59,8 +64,10 @@ class FailureStreak:
             failure.words, failure.attempts = words, failure.attempts + 1
             return
         here = sum(f.attempts for f in self._tasks.values() if f.dataset == dataset) + 1
-        self._tasks[task_id] = _Failure(words, dataset, weight(counts[1] - here,
-                                                                counts[0] - here))
+        ended, failed = counts[0] - here, counts[1] - here  # before the streak
+        learning = ended > failed and counts[0] < LEARNING  # it ran here, not long ago
+        self._tasks[task_id] = _Failure(words, dataset,
+                                        0.0 if learning else weight(failed, ended))
 
     @property
     def length(self) -> int:

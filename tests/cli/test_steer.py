@@ -81,7 +81,8 @@ def test_a_priority_out_of_range_is_refused_with_the_allowed_range(capsys, match
 @pytest.mark.parametrize(("option", "value", "said"), [
     ("--timeout", "-5", "'-5' is not a number of seconds, 0 or more"),
     ("--timeout", "inf", "'inf': leave the option out to have no limit"),
-    ("--interval", "0", "'0': an interval must be more than 0 seconds"),
+    ("--interval", "0", "'0': an interval must be at least 0.1 seconds"),
+    ("--interval", "1e-9", "'1e-9': an interval must be at least 0.1 seconds"),
     ("--interval", "nan", "'nan' is not a number of seconds, 0 or more")])
 def test_waits_seconds_are_numbers_it_can_wait(matchmaker, tmp_path, dataset, option, value, said):
     result = run_process(tmp_path, "wait", str(dataset), f"{option}={value}",

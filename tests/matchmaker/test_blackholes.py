@@ -90,7 +90,28 @@ def test_a_host_that_breaks_again_after_its_cool_down_is_kept_out_as_soon():
                                  "disk full", 1.0, now, proven=True, dataset_id=5):
                 break
         rounds.append(count)
+        for late in range(8):  # tasks it was running then, failing after it was kept out
+            black_holes.ended("only", "site-a", 1000 * (round_ + 1) + 500 + late, FAILED,
+                              "disk full", 1.0, now, proven=True, dataset_id=5)
     assert rounds == [5, 5, 5, 5]
+
+
+def test_hosts_breaking_together_are_each_kept_out_at_the_fifth():
+    # A site-wide mount going stale: each host's failures are no evidence that the dataset
+    # fails elsewhere.
+    black_holes = holes()
+    for task_id in range(20):
+        black_holes.ended("good", "site-b", task_id, None, "", 10.0, 0.0, proven=True,
+                          dataset_id=8)
+    found = {}
+    for task_id in range(100, 300):
+        host = f"wn{task_id % 20}"
+        if host not in found and black_holes.ended(host, "site-a", task_id, FAILED,
+                                                   "stale file handle", 1.0, 0.0,
+                                                   proven=True, dataset_id=8):
+            found[host] = task_id
+    assert len(found) == 20
+    assert max(found.values()) == 100 + 4 * 20 + 19  # each at its fifth failure
 
 
 def test_a_task_retried_on_the_same_broken_host_counts_once_and_not_as_flakiness():

@@ -103,6 +103,12 @@ def test_outputs_floe_run_keeps_get_a_file_each_inside_its_directory(tmp_path):
     assert escaping == tmp_path / "https" / "h" / "etc" / "x"
     with pytest.raises(StagingError, match="must name a local path"):  # as production says
         kept_path(tmp_path, "file://otherhost/data/x")
+    signed = [kept_path(tmp_path, f"https://s3/bucket/out.i3?X-Amz-Signature={n}{'f' * 300}")
+              for n in range(2)]  # a presigned URL's query: too long for one file's name
+    assert signed[0] != signed[1] and all(len(path.name) <= 200 for path in signed)
+    for path in signed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("kept")
 
 
 def test_unsupported_urls_are_refused(tmp_path):

@@ -76,3 +76,19 @@ def test_a_node_that_breaks_after_running_a_healthy_dataset_is_suspect_at_the_fi
         assert not streak.suspect
         streak.record(task, ErrorClass.STAGING_ERROR, "no space left on device", dataset=7)
     assert streak.suspect
+
+
+def test_fresh_pilots_on_healthy_nodes_are_seldom_suspect_for_a_flaky_dataset():
+    # Only a pilot whose very first tasks all fail can be (2 ** -5 of them at one failure in
+    # two: no task has run to the end there yet, as on a broken node).
+    rng = random.Random(9)
+    for rate, most in ((0.2, 0.001), (0.5, 0.04)):
+        suspect = 0
+        for _ in range(2000):
+            streak = FailureStreak(5)
+            for task in range(200):
+                streak.record(task, ERROR if rng.random() < rate else None, dataset=1)
+                if streak.suspect:
+                    suspect += 1
+                    break
+        assert suspect / 2000 <= most, (rate, suspect)
