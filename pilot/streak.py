@@ -13,8 +13,9 @@ A failure counts less the more often its dataset's tasks failed on this node bef
 happen by chance every few thousand tasks, so such a dataset takes about ten, while a node that
 breaks after running a healthy dataset well is still suspect at the fifth. Until the node has
 run `LEARNING` attempts of a dataset that it has run to the end, that dataset's failures do not
-count at all: a few attempts tell too little of how often it fails (its first five failing in
-a row is no news for a dataset that fails half the time), and the node evidently runs it.
+count at all: a few attempts tell too little of how often it fails (five in a row soon after
+its first success are no news for a dataset that fails half the time), and the node evidently
+runs it.
 """
 
 from __future__ import annotations
