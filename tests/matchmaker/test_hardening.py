@@ -162,8 +162,13 @@ def test_numbers_no_task_or_user_could_have_are_refused(live):
     assert status == 403 and "may not act for a site" in answer["error"], answer
     said = io.StringIO()
     with contextlib.redirect_stderr(said):
-        assert floe(["user", "share", "alice", "inf", "--db", str(live.db)]) != 0
+        assert floe(["user", "share", "alice", "1e9", "--db", str(live.db)]) != 0
     assert "at most 1,000,000" in said.getvalue(), said.getvalue()
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said), pytest.raises(SystemExit) as refused:
+        floe(["user", "share", "alice", "inf", "--db", str(live.db)])  # argparse's refusal
+    assert refused.value.code == 2
+    assert "argument share: 'inf' is not a finite number" in said.getvalue(), said.getvalue()
 
 
 def test_error_messages_fit_the_documented_length(live):
