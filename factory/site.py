@@ -55,7 +55,7 @@ from floe.plugins import (
     PluginSettings,
     create_plugin,
 )
-from floe.plugins.hosts import SshHost, SshSettings
+from floe.plugins.hosts import SshHost, SshSettings, make_private
 from floe.plugins.jobs import PilotJob
 
 log = logging.getLogger("floe.factory")
@@ -615,7 +615,7 @@ def plugin_factory_id(factory_id: str, site: str) -> str:
 def private_dir(path: Path) -> Path:
     """`path`, made if missing and readable by this account only: the factory's workdir holds
     pilot scripts, each with a token, and no worker node needs to read it."""
-    path.mkdir(parents=True, exist_ok=True)
+    make_private(path)  # its missing parents too
     path.chmod(0o700)
     return path
 

@@ -318,8 +318,9 @@ class TaskRun:
                 target = staging.scratch_path(self.scratch, entry["local"])
                 url = entry["url"]
                 kept = self.settings.keep_outputs_in
-                if kept is not None and staging.kept_path(kept, url).is_file():
-                    url = str(staging.kept_path(kept, url))  # an earlier task's output, kept
+                copy = None if kept is None else staging.kept_path(kept, url)
+                if copy is not None and copy.is_file():  # an earlier task's output, kept
+                    url = str(copy)
                     self._warn(f"input {entry['local']}: read from {url}, kept by an earlier "
                                f"floe run, not from {entry['url']}")
                 staging.fetch(url, target, timeout=self.settings.transfer_timeout,
