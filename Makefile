@@ -34,7 +34,7 @@ docs: $(STAMP)
 
 # Each benchmark's JSON goes to docs/bench/ (kept only when the run succeeds); report.py then
 # writes the summary table of README.md from those files.
-BENCHMARKS := matchmaker large_dataset pilot factory submission hostile defaults record
+BENCHMARKS := matchmaker large_dataset pilot factory submission hostile defaults record history
 
 bench: $(STAMP)
 	@mkdir -p var docs/bench

@@ -27,7 +27,7 @@ README = ROOT / "README.md"
 BEGIN = "<!-- benchmarks:begin (made by benchmarks/report.py from docs/bench/*.json) -->"
 END = "<!-- benchmarks:end -->"
 SOURCES = ("matchmaker", "large_dataset", "pilot", "factory", "submission", "hostile",
-           "defaults", "record", "scale")
+           "defaults", "record", "history", "scale")
 
 Results = dict[str, Any]
 
@@ -90,6 +90,17 @@ def _submit(r: Results) -> str:
     figures.append(f"{n(1000 * ssh['seconds_per_pilot'], 1)} ms (connecting: "
                    f"{n(1000 * submit['ssh_connect_seconds'])} ms)" if ssh else "not run")
     return " / ".join(figures)
+
+
+def _history(r: Results) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The history benchmark's first level (no ended datasets) and its last."""
+    return r["history"]["levels"][0], r["history"]["levels"][-1]
+
+
+def _no_slowdown_with_history(r: Results) -> bool:
+    first, last = _history(r)
+    return all(last[k]["median_ms"] <= 1.25 * first[k]["median_ms"]
+               for k in ("submit", "report_and_ask"))
 
 
 def latency_row(source: str) -> Row:
@@ -219,6 +230,12 @@ ROWS = [
                    f"{n(r['record']['archive']['other_writes_ms']['p99'], 1)} ms "
                    f"({n(r['record']['archive']['other_writes_ms']['max'], 1)} ms); "
                    f"{n(r['record']['archive']['read_ms']['one_task_attempts'], 1)} ms")),
+    Row("a matchmaker that has run many datasets, median with none / with 10,000 of the user's "
+        "datasets ended: a one-job submit; a pilot's report with its next ask",
+        lambda r: "; ".join(
+            f"{n(_history(r)[0][k]['median_ms'], 1)} / {n(_history(r)[1][k]['median_ms'], 1)} ms"
+            for k in ("submit", "report_and_ask")),
+        "no slowdown (within 25 %)", _no_slowdown_with_history),
     Row("scale: matches per second at saturation (tasks queued in datasets; pilots, of them "
         "idle and holding asks)",
         lambda r: (f"{n(r['scale']['saturation']['matches_per_second'])} "

@@ -89,7 +89,7 @@ def per_pilot(requirements: Requirements, slot: Slot) -> int:
 def ready_classes(engine: Engine) -> dict[Requirements, int]:
     """Ready tasks of all processing datasets, by requirements."""
     classes: dict[Requirements, int] = {}
-    for dataset in engine.datasets.values():
+    for dataset in engine.open.values():
         if dataset.status != DatasetStatus.PROCESSING or not dataset.queue.ready:
             continue
         for task_class in dataset.queue.classes.values():

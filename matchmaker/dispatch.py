@@ -276,10 +276,10 @@ def _widened(seen: tuple[int, int] | None, epoch: int, seconds: int) -> tuple[in
 def explain(engine: Engine, slot: Slot) -> NoWork:
     """Why nothing fits `slot`, as one sentence, and a suggested wait."""
     settings = engine.settings
-    ready = sum(d.queue.ready for d in engine.datasets.values()
+    ready = sum(d.queue.ready for d in engine.open.values()
                 if d.status == DatasetStatus.PROCESSING)
     if not ready:
-        pending = any(d.materialized < d.jobs for d in engine.datasets.values()
+        pending = any(d.materialized < d.jobs for d in engine.open.values()
                       if d.status == DatasetStatus.PROCESSING)
         if pending:
             return NoWork("no ready task yet: new jobs are being created",
@@ -287,7 +287,7 @@ def explain(engine: Engine, slot: Slot) -> NoWork:
         return NoWork("no ready task in any dataset", settings.idle_wait)
     reasons: dict[str, int] = {}
     shortest = None
-    for dataset in engine.datasets.values():
+    for dataset in engine.open.values():
         if dataset.status != DatasetStatus.PROCESSING:
             continue
         for count, reason in dataset.queue.reasons(slot):

@@ -204,6 +204,9 @@ class Engine:
         self.clock = clock
         now = clock()
         self.datasets: dict[int, DatasetState] = {}
+        self.open: dict[int, DatasetState] = {}
+        """The datasets that have not ended (processing or suspended): what submissions, idle
+        asks and the creation of jobs look through, however many ended before them."""
         self.by_user: dict[int, list[DatasetState]] = {}
         self.users: dict[int, User] = {}
         self.users_by_name: dict[str, User] = {}
@@ -266,8 +269,19 @@ class Engine:
         self.by_user.setdefault(dataset.user_id, []).append(dataset)
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)
+        dataset.on_status = self._status_changed
+        self._status_changed(dataset)
         # Each dataset keeps room for the most jobs a dataset may have, to grow into.
         self.next_task_id = max(self.next_task_id, dataset.base + MAX_JOBS * dataset.ntasks)
+
+    def _status_changed(self, dataset: DatasetState) -> None:
+        """Keep `open`, and the fair-share order of a user's datasets, to those not ended."""
+        if dataset.ended():
+            self.open.pop(dataset.id, None)
+            self.dataset_usage.park(dataset.id)
+        else:
+            self.open[dataset.id] = dataset
+            self.dataset_usage.unpark(dataset.id)
 
     def add_pilot(self, pilot: Pilot) -> Pilot:
         self.pilots[pilot.pilot_id] = pilot
@@ -285,18 +299,14 @@ class Engine:
         dataset.queue.clear()
         self.dataset_usage.forget(dataset.id)  # while its group (its user) is still known
         self.datasets.pop(dataset.id, None)
+        self.open.pop(dataset.id, None)
+        dataset.on_status = None
         mine = self.by_user.get(dataset.user_id, [])
         if dataset in mine:
             mine.remove(dataset)
         # Its user's counts no longer see it, whatever is still undone into its queue later.
         dataset.queue.owner.epoch += 1
         dataset.queue.adopt(Owner())
-
-    def dataset_of(self, task_id: int) -> DatasetState | None:
-        for dataset in self.datasets.values():
-            if dataset.base <= task_id < dataset.base + dataset.total_tasks:
-                return dataset
-        return None
 
     def add_user(self, user: User) -> None:
         self.users[user.user_id] = user

@@ -26,7 +26,9 @@ class Ledger:
 
     It also keeps its entities sorted by usage / weight (`ranked`), within groups (a user's
     datasets), updated as charges come in, so that finding the most deserving user and dataset
-    costs nothing per ask.
+    costs nothing per ask. An entity that has nothing to be served (an ended dataset) can be
+    left out of the order (`park`), keeping its usage, so that walking a group's order never
+    passes the thousands of datasets a user ran over the years.
     """
 
     _RESCALE_AT = 512.0  # half-lives before the reference time moves (2**512 stays a float)
@@ -43,6 +45,7 @@ class Ledger:
         self._group = group or (lambda key: None)
         self._rank: dict[Hashable, float] = {}
         self._order: dict[Hashable, list[tuple[float, Hashable]]] = {}
+        self._parked: set[Hashable] = set()
 
     def charge(self, key: Hashable, amount: float, now: float) -> None:
         """Add `amount` (negative to correct an earlier estimate) of usage at time `now`."""
@@ -56,6 +59,8 @@ class Ledger:
 
     def rerank(self, key: Hashable) -> None:
         """Place `key` in the order by its usage / weight (also after its weight changed)."""
+        if key in self._parked:
+            return
         rank = self._scaled.get(key, 0.0) / self._weight(key)
         old = self._rank.get(key)
         order = self._order.setdefault(self._group(key), [])
@@ -66,9 +71,21 @@ class Ledger:
         self._rank[key] = rank
         bisect.insort(order, (rank, key))
 
+    def park(self, key: Hashable) -> None:
+        """Leave `key` out of the order until `unpark`; its usage stays, and charges to it
+        still count."""
+        self._parked.add(key)
+        self._unrank(key)
+
+    def unpark(self, key: Hashable) -> None:
+        """Put a parked `key` back in the order."""
+        if key in self._parked:
+            self._parked.discard(key)
+            self.rerank(key)
+
     def ranked(self, group: Hashable = None) -> Iterator[Hashable]:
-        """The entities of `group` ever charged or reranked, least usage per weight first: read
-        in place, so valid only until the next charge or rerank."""
+        """The entities of `group` ever charged or reranked and not parked, least usage per
+        weight first: read in place, so valid only until the next charge or rerank."""
         return map(itemgetter(1), self._order.get(group, ()))
 
     def scaled(self, key: Hashable) -> float:
@@ -91,6 +108,10 @@ class Ledger:
     def forget(self, key: Hashable) -> None:
         """Drop `key` and its usage."""
         self._scaled.pop(key, None)
+        self._parked.discard(key)
+        self._unrank(key)
+
+    def _unrank(self, key: Hashable) -> None:
         rank = self._rank.pop(key, None)
         if rank is not None:
             order = self._order[self._group(key)]

@@ -40,6 +40,7 @@ class DatasetStatus:
     FAILED = "failed"      # every task ended, some failed
 
     ALL = (PROCESSING, SUSPENDED, COMPLETE, FAILED)
+    ENDED = (COMPLETE, FAILED)
 
 
 @dataclass
@@ -98,7 +99,9 @@ class DatasetState:
         self.base = dataset.task_id_base
         self.ntasks = len(dataset.config.tasks)
         self.jobs = dataset.config.jobs
-        self.status = status
+        self.on_status: Callable[[DatasetState], None] | None = None
+        """Called when the status changes (the engine keeps its datasets that have not ended)."""
+        self._status = status
         self.priority = priority
         self.materialized = materialized
         self.states = bytearray()
@@ -116,6 +119,21 @@ class DatasetState:
                                          dataset.user_id)]
         self._version_starts = [0]
         self._roots = [not t.depends for t in dataset.config.tasks]
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @status.setter
+    def status(self, status: str) -> None:
+        if status != self._status:
+            self._status = status
+            if self.on_status is not None:
+                self.on_status(self)
+
+    def ended(self) -> bool:
+        """Complete or failed: every task has ended (until jobs are added or tasks reset)."""
+        return self._status in DatasetStatus.ENDED
 
     # -- addressing ---------------------------------------------------------------------------
     def task_id(self, job_index: int, task_index: int) -> int:

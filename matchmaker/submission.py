@@ -92,8 +92,7 @@ def check_limits(engine: Engine, user: User, jobs: int, tasks_per_job: int) -> N
         raise BadRequest(f"jobs: this server takes at most {settings.max_jobs_per_dataset:,} "
                          f"jobs per dataset (max_jobs_per_dataset), got {jobs:,}; submit the "
                          "production as several datasets")
-    unfinished = sum(
-        d.unfinished() for d in engine.datasets.values() if d.user_id == user.user_id)
+    unfinished = sum(d.unfinished() for d in engine.open.values() if d.user_id == user.user_id)
     limit = settings.max_queued_tasks_per_user
     if unfinished + jobs * tasks_per_job > limit:
         raise BadRequest(
@@ -185,7 +184,7 @@ async def materialize_loop(engine: Engine) -> None:
     """Create pending jobs of every dataset, a chunk of each in turn, forever. A suspended
     dataset's jobs wait: suspending stops the creation of a dataset submitted by mistake."""
     while True:
-        pending = [d for d in engine.datasets.values()
+        pending = [d for d in engine.open.values()
                    if d.materialized < d.jobs and d.status != DatasetStatus.SUSPENDED]
         if not pending:
             engine.materializing.clear()

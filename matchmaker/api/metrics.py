@@ -28,7 +28,6 @@ from prometheus_client.metrics_core import (
 
 from ..access import Action
 from ..engine import Engine
-from ..model import DatasetStatus
 from .framework import Context, route
 from .meta import version
 
@@ -70,9 +69,7 @@ def working_state(engine: Engine) -> Iterator[Metric]:
     yield build
 
     tasks: dict[tuple[str, ...], int] = {}
-    for dataset in engine.datasets.values():
-        if dataset.status in (DatasetStatus.COMPLETE, DatasetStatus.FAILED):
-            continue
+    for dataset in engine.open.values():
         name = _user_name(engine, dataset.user_id)
         for state, count in dataset.summary().items():
             tasks[name, state] = tasks.get((name, state), 0) + count

@@ -8,7 +8,9 @@ import heapq
 import pytest
 
 from floe.config.resources import GIB
-from floe.matchmaker import dispatch
+from floe.matchmaker import actions, dispatch
+from floe.matchmaker.fairshare import Ledger
+from floe.matchmaker.model import DatasetStatus
 
 from . import support as s
 
@@ -255,3 +257,47 @@ async def test_a_user_with_nothing_for_a_slot_is_skipped_until_a_queue_of_theirs
     later = await s.submit(engine, alice, s.config(jobs=1, tasks=[s.task("late")]))
     assert (await s.ask(engine, small)).dataset is later
     assert counted() == (3, 3)
+
+
+def test_a_parked_entity_leaves_the_order_and_keeps_its_usage():
+    ledger = Ledger(3600.0, 0.0, group=lambda key: "alice")
+    for key, usage in (("old", 10.0), ("new", 20.0), ("next", 30.0)):
+        ledger.charge(key, usage, 0.0)
+    ledger.park("old")
+    ledger.charge("old", 100.0, 0.0)  # an ended dataset's last attempt trued up
+    assert list(ledger.ranked("alice")) == ["new", "next"]
+    assert ledger.value("old", 0.0) == 110.0
+    ledger.unpark("old")
+    ledger.unpark("old")
+    assert list(ledger.ranked("alice")) == ["new", "next", "old"]
+    ledger.park("next")
+    ledger.forget("next")
+    ledger.unpark("next")
+    assert list(ledger.ranked("alice")) == ["new", "old"] and ledger.value("next", 0.0) == 0.0
+
+
+async def test_ended_datasets_are_passed_over_and_a_reset_one_is_matched_again(engine, clock):
+    """What a submission and an ask look through is the datasets that have not ended, however
+    many a user ran before; a dataset that ends and is reset is matched again at once, even
+    after an ask found nothing of its user's for that shape."""
+    site = await s.site(engine)
+    alice = await s.user(engine, "alice")
+    done = [await s.submit(engine, alice, s.config(jobs=1)) for _ in range(3)]
+    node = await s.pilot(engine, site)
+    for dataset in done:
+        await s.finish(engine, await s.ask(engine, node))
+        assert dataset.status == DatasetStatus.COMPLETE
+    wide = await s.submit(engine, alice, s.config(jobs=2, tasks=[s.task("wide", cpus=4)]))
+    assert set(engine.open) == {wide.id}
+    assert list(engine.dataset_usage.ranked(alice.user_id)) == [wide.id]
+    assert await s.ask(engine, node) is None  # her only open dataset needs 4 CPUs
+    assert (alice.user_id, None) in engine.missed_users[dispatch.shape_of(s.slot())]
+
+    await actions.reset(engine, done[1], alice, "all")
+    assert set(engine.open) == {wide.id, done[1].id}
+    again = await s.ask(engine, node)
+    assert again is not None and again.dataset is done[1]
+    await s.finish(engine, again)
+    assert set(engine.open) == {wide.id}
+    # The limit on unfinished tasks counts the open datasets only.
+    assert sum(d.unfinished() for d in engine.open.values()) == 2
