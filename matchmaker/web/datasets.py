@@ -6,6 +6,7 @@ jobs, config, history) follow, paged."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from typing import Any
@@ -52,19 +53,18 @@ async def overview(view: View) -> web.StreamResponse:
     engine, now = view.engine, view.now
     rates = await reports.completed_since(engine.db, now - 3600)
     hours = history.by_state(await view.request.app[HISTORY].last_day(engine.db, now))
-    rows = []
-    for dataset in sorted(engine.datasets.values(), key=lambda d: -d.id):
-        counts = dataset.summary()
-        total = dataset.total_tasks
-        rows.append([
-            link(f"/datasets/{dataset.id}", f"#{dataset.id}"),
-            tag("span", dataset.config.description or "(no description)", class_="desc"),
-            state_badge(dataset.status),
-            join([charts.progress(counts),
-                  tag("small", f"{counts['complete']:,} of {total:,} complete"
-                      + (f", {counts['failed']:,} failed" if counts["failed"] else ""))]),
-            owner_name(view, dataset), number(dataset.priority),
-            ago(now - dataset.dataset.created), f"{rates.get(dataset.id, 0):,}/h"])
+    before = _whole(view.query("ended_before") or "0", "ended_before", None) or None
+    ended = [d for d in engine.datasets.values() if d.id not in engine.open]
+    older = [d for d in ended if before is None or d.id < before]
+    shown = heapq.nlargest(PAGE, older, key=lambda d: d.id)
+    rows = [_overview_row(dataset, rates, now, view)
+            for dataset in [*sorted(engine.open.values(), key=lambda d: -d.id), *shown]]
+    paging = tag(
+        "p", f"{len(ended):,} datasets have ended: they are listed {PAGE} at a time after "
+        "those that have not, the latest first. ",
+        link("/", "Latest ended") if before is not None else None, " ",
+        link(href("/", ended_before=shown[-1].id), "Older ended", rel="next")
+        if len(older) > PAGE else None, class_="paging") if len(ended) > PAGE else None
     sites = []
     for site in sorted(engine.sites.values(), key=lambda s: s.name):
         measured = [conforming(p.resources, RESOURCES) for p in engine.pilots.values()
@@ -88,7 +88,7 @@ async def overview(view: View) -> web.StreamResponse:
             table(["", "Description", "Status", "Progress", "Owner", "Priority", "Age",
                    "Rate"], rows, empty="No datasets yet: submit one with floe submit.",
                   numeric=(5, 7), class_="datasets"),
-            tag("p", "Rate: tasks completed in the last hour.", class_="hint")),
+            paging, tag("p", "Rate: tasks completed in the last hour.", class_="hint")),
         tag("section",
             tag("h2", "Running pilots"),
             table(["Site", "Pilots", "Busy", "CPUs", "Memory", "GPUs", "Attempts"], sites,
@@ -97,6 +97,21 @@ async def overview(view: View) -> web.StreamResponse:
         tag("section",
             tag("h2", "Attempts ended per hour (UTC), all datasets"),
             charts.per_hour(hours, now)))
+
+
+def _overview_row(dataset: DatasetState, rates: dict[int, int], now: float,
+                  view: View) -> list[Child]:
+    counts = dataset.summary()
+    total = dataset.total_tasks
+    return [
+        link(f"/datasets/{dataset.id}", f"#{dataset.id}"),
+        tag("span", dataset.config.description or "(no description)", class_="desc"),
+        state_badge(dataset.status),
+        join([charts.progress(counts),
+              tag("small", f"{counts['complete']:,} of {total:,} complete"
+                  + (f", {counts['failed']:,} failed" if counts["failed"] else ""))]),
+        owner_name(view, dataset), number(dataset.priority),
+        ago(now - dataset.dataset.created), f"{rates.get(dataset.id, 0):,}/h"]
 
 
 # -- one dataset ------------------------------------------------------------------------------

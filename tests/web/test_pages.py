@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from yarl import URL
 
+from floe.matchmaker import actions
 from floe.matchmaker.api.framework import AUTH
 from floe.matchmaker.model import DatasetStatus
+from floe.matchmaker.web.datasets import PAGE
 from floe.matchmaker.web.history import History, by_site, by_state
 from tests.matchmaker import support as s
 from tests.pilot.live import LiveMatchmaker
@@ -378,3 +380,31 @@ async def test_the_owner_changes_steering_on_the_page_and_sees_the_config_versio
                                        {"csrf": await alice.csrf(), "name": "colour",
                                         "value": "red"})
     assert status == 400 and "has no steering value colour" in text
+
+
+async def test_the_overview_lists_the_open_datasets_and_pages_through_those_that_ended(
+        pages: Pages):
+    """A server keeps every dataset it ran: the overview lists those that have not ended,
+    then the latest that have, 50 at a time, so that its size does not grow with the years."""
+    engine = pages.engine
+    ended = [pages.dataset.id]
+    for _ in range(PAGE + 10):
+        made = await s.submit(engine, pages.alice, s.config(jobs=1))
+        await actions.abort(engine, made, pages.alice)
+        ended.append(made.id)
+    running = await s.submit(engine, pages.bob, s.config(jobs=2))
+    browser = await pages.signed_in(pages.admin_token)
+
+    def listed(text: str) -> list[int]:
+        return [int(found) for found in re.findall(r'href="/datasets/(\d+)">#', text)]
+
+    status, text, _ = await browser.get("/")
+    assert status == 200 and f"{len(ended):,} datasets have ended" in text
+    assert listed(text) == [running.id, *sorted(ended, reverse=True)[:PAGE]]
+    older = re.search(r'href="(/\?ended_before=\d+)"[^>]*>Older ended', text)
+    assert older, text
+    status, text, _ = await browser.get(html.unescape(older.group(1)))
+    assert status == 200 and "Latest ended" in text and "Older ended" not in text
+    assert listed(text) == [running.id, *sorted(ended, reverse=True)[PAGE:]]
+    status, text, _ = await browser.get("/?ended_before=x")
+    assert status == 400 and "ended_before: expected a whole number" in text
