@@ -171,12 +171,16 @@ def _print_preview(preview: dict[str, Any], url: str) -> None:
             print(f"    output {entry['local']} -> {entry['url']}")
 
 
+LATEST_ENDED = 10
+"""Datasets that have ended that `floe status` lists, the latest, beside every open one."""
+
+
 def _configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", nargs="?", type=int, help="one dataset in detail")
     add_json(parser)
 
 
-def _print_overview(datasets: list[dict[str, Any]]) -> None:
+def _print_overview(datasets: list[dict[str, Any]], older: int) -> None:
     if not datasets:
         print("no datasets yet; submit one with `floe submit CONFIG.json`")
         return
@@ -187,6 +191,9 @@ def _print_overview(datasets: list[dict[str, Any]]) -> None:
         print(f"{d['id']:>4}  {(d['owner'] or '-')[:12]:<12} {d['status']:<11} {d['jobs']:>8}  "
               f"{progress_bar(counts):<32} {percent_ended(counts):>5}%  "
               f"{counts['processing']:>5} {counts['failed']:>5}  {d['description'][:40]}")
+    if older:
+        print(f"({counted(older, 'older dataset')} ended: `floe datasets --status ended` "
+              "lists them)")
 
 
 def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
@@ -229,11 +236,13 @@ def _run_status(args: argparse.Namespace) -> int:
     try:
         client = Client.from_args(args)
         if args.dataset is None:
-            datasets = client.get("/api/v1/datasets")["datasets"]
+            ended = client.get("/api/v1/datasets", status="ended", limit=LATEST_ENDED)
+            datasets = sorted(ended["datasets"] + client.get(
+                "/api/v1/datasets", status="open")["datasets"], key=lambda d: d["id"])
             if args.json:
                 print_json(datasets)
             else:
-                _print_overview(datasets)
+                _print_overview(datasets, ended["more"])
             return 0
         dataset = client.get(f"/api/v1/datasets/{args.dataset}")
         statistics = client.get(f"/api/v1/datasets/{args.dataset}/statistics")["statistics"]
@@ -328,7 +337,8 @@ def _run_wait(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS = {
     "submit": ("submit a dataset config to the matchmaker", _configure_submit, _run_submit),
-    "status": ("show datasets and their progress", _configure_status, _run_status),
+    "status": ("show the datasets that have not ended and the latest 10 that have, with their "
+               "progress, or one dataset in detail", _configure_status, _run_status),
     "wait": ("show a dataset's progress until it ends (exit status 0 if every task is "
              "complete)", _configure_wait, _run_wait),
 }

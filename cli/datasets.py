@@ -18,12 +18,17 @@ from .http import Client, ClientError
 
 def _datasets_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--owner", help="only this user's datasets")
-    parser.add_argument("--status", choices=("processing", "suspended", "complete", "failed"),
-                        help="only datasets in this status")
+    parser.add_argument("--status", choices=("processing", "suspended", "complete", "failed",
+                                             "open", "ended"),
+                        help="only datasets in this status (open: processing or suspended; "
+                             "ended: complete or failed)")
+    parser.add_argument("--limit", type=int, metavar="N",
+                        help="only the latest N (at most 1000)")
 
 
 def _datasets_fetch(client: Client, args: argparse.Namespace) -> Any:
-    return client.get("/api/v1/datasets", owner=args.owner, status=args.status)
+    return client.get("/api/v1/datasets", owner=args.owner, status=args.status,
+                      limit=args.limit)
 
 
 def _status(dataset: dict[str, Any]) -> str:
@@ -43,6 +48,8 @@ def _datasets_show(data: Any, args: argparse.Namespace) -> None:
                 [[d["id"], d["owner"], _status(d), d["priority"], d["jobs"],
                   *(d["tasks"][s] for s in STATES), age(d["created"]), d["description"][:40]]
                  for d in data["datasets"]]))
+    if data.get("more"):
+        print(f"(and {data['more']:,} older: --limit N shows the latest N)")
 
 
 def _jobs_arguments(parser: argparse.ArgumentParser) -> None:

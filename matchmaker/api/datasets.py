@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,23 +53,33 @@ async def submit(ctx: Context) -> Any:
     return summary(ctx.engine, dataset)
 
 
+OPEN, ENDED = "open", "ended"
+
+
 @route("GET", "/api/v1/datasets", summary="List datasets", tag="datasets", action=Action.READ,
        response=schemas.DATASETS,
        params=[Param("owner", str, doc="only this user's datasets"),
-               Param("status", str, choices=DatasetStatus.ALL)])
+               Param("status", str, choices=(*DatasetStatus.ALL, OPEN, ENDED),
+                     doc="only datasets in this status; open: processing or suspended; "
+                         "ended: complete or failed"),
+               Param("limit", int, None, "only the latest this many (highest ids)",
+                     minimum=1, maximum=1000)],
+       description="Oldest first. `more`: how many more match than the `limit` let through "
+                   "(the older ones).")
 async def list_datasets(ctx: Context) -> Any:
     engine = ctx.engine
-    owner = ctx.params["owner"]
-    status = ctx.params["status"]
-    result = []
-    for dataset in sorted(engine.datasets.values(), key=lambda d: d.id):
-        if status and dataset.status != status:
-            continue
-        if owner and engine.users.get(dataset.user_id, None) and \
-                engine.users[dataset.user_id].name != owner:
-            continue
-        result.append(summary(engine, dataset))
-    return {"datasets": result}
+    owner, status, limit = ctx.params["owner"], ctx.params["status"], ctx.params["limit"]
+    user = engine.users_by_name.get(owner) if owner else None
+    if owner and user is None:
+        return {"datasets": [], "more": 0}
+    source = engine.open.values() if status == OPEN else engine.datasets.values()
+    matching = [d for d in source
+                if (user is None or d.user_id == user.user_id)
+                and (status in (None, OPEN) or d.status == status
+                     or (status == ENDED and d.ended()))]
+    shown = matching if limit is None else heapq.nlargest(limit, matching, key=lambda d: d.id)
+    return {"datasets": [summary(engine, d) for d in sorted(shown, key=lambda d: d.id)],
+            "more": len(matching) - len(shown)}
 
 
 @route("GET", "/api/v1/datasets/{dataset_id}", summary="One dataset with its config",

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from floe.cli.client import percent_ended
-from tests.cli.support import as_user, config_file, run, run_process
+from floe.cli.client import LATEST_ENDED, percent_ended
+from tests.cli.support import as_user, config_file, run, run_json, run_process
 from tests.pilot.live import LiveMatchmaker, free_port, wait_for
 from tests.pilot.scripted import ScriptedPilot
 
@@ -78,6 +78,29 @@ def test_status_lists_every_dataset_with_its_progress(capsys, matchmaker, tmp_pa
     # One task of three complete: a third of the bar and 33.3% done.
     assert "[" + "#" * 10 + "." * 20 + "]" in row and "33.3%" in row
     assert row.rstrip().endswith(CONFIG["description"])
+
+
+def test_status_lists_the_open_datasets_and_the_latest_ended_and_says_where_the_rest_are(
+        capsys, matchmaker, tmp_path):
+    ended = []
+    for _ in range(LATEST_ENDED + 2):
+        ended.append(matchmaker.submit(dict(CONFIG, jobs=1)))
+        assert matchmaker.api("POST", f"/datasets/{ended[-1]}/abort", {})[0] == 200
+    running = submitted(capsys, matchmaker, tmp_path)
+    status, out, _ = run(capsys, "status", *as_user(matchmaker))
+    assert status == 0
+    lines = out.strip().splitlines()
+    assert [int(line.split()[0]) for line in lines[1:-1]] == [*ended[2:], running]
+    assert lines[-1] == "(2 older datasets ended: `floe datasets --status ended` lists them)"
+    assert [d["id"] for d in run_json(capsys, "status", "--json", *as_user(matchmaker))] == \
+        [*ended[2:], running]
+    answer = run_json(capsys, "datasets", "--status", "ended", "--limit", "3",
+                      *as_user(matchmaker))
+    assert [d["id"] for d in answer["datasets"]] == ended[-3:] and answer["more"] == 9
+    status, out, _ = run(capsys, "datasets", "--status", "open", *as_user(matchmaker))
+    assert [row.split()[0] for row in out.strip().splitlines()] == ["ID", str(running)]
+    status, out, _ = run(capsys, "datasets", "--limit", "2", *as_user(matchmaker))
+    assert out.strip().splitlines()[-1] == "(and 11 older: --limit N shows the latest N)"
 
 
 @pytest.mark.parametrize(("complete", "failed", "total", "shown", "whole"), [
