@@ -176,9 +176,15 @@ class _Frames:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._chunk = memoryview(bytearray(_PIPE_BYTES))
 
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
+    def read_from(self, fd: int) -> int:
+        """Append what the pipe `fd` holds; the bytes read (0: it closed). Read into a buffer
+        kept for it: `os.read` of a megabyte maps and unmaps that much each time (25 us a read
+        here, against 2)."""
+        count = os.readv(fd, [self._chunk])
+        self._buffer += self._chunk[:count]
+        return count
 
     def __iter__(self) -> Iterator[bytes]:
         start, buffer = 0, self._buffer
@@ -310,16 +316,15 @@ class WriterProcess:
     def _readable(self) -> None:
         process = self._process
         try:
-            data = os.read(process.stdout.fileno(), _PIPE_BYTES)
+            count = self._frames.read_from(process.stdout.fileno())
         except BlockingIOError:
             return
         except OSError as exc:
             self._gone(f"reading its answer failed ({exc.__class__.__name__})")
             return
-        if not data:
+        if not count:
             self._gone("it closed its output")
             return
-        self._frames.feed(data)
         for frame in self._frames:
             try:
                 _, results, commits = pickle.loads(frame)
@@ -404,10 +409,8 @@ def _read_frames(fd: int, frames: _Frames) -> list[bytes] | None:
         ready = list(frames)
         if ready:
             return ready
-        data = os.read(fd, _PIPE_BYTES)
-        if not data:
+        if not frames.read_from(fd):
             return None
-        frames.feed(data)
 
 
 def serve(path: str, durability: str, cache: int, max_group: int, requests: int,
