@@ -177,7 +177,21 @@ LATEST_ENDED = 10
 
 def _configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", nargs="?", type=int, help="one dataset in detail")
+    parser.add_argument("--all", action="store_true",
+                        help="every dataset, however many have ended")
     add_json(parser)
+
+
+def _overview(client: Client, everything: bool) -> tuple[list[dict[str, Any]], int]:
+    """The datasets `floe status` lists, and how many older ones ended that it leaves out.
+    The open ones are asked for first: one that ends between the two requests is in both
+    answers, not in neither."""
+    if everything:
+        return client.get("/api/v1/datasets")["datasets"], 0
+    listed = {d["id"]: d for d in client.get("/api/v1/datasets", status="open")["datasets"]}
+    ended = client.get("/api/v1/datasets", status="ended", limit=LATEST_ENDED)
+    listed.update((d["id"], d) for d in ended["datasets"])
+    return sorted(listed.values(), key=lambda d: d["id"]), ended["more"]
 
 
 def _print_overview(datasets: list[dict[str, Any]], older: int) -> None:
@@ -192,8 +206,8 @@ def _print_overview(datasets: list[dict[str, Any]], older: int) -> None:
               f"{progress_bar(counts):<32} {percent_ended(counts):>5}%  "
               f"{counts['processing']:>5} {counts['failed']:>5}  {d['description'][:40]}")
     if older:
-        print(f"({counted(older, 'older dataset')} ended: `floe datasets --status ended` "
-              "lists them)")
+        print(f"({counted(older, 'older dataset')} ended: `floe status --all`, or `floe "
+              "datasets --status ended --limit N` for the latest N, lists them)")
 
 
 def _print_dataset(d: dict[str, Any], statistics: list[dict[str, Any]]) -> None:
@@ -236,13 +250,11 @@ def _run_status(args: argparse.Namespace) -> int:
     try:
         client = Client.from_args(args)
         if args.dataset is None:
-            ended = client.get("/api/v1/datasets", status="ended", limit=LATEST_ENDED)
-            datasets = sorted(ended["datasets"] + client.get(
-                "/api/v1/datasets", status="open")["datasets"], key=lambda d: d["id"])
+            datasets, older = _overview(client, args.all)
             if args.json:
                 print_json(datasets)
             else:
-                _print_overview(datasets, ended["more"])
+                _print_overview(datasets, older)
             return 0
         dataset = client.get(f"/api/v1/datasets/{args.dataset}")
         statistics = client.get(f"/api/v1/datasets/{args.dataset}/statistics")["statistics"]

@@ -49,7 +49,7 @@ def _datasets_show(data: Any, args: argparse.Namespace) -> None:
                   *(d["tasks"][s] for s in STATES), age(d["created"]), d["description"][:40]]
                  for d in data["datasets"]]))
     if data.get("more"):
-        print(f"(and {data['more']:,} older: --limit N shows the latest N)")
+        print(f"(and {data['more']:,} older: a larger --limit, up to 1000, or none lists them)")
 
 
 def _jobs_arguments(parser: argparse.ArgumentParser) -> None:

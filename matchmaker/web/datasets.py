@@ -64,7 +64,8 @@ async def overview(view: View) -> web.StreamResponse:
         "those that have not, the latest first. ",
         link("/", "Latest ended") if before is not None else None, " ",
         link(href("/", ended_before=shown[-1].id), "Older ended", rel="next")
-        if len(older) > PAGE else None, class_="paging") if len(ended) > PAGE else None
+        if len(older) > PAGE else None, class_="paging") \
+        if len(ended) > PAGE or before is not None else None
     sites = []
     for site in sorted(engine.sites.values(), key=lambda s: s.name):
         measured = [conforming(p.resources, RESOURCES) for p in engine.pilots.values()

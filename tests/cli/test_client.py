@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from floe.cli.client import LATEST_ENDED, percent_ended
+from floe.cli.http import Client
 from tests.cli.support import as_user, config_file, run, run_json, run_process
 from tests.pilot.live import LiveMatchmaker, free_port, wait_for
 from tests.pilot.scripted import ScriptedPilot
@@ -91,7 +93,10 @@ def test_status_lists_the_open_datasets_and_the_latest_ended_and_says_where_the_
     assert status == 0
     lines = out.strip().splitlines()
     assert [int(line.split()[0]) for line in lines[1:-1]] == [*ended[2:], running]
-    assert lines[-1] == "(2 older datasets ended: `floe datasets --status ended` lists them)"
+    assert lines[-1] == ("(2 older datasets ended: `floe status --all`, or `floe datasets "
+                         "--status ended --limit N` for the latest N, lists them)")
+    everything = run_json(capsys, "status", "--all", "--json", *as_user(matchmaker))
+    assert [d["id"] for d in everything] == [*ended, running]
     assert [d["id"] for d in run_json(capsys, "status", "--json", *as_user(matchmaker))] == \
         [*ended[2:], running]
     answer = run_json(capsys, "datasets", "--status", "ended", "--limit", "3",
@@ -100,7 +105,24 @@ def test_status_lists_the_open_datasets_and_the_latest_ended_and_says_where_the_
     status, out, _ = run(capsys, "datasets", "--status", "open", *as_user(matchmaker))
     assert [row.split()[0] for row in out.strip().splitlines()] == ["ID", str(running)]
     status, out, _ = run(capsys, "datasets", "--limit", "2", *as_user(matchmaker))
-    assert out.strip().splitlines()[-1] == "(and 11 older: --limit N shows the latest N)"
+    assert out.strip().splitlines()[-1] == \
+        "(and 11 older: a larger --limit, up to 1000, or none lists them)"
+
+
+def test_status_keeps_a_dataset_that_ends_between_its_two_requests(
+        capsys, matchmaker, monkeypatch):
+    running = matchmaker.submit(dict(CONFIG, jobs=1))
+    asked = Client.get
+
+    def get(self: Client, path: str, **query: Any) -> Any:
+        answer = asked(self, path, **query)
+        if query.get("status") == "open":  # it ends right after the first request
+            assert matchmaker.api("POST", f"/datasets/{running}/abort", {})[0] == 200
+        return answer
+
+    monkeypatch.setattr(Client, "get", get)
+    [listed] = run_json(capsys, "status", *as_user(matchmaker))
+    assert listed["id"] == running
 
 
 @pytest.mark.parametrize(("complete", "failed", "total", "shown", "whole"), [
