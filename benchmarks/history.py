@@ -13,7 +13,8 @@ aborted: failed, ended). At each H, on one kept-alive connection:
   50 times (each aborted after, so it ends too), median and p90;
 - report and ask: the pilot's report of its task with the ask for the next one, 300 times,
   median and p90;
-- the server's CPU per request of each (user + system, from /proc).
+- the server's CPU per request of each (user + system, from /proc; a submit's counts its
+  abort too).
 
 The baseline, in the same run, is H = 50: the datasets of a warm-up of as many submits (and
 as many reports as are measured) before the first level. Prints one JSON object. `--small`:
@@ -129,8 +130,9 @@ def main() -> None:
                     pilot.report_and_ask()
                     return time.perf_counter() - started
 
+                asked = timed(server, CYCLES, cycle)  # before the submits end 50 more
                 results.append({"ended_datasets": level, "submit": timed(server, SUBMITS, submit),
-                                "report_and_ask": timed(server, CYCLES, cycle)})
+                                "report_and_ask": asked})
                 ended += SUBMITS
             client.close()
         finally:
