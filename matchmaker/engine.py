@@ -270,11 +270,15 @@ class Engine:
         self.user_usage.rerank(dataset.user_id)
         self.dataset_usage.rerank(dataset.id)
         dataset.on_status = self._status_changed
-        self._status_changed(dataset)
+        self._file(dataset)
         # Each dataset keeps room for the most jobs a dataset may have, to grow into.
         self.next_task_id = max(self.next_task_id, dataset.base + MAX_JOBS * dataset.ntasks)
 
     def _status_changed(self, dataset: DatasetState) -> None:
+        dataset.changed = self.clock()
+        self._file(dataset)
+
+    def _file(self, dataset: DatasetState) -> None:
         """Keep `open`, and the fair-share order of a user's datasets, to those not ended."""
         if dataset.ended():
             self.open.pop(dataset.id, None)
@@ -356,6 +360,7 @@ class Engine:
             state = DatasetState(dataset, row["status"], row["priority"],
                                  row["jobs_materialized"])
             state.jobs = row["jobs"]  # grown, or cut by an abort, since it was submitted
+            state.changed = row["updated"]
             self.add_dataset(state)
             await self._load_tasks(state)
             state.status = self.dataset_status_after(state)

@@ -102,6 +102,9 @@ class DatasetState:
         self.on_status: Callable[[DatasetState], None] | None = None
         """Called when the status changes (the engine keeps its datasets that have not ended)."""
         self._status = status
+        self.changed = dataset.created
+        """When its status last changed (for an ended dataset, about when it ended): the
+        engine keeps it, and listings show the latest first."""
         self.priority = priority
         self.materialized = materialized
         self.states = bytearray()
@@ -333,6 +336,12 @@ class DatasetState:
         """Every task of every job has ended (complete or failed)."""
         return (self.materialized == self.jobs
                 and self.counts[COMPLETE] + self.counts[FAILED] == self.total_tasks)
+
+
+def recency(dataset: DatasetState) -> tuple[float, int]:
+    """What "the latest datasets" are ordered by: when their status last changed (submitted,
+    ended, reset), then their ids."""
+    return dataset.changed, dataset.id
 
 
 def job_state(codes: bytes | bytearray, retried: bool = False) -> str:

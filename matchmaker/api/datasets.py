@@ -12,7 +12,7 @@ from floe.config.states import JOB_STATES, TaskState
 from .. import actions, records, retiring, steering, submission
 from ..access import Action
 from ..errors import BadRequest, NotFound
-from ..model import DatasetState, DatasetStatus
+from ..model import DatasetState, DatasetStatus, recency
 from ..storage import queries
 from ..views import summary
 from ..waiting import Explainer
@@ -62,10 +62,10 @@ OPEN, ENDED = "open", "ended"
                Param("status", str, choices=(*DatasetStatus.ALL, OPEN, ENDED),
                      doc="only datasets in this status; open: processing or suspended; "
                          "ended: complete or failed"),
-               Param("limit", int, None, "only the latest this many (highest ids)",
-                     minimum=1, maximum=1000)],
-       description="Oldest first. `more`: how many more match than the `limit` let through "
-                   "(the older ones).")
+               Param("limit", int, None, "only the latest this many: those whose status "
+                     "changed last (submitted, ended, reset)", minimum=1, maximum=1000)],
+       description="By id. `more`: how many more match than the `limit` let through (those "
+                   "whose status changed before).")
 async def list_datasets(ctx: Context) -> Any:
     engine = ctx.engine
     owner, status, limit = ctx.params["owner"], ctx.params["status"], ctx.params["limit"]
@@ -77,7 +77,7 @@ async def list_datasets(ctx: Context) -> Any:
                 if (user is None or d.user_id == user.user_id)
                 and (status in (None, OPEN) or d.status == status
                      or (status == ENDED and d.ended()))]
-    shown = matching if limit is None else heapq.nlargest(limit, matching, key=lambda d: d.id)
+    shown = matching if limit is None else heapq.nlargest(limit, matching, key=recency)
     return {"datasets": [summary(engine, d) for d in sorted(shown, key=lambda d: d.id)],
             "more": len(matching) - len(shown)}
 

@@ -479,7 +479,7 @@ DATASET = _record({
 })
 """A dataset as listings show it (views.summary)."""
 
-DATASETS = _record({"datasets": _list(DATASET, "oldest first"),
+DATASETS = _record({"datasets": _list(DATASET, "by id"),
                     "more": _int(doc="how many more match than the limit let through")})
 EVENT = _record({"time": _TIME, "action": _TEXT, "detail": _MAYBE_TEXT, "user": _MAYBE_TEXT})
 EVENTS = _record({"events": _list(EVENT, "newest first")})

@@ -25,7 +25,7 @@ ATTEMPT_COLUMNS = (
 async def datasets_to_load(db: Database) -> list[Any]:
     return await db.fetchall(
         "SELECT dataset_id, user_id, config, task_id_base, tasks_per_job, jobs,"
-        " jobs_materialized, priority, status, created FROM datasets")
+        " jobs_materialized, priority, status, created, updated FROM datasets")
 
 
 async def steering_versions(db: Database) -> list[Any]:

@@ -20,7 +20,7 @@ from ..api.schemas import RESOURCES
 from ..api.validation import conforming
 from ..bounds import record_id, whole
 from ..errors import BadRequest
-from ..model import DatasetState, DatasetStatus
+from ..model import DatasetState, DatasetStatus, recency
 from ..storage import queries, reports
 from ..views import summary
 from ..waiting import Explainer
@@ -53,19 +53,18 @@ async def overview(view: View) -> web.StreamResponse:
     engine, now = view.engine, view.now
     rates = await reports.completed_since(engine.db, now - 3600)
     hours = history.by_state(await view.request.app[HISTORY].last_day(engine.db, now))
-    before = _whole(view.query("ended_before") or "0", "ended_before", None) or None
+    skip = _whole(view.query("ended_skip") or "0", "ended_skip", None)
     ended = [d for d in engine.datasets.values() if d.id not in engine.open]
-    older = [d for d in ended if before is None or d.id < before]
-    shown = heapq.nlargest(PAGE, older, key=lambda d: d.id)
+    shown = heapq.nlargest(skip + PAGE, ended, key=recency)[skip:]
     rows = [_overview_row(dataset, rates, now, view)
             for dataset in [*sorted(engine.open.values(), key=lambda d: -d.id), *shown]]
     paging = tag(
         "p", f"{len(ended):,} datasets have ended: they are listed {PAGE} at a time after "
-        "those that have not, the latest first. ",
-        link("/", "Latest ended") if before is not None else None, " ",
-        link(href("/", ended_before=shown[-1].id), "Older ended", rel="next")
-        if len(older) > PAGE else None, class_="paging") \
-        if len(ended) > PAGE or before is not None else None
+        "those that have not, the latest to end first. ",
+        link("/", "Latest ended") if skip else None, " ",
+        link(href("/", ended_skip=skip + PAGE), "Older ended", rel="next")
+        if len(ended) > skip + PAGE else None, class_="paging") \
+        if len(ended) > PAGE or skip else None
     sites = []
     for site in sorted(engine.sites.values(), key=lambda s: s.name):
         measured = [conforming(p.resources, RESOURCES) for p in engine.pilots.values()

@@ -8,6 +8,7 @@ import asyncio
 import html
 import re
 import ssl
+import time
 import urllib.request
 from typing import Any
 
@@ -385,26 +386,34 @@ async def test_the_owner_changes_steering_on_the_page_and_sees_the_config_versio
 async def test_the_overview_lists_the_open_datasets_and_pages_through_those_that_ended(
         pages: Pages):
     """A server keeps every dataset it ran: the overview lists those that have not ended,
-    then the latest that have, 50 at a time, so that its size does not grow with the years."""
+    then those that have, the latest to end first, 50 at a time, so that its size does not
+    grow with the years."""
     engine = pages.engine
+    engine.clock = clock = s.Clock(time.time())
     ended = [pages.dataset.id]
     for _ in range(PAGE + 10):
+        clock.now += 1
         made = await s.submit(engine, pages.alice, s.config(jobs=1))
         await actions.abort(engine, made, pages.alice)
         ended.append(made.id)
+    clock.now += 1
+    late = await s.submit(engine, pages.bob, s.config(jobs=1))
     running = await s.submit(engine, pages.bob, s.config(jobs=2))
+    await actions.abort(engine, late, pages.bob)  # the last to end, not the highest id
+    ended.append(late.id)
     browser = await pages.signed_in(pages.admin_token)
 
     def listed(text: str) -> list[int]:
         return [int(found) for found in re.findall(r'href="/datasets/(\d+)">#', text)]
 
+    latest = list(reversed(ended))
     status, text, _ = await browser.get("/")
     assert status == 200 and f"{len(ended):,} datasets have ended" in text
-    assert listed(text) == [running.id, *sorted(ended, reverse=True)[:PAGE]]
-    older = re.search(r'href="(/\?ended_before=\d+)"[^>]*>Older ended', text)
+    assert listed(text) == [running.id, *latest[:PAGE]]
+    older = re.search(r'href="(/\?ended_skip=\d+)"[^>]*>Older ended', text)
     assert older, text
     status, text, _ = await browser.get(html.unescape(older.group(1)))
     assert status == 200 and "Latest ended" in text and "Older ended" not in text
-    assert listed(text) == [running.id, *sorted(ended, reverse=True)[PAGE:]]
-    status, text, _ = await browser.get("/?ended_before=x")
-    assert status == 400 and "ended_before: expected a whole number" in text
+    assert listed(text) == [running.id, *latest[PAGE:]]
+    status, text, _ = await browser.get("/?ended_skip=x")
+    assert status == 400 and "ended_skip: expected a whole number" in text
