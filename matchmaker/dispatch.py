@@ -105,14 +105,17 @@ class Given:
 
     attempts: list[Dispatch]
     nothing: NoWork | None = None
+    dry: bool = False
+    """Fewer were handed out than asked for because nothing more fits the ask now."""
 
     def to_json(self, engine: Engine) -> bytes:
-        """{"attempts": [{...}, ...]}, each as the single form's "attempt"; or, with none,
-        {"attempts": [], "wait": ..., "reason": ..., "shortest_walltime": ...}."""
+        """{"attempts": [{...}, ...]}, each as the single form's "attempt", and "more": false
+        when `dry`; or, with none, {"attempts": [], "wait": ..., "reason": ...,
+        "shortest_walltime": ...}."""
         nothing = self.nothing
         if nothing is None:
             return ('{"attempts":[' + ",".join(d.attempt_json(engine) for d in self.attempts)
-                    + "]}").encode()
+                    + ('],"more":false}' if self.dry else "]}")).encode()
         return json.dumps({"attempts": [], "wait": nothing.wait, "reason": nothing.reason,
                            "shortest_walltime": nothing.shortest_walltime},
                           separators=(",", ":")).encode()
@@ -329,11 +332,11 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     series_left = float(slot.seconds)
     taken: dict[int, int] = {}  # in series: tasks given of each dataset
     skipped = False  # some dataset is left out of `misses`'s walk though it may fit
-    held = False
+    held = dry = False
     while len(given) < most:
         one = _take(engine, pilot, left, batch, now, misses, skipped)
         if one is None or one == HELD:
-            held = one == HELD
+            held, dry = one == HELD, True
             break
         given.append(one)
         needs = one.dataset.requirements(one.task_id)
@@ -360,7 +363,7 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     if not given:
         return Given([], _no_work(engine, pilot, slot, now, held))
     _count_on_commit(engine, pilot, batch, len(given))
-    return Given(given)
+    return Given(given, dry=dry)
 
 
 def reserve_offer(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Answer:

@@ -3,10 +3,11 @@ as the factory's top-up policy is (no clock, no matchmaker, no threads: a test d
 
 While the pilot's recent tasks are short it prefetches: it asks for tasks to run one after
 another ("series"), about `prefetch_horizon` seconds of them at their recent mean wall time,
-and asks again once the queue is down to half. Otherwise it asks for tasks to start side by side
-("side") in what is free, as many as its free CPUs could hold. It stops asking when the slot's
-time is too short for a task, when it has had no work for `idle_timeout`, or when the slot
-offers nothing a task could use.
+and asks again once the queue is down to half; when the matchmaker answered that nothing more
+fits, only once one of its tasks has ended (the ask rides on its report). Otherwise it asks for
+tasks to start side by side ("side") in what is free, as many as its free CPUs could hold. It
+stops asking when the slot's time is too short for a task, when it has had no work for
+`idle_timeout`, or when the slot offers nothing a task could use.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class Situation:
     can_offer_side: bool
     """Something is free for a task to start now."""
     free_cpus: int
+    dry: bool = False
+    """The last ask in series was answered that nothing more fits, and no task has ended
+    since: another would find nothing."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def wants(situation: Situation) -> str | None:
     """SERIES when short tasks are to be queued, SIDE when tasks are to start side by side in
     what is free, None when the pilot has all it can take now."""
     if situation.series_size > 1:
-        if situation.queued > situation.series_size // 2 or situation.time_after_queue <= 0:
+        if situation.dry or situation.queued > situation.series_size // 2 \
+                or situation.time_after_queue <= 0:
             return None
         return SERIES if situation.can_offer_series else None
     if situation.queued or not situation.can_offer_side:

@@ -114,6 +114,7 @@ class Pilot:
         self._hold_limit = asking.HoldLimit()  # what cuts held asks short (a proxy) taught
         self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
+        self._dry = False  # the last ask in series said nothing more fits: wait for a task
 
     @property
     def timings(self) -> collections.deque:
@@ -262,7 +263,8 @@ class Pilot:
             next_ask=self._next_ask, series_size=self._series_size(),
             queued=len(self.lanes.queue), time_after_queue=self.lanes.time_after_queue(seconds),
             can_offer_series=self.claims.can_offer(self.lanes.long_claims(horizon)),
-            can_offer_side=self.claims.can_offer(), free_cpus=self.claims.free().cpus)
+            can_offer_side=self.claims.can_offer(), free_cpus=self.claims.free().cpus,
+            dry=self._dry and self.lanes.busy)
 
     def _wants(self) -> str | None:
         """What kind of work the pilot would take now (see `asking.wants`)."""
@@ -363,6 +365,10 @@ class Pilot:
                 self._last_busy = now
                 self._asked_since_busy = False
                 self._next_ask = now
+                # Nothing more fits (fewer than asked for in series): an ask of its own would
+                # find nothing while these run, and hold up the report of one that ends. The
+                # next ask waits for a task to end, and rides on its report (`_collect`).
+                self._dry = ask.in_series and reply.data.get("more") is False
                 for answer in attempts:  # a held ask's wait for work is no overhead
                     self._take(answer, now if ask.hold else asked, ask.in_series)
                 return
@@ -487,8 +493,9 @@ class Pilot:
         if ended or finished:
             self._last_busy = now
             self._asked_since_busy = False
-        if ended:
+        if ended or (finished and self._dry):
             self._next_ask = min(self._next_ask, now)
+            self._dry = False
         for done in finished:
             self._finished(done)
 

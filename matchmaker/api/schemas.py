@@ -190,19 +190,29 @@ _NO_WORK = {
                                          "no task is ready"},
 }
 
+_GIVEN_ATTEMPTS = {"type": "array", "items": GIVEN_ATTEMPT, "minItems": 1,
+                   "maxItems": MAX_TASKS}
+
 ASKED = {"oneOf": [
     _obj({"attempt": GIVEN_ATTEMPT}, ("attempt",)),
     _obj(dict(_NO_WORK, attempt={"type": "null"}),
          ("attempt", "wait", "reason", "shortest_walltime")),
-    _obj({"attempts": {"type": "array", "items": GIVEN_ATTEMPT, "minItems": 1,
-                       "maxItems": MAX_TASKS}}, ("attempts",)),
+    _obj({"attempts": _GIVEN_ATTEMPTS}, ("attempts",)),
+    _obj({"attempts": _GIVEN_ATTEMPTS,
+          "more": {"type": "boolean", "enum": [False],
+                   "description": "fewer than `max_tasks` were handed out because nothing "
+                                  "more fits the ask now (no other ready task fits the slot, "
+                                  "or the time left after those given): an ask again before "
+                                  "one of them ends would find nothing"}},
+         ("attempts", "more")),
     _obj(dict(_NO_WORK, attempts={"type": "array", "items": GIVEN_ATTEMPT,
                                         "maxItems": 0}),
          ("attempts", "wait", "reason", "shortest_walltime")),
 ], "description": "without `max_tasks`: the task handed out, {\"attempt\": {...}}, or "
                   "{\"attempt\": null, ...} with why none fits and how long to wait; with "
-                  "`max_tasks`, the list form: {\"attempts\": [{...}, ...]}, or "
-                  "{\"attempts\": [], ...} as above"}
+                  "`max_tasks`, the list form: {\"attempts\": [{...}, ...]} (with "
+                  "\"more\": false when nothing more fits), or {\"attempts\": [], ...} as "
+                  "above"}
 
 PILOT_EXIT = _obj({
     "reason": _str(64, description="idle, drained, lifetime, suspect node, error"),

@@ -82,6 +82,29 @@ async def test_an_ask_with_max_tasks_answers_the_list_form_each_as_the_single_fo
     assert "none fits this slot" in answer["reason"] and "shortest_walltime" in answer
 
 
+async def test_an_answer_with_fewer_tasks_than_asked_says_whether_more_would_fit(world):
+    _, document = await world.api.call("GET", "/api/v1/openapi.json")
+    asked = declared_answer(document, "POST", "/api/v1/pilots/{pilot_id}/ask", 200)
+
+    async def in_series(count):
+        status, answer = await world.api.call(
+            "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
+            dict(FREE, max_tasks=count, in_series=True))
+        assert status == 200 and exactly_declared(answer, asked) == [], answer
+        return answer
+
+    # As many as asked for: nothing said (more may be ready).
+    assert "more" not in await in_series(2)
+    # Of the 18 ready, one ask takes about half: nothing more fits it now.
+    answer = await in_series(64)
+    assert 0 < len(answer["attempts"]) < 18 and answer["more"] is False
+    # The time left after the first task holds no other (walltime 1h, a little more offered).
+    status, answer = await world.api.call(
+        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
+        dict(FREE, seconds=3700, max_tasks=5, in_series=True))
+    assert status == 200 and len(answer["attempts"]) == 1 and answer["more"] is False, answer
+
+
 async def test_the_single_form_is_unchanged_and_the_list_form_repeats_it_byte_for_byte(engine):
     site = await s.site(engine)
     await s.submit(engine, await s.user(engine, "alice"), s.config(jobs=3))

@@ -40,6 +40,8 @@ def test_short_tasks_are_queued_in_series_and_asked_for_again_at_half_the_queue(
     assert asking.decide(dataclasses.replace(short, can_offer_series=False), LIMITS) == \
         Decision()
     assert asking.decide(dataclasses.replace(short, time_after_queue=0), LIMITS) == Decision()
+    # Told that nothing more fits, it waits for a task to end (its report carries the ask).
+    assert asking.decide(dataclasses.replace(short, dry=True), LIMITS) == Decision()
 
 
 def test_no_ask_before_its_time():

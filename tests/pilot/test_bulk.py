@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from floe.config.resources import GIB, Slot
-from floe.pilot.client import Ask, Matchmaker, Reply, Unreachable
+from floe.pilot.client import Ask, Matchmaker, Reply, Unreachable, next_reply
 from floe.pilot.loop import Pilot
 from floe.pilot.outbox import Delivery, Outbox, Verdict, deliver_many
 from floe.pilot.settings import PilotSettings
@@ -35,12 +35,14 @@ class Recording(Matchmaker):
         self.sent: Counter[str] = Counter()
         self.asks: list[Ask] = []
         self.reported = 0
+        self.answered: list[tuple[str, Ask | None, int]] = []
+        """Each ask and report request in order: the route, the ask made, attempts handed."""
 
     def ask(self, pilot_id: int, offer: Slot | Ask) -> Reply:
         self.sent["ask"] += 1
         if isinstance(offer, Ask):
             self.asks.append(offer)
-        return super().ask(pilot_id, offer)
+        return self._answered("ask", offer, super().ask(pilot_id, offer))
 
     def reports(self, pilot_id: int, reports: Any, ask: Ask | None = None,
                 timeout: float | None = None) -> Reply:
@@ -48,7 +50,18 @@ class Recording(Matchmaker):
         self.reported += len(reports)
         if ask is not None:
             self.asks.append(ask)
-        return super().reports(pilot_id, reports, ask, timeout)
+        return self._answered("reports", ask, super().reports(pilot_id, reports, ask, timeout))
+
+    def _answered(self, route: str, ask: Any, reply: Reply) -> Reply:
+        answer = next_reply(reply) if route == "reports" else reply
+        handed = len(answer.data.get("attempts") or []) if answer and answer.ok else 0
+        self.answered.append((route, ask if isinstance(ask, Ask) else None, handed))
+        return reply
+
+    def calls(self) -> list[str]:
+        """`answered` in short: route, in series or not, tasks asked for and handed."""
+        return [f"{route} {'-' if ask is None else ('series' if ask.in_series else 'side')} "
+                f"{ask.max_tasks if ask else 0} {handed}" for route, ask, handed in self.answered]
 
     def report(self, *args: Any, **kwargs: Any) -> Reply:
         self.sent["report"] += 1
@@ -155,6 +168,22 @@ def test_a_pilot_asks_in_series_only_once_its_tasks_are_known_to_be_short(
     # Nothing is known of the tasks at first: one, side by side in the free CPU.
     assert (first.in_series, first.max_tasks) == (False, 1)
     assert later and all(ask.in_series and ask.max_tasks > 1 for ask in later), client.asks
+
+
+def test_a_pilot_given_fewer_tasks_than_it_asked_for_asks_again_only_with_their_report(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # The second ask is in series, for more than the 11 tasks left: they are all there is, and
+    # an ask of its own while they run would find nothing (and, for a single task, hold up its
+    # report until answered). The pilot's next ask rides on their report.
+    matchmaker.submit({"jobs": 12, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
+    run_to_the_end(pilot, work)
+    assert len(pilot.timings) == 12
+    short = [i for i, (_, ask, handed) in enumerate(client.answered)
+             if ask is not None and ask.in_series and 0 < handed < ask.max_tasks]
+    assert short, client.calls()
+    for i in short:
+        assert client.answered[i + 1][0] == "reports", client.calls()
 
 
 def test_a_pilot_with_long_tasks_never_queues_any(matchmaker: LiveMatchmaker, tmp_path):
