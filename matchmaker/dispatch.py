@@ -106,7 +106,8 @@ class Given:
     attempts: list[Dispatch]
     nothing: NoWork | None = None
     dry: bool = False
-    """Fewer were handed out than asked for because nothing more fits the ask now."""
+    """Fewer were handed out than asked for: nothing more fits the ask now, or what would is
+    left to other pilots (at most about half of a dataset's ready tasks go to one ask)."""
 
     def to_json(self, engine: Engine) -> bytes:
         """{"attempts": [{...}, ...]}, each as the single form's "attempt", and "more": false
@@ -332,11 +333,11 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     series_left = float(slot.seconds)
     taken: dict[int, int] = {}  # in series: tasks given of each dataset
     skipped = False  # some dataset is left out of `misses`'s walk though it may fit
-    held = dry = False
+    held = False
     while len(given) < most:
         one = _take(engine, pilot, left, batch, now, misses, skipped)
         if one is None or one == HELD:
-            held, dry = one == HELD, True
+            held = one == HELD
             break
         given.append(one)
         needs = one.dataset.requirements(one.task_id)
@@ -363,7 +364,7 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     if not given:
         return Given([], _no_work(engine, pilot, slot, now, held))
     _count_on_commit(engine, pilot, batch, len(given))
-    return Given(given, dry=dry)
+    return Given(given, dry=len(given) < most)
 
 
 def reserve_offer(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Answer:

@@ -56,8 +56,8 @@ class Situation:
     """Something is free for a task to start now."""
     free_cpus: int
     dry: bool = False
-    """The last ask in series was answered that nothing more fits, and no task has ended
-    since: another would find nothing."""
+    """The last ask in series was answered that nothing more fits, no task has ended since
+    and none has run past the horizon: another would find nothing."""
 
 
 @dataclass(frozen=True)

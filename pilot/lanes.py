@@ -204,6 +204,17 @@ class Lanes:
                 if a.run is not None and a.claim is not None
                 and a.run.usage().wall_time > horizon]
 
+    def running_for(self) -> list[float]:
+        """How long each running attempt has run, in seconds."""
+        return [a.run.usage().wall_time for a in self.held.values() if a.run is not None]
+
+    def unqueue(self) -> list[Attempt]:
+        """Take every queued attempt out of the queue (still held, for the loop to give back)."""
+        with self.lock:
+            queued = list(self.queue)
+            self.queue.clear()
+        return queued
+
     def ask_after(self) -> float | None:
         """When the next ask may go while lanes start the attempts just handed to them (until
         each has started its first process, `STARTING_PATIENCE` at most); None when it need not

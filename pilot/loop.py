@@ -147,6 +147,7 @@ class Pilot:
                 if self._drain_asked and self._drain_started is None:
                     self._start_drain(now)
                 self._collect(now)
+                self._unqueue_behind_long()
                 self._deliver(now)
                 self._send_heartbeats(now)
                 if self.stop is None:
@@ -238,6 +239,10 @@ class Pilot:
             due.append(self.stop.since + self.settings.delivery_patience)
         if self._drain_started is not None:
             due.append(self._drain_started + self.settings.drain_patience)
+        if self.lanes.queue:  # when a running task becomes long, for `_unqueue_behind_long`
+            horizon = self.settings.prefetch_horizon
+            due.extend(now + horizon - ran + 0.01 for ran in self.lanes.running_for()
+                       if ran <= horizon)
         # What the lanes should wake the loop for while it sleeps: a finished task when its
         # report is to go at once, and a queue run down to where more is asked for.
         series = self._series_size()
@@ -264,7 +269,7 @@ class Pilot:
             queued=len(self.lanes.queue), time_after_queue=self.lanes.time_after_queue(seconds),
             can_offer_series=self.claims.can_offer(self.lanes.long_claims(horizon)),
             can_offer_side=self.claims.can_offer(), free_cpus=self.claims.free().cpus,
-            dry=self._dry and self.lanes.busy)
+            dry=self._dry and self.lanes.busy and not self.lanes.long_claims(horizon))
 
     def _wants(self) -> str | None:
         """What kind of work the pilot would take now (see `asking.wants`)."""
@@ -478,11 +483,32 @@ class Pilot:
                                      "left in the slot (the tasks before it ran longer than "
                                      "expected)", ErrorClass.NOT_RUN)
 
+    def _unqueue_behind_long(self) -> None:
+        """Give back the queued attempts once the tasks running have all run longer than the
+        prefetch horizon and hold the whole slot: the queue was made for short tasks, and these
+        may run for hours while another pilot could run what waits (or this one, asking again
+        once they end). Given back unstarted, each is requeued at once at no cost to its task."""
+        if not self.lanes.queue or self._drain_asked is not None:
+            return
+        horizon = self.settings.prefetch_horizon
+        long = self.lanes.long_claims(horizon)
+        if not long or self.claims.can_offer(long):
+            return
+        queued = self.lanes.unqueue()
+        why = (f"it was queued behind tasks that have run longer than the {horizon:g}s of short "
+               "tasks the queue was made for (prefetch horizon)")
+        for attempt in queued:
+            self._give_back(attempt, why, ErrorClass.NOT_RUN, say=False)
+        if queued:
+            log.info("gave back %d queued attempts (%s): %s", len(queued),
+                     ", ".join(str(a.attempt_id) for a in queued), why)
+
     def _give_back(self, attempt: Attempt, why: str,
-                   error: ErrorClass = ErrorClass.PILOT_LOST) -> None:
+                   error: ErrorClass = ErrorClass.PILOT_LOST, say: bool = True) -> None:
         """Report an attempt the pilot will not run, so that it is requeued at once: as lost, or
-        (`NOT_RUN`) as given back unstarted, which costs the task nothing."""
-        log.warning("attempt %s (%s): not run: %s", attempt.attempt_id, attempt.label, why)
+        (`NOT_RUN`) as given back unstarted, which costs the task nothing. `say`: log it."""
+        if say:
+            log.warning("attempt %s (%s): not run: %s", attempt.attempt_id, attempt.label, why)
         self.counts[error.value] += 1
         self.lanes.let_go(attempt)
         self.reports.add(Finished(attempt, None, lost_report(

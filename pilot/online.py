@@ -40,6 +40,17 @@ def duration_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def seconds_argument(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return seconds
+
+
 def add_arguments(group: argparse._ActionsContainer) -> None:
     """The options of the online pilot (`--matchmaker` itself is in the mode group)."""
     group.add_argument("--token-file", type=Path, metavar="FILE",
@@ -61,6 +72,11 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
                        metavar="DURATION",
                        help="how long a task may run past its walltime before it is killed "
                             "(default 1m)")
+    group.add_argument("--prefetch-horizon", type=seconds_argument, default=1.0,
+                       metavar="SECONDS",
+                       help="while its tasks are short, queue about this many seconds of them "
+                            "to run one after another, and give the queue back once the tasks "
+                            "running have run longer (default 1; 0: never queue)")
     group.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                        help="how much the pilot logs on stderr (default info)")
 
@@ -200,7 +216,8 @@ def _run(args: argparse.Namespace, client: Matchmaker, system: dict[str, str]) -
         return EXIT_ERROR
     settings = PilotSettings(
         idle_timeout=args.idle_timeout, max_failures=args.max_failures,
-        walltime_grace=args.walltime_grace, system=system, version=version(),
+        walltime_grace=args.walltime_grace, prefetch_horizon=args.prefetch_horizon,
+        system=system, version=version(),
         runner=RunnerSettings(kill_grace=3.0))
     try:
         return Pilot(client, slot, work, settings, gpu_source=gpu_source).run()

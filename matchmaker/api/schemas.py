@@ -200,10 +200,12 @@ ASKED = {"oneOf": [
     _obj({"attempts": _GIVEN_ATTEMPTS}, ("attempts",)),
     _obj({"attempts": _GIVEN_ATTEMPTS,
           "more": {"type": "boolean", "enum": [False],
-                   "description": "fewer than `max_tasks` were handed out because nothing "
-                                  "more fits the ask now (no other ready task fits the slot, "
-                                  "or the time left after those given): an ask again before "
-                                  "one of them ends would find nothing"}},
+                   "description": "fewer than `max_tasks` were handed out: no other ready "
+                                  "task fits what is left of the slot (its resources side by "
+                                  "side, its time after those given in series), or what would "
+                                  "is left to other pilots (one ask takes at most about half "
+                                  "of a dataset's ready tasks); ask again once one of them "
+                                  "has ended"}},
          ("attempts", "more")),
     _obj(dict(_NO_WORK, attempts={"type": "array", "items": GIVEN_ATTEMPT,
                                         "maxItems": 0}),

@@ -132,7 +132,7 @@ async def dataset_page(view: View) -> web.StreamResponse:
              ("Tasks per job", ", ".join(info["task_names"])),
              ("Submitted", join([when(dataset.dataset.created),
                                  f" ({ago(now - dataset.dataset.created)} ago)"])),
-             ("Retries", dataset.config.max_retries),
+             ("Retries allowed per task", dataset.config.max_retries),
              ("Debug mode", "on" if dataset.config.debug else "off")]
     if len(dataset.versions) > 1:
         facts.append(("Config versions", join(

@@ -19,7 +19,7 @@ from floe.pilot.settings import PilotSettings
 from floe.pilot.slot import measure
 from floe.pilot.workarea import WorkArea
 
-from .live import LiveMatchmaker
+from .live import LiveMatchmaker, wait_for
 
 FREE = Slot(cpus=1, memory=GIB, disk=GIB)
 NULL = {"name": "null", "requirements": {"memory": "64MiB", "disk": "1MiB", "walltime": "1m"},
@@ -172,9 +172,10 @@ def test_a_pilot_asks_in_series_only_once_its_tasks_are_known_to_be_short(
 
 def test_a_pilot_given_fewer_tasks_than_it_asked_for_asks_again_only_with_their_report(
         matchmaker: LiveMatchmaker, tmp_path):
-    # The second ask is in series, for more than the 11 tasks left: they are all there is, and
-    # an ask of its own while they run would find nothing (and, for a single task, hold up its
-    # report until answered). The pilot's next ask rides on their report.
+    # The second ask is in series, for more than the 11 tasks left, and is answered with about
+    # half of them and "more": false (the rest is left to other pilots); an ask of its own
+    # while they run would find nothing (and, for a single task, hold up its report until
+    # answered). The pilot's next ask rides on the report of one that ended.
     matchmaker.submit({"jobs": 12, "tasks": [NULL]})
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
     run_to_the_end(pilot, work)
@@ -184,6 +185,36 @@ def test_a_pilot_given_fewer_tasks_than_it_asked_for_asks_again_only_with_their_
     assert short, client.calls()
     for i in short:
         assert client.answered[i + 1][0] == "reports", client.calls()
+
+
+def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_long(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # A 2-CPU pilot that knows its tasks are short is handed a long one, with "more": false.
+    # Once that task has run past the prefetch horizon (1 s) the pilot asks for its free CPU
+    # again, every `wait` (1 s here), so work that comes later runs beside the long task.
+    short = matchmaker.submit({"jobs": 2, "tasks": [NULL]})
+    slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
+                               cpus=2)
+    work = WorkArea(tmp_path)
+    work.open()
+    pilot = Pilot(Recording(matchmaker.url, matchmaker.pilot_token()), slot, work,
+                  PilotSettings(idle_timeout=60))
+    thread = threading.Thread(target=pilot.run)
+    thread.start()
+    try:
+        wait_for(lambda: matchmaker.states(short) == ["complete"] * 2, 20, "the short tasks")
+        long = matchmaker.submit({"jobs": 1, "tasks": [
+            dict(NULL, modules=[{"command": "sleep 10"}])]})
+        wait_for(lambda: matchmaker.states(long) == ["processing"], 10, "the long task")
+        time.sleep(1.5)
+        later = matchmaker.submit({"jobs": 3, "tasks": [NULL]})
+        wait_for(lambda: matchmaker.states(later) == ["complete"] * 3, 6,
+                 "the later tasks to run beside the long one")
+        assert matchmaker.states(long) == ["processing"]
+    finally:
+        pilot.drain()
+        thread.join(30)
+        work.close()
 
 
 def test_a_pilot_with_long_tasks_never_queues_any(matchmaker: LiveMatchmaker, tmp_path):

@@ -46,7 +46,8 @@ def test_queued_attempts_are_heartbeated_and_given_back_on_sigterm(
         matchmaker: LiveMatchmaker, tmp_path):
     pid_file = tmp_path / "task.pid"
     dataset_id = matchmaker.submit(behind_a_slow_one(sleeper(pid_file)))
-    pilot = one_cpu(matchmaker, tmp_path / "scratch")
+    # A horizon past the test's end: the queue is not given back as job 3 runs on.
+    pilot = one_cpu(matchmaker, tmp_path / "scratch", "--prefetch-horizon", "300")
     task_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30,
                             "job 3 to start"))
     # The attempts that wait behind job 3 are processing on the matchmaker, and the pilot's
@@ -148,7 +149,10 @@ def test_tasks_queued_behind_one_that_overran_its_learned_runtime_are_given_back
     dataset_id = matchmaker.submit({"jobs": 30, "max_retries": 0, "tasks": [{
         "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "45s"},
         "modules": [{"command": "if [ $args(job) -eq 12 ]; then sleep 12; fi"}]}]})
-    first = one_cpu(matchmaker, tmp_path / "first", "--lifetime", "1m")
+    # A horizon above job 12's time: its queue is not given back for running long (the next
+    # test), but each queued task when its turn comes.
+    first = one_cpu(matchmaker, tmp_path / "first", "--lifetime", "1m",
+                    "--prefetch-horizon", "30")
     assert first.wait(90) == 0, (tmp_path / "pilot.log").read_text()
     log = (tmp_path / "pilot.log").read_text()
     assert "no longer fits" in log
@@ -170,3 +174,31 @@ def test_tasks_queued_behind_one_that_overran_its_learned_runtime_are_given_back
              "the given-back tasks to run on the next pilot")
     attempts = matchmaker.attempts(dataset_id)
     assert Counter(a["state"] for a in attempts) == {"complete": 30, "reset": len(given_back)}
+
+
+def test_short_tasks_queued_behind_one_that_runs_long_are_given_back_for_another_pilot(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # Two pilots warm from short tasks; then a dataset whose job 0 runs 20 s and whose others
+    # end at once. A pilot handed job 0 with others queued behind it gives those back once
+    # job 0 has run past its prefetch horizon (1 s), and the other pilot runs them.
+    warm = matchmaker.submit({"jobs": 40, "tasks": [{
+        "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
+        "modules": [{"command": "true"}]}]})
+    first = one_cpu(matchmaker, tmp_path / "first")
+    second = one_cpu(matchmaker, tmp_path / "second", log_name="second.log")
+    wait_for(lambda: matchmaker.states(warm) == ["complete"] * 40, 60, "the warm-up")
+    dataset_id = matchmaker.submit({"jobs": 10, "max_retries": 0, "tasks": [{
+        "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
+        "modules": [{"command": "if [ $args(job) -eq 0 ]; then sleep 20; fi"}]}]})
+    wait_for(lambda: matchmaker.states(dataset_id)[1:] == ["complete"] * 9, 10,
+             "the short tasks to complete while job 0 runs")
+    assert matchmaker.states(dataset_id)[0] == "processing"
+    logs = (tmp_path / "pilot.log").read_text() + (tmp_path / "second.log").read_text()
+    assert "gave back" in logs and "prefetch horizon" in logs, logs
+    given_back = [a for a in matchmaker.attempts(dataset_id) if a["state"] == "reset"]
+    assert given_back and all(a["error_class"] == "not_run" for a in given_back)
+    assert all(task["failures"] == 0 for task in matchmaker.tasks(dataset_id))
+    for pilot in (first, second):
+        pilot.send_signal(signal.SIGTERM)
+        assert pilot.wait(30) == 0
+
