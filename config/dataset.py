@@ -224,8 +224,10 @@ DATASET = Object([
           "failure).", default=3,
           details="Only failures that are the task's own count (task_error, resource_overuse, "
                   "staging_error); a lost pilot (pilot_lost) does not, nor a task its pilot "
-                  "gave back before starting it (not_run: the pilot was stopped, or the tasks "
-                  "queued before it ran longer than expected and its walltime no longer fit)."),
+                  "gave back before starting it (not_run: the pilot was stopped, the tasks "
+                  "queued before it ran longer than expected and its walltime no longer fit, "
+                  "or they ran past the pilot's prefetch horizon and it was given back for "
+                  "another pilot)."),
     retries.FIELD,
     retries.DELAY_FIELD,
     retries.ELSEWHERE_FIELD,

@@ -495,6 +495,9 @@ class Pilot:
         if not long or self.claims.can_offer(long):
             return
         queued = self.lanes.unqueue()
+        # The recent tasks no longer say that tasks are short: ask side by side until tasks
+        # that end say so again, instead of queueing more behind the next long one.
+        self._durations.clear()
         why = (f"it was queued behind tasks that have run longer than the {horizon:g}s of short "
                "tasks the queue was made for (prefetch horizon)")
         for attempt in queued:

@@ -41,13 +41,17 @@ def duration_argument(text: str) -> int:
 
 
 def seconds_argument(text: str) -> float:
-    """An argparse type: a number of seconds, 0 or more."""
+    """An argparse type: seconds, 0 or more, as a number ("0.5") or a duration ("2s", "1m")."""
     try:
         seconds = float(text)
     except ValueError:
-        seconds = -1.0
+        try:
+            seconds = float(parse_duration(text))
+        except ResourceError:
+            seconds = -1.0
     if not 0 <= seconds < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more) "
+                                         "nor a duration like 2s or 1m")
     return seconds
 
 
@@ -75,8 +79,10 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--prefetch-horizon", type=seconds_argument, default=1.0,
                        metavar="SECONDS",
                        help="while its tasks are short, queue about this many seconds of them "
-                            "to run one after another, and give the queue back once the tasks "
-                            "running have run longer (default 1; 0: never queue)")
+                            "to run one after another; once the tasks running have all run "
+                            "longer and fill the slot, give what is queued back unstarted "
+                            "(not_run: requeued at once, for another pilot) (default 1; 0: "
+                            "never queue)")
     group.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                        help="how much the pilot logs on stderr (default info)")
 

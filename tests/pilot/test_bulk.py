@@ -217,6 +217,33 @@ def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_
         work.close()
 
 
+def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # Warm from short tasks, the pilot queues tasks of a new dataset that turn out to run
+    # 1.5 s each; once the first has run past the horizon (1 s) the queue is given back, and
+    # from then on it asks for one task at a time: nothing is given back twice.
+    matchmaker.submit({"jobs": 3, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=3)
+    thread = threading.Thread(target=run_to_the_end, args=(pilot, work))
+    thread.start()
+    try:
+        wait_for(lambda: pilot.counts["ok"] == 3, 20, "the short tasks")
+        before = len(client.answered)
+        slow = matchmaker.submit({"jobs": 4, "tasks": [
+            dict(NULL, modules=[{"command": "sleep 1.5"}])]})
+        wait_for(lambda: matchmaker.states(slow) == ["complete"] * 4, 30, "the slow tasks")
+    finally:
+        thread.join(30)
+    given_back = [a for a in matchmaker.attempts(slow) if a["state"] == "reset"]
+    assert given_back and all(a["error_class"] == "not_run" for a in given_back)
+    assert len({a["task_id"] for a in given_back}) == len(given_back), given_back
+    calls = client.calls()[before:]
+    queued = next(i for i, call in enumerate(calls) if call.split()[1] == "series")
+    assert int(calls[queued].split()[3]) > 1, calls  # slow tasks queued, unknown yet
+    later = [call for call in calls[queued + 1:] if call.split()[1] != "-"]
+    assert later and all(call.split()[1] == "side" for call in later), calls
+
+
 def test_a_pilot_with_long_tasks_never_queues_any(matchmaker: LiveMatchmaker, tmp_path):
     matchmaker.submit({"jobs": 3, "tasks": [dict(NULL, modules=[{"command": "sleep 0.6"}])]})
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)

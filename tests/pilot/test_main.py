@@ -12,6 +12,7 @@ import pytest
 
 from floe.cli.main import main as floe
 from floe.pilot.main import main
+from floe.pilot.online import seconds_argument
 from floe.pilot.slot import SAFETY_MARGIN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,20 @@ def test_a_bad_lifetime_is_refused_by_the_parser(capsys):
         main(["--probe", "--lifetime", "soon"])
     assert exit.value.code == 2
     assert "expected a duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("horizon", ["-1", "soon", "inf"])
+def test_a_bad_prefetch_horizon_is_refused_by_the_parser(horizon, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--probe", "--prefetch-horizon", horizon])
+    assert exit.value.code == 2
+    assert "is not a number of seconds (0 or more) nor a duration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("horizon, seconds", [("0", 0.0), ("0.5", 0.5), ("2s", 2.0),
+                                              ("1m", 60.0)])
+def test_the_prefetch_horizon_is_seconds_or_a_duration(horizon, seconds):
+    assert seconds_argument(horizon) == seconds
 
 
 def test_without_a_mode_the_pilot_says_what_it_can_do(capsys):
