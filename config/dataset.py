@@ -226,7 +226,7 @@ DATASET = Object([
                   "staging_error); a lost pilot (pilot_lost) does not, nor a task its pilot "
                   "gave back before starting it (not_run: the pilot was stopped, the tasks "
                   "queued before it ran longer than expected and its walltime no longer fit, "
-                  "or they ran past the pilot's prefetch horizon and it was given back for "
+                  "or they ran five times the pilot's prefetch horizon and it went back for "
                   "another pilot)."),
     retries.FIELD,
     retries.DELAY_FIELD,

@@ -60,6 +60,10 @@ QUICK_TIMEOUT = 2.0
 """Seconds each request may take while draining: the batch system kills soon after a SIGTERM."""
 MAX_SLEEP = 60.0
 RECENT_TASKS = 20
+GIVE_BACK_AFTER = 5
+"""Prefetch horizons that the tasks running must all have run before what is queued behind
+them is given back: the queue holds about one horizon of short tasks, and a few horizons' wait
+is cheaper than giving back (and recording) a queue for every task that runs a little long."""
 """How many of the last tasks' wall times say whether tasks are short."""
 _NOT_RECORDED = (ErrorClass.PILOT_LOST, ErrorClass.RESET, ErrorClass.NOT_RUN)
 """Ends that say nothing of how long a task takes: the pilot stopped it."""
@@ -240,7 +244,7 @@ class Pilot:
         if self._drain_started is not None:
             due.append(self._drain_started + self.settings.drain_patience)
         if self.lanes.queue:  # when a running task becomes long, for `_unqueue_behind_long`
-            horizon = self.settings.prefetch_horizon
+            horizon = GIVE_BACK_AFTER * self.settings.prefetch_horizon
             due.extend(now + horizon - ran + 0.01 for ran in self.lanes.running_for()
                        if ran <= horizon)
         # What the lanes should wake the loop for while it sleeps: a finished task when its
@@ -484,22 +488,25 @@ class Pilot:
                                      "expected)", ErrorClass.NOT_RUN)
 
     def _unqueue_behind_long(self) -> None:
-        """Give back the queued attempts once the tasks running have all run longer than the
-        prefetch horizon and hold the whole slot: the queue was made for short tasks, and these
-        may run for hours while another pilot could run what waits (or this one, asking again
-        once they end). Given back unstarted, each is requeued at once at no cost to its task."""
-        if not self.lanes.queue or self._drain_asked is not None:
+        """Give back the queued attempts once the tasks running have all run longer than
+        `GIVE_BACK_AFTER` prefetch horizons and leave no room beside them for the first one: the
+        queue was made for short tasks, and these may run for hours while another pilot could
+        run what waits (or this one, asking again once they end). Given back unstarted, each is
+        requeued at once at no cost to its task."""
+        queue = tuple(self.lanes.queue)  # a copy: lanes take from the queue meanwhile
+        if not queue or self._drain_asked is not None:
             return
-        horizon = self.settings.prefetch_horizon
+        horizon = GIVE_BACK_AFTER * self.settings.prefetch_horizon
         long = self.lanes.long_claims(horizon)
-        if not long or self.claims.can_offer(long):
+        if not long or len(long) < len(self.lanes.running_for()) \
+                or self.claims.free(long).holds(queue[0].requirements):
             return
         queued = self.lanes.unqueue()
         # The recent tasks no longer say that tasks are short: ask side by side until tasks
         # that end say so again, instead of queueing more behind the next long one.
         self._durations.clear()
-        why = (f"it was queued behind tasks that have run longer than the {horizon:g}s of short "
-               "tasks the queue was made for (prefetch horizon)")
+        why = (f"it waited behind tasks that have run over {horizon:g}s ({GIVE_BACK_AFTER} "
+               "prefetch horizons), and went back for another pilot")
         for attempt in queued:
             self._give_back(attempt, why, ErrorClass.NOT_RUN, say=False)
         if queued:

@@ -79,10 +79,10 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--prefetch-horizon", type=seconds_argument, default=1.0,
                        metavar="SECONDS",
                        help="while its tasks are short, queue about this many seconds of them "
-                            "to run one after another; once the tasks running have all run "
-                            "longer and fill the slot, give what is queued back unstarted "
-                            "(not_run: requeued at once, for another pilot) (default 1; 0: "
-                            "never queue)")
+                            "to run one after another; once the tasks running have all run 5 "
+                            "times longer and leave no room beside them, give what is queued "
+                            "back unstarted (not_run: requeued at once, for another pilot) "
+                            "(default 1; 0: never queue)")
     group.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                        help="how much the pilot logs on stderr (default info)")
 

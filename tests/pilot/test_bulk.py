@@ -219,18 +219,19 @@ def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_
 
 def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
         matchmaker: LiveMatchmaker, tmp_path):
-    # Warm from short tasks, the pilot queues tasks of a new dataset that turn out to run
-    # 1.5 s each; once the first has run past the horizon (1 s) the queue is given back, and
+    # Warm from short tasks, the pilot queues tasks of a new dataset that turn out to run 2 s
+    # each; once the first has run five horizons (0.3 s each) the queue is given back, and
     # from then on it asks for one task at a time: nothing is given back twice.
     matchmaker.submit({"jobs": 3, "tasks": [NULL]})
-    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=3)
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=3,
+                                        prefetch_horizon=0.3)
     thread = threading.Thread(target=run_to_the_end, args=(pilot, work))
     thread.start()
     try:
         wait_for(lambda: pilot.counts["ok"] == 3, 20, "the short tasks")
         before = len(client.answered)
         slow = matchmaker.submit({"jobs": 4, "tasks": [
-            dict(NULL, modules=[{"command": "sleep 1.5"}])]})
+            dict(NULL, modules=[{"command": "sleep 2"}])]})
         wait_for(lambda: matchmaker.states(slow) == ["complete"] * 4, 30, "the slow tasks")
     finally:
         thread.join(30)

@@ -178,27 +178,27 @@ def test_tasks_queued_behind_one_that_overran_its_learned_runtime_are_given_back
 
 def test_short_tasks_queued_behind_one_that_runs_long_are_given_back_for_another_pilot(
         matchmaker: LiveMatchmaker, tmp_path):
-    # Two pilots warm from short tasks; then a dataset whose job 0 runs 20 s and whose others
-    # end at once. A pilot handed job 0 with others queued behind it gives those back once
-    # job 0 has run past its prefetch horizon (1 s), and the other pilot runs them.
+    # A pilot warm from short tasks is handed a new dataset's job 0, which runs 30 s, with the
+    # others (which end at once) queued behind it. Once job 0 has run 5 s (five prefetch
+    # horizons of 1 s) the pilot gives those back, and another pilot runs them.
     warm = matchmaker.submit({"jobs": 40, "tasks": [{
         "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
         "modules": [{"command": "true"}]}]})
     first = one_cpu(matchmaker, tmp_path / "first")
-    second = one_cpu(matchmaker, tmp_path / "second", log_name="second.log")
     wait_for(lambda: matchmaker.states(warm) == ["complete"] * 40, 60, "the warm-up")
     dataset_id = matchmaker.submit({"jobs": 10, "max_retries": 0, "tasks": [{
         "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
-        "modules": [{"command": "if [ $args(job) -eq 0 ]; then sleep 20; fi"}]}]})
-    wait_for(lambda: matchmaker.states(dataset_id)[1:] == ["complete"] * 9, 10,
+        "modules": [{"command": "if [ $args(job) -eq 0 ]; then sleep 30; fi"}]}]})
+    log = tmp_path / "pilot.log"
+    wait_for(lambda: "gave back" in log.read_text(), 15, "the queue behind job 0 to go back")
+    assert "prefetch horizons" in log.read_text()
+    second = one_cpu(matchmaker, tmp_path / "second", log_name="second.log")
+    wait_for(lambda: matchmaker.states(dataset_id)[1:] == ["complete"] * 9, 20,
              "the short tasks to complete while job 0 runs")
     assert matchmaker.states(dataset_id)[0] == "processing"
-    logs = (tmp_path / "pilot.log").read_text() + (tmp_path / "second.log").read_text()
-    assert "gave back" in logs and "prefetch horizon" in logs, logs
     given_back = [a for a in matchmaker.attempts(dataset_id) if a["state"] == "reset"]
     assert given_back and all(a["error_class"] == "not_run" for a in given_back)
     assert all(task["failures"] == 0 for task in matchmaker.tasks(dataset_id))
     for pilot in (first, second):
         pilot.send_signal(signal.SIGTERM)
         assert pilot.wait(30) == 0
-
