@@ -226,8 +226,8 @@ DATASET = Object([
                   "staging_error); a lost pilot (pilot_lost) does not, nor a task its pilot "
                   "gave back before starting it (not_run: the pilot was stopped, the tasks "
                   "queued before it ran longer than expected and its walltime no longer fit, "
-                  "or they ran five times the pilot's prefetch horizon and it went back for "
-                  "another pilot)."),
+                  "or the tasks running before it had all run five times the pilot's prefetch "
+                  "horizon, leaving no room for it, and it went back for another pilot)."),
     retries.FIELD,
     retries.DELAY_FIELD,
     retries.ELSEWHERE_FIELD,

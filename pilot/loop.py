@@ -60,11 +60,11 @@ QUICK_TIMEOUT = 2.0
 """Seconds each request may take while draining: the batch system kills soon after a SIGTERM."""
 MAX_SLEEP = 60.0
 RECENT_TASKS = 20
+"""How many of the last tasks' wall times say whether tasks are short."""
 GIVE_BACK_AFTER = 5
 """Prefetch horizons that the tasks running must all have run before what is queued behind
 them is given back: the queue holds about one horizon of short tasks, and a few horizons' wait
 is cheaper than giving back (and recording) a queue for every task that runs a little long."""
-"""How many of the last tasks' wall times say whether tasks are short."""
 _NOT_RECORDED = (ErrorClass.PILOT_LOST, ErrorClass.RESET, ErrorClass.NOT_RUN)
 """Ends that say nothing of how long a task takes: the pilot stopped it."""
 
@@ -128,8 +128,8 @@ class Pilot:
     # ------------------------------------------------------------ control
 
     def drain(self, why: str = "asked to stop") -> None:
-        """Stop asking, stop the running tasks and give back the queued ones (reported
-        pilot_lost), deliver, leave."""
+        """Stop asking, stop the running tasks (reported pilot_lost) and give back the queued
+        ones (not_run), deliver, leave."""
         self._drain_asked = why
         self._wake.notify()
         if self._asking:  # a held ask would keep the loop from draining until it is answered

@@ -41,9 +41,11 @@ def duration_argument(text: str) -> int:
 
 
 def seconds_argument(text: str) -> float:
-    """An argparse type: seconds, 0 or more, as a number ("0.5") or a duration ("2s", "1m")."""
+    """An argparse type: seconds, 0 or more, as a number ("0.5", "0.5s") or a duration ("2s",
+    "1m")."""
+    number = text[:-1] if text.endswith("s") else text
     try:
-        seconds = float(text)
+        seconds = float(number)
     except ValueError:
         try:
             seconds = float(parse_duration(text))
@@ -82,7 +84,7 @@ def add_arguments(group: argparse._ActionsContainer) -> None:
                             "to run one after another; once the tasks running have all run 5 "
                             "times longer and leave no room beside them, give what is queued "
                             "back unstarted (not_run: requeued at once, for another pilot) "
-                            "(default 1; 0: never queue)")
+                            "(seconds, or a duration like 2s; default 1; 0: never queue)")
     group.add_argument("--log-level", default="info", choices=("debug", "info", "warning"),
                        help="how much the pilot logs on stderr (default info)")
 

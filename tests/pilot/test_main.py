@@ -62,8 +62,8 @@ def test_a_bad_prefetch_horizon_is_refused_by_the_parser(horizon, capsys):
     assert "is not a number of seconds (0 or more) nor a duration" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("horizon, seconds", [("0", 0.0), ("0.5", 0.5), ("2s", 2.0),
-                                              ("1m", 60.0)])
+@pytest.mark.parametrize("horizon, seconds", [("0", 0.0), ("0.5", 0.5), ("0.5s", 0.5),
+                                              ("2s", 2.0), ("1m", 60.0)])
 def test_the_prefetch_horizon_is_seconds_or_a_duration(horizon, seconds):
     assert seconds_argument(horizon) == seconds
 
