@@ -4,10 +4,10 @@ as the factory's top-up policy is (no clock, no matchmaker, no threads: a test d
 While the pilot's recent tasks are short it prefetches: it asks for tasks to run one after
 another ("series"), about `prefetch_horizon` seconds of them at their recent mean wall time,
 and asks again once the queue is down to half; when the matchmaker answered that nothing more
-fits, only once one of its tasks has ended (the ask rides on its report). Otherwise it asks for
-tasks to start side by side ("side") in what is free, as many as its free CPUs could hold. It
-stops asking when the slot's time is too short for a task, when it has had no work for
-`idle_timeout`, or when the slot offers nothing a task could use.
+fits, only once one of its tasks has ended (the ask rides on its report) or runs past the
+horizon. Otherwise it asks for tasks to start side by side ("side") in what is free, as many as
+its free CPUs could hold. It stops asking when the slot's time is too short for a task, when it
+has had no work for `idle_timeout`, or when the slot offers nothing a task could use.
 """
 
 from __future__ import annotations

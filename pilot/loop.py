@@ -265,15 +265,15 @@ class Pilot:
 
     def _situation(self, now: float) -> asking.Situation:
         seconds = self.slot.seconds_left()
-        horizon = self.settings.prefetch_horizon
+        long = self.lanes.long_claims(self.settings.prefetch_horizon)
         return asking.Situation(
             now=now, seconds_left=seconds, idle=not self.lanes.busy,
             asked_since_busy=self._asked_since_busy, last_busy=self._last_busy,
             next_ask=self._next_ask, series_size=self._series_size(),
             queued=len(self.lanes.queue), time_after_queue=self.lanes.time_after_queue(seconds),
-            can_offer_series=self.claims.can_offer(self.lanes.long_claims(horizon)),
+            can_offer_series=self.claims.can_offer(long),
             can_offer_side=self.claims.can_offer(), free_cpus=self.claims.free().cpus,
-            dry=self._dry and self.lanes.busy and not self.lanes.long_claims(horizon))
+            dry=self._dry and self.lanes.busy and not long)
 
     def _wants(self) -> str | None:
         """What kind of work the pilot would take now (see `asking.wants`)."""
@@ -493,13 +493,14 @@ class Pilot:
         queue was made for short tasks, and these may run for hours while another pilot could
         run what waits (or this one, asking again once they end). Given back unstarted, each is
         requeued at once at no cost to its task."""
-        queue = tuple(self.lanes.queue)  # a copy: lanes take from the queue meanwhile
-        if not queue or self._drain_asked is not None:
+        if not self.lanes.queue or self._drain_asked is not None:
             return
         horizon = GIVE_BACK_AFTER * self.settings.prefetch_horizon
         long = self.lanes.long_claims(horizon)
-        if not long or len(long) < len(self.lanes.running_for()) \
-                or self.claims.free(long).holds(queue[0].requirements):
+        if not long or len(long) < len(self.lanes.running_for()):
+            return
+        queue = tuple(self.lanes.queue)  # a copy: lanes take from the queue meanwhile
+        if not queue or self.claims.free(long).holds(queue[0].requirements):
             return
         queued = self.lanes.unqueue()
         # The recent tasks no longer say that tasks are short: ask side by side until tasks
