@@ -12,7 +12,12 @@ An ask may take several tasks at once (`Offer.max_tasks`): they are chosen one a
 each in the fair-share order left by charging the one before, from what the slot has left:
 side by side, each takes its CPUs, memory, disk and GPUs from the slot; in series, each takes
 its expected runtime from the slot's time left (its learned runtime, see `runtimes`, or else its
-walltime), and each one's walltime must fit what the ones before it left. In series, a pilot
+walltime), and each one's walltime must fit what the ones before it left; the answer ends
+once those given are expected to run the ask's `series_seconds` (floe's pilot sends its
+prefetch horizon). So a task whose runtime is not learned yet, expected to run its walltime,
+comes alone, and a pilot fresh from instant tasks queues one 2 s task, not as many as its
+recent ones would have filled a second with (12 tasks of 2 s on 4 such pilots took 8 to 10 s,
+3 to 5 on one pilot, instead of 6). In series, a pilot
 takes no more of a dataset's tasks than it leaves ready there: the last tasks of a dataset are
 shared among the pilots that ask (a queue of 64 short tasks left to one pilot kept a dataset
 of 2,000 going on one pilot for a tenth of its run after the other had ended).
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -134,13 +140,16 @@ class Offer:
     slot: Slot
     max_tasks: int | None = None
     in_series: bool = False
+    series_seconds: float = math.inf
+    """In series: stop handing out once the tasks given are expected to run this long."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], site: str) -> Offer:
         """From the ask route's body (already checked against its schema), at `site`."""
         most = data.get("max_tasks")
         return cls(Slot.from_dict(dict(data, site=site)), None if most is None else int(most),
-                   bool(data.get("in_series", False)))
+                   bool(data.get("in_series", False)),
+                   float(data.get("series_seconds", math.inf)))
 
 
 def nothing_in(answer: Answer) -> bool:
@@ -347,8 +356,8 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
             series_left -= one.expected
             left = Slot(left.cpus, left.memory, left.disk, left.gpus, int(series_left),
                         left.os, left.arch, left.site, left.gpu_kinds)
-            if left.seconds < 1:  # every walltime is at least a second
-                break
+            if left.seconds < 1 or slot.seconds - series_left >= offer.series_seconds:
+                break  # every walltime is at least a second; or the pilot has what it wanted
             dataset = one.dataset
             taken[dataset.id] = count = taken.get(dataset.id, 0) + 1
             if count > dataset.queue.ready:

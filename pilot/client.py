@@ -91,11 +91,16 @@ class Ask:
     in_series: bool = False
     hold: int = 0
     """Seconds the pilot can wait for an answer while nothing fits (0: answer at once)."""
+    series_seconds: float | None = None
+    """In series: about how many seconds of work to be given (by the tasks' learned runtimes);
+    None: as many as `max_tasks` and the offer's seconds allow."""
 
     def to_dict(self) -> dict[str, Any]:
         body = dict(_free(self.offer), max_tasks=self.max_tasks, in_series=self.in_series)
         if self.hold:
             body["hold"] = self.hold
+        if self.series_seconds is not None:
+            body["series_seconds"] = self.series_seconds
         return body
 
 

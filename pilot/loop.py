@@ -61,6 +61,8 @@ QUICK_TIMEOUT = 2.0
 MAX_SLEEP = 60.0
 RECENT_TASKS = 20
 """How many of the last tasks' wall times say whether tasks are short."""
+MIN_SERIES_SECONDS = 0.001
+"""The least `series_seconds` an ask may carry (the matchmaker's schema)."""
 GIVE_BACK_AFTER = 5
 """Prefetch horizons that the tasks running must all have run before what is queued behind
 them is given back: the queue holds about one horizon of short tasks, and a few horizons' wait
@@ -115,6 +117,7 @@ class Pilot:
         self._register_backoff = Backoff(cap=self.settings.max_backoff)
         self._token_refused = False
         self._hold_asks = 0  # the longest the matchmaker holds an ask (its registration says)
+        self._series_seconds = False  # the matchmaker takes an ask's series_seconds (the same)
         self._hold_limit = asking.HoldLimit()  # what cuts held asks short (a proxy) taught
         self._idle_reason = ""  # why the matchmaker last said nothing fits (said on leaving)
         self._asking = False
@@ -298,7 +301,9 @@ class Pilot:
             horizon = self.settings.prefetch_horizon
             offer = dataclasses.replace(self.claims.offer(held=self.lanes.long_claims(horizon)),
                                         seconds=situation.time_after_queue)
-            return Ask(offer, decision.count, in_series=True), situation.seconds_left
+            return Ask(offer, decision.count, in_series=True,
+                       series_seconds=max(horizon, MIN_SERIES_SECONDS)
+                       if self._series_seconds else None), situation.seconds_left
         if decision.kind == asking.SIDE:
             return Ask(self.claims.offer(), decision.count, in_series=False), \
                 situation.seconds_left
@@ -432,6 +437,7 @@ class Pilot:
             return
         self.pilot_id = int(reply.data["pilot_id"])
         self._hold_asks = int(reply.data.get("hold_asks") or 0)
+        self._series_seconds = reply.data.get("series_seconds") is True
         self.heartbeat.set_interval(reply.data.get("heartbeat_interval"))
         self.heartbeat.due = now + self.heartbeat.interval
         kept = reply.data.get("tail_bytes")

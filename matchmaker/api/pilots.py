@@ -65,7 +65,7 @@ async def register(ctx: Context) -> Any:
     return {"pilot_id": pilot.pilot_id, "key": key, "site": pilot.site.name,
             "heartbeat_interval": settings.heartbeat_interval,
             "heartbeat_timeout": settings.heartbeat_timeout, "tail_bytes": settings.tail_bytes,
-            "hold_asks": settings.hold_asks}
+            "hold_asks": settings.hold_asks, "series_seconds": True}
 
 
 @route("POST", "/api/v1/pilots/{pilot_id}/ask", summary="Ask for the best task that fits",

@@ -84,6 +84,10 @@ ASK = dict(SLOT, properties=dict(
                "description": "false: the tasks run side by side, so together they must fit "
                               "the free resources; true: one after another, so each must fit "
                               "on its own and their walltimes added up must fit in `seconds`"},
+    series_seconds=dict(_num(0.001, 86400), description=(
+        "in series: about how many seconds of work to hand out (at least one task; the answer "
+        "ends once the tasks given are expected to run this long, by their learned runtimes, "
+        "see `expected_seconds`); absent: as many as `max_tasks` and `seconds` allow")),
 ))
 
 USAGE = _obj({
@@ -138,8 +142,11 @@ REGISTERED = _obj({
                                  "through the log route"),
     "hold_asks": _int(0, 300, doc="the longest the server holds an ask (`hold`) that has "
                                   "nothing to give yet; 0: it holds none"),
+    "series_seconds": {"type": "boolean", "enum": [True],
+                       "description": "the server takes an ask's `series_seconds` (a pilot "
+                                      "sends it only where this says so)"},
 }, ("pilot_id", "key", "site", "heartbeat_interval", "heartbeat_timeout", "tail_bytes",
-    "hold_asks"))
+    "hold_asks", "series_seconds"))
 
 _NAMES = {"type": "array", "items": {"type": "string"}}
 
@@ -202,10 +209,12 @@ ASKED = {"oneOf": [
           "more": {"type": "boolean", "enum": [False],
                    "description": "fewer than `max_tasks` were handed out: no other ready "
                                   "task fits what is left of the slot (its resources side by "
-                                  "side, its time after those given in series), or what would "
-                                  "is left to other pilots (one ask takes at most about half "
-                                  "of a dataset's ready tasks); ask again once one of them "
-                                  "has ended"}},
+                                  "side, its time after those given in series), those given "
+                                  "in series fill `series_seconds` or end with one whose "
+                                  "runtime is not learned yet, or what would fit is left to "
+                                  "other pilots (one ask takes at most about half of a "
+                                  "dataset's ready tasks); ask again once one of them has "
+                                  "ended"}},
          ("attempts", "more")),
     _obj(dict(_NO_WORK, attempts={"type": "array", "items": GIVEN_ATTEMPT,
                                         "maxItems": 0}),

@@ -6,6 +6,8 @@ is requeued at no cost."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from floe.config.resources import GIB
@@ -14,6 +16,7 @@ from floe.matchmaker import dispatch
 from floe.matchmaker.runtimes import MARGIN, TRUSTED_AFTER, WINDOW, Learned
 
 from . import support as s
+from .support import FREE
 
 HOUR_SLOT = s.slot(cpus=1, memory=4 * GIB, seconds=3900)  # a 1h walltime fits once
 
@@ -56,10 +59,47 @@ async def finish_quickly(engine, p, count: int, wall: float = 0.02) -> None:
         await s.finish(engine, given, s.success(wall_time=wall))
 
 
-async def series(engine, p, most: int = 64, seconds: int = 3900) -> list[dispatch.Dispatch]:
+async def series(engine, p, most: int = 64, seconds: int = 3900,
+                 series_seconds: float = math.inf) -> list[dispatch.Dispatch]:
     offer = dispatch.Offer(s.slot(cpus=1, memory=4 * GIB, seconds=seconds), most,
-                           in_series=True)
+                           in_series=True, series_seconds=series_seconds)
     return (await dispatch.ask(engine, p, offer)).attempts
+
+
+async def test_a_task_whose_runtime_is_not_learned_comes_alone_to_a_pilot_that_wants_a_second(
+        engine):
+    """Expected to run its walltime, it fills a pilot's prefetch horizon alone: the next pilot
+    gets the next, instead of the first taking as many walltimes as its slot holds."""
+    owner, site = await s.user(engine, "alice"), await s.site(engine)
+    await s.submit(engine, owner, s.config(jobs=20))  # walltime 1h, as declared
+    p, q = await s.pilot(engine, site), await s.pilot(engine, site)
+    for pilot in (p, q):
+        given = await series(engine, pilot, seconds=5 * 3600, series_seconds=1.0)
+        assert [d.expected for d in given] == [3600.0]  # five walltimes would fit
+    assert len(await series(engine, p, seconds=5 * 3600)) == 5  # not said: as many as fit
+
+
+async def test_series_seconds_bounds_an_answer_by_the_expected_runtimes(world):
+    """A pilot says how much work it wants queued (its prefetch horizon): the answer ends once
+    the tasks given are expected to run that long, and says that more would fit."""
+    engine = world.engine
+    dataset = engine.datasets[world.dataset]
+    for _ in range(TRUSTED_AFTER):
+        dataset.learn(0, 0.5)  # expected 0.75 s each
+    status, answer = await world.api.call(
+        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
+        dict(FREE, max_tasks=64, in_series=True, series_seconds=2))
+    assert status == 200 and answer["more"] is False
+    assert [a["expected_seconds"] for a in answer["attempts"]] == [0.75] * 3  # 0.75, 1.5, 2.25
+    status, answer = await world.api.call(
+        "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
+        dict(FREE, max_tasks=2, in_series=True))
+    assert status == 200 and len(answer["attempts"]) == 2 and "more" not in answer
+    for bad in (0, -1, 86401, "1"):
+        status, answer = await world.api.call(
+            "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
+            dict(FREE, max_tasks=2, in_series=True, series_seconds=bad))
+        assert status == 400 and "series_seconds" in answer["error"], answer
 
 
 async def test_short_tasks_are_packed_by_their_learned_runtime_within_the_time_left(engine):

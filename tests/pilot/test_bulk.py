@@ -168,6 +168,8 @@ def test_a_pilot_asks_in_series_only_once_its_tasks_are_known_to_be_short(
     # Nothing is known of the tasks at first: one, side by side in the free CPU.
     assert (first.in_series, first.max_tasks) == (False, 1)
     assert later and all(ask.in_series and ask.max_tasks > 1 for ask in later), client.asks
+    # ... about a prefetch horizon of them, by the runtimes the matchmaker learned.
+    assert {ask.series_seconds for ask in later} == {pilot.settings.prefetch_horizon}
 
 
 def test_a_pilot_given_fewer_tasks_than_it_asked_for_asks_again_only_with_their_report(
@@ -219,9 +221,10 @@ def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_
 
 def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
         matchmaker: LiveMatchmaker, tmp_path):
-    # Warm from short tasks, the pilot queues tasks of a new dataset that turn out to run 2 s
-    # each; once the first has run five horizons (0.3 s each) the queue is given back, and
-    # from then on it asks for one task at a time: nothing is given back twice.
+    # Warm from short tasks, the pilot queues tasks of a dataset whose first six end at once
+    # and the rest turn out to run 2 s each; once the first of those has run five horizons
+    # (0.3 s each) the queue is given back, and from then on it asks for one task at a time:
+    # nothing is given back twice.
     matchmaker.submit({"jobs": 3, "tasks": [NULL]})
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=3,
                                         prefetch_horizon=0.3)
@@ -230,17 +233,17 @@ def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
     try:
         wait_for(lambda: pilot.counts["ok"] == 3, 20, "the short tasks")
         before = len(client.answered)
-        slow = matchmaker.submit({"jobs": 4, "tasks": [
-            dict(NULL, modules=[{"command": "sleep 2"}])]})
-        wait_for(lambda: matchmaker.states(slow) == ["complete"] * 4, 30, "the slow tasks")
+        slow = matchmaker.submit({"jobs": 10, "tasks": [
+            dict(NULL, modules=[{"command": "if [ $args(job) -ge 6 ]; then sleep 2; fi"}])]})
+        wait_for(lambda: matchmaker.states(slow) == ["complete"] * 10, 40, "the slow tasks")
     finally:
         thread.join(30)
     given_back = [a for a in matchmaker.attempts(slow) if a["state"] == "reset"]
     assert given_back and all(a["error_class"] == "not_run" for a in given_back)
     assert len({a["task_id"] for a in given_back}) == len(given_back), given_back
     calls = client.calls()[before:]
-    queued = next(i for i, call in enumerate(calls) if call.split()[1] == "series")
-    assert int(calls[queued].split()[3]) > 1, calls  # slow tasks queued, unknown yet
+    queued = max(i for i, call in enumerate(calls)
+                 if call.split()[1] == "series" and int(call.split()[3]) > 1)
     later = [call for call in calls[queued + 1:] if call.split()[1] != "-"]
     assert later and all(call.split()[1] == "side" for call in later), calls
 

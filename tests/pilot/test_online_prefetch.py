@@ -18,15 +18,20 @@ from .live import LiveMatchmaker, wait_for
 from .test_online_faults import alive, outbox, sleeper
 from .test_online_running import probe
 
+SLOW_JOB = 6
+"""The job that runs long in `behind_a_slow_one`: after as many that end at once as the
+matchmaker needs to learn their runtime (a task whose runtime is not learned comes alone)."""
 
-def behind_a_slow_one(slow: str, jobs: int = 10) -> dict:
-    """Tasks that end at once, but for job 3's, which runs `slow`: once job 0 has ended the
-    pilot knows that its tasks are short and queues more of them, and those after job 3 wait
-    (how many: one ask takes no more of a dataset than it leaves ready, and the next goes
-    with the report of a task that ended)."""
+
+def behind_a_slow_one(slow: str, jobs: int = 14) -> dict:
+    """Tasks that end at once, but for job `SLOW_JOB`'s, which runs `slow`: once the jobs
+    before it have ended, the pilot and the matchmaker know that its tasks are short and more
+    of them are queued, and those after the slow job wait (how many: one ask takes no more of
+    a dataset than it leaves ready, and the next goes with the report of a task that
+    ended)."""
     return {"jobs": jobs, "max_retries": 0, "tasks": [{
         "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
-        "modules": [{"command": f"if [ $args(job) -eq 3 ]; then {slow}; fi"}]}]}
+        "modules": [{"command": f"if [ $args(job) -eq {SLOW_JOB} ]; then {slow}; fi"}]}]}
 
 
 def one_cpu(matchmaker: LiveMatchmaker, scratch: Path, *options: str, log_name: str = "pilot.log"):
@@ -49,8 +54,8 @@ def test_queued_attempts_are_heartbeated_and_given_back_on_sigterm(
     # A horizon past the test's end: the queue is not given back as job 3 runs on.
     pilot = one_cpu(matchmaker, tmp_path / "scratch", "--prefetch-horizon", "300")
     task_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30,
-                            "job 3 to start"))
-    # The attempts that wait behind job 3 are processing on the matchmaker, and the pilot's
+                            "the slow job to start"))
+    # The attempts that wait behind the slow job are processing on the matchmaker, and the pilot's
     # heartbeat (every 5 s here) keeps each of them alive, not only the running one.
     held = len(wait_for(lambda: (lambda gaps: len(gaps) >= 3 and min(gaps) > 1 and gaps)(
         heartbeats_since_dispatch(matchmaker)), 20, "a heartbeat of every held attempt"))
@@ -60,9 +65,9 @@ def test_queued_attempts_are_heartbeated_and_given_back_on_sigterm(
 
     assert not alive(task_pid)
     tasks = matchmaker.tasks(dataset_id)
-    assert sorted(task["state"] for task in tasks) == ["complete"] * 3 + ["ready"] * 7
+    assert sorted(task["state"] for task in tasks) == ["complete"] * SLOW_JOB + ["ready"] * 8
     requeued = [task for task in tasks if task["state"] == "ready" and task["attempts"]]
-    assert [task["job"] for task in requeued] == list(range(3, 3 + held))
+    assert [task["job"] for task in requeued] == list(range(SLOW_JOB, SLOW_JOB + held))
     assert all(task["failures"] == 0 and len(task["attempts"]) == 1 for task in requeued)
     lost = [task["attempts"][0] for task in requeued]
     # The running one was lost with its pilot; the queued ones were given back unstarted.
@@ -112,7 +117,8 @@ def test_reports_kept_through_an_outage_arrive_once_each(matchmaker: LiveMatchma
         "modules": [{"command": "sleep 0.1; echo '{\"events\": 1}' > $FLOE_STATS"}]}]})
     scratch = tmp_path / "scratch"
     pilot = one_cpu(matchmaker, scratch, "--idle-timeout", "5s")
-    wait_for(lambda: matchmaker.states(dataset_id).count("complete") >= 2, 30,
+    # Once five have been reported, their runtime is learned and more are queued.
+    wait_for(lambda: matchmaker.states(dataset_id).count("complete") >= 6, 30,
              "the first tasks to be reported")
 
     # The queued tasks go on running while the matchmaker is away; their reports wait.
@@ -178,24 +184,26 @@ def test_tasks_queued_behind_one_that_overran_its_learned_runtime_are_given_back
 
 def test_short_tasks_queued_behind_one_that_runs_long_are_given_back_for_another_pilot(
         matchmaker: LiveMatchmaker, tmp_path):
-    # A pilot warm from short tasks is handed a new dataset's job 0, which runs 30 s, with the
-    # others (which end at once) queued behind it. Once job 0 has run 5 s (five prefetch
-    # horizons of 1 s) the pilot gives those back, and another pilot runs them.
+    # A pilot warm from short tasks is handed a dataset's job 8, which runs 30 s, with the
+    # others (which end at once, as the 8 before it did) queued behind it. Once job 8 has run
+    # 5 s (five prefetch horizons of 1 s) the pilot gives those back, and another pilot runs
+    # them.
     warm = matchmaker.submit({"jobs": 40, "tasks": [{
         "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
         "modules": [{"command": "true"}]}]})
     first = one_cpu(matchmaker, tmp_path / "first")
     wait_for(lambda: matchmaker.states(warm) == ["complete"] * 40, 60, "the warm-up")
-    dataset_id = matchmaker.submit({"jobs": 10, "max_retries": 0, "tasks": [{
+    dataset_id = matchmaker.submit({"jobs": 30, "max_retries": 0, "tasks": [{
         "name": "work", "requirements": {"memory": "64MiB", "disk": "16MiB", "walltime": "5m"},
-        "modules": [{"command": "if [ $args(job) -eq 0 ]; then sleep 30; fi"}]}]})
+        "modules": [{"command": "if [ $args(job) -eq 8 ]; then sleep 30; fi"}]}]})
     log = tmp_path / "pilot.log"
-    wait_for(lambda: "gave back" in log.read_text(), 15, "the queue behind job 0 to go back")
+    wait_for(lambda: "gave back" in log.read_text(), 15, "the queue behind job 8 to go back")
     assert "prefetch horizons" in log.read_text()
     second = one_cpu(matchmaker, tmp_path / "second", log_name="second.log")
-    wait_for(lambda: matchmaker.states(dataset_id)[1:] == ["complete"] * 9, 20,
-             "the short tasks to complete while job 0 runs")
-    assert matchmaker.states(dataset_id)[0] == "processing"
+    short = [job for job in range(30) if job != 8]
+    wait_for(lambda: [matchmaker.states(dataset_id)[job] for job in short] == ["complete"] * 29,
+             20, "the short tasks to complete while job 8 runs")
+    assert matchmaker.states(dataset_id)[8] == "processing"
     given_back = [a for a in matchmaker.attempts(dataset_id) if a["state"] == "reset"]
     assert given_back and all(a["error_class"] == "not_run" for a in given_back)
     assert all(task["failures"] == 0 for task in matchmaker.tasks(dataset_id))
