@@ -9,18 +9,18 @@ The chosen task is reserved in memory at once (so no concurrent ask can take it)
 with its new attempt in a shared group commit, and only then answered.
 
 An ask may take several tasks at once (`Offer.max_tasks`): they are chosen one after another,
-each in the fair-share order left by charging the one before, from what the slot has left:
-side by side, each takes its CPUs, memory, disk and GPUs from the slot; in series, each takes
-its expected runtime from the slot's time left (its learned runtime, see `runtimes`, or else its
-walltime), and each one's walltime must fit what the ones before it left; the answer ends
-once those given are expected to run the ask's `series_seconds` (floe's pilot sends its
-prefetch horizon). So a task whose runtime is not learned yet, expected to run its walltime,
-comes alone, and a pilot fresh from instant tasks queues one 2 s task, not as many as its
-recent ones would have filled a second with (12 tasks of 2 s on 4 such pilots took 8 to 10 s,
-3 to 5 on one pilot, instead of 6). In series, a pilot
-takes no more of a dataset's tasks than it leaves ready there: the last tasks of a dataset are
-shared among the pilots that ask (a queue of 64 short tasks left to one pilot kept a dataset
-of 2,000 going on one pilot for a tenth of its run after the other had ended).
+each in the fair-share order left by charging the one before, from what the slot has left: side
+by side, each takes its CPUs, memory, disk and GPUs from the slot; in series, each takes its
+expected runtime from the slot's time left (its learned runtime, see `runtimes`, or else its
+walltime), and each one's walltime must fit what the ones before it left; the answer ends once
+those given are expected to run the ask's `series_seconds` (floe's pilot sends its prefetch
+horizon), without `"more": false` where other tasks are ready. So a task whose runtime is not
+learned yet, expected to run its walltime, comes alone, and a pilot fresh from instant tasks
+queues one 2 s task, not as many as its recent ones would have filled a second with (12 tasks of
+2 s on 4 such pilots took 8.1 s, three pilots running 3 or 4 and one running 1, instead of 6).
+In series, a pilot takes no more of a dataset's tasks than it leaves ready there: the last tasks
+of a dataset are shared among the pilots that ask (a queue of 64 short tasks left to one pilot
+kept a dataset of 2,000 going on one pilot for a tenth of its run after the other had ended).
 """
 
 from __future__ import annotations
@@ -343,6 +343,7 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     taken: dict[int, int] = {}  # in series: tasks given of each dataset
     skipped = False  # some dataset is left out of `misses`'s walk though it may fit
     held = False
+    filled = False  # in series: those given are expected to run `series_seconds`
     while len(given) < most:
         one = _take(engine, pilot, left, batch, now, misses, skipped)
         if one is None or one == HELD:
@@ -356,8 +357,9 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
             series_left -= one.expected
             left = Slot(left.cpus, left.memory, left.disk, left.gpus, int(series_left),
                         left.os, left.arch, left.site, left.gpu_kinds)
-            if left.seconds < 1 or slot.seconds - series_left >= offer.series_seconds:
-                break  # every walltime is at least a second; or the pilot has what it wanted
+            filled = slot.seconds - series_left >= offer.series_seconds
+            if left.seconds < 1 or filled:  # every walltime is at least a second
+                break
             dataset = one.dataset
             taken[dataset.id] = count = taken.get(dataset.id, 0) + 1
             if count > dataset.queue.ready:
@@ -373,7 +375,16 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
     if not given:
         return Given([], _no_work(engine, pilot, slot, now, held))
     _count_on_commit(engine, pilot, batch, len(given))
-    return Given(given, dry=len(given) < most)
+    return Given(given, dry=len(given) < most and not (filled and _more_ready(engine, slot)))
+
+
+def _more_ready(engine: Engine, slot: Slot) -> bool:
+    """Whether any ready task might fit a slot like `slot` (CPU tasks only, without GPUs): after
+    an answer in series that filled its `series_seconds`, whether the pilot may find more if it
+    asks again before those given have ended."""
+    if slot.gpus > 0:
+        return any(owner.ready for owner in engine.owners.values())
+    return any(owner.ready > owner.gpu_ready for owner in engine.owners.values())
 
 
 def reserve_offer(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Answer:

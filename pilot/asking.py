@@ -2,12 +2,14 @@
 as the factory's top-up policy is (no clock, no matchmaker, no threads: a test drives it).
 
 While the pilot's recent tasks are short it prefetches: it asks for tasks to run one after
-another ("series"), about `prefetch_horizon` seconds of them at their recent mean wall time,
-and asks again once the queue is down to half; when the matchmaker answered that nothing more
-fits, only once one of its tasks has ended (the ask rides on its report) or runs past the
-horizon. Otherwise it asks for tasks to start side by side ("side") in what is free, as many as
-its free CPUs could hold. It stops asking when the slot's time is too short for a task, when it
-has had no work for `idle_timeout`, or when the slot offers nothing a task could use.
+another ("series"), about `prefetch_horizon` seconds of them (as many as would fill it at their
+recent mean wall time, and the matchmaker stops at what those it hands out are expected to
+run), and asks again once the queue is down to half, in number and in expected seconds; when
+the matchmaker answered that nothing more fits, only once one of its tasks has ended (the ask
+rides on its report) or runs past the horizon. Otherwise it asks for tasks to start side by
+side ("side") in what is free, as many as its free CPUs could hold. It stops asking when the
+slot's time is too short for a task, when it has had no work for `idle_timeout`, or when the
+slot offers nothing a task could use.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Situation:
     series_size: int
     queued: int
     """Attempts queued in series, not yet started."""
+    queued_seconds: float
+    """What the queued attempts are expected to run, in all (by the matchmaker's estimates)."""
+    horizon: float
+    """The prefetch horizon: about how many seconds of tasks to queue."""
     time_after_queue: int
     """Seconds left once the queued attempts have run their walltimes."""
     can_offer_series: bool
@@ -82,6 +88,7 @@ def wants(situation: Situation) -> str | None:
     what is free, None when the pilot has all it can take now."""
     if situation.series_size > 1:
         if situation.dry or situation.queued > situation.series_size // 2 \
+                or situation.queued_seconds > situation.horizon / 2 \
                 or situation.time_after_queue <= 0:
             return None
         return SERIES if situation.can_offer_series else None

@@ -192,10 +192,10 @@ class Lanes:
         """The attempts to heartbeat: every one held that is not void."""
         return [attempt for attempt in self.held.values() if attempt.void is None]
 
-    def time_after_queue(self, seconds_left: int) -> int:
-        """Seconds left in the slot once the queued attempts have run their expected times."""
+    def queued_seconds(self) -> float:
+        """What the queued attempts are expected to run, in all."""
         # A copy: lanes take from the queue meanwhile.
-        return int(seconds_left - sum(a.expected for a in tuple(self.queue)))
+        return sum(a.expected for a in tuple(self.queue))
 
     def long_claims(self, horizon: float) -> list[Claim]:
         """The claims of running tasks that are not short: what a queued task cannot expect to

@@ -61,8 +61,8 @@ QUICK_TIMEOUT = 2.0
 MAX_SLEEP = 60.0
 RECENT_TASKS = 20
 """How many of the last tasks' wall times say whether tasks are short."""
-MIN_SERIES_SECONDS = 0.001
-"""The least `series_seconds` an ask may carry (the matchmaker's schema)."""
+MIN_SERIES_SECONDS, MAX_SERIES_SECONDS = 0.001, 86400
+"""The range of `series_seconds` that an ask may carry (the matchmaker's schema)."""
 GIVE_BACK_AFTER = 5
 """Prefetch horizons that the tasks running must all have run before what is queued behind
 them is given back: the queue holds about one horizon of short tasks, and a few horizons' wait
@@ -269,11 +269,14 @@ class Pilot:
     def _situation(self, now: float) -> asking.Situation:
         seconds = self.slot.seconds_left()
         long = self.lanes.long_claims(self.settings.prefetch_horizon)
+        queued_seconds = self.lanes.queued_seconds()
         return asking.Situation(
             now=now, seconds_left=seconds, idle=not self.lanes.busy,
             asked_since_busy=self._asked_since_busy, last_busy=self._last_busy,
             next_ask=self._next_ask, series_size=self._series_size(),
-            queued=len(self.lanes.queue), time_after_queue=self.lanes.time_after_queue(seconds),
+            queued=len(self.lanes.queue), queued_seconds=queued_seconds,
+            horizon=self.settings.prefetch_horizon,
+            time_after_queue=int(seconds - queued_seconds),
             can_offer_series=self.claims.can_offer(long),
             can_offer_side=self.claims.can_offer(), free_cpus=self.claims.free().cpus,
             dry=self._dry and self.lanes.busy and not long)
@@ -302,7 +305,8 @@ class Pilot:
             offer = dataclasses.replace(self.claims.offer(held=self.lanes.long_claims(horizon)),
                                         seconds=situation.time_after_queue)
             return Ask(offer, decision.count, in_series=True,
-                       series_seconds=max(horizon, MIN_SERIES_SECONDS)
+                       series_seconds=min(max(horizon, MIN_SERIES_SECONDS),
+                                          MAX_SERIES_SECONDS)
                        if self._series_seconds else None), situation.seconds_left
         if decision.kind == asking.SIDE:
             return Ask(self.claims.offer(), decision.count, in_series=False), \

@@ -83,11 +83,13 @@ ASK = dict(SLOT, properties=dict(
     in_series={"type": "boolean", "default": False,
                "description": "false: the tasks run side by side, so together they must fit "
                               "the free resources; true: one after another, so each must fit "
-                              "on its own and their walltimes added up must fit in `seconds`"},
+                              "on its own and each one's walltime must fit what `seconds` has "
+                              "left once those before it have run their `expected_seconds`"},
     series_seconds=dict(_num(0.001, 86400), description=(
         "in series: about how many seconds of work to hand out (at least one task; the answer "
-        "ends once the tasks given are expected to run this long, by their learned runtimes, "
-        "see `expected_seconds`); absent: as many as `max_tasks` and `seconds` allow")),
+        "ends once the tasks given are expected to run this long, see `expected_seconds`: a "
+        "task whose runtime is not learned yet counts its walltime); absent: as many as "
+        "`max_tasks` and `seconds` allow")),
 ))
 
 USAGE = _obj({
@@ -209,12 +211,11 @@ ASKED = {"oneOf": [
           "more": {"type": "boolean", "enum": [False],
                    "description": "fewer than `max_tasks` were handed out: no other ready "
                                   "task fits what is left of the slot (its resources side by "
-                                  "side, its time after those given in series), those given "
-                                  "in series fill `series_seconds` or end with one whose "
-                                  "runtime is not learned yet, or what would fit is left to "
-                                  "other pilots (one ask takes at most about half of a "
-                                  "dataset's ready tasks); ask again once one of them has "
-                                  "ended"}},
+                                  "side, its time after those given in series), or what would "
+                                  "is left to other pilots (one ask takes at most about half "
+                                  "of a dataset's ready tasks); ask again once one of them "
+                                  "has ended (not said when those given in series fill "
+                                  "`series_seconds` and other tasks are ready)"}},
          ("attempts", "more")),
     _obj(dict(_NO_WORK, attempts={"type": "array", "items": GIVEN_ATTEMPT,
                                         "maxItems": 0}),

@@ -79,9 +79,24 @@ async def test_a_task_whose_runtime_is_not_learned_comes_alone_to_a_pilot_that_w
     assert len(await series(engine, p, seconds=5 * 3600)) == 5  # not said: as many as fit
 
 
+async def test_an_answer_that_fills_series_seconds_says_nothing_more_fits_only_when_so(engine):
+    """Cut short by `series_seconds`, an answer leaves out `"more": false` while other tasks
+    are ready (a pilot with a free CPU asks again for it), and says it when none is (a pilot
+    would ask for nothing while its task runs, and hold up that task's report)."""
+    owner, site = await s.user(engine, "alice"), await s.site(engine)
+    await s.submit(engine, owner, s.config(jobs=2))
+    p = await s.pilot(engine, site)
+    offer = dispatch.Offer(s.slot(cpus=2, memory=4 * GIB, seconds=5 * 3600), 64,
+                           in_series=True, series_seconds=1.0)
+    first = await dispatch.ask(engine, p, offer)
+    assert len(first.attempts) == 1 and not first.dry
+    last = await dispatch.ask(engine, p, offer)
+    assert len(last.attempts) == 1 and last.dry
+
+
 async def test_series_seconds_bounds_an_answer_by_the_expected_runtimes(world):
     """A pilot says how much work it wants queued (its prefetch horizon): the answer ends once
-    the tasks given are expected to run that long, and says that more would fit."""
+    the tasks given are expected to run that long, and does not say that nothing more fits."""
     engine = world.engine
     dataset = engine.datasets[world.dataset]
     for _ in range(TRUSTED_AFTER):
@@ -89,7 +104,7 @@ async def test_series_seconds_bounds_an_answer_by_the_expected_runtimes(world):
     status, answer = await world.api.call(
         "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,
         dict(FREE, max_tasks=64, in_series=True, series_seconds=2))
-    assert status == 200 and answer["more"] is False
+    assert status == 200 and "more" not in answer
     assert [a["expected_seconds"] for a in answer["attempts"]] == [0.75] * 3  # 0.75, 1.5, 2.25
     status, answer = await world.api.call(
         "POST", f"/api/v1/pilots/{world.pilot}/ask", world.pilot_key,

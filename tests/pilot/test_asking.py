@@ -13,8 +13,9 @@ from floe.pilot.client import Unreachable
 
 LIMITS = Limits(min_seconds=10, idle_timeout=300)
 BUSY = Situation(now=1000.0, seconds_left=3600, idle=False, asked_since_busy=False,
-                 last_busy=990.0, next_ask=0.0, series_size=1, queued=0, time_after_queue=3600,
-                 can_offer_series=True, can_offer_side=True, free_cpus=4)
+                 last_busy=990.0, next_ask=0.0, series_size=1, queued=0, queued_seconds=0.0,
+                 horizon=1.0, time_after_queue=3600, can_offer_series=True,
+                 can_offer_side=True, free_cpus=4)
 
 
 def test_the_queue_is_sized_from_the_recent_tasks_wall_times():
@@ -36,6 +37,14 @@ def test_short_tasks_are_queued_in_series_and_asked_for_again_at_half_the_queue(
     assert asking.decide(short, LIMITS) == Decision(SERIES, 20)
     assert asking.decide(dataclasses.replace(short, queued=11), LIMITS) == Decision()
     assert asking.decide(dataclasses.replace(short, queued=10), LIMITS) == Decision(SERIES, 10)
+    # ... and at half the horizon by what the matchmaker expects the queued ones to run: one
+    # task whose runtime it has not learned yet (expected to run its walltime) is enough.
+    assert asking.decide(dataclasses.replace(short, queued=1, queued_seconds=3600.0),
+                         LIMITS) == Decision()
+    assert asking.decide(dataclasses.replace(short, queued=2, queued_seconds=0.6), LIMITS) == \
+        Decision()
+    assert asking.decide(dataclasses.replace(short, queued=2, queued_seconds=0.5), LIMITS) == \
+        Decision(SERIES, 18)
     # Nothing to offer beside the long-running tasks, or no time after the queue: no ask.
     assert asking.decide(dataclasses.replace(short, can_offer_series=False), LIMITS) == \
         Decision()

@@ -37,6 +37,8 @@ class Recording(Matchmaker):
         self.reported = 0
         self.answered: list[tuple[str, Ask | None, int]] = []
         """Each ask and report request in order: the route, the ask made, attempts handed."""
+        self.dry: list[int] = []
+        """The indexes in `answered` of the answers that said `"more": false`."""
 
     def ask(self, pilot_id: int, offer: Slot | Ask) -> Reply:
         self.sent["ask"] += 1
@@ -55,6 +57,8 @@ class Recording(Matchmaker):
     def _answered(self, route: str, ask: Any, reply: Reply) -> Reply:
         answer = next_reply(reply) if route == "reports" else reply
         handed = len(answer.data.get("attempts") or []) if answer and answer.ok else 0
+        if answer and answer.ok and answer.data.get("more") is False:
+            self.dry.append(len(self.answered))
         self.answered.append((route, ask if isinstance(ask, Ask) else None, handed))
         return reply
 
@@ -182,8 +186,7 @@ def test_a_pilot_given_fewer_tasks_than_it_asked_for_asks_again_only_with_their_
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
     run_to_the_end(pilot, work)
     assert len(pilot.timings) == 12
-    short = [i for i, (_, ask, handed) in enumerate(client.answered)
-             if ask is not None and ask.in_series and 0 < handed < ask.max_tasks]
+    short = [i for i in client.dry if client.answered[i][1].in_series]
     assert short, client.calls()
     for i in short:
         assert client.answered[i + 1][0] == "reports", client.calls()
@@ -219,6 +222,36 @@ def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_
         work.close()
 
 
+def test_a_pilot_warm_from_short_tasks_starts_a_new_datasets_tasks_on_all_its_cpus(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # Its series ask gets one task of the new dataset (expected to run its walltime, it fills
+    # the prefetch horizon alone), which starts on a free CPU; the answer does not say that
+    # nothing more fits, so the pilot asks again for its other CPU at once.
+    short = matchmaker.submit({"jobs": 6, "tasks": [NULL]})
+    slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
+                               cpus=2)
+    work = WorkArea(tmp_path)
+    work.open()
+    client = Recording(matchmaker.url, matchmaker.pilot_token())
+    pilot = Pilot(client, slot, work, PilotSettings(idle_timeout=60))
+    thread = threading.Thread(target=pilot.run)
+    thread.start()
+    try:
+        wait_for(lambda: matchmaker.states(short) == ["complete"] * 6, 20, "the short tasks")
+        slow = matchmaker.submit({"jobs": 4, "tasks": [
+            dict(NULL, modules=[{"command": "sleep 1"}])]})
+        wait_for(lambda: matchmaker.states(slow) == ["complete"] * 4, 20, "the slow tasks")
+    finally:
+        pilot.drain()
+        thread.join(30)
+        work.close()
+    spans = [(a["started"], a["ended"]) for a in matchmaker.attempts(slow)]
+    assert len(spans) == 4
+    assert any(start < other_end and other_start < end
+               for i, (start, end) in enumerate(spans)
+               for other_start, other_end in spans[i + 1:]), (spans, client.calls())
+
+
 def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
         matchmaker: LiveMatchmaker, tmp_path):
     # Warm from short tasks, the pilot queues tasks of a dataset whose first six end at once
@@ -228,6 +261,13 @@ def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
     matchmaker.submit({"jobs": 3, "tasks": [NULL]})
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=3,
                                         prefetch_horizon=0.3)
+    unqueue, gave_back_at = pilot.lanes.unqueue, []
+
+    def unqueue_marked() -> list:
+        gave_back_at.append(len(client.answered))
+        return unqueue()
+
+    pilot.lanes.unqueue = unqueue_marked
     thread = threading.Thread(target=run_to_the_end, args=(pilot, work))
     thread.start()
     try:
@@ -241,10 +281,13 @@ def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
     given_back = [a for a in matchmaker.attempts(slow) if a["state"] == "reset"]
     assert given_back and all(a["error_class"] == "not_run" for a in given_back)
     assert len({a["task_id"] for a in given_back}) == len(given_back), given_back
-    calls = client.calls()[before:]
-    queued = max(i for i, call in enumerate(calls)
-                 if call.split()[1] == "series" and int(call.split()[3]) > 1)
-    later = [call for call in calls[queued + 1:] if call.split()[1] != "-"]
+    calls = client.calls()
+    assert len(gave_back_at) == 1, (gave_back_at, calls)
+    # The slow tasks were queued (learned as short from the six before them) ...
+    assert any(call.split()[1] == "series" and int(call.split()[3]) > 1
+               for call in calls[before:gave_back_at[0]]), calls
+    # ... and once given back, the pilot asked for one task at a time, side by side.
+    later = [call for call in calls[gave_back_at[0]:] if call.split()[1] != "-"]
     assert later and all(call.split()[1] == "side" for call in later), calls
 
 
