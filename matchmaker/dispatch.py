@@ -113,7 +113,8 @@ class Given:
     nothing: NoWork | None = None
     dry: bool = False
     """Fewer were handed out than asked for: nothing more fits the ask now, or what would is
-    left to other pilots (at most about half of a dataset's ready tasks go to one ask)."""
+    left to other pilots (at most about half of a dataset's ready tasks go to one ask), or those
+    given in series fill its `series_seconds` and no other task is ready (`_more_ready`)."""
 
     def to_json(self, engine: Engine) -> bytes:
         """{"attempts": [{...}, ...]}, each as the single form's "attempt", and "more": false

@@ -55,7 +55,7 @@ class Situation:
     horizon: float
     """The prefetch horizon: about how many seconds of tasks to queue."""
     time_after_queue: int
-    """Seconds left once the queued attempts have run their walltimes."""
+    """Seconds left once the queued attempts have run their expected times."""
     can_offer_series: bool
     """The slot offers a task something beside the attempts running longer than the horizon."""
     can_offer_side: bool

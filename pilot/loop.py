@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import os
 import signal
 import statistics
@@ -275,7 +276,9 @@ class Pilot:
             asked_since_busy=self._asked_since_busy, last_busy=self._last_busy,
             next_ask=self._next_ask, series_size=self._series_size(),
             queued=len(self.lanes.queue), queued_seconds=queued_seconds,
-            horizon=self.settings.prefetch_horizon,
+            # Estimates that fill a horizon come from a matchmaker that takes series_seconds;
+            # an older one's are the walltimes: the queue is then counted in tasks alone.
+            horizon=self.settings.prefetch_horizon if self._series_seconds else math.inf,
             time_after_queue=int(seconds - queued_seconds),
             can_offer_series=self.claims.can_offer(long),
             can_offer_side=self.claims.can_offer(), free_cpus=self.claims.free().cpus,
@@ -390,6 +393,8 @@ class Pilot:
                 for answer in attempts:  # a held ask's wait for work is no overhead
                     self._take(answer, now if ask.hold else asked, ask.in_series)
                 return
+            if ask.in_series and self.lanes.busy:
+                self._dry = True  # the same: ready tasks elsewhere did not fit this slot
             self._no_work(now, reply.data, seconds, held=ask.hold > 0)
         elif reply.status == 401:
             self._token_refused = True

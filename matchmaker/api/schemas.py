@@ -215,7 +215,8 @@ ASKED = {"oneOf": [
                                   "is left to other pilots (one ask takes at most about half "
                                   "of a dataset's ready tasks); ask again once one of them "
                                   "has ended (not said when those given in series fill "
-                                  "`series_seconds` and other tasks are ready)"}},
+                                  "`series_seconds` and other tasks are ready, fitting this "
+                                  "slot or not)"}},
          ("attempts", "more")),
     _obj(dict(_NO_WORK, attempts={"type": "array", "items": GIVEN_ATTEMPT,
                                         "maxItems": 0}),

@@ -150,17 +150,18 @@ def test_a_malformed_report_among_good_ones_is_set_apart_and_the_others_are_reco
 
 def test_a_busy_pilot_sends_many_reports_per_request_and_records_each_once(
         matchmaker: LiveMatchmaker, tmp_path):
-    dataset = matchmaker.submit({"jobs": 60, "tasks": [NULL]})
+    dataset = matchmaker.submit({"jobs": 120, "tasks": [NULL]})
     pilot, client, work = one_cpu_pilot(matchmaker, tmp_path)
     run_to_the_end(pilot, work)
 
-    assert matchmaker.states(dataset) == ["complete"] * 60
-    assert len(matchmaker.attempts(dataset)) == 60
-    assert len(pilot.timings) == 60 and client.reported == 60
+    assert matchmaker.states(dataset) == ["complete"] * 120
+    assert len(matchmaker.attempts(dataset)) == 120
+    assert len(pilot.timings) == 120 and client.reported == 120
     assert client.sent["report"] == 0
     # One report request per batch of tasks that ended together, and the asks mostly ride
-    # on them: far fewer requests than tasks.
-    assert client.sent["reports"] + client.sent["ask"] <= 20, client.sent
+    # on them: far fewer requests than tasks (the first five come one at a time, until the
+    # matchmaker has learned how long they run).
+    assert client.sent["reports"] + client.sent["ask"] <= 40, client.sent
 
 
 def test_a_pilot_asks_in_series_only_once_its_tasks_are_known_to_be_short(
@@ -250,6 +251,31 @@ def test_a_pilot_warm_from_short_tasks_starts_a_new_datasets_tasks_on_all_its_cp
     assert any(start < other_end and other_start < end
                for i, (start, end) in enumerate(spans)
                for other_start, other_end in spans[i + 1:]), (spans, client.calls())
+
+
+def test_a_pilot_answered_nothing_in_series_while_its_task_runs_waits_for_its_report(
+        matchmaker: LiveMatchmaker, tmp_path):
+    # Handed the only task that fits it, beside one ready that no slot here fits, the pilot
+    # is not told that nothing more fits (a task is ready) and asks once more; answered
+    # nothing, it asks next with the report of its task, not every `wait` (1 s here) while it
+    # runs.
+    short = matchmaker.submit({"jobs": 6, "tasks": [NULL]})
+    pilot, client, work = one_cpu_pilot(matchmaker, tmp_path, idle_timeout=2)
+    thread = threading.Thread(target=run_to_the_end, args=(pilot, work))
+    thread.start()
+    try:
+        wait_for(lambda: matchmaker.states(short) == ["complete"] * 6, 20, "the short tasks")
+        matchmaker.submit({"jobs": 1, "tasks": [dict(NULL, requirements={"memory": "900GiB"})]})
+        before = len(client.answered)
+        slow = matchmaker.submit({"jobs": 1, "tasks": [
+            dict(NULL, modules=[{"command": "sleep 8"}])]})
+        wait_for(lambda: matchmaker.states(slow) == ["complete"], 30, "the slow task")
+    finally:
+        thread.join(30)
+    calls = client.calls()[before:]
+    handed = next(i for i, call in enumerate(calls) if call.endswith(" 1"))
+    reported = next(i for i, call in enumerate(calls) if call.startswith("reports"))
+    assert handed < reported and reported - handed <= 2, calls  # one empty ask at most
 
 
 def test_a_pilot_that_gave_back_its_queue_behind_a_long_task_stops_queueing(
