@@ -5,10 +5,12 @@ tasks are short, with far fewer requests than tasks and every result recorded on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from floe.config.resources import GIB, Slot
@@ -92,6 +94,30 @@ def one_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, client: Recording | None
     client = client or Recording(matchmaker.url, matchmaker.pilot_token())
     settings.setdefault("idle_timeout", 0.5)
     return Pilot(client, slot, work, PilotSettings(**settings)), client, work
+
+
+@contextlib.contextmanager
+def warm_two_cpu_pilot(matchmaker: LiveMatchmaker, tmp_path, short_jobs: int
+                       ) -> Iterator[Recording]:
+    """A 2-CPU pilot that runs for the block's time, warm from `short_jobs` tasks that ended at
+    once (it knows its tasks are short); then drained, and waited for."""
+    short = matchmaker.submit({"jobs": short_jobs, "tasks": [NULL]})
+    slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
+                               cpus=2)
+    work = WorkArea(tmp_path)
+    work.open()
+    client = Recording(matchmaker.url, matchmaker.pilot_token())
+    pilot = Pilot(client, slot, work, PilotSettings(idle_timeout=60))
+    thread = threading.Thread(target=pilot.run)
+    thread.start()
+    try:
+        wait_for(lambda: matchmaker.states(short) == ["complete"] * short_jobs, 20,
+                 "the short tasks")
+        yield client
+    finally:
+        pilot.drain()
+        thread.join(30)
+        work.close()
 
 
 def run_to_the_end(pilot: Pilot, work: WorkArea) -> None:
@@ -198,17 +224,7 @@ def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_
     # A 2-CPU pilot that knows its tasks are short is handed a long one, with "more": false.
     # Once that task has run past the prefetch horizon (1 s) the pilot asks for its free CPU
     # again, every `wait` (1 s here), so work that comes later runs beside the long task.
-    short = matchmaker.submit({"jobs": 2, "tasks": [NULL]})
-    slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
-                               cpus=2)
-    work = WorkArea(tmp_path)
-    work.open()
-    pilot = Pilot(Recording(matchmaker.url, matchmaker.pilot_token()), slot, work,
-                  PilotSettings(idle_timeout=60))
-    thread = threading.Thread(target=pilot.run)
-    thread.start()
-    try:
-        wait_for(lambda: matchmaker.states(short) == ["complete"] * 2, 20, "the short tasks")
+    with warm_two_cpu_pilot(matchmaker, tmp_path, 2):
         long = matchmaker.submit({"jobs": 1, "tasks": [
             dict(NULL, modules=[{"command": "sleep 10"}])]})
         wait_for(lambda: matchmaker.states(long) == ["processing"], 10, "the long task")
@@ -217,10 +233,6 @@ def test_a_pilot_told_nothing_more_fits_asks_for_its_free_cpus_once_a_task_runs_
         wait_for(lambda: matchmaker.states(later) == ["complete"] * 3, 6,
                  "the later tasks to run beside the long one")
         assert matchmaker.states(long) == ["processing"]
-    finally:
-        pilot.drain()
-        thread.join(30)
-        work.close()
 
 
 def test_a_pilot_warm_from_short_tasks_starts_a_new_datasets_tasks_on_all_its_cpus(
@@ -228,24 +240,10 @@ def test_a_pilot_warm_from_short_tasks_starts_a_new_datasets_tasks_on_all_its_cp
     # Its series ask gets one task of the new dataset (expected to run its walltime, it fills
     # the prefetch horizon alone), which starts on a free CPU; the answer does not say that
     # nothing more fits, so the pilot asks again for its other CPU at once.
-    short = matchmaker.submit({"jobs": 6, "tasks": [NULL]})
-    slot = dataclasses.replace(measure(lifetime=7200, scratch=tmp_path, gpu_source=None),
-                               cpus=2)
-    work = WorkArea(tmp_path)
-    work.open()
-    client = Recording(matchmaker.url, matchmaker.pilot_token())
-    pilot = Pilot(client, slot, work, PilotSettings(idle_timeout=60))
-    thread = threading.Thread(target=pilot.run)
-    thread.start()
-    try:
-        wait_for(lambda: matchmaker.states(short) == ["complete"] * 6, 20, "the short tasks")
+    with warm_two_cpu_pilot(matchmaker, tmp_path, 6) as client:
         slow = matchmaker.submit({"jobs": 4, "tasks": [
             dict(NULL, modules=[{"command": "sleep 1"}])]})
         wait_for(lambda: matchmaker.states(slow) == ["complete"] * 4, 20, "the slow tasks")
-    finally:
-        pilot.drain()
-        thread.join(30)
-        work.close()
     spans = [(a["started"], a["ended"]) for a in matchmaker.attempts(slow)]
     assert len(spans) == 4
     assert any(start < other_end and other_start < end
