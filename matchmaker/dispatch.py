@@ -380,9 +380,9 @@ def reserve_many(engine: Engine, pilot: Pilot, offer: Offer, batch: Batch) -> Gi
 
 
 def _more_ready(engine: Engine, slot: Slot) -> bool:
-    """Whether any ready task might fit a slot like `slot` (CPU tasks only, without GPUs): after
-    an answer in series that filled its `series_seconds`, whether the pilot may find more if it
-    asks again before those given have ended."""
+    """Whether a ready task might fit a slot like `slot` (by the ready counts alone: any task,
+    or for a slot without GPUs any CPU task): after an answer in series that filled its
+    `series_seconds`, whether the pilot may find more if it asks again while those run."""
     if slot.gpus > 0:
         return any(owner.ready for owner in engine.owners.values())
     return any(owner.ready > owner.gpu_ready for owner in engine.owners.values())

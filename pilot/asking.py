@@ -53,7 +53,8 @@ class Situation:
     queued_seconds: float
     """What the queued attempts are expected to run, in all (by the matchmaker's estimates)."""
     horizon: float
-    """The prefetch horizon: about how many seconds of tasks to queue."""
+    """The prefetch horizon: about how many seconds of tasks to queue (infinite where the
+    matchmaker's expected times are the walltimes, which cannot fill one)."""
     time_after_queue: int
     """Seconds left once the queued attempts have run their expected times."""
     can_offer_series: bool
